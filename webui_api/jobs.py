@@ -1,0 +1,92 @@
+"""Frozen generation jobs: every default of a request is resolved here, once.
+
+The engine never sees an HTTP request object; it receives a `GenerationJob` whose every
+field is a concrete value (no nulls, no "-1 means random", no "0 means same as steps").
+This module imports neither torch nor fastapi.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampler choice and tuning, already resolved against the options store."""
+
+    sampler_name: str  # canonical A1111 name, e.g. "Euler a"
+    scheduler: str  # canonical scheduler name, e.g. "automatic", "karras"
+    steps: int
+    cfg_scale: float
+    eta: float | None  # None: the sampler's own default (A1111's eta_ancestral / eta_ddim)
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = float("inf")
+    s_noise: float = 1.0
+    s_min_uncond: float = 0.0
+
+
+@dataclass(frozen=True)
+class SeedParams:
+    """Per-image seeds for the whole job (length batch_size * n_iter)."""
+
+    seeds: tuple[int, ...]
+    subseeds: tuple[int, ...]
+    subseed_strength: float = 0.0
+    seed_resize_from_w: int = 0
+    seed_resize_from_h: int = 0
+    eta_noise_seed_delta: int = 0
+    randn_source: str = "GPU"  # "GPU" | "CPU" | "NV" (A1111's option)
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    """One txt2img request, fully resolved.
+
+    `prompts` / `negative_prompts` / `seeds.seeds` all have batch_size * n_iter entries;
+    batch n uses the slice [n * batch_size, (n + 1) * batch_size).
+    """
+
+    kind: str  # "txt2img" (img2img lands with its own fields later)
+    prompts: tuple[str, ...]
+    negative_prompts: tuple[str, ...]
+    width: int
+    height: int
+    batch_size: int
+    n_iter: int
+    sampling: SamplingParams
+    seeds: SeedParams
+    clip_skip: int = 1
+    model_title: str | None = None  # checkpoint to use; None = the loaded one
+    preview_every_n_steps: int = 10  # 0 or negative: no live previews
+    job_timestamp: str = ""
+    options: Mapping[str, Any] = field(default_factory=dict)  # per-job snapshot of the options store
+
+    @property
+    def image_count(self) -> int:
+        return self.batch_size * self.n_iter
+
+    def batch_slice(self, batch_no: int) -> slice:
+        start = batch_no * self.batch_size
+        return slice(start, start + self.batch_size)
+
+
+@dataclass
+class GeneratedImage:
+    """One finished image and the facts the response and infotext need about it."""
+
+    image: Any  # PIL.Image.Image (kept as Any so this module needs no PIL import)
+    seed: int
+    subseed: int
+    prompt: str
+    negative_prompt: str
+
+
+@dataclass
+class JobResult:
+    """What the engine hands back for a job: images in generation order."""
+
+    images: list[GeneratedImage]
+    interrupted: bool = False
+    extra_generation_params: dict[str, Any] = field(default_factory=dict)
