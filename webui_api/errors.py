@@ -1,0 +1,92 @@
+"""Domain exceptions and their single mapping to A1111's error JSON.
+
+Anywhere in the code raises an `ApiError` subclass; one handler in `app.py` turns it into
+A1111's body `{"error", "detail", "body", "errors"}` with the status the class declares.
+Where A1111 answers bad input with a 500, we answer with a 4xx and keep A1111's wording.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApiError(Exception):
+    """Base of every error the API reports on purpose."""
+
+    status_code: int = 500
+    error_name: str = "HTTPException"  # A1111's "error" field (an exception class name)
+
+    def __init__(self, detail: str, *, errors: str = "", body: Any = "") -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors
+        self.body = body
+
+    def to_body(self) -> dict[str, Any]:
+        return {"error": self.error_name, "detail": self.detail, "body": self.body, "errors": self.errors}
+
+
+class BadRequest(ApiError):
+    """Input that passed the schema but makes no sense (400)."""
+
+    status_code = 400
+
+
+class NotFound(ApiError):
+    """A named thing (checkpoint, image, script) does not exist (404)."""
+
+    status_code = 404
+
+
+class ValidationFailed(ApiError):
+    """A semantic validation failure A1111 reports as 422 (scripts, sampler names)."""
+
+    status_code = 422
+
+
+class InvalidImage(BadRequest):
+    """Base64 or bytes that do not decode to an image (A1111: "Invalid encoded image")."""
+
+    def __init__(self, detail: str = "Invalid encoded image", **kwargs: Any) -> None:
+        super().__init__(detail, **kwargs)
+
+
+class InvalidImageFormat(BadRequest):
+    """An output format other than png/jpg/jpeg/webp (A1111: "Invalid image format")."""
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__("Invalid image format", errors=f"samples_format {fmt!r} is not one of png, jpg, jpeg, webp")
+
+
+class UnknownOption(BadRequest):
+    """POST /options with a key the server does not know (A1111: KeyError, 500)."""
+
+    error_name = "KeyError"
+
+
+class UnknownCheckpoint(NotFound):
+    """A checkpoint title/name/hash that matches nothing (A1111: RuntimeError "model 'X' not found")."""
+
+    error_name = "RuntimeError"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"model {name!r} not found", errors=f"model {name!r} not found")
+
+
+class ServiceUnavailable(ApiError):
+    """The server is shutting down or the queue refuses work (503)."""
+
+    status_code = 503
+
+
+class Unauthorized(ApiError):
+    """HTTP Basic auth failed (401, without a WWW-Authenticate header, like A1111)."""
+
+    status_code = 401
+
+
+class GenerationFailed(ApiError):
+    """The engine failed on a job for a reason that is not the client's fault (500)."""
+
+    status_code = 500
+    error_name = "RuntimeError"
