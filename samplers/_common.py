@@ -1,0 +1,97 @@
+"""Small pieces shared by the sampler functions.
+
+The samplers reproduce k-diffusion's numerics (as pinned by A1111), so these helpers keep
+upstream's operation order and dtypes: sigmas stay 0-dim float32 tensors, never Python floats.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping
+
+import torch
+
+Denoiser = Callable[..., torch.Tensor]
+NoiseSampler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+StepCallback = Callable[[dict[str, Any]], None]
+
+MAX_CHURN_GAMMA = 2**0.5 - 1  # Karras et al.: more churn than this would more than double sigma
+
+
+def as_args(extra_args: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """Samplers accept extra_args=None for convenience; the model always gets a mapping."""
+    return {} if extra_args is None else extra_args
+
+
+def check_sigmas(sigmas: torch.Tensor) -> None:
+    """Reject schedules the loops cannot walk: they need a 1-D tensor of at least two values."""
+    if not isinstance(sigmas, torch.Tensor) or sigmas.ndim != 1 or sigmas.numel() < 2:
+        shape = tuple(sigmas.shape) if isinstance(sigmas, torch.Tensor) else type(sigmas).__name__
+        raise ValueError(f"sigmas must be a 1-D tensor with at least 2 values, got {shape}")
+
+
+def require_noise(noise_sampler: NoiseSampler | None, sampler_name: str) -> NoiseSampler:
+    """Stochastic samplers take all randomness from the caller, never from the global torch RNG."""
+    if noise_sampler is None:
+        raise ValueError(
+            f"{sampler_name} draws noise and needs a noise_sampler(sigma, sigma_next) -> Tensor, got None"
+        )
+    return noise_sampler
+
+
+def denoise(model: Denoiser, x: torch.Tensor, sigma: torch.Tensor, extra_args: Mapping[str, Any]) -> torch.Tensor:
+    """Call the denoiser with one sigma per batch row, as k-diffusion does."""
+    return model(x, sigma * x.new_ones([x.shape[0]]), **extra_args)
+
+
+def to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+    """The Karras ODE derivative dx/dsigma (A1111's variant: a scalar sigma, no broadcasting step)."""
+    return (x - denoised) / sigma
+
+
+def report(
+    callback: StepCallback | None,
+    x: torch.Tensor,
+    i: int,
+    sigma: torch.Tensor,
+    sigma_hat: torch.Tensor,
+    denoised: torch.Tensor,
+) -> None:
+    """Tell the caller (progress, previews, cancellation) about step i's model evaluation."""
+    if callback is not None:
+        callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma_hat, "denoised": denoised})
+
+
+def ancestral_step(sigma_from: torch.Tensor, sigma_to: torch.Tensor, eta: float = 1.0):
+    """Split a step into a deterministic part down to sigma_down and fresh noise of size sigma_up.
+
+    sigma_down**2 + sigma_up**2 == sigma_to**2; eta = 0 makes the step fully deterministic.
+    """
+    if not eta:
+        return sigma_to, 0.0
+    sigma_up = min(sigma_to, eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5)
+    sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
+    return sigma_down, sigma_up
+
+
+def t_of(sigma: torch.Tensor) -> torch.Tensor:
+    """DPM-Solver time: t = -log(sigma)."""
+    return sigma.log().neg()
+
+
+def sigma_of(t: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``t_of``: sigma = exp(-t)."""
+    return t.neg().exp()
+
+
+def churn_gamma(sigmas: torch.Tensor, i: int, s_churn: float, s_tmin: float, s_tmax: float) -> float:
+    """Karras "churn": how much to raise sigma_i before the step (0 outside [s_tmin, s_tmax])."""
+    if s_tmin <= sigmas[i] <= s_tmax:
+        return min(s_churn / (len(sigmas) - 1), MAX_CHURN_GAMMA)
+    return 0.0
+
+
+def check_finite_nonneg(name: str, value: float) -> None:
+    """Tuning values come from requests; NaN or negative values would silently corrupt sampling."""
+    if not (isinstance(value, (int, float)) and not math.isnan(value) and value >= 0):
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")

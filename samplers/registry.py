@@ -1,0 +1,391 @@
+"""A1111's sampler and scheduler tables, name resolution, and the glue that turns them into calls.
+
+The tables mirror A1111 v1.10.1 (``sd_samplers_kdiffusion``, ``sd_samplers_timesteps``,
+``sd_samplers_lcm``, ``sd_schedulers``) entry for entry and in the same order, because
+GET /sdapi/v1/samplers and /schedulers return them verbatim and clients match on the names.
+A sampler whose ``function`` is None is listed (A1111 has it) but not implemented here yet.
+
+Sampler functions follow the k-diffusion signature
+``fn(model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None, **options)``;
+call them as ``fn(model, x, sigmas, extra_args=..., callback=..., **sampler_call_kwargs(...))``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+import torch
+
+from samplers import ancestral, dpmpp, kdiffusion, schedules
+
+CHURN_PARAMS = ("s_churn", "s_tmin", "s_tmax", "s_noise")
+NOISE_PARAM = ("s_noise",)
+
+
+@dataclass(frozen=True)
+class SamplerInfo:
+    """One A1111 sampler: its API listing plus what A1111 passes to its function."""
+
+    name: str
+    aliases: tuple[str, ...]
+    options: Mapping[str, Any] = field(hash=False)
+    function: Callable | None = field(hash=False)
+    extra_params: tuple[str, ...]
+    takes_eta: bool
+    default_eta: float | None
+
+
+@dataclass(frozen=True)
+class SchedulerInfo:
+    """One A1111 scheduler as listed by /sdapi/v1/schedulers, plus our schedule function."""
+
+    name: str
+    label: str
+    aliases: tuple[str, ...] | None
+    default_rho: float
+    need_inner_model: bool
+    function: Callable | None = field(hash=False)
+
+
+class UnknownSamplerError(ValueError):
+    """The sampler name matches no A1111 sampler name or alias."""
+
+
+class UnknownSchedulerError(ValueError):
+    """The scheduler matches no A1111 scheduler name, label or alias."""
+
+
+def _sampler(
+    name: str,
+    aliases: tuple[str, ...],
+    options: dict[str, Any],
+    function: Callable | None,
+    extra_params: tuple[str, ...] = (),
+    default_eta: float | None = None,
+) -> SamplerInfo:
+    """Build a table row; a sampler takes eta exactly when it has an eta default."""
+    return SamplerInfo(
+        name=name,
+        aliases=aliases,
+        options=MappingProxyType(dict(options)),
+        function=function,
+        extra_params=extra_params,
+        takes_eta=default_eta is not None,
+        default_eta=default_eta,
+    )
+
+
+# eta defaults: opts.eta_ancestral (1.0) for k-diffusion samplers, opts.eta_ddim (0.0) for DDIM.
+SAMPLERS: tuple[SamplerInfo, ...] = (
+    _sampler("DPM++ 2M", ("k_dpmpp_2m",), {"scheduler": "karras"}, dpmpp.sample_dpmpp_2m),
+    _sampler(
+        "DPM++ SDE",
+        ("k_dpmpp_sde",),
+        {"scheduler": "karras", "second_order": True, "brownian_noise": True},
+        dpmpp.sample_dpmpp_sde,
+        NOISE_PARAM,
+        1.0,
+    ),
+    _sampler(
+        "DPM++ 2M SDE",
+        ("k_dpmpp_2m_sde",),
+        {"scheduler": "exponential", "brownian_noise": True},
+        dpmpp.sample_dpmpp_2m_sde,
+        NOISE_PARAM,
+        1.0,
+    ),
+    _sampler(
+        "DPM++ 2M SDE Heun",
+        ("k_dpmpp_2m_sde_heun",),
+        {"scheduler": "exponential", "brownian_noise": True, "solver_type": "heun"},
+        dpmpp.sample_dpmpp_2m_sde,
+        NOISE_PARAM,
+        1.0,
+    ),
+    _sampler(
+        "DPM++ 2S a",
+        ("k_dpmpp_2s_a",),
+        {"scheduler": "karras", "uses_ensd": True, "second_order": True},
+        ancestral.sample_dpmpp_2s_ancestral,
+        NOISE_PARAM,
+        1.0,
+    ),
+    _sampler(
+        "DPM++ 3M SDE",
+        ("k_dpmpp_3m_sde",),
+        {"scheduler": "exponential", "discard_next_to_last_sigma": True, "brownian_noise": True},
+        dpmpp.sample_dpmpp_3m_sde,
+        NOISE_PARAM,
+        1.0,
+    ),
+    _sampler("Euler a", ("k_euler_a", "k_euler_ancestral"), {"uses_ensd": True}, ancestral.sample_euler_ancestral, (), 1.0),
+    _sampler("Euler", ("k_euler",), {}, kdiffusion.sample_euler, CHURN_PARAMS),
+    _sampler("LMS", ("k_lms",), {}, kdiffusion.sample_lms),
+    _sampler("Heun", ("k_heun",), {"second_order": True}, kdiffusion.sample_heun, CHURN_PARAMS),
+    _sampler(
+        "DPM2",
+        ("k_dpm_2",),
+        {"scheduler": "karras", "discard_next_to_last_sigma": True, "second_order": True},
+        kdiffusion.sample_dpm_2,
+        CHURN_PARAMS,
+    ),
+    _sampler(
+        "DPM2 a",
+        ("k_dpm_2_a",),
+        {"scheduler": "karras", "discard_next_to_last_sigma": True, "uses_ensd": True, "second_order": True},
+        ancestral.sample_dpm_2_ancestral,
+        NOISE_PARAM,
+        1.0,
+    ),
+    _sampler("DPM fast", ("k_dpm_fast",), {"uses_ensd": True}, None, NOISE_PARAM, 1.0),
+    _sampler("DPM adaptive", ("k_dpm_ad",), {"uses_ensd": True}, None, (), 1.0),
+    _sampler("Restart", ("restart",), {"scheduler": "karras", "second_order": True}, None),
+    _sampler("DDIM", ("ddim",), {}, None, (), 0.0),
+    _sampler("DDIM CFG++", ("ddim_cfgpp",), {}, None, (), 0.0),
+    _sampler("PLMS", ("plms",), {}, None),
+    _sampler("UniPC", ("unipc",), {}, None),
+    _sampler("LCM", ("k_lcm",), {}, None),
+)
+
+# Samplers whose function wants the DPM-Solver interval (n, sigma_min, sigma_max) rather than
+# just the schedule (A1111 inspects the k-diffusion signature for these parameter names).
+_INTERVAL_SAMPLERS = frozenset({"DPM fast", "DPM adaptive"})
+
+SCHEDULERS: tuple[SchedulerInfo, ...] = (
+    SchedulerInfo("automatic", "Automatic", None, -1.0, False, None),
+    SchedulerInfo("uniform", "Uniform", None, -1.0, True, schedules.uniform),
+    SchedulerInfo("karras", "Karras", None, 7.0, False, schedules.karras),
+    SchedulerInfo("exponential", "Exponential", None, -1.0, False, schedules.exponential),
+    SchedulerInfo("polyexponential", "Polyexponential", None, 1.0, False, schedules.polyexponential),
+    SchedulerInfo("sgm_uniform", "SGM Uniform", ("SGMUniform",), -1.0, True, schedules.sgm_uniform),
+    SchedulerInfo("kl_optimal", "KL Optimal", None, -1.0, False, schedules.kl_optimal),
+    SchedulerInfo("align_your_steps", "Align Your Steps", None, -1.0, False, schedules.align_your_steps),
+    SchedulerInfo("simple", "Simple", None, -1.0, True, schedules.simple),
+    SchedulerInfo("normal", "Normal", None, -1.0, True, schedules.normal),
+    SchedulerInfo("ddim", "DDIM", None, -1.0, True, schedules.ddim),
+    SchedulerInfo("beta", "Beta", None, -1.0, True, schedules.beta),
+)
+
+AUTOMATIC = SCHEDULERS[0]
+
+
+# ---------------------------------------------------------------------------
+# Lookup and name resolution
+# ---------------------------------------------------------------------------
+
+
+def implemented_samplers() -> tuple[SamplerInfo, ...]:
+    """The samplers we can actually run, in A1111 order."""
+    return tuple(s for s in SAMPLERS if s.function is not None)
+
+
+def find_sampler(name: str) -> SamplerInfo | None:
+    """Exact canonical name first, then a case-insensitive match on names and aliases.
+
+    (A1111's request path only accepts the exact name; we are deliberately more forgiving.)
+    """
+    for sampler in SAMPLERS:
+        if sampler.name == name:
+            return sampler
+    folded = name.casefold()
+    for sampler in SAMPLERS:
+        if folded in (n.casefold() for n in (sampler.name, *sampler.aliases)):
+            return sampler
+    return None
+
+
+def _scheduler_names(scheduler: SchedulerInfo) -> tuple[str, ...]:
+    """Every spelling A1111 accepts for a scheduler, in its matching order."""
+    return (scheduler.label, scheduler.name, *(scheduler.aliases or ()))
+
+
+def find_scheduler(name: str) -> SchedulerInfo | None:
+    """Match a scheduler's name, label or alias, ignoring case."""
+    folded = name.casefold()
+    for scheduler in SCHEDULERS:
+        if folded in (n.casefold() for n in _scheduler_names(scheduler)):
+            return scheduler
+    return None
+
+
+def split_scheduler_suffix(sampler_name: str) -> tuple[str, SchedulerInfo | None]:
+    """Strip trailing scheduler words from legacy names such as "DPM++ 2M Karras".
+
+    Walks the schedulers in A1111's order, stripping at most one suffix per scheduler; the last
+    one stripped wins, exactly as upstream's loop does. Matching ignores case here.
+    """
+    name, found = sampler_name, None
+    for scheduler in SCHEDULERS:
+        for option in _scheduler_names(scheduler):
+            if name.casefold().endswith(" " + option.casefold()):
+                name, found = name[: -(len(option) + 1)], scheduler
+                break
+    return name, found
+
+
+def resolve_sampler_and_scheduler(
+    sampler_name: str, scheduler_name: str | None
+) -> tuple[SamplerInfo, SchedulerInfo]:
+    """Resolve request fields to (sampler, scheduler) with A1111's semantics, but strict on unknowns.
+
+    A scheduler suffix in the sampler name overrides ``scheduler_name``. A scheduler equal to the
+    sampler's own default is reported as Automatic (same sigmas, and A1111 reports it that way).
+    """
+    if not isinstance(sampler_name, str) or not sampler_name.strip():
+        raise UnknownSamplerError(f"sampler name must be a non-empty string, got {sampler_name!r}; {_valid_samplers()}")
+    scheduler = _lookup_scheduler(scheduler_name)
+    sampler = find_sampler(sampler_name)
+    if sampler is None:
+        base, suffix_scheduler = split_scheduler_suffix(sampler_name)
+        sampler = find_sampler(base)
+        if sampler is None:
+            raise UnknownSamplerError(f"sampler not found: {sampler_name!r}; {_valid_samplers()}")
+        scheduler = suffix_scheduler or scheduler
+    if sampler.options.get("scheduler") == scheduler.name:
+        scheduler = AUTOMATIC
+    return sampler, scheduler
+
+
+def _lookup_scheduler(scheduler_name: str | None) -> SchedulerInfo:
+    """Empty or None means Automatic; anything else must be a known scheduler."""
+    if scheduler_name is None or not scheduler_name.strip():
+        return AUTOMATIC
+    scheduler = find_scheduler(scheduler_name.strip())
+    if scheduler is None:
+        raise UnknownSchedulerError(f"scheduler not found: {scheduler_name!r}; {_valid_schedulers()}")
+    return scheduler
+
+
+def _valid_samplers() -> str:
+    return "expected one of: " + ", ".join(repr(s.name) for s in SAMPLERS)
+
+
+def _valid_schedulers() -> str:
+    names = ", ".join(f"{s.name!r} ({s.label!r})" for s in SCHEDULERS)
+    return f"expected one of: {names}"
+
+
+# ---------------------------------------------------------------------------
+# Sigmas and call arguments
+# ---------------------------------------------------------------------------
+
+
+def effective_scheduler(sampler: SamplerInfo, scheduler: SchedulerInfo) -> SchedulerInfo | None:
+    """What Automatic stands for: the sampler's ``scheduler`` option, or None (= Uniform, the model's own)."""
+    if scheduler.function is not None:
+        return scheduler
+    default_name = sampler.options.get("scheduler")
+    return None if default_name is None else find_scheduler(default_name)
+
+
+def discards_penultimate_sigma(sampler: SamplerInfo, always_discard_next_to_last_sigma: bool = False) -> bool:
+    """A1111 drops the second-to-last sigma for DPM2/DPM2 a/3M SDE (or everywhere, by option)."""
+    return bool(sampler.options.get("discard_next_to_last_sigma", False) or always_discard_next_to_last_sigma)
+
+
+def compute_sigmas(
+    sampler: SamplerInfo,
+    scheduler: SchedulerInfo,
+    steps: int,
+    model_sigmas: torch.Tensor,
+    *,
+    sigma_min: float = 0.0,
+    sigma_max: float = 0.0,
+    rho: float = 0.0,
+    always_discard_next_to_last_sigma: bool = False,
+    is_sdxl: bool = False,
+    beta_alpha: float = schedules.BETA_DEFAULT_ALPHA,
+    beta_beta: float = schedules.BETA_DEFAULT_BETA,
+) -> torch.Tensor:
+    """The sampler's sigma schedule for ``steps`` steps, as A1111's ``KDiffusionSampler.get_sigmas``.
+
+    sigma_min/sigma_max/rho of 0 mean "the model's / scheduler's default" (A1111's options).
+    is_sdxl picks the Align-Your-Steps table; beta_alpha/beta_beta are A1111's beta_dist_* options.
+    Returns CPU float32, normally steps+1 values ending in 0 (see schedules for the exceptions).
+    """
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    table = schedules._check_table(model_sigmas)
+    discard = discards_penultimate_sigma(sampler, always_discard_next_to_last_sigma)
+    n = steps + 1 if discard else steps
+    chosen = effective_scheduler(sampler, scheduler)
+    if chosen is None:
+        sigmas = schedules.uniform(n, float(table[0]), float(table[-1]), table)
+    else:
+        kwargs = _schedule_kwargs(chosen, table, sigma_min, sigma_max, rho, is_sdxl, beta_alpha, beta_beta)
+        sigmas = chosen.function(n, **kwargs)
+    if discard:
+        sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+    return sigmas.to(device="cpu", dtype=torch.float32)
+
+
+def _schedule_kwargs(
+    scheduler: SchedulerInfo,
+    table: torch.Tensor,
+    sigma_min: float,
+    sigma_max: float,
+    rho: float,
+    is_sdxl: bool,
+    beta_alpha: float,
+    beta_beta: float,
+) -> dict[str, Any]:
+    """Keyword arguments for one schedule function, with A1111's option-override rules."""
+    kwargs: dict[str, Any] = {
+        "sigma_min": sigma_min if sigma_min != 0 else float(table[0]),
+        "sigma_max": sigma_max if sigma_max != 0 else float(table[-1]),
+    }
+    if scheduler.default_rho != -1:
+        kwargs["rho"] = rho if rho != 0 else scheduler.default_rho
+    if scheduler.need_inner_model:
+        kwargs["model_sigmas"] = table
+    if scheduler.name == "align_your_steps":
+        kwargs["is_sdxl"] = is_sdxl
+    if scheduler.name == "beta":
+        kwargs["alpha"], kwargs["beta_param"] = beta_alpha, beta_beta
+    return kwargs
+
+
+def sampler_call_kwargs(
+    sampler: SamplerInfo,
+    sigmas: torch.Tensor,
+    *,
+    eta: float | None,
+    s_churn: float,
+    s_tmin: float,
+    s_tmax: float,
+    s_noise: float,
+    noise_sampler,
+    model_sigma_min: float | None = None,
+    model_sigma_max: float | None = None,
+) -> dict[str, Any]:
+    """The keyword arguments A1111 passes to this sampler's function (besides model, x, sigmas).
+
+    eta only for samplers that take it (None -> the sampler's default); only the s_* in
+    ``extra_params``; n/sigma_min/sigma_max for DPM fast/adaptive; solver_type for 2M SDE Heun;
+    noise_sampler always (our functions take all randomness from it).
+    For DPM fast/adaptive, txt2img passes the model table's sigma_min/max (``model_sigma_*``);
+    when those are None the schedule's own range is used, which is A1111's img2img behaviour.
+    """
+    if sampler.function is None:
+        raise NotImplementedError(f"sampler {sampler.name!r} is listed but not implemented")
+    churn = {"s_churn": s_churn, "s_tmin": s_tmin, "s_tmax": s_tmax, "s_noise": s_noise}
+    kwargs: dict[str, Any] = {key: churn[key] for key in sampler.extra_params}
+    if sampler.takes_eta:
+        kwargs["eta"] = sampler.default_eta if eta is None else eta
+    if sampler.name in _INTERVAL_SAMPLERS:
+        kwargs.update(_interval_kwargs(sigmas, model_sigma_min, model_sigma_max))
+    if sampler.options.get("solver_type") == "heun":
+        kwargs["solver_type"] = "heun"
+    kwargs["noise_sampler"] = noise_sampler
+    return kwargs
+
+
+def _interval_kwargs(sigmas: torch.Tensor, sigma_min: float | None, sigma_max: float | None) -> dict[str, Any]:
+    """n, sigma_min, sigma_max for DPM-Solver fast/adaptive (which cannot start or stop at 0)."""
+    return {
+        "n": int(sigmas.numel()) - 1,
+        "sigma_min": float(sigmas[-2]) if sigma_min is None else sigma_min,
+        "sigma_max": float(sigmas[0]) if sigma_max is None else sigma_max,
+    }
