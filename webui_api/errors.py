@@ -90,3 +90,10 @@ class GenerationFailed(ApiError):
 
     status_code = 500
     error_name = "RuntimeError"
+
+
+class NotImplementedFeature(ApiError):
+    """A valid A1111 request for a feature this server does not have yet (501)."""
+
+    status_code = 501
+    error_name = "NotImplementedError"

@@ -1,0 +1,168 @@
+"""create_app(settings, engine=None): the FastAPI application.
+
+The lifespan builds the services (options store, engine, scheduler, progress), starts the
+worker thread and loads the model on it; one exception handler maps every error to A1111's
+body. Passing an `engine` lets tests and benchmarks share one already-built model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import traceback
+from datetime import datetime
+from typing import Any, AsyncIterator, Optional
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError, StarletteHTTPException
+from fastapi.middleware.gzip import GZipMiddleware
+from fastapi.responses import JSONResponse
+
+from . import __version__
+from .auth import add_cors
+from .errors import ApiError
+from .options import OptionsStore
+from .progress import ProgressTracker
+from .scheduler import Scheduler, WorkItem
+from .services import Services
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_MODEL_WARNING = (
+    "No checkpoint found: serving the EMBEDDED TINY MODEL with random weights. Its images are noise.\n"
+    "    To generate real images, put a Stable Diffusion checkpoint (.safetensors) in %s\n"
+    "    (or pass --ckpt FILE / --ckpt-dir DIR) and select it with POST /sdapi/v1/options "
+    '{"sd_model_checkpoint": "<title>"}.'
+)
+
+
+def create_app(settings: Settings, engine: Optional[Any] = None) -> FastAPI:
+    app = FastAPI(
+        title="webui-api",
+        version=__version__,
+        lifespan=_lifespan_for(settings, engine),
+        root_path=f"/{settings.subpath.strip('/')}" if settings.subpath else "",
+    )
+    app.state.settings = settings
+    _install_error_handlers(app)
+    _install_middleware(app, settings)
+    _include_routes(app, settings)
+    return app
+
+
+def _lifespan_for(settings: Settings, engine: Optional[Any]):
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = build_services(settings, engine)
+        app.state.services = services
+        services.scheduler.start()
+        if not settings.skip_load_model_at_start:
+            services.scheduler.submit(WorkItem(run=lambda _: _load_startup_model(services), label="load model"))
+        try:
+            yield
+        finally:
+            services.scheduler.stop()
+
+    return lifespan
+
+
+def build_services(settings: Settings, engine: Optional[Any] = None) -> Services:
+    from .postprocess.encode import encode_image_base64
+
+    if engine is None:
+        from .engine.service import Engine
+
+        engine = Engine(device=settings.device, dtype=settings.dtype)
+    options = OptionsStore(settings.ui_settings_file)
+    progress = ProgressTracker(encode_preview=lambda image: encode_image_base64(image, "png"))
+    scheduler = Scheduler(progress, after_failure=getattr(engine, "free_memory", None))
+    return Services(settings=settings, options=options, engine=engine, scheduler=scheduler, progress=progress)
+
+
+def _load_startup_model(services: Services) -> None:
+    """Load the configured checkpoint (or the embedded one) and record its title in the options."""
+    wanted = services.options.get("sd_model_checkpoint")
+    title = None
+    if wanted:
+        try:
+            title = services.engine.find_checkpoint(wanted).title
+        except ApiError:
+            log.warning("Configured checkpoint %r not found; loading the default instead", wanted)
+    loaded = services.engine.load(title)
+    services.options.apply({"sd_model_checkpoint": loaded.info.title})
+    if loaded.info.filename == "<embedded>":
+        log.warning(EMBEDDED_MODEL_WARNING, services.settings.models_dir / "Stable-diffusion")
+
+
+# errors ---------------------------------------------------------------------------------
+
+
+def _error_response(status: int, body: dict[str, Any]) -> JSONResponse:
+    return JSONResponse(status_code=status, content=body)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _error_response(exc.status_code, exc.to_body())
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        body = {"error": "HTTPException", "detail": exc.detail or "", "body": "", "errors": ""}
+        return _error_response(exc.status_code, body)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error_response(422, {"detail": _jsonable_errors(exc.errors())})
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("API error: %s %s\n%s", request.method, request.url.path, traceback.format_exc())
+        body = {"error": type(exc).__name__, "detail": "", "body": "", "errors": str(exc)}
+        return _error_response(500, body)
+
+
+def _jsonable_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pydantic's error dicts can carry exception objects in `ctx`; keep them printable."""
+    return [{**e, "ctx": {k: str(v) for k, v in e["ctx"].items()}} if "ctx" in e else e for e in errors]
+
+
+# middleware -----------------------------------------------------------------------------
+
+
+def _install_middleware(app: FastAPI, settings: Settings) -> None:
+    app.add_middleware(GZipMiddleware, minimum_size=1000)
+    add_cors(app, settings)
+
+    @app.middleware("http")
+    async def process_time(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        duration = time.perf_counter() - started
+        response.headers["X-Process-Time"] = f"{duration:.4f}"
+        if settings.api_log and request.url.path.startswith("/sdapi"):
+            _log_request(request, response.status_code, duration)
+        return response
+
+
+def _log_request(request: Request, status: int, duration: float) -> None:
+    client = request.client.host if request.client else "-"
+    version = request.scope.get("http_version", "1.1")
+    log.info(
+        "API %s %s %s/%s %s %s %s %.4f",
+        datetime.now().strftime("%Y-%m-%d %H:%M:%S.%f"), status, request.url.scheme, version,
+        request.method, request.url.path, client, duration,
+    )
+
+
+# routes ---------------------------------------------------------------------------------
+
+
+def _include_routes(app: FastAPI, settings: Settings) -> None:
+    from .routes import catalog, generate, options, progress, server
+
+    for module in (generate, progress, options, catalog):
+        app.include_router(module.router)
+    app.include_router(server.build_router(settings))

@@ -1,0 +1,144 @@
+"""Build A1111's txt2img response from a finished job: infotexts, the info JSON, images.
+
+The info string and the PNG `parameters` chunk are what clients parse (bots re-read
+infotexts line by line), so key order and value formatting follow A1111's
+`create_infotext` and `Processed.js` exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+from .jobs import GeneratedImage, GenerationJob, JobResult
+
+A1111_COMPAT_VERSION = "v1.10.1"  # the A1111 release whose behaviour we reproduce; infotext parsers key on it
+CHURN_INFOTEXT_KEYS = {"s_churn": "Sigma churn", "s_tmin": "Sigma tmin", "s_tmax": "Sigma tmax", "s_noise": "Sigma noise"}
+
+
+def extra_generation_params(job: GenerationJob) -> dict[str, Any]:
+    """The sampler-dependent infotext extras A1111 adds (Eta, Sigma * from options)."""
+    from samplers import registry
+
+    sampler = registry.find_sampler(job.sampling.sampler_name)
+    extras: dict[str, Any] = {}
+    if sampler.takes_eta and job.sampling.eta is not None and job.sampling.eta != sampler.default_eta:
+        extras["Eta DDIM" if sampler.default_eta == 0.0 else "Eta"] = job.sampling.eta
+    extras.update(_churn_from_options(job, sampler.extra_params))
+    return extras
+
+
+def _churn_from_options(job: GenerationJob, accepted: tuple[str, ...]) -> dict[str, Any]:
+    defaults = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": 0.0, "s_noise": 1.0}
+    extras = {}
+    for key in accepted:
+        option_value = float(job.options.get(key, defaults[key]))
+        if option_value != defaults[key]:
+            extras[CHURN_INFOTEXT_KEYS[key]] = option_value
+    return extras
+
+
+def infotext_params(job: GenerationJob, image: GeneratedImage, model: Any, extras: Mapping[str, Any]) -> dict[str, Any]:
+    """The ordered parameter line of one image, None meaning "leave out"."""
+    opts = job.options
+    seeds = job.seeds
+    uses_ensd = seeds.eta_noise_seed_delta != 0 and _sampler_uses_ensd(job)
+    return {
+        "Steps": job.sampling.steps,
+        "Sampler": job.sampling.sampler_name,
+        "Schedule type": _scheduler_label(job),
+        "CFG scale": job.sampling.cfg_scale,
+        "Seed": image.seed,
+        "Size": f"{job.width}x{job.height}",
+        "Model hash": model.hash if opts.get("add_model_hash_to_info", True) else None,
+        "Model": model.model_name if opts.get("add_model_name_to_info", True) else None,
+        "Variation seed": image.subseed if seeds.subseed_strength != 0 else None,
+        "Variation seed strength": seeds.subseed_strength if seeds.subseed_strength != 0 else None,
+        "Seed resize from": _seed_resize(job),
+        "Clip skip": job.clip_skip if job.clip_skip > 1 else None,
+        "ENSD": seeds.eta_noise_seed_delta if uses_ensd else None,
+        "RNG": seeds.randn_source if seeds.randn_source != "GPU" else None,
+        **extras,
+        "Version": A1111_COMPAT_VERSION if opts.get("add_version_to_infotext", True) else None,
+    }
+
+
+def _scheduler_label(job: GenerationJob) -> str:
+    from samplers import registry
+
+    return registry.find_scheduler(job.sampling.scheduler).label
+
+
+def _sampler_uses_ensd(job: GenerationJob) -> bool:
+    from samplers import registry
+
+    return bool(registry.find_sampler(job.sampling.sampler_name).options.get("uses_ensd"))
+
+
+def _seed_resize(job: GenerationJob) -> str | None:
+    w, h = job.seeds.seed_resize_from_w, job.seeds.seed_resize_from_h
+    return f"{w}x{h}" if w > 0 and h > 0 else None
+
+
+def build_infotexts(job: GenerationJob, result: JobResult, model: Any) -> list[str]:
+    from .postprocess.infotext import create_infotext
+
+    extras = {**extra_generation_params(job), **result.extra_generation_params}
+    return [
+        create_infotext(image.prompt, image.negative_prompt, infotext_params(job, image, model, extras))
+        for image in result.images
+    ]
+
+
+def build_info(job: GenerationJob, result: JobResult, model: Any, infotexts: list[str], request: Any) -> str:
+    """`Processed.js()`: the info JSON string, keys in A1111's order."""
+    seeds = job.seeds
+    first = result.images[0] if result.images else None
+    info = {
+        "prompt": job.prompts[0],
+        "all_prompts": list(job.prompts),
+        "negative_prompt": job.negative_prompts[0],
+        "all_negative_prompts": list(job.negative_prompts),
+        "seed": first.seed if first else seeds.seeds[0],
+        "all_seeds": list(seeds.seeds),
+        "subseed": first.subseed if first else seeds.subseeds[0],
+        "all_subseeds": list(seeds.subseeds),
+        "subseed_strength": seeds.subseed_strength,
+        "width": job.width,
+        "height": job.height,
+        "sampler_name": job.sampling.sampler_name,
+        "cfg_scale": job.sampling.cfg_scale,
+        "steps": job.sampling.steps,
+        "batch_size": job.batch_size,
+        "restore_faces": bool(request.restore_faces),
+        "face_restoration_model": None,
+        "sd_model_name": model.model_name,
+        "sd_model_hash": model.hash,
+        "sd_vae_name": None,
+        "sd_vae_hash": None,
+        "seed_resize_from_w": request.seed_resize_from_w,
+        "seed_resize_from_h": request.seed_resize_from_h,
+        "denoising_strength": request.denoising_strength,
+        "extra_generation_params": {**extra_generation_params(job), **result.extra_generation_params},
+        "index_of_first_image": 0,
+        "infotexts": infotexts,
+        "styles": list(request.styles or []),
+        "job_timestamp": job.job_timestamp,
+        "clip_skip": job.clip_skip,
+        "is_using_inpainting_conditioning": False,
+        "version": A1111_COMPAT_VERSION,
+    }
+    return json.dumps(info, default=lambda _: None)
+
+
+def encode_images(result: JobResult, infotexts: list[str], options: Mapping[str, Any]) -> list[str]:
+    """Raw base64 in `samples_format`, each carrying its infotext when enable_pnginfo is on."""
+    from .postprocess.encode import encode_image_base64
+
+    fmt = str(options.get("samples_format", "png")).lower()
+    quality = int(options.get("jpeg_quality", 80))
+    with_info = options.get("enable_pnginfo", True)
+    return [
+        encode_image_base64(image.image, fmt, infotext=text if with_info else None, quality=quality)
+        for image, text in zip(result.images, infotexts)
+    ]

@@ -1,0 +1,147 @@
+"""The GET listings clients read (samplers, models, styles, ...) and the refresh-* routes.
+
+Catalogs whose features land later answer an empty list in A1111's shape, so clients that
+populate menus from them keep working.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import Depends
+
+from ..scheduler import WorkItem
+from ..services import Services
+from ..styles import read_styles
+from . import api_router, get_services
+
+router = api_router()
+
+LATENT_UPSCALE_MODES = (
+    "Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
+    "Latent (nearest)", "Latent (nearest-exact)",
+)
+
+
+def _sampler_item(sampler: Any) -> dict[str, Any]:
+    """A1111's SamplerItem: option values are strings (pydantic v1 coerced True to "True")."""
+    return {"name": sampler.name, "aliases": list(sampler.aliases), "options": {k: str(v) for k, v in sampler.options.items()}}
+
+
+def _scheduler_item(scheduler: Any) -> dict[str, Any]:
+    return {
+        "name": scheduler.name,
+        "label": scheduler.label,
+        "aliases": list(scheduler.aliases) if scheduler.aliases else None,
+        "default_rho": float(scheduler.default_rho),
+        "need_inner_model": bool(scheduler.need_inner_model),
+    }
+
+
+@router.get("/sdapi/v1/samplers")
+async def samplers() -> list[dict[str, Any]]:
+    """Only the samplers this server can run, in A1111's order."""
+    from samplers import registry
+
+    return [_sampler_item(s) for s in registry.implemented_samplers()]
+
+
+@router.get("/sdapi/v1/schedulers")
+async def schedulers() -> list[dict[str, Any]]:
+    from samplers import registry
+
+    return [_scheduler_item(s) for s in registry.SCHEDULERS]
+
+
+@router.get("/sdapi/v1/sd-models")
+async def sd_models(services: Services = Depends(get_services)) -> list[dict[str, Any]]:
+    return [asdict(info) for info in services.engine.checkpoints()]
+
+
+@router.get("/sdapi/v1/sd-vae")
+async def sd_vae() -> list[dict[str, Any]]:
+    return []
+
+
+@router.get("/sdapi/v1/upscalers")
+async def upscalers() -> list[dict[str, Any]]:
+    return []
+
+
+@router.get("/sdapi/v1/latent-upscale-modes")
+async def latent_upscale_modes() -> list[dict[str, Any]]:
+    return [{"name": name} for name in LATENT_UPSCALE_MODES]
+
+
+@router.get("/sdapi/v1/embeddings")
+async def embeddings() -> dict[str, Any]:
+    return {"loaded": {}, "skipped": {}}
+
+
+@router.get("/sdapi/v1/loras")
+async def loras() -> list[dict[str, Any]]:
+    return []
+
+
+@router.get("/sdapi/v1/hypernetworks")
+async def hypernetworks() -> list[dict[str, Any]]:
+    return []
+
+
+@router.get("/sdapi/v1/face-restorers")
+async def face_restorers() -> list[dict[str, Any]]:
+    return []
+
+
+@router.get("/sdapi/v1/realesrgan-models")
+async def realesrgan_models() -> list[dict[str, Any]]:
+    return []
+
+
+@router.get("/sdapi/v1/prompt-styles")
+async def prompt_styles(services: Services = Depends(get_services)) -> list[dict[str, Any]]:
+    return [asdict(style) for style in read_styles(_style_files(services))]
+
+
+def _style_files(services: Services) -> list[Any]:
+    settings = services.settings
+    return list(settings.styles_files) or [settings.data_dir / "styles.csv"]
+
+
+@router.get("/sdapi/v1/scripts")
+async def scripts() -> dict[str, list[str]]:
+    """Lower-cased script titles; webuiapi looks for "controlnet m2m" here to detect ControlNet."""
+    return {"txt2img": [], "img2img": []}
+
+
+@router.get("/sdapi/v1/script-info")
+async def script_info() -> list[dict[str, Any]]:
+    return []
+
+
+@router.get("/sdapi/v1/extensions")
+async def extensions() -> list[dict[str, Any]]:
+    return []
+
+
+@router.get("/sdapi/v1/memory")
+async def memory(services: Services = Depends(get_services)) -> dict[str, Any]:
+    return services.engine.memory()
+
+
+@router.post("/sdapi/v1/refresh-checkpoints")
+async def refresh_checkpoints(services: Services = Depends(get_services)) -> None:
+    refresh = getattr(services.engine, "refresh_checkpoints", None)
+    if refresh is not None:
+        await services.scheduler.run(WorkItem(run=lambda _: refresh(), label="refresh checkpoints"))
+    return None
+
+
+async def _nothing_to_refresh() -> None:
+    """The catalog behind this route is empty until its feature lands; nothing to rescan."""
+    return None
+
+
+for _path in ("/sdapi/v1/refresh-vae", "/sdapi/v1/refresh-embeddings", "/sdapi/v1/refresh-loras"):
+    router.add_api_route(_path, _nothing_to_refresh, methods=["POST"])

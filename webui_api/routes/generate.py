@@ -1,0 +1,62 @@
+"""POST /sdapi/v1/txt2img, /img2img and /png-info."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Depends
+
+from ..errors import NotFound, NotImplementedFeature
+from ..job_builder import build_txt2img
+from ..jobs import GenerationJob, JobResult
+from ..results import build_infotexts, build_info, encode_images
+from ..scheduler import ProgressSpec, WorkItem
+from ..schemas.generation import GenerationResponse, Img2ImgRequest, Txt2ImgRequest
+from ..services import Services
+from . import api_router, get_services
+
+router = api_router()
+
+
+@router.post("/sdapi/v1/txt2img", response_model=GenerationResponse)
+async def txt2img(request: Txt2ImgRequest, services: Services = Depends(get_services)) -> dict[str, Any]:
+    options = services.options.with_overrides(request.override_settings or {})
+    job = build_txt2img(request, options)
+    result, model_info = await services.scheduler.run(_txt2img_item(services, job))
+    return _response(request, job, result, model_info)
+
+
+def _txt2img_item(services: Services, job: GenerationJob) -> WorkItem:
+    def run(cancel) -> tuple[JobResult, Any]:
+        model = services.engine.load(job.model_title)
+        return services.engine.txt2img(job, services.progress, cancel), model.info
+
+    spec = ProgressSpec("scripts_txt2img", job.n_iter, job.job_timestamp, job.preview_every_n_steps)
+    return WorkItem(run=run, label="txt2img", progress=spec)
+
+
+def _response(request: Txt2ImgRequest, job: GenerationJob, result: JobResult, model_info: Any) -> dict[str, Any]:
+    infotexts = build_infotexts(job, result, model_info)
+    images = encode_images(result, infotexts, job.options) if request.send_images else []
+    return {
+        "images": images,
+        "parameters": request.model_dump(),
+        "info": build_info(job, result, model_info, infotexts, request),
+    }
+
+
+@router.post("/sdapi/v1/img2img", response_model=GenerationResponse)
+async def img2img(request: Img2ImgRequest, services: Services = Depends(get_services)) -> dict[str, Any]:
+    if request.init_images is None:
+        raise NotFound("Init image not found")
+    raise NotImplementedFeature("img2img is not implemented yet in this server (the request schema is accepted)")
+
+
+@router.post("/sdapi/v1/png-info")
+async def png_info(body: dict[str, Any]) -> dict[str, Any]:
+    from ..postprocess.encode import png_info_response
+
+    image = body.get("image")
+    if not image:
+        raise NotFound("Image not found")
+    return png_info_response(str(image))

@@ -1,0 +1,37 @@
+"""GET/POST /sdapi/v1/options and GET /sdapi/v1/cmd-flags."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Body, Depends
+
+from ..errors import BadRequest
+from ..scheduler import WorkItem
+from ..services import Services
+from . import api_router, get_services
+
+router = api_router()
+
+
+@router.get("/sdapi/v1/options")
+async def get_options(services: Services = Depends(get_services)) -> dict[str, Any]:
+    return services.options.as_api_dict()
+
+
+@router.post("/sdapi/v1/options")
+async def set_options(updates: Any = Body(...), services: Services = Depends(get_services)) -> None:
+    """Accepts any subset, including the whole GET dict sent back; a new checkpoint is loaded
+    on the worker before the call returns, like A1111."""
+    if not isinstance(updates, dict):
+        raise BadRequest(f"expected a JSON object of option keys to values; received {type(updates).__name__}")
+    changed = services.options.apply(updates, validate_checkpoint=lambda name: services.engine.find_checkpoint(name).title)
+    if "sd_model_checkpoint" in changed:
+        title = changed["sd_model_checkpoint"][1]
+        await services.scheduler.run(WorkItem(run=lambda _: services.engine.load(title), label="load checkpoint"))
+    return None
+
+
+@router.get("/sdapi/v1/cmd-flags")
+async def cmd_flags(services: Services = Depends(get_services)) -> dict[str, Any]:
+    return dict(services.settings.cmd_flags)

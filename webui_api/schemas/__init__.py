@@ -1,0 +1,1 @@
+"""Pydantic request/response models with A1111's field names and defaults (no torch import)."""

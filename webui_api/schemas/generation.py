@@ -1,0 +1,160 @@
+"""txt2img / img2img request and response models, field for field as A1111 v1.10 declares them.
+
+A1111 builds these models from its processing classes with pydantic v1: every field is
+optional, unknown keys are ignored and numbers are coerced. We keep that leniency (clients
+such as webuiapi send every field, nulls included) and add what A1111 lacks: sizes and step
+counts are checked here, so nonsense is answered with a 422 before any work starts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_IMAGE_SIDE = 8192  # far above anything a GPU can render; stops accidental billion-pixel requests
+MAX_STEPS = 1000
+MAX_BATCH = 64
+
+
+class LenientModel(BaseModel):
+    """Ignore unknown keys and accept strings for numbers, like A1111's pydantic v1 models."""
+
+    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True, protected_namespaces=())
+
+
+def _check_multiple_of_8(name: str, value: Optional[int]) -> Optional[int]:
+    if value is None:
+        return value
+    if value < 8 or value > MAX_IMAGE_SIDE or value % 8:
+        raise ValueError(
+            f"{name} must be a multiple of 8 between 8 and {MAX_IMAGE_SIDE}; received {value}"
+        )
+    return value
+
+
+def _check_range(name: str, value: Optional[int], low: int, high: int) -> Optional[int]:
+    if value is not None and not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}; received {value}")
+    return value
+
+
+class GenerationRequest(LenientModel):
+    """Fields shared by txt2img and img2img, in A1111's model order."""
+
+    prompt: Union[str, list[str], None] = ""
+    negative_prompt: Union[str, list[str], None] = ""
+    styles: Optional[list[str]] = None
+    seed: Optional[int] = -1
+    subseed: Optional[int] = -1
+    subseed_strength: Optional[float] = 0
+    seed_resize_from_h: Optional[int] = -1
+    seed_resize_from_w: Optional[int] = -1
+    sampler_name: Optional[str] = None
+    scheduler: Optional[str] = None
+    batch_size: Optional[int] = 1
+    n_iter: Optional[int] = 1
+    steps: Optional[int] = 50
+    cfg_scale: Optional[float] = 7.0
+    width: Optional[int] = 512
+    height: Optional[int] = 512
+    restore_faces: Optional[bool] = None
+    tiling: Optional[bool] = None
+    do_not_save_samples: Optional[bool] = False
+    do_not_save_grid: Optional[bool] = False
+    eta: Optional[float] = None
+    denoising_strength: Optional[float] = None
+    s_min_uncond: Optional[float] = None
+    s_churn: Optional[float] = None
+    s_tmax: Optional[float] = None
+    s_tmin: Optional[float] = None
+    s_noise: Optional[float] = None
+    override_settings: Optional[dict[str, Any]] = None
+    override_settings_restore_afterwards: Optional[bool] = True
+    refiner_checkpoint: Optional[str] = None
+    refiner_switch_at: Optional[float] = None
+    disable_extra_networks: Optional[bool] = False
+    firstpass_image: Optional[str] = None
+    comments: Optional[dict[str, Any]] = None
+    sampler_index: Optional[str] = "Euler"
+    script_name: Optional[str] = None
+    script_args: Optional[list[Any]] = Field(default_factory=list)
+    send_images: Optional[bool] = True
+    save_images: Optional[bool] = False
+    alwayson_scripts: Optional[dict[str, Any]] = Field(default_factory=dict)
+    force_task_id: Optional[str] = None
+    infotext: Optional[str] = None
+
+    @field_validator("width", "height")
+    @classmethod
+    def _size(cls, value: Optional[int], info) -> Optional[int]:
+        return _check_multiple_of_8(info.field_name, value)
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, value: Optional[int]) -> Optional[int]:
+        return _check_range("steps", value, 1, MAX_STEPS)
+
+    @field_validator("batch_size", "n_iter")
+    @classmethod
+    def _counts(cls, value: Optional[int], info) -> Optional[int]:
+        return _check_range(info.field_name, value, 1, MAX_BATCH)
+
+    @field_validator("subseed_strength", "denoising_strength", "refiner_switch_at")
+    @classmethod
+    def _unit_interval(cls, value: Optional[float], info) -> Optional[float]:
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ValueError(f"{info.field_name} must be between 0 and 1; received {value}")
+        return value
+
+
+class Txt2ImgRequest(GenerationRequest):
+    """POST /sdapi/v1/txt2img (A1111's StableDiffusionTxt2ImgProcessingAPI)."""
+
+    enable_hr: Optional[bool] = False
+    firstphase_width: Optional[int] = 0
+    firstphase_height: Optional[int] = 0
+    hr_scale: Optional[float] = 2.0
+    hr_upscaler: Optional[str] = None
+    hr_second_pass_steps: Optional[int] = 0
+    hr_resize_x: Optional[int] = 0
+    hr_resize_y: Optional[int] = 0
+    hr_checkpoint_name: Optional[str] = None
+    hr_sampler_name: Optional[str] = None
+    hr_scheduler: Optional[str] = None
+    hr_prompt: Optional[str] = ""
+    hr_negative_prompt: Optional[str] = ""
+
+
+class Img2ImgRequest(GenerationRequest):
+    """POST /sdapi/v1/img2img (A1111's StableDiffusionImg2ImgProcessingAPI)."""
+
+    init_images: Optional[list[Any]] = None
+    resize_mode: Optional[int] = 0
+    image_cfg_scale: Optional[float] = None
+    mask: Optional[str] = None
+    mask_blur_x: Optional[int] = 4
+    mask_blur_y: Optional[int] = 4
+    mask_blur: Optional[int] = None
+    mask_round: Optional[bool] = True
+    inpainting_fill: Optional[int] = 0
+    inpaint_full_res: Optional[bool] = True
+    inpaint_full_res_padding: Optional[int] = 0
+    inpainting_mask_invert: Optional[int] = 0
+    initial_noise_multiplier: Optional[float] = None
+    latent_mask: Optional[str] = None
+    include_init_images: Optional[bool] = Field(default=False, exclude=True)
+    denoising_strength: Optional[float] = 0.75
+
+    @field_validator("resize_mode")
+    @classmethod
+    def _resize_mode(cls, value: Optional[int]) -> Optional[int]:
+        return _check_range("resize_mode", value, 0, 3)
+
+
+class GenerationResponse(BaseModel):
+    """A1111's TextToImageResponse / ImageToImageResponse: info is a JSON *string*."""
+
+    images: Optional[list[str]] = None
+    parameters: dict[str, Any]
+    info: str
