@@ -1,0 +1,84 @@
+"""Bad input gets a clear 4xx, never a 500, and the server keeps serving afterwards."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.api.payloads import webuiapi_txt2img
+
+BAD_FIELDS = [
+    ({"steps": "many"}, "steps"),
+    ({"width": 500}, "multiple of 8"),
+    ({"height": 12345678}, "multiple of 8"),
+    ({"steps": -3}, "steps must be between"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"cfg_scale": "high"}, "cfg_scale"),
+    ({"subseed_strength": 2}, "subseed_strength"),
+    ({"prompt": {"a": 1}}, "prompt"),
+]
+
+
+@pytest.mark.parametrize("fields, expected", BAD_FIELDS)
+def test_validation_errors_are_422_with_a_message(client, fields, expected):
+    response = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img(**fields))
+    assert response.status_code == 422, response.text
+    assert expected in response.text
+
+
+def test_unknown_sampler_is_422_listing_valid_names(client):
+    response = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img(sampler_name="Fancy 9000", sampler_index=None))
+    assert response.status_code == 422
+    body = response.json()
+    assert set(body) == {"error", "detail", "body", "errors"}
+    assert "Fancy 9000" in body["detail"] and "Euler a" in body["detail"]
+
+
+def test_unknown_scheduler_is_422(client):
+    response = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img(scheduler="wobbly"))
+    assert response.status_code == 422
+    assert "wobbly" in response.json()["detail"]
+
+
+def test_malformed_json_is_422(client):
+    response = client.post("/sdapi/v1/txt2img", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 422
+
+
+def test_prompt_list_of_wrong_length_is_400(client):
+    response = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img(prompt=["a", "b", "c"], batch_size=2))
+    assert response.status_code == 400
+    assert "3 entries" in response.json()["detail"]
+
+
+def test_unimplemented_features_say_so(client):
+    response = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img(enable_hr=True))
+    assert response.status_code == 501
+    assert "hires" in response.json()["detail"]
+
+
+def test_img2img_schema_lands_and_requires_init_images(client):
+    response = client.post("/sdapi/v1/img2img", json={"prompt": "x"})
+    assert response.status_code == 404
+    assert response.json()["detail"] == "Init image not found"
+    bad = client.post("/sdapi/v1/img2img", json={"init_images": ["x"], "resize_mode": 9})
+    assert bad.status_code == 422
+
+
+def test_server_keeps_serving_after_bad_requests(client):
+    for fields, _ in BAD_FIELDS:
+        client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img(**fields))
+    response = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img())
+    assert response.status_code == 200
+    assert client.get("/sdapi/v1/progress").json()["state"]["job_count"] == 0
+
+
+def test_engine_failure_is_a1111_error_json_and_worker_survives(client, monkeypatch, engine):
+    def explode(*args, **kwargs):
+        raise RuntimeError("simulated device failure")
+
+    monkeypatch.setattr(engine, "txt2img", explode)
+    response = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img())
+    assert response.status_code == 500
+    assert response.json() == {"error": "RuntimeError", "detail": "", "body": "", "errors": "simulated device failure"}
+    monkeypatch.undo()
+    assert client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img()).status_code == 200

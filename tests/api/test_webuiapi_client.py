@@ -1,0 +1,51 @@
+"""The real `webuiapi` client package against a real server on loopback."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+webuiapi = pytest.importorskip("webuiapi")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture()
+def live_server(engine, tmp_path):
+    import uvicorn
+
+    from webui_api.app import create_app
+    from webui_api.settings import Settings
+
+    port = free_port()
+    settings = Settings.for_tests(tmp_path, port=port, api_auth=(("user", "pass"),))
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, engine=engine), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    yield port
+    server.should_exit = True
+    thread.join(30)
+
+
+def test_webuiapi_txt2img_and_listings(live_server):
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=live_server, sampler="Euler a", steps=3)
+    api.set_auth("user", "pass")
+    result = api.txt2img(prompt="a cat", negative_prompt="blurry", seed=42, width=64, height=64, batch_size=2)
+    assert len(result.images) == 2
+    assert result.images[0].size == (64, 64)
+    assert result.info["all_seeds"] == [42, 43]
+    assert result.parameters["prompt"] == "a cat"
+    assert [s["name"] for s in api.get_samplers()][:1]
+    assert api.get_sd_models()[0]["title"] == api.get_options()["sd_model_checkpoint"]
+    assert api.get_progress()["state"]["job_count"] == 0
