@@ -210,19 +210,21 @@ def find_scheduler(name: str) -> SchedulerInfo | None:
     return None
 
 
-def split_scheduler_suffix(sampler_name: str) -> tuple[str, SchedulerInfo | None]:
-    """Strip trailing scheduler words from legacy names such as "DPM++ 2M Karras".
+def split_scheduler_suffix(sampler_name: str) -> tuple[SamplerInfo, SchedulerInfo] | None:
+    """Split legacy names such as "DPM++ 2M Karras" into a known sampler and a trailing scheduler.
 
-    Walks the schedulers in A1111's order, stripping at most one suffix per scheduler; the last
-    one stripped wins, exactly as upstream's loop does. Matching ignores case here.
+    Like A1111 this accepts any scheduler label, name or alias after a space. Unlike A1111 (which
+    strips suffixes in scheduler order, so "Euler SGM Uniform" loses to "Uniform"), the longest
+    suffix that leaves a known sampler wins, and case is ignored.
     """
-    name, found = sampler_name, None
-    for scheduler in SCHEDULERS:
-        for option in _scheduler_names(scheduler):
-            if name.casefold().endswith(" " + option.casefold()):
-                name, found = name[: -(len(option) + 1)], scheduler
-                break
-    return name, found
+    folded = sampler_name.casefold()
+    spellings = [(option, scheduler) for scheduler in SCHEDULERS for option in _scheduler_names(scheduler)]
+    for option, scheduler in sorted(spellings, key=lambda pair: -len(pair[0])):
+        if folded.endswith(" " + option.casefold()):
+            sampler = find_sampler(sampler_name[: -(len(option) + 1)].rstrip())
+            if sampler is not None:
+                return sampler, scheduler
+    return None
 
 
 def resolve_sampler_and_scheduler(
@@ -236,13 +238,12 @@ def resolve_sampler_and_scheduler(
     if not isinstance(sampler_name, str) or not sampler_name.strip():
         raise UnknownSamplerError(f"sampler name must be a non-empty string, got {sampler_name!r}; {_valid_samplers()}")
     scheduler = _lookup_scheduler(scheduler_name)
-    sampler = find_sampler(sampler_name)
+    sampler = find_sampler(sampler_name.strip())
     if sampler is None:
-        base, suffix_scheduler = split_scheduler_suffix(sampler_name)
-        sampler = find_sampler(base)
-        if sampler is None:
+        split = split_scheduler_suffix(sampler_name.strip())
+        if split is None:
             raise UnknownSamplerError(f"sampler not found: {sampler_name!r}; {_valid_samplers()}")
-        scheduler = suffix_scheduler or scheduler
+        sampler, scheduler = split
     if sampler.options.get("scheduler") == scheduler.name:
         scheduler = AUTOMATIC
     return sampler, scheduler

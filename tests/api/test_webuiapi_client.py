@@ -39,8 +39,8 @@ def live_server(engine, tmp_path):
 
 
 def test_webuiapi_txt2img_and_listings(live_server):
-    api = webuiapi.WebUIApi(host="127.0.0.1", port=live_server, sampler="Euler a", steps=3)
-    api.set_auth("user", "pass")
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=live_server, sampler="Euler a", steps=3,
+                            username="user", password="pass")
     result = api.txt2img(prompt="a cat", negative_prompt="blurry", seed=42, width=64, height=64, batch_size=2)
     assert len(result.images) == 2
     assert result.images[0].size == (64, 64)
