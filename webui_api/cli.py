@@ -1,0 +1,380 @@
+"""Command line: A1111's flag names in, a frozen `Settings` out.
+
+Users start this server with the COMMANDLINE_ARGS they already use for A1111, so the parser
+accepts every flag A1111 v1.10.1 defines (its `cmd_args.py` plus the preload flags of its
+built-in extensions) with the same dest names and defaults: GET /sdapi/v1/cmd-flags returns
+them. Flags that only matter to A1111's Gradio UI or installer are accepted and ignored.
+Unknown flags are returned to the caller, which logs a warning instead of refusing to start.
+
+Importing this module must stay cheap: no torch, no fastapi (the server is imported in `main`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from webui_api.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_IGNORED = "accepted for A1111 compatibility; no effect here"
+_SENSITIVE_WORDS = ("auth", "password", "token", "key")
+_SENSITIVE_DESTS = frozenset({"ngrok"})  # its value is an ngrok authtoken
+_REDACTED = "***"
+
+
+def absolute_path(value: str) -> str:
+    """A1111's `normalized_filepath`: path flags are made absolute against the working directory."""
+    return str(Path(value).expanduser().absolute())
+
+
+def _lower(value: str) -> str:
+    return value.lower()
+
+
+@dataclass(frozen=True)
+class FlagSpec:
+    """One command-line flag. `under` names the folder a path default lives in ("data"/"models")."""
+
+    flag: str
+    help: str = _IGNORED
+    type: Callable[[str], Any] | None = None  # None: an on/off switch
+    default: Any = None
+    under: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)  # extra add_argument keywords
+
+
+def _switch(flag: str, help: str = _IGNORED, default: bool = False) -> FlagSpec:
+    """An on/off flag (store_true); A1111's `--gradio-queue` is the one that defaults to on."""
+    return FlagSpec(flag, help, None, default, options={"action": "store_true"})
+
+
+def _path(flag: str, help: str, *parts: str, under: str | None = None) -> FlagSpec:
+    """A path flag; with `parts`, its default is <under>/<parts...> (made absolute like A1111)."""
+    default = os.path.join(*parts) if parts else None
+    return FlagSpec(flag, help, absolute_path, default, under if parts else None)
+
+
+# A1111 v1.10.1 modules/cmd_args.py, in its order (the order /cmd-flags lists them in).
+A1111_FLAGS: tuple[FlagSpec, ...] = (
+    _switch("-f", argparse.SUPPRESS),
+    _switch("--update-all-extensions"),
+    _switch("--skip-python-version-check"),
+    _switch("--skip-torch-cuda-test"),
+    _switch("--reinstall-xformers"),
+    _switch("--reinstall-torch"),
+    _switch("--update-check"),
+    _switch("--test-server"),
+    _switch("--log-startup"),
+    _switch("--skip-prepare-environment"),
+    _switch("--skip-install"),
+    _switch("--dump-sysinfo"),
+    FlagSpec("--loglevel", "logging level name (CRITICAL, ERROR, WARNING, INFO, DEBUG)", str),
+    _switch("--do-not-download-clip"),
+    FlagSpec("--data-dir", "folder for user data: config.json, embeddings, outputs, models", absolute_path, "", "data"),
+    _path("--models-dir", "folder holding the model folders; default <data-dir>/models"),
+    FlagSpec("--config", _IGNORED, absolute_path, os.path.join("configs", "v1-inference.yaml"), "data"),
+    FlagSpec("--ckpt", "an extra checkpoint file, listed and loaded at start", absolute_path, "model.ckpt", "data"),
+    _path("--ckpt-dir", "an extra folder of Stable Diffusion checkpoints"),
+    _path("--vae-dir", "an extra folder of VAE files"),
+    FlagSpec("--gfpgan-dir", _IGNORED, absolute_path, "./GFPGAN"),
+    _path("--gfpgan-model", _IGNORED),
+    _switch("--no-half", "keep model weights in float32"),
+    _switch("--no-half-vae", "keep the VAE in float32"),
+    _switch("--no-progressbar-hiding"),
+    FlagSpec("--max-batch-count", _IGNORED, int, 16),
+    _path("--embeddings-dir", "folder of textual inversion embeddings", "embeddings", under="data"),
+    _path("--textual-inversion-templates-dir", _IGNORED, "textual_inversion_templates", under="data"),
+    _path("--hypernetwork-dir", "folder of hypernetworks", "hypernetworks", under="models"),
+    _path("--localizations-dir", _IGNORED, "localizations", under="data"),
+    _switch("--allow-code"),
+    _switch("--medvram"),
+    _switch("--medvram-sdxl"),
+    _switch("--lowvram"),
+    _switch("--lowram"),
+    _switch("--always-batch-cond-uncond"),
+    _switch("--unload-gfpgan"),
+    FlagSpec("--precision", "'full' keeps float32", str, "autocast", options={"choices": ["full", "half", "autocast"]}),
+    _switch("--upcast-sampling"),
+    _switch("--share"),
+    FlagSpec("--ngrok", _IGNORED, str),
+    FlagSpec("--ngrok-region", _IGNORED, str, ""),
+    FlagSpec("--ngrok-options", _IGNORED, json.loads, options={"default": {}}),
+    _switch("--enable-insecure-extension-access"),
+    _path("--codeformer-models-path", "folder of CodeFormer weights", "Codeformer", under="models"),
+    _path("--gfpgan-models-path", "folder of GFPGAN weights", "GFPGAN", under="models"),
+    _path("--esrgan-models-path", "folder of ESRGAN upscalers", "ESRGAN", under="models"),
+    _path("--bsrgan-models-path", "folder of BSRGAN upscalers", "BSRGAN", under="models"),
+    _path("--realesrgan-models-path", "folder of RealESRGAN upscalers", "RealESRGAN", under="models"),
+    _path("--dat-models-path", "folder of DAT upscalers", "DAT", under="models"),
+    _path("--clip-models-path", _IGNORED),
+    _switch("--xformers"),
+    _switch("--force-enable-xformers"),
+    _switch("--xformers-flash-attention"),
+    _switch("--deepdanbooru"),
+    _switch("--opt-split-attention"),
+    _switch("--opt-sub-quad-attention"),
+    FlagSpec("--sub-quad-q-chunk-size", _IGNORED, int, 1024),
+    FlagSpec("--sub-quad-kv-chunk-size", _IGNORED, int),
+    FlagSpec("--sub-quad-chunk-threshold", _IGNORED, int),
+    _switch("--opt-split-attention-invokeai"),
+    _switch("--opt-split-attention-v1"),
+    _switch("--opt-sdp-attention"),
+    _switch("--opt-sdp-no-mem-attention"),
+    _switch("--disable-opt-split-attention"),
+    _switch("--disable-nan-check", "do not check results for NaNs"),
+    FlagSpec("--use-cpu", "modules to run on the CPU; 'all' or 'sd' moves generation there", _lower,
+             options={"nargs": "+", "default": []}),
+    _switch("--use-ipex"),
+    _switch("--disable-model-loading-ram-optimization"),
+    _switch("--listen", "listen on 0.0.0.0 instead of 127.0.0.1"),
+    FlagSpec("--port", "port to listen on; default 7860, or 7861 with --nowebui", int),
+    _switch("--show-negative-prompt", default=False),
+    FlagSpec("--ui-config-file", _IGNORED, str, "ui-config.json", "data"),
+    _switch("--hide-ui-dir-config", "lock the output-folder and filename-pattern options", default=False),
+    _switch("--freeze-settings", "refuse every change to the options", default=False),
+    FlagSpec("--freeze-settings-in-sections", "comma-separated option sections to lock, e.g. saving-images", str),
+    FlagSpec("--freeze-specific-settings", "comma-separated option keys to lock", str),
+    FlagSpec("--ui-settings-file", "the options file", str, "config.json", "data"),
+    _switch("--gradio-debug"),
+    FlagSpec("--gradio-auth", _IGNORED, str),
+    _path("--gradio-auth-path", _IGNORED),
+    FlagSpec("--gradio-img2img-tool", _IGNORED, str),
+    FlagSpec("--gradio-inpaint-tool", _IGNORED, str),
+    FlagSpec("--gradio-allowed-path", _IGNORED, None, under="data", options={"action": "append"}),
+    _switch("--opt-channelslast"),
+    FlagSpec("--styles-file", "styles CSV file; repeat for several", str, options={"action": "append", "default": []}),
+    _switch("--autolaunch", default=False),
+    FlagSpec("--theme", _IGNORED, str),
+    _switch("--use-textbox-seed", default=False),
+    _switch("--disable-console-progressbars", default=False),
+    _switch("--enable-console-prompts", default=False),
+    _path("--vae-path", "one VAE file that replaces every model's VAE"),
+    _switch("--disable-safe-unpickle", default=False),
+    _switch("--api", "serve the API (always on here)"),
+    FlagSpec("--api-auth", 'HTTP Basic credentials for the API: "user:password[,user2:password2]"', str),
+    _switch("--api-log", "log one line per API request"),
+    _switch("--nowebui", "API only (this server never serves a web UI); default port 7861"),
+    _switch("--ui-debug-mode"),
+    FlagSpec("--device-id", "CUDA device index to use", str),
+    _switch("--administrator", default=False),
+    FlagSpec("--cors-allow-origins", "comma-separated origins allowed by CORS", str),
+    FlagSpec("--cors-allow-origins-regex", "a regular expression of origins allowed by CORS", str),
+    FlagSpec("--tls-keyfile", "TLS private key file (needs --tls-certfile)", str),
+    FlagSpec("--tls-certfile", "TLS certificate file (needs --tls-keyfile)", str),
+    FlagSpec("--disable-tls-verify", _IGNORED, options={"action": "store_false", "default": None}),
+    FlagSpec("--server-name", "host name or address to listen on; overrides --listen", str),
+    _switch("--gradio-queue", default=True),
+    _switch("--no-gradio-queue"),
+    _switch("--skip-version-check"),
+    _switch("--no-hashing", "do not compute sha256 of checkpoints", default=False),
+    _switch("--no-download-sd-model", default=False),
+    FlagSpec("--subpath", "serve under /<subpath> behind a reverse proxy", str),
+    _switch("--add-stop-route"),
+    _switch("--api-server-stop", "enable /sdapi/v1/server-kill, -restart and -stop"),
+    FlagSpec("--timeout-keep-alive", "HTTP keep-alive timeout in seconds", int, 30),
+    _switch("--disable-all-extensions", default=False),
+    _switch("--disable-extra-extensions", default=False),
+    _switch("--skip-load-model-at-start", "do not load a checkpoint until a request needs one"),
+    _switch("--unix-filenames-sanitization"),
+    FlagSpec("--filenames-max-length", "longest file name for saved images", int, 128),
+    _switch("--no-prompt-history"),
+)
+
+# Flags the built-in extensions add in their preload.py (LDSR, Lora, ScuNET, SwinIR).
+EXTENSION_FLAGS: tuple[FlagSpec, ...] = (
+    FlagSpec("--ldsr-models-path", "folder of LDSR weights", str, "LDSR", "models"),
+    _path("--lora-dir", "folder of LoRA networks", "Lora", under="models"),
+    _path("--lyco-dir-backcompat", "folder of LyCORIS networks (also --lyco-dir)", "LyCORIS", under="models"),
+    FlagSpec("--scunet-models-path", "folder of ScuNET weights", str, "ScuNET", "models"),
+    FlagSpec("--swinir-models-path", "folder of SwinIR weights", str, "SwinIR", "models"),
+)
+
+
+def _resolve_default(spec: FlagSpec, bases: Mapping[str, str]) -> Any:
+    """A default under data/models becomes a path in that folder; others stay as written."""
+    if spec.under is None:
+        return spec.default
+    if spec.options.get("action") == "append":
+        return [bases[spec.under]]
+    return os.path.join(bases[spec.under], spec.default) if spec.default else bases[spec.under]
+
+
+def _add_flag(parser: argparse.ArgumentParser, spec: FlagSpec, bases: Mapping[str, str]) -> None:
+    kwargs: dict[str, Any] = {"help": spec.help, "default": _resolve_default(spec, bases)}
+    if spec.type is not None:
+        kwargs["type"] = spec.type
+    kwargs.update(spec.options)
+    parser.add_argument(spec.flag, **kwargs)
+
+
+def build_parser(data_dir: str | None = None, models_dir: str | None = None) -> argparse.ArgumentParser:
+    """Every A1111 flag, with path defaults under `data_dir` (default: the working directory)."""
+    data = absolute_path(data_dir or os.getcwd())
+    bases = {"data": data, "models": absolute_path(models_dir) if models_dir else os.path.join(data, "models")}
+    parser = argparse.ArgumentParser(prog="webui-api", description="A1111-compatible Stable Diffusion API server")
+    for spec in A1111_FLAGS + EXTENSION_FLAGS:
+        _add_flag(parser, spec, bases)
+    return parser
+
+
+def _pre_parse_dirs(argv: Sequence[str]) -> tuple[str | None, str | None]:
+    """Read --data-dir/--models-dir first, because the other path defaults hang off them."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--data-dir", default=None)
+    pre.add_argument("--models-dir", default=None)
+    known, _ = pre.parse_known_args(list(argv))
+    return known.data_dir, known.models_dir
+
+
+def effective_argv(argv: Sequence[str], environ: Mapping[str, str]) -> list[str]:
+    """COMMANDLINE_ARGS (as webui-user.sh sets it) first, then argv, so explicit flags win."""
+    return shlex.split(environ.get("COMMANDLINE_ARGS", "")) + list(argv)
+
+
+def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> tuple[Settings, list[str]]:
+    """Parse A1111 flags into Settings; unknown flags are returned, not rejected."""
+    full_argv = effective_argv(argv, os.environ if environ is None else environ)
+    data_dir, models_dir = _pre_parse_dirs(full_argv)
+    parser = build_parser(data_dir, models_dir)
+    args, unknown = parser.parse_known_args(full_argv)
+    return settings_from_args(args, parser), unknown
+
+
+def parse_api_auth(value: str | None) -> tuple[tuple[str, str], ...]:
+    """'u:p,u2:p2' -> (('u', 'p'), ('u2', 'p2')); the password may itself contain ':'."""
+    if not value:
+        return ()
+    pairs = []
+    for index, entry in enumerate(item.strip() for item in value.split(",")):
+        if not entry:
+            continue
+        user, sep, password = entry.partition(":")
+        if not sep or not user:
+            raise ValueError(f"--api-auth entry #{index + 1} is not 'user:password' (expected 'u1:p1,u2:p2')")
+        pairs.append((user, password))
+    return tuple(pairs)
+
+
+def _split_list(value: str | None) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip()) if value else ()
+
+
+def _optional_path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def _checkpoint_file(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path | None:
+    """--ckpt when given; otherwise A1111's default <data>/model.ckpt only if that file exists."""
+    path = Path(args.ckpt)
+    explicit = args.ckpt != parser.get_default("ckpt")
+    return path if explicit or path.is_file() else None
+
+
+def _checkpoint_dirs(args: argparse.Namespace, models_dir: Path) -> tuple[Path, ...]:
+    """A1111 scans --ckpt-dir first, then <models>/Stable-diffusion."""
+    default = models_dir / "Stable-diffusion"
+    extra = Path(args.ckpt_dir) if args.ckpt_dir else None
+    return (extra, default) if extra is not None and extra != default else (default,)
+
+
+def _listen_address(args: argparse.Namespace) -> tuple[str, int]:
+    """Host: --server-name, else 0.0.0.0 with --listen; port: --port, else 7861/7860 like A1111."""
+    host = args.server_name or ("0.0.0.0" if args.listen else "127.0.0.1")
+    port = args.port or (7861 if args.nowebui else 7860)
+    return host, port
+
+
+def _device_and_dtype(args: argparse.Namespace) -> tuple[str, str]:
+    """Only the user's explicit wishes; "auto" is resolved by the engine once torch is loaded."""
+    device = "cpu" if {"all", "sd"} & set(args.use_cpu) else "auto"
+    dtype = "float32" if args.no_half or args.precision == "full" else "auto"
+    return device, dtype
+
+
+def _styles_files(args: argparse.Namespace, data_dir: Path) -> tuple[Path, ...]:
+    return tuple(Path(p) for p in args.styles_file) or (data_dir / "styles.csv",)
+
+
+def settings_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Settings:
+    """Map the parsed namespace onto Settings (paths as Path, lists as tuples, secrets redacted)."""
+    data_dir = Path(args.data_dir)
+    models_dir = Path(args.models_dir) if args.models_dir else data_dir / "models"
+    host, port = _listen_address(args)
+    device, dtype = _device_and_dtype(args)
+    return Settings(
+        host=host, port=port, api=True, nowebui=args.nowebui,
+        api_auth=parse_api_auth(args.api_auth), api_log=args.api_log, api_server_stop=args.api_server_stop,
+        cors_allow_origins=_split_list(args.cors_allow_origins), cors_allow_origins_regex=args.cors_allow_origins_regex,
+        data_dir=data_dir, models_dir=models_dir, ckpt_dirs=_checkpoint_dirs(args, models_dir),
+        ckpt=_checkpoint_file(args, parser), vae_dir=_optional_path(args.vae_dir), vae_path=_optional_path(args.vae_path),
+        lora_dir=Path(args.lora_dir), lyco_dir=Path(args.lyco_dir_backcompat),
+        embeddings_dir=Path(args.embeddings_dir), hypernetwork_dir=Path(args.hypernetwork_dir),
+        ui_settings_file=Path(args.ui_settings_file), styles_files=_styles_files(args, data_dir),
+        device=device, dtype=dtype, no_half_vae=args.no_half_vae, no_hashing=args.no_hashing,
+        skip_load_model_at_start=args.skip_load_model_at_start,
+        freeze_settings=args.freeze_settings, freeze_settings_in_sections=_split_list(args.freeze_settings_in_sections),
+        freeze_specific_settings=_split_list(args.freeze_specific_settings), hide_ui_dir_config=args.hide_ui_dir_config,
+        subpath=args.subpath, timeout_keep_alive=args.timeout_keep_alive,
+        tls_keyfile=args.tls_keyfile, tls_certfile=args.tls_certfile,
+        cmd_flags=MappingProxyType(cmd_flags_from_args(args, data_dir)),
+    )
+
+
+def cmd_flags_from_args(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
+    """vars(args) as A1111's /cmd-flags shows it (styles_file filled in), with secrets redacted."""
+    flags = dict(vars(args))
+    if not flags.get("styles_file"):
+        flags["styles_file"] = [str(data_dir / "styles.csv")]  # A1111 fills this in at startup
+    return {name: redact(name, value) for name, value in flags.items()}
+
+
+def is_sensitive(name: str) -> bool:
+    """Flag names that carry credentials: anything about auth, passwords, tokens or keys."""
+    lowered = name.lower()
+    return lowered in _SENSITIVE_DESTS or any(word in lowered for word in _SENSITIVE_WORDS)
+
+
+def redact(name: str, value: Any) -> Any:
+    """Hide secrets but keep shape: 'u:p,u2:p2' -> 'u:***,u2:***'; dicts are redacted per key."""
+    if isinstance(value, Mapping):
+        return {key: redact(str(key), item) for key, item in value.items()}
+    if not is_sensitive(name) or not isinstance(value, str) or not value:
+        return value
+    return ",".join(_redact_credential(entry) for entry in value.split(","))
+
+
+def _redact_credential(entry: str) -> str:
+    user, sep, _secret = entry.partition(":")
+    return f"{user}:{_REDACTED}" if sep else _REDACTED
+
+
+def _configure_logging(level_name: str | None) -> None:
+    level = getattr(logging, (level_name or "INFO").upper(), None)
+    if not isinstance(level, int):
+        raise SystemExit(f"--loglevel {level_name!r} is not one of CRITICAL, ERROR, WARNING, INFO, DEBUG")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: parse flags, warn about unknown ones, run the server until it stops."""
+    try:
+        settings, unknown = parse_args(sys.argv[1:] if argv is None else argv)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    _configure_logging(settings.cmd_flags.get("loglevel"))
+    if unknown:
+        logger.warning("ignoring unknown command-line arguments: %s", " ".join(unknown))
+    from webui_api import server  # imported late: it pulls in fastapi and the engine
+
+    server.serve(settings)

@@ -1,0 +1,91 @@
+"""Frozen process configuration, built once from the command line (A1111's flag names).
+
+`Settings` holds what cannot change while the server runs: where to listen, who may call,
+where the data and models live, and the device/dtype wishes. What *can* change at run time
+(the /sdapi/v1/options values) lives in `options.OptionsStore` instead.
+
+This module is pure data: no argv parsing (that is `cli.py`), no torch, no file access.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything the server needs to know about this process; see `cli.parse_args` for sources."""
+
+    host: str = "127.0.0.1"
+    port: int = 7861
+    api: bool = True  # we always serve the API; kept so /cmd-flags style checks read naturally
+    nowebui: bool = False
+    api_auth: tuple[tuple[str, str], ...] = ()  # (user, password) pairs from --api-auth "u:p,u2:p2"
+    api_log: bool = False
+    api_server_stop: bool = False
+    cors_allow_origins: tuple[str, ...] = ()
+    cors_allow_origins_regex: str | None = None
+
+    data_dir: Path
+    models_dir: Path
+    ckpt_dirs: tuple[Path, ...]  # --ckpt-dir first (if given), then <models>/Stable-diffusion, like A1111
+    ckpt: Path | None  # --ckpt, or <data>/model.ckpt when that file exists
+    vae_dir: Path | None  # --vae-dir (an extra VAE folder; <models>/VAE is always scanned)
+    vae_path: Path | None = None  # --vae-path: one VAE file that overrides every VAE setting
+    lora_dir: Path
+    lyco_dir: Path | None = None  # --lyco-dir-backcompat
+    embeddings_dir: Path
+    hypernetwork_dir: Path
+    ui_settings_file: Path  # config.json holding the options
+    styles_files: tuple[Path, ...]
+
+    device: str = "auto"  # "cpu" with --use-cpu all/sd; else resolved by the engine
+    dtype: str = "auto"  # "float32" with --no-half or --precision full; else resolved by the engine
+    no_half_vae: bool = False
+    no_hashing: bool = False
+    skip_load_model_at_start: bool = False
+
+    freeze_settings: bool = False
+    freeze_settings_in_sections: tuple[str, ...] = ()  # A1111 section ids, e.g. "saving-images"
+    freeze_specific_settings: tuple[str, ...] = ()  # option keys
+    hide_ui_dir_config: bool = False
+
+    subpath: str | None = None
+    timeout_keep_alive: int = 30
+    tls_keyfile: str | None = None
+    tls_certfile: str | None = None
+
+    cmd_flags: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # redacted vars(args)
+
+    @property
+    def root_path(self) -> str:
+        """The ASGI root path A1111 derives from --subpath ("/<subpath>"), or "" without one."""
+        return f"/{self.subpath.strip('/')}" if self.subpath else ""
+
+    @classmethod
+    def for_tests(cls, data_dir: Path, **overrides: Any) -> Settings:
+        """A complete Settings rooted at `data_dir`, with A1111's folder layout; nothing is created."""
+        base = cls.layout(Path(data_dir))
+        return replace(base, **overrides)
+
+    @classmethod
+    def layout(cls, data_dir: Path, models_dir: Path | None = None) -> Settings:
+        """Default Settings for a data folder, with every path where A1111 would put it."""
+        models = models_dir if models_dir is not None else data_dir / "models"
+        return cls(
+            data_dir=data_dir,
+            models_dir=models,
+            ckpt_dirs=(models / "Stable-diffusion",),
+            ckpt=None,
+            vae_dir=None,
+            lora_dir=models / "Lora",
+            lyco_dir=models / "LyCORIS",
+            embeddings_dir=data_dir / "embeddings",
+            hypernetwork_dir=models / "hypernetworks",
+            ui_settings_file=data_dir / "config.json",
+            styles_files=(data_dir / "styles.csv",),
+        )
