@@ -149,23 +149,54 @@ def log_midpoint_step(model, x, d, sigma_from, sigma_to, args) -> torch.Tensor:
 # LMS
 # ---------------------------------------------------------------------------
 
-# Gauss-Legendre with 8 nodes integrates polynomials up to degree 15 exactly; LMS integrands are
-# Lagrange basis polynomials of degree order - 1 <= 3, so this matches adaptive quadrature.
-_GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(8)
+# The 21-point Gauss-Kronrod rule of QUADPACK's QK21 (abscissae x_k on [0, 1), weights w_k).
+# k-diffusion integrates the LMS basis polynomials with scipy's adaptive quad, which for these
+# low-degree polynomials accepts its first QK21 evaluation; evaluating the same rule in the same
+# summation order reproduces its coefficients to the last bit, so LMS latents match upstream.
+_QK21_X = (
+    0.995657163025808080735527280689003, 0.973906528517171720077964012084452,
+    0.930157491355708226001207180059508, 0.865063366688984510732096688423493,
+    0.780817726586416897063717578345042, 0.679409568299024406234327365114874,
+    0.562757134668604683339000099272694, 0.433395394129247190799265943165784,
+    0.294392862701460198131126603103866, 0.148874338981631210884826001129720,
+    0.0,
+)
+_QK21_W = (
+    0.011694638867371874278064396062192, 0.032558162307964727478818972459390,
+    0.054755896574351996031381300244580, 0.075039674810919952767043140916190,
+    0.093125454583697605535065465083366, 0.109387158802297641899210590325805,
+    0.123491976262065851077208980108580, 0.134709217311473325928054001771707,
+    0.142775938577060080797094273138717, 0.147739104901338491374841515972068,
+    0.149445554002916905664936468389821,
+)
+# QK21 sums the Gauss abscissae (odd 1-based indices 2, 4, ..., 10) first, then the Kronrod ones.
+_QK21_ORDER = (1, 3, 5, 7, 9, 0, 2, 4, 6, 8)
+
+
+def kronrod21(fn, a: float, b: float) -> float:
+    """Integral of fn over [a, b] by the 21-point Gauss-Kronrod rule (exact for degree <= 31)."""
+    centre, half = 0.5 * (a + b), 0.5 * (b - a)
+    total = _QK21_W[10] * fn(centre)
+    for k in _QK21_ORDER:
+        offset = half * _QK21_X[k]
+        total = total + _QK21_W[k] * (fn(centre - offset) + fn(centre + offset))
+    return total * half
 
 
 def lms_coefficient(order: int, t: np.ndarray, i: int, j: int) -> float:
     """Integral over [t_i, t_{i+1}] of the Lagrange basis polynomial for node t_{i-j}."""
     if order - 1 > i:
         raise ValueError(f"LMS order {order} is too high for step {i}: only {i + 1} past derivatives exist")
-    nodes = [t[i - k] for k in range(order)]
-    half = 0.5 * (t[i + 1] - t[i])
-    taus = half * _GL_NODES + 0.5 * (t[i + 1] + t[i])
-    basis = np.ones_like(taus)
-    for k, node in enumerate(nodes):
-        if k != j:
-            basis = basis * (taus - node) / (nodes[j] - node)
-    return float(half * np.dot(_GL_WEIGHTS, basis))
+    nodes = [float(t[i - k]) for k in range(order)]
+
+    def basis(tau: float) -> float:
+        value = 1.0
+        for k, node in enumerate(nodes):
+            if k != j:
+                value *= (tau - node) / (nodes[j] - node)
+        return value
+
+    return kronrod21(basis, float(t[i]), float(t[i + 1]))
 
 
 @torch.no_grad()
