@@ -286,3 +286,12 @@ def test_old_first_pass_size_with_zero_size_does_not_crash():
     parsed = parse_infotext("p\nSteps: 20, Size: 0x0, First pass size: 0x0")
     assert (parsed["Size-1"], parsed["Size-2"]) == ("0", "0")
     assert (parsed["Hires resize-1"], parsed["Hires resize-2"]) == (0, 0)
+
+
+def test_every_mapped_option_exists_with_the_declared_default_type():
+    from webui_api.option_defaults import OPTIONS_BY_KEY
+    from webui_api.postprocess.infotext import INFOTEXT_OPTIONS
+
+    for entry in INFOTEXT_OPTIONS:
+        default = OPTIONS_BY_KEY[entry.option].default
+        assert (type(default) if default is not None else None) is entry.value_type, entry

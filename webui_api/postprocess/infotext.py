@@ -454,6 +454,16 @@ INFOTEXT_OPTIONS: tuple[InfotextOption, ...] = (
     InfotextOption("Skip Early CFG", "skip_early_cond", float),
     InfotextOption("Beta scheduler alpha", "beta_dist_alpha", float),
     InfotextOption("Beta scheduler beta", "beta_dist_beta", float),
+    # registered later by A1111's built-in hypertile extension
+    InfotextOption("Hypertile U-Net", "hypertile_enable_unet", bool),
+    InfotextOption("Hypertile U-Net second pass", "hypertile_enable_unet_secondpass", bool),
+    InfotextOption("Hypertile U-Net max depth", "hypertile_max_depth_unet", int),
+    InfotextOption("Hypertile U-Net max tile size", "hypertile_max_tile_unet", int),
+    InfotextOption("Hypertile U-Net swap size", "hypertile_swap_size_unet", int),
+    InfotextOption("Hypertile VAE", "hypertile_enable_vae", bool),
+    InfotextOption("Hypertile VAE max depth", "hypertile_max_depth_vae", int),
+    InfotextOption("Hypertile VAE max tile size", "hypertile_max_tile_vae", int),
+    InfotextOption("Hypertile VAE swap size", "hypertile_swap_size_vae", int),
 )
 
 INFOTEXT_TO_OPTION: Mapping[str, str] = MappingProxyType({o.infotext_key: o.option for o in INFOTEXT_OPTIONS})
