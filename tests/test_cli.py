@@ -130,3 +130,12 @@ def test_importing_cli_does_not_import_torch_or_fastapi():
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_settings_for_tests_carries_default_cmd_flags(tmp_path):
+    from webui_api.settings import Settings
+
+    settings = Settings.for_tests(tmp_path, port=1234)
+    assert settings.port == 1234
+    assert settings.cmd_flags["data_dir"] == str(tmp_path.absolute())
+    assert settings.cmd_flags["nowebui"] is False and settings.cmd_flags["lora_dir"].endswith("Lora")

@@ -154,7 +154,7 @@ def test_values_are_coerced_to_the_option_type(store, key, sent, stored):
 @pytest.mark.parametrize(
     ("key", "sent"),
     [("jpeg_quality", "high"), ("jpeg_quality", True), ("samples_save", "yes"), ("samples_format", 5),
-     ("hide_samplers", "Euler"), ("CLIP_stop_at_last_layers", None)],
+     ("hide_samplers", "Euler"), ("CLIP_stop_at_last_layers", None), ("sd_model_checkpoint", 5)],
 )
 def test_wrong_types_are_a_400_naming_key_and_value(store, key, sent):
     with pytest.raises(BadRequest) as caught:
@@ -171,6 +171,7 @@ def test_checkpoint_is_validated_and_canonicalised_before_anything_changes(store
     assert store.get("tiling") is True
     assert store.get("sd_model_checkpoint") == "tiny.safetensors [0123456789]"
     assert store.apply({"sd_model_checkpoint": "tiny"}, validate_checkpoint=_checkpoint_titles) == {}
+    assert store.apply({"sd_model_checkpoint": None}, validate_checkpoint=_checkpoint_titles) == {}
 
 
 def test_frozen_keys_refuse_changes_but_accept_the_same_value(config_path):

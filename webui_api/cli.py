@@ -339,6 +339,13 @@ def cmd_flags_from_args(args: argparse.Namespace, data_dir: Path) -> dict[str, A
     return {name: redact(name, value) for name, value in flags.items()}
 
 
+def default_cmd_flags(data_dir: Path) -> dict[str, Any]:
+    """/cmd-flags of a server started with no flags but --data-dir (used by Settings.for_tests)."""
+    parser = build_parser(str(data_dir))
+    args, _ = parser.parse_known_args(["--data-dir", str(data_dir)])
+    return cmd_flags_from_args(args, Path(args.data_dir))
+
+
 def is_sensitive(name: str) -> bool:
     """Flag names that carry credentials: anything about auth, passwords, tokens or keys."""
     lowered = name.lower()

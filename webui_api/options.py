@@ -332,8 +332,7 @@ class OptionsStore:
                     planned[key] = value
             if not planned:
                 return {}
-            changes = {key: (copy.deepcopy(self._current(key)) if self._known_or_stored(key) else None, value)
-                       for key, value in planned.items()}
+            changes = {key: (self._old_value(key), value) for key, value in planned.items()}
             self._commit({**self._stored, **planned})
             return changes
 
@@ -346,8 +345,11 @@ class OptionsStore:
                 option = OPTIONS_BY_KEY.get(key)
                 self._stored[key] = raw if option is None else coerce_value(option, raw)
 
-    def _known_or_stored(self, key: str) -> bool:
-        return key in OPTIONS_BY_KEY or key in self._stored
+    def _old_value(self, key: str) -> Any:
+        """The value before a change; None for a run-time key (prioritized_callbacks_*) never set."""
+        if key in OPTIONS_BY_KEY or key in self._stored:
+            return copy.deepcopy(self._current(key))
+        return None
 
     def _plan(self, key: str, raw: Any, validate_checkpoint: Callable[[str], str] | None) -> Any:
         """The new value for one POSTed key, `_SKIP` when nothing changes; raises if refused."""
@@ -357,11 +359,11 @@ class OptionsStore:
         if option.html or option.restrict_api or key in self._ignored:
             return _SKIP
         current = self._current(key)
-        if _same_value(raw, current):
-            return _SKIP
+        if _same_value(raw, current) or (key == CHECKPOINT_KEY and raw is None):
+            return _SKIP  # a null checkpoint changes nothing in A1111 (it reloads the same model)
         value = coerce_value(option, raw)
-        if key == CHECKPOINT_KEY and value is not None and validate_checkpoint is not None:
-            value = validate_checkpoint(value)
+        if key == CHECKPOINT_KEY:
+            value = _checkpoint_title(value, validate_checkpoint)
         if _same_value(value, current):
             return _SKIP
         if key in self._frozen:
@@ -388,6 +390,16 @@ class OptionsStore:
             except OSError as exc:
                 raise ApiError(f"Could not save options to {self._path.name}: {exc.strerror or exc}") from exc
         self._stored = new_stored
+
+
+def _checkpoint_title(name: Any, validate: Callable[[str], str] | None) -> Any:
+    """A requested checkpoint must be a name; the caller's registry turns it into the title."""
+    if not isinstance(name, str):
+        raise BadRequest(
+            f"Invalid value for option {CHECKPOINT_KEY!r}: expected a checkpoint name, got {_describe(name)}",
+            errors=f"{CHECKPOINT_KEY}: expected a string",
+        )
+    return validate(name) if validate is not None else name
 
 
 def _same_value(a: Any, b: Any) -> bool:

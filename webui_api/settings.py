@@ -68,9 +68,12 @@ class Settings:
 
     @classmethod
     def for_tests(cls, data_dir: Path, **overrides: Any) -> Settings:
-        """A complete Settings rooted at `data_dir`, with A1111's folder layout; nothing is created."""
+        """A complete Settings rooted at `data_dir`, with A1111's folder layout and the default
+        /cmd-flags for that folder; nothing is created on disk. Overrides replace fields as given."""
+        from webui_api.cli import default_cmd_flags  # cli imports this module; import late
+
         base = cls.layout(Path(data_dir))
-        return replace(base, **overrides)
+        return replace(base, cmd_flags=MappingProxyType(default_cmd_flags(Path(data_dir))), **overrides)
 
     @classmethod
     def layout(cls, data_dir: Path, models_dir: Path | None = None) -> Settings:
