@@ -75,7 +75,7 @@ def build_services(settings: Settings, engine: Optional[Any] = None) -> Services
         from .engine.service import Engine
 
         engine = Engine(device=settings.device, dtype=settings.dtype)
-    options = OptionsStore(settings.ui_settings_file)
+    options = OptionsStore.from_settings(settings)
     progress = ProgressTracker(encode_preview=lambda image: encode_image_base64(image, "png"))
     scheduler = Scheduler(progress, after_failure=getattr(engine, "free_memory", None))
     return Services(settings=settings, options=options, engine=engine, scheduler=scheduler, progress=progress)
@@ -91,7 +91,7 @@ def _load_startup_model(services: Services) -> None:
         except ApiError:
             log.warning("Configured checkpoint %r not found; loading the default instead", wanted)
     loaded = services.engine.load(title)
-    services.options.apply({"sd_model_checkpoint": loaded.info.title})
+    services.options.set_internal({"sd_model_checkpoint": loaded.info.title, "sd_checkpoint_hash": loaded.info.sha256 or ""})
     if loaded.info.filename == "<embedded>":
         log.warning(EMBEDDED_MODEL_WARNING, services.settings.models_dir / "Stable-diffusion")
 
