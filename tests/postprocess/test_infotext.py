@@ -295,3 +295,40 @@ def test_every_mapped_option_exists_with_the_declared_default_type():
     for entry in INFOTEXT_OPTIONS:
         default = OPTIONS_BY_KEY[entry.option].default
         assert (type(default) if default is not None else None) is entry.value_type, entry
+
+
+# --------------------------------------------------------------------------- styles
+
+from webui_api.styles import PromptStyle  # noqa: E402
+
+STYLES = [
+    PromptStyle("quality", "masterpiece, {prompt}", "lowres"),
+    PromptStyle("film", "35mm film", ""),
+]
+
+
+def test_styles_are_cut_from_prompts_and_reported():
+    text = "masterpiece, a cat, 35mm film\nNegative prompt: ugly, lowres\nSteps: 20, Sampler: Euler, Seed: 1"
+    parsed = parse_infotext(text, styles=STYLES)
+    assert parsed["Prompt"] == "a cat"
+    assert parsed["Negative prompt"] == "ugly"
+    assert parsed["Styles array"] == ["film", "quality"]  # in application order: the outermost is last
+
+
+def test_styles_modes():
+    text = "a cat, 35mm film\nSteps: 20, Sampler: Euler, Seed: 1"
+    assert parse_infotext(text, styles=STYLES, infotext_styles="Discard")["Prompt"] == "a cat"
+    assert "Styles array" not in parse_infotext(text, styles=STYLES, infotext_styles="Discard")
+    assert parse_infotext(text, styles=STYLES, infotext_styles="Ignore")["Prompt"] == "a cat, 35mm film"
+    assert parse_infotext("dog\nSteps: 20, Sampler: Euler, Seed: 1", styles=STYLES, infotext_styles="Apply")[
+        "Styles array"
+    ] == []
+    with pytest.raises(ValueError, match="infotext_styles"):
+        parse_infotext(text, infotext_styles="Sometimes")
+
+
+def test_hires_prompt_with_different_styles_keeps_everything():
+    text = "a cat, 35mm film\nSteps: 20, Seed: 1, Hires prompt: a dog"
+    parsed = parse_infotext(text, styles=STYLES)
+    assert parsed["Prompt"] == "a cat, 35mm film" and "Styles array" not in parsed
+    assert parsed["Hires prompt"] == "a dog"

@@ -16,7 +16,7 @@ import math
 import re
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 from packaging.version import InvalidVersion, Version
 
@@ -176,18 +176,26 @@ def _set_missing(res: dict[str, Any], defaults: Iterable[tuple[str, Any]]) -> No
         res.setdefault(key, value)
 
 
-def parse_infotext(text: str, skip_fields: Iterable[str] = ()) -> dict[str, Any]:
+def parse_infotext(
+    text: str,
+    skip_fields: Iterable[str] = (),
+    *,
+    styles: Sequence[StyleLike] = (),
+    infotext_styles: str = "Apply if any",
+) -> dict[str, Any]:
     """Parse an infotext into A1111's dict (its `parse_generation_parameters`).
 
     Keys parsed from the text come first with string values, then Prompt / Negative prompt,
-    then the defaults A1111 adds for absent keys (with their non-string types). `skip_fields`
-    mirrors the `infotext_skip_pasting` option: those keys are removed at the end.
+    then the defaults A1111 adds for absent keys (with their non-string types). The keyword
+    arguments mirror A1111 options: `skip_fields` is `infotext_skip_pasting` (keys removed at
+    the end); `styles` (styles.csv, in load order) and `infotext_styles` decide whether style
+    text is cut out of the prompts and reported as "Styles array".
     """
     split = _split_infotext(text)
     res = _parse_param_line(split.param_line)
-    _normalize_hires_prompts(res, split.prompt, split.negative_prompt)
-    res["Prompt"] = split.prompt
-    res["Negative prompt"] = split.negative_prompt
+    prompts = _extract_prompt_styles(res, split, styles, infotext_styles)
+    res["Prompt"] = prompts.prompt
+    res["Negative prompt"] = prompts.negative_prompt
     res.setdefault("Clip skip", "1")  # an absent clip skip means the default, 1
     _append_hypernet_tag(res)
     if "Hires resize-1" not in res:
@@ -197,31 +205,13 @@ def parse_infotext(text: str, skip_fields: Iterable[str] = ()) -> dict[str, Any]
     _set_missing(res, _DEFAULTS_AFTER_HIRES_FIX)
     if "Cache FP16 weight for LoRA" not in res and res["FP8 weight"] != "Disable":
         res["Cache FP16 weight for LoRA"] = False
-    if "Emphasis" not in res and _uses_emphasis(split.prompt, split.negative_prompt):
+    if "Emphasis" not in res and _uses_emphasis(prompts.prompt, prompts.negative_prompt):
         res["Emphasis"] = "Original"
     res.setdefault("Refiner switch by sampling steps", False)
     _apply_backcompat(res)
     for key in skip_fields:
         res.pop(key, None)
     return res
-
-
-def _normalize_hires_prompts(res: dict[str, Any], prompt: str, negative_prompt: str) -> None:
-    """A hires prompt equal to the main prompt is stored as "" ("use the same").
-
-    A1111 does this while inferring styles (this server has none, so no style is ever found)
-    and only for infotexts newer than v1.8.0-139 or without a readable version. Once either
-    hires prompt is present, both keys are set.
-    """
-    if "Hires prompt" not in res and "Hires negative prompt" not in res:
-        return
-    version = _parse_version(res.get("Version"))
-    if version is not None and not version > _V180_HR_STYLES:
-        return
-    hires_prompt = res.get("Hires prompt", prompt)
-    hires_negative = res.get("Hires negative prompt", negative_prompt)
-    res["Hires prompt"] = "" if hires_prompt == prompt else hires_prompt
-    res["Hires negative prompt"] = "" if hires_negative == negative_prompt else hires_negative
 
 
 def _append_hypernet_tag(res: dict[str, Any]) -> None:
@@ -255,6 +245,109 @@ def _old_first_pass_size(width: int, height: int) -> tuple[int, int]:
     """Old hires fix: scale to about 512*512 pixels, each side rounded up to a multiple of 64."""
     scale = math.sqrt(512 * 512 / (width * height))
     return math.ceil(scale * width / 64) * 64, math.ceil(scale * height / 64) * 64
+
+
+# --------------------------------------------------------------------------- styles
+
+
+class StyleLike(Protocol):
+    """A prompt style as styles.csv defines it (webui_api.styles.PromptStyle fits)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def prompt(self) -> str | None: ...
+    @property
+    def negative_prompt(self) -> str | None: ...
+
+
+INFOTEXT_STYLES_MODES = ("Ignore", "Apply", "Discard", "Apply if any")
+
+
+@dataclass(frozen=True)
+class _StyledPrompts:
+    """Prompts with the text of the found styles cut out, and those styles' names."""
+
+    style_names: list[str]
+    prompt: str
+    negative_prompt: str
+
+
+def _cut_style_text(style_text: str | None, prompt: str) -> str | None:
+    """The prompt without the style's text, or None when the style is not in it.
+
+    A style with "{prompt}" must wrap the (stripped) prompt; any other style must end it,
+    and a ", " left before it goes too. An empty style text matches every prompt.
+    """
+    stripped, style = prompt.strip(), (style_text or "").strip()
+    if "{prompt}" in style:
+        left, _, right = style.partition("{prompt}")
+        if stripped.startswith(left) and stripped.endswith(right):
+            return stripped[len(left):len(stripped) - len(right)]
+        return None
+    if not stripped.endswith(style):
+        return None
+    rest = stripped[:len(stripped) - len(style)]
+    return rest[:-2] if rest.endswith(", ") else rest
+
+
+def _cut_style(style: StyleLike, prompt: str, negative_prompt: str) -> tuple[str, str] | None:
+    """Both prompts without the style, or None unless both contain their part of it."""
+    if not style.prompt and not style.negative_prompt:
+        return None
+    cut_prompt = _cut_style_text(style.prompt, prompt)
+    cut_negative = None if cut_prompt is None else _cut_style_text(style.negative_prompt, negative_prompt)
+    return None if cut_negative is None else (cut_prompt, cut_negative)
+
+
+def _find_styles(styles: Sequence[StyleLike], prompt: str, negative_prompt: str) -> _StyledPrompts:
+    """Peel styles off the prompts, outermost first, until none matches (each used once)."""
+    remaining, found = list(styles), []
+    while True:
+        for style in remaining:
+            cut = _cut_style(style, prompt, negative_prompt)
+            if cut is not None:
+                prompt, negative_prompt = cut
+                remaining.remove(style)
+                found.append(style.name)
+                break
+        else:
+            return _StyledPrompts(found[::-1], prompt, negative_prompt)
+
+
+def _extract_prompt_styles(
+    res: dict[str, Any], split: _SplitInfotext, styles: Sequence[StyleLike], mode: str
+) -> _StyledPrompts:
+    """A1111's style inference while parsing, which also normalises the hires prompts.
+
+    Hires prompts (checked only for infotexts newer than v1.8.0-139 or without a readable
+    version) must carry the same styles, otherwise nothing is cut anywhere; a hires prompt
+    equal to the main one becomes "" ("use the same"), and once either is present both are set.
+    """
+    if mode not in INFOTEXT_STYLES_MODES:
+        raise ValueError(f"infotext_styles must be one of {INFOTEXT_STYLES_MODES}, received {mode!r}")
+    unchanged = _StyledPrompts([], split.prompt, split.negative_prompt)
+    if mode == "Ignore":
+        return unchanged
+    main = _find_styles(styles, split.prompt, split.negative_prompt)
+    if _hires_prompts_follow_styles(res):
+        hires = _find_styles(
+            styles, res.get("Hires prompt", split.prompt), res.get("Hires negative prompt", split.negative_prompt)
+        )
+        if hires.style_names != main.style_names:
+            return unchanged
+        res["Hires prompt"] = "" if hires.prompt == main.prompt else hires.prompt
+        res["Hires negative prompt"] = "" if hires.negative_prompt == main.negative_prompt else hires.negative_prompt
+    if (mode == "Apply if any" and main.style_names) or mode == "Apply":
+        res["Styles array"] = main.style_names
+    return main
+
+
+def _hires_prompts_follow_styles(res: Mapping[str, Any]) -> bool:
+    if "Hires prompt" not in res and "Hires negative prompt" not in res:
+        return False
+    version = _parse_version(res.get("Version"))
+    return version is None or version > _V180_HR_STYLES
 
 
 # --------------------------------------------------------------------------- emphasis
