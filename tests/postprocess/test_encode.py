@@ -231,3 +231,10 @@ def test_novelai_png_is_converted():
         "Steps: 28, Sampler: Euler a, CFG scale: 11, Seed: 7, Size: 16x8, Clip skip: 2, ENSD: 31337"
     )
     assert body["parameters"]["Sampler"] == "Euler a"
+
+
+def test_png_info_passes_parse_options():
+    body = png_info_response(
+        encode_image_base64(_image(), "png", infotext=INFOTEXT), skip_fields=["Seed"], infotext_styles="Ignore"
+    )
+    assert "Seed" not in body["parameters"] and body["parameters"]["Steps"] == "20"

@@ -12,6 +12,7 @@ from webui_api.postprocess.infotext import (
     parse_infotext,
     quote,
 )
+from webui_api.styles import PromptStyle
 
 EXAMPLE_TEXT = (
     "a photo of a cat, <lora:add_detail:0.5>\n"
@@ -298,8 +299,6 @@ def test_every_mapped_option_exists_with_the_declared_default_type():
 
 
 # --------------------------------------------------------------------------- styles
-
-from webui_api.styles import PromptStyle  # noqa: E402
 
 STYLES = [
     PromptStyle("quality", "masterpiece, {prompt}", "lowres"),

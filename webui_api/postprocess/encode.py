@@ -13,12 +13,12 @@ import io
 import json
 import re
 import struct
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from PIL import Image, ImageOps, PngImagePlugin
 
 from webui_api.errors import InvalidImage, InvalidImageFormat
-from webui_api.postprocess.infotext import parse_infotext
+from webui_api.postprocess.infotext import StyleLike, parse_infotext
 
 SUPPORTED_FORMATS = ("png", "jpg", "jpeg", "webp")
 
@@ -279,16 +279,24 @@ def _novelai_infotext(items: Mapping[str, Any], size: tuple[int, int]) -> str | 
         return None
 
 
-def png_info_response(image_b64: str) -> dict[str, Any]:
+def png_info_response(
+    image_b64: str,
+    *,
+    skip_fields: Iterable[str] = (),
+    styles: Sequence[StyleLike] = (),
+    infotext_styles: str = "Apply if any",
+) -> dict[str, Any]:
     """The /sdapi/v1/png-info body for a base64 image.
 
     Like A1111, an image without infotext still gets `parse_infotext("")`: empty prompts
     plus every default, not an empty dict. Items are made JSON-safe (bytes become text).
+    The keyword arguments are passed to `parse_infotext` (A1111 takes them from its options).
     """
     image = decode_image_base64(image_b64)
     infotext, items = read_image_info(image)
     info = infotext or ""
-    return {"info": info, "items": {k: _json_safe(v) for k, v in items.items()}, "parameters": parse_infotext(info)}
+    parameters = parse_infotext(info, skip_fields, styles=styles, infotext_styles=infotext_styles)
+    return {"info": info, "items": {k: _json_safe(v) for k, v in items.items()}, "parameters": parameters}
 
 
 def _json_safe(value: Any) -> Any:
