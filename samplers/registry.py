@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from samplers import ancestral, dpmpp, kdiffusion, schedules
+from samplers import ancestral, dpm_solver, dpmpp, kdiffusion, restart, schedules
 
 CHURN_PARAMS = ("s_churn", "s_tmin", "s_tmax", "s_noise")
 NOISE_PARAM = ("s_noise",)
@@ -139,9 +139,9 @@ SAMPLERS: tuple[SamplerInfo, ...] = (
         NOISE_PARAM,
         1.0,
     ),
-    _sampler("DPM fast", ("k_dpm_fast",), {"uses_ensd": True}, None, NOISE_PARAM, 1.0),
-    _sampler("DPM adaptive", ("k_dpm_ad",), {"uses_ensd": True}, None, (), 1.0),
-    _sampler("Restart", ("restart",), {"scheduler": "karras", "second_order": True}, None),
+    _sampler("DPM fast", ("k_dpm_fast",), {"uses_ensd": True}, dpm_solver.sample_dpm_fast, NOISE_PARAM, 1.0),
+    _sampler("DPM adaptive", ("k_dpm_ad",), {"uses_ensd": True}, dpm_solver.sample_dpm_adaptive, (), 1.0),
+    _sampler("Restart", ("restart",), {"scheduler": "karras", "second_order": True}, restart.sample_restart),
     _sampler("DDIM", ("ddim",), {}, None, (), 0.0),
     _sampler("DDIM CFG++", ("ddim_cfgpp",), {}, None, (), 0.0),
     _sampler("PLMS", ("plms",), {}, None),
@@ -149,9 +149,10 @@ SAMPLERS: tuple[SamplerInfo, ...] = (
     _sampler("LCM", ("k_lcm",), {}, None),
 )
 
-# Samplers whose function wants the DPM-Solver interval (n, sigma_min, sigma_max) rather than
-# just the schedule (A1111 inspects the k-diffusion signature for these parameter names).
+# Samplers whose function wants the DPM-Solver interval (sigma_min, sigma_max) rather than just
+# the schedule, and those also taking n. A1111 inspects the k-diffusion signatures for these names.
 _INTERVAL_SAMPLERS = frozenset({"DPM fast", "DPM adaptive"})
+_COUNTED_SAMPLERS = frozenset({"DPM fast"})
 
 SCHEDULERS: tuple[SchedulerInfo, ...] = (
     SchedulerInfo("automatic", "Automatic", None, -1.0, False, None),
@@ -375,6 +376,8 @@ def sampler_call_kwargs(
     kwargs: dict[str, Any] = {key: churn[key] for key in sampler.extra_params}
     if sampler.takes_eta:
         kwargs["eta"] = sampler.default_eta if eta is None else eta
+    if sampler.name in _COUNTED_SAMPLERS:
+        kwargs["n"] = int(sigmas.numel()) - 1
     if sampler.name in _INTERVAL_SAMPLERS:
         kwargs.update(_interval_kwargs(sigmas, model_sigma_min, model_sigma_max))
     if sampler.options.get("solver_type") == "heun":
@@ -384,9 +387,8 @@ def sampler_call_kwargs(
 
 
 def _interval_kwargs(sigmas: torch.Tensor, sigma_min: float | None, sigma_max: float | None) -> dict[str, Any]:
-    """n, sigma_min, sigma_max for DPM-Solver fast/adaptive (which cannot start or stop at 0)."""
+    """sigma_min, sigma_max for DPM-Solver fast/adaptive (which cannot start or stop at 0)."""
     return {
-        "n": int(sigmas.numel()) - 1,
         "sigma_min": float(sigmas[-2]) if sigma_min is None else sigma_min,
         "sigma_max": float(sigmas[0]) if sigma_max is None else sigma_max,
     }

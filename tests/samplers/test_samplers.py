@@ -17,7 +17,8 @@ from samplers.registry import compute_sigmas, find_sampler, find_scheduler, samp
 IMPLEMENTED = [s.name for s in registry.implemented_samplers()]
 DETERMINISTIC = ["Euler", "Heun", "DPM2", "LMS", "DPM++ 2M"]  # at eta = 0 / s_churn = 0
 NEEDS_NOISE = ["Euler", "Heun", "DPM2", "Euler a", "DPM2 a", "DPM++ 2S a", "DPM++ SDE",
-               "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 3M SDE"]
+               "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 3M SDE", "DPM fast", "DPM adaptive", "Restart"]
+OWN_STEPPING = ["DPM fast", "DPM adaptive", "Restart"]  # step count differs from len(sigmas) - 1
 SHAPE = (2000, 1)
 
 
@@ -67,7 +68,7 @@ def test_higher_order_beats_euler(sd15_sigmas, toy_model, name):
         assert error(name) < error("Euler")
 
 
-@pytest.mark.parametrize("name", [n for n in NEEDS_NOISE if n not in ("Euler", "Heun", "DPM2")])
+@pytest.mark.parametrize("name", [n for n in NEEDS_NOISE if n not in ("Euler", "Heun", "DPM2", "DPM adaptive")])
 def test_stochastic_samplers_reach_the_data_distribution(sd15_sigmas, toy_model, name):
     shape = (20000, 1)
 
@@ -146,7 +147,7 @@ def test_samplers_needing_noise_refuse_none(sd15_sigmas, name):
         _run(name, sigmas, _start(sigmas), None)
 
 
-@pytest.mark.parametrize("name", IMPLEMENTED)
+@pytest.mark.parametrize("name", [n for n in IMPLEMENTED if n not in OWN_STEPPING])
 def test_callback_reports_each_step(sd15_sigmas, name):
     sigmas = _karras(sd15_sigmas, 5, name)
     seen = []
@@ -203,3 +204,96 @@ def test_bad_inputs_are_rejected(sd15_sigmas):
     with pytest.raises(ValueError, match="solver_type"):
         find_sampler("DPM++ 2M SDE").function(GaussianDenoiser(), torch.zeros(2, 2), _karras(sd15_sigmas, 3),
                                               noise_sampler=SeededNoise((2, 2), 0), solver_type="rk4")
+
+
+# --- DPM fast / adaptive / Restart ------------------------------------------------------------
+
+
+class CountingModel(GaussianDenoiser):
+    calls: int = 0
+
+    def __call__(self, x, sigma, **extra):
+        object.__setattr__(self, "calls", self.calls + 1)
+        return super().__call__(x, sigma, **extra)
+
+
+@pytest.mark.parametrize("nfe", [1, 2, 3, 4, 5, 6, 7, 20, 21])
+def test_dpm_fast_uses_exactly_n_model_calls(sd15_sigmas, nfe):
+    from samplers.dpm_solver import fast_orders
+
+    assert sum(fast_orders(nfe)) == nfe
+    model = CountingModel()
+    sigmas = _karras(sd15_sigmas, nfe, "DPM fast")
+    noise = SeededNoise((2, 2), 0)
+    _run("DPM fast", sigmas, _start(sigmas, shape=(2, 2)), noise, model=model)
+    assert model.calls == nfe
+    assert len(noise.calls) == len(fast_orders(nfe))  # one draw per step, even where eta's noise is 0
+
+
+@pytest.mark.parametrize(("name", "tol"), [("DPM fast", 2e-3), ("DPM adaptive", 2e-3)])
+def test_dpm_solvers_follow_the_exact_flow_at_eta_0(sd15_sigmas, toy_model, name, tol):
+    sigmas = _karras(sd15_sigmas, 30, name)
+    x = _start(sigmas)
+    out = _run(name, sigmas, x, SeededNoise(SHAPE, 1), eta=0.0)
+    # these stop at sigma_min instead of 0
+    exact = toy_model.ode_solution(x, float(sigmas[0]), float(sigmas[-2]))
+    assert (out - exact).abs().max() < tol * float(sigmas[0])
+
+
+def test_dpm_adaptive_stochastic_reaches_the_data_distribution(sd15_sigmas, toy_model):
+    shape = (20000, 1)
+    sigmas = _karras(sd15_sigmas, 30, "DPM adaptive")
+    out = _run("DPM adaptive", sigmas, _start(sigmas, shape=shape), SeededNoise(shape, 7))
+    assert float(out.mean()) == pytest.approx(toy_model.mean, abs=0.01)
+    assert float(out.std()) == pytest.approx(toy_model.std, rel=0.05)
+
+
+def test_dpm_fast_txt2img_uses_the_model_range(sd15_sigmas):
+    sampler = find_sampler("DPM fast")
+    sigmas = compute_sigmas(sampler, find_scheduler("simple"), 10, sd15_sigmas)
+    kwargs = sampler_call_kwargs(sampler, sigmas, eta=None, s_churn=0, s_tmin=0, s_tmax=0, s_noise=1.0,
+                                 noise_sampler=None, model_sigma_min=0.0292, model_sigma_max=14.6)
+    assert (kwargs["n"], kwargs["sigma_min"], kwargs["sigma_max"], kwargs["eta"]) == (10, 0.0292, 14.6, 1.0)
+    img2img = sampler_call_kwargs(find_sampler("DPM adaptive"), sigmas[4:], eta=0.0, s_churn=0, s_tmin=0,
+                                  s_tmax=0, s_noise=1.0, noise_sampler=None)
+    assert "n" not in img2img and "s_noise" not in img2img
+    assert img2img["sigma_min"] == float(sigmas[-2]) and img2img["sigma_max"] == float(sigmas[4])
+
+
+@pytest.mark.parametrize("bad", [(0.0, 14.6), (0.03, 0.0)])
+def test_dpm_solvers_refuse_sigma_zero(bad):
+    from samplers.dpm_solver import sample_dpm_fast
+
+    with pytest.raises(ValueError, match="must be > 0"):
+        sample_dpm_fast(GaussianDenoiser(), torch.zeros(2, 2), None, noise_sampler=SeededNoise((2, 2), 0),
+                        n=4, sigma_min=bad[0], sigma_max=bad[1])
+
+
+def test_restart_below_20_steps_is_plain_heun(sd15_sigmas):
+    sigmas = _karras(sd15_sigmas, 12, "Restart")
+    x = _start(sigmas, shape=(4, 3))
+    noise = SeededNoise((4, 3), 1)
+    restart = _run("Restart", sigmas, x, noise)
+    heun = _run("Heun", sigmas, x, SeededNoise((4, 3), 1))
+    assert torch.equal(restart, heun) and noise.calls == []
+
+
+@pytest.mark.parametrize(("steps", "jumps", "heun_steps"), [(20, 1, 20), (30, 1, 30), (40, 2, 40)])
+def test_restart_plan_keeps_the_step_count(sd15_sigmas, steps, jumps, heun_steps):
+    sigmas = _karras(sd15_sigmas, steps, "Restart")
+    noise = SeededNoise((2, 2), 1)
+    seen = []
+    _run("Restart", sigmas, _start(sigmas, shape=(2, 2)), noise, callback=seen.append)
+    assert len(seen) == heun_steps
+    assert [info["i"] for info in seen] == list(range(heun_steps))
+    assert len(noise.calls) == jumps
+    low, high = noise.calls[0]
+    assert low == pytest.approx(0.1, rel=0.3) and high == pytest.approx(2.0, rel=0.3)
+
+
+def test_restart_reaches_the_data_distribution(sd15_sigmas, toy_model):
+    shape = (20000, 1)
+    sigmas = _karras(sd15_sigmas, 30, "Restart")
+    out = _run("Restart", sigmas, _start(sigmas, shape=shape), SeededNoise(shape, 7))
+    assert float(out.mean()) == pytest.approx(toy_model.mean, abs=0.01)
+    assert float(out.std()) == pytest.approx(toy_model.std, rel=0.03)
