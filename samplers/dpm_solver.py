@@ -1,0 +1,231 @@
+"""DPM-Solver fast (fixed steps) and adaptive (Lu et al. 2022), as k-diffusion implements them.
+
+They ignore the schedule: they integrate in t = -log(sigma) between ``sigma_max`` and
+``sigma_min`` (A1111 passes the model table's range for txt2img). With eta > 0 (A1111's
+default is 1.0) they are stochastic; the noise comes from ``noise_sampler``, which DPM fast
+calls on every step even at eta = 0, like upstream (its draws advance the RNG streams).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+
+from samplers._common import NoiseSampler, StepCallback, ancestral_step, as_args, require_noise, sigma_of, t_of
+
+
+@dataclass
+class _Solver:
+    """The model in eps form, with the callback; ``cache`` holds one step's evaluations by name."""
+
+    model: Any
+    args: Mapping[str, Any]
+    cache: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def eps(self, key: str, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Noise prediction at time t, computed once per key within a step."""
+        if key not in self.cache:
+            sigma = sigma_of(t) * x.new_ones([x.shape[0]])
+            self.cache[key] = (x - self.model(x, sigma, **self.args)) / sigma_of(t)
+        return self.cache[key]
+
+    def step_1(self, x, t, t_next) -> torch.Tensor:
+        """DPM-Solver-1 (DDIM-like) step."""
+        h = t_next - t
+        return x - sigma_of(t_next) * h.expm1() * self.eps("eps", x, t)
+
+    def step_2(self, x, t, t_next, r1: float = 1 / 2) -> torch.Tensor:
+        """DPM-Solver-2 step with the intermediate point at t + r1*h."""
+        h = t_next - t
+        eps = self.eps("eps", x, t)
+        s1 = t + r1 * h
+        u1 = x - sigma_of(s1) * (r1 * h).expm1() * eps
+        eps_r1 = self.eps("eps_r1", u1, s1)
+        return x - sigma_of(t_next) * h.expm1() * eps - sigma_of(t_next) / (2 * r1) * h.expm1() * (eps_r1 - eps)
+
+    def step_3(self, x, t, t_next, r1: float = 1 / 3, r2: float = 2 / 3) -> torch.Tensor:
+        """DPM-Solver-3 step with intermediate points at t + r1*h and t + r2*h."""
+        h = t_next - t
+        eps = self.eps("eps", x, t)
+        s1, s2 = t + r1 * h, t + r2 * h
+        u1 = x - sigma_of(s1) * (r1 * h).expm1() * eps
+        eps_r1 = self.eps("eps_r1", u1, s1)
+        u2 = (x - sigma_of(s2) * (r2 * h).expm1() * eps
+              - sigma_of(s2) * (r2 / r1) * ((r2 * h).expm1() / (r2 * h) - 1) * (eps_r1 - eps))
+        eps_r2 = self.eps("eps_r2", u2, s2)
+        return x - sigma_of(t_next) * h.expm1() * eps - sigma_of(t_next) / r2 * (h.expm1() / h - 1) * (eps_r2 - eps)
+
+    def step(self, order: int, x, t, t_next) -> torch.Tensor:
+        """A step of the given order (1, 2 or 3) with default intermediate points."""
+        return {1: self.step_1, 2: self.step_2, 3: self.step_3}[order](x, t, t_next)
+
+
+def _check_interval(sigma_min: float, sigma_max: float) -> None:
+    """log(0) is -inf: these solvers cannot start or stop at sigma 0."""
+    if not (sigma_min > 0 and sigma_max > 0):
+        raise ValueError(f"sigma_min and sigma_max must be > 0, got {sigma_min!r} and {sigma_max!r}")
+
+
+def _ancestral_target(t, t_next, t_end, eta):
+    """Where the deterministic part of a stochastic step stops, and the noise to add back."""
+    if not eta:
+        return t_next, 0.0
+    sd, _ = ancestral_step(sigma_of(t), sigma_of(t_next), eta)
+    t_next_ = torch.minimum(t_end, t_of(sd))
+    return t_next_, (sigma_of(t_next) ** 2 - sigma_of(t_next_) ** 2) ** 0.5
+
+
+def fast_orders(nfe: int) -> list[int]:
+    """Solver orders per step so that the total number of model calls is exactly nfe."""
+    m = math.floor(nfe / 3) + 1
+    if nfe % 3 == 0:
+        return [3] * (m - 2) + [2, 1]
+    return [3] * (m - 1) + [nfe % 3]
+
+
+@torch.no_grad()
+def sample_dpm_fast(
+    model,
+    x: torch.Tensor,
+    sigmas: torch.Tensor | None = None,
+    extra_args: Mapping[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    disable: bool | None = None,
+    noise_sampler: NoiseSampler | None = None,
+    *,
+    n: int,
+    sigma_min: float,
+    sigma_max: float,
+    eta: float = 0.0,
+    s_noise: float = 1.0,
+) -> torch.Tensor:
+    """DPM-Solver-Fast: n model calls spread over floor(n/3)+1 steps of order 3 (then 2/1)."""
+    _check_interval(sigma_min, sigma_max)
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n (model evaluations) must be a positive int, got {n!r}")
+    noise = require_noise(noise_sampler, "DPM fast")
+    t_start, t_end = t_of(torch.tensor(sigma_max)), t_of(torch.tensor(sigma_min))
+    if not t_end > t_start and eta:
+        raise ValueError(f"eta must be 0 for reverse sampling (sigma_min {sigma_min} >= sigma_max {sigma_max})")
+    orders = fast_orders(n)
+    ts = torch.linspace(t_start, t_end, len(orders) + 1, device=x.device)
+    solver = _Solver(model, as_args(extra_args))
+    for i, order in enumerate(orders):
+        solver.cache = {}
+        t, t_next = ts[i], ts[i + 1]
+        t_next_, su = _ancestral_target(t, t_next, t_end.to(ts.device), eta)
+        denoised = x - sigma_of(t) * solver.eps("eps", x, t)
+        _report(callback, x, i, t, denoised)
+        x = solver.step(order, x, t, t_next_)
+        x = x + su * s_noise * noise(sigma_of(t), sigma_of(t_next))
+    return x
+
+
+def _report(callback, x, i, t, denoised) -> None:
+    if callback is not None:
+        callback({"x": x, "i": i, "sigma": sigma_of(t), "sigma_hat": sigma_of(t), "denoised": denoised})
+
+
+@dataclass
+class PIDStepSizeController:
+    """Adaptive step size from the error history (a PID controller on log error), as in k-diffusion."""
+
+    h: float
+    pcoeff: float
+    icoeff: float
+    dcoeff: float
+    order: float = 1.0
+    accept_safety: float = 0.81
+    eps: float = 1e-8
+    errs: list[float] = field(default_factory=list)
+
+    def propose_step(self, error) -> bool:
+        """Rescale h from the new error; report whether the step that produced it is accepted."""
+        b1 = (self.pcoeff + self.icoeff + self.dcoeff) / self.order
+        b2 = -(self.pcoeff + 2 * self.dcoeff) / self.order
+        b3 = self.dcoeff / self.order
+        inv_error = 1 / (float(error) + self.eps)
+        if not self.errs:
+            self.errs = [inv_error, inv_error, inv_error]
+        self.errs[0] = inv_error
+        factor = 1 + math.atan(self.errs[0] ** b1 * self.errs[1] ** b2 * self.errs[2] ** b3 - 1)
+        accept = factor >= self.accept_safety
+        if accept:
+            self.errs[2], self.errs[1] = self.errs[1], self.errs[0]
+        self.h *= factor
+        return accept
+
+
+@dataclass(frozen=True)
+class AdaptiveSettings:
+    """k-diffusion's defaults for DPM-Solver-23 (A1111 passes none of these)."""
+
+    order: int = 3
+    rtol: float = 0.05
+    atol: float = 0.0078
+    h_init: float = 0.05
+    pcoeff: float = 0.0
+    icoeff: float = 1.0
+    dcoeff: float = 0.0
+    accept_safety: float = 0.81
+
+
+@torch.no_grad()
+def sample_dpm_adaptive(
+    model,
+    x: torch.Tensor,
+    sigmas: torch.Tensor | None = None,
+    extra_args: Mapping[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    disable: bool | None = None,
+    noise_sampler: NoiseSampler | None = None,
+    *,
+    sigma_min: float,
+    sigma_max: float,
+    eta: float = 0.0,
+    s_noise: float = 1.0,
+    settings: AdaptiveSettings = AdaptiveSettings(),
+) -> torch.Tensor:
+    """DPM-Solver-12/23 with error-controlled step sizes; the step count is not fixed in advance."""
+    _check_interval(sigma_min, sigma_max)
+    if settings.order not in (2, 3):
+        raise ValueError(f"DPM adaptive order must be 2 or 3, got {settings.order!r}")
+    noise = require_noise(noise_sampler, "DPM adaptive")
+    t_start, t_end = t_of(torch.tensor(sigma_max)), t_of(torch.tensor(sigma_min))
+    if not t_end > t_start and eta:
+        raise ValueError(f"eta must be 0 for reverse sampling (sigma_min {sigma_min} >= sigma_max {sigma_max})")
+    return _adaptive_loop(_Solver(model, as_args(extra_args)), x, t_start, t_end, eta, s_noise, noise, settings, callback)
+
+
+def _adaptive_loop(solver, x, t_start, t_end, eta, s_noise, noise, cfg, callback) -> torch.Tensor:
+    """Propose a step, estimate its error from two orders, accept or shrink, until t_end."""
+    forward = t_end > t_start
+    h_init = abs(cfg.h_init) * (1 if forward else -1)
+    atol, rtol = torch.tensor(cfg.atol), torch.tensor(cfg.rtol)
+    pid = PIDStepSizeController(h_init, cfg.pcoeff, cfg.icoeff, cfg.dcoeff, 1.5 if eta else cfg.order, cfg.accept_safety)
+    s, x_prev, steps = t_start, x, 0
+    while (s < t_end - 1e-5) if forward else (s > t_end + 1e-5):
+        solver.cache = {}
+        t = torch.minimum(t_end, s + pid.h) if forward else torch.maximum(t_end, s + pid.h)
+        t_, su = _ancestral_target(s, t, t_end, eta)
+        denoised = x - sigma_of(s) * solver.eps("eps", x, s)
+        x_low, x_high = _low_high(solver, cfg.order, x, s, t_)
+        delta = torch.maximum(atol.to(x.device), rtol.to(x.device) * torch.maximum(x_low.abs(), x_prev.abs()))
+        error = torch.linalg.norm((x_low - x_high) / delta) / x.numel() ** 0.5
+        if pid.propose_step(error):
+            x_prev = x_low
+            x = x_high + su * s_noise * noise(sigma_of(s), sigma_of(t))
+            s = t
+        _report(callback, x, steps, s, denoised)
+        steps += 1
+    return x
+
+
+def _low_high(solver: _Solver, order: int, x, s, t_):
+    """The embedded pair whose difference estimates the local error (they share evaluations)."""
+    if order == 2:
+        return solver.step_1(x, s, t_), solver.step_2(x, s, t_)
+    return solver.step_2(x, s, t_, r1=1 / 3), solver.step_3(x, s, t_)

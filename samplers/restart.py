@@ -1,0 +1,109 @@
+"""A1111's Restart sampler (Xu et al. 2023, "Restart Sampling for Improving Generative Processes").
+
+Heun steps down the schedule; at the restart point (sigma nearest 0.1) the sample is pushed back
+up to sigma nearest 2.0 with fresh noise and the segment is re-solved, once or twice. With 20 or
+more steps the main schedule is rebuilt as Karras so that the total step count stays as asked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+
+from samplers._common import NoiseSampler, StepCallback, as_args, check_sigmas, denoise, require_noise, to_d
+from samplers.schedules import karras
+
+RESTART_MIN_SIGMA = 0.1  # where the restart segment ends (nearest schedule entry)
+RESTART_MAX_SIGMA = 2.0  # where the sample is pushed back up to (nearest schedule entry)
+
+
+@dataclass(frozen=True)
+class RestartPlan:
+    """A restart segment: ``steps`` Karras sigmas between the two levels, walked ``times`` times."""
+
+    steps: int
+    times: int
+    max_sigma: float
+
+
+def automatic_plan(sigmas: torch.Tensor) -> tuple[torch.Tensor, dict[float, RestartPlan]]:
+    """A1111's default: no restarts below 20 steps; otherwise rebuild the main schedule to make room."""
+    steps = sigmas.shape[0] - 1
+    if steps < 20:
+        return sigmas, {}
+    restart_steps, restart_times = (9, 1) if steps < 36 else (steps // 4, 2)
+    main = karras(steps - restart_steps * restart_times, sigmas[-2].item(), sigmas[0].item())
+    return main, {RESTART_MIN_SIGMA: RestartPlan(restart_steps + 1, restart_times, RESTART_MAX_SIGMA)}
+
+
+def _nearest_index(sigmas: torch.Tensor, value: float) -> int:
+    return int(torch.argmin(abs(sigmas - value), dim=0))
+
+
+def build_step_list(sigmas: torch.Tensor, plans: dict[float, RestartPlan]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """All (sigma_from, sigma_to) pairs in walking order, restart segments spliced in after their index."""
+    by_index = {_nearest_index(sigmas, key): plan for key, plan in plans.items()}
+    pairs = []
+    for i in range(len(sigmas) - 1):
+        pairs.append((sigmas[i], sigmas[i + 1]))
+        plan = by_index.get(i + 1)
+        if plan is not None:
+            pairs.extend(_restart_pairs(sigmas, i + 1, plan))
+    return pairs
+
+
+def _restart_pairs(sigmas: torch.Tensor, min_idx: int, plan: RestartPlan) -> list:
+    """The restart segment's pairs, repeated; empty when the restart level is not above the current one."""
+    max_idx = _nearest_index(sigmas, plan.max_sigma)
+    if max_idx >= min_idx:
+        return []
+    segment = karras(plan.steps, sigmas[min_idx].item(), sigmas[max_idx].item())[:-1]
+    return list(zip(segment[:-1], segment[1:])) * plan.times
+
+
+@torch.no_grad()
+def sample_restart(
+    model,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: Mapping[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    disable: bool | None = None,
+    noise_sampler: NoiseSampler | None = None,
+    s_noise: float = 1.0,
+    restart_list: Mapping[float, RestartPlan] | None = None,
+) -> torch.Tensor:
+    """Restart sampling as in A1111. ``noise_sampler(sigma_low, sigma_high)`` supplies the restart noise.
+
+    The callback's ``i`` counts Heun steps (restart segments included), its ``sigma`` is the step's
+    target and ``sigma_hat`` its start, as upstream reports them.
+    """
+    check_sigmas(sigmas)
+    args, noise = as_args(extra_args), require_noise(noise_sampler, "Restart")
+    if restart_list is None:
+        sigmas, plans = automatic_plan(sigmas)
+    else:
+        plans = dict(restart_list)
+    last_sigma = None
+    for step_id, (old_sigma, new_sigma) in enumerate(build_step_list(sigmas, plans)):
+        if last_sigma is not None and last_sigma < old_sigma:
+            x = x + noise(last_sigma, old_sigma) * s_noise * (old_sigma**2 - last_sigma**2) ** 0.5
+        x = _heun_step(model, x, old_sigma, new_sigma, args, callback, step_id)
+        last_sigma = new_sigma
+    return x
+
+
+def _heun_step(model, x, old_sigma, new_sigma, args, callback, step_id) -> torch.Tensor:
+    """One Heun step (Euler into sigma = 0)."""
+    denoised = denoise(model, x, old_sigma, args)
+    d = to_d(x, old_sigma, denoised)
+    if callback is not None:
+        callback({"x": x, "i": step_id, "sigma": new_sigma, "sigma_hat": old_sigma, "denoised": denoised})
+    dt = new_sigma - old_sigma
+    if new_sigma == 0:
+        return x + d * dt
+    x_2 = x + d * dt
+    d_2 = to_d(x_2, new_sigma, denoise(model, x_2, new_sigma, args))
+    return x + (d + d_2) / 2 * dt
