@@ -1,0 +1,66 @@
+"""Latents to pixels: the full VAE decode and A1111's "Approx cheap" live preview.
+
+The full decode reproduces A1111's bytes: one image at a time through the VAE (batching can
+change results at fp16 level), then clamp((x + 1) / 2, 0, 1) * 255 converted to uint8 by
+truncation, not rounding (diffusers rounds).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from webui_api.engine.models import LoadedModel
+
+# Linear latent -> RGB maps (rows = latent channels, columns = R, G, B), A1111 "Approx cheap".
+CHEAP_APPROX_COEFFS = {
+    "sd1": (
+        (0.298, 0.207, 0.208),
+        (0.187, 0.286, 0.173),
+        (-0.158, 0.189, 0.264),
+        (-0.184, -0.271, -0.473),
+    ),
+    "sdxl": (
+        (0.3448, 0.4168, 0.4395),
+        (-0.1953, -0.0290, 0.0250),
+        (0.1074, 0.0886, -0.0163),
+        (-0.3730, -0.2499, -0.2088),
+    ),
+}
+
+
+def to_pil(x: torch.Tensor) -> Image.Image:
+    """A (3, H, W) image in [-1, 1] to an RGB PIL image, A1111's way (truncating to uint8)."""
+    x = torch.clamp((x.to(torch.float32) + 1.0) / 2.0, min=0.0, max=1.0)
+    pixels = (255.0 * np.moveaxis(x.cpu().numpy(), 0, 2)).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def decode_one(model: LoadedModel, latent: torch.Tensor) -> torch.Tensor:
+    """VAE-decode one (1, C, h, w) latent into a (3, H, W) float32 image in about [-1, 1]."""
+    vae = model.vae
+    z = latent.to(device=model.device, dtype=vae.dtype) / model.vae_scale_factor
+    return vae.decode(z, return_dict=False)[0][0].to(torch.float32)
+
+
+def decode_latents(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
+    """Decode a (B, C, h, w) batch into B images, one VAE call per image."""
+    if latents.ndim != 4 or latents.shape[1] != model.latent_channels:
+        raise ValueError(
+            f"latents must be (B, {model.latent_channels}, h, w), got shape {tuple(latents.shape)}"
+        )
+    return [to_pil(decode_one(model, latents[i : i + 1])) for i in range(latents.shape[0])]
+
+
+def approx_preview(latents: torch.Tensor, family: str = "sd1") -> Image.Image:
+    """A1111's "Approx cheap" preview of the first latent: a per-pixel linear map to RGB,
+    at latent resolution (no network, so it costs nothing during sampling)."""
+    if family not in CHEAP_APPROX_COEFFS:
+        raise ValueError(f"no cheap preview coefficients for model family {family!r}; known: {sorted(CHEAP_APPROX_COEFFS)}")
+    latent = latents[0].to(torch.float32)
+    coeffs = torch.tensor(CHEAP_APPROX_COEFFS[family], dtype=torch.float32, device=latent.device)
+    if latent.shape[0] != coeffs.shape[0]:
+        raise ValueError(f"cheap preview needs {coeffs.shape[0]} latent channels, got {latent.shape[0]}")
+    rgb = torch.einsum("lhw,lr->rhw", latent, coeffs)
+    return to_pil(rgb)
