@@ -3,7 +3,8 @@
 The tables mirror A1111 v1.10.1 (``sd_samplers_kdiffusion``, ``sd_samplers_timesteps``,
 ``sd_samplers_lcm``, ``sd_schedulers``) entry for entry and in the same order, because
 GET /sdapi/v1/samplers and /schedulers return them verbatim and clients match on the names.
-A sampler whose ``function`` is None is listed (A1111 has it) but not implemented here yet.
+A sampler whose ``function`` is None is listed (A1111 has it) but not implemented here yet:
+DDIM, DDIM CFG++, PLMS, UniPC and LCM, which drive the model by timestep/eps rather than sigma.
 
 Sampler functions follow the k-diffusion signature
 ``fn(model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None, **options)``;
@@ -252,7 +253,11 @@ def resolve_sampler_and_scheduler(
 
 def _lookup_scheduler(scheduler_name: str | None) -> SchedulerInfo:
     """Empty or None means Automatic; anything else must be a known scheduler."""
-    if scheduler_name is None or not scheduler_name.strip():
+    if scheduler_name is None:
+        return AUTOMATIC
+    if not isinstance(scheduler_name, str):
+        raise UnknownSchedulerError(f"scheduler must be a string or None, got {scheduler_name!r}; {_valid_schedulers()}")
+    if not scheduler_name.strip():
         return AUTOMATIC
     scheduler = find_scheduler(scheduler_name.strip())
     if scheduler is None:
@@ -309,7 +314,7 @@ def compute_sigmas(
     """
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
-    table = schedules._check_table(model_sigmas)
+    table = schedules.check_sigma_table(model_sigmas)
     discard = discards_penultimate_sigma(sampler, always_discard_next_to_last_sigma)
     n = steps + 1 if discard else steps
     chosen = effective_scheduler(sampler, scheduler)

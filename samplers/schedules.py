@@ -79,7 +79,7 @@ def _check_n(n: int) -> None:
         raise ValueError(f"number of sigmas n must be a positive int, got {n!r}")
 
 
-def _check_table(model_sigmas: torch.Tensor) -> torch.Tensor:
+def check_sigma_table(model_sigmas: torch.Tensor) -> torch.Tensor:
     """Table-based schedules index the model's table; validate it once, return it on CPU float32."""
     if model_sigmas is None or model_sigmas.ndim != 1 or model_sigmas.numel() < 2:
         shape = None if model_sigmas is None else tuple(model_sigmas.shape)
@@ -98,7 +98,7 @@ def uniform(n: int, sigma_min: float, sigma_max: float, model_sigmas: torch.Tens
     sigma_min/sigma_max are ignored, as upstream; they are accepted so all schedulers share a shape.
     """
     _check_n(n)
-    table = _check_table(model_sigmas)
+    table = check_sigma_table(model_sigmas)
     t = torch.linspace(table.numel() - 1, 0, n)
     return _append_zero(t_to_sigma(t, table.log()))
 
@@ -163,7 +163,7 @@ def _loglinear_interp(decreasing: np.ndarray, count: int) -> np.ndarray:
 def simple(n: int, sigma_min: float, sigma_max: float, model_sigmas: torch.Tensor) -> torch.Tensor:
     """Every (len/n)-th table entry from the top (ComfyUI's "simple")."""
     _check_n(n)
-    table = _check_table(model_sigmas)
+    table = check_sigma_table(model_sigmas)
     stride = table.numel() / n
     picked = [float(table[-(1 + int(x * stride))]) for x in range(n)]
     return torch.tensor(picked + [0.0], dtype=torch.float32)
@@ -179,7 +179,7 @@ def _timestep_linspace(
 ) -> torch.Tensor:
     """Shared body of Normal and SGM Uniform, which differ only in n vs n+1 points."""
     _check_n(n)
-    log_sigmas = _check_table(model_sigmas).log()
+    log_sigmas = check_sigma_table(model_sigmas).log()
     start = sigma_to_t(torch.tensor(sigma_max, dtype=torch.float32), log_sigmas)
     end = sigma_to_t(torch.tensor(sigma_min, dtype=torch.float32), log_sigmas)
     ts = torch.linspace(float(start), float(end), n + 1)[:-1] if drop_last else torch.linspace(float(start), float(end), n)
@@ -189,7 +189,7 @@ def _timestep_linspace(
 def ddim(n: int, sigma_min: float, sigma_max: float, model_sigmas: torch.Tensor) -> torch.Tensor:
     """Table entries 1, 1+s, 1+2s, ... (s = len // n), reversed. Length can differ from n+1 (n=30 -> 32)."""
     _check_n(n)
-    table = _check_table(model_sigmas)
+    table = check_sigma_table(model_sigmas)
     stride = max(table.numel() // n, 1)
     picked = [float(table[x]) for x in range(1, table.numel(), stride)]
     return torch.tensor(picked[::-1] + [0.0], dtype=torch.float32)
