@@ -117,11 +117,13 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         return _error_response(422, {"detail": _jsonable_errors(exc.errors())})
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("API error: %s %s\n%s", request.method, request.url.path, traceback.format_exc())
-        body = {"error": type(exc).__name__, "detail": "", "body": "", "errors": str(exc)}
-        return _error_response(500, body)
+
+
+def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    """An exception no handler claimed: 500 with A1111's body, like its api_middleware."""
+    log.error("API error: %s %s\n%s", request.method, request.url.path, traceback.format_exc())
+    body = {"error": type(exc).__name__, "detail": "", "body": "", "errors": str(exc)}
+    return _error_response(500, body)
 
 
 def _jsonable_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -139,7 +141,10 @@ def _install_middleware(app: FastAPI, settings: Settings) -> None:
     @app.middleware("http")
     async def process_time(request: Request, call_next):
         started = time.perf_counter()
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception as exc:  # the last line of defence: A1111's body, the traceback in the log
+            response = _unexpected_error(request, exc)
         duration = time.perf_counter() - started
         response.headers["X-Process-Time"] = f"{duration:.4f}"
         if settings.api_log and request.url.path.startswith("/sdapi"):
