@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-from importlib import resources
+from importlib.util import find_spec
 from pathlib import Path
 
 MERGES_RESOURCE = ("open_clip", "bpe_simple_vocab_16e6.txt.gz")
@@ -37,10 +37,19 @@ def byte_alphabet() -> list[str]:
     return [chars[b] for b in printable] + [chars[b] for b in range(256) if b not in printable]
 
 
+def merges_path() -> Path:
+    """Where the open_clip wheel keeps its merges table, found without importing open_clip
+    (its package import pulls in torch and torchvision, seconds for one data file)."""
+    package, name = MERGES_RESOURCE
+    spec = find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"package {package!r} not found: install the 'tokenizer' extra (open-clip-torch)")
+    return Path(list(spec.submodule_search_locations)[0]) / name
+
+
 def read_merges() -> list[tuple[str, str]]:
     """The first MERGE_COUNT merges of open_clip's table (its line 0 is a version header)."""
-    package, name = MERGES_RESOURCE
-    raw = resources.files(package).joinpath(name).read_bytes()
+    raw = merges_path().read_bytes()
     lines = gzip.decompress(raw).decode("utf-8").split("\n")[1 : MERGE_COUNT + 1]
     merges = [tuple(line.split()) for line in lines]
     bad = [m for m in merges if len(m) != 2]
