@@ -19,6 +19,7 @@ def make_job(
     sampler: str = "Euler",
     scheduler: str = "automatic",
     cfg_scale: float = 7.0,
+    options=None,
     **seed_kwargs,
 ) -> GenerationJob:
     """A small, fully resolved txt2img job (64x64, 4 steps) for fast tests."""
@@ -36,6 +37,7 @@ def make_job(
         n_iter=n_iter,
         sampling=SamplingParams(sampler_name=sampler, scheduler=scheduler, steps=steps, cfg_scale=cfg_scale, eta=None),
         seeds=SeedParams(seeds=tuple(seeds), subseeds=subseeds, **seed_kwargs),
+        options=dict(options or {}),
     )
 
 

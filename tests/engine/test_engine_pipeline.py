@@ -176,3 +176,18 @@ def test_512_image_20_steps_is_fast(tiny_model):
     result = run(tiny_model, make_job(width=512, height=512, steps=20))
     assert result.images[0].image.size == (512, 512)
     assert time.perf_counter() - start < 5.0
+
+
+def test_eta_ancestral_option_zero_makes_euler_a_deterministic_like_euler(tiny_model):
+    euler = pixels(run(tiny_model, make_job(sampler="Euler", seeds=(4,))))[0]
+    euler_a = pixels(run(tiny_model, make_job(sampler="Euler a", seeds=(4,))))[0]
+    euler_a_eta0 = pixels(run(tiny_model, make_job(sampler="Euler a", seeds=(4,), options={"eta_ancestral": 0.0})))[0]
+    assert not np.array_equal(euler, euler_a)
+    assert np.abs(euler.astype(int) - euler_a_eta0.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("options", [{"sgm_noise_multiplier": True}, {"sigma_max": 10.0}, {"rho": 3.0}])
+def test_schedule_options_change_the_image(tiny_model, options):
+    job = make_job(scheduler="karras", seeds=(4,))
+    changed = make_job(scheduler="karras", seeds=(4,), options=options)
+    assert not np.array_equal(pixels(run(tiny_model, job))[0], pixels(run(tiny_model, changed))[0])

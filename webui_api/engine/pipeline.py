@@ -160,10 +160,12 @@ def initial_latent(job: GenerationJob, noise: torch.Tensor, sigmas: torch.Tensor
 
 
 def _eta(job: GenerationJob, plan: SamplerPlan) -> float | None:
-    """The request's eta, else A1111's eta_ancestral option, else the sampler's default."""
+    """The request's eta, else A1111's option (eta_ddim for DDIM-family samplers, else
+    eta_ancestral), else None: the sampler's own default."""
     if job.sampling.eta is not None or not plan.sampler.takes_eta:
         return job.sampling.eta
-    return job.options.get("eta_ancestral")
+    key = "eta_ddim" if plan.sampler.name.startswith("DDIM") else "eta_ancestral"
+    return job.options.get(key)
 
 
 def sampler_kwargs(
