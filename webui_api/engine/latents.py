@@ -57,7 +57,8 @@ def approx_preview(latents: torch.Tensor, family: str = "sd1") -> Image.Image:
     """A1111's "Approx cheap" preview of the first latent: a per-pixel linear map to RGB,
     at latent resolution (no network, so it costs nothing during sampling)."""
     if family not in CHEAP_APPROX_COEFFS:
-        raise ValueError(f"no cheap preview coefficients for model family {family!r}; known: {sorted(CHEAP_APPROX_COEFFS)}")
+        known = sorted(CHEAP_APPROX_COEFFS)
+        raise ValueError(f"no cheap preview coefficients for model family {family!r}; known: {known}")
     latent = latents[0].to(torch.float32)
     coeffs = torch.tensor(CHEAP_APPROX_COEFFS[family], dtype=torch.float32, device=latent.device)
     if latent.shape[0] != coeffs.shape[0]:

@@ -50,7 +50,7 @@ class BatchSpec:
     subseeds: tuple[int, ...]
 
     @classmethod
-    def of(cls, job: GenerationJob, index: int) -> "BatchSpec":
+    def of(cls, job: GenerationJob, index: int) -> BatchSpec:
         part = job.batch_slice(index)
         return cls(
             index=index,
@@ -240,7 +240,12 @@ def sample_batch(
     trace = SamplingTrace(x0=x)
     callback = make_callback(job, observer, trace, preview_source(job, cfg, trace), model.family)
     kwargs = sampler_kwargs(job, plan, sigmas, inner, rng)
-    extra_args = {"cond": cond, "uncond": uncond, "cond_scale": job.sampling.cfg_scale, "s_min_uncond": job.sampling.s_min_uncond}
+    extra_args = {
+        "cond": cond,
+        "uncond": uncond,
+        "cond_scale": job.sampling.cfg_scale,
+        "s_min_uncond": job.sampling.s_min_uncond,
+    }
     # 4. sample; an interrupt or skip keeps the last x0 estimate
     try:
         return plan.sampler.function(cfg, x, sigmas, extra_args=extra_args, callback=callback, disable=True, **kwargs)
