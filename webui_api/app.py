@@ -77,7 +77,7 @@ def build_services(settings: Settings, engine: Optional[Any] = None) -> Services
         engine = Engine(device=settings.device, dtype=settings.dtype)
     options = OptionsStore.from_settings(settings)
     progress = ProgressTracker(encode_preview=lambda image: encode_image_base64(image, "png"))
-    scheduler = Scheduler(progress, after_failure=getattr(engine, "free_memory", None))
+    scheduler = Scheduler(progress, after_failure=engine.free_memory)
     return Services(settings=settings, options=options, engine=engine, scheduler=scheduler, progress=progress)
 
 

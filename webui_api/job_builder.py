@@ -152,6 +152,20 @@ def build_txt2img(request: Txt2ImgRequest, options: Mapping[str, Any], rng: Opti
     )
 
 
+def resolve_eta(request: GenerationRequest, sampler_name: str, options: Mapping[str, Any]) -> float | None:
+    """The request's eta, else A1111's option fallback (eta_ancestral for k-diffusion
+    samplers, eta_ddim for the DDIM family); None for samplers that take no eta."""
+    from samplers import registry
+
+    sampler = registry.find_sampler(sampler_name)
+    if not sampler.takes_eta:
+        return None
+    if request.eta is not None:
+        return float(request.eta)
+    option = "eta_ddim" if sampler.default_eta == 0.0 else "eta_ancestral"
+    return float(options.get(option, sampler.default_eta))
+
+
 def _sampling_params(request: GenerationRequest, sampler: ResolvedSampler, options: Mapping[str, Any]) -> SamplingParams:
     s_min_uncond = request.s_min_uncond if request.s_min_uncond is not None else options.get("s_min_uncond", 0.0)
     return SamplingParams(
@@ -159,7 +173,7 @@ def _sampling_params(request: GenerationRequest, sampler: ResolvedSampler, optio
         scheduler=sampler.scheduler_name,
         steps=request.steps,
         cfg_scale=float(request.cfg_scale if request.cfg_scale is not None else 7.0),
-        eta=request.eta,
+        eta=resolve_eta(request, sampler.sampler_name, options),
         s_min_uncond=float(s_min_uncond or 0.0),
         **resolve_churn(request, options),
     )
@@ -186,12 +200,3 @@ def _preview_every(options: Mapping[str, Any]) -> int:
         return 0
     return int(options.get("show_progress_every_n_steps", 10) or 0)
 
-
-def sampler_label(job: GenerationJob) -> str:
-    from samplers import registry
-
-    return registry.find_scheduler(job.sampling.scheduler).label
-
-
-def seeds_for(job: GenerationJob) -> Sequence[int]:
-    return job.seeds.seeds

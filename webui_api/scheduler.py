@@ -14,6 +14,7 @@ import itertools
 import logging
 import queue
 import threading
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -131,8 +132,9 @@ class Scheduler:
         try:
             item.future.set_result(item.run(item.cancel))
         except BaseException as exc:  # handed to the awaiting request; the worker lives on
-            log.exception("work item %r failed", item.label)
-            item.future.set_exception(exc)
+            log.error("work item %r failed:\n%s", item.label, "".join(traceback.format_exception(exc)))
+            item.future.set_exception(_without_tracebacks(exc))
+            del exc
             self._recover()
         finally:
             if item.progress is not None:
@@ -150,3 +152,17 @@ class Scheduler:
             entry = self._queue.get_nowait()
             if entry.item is not None and entry.item.future.set_running_or_notify_cancel():
                 entry.item.future.set_exception(ServiceUnavailable("The server stopped before this job ran"))
+
+
+def _without_tracebacks(exc: BaseException) -> BaseException:
+    """Drop the frames an exception keeps alive (and with them the failed job's tensors).
+
+    The traceback is already in the log; the awaiting request only needs type and message.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__
+    return exc

@@ -82,3 +82,21 @@ def test_engine_failure_is_a1111_error_json_and_worker_survives(client, monkeypa
     assert response.json() == {"error": "RuntimeError", "detail": "", "body": "", "errors": "simulated device failure"}
     monkeypatch.undo()
     assert client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img()).status_code == 200
+
+
+def test_failed_job_releases_what_it_allocated(client, monkeypatch, engine):
+    import weakref
+
+    import torch
+
+    held = []
+
+    def allocate_then_fail(*args, **kwargs):
+        activations = torch.zeros(1024, 1024)
+        held.append(weakref.ref(activations))
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(engine, "txt2img", allocate_then_fail)
+    response = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img())
+    assert response.status_code == 500
+    assert held and held[0]() is None

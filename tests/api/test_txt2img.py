@@ -165,3 +165,11 @@ def test_unknown_selectable_script_is_422(client):
     response = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img(script_name="x/y/z plot"))
     assert response.status_code == 422
     assert response.json()["detail"] == "Script 'x/y/z plot' not found"
+
+
+def test_eta_option_fallback_is_used_and_recorded(client):
+    """eta null: A1111 takes eta_ancestral from the options, and records it when not 1.0."""
+    payload = webuiapi_txt2img(eta=None, override_settings={"eta_ancestral": 0.5})
+    assert "Eta: 0.5" in json.loads(client.post("/sdapi/v1/txt2img", json=payload).json()["info"])["infotexts"][0]
+    plain = webuiapi_txt2img(eta=None)
+    assert "Eta" not in json.loads(client.post("/sdapi/v1/txt2img", json=plain).json()["info"])["infotexts"][0]

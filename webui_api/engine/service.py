@@ -143,9 +143,11 @@ class Engine:
         if self._loaded is None:
             return
         self._loaded = None
-        self._release_memory()
+        self.free_memory()
 
-    def _release_memory(self) -> None:
+    def free_memory(self) -> None:
+        """Collect garbage and return cached device memory; the scheduler calls this after a
+        failed work item so the next job starts with the memory the failed one held."""
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -153,11 +155,7 @@ class Engine:
     def txt2img(self, job: GenerationJob, observer: RunObserver, cancel: CancelToken) -> JobResult:
         """Run a txt2img job on the job's checkpoint (or the current one)."""
         model = self.load(job.model_title)
-        try:
-            return run_txt2img(model, job, observer, cancel)
-        except BaseException:
-            self._release_memory()  # a failed job must not keep its activations cached
-            raise
+        return run_txt2img(model, job, observer, cancel)
 
     def memory(self) -> dict[str, Any]:
         """The body of /sdapi/v1/memory: {ram: {...}, cuda: {...}}."""
