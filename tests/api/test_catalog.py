@@ -73,3 +73,11 @@ def test_server_stop_routes_only_with_the_flag(client, make_client):
 
 def test_process_time_header(client):
     assert "x-process-time" in client.get("/sdapi/v1/samplers").headers
+
+
+def test_gzip_for_listings_but_not_for_image_responses(client):
+    options = client.get("/sdapi/v1/options", headers={"Accept-Encoding": "gzip"})
+    assert options.headers.get("content-encoding") == "gzip"
+    image = client.post("/sdapi/v1/txt2img", json={"steps": 2, "width": 64, "height": 64},
+                        headers={"Accept-Encoding": "gzip"})
+    assert image.status_code == 200 and "content-encoding" not in image.headers

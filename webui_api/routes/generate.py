@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import Depends
+from fastapi.concurrency import run_in_threadpool
 
 from ..errors import NotFound, NotImplementedFeature
 from ..job_builder import build_txt2img
@@ -23,7 +24,7 @@ async def txt2img(request: Txt2ImgRequest, services: Services = Depends(get_serv
     options = services.options.with_overrides(request.override_settings or {})
     job = build_txt2img(request, options)
     result, model_info = await services.scheduler.run(_txt2img_item(services, job))
-    return _response(request, job, result, model_info)
+    return await run_in_threadpool(_response, request, job, result, model_info)
 
 
 def _txt2img_item(services: Services, job: GenerationJob) -> WorkItem:
@@ -36,6 +37,8 @@ def _txt2img_item(services: Services, job: GenerationJob) -> WorkItem:
 
 
 def _response(request: Txt2ImgRequest, job: GenerationJob, result: JobResult, model_info: Any) -> dict[str, Any]:
+    """Encode off the event loop and off the worker: the device moves on to the next job
+    while this one's PNGs are written, and /progress polls stay instant."""
     infotexts = build_infotexts(job, result, model_info)
     images = encode_images(result, infotexts, job.options) if request.send_images else []
     return {
