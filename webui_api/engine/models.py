@@ -71,7 +71,11 @@ class LoadedModel:
     dtype: torch.dtype
     latent_channels: int = 4
     vae_scale_factor: float = SD1_VAE_SCALE
-    family: str = "sd1"
+    family: str = "sd1"  # "sd1" | "sd2" | "sdxl" | "sdxl-refiner"
+    prediction_type: str = "epsilon"  # "epsilon" | "v_prediction" (SD2-768-v, v-pred SDXL)
+    text_encoder_2: Any = None  # SDXL's OpenCLIP-G (transformers CLIPTextModelWithProjection)
+    tokenizer_2: Any = None  # its tokenizer (pads with 0 after the first EOS)
+    unet_in_channels: int = 4  # 9 for inpainting UNets (latent + mask + masked-image latent)
 
 
 def scaled_linear_alphas_cumprod(
