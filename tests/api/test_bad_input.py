@@ -100,3 +100,10 @@ def test_failed_job_releases_what_it_allocated(client, monkeypatch, engine):
     response = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img())
     assert response.status_code == 500
     assert held and held[0]() is None
+
+
+def test_unsupported_samples_format_is_refused_before_generating(client):
+    response = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img(override_settings={"samples_format": "avif"}))
+    assert response.status_code == 400
+    assert response.json()["detail"] == "Invalid image format"
+    assert client.get("/sdapi/v1/progress").json()["state"]["job_timestamp"] == "0"

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import Depends
 from fastapi.concurrency import run_in_threadpool
 
-from ..errors import NotFound, NotImplementedFeature
+from ..errors import InvalidImageFormat, NotFound, NotImplementedFeature
 from ..job_builder import build_txt2img
 from ..jobs import GenerationJob, JobResult
 from ..results import build_infotexts, build_info, encode_images
@@ -22,9 +22,19 @@ router = api_router()
 @router.post("/sdapi/v1/txt2img", response_model=GenerationResponse)
 async def txt2img(request: Txt2ImgRequest, services: Services = Depends(get_services)) -> dict[str, Any]:
     options = services.options.with_overrides(request.override_settings or {})
+    check_output_format(options)
     job = build_txt2img(request, options)
     result, model_info = await services.scheduler.run(_txt2img_item(services, job))
     return await run_in_threadpool(_response, request, job, result, model_info)
+
+
+def check_output_format(options: dict[str, Any]) -> None:
+    """An unusable samples_format is refused before any work, not after the images exist."""
+    from ..postprocess.encode import SUPPORTED_FORMATS
+
+    fmt = str(options.get("samples_format", "png")).lower()
+    if fmt not in SUPPORTED_FORMATS:
+        raise InvalidImageFormat(fmt)
 
 
 def _txt2img_item(services: Services, job: GenerationJob) -> WorkItem:
