@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Union
+from typing import Optional, Union
 
 import lark
 
@@ -45,7 +45,7 @@ plain: /([^\\\[\]():|]|\\.)+/
 """
 _SCHEDULE_PARSER = lark.Lark(SCHEDULE_GRAMMAR)  # immutable after construction; parse() keeps no state
 
-MAX_BRACKET_DEPTH = 100  # deeper nesting overflows the parser's recursion (A1111: RecursionError, a 500)
+MAX_BRACKET_DEPTH = 150  # past ~200 the parser's recursion overflows (A1111: RecursionError, a 500)
 
 _AND_SPLIT = re.compile(r"\bAND\b")
 _TRAILING_WEIGHT = re.compile(r"^(.*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$", re.DOTALL)
@@ -68,8 +68,9 @@ SQUARE_MULTIPLIER = 1 / 1.1
 BREAK_WEIGHT = -1.0  # the marker fragment ("BREAK", -1) closes the current 75-token chunk
 
 
-class PromptSyntaxError(BadRequest):
-    """A prompt A1111 would fail on; the message names the text and the character position."""
+class PromptSyntaxError(BadRequest, ValueError):
+    """A prompt A1111 would fail on (a 400 here); the message names the text and the
+    character position. Also a ValueError, since that is what A1111 raises."""
 
 
 # ---------------------------------------------------------------------------
@@ -264,38 +265,63 @@ def check_bracket_depth(prompt: str) -> None:
         )
 
 
-def _parse_schedule(prompt: str) -> _Sequence | None:
-    """The prompt as nodes, or None when the grammar rejects it (A1111 then keeps it verbatim)."""
+@dataclass(frozen=True)
+class ParsedPrompt:
+    """A prompt parsed once for prompt editing; schedules for any step count come from it.
+
+    `sequence` is None when the grammar rejects the prompt: A1111 then uses it verbatim.
+    """
+
+    text: str
+    sequence: Optional[_Sequence]
+
+    def schedule(
+        self, steps: int, hires_steps: int | None = None, use_old_scheduling: bool = False
+    ) -> tuple[ScheduledText, ...]:
+        """A1111's prompt schedule: (end_at_step, text) for every step at which the text
+        changes, always ending with the pass's step count."""
+        frame = StepFrame.for_pass(steps, hires_steps, use_old_scheduling)
+        if self.sequence is None:
+            return (ScheduledText(frame.steps, self.text),)
+        boundaries = sorted(_edit_steps(self.sequence, frame) | {frame.steps})
+        return tuple(ScheduledText(step, _render(self.sequence, step, frame)) for step in boundaries)
+
+    def differs_with_old_timelines(self, steps: int, hires_steps: int | None = None) -> bool:
+        """A1111 writes "Old prompt editing timelines: True" when, with that option on, the
+        old and new rules give different schedules for some prompt of the batch."""
+        return self.schedule(steps, hires_steps, False) != self.schedule(steps, hires_steps, True)
+
+
+def parse_prompt(prompt: str) -> ParsedPrompt:
+    """Parse the prompt-editing syntax.
+
+    Editing and alternation only exist inside "[...]", and without them every character is
+    copied to the output, so a prompt without "[" skips the (superlinear) Earley parse: on
+    long prompts with many brackets it takes seconds, in A1111 as here.
+    """
+    if "[" not in prompt:
+        return ParsedPrompt(prompt, (prompt,))
     check_bracket_depth(prompt)
     try:
         tree = _SCHEDULE_PARSER.parse(prompt)
     except lark.exceptions.LarkError:
-        return None
-    return _to_sequence(tree)
+        return ParsedPrompt(prompt, None)
+    return ParsedPrompt(prompt, _to_sequence(tree))
 
 
 def prompt_schedule(
     prompt: str, steps: int, hires_steps: int | None = None, use_old_scheduling: bool = False
 ) -> tuple[ScheduledText, ...]:
-    """A1111's prompt schedule: (end_at_step, text) for every step at which the text changes,
-    always ending with the pass's step count.
+    """The schedule of one prompt (see `ParsedPrompt.schedule`).
 
     `steps` is the sampler's total step count (doubled for second-order samplers); for a
     hires pass give the first pass's total as `steps` and the hires total as `hires_steps`.
     """
-    frame = StepFrame.for_pass(steps, hires_steps, use_old_scheduling)
-    sequence = _parse_schedule(prompt)
-    if sequence is None:
-        return (ScheduledText(frame.steps, prompt),)
-    boundaries = sorted(_edit_steps(sequence, frame) | {frame.steps})
-    return tuple(ScheduledText(step, _render(sequence, step, frame)) for step in boundaries)
+    return parse_prompt(prompt).schedule(steps, hires_steps, use_old_scheduling)
 
 
 def schedules_differ_with_old_timelines(prompt: str, steps: int, hires_steps: int | None = None) -> bool:
-    """A1111 writes "Old prompt editing timelines: True" when, with that option on, the old
-    and new rules give different schedules for some prompt of the batch."""
-    new = prompt_schedule(prompt, steps, hires_steps, use_old_scheduling=False)
-    return new != prompt_schedule(prompt, steps, hires_steps, use_old_scheduling=True)
+    return parse_prompt(prompt).differs_with_old_timelines(steps, hires_steps)
 
 
 # ---------------------------------------------------------------------------
