@@ -41,6 +41,7 @@ import torch
 from webui_api.engine.cond_types import BatchConditioning, ComposableCond, CondTensors, ScheduledCond
 from webui_api.engine.models import LoadedModel
 from webui_api.engine.prompts import (
+    EMPHASIS_MODES,
     WeightedFragment,
     fragments_for_emphasis,
     prompt_schedule,
@@ -50,7 +51,6 @@ from webui_api.errors import BadRequest
 
 CHUNK_LENGTH = 75  # content tokens per chunk; BOS and EOS make it 77
 DEFAULT_COMMA_BACKTRACK = 20  # A1111 option comma_padding_backtrack
-EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")  # A1111 option `emphasis`
 SDXL_TIME_IDS = 6  # original (h, w), crop (top, left), target (h, w)
 REFINER_TIME_IDS = 5  # original (h, w), crop (top, left), aesthetic score
 SDXL_DEFAULT_SIZE = 1024  # A1111's size when the batch carries none

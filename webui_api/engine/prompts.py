@@ -66,6 +66,7 @@ _BREAK_WORD = re.compile(r"\s*\bBREAK\b\s*", re.DOTALL)
 ROUND_MULTIPLIER = 1.1
 SQUARE_MULTIPLIER = 1 / 1.1
 BREAK_WEIGHT = -1.0  # the marker fragment ("BREAK", -1) closes the current 75-token chunk
+EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")  # A1111 option `emphasis`
 
 
 class PromptSyntaxError(BadRequest, ValueError):
