@@ -272,7 +272,9 @@ def request_styles(request: GenerationRequest, paths: Sequence[Any]) -> list[Pro
     return read_styles(paths)
 
 
-def apply_infotext(request: GenerationRequest, options: Mapping[str, Any], styles: Sequence[PromptStyle] = ()) -> GenerationRequest:
+def apply_infotext(
+    request: GenerationRequest, options: Mapping[str, Any], styles: Sequence[PromptStyle] = ()
+) -> GenerationRequest:
     """A1111's apply_infotext: parse the `infotext` field, fill every txt2img field the client
     did not send (pydantic's fields_set: a field sent as null counts as sent) and add the
     option overrides it implies unless override_settings names them already.
@@ -324,7 +326,9 @@ INFOTEXT_FIELDS: tuple[tuple[str, str, type], ...] = (
 
 def infotext_fields(params: Mapping[str, Any]) -> dict[str, Any]:
     """Request fields as A1111's paste fields compute them from parsed infotext params."""
-    fields = {name: _cast_field(key, params[key], kind) for key, name, kind in INFOTEXT_FIELDS if params.get(key) is not None}
+    fields = {
+        name: _cast_field(key, params[key], kind) for key, name, kind in INFOTEXT_FIELDS if params.get(key) is not None
+    }
     fields["enable_hr"] = "Denoising strength" in params and any(
         k in params for k in ("Hires upscale", "Hires upscaler", "Hires resize-1")
     )
@@ -353,11 +357,12 @@ def _sampler_fields(params: Mapping[str, Any]) -> dict[str, Any]:
 
 def _hires_sampler_fields(params: Mapping[str, Any]) -> dict[str, Any]:
     """Hires sampler/scheduler: "Use same ..." unless the infotext names different ones."""
-    sampler = params.get("Hires sampler", "Use same sampler")
-    scheduler = params.get("Hires schedule type", "Use same scheduler")
+    same_sampler, same_scheduler = "Use same sampler", "Use same scheduler"
+    sampler = params.get("Hires sampler", same_sampler)
+    scheduler = params.get("Hires schedule type", same_scheduler)
     return {
-        "hr_sampler_name": "Use same sampler" if sampler in ("Use same sampler", params.get("Sampler")) else sampler,
-        "hr_scheduler": "Use same scheduler" if scheduler in ("Use same scheduler", params.get("Schedule type")) else scheduler,
+        "hr_sampler_name": same_sampler if sampler in (same_sampler, params.get("Sampler")) else sampler,
+        "hr_scheduler": same_scheduler if scheduler in (same_scheduler, params.get("Schedule type")) else scheduler,
     }
 
 

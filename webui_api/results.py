@@ -106,7 +106,8 @@ def prompt_extras(job: GenerationJob, prompts: Sequence[str], negative_prompts: 
     emphasis = job.options.get("emphasis") or "Original"
     if emphasis != "Original":
         parts = [part.text for prompt in dict.fromkeys(prompts) for part in split_subprompts(prompt)]
-        encoded = [e.text for text in dict.fromkeys([*parts, *negative_prompts]) for e in parse_prompt(text).schedule(steps, None, old)]
+        texts = list(dict.fromkeys([*parts, *negative_prompts]))
+        encoded = [entry.text for text in texts for entry in parse_prompt(text).schedule(steps, None, old)]
         if any("(" in text or "[" in text for text in encoded):
             extras["Emphasis"] = emphasis
     return extras

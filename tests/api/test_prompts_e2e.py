@@ -266,3 +266,50 @@ def test_png_info_reads_our_images(client):
     body = client.post("/sdapi/v1/png-info", json={"image": images[0]}).json()
     assert body["info"] == info["infotexts"][0]
     assert body["parameters"]["Prompt"] == "a (cat:1.2)" and body["parameters"]["Emphasis"] == "No norm"
+
+
+# --------------------------------------------------------------------------- units behind the fields above
+
+
+@pytest.mark.parametrize(
+    "style, prompt, merged",
+    [
+        ("masterpiece, {prompt}", "a cat", "masterpiece, a cat"),
+        ("{prompt}, {prompt}", "x", "x, x"),  # every placeholder is replaced
+        ("{prompt}", "  keep spaces ", "  keep spaces "),  # placeholder styles do not strip
+        ("oil painting", "  a cat  ", "a cat, oil painting"),
+        ("  oil painting ", "", "oil painting"),
+        ("", "  a cat ", "a cat"),  # an empty (or unknown) style only strips
+    ],
+)
+def test_merge_style(style, prompt, merged):
+    from webui_api.styles import merge_style
+
+    assert merge_style(style, prompt) == merged
+
+
+def test_apply_styles_negative_side_and_unknown_names():
+    from webui_api.styles import PromptStyle, apply_styles, unknown_styles
+
+    styles = [PromptStyle("a", "{prompt}, sharp", "blurry, {prompt}"), PromptStyle("b", "", "lowres")]
+    assert apply_styles("cat", ["a", "b", "zzz"], styles) == "cat, sharp"
+    assert apply_styles("ugly", ["a", "b"], styles, negative=True) == "blurry, ugly, lowres"
+    assert unknown_styles(["a", "zzz"], styles) == ["zzz"]
+
+
+def test_infotext_fields_follow_a1111s_paste_fields():
+    from webui_api.job_builder import infotext_fields
+    from webui_api.postprocess.infotext import parse_infotext
+
+    text = (
+        "p\nNegative prompt: n\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 3, "
+        "Size: 512x768, Denoising strength: 0.4, Hires upscale: 2, Hires upscaler: Latent, Variation seed: 4, "
+        "Variation seed strength: 0.1"
+    )
+    fields = infotext_fields(parse_infotext(text))
+    assert fields["prompt"] == "p" and fields["negative_prompt"] == "n"
+    assert (fields["steps"], fields["seed"], fields["width"], fields["height"]) == (20, 3, 512, 768)
+    assert (fields["sampler_name"], fields["scheduler"]) == ("DPM++ 2M", "Automatic")  # Karras is its default
+    assert fields["enable_hr"] is True and fields["hr_scale"] == 2.0 and fields["denoising_strength"] == 0.4
+    assert (fields["subseed"], fields["subseed_strength"]) == (4, 0.1)
+    assert fields["hr_sampler_name"] == "Use same sampler" and "styles" not in fields

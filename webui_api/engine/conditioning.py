@@ -174,8 +174,7 @@ class EmbeddingLookup:
             ids = tuple(tokenize(embedding.name))
             if ids:
                 table.setdefault(ids[0], []).append((ids, embedding))
-        ordered = {first: tuple(sorted(entries, key=lambda e: len(e[0]), reverse=True)) for first, entries in table.items()}
-        return cls(by_first_token=ordered)
+        return cls(by_first_token={first: _longest_first(entries) for first, entries in table.items()})
 
     def find_at(self, tokens: Sequence[int], position: int) -> Optional[tuple[Embedding, int]]:
         """The embedding whose name starts at `position`, and the name's length in tokens."""
@@ -183,6 +182,11 @@ class EmbeddingLookup:
             if tuple(tokens[position : position + len(ids)]) == ids:
                 return embedding, len(ids)
         return None
+
+
+def _longest_first(entries: list[tuple[tuple[int, ...], Embedding]]) -> tuple[tuple[tuple[int, ...], Embedding], ...]:
+    """Longest name first; names of equal length keep their registration order."""
+    return tuple(sorted(entries, key=lambda entry: len(entry[0]), reverse=True))
 
 
 @dataclass(frozen=True)
@@ -410,7 +414,9 @@ def token_tensor(chunks: Sequence[PromptChunk], ids: TokenIds, device: torch.dev
     return torch.tensor(rows, dtype=torch.long, device=device)
 
 
-def _replace_embedding_rows(embeds: torch.Tensor, fixes_per_row: Sequence[Sequence[EmbeddingFix]], key: str) -> torch.Tensor:
+def _replace_embedding_rows(
+    embeds: torch.Tensor, fixes_per_row: Sequence[Sequence[EmbeddingFix]], key: str
+) -> torch.Tensor:
     """A1111's EmbeddingsWithFixes: rows offset+1 ... of each text's token embeddings become
     the embedding's vectors (as many as fit before the last position)."""
     rows = []
@@ -547,9 +553,14 @@ class PromptEncoder:
     def _lookup(self, spec: TextEncoderSpec) -> Optional[EmbeddingLookup]:
         if not self.embeddings:
             return None
-        return EmbeddingLookup.build(self.embeddings, lambda name: spec.tokenizer(name, add_special_tokens=False)["input_ids"])
+        return EmbeddingLookup.build(
+            self.embeddings, lambda name: spec.tokenizer(name, add_special_tokens=False)["input_ids"]
+        )
 
-    def scheduled(self, prompt: str, steps: int, negative: bool = False, hires_steps: Optional[int] = None) -> ScheduledCond:
+    def scheduled(
+        self, prompt: str, steps: int, negative: bool = False, hires_steps: Optional[int] = None
+    ) -> ScheduledCond:
+        """The prompt's schedule with every variant encoded (cached per text and side)."""
         key = (prompt, negative)
         if key not in self.cache:
             schedule = prompt_schedule(prompt, steps, hires_steps, self.settings.use_old_scheduling)
@@ -592,15 +603,20 @@ def build_batch_conditioning(
     embeddings a prompt may name.
     """
     if not prompts or len(prompts) != len(negative_prompts):
-        raise ValueError(f"need one negative prompt per prompt; got {len(prompts)} prompts, {len(negative_prompts)} negatives")
+        raise ValueError(
+            f"need one negative prompt per prompt; got {len(prompts)} prompts, {len(negative_prompts)} negatives"
+        )
     settings = ConditioningSettings.from_options(options, clip_skip, width, height)
     encoder = PromptEncoder(model, settings, embeddings)
     uncond = tuple(encoder.scheduled(p, steps, negative=True, hires_steps=hires_steps) for p in negative_prompts)
-    cond = tuple(
-        ComposableCond(tuple((encoder.scheduled(s.text, steps, hires_steps=hires_steps), s.weight) for s in split_subprompts(p)))
-        for p in prompts
-    )
+    cond = tuple(_composable(encoder, prompt, steps, hires_steps) for prompt in prompts)
     return BatchConditioning(cond=cond, uncond=uncond)
+
+
+def _composable(encoder: PromptEncoder, prompt: str, steps: int, hires_steps: Optional[int]) -> ComposableCond:
+    """One positive prompt: its AND parts, each scheduled and encoded, with their weights."""
+    parts = split_subprompts(prompt)
+    return ComposableCond(tuple((encoder.scheduled(p.text, steps, hires_steps=hires_steps), p.weight) for p in parts))
 
 
 # ---------------------------------------------------------------------------

@@ -228,7 +228,9 @@ def total_steps(job: GenerationJob, plan: SamplerPlan) -> int:
     return job.sampling.steps * (2 if plan.sampler.options.get("second_order") else 1)
 
 
-def batch_conditioning(model: LoadedModel, job: GenerationJob, plan: SamplerPlan, batch: BatchSpec) -> BatchConditioning:
+def batch_conditioning(
+    model: LoadedModel, job: GenerationJob, plan: SamplerPlan, batch: BatchSpec
+) -> BatchConditioning:
     """A1111's setup_conds for one batch: AND parts, prompt-editing schedules, encoding."""
     return build_batch_conditioning(
         model,
@@ -255,7 +257,9 @@ class StepConditioning:
         self.conditioning = conditioning
         self.weight = single_part_weight(conditioning)
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond_scale: float, s_min_uncond: float = 0.0) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, sigma: torch.Tensor, cond_scale: float, s_min_uncond: float = 0.0
+    ) -> torch.Tensor:
         step = self.cfg.step
         cond = stack_at_step([image.parts[0][0] for image in self.conditioning.cond], step).crossattn
         uncond = stack_at_step(self.conditioning.uncond, step).crossattn
@@ -300,7 +304,8 @@ def sample_batch(
     guidance = StepConditioning(cfg, conditioning)
     # 4. sample; an interrupt or skip keeps the last x0 estimate
     try:
-        return plan.sampler.function(guidance, x, sigmas, extra_args=extra_args, callback=callback, disable=True, **kwargs)
+        sample = plan.sampler.function
+        return sample(guidance, x, sigmas, extra_args=extra_args, callback=callback, disable=True, **kwargs)
     except SamplingInterrupted:
         return trace.x0
 
