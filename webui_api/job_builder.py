@@ -1,8 +1,10 @@
 """Turn a validated txt2img request plus the options into a frozen `GenerationJob`.
 
 Every A1111 default and quirk that can be settled before the worker runs is settled here,
-once: random seeds, sampler/scheduler names (legacy "DPM++ 2M Karras" split), per-job
-option overrides, options that beat request fields (s_churn & co.), script checks.
+once: the `infotext` field (fields not sent are filled from it), styles merged into the
+prompts, random seeds, sampler/scheduler names (legacy "DPM++ 2M Karras" split), per-job
+option overrides, options that beat request fields (s_churn & co.), script checks, and the
+prompt checks that are cheap enough for the event loop.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any, Mapping, Optional, Sequence
 from .errors import BadRequest, NotImplementedFeature, ValidationFailed
 from .jobs import GenerationJob, SamplingParams, SeedParams
 from .schemas.generation import GenerationRequest, Txt2ImgRequest
+from .styles import PromptStyle, apply_styles, read_styles
 
 MAX_SEED = 4294967294  # A1111 draws random seeds with randrange(4294967294)
 KNOWN_ALWAYSON_SCRIPTS: frozenset[str] = frozenset()  # lower-cased titles; extensions add theirs later
@@ -127,17 +130,26 @@ def refuse_unimplemented(request: Txt2ImgRequest) -> None:
         raise NotImplementedFeature("refiner_checkpoint is not implemented yet in this server")
 
 
-def build_txt2img(request: Txt2ImgRequest, options: Mapping[str, Any], rng: Optional[random.Random] = None) -> GenerationJob:
-    """Step 2 of a request's journey: everything resolved, nothing left for the worker to guess."""
+def build_txt2img(
+    request: Txt2ImgRequest,
+    options: Mapping[str, Any],
+    rng: Optional[random.Random] = None,
+    styles: Sequence[PromptStyle] = (),
+) -> GenerationJob:
+    """Step 2 of a request's journey: everything resolved, nothing left for the worker to guess.
+
+    `styles` are the server's styles.csv entries (the request's `styles` name them)."""
     rng = rng or random.Random()
     check_scripts(request)
     refuse_unimplemented(request)
     count = request.batch_size * request.n_iter
     sampler = resolve_sampler(request)
+    prompts, negative_prompts = styled_prompts(request, count, styles)
+    check_prompts(prompts, negative_prompts, options)
     return GenerationJob(
         kind="txt2img",
-        prompts=expand_prompts(request.prompt, count, "prompt"),
-        negative_prompts=expand_prompts(request.negative_prompt, count, "negative_prompt"),
+        prompts=prompts,
+        negative_prompts=negative_prompts,
         width=request.width,
         height=request.height,
         batch_size=request.batch_size,
@@ -200,3 +212,166 @@ def _preview_every(options: Mapping[str, Any]) -> int:
         return 0
     return int(options.get("show_progress_every_n_steps", 10) or 0)
 
+
+
+# ---------------------------------------------------------------------------
+# Prompts: styles and cheap checks
+# ---------------------------------------------------------------------------
+
+
+def styled_prompts(
+    request: GenerationRequest, count: int, styles: Sequence[PromptStyle]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """One prompt and negative prompt per image, with the request's styles merged in
+    (A1111's setup_prompts)."""
+    prompts = expand_prompts(request.prompt, count, "prompt")
+    negatives = expand_prompts(request.negative_prompt, count, "negative_prompt")
+    names = list(request.styles or [])
+    return (
+        tuple(apply_styles(p, names, styles) for p in prompts),
+        tuple(apply_styles(n, names, styles, negative=True) for n in negatives),
+    )
+
+
+def check_prompts(prompts: Sequence[str], negative_prompts: Sequence[str], options: Mapping[str, Any]) -> None:
+    """Refuse, before queueing, what A1111 would fail on while encoding: an unknown emphasis
+    mode, the old emphasis implementation (not supported here), emphasis weights that are not
+    numbers, absurd bracket nesting. Prompts with prompt-editing syntax ("[") are checked
+    again variant by variant in the engine (parsing them can take long, so not here)."""
+    from .engine import prompts as syntax
+
+    emphasis = options.get("emphasis") or "Original"
+    if emphasis not in syntax.EMPHASIS_MODES:
+        raise BadRequest(f"option 'emphasis' must be one of {syntax.EMPHASIS_MODES}; received {emphasis!r}")
+    if options.get("use_old_emphasis_implementation"):
+        raise NotImplementedFeature("option 'use_old_emphasis_implementation' (pre-2023 emphasis) is not supported")
+    for text in dict.fromkeys(prompts):
+        for part in syntax.split_subprompts(text):
+            _check_prompt_text(part.text, emphasis)
+    for text in dict.fromkeys(negative_prompts):
+        _check_prompt_text(text, emphasis)
+
+
+def _check_prompt_text(text: str, emphasis: str) -> None:
+    from .engine import prompts as syntax
+
+    syntax.check_bracket_depth(text)
+    if emphasis != "None" and "[" not in text:
+        syntax.parse_attention(text)
+
+
+# ---------------------------------------------------------------------------
+# The `infotext` request field
+# ---------------------------------------------------------------------------
+
+
+def request_styles(request: GenerationRequest, paths: Sequence[Any]) -> list[PromptStyle]:
+    """The styles a request needs (read only when it names styles or sends an infotext)."""
+    if not request.styles and not request.infotext:
+        return []
+    return read_styles(paths)
+
+
+def apply_infotext(
+    request: GenerationRequest, options: Mapping[str, Any], styles: Sequence[PromptStyle] = ()
+) -> GenerationRequest:
+    """A1111's apply_infotext: parse the `infotext` field, fill every txt2img field the client
+    did not send (pydantic's fields_set: a field sent as null counts as sent) and add the
+    option overrides it implies unless override_settings names them already.
+
+    `options` is the store's current snapshot (A1111 parses with its global options).
+    """
+    if not request.infotext:
+        return request
+    from .postprocess.infotext import override_settings_from_infotext, parse_infotext
+
+    params = parse_infotext(
+        request.infotext,
+        tuple(options.get("infotext_skip_pasting") or ()),
+        styles=styles,
+        infotext_styles=str(options.get("infotext_styles") or "Apply if any"),
+    )
+    updates = {k: v for k, v in infotext_fields(params).items() if k not in request.model_fields_set}
+    overrides = {**override_settings_from_infotext(params, options), **(request.override_settings or {})}
+    return request.model_copy(update={**updates, "override_settings": overrides})
+
+
+# (infotext key, request field, type) for the txt2img paste fields that are plain values.
+# "Seed resize from-1" (the width) goes to seed_resize_from_h and -2 to _w: A1111 swaps them.
+INFOTEXT_FIELDS: tuple[tuple[str, str, type], ...] = (
+    ("Prompt", "prompt", str),
+    ("Negative prompt", "negative_prompt", str),
+    ("CFG scale", "cfg_scale", float),
+    ("Size-1", "width", int),
+    ("Size-2", "height", int),
+    ("Batch size", "batch_size", int),
+    ("Denoising strength", "denoising_strength", float),
+    ("Hires upscale", "hr_scale", float),
+    ("Hires upscaler", "hr_upscaler", str),
+    ("Hires steps", "hr_second_pass_steps", int),
+    ("Hires resize-1", "hr_resize_x", int),
+    ("Hires resize-2", "hr_resize_y", int),
+    ("Hires checkpoint", "hr_checkpoint_name", str),
+    ("Hires prompt", "hr_prompt", str),
+    ("Hires negative prompt", "hr_negative_prompt", str),
+    ("Steps", "steps", int),
+    ("Seed", "seed", int),
+    ("Variation seed", "subseed", int),
+    ("Variation seed strength", "subseed_strength", float),
+    ("Seed resize from-1", "seed_resize_from_h", int),
+    ("Seed resize from-2", "seed_resize_from_w", int),
+    ("Refiner switch at", "refiner_switch_at", float),
+)
+
+
+def infotext_fields(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Request fields as A1111's paste fields compute them from parsed infotext params."""
+    fields = {
+        name: _cast_field(key, params[key], kind) for key, name, kind in INFOTEXT_FIELDS if params.get(key) is not None
+    }
+    fields["enable_hr"] = "Denoising strength" in params and any(
+        k in params for k in ("Hires upscale", "Hires upscaler", "Hires resize-1")
+    )
+    fields.update(_sampler_fields(params))
+    fields.update(_hires_sampler_fields(params))
+    if params.get("Refiner"):
+        fields["refiner_checkpoint"] = str(params["Refiner"])
+    if isinstance(params.get("Styles array"), list):
+        fields["styles"] = list(params["Styles array"])
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _sampler_fields(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Sampler and scheduler label as A1111 resolves "Sampler" + "Schedule type" (a legacy
+    "DPM++ 2M Karras" is split; no "Sampler" means A1111's default, DPM++ 2M). Names we do
+    not know are passed on as written, so the request fails with the usual 422."""
+    from samplers import registry
+
+    sampler, scheduler = params.get("Sampler") or "DPM++ 2M", params.get("Schedule type")
+    try:
+        found, found_scheduler = registry.resolve_sampler_and_scheduler(sampler, scheduler)
+    except (registry.UnknownSamplerError, registry.UnknownSchedulerError):
+        return {"sampler_name": sampler, "scheduler": scheduler}
+    return {"sampler_name": found.name, "scheduler": found_scheduler.label}
+
+
+def _hires_sampler_fields(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Hires sampler/scheduler: "Use same ..." unless the infotext names different ones."""
+    same_sampler, same_scheduler = "Use same sampler", "Use same scheduler"
+    sampler = params.get("Hires sampler", same_sampler)
+    scheduler = params.get("Hires schedule type", same_scheduler)
+    return {
+        "hr_sampler_name": same_sampler if sampler in (same_sampler, params.get("Sampler")) else sampler,
+        "hr_scheduler": same_scheduler if scheduler in (same_scheduler, params.get("Schedule type")) else scheduler,
+    }
+
+
+def _cast_field(key: str, value: Any, kind: type) -> Any:
+    """Convert a parsed infotext value to the field's type; A1111 fails with a 500 on values
+    like "Steps: 20.5", this is a 400 naming the key."""
+    try:
+        return kind(value)
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(
+            f"infotext value {value!r} for {key!r} is not a valid {kind.__name__}", errors=str(exc)
+        ) from exc

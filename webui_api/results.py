@@ -8,7 +8,7 @@ infotexts line by line), so key order and value formatting follow A1111's
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .jobs import GeneratedImage, GenerationJob, JobResult
 
@@ -80,13 +80,58 @@ def _seed_resize(job: GenerationJob) -> str | None:
     return f"{w}x{h}" if w > 0 and h > 0 else None
 
 
+def _total_steps(job: GenerationJob) -> int:
+    from samplers import registry
+
+    second_order = registry.find_sampler(job.sampling.sampler_name).options.get("second_order")
+    return job.sampling.steps * (2 if second_order else 1)
+
+
+def prompt_extras(job: GenerationJob, prompts: Sequence[str], negative_prompts: Sequence[str]) -> dict[str, Any]:
+    """The infotext keys A1111 adds while encoding one batch's prompts:
+
+    - "Old prompt editing timelines": the option is on and it changes some prompt's schedule;
+    - "Emphasis": the option is not "Original" and some encoded text (a schedule variant of
+      an AND part or of a negative prompt) contains "(" or "[".
+
+    Nothing is parsed while both options are at their defaults.
+    """
+    from .engine.prompts import parse_prompt, split_subprompts
+
+    extras: dict[str, Any] = {}
+    steps, old = _total_steps(job), bool(job.options.get("use_old_scheduling", False))
+    texts = list(dict.fromkeys([*prompts, *negative_prompts]))
+    if old and any(parse_prompt(text).differs_with_old_timelines(steps) for text in texts):
+        extras["Old prompt editing timelines"] = True
+    emphasis = job.options.get("emphasis") or "Original"
+    if emphasis != "Original":
+        parts = [part.text for prompt in dict.fromkeys(prompts) for part in split_subprompts(prompt)]
+        texts = list(dict.fromkeys([*parts, *negative_prompts]))
+        encoded = [entry.text for text in texts for entry in parse_prompt(text).schedule(steps, None, old)]
+        if any("(" in text or "[" in text for text in encoded):
+            extras["Emphasis"] = emphasis
+    return extras
+
+
+def prompt_extras_per_image(job: GenerationJob, image_count: int) -> list[dict[str, Any]]:
+    """A1111 keeps these keys once set, so an image's infotext has those of its own batch and
+    of every batch before it."""
+    per_image, seen = [], {}
+    for n in range(job.n_iter):
+        part = job.batch_slice(n)
+        seen = {**seen, **prompt_extras(job, job.prompts[part], job.negative_prompts[part])}
+        per_image += [seen] * job.batch_size
+    return per_image[:image_count]
+
+
 def build_infotexts(job: GenerationJob, result: JobResult, model: Any) -> list[str]:
     from .postprocess.infotext import create_infotext
 
     extras = {**extra_generation_params(job), **result.extra_generation_params}
+    prompt_keys = prompt_extras_per_image(job, len(result.images))
     return [
-        create_infotext(image.prompt, image.negative_prompt, infotext_params(job, image, model, extras))
-        for image in result.images
+        create_infotext(image.prompt, image.negative_prompt, infotext_params(job, image, model, {**keys, **extras}))
+        for image, keys in zip(result.images, prompt_keys)
     ]
 
 
@@ -119,7 +164,11 @@ def build_info(job: GenerationJob, result: JobResult, model: Any, infotexts: lis
         "seed_resize_from_w": request.seed_resize_from_w,
         "seed_resize_from_h": request.seed_resize_from_h,
         "denoising_strength": request.denoising_strength,
-        "extra_generation_params": {**extra_generation_params(job), **result.extra_generation_params},
+        "extra_generation_params": {
+            **(prompt_extras_per_image(job, len(result.images)) or [{}])[-1],
+            **extra_generation_params(job),
+            **result.extra_generation_params,
+        },
         "index_of_first_image": 0,
         "infotexts": infotexts,
         "styles": list(request.styles or []),

@@ -1,32 +1,216 @@
-"""CLIP text conditioning the way A1111 builds it for SD1: 75-token chunks, clip skip, concat.
+"""Text conditioning the way A1111 builds it: prompts -> schedules -> 75-token chunks -> CLIP.
 
-A prompt becomes one or more 77-token chunks (BOS + 75 tokens + EOS, padded with EOS); each
-chunk index is encoded as a batch, and the per-chunk hidden states are concatenated along
-the token axis, giving (B, 77*k, C). Every chunk carries a multiplier per token so that
-emphasis ("(word:1.3)") only has to produce weighted fragments: today a prompt is one
-fragment of weight 1.0, tokenized plainly.
+For one batch, `build_batch_conditioning` produces the `BatchConditioning` guidance consumes:
+
+1. each positive prompt is split on AND (`prompts.split_subprompts`); negatives are not;
+2. each distinct (sub)prompt gets its prompt-editing schedule (`prompts.prompt_schedule`);
+3. all schedule variants of that prompt are encoded *as one batch*, because A1111 does and
+   the "Original" emphasis restores the mean over the whole (variants, 77, C) batch;
+4. every variant text becomes 77-token chunks (BOS + 75 + EOS): emphasis fragments are
+   tokenised separately, packed with comma backtracking, closed early by BREAK; chunk i of
+   every variant is encoded together, then the chunks are concatenated on the token axis.
+
+Encoders per model family (`text_encoders`):
+
+- SD1: CLIP-L, clip skip N > 1 takes hidden_states[-N] through the final layer norm.
+- SD2: OpenCLIP-H in diffusers' layout (the converted encoder already ends at the
+  penultimate layer, so last_hidden_state is A1111's choice); clip skip is ignored; every
+  token after the first EOS is 0.
+- SDXL: CLIP-L hidden_states[-2] without final norm (or hidden_states[-clip_skip] with the
+  `sdxl_clip_l_skip` option) concatenated on the channel axis with OpenCLIP-G
+  hidden_states[-2]; the pooled G output of chunk 0 (text_projection applied) and the
+  size/crop numbers form `CondTensors.vector`:
+
+      vector = [pooled (1280) | original_h, original_w, crop_top, crop_left, target_h, target_w]
+
+  i.e. diffusers' `text_embeds` followed by its raw `add_time_ids` (the UNet embeds them).
+  The refiner has only OpenCLIP-G and 5 time ids: [h, w, crop_top, crop_left, aesthetic].
+  A negative prompt whose variants are all "" gets zero text outputs (A1111's force-zero).
+
+Outputs are float32 (emphasis is computed in float32, as under A1111's autocast); guidance
+casts them to the UNet's dtype.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
 
+from webui_api.engine.cond_types import BatchConditioning, ComposableCond, CondTensors, ScheduledCond
 from webui_api.engine.models import LoadedModel
+from webui_api.engine.prompts import (
+    EMPHASIS_MODES,
+    WeightedFragment,
+    fragments_for_emphasis,
+    prompt_schedule,
+    split_subprompts,
+)
+from webui_api.errors import BadRequest
 
 CHUNK_LENGTH = 75  # content tokens per chunk; BOS and EOS make it 77
 DEFAULT_COMMA_BACKTRACK = 20  # A1111 option comma_padding_backtrack
+SDXL_TIME_IDS = 6  # original (h, w), crop (top, left), target (h, w)
+REFINER_TIME_IDS = 5  # original (h, w), crop (top, left), aesthetic score
+SDXL_DEFAULT_SIZE = 1024  # A1111's size when the batch carries none
+
+__all__ = [
+    "CHUNK_LENGTH",
+    "DEFAULT_COMMA_BACKTRACK",
+    "EMPHASIS_MODES",
+    "ConditioningSettings",
+    "Embedding",
+    "EmbeddingLookup",
+    "PromptChunk",
+    "TextEncoderSpec",
+    "TokenIds",
+    "WeightedFragment",
+    "added_cond_kwargs",
+    "build_batch_conditioning",
+    "encode_prompts",
+    "prompt_chunks",
+    "stack_at_step",
+    "text_encoders",
+]
+
+
+# ---------------------------------------------------------------------------
+# Settings
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConditioningSettings:
+    """The options that change conditioning, resolved once per job."""
+
+    clip_skip: int = 1
+    emphasis: str = "Original"
+    comma_backtrack: int = DEFAULT_COMMA_BACKTRACK
+    sdxl_clip_l_skip: bool = False
+    use_old_scheduling: bool = False
+    width: int = SDXL_DEFAULT_SIZE
+    height: int = SDXL_DEFAULT_SIZE
+    crop_top: int = 0
+    crop_left: int = 0
+    aesthetic_score: float = 6.0
+    negative_aesthetic_score: float = 2.5
+
+    def __post_init__(self) -> None:
+        if self.emphasis not in EMPHASIS_MODES:
+            raise BadRequest(f"option 'emphasis' must be one of {EMPHASIS_MODES}; received {self.emphasis!r}")
+        if self.comma_backtrack < 0:
+            raise BadRequest(f"option 'comma_padding_backtrack' must be >= 0; received {self.comma_backtrack}")
+
+    @classmethod
+    def from_options(
+        cls, options: Mapping[str, Any], clip_skip: int = 1, width: int = 0, height: int = 0
+    ) -> ConditioningSettings:
+        """Read A1111's option keys; a size of 0 means "unknown" (A1111 then uses 1024)."""
+
+        def get(key: str, default: Any) -> Any:
+            value = options.get(key)
+            return default if value is None else value
+
+        return cls(
+            clip_skip=int(clip_skip),
+            emphasis=str(get("emphasis", "Original")),
+            comma_backtrack=int(get("comma_padding_backtrack", DEFAULT_COMMA_BACKTRACK)),
+            sdxl_clip_l_skip=bool(get("sdxl_clip_l_skip", False)),
+            use_old_scheduling=bool(get("use_old_scheduling", False)),
+            width=int(width) or SDXL_DEFAULT_SIZE,
+            height=int(height) or SDXL_DEFAULT_SIZE,
+            crop_top=int(get("sdxl_crop_top", 0)),
+            crop_left=int(get("sdxl_crop_left", 0)),
+            aesthetic_score=float(get("sdxl_refiner_high_aesthetic_score", 6.0)),
+            negative_aesthetic_score=float(get("sdxl_refiner_low_aesthetic_score", 2.5)),
+        )
+
+
+# ---------------------------------------------------------------------------
+# Textual inversion: the insertion point (loading embeddings is not this module's job)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """A textual-inversion embedding: its prompt name and vectors.
+
+    `vectors` is one (V, C) tensor (SD1/SD2 files) or a mapping per encoder key ("clip_l",
+    "clip_g": SDXL files). The vector count is what A1111 counts: the tensor's rows, or
+    the clip_g rows for SDXL files.
+    """
+
+    name: str
+    vectors: Union[torch.Tensor, Mapping[str, torch.Tensor]]
+    shorthash: Optional[str] = None
+
+    def vectors_for(self, key: str) -> torch.Tensor:
+        if isinstance(self.vectors, torch.Tensor):
+            return self.vectors
+        if key not in self.vectors:
+            raise BadRequest(f"embedding {self.name!r} has no vectors for {key!r}; it has {sorted(self.vectors)}")
+        return self.vectors[key]
+
+    @property
+    def vector_count(self) -> int:
+        if isinstance(self.vectors, torch.Tensor):
+            return int(self.vectors.shape[0])
+        first = self.vectors.get("clip_g", next(iter(self.vectors.values())))
+        return int(first.shape[0])
+
+
+@dataclass(frozen=True)
+class EmbeddingLookup:
+    """Embedding names as token ids, indexed by their first id, longest name first (A1111's
+    ids_lookup), so a prompt's tokens can be matched position by position."""
+
+    by_first_token: Mapping[int, tuple[tuple[tuple[int, ...], Embedding], ...]]
+
+    @classmethod
+    def build(cls, embeddings: Iterable[Embedding], tokenize: Callable[[str], Sequence[int]]) -> EmbeddingLookup:
+        table: dict[int, list[tuple[tuple[int, ...], Embedding]]] = {}
+        for embedding in embeddings:
+            ids = tuple(tokenize(embedding.name))
+            if ids:
+                table.setdefault(ids[0], []).append((ids, embedding))
+        return cls(by_first_token={first: _longest_first(entries) for first, entries in table.items()})
+
+    def find_at(self, tokens: Sequence[int], position: int) -> Optional[tuple[Embedding, int]]:
+        """The embedding whose name starts at `position`, and the name's length in tokens."""
+        for ids, embedding in self.by_first_token.get(tokens[position], ()):
+            if tuple(tokens[position : position + len(ids)]) == ids:
+                return embedding, len(ids)
+        return None
+
+
+def _longest_first(entries: list[tuple[tuple[int, ...], Embedding]]) -> tuple[tuple[tuple[int, ...], Embedding], ...]:
+    """Longest name first; names of equal length keep their registration order."""
+    return tuple(sorted(entries, key=lambda entry: len(entry[0]), reverse=True))
+
+
+@dataclass(frozen=True)
+class EmbeddingFix:
+    """An embedding's vectors replace the placeholder tokens at `offset` (after BOS)."""
+
+    offset: int
+    embedding: Embedding
+
+
+# ---------------------------------------------------------------------------
+# Chunks
+# ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class TokenIds:
-    """The special ids chunking needs (SD1 / CLIP-L: pad == EOS)."""
+    """The special ids chunking needs; `pad` fills every position after the first EOS when
+    it differs from `eos` (OpenCLIP: 0)."""
 
     bos: int
     eos: int
-    comma: int | None
+    comma: Optional[int]
+    pad: Optional[int] = None
 
 
 @dataclass
@@ -35,19 +219,13 @@ class PromptChunk:
 
     tokens: list[int] = field(default_factory=list)
     multipliers: list[float] = field(default_factory=list)
+    fixes: list[EmbeddingFix] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class WeightedFragment:
-    """A piece of prompt text with its emphasis weight (A1111's attention parser output)."""
-
-    text: str
-    weight: float = 1.0
-
-
-def token_ids(tokenizer) -> TokenIds:
+def token_ids(tokenizer, pad_with_zero: bool = False) -> TokenIds:
     """BOS/EOS and the comma token ("," at a word end) from the tokenizer's vocabulary."""
-    return TokenIds(bos=tokenizer.bos_token_id, eos=tokenizer.eos_token_id, comma=tokenizer.get_vocab().get(",</w>"))
+    comma = tokenizer.get_vocab().get(",</w>")
+    return TokenIds(tokenizer.bos_token_id, tokenizer.eos_token_id, comma, 0 if pad_with_zero else None)
 
 
 def empty_chunk(ids: TokenIds) -> PromptChunk:
@@ -58,24 +236,48 @@ def empty_chunk(ids: TokenIds) -> PromptChunk:
 
 class _ChunkBuilder:
     """A1111's tokenize_line walk: fill 75-token chunks, moving the words after a recent comma
-    to the next chunk when a chunk overflows (comma backtrack)."""
+    to the next chunk when a chunk overflows (comma backtrack), inserting embeddings."""
 
-    def __init__(self, ids: TokenIds, comma_backtrack: int) -> None:
+    def __init__(self, ids: TokenIds, comma_backtrack: int, lookup: Optional[EmbeddingLookup] = None) -> None:
         self.ids = ids
         self.backtrack = comma_backtrack
+        self.lookup = lookup
         self.chunks: list[PromptChunk] = []
         self.current = PromptChunk()
         self.last_comma = -1
 
-    def add(self, token: int, weight: float) -> None:
+    def add_fragment(self, tokens: Sequence[int], weight: float) -> None:
+        """Append one fragment's tokens; embedding names become their vectors' placeholders."""
+        position = 0
+        while position < len(tokens):
+            self._make_room(tokens[position])
+            found = self.lookup.find_at(tokens, position) if self.lookup else None
+            if found is None:
+                self.current.tokens.append(tokens[position])
+                self.current.multipliers.append(weight)
+                position += 1
+            else:
+                self._add_embedding(found[0], weight)
+                position += found[1]
+
+    def _make_room(self, token: int) -> None:
         if token == self.ids.comma:
             self.last_comma = len(self.current.tokens)
         elif self._should_backtrack():
             self._split_at_comma()
         if len(self.current.tokens) == CHUNK_LENGTH:
             self.close()
-        self.current.tokens.append(token)
-        self.current.multipliers.append(weight)
+
+    def _add_embedding(self, embedding: Embedding, weight: float) -> None:
+        """Placeholders (id 0) for the vectors, in a fresh chunk when they do not fit."""
+        count = embedding.vector_count
+        if count > CHUNK_LENGTH:
+            raise BadRequest(f"embedding {embedding.name!r} has {count} vectors; at most {CHUNK_LENGTH} fit in a chunk")
+        if len(self.current.tokens) + count > CHUNK_LENGTH:
+            self.close()
+        self.current.fixes.append(EmbeddingFix(len(self.current.tokens), embedding))
+        self.current.tokens += [0] * count
+        self.current.multipliers += [weight] * count
 
     def _should_backtrack(self) -> bool:
         full = len(self.current.tokens) == CHUNK_LENGTH
@@ -83,6 +285,8 @@ class _ChunkBuilder:
         return self.backtrack != 0 and full and near
 
     def _split_at_comma(self) -> None:
+        """Close the chunk right after the last comma; what followed starts the next one
+        (embedding fixes stay where they are, as in A1111)."""
         cut = self.last_comma + 1
         moved_tokens, moved_mults = self.current.tokens[cut:], self.current.multipliers[cut:]
         del self.current.tokens[cut:], self.current.multipliers[cut:]
@@ -94,19 +298,13 @@ class _ChunkBuilder:
         chunk, pad = self.current, CHUNK_LENGTH - len(self.current.tokens)
         tokens = [self.ids.bos] + chunk.tokens + [self.ids.eos] * pad + [self.ids.eos]
         multipliers = [1.0] + chunk.multipliers + [1.0] * pad + [1.0]
-        self.chunks.append(PromptChunk(tokens=tokens, multipliers=multipliers))
+        self.chunks.append(PromptChunk(tokens=tokens, multipliers=multipliers, fixes=chunk.fixes))
         self.current, self.last_comma = PromptChunk(), -1
 
     def finish(self) -> list[PromptChunk]:
         if self.current.tokens or not self.chunks:
             self.close()
         return self.chunks
-
-
-def fragments_of(prompt: str) -> list[WeightedFragment]:
-    """The prompt as weighted fragments. Emphasis parsing plugs in here (a later issue);
-    for now the whole prompt is one fragment of weight 1.0."""
-    return [WeightedFragment(prompt, 1.0)]
 
 
 def tokenize_fragments(tokenizer, fragments: Sequence[WeightedFragment]) -> list[list[int]]:
@@ -119,72 +317,311 @@ def tokenize_fragments(tokenizer, fragments: Sequence[WeightedFragment]) -> list
 
 
 def prompt_chunks(
-    tokenizer, prompt: str, ids: TokenIds, comma_backtrack: int = DEFAULT_COMMA_BACKTRACK
+    tokenizer,
+    text: str,
+    ids: TokenIds,
+    comma_backtrack: int = DEFAULT_COMMA_BACKTRACK,
+    emphasis: str = "Original",
+    lookup: Optional[EmbeddingLookup] = None,
 ) -> list[PromptChunk]:
-    """Split one prompt into 77-token chunks (at least one)."""
-    fragments = fragments_of(prompt)
-    builder = _ChunkBuilder(ids, comma_backtrack)
+    """Split one (schedule variant) text into 77-token chunks (at least one)."""
+    fragments = fragments_for_emphasis(text, emphasis)
+    builder = _ChunkBuilder(ids, comma_backtrack, lookup)
     for fragment, tokens in zip(fragments, tokenize_fragments(tokenizer, fragments)):
-        for token in tokens:
-            builder.add(token, fragment.weight)
+        if fragment.is_break:
+            builder.close()
+        else:
+            builder.add_fragment(tokens, fragment.weight)
     return builder.finish()
 
 
-def select_hidden_state(output, final_layer_norm: torch.nn.Module, clip_skip: int) -> torch.Tensor:
-    """A1111's clip-skip rule for SD1: 1 -> last_hidden_state (already normed); N > 1 ->
-    hidden_states[-N] passed through the final layer norm.
+# ---------------------------------------------------------------------------
+# Encoders
+# ---------------------------------------------------------------------------
 
-    N is clamped to the encoder's depth so an option that is valid for a 12-layer CLIP does
-    not crash a shallower model.
-    """
-    if clip_skip <= 1:
-        return output.last_hidden_state
-    hidden_states = output.hidden_states
-    skip = min(clip_skip, len(hidden_states))
-    return final_layer_norm(hidden_states[-skip])
+LAYER_CLIP_SKIP = "clip_skip"  # SD1: last_hidden_state, or hidden_states[-N] + final norm
+LAYER_LAST = "last"  # last_hidden_state (SD2 in diffusers' truncated layout)
+LAYER_PENULTIMATE = "penultimate"  # hidden_states[-2], no final norm (SDXL)
+LAYER_SKIP_NO_NORM = "skip_no_norm"  # hidden_states[-N], no final norm (SDXL CLIP-L with sdxl_clip_l_skip)
 
 
-def apply_emphasis(z: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
-    """A1111's "Original" emphasis: scale each token's vector, then restore the overall mean.
+@dataclass(frozen=True)
+class TextEncoderSpec:
+    """One text encoder of a model and how A1111 reads it."""
 
-    With all multipliers 1.0 (plain prompts) A1111's arithmetic is exactly the identity, so
-    that case returns z untouched (and never divides by a zero mean).
-    """
-    if bool((multipliers == 1.0).all()):
-        return z
-    original_mean = z.mean()
-    weighted = z * multipliers.reshape(multipliers.shape + (1,)).expand(z.shape)
-    return weighted * (original_mean / weighted.mean())
+    encoder: Any  # transformers CLIPTextModel / CLIPTextModelWithProjection
+    tokenizer: Any
+    ti_key: str  # which vectors of an SDXL embedding file it takes ("clip_l" / "clip_g")
+    layer: str
+    pad_with_zero: bool = False
+    pooled: bool = False  # return text_embeds of chunk 0 (SDXL's OpenCLIP-G)
+
+
+def text_encoders(model: LoadedModel, settings: ConditioningSettings) -> tuple[TextEncoderSpec, ...]:
+    """The encoders of the model's family, in the order their outputs are concatenated."""
+    family = model.family
+    if family == "sd1":
+        return (TextEncoderSpec(model.text_encoder, model.tokenizer, "clip_l", LAYER_CLIP_SKIP),)
+    if family == "sd2":
+        return (TextEncoderSpec(model.text_encoder, model.tokenizer, "clip_l", LAYER_LAST, pad_with_zero=True),)
+    big_g = TextEncoderSpec(
+        model.text_encoder_2, model.tokenizer_2, "clip_g", LAYER_PENULTIMATE, pad_with_zero=True, pooled=True
+    )
+    if family == "sdxl-refiner":
+        return (big_g,)
+    if family == "sdxl":
+        layer = LAYER_SKIP_NO_NORM if settings.sdxl_clip_l_skip else LAYER_PENULTIMATE
+        return (TextEncoderSpec(model.text_encoder, model.tokenizer, "clip_l", layer), big_g)
+    raise ValueError(f"unknown model family {family!r}; expected sd1, sd2, sdxl or sdxl-refiner")
 
 
 def final_layer_norm(encoder) -> torch.nn.Module:
-    """The text encoder's final LayerNorm (transformers 4 nests it under `text_model`)."""
+    """The text encoder's final LayerNorm (CLIPTextModel nests it under `text_model`)."""
     return getattr(encoder, "text_model", encoder).final_layer_norm
 
 
-def encode_chunk_batch(model: LoadedModel, chunks: Sequence[PromptChunk], clip_skip: int) -> torch.Tensor:
-    """Encode one chunk index for every text in the batch: (B, 77, C) in the encoder's dtype."""
-    encoder = model.text_encoder
-    tokens = torch.tensor([c.tokens for c in chunks], dtype=torch.long, device=model.device)
-    output = encoder(input_ids=tokens, output_hidden_states=clip_skip > 1)
-    z = select_hidden_state(output, final_layer_norm(encoder), clip_skip)
-    multipliers = torch.tensor([c.multipliers for c in chunks], dtype=z.dtype, device=z.device)
-    return apply_emphasis(z, multipliers)
+def token_embedding(encoder) -> torch.nn.Module:
+    return getattr(encoder, "text_model", encoder).embeddings.token_embedding
 
 
-def encode_prompt_texts(
-    model: LoadedModel, texts: Sequence[str], clip_skip: int = 1, comma_backtrack: int = DEFAULT_COMMA_BACKTRACK
+def select_hidden_state(output, spec: TextEncoderSpec, clip_skip: int) -> torch.Tensor:
+    """Pick the hidden state A1111 uses for this encoder. A clip skip deeper than the encoder
+    is clamped to its embeddings output rather than failing."""
+    if spec.layer == LAYER_LAST or (spec.layer == LAYER_CLIP_SKIP and clip_skip <= 1):
+        return output.last_hidden_state
+    hidden_states = output.hidden_states
+    if spec.layer == LAYER_PENULTIMATE:
+        return hidden_states[-2]
+    skip = min(max(clip_skip, 1), len(hidden_states))
+    if spec.layer == LAYER_SKIP_NO_NORM:
+        return hidden_states[-skip]
+    return final_layer_norm(spec.encoder)(hidden_states[-skip])
+
+
+def _needs_hidden_states(spec: TextEncoderSpec, clip_skip: int) -> bool:
+    return spec.layer in (LAYER_PENULTIMATE, LAYER_SKIP_NO_NORM) or (spec.layer == LAYER_CLIP_SKIP and clip_skip > 1)
+
+
+def token_tensor(chunks: Sequence[PromptChunk], ids: TokenIds, device: torch.device) -> torch.Tensor:
+    """(B, 77) ids; with a pad id, every position after a row's first EOS becomes pad."""
+    rows = []
+    for chunk in chunks:
+        tokens = list(chunk.tokens)
+        if ids.pad is not None:
+            first_eos = tokens.index(ids.eos)
+            tokens[first_eos + 1 :] = [ids.pad] * (len(tokens) - first_eos - 1)
+        rows.append(tokens)
+    return torch.tensor(rows, dtype=torch.long, device=device)
+
+
+def _replace_embedding_rows(
+    embeds: torch.Tensor, fixes_per_row: Sequence[Sequence[EmbeddingFix]], key: str
 ) -> torch.Tensor:
-    """Encode texts as one batch (A1111 does this for the schedule variants of one prompt);
-    texts with fewer chunks are padded with empty chunks. Returns (B, 77*k, C)."""
-    ids = token_ids(model.tokenizer)
-    per_text = [prompt_chunks(model.tokenizer, t, ids, comma_backtrack) for t in texts]
+    """A1111's EmbeddingsWithFixes: rows offset+1 ... of each text's token embeddings become
+    the embedding's vectors (as many as fit before the last position)."""
+    rows = []
+    for fixes, row in zip(fixes_per_row, embeds):
+        for fix in fixes:
+            vectors = fix.embedding.vectors_for(key).to(device=row.device, dtype=row.dtype)
+            count = min(row.shape[0] - fix.offset - 1, vectors.shape[0])
+            row = torch.cat([row[: fix.offset + 1], vectors[:count], row[fix.offset + 1 + count :]])
+        rows.append(row)
+    return torch.stack(rows)
+
+
+def _run_encoder(spec: TextEncoderSpec, tokens: torch.Tensor, chunks: Sequence[PromptChunk], clip_skip: int):
+    """Call the encoder; when the chunks hold embeddings, a forward hook on the token
+    embedding layer swaps their vectors in for this call only."""
+    fixes = [chunk.fixes for chunk in chunks]
+    kwargs = {"input_ids": tokens, "output_hidden_states": _needs_hidden_states(spec, clip_skip)}
+    if not any(fixes):
+        return spec.encoder(**kwargs)
+    hook = token_embedding(spec.encoder).register_forward_hook(
+        lambda _module, _inputs, embeds: _replace_embedding_rows(embeds, fixes, spec.ti_key)
+    )
+    try:
+        return spec.encoder(**kwargs)
+    finally:
+        hook.remove()
+
+
+def apply_emphasis(z: torch.Tensor, multipliers: torch.Tensor, mode: str = "Original") -> torch.Tensor:
+    """Apply per-token multipliers to a (B, 77, C) chunk batch.
+
+    Original: scale, then restore the mean of the whole batch (every variant, every token,
+    padding included); No norm: scale only; Ignore / None: untouched. With all multipliers
+    1.0 the Original arithmetic is the identity in float32, so it is done literally, except
+    that an exactly-zero mean is left alone rather than turned into NaN.
+    """
+    if mode in ("Ignore", "None"):
+        return z
+    weighted = z * multipliers.reshape(multipliers.shape + (1,)).expand(z.shape)
+    if mode == "No norm":
+        return weighted
+    original_mean, new_mean = z.mean(), weighted.mean()
+    if float(new_mean) == 0.0:
+        return weighted
+    return weighted * (original_mean / new_mean)
+
+
+@dataclass(frozen=True)
+class EncodedChunk:
+    """One chunk index encoded for every text: (B, 77, C) and, for the pooled encoder, (B, P)."""
+
+    z: torch.Tensor
+    pooled: Optional[torch.Tensor]
+
+
+def encode_chunk_batch(
+    spec: TextEncoderSpec, chunks: Sequence[PromptChunk], ids: TokenIds, settings: ConditioningSettings
+) -> EncodedChunk:
+    """Encode chunk i of every text in one call and apply emphasis (in float32)."""
+    tokens = token_tensor(chunks, ids, token_embedding(spec.encoder).weight.device)
+    output = _run_encoder(spec, tokens, chunks, settings.clip_skip)
+    z = select_hidden_state(output, spec, settings.clip_skip).float()
+    multipliers = torch.tensor([c.multipliers for c in chunks], dtype=torch.float32, device=z.device)
+    pooled = output.text_embeds.float() if spec.pooled else None
+    return EncodedChunk(z=apply_emphasis(z, multipliers, settings.emphasis), pooled=pooled)
+
+
+@dataclass(frozen=True)
+class EncodedTexts:
+    """Texts encoded together: crossattn (B, 77*k, C), pooled (B, P) from chunk 0 or None."""
+
+    crossattn: torch.Tensor
+    pooled: Optional[torch.Tensor]
+
+
+def encode_with(
+    spec: TextEncoderSpec,
+    texts: Sequence[str],
+    settings: ConditioningSettings,
+    lookup: Optional[EmbeddingLookup] = None,
+) -> EncodedTexts:
+    """A1111's forward for one encoder: chunk every text, pad short ones with empty chunks,
+    encode chunk index by chunk index, concatenate along the token axis."""
+    ids = token_ids(spec.tokenizer, spec.pad_with_zero)
+    per_text = [
+        prompt_chunks(spec.tokenizer, t, ids, settings.comma_backtrack, settings.emphasis, lookup) for t in texts
+    ]
     count = max(len(chunks) for chunks in per_text)
-    zs = []
+    encoded = []
     for index in range(count):
         batch = [chunks[index] if index < len(chunks) else empty_chunk(ids) for chunks in per_text]
-        zs.append(encode_chunk_batch(model, batch, clip_skip))
-    return torch.cat(zs, dim=1)
+        encoded.append(encode_chunk_batch(spec, batch, ids, settings))
+    return EncodedTexts(torch.cat([e.z for e in encoded], dim=1), encoded[0].pooled)
+
+
+# ---------------------------------------------------------------------------
+# One prompt's schedule variants -> CondTensors
+# ---------------------------------------------------------------------------
+
+
+def time_ids(model: LoadedModel, settings: ConditioningSettings, negative: bool) -> torch.Tensor:
+    """SDXL's size/crop numbers (refiner: with the aesthetic score), rounded through the
+    model dtype as A1111 creates them, returned as float32."""
+    size = [settings.height, settings.width]
+    crop = [settings.crop_top, settings.crop_left]
+    if model.family == "sdxl-refiner":
+        score = settings.negative_aesthetic_score if negative else settings.aesthetic_score
+        values = size + crop + [score]
+    else:
+        values = size + crop + size
+    return torch.tensor(values, dtype=model.dtype).float()
+
+
+def added_cond_kwargs(vector: torch.Tensor, family: str) -> dict[str, torch.Tensor]:
+    """Split a (B, P + n) `CondTensors.vector` batch into diffusers' SDXL UNet inputs
+    {"text_embeds": (B, P), "time_ids": (B, n)}."""
+    count = REFINER_TIME_IDS if family == "sdxl-refiner" else SDXL_TIME_IDS
+    return {"text_embeds": vector[..., :-count], "time_ids": vector[..., -count:]}
+
+
+@dataclass
+class PromptEncoder:
+    """Encodes prompts for one batch; each distinct (text, negative) is encoded once."""
+
+    model: LoadedModel
+    settings: ConditioningSettings
+    embeddings: Sequence[Embedding] = ()
+    cache: dict[tuple[str, bool], ScheduledCond] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.specs = text_encoders(self.model, self.settings)
+        self.lookups = [self._lookup(spec) for spec in self.specs]
+
+    def _lookup(self, spec: TextEncoderSpec) -> Optional[EmbeddingLookup]:
+        if not self.embeddings:
+            return None
+        return EmbeddingLookup.build(
+            self.embeddings, lambda name: spec.tokenizer(name, add_special_tokens=False)["input_ids"]
+        )
+
+    def scheduled(
+        self, prompt: str, steps: int, negative: bool = False, hires_steps: Optional[int] = None
+    ) -> ScheduledCond:
+        """The prompt's schedule with every variant encoded (cached per text and side)."""
+        key = (prompt, negative)
+        if key not in self.cache:
+            schedule = prompt_schedule(prompt, steps, hires_steps, self.settings.use_old_scheduling)
+            tensors = self.encode_variants([entry.text for entry in schedule], negative)
+            self.cache[key] = ScheduledCond(tuple((entry.end_at_step, t) for entry, t in zip(schedule, tensors)))
+        return self.cache[key]
+
+    def encode_variants(self, texts: Sequence[str], negative: bool) -> list[CondTensors]:
+        """All variants as one batch per encoder; SDXL adds the pooled + time-id vector."""
+        outputs = [encode_with(spec, texts, self.settings, lookup) for spec, lookup in zip(self.specs, self.lookups)]
+        crossattn = torch.cat([o.crossattn for o in outputs], dim=-1)
+        pooled = next((o.pooled for o in outputs if o.pooled is not None), None)
+        if negative and pooled is not None and all(text == "" for text in texts):
+            crossattn, pooled = torch.zeros_like(crossattn), torch.zeros_like(pooled)
+        if pooled is None:
+            return [CondTensors(row) for row in crossattn]
+        extra = time_ids(self.model, self.settings, negative).to(pooled.device)
+        vectors = torch.cat([pooled, extra.expand(len(texts), -1)], dim=1)
+        return [CondTensors(row, vector) for row, vector in zip(crossattn, vectors)]
+
+
+def build_batch_conditioning(
+    model: LoadedModel,
+    prompts: Sequence[str],
+    negative_prompts: Sequence[str],
+    steps: int,
+    clip_skip: int,
+    options: Mapping[str, Any],
+    *,
+    width: int = 0,
+    height: int = 0,
+    hires_steps: Optional[int] = None,
+    embeddings: Sequence[Embedding] = (),
+) -> BatchConditioning:
+    """Everything guidance needs for one batch: per image, its AND parts (each a schedule of
+    encoded variants) with weights, and its negative prompt's schedule.
+
+    `steps` is A1111's total_steps (steps x 2 for second-order samplers); `width`/`height`
+    are the image size (SDXL's size conditioning); `embeddings` are the textual-inversion
+    embeddings a prompt may name.
+    """
+    if not prompts or len(prompts) != len(negative_prompts):
+        raise ValueError(
+            f"need one negative prompt per prompt; got {len(prompts)} prompts, {len(negative_prompts)} negatives"
+        )
+    settings = ConditioningSettings.from_options(options, clip_skip, width, height)
+    encoder = PromptEncoder(model, settings, embeddings)
+    uncond = tuple(encoder.scheduled(p, steps, negative=True, hires_steps=hires_steps) for p in negative_prompts)
+    cond = tuple(_composable(encoder, prompt, steps, hires_steps) for prompt in prompts)
+    return BatchConditioning(cond=cond, uncond=uncond)
+
+
+def _composable(encoder: PromptEncoder, prompt: str, steps: int, hires_steps: Optional[int]) -> ComposableCond:
+    """One positive prompt: its AND parts, each scheduled and encoded, with their weights."""
+    parts = split_subprompts(prompt)
+    return ComposableCond(tuple((encoder.scheduled(p.text, steps, hires_steps=hires_steps), p.weight) for p in parts))
+
+
+# ---------------------------------------------------------------------------
+# Tensors for a step
+# ---------------------------------------------------------------------------
 
 
 def pad_to_token_count(z: torch.Tensor, count: int) -> torch.Tensor:
@@ -196,21 +633,29 @@ def pad_to_token_count(z: torch.Tensor, count: int) -> torch.Tensor:
     return torch.cat([z, z[-1:].expand(missing, -1)], dim=0)
 
 
+def stack_at_step(conds: Sequence[ScheduledCond], step: int) -> CondTensors:
+    """A1111's reconstruct_cond_batch: every prompt's variant for denoiser call `step`,
+    stacked to (B, T, C) (shorter ones padded with their last vector), vectors to (B, V)."""
+    chosen = [cond.at(step) for cond in conds]
+    count = max(t.crossattn.shape[0] for t in chosen)
+    crossattn = torch.stack([pad_to_token_count(t.crossattn, count) for t in chosen])
+    if any(t.vector is None for t in chosen):
+        return CondTensors(crossattn)
+    return CondTensors(crossattn, torch.stack([t.vector for t in chosen]))
+
+
 def encode_prompts(
     model: LoadedModel, prompts: Sequence[str], clip_skip: int = 1, comma_backtrack: int = DEFAULT_COMMA_BACKTRACK
 ) -> torch.Tensor:
-    """Conditioning for a batch of prompts: (B, 77*k, C).
+    """Crossattn for a batch of plain prompts (no AND split, no schedule): (B, 77*k, C).
 
-    Each distinct prompt is encoded on its own (A1111 encodes per prompt, and emphasis
-    normalisation depends on what is in the encoded batch); repeated prompts reuse the result.
+    Emphasis syntax is honoured; each distinct prompt is encoded on its own and repeated
+    prompts reuse the result. Used where a fixed conditioning is enough (tests, warm-up).
     """
     if not prompts:
         raise ValueError("encode_prompts needs at least one prompt, got an empty sequence")
-    if clip_skip < 1:
-        raise ValueError(f"clip_skip must be >= 1, got {clip_skip}")
-    cache: dict[str, torch.Tensor] = {}
-    for prompt in prompts:
-        if prompt not in cache:
-            cache[prompt] = encode_prompt_texts(model, [prompt], clip_skip, comma_backtrack)[0]
+    settings = ConditioningSettings(clip_skip=clip_skip, comma_backtrack=comma_backtrack)
+    encoder = PromptEncoder(model, settings)
+    cache = {p: encoder.encode_variants([p], negative=False)[0].crossattn for p in dict.fromkeys(prompts)}
     count = max(z.shape[0] for z in cache.values())
     return torch.stack([pad_to_token_count(cache[p], count) for p in prompts])

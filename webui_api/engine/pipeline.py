@@ -19,12 +19,13 @@ from samplers.registry import (
     find_scheduler,
     sampler_call_kwargs,
 )
-from webui_api.engine.conditioning import DEFAULT_COMMA_BACKTRACK, encode_prompts
+from webui_api.engine.cond_types import BatchConditioning
+from webui_api.engine.conditioning import build_batch_conditioning, stack_at_step
 from webui_api.engine.denoiser import CFGDenoiser, CompVisDenoiser, SamplingInterrupted
 from webui_api.engine.latents import approx_preview, decode_latents
 from webui_api.engine.models import LoadedModel
 from webui_api.engine.rng import ImageRNG
-from webui_api.errors import BadRequest
+from webui_api.errors import BadRequest, NotImplementedFeature
 from webui_api.jobs import GeneratedImage, GenerationJob, JobResult
 from webui_api.progress import CancelToken, RunObserver
 
@@ -216,6 +217,67 @@ def make_callback(
     return callback
 
 
+# ---------------------------------------------------------------------------
+# Conditioning
+# ---------------------------------------------------------------------------
+
+
+def total_steps(job: GenerationJob, plan: SamplerPlan) -> int:
+    """A1111's total_steps: the denoiser-call count prompt schedules are laid out on
+    (twice the steps for second-order samplers)."""
+    return job.sampling.steps * (2 if plan.sampler.options.get("second_order") else 1)
+
+
+def batch_conditioning(
+    model: LoadedModel, job: GenerationJob, plan: SamplerPlan, batch: BatchSpec
+) -> BatchConditioning:
+    """A1111's setup_conds for one batch: AND parts, prompt-editing schedules, encoding."""
+    return build_batch_conditioning(
+        model,
+        batch.prompts,
+        batch.negative_prompts,
+        total_steps(job, plan),
+        job.clip_skip,
+        job.options,
+        width=job.width,
+        height=job.height,
+    )
+
+
+class StepConditioning:
+    """Hands the tensor-only CFGDenoiser the conditioning of its current call.
+
+    TODO(merge with issue 3): the CFGDenoiser rewrite consumes BatchConditioning itself
+    (AND weights, per-call variants); once it lands, pass the BatchConditioning in
+    extra_args and delete this adapter and `single_part_weight`.
+    """
+
+    def __init__(self, cfg: CFGDenoiser, conditioning: BatchConditioning) -> None:
+        self.cfg = cfg
+        self.conditioning = conditioning
+        self.weight = single_part_weight(conditioning)
+
+    def __call__(
+        self, x: torch.Tensor, sigma: torch.Tensor, cond_scale: float, s_min_uncond: float = 0.0
+    ) -> torch.Tensor:
+        step = self.cfg.step
+        cond = stack_at_step([image.parts[0][0] for image in self.conditioning.cond], step).crossattn
+        uncond = stack_at_step(self.conditioning.uncond, step).crossattn
+        return self.cfg(x, sigma, cond, uncond, cond_scale * self.weight, s_min_uncond)
+
+
+def single_part_weight(conditioning: BatchConditioning) -> float:
+    """The one AND weight every image shares (u + w * cfg * (c - u) is CFG at scale w * cfg);
+    several AND parts need the composable denoiser, which has not landed yet."""
+    weights = {weight for image in conditioning.cond for _, weight in image.parts}
+    if any(len(image.parts) != 1 for image in conditioning.cond) or len(weights) != 1:
+        raise NotImplementedFeature(
+            "prompts with several AND parts (or different AND weights within a batch) need the composable "
+            "CFG denoiser, which is not merged yet"
+        )
+    return weights.pop()
+
+
 def sample_batch(
     model: LoadedModel,
     job: GenerationJob,
@@ -226,10 +288,8 @@ def sample_batch(
 ) -> torch.Tensor:
     """Run the sampler for one batch and return its final latents (or, when interrupted or
     skipped, the last x0 estimate)."""
-    # 1. conditioning for prompts and negative prompts
-    backtrack = int(_option(job, "comma_padding_backtrack", DEFAULT_COMMA_BACKTRACK))
-    cond = encode_prompts(model, batch.prompts, job.clip_skip, backtrack)
-    uncond = encode_prompts(model, batch.negative_prompts, job.clip_skip, backtrack)
+    # 1. conditioning for prompts and negative prompts (schedules, AND parts)
+    conditioning = batch_conditioning(model, job, plan, batch)
     # 2. noise and schedule
     inner = CompVisDenoiser(model)
     rng = make_image_rng(model, job, batch)
@@ -240,15 +300,12 @@ def sample_batch(
     trace = SamplingTrace(x0=x)
     callback = make_callback(job, observer, trace, preview_source(job, cfg, trace), model.family)
     kwargs = sampler_kwargs(job, plan, sigmas, inner, rng)
-    extra_args = {
-        "cond": cond,
-        "uncond": uncond,
-        "cond_scale": job.sampling.cfg_scale,
-        "s_min_uncond": job.sampling.s_min_uncond,
-    }
+    extra_args = {"cond_scale": job.sampling.cfg_scale, "s_min_uncond": job.sampling.s_min_uncond}
+    guidance = StepConditioning(cfg, conditioning)
     # 4. sample; an interrupt or skip keeps the last x0 estimate
     try:
-        return plan.sampler.function(cfg, x, sigmas, extra_args=extra_args, callback=callback, disable=True, **kwargs)
+        sample = plan.sampler.function
+        return sample(guidance, x, sigmas, extra_args=extra_args, callback=callback, disable=True, **kwargs)
     except SamplingInterrupted:
         return trace.x0
 

@@ -8,12 +8,13 @@ from fastapi import Depends
 from fastapi.concurrency import run_in_threadpool
 
 from ..errors import InvalidImageFormat, NotFound, NotImplementedFeature
-from ..job_builder import build_txt2img
+from ..job_builder import apply_infotext, build_txt2img, request_styles
 from ..jobs import GenerationJob, JobResult
 from ..results import build_infotexts, build_info, encode_images
 from ..scheduler import ProgressSpec, WorkItem
 from ..schemas.generation import GenerationResponse, Img2ImgRequest, Txt2ImgRequest
 from ..services import Services
+from ..styles import style_files
 from . import api_router, get_services
 
 router = api_router()
@@ -21,9 +22,11 @@ router = api_router()
 
 @router.post("/sdapi/v1/txt2img", response_model=GenerationResponse)
 async def txt2img(request: Txt2ImgRequest, services: Services = Depends(get_services)) -> dict[str, Any]:
+    styles = request_styles(request, style_files(services.settings))
+    request = apply_infotext(request, services.options.snapshot(), styles)
     options = services.options.with_overrides(request.override_settings or {})
     check_output_format(options)
-    job = build_txt2img(request, options)
+    job = build_txt2img(request, options, styles=styles)
     result, model_info = await services.scheduler.run(_txt2img_item(services, job))
     return await run_in_threadpool(_response, request, job, result, model_info)
 
