@@ -1,21 +1,46 @@
-"""The engine object the server holds: device choice, the checkpoint list, the loaded model.
+"""The engine object the server holds: device, the model catalogs, the loaded models.
 
-One `Engine` per device, used from one worker thread, so it needs no locks. Model state is
-held here, never in module globals.
+One `Engine` per device. Everything that loads, moves or runs a model happens on the
+scheduler's single worker thread, so model state needs no locks; it is held here, never in
+module globals. The catalogs (checkpoints, VAEs) are also read by HTTP handlers on other
+threads: they are immutable tuples replaced as a whole, so a reader sees the old list or the
+new one, never half of either.
+
+Per-job settings (checkpoint, sd_vae, the LRU size) come from the job's own options
+snapshot, never from shared state, so two queued jobs with different `override_settings`
+each run with exactly their own.
 """
 
 from __future__ import annotations
 
 import gc
-from typing import Any
+import logging
+from collections import OrderedDict
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 
-from webui_api.engine.models import CheckpointInfo, LoadedModel, build_embedded_model, embedded_checkpoint_info
+from webui_api.engine.loading.checkpoint import LoadOptions, load_checkpoint
+from webui_api.engine.loading.discovery import CHECKPOINT_HASH_PREFIX, ModelPaths, VaeFile, scan_checkpoints, scan_vaes
+from webui_api.engine.loading.hashes import HashCache
+from webui_api.engine.loading.vae import VaeChoice, load_vae_file, resolve_vae
+from webui_api.engine.models import (
+    EMBEDDED_FILENAME,
+    CheckpointInfo,
+    LoadedModel,
+    build_embedded_model,
+    embedded_checkpoint_info,
+)
 from webui_api.engine.pipeline import run_txt2img
 from webui_api.errors import UnknownCheckpoint
 from webui_api.jobs import GenerationJob, JobResult
 from webui_api.progress import CancelToken, RunObserver
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHECKPOINTS_LIMIT = 1  # A1111's sd_checkpoints_limit default
 
 DTYPES = {
     "fp16": torch.float16,
@@ -93,57 +118,199 @@ def cuda_usage(device: torch.device) -> dict[str, Any]:
     }
 
 
-class Engine:
-    """Owns the device and the loaded model; used from ONE worker thread."""
+class ModelCache:
+    """Loaded models by file, least recently used first (A1111's `sd_checkpoints_limit`)."""
 
-    def __init__(self, device: str = "auto", dtype: str = "auto") -> None:
+    def __init__(self, limit: int = DEFAULT_CHECKPOINTS_LIMIT) -> None:
+        self.limit = max(1, limit)
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def get(self, filename: str) -> LoadedModel | None:
+        """The cached model for a file, marked most recently used."""
+        model = self._models.get(filename)
+        if model is not None:
+            self._models.move_to_end(filename)
+        return model
+
+    def put(self, model: LoadedModel) -> None:
+        self._models[model.info.filename] = model
+        self._models.move_to_end(model.info.filename)
+
+    def evict_until(self, size: int) -> list[LoadedModel]:
+        """Drop least recently used models until at most `size` remain; returns them."""
+        evicted = []
+        while len(self._models) > max(0, size):
+            evicted.append(self._models.popitem(last=False)[1])
+        return evicted
+
+    def filenames(self) -> list[str]:
+        return list(self._models)
+
+    def clear(self) -> None:
+        self._models.clear()
+
+
+class Engine:
+    """Owns the device, the model catalogs and the loaded models; used from ONE worker thread
+    (the catalog readers excepted, see the module docstring)."""
+
+    def __init__(
+        self,
+        device: str = "auto",
+        dtype: str = "auto",
+        *,
+        paths: ModelPaths | None = None,
+        no_half_vae: bool = False,
+        no_hashing: bool = False,
+        allow_unsafe_pickle: bool = False,
+    ) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self._embedded = embedded_checkpoint_info()
-        self._current = self._embedded
-        self._loaded: LoadedModel | None = None
+        self.paths = paths if paths is not None else ModelPaths()
+        vae_dtype = torch.float32 if no_half_vae else self.dtype
+        self.load_options = LoadOptions(self.device, self.dtype, vae_dtype, allow_unsafe_pickle)
+        self.hashes = HashCache(self.paths.hash_cache_file, enabled=not no_hashing)
+        self._checkpoints: tuple[CheckpointInfo, ...] = ()
+        self._vaes: tuple[VaeFile, ...] = ()
+        self._cache = ModelCache()
+        self._active: LoadedModel | None = None
+        self._current: CheckpointInfo | None = None
+        self.refresh_checkpoints()
+        self.refresh_vae()
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Engine:
+        """The engine for a server's `Settings`: its folders and A1111's precision/safety flags."""
+        return cls(
+            device=settings.device,
+            dtype=settings.dtype,
+            paths=ModelPaths.from_settings(settings),
+            no_half_vae=settings.no_half_vae,
+            no_hashing=settings.no_hashing,
+            allow_unsafe_pickle=bool(settings.cmd_flags.get("disable_safe_unpickle", False)),
+        )
+
+    # -- checkpoint catalog ------------------------------------------------------------
 
     def checkpoints(self) -> list[CheckpointInfo]:
-        """Every checkpoint the server can load (for now only the embedded tiny model)."""
-        return [self._embedded]
+        """Every loadable checkpoint in A1111's order; the embedded tiny model only when the
+        folders hold none."""
+        return list(self._checkpoints)
+
+    def refresh_checkpoints(self) -> None:
+        """Rescan the checkpoint folders (POST /sdapi/v1/refresh-checkpoints)."""
+        found = tuple(scan_checkpoints(self.paths, self.hashes))
+        self._checkpoints = found or (embedded_checkpoint_info(),)
+        by_file = {info.filename: info for info in self._checkpoints}
+        if self._current is not None and self._current.filename in by_file:
+            self._current = by_file[self._current.filename]
+        elif self._active is None:
+            self._current = self._checkpoints[0]  # the selected file is gone and nothing is loaded
 
     @property
     def current(self) -> CheckpointInfo:
         """The selected checkpoint (loaded or about to be)."""
+        assert self._current is not None  # set by refresh_checkpoints in __init__
         return self._current
 
     @property
     def loaded(self) -> LoadedModel | None:
-        return self._loaded
+        return self._active
 
     def find_checkpoint(self, name: str) -> CheckpointInfo:
-        """A checkpoint by any of its aliases (title, name, hash, sha256, ...)."""
-        for info in self.checkpoints():
+        """A checkpoint by any of its aliases (title, name, file name, hashes, ...). Names are
+        only ever matched against scanned entries, so no name can reach outside the folders."""
+        for info in self._checkpoints:
             if name in info.aliases():
                 return info
         raise UnknownCheckpoint(name)
 
-    def load(self, title: str | None = None) -> LoadedModel:
-        """Load `title` (or the current checkpoint); a no-op when it is already loaded."""
-        info = self._current if title is None else self.find_checkpoint(title)
-        if self._loaded is not None and self._loaded.info == info:
-            return self._loaded
-        self.unload()
-        self._loaded = self._build(info)
-        self._current = info
-        return self._loaded
+    def _record_info(self, info: CheckpointInfo) -> None:
+        """Replace the catalog entry for `info.filename` (its title changes once hashed)."""
+        self._checkpoints = tuple(info if entry.filename == info.filename else entry for entry in self._checkpoints)
+        if self._current is not None and self._current.filename == info.filename:
+            self._current = info
 
-    def _build(self, info: CheckpointInfo) -> LoadedModel:
-        if info != self._embedded:
-            raise UnknownCheckpoint(info.title)
-        return build_embedded_model(self.device, self.dtype)
+    def _hashed(self, info: CheckpointInfo) -> CheckpointInfo:
+        """A1111 hashes a checkpoint when it is loaded (unless --no-hashing)."""
+        if info.sha256 is not None or info.filename == EMBEDDED_FILENAME:
+            return info
+        sha256 = self.hashes.sha256(Path(info.filename), CHECKPOINT_HASH_PREFIX + info.name)
+        if sha256 is None:
+            return info
+        hashed = info.with_sha256(sha256)
+        self._record_info(hashed)
+        return hashed
+
+    # -- loading and the LRU -----------------------------------------------------------
+
+    @property
+    def checkpoints_limit(self) -> int:
+        return self._cache.limit
+
+    def set_checkpoints_limit(self, limit: Any) -> None:
+        """A1111's `sd_checkpoints_limit`: how many models stay loaded (the active one on the
+        device, the others parked in CPU RAM). Shrinking takes effect at once."""
+        self._cache.limit = max(1, int(limit or DEFAULT_CHECKPOINTS_LIMIT))
+        self._drop(self._cache.evict_until(self._cache.limit))
+
+    def cached_checkpoints(self) -> list[str]:
+        """File names of the loaded models, least recently used first."""
+        return self._cache.filenames()
+
+    def load(self, title: str | None = None) -> LoadedModel:
+        """Make `title` (or the current checkpoint) the active model: a no-op when it already
+        is, a device move when it is cached, else a load from disk. A file that fails to load
+        leaves the active model in place."""
+        info = self.current if title is None else self.find_checkpoint(title)
+        if self._active is not None and self._active.info.filename == info.filename:
+            return self._active
+        model = self._cache.get(info.filename)
+        if model is None:
+            model = self._load_from_disk(info)
+        self._activate(model)
+        return model
+
+    def _load_from_disk(self, info: CheckpointInfo) -> LoadedModel:
+        if info.filename == EMBEDDED_FILENAME:
+            self._make_room()
+            return build_embedded_model(self.device, self.dtype)
+        return load_checkpoint(self._hashed(info), self.load_options, before_build=self._make_room)
+
+    def _make_room(self) -> None:
+        """Called once a new model has passed every check: evict so it fits in the LRU."""
+        evicted = self._cache.evict_until(self._cache.limit - 1)
+        self._drop(evicted)
+
+    def _drop(self, models: list[LoadedModel]) -> None:
+        if any(model is self._active for model in models):
+            self._active = None
+        if models:
+            log.info("Unloaded %s", ", ".join(m.info.title for m in models))
+            del models[:]
+            self.free_memory()
+
+    def _activate(self, model: LoadedModel) -> None:
+        """Park the previously active model in CPU RAM (on GPU devices), bring `model` to
+        the device, and make it the current checkpoint."""
+        previous = self._active
+        if previous is not None and previous is not model and self.device.type != "cpu":
+            previous.move_to(torch.device("cpu"))
+        if model.device != self.device:
+            model.move_to(self.device)
+        self._cache.put(model)
+        self._active = model
+        self._current = model.info
 
     def unload(self) -> None:
-        """Drop the loaded model and give its memory back (the CUDA cache too)."""
-        if self._loaded is None:
+        """Drop every loaded model and give the memory back (the CUDA cache too)."""
+        if self._active is None and not len(self._cache):
             return
-        self._loaded = None
-        self.free_memory()
+        self._active = None
+        self._drop(self._cache.evict_until(0))
 
     def free_memory(self) -> None:
         """Collect garbage and return cached device memory; the scheduler calls this after a
@@ -152,10 +319,62 @@ class Engine:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
+    # -- VAE ---------------------------------------------------------------------------
+
+    def vaes(self) -> list[VaeFile]:
+        """The /sdapi/v1/sd-vae list."""
+        return list(self._vaes)
+
+    def refresh_vae(self) -> None:
+        self._vaes = tuple(scan_vaes(self.paths))
+
+    def choose_vae(self, model: LoadedModel, options: Mapping[str, Any]) -> VaeChoice:
+        """The VAE a job with these options decodes with (A1111's resolution order)."""
+        return resolve_vae(
+            options.get("sd_vae"),
+            model.info.filename,
+            self._vaes,
+            vae_path=self.paths.vae_path,
+            overrides_per_model=bool(options.get("sd_vae_overrides_per_model_preferences", True)),
+        )
+
+    def apply_vae(self, model: LoadedModel, options: Mapping[str, Any]) -> VaeChoice:
+        """Put the job's VAE in place on `model` (a no-op when it already is)."""
+        choice = self.choose_vae(model, options)
+        wanted = choice.file.filename if choice.file else None
+        if wanted == model.vae_file:
+            return choice
+        if choice.file is None:
+            model.vae = model.baked_vae
+        else:
+            vae_dtype = self.load_options.vae_dtype
+            model.vae = load_vae_file(choice.file, model.family, model.device, vae_dtype, self.load_options.allow_unsafe_pickle)
+            log.info("Using VAE %s (%s)", choice.file.model_name, choice.source)
+        model.vae_file = wanted
+        return choice
+
+    def vae_infotext(self, choice: VaeChoice, options: Mapping[str, Any]) -> dict[str, Any]:
+        """A1111's "VAE hash" / "VAE" infotext entries, present only while a VAE file is used."""
+        if choice.file is None:
+            return {}
+        extras: dict[str, Any] = {}
+        if options.get("add_vae_hash_to_info", True):
+            sha256 = self.hashes.sha256(Path(choice.file.filename), "vae/" + choice.file.model_name)
+            extras["VAE hash"] = sha256[:10] if sha256 else None
+        if options.get("add_vae_name_to_info", True):
+            extras["VAE"] = choice.file.model_name
+        return {key: value for key, value in extras.items() if value is not None}
+
+    # -- generation --------------------------------------------------------------------
+
     def txt2img(self, job: GenerationJob, observer: RunObserver, cancel: CancelToken) -> JobResult:
-        """Run a txt2img job on the job's checkpoint (or the current one)."""
+        """Run a txt2img job with its own checkpoint, VAE and LRU size (its options snapshot)."""
+        self.set_checkpoints_limit(job.options.get("sd_checkpoints_limit", DEFAULT_CHECKPOINTS_LIMIT))
         model = self.load(job.model_title)
-        return run_txt2img(model, job, observer, cancel)
+        choice = self.apply_vae(model, job.options)
+        result = run_txt2img(model, job, observer, cancel)
+        result.extra_generation_params.update(self.vae_infotext(choice, job.options))
+        return result
 
     def memory(self) -> dict[str, Any]:
         """The body of /sdapi/v1/memory: {ram: {...}, cuda: {...}}."""
