@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine.ldm_checkpoints import build_networks, tiny_vae, write_checkpoint, write_vae
+from tests.engine.ldm_checkpoints import build_networks, kohya_sd1_lora, tiny_vae, write_checkpoint, write_vae
 
 SMALL = {"prompt": "a cat", "steps": 2, "width": 64, "height": 64, "seed": 3}
 
@@ -21,11 +21,17 @@ def checkpoint_bytes():
 
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
+        alpha = build_networks("sd1", seed=1)
         files = {
-            "alpha.safetensors": write_checkpoint(root / "a.safetensors", build_networks("sd1", seed=1)),
+            "alpha.safetensors": write_checkpoint(root / "a.safetensors", alpha),
             "beta.safetensors": write_checkpoint(root / "b.safetensors", build_networks("sd1", seed=2)),
             "vae": write_vae(root / "v.safetensors", tiny_vae(seed=4)),
         }
+        import safetensors.torch
+
+        lora = root / "lora.safetensors"
+        safetensors.torch.save_file(kohya_sd1_lora(alpha.unet, alpha.text_encoder), str(lora), metadata={"ss_output_name": "shiny"})
+        files["lora"] = lora
         yield {name: path.read_bytes() for name, path in files.items()}
 
 
@@ -37,6 +43,8 @@ def data_dir(tmp_path, checkpoint_bytes):
     (sd / "sub" / "beta.safetensors").write_bytes(checkpoint_bytes["beta.safetensors"])
     (tmp_path / "models" / "VAE").mkdir(parents=True)
     (tmp_path / "models" / "VAE" / "tiny.vae.safetensors").write_bytes(checkpoint_bytes["vae"])
+    (tmp_path / "models" / "Lora").mkdir(parents=True)
+    (tmp_path / "models" / "Lora" / "shiny_v1.safetensors").write_bytes(checkpoint_bytes["lora"])
     return tmp_path
 
 
@@ -171,3 +179,21 @@ def test_unload_and_reload_checkpoint(folder_client):
     assert folder_client.post("/sdapi/v1/unload-checkpoint").json() == {}
     assert folder_client.post("/sdapi/v1/reload-checkpoint").json() == {}
     assert folder_client.post("/sdapi/v1/txt2img", json=SMALL).status_code == 200
+
+
+def test_loras_listing_and_use_in_a_prompt(folder_client, data_dir, checkpoint_bytes):
+    lora_dir = data_dir / "models" / "Lora"
+    assert folder_client.get("/sdapi/v1/loras").json() == [
+        {"name": "shiny_v1", "alias": "shiny", "path": str(lora_dir / "shiny_v1.safetensors"), "metadata": {"ss_output_name": "shiny"}}
+    ]
+    plain = folder_client.post("/sdapi/v1/txt2img", json=SMALL).json()
+    styled = folder_client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "a cat <lora:shiny:0.8>"}).json()
+    again = folder_client.post("/sdapi/v1/txt2img", json=SMALL).json()
+    assert styled["images"][0] != plain["images"][0] and again["images"][0] == plain["images"][0]
+    infotext = json.loads(styled["info"])["infotexts"][0]
+    assert infotext.startswith("a cat <lora:shiny:0.8>\n") and "Lora hashes: \"shiny: " in infotext
+    missing = folder_client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "<lora:absent:1> a cat"})
+    assert missing.status_code == 404 and "absent" in missing.json()["detail"]
+    (lora_dir / "more.safetensors").write_bytes(checkpoint_bytes["lora"])
+    assert folder_client.post("/sdapi/v1/refresh-loras").json() is None
+    assert [item["name"] for item in folder_client.get("/sdapi/v1/loras").json()] == ["more", "shiny_v1"]

@@ -17,6 +17,7 @@ import torch
 from webui_api.engine.loading import ldm_keys
 from webui_api.engine.loading.architectures import ARCHITECTURES, load_config
 from webui_api.engine.loading.builder import empty_text_encoder, empty_unet, empty_vae
+from webui_api.engine.models import cast_floating
 
 TINY_UNET = {"block_out_channels": [32, 64], "layers_per_block": 1, "sample_size": 8}
 TINY_TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 1, "projection_dim": 64}
@@ -58,9 +59,12 @@ def _text(config_name: str, with_projection: bool, full_size: bool) -> Any:
     return empty_text_encoder(config, with_projection)
 
 
-def _materialise(module: torch.nn.Module, generator: torch.Generator) -> torch.nn.Module:
-    """Turn a meta module into a real one with N(0, 1/fan_in) weights, unit norms, small biases."""
+def _materialise(module: torch.nn.Module, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """Turn a meta module into a real one with N(0, 1/fan_in) weights, unit norms, small
+    biases, stored in `dtype` (drawn in float32 one tensor at a time, so a full-size model
+    in float16 never needs its float32 size in RAM)."""
     module.to_empty(device="cpu")
+    cast_floating(module, dtype)
     with torch.no_grad():
         for name, param in sorted(module.named_parameters()):
             if param.ndim >= 2:
@@ -75,15 +79,21 @@ def _materialise(module: torch.nn.Module, generator: torch.Generator) -> torch.n
     return module.eval().requires_grad_(False)
 
 
-def build_networks(family: str, *, seed: int = 0, full_size: bool = False, in_channels: int = 4) -> Networks:
+def build_networks(
+    family: str, *, seed: int = 0, full_size: bool = False, in_channels: int = 4, dtype: torch.dtype = torch.float32
+) -> Networks:
     """Deterministic random networks for `family` ("sd1", "sd2", "sdxl", "sdxl-refiner")."""
     arch = ARCHITECTURES[family]
-    unet_config = {**load_config(arch.unet_config), "in_channels": in_channels} if full_size else _tiny_unet_config(family, in_channels)
-    vae_config = load_config(arch.vae_config) if full_size else {**load_config(arch.vae_config), **TINY_VAE}
+    unet_config = _tiny_unet_config(family, in_channels)
+    vae_config = {**load_config(arch.vae_config), **TINY_VAE}
+    if full_size:
+        unet_config = {**load_config(arch.unet_config), "in_channels": in_channels}
+        vae_config = load_config(arch.vae_config)
     generator = torch.Generator().manual_seed(seed)
-    nets = Networks(family, _materialise(empty_unet(unet_config), generator), _materialise(empty_vae(vae_config), generator))
+    unet = _materialise(empty_unet(unet_config), generator, dtype)
+    nets = Networks(family, unet, _materialise(empty_vae(vae_config), generator, dtype))
     for spec in arch.text_encoders:
-        encoder = _materialise(_text(spec.config, spec.with_projection, full_size), generator)
+        encoder = _materialise(_text(spec.config, spec.with_projection, full_size), generator, dtype)
         setattr(nets, spec.slot, encoder)
     return nets
 
@@ -149,3 +159,41 @@ def tiny_vae(seed: int) -> Any:
     return _materialise(empty_vae({**load_config("vae-sd"), **TINY_VAE}), torch.Generator().manual_seed(seed))
 
 
+# ---------------------------------------------------------------------------
+# LoRA files
+# ---------------------------------------------------------------------------
+
+RANK = 4
+
+
+def lora_pair(generator: torch.Generator, out_shape: tuple[int, ...], in_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """lora_down (rank, *in) and lora_up (out, rank, 1, 1 | -) with an alpha of half the rank."""
+    up_tail = (1, 1) if len(in_shape) > 1 else ()
+    return {
+        "lora_down.weight": torch.randn((RANK, *in_shape), generator=generator),
+        "lora_up.weight": torch.randn((out_shape[0], RANK, *up_tail), generator=generator),
+        "alpha": torch.tensor(RANK / 2),
+    }
+
+
+def kohya_sd1_lora(unet, text_encoder, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A kohya-style SD1 LoRA: attention (linear) layers, a LoCon conv, a text-encoder layer."""
+    generator = torch.Generator().manual_seed(seed)
+    modules = dict(unet.named_modules())
+    chosen = [
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k",
+        "mid_block.attentions.0.proj_out",
+        "up_blocks.1.resnets.0.conv1",
+    ]
+    state = {}
+    for path in chosen:
+        weight = modules[path].weight
+        in_shape = tuple(weight.shape[1:]) if weight.ndim == 4 else (weight.shape[1],)
+        for part, tensor in lora_pair(generator, tuple(weight.shape), in_shape).items():
+            state[f"lora_unet_{path.replace('.', '_')}.{part}"] = tensor
+    prefix = "text_model." if hasattr(text_encoder, "text_model") else ""
+    q = text_encoder.get_submodule(prefix + "encoder.layers.1.self_attn.q_proj")
+    for part, tensor in lora_pair(generator, tuple(q.weight.shape), (q.weight.shape[1],)).items():
+        state[f"lora_te_text_model_encoder_layers_1_self_attn_q_proj.{part}"] = tensor
+    return {key: value * 0.5 if key.endswith("weight") else value for key, value in state.items()}

@@ -33,14 +33,39 @@ from webui_api.engine.models import (
     build_embedded_model,
     embedded_checkpoint_info,
 )
+from webui_api.engine.networks import (
+    LoadedNetwork,
+    NetworkCall,
+    NetworkFile,
+    NetworkLibrary,
+    apply_networks,
+    group_network_keys,
+    lora_calls,
+    parse_prompt_networks,
+)
 from webui_api.engine.pipeline import run_txt2img
-from webui_api.errors import UnknownCheckpoint
+from webui_api.errors import NotImplementedFeature, UnknownCheckpoint
 from webui_api.jobs import GenerationJob, JobResult
 from webui_api.progress import CancelToken, RunObserver
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINTS_LIMIT = 1  # A1111's sd_checkpoints_limit default
+LORA_NAME_SYMBOLS = str.maketrans("", "", ":,")  # A1111 drops these from names in "Lora hashes"
+
+
+def job_networks(job: GenerationJob) -> tuple[tuple[str, ...], list[NetworkCall]]:
+    """Every prompt without its extra-network tags, and the LoRAs to apply.
+
+    A1111 reads the networks of each batch from the batch's first prompt; a job whose
+    batches name different networks would need weights changed between batches, which
+    this engine does not do yet (501 rather than a silently wrong batch).
+    """
+    parsed = [parse_prompt_networks(prompt) for prompt in job.prompts]
+    per_batch = [lora_calls(parsed[job.batch_slice(n).start][1]) for n in range(job.n_iter)]
+    if any(calls != per_batch[0] for calls in per_batch):
+        raise NotImplementedFeature("batches whose first prompts name different <lora:...> networks are not supported yet")
+    return tuple(text for text, _ in parsed), per_batch[0]
 
 DTYPES = {
     "fp16": torch.float16,
@@ -175,6 +200,7 @@ class Engine:
         self.hashes = HashCache(self.paths.hash_cache_file, enabled=not no_hashing)
         self._checkpoints: tuple[CheckpointInfo, ...] = ()
         self._vaes: tuple[VaeFile, ...] = ()
+        self._networks = NetworkLibrary(self.paths, self.hashes)
         self._cache = ModelCache()
         self._active: LoadedModel | None = None
         self._current: CheckpointInfo | None = None
@@ -367,12 +393,53 @@ class Engine:
 
     # -- generation --------------------------------------------------------------------
 
+    # -- LoRA ---------------------------------------------------------------------------
+
+    def loras(self) -> list[NetworkFile]:
+        """The /sdapi/v1/loras list."""
+        return self._networks.files()
+
+    def refresh_loras(self) -> None:
+        self._networks.refresh()
+
+    def load_networks(self, calls: list[NetworkCall]) -> list[LoadedNetwork]:
+        """Find and read every network a job names (404 / 400 before any weight changes)."""
+        loaded = []
+        for call in calls:
+            entry = self._networks.find(call.name)
+            state = self._networks.state_dict(entry, self.load_options.allow_unsafe_pickle)
+            loaded.append(LoadedNetwork(call, entry, group_network_keys(state)))
+        return loaded
+
+    def lora_infotext(self, loaded: list[LoadedNetwork], options: Mapping[str, Any]) -> dict[str, Any]:
+        """A1111's "Lora hashes": "name: 12-digit hash" per network, as written in the prompt."""
+        if not loaded or not options.get("lora_add_hashes_to_infotext", True):
+            return {}
+        hashes = {}
+        for network in loaded:
+            shorthash = self._networks.shorthash(network.entry)
+            if shorthash:
+                hashes[network.call.name.translate(LORA_NAME_SYMBOLS)] = shorthash
+        return {"Lora hashes": ", ".join(f"{name}: {value}" for name, value in hashes.items())} if hashes else {}
+
+    # -- generation --------------------------------------------------------------------
+
     def txt2img(self, job: GenerationJob, observer: RunObserver, cancel: CancelToken) -> JobResult:
-        """Run a txt2img job with its own checkpoint, VAE and LRU size (its options snapshot)."""
+        """Run a txt2img job with its own checkpoint, VAE, LoRAs and LRU size (all from the
+        job's options snapshot and prompts); the LoRAs are removed again afterwards."""
         self.set_checkpoints_limit(job.options.get("sd_checkpoints_limit", DEFAULT_CHECKPOINTS_LIMIT))
         model = self.load(job.model_title)
         choice = self.apply_vae(model, job.options)
-        result = run_txt2img(model, job, observer, cancel)
+        stripped, calls = job_networks(job)
+        networks = self.load_networks(calls)
+        patch = apply_networks(model, networks)
+        try:
+            result = run_txt2img(model, replace(job, prompts=stripped), observer, cancel)
+        finally:
+            patch.restore()
+        for index, image in enumerate(result.images):
+            image.prompt = job.prompts[index]  # infotexts keep the <lora:...> tags, as in A1111
+        result.extra_generation_params.update(self.lora_infotext(networks, job.options))
         result.extra_generation_params.update(self.vae_infotext(choice, job.options))
         return result
 

@@ -82,8 +82,9 @@ async def embeddings() -> dict[str, Any]:
 
 
 @router.get("/sdapi/v1/loras")
-async def loras() -> list[dict[str, Any]]:
-    return []
+async def loras(services: Services = Depends(get_services)) -> list[dict[str, Any]]:
+    """A1111's Lora extension items: name (file stem), alias (ss_output_name), path, metadata."""
+    return [network.api_item() for network in services.engine.loras()]
 
 
 @router.get("/sdapi/v1/hypernetworks")
@@ -147,10 +148,14 @@ async def refresh_vae(services: Services = Depends(get_services)) -> None:
     await _on_worker(services, "refresh VAE list", services.engine.refresh_vae)
 
 
+@router.post("/sdapi/v1/refresh-loras")
+async def refresh_loras(services: Services = Depends(get_services)) -> None:
+    await _on_worker(services, "refresh LoRA list", services.engine.refresh_loras)
+
+
 async def _nothing_to_refresh() -> None:
     """The catalog behind this route is empty until its feature lands; nothing to rescan."""
     return None
 
 
-for _path in ("/sdapi/v1/refresh-embeddings", "/sdapi/v1/refresh-loras"):
-    router.add_api_route(_path, _nothing_to_refresh, methods=["POST"])
+router.add_api_route("/sdapi/v1/refresh-embeddings", _nothing_to_refresh, methods=["POST"])
