@@ -197,3 +197,18 @@ def test_loras_listing_and_use_in_a_prompt(folder_client, data_dir, checkpoint_b
     (lora_dir / "more.safetensors").write_bytes(checkpoint_bytes["lora"])
     assert folder_client.post("/sdapi/v1/refresh-loras").json() is None
     assert [item["name"] for item in folder_client.get("/sdapi/v1/loras").json()] == ["more", "shiny_v1"]
+
+
+def test_embeddings_listing_and_refresh(folder_client, data_dir):
+    import torch
+
+    folder = data_dir / "embeddings"
+    folder.mkdir(exist_ok=True)
+    torch.save({"string_to_param": {"*": torch.ones(2, 64)}, "step": 10}, folder / "tiny-style.pt")
+    torch.save({"string_to_param": {"*": torch.ones(1, 768)}}, folder / "sd15-style.pt")
+    assert folder_client.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
+    assert folder_client.post("/sdapi/v1/refresh-embeddings").json() is None
+    assert folder_client.get("/sdapi/v1/embeddings").json() == {
+        "loaded": {"tiny-style": {"step": 10, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": 64, "vectors": 2}},
+        "skipped": {"sd15-style": {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": 768, "vectors": 1}},
+    }

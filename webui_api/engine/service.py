@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 import torch
 
+from webui_api.engine.embeddings import EmbeddingLibrary
 from webui_api.engine.loading.checkpoint import LoadOptions, load_checkpoint
 from webui_api.engine.loading.discovery import CHECKPOINT_HASH_PREFIX, ModelPaths, VaeFile, scan_checkpoints, scan_vaes
 from webui_api.engine.loading.hashes import HashCache
@@ -201,6 +202,7 @@ class Engine:
         self._checkpoints: tuple[CheckpointInfo, ...] = ()
         self._vaes: tuple[VaeFile, ...] = ()
         self._networks = NetworkLibrary(self.paths, self.hashes)
+        self._embeddings = EmbeddingLibrary(self.paths, self.hashes, allow_unsafe_pickle)
         self._cache = ModelCache()
         self._active: LoadedModel | None = None
         self._current: CheckpointInfo | None = None
@@ -327,6 +329,7 @@ class Engine:
             previous.move_to(torch.device("cpu"))
         if model.device != self.device:
             model.move_to(self.device)
+        model.embeddings = self._embeddings.store_for(model)
         self._cache.put(model)
         self._active = model
         self._current = model.info
@@ -392,6 +395,20 @@ class Engine:
         return {key: value for key, value in extras.items() if value is not None}
 
     # -- generation --------------------------------------------------------------------
+
+    # -- textual inversion -------------------------------------------------------------
+
+    def embeddings_listing(self) -> dict[str, dict[str, Any]]:
+        """/sdapi/v1/embeddings: loaded (fit the active model) and skipped, A1111's fields."""
+        active = self._active
+        store = active.embeddings if active is not None and active.embeddings is not None else self._embeddings.store_for(active)
+        return store.api_listing()
+
+    def refresh_embeddings(self) -> None:
+        """Re-read the embeddings folder; the active model gets the new store at once."""
+        self._embeddings.refresh()
+        if self._active is not None:
+            self._active.embeddings = self._embeddings.store_for(self._active)
 
     # -- LoRA ---------------------------------------------------------------------------
 

@@ -77,8 +77,9 @@ async def latent_upscale_modes() -> list[dict[str, Any]]:
 
 
 @router.get("/sdapi/v1/embeddings")
-async def embeddings() -> dict[str, Any]:
-    return {"loaded": {}, "skipped": {}}
+async def embeddings(services: Services = Depends(get_services)) -> dict[str, Any]:
+    """Textual inversions that fit the loaded model ("loaded") and those that do not."""
+    return services.engine.embeddings_listing()
 
 
 @router.get("/sdapi/v1/loras")
@@ -153,9 +154,6 @@ async def refresh_loras(services: Services = Depends(get_services)) -> None:
     await _on_worker(services, "refresh LoRA list", services.engine.refresh_loras)
 
 
-async def _nothing_to_refresh() -> None:
-    """The catalog behind this route is empty until its feature lands; nothing to rescan."""
-    return None
-
-
-router.add_api_route("/sdapi/v1/refresh-embeddings", _nothing_to_refresh, methods=["POST"])
+@router.post("/sdapi/v1/refresh-embeddings")
+async def refresh_embeddings(services: Services = Depends(get_services)) -> None:
+    await _on_worker(services, "refresh embeddings", services.engine.refresh_embeddings)
