@@ -248,3 +248,40 @@ def test_pickle_module_is_not_used_for_safetensors(tmp_path, folder, monkeypatch
     monkeypatch.setattr(pickle, "loads", forbidden)
     monkeypatch.setattr(torch, "load", forbidden)
     assert read_state_dict(folder / "sd2.safetensors")
+
+
+def _write_diffusers_folder(root: Path, nets, prediction_type: str = "epsilon") -> Path:
+    """What `pipeline.save_pretrained` writes, component by component."""
+    index = {"_class_name": "StableDiffusionXLPipeline" if nets.text_encoder_2 is not None else "StableDiffusionPipeline"}
+    for slot in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        module = getattr(nets, slot)
+        index[slot] = [None, None] if module is None else ["diffusers" if slot in ("unet", "vae") else "transformers", type(module).__name__]
+        if module is not None:
+            module.save_pretrained(root / slot)
+    (root / "scheduler").mkdir(parents=True)
+    (root / "scheduler" / "scheduler_config.json").write_text(f'{{"prediction_type": "{prediction_type}"}}')
+    (root / "model_index.json").write_text(__import__("json").dumps(index))
+    return root
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_diffusers_folders_are_listed_and_load_bit_exactly(tmp_path, sources, family):
+    sd = tmp_path / "Stable-diffusion"
+    _write_diffusers_folder(sd / "pipelines" / f"my-{family}", sources[family], prediction_type="v_prediction")
+    write_checkpoint(sd / "single.safetensors", sources["sd1"])
+    engine = Engine(device="cpu", dtype="float32", paths=ModelPaths(ckpt_dirs=(sd,)))
+    assert [info.api_item()["title"] for info in engine.checkpoints()] == ["single.safetensors", f"pipelines/my-{family}"]
+    model = engine.load(f"my-{family}")
+    assert model.family == family and model.prediction_type == "v_prediction"
+    nets = sources[family]
+    assert _same_parameters(model.unet, nets.unet) and _same_parameters(model.vae, nets.vae)
+    assert _same_parameters(model.text_encoder, nets.text_encoder)
+    assert model.info.sha256 is None and model.vae_scale_factor == nets.vae.config.scaling_factor
+
+
+def test_broken_diffusers_folder_is_refused(tmp_path, sources):
+    root = _write_diffusers_folder(tmp_path / "Stable-diffusion" / "broken", sources["sd1"])
+    (root / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    engine = Engine(device="cpu", paths=ModelPaths(ckpt_dirs=(tmp_path / "Stable-diffusion",)))
+    with pytest.raises(UnusableModelFile, match="no weights named diffusion_pytorch_model"):
+        engine.load("broken")

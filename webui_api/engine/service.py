@@ -24,6 +24,7 @@ import torch
 
 from webui_api.engine.embeddings import EmbeddingLibrary
 from webui_api.engine.loading.checkpoint import LoadOptions, load_checkpoint
+from webui_api.engine.loading.diffusers_folder import load_folder
 from webui_api.engine.loading.discovery import CHECKPOINT_HASH_PREFIX, ModelPaths, VaeFile, scan_checkpoints, scan_vaes
 from webui_api.engine.loading.hashes import HashCache
 from webui_api.engine.loading.vae import VaeChoice, load_vae_file, resolve_vae
@@ -306,6 +307,8 @@ class Engine:
         if info.filename == EMBEDDED_FILENAME:
             self._make_room()
             return build_embedded_model(self.device, self.dtype)
+        if Path(info.filename).is_dir():
+            return load_folder(info, self.load_options, before_build=self._make_room)
         return load_checkpoint(self._hashed(info), self.load_options, before_build=self._make_room)
 
     def _make_room(self) -> None:

@@ -1,7 +1,8 @@
 """Finding model files where A1111 looks for them, named the way A1111 names them.
 
 Folders (A1111's defaults, each overridable by its flag):
-  checkpoints   --ckpt, --ckpt-dir, <models>/Stable-diffusion   (.safetensors, .ckpt)
+  checkpoints   --ckpt, --ckpt-dir, <models>/Stable-diffusion   (.safetensors, .ckpt, and
+                diffusers folders, which A1111 does not list)
   VAEs          <models>/VAE, --vae-dir (.safetensors, .ckpt, .pt), and *.vae.* files in the
                 checkpoint folders; --vae-path names one file that overrides every choice
   LoRA          --lora-dir (<models>/Lora), --lyco-dir-backcompat (<models>/LyCORIS)
@@ -31,6 +32,7 @@ VAE_EXTENSIONS = (".ckpt", ".pt", ".safetensors")
 NETWORK_EXTENSIONS = (".pt", ".ckpt", ".safetensors")
 EMBEDDING_EXTENSIONS = (".pt", ".bin", ".safetensors")
 CHECKPOINT_HASH_PREFIX = "checkpoint/"
+MODEL_INDEX = "model_index.json"  # marks a diffusers pipeline folder
 
 
 @dataclass(frozen=True)
@@ -111,20 +113,41 @@ def checkpoint_relative_name(path: Path, paths: ModelPaths) -> str:
     return path.name
 
 
+def diffusers_folders(root: Path) -> list[Path]:
+    """Folders under `root` holding a diffusers pipeline (a `model_index.json`), in A1111's
+    sort order; their own subfolders are not searched further."""
+    found: list[Path] = []
+    if not root.is_dir():
+        return found
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        subfolders.sort(key=natural_sort_key)
+        if MODEL_INDEX in files and Path(folder) != root:
+            found.append(Path(folder))
+            subfolders.clear()
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+    return sorted(found, key=lambda path: natural_sort_key(str(path)))
+
+
 def checkpoint_files(paths: ModelPaths) -> list[Path]:
-    """--ckpt first (when it exists), then every checkpoint folder, without duplicates and
-    without the VAE files that live beside checkpoints."""
+    """--ckpt first (when it exists), then every checkpoint folder's files and diffusers
+    folders, without duplicates and without the VAE files that live beside checkpoints."""
     found: list[Path] = []
     if paths.ckpt_file is not None:
-        if paths.ckpt_file.is_file():
+        if paths.ckpt_file.exists():
             found.append(paths.ckpt_file)
         else:
             log.warning("Checkpoint in --ckpt not found: %s", paths.ckpt_file)
     for folder in paths.ckpt_dirs:
-        for path in walk_files(folder, CHECKPOINT_EXTENSIONS):
+        files = [p for p in walk_files(folder, CHECKPOINT_EXTENSIONS) if not _inside_pipeline(p, folder)]
+        for path in files + diffusers_folders(folder):
             if not path.name.lower().endswith(VAE_SUFFIXES_NEAR_CHECKPOINTS) and path not in found:
                 found.append(path)
     return found
+
+
+def _inside_pipeline(path: Path, root: Path) -> bool:
+    """Weight files of a diffusers folder are parts of that model, not checkpoints."""
+    return any((parent / MODEL_INDEX).is_file() for parent in path.parents if parent != root and root in parent.parents)
 
 
 def config_near(path: Path) -> Path | None:
@@ -138,6 +161,8 @@ def describe_checkpoint(path: Path, paths: ModelPaths, hashes: HashCache) -> Any
     from webui_api.engine.models import CheckpointInfo
 
     name = checkpoint_relative_name(path, paths)
+    if path.is_dir():  # a diffusers folder: no single file to hash
+        return CheckpointInfo.for_file(name=name, filename=str(path), sha256=None)
     sha256 = hashes.cached(path, CHECKPOINT_HASH_PREFIX + name)
     config = config_near(path)
     return CheckpointInfo.for_file(
