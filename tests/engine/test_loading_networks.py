@@ -4,7 +4,6 @@ application that leaves no trace (the next job equals the baseline bit for bit).
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest

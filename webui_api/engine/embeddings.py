@@ -130,7 +130,8 @@ def read_embedding_file(path: Path, allow_unsafe_pickle: bool = False) -> Mappin
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=not allow_unsafe_pickle)
     except pickle.UnpicklingError as err:
-        raise EmbeddingFormatError("the pickle holds more than tensors and plain values; refused (--disable-safe-unpickle)") from err
+        reason = "the pickle holds more than tensors and plain values; refused (--disable-safe-unpickle)"
+        raise EmbeddingFormatError(reason) from err
     except (EOFError, OSError, RuntimeError, ValueError) as err:
         raise EmbeddingFormatError(f"unreadable pickle ({type(err).__name__}: {err})") from err
     if not isinstance(data, Mapping):

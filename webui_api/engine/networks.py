@@ -28,7 +28,7 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, NoReturn, Sequence
 
 import torch
 
@@ -42,7 +42,13 @@ log = logging.getLogger(__name__)
 
 EXTRA_NETWORK_TAG = re.compile(r"<(\w+):([^>]+)>")  # A1111's re_extra_net
 LORA_KINDS = ("lora", "lyco")
-METADATA_ORDER = {"ss_sd_model_name": 1, "ss_resolution": 2, "ss_clip_skip": 3, "ss_num_train_images": 10, "ss_tag_frequency": 20}
+METADATA_ORDER = {  # A1111 shows these metadata keys first, in this order
+    "ss_sd_model_name": 1,
+    "ss_resolution": 2,
+    "ss_clip_skip": 3,
+    "ss_num_train_images": 10,
+    "ss_tag_frequency": 20,
+}
 FORBIDDEN_ALIASES = ("none", "addams")  # A1111 never resolves these as aliases
 CACHED_FILES = 4  # LoRA state dicts kept in RAM between jobs
 NETWORK_PARTS = ("lora_up.weight", "lora_down.weight", "lora_mid.weight", "alpha", "lora_A.weight", "lora_B.weight")
@@ -102,10 +108,10 @@ def _number(tag: ExtraNetworkTag, index: int, key: str, default: Any, kind: type
     try:
         return kind(raw)
     except ValueError as err:
-        raise_bad_tag(tag, f"{key} must be a number, got {raw!r}", err)
+        return raise_bad_tag(tag, f"{key} must be a number, got {raw!r}", err)
 
 
-def raise_bad_tag(tag: ExtraNetworkTag, reason: str, err: Exception | None = None) -> None:
+def raise_bad_tag(tag: ExtraNetworkTag, reason: str, err: Exception | None = None) -> NoReturn:
     from webui_api.errors import BadRequest
 
     text = ":".join(tag.positional + tuple(f"{k}={v}" for k, v in tag.named))
@@ -387,13 +393,16 @@ def _apply_one(network: LoadedNetwork, targets: Mapping[str, Target], patch: Net
     if not matched:
         raise UnusableModelFile(
             network.entry.filename,
-            f"none of its {len(network.groups)} layers match this model (is it for another architecture?), e.g. {unmatched[:2]}",
+            f"none of its {len(network.groups)} layers match this model (is it for another architecture?), "
+            f"e.g. {unmatched[:2]}",
         )
     if unmatched:
         log.info("LoRA %s: %d layers do not match this model, e.g. %s", network.entry.name, len(unmatched), unmatched[:3])
 
 
-def _patch_module(network: LoadedNetwork, name: str, parts: Mapping[str, torch.Tensor], target: Target, patch: NetworkPatch) -> None:
+def _patch_module(
+    network: LoadedNetwork, name: str, parts: Mapping[str, torch.Tensor], target: Target, patch: NetworkPatch
+) -> None:
     kind = _unsupported_kind(parts)
     if kind is not None:
         raise UnusableModelFile(network.entry.filename, f"{kind} networks are not supported (layer {name})")

@@ -176,9 +176,6 @@ class ModelCache:
     def filenames(self) -> list[str]:
         return list(self._models)
 
-    def clear(self) -> None:
-        self._models.clear()
-
 
 class Engine:
     """Owns the device, the model catalogs and the loaded models; used from ONE worker thread
@@ -317,11 +314,13 @@ class Engine:
         self._drop(evicted)
 
     def _drop(self, models: list[LoadedModel]) -> None:
+        """Forget evicted models and return their memory. The list is emptied here so that
+        no reference (the caller's included) keeps the weights alive past `free_memory`."""
         if any(model is self._active for model in models):
             self._active = None
         if models:
             log.info("Unloaded %s", ", ".join(m.info.title for m in models))
-            del models[:]
+            models.clear()
             self.free_memory()
 
     def _activate(self, model: LoadedModel) -> None:
@@ -379,8 +378,8 @@ class Engine:
         if choice.file is None:
             model.vae = model.baked_vae
         else:
-            vae_dtype = self.load_options.vae_dtype
-            model.vae = load_vae_file(choice.file, model.family, model.device, vae_dtype, self.load_options.allow_unsafe_pickle)
+            options = self.load_options
+            model.vae = load_vae_file(choice.file, model.family, model.device, options.vae_dtype, options.allow_unsafe_pickle)
             log.info("Using VAE %s (%s)", choice.file.model_name, choice.source)
         model.vae_file = wanted
         return choice
@@ -404,8 +403,9 @@ class Engine:
     def embeddings_listing(self) -> dict[str, dict[str, Any]]:
         """/sdapi/v1/embeddings: loaded (fit the active model) and skipped, A1111's fields."""
         active = self._active
-        store = active.embeddings if active is not None and active.embeddings is not None else self._embeddings.store_for(active)
-        return store.api_listing()
+        if active is not None and active.embeddings is not None:
+            return active.embeddings.api_listing()
+        return self._embeddings.store_for(active).api_listing()
 
     def refresh_embeddings(self) -> None:
         """Re-read the embeddings folder; the active model gets the new store at once."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
@@ -61,10 +60,16 @@ class Architecture:
 
 
 _CLIP_L_SD1 = TextEncoderSpec("text-clip-l", "cond_stage_model.transformer.", "clip", "text_encoder")
-_OPENCLIP_H_SD2 = TextEncoderSpec("text-openclip-h", "cond_stage_model.model.", "openclip", "text_encoder", drop_last_layers=1)
+_OPENCLIP_H_SD2 = TextEncoderSpec(
+    "text-openclip-h", "cond_stage_model.model.", "openclip", "text_encoder", drop_last_layers=1
+)
 _CLIP_L_SDXL = TextEncoderSpec("text-clip-l", "conditioner.embedders.0.transformer.", "clip", "text_encoder")
-_OPENCLIP_G_SDXL = TextEncoderSpec("text-openclip-g", "conditioner.embedders.1.model.", "openclip", "text_encoder_2", True)
-_OPENCLIP_G_REFINER = TextEncoderSpec("text-openclip-g", "conditioner.embedders.0.model.", "openclip", "text_encoder_2", True)
+_OPENCLIP_G_SDXL = TextEncoderSpec(
+    "text-openclip-g", "conditioner.embedders.1.model.", "openclip", "text_encoder_2", with_projection=True
+)
+_OPENCLIP_G_REFINER = TextEncoderSpec(
+    "text-openclip-g", "conditioner.embedders.0.model.", "openclip", "text_encoder_2", with_projection=True
+)
 
 SD1 = Architecture("sd1", "sd1", "unet-sd1", "vae-sd", (_CLIP_L_SD1,), head_channels=None)
 SD2 = Architecture("sd2", "sd2", "unet-sd2", "vae-sd", (_OPENCLIP_H_SD2,))
@@ -83,15 +88,9 @@ def v_prediction(base: Architecture) -> Architecture:
     return replace(base, name=f"{base.name}-v", prediction_type="v_prediction")
 
 
-@lru_cache(maxsize=None)
-def _config_text(name: str) -> str:
-    path = resources.files(__package__).joinpath("configs", f"{name}.json")
-    return path.read_text(encoding="utf8")
-
-
 def load_config(name: str) -> dict[str, Any]:
     """A bundled architecture config, without its "_comment" (a fresh dict per call)."""
-    config = json.loads(_config_text(name))
+    config = json.loads(resources.files(__package__).joinpath("configs", f"{name}.json").read_text(encoding="utf8"))
     config.pop("_comment", None)
     return config
 

@@ -117,15 +117,19 @@ def gather(
     return out
 
 
-def check_state(path: Path, state: Mapping[str, torch.Tensor], wanted: Mapping[str, tuple[int, ...]], component: str) -> None:
+def check_state(
+    path: Path, state: Mapping[str, torch.Tensor], wanted: Mapping[str, tuple[int, ...]], component: str
+) -> None:
     """Converted keys must be exactly the module's, with the module's shapes."""
     missing = sorted(set(wanted) - set(state))
     extra = sorted(set(state) - set(wanted))
     if missing or extra:
-        raise UnusableModelFile(path, f"the {component} does not match its architecture: missing {missing[:3]}, unexpected {extra[:3]}")
+        reason = f"the {component} does not match its architecture: missing {missing[:3]}, unexpected {extra[:3]}"
+        raise UnusableModelFile(path, reason)
     for key, shape in wanted.items():
         if tuple(state[key].shape) != shape:
-            raise UnusableModelFile(path, f"{component} tensor {key!r} has shape {tuple(state[key].shape)}, expected {shape}")
+            reason = f"{component} tensor {key!r} has shape {tuple(state[key].shape)}, expected {shape}"
+            raise UnusableModelFile(path, reason)
 
 
 def _inferred(path: Path, component: str, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -146,7 +150,9 @@ def unet_component(path: Path, state: Mapping[str, torch.Tensor], shapes: Shapes
     return Component(module, tensors)
 
 
-def vae_component(path: Path, state: Mapping[str, torch.Tensor], shapes: Shapes, config_name: str, prefix: str) -> Component:
+def vae_component(
+    path: Path, state: Mapping[str, torch.Tensor], shapes: Shapes, config_name: str, prefix: str
+) -> Component:
     """The VAE; `prefix` is "first_stage_model." inside a checkpoint, "" in a VAE file."""
     base = load_config(config_name)
     config = _inferred(path, "VAE", lambda: infer.vae_config(shapes, base, prefix))
@@ -162,13 +168,15 @@ def vae_component(path: Path, state: Mapping[str, torch.Tensor], shapes: Shapes,
 def text_component(path: Path, state: Mapping[str, torch.Tensor], shapes: Shapes, spec: TextEncoderSpec) -> Component:
     base = load_config(spec.config)
     if spec.layout == "clip":
-        renamed = {ldm_keys.legacy_clip_key(key, spec.prefix): value for key, value in state.items() if key.startswith(spec.prefix)}
+        ours = {key: value for key, value in state.items() if key.startswith(spec.prefix)}
+        renamed = {ldm_keys.legacy_clip_key(key, spec.prefix): value for key, value in ours.items()}
         renamed_shapes = {key: tuple(value.shape) for key, value in renamed.items()}
         config = _inferred(path, "text encoder", lambda: infer.clip_text_config(renamed_shapes, base, spec.prefix))
         module = empty_text_encoder(config, spec.with_projection)
         source = lambda key: ldm_keys.clip_key_to_ldm(key, spec.prefix)  # noqa: E731
         return Component(module, gather(path, renamed, expected_shapes(module), source, "text encoder"))
-    config = _inferred(path, "text encoder", lambda: infer.openclip_text_config(shapes, base, spec.prefix, spec.drop_last_layers))
+    read_sizes = lambda: infer.openclip_text_config(shapes, base, spec.prefix, spec.drop_last_layers)  # noqa: E731
+    config = _inferred(path, "text encoder", read_sizes)
     module = empty_text_encoder(config, spec.with_projection)
     wanted = expected_shapes(module)
     canonical = {ldm_keys.canonical_text_key(key): shape for key, shape in wanted.items()}

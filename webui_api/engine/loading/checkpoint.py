@@ -48,7 +48,9 @@ def detect(path: Path, state: dict[str, torch.Tensor], config: str | None) -> De
     return detect_architecture(path, shapes, read_yaml_hints(Path(config) if config else None))
 
 
-def load_checkpoint(info: CheckpointInfo, options: LoadOptions, before_build: Callable[[], None] = lambda: None) -> LoadedModel:
+def load_checkpoint(
+    info: CheckpointInfo, options: LoadOptions, before_build: Callable[[], None] = lambda: None
+) -> LoadedModel:
     """Load a single-file checkpoint (original layout) as a LoadedModel on `options.device`."""
     started = time.perf_counter()
     path = Path(info.filename)

@@ -29,7 +29,12 @@ from webui_api.engine.loading.files import UnusableModelFile, read_state_dict
 log = logging.getLogger(__name__)
 
 MODEL_INDEX = "model_index.json"
-WEIGHT_NAMES = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model", "text_encoder_2": "model"}
+WEIGHT_NAMES = {  # component subfolder -> its weight file's stem
+    "unet": "diffusion_pytorch_model",
+    "vae": "diffusion_pytorch_model",
+    "text_encoder": "model",
+    "text_encoder_2": "model",
+}
 
 
 def is_diffusers_folder(path: Path) -> bool:
@@ -76,7 +81,8 @@ def _empty_module(slot: str, config: dict[str, Any]) -> torch.nn.Module:
             return UNet2DConditionModel.from_config(config)
         if slot == "vae":
             return AutoencoderKL.from_config(config)
-        kind = CLIPTextModelWithProjection if "CLIPTextModelWithProjection" in config.get("architectures", []) else CLIPTextModel
+        projected = "CLIPTextModelWithProjection" in config.get("architectures", [])
+        kind = CLIPTextModelWithProjection if projected else CLIPTextModel
         return kind(CLIPTextConfig.from_dict(config))
 
 
@@ -87,8 +93,8 @@ def _component(root: Path, slot: str, allow_unsafe_pickle: bool) -> Component:
     state = _component_state(folder, WEIGHT_NAMES[slot], allow_unsafe_pickle)
     wanted = expected_shapes(module)
     if slot.startswith("text_encoder"):
-        canonical = {ldm_keys.canonical_text_key(key): value for key, value in state.items() if not key.endswith("position_ids")}
-        state = {key: canonical[ldm_keys.canonical_text_key(key)] for key in wanted if ldm_keys.canonical_text_key(key) in canonical}
+        canonical = {ldm_keys.canonical_text_key(k): v for k, v in state.items() if not k.endswith("position_ids")}
+        state = {k: canonical[ldm_keys.canonical_text_key(k)] for k in wanted if ldm_keys.canonical_text_key(k) in canonical}
     check_state(root, state, wanted, slot)
     return Component(module, state)
 

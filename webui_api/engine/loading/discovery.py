@@ -199,7 +199,8 @@ def scan_vaes(paths: ModelPaths) -> list[VaeFile]:
     """A1111's VAE list: keyed by file name (a later file with the same name wins), sorted."""
     candidates: list[Path] = []
     for folder in paths.ckpt_dirs:
-        candidates += [p for p in walk_files(folder, VAE_EXTENSIONS) if p.name.lower().endswith(VAE_SUFFIXES_NEAR_CHECKPOINTS)]
+        found = walk_files(folder, VAE_EXTENSIONS)
+        candidates += [p for p in found if p.name.lower().endswith(VAE_SUFFIXES_NEAR_CHECKPOINTS)]
     for folder in paths.vae_dirs:
         candidates += list(walk_files(folder, VAE_EXTENSIONS))
     by_name = {path.name: str(path) for path in candidates}

@@ -130,7 +130,10 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     """Temp file + rename, so a crash never leaves half a cache; failure only costs a rehash."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", encoding="utf8", dir=path.parent, prefix=".cache.", suffix=".tmp", delete=False) as handle:
+        temp_file = tempfile.NamedTemporaryFile(
+            "w", encoding="utf8", dir=path.parent, prefix=".cache.", suffix=".tmp", delete=False
+        )
+        with temp_file as handle:
             json.dump(data, handle, indent=4)
             temp = Path(handle.name)
         os.replace(temp, path)

@@ -164,7 +164,14 @@ def openclip_text_config(shapes: Shapes, base: Mapping[str, Any], prefix: str, d
 
 
 def _text_sizes(
-    base: Mapping[str, Any], *, vocab: int, hidden: int, positions: int, layers: int, intermediate: int, projection: int | None
+    base: Mapping[str, Any],
+    *,
+    vocab: int,
+    hidden: int,
+    positions: int,
+    layers: int,
+    intermediate: int,
+    projection: int | None,
 ) -> dict[str, Any]:
     if layers < 1:
         raise ValueError(f"a text encoder needs at least one layer, found {layers}")
