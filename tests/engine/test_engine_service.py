@@ -228,3 +228,26 @@ def test_vae_infotext_and_automatic_vae_beside_the_checkpoint(model_dirs, tmp_pa
     assert result.extra_generation_params == {"VAE hash": vae_sha[:10], "VAE": "gamma.vae.safetensors"}
     none = engine.txt2img(make_job(steps=1, options={"sd_vae": "None"}), RecordingObserver(), CancelToken())
     assert none.extra_generation_params == {}
+
+
+def test_no_hashing_keeps_titles_without_hash(model_dirs, tmp_path):
+    sd = tmp_path / "sd"
+    sd.mkdir()
+    (sd / "plain.safetensors").write_bytes((model_dirs / "models" / "Stable-diffusion" / "alpha.safetensors").read_bytes())
+    engine = Engine(device="cpu", paths=ModelPaths(data_dir=tmp_path, ckpt_dirs=(sd,)), no_hashing=True)
+    model = engine.load("plain")
+    assert model.info.title == "plain.safetensors" and model.info.sha256 is None
+    assert not (tmp_path / "cache.json").exists()
+
+
+def test_from_settings_reads_folders_and_flags(tmp_path):
+    from webui_api.settings import Settings
+
+    settings = Settings.for_tests(tmp_path, device="cpu", dtype="float32", no_half_vae=True, vae_dir=tmp_path / "extra-vae")
+    settings = replace(settings, cmd_flags={**settings.cmd_flags, "disable_safe_unpickle": True})
+    engine = Engine.from_settings(settings)
+    assert engine.paths.ckpt_dirs == (tmp_path / "models" / "Stable-diffusion",)
+    assert engine.paths.vae_dirs == (tmp_path / "models" / "VAE", tmp_path / "extra-vae")
+    assert engine.paths.lora_dirs == (tmp_path / "models" / "Lora", tmp_path / "models" / "LyCORIS")
+    assert engine.paths.hash_cache_file == tmp_path / "cache.json"
+    assert engine.load_options.allow_unsafe_pickle and engine.load_options.vae_dtype == torch.float32
