@@ -1,10 +1,20 @@
 """Checkpoint descriptions and loaded models, plus the embedded tiny test model.
 
 `CheckpointInfo` is what /sdapi/v1/sd-models lists and what names resolve to; `LoadedModel`
-is the set of diffusers/transformers components the pipeline runs. Until real checkpoint
-loading lands, the only model is an embedded, tiny SD1-architecture network with fixed-seed
-random weights: it exercises every code path (tokenizer, text encoder, UNet, VAE, samplers)
-in about a second on a CPU, and its images are noise.
+is the set of diffusers/transformers components the pipeline runs (real checkpoints are
+read by `engine.loading`). When the model folders hold no checkpoint, the server serves an
+embedded, tiny SD1-architecture network with fixed-seed random weights: it exercises every
+code path (tokenizer, text encoder, UNet, VAE, samplers) in about a second on a CPU, and its
+images are noise.
+
+Text-encoder conventions per family (what prompt encoding can rely on):
+- "sd1": `text_encoder` CLIP-L (12 layers), `tokenizer` pads with end-of-text.
+- "sd2": `text_encoder` OpenCLIP-H built with 23 of its 24 layers, so `last_hidden_state` is
+  A1111's penultimate layer + final LayerNorm (CLIP skip does not apply); `tokenizer` pads 0.
+- "sdxl": `text_encoder` CLIP-L, `text_encoder_2` OpenCLIP-G with projection (32 layers;
+  `text_embeds` is the pooled vector); `tokenizer_2` pads 0.
+- "sdxl-refiner": only `text_encoder_2` / `tokenizer_2` (OpenCLIP-G); the first pair is None.
+transformers 5's CLIPTextModel has no `.text_model` level; CLIPTextModelWithProjection does.
 """
 
 from __future__ import annotations
