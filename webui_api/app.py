@@ -74,7 +74,7 @@ def build_services(settings: Settings, engine: Optional[Any] = None) -> Services
     if engine is None:
         from .engine.service import Engine
 
-        engine = Engine(device=settings.device, dtype=settings.dtype)
+        engine = Engine.from_settings(settings)
     options = OptionsStore.from_settings(settings)
     progress = ProgressTracker(encode_preview=lambda image: encode_image_base64(image, "png"))
     scheduler = Scheduler(progress, after_failure=engine.free_memory)

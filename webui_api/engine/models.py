@@ -1,17 +1,27 @@
 """Checkpoint descriptions and loaded models, plus the embedded tiny test model.
 
 `CheckpointInfo` is what /sdapi/v1/sd-models lists and what names resolve to; `LoadedModel`
-is the set of diffusers/transformers components the pipeline runs. Until real checkpoint
-loading lands, the only model is an embedded, tiny SD1-architecture network with fixed-seed
-random weights: it exercises every code path (tokenizer, text encoder, UNet, VAE, samplers)
-in about a second on a CPU, and its images are noise.
+is the set of diffusers/transformers components the pipeline runs (real checkpoints are
+read by `engine.loading`). When the model folders hold no checkpoint, the server serves an
+embedded, tiny SD1-architecture network with fixed-seed random weights: it exercises every
+code path (tokenizer, text encoder, UNet, VAE, samplers) in about a second on a CPU, and its
+images are noise.
+
+Text-encoder conventions per family (what prompt encoding can rely on):
+- "sd1": `text_encoder` CLIP-L (12 layers), `tokenizer` pads with end-of-text.
+- "sd2": `text_encoder` OpenCLIP-H built with 23 of its 24 layers, so `last_hidden_state` is
+  A1111's penultimate layer + final LayerNorm (CLIP skip does not apply); `tokenizer` pads 0.
+- "sdxl": `text_encoder` CLIP-L, `text_encoder_2` OpenCLIP-G with projection (32 layers;
+  `text_embeds` is the pooled vector); `tokenizer_2` pads 0.
+- "sdxl-refiner": only `text_encoder_2` / `tokenizer_2` (OpenCLIP-G); the first pair is None.
+transformers 5's CLIPTextModel has no `.text_model` level; CLIPTextModelWithProjection does.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -26,7 +36,12 @@ SD1_VAE_SCALE = 0.18215
 
 @dataclass(frozen=True)
 class CheckpointInfo:
-    """One /sdapi/v1/sd-models entry, with A1111's field meanings (`hash` = short sha256)."""
+    """One /sdapi/v1/sd-models entry, with A1111's field meanings.
+
+    `hash` is the short sha256 (10 hex digits) and, like `sha256`, is None until the file has
+    been hashed (on first load, or earlier when cache.json knows it); the title then gains its
+    " [hash]" suffix. `legacy_hash` is A1111's old 8-hex model hash, still a valid alias.
+    """
 
     title: str
     model_name: str
@@ -34,6 +49,27 @@ class CheckpointInfo:
     sha256: str | None
     filename: str
     config: str | None
+    legacy_hash: str | None = None
+
+    @classmethod
+    def for_file(
+        cls, name: str, filename: str, sha256: str | None, legacy_hash: str | None = None, config: str | None = None
+    ) -> CheckpointInfo:
+        """A1111's entry for a file whose relative name is `name` ("sub/model.safetensors")."""
+        short = sha256[:10] if sha256 else None
+        return cls(
+            title=f"{name} [{short}]" if short else name,
+            model_name=os.path.splitext(name.replace("/", "_").replace("\\", "_"))[0],
+            hash=short,
+            sha256=sha256,
+            filename=filename,
+            config=config,
+            legacy_hash=legacy_hash,
+        )
+
+    def with_sha256(self, sha256: str) -> CheckpointInfo:
+        """This entry once the file is hashed: hash, sha256 and the title's suffix filled in."""
+        return replace(self, title=f"{self.name} [{sha256[:10]}]", hash=sha256[:10], sha256=sha256)
 
     @property
     def name(self) -> str:
@@ -41,11 +77,24 @@ class CheckpointInfo:
         suffix = f" [{self.hash}]"
         return self.title[: -len(suffix)] if self.hash and self.title.endswith(suffix) else self.title
 
+    def api_item(self) -> dict[str, Any]:
+        """The /sdapi/v1/sd-models item, exactly A1111's six fields."""
+        return {
+            "title": self.title,
+            "model_name": self.model_name,
+            "hash": self.hash,
+            "sha256": self.sha256,
+            "filename": self.filename,
+            "config": self.config,
+        }
+
     def aliases(self) -> tuple[str, ...]:
         """Every string A1111 accepts for this checkpoint (its `ids`), without duplicates."""
         base = os.path.basename(self.filename)
         stem = os.path.splitext(base)[0]
         names = [self.title, self.model_name, self.name, base, stem]
+        if self.legacy_hash:
+            names += [self.legacy_hash, f"{self.name} [{self.legacy_hash}]"]
         if self.hash:
             names += [self.hash, f"{self.name} [{self.hash}]", f"{stem} [{self.hash}]"]
         if self.sha256:
@@ -76,6 +125,29 @@ class LoadedModel:
     text_encoder_2: Any = None  # SDXL's OpenCLIP-G (transformers CLIPTextModelWithProjection)
     tokenizer_2: Any = None  # its tokenizer (pads with 0 after the first EOS)
     unet_in_channels: int = 4  # 9 for inpainting UNets (latent + mask + masked-image latent)
+    architecture: str = "sd1"  # the detected variant: "sd1", "sd1-inpaint", "sd2-v", "sdxl", ...
+    baked_vae: Any = None  # the checkpoint's own VAE; `vae` is it or a VAE file chosen by sd_vae
+    vae_file: str | None = None  # the VAE file `vae` came from; None while the baked VAE is in use
+    embeddings: Any = None  # webui_api.engine.embeddings.EmbeddingStore fitting this model's encoders
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """Every network the model holds (the baked VAE too, while another VAE is active)."""
+        parts = {
+            "unet": self.unet,
+            "vae": self.vae,
+            "baked_vae": self.baked_vae,
+            "text_encoder": self.text_encoder,
+            "text_encoder_2": self.text_encoder_2,
+        }
+        return {name: module for name, module in parts.items() if module is not None}
+
+    def move_to(self, device: torch.device) -> None:
+        """Move every network and the schedule to `device` (parking a cached model in CPU RAM
+        and bringing it back costs a copy, not a disk read)."""
+        for module in self.modules().values():
+            module.to(device)
+        self.alphas_cumprod = self.alphas_cumprod.to(device)
+        self.device = torch.device(device)
 
 
 def scaled_linear_alphas_cumprod(
@@ -227,7 +299,7 @@ def embedded_checkpoint_info() -> CheckpointInfo:
     return _embedded_info_from_sha256(_weights_sha256(_build_tiny_components()))
 
 
-def _cast_floating(module: torch.nn.Module, dtype: torch.dtype) -> None:
+def cast_floating(module: torch.nn.Module, dtype: torch.dtype) -> None:
     """Cast floating-point parameters/buffers only (CLIP's integer position ids must stay int64).
 
     Uses nn.Module's half()/bfloat16()/float() rather than `.to(dtype)`, which diffusers
@@ -245,7 +317,7 @@ def build_embedded_model(device: str | torch.device = "cpu", dtype: torch.dtype 
     parts = _build_tiny_components()
     info = _embedded_info_from_sha256(_weights_sha256(parts))
     for module in parts.named_modules().values():
-        _cast_floating(module.to(device=target), dtype)
+        cast_floating(module.to(device=target), dtype)
     return LoadedModel(
         info=info,
         unet=parts.unet,
@@ -255,4 +327,5 @@ def build_embedded_model(device: str | torch.device = "cpu", dtype: torch.dtype 
         alphas_cumprod=scaled_linear_alphas_cumprod().to(target),
         device=target,
         dtype=dtype,
+        baked_vae=parts.vae,
     )

@@ -1,21 +1,73 @@
-"""The engine object the server holds: device choice, the checkpoint list, the loaded model.
+"""The engine object the server holds: device, the model catalogs, the loaded models.
 
-One `Engine` per device, used from one worker thread, so it needs no locks. Model state is
-held here, never in module globals.
+One `Engine` per device. Everything that loads, moves or runs a model happens on the
+scheduler's single worker thread, so model state needs no locks; it is held here, never in
+module globals. The catalogs (checkpoints, VAEs) are also read by HTTP handlers on other
+threads: they are immutable tuples replaced as a whole, so a reader sees the old list or the
+new one, never half of either.
+
+Per-job settings (checkpoint, sd_vae, the LRU size) come from the job's own options
+snapshot, never from shared state, so two queued jobs with different `override_settings`
+each run with exactly their own.
 """
 
 from __future__ import annotations
 
 import gc
-from typing import Any
+import logging
+from collections import OrderedDict
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 
-from webui_api.engine.models import CheckpointInfo, LoadedModel, build_embedded_model, embedded_checkpoint_info
+from webui_api.engine.embeddings import EmbeddingLibrary
+from webui_api.engine.loading.checkpoint import LoadOptions, load_checkpoint
+from webui_api.engine.loading.diffusers_folder import load_folder
+from webui_api.engine.loading.discovery import CHECKPOINT_HASH_PREFIX, ModelPaths, VaeFile, scan_checkpoints, scan_vaes
+from webui_api.engine.loading.hashes import HashCache
+from webui_api.engine.loading.vae import VaeChoice, load_vae_file, resolve_vae
+from webui_api.engine.models import (
+    EMBEDDED_FILENAME,
+    CheckpointInfo,
+    LoadedModel,
+    build_embedded_model,
+    embedded_checkpoint_info,
+)
+from webui_api.engine.networks import (
+    LoadedNetwork,
+    NetworkCall,
+    NetworkFile,
+    NetworkLibrary,
+    apply_networks,
+    group_network_keys,
+    lora_calls,
+    parse_prompt_networks,
+)
 from webui_api.engine.pipeline import run_txt2img
-from webui_api.errors import UnknownCheckpoint
+from webui_api.errors import NotImplementedFeature, UnknownCheckpoint
 from webui_api.jobs import GenerationJob, JobResult
 from webui_api.progress import CancelToken, RunObserver
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHECKPOINTS_LIMIT = 1  # A1111's sd_checkpoints_limit default
+LORA_NAME_SYMBOLS = str.maketrans("", "", ":,")  # A1111 drops these from names in "Lora hashes"
+
+
+def job_networks(job: GenerationJob) -> tuple[tuple[str, ...], list[NetworkCall]]:
+    """Every prompt without its extra-network tags, and the LoRAs to apply.
+
+    A1111 reads the networks of each batch from the batch's first prompt; a job whose
+    batches name different networks would need weights changed between batches, which
+    this engine does not do yet (501 rather than a silently wrong batch).
+    """
+    parsed = [parse_prompt_networks(prompt) for prompt in job.prompts]
+    per_batch = [lora_calls(parsed[job.batch_slice(n).start][1]) for n in range(job.n_iter)]
+    if any(calls != per_batch[0] for calls in per_batch):
+        raise NotImplementedFeature("batches whose first prompts name different <lora:...> networks are not supported yet")
+    return tuple(text for text, _ in parsed), per_batch[0]
 
 DTYPES = {
     "fp16": torch.float16,
@@ -93,57 +145,203 @@ def cuda_usage(device: torch.device) -> dict[str, Any]:
     }
 
 
-class Engine:
-    """Owns the device and the loaded model; used from ONE worker thread."""
+class ModelCache:
+    """Loaded models by file, least recently used first (A1111's `sd_checkpoints_limit`)."""
 
-    def __init__(self, device: str = "auto", dtype: str = "auto") -> None:
+    def __init__(self, limit: int = DEFAULT_CHECKPOINTS_LIMIT) -> None:
+        self.limit = max(1, limit)
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def get(self, filename: str) -> LoadedModel | None:
+        """The cached model for a file, marked most recently used."""
+        model = self._models.get(filename)
+        if model is not None:
+            self._models.move_to_end(filename)
+        return model
+
+    def put(self, model: LoadedModel) -> None:
+        self._models[model.info.filename] = model
+        self._models.move_to_end(model.info.filename)
+
+    def evict_until(self, size: int) -> list[LoadedModel]:
+        """Drop least recently used models until at most `size` remain; returns them."""
+        evicted = []
+        while len(self._models) > max(0, size):
+            evicted.append(self._models.popitem(last=False)[1])
+        return evicted
+
+    def filenames(self) -> list[str]:
+        return list(self._models)
+
+
+class Engine:
+    """Owns the device, the model catalogs and the loaded models; used from ONE worker thread
+    (the catalog readers excepted, see the module docstring)."""
+
+    def __init__(
+        self,
+        device: str = "auto",
+        dtype: str = "auto",
+        *,
+        paths: ModelPaths | None = None,
+        no_half_vae: bool = False,
+        no_hashing: bool = False,
+        allow_unsafe_pickle: bool = False,
+    ) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self._embedded = embedded_checkpoint_info()
-        self._current = self._embedded
-        self._loaded: LoadedModel | None = None
+        self.paths = paths if paths is not None else ModelPaths()
+        vae_dtype = torch.float32 if no_half_vae else self.dtype
+        self.load_options = LoadOptions(self.device, self.dtype, vae_dtype, allow_unsafe_pickle)
+        self.hashes = HashCache(self.paths.hash_cache_file, enabled=not no_hashing)
+        self._checkpoints: tuple[CheckpointInfo, ...] = ()
+        self._vaes: tuple[VaeFile, ...] = ()
+        self._networks = NetworkLibrary(self.paths, self.hashes)
+        self._embeddings = EmbeddingLibrary(self.paths, self.hashes, allow_unsafe_pickle)
+        self._cache = ModelCache()
+        self._active: LoadedModel | None = None
+        self._current: CheckpointInfo | None = None
+        self.refresh_checkpoints()
+        self.refresh_vae()
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Engine:
+        """The engine for a server's `Settings`: its folders and A1111's precision/safety flags."""
+        return cls(
+            device=settings.device,
+            dtype=settings.dtype,
+            paths=ModelPaths.from_settings(settings),
+            no_half_vae=settings.no_half_vae,
+            no_hashing=settings.no_hashing,
+            allow_unsafe_pickle=bool(settings.cmd_flags.get("disable_safe_unpickle", False)),
+        )
+
+    # -- checkpoint catalog ------------------------------------------------------------
 
     def checkpoints(self) -> list[CheckpointInfo]:
-        """Every checkpoint the server can load (for now only the embedded tiny model)."""
-        return [self._embedded]
+        """Every loadable checkpoint in A1111's order; the embedded tiny model only when the
+        folders hold none."""
+        return list(self._checkpoints)
+
+    def refresh_checkpoints(self) -> None:
+        """Rescan the checkpoint folders (POST /sdapi/v1/refresh-checkpoints)."""
+        found = tuple(scan_checkpoints(self.paths, self.hashes))
+        self._checkpoints = found or (embedded_checkpoint_info(),)
+        by_file = {info.filename: info for info in self._checkpoints}
+        if self._current is not None and self._current.filename in by_file:
+            self._current = by_file[self._current.filename]
+        elif self._active is None:
+            self._current = self._checkpoints[0]  # the selected file is gone and nothing is loaded
 
     @property
     def current(self) -> CheckpointInfo:
         """The selected checkpoint (loaded or about to be)."""
+        assert self._current is not None  # set by refresh_checkpoints in __init__
         return self._current
 
     @property
     def loaded(self) -> LoadedModel | None:
-        return self._loaded
+        return self._active
 
     def find_checkpoint(self, name: str) -> CheckpointInfo:
-        """A checkpoint by any of its aliases (title, name, hash, sha256, ...)."""
-        for info in self.checkpoints():
+        """A checkpoint by any of its aliases (title, name, file name, hashes, ...). Names are
+        only ever matched against scanned entries, so no name can reach outside the folders."""
+        for info in self._checkpoints:
             if name in info.aliases():
                 return info
         raise UnknownCheckpoint(name)
 
-    def load(self, title: str | None = None) -> LoadedModel:
-        """Load `title` (or the current checkpoint); a no-op when it is already loaded."""
-        info = self._current if title is None else self.find_checkpoint(title)
-        if self._loaded is not None and self._loaded.info == info:
-            return self._loaded
-        self.unload()
-        self._loaded = self._build(info)
-        self._current = info
-        return self._loaded
+    def _record_info(self, info: CheckpointInfo) -> None:
+        """Replace the catalog entry for `info.filename` (its title changes once hashed)."""
+        self._checkpoints = tuple(info if entry.filename == info.filename else entry for entry in self._checkpoints)
+        if self._current is not None and self._current.filename == info.filename:
+            self._current = info
 
-    def _build(self, info: CheckpointInfo) -> LoadedModel:
-        if info != self._embedded:
-            raise UnknownCheckpoint(info.title)
-        return build_embedded_model(self.device, self.dtype)
+    def _hashed(self, info: CheckpointInfo) -> CheckpointInfo:
+        """A1111 hashes a checkpoint when it is loaded (unless --no-hashing)."""
+        if info.sha256 is not None or info.filename == EMBEDDED_FILENAME:
+            return info
+        sha256 = self.hashes.sha256(Path(info.filename), CHECKPOINT_HASH_PREFIX + info.name)
+        if sha256 is None:
+            return info
+        hashed = info.with_sha256(sha256)
+        self._record_info(hashed)
+        return hashed
+
+    # -- loading and the LRU -----------------------------------------------------------
+
+    @property
+    def checkpoints_limit(self) -> int:
+        return self._cache.limit
+
+    def set_checkpoints_limit(self, limit: Any) -> None:
+        """A1111's `sd_checkpoints_limit`: how many models stay loaded (the active one on the
+        device, the others parked in CPU RAM). Shrinking takes effect at once."""
+        self._cache.limit = max(1, int(limit or DEFAULT_CHECKPOINTS_LIMIT))
+        self._drop(self._cache.evict_until(self._cache.limit))
+
+    def cached_checkpoints(self) -> list[str]:
+        """File names of the loaded models, least recently used first."""
+        return self._cache.filenames()
+
+    def load(self, title: str | None = None) -> LoadedModel:
+        """Make `title` (or the current checkpoint) the active model: a no-op when it already
+        is, a device move when it is cached, else a load from disk. A file that fails to load
+        leaves the active model in place."""
+        info = self.current if title is None else self.find_checkpoint(title)
+        if self._active is not None and self._active.info.filename == info.filename:
+            return self._active
+        model = self._cache.get(info.filename)
+        if model is None:
+            model = self._load_from_disk(info)
+        self._activate(model)
+        return model
+
+    def _load_from_disk(self, info: CheckpointInfo) -> LoadedModel:
+        if info.filename == EMBEDDED_FILENAME:
+            self._make_room()
+            return build_embedded_model(self.device, self.dtype)
+        if Path(info.filename).is_dir():
+            return load_folder(info, self.load_options, before_build=self._make_room)
+        return load_checkpoint(self._hashed(info), self.load_options, before_build=self._make_room)
+
+    def _make_room(self) -> None:
+        """Called once a new model has passed every check: evict so it fits in the LRU."""
+        evicted = self._cache.evict_until(self._cache.limit - 1)
+        self._drop(evicted)
+
+    def _drop(self, models: list[LoadedModel]) -> None:
+        """Forget evicted models and return their memory. The list is emptied here so that
+        no reference (the caller's included) keeps the weights alive past `free_memory`."""
+        if any(model is self._active for model in models):
+            self._active = None
+        if models:
+            log.info("Unloaded %s", ", ".join(m.info.title for m in models))
+            models.clear()
+            self.free_memory()
+
+    def _activate(self, model: LoadedModel) -> None:
+        """Park the previously active model in CPU RAM (on GPU devices), bring `model` to
+        the device, and make it the current checkpoint."""
+        previous = self._active
+        if previous is not None and previous is not model and self.device.type != "cpu":
+            previous.move_to(torch.device("cpu"))
+        if model.device != self.device:
+            model.move_to(self.device)
+        model.embeddings = self._embeddings.store_for(model)
+        self._cache.put(model)
+        self._active = model
+        self._current = model.info
 
     def unload(self) -> None:
-        """Drop the loaded model and give its memory back (the CUDA cache too)."""
-        if self._loaded is None:
+        """Drop every loaded model and give the memory back (the CUDA cache too)."""
+        if self._active is None and not len(self._cache):
             return
-        self._loaded = None
-        self.free_memory()
+        self._active = None
+        self._drop(self._cache.evict_until(0))
 
     def free_memory(self) -> None:
         """Collect garbage and return cached device memory; the scheduler calls this after a
@@ -152,10 +350,118 @@ class Engine:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
+    # -- VAE ---------------------------------------------------------------------------
+
+    def vaes(self) -> list[VaeFile]:
+        """The /sdapi/v1/sd-vae list."""
+        return list(self._vaes)
+
+    def refresh_vae(self) -> None:
+        self._vaes = tuple(scan_vaes(self.paths))
+
+    def choose_vae(self, model: LoadedModel, options: Mapping[str, Any]) -> VaeChoice:
+        """The VAE a job with these options decodes with (A1111's resolution order)."""
+        return resolve_vae(
+            options.get("sd_vae"),
+            model.info.filename,
+            self._vaes,
+            vae_path=self.paths.vae_path,
+            overrides_per_model=bool(options.get("sd_vae_overrides_per_model_preferences", True)),
+        )
+
+    def apply_vae(self, model: LoadedModel, options: Mapping[str, Any]) -> VaeChoice:
+        """Put the job's VAE in place on `model` (a no-op when it already is)."""
+        choice = self.choose_vae(model, options)
+        wanted = choice.file.filename if choice.file else None
+        if wanted == model.vae_file:
+            return choice
+        if choice.file is None:
+            model.vae = model.baked_vae
+        else:
+            options = self.load_options
+            model.vae = load_vae_file(choice.file, model.family, model.device, options.vae_dtype, options.allow_unsafe_pickle)
+            log.info("Using VAE %s (%s)", choice.file.model_name, choice.source)
+        model.vae_file = wanted
+        return choice
+
+    def vae_infotext(self, choice: VaeChoice, options: Mapping[str, Any]) -> dict[str, Any]:
+        """A1111's "VAE hash" / "VAE" infotext entries, present only while a VAE file is used."""
+        if choice.file is None:
+            return {}
+        extras: dict[str, Any] = {}
+        if options.get("add_vae_hash_to_info", True):
+            sha256 = self.hashes.sha256(Path(choice.file.filename), "vae/" + choice.file.model_name)
+            extras["VAE hash"] = sha256[:10] if sha256 else None
+        if options.get("add_vae_name_to_info", True):
+            extras["VAE"] = choice.file.model_name
+        return {key: value for key, value in extras.items() if value is not None}
+
+    # -- generation --------------------------------------------------------------------
+
+    # -- textual inversion -------------------------------------------------------------
+
+    def embeddings_listing(self) -> dict[str, dict[str, Any]]:
+        """/sdapi/v1/embeddings: loaded (fit the active model) and skipped, A1111's fields."""
+        active = self._active
+        if active is not None and active.embeddings is not None:
+            return active.embeddings.api_listing()
+        return self._embeddings.store_for(active).api_listing()
+
+    def refresh_embeddings(self) -> None:
+        """Re-read the embeddings folder; the active model gets the new store at once."""
+        self._embeddings.refresh()
+        if self._active is not None:
+            self._active.embeddings = self._embeddings.store_for(self._active)
+
+    # -- LoRA ---------------------------------------------------------------------------
+
+    def loras(self) -> list[NetworkFile]:
+        """The /sdapi/v1/loras list."""
+        return self._networks.files()
+
+    def refresh_loras(self) -> None:
+        self._networks.refresh()
+
+    def load_networks(self, calls: list[NetworkCall]) -> list[LoadedNetwork]:
+        """Find and read every network a job names (404 / 400 before any weight changes)."""
+        loaded = []
+        for call in calls:
+            entry = self._networks.find(call.name)
+            state = self._networks.state_dict(entry, self.load_options.allow_unsafe_pickle)
+            loaded.append(LoadedNetwork(call, entry, group_network_keys(state)))
+        return loaded
+
+    def lora_infotext(self, loaded: list[LoadedNetwork], options: Mapping[str, Any]) -> dict[str, Any]:
+        """A1111's "Lora hashes": "name: 12-digit hash" per network, as written in the prompt."""
+        if not loaded or not options.get("lora_add_hashes_to_infotext", True):
+            return {}
+        hashes = {}
+        for network in loaded:
+            shorthash = self._networks.shorthash(network.entry)
+            if shorthash:
+                hashes[network.call.name.translate(LORA_NAME_SYMBOLS)] = shorthash
+        return {"Lora hashes": ", ".join(f"{name}: {value}" for name, value in hashes.items())} if hashes else {}
+
+    # -- generation --------------------------------------------------------------------
+
     def txt2img(self, job: GenerationJob, observer: RunObserver, cancel: CancelToken) -> JobResult:
-        """Run a txt2img job on the job's checkpoint (or the current one)."""
+        """Run a txt2img job with its own checkpoint, VAE, LoRAs and LRU size (all from the
+        job's options snapshot and prompts); the LoRAs are removed again afterwards."""
+        self.set_checkpoints_limit(job.options.get("sd_checkpoints_limit", DEFAULT_CHECKPOINTS_LIMIT))
         model = self.load(job.model_title)
-        return run_txt2img(model, job, observer, cancel)
+        choice = self.apply_vae(model, job.options)
+        stripped, calls = job_networks(job)
+        networks = self.load_networks(calls)
+        patch = apply_networks(model, networks)
+        try:
+            result = run_txt2img(model, replace(job, prompts=stripped), observer, cancel)
+        finally:
+            patch.restore()
+        for index, image in enumerate(result.images):
+            image.prompt = job.prompts[index]  # infotexts keep the <lora:...> tags, as in A1111
+        result.extra_generation_params.update(self.lora_infotext(networks, job.options))
+        result.extra_generation_params.update(self.vae_infotext(choice, job.options))
+        return result
 
     def memory(self) -> dict[str, Any]:
         """The body of /sdapi/v1/memory: {ram: {...}, cuda: {...}}."""

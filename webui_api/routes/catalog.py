@@ -56,12 +56,14 @@ async def schedulers() -> list[dict[str, Any]]:
 
 @router.get("/sdapi/v1/sd-models")
 async def sd_models(services: Services = Depends(get_services)) -> list[dict[str, Any]]:
-    return [asdict(info) for info in services.engine.checkpoints()]
+    """A1111's six fields per checkpoint; `hash`/`sha256` are null until a file is hashed."""
+    return [info.api_item() for info in services.engine.checkpoints()]
 
 
 @router.get("/sdapi/v1/sd-vae")
-async def sd_vae() -> list[dict[str, Any]]:
-    return []
+async def sd_vae(services: Services = Depends(get_services)) -> list[dict[str, Any]]:
+    """VAE files by name ("Automatic" and "None" are option values, not listed, as in A1111)."""
+    return [vae.api_item() for vae in services.engine.vaes()]
 
 
 @router.get("/sdapi/v1/upscalers")
@@ -75,13 +77,15 @@ async def latent_upscale_modes() -> list[dict[str, Any]]:
 
 
 @router.get("/sdapi/v1/embeddings")
-async def embeddings() -> dict[str, Any]:
-    return {"loaded": {}, "skipped": {}}
+async def embeddings(services: Services = Depends(get_services)) -> dict[str, Any]:
+    """Textual inversions that fit the loaded model ("loaded") and those that do not."""
+    return services.engine.embeddings_listing()
 
 
 @router.get("/sdapi/v1/loras")
-async def loras() -> list[dict[str, Any]]:
-    return []
+async def loras(services: Services = Depends(get_services)) -> list[dict[str, Any]]:
+    """A1111's Lora extension items: name (file stem), alias (ss_output_name), path, metadata."""
+    return [network.api_item() for network in services.engine.loras()]
 
 
 @router.get("/sdapi/v1/hypernetworks")
@@ -130,18 +134,26 @@ async def memory(services: Services = Depends(get_services)) -> dict[str, Any]:
     return services.engine.memory()
 
 
+async def _on_worker(services: Services, label: str, action: Any) -> None:
+    """Rescans run on the worker, between jobs, like A1111's refreshes under its queue lock."""
+    await services.scheduler.run(WorkItem(run=lambda _: action(), label=label))
+
+
 @router.post("/sdapi/v1/refresh-checkpoints")
 async def refresh_checkpoints(services: Services = Depends(get_services)) -> None:
-    refresh = getattr(services.engine, "refresh_checkpoints", None)
-    if refresh is not None:
-        await services.scheduler.run(WorkItem(run=lambda _: refresh(), label="refresh checkpoints"))
-    return None
+    await _on_worker(services, "refresh checkpoints", services.engine.refresh_checkpoints)
 
 
-async def _nothing_to_refresh() -> None:
-    """The catalog behind this route is empty until its feature lands; nothing to rescan."""
-    return None
+@router.post("/sdapi/v1/refresh-vae")
+async def refresh_vae(services: Services = Depends(get_services)) -> None:
+    await _on_worker(services, "refresh VAE list", services.engine.refresh_vae)
 
 
-for _path in ("/sdapi/v1/refresh-vae", "/sdapi/v1/refresh-embeddings", "/sdapi/v1/refresh-loras"):
-    router.add_api_route(_path, _nothing_to_refresh, methods=["POST"])
+@router.post("/sdapi/v1/refresh-loras")
+async def refresh_loras(services: Services = Depends(get_services)) -> None:
+    await _on_worker(services, "refresh LoRA list", services.engine.refresh_loras)
+
+
+@router.post("/sdapi/v1/refresh-embeddings")
+async def refresh_embeddings(services: Services = Depends(get_services)) -> None:
+    await _on_worker(services, "refresh embeddings", services.engine.refresh_embeddings)

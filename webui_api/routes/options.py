@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import Body, Depends
 
-from ..errors import BadRequest
+from ..errors import ApiError, BadRequest
 from ..scheduler import WorkItem
 from ..services import Services
 from . import api_router, get_services
@@ -27,9 +27,21 @@ async def set_options(updates: Any = Body(...), services: Services = Depends(get
         raise BadRequest(f"expected a JSON object of option keys to values; received {type(updates).__name__}")
     changed = services.options.apply(updates, validate_checkpoint=lambda name: services.engine.find_checkpoint(name).title)
     if "sd_model_checkpoint" in changed:
-        title = changed["sd_model_checkpoint"][1]
-        await services.scheduler.run(WorkItem(run=lambda _: services.engine.load(title), label="load checkpoint"))
+        await _load_checkpoint(services, *changed["sd_model_checkpoint"])
     return None
+
+
+async def _load_checkpoint(services: Services, previous: Any, title: str) -> None:
+    """Load the new checkpoint; if it cannot be loaded, put the previous value back (A1111
+    restores an option whose onchange failed) and report why. On success, record the loaded
+    title, which gains its " [hash]" once the file has been hashed."""
+    try:
+        loaded = await services.scheduler.run(WorkItem(run=lambda _: services.engine.load(title), label="load checkpoint"))
+    except ApiError:
+        if previous is not None:
+            services.options.apply({"sd_model_checkpoint": previous}, validate_checkpoint=lambda _: previous)
+        raise
+    services.options.set_internal({"sd_model_checkpoint": loaded.info.title, "sd_checkpoint_hash": loaded.info.sha256 or ""})
 
 
 @router.get("/sdapi/v1/cmd-flags")

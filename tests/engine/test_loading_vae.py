@@ -1,0 +1,72 @@
+"""A1111's sd_vae resolution order, and VAE files in the layouts people keep them in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from tests.engine.ldm_checkpoints import tiny_vae, write_vae
+from webui_api.engine.loading import ldm_keys
+from webui_api.engine.loading.builder import build_vae
+from webui_api.engine.loading.discovery import VaeFile
+from webui_api.engine.loading.files import UnusableModelFile
+from webui_api.engine.loading.vae import UnknownVae, resolve_vae, vae_config_for
+
+VAES = [VaeFile("anime.vae.safetensors", "/m/Stable-diffusion/anime.vae.safetensors"), VaeFile("ft-mse.safetensors", "/m/VAE/ft-mse.safetensors")]
+
+
+def _file(choice) -> str | None:
+    return choice.file.model_name if choice.file else None
+
+
+def test_automatic_prefers_a_vae_named_like_the_checkpoint():
+    assert _file(resolve_vae("Automatic", "/m/Stable-diffusion/anime.safetensors", VAES)) == "anime.vae.safetensors"
+    assert _file(resolve_vae("Automatic", "/m/Stable-diffusion/photo.safetensors", VAES)) is None
+    assert _file(resolve_vae(None, "/m/Stable-diffusion/photo.safetensors", VAES)) is None
+
+
+def test_an_explicit_choice_wins_unless_per_model_preferences_rule():
+    anime = "/m/Stable-diffusion/anime.safetensors"
+    assert _file(resolve_vae("ft-mse.safetensors", anime, VAES)) == "ft-mse.safetensors"
+    assert _file(resolve_vae("None", anime, VAES)) is None
+    assert _file(resolve_vae("ft-mse.safetensors", anime, VAES, overrides_per_model=False)) == "anime.vae.safetensors"
+    photo = "/m/Stable-diffusion/photo.safetensors"
+    assert _file(resolve_vae("ft-mse.safetensors", photo, VAES, overrides_per_model=False)) == "ft-mse.safetensors"
+
+
+def test_vae_path_flag_overrides_everything():
+    choice = resolve_vae("None", "/m/x.safetensors", VAES, vae_path=Path("/elsewhere/fixed.safetensors"))
+    assert choice.file == VaeFile("fixed.safetensors", "/elsewhere/fixed.safetensors") and "--vae-path" in choice.source
+
+
+def test_user_metadata_beside_the_checkpoint(tmp_path):
+    checkpoint = tmp_path / "photo.safetensors"
+    checkpoint.with_suffix(".json").write_text('{"vae": "ft-mse.safetensors", "description": "x"}')
+    assert _file(resolve_vae("Automatic", str(checkpoint), VAES)) == "ft-mse.safetensors"
+    checkpoint.with_suffix(".json").write_text('{"vae": "None"}')
+    assert _file(resolve_vae("Automatic", str(checkpoint), VAES)) is None
+
+
+def test_unknown_and_path_like_names_are_404():
+    for name in ("missing.safetensors", "../VAE/ft-mse.safetensors", "/m/VAE/ft-mse.safetensors"):
+        with pytest.raises(UnknownVae) as caught:
+            resolve_vae(name, "/m/x.safetensors", VAES)
+        assert caught.value.status_code == 404 and "ft-mse.safetensors" in caught.value.detail
+
+
+def test_vae_files_with_and_without_the_checkpoint_prefix(tmp_path):
+    source = tiny_vae(seed=3)
+    plain = write_vae(tmp_path / "plain.safetensors", source)
+    state = safetensors.torch.load_file(str(plain))
+    for candidate in (state, {ldm_keys.VAE_PREFIX + k: v for k, v in state.items()}):
+        loaded = build_vae(plain, {**candidate, "model_ema.decay": torch.tensor(0.9)}, vae_config_for("sd1"))
+        assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in source.state_dict().items())
+    assert build_vae(plain, state, vae_config_for("sdxl")).config.scaling_factor == 0.13025
+
+
+def test_diffusers_layout_vae_files_are_refused_clearly(tmp_path):
+    with pytest.raises(UnusableModelFile, match="diffusers layout"):
+        build_vae(tmp_path / "x.safetensors", dict(tiny_vae(seed=1).state_dict()), "vae-sd")
