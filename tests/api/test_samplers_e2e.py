@@ -13,6 +13,7 @@ import io
 import json
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -120,3 +121,37 @@ def test_interrupt_works_in_every_sampler(tiny, sampler):
     assert result.interrupted
     assert len(result.images) == 1  # the running batch decodes its last estimate; the next never starts
     assert observer.steps_of_batch(0)[-1] == 1
+
+
+@pytest.mark.filterwarnings("ignore:Should have:UserWarning")
+@pytest.mark.parametrize("sampler", ["DPM++ SDE", "DPM++ 2M SDE", "DPM++ 3M SDE"])
+def test_sde_samplers_give_an_image_the_same_noise_in_any_batch(tiny, sampler):
+    """A1111's reason for the per-image Brownian trees: seed 6 alone or second in a batch of two
+    samples with the same noise (the images agree up to the UNet's batched rounding)."""
+    from webui_api.engine.pipeline import run_txt2img
+    from webui_api.progress import CancelToken
+
+    pair = run_txt2img(tiny, make_job(sampler=sampler, steps=6, batch_size=2, seeds=(5, 6)), RecordingObserver(),
+                       CancelToken())
+    alone = run_txt2img(tiny, make_job(sampler=sampler, steps=6, seeds=(6,)), RecordingObserver(), CancelToken())
+    diff = np.abs(np.asarray(pair.images[1].image, dtype=int) - np.asarray(alone.images[0].image, dtype=int))
+    assert diff.max() <= 1
+
+
+def test_brownian_noise_sampler_wiring(tiny):
+    from samplers.brownian import BrownianTreeNoise
+    from webui_api.engine.pipeline import BatchSpec, make_image_rng, make_noise_sampler, make_schedule, resolve_plan
+    from webui_api.engine.denoiser import make_inner
+
+    for source, device in (("CPU", "cpu"), ("GPU", "cpu")):
+        job = make_job(sampler="DPM++ 2M SDE", steps=5, batch_size=2, seeds=(3, 4), randn_source=source)
+        plan = resolve_plan(job)
+        batch = BatchSpec.of(job, 0)
+        schedule = make_schedule(tiny, job, plan, make_inner(tiny, plan.sampler.kind))
+        noise = make_noise_sampler(tiny, job, plan, batch, make_image_rng(tiny, job, batch), schedule)
+        assert isinstance(noise, BrownianTreeNoise) and len(noise.trees) == 2
+    euler_a = make_job(sampler="Euler a", steps=5)
+    plan = resolve_plan(euler_a)
+    batch = BatchSpec.of(euler_a, 0)
+    rng = make_image_rng(tiny, euler_a, batch)
+    assert not isinstance(make_noise_sampler(tiny, euler_a, plan, batch, rng, torch.ones(6)), BrownianTreeNoise)
