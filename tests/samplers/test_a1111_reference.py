@@ -24,17 +24,11 @@ TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def world():
-    from webui_api.engine.conditioning import encode_prompts
+def world(tiny_world):
     from webui_api.engine.cond_types import BatchConditioning
-    from webui_api.engine.models import build_embedded_model
 
-    model = build_embedded_model("cpu")
-    with torch.inference_mode():
-        cond = encode_prompts(model, ["a red cat", "a blue dog"])
-        uncond = encode_prompts(model, ["", "blurry"])
-    extra = {"cond": BatchConditioning.plain(cond, uncond), "cond_scale": CFG, "s_min_uncond": 0.0}
-    return model, cond, uncond, extra
+    model, cond, uncond = tiny_world
+    return model, cond, uncond, {"cond": BatchConditioning.plain(cond, uncond), "cond_scale": CFG, "s_min_uncond": 0.0}
 
 
 class Noise:
@@ -180,7 +174,7 @@ def ref_unipc(model, cond, uncond, steps, x, order=3, variant="bh1"):
 # --- tests ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("steps", "calls"), [(7, 7), (20, 19)])
+@pytest.mark.parametrize(("steps", "calls"), [(7, 7), pytest.param(20, 19, marks=pytest.mark.slow)])
 def test_ddim_matches_a1111_formulas(world, steps, calls):
     model, cond, uncond, extra = world
     ts = compute_timesteps(find_sampler("DDIM"), steps)
@@ -200,6 +194,32 @@ def test_ddim_cfgpp_matches_a1111_formulas(world):
         plain, _ = ref_ddim(model, cond, uncond, 8, _unit_noise(), Noise(4), 0.3)
     assert float((ours - ref).abs().max()) < TOL
     assert float((ours - plain).abs().max()) > 1e-2  # CFG++ is not plain DDIM
+
+
+@pytest.mark.parametrize(("name", "steps", "calls"), [
+    ("DDIM", 20, 19), ("DDIM", 30, 30), ("DDIM", 50, 49), ("DDIM CFG++", 20, 19), ("PLMS", 20, 20), ("UniPC", 20, 20),
+])
+def test_model_call_counts_follow_a1111(name, steps, calls):
+    """DDIM never evaluates timesteps[0]; PLMS adds one call on its first step; UniPC makes one
+    call per step (len(timesteps) steps). Counted on a cheap stand-in eps model."""
+
+    class Counting:
+        count = 0
+
+        def __call__(self, x, t, **extra):
+            self.count += 1
+            return x * 0.1
+
+        def last_uncond(self):
+            return torch.zeros(SHAPE)
+
+    model = Counting()
+    ts = compute_timesteps(find_sampler(name), steps)
+    acp = torch.linspace(0.999, 0.005, 1000)
+    kwargs = sampler_call_kwargs(find_sampler(name), ts, eta=None, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"),
+                                 s_noise=1.0, noise_sampler=Noise(0), alphas_cumprod=acp)
+    find_sampler(name).function(model, _unit_noise(), ts, extra_args={"cond_scale": 7.0}, **kwargs)
+    assert model.count == calls
 
 
 def test_ddim_draws_noise_every_step_even_at_eta_0(world):

@@ -56,18 +56,12 @@ def kd():
 
 
 @pytest.fixture(scope="module")
-def setup():
-    from webui_api.engine.conditioning import encode_prompts
+def setup(tiny_world):
     from webui_api.engine.cond_types import BatchConditioning
     from webui_api.engine.denoiser import CompVisDenoiser
-    from webui_api.engine.models import build_embedded_model
 
-    model = build_embedded_model("cpu")
-    with torch.inference_mode():
-        cond = encode_prompts(model, ["a red cat", "a blue dog"])
-        uncond = encode_prompts(model, ["", "blurry"])
-    inner = CompVisDenoiser(model)
-    return inner, {"cond": BatchConditioning.plain(cond, uncond), "cond_scale": 5.0, "s_min_uncond": 0.0}
+    model, cond, uncond = tiny_world
+    return CompVisDenoiser(model), {"cond": BatchConditioning.plain(cond, uncond), "cond_scale": 5.0, "s_min_uncond": 0.0}
 
 
 def _cfg(inner):
