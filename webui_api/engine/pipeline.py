@@ -68,9 +68,10 @@ class BatchSpec:
 
 @dataclass
 class SamplingTrace:
-    """The latest x0 estimate the sampler reported: what an interrupted batch decodes.
+    """The latest x0 estimate the sampler reported (the "Combined" live preview).
 
-    It starts as the initial latent, as A1111's `last_latent` does."""
+    It starts as the initial latent, as A1111's `last_latent` does; an interrupted batch
+    decodes the denoiser's last prompt-only x0 instead, once there is one (A1111's last_latent)."""
 
     x0: torch.Tensor
 
