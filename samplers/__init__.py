@@ -1,6 +1,7 @@
 """k-diffusion-style samplers and sigma schedules with A1111's names and numerics.
 
-Standalone: imports torch and numpy only. See ``samplers.registry`` for the A1111 tables and
+Standalone: imports torch and numpy only (``samplers.brownian`` also torchsde, when a
+Brownian-tree noise sampler is built). See ``samplers.registry`` for the A1111 tables and
 ``samplers.schedules`` for the schedules.
 """
 

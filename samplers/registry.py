@@ -3,12 +3,19 @@
 The tables mirror A1111 v1.10.1 (``sd_samplers_kdiffusion``, ``sd_samplers_timesteps``,
 ``sd_samplers_lcm``, ``sd_schedulers``) entry for entry and in the same order, because
 GET /sdapi/v1/samplers and /schedulers return them verbatim and clients match on the names.
-A sampler whose ``function`` is None is listed (A1111 has it) but not implemented here yet:
-DDIM, DDIM CFG++, PLMS, UniPC and LCM, which drive the model by timestep/eps rather than sigma.
+Every A1111 sampler is implemented. They come in three kinds (``SamplerInfo.kind``), which
+tell the caller which model wrapper and which schedule to hand the function:
+
+- ``"sigmas"``: k-diffusion samplers. ``model(x, sigma, **extra) -> denoised x0``; the schedule
+  is ``compute_sigmas``.
+- ``"timesteps"``: DDIM, DDIM CFG++, PLMS, UniPC. ``model(x, t, **extra) -> guided eps`` on the
+  unscaled (variance-preserving) latent; the schedule is ``compute_timesteps``, the start is unit
+  noise, and the function also takes the model's ``alphas_cumprod``.
+- ``"lcm"``: like ``"sigmas"`` but with A1111's LCM wrapper and its 50-entry sigma table.
 
 Sampler functions follow the k-diffusion signature
-``fn(model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None, **options)``;
-call them as ``fn(model, x, sigmas, extra_args=..., callback=..., **sampler_call_kwargs(...))``.
+``fn(model, x, schedule, extra_args=None, callback=None, disable=None, noise_sampler=None, **options)``;
+call them as ``fn(model, x, schedule, extra_args=..., callback=..., **sampler_call_kwargs(...))``.
 """
 
 from __future__ import annotations
@@ -19,9 +26,11 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from samplers import ancestral, dpm_solver, dpmpp, kdiffusion, restart, schedules
+from samplers import ancestral, dpm_solver, dpmpp, kdiffusion, lcm, restart, schedules, timesteps, unipc
 
 CHURN_PARAMS = ("s_churn", "s_tmin", "s_tmax", "s_noise")
+KIND_SIGMAS, KIND_TIMESTEPS, KIND_LCM = "sigmas", "timesteps", "lcm"
+LCM_SKIP_STEPS = timesteps.TRAINING_TIMESTEPS // lcm.ORIGINAL_STEPS
 NOISE_PARAM = ("s_noise",)
 
 
@@ -36,6 +45,16 @@ class SamplerInfo:
     extra_params: tuple[str, ...]
     takes_eta: bool
     default_eta: float | None
+    kind: str = KIND_SIGMAS
+
+    @property
+    def second_order(self) -> bool:
+        """A1111 doubles total_steps (prompt schedules, skip-early CFG) for these."""
+        return bool(self.options.get("second_order", False))
+
+    @property
+    def brownian_noise(self) -> bool:
+        return bool(self.options.get("brownian_noise", False))
 
 
 @dataclass(frozen=True)
@@ -65,6 +84,7 @@ def _sampler(
     function: Callable | None,
     extra_params: tuple[str, ...] = (),
     default_eta: float | None = None,
+    kind: str = KIND_SIGMAS,
 ) -> SamplerInfo:
     """Build a table row; a sampler takes eta exactly when it has an eta default."""
     return SamplerInfo(
@@ -75,6 +95,7 @@ def _sampler(
         extra_params=extra_params,
         takes_eta=default_eta is not None,
         default_eta=default_eta,
+        kind=kind,
     )
 
 
@@ -143,11 +164,11 @@ SAMPLERS: tuple[SamplerInfo, ...] = (
     _sampler("DPM fast", ("k_dpm_fast",), {"uses_ensd": True}, dpm_solver.sample_dpm_fast, NOISE_PARAM, 1.0),
     _sampler("DPM adaptive", ("k_dpm_ad",), {"uses_ensd": True}, dpm_solver.sample_dpm_adaptive, (), 1.0),
     _sampler("Restart", ("restart",), {"scheduler": "karras", "second_order": True}, restart.sample_restart),
-    _sampler("DDIM", ("ddim",), {}, None, (), 0.0),
-    _sampler("DDIM CFG++", ("ddim_cfgpp",), {}, None, (), 0.0),
-    _sampler("PLMS", ("plms",), {}, None),
-    _sampler("UniPC", ("unipc",), {}, None),
-    _sampler("LCM", ("k_lcm",), {}, None),
+    _sampler("DDIM", ("ddim",), {}, timesteps.sample_ddim, (), 0.0, KIND_TIMESTEPS),
+    _sampler("DDIM CFG++", ("ddim_cfgpp",), {}, timesteps.sample_ddim_cfgpp, (), 0.0, KIND_TIMESTEPS),
+    _sampler("PLMS", ("plms",), {}, timesteps.sample_plms, (), None, KIND_TIMESTEPS),
+    _sampler("UniPC", ("unipc",), {}, unipc.sample_unipc, (), None, KIND_TIMESTEPS),
+    _sampler("LCM", ("k_lcm",), {}, lcm.sample_lcm, (), None, KIND_LCM),
 )
 
 # Samplers whose function wants the DPM-Solver interval (sigma_min, sigma_max) rather than just
@@ -311,14 +332,20 @@ def compute_sigmas(
     sigma_min/sigma_max/rho of 0 mean "the model's / scheduler's default" (A1111's options).
     is_sdxl picks the Align-Your-Steps table; beta_alpha/beta_beta are A1111's beta_dist_* options.
     Returns CPU float32, normally steps+1 values ending in 0 (see schedules for the exceptions).
+    For LCM, ``model_sigmas`` is the LCM wrapper's 50-entry table; its Automatic and Uniform
+    schedules are the wrapper's own (timesteps 999 -> 19), as in A1111.
     """
+    if sampler.kind == KIND_TIMESTEPS:
+        raise ValueError(f"{sampler.name} walks timesteps, not sigmas: use compute_timesteps")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     table = schedules.check_sigma_table(model_sigmas)
     discard = discards_penultimate_sigma(sampler, always_discard_next_to_last_sigma)
     n = steps + 1 if discard else steps
     chosen = effective_scheduler(sampler, scheduler)
-    if chosen is None:
+    if sampler.kind == KIND_LCM and (chosen is None or chosen.name == "uniform"):
+        sigmas = lcm.lcm_sigmas(n, table, LCM_SKIP_STEPS)
+    elif chosen is None:
         sigmas = schedules.uniform(n, float(table[0]), float(table[-1]), table)
     else:
         kwargs = _schedule_kwargs(chosen, table, sigma_min, sigma_max, rho, is_sdxl, beta_alpha, beta_beta)
@@ -326,6 +353,15 @@ def compute_sigmas(
     if discard:
         sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
     return sigmas.to(device="cpu", dtype=torch.float32)
+
+
+def compute_timesteps(sampler: SamplerInfo, steps: int, always_discard_next_to_last_sigma: bool = False) -> torch.Tensor:
+    """The timestep schedule of a timestep sampler (A1111's ``CompVisSampler.get_timesteps``).
+
+    The scheduler choice does not apply to these samplers (A1111 ignores it too)."""
+    if sampler.kind != KIND_TIMESTEPS:
+        raise ValueError(f"{sampler.name} walks sigmas, not timesteps: use compute_sigmas")
+    return timesteps.ddim_timesteps(steps, discards_penultimate_sigma(sampler, always_discard_next_to_last_sigma))
 
 
 def _schedule_kwargs(
@@ -366,12 +402,15 @@ def sampler_call_kwargs(
     noise_sampler,
     model_sigma_min: float | None = None,
     model_sigma_max: float | None = None,
+    alphas_cumprod: torch.Tensor | None = None,
+    unipc_options: unipc.UniPCOptions | None = None,
 ) -> dict[str, Any]:
-    """The keyword arguments A1111 passes to this sampler's function (besides model, x, sigmas).
+    """The keyword arguments A1111 passes to this sampler's function (besides model, x, schedule).
 
     eta only for samplers that take it (None -> the sampler's default); only the s_* in
     ``extra_params``; n/sigma_min/sigma_max for DPM fast/adaptive; solver_type for 2M SDE Heun;
-    noise_sampler always (our functions take all randomness from it).
+    noise_sampler always (our functions take all randomness from it). Timestep samplers also
+    get the model's ``alphas_cumprod`` (required) and UniPC its options.
     For DPM fast/adaptive, txt2img passes the model table's sigma_min/max (``model_sigma_*``);
     when those are None the schedule's own range is used, which is A1111's img2img behaviour.
     """
@@ -387,6 +426,12 @@ def sampler_call_kwargs(
         kwargs.update(_interval_kwargs(sigmas, model_sigma_min, model_sigma_max))
     if sampler.options.get("solver_type") == "heun":
         kwargs["solver_type"] = "heun"
+    if sampler.kind == KIND_TIMESTEPS:
+        if alphas_cumprod is None:
+            raise ValueError(f"{sampler.name} needs the model's alphas_cumprod, got None")
+        kwargs["alphas_cumprod"] = alphas_cumprod
+    if sampler.name == "UniPC":
+        kwargs["options"] = unipc_options or unipc.UniPCOptions()
     kwargs["noise_sampler"] = noise_sampler
     return kwargs
 

@@ -133,10 +133,11 @@ def test_a_single_and_weight_scales_guidance(client):
     assert pixels(client, prompt="a cat :2", cfg_scale=3.5) == pixels(client, prompt="a cat", cfg_scale=7)
 
 
-def test_several_and_parts_wait_for_the_composable_denoiser(client):
-    # Flips to 200 once the composable CFG denoiser (issue 3) is merged.
-    response = client.post("/sdapi/v1/txt2img", json={**BASE, "prompt": "a cat AND a dog"})
-    assert response.status_code == 501, response.text
+def test_several_and_parts_are_composed(client):
+    both = pixels(client, prompt="a cat AND a dog")
+    assert both != pixels(client, prompt="a cat") and both != pixels(client, prompt="a dog")
+    assert pixels(client, prompt="a cat AND a dog:0.5") != both
+    assert pixels(client, prompt="a cat AND a dog") == both
 
 
 @pytest.mark.parametrize(

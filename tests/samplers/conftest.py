@@ -17,3 +17,17 @@ def sd15_sigmas() -> torch.Tensor:
 @pytest.fixture
 def toy_model() -> GaussianDenoiser:
     return GaussianDenoiser()
+
+
+@pytest.fixture(scope="session")
+def tiny_world():
+    """The embedded tiny SD1 model and a two-image conditioning, shared by the parity tests:
+    (model, cond (2, 77, C), uncond (2, 77, C))."""
+    from webui_api.engine.conditioning import encode_prompts
+    from webui_api.engine.models import build_embedded_model
+
+    model = build_embedded_model("cpu")
+    with torch.inference_mode():
+        cond = encode_prompts(model, ["a red cat", "a blue dog"])
+        uncond = encode_prompts(model, ["", "blurry"])
+    return model, cond, uncond

@@ -273,6 +273,41 @@ def test_kwargs_dpmpp_sde_family():
     assert _kwargs("LMS") == {"noise_sampler": "NS"}
 
 
-def test_kwargs_refuse_unimplemented():
-    with pytest.raises(NotImplementedError, match="PLMS"):
+def test_every_sampler_is_implemented_with_its_kind():
+    kinds = {s.name: s.kind for s in SAMPLERS}
+    assert all(s.function is not None for s in SAMPLERS)
+    assert [n for n, k in kinds.items() if k == "timesteps"] == ["DDIM", "DDIM CFG++", "PLMS", "UniPC"]
+    assert [n for n, k in kinds.items() if k == "lcm"] == ["LCM"]
+
+
+def test_kwargs_timestep_samplers_need_alphas_cumprod():
+    with pytest.raises(ValueError, match="alphas_cumprod"):
         _kwargs("PLMS")
+    acp = torch.linspace(0.99, 0.01, 1000)
+    assert _kwargs("PLMS", alphas_cumprod=acp) == {"alphas_cumprod": acp, "noise_sampler": "NS"}
+    ddim = _kwargs("DDIM", alphas_cumprod=acp)
+    assert ddim["eta"] == 0.0 and "s_noise" not in ddim
+    from samplers.unipc import UniPCOptions
+
+    assert _kwargs("UniPC", alphas_cumprod=acp)["options"] == UniPCOptions()
+    custom = UniPCOptions(variant="bh2", order=2)
+    assert _kwargs("UniPC", alphas_cumprod=acp, unipc_options=custom)["options"] is custom
+    assert _kwargs("LCM") == {"noise_sampler": "NS"}
+
+
+@pytest.mark.parametrize(("steps", "count", "first", "last"), [
+    (7, 8, 1, 995), (20, 20, 1, 951), (25, 25, 1, 961), (30, 31, 1, 991), (50, 50, 1, 981),
+])
+def test_ddim_timesteps_match_a1111(steps, count, first, last):
+    ts = registry.compute_timesteps(find_sampler("DDIM"), steps)
+    assert ts.dtype == torch.int64 and len(ts) == count and int(ts[0]) == first and int(ts[-1]) == last
+    assert torch.equal(ts, torch.clip(torch.arange(0, 1000, 1000 // steps) + 1, 0, 999))
+
+
+def test_timesteps_and_sigmas_do_not_mix(sd15_sigmas):
+    with pytest.raises(ValueError, match="compute_timesteps"):
+        compute_sigmas(find_sampler("DDIM"), find_scheduler("karras"), 10, sd15_sigmas)
+    with pytest.raises(ValueError, match="compute_sigmas"):
+        registry.compute_timesteps(find_sampler("Euler"), 10)
+    discarded = registry.compute_timesteps(find_sampler("PLMS"), 20, always_discard_next_to_last_sigma=True)
+    assert len(discarded) == 22 and int(discarded[1]) == 48  # 21 steps: stride 47, 0..987 -> 22 values

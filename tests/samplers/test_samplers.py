@@ -14,7 +14,7 @@ from sampler_toys import GaussianDenoiser, SeededNoise
 from samplers import registry
 from samplers.registry import compute_sigmas, find_sampler, find_scheduler, sampler_call_kwargs
 
-IMPLEMENTED = [s.name for s in registry.implemented_samplers()]
+IMPLEMENTED = [s.name for s in registry.implemented_samplers() if s.kind == "sigmas"]  # k-diffusion samplers
 DETERMINISTIC = ["Euler", "Heun", "DPM2", "LMS", "DPM++ 2M"]  # at eta = 0 / s_churn = 0
 NEEDS_NOISE = ["Euler", "Heun", "DPM2", "Euler a", "DPM2 a", "DPM++ 2S a", "DPM++ SDE",
                "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 3M SDE", "DPM fast", "DPM adaptive", "Restart"]

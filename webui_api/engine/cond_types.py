@@ -17,11 +17,38 @@ import torch
 
 @dataclass(frozen=True)
 class CondTensors:
-    """One encoded prompt: cross-attention states (tokens, C) and, for SDXL, the pooled vector
-    (pooled text embedding + size/crop embeddings, i.e. the UNet's `vector` input)."""
+    """One encoded prompt: cross-attention states (tokens, C) and, for SDXL, `vector`.
+
+    SDXL's `vector` here is `cat(pooled_text_embedding, time_ids)` along the last axis: the
+    pooled OpenCLIP-G embedding (1280) followed by the *raw* size/crop numbers that diffusers
+    embeds itself, (orig_h, orig_w, crop_top, crop_left, target_h, target_w) for the base model
+    (length 1286) or (orig_h, orig_w, crop_top, crop_left, aesthetic_score) for the refiner
+    (length 1285). The denoiser splits it back with `split_sdxl_vector` into diffusers'
+    added_cond_kwargs {"text_embeds", "time_ids"}. (sgm's own `vector` carries the sinusoidal
+    embeddings instead; diffusers computes those inside the UNet from time_ids.)
+    """
 
     crossattn: torch.Tensor
     vector: Optional[torch.Tensor] = None
+
+
+def split_sdxl_vector(
+    vector: torch.Tensor, projection_input_dim: int, time_embed_dim: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split (N, pooled + n_ids) vectors into (text_embeds, time_ids) for a diffusers SDXL UNet.
+
+    The UNet config gives projection_class_embeddings_input_dim = pooled + n_ids * time_embed_dim
+    (2816 = 1280 + 6 * 256 for the base model), so the number of time ids follows from the
+    vector length: n_ids = (projection_input_dim - length) / (time_embed_dim - 1).
+    """
+    length = int(vector.shape[-1])
+    n_ids, remainder = divmod(projection_input_dim - length, time_embed_dim - 1)
+    if remainder or n_ids < 1 or n_ids >= length:
+        raise ValueError(
+            f"SDXL vector of length {length} does not fit a UNet expecting {projection_input_dim} ="
+            f" pooled + n_time_ids * {time_embed_dim}; expected cat(pooled, time_ids)"
+        )
+    return vector[..., :-n_ids], vector[..., -n_ids:]
 
 
 @dataclass(frozen=True)

@@ -11,21 +11,25 @@ from typing import Any, Callable
 
 import torch
 
+from samplers.brownian import BrownianTreeNoise, schedule_interval
 from samplers.registry import (
+    KIND_TIMESTEPS,
     SamplerInfo,
     SchedulerInfo,
     compute_sigmas,
+    compute_timesteps,
     find_sampler,
     find_scheduler,
     sampler_call_kwargs,
 )
+from samplers.unipc import UniPCOptions
 from webui_api.engine.cond_types import BatchConditioning
-from webui_api.engine.conditioning import build_batch_conditioning, stack_at_step
-from webui_api.engine.denoiser import CFGDenoiser, CompVisDenoiser, SamplingInterrupted
+from webui_api.engine.conditioning import build_batch_conditioning
+from webui_api.engine.denoiser import CFGDenoiser, GuidanceOptions, SamplingInterrupted, make_inner
 from webui_api.engine.latents import approx_preview, decode_latents
 from webui_api.engine.models import LoadedModel
 from webui_api.engine.rng import ImageRNG
-from webui_api.errors import BadRequest, NotImplementedFeature
+from webui_api.errors import BadRequest
 from webui_api.jobs import GeneratedImage, GenerationJob, JobResult
 from webui_api.progress import CancelToken, RunObserver
 
@@ -64,9 +68,10 @@ class BatchSpec:
 
 @dataclass
 class SamplingTrace:
-    """The latest x0 estimate the sampler reported: what an interrupted batch decodes.
+    """The latest x0 estimate the sampler reported (the "Combined" live preview).
 
-    It starts as the initial latent, as A1111's `last_latent` does."""
+    It starts as the initial latent, as A1111's `last_latent` does; an interrupted batch
+    decodes the denoiser's last prompt-only x0 instead, once there is one (A1111's last_latent)."""
 
     x0: torch.Tensor
 
@@ -104,7 +109,31 @@ def resolve_plan(job: GenerationJob) -> SamplerPlan:
     scheduler = find_scheduler(job.sampling.scheduler)
     if scheduler is None:
         raise BadRequest(f"scheduler {job.sampling.scheduler!r} is unknown")
-    return SamplerPlan(sampler=sampler, scheduler=scheduler)
+    plan = SamplerPlan(sampler=sampler, scheduler=scheduler)
+    if sampler.name == "UniPC":
+        check_unipc_steps(job, plan)
+    return plan
+
+
+def unipc_options(job: GenerationJob) -> UniPCOptions:
+    """A1111's uni_pc_* options for this job (defaults bh1, time_uniform, order 3, lower order final)."""
+    try:
+        return UniPCOptions(
+            variant=str(_option(job, "uni_pc_variant", "bh1")),
+            skip_type=str(_option(job, "uni_pc_skip_type", "time_uniform")),
+            order=int(_option(job, "uni_pc_order", 3)),
+            lower_order_final=bool(_option(job, "uni_pc_lower_order_final", True)),
+        )
+    except ValueError as err:
+        raise BadRequest(str(err)) from err
+
+
+def check_unipc_steps(job: GenerationJob, plan: SamplerPlan) -> None:
+    """UniPC runs one step per DDIM timestep and cannot have fewer steps than its order."""
+    order = unipc_options(job).order
+    count = len(compute_timesteps(plan.sampler, job.sampling.steps, _discard_option(job)))
+    if count < order:
+        raise BadRequest(f"UniPC order must be < sampling steps: order {order}, {count} steps (uni_pc_order option)")
 
 
 def _option(job: GenerationJob, key: str, default: Any) -> Any:
@@ -135,8 +164,14 @@ def make_image_rng(model: LoadedModel, job: GenerationJob, batch: BatchSpec) -> 
     )
 
 
-def make_sigmas(model: LoadedModel, job: GenerationJob, plan: SamplerPlan, inner: CompVisDenoiser) -> torch.Tensor:
-    """The schedule, computed on CPU with the job's sigma options, moved to the model device."""
+def _discard_option(job: GenerationJob) -> bool:
+    return bool(_option(job, "always_discard_next_to_last_sigma", False))
+
+
+def make_sigmas(model: LoadedModel, job: GenerationJob, plan: SamplerPlan, inner: Any) -> torch.Tensor:
+    """The schedule, computed on CPU with the job's sigma options, moved to the model device.
+
+    ``inner`` supplies the sigma table (LCM's wrapper has its own 50-entry table)."""
     sigmas = compute_sigmas(
         plan.sampler,
         plan.scheduler,
@@ -145,7 +180,7 @@ def make_sigmas(model: LoadedModel, job: GenerationJob, plan: SamplerPlan, inner
         sigma_min=float(_option(job, "sigma_min", 0.0)),
         sigma_max=float(_option(job, "sigma_max", 0.0)),
         rho=float(_option(job, "rho", 0.0)),
-        always_discard_next_to_last_sigma=bool(_option(job, "always_discard_next_to_last_sigma", False)),
+        always_discard_next_to_last_sigma=_discard_option(job),
         is_sdxl=model.family == "sdxl",
         beta_alpha=float(_option(job, "beta_dist_alpha", 0.6)),
         beta_beta=float(_option(job, "beta_dist_beta", 0.6)),
@@ -153,11 +188,21 @@ def make_sigmas(model: LoadedModel, job: GenerationJob, plan: SamplerPlan, inner
     return sigmas.to(model.device)
 
 
-def initial_latent(job: GenerationJob, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
-    """x = noise * sigma_0, or * sqrt(1 + sigma_0^2) with the SGM noise multiplier option."""
+def make_schedule(model: LoadedModel, job: GenerationJob, plan: SamplerPlan, inner: Any) -> torch.Tensor:
+    """What the sampler walks: sigmas, or DDIM timesteps for the timestep samplers."""
+    if plan.sampler.kind == KIND_TIMESTEPS:
+        return compute_timesteps(plan.sampler, job.sampling.steps, _discard_option(job)).to(model.device)
+    return make_sigmas(model, job, plan, inner)
+
+
+def initial_latent(job: GenerationJob, plan: SamplerPlan, noise: torch.Tensor, schedule: torch.Tensor) -> torch.Tensor:
+    """x = noise * sigma_0 (or * sqrt(1 + sigma_0^2) with the SGM noise multiplier option);
+    timestep samplers start from the unit noise itself."""
+    if plan.sampler.kind == KIND_TIMESTEPS:
+        return noise
     if bool(_option(job, "sgm_noise_multiplier", False)):
-        return noise * torch.sqrt(1.0 + sigmas[0] ** 2)
-    return noise * sigmas[0]
+        return noise * torch.sqrt(1.0 + schedule[0] ** 2)
+    return noise * schedule[0]
 
 
 def _eta(job: GenerationJob, plan: SamplerPlan) -> float | None:
@@ -169,24 +214,68 @@ def _eta(job: GenerationJob, plan: SamplerPlan) -> float | None:
     return job.options.get(key)
 
 
+def make_noise_sampler(
+    model: LoadedModel, job: GenerationJob, plan: SamplerPlan, batch: BatchSpec, rng: ImageRNG, schedule: torch.Tensor
+) -> Callable[[Any, Any], torch.Tensor]:
+    """Where a sampler's step noise comes from.
+
+    Samplers with the ``brownian_noise`` option get a Brownian tree per image seeded with the
+    batch's main seeds over the full schedule's (smallest positive, largest) sigma: no
+    subseeds, no ENSD. Its node normals come from a CPU generator for the "CPU" RNG source and
+    from one on the model device otherwise (the "NV" source is not reproduced there). Every
+    other sampler draws the ImageRNG's next per-image noise (A1111's TorchHijack).
+    """
+    if not plan.sampler.brownian_noise:
+        return lambda sigma, sigma_next: rng.next()
+    shape = (model.latent_channels, job.height // LATENT_SCALE, job.width // LATENT_SCALE)
+    sigma_min, sigma_max = schedule_interval(schedule.detach().cpu())
+    tree_device = torch.device("cpu") if job.seeds.randn_source == "CPU" else model.device
+    if bool(_option(job, "no_dpmpp_sde_batch_determinism", False)):
+        return unbatched_brownian_noise((len(batch.seeds),) + shape, sigma_min, sigma_max, batch, model.device)
+    return BrownianTreeNoise(shape, sigma_min, sigma_max, batch.seeds, device=model.device, tree_device=tree_device)
+
+
+def unbatched_brownian_noise(shape, sigma_min, sigma_max, batch: BatchSpec, device) -> BrownianTreeNoise:
+    """A1111 with no_dpmpp_sde_batch_determinism: k-diffusion's own single tree over the whole
+    batch, seeded by torch.randint from the global RNG, which A1111's first noise draw left
+    seeded with the batch's last seed. A local generator seeded the same way gives that seed
+    without touching the global RNG."""
+    generator = torch.Generator().manual_seed(int(batch.seeds[-1]))
+    seed = int(torch.randint(0, 2**63 - 1, [], generator=generator).item())
+    return BrownianTreeNoise(shape, sigma_min, sigma_max, [seed], device=device, tree_device=device, batched=False)
+
+
 def sampler_kwargs(
-    job: GenerationJob, plan: SamplerPlan, sigmas: torch.Tensor, inner: CompVisDenoiser, rng: ImageRNG
+    job: GenerationJob, plan: SamplerPlan, schedule: torch.Tensor, inner: Any, noise_sampler: Callable
 ) -> dict[str, Any]:
-    """Keyword arguments for the sampler function; its noise is the ImageRNG's next draws
-    (A1111's TorchHijack). Brownian-tree samplers get the same per-image noise until a
-    Brownian noise sampler exists."""
+    """Keyword arguments for the sampler function (see registry.sampler_call_kwargs)."""
     params = job.sampling
+    interval = {} if plan.sampler.kind == KIND_TIMESTEPS else {
+        "model_sigma_min": inner.sigma_min, "model_sigma_max": inner.sigma_max}
     return sampler_call_kwargs(
         plan.sampler,
-        sigmas,
+        schedule,
         eta=_eta(job, plan),
         s_churn=params.s_churn,
         s_tmin=params.s_tmin,
         s_tmax=params.s_tmax,
         s_noise=params.s_noise,
-        noise_sampler=lambda sigma, sigma_next: rng.next(),
-        model_sigma_min=inner.sigma_min,
-        model_sigma_max=inner.sigma_max,
+        noise_sampler=noise_sampler,
+        alphas_cumprod=getattr(inner, "alphas_cumprod", None),
+        unipc_options=unipc_options(job) if plan.sampler.name == "UniPC" else None,
+        **interval,
+    )
+
+
+def guidance_options(job: GenerationJob, plan: SamplerPlan) -> GuidanceOptions:
+    """skip_early_cond / s_min_uncond_all from the options; total_steps doubled for second-order
+    samplers (A1111's SamplerData.total_steps); timestep samplers blend masks before denoising."""
+    steps = job.sampling.steps
+    return GuidanceOptions(
+        total_steps=steps * 2 if plan.sampler.second_order else steps,
+        skip_early_cond=float(_option(job, "skip_early_cond", 0.0)),
+        s_min_uncond_all=bool(_option(job, "s_min_uncond_all", False)),
+        mask_before_denoising=plan.sampler.kind == KIND_TIMESTEPS,
     )
 
 
@@ -244,40 +333,6 @@ def batch_conditioning(
     )
 
 
-class StepConditioning:
-    """Hands the tensor-only CFGDenoiser the conditioning of its current call.
-
-    TODO(merge with issue 3): the CFGDenoiser rewrite consumes BatchConditioning itself
-    (AND weights, per-call variants); once it lands, pass the BatchConditioning in
-    extra_args and delete this adapter and `single_part_weight`.
-    """
-
-    def __init__(self, cfg: CFGDenoiser, conditioning: BatchConditioning) -> None:
-        self.cfg = cfg
-        self.conditioning = conditioning
-        self.weight = single_part_weight(conditioning)
-
-    def __call__(
-        self, x: torch.Tensor, sigma: torch.Tensor, cond_scale: float, s_min_uncond: float = 0.0
-    ) -> torch.Tensor:
-        step = self.cfg.step
-        cond = stack_at_step([image.parts[0][0] for image in self.conditioning.cond], step).crossattn
-        uncond = stack_at_step(self.conditioning.uncond, step).crossattn
-        return self.cfg(x, sigma, cond, uncond, cond_scale * self.weight, s_min_uncond)
-
-
-def single_part_weight(conditioning: BatchConditioning) -> float:
-    """The one AND weight every image shares (u + w * cfg * (c - u) is CFG at scale w * cfg);
-    several AND parts need the composable denoiser, which has not landed yet."""
-    weights = {weight for image in conditioning.cond for _, weight in image.parts}
-    if any(len(image.parts) != 1 for image in conditioning.cond) or len(weights) != 1:
-        raise NotImplementedFeature(
-            "prompts with several AND parts (or different AND weights within a batch) need the composable "
-            "CFG denoiser, which is not merged yet"
-        )
-    return weights.pop()
-
-
 def sample_batch(
     model: LoadedModel,
     job: GenerationJob,
@@ -290,24 +345,22 @@ def sample_batch(
     skipped, the last x0 estimate)."""
     # 1. conditioning for prompts and negative prompts (schedules, AND parts)
     conditioning = batch_conditioning(model, job, plan, batch)
-    # 2. noise and schedule
-    inner = CompVisDenoiser(model)
+    # 2. model wrapper, noise and schedule
+    inner = make_inner(model, plan.sampler.kind)
     rng = make_image_rng(model, job, batch)
-    sigmas = make_sigmas(model, job, plan, inner)
-    x = initial_latent(job, rng.first(), sigmas)
+    schedule = make_schedule(model, job, plan, inner)
+    x = initial_latent(job, plan, rng.first(), schedule)
     # 3. denoiser, callback, sampler arguments
-    cfg = CFGDenoiser(inner, cancel)
+    cfg = CFGDenoiser(inner, cancel, guidance_options(job, plan))
     trace = SamplingTrace(x0=x)
     callback = make_callback(job, observer, trace, preview_source(job, cfg, trace), model.family)
-    kwargs = sampler_kwargs(job, plan, sigmas, inner, rng)
-    extra_args = {"cond_scale": job.sampling.cfg_scale, "s_min_uncond": job.sampling.s_min_uncond}
-    guidance = StepConditioning(cfg, conditioning)
-    # 4. sample; an interrupt or skip keeps the last x0 estimate
+    kwargs = sampler_kwargs(job, plan, schedule, inner, make_noise_sampler(model, job, plan, batch, rng, schedule))
+    extra_args = {"cond": conditioning, "cond_scale": job.sampling.cfg_scale, "s_min_uncond": job.sampling.s_min_uncond}
+    # 4. sample; an interrupt or skip keeps the last x0 estimate of the prompt (A1111's last_latent)
     try:
-        sample = plan.sampler.function
-        return sample(guidance, x, sigmas, extra_args=extra_args, callback=callback, disable=True, **kwargs)
+        return plan.sampler.function(cfg, x, schedule, extra_args=extra_args, callback=callback, disable=True, **kwargs)
     except SamplingInterrupted:
-        return trace.x0
+        return trace.x0 if cfg.last is None else cfg.last.cond_denoised
 
 
 def batch_images(batch: BatchSpec, pictures: list) -> list[GeneratedImage]:

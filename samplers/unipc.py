@@ -1,0 +1,278 @@
+"""UniPC (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework"), as A1111 runs it.
+
+A1111 ships a port of the official implementation and drives it with: a discrete VP noise
+schedule built from ᾱ, data prediction (x0), no thresholding, multistep method, the variant /
+skip type / order / lower_order_final from its ``uni_pc_*`` options, and ``steps`` equal to the
+number of DDIM timesteps (so 30 requested steps run 31 UniPC steps). Its model is the guided
+eps predictor of the timestep samplers, called with the model time (t - 1/N) * 1000.
+
+Continuous time t runs from 1 (pure noise) to 1/N; ᾱ is interpolated piecewise linearly in
+log-alpha over the N training steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+
+from samplers._common import NoiseSampler, StepCallback, as_args
+
+VARIANTS = ("bh1", "bh2", "vary_coeff")
+SKIP_TYPES = ("time_uniform", "logSNR", "time_quadratic")
+
+
+@dataclass(frozen=True)
+class UniPCOptions:
+    """A1111's options uni_pc_variant, uni_pc_skip_type, uni_pc_order, uni_pc_lower_order_final."""
+
+    variant: str = "bh1"
+    skip_type: str = "time_uniform"
+    order: int = 3
+    lower_order_final: bool = True
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"UniPC variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.skip_type not in SKIP_TYPES:
+            raise ValueError(f"UniPC skip type must be one of {SKIP_TYPES}, got {self.skip_type!r}")
+        if not isinstance(self.order, int) or isinstance(self.order, bool) or not 1 <= self.order <= 3:
+            raise ValueError(f"UniPC order must be 1, 2 or 3, got {self.order!r}")
+
+
+def interpolate(x: torch.Tensor, xp: torch.Tensor, yp: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear y(x) through keypoints (xp, yp), extended linearly beyond both ends.
+
+    x: (N, 1); xp, yp: (1, K). The segment is found by sorting x in among the keypoints (the
+    upstream method, kept so ties at a keypoint pick the same segment).
+    """
+    n, k = x.shape[0], xp.shape[1]
+    merged = torch.cat([x.unsqueeze(2), xp.unsqueeze(0).repeat((n, 1, 1))], dim=2)
+    ordered, order = torch.sort(merged, dim=2)
+    pos = torch.argmin(order, dim=2)  # where x landed among the keypoints
+    before = pos - 1
+    first, last = torch.eq(pos, 0), torch.eq(pos, k)
+    lo = torch.where(first, torch.tensor(1, device=x.device), torch.where(last, torch.tensor(k - 2, device=x.device), before))
+    hi = torch.where(torch.eq(lo, before), lo + 2, lo + 1)
+    x_lo = torch.gather(ordered, dim=2, index=lo.unsqueeze(2)).squeeze(2)
+    x_hi = torch.gather(ordered, dim=2, index=hi.unsqueeze(2)).squeeze(2)
+    y_idx = torch.where(first, torch.tensor(0, device=x.device), torch.where(last, torch.tensor(k - 2, device=x.device), before))
+    ys = yp.unsqueeze(0).expand(n, -1, -1)
+    y_lo = torch.gather(ys, dim=2, index=y_idx.unsqueeze(2)).squeeze(2)
+    y_hi = torch.gather(ys, dim=2, index=(y_idx + 1).unsqueeze(2)).squeeze(2)
+    return y_lo + (x - x_lo) * (y_hi - y_lo) / (x_hi - x_lo)
+
+
+class DiscreteVPSchedule:
+    """The VP schedule of a discrete-time model: log alpha_t = 0.5 * log ᾱ at t_n = (n + 1) / N."""
+
+    def __init__(self, alphas_cumprod: torch.Tensor) -> None:
+        log_alphas = 0.5 * torch.log(alphas_cumprod)
+        self.total_n = len(log_alphas)
+        self.t_array = torch.linspace(0.0, 1.0, self.total_n + 1)[1:].reshape((1, -1))
+        self.log_alpha_array = log_alphas.reshape((1, -1))
+
+    def log_alpha(self, t: torch.Tensor) -> torch.Tensor:
+        table = (self.t_array.to(t.device), self.log_alpha_array.to(t.device))
+        return interpolate(t.reshape((-1, 1)), *table).reshape((-1,))
+
+    def alpha(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.exp(self.log_alpha(t))
+
+    def std(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(1.0 - torch.exp(2.0 * self.log_alpha(t)))
+
+    def lambda_(self, t: torch.Tensor) -> torch.Tensor:
+        """Half log-SNR: log alpha_t - log sigma_t."""
+        log_mean = self.log_alpha(t)
+        return log_mean - 0.5 * torch.log(1.0 - torch.exp(2.0 * log_mean))
+
+    def inverse_lambda(self, lamb: torch.Tensor) -> torch.Tensor:
+        log_alpha = -0.5 * torch.logaddexp(torch.zeros((1,)).to(lamb.device), -2.0 * lamb)
+        flipped = (torch.flip(self.log_alpha_array.to(lamb.device), [1]), torch.flip(self.t_array.to(lamb.device), [1]))
+        return interpolate(log_alpha.reshape((-1, 1)), *flipped).reshape((-1,))
+
+
+def time_steps(schedule: DiscreteVPSchedule, skip_type: str, t_T: float, t_0: float, n: int, device) -> torch.Tensor:
+    """The n + 1 continuous times from t_T down to t_0."""
+    if skip_type == "logSNR":
+        lambda_T = schedule.lambda_(torch.tensor(t_T).to(device))
+        lambda_0 = schedule.lambda_(torch.tensor(t_0).to(device))
+        return schedule.inverse_lambda(torch.linspace(lambda_T.cpu().item(), lambda_0.cpu().item(), n + 1).to(device))
+    if skip_type == "time_uniform":
+        return torch.linspace(t_T, t_0, n + 1).to(device)
+    return torch.linspace(t_T**0.5, t_0**0.5, n + 1).pow(2).to(device)
+
+
+def _expand(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    return v[(...,) + (None,) * (ndim - 1)]
+
+
+def _weighted_sum(weights: torch.Tensor, stacked: torch.Tensor) -> torch.Tensor:
+    """sum_k weights[k] * stacked[:, k] via einsum (same contraction as upstream for 4-D latents)."""
+    dims = "cdefgh"[: stacked.ndim - 2]
+    return torch.einsum(f"k,bk{dims}->b{dims}", weights, stacked)
+
+
+@dataclass
+class _Solver:
+    """One UniPC run: the eps model, its extra args, the schedule and the variant."""
+
+    model: Any
+    args: Mapping[str, Any]
+    schedule: DiscreteVPSchedule
+    variant: str
+
+    def data_prediction(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x0 from the model's eps at continuous time t (model time (t - 1/N) * 1000)."""
+        eps = self.model(x, (t - 1.0 / self.schedule.total_n) * 1000.0, **self.args)
+        alpha_t, sigma_t = self.schedule.alpha(t), self.schedule.std(t)
+        return (x - _expand(sigma_t, x.ndim) * eps) / _expand(alpha_t, x.ndim)
+
+    def history(self, model_prev, t_prev, h, lambda_prev_0, order):
+        """Ratios r_k of older log-SNR gaps to h, and the scaled differences D1_k."""
+        rks, d1s = [], []
+        for i in range(1, order):
+            rk = ((self.schedule.lambda_(t_prev[-(i + 1)]) - lambda_prev_0) / h)[0]
+            rks.append(rk)
+            d1s.append((model_prev[-(i + 1)] - model_prev[-1]) / rk)
+        return rks, d1s
+
+    def update(self, x, model_prev, t_prev, t, order, use_corrector):
+        ns = self.schedule
+        lambda_prev_0 = ns.lambda_(t_prev[-1])
+        h = ns.lambda_(t) - lambda_prev_0
+        rks, d1s = self.history(model_prev, t_prev, h, lambda_prev_0, order)
+        rks = torch.tensor(rks + [1.0], device=x.device)
+        step = _Step(x, model_prev[-1], ns.std(t) / ns.std(t_prev[-1]), torch.exp(ns.log_alpha(t)), rks, d1s)
+        if self.variant == "vary_coeff":
+            return step.vary_coeff(self, t, -h[0], use_corrector)
+        return step.bh(self, t, -h[0], order, use_corrector, self.variant)
+
+
+@dataclass
+class _Step:
+    """The quantities one multistep update shares between predictor and corrector."""
+
+    x: torch.Tensor
+    model_prev_0: torch.Tensor
+    sigma_ratio: torch.Tensor
+    alpha_t: torch.Tensor
+    rks: torch.Tensor
+    d1s: list
+
+    def base(self, h_phi_1) -> torch.Tensor:
+        nd = self.x.ndim
+        return _expand(self.sigma_ratio, nd) * self.x - _expand(self.alpha_t * h_phi_1, nd) * self.model_prev_0
+
+    def bh(self, solver, t, hh, order, use_corrector, variant):
+        """UniPC-B(h): B(h) = h (bh1) or e^h - 1 (bh2); coefficients from a small linear solve."""
+        h_phi_1 = torch.expm1(hh)
+        b_h = hh if variant == "bh1" else torch.expm1(hh)
+        rows, b = [], []
+        h_phi_k, factorial = h_phi_1 / hh - 1, 1
+        for i in range(1, order + 1):
+            rows.append(torch.pow(self.rks, i - 1))
+            b.append(h_phi_k * factorial / b_h)
+            factorial *= i + 1
+            h_phi_k = h_phi_k / hh - 1 / factorial
+        r_mat, b = torch.stack(rows), torch.tensor(b, device=self.x.device)
+        d1s = torch.stack(self.d1s, dim=1) if self.d1s else None
+        x_base, scale = self.base(h_phi_1), _expand(self.alpha_t * b_h, self.x.ndim)
+        pred_res = 0
+        if d1s is not None:
+            rhos_p = torch.tensor([0.5], device=b.device) if order == 2 else torch.linalg.solve(r_mat[:-1, :-1], b[:-1])
+            pred_res = _weighted_sum(rhos_p, d1s)
+        x_t = x_base - scale * pred_res
+        if not use_corrector:
+            return x_t, None
+        rhos_c = torch.tensor([0.5], device=b.device) if order == 1 else torch.linalg.solve(r_mat, b)
+        model_t = solver.data_prediction(x_t, t)
+        corr_res = _weighted_sum(rhos_c[:-1], d1s) if d1s is not None else 0
+        return x_base - scale * (corr_res + rhos_c[-1] * (model_t - self.model_prev_0)), model_t
+
+    def vary_coeff(self, solver, t, hh, use_corrector):
+        """UniPC with varying coefficients (inverse of a Vandermonde-like matrix)."""
+        k_count, nd = len(self.rks), self.x.ndim
+        columns, col = [], torch.ones_like(self.rks)
+        for k in range(1, k_count + 1):
+            columns.append(col)
+            col = col * self.rks / (k + 1)
+        c_mat = torch.stack(columns, dim=1)
+        h_phi_ks, h_phi_k, factorial = [], torch.expm1(hh), 1
+        for k in range(1, k_count + 2):
+            h_phi_ks.append(h_phi_k)
+            h_phi_k = h_phi_k / hh - 1 / factorial
+            factorial *= k + 1
+        x_base = self.base(h_phi_ks[0])
+        d1s = torch.stack(self.d1s, dim=1) if self.d1s else None
+        x_t = x_base
+        if d1s is not None:
+            a_p = torch.linalg.inv(c_mat[:-1, :-1])
+            for k in range(k_count - 1):
+                x_t = x_t - _expand(self.alpha_t * h_phi_ks[k + 1], nd) * _weighted_sum(a_p[k], d1s)
+        if not use_corrector:
+            return x_t, None
+        a_c = torch.linalg.inv(c_mat)
+        model_t = solver.data_prediction(x_t, t)
+        x_t, k = x_base, 0
+        for k in range(k_count - 1):
+            x_t = x_t - _expand(self.alpha_t * h_phi_ks[k + 1], nd) * _weighted_sum(a_c[k][:-1], d1s)
+        return x_t - _expand(self.alpha_t * h_phi_ks[k_count], nd) * ((model_t - self.model_prev_0) * a_c[k][-1]), model_t
+
+
+def _report(callback: StepCallback | None, x: torch.Tensor, i: int, denoised: torch.Tensor | None) -> None:
+    """A1111 reports after every update; the last one has no fresh x0, so x itself is reported."""
+    if callback is not None:
+        callback({"x": x, "i": i, "sigma": 0, "sigma_hat": 0, "denoised": x if denoised is None else denoised})
+
+
+@torch.no_grad()
+def sample_unipc(
+    model,
+    x: torch.Tensor,
+    timesteps: torch.Tensor,
+    extra_args: Mapping[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    disable: bool | None = None,
+    noise_sampler: NoiseSampler | None = None,
+    *,
+    alphas_cumprod: torch.Tensor,
+    options: UniPCOptions = UniPCOptions(),
+    t_start: float | None = None,
+) -> torch.Tensor:
+    """Multistep UniPC over len(timesteps) steps from t_start (default 1) to 1/N.
+
+    Model calls: one per step (the corrector's evaluation doubles as the next step's history;
+    the last step skips the corrector). Deterministic: noise_sampler is never called.
+    ``t_start`` is A1111's img2img start, timesteps[-1] / 1000 + 1 / 1000.
+    """
+    steps = len(timesteps)
+    if steps < options.order:
+        raise ValueError(f"UniPC order must be < sampling steps: order {options.order}, {steps} steps")
+    schedule = DiscreteVPSchedule(alphas_cumprod)
+    times = time_steps(schedule, options.skip_type, 1.0 if t_start is None else t_start, 1.0 / schedule.total_n,
+                       steps, x.device)
+    solver = _Solver(model, as_args(extra_args), schedule, options.variant)
+    vec_t = times[0].expand((x.shape[0]))
+    model_prev, t_prev = [solver.data_prediction(x, vec_t)], [vec_t]
+    for step in range(1, steps + 1):
+        vec_t = times[step].expand(x.shape[0])
+        warmup = step < options.order
+        order = step if warmup else _step_order(options, steps, step)
+        x, model_x = solver.update(x, model_prev, t_prev, vec_t, order, use_corrector=warmup or step != steps)
+        _report(callback, x, step - 1, model_x)
+        if warmup:
+            model_prev.append(model_x)
+            t_prev.append(vec_t)
+            continue
+        model_prev, t_prev = model_prev[1:] + [model_prev[-1]], t_prev[1:] + [vec_t]
+        if step < steps:
+            model_prev[-1] = solver.data_prediction(x, vec_t) if model_x is None else model_x
+    return x
+
+
+def _step_order(options: UniPCOptions, steps: int, step: int) -> int:
+    """With lower_order_final the last steps drop to the orders the remaining steps allow."""
+    return min(options.order, steps + 1 - step) if options.lower_order_final else options.order
