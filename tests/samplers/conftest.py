@@ -20,13 +20,12 @@ def toy_model() -> GaussianDenoiser:
 
 
 @pytest.fixture(scope="session")
-def tiny_world():
-    """The embedded tiny SD1 model and a two-image conditioning, shared by the parity tests:
-    (model, cond (2, 77, C), uncond (2, 77, C))."""
+def tiny_world(engine):
+    """The embedded tiny SD1 model (the session engine's, built once for all test folders) and a
+    two-image conditioning, shared by the parity tests: (model, cond (2, 77, C), uncond)."""
     from webui_api.engine.conditioning import encode_prompts
-    from webui_api.engine.models import build_embedded_model
 
-    model = build_embedded_model("cpu")
+    model = engine.loaded
     with torch.inference_mode():
         cond = encode_prompts(model, ["a red cat", "a blue dog"])
         uncond = encode_prompts(model, ["", "blurry"])
