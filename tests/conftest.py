@@ -33,9 +33,11 @@ def make_client(engine, tmp_path):
 
     clients = []
 
-    def factory(**overrides):
+    def factory(own_engine: bool = False, **overrides):
+        """own_engine: build the engine from these settings (it then scans tmp_path's model
+        folders) instead of sharing the session's folder-less one."""
         settings = Settings.for_tests(tmp_path, **overrides)
-        client = TestClient(create_app(settings, engine=engine))
+        client = TestClient(create_app(settings, engine=None if own_engine else engine))
         client.__enter__()
         clients.append(client)
         return client

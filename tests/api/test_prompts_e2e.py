@@ -314,3 +314,22 @@ def test_infotext_fields_follow_a1111s_paste_fields():
     assert fields["enable_hr"] is True and fields["hr_scale"] == 2.0 and fields["denoising_strength"] == 0.4
     assert (fields["subseed"], fields["subseed_strength"]) == (4, 0.1)
     assert fields["hr_sampler_name"] == "Use same sampler" and "styles" not in fields
+
+
+def test_textual_inversion_from_the_embeddings_folder(make_client, tmp_path, engine):
+    # the session engine only provides the token table; the server under test has its own engine
+    """An embedding file in the data dir's embeddings/ is used when its name is in the prompt:
+    vectors equal to the token vectors of "dog house" make "zzqx" render like those words."""
+    import torch
+    from safetensors.torch import save_file
+
+    encoder = engine.load().text_encoder
+    table = getattr(encoder, "text_model", encoder).embeddings.token_embedding.weight
+    tokenizer = engine.load().tokenizer
+    ids = [tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in ("dog", "house")]
+    (tmp_path / "embeddings").mkdir()
+    save_file({"emb_params": table[ids].detach().clone().contiguous()}, str(tmp_path / "embeddings" / "zzqx.safetensors"))
+    client = make_client(own_engine=True)
+    assert "zzqx" in client.get("/sdapi/v1/embeddings").json()["loaded"]
+    assert pixels(client, prompt="a zzqx cat") == pixels(client, prompt="a dog house cat")
+    assert pixels(client, prompt="a zzqx cat") != pixels(client, prompt="a cat")

@@ -8,10 +8,9 @@ import dataclasses
 import pytest
 import torch
 
+from webui_api.engine.embeddings import Embedding, EmbeddingMatch, EmbeddingStore
 from webui_api.engine.conditioning import (
     ConditioningSettings,
-    Embedding,
-    EmbeddingLookup,
     LAYER_LAST,
     TextEncoderSpec,
     added_cond_kwargs,
@@ -286,43 +285,46 @@ def token_rows(model, words):
     return torch.stack([embedding[ids_of(model, w)[0]] for w in words]).detach().clone()
 
 
+def embedding(name, vectors):
+    return Embedding(name, {"text_encoder": vectors})
+
+
+def store_of(model, *embeddings):
+    return EmbeddingStore.build(embeddings, {}, model.tokenizer)
+
+
 def test_embedding_vectors_replace_their_name(tiny_model):
     """An embedding whose vectors are the token vectors of "dog house" must encode exactly
     like those words."""
-    emb = Embedding("zzqx", token_rows(tiny_model, ["dog", "house"]))
-    z = build_batch_conditioning(tiny_model, ["a zzqx cat"], [""], 4, 1, {}, embeddings=[emb]).cond[0].parts[0][0]
+    emb = embedding("zzqx", token_rows(tiny_model, ["dog", "house"]))
+    store = store_of(tiny_model, emb)
+    z = build_batch_conditioning(tiny_model, ["a zzqx cat"], [""], 4, 1, {}, embeddings=store).cond[0].parts[0][0]
     assert torch.allclose(z.at(0).crossattn, encode_prompts(tiny_model, ["a dog house cat"])[0], atol=1e-6)
-    chunk = prompt_chunks(
-        tiny_model.tokenizer,
-        "a zzqx cat",
-        token_ids(tiny_model.tokenizer),
-        lookup=EmbeddingLookup.build([emb], lambda n: ids_of(tiny_model, n)),
-    )[0]
+    chunk = prompt_chunks(tiny_model.tokenizer, "a zzqx cat", token_ids(tiny_model.tokenizer), lookup=store)[0]
     assert chunk.tokens[:5] == [BOS, 320, 0, 0, 2368] and chunk.fixes[0].offset == 1
 
 
 def test_embedding_lookup_prefers_the_longest_name(tiny_model):
-    short, long = Embedding("red", torch.zeros(1, 32)), Embedding("red car", torch.zeros(2, 32))
-    lookup = EmbeddingLookup.build([short, long], lambda n: ids_of(tiny_model, n))
+    short, long = embedding("red", torch.zeros(1, 32)), embedding("red car", torch.zeros(2, 32))
+    lookup = store_of(tiny_model, short, long)
     tokens = ids_of(tiny_model, "red car red")
-    assert lookup.find_at(tokens, 0) == (long, 2)
-    assert lookup.find_at(tokens, 2) == (short, 1)
-    assert lookup.find_at(tokens, 1) is None
+    assert lookup.match_at(tokens, 0) == EmbeddingMatch(long, 2)
+    assert lookup.match_at(tokens, 2) == EmbeddingMatch(short, 1)
+    assert lookup.match_at(tokens, 1) is None
 
 
 def test_embedding_that_does_not_fit_starts_a_new_chunk(tiny_model):
-    emb = Embedding("zzqx", torch.zeros(3, 32))
-    lookup = EmbeddingLookup.build([emb], lambda n: ids_of(tiny_model, n))
+    lookup = store_of(tiny_model, embedding("zzqx", torch.zeros(3, 32)))
     prompt = " ".join(["cat"] * 73) + " zzqx"
     chunks = prompt_chunks(tiny_model.tokenizer, prompt, token_ids(tiny_model.tokenizer), lookup=lookup)
     assert len(chunks) == 2 and chunks[1].tokens[1:4] == [0, 0, 0] and chunks[1].fixes[0].offset == 0
 
 
 def test_sdxl_embedding_file_picks_vectors_per_encoder():
-    emb = Embedding("x", {"clip_l": torch.zeros(2, 4), "clip_g": torch.ones(3, 6)})
-    assert emb.vector_count == 3 and emb.vectors_for("clip_g").shape == (3, 6)
-    with pytest.raises(BadRequest):
-        emb.vectors_for("clip_h")
+    emb = Embedding("x", {"text_encoder": torch.zeros(2, 4), "text_encoder_2": torch.ones(3, 6)})
+    assert emb.vector_count == 3 and emb.vectors_for("text_encoder_2").shape == (3, 6)
+    with pytest.raises(KeyError):
+        emb.vectors_for("text_encoder_3")
 
 
 # --------------------------------------------------------------------------- SD2 and SDXL
@@ -430,4 +432,4 @@ def test_unknown_family_is_an_error(tiny_model):
 
 
 def test_encoder_spec_is_plain_data(tiny_model):
-    assert isinstance(spec(tiny_model), TextEncoderSpec) and spec(tiny_model).ti_key == "clip_l"
+    assert isinstance(spec(tiny_model), TextEncoderSpec) and spec(tiny_model).ti_key == "text_encoder"

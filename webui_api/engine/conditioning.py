@@ -34,11 +34,12 @@ casts them to the UNet's dtype.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
 from webui_api.engine.cond_types import BatchConditioning, ComposableCond, CondTensors, ScheduledCond
+from webui_api.engine.embeddings import Embedding, EmbeddingStore
 from webui_api.engine.models import LoadedModel
 from webui_api.engine.prompts import (
     EMPHASIS_MODES,
@@ -60,8 +61,6 @@ __all__ = [
     "DEFAULT_COMMA_BACKTRACK",
     "EMPHASIS_MODES",
     "ConditioningSettings",
-    "Embedding",
-    "EmbeddingLookup",
     "PromptChunk",
     "TextEncoderSpec",
     "TokenIds",
@@ -128,65 +127,8 @@ class ConditioningSettings:
 
 
 # ---------------------------------------------------------------------------
-# Textual inversion: the insertion point (loading embeddings is not this module's job)
+# Textual inversion: where a prompt names an embedding (embeddings.py loads and indexes them)
 # ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Embedding:
-    """A textual-inversion embedding: its prompt name and vectors.
-
-    `vectors` is one (V, C) tensor (SD1/SD2 files) or a mapping per encoder key ("clip_l",
-    "clip_g": SDXL files). The vector count is what A1111 counts: the tensor's rows, or
-    the clip_g rows for SDXL files.
-    """
-
-    name: str
-    vectors: Union[torch.Tensor, Mapping[str, torch.Tensor]]
-    shorthash: Optional[str] = None
-
-    def vectors_for(self, key: str) -> torch.Tensor:
-        if isinstance(self.vectors, torch.Tensor):
-            return self.vectors
-        if key not in self.vectors:
-            raise BadRequest(f"embedding {self.name!r} has no vectors for {key!r}; it has {sorted(self.vectors)}")
-        return self.vectors[key]
-
-    @property
-    def vector_count(self) -> int:
-        if isinstance(self.vectors, torch.Tensor):
-            return int(self.vectors.shape[0])
-        first = self.vectors.get("clip_g", next(iter(self.vectors.values())))
-        return int(first.shape[0])
-
-
-@dataclass(frozen=True)
-class EmbeddingLookup:
-    """Embedding names as token ids, indexed by their first id, longest name first (A1111's
-    ids_lookup), so a prompt's tokens can be matched position by position."""
-
-    by_first_token: Mapping[int, tuple[tuple[tuple[int, ...], Embedding], ...]]
-
-    @classmethod
-    def build(cls, embeddings: Iterable[Embedding], tokenize: Callable[[str], Sequence[int]]) -> EmbeddingLookup:
-        table: dict[int, list[tuple[tuple[int, ...], Embedding]]] = {}
-        for embedding in embeddings:
-            ids = tuple(tokenize(embedding.name))
-            if ids:
-                table.setdefault(ids[0], []).append((ids, embedding))
-        return cls(by_first_token={first: _longest_first(entries) for first, entries in table.items()})
-
-    def find_at(self, tokens: Sequence[int], position: int) -> Optional[tuple[Embedding, int]]:
-        """The embedding whose name starts at `position`, and the name's length in tokens."""
-        for ids, embedding in self.by_first_token.get(tokens[position], ()):
-            if tuple(tokens[position : position + len(ids)]) == ids:
-                return embedding, len(ids)
-        return None
-
-
-def _longest_first(entries: list[tuple[tuple[int, ...], Embedding]]) -> tuple[tuple[tuple[int, ...], Embedding], ...]:
-    """Longest name first; names of equal length keep their registration order."""
-    return tuple(sorted(entries, key=lambda entry: len(entry[0]), reverse=True))
 
 
 @dataclass(frozen=True)
@@ -238,7 +180,7 @@ class _ChunkBuilder:
     """A1111's tokenize_line walk: fill 75-token chunks, moving the words after a recent comma
     to the next chunk when a chunk overflows (comma backtrack), inserting embeddings."""
 
-    def __init__(self, ids: TokenIds, comma_backtrack: int, lookup: Optional[EmbeddingLookup] = None) -> None:
+    def __init__(self, ids: TokenIds, comma_backtrack: int, lookup: Optional[EmbeddingStore] = None) -> None:
         self.ids = ids
         self.backtrack = comma_backtrack
         self.lookup = lookup
@@ -251,14 +193,14 @@ class _ChunkBuilder:
         position = 0
         while position < len(tokens):
             self._make_room(tokens[position])
-            found = self.lookup.find_at(tokens, position) if self.lookup else None
+            found = self.lookup.match_at(tokens, position) if self.lookup else None
             if found is None:
                 self.current.tokens.append(tokens[position])
                 self.current.multipliers.append(weight)
                 position += 1
             else:
-                self._add_embedding(found[0], weight)
-                position += found[1]
+                self._add_embedding(found.embedding, weight)
+                position += found.token_count
 
     def _make_room(self, token: int) -> None:
         if token == self.ids.comma:
@@ -322,7 +264,7 @@ def prompt_chunks(
     ids: TokenIds,
     comma_backtrack: int = DEFAULT_COMMA_BACKTRACK,
     emphasis: str = "Original",
-    lookup: Optional[EmbeddingLookup] = None,
+    lookup: Optional[EmbeddingStore] = None,
 ) -> list[PromptChunk]:
     """Split one (schedule variant) text into 77-token chunks (at least one)."""
     fragments = fragments_for_emphasis(text, emphasis)
@@ -351,7 +293,7 @@ class TextEncoderSpec:
 
     encoder: Any  # transformers CLIPTextModel / CLIPTextModelWithProjection
     tokenizer: Any
-    ti_key: str  # which vectors of an SDXL embedding file it takes ("clip_l" / "clip_g")
+    ti_key: str  # the encoder slot whose embedding vectors it takes ("text_encoder" / "text_encoder_2")
     layer: str
     pad_with_zero: bool = False
     pooled: bool = False  # return text_embeds of chunk 0 (SDXL's OpenCLIP-G)
@@ -361,17 +303,17 @@ def text_encoders(model: LoadedModel, settings: ConditioningSettings) -> tuple[T
     """The encoders of the model's family, in the order their outputs are concatenated."""
     family = model.family
     if family == "sd1":
-        return (TextEncoderSpec(model.text_encoder, model.tokenizer, "clip_l", LAYER_CLIP_SKIP),)
+        return (TextEncoderSpec(model.text_encoder, model.tokenizer, "text_encoder", LAYER_CLIP_SKIP),)
     if family == "sd2":
-        return (TextEncoderSpec(model.text_encoder, model.tokenizer, "clip_l", LAYER_LAST, pad_with_zero=True),)
+        return (TextEncoderSpec(model.text_encoder, model.tokenizer, "text_encoder", LAYER_LAST, pad_with_zero=True),)
     big_g = TextEncoderSpec(
-        model.text_encoder_2, model.tokenizer_2, "clip_g", LAYER_PENULTIMATE, pad_with_zero=True, pooled=True
+        model.text_encoder_2, model.tokenizer_2, "text_encoder_2", LAYER_PENULTIMATE, pad_with_zero=True, pooled=True
     )
     if family == "sdxl-refiner":
         return (big_g,)
     if family == "sdxl":
         layer = LAYER_SKIP_NO_NORM if settings.sdxl_clip_l_skip else LAYER_PENULTIMATE
-        return (TextEncoderSpec(model.text_encoder, model.tokenizer, "clip_l", layer), big_g)
+        return (TextEncoderSpec(model.text_encoder, model.tokenizer, "text_encoder", layer), big_g)
     raise ValueError(f"unknown model family {family!r}; expected sd1, sd2, sdxl or sdxl-refiner")
 
 
@@ -496,7 +438,7 @@ def encode_with(
     spec: TextEncoderSpec,
     texts: Sequence[str],
     settings: ConditioningSettings,
-    lookup: Optional[EmbeddingLookup] = None,
+    lookup: Optional[EmbeddingStore] = None,
 ) -> EncodedTexts:
     """A1111's forward for one encoder: chunk every text, pad short ones with empty chunks,
     encode chunk index by chunk index, concatenate along the token axis."""
@@ -543,19 +485,11 @@ class PromptEncoder:
 
     model: LoadedModel
     settings: ConditioningSettings
-    embeddings: Sequence[Embedding] = ()
+    embeddings: Optional[EmbeddingStore] = None  # every encoder shares CLIP's BPE ids, so one index serves all
     cache: dict[tuple[str, bool], ScheduledCond] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.specs = text_encoders(self.model, self.settings)
-        self.lookups = [self._lookup(spec) for spec in self.specs]
-
-    def _lookup(self, spec: TextEncoderSpec) -> Optional[EmbeddingLookup]:
-        if not self.embeddings:
-            return None
-        return EmbeddingLookup.build(
-            self.embeddings, lambda name: spec.tokenizer(name, add_special_tokens=False)["input_ids"]
-        )
 
     def scheduled(
         self, prompt: str, steps: int, negative: bool = False, hires_steps: Optional[int] = None
@@ -570,7 +504,7 @@ class PromptEncoder:
 
     def encode_variants(self, texts: Sequence[str], negative: bool) -> list[CondTensors]:
         """All variants as one batch per encoder; SDXL adds the pooled + time-id vector."""
-        outputs = [encode_with(spec, texts, self.settings, lookup) for spec, lookup in zip(self.specs, self.lookups)]
+        outputs = [encode_with(spec, texts, self.settings, self.embeddings) for spec in self.specs]
         crossattn = torch.cat([o.crossattn for o in outputs], dim=-1)
         pooled = next((o.pooled for o in outputs if o.pooled is not None), None)
         if negative and pooled is not None and all(text == "" for text in texts):
@@ -593,14 +527,14 @@ def build_batch_conditioning(
     width: int = 0,
     height: int = 0,
     hires_steps: Optional[int] = None,
-    embeddings: Sequence[Embedding] = (),
+    embeddings: Optional[EmbeddingStore] = None,
 ) -> BatchConditioning:
     """Everything guidance needs for one batch: per image, its AND parts (each a schedule of
     encoded variants) with weights, and its negative prompt's schedule.
 
     `steps` is A1111's total_steps (steps x 2 for second-order samplers); `width`/`height`
-    are the image size (SDXL's size conditioning); `embeddings` are the textual-inversion
-    embeddings a prompt may name.
+    are the image size (SDXL's size conditioning); `embeddings` indexes the textual-inversion
+    embeddings a prompt may name (the model's store).
     """
     if not prompts or len(prompts) != len(negative_prompts):
         raise ValueError(

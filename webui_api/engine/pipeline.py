@@ -330,6 +330,7 @@ def batch_conditioning(
         job.options,
         width=job.width,
         height=job.height,
+        embeddings=model.embeddings,
     )
 
 
