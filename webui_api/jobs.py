@@ -90,3 +90,5 @@ class JobResult:
     images: list[GeneratedImage]
     interrupted: bool = False
     extra_generation_params: dict[str, Any] = field(default_factory=dict)
+    vae_name: str | None = None  # the separate VAE file decoding used (None: the checkpoint's own)
+    vae_hash: str | None = None  # its sha256[:10], None when hashing is off

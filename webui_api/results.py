@@ -38,9 +38,17 @@ def _churn_from_options(job: GenerationJob, accepted: tuple[str, ...]) -> dict[s
     return extras
 
 
-def infotext_params(job: GenerationJob, image: GeneratedImage, model: Any, extras: Mapping[str, Any]) -> dict[str, Any]:
-    """The ordered parameter line of one image, None meaning "leave out"."""
+def infotext_params(
+    job: GenerationJob,
+    image: GeneratedImage,
+    model: Any,
+    extras: Mapping[str, Any],
+    vae: tuple[str | None, str | None] = (None, None),
+) -> dict[str, Any]:
+    """The ordered parameter line of one image, None meaning "leave out". `vae` is the
+    (file name, short hash) of a separate VAE, written right after the model as A1111 does."""
     opts = job.options
+    vae_name, vae_hash = vae
     seeds = job.seeds
     uses_ensd = seeds.eta_noise_seed_delta != 0 and _sampler_uses_ensd(job)
     return {
@@ -52,6 +60,8 @@ def infotext_params(job: GenerationJob, image: GeneratedImage, model: Any, extra
         "Size": f"{job.width}x{job.height}",
         "Model hash": model.hash if opts.get("add_model_hash_to_info", True) else None,
         "Model": model.model_name if opts.get("add_model_name_to_info", True) else None,
+        "VAE hash": vae_hash if opts.get("add_vae_hash_to_info", True) else None,
+        "VAE": vae_name if opts.get("add_vae_name_to_info", True) else None,
         "Variation seed": image.subseed if seeds.subseed_strength != 0 else None,
         "Variation seed strength": seeds.subseed_strength if seeds.subseed_strength != 0 else None,
         "Seed resize from": _seed_resize(job),
@@ -130,7 +140,11 @@ def build_infotexts(job: GenerationJob, result: JobResult, model: Any) -> list[s
     extras = {**extra_generation_params(job), **result.extra_generation_params}
     prompt_keys = prompt_extras_per_image(job, len(result.images))
     return [
-        create_infotext(image.prompt, image.negative_prompt, infotext_params(job, image, model, {**keys, **extras}))
+        create_infotext(
+            image.prompt,
+            image.negative_prompt,
+            infotext_params(job, image, model, {**keys, **extras}, (result.vae_name, result.vae_hash)),
+        )
         for image, keys in zip(result.images, prompt_keys)
     ]
 
@@ -159,8 +173,8 @@ def build_info(job: GenerationJob, result: JobResult, model: Any, infotexts: lis
         "face_restoration_model": None,
         "sd_model_name": model.model_name,
         "sd_model_hash": model.hash,
-        "sd_vae_name": None,
-        "sd_vae_hash": None,
+        "sd_vae_name": result.vae_name,
+        "sd_vae_hash": result.vae_hash,
         "seed_resize_from_w": request.seed_resize_from_w,
         "seed_resize_from_h": request.seed_resize_from_h,
         "denoising_strength": request.denoising_strength,

@@ -171,7 +171,10 @@ def test_sd_vae_listing_option_and_refresh(folder_client, data_dir, checkpoint_b
     assert [v["model_name"] for v in folder_client.get("/sdapi/v1/sd-vae").json()] == ["other.safetensors", "tiny.vae.safetensors"]
     body = {**SMALL, "override_settings": {"sd_vae": "tiny.vae.safetensors"}}
     info = json.loads(folder_client.post("/sdapi/v1/txt2img", json=body).json()["info"])
-    assert "VAE: tiny.vae.safetensors" in info["infotexts"][0] and "VAE hash: " in info["infotexts"][0]
+    line = info["infotexts"][0].split("\n")[-1]
+    assert f", Model: alpha, VAE hash: {info['sd_vae_hash']}, VAE: tiny.vae.safetensors, " in line  # A1111's order
+    assert info["sd_vae_name"] == "tiny.vae.safetensors" and len(info["sd_vae_hash"]) == 10
+    assert "VAE" not in json.dumps(info["extra_generation_params"])
     assert folder_client.get("/sdapi/v1/options").json()["sd_vae"] == "Automatic"
 
 

@@ -45,3 +45,16 @@ def test_cheap_preview_is_linear_at_latent_size():
 def test_cheap_preview_rejects_unknown_family():
     with pytest.raises(ValueError, match="family"):
         approx_preview(torch.zeros(1, 4, 2, 2), family="sd3")
+
+
+def test_every_loadable_family_has_a_preview():
+    """SD2 and the SDXL refiner share SD1's / SDXL's latent spaces; a preview must never fail a job."""
+    import torch
+
+    from webui_api.engine.latents import PREVIEW_FAMILY, approx_preview
+
+    latents = torch.zeros(1, 4, 8, 8)
+    for family in ("sd1", "sd2", "sdxl", "sdxl-refiner"):
+        assert approx_preview(latents, family).size == (8, 8)
+    assert approx_preview(latents, "sd2").tobytes() == approx_preview(latents, "sd1").tobytes()
+    assert set(PREVIEW_FAMILY) == {"sd1", "sd2", "sdxl", "sdxl-refiner"}

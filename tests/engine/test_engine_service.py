@@ -225,9 +225,9 @@ def test_vae_infotext_and_automatic_vae_beside_the_checkpoint(model_dirs, tmp_pa
     assert [v.model_name for v in engine.vaes()] == ["gamma.vae.safetensors"]
     result = engine.txt2img(make_job(steps=1), RecordingObserver(), CancelToken())
     vae_sha = hashlib.sha256((sd / "gamma.vae.safetensors").read_bytes()).hexdigest()
-    assert result.extra_generation_params == {"VAE hash": vae_sha[:10], "VAE": "gamma.vae.safetensors"}
+    assert (result.vae_name, result.vae_hash) == ("gamma.vae.safetensors", vae_sha[:10])
     none = engine.txt2img(make_job(steps=1, options={"sd_vae": "None"}), RecordingObserver(), CancelToken())
-    assert none.extra_generation_params == {}
+    assert (none.vae_name, none.vae_hash) == (None, None)
 
 
 def test_no_hashing_keeps_titles_without_hash(model_dirs, tmp_path):

@@ -53,11 +53,17 @@ def decode_latents(model: LoadedModel, latents: torch.Tensor) -> list[Image.Imag
     return [to_pil(decode_one(model, latents[i : i + 1])) for i in range(latents.shape[0])]
 
 
+# Families that share a latent space (and so the same preview coefficients): SD2 uses SD1's
+# VAE, the SDXL refiner SDXL's.
+PREVIEW_FAMILY = {"sd1": "sd1", "sd2": "sd1", "sdxl": "sdxl", "sdxl-refiner": "sdxl"}
+
+
 def approx_preview(latents: torch.Tensor, family: str = "sd1") -> Image.Image:
     """A1111's "Approx cheap" preview of the first latent: a per-pixel linear map to RGB,
     at latent resolution (no network, so it costs nothing during sampling)."""
+    family = PREVIEW_FAMILY.get(family, family)
     if family not in CHEAP_APPROX_COEFFS:
-        known = sorted(CHEAP_APPROX_COEFFS)
+        known = sorted(PREVIEW_FAMILY)
         raise ValueError(f"no cheap preview coefficients for model family {family!r}; known: {known}")
     latent = latents[0].to(torch.float32)
     coeffs = torch.tensor(CHEAP_APPROX_COEFFS[family], dtype=torch.float32, device=latent.device)

@@ -384,17 +384,13 @@ class Engine:
         model.vae_file = wanted
         return choice
 
-    def vae_infotext(self, choice: VaeChoice, options: Mapping[str, Any]) -> dict[str, Any]:
-        """A1111's "VAE hash" / "VAE" infotext entries, present only while a VAE file is used."""
+    def vae_identity(self, choice: VaeChoice) -> tuple[str | None, str | None]:
+        """(file name, sha256[:10]) of the separate VAE in use; (None, None) for the
+        checkpoint's own. The infotext and info JSON report these (results.py)."""
         if choice.file is None:
-            return {}
-        extras: dict[str, Any] = {}
-        if options.get("add_vae_hash_to_info", True):
-            sha256 = self.hashes.sha256(Path(choice.file.filename), "vae/" + choice.file.model_name)
-            extras["VAE hash"] = sha256[:10] if sha256 else None
-        if options.get("add_vae_name_to_info", True):
-            extras["VAE"] = choice.file.model_name
-        return {key: value for key, value in extras.items() if value is not None}
+            return None, None
+        sha256 = self.hashes.sha256(Path(choice.file.filename), "vae/" + choice.file.model_name)
+        return choice.file.model_name, sha256[:10] if sha256 else None
 
     # -- generation --------------------------------------------------------------------
 
@@ -460,7 +456,7 @@ class Engine:
         for index, image in enumerate(result.images):
             image.prompt = job.prompts[index]  # infotexts keep the <lora:...> tags, as in A1111
         result.extra_generation_params.update(self.lora_infotext(networks, job.options))
-        result.extra_generation_params.update(self.vae_infotext(choice, job.options))
+        result.vae_name, result.vae_hash = self.vae_identity(choice)
         return result
 
     def memory(self) -> dict[str, Any]:
