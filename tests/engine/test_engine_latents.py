@@ -58,3 +58,34 @@ def test_every_loadable_family_has_a_preview():
         assert approx_preview(latents, family).size == (8, 8)
     assert approx_preview(latents, "sd2").tobytes() == approx_preview(latents, "sd1").tobytes()
     assert set(PREVIEW_FAMILY) == {"sd1", "sd2", "sdxl", "sdxl-refiner"}
+
+
+class _OverflowingVae(torch.nn.Module):
+    """Decodes to NaN unless it runs in float32, like SDXL's original VAE in fp16."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1, dtype=torch.float16))
+
+    @property
+    def dtype(self):
+        return self.weight.dtype
+
+    def decode(self, z, return_dict=False):
+        image = torch.zeros(z.shape[0], 3, z.shape[2] * 8, z.shape[3] * 8)
+        return (image if self.dtype == torch.float32 else image * float("nan"),)
+
+
+def test_nan_decode_switches_the_vae_to_float32_and_retries(tiny_model, caplog):
+    import dataclasses
+
+    from webui_api.engine.latents import decode_latents
+
+    model = dataclasses.replace(tiny_model, vae=_OverflowingVae())
+    images = decode_latents(model, torch.zeros(2, 4, 2, 2))
+    assert model.vae.dtype == torch.float32
+    assert images[0].getpixel((0, 0)) == (127, 127, 127)
+    assert "NaN" in caplog.text
+    stays = dataclasses.replace(tiny_model, vae=_OverflowingVae())
+    decode_latents(stays, torch.zeros(1, 4, 2, 2), auto_upcast=False)
+    assert stays.vae.dtype == torch.float16

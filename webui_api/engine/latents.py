@@ -7,11 +7,15 @@ truncation, not rounding (diffusers rounds).
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from PIL import Image
 
 from webui_api.engine.models import LoadedModel
+
+log = logging.getLogger(__name__)
 
 # Linear latent -> RGB maps (rows = latent channels, columns = R, G, B), A1111 "Approx cheap".
 CHEAP_APPROX_COEFFS = {
@@ -37,20 +41,34 @@ def to_pil(x: torch.Tensor) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def decode_one(model: LoadedModel, latent: torch.Tensor) -> torch.Tensor:
-    """VAE-decode one (1, C, h, w) latent into a (3, H, W) float32 image in about [-1, 1]."""
+def _vae_decode(model: LoadedModel, latent: torch.Tensor) -> torch.Tensor:
     vae = model.vae
     z = latent.to(device=model.device, dtype=vae.dtype) / model.vae_scale_factor
     return vae.decode(z, return_dict=False)[0][0].to(torch.float32)
 
 
-def decode_latents(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
+def decode_one(model: LoadedModel, latent: torch.Tensor, auto_upcast: bool = True) -> torch.Tensor:
+    """VAE-decode one (1, C, h, w) latent into a (3, H, W) float32 image in about [-1, 1].
+
+    A half-precision VAE can overflow into NaNs (SDXL's original VAE does in fp16). As A1111
+    does with `auto_vae_precision`, the VAE is then switched to float32 for good and the image
+    decoded again; A1111 only notices NaN in the first element, we retry on any NaN.
+    """
+    image = _vae_decode(model, latent)
+    if auto_upcast and model.vae.dtype != torch.float32 and torch.isnan(image).any():
+        log.warning("VAE produced NaNs in %s; converting it to float32 and decoding again", model.vae.dtype)
+        model.vae.to(torch.float32)
+        image = _vae_decode(model, latent)
+    return image
+
+
+def decode_latents(model: LoadedModel, latents: torch.Tensor, auto_upcast: bool = True) -> list[Image.Image]:
     """Decode a (B, C, h, w) batch into B images, one VAE call per image."""
     if latents.ndim != 4 or latents.shape[1] != model.latent_channels:
         raise ValueError(
             f"latents must be (B, {model.latent_channels}, h, w), got shape {tuple(latents.shape)}"
         )
-    return [to_pil(decode_one(model, latents[i : i + 1])) for i in range(latents.shape[0])]
+    return [to_pil(decode_one(model, latents[i : i + 1], auto_upcast)) for i in range(latents.shape[0])]
 
 
 # Families that share a latent space (and so the same preview coefficients): SD2 uses SD1's

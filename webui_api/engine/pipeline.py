@@ -402,6 +402,7 @@ def run_txt2img(model: LoadedModel, job: GenerationJob, observer: RunObserver, c
             # 2. sample this batch and decode it image by image
             batch = BatchSpec.of(job, n)
             latents = sample_batch(model, job, plan, batch, observer, cancel)
-            images += batch_images(batch, decode_latents(model, latents))
+            auto_upcast = bool(_option(job, "auto_vae_precision", True))
+            images += batch_images(batch, decode_latents(model, latents, auto_upcast))
             observer.batch_finished(n)
     return JobResult(images=images, interrupted=cancel.interrupted)
