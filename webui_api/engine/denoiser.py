@@ -130,7 +130,21 @@ def check_prediction_type(model: LoadedModel) -> str:
     return model.prediction_type
 
 
-class CompVisDenoiser:
+class _SigmaRange:
+    """The range of a wrapper's ascending `sigmas` table (what schedules start and end at)."""
+
+    sigmas: torch.Tensor
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.sigmas[-1])
+
+
+class CompVisDenoiser(_SigmaRange):
     """D(x, sigma) for an eps-prediction UNet: x + eps(x * c_in, t(sigma)) * c_out, c_out = -sigma.
 
     The sigma table comes from the model's float32 alphas_cumprod; the UNet gets fractional
@@ -142,14 +156,6 @@ class CompVisDenoiser:
         self.alphas_cumprod = model.alphas_cumprod
         self.sigmas = sigma_table(model.alphas_cumprod)  # CPU float32, ascending
         self.log_sigmas = self.sigmas.log().to(model.device)
-
-    @property
-    def sigma_min(self) -> float:
-        return float(self.sigmas[0])
-
-    @property
-    def sigma_max(self) -> float:
-        return float(self.sigmas[-1])
 
     def __call__(
         self, x: torch.Tensor, sigma: torch.Tensor, cond, image_cond: Optional[torch.Tensor] = None
@@ -204,7 +210,7 @@ class TimestepDenoiser:
         return (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
 
 
-class LCMDenoiser:
+class LCMDenoiser(_SigmaRange):
     """A1111's LCM wrapper: 50-entry sigma table, timesteps quantised to t = 19, 39, ..., 999,
     and LCM's boundary condition c_out * x0 + c_skip * x with c from 10 * t."""
 
@@ -213,14 +219,6 @@ class LCMDenoiser:
         self.skip = lcm_math.skip_steps(model.alphas_cumprod)
         self.sigmas = lcm_math.lcm_sigma_table(model.alphas_cumprod).cpu()
         self.log_sigmas = self.sigmas.log().to(model.device)
-
-    @property
-    def sigma_min(self) -> float:
-        return float(self.sigmas[0])
-
-    @property
-    def sigma_max(self) -> float:
-        return float(self.sigmas[-1])
 
     def __call__(
         self, x: torch.Tensor, sigma: torch.Tensor, cond, image_cond: Optional[torch.Tensor] = None
