@@ -196,12 +196,12 @@ def build_info(job: GenerationJob, result: JobResult, model: Any, infotexts: lis
 
 def encode_images(result: JobResult, infotexts: list[str], options: Mapping[str, Any]) -> list[str]:
     """Raw base64 in `samples_format`, each carrying its infotext when enable_pnginfo is on."""
-    from .postprocess.encode import encode_image_base64
+    from .postprocess.encode import encode_image_base64, encoding_options
 
     fmt = str(options.get("samples_format", "png")).lower()
-    quality = int(options.get("jpeg_quality", 80))
+    encoding = encoding_options(options)
     with_info = options.get("enable_pnginfo", True)
     return [
-        encode_image_base64(image.image, fmt, infotext=text if with_info else None, quality=quality)
+        encode_image_base64(image.image, fmt, infotext=text if with_info else None, **encoding)
         for image, text in zip(result.images, infotexts)
     ]

@@ -144,7 +144,8 @@ class UpscalerCatalog:
         return [e.realesrgan_item() for e in self.entries if e.family == "RealESRGAN"]
 
     def find(self, name: str | None) -> UpscalerEntry:
-        """The entry called `name` (case-insensitive like A1111's extras lookup); None means "None"."""
+        """The entry called `name`; None means "None". Case-insensitive as a convenience (A1111
+        matches exactly, so every name it accepts is accepted here too)."""
         wanted = "none" if name is None else str(name).lower()
         for entry in self.entries:
             if entry.name.lower() == wanted:

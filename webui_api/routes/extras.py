@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InvalidImageFormat
 from ..job_builder import job_timestamp
-from ..postprocess.encode import SUPPORTED_FORMATS, decode_image_base64, encode_image_base64
+from ..postprocess.encode import SUPPORTED_FORMATS, decode_image_base64, encode_image_base64, encoding_options
 from ..postprocess.extras import ExtrasParams, ExtrasResult, ProcessedImage, check_output_size, check_params, run_extras
 from ..postprocess.upscale import TileSpec, UpscalerCatalog
 from ..scheduler import ProgressSpec, WorkItem
@@ -94,14 +94,11 @@ def _encode(done: ProcessedImage, options: dict[str, Any]) -> str:
     """samples_format like A1111's API; PNG keeps every text item, JPEG/WEBP the parameters."""
     fmt = str(options.get("samples_format", "png")).lower()
     if not options.get("enable_pnginfo", True):
-        return encode_image_base64(done.image, fmt, quality=int(options.get("jpeg_quality", 80)))
+        return encode_image_base64(done.image, fmt, **encoding_options(options))
     texts = {k: v for k, v in done.info.items() if isinstance(k, str) and isinstance(v, str) and k != "parameters"}
     infotext = done.info.get("parameters") if isinstance(done.info.get("parameters"), str) else None
     extra = texts if fmt == "png" else None
-    return encode_image_base64(
-        done.image, fmt, infotext=infotext, extra_text=extra, quality=int(options.get("jpeg_quality", 80)),
-        lossless=bool(options.get("webp_lossless", False)),
-    )
+    return encode_image_base64(done.image, fmt, infotext=infotext, extra_text=extra, **encoding_options(options))
 
 
 @router.post("/sdapi/v1/extra-single-image")
