@@ -124,3 +124,21 @@ def test_models_are_loaded_once_per_catalog(tmp_path):
     catalog = UpscalerCatalog.scan(tmp_path)
     entry = catalog.find("a")
     assert catalog.model_for(entry) is catalog.model_for(entry)
+
+
+def test_catalog_takes_the_device_from_settings(tmp_path):
+    from webui_api.settings import Settings
+
+    write_esrgan(tmp_path / "models" / "ESRGAN" / "a.pth", scale=1)
+    catalog = UpscalerCatalog.from_settings(Settings.for_tests(tmp_path, device="cpu"))
+    assert catalog.device == "cpu"
+    assert str(catalog.model_for(catalog.find("a")).device) == "cpu"
+    with pytest.raises(ValueError, match="device"):
+        load_model(tmp_path / "models" / "ESRGAN" / "a.pth", "not-a-device")
+
+
+@pytest.mark.skipif("not __import__('torch').cuda.is_available()")
+def test_models_run_on_cuda_when_asked(tmp_path):
+    model = load_model(write_esrgan(tmp_path / "m.pth", scale=2), "cuda")
+    assert model.device.type == "cuda"
+    assert run_model_tiled(model, _noise(40, 24), TileSpec(size=16)).size == (80, 48)

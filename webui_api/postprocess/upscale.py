@@ -120,18 +120,20 @@ class UpscalerCatalog:
     """
 
     entries: list[UpscalerEntry]
+    device: str = "cpu"  # "auto" (CUDA when present) or a torch device string, like Settings.device
     _models: dict[Path, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def scan(cls, models_dir: Path, cmd_flags: Mapping[str, Any] | None = None) -> UpscalerCatalog:
+    def scan(cls, models_dir: Path, cmd_flags: Mapping[str, Any] | None = None, device: str = "cpu") -> UpscalerCatalog:
         builtins = [UpscalerEntry(name) for name in BUILTIN_NAMES]
         files = [e for fam, folder in family_folders(models_dir, cmd_flags or {}) for e in scan_folder(fam, folder)]
-        return cls(builtins + files)
+        return cls(builtins + files, device)
 
     @classmethod
     def from_settings(cls, settings: Any) -> UpscalerCatalog:
-        """From webui_api.settings.Settings: the models dir plus the --*-models-path flags."""
-        return cls.scan(Path(settings.models_dir), settings.cmd_flags)
+        """From webui_api.settings.Settings: the models dir, the --*-models-path flags and the
+        device the models run on (the generation device, as A1111's device_esrgan defaults)."""
+        return cls.scan(Path(settings.models_dir), settings.cmd_flags, settings.device)
 
     def names(self) -> list[str]:
         return [entry.name for entry in self.entries]
@@ -155,7 +157,7 @@ class UpscalerCatalog:
     def model_for(self, entry: UpscalerEntry) -> Any:
         """The spandrel model of a file entry, loaded once per catalog."""
         if entry.path not in self._models:
-            self._models[entry.path] = load_model(entry.path)
+            self._models[entry.path] = load_model(entry.path, self.device)
         return self._models[entry.path]
 
     def upscale(self, image: Image.Image, name: str | None, scale: float, tiling: TileSpec | None = None) -> Image.Image:
@@ -215,9 +217,11 @@ def upscale_to_scale(image: Image.Image, scale: float, step: Step) -> Image.Imag
     return image
 
 
-def load_model(path: Path | None) -> Any:
-    """A spandrel ImageModelDescriptor in eval mode on the CPU; loud when the file is no upscaler."""
+def load_model(path: Path | None, device: str = "cpu") -> Any:
+    """A spandrel ImageModelDescriptor in eval mode on `device`; loud when the file is no upscaler."""
     import spandrel
+
+    from webui_api.engine.service import resolve_device
 
     if path is None:
         raise ValueError("built-in upscalers have no model file to load")
@@ -228,7 +232,7 @@ def load_model(path: Path | None) -> Any:
     if not isinstance(descriptor, spandrel.ImageModelDescriptor):
         raise UnusableUpscaler(path, f"it is a {type(descriptor).__name__}, not an image-to-image model")
     descriptor.eval()
-    return descriptor
+    return descriptor.to(resolve_device(device))
 
 
 def tile_origins(length: int, tile: int) -> list[int]:
@@ -273,7 +277,7 @@ def _run_tile(model: Any, source: Any, result: Any, tile: _Tile) -> None:
     pad_top, pad_left = max(tile.top - tile.overlap, 0), max(tile.left - tile.overlap, 0)
     pad_bottom, pad_right = min(bottom + tile.overlap, height), min(right + tile.overlap, width)
     with torch.inference_mode():
-        out = model(source[:, :, pad_top:pad_bottom, pad_left:pad_right]).float()
+        out = model(source[:, :, pad_top:pad_bottom, pad_left:pad_right].to(model.device)).float().cpu()
     s = int(model.scale)
     inner = out[:, :, (tile.top - pad_top) * s:(bottom - pad_top) * s, (tile.left - pad_left) * s:(right - pad_left) * s]
     result[:, :, tile.top * s:bottom * s, tile.left * s:right * s] = inner
