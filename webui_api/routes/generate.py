@@ -28,7 +28,16 @@ async def txt2img(request: Txt2ImgRequest, services: Services = Depends(get_serv
     check_output_format(options)
     job = build_txt2img(request, options, styles=styles)
     result, model_info = await services.scheduler.run(_txt2img_item(services, job))
+    if request.save_images:
+        await run_in_threadpool(_save_samples, services, job, result, model_info)
     return await run_in_threadpool(_response, request, job, result, model_info)
+
+
+def _save_samples(services: Services, job: GenerationJob, result: JobResult, model_info: Any) -> None:
+    """save_images: true writes the samples under the data dir, as A1111 does (no grid yet)."""
+    from ..postprocess.saving import save_samples
+
+    save_samples(result, build_infotexts(job, result, model_info), job.options, services.settings.data_dir)
 
 
 def check_output_format(options: dict[str, Any]) -> None:
