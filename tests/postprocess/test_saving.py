@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+import io
+import json
+from dataclasses import astuple
 from datetime import datetime
-from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from webui_api.jobs import GeneratedImage, JobResult
 from webui_api.option_defaults import OPTIONS_BY_KEY
 from webui_api.postprocess.encode import read_image_info
+from webui_api.postprocess.grid import grid_shape, image_grid, wants_grid
 from webui_api.postprocess.saving import (
     TXT2IMG_GRIDS, NameFacts, apply_pattern, free_path, next_sequence_number, sanitize, save_image, save_samples,
 )
@@ -63,4 +68,39 @@ def test_txt2img_save_images_writes_files(client, tmp_path):
     body = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img(seed=77, batch_size=2, save_images=True)).json()
     saved = sorted(p.name for p in (tmp_path / "outputs" / "txt2img-images").glob("*/*.png"))
     assert saved == ["00000-77.png", "00001-78.png"]
-    assert len(body["images"]) == 2
+    assert [p.name for p in (tmp_path / "outputs" / "txt2img-grids").glob("*/*")] == ["grid-0000.png"]
+    info = json.loads(body["info"])
+    assert len(body["images"]) == 3 and info["index_of_first_image"] == 1
+    assert info["infotexts"][0] == info["infotexts"][1] and len(info["infotexts"]) == 3
+    grid = Image.open(io.BytesIO(base64.b64decode(body["images"][0])))
+    sample = Image.open(io.BytesIO(base64.b64decode(body["images"][1])))
+    assert grid.size == (sample.width * 2, sample.height) and "parameters" not in grid.info
+
+
+def test_single_image_has_no_grid_and_return_grid_off_only_saves(client, tmp_path):
+    from tests.api.payloads import webuiapi_txt2img
+
+    body = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img(save_images=True)).json()
+    assert len(body["images"]) == 1 and json.loads(body["info"])["index_of_first_image"] == 0
+    assert not (tmp_path / "outputs" / "txt2img-grids").exists()
+    payload = webuiapi_txt2img(save_images=True, batch_size=2, override_settings={"return_grid": False})
+    body = client.post("/sdapi/v1/txt2img", json=payload).json()
+    assert len(body["images"]) == 2 and json.loads(body["info"])["index_of_first_image"] == 0
+    assert len(list((tmp_path / "outputs" / "txt2img-grids").glob("*/grid-*.png"))) == 1
+
+
+@pytest.mark.parametrize("count,options,shape", [
+    (2, {}, (1, 2)), (3, {}, (2, 2)), (4, {}, (2, 2)), (5, {}, (2, 3)), (6, {"grid_prevent_empty_spots": True}, (2, 3)),
+    (7, {"grid_prevent_empty_spots": True}, (1, 7)), (4, {"n_rows": 0}, (3, 2)), (4, {"n_rows": 9}, (4, 1)),
+])
+def test_grid_shape_follows_a1111(count, options, shape):
+    assert astuple(grid_shape(count, 3, options)) == shape
+
+
+def test_grid_pastes_row_by_row_and_wants_two_images():
+    images = [Image.new("RGB", (2, 2), c) for c in ("red", "green", "blue")]
+    grid = image_grid(images, grid_shape(3, 3, {}))
+    assert grid.size == (4, 4) and grid.getpixel((3, 0)) == (0, 128, 0) and grid.getpixel((0, 3)) == (0, 0, 255)
+    assert grid.getpixel((3, 3)) == (0, 0, 0)
+    assert not wants_grid(1, {}) and wants_grid(1, {"grid_only_if_multiple": False}) and wants_grid(2, {})
+    assert not wants_grid(2, {"return_grid": False, "grid_save": False})

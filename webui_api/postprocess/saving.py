@@ -149,3 +149,11 @@ def save_samples(result: Any, infotexts: list[str], options: Mapping[str, Any], 
         facts = NameFacts(generated.seed, generated.prompt, generated.image.width, generated.image.height, moment)
         paths.append(save_image(generated.image, target, facts, infotext, options, data_dir))
     return paths
+
+
+def save_grid(grid: Image.Image, result: Any, infotext: str | None, options: Mapping[str, Any], data_dir: Path,
+              target: SaveTarget = TXT2IMG_GRIDS, now: datetime | None = None) -> Path:
+    """The grid as grid-NNNN.<grid_format>, named after the first image's seed and prompt."""
+    first = result.images[0]
+    facts = NameFacts(first.seed, first.prompt, grid.width, grid.height, now or datetime.now())
+    return save_image(grid, target, facts, infotext, options, data_dir)
