@@ -25,7 +25,7 @@ def test_stop_keeps_finished_images_and_reports_progress(tmp_path):
     images = [Image.new("RGB", (8, 8)) for _ in range(3)]
     seen: list[tuple[int, int]] = []
     result = run_extras(images, ExtrasParams(upscaler_1="Lanczos"), catalog,
-                        should_stop=lambda: len(seen) == 2, on_image=lambda i, n: seen.append((i, n)))
+                        should_stop=lambda: len(seen) == 2, on_done=lambda i, n: seen.append((i, n)))
     assert seen == [(0, 3), (1, 3)] and len(result.images) == 2
     assert result.images[0].image.size == (16, 16)
 

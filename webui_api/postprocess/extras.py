@@ -86,20 +86,20 @@ def run_extras(
     params: ExtrasParams,
     catalog: UpscalerCatalog,
     should_stop: Callable[[], bool] = lambda: False,
-    on_image: Callable[[int, int], None] = lambda index, total: None,
+    on_done: Callable[[int, int], None] = lambda index, total: None,
 ) -> ExtrasResult:
     """Process each image like A1111's run_postprocessing; html_info is the last image's text.
 
-    `should_stop` is polled between images (an interrupt keeps what is done); `on_image`
-    reports (index, total) before each image, for /progress.
+    `should_stop` is polled between images (an interrupt keeps what is done); `on_done`
+    reports (index, total) after each image, for /progress's job_no.
     """
     check_params(params, catalog)
     done: list[ProcessedImage] = []
     for index, image in enumerate(images):
         if should_stop():
             break
-        on_image(index, len(images))
         done.append(process_one(image, params, catalog))
+        on_done(index, len(images))
     infotext = done[-1].infotext if done else ""
     return ExtrasResult(done, infotext_to_html(infotext))
 

@@ -66,7 +66,10 @@ def _params(request: ExtrasRequest, options: dict[str, Any]) -> ExtrasParams:
 
 def _extras_item(services: Services, images: list[Any], params: ExtrasParams, catalog: UpscalerCatalog) -> WorkItem:
     def run(cancel) -> ExtrasResult:
-        return run_extras(images, params, catalog, lambda: cancel.interrupted, services.progress.batch_started)
+        def done(index: int, _total: int) -> None:
+            services.progress.batch_finished(index)  # /progress job_no counts finished images
+
+        return run_extras(images, params, catalog, lambda: cancel.interrupted, done)
 
     return WorkItem(run=run, label="extras", progress=ProgressSpec("extras", len(images), job_timestamp(), 0))
 
