@@ -186,8 +186,8 @@ def _log_request(request: Request, status: int, duration: float) -> None:
 
 
 def _include_routes(app: FastAPI, settings: Settings) -> None:
-    from .routes import catalog, generate, options, progress, server
+    from .routes import catalog, extras, generate, options, progress, server
 
-    for module in (generate, progress, options, catalog):
+    for module in (generate, progress, options, catalog, extras):
         app.include_router(module.router)
     app.include_router(server.build_router(settings))

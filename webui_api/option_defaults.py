@@ -491,6 +491,8 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
     OptionDef('hypertile_max_depth_vae', 3, 'hypertile'),
     OptionDef('hypertile_max_tile_vae', 128, 'hypertile'),
     OptionDef('hypertile_swap_size_vae', 3, 'hypertile'),
+    # This server's own (not A1111's): zlib level 0-9 of result PNGs; 1 is fast (docs/benchmarks.md).
+    OptionDef('png_compress_level', 1, 'saving-images'),
 )
 
 OPTIONS_BY_KEY: dict[str, OptionDef] = {option.key: option for option in OPTION_DEFS}

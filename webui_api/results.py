@@ -149,8 +149,11 @@ def build_infotexts(job: GenerationJob, result: JobResult, model: Any) -> list[s
     ]
 
 
-def build_info(job: GenerationJob, result: JobResult, model: Any, infotexts: list[str], request: Any) -> str:
-    """`Processed.js()`: the info JSON string, keys in A1111's order."""
+def build_info(
+    job: GenerationJob, result: JobResult, model: Any, infotexts: list[str], request: Any, index_of_first_image: int = 0,
+) -> str:
+    """`Processed.js()`: the info JSON string, keys in A1111's order (index_of_first_image is 1
+    when a grid leads the images, with its infotext first in `infotexts`)."""
     seeds = job.seeds
     first = result.images[0] if result.images else None
     info = {
@@ -183,7 +186,7 @@ def build_info(job: GenerationJob, result: JobResult, model: Any, infotexts: lis
             **extra_generation_params(job),
             **result.extra_generation_params,
         },
-        "index_of_first_image": 0,
+        "index_of_first_image": index_of_first_image,
         "infotexts": infotexts,
         "styles": list(request.styles or []),
         "job_timestamp": job.job_timestamp,
@@ -196,12 +199,12 @@ def build_info(job: GenerationJob, result: JobResult, model: Any, infotexts: lis
 
 def encode_images(result: JobResult, infotexts: list[str], options: Mapping[str, Any]) -> list[str]:
     """Raw base64 in `samples_format`, each carrying its infotext when enable_pnginfo is on."""
-    from .postprocess.encode import encode_image_base64
+    from .postprocess.encode import encode_image_base64, encoding_options
 
     fmt = str(options.get("samples_format", "png")).lower()
-    quality = int(options.get("jpeg_quality", 80))
+    encoding = encoding_options(options)
     with_info = options.get("enable_pnginfo", True)
     return [
-        encode_image_base64(image.image, fmt, infotext=text if with_info else None, quality=quality)
+        encode_image_base64(image.image, fmt, infotext=text if with_info else None, **encoding)
         for image, text in zip(result.images, infotexts)
     ]

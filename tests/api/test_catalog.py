@@ -32,7 +32,7 @@ def test_sd_models_lists_the_embedded_model(client):
 
 
 def test_empty_catalogs_have_a1111_shapes(client):
-    for route in ("sd-vae", "upscalers", "loras", "hypernetworks", "face-restorers", "realesrgan-models",
+    for route in ("sd-vae", "loras", "hypernetworks", "face-restorers", "realesrgan-models",
                   "script-info", "extensions", "prompt-styles"):
         assert client.get(f"/sdapi/v1/{route}").json() == [], route
     assert client.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}

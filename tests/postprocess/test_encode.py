@@ -238,3 +238,38 @@ def test_png_info_passes_parse_options():
         encode_image_base64(_image(), "png", infotext=INFOTEXT), skip_fields=["Seed"], infotext_styles="Ignore"
     )
     assert "Seed" not in body["parameters"] and body["parameters"]["Steps"] == "20"
+
+
+# --------------------------------------------------------------------------- compression level
+
+
+def test_png_compress_level_changes_size_not_pixels():
+    import numpy as np
+
+    from webui_api.postprocess.encode import DEFAULT_PNG_COMPRESS_LEVEL, encode_image
+
+    image = Image.fromarray((np.arange(64 * 64 * 3) % 7 * 30).astype("uint8").reshape(64, 64, 3), "RGB")
+    stored, small = encode_image(image, "png", png_compress_level=0), encode_image(image, "png", png_compress_level=9)
+    assert len(stored) > len(small)
+    assert DEFAULT_PNG_COMPRESS_LEVEL == 1
+    for data in (stored, small):
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), np.asarray(image))
+
+
+@pytest.mark.parametrize("level", [-1, 10, 2.5, True, "3"])
+def test_png_compress_level_is_validated(level):
+    from webui_api.postprocess.encode import encode_image
+
+    with pytest.raises(ValueError, match="png_compress_level"):
+        encode_image(Image.new("RGB", (4, 4)), "png", png_compress_level=level)
+
+
+def test_encoding_options_from_server_options():
+    from webui_api.errors import BadRequest
+    from webui_api.postprocess.encode import encoding_options
+
+    assert encoding_options({}) == {"quality": 80, "lossless": False, "png_compress_level": 1}
+    assert encoding_options({"jpeg_quality": 95.0, "webp_lossless": True, "png_compress_level": 6.0}) == {
+        "quality": 95, "lossless": True, "png_compress_level": 6}
+    with pytest.raises(BadRequest, match="png_compress_level"):
+        encoding_options({"png_compress_level": "fast"})

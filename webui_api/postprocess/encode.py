@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from PIL import Image, ImageOps, PngImagePlugin
 
-from webui_api.errors import InvalidImage, InvalidImageFormat
+from webui_api.errors import BadRequest, InvalidImage, InvalidImageFormat
 from webui_api.postprocess.infotext import StyleLike, parse_infotext
 
 SUPPORTED_FORMATS = ("png", "jpg", "jpeg", "webp")
@@ -37,6 +37,9 @@ _USER_COMMENT_CODECS = {  # 8-byte character-code prefix -> Python codec (EXIF 2
     b"JIS\x00\x00\x00\x00\x00": "shift_jis",
     b"UNICODE\x00": "utf_16_be",
 }
+# zlib level 1: about 0.4x the encode time of PIL's default (6) at 1024x1024 for ~1.14x the
+# bytes (scripts/bench_png_encode.py, docs/benchmarks.md); base64 PNGs are transient here.
+DEFAULT_PNG_COMPRESS_LEVEL = 1
 _PNG_MODES = frozenset({"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"})
 _PIL_FORMAT = {"jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
 _EXIF_READ_ERRORS = (SyntaxError, ValueError, OSError, struct.error)
@@ -54,18 +57,20 @@ def encode_image(
     quality: int = 80,
     extra_text: Mapping[str, str] | None = None,
     lossless: bool = False,
+    png_compress_level: int = DEFAULT_PNG_COMPRESS_LEVEL,
 ) -> bytes:
     """Encode one image in `fmt` with its infotext embedded, as A1111's API does.
 
     PNG gets text chunks ("parameters" first, then `extra_text`); JPEG and WEBP get an EXIF
     UserComment holding the infotext (an empty one when there is none, like A1111) and
-    cannot carry `extra_text`. `quality` applies to JPEG/WEBP; `lossless` to WEBP only.
+    cannot carry `extra_text`. `quality` applies to JPEG/WEBP; `lossless` to WEBP only;
+    `png_compress_level` (zlib 0-9) to PNG only.
     """
     key = fmt.lower() if isinstance(fmt, str) else fmt
     if key not in SUPPORTED_FORMATS:
         raise InvalidImageFormat(str(fmt))
     if key == "png":
-        return _encode_png(image, _png_text_items(infotext, extra_text))
+        return _encode_png(image, _png_text_items(infotext, extra_text), _checked_level(png_compress_level))
     return _encode_with_exif(image, _PIL_FORMAT[key], infotext or "", quality, lossless)
 
 
@@ -79,7 +84,31 @@ def _png_text_items(infotext: str | None, extra_text: Mapping[str, str] | None) 
     return items
 
 
-def _encode_png(image: Image.Image, text_items: Mapping[str, str]) -> bytes:
+def _checked_level(level: Any) -> int:
+    if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 9:
+        raise ValueError(f"png_compress_level must be an int from 0 to 9, got {level!r}")
+    return level
+
+
+def encoding_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """encode_image keyword arguments from the server options (jpeg_quality, webp_lossless,
+    png_compress_level), so every route encodes the same way."""
+    return {
+        "quality": int(options.get("jpeg_quality", 80)),
+        "lossless": bool(options.get("webp_lossless", False)),
+        "png_compress_level": _option_level(options.get("png_compress_level", DEFAULT_PNG_COMPRESS_LEVEL)),
+    }
+
+
+def _option_level(value: Any) -> int:
+    """The option as a zlib level; a bad stored value is the client's doing (400), not ours."""
+    try:
+        return _checked_level(int(value))
+    except (TypeError, ValueError) as exc:
+        raise BadRequest("invalid png_compress_level option", errors=f"{exc} (received {value!r})") from exc
+
+
+def _encode_png(image: Image.Image, text_items: Mapping[str, str], compress_level: int) -> bytes:
     """PIL writes Latin-1 text as tEXt and anything else as iTXt; readers see both as text."""
     info = PngImagePlugin.PngInfo()
     for key, value in text_items.items():
@@ -87,7 +116,7 @@ def _encode_png(image: Image.Image, text_items: Mapping[str, str]) -> bytes:
     if image.mode not in _PNG_MODES:
         image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info if text_items else None)
+    image.save(buffer, format="PNG", pnginfo=info if text_items else None, compress_level=compress_level)
     return buffer.getvalue()
 
 

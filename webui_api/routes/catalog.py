@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import Depends
 
+from ..postprocess.upscale import UpscalerCatalog
 from ..scheduler import WorkItem
 from ..services import Services
 from ..styles import read_styles
@@ -67,8 +68,9 @@ async def sd_vae(services: Services = Depends(get_services)) -> list[dict[str, A
 
 
 @router.get("/sdapi/v1/upscalers")
-async def upscalers() -> list[dict[str, Any]]:
-    return []
+async def upscalers(services: Services = Depends(get_services)) -> list[dict[str, Any]]:
+    """None/Lanczos/Nearest, then model files from A1111's upscaler folders (scanned per call)."""
+    return UpscalerCatalog.from_settings(services.settings).api_items()
 
 
 @router.get("/sdapi/v1/latent-upscale-modes")
@@ -99,8 +101,9 @@ async def face_restorers() -> list[dict[str, Any]]:
 
 
 @router.get("/sdapi/v1/realesrgan-models")
-async def realesrgan_models() -> list[dict[str, Any]]:
-    return []
+async def realesrgan_models(services: Services = Depends(get_services)) -> list[dict[str, Any]]:
+    """Files in models/RealESRGAN (A1111 also lists download URLs; this server never downloads)."""
+    return UpscalerCatalog.from_settings(services.settings).realesrgan_items()
 
 
 @router.get("/sdapi/v1/prompt-styles")

@@ -28,7 +28,25 @@ async def txt2img(request: Txt2ImgRequest, services: Services = Depends(get_serv
     check_output_format(options)
     job = build_txt2img(request, options, styles=styles)
     result, model_info = await services.scheduler.run(_txt2img_item(services, job))
-    return await run_in_threadpool(_response, request, job, result, model_info)
+    grid = await run_in_threadpool(_save_outputs, services, job, result, model_info) if request.save_images else None
+    return await run_in_threadpool(_response, request, job, result, model_info, grid)
+
+
+def _save_outputs(services: Services, job: GenerationJob, result: JobResult, model_info: Any) -> Any:
+    """save_images: true writes samples (and the grid) under the data dir as A1111 does; returns
+    the grid when A1111 would return it first (return_grid), else None."""
+    from ..postprocess.grid import grid_shape, image_grid, wants_grid
+    from ..postprocess.saving import save_grid, save_samples
+
+    infotexts = build_infotexts(job, result, model_info)
+    options, data_dir = job.options, services.settings.data_dir
+    save_samples(result, infotexts, options, data_dir)
+    if not result.images or not wants_grid(len(result.images), options):
+        return None
+    grid = image_grid([g.image for g in result.images], grid_shape(len(result.images), job.batch_size, options))
+    if options.get("grid_save", True):
+        save_grid(grid, result, infotexts[0], options, data_dir)
+    return grid if options.get("return_grid", True) else None
 
 
 def check_output_format(options: dict[str, Any]) -> None:
@@ -49,16 +67,29 @@ def _txt2img_item(services: Services, job: GenerationJob) -> WorkItem:
     return WorkItem(run=run, label="txt2img", progress=spec)
 
 
-def _response(request: Txt2ImgRequest, job: GenerationJob, result: JobResult, model_info: Any) -> dict[str, Any]:
+def _response(
+    request: Txt2ImgRequest, job: GenerationJob, result: JobResult, model_info: Any, grid: Any = None,
+) -> dict[str, Any]:
     """Encode off the event loop and off the worker: the device moves on to the next job
-    while this one's PNGs are written, and /progress polls stay instant."""
+    while this one's PNGs are written, and /progress polls stay instant. A grid goes first,
+    with the first image's infotext, as A1111's index_of_first_image = 1 says."""
     infotexts = build_infotexts(job, result, model_info)
     images = encode_images(result, infotexts, job.options) if request.send_images else []
+    if grid is not None:
+        infotexts = [infotexts[0], *infotexts]
+        images = [_encode_grid(grid, job.options), *images] if request.send_images else images
     return {
         "images": images,
         "parameters": request.model_dump(),
-        "info": build_info(job, result, model_info, infotexts, request),
+        "info": build_info(job, result, model_info, infotexts, request, index_of_first_image=1 if grid is not None else 0),
     }
+
+
+def _encode_grid(grid: Any, options: dict[str, Any]) -> str:
+    """A1111 returns the grid without text chunks (its PIL info is empty), in samples_format."""
+    from ..postprocess.encode import encode_image_base64, encoding_options
+
+    return encode_image_base64(grid, str(options.get("samples_format", "png")).lower(), **encoding_options(options))
 
 
 @router.post("/sdapi/v1/img2img", response_model=GenerationResponse)

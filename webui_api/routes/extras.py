@@ -1,0 +1,116 @@
+"""POST /sdapi/v1/extra-single-image and /extra-batch-images (A1111's extras tab over HTTP).
+
+Decoding and encoding happen off the worker; the upscaling itself runs on the scheduler's
+worker (job "extras" in /progress) so it never competes with a generation for the device.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import Depends
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import InvalidImageFormat
+from ..job_builder import job_timestamp
+from ..postprocess.encode import SUPPORTED_FORMATS, decode_image_base64, encode_image_base64, encoding_options
+from ..postprocess.extras import ExtrasParams, ExtrasResult, ProcessedImage, check_output_size, check_params, run_extras
+from ..postprocess.upscale import TileSpec, UpscalerCatalog
+from ..scheduler import ProgressSpec, WorkItem
+from ..services import Services
+from . import api_router, get_services
+
+router = api_router()
+
+
+class ExtrasRequest(BaseModel):
+    """A1111's ExtrasBaseRequest: same names, defaults and bounds; unknown keys are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    resize_mode: Literal[0, 1] = 0
+    show_extras_results: bool = True
+    gfpgan_visibility: float = Field(default=0, ge=0, le=1, allow_inf_nan=False)
+    codeformer_visibility: float = Field(default=0, ge=0, le=1, allow_inf_nan=False)
+    codeformer_weight: float = Field(default=0, ge=0, le=1, allow_inf_nan=False)
+    upscaling_resize: float = Field(default=2, gt=0, allow_inf_nan=False)
+    upscaling_resize_w: int = Field(default=512, ge=1)
+    upscaling_resize_h: int = Field(default=512, ge=1)
+    upscaling_crop: bool = True
+    upscaler_1: str = "None"
+    upscaler_2: str = "None"
+    extras_upscaler_2_visibility: float = Field(default=0, ge=0, le=1, allow_inf_nan=False)
+    upscale_first: bool = False
+
+
+class ExtrasSingleImageRequest(ExtrasRequest):
+    image: str = ""
+
+
+class FileData(BaseModel):
+    data: str
+    name: str
+
+
+class ExtrasBatchImagesRequest(ExtrasRequest):
+    imageList: list[FileData]  # noqa: N815 (A1111's field name)
+
+
+def _params(request: ExtrasRequest, options: dict[str, Any]) -> ExtrasParams:
+    """Request fields plus the ESRGAN_tile options that A1111 reads for tiled inference."""
+    fields = {name: getattr(request, name) for name in ExtrasParams.__dataclass_fields__ if name != "tiling"}
+    tiling = TileSpec(int(options.get("ESRGAN_tile", 192)), int(options.get("ESRGAN_tile_overlap", 8)))
+    return ExtrasParams(**fields, tiling=tiling)
+
+
+def _extras_item(services: Services, images: list[Any], params: ExtrasParams, catalog: UpscalerCatalog) -> WorkItem:
+    def run(cancel) -> ExtrasResult:
+        def done(index: int, _total: int) -> None:
+            services.progress.batch_finished(index)  # /progress job_no counts finished images
+
+        return run_extras(images, params, catalog, lambda: cancel.interrupted, done)
+
+    return WorkItem(run=run, label="extras", progress=ProgressSpec("extras", len(images), job_timestamp(), 0))
+
+
+async def _run(services: Services, request: ExtrasRequest, encoded: list[str]) -> tuple[list[str], str]:
+    """Validate, decode, upscale on the worker, encode: (base64 images, html_info)."""
+    options = services.options.snapshot()
+    catalog = UpscalerCatalog.from_settings(services.settings)
+    params = _params(request, options)
+    check_params(params, catalog)
+    if str(options.get("samples_format", "png")).lower() not in SUPPORTED_FORMATS:
+        raise InvalidImageFormat(str(options.get("samples_format")))
+    images = await run_in_threadpool(lambda: [decode_image_base64(text) for text in encoded])
+    for image in images:
+        check_output_size(image, params)
+    result = await services.scheduler.run(_extras_item(services, images, params, catalog))
+    return await run_in_threadpool(_encode_all, result.images, options), result.html_info
+
+
+def _encode_all(images: list[ProcessedImage], options: dict[str, Any]) -> list[str]:
+    return [_encode(done, options) for done in images]
+
+
+def _encode(done: ProcessedImage, options: dict[str, Any]) -> str:
+    """samples_format like A1111's API; PNG keeps every text item, JPEG/WEBP the parameters."""
+    fmt = str(options.get("samples_format", "png")).lower()
+    if not options.get("enable_pnginfo", True):
+        return encode_image_base64(done.image, fmt, **encoding_options(options))
+    texts = {k: v for k, v in done.info.items() if isinstance(k, str) and isinstance(v, str) and k != "parameters"}
+    infotext = done.info.get("parameters") if isinstance(done.info.get("parameters"), str) else None
+    extra = texts if fmt == "png" else None
+    return encode_image_base64(done.image, fmt, infotext=infotext, extra_text=extra, **encoding_options(options))
+
+
+@router.post("/sdapi/v1/extra-single-image")
+async def extra_single_image(request: ExtrasSingleImageRequest, services: Services = Depends(get_services)) -> dict[str, Any]:
+    images, html_info = await _run(services, request, [request.image])
+    return {"html_info": html_info, "image": images[0] if images else None}
+
+
+@router.post("/sdapi/v1/extra-batch-images")
+async def extra_batch_images(request: ExtrasBatchImagesRequest, services: Services = Depends(get_services)) -> dict[str, Any]:
+    images, html_info = await _run(services, request, [item.data for item in request.imageList])
+    return {"html_info": html_info, "images": images}
