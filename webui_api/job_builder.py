@@ -10,13 +10,13 @@ prompt checks that are cheap enough for the event loop.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Mapping, Optional, Sequence
 
 from .errors import BadRequest, NotImplementedFeature, ValidationFailed
-from .jobs import GenerationJob, SamplingParams, SeedParams
-from .schemas.generation import GenerationRequest, Txt2ImgRequest
+from .jobs import GenerationJob, Img2ImgParams, SamplingParams, SeedParams
+from .schemas.generation import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 from .styles import PromptStyle, apply_styles, read_styles
 
 MAX_SEED = 4294967294  # A1111 draws random seeds with randrange(4294967294)
@@ -142,6 +142,91 @@ def build_txt2img(
     rng = rng or random.Random()
     check_scripts(request)
     refuse_unimplemented(request)
+    count = request.batch_size * request.n_iter
+    sampler = resolve_sampler(request)
+    prompts, negative_prompts = styled_prompts(request, count, styles)
+    check_prompts(prompts, negative_prompts, options)
+    return GenerationJob(
+        kind="txt2img",
+        prompts=prompts,
+        negative_prompts=negative_prompts,
+        width=request.width,
+        height=request.height,
+        batch_size=request.batch_size,
+        n_iter=request.n_iter,
+        sampling=_sampling_params(request, sampler, options),
+        seeds=_seed_params(request, options, count, rng),
+        clip_skip=int(options.get("CLIP_stop_at_last_layers", 1) or 1),
+        model_title=options.get("sd_model_checkpoint"),
+        preview_every_n_steps=_preview_every(options),
+        job_timestamp=job_timestamp(),
+        options=dict(options),
+    )
+
+
+def refuse_unimplemented_img2img(request: Img2ImgRequest) -> None:
+    """img2img features that land later: a clear 501 instead of a silently wrong image."""
+    if request.mask:
+        raise NotImplementedFeature("img2img with a mask (inpainting) is not implemented yet in this server")
+    if request.restore_faces:
+        raise NotImplementedFeature("restore_faces is not implemented yet in this server")
+    if request.tiling:
+        raise NotImplementedFeature("tiling is not implemented yet in this server")
+    if request.refiner_checkpoint and request.refiner_checkpoint.lower() not in ("", "none"):
+        raise NotImplementedFeature("refiner_checkpoint is not implemented yet in this server")
+
+
+def decode_init_images(request: Img2ImgRequest, options: Mapping[str, Any]) -> list[Any]:
+    """Decode, flatten and resize every init image (A1111's img2img init, pixel side)."""
+    from .engine.image_prep import TargetSize, prepare_init_image
+    from .postprocess.encode import decode_image_base64
+
+    size = TargetSize(request.width, request.height)
+    background = str(options.get("img2img_background_color") or "#ffffff")
+    mode = int(request.resize_mode or 0)
+    return [prepare_init_image(decode_image_base64(data), mode, size, background) for data in request.init_images or []]
+
+
+def img2img_params(request: Img2ImgRequest, options: Mapping[str, Any], images: list[Any]) -> Img2ImgParams:
+    """The img2img fields, with the option fallbacks A1111 uses."""
+    strength = 0.75 if request.denoising_strength is None else float(request.denoising_strength)
+    if not 0.0 <= strength <= 1.0:
+        raise BadRequest(f"denoising_strength must be between 0 and 1, received {strength}")
+    multiplier = request.initial_noise_multiplier
+    if multiplier is None:
+        multiplier = options.get("initial_noise_multiplier", 1.0)
+    return Img2ImgParams(
+        init_images=tuple(images),
+        denoising_strength=strength,
+        resize_mode=int(request.resize_mode or 0),
+        initial_noise_multiplier=float(1.0 if multiplier is None else multiplier),
+        extra_noise=float(options.get("img2img_extra_noise", 0.0) or 0.0),
+        fix_steps=bool(options.get("img2img_fix_steps", False)),
+    )
+
+
+def build_img2img(
+    request: Img2ImgRequest,
+    options: Mapping[str, Any],
+    rng: Optional[random.Random] = None,
+    styles: Sequence[PromptStyle] = (),
+) -> GenerationJob:
+    """An img2img job: the txt2img resolution plus decoded, resized init images. Decoding
+    happens here, so a broken image is a 400 before anything is queued."""
+    from .engine.image_prep import batch_init_images
+
+    check_scripts(request)
+    refuse_unimplemented_img2img(request)
+    images, batch_size = batch_init_images(decode_init_images(request, options), request.batch_size)
+    request = request.model_copy(update={"batch_size": batch_size})
+    job = build_txt2img_like(request, options, rng or random.Random(), styles)
+    return replace(job, kind="img2img", img2img=img2img_params(request, options, images))
+
+
+def build_txt2img_like(
+    request: GenerationRequest, options: Mapping[str, Any], rng: random.Random, styles: Sequence[PromptStyle]
+) -> GenerationJob:
+    """The fields txt2img and img2img jobs share."""
     count = request.batch_size * request.n_iter
     sampler = resolve_sampler(request)
     prompts, negative_prompts = styled_prompts(request, count, styles)

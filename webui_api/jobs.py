@@ -41,6 +41,22 @@ class SeedParams:
 
 
 @dataclass(frozen=True)
+class Img2ImgParams:
+    """What an img2img job adds to a txt2img one, resolved before the worker runs.
+
+    `init_images` are RGB PIL images already flattened and resized to the job size (for
+    resize_mode 3 they keep their own size: the latents are resized instead). There is one
+    per image of a batch (a single init image is repeated batch_size times)."""
+
+    init_images: tuple[Any, ...]
+    denoising_strength: float
+    resize_mode: int = 0
+    initial_noise_multiplier: float = 1.0
+    extra_noise: float = 0.0  # A1111 option img2img_extra_noise
+    fix_steps: bool = False  # A1111 option img2img_fix_steps
+
+
+@dataclass(frozen=True)
 class GenerationJob:
     """One txt2img request, fully resolved.
 
@@ -48,7 +64,7 @@ class GenerationJob:
     batch n uses the slice [n * batch_size, (n + 1) * batch_size).
     """
 
-    kind: str  # "txt2img" (img2img lands with its own fields later)
+    kind: str  # "txt2img" or "img2img" (then `img2img` holds its fields)
     prompts: tuple[str, ...]
     negative_prompts: tuple[str, ...]
     width: int
@@ -62,6 +78,7 @@ class GenerationJob:
     preview_every_n_steps: int = 10  # 0 or negative: no live previews
     job_timestamp: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)  # per-job snapshot of the options store
+    img2img: Img2ImgParams | None = None  # set exactly when kind == "img2img"
 
     @property
     def image_count(self) -> int:
