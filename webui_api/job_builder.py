@@ -166,8 +166,6 @@ def build_txt2img(
 
 def refuse_unimplemented_img2img(request: Img2ImgRequest) -> None:
     """img2img features that land later: a clear 501 instead of a silently wrong image."""
-    if request.mask:
-        raise NotImplementedFeature("img2img with a mask (inpainting) is not implemented yet in this server")
     if request.restore_faces:
         raise NotImplementedFeature("restore_faces is not implemented yet in this server")
     if request.tiling:
@@ -176,18 +174,57 @@ def refuse_unimplemented_img2img(request: Img2ImgRequest) -> None:
         raise NotImplementedFeature("refiner_checkpoint is not implemented yet in this server")
 
 
-def decode_init_images(request: Img2ImgRequest, options: Mapping[str, Any]) -> list[Any]:
-    """Decode, flatten and resize every init image (A1111's img2img init, pixel side)."""
-    from .engine.image_prep import TargetSize, prepare_init_image
+@dataclass(frozen=True)
+class PreparedInit:
+    """Init images at the job size, plus what inpainting adds (None/empty without a mask)."""
+
+    images: list[Any]
+    mask: Any = None
+
+
+def mask_settings(request: Img2ImgRequest) -> Any:
+    """The request's mask fields; `mask_blur`, when sent, sets both directions (A1111)."""
+    from .engine.masks import MaskSettings
+
+    blur_x, blur_y = request.mask_blur_x, request.mask_blur_y
+    if request.mask_blur is not None:
+        blur_x = blur_y = request.mask_blur
+    fill = int(request.inpainting_fill or 0)
+    if fill not in (0, 1, 2, 3):
+        raise BadRequest(f"inpainting_fill must be 0 (fill), 1 (original), 2 (latent noise) or 3 (latent nothing); received {fill}")
+    return MaskSettings(
+        invert=bool(request.inpainting_mask_invert),
+        blur_x=max(int(blur_x or 0), 0),
+        blur_y=max(int(blur_y or 0), 0),
+        round=bool(request.mask_round if request.mask_round is not None else True),
+        fill=fill,
+        full_res=bool(request.inpaint_full_res),
+        full_res_padding=max(int(request.inpaint_full_res_padding or 0), 0),
+    )
+
+
+def prepare_init(request: Img2ImgRequest, options: Mapping[str, Any]) -> PreparedInit:
+    """Decode, flatten and resize every init image (A1111's img2img init, pixel side), and
+    prepare the mask when there is one."""
+    from .engine.image_prep import TargetSize, check_pixels, flatten, resize_image
+    from .engine.masks import prepare_mask
     from .postprocess.encode import decode_image_base64
 
     size = TargetSize(request.width, request.height)
     background = str(options.get("img2img_background_color") or "#ffffff")
     mode = int(request.resize_mode or 0)
-    return [prepare_init_image(decode_image_base64(data), mode, size, background) for data in request.init_images or []]
+    flats = []
+    for data in request.init_images or []:
+        image = decode_image_base64(data)
+        check_pixels(image, "init image")
+        flats.append(flatten(image, background))
+    if request.mask:
+        prepared = prepare_mask(decode_image_base64(request.mask), flats, mask_settings(request), mode, size)
+        return PreparedInit(images=list(prepared.images), mask=prepared if prepared.mask is not None else None)
+    return PreparedInit(images=[image if mode == 3 else resize_image(mode, image, size) for image in flats])
 
 
-def img2img_params(request: Img2ImgRequest, options: Mapping[str, Any], images: list[Any]) -> Img2ImgParams:
+def img2img_params(request: Img2ImgRequest, options: Mapping[str, Any], images: list[Any], prepared: PreparedInit) -> Img2ImgParams:
     """The img2img fields, with the option fallbacks A1111 uses."""
     strength = 0.75 if request.denoising_strength is None else float(request.denoising_strength)
     if not 0.0 <= strength <= 1.0:
@@ -195,6 +232,7 @@ def img2img_params(request: Img2ImgRequest, options: Mapping[str, Any], images: 
     multiplier = request.initial_noise_multiplier
     if multiplier is None:
         multiplier = options.get("initial_noise_multiplier", 1.0)
+    mask = prepared.mask
     return Img2ImgParams(
         init_images=tuple(images),
         denoising_strength=strength,
@@ -202,7 +240,19 @@ def img2img_params(request: Img2ImgRequest, options: Mapping[str, Any], images: 
         initial_noise_multiplier=float(1.0 if multiplier is None else multiplier),
         extra_noise=float(options.get("img2img_extra_noise", 0.0) or 0.0),
         fix_steps=bool(options.get("img2img_fix_steps", False)),
+        mask=None if mask is None else mask.mask,
+        overlays=() if mask is None else _per_image(list(mask.overlays), len(images)),
+        inpainting_fill=int(request.inpainting_fill or 0),
+        mask_round=bool(request.mask_round if request.mask_round is not None else True),
+        inpainting_mask_weight=float(options.get("inpainting_mask_weight", 1.0)),
+        paste_to=None if mask is None else mask.paste_to,
+        mask_infotext=() if mask is None else mask.infotext,
     )
+
+
+def _per_image(items: list[Any], count: int) -> tuple[Any, ...]:
+    """A single item repeated for every image of the batch (A1111's overlay_images rule)."""
+    return tuple(items * count if len(items) == 1 else items)
 
 
 def build_img2img(
@@ -211,16 +261,17 @@ def build_img2img(
     rng: Optional[random.Random] = None,
     styles: Sequence[PromptStyle] = (),
 ) -> GenerationJob:
-    """An img2img job: the txt2img resolution plus decoded, resized init images. Decoding
-    happens here, so a broken image is a 400 before anything is queued."""
+    """An img2img job: the txt2img resolution plus decoded, resized init images (and the
+    prepared mask). Decoding happens here, so a broken image is a 400 before anything is queued."""
     from .engine.image_prep import batch_init_images
 
     check_scripts(request)
     refuse_unimplemented_img2img(request)
-    images, batch_size = batch_init_images(decode_init_images(request, options), request.batch_size)
+    prepared = prepare_init(request, options)
+    images, batch_size = batch_init_images(prepared.images, request.batch_size)
     request = request.model_copy(update={"batch_size": batch_size})
     job = build_txt2img_like(request, options, rng or random.Random(), styles)
-    return replace(job, kind="img2img", img2img=img2img_params(request, options, images))
+    return replace(job, kind="img2img", img2img=img2img_params(request, options, images, prepared))
 
 
 def build_txt2img_like(

@@ -54,6 +54,15 @@ class Img2ImgParams:
     initial_noise_multiplier: float = 1.0
     extra_noise: float = 0.0  # A1111 option img2img_extra_noise
     fix_steps: bool = False  # A1111 option img2img_fix_steps
+    # Inpainting (all unset for plain img2img): the processed mask (PIL "L", job size, white =
+    # repaint), one RGBA overlay per init image (kept original pixels), the fill mode.
+    mask: Any = None
+    overlays: tuple[Any, ...] = ()
+    inpainting_fill: int = 0  # 0 fill, 1 original, 2 latent noise, 3 latent nothing
+    mask_round: bool = True
+    inpainting_mask_weight: float = 1.0  # A1111 option, for 9-channel inpainting UNets
+    paste_to: Any = None  # full-res inpainting: masks.CropBox of the original the output goes back into
+    mask_infotext: tuple[tuple[str, Any], ...] = ()  # (key, value) pairs in A1111's order
 
 
 @dataclass(frozen=True)

@@ -102,12 +102,6 @@ def test_bad_inputs_are_4xx(client):
     assert client.post("/sdapi/v1/img2img", json=a1111_img2img_payload(init_images=[truncated])).status_code == 400
 
 
-def test_mask_is_a_clear_501_until_inpainting_lands(client):
-    response = post(client, mask=png_b64(Image.new("L", (64, 64), 255)))
-    assert response.status_code == 501
-    assert "mask" in response.text
-
-
 def test_timestep_sampler_is_a_clear_501(client):
     response = post(client, sampler_index="DDIM", sampler_name="DDIM")
     assert response.status_code == 501
@@ -116,3 +110,81 @@ def test_timestep_sampler_is_a_clear_501(client):
 def test_noise_multiplier_goes_to_the_infotext(client):
     info = json.loads(post(client, initial_noise_multiplier=0.9).json()["info"])
     assert "Noise multiplier: 0.9" in info["infotexts"][0]
+
+
+# ---------------------------------------------------------------------------
+# Inpainting
+# ---------------------------------------------------------------------------
+
+
+def half_mask(width: int = 64, height: int = 64) -> Image.Image:
+    """White (repaint) on the left half."""
+    pixels = np.zeros((height, width), np.uint8)
+    pixels[:, : width // 2] = 255
+    return Image.fromarray(pixels)
+
+
+def inpaint(client, init: Image.Image, mask: Image.Image, **overrides):
+    payload = a1111_img2img_payload(
+        **{"init_images": [png_b64(init)], "mask": png_b64(mask), "seed": 5, "denoising_strength": 1.0, **overrides}
+    )
+    response = client.post("/sdapi/v1/img2img", json=payload)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_a1111_inpaint_payload_keeps_unmasked_pixels(client):
+    init = gradient()
+    body = inpaint(client, init, half_mask())
+    out, src = np.asarray(decode(body["images"][0]).convert("RGB")), np.asarray(init)
+    assert np.array_equal(out[:, 45:], src[:, 45:])  # well outside the blurred edge: unchanged
+    assert np.abs(out[:, :20].astype(int) - src[:, :20]).mean() > 5  # the masked side was repainted
+    text = json.loads(body["info"])["infotexts"][0]
+    assert "Mask blur: 4" in text and "Masked content: fill" in text and "Inpaint area" not in text
+
+
+def test_inverted_mask_repaints_the_other_side(client):
+    init = gradient()
+    body = inpaint(client, init, half_mask(), inpainting_mask_invert=True)
+    out, src = np.asarray(decode(body["images"][0]).convert("RGB")), np.asarray(init)
+    assert np.array_equal(out[:, :19], src[:, :19])
+    assert np.abs(out[:, 44:].astype(int) - src[:, 44:]).mean() > 5
+    assert "Mask mode: Inpaint not masked" in json.loads(body["info"])["infotexts"][0]
+
+
+def test_fill_modes_differ(client):
+    outputs = [inpaint(client, gradient(), half_mask(), inpainting_fill=fill, denoising_strength=0.6)["images"][0]
+               for fill in range(4)]
+    assert len(set(outputs)) == 4
+
+
+def test_full_res_inpainting_pastes_back_in_place(client):
+    init = gradient(128, 96)
+    mask = np.zeros((96, 128), np.uint8)
+    mask[40:56, 50:70] = 255
+    body = inpaint(client, init, Image.fromarray(mask), inpaint_full_res=True, inpaint_full_res_padding=4, mask_blur=0)
+    out, src = np.asarray(decode(body["images"][0]).convert("RGB")), np.asarray(init)
+    assert out.shape == (96, 128, 3)  # the original's size, not the job's 64x64
+    outside = np.ones((96, 128), bool)
+    outside[40:56, 50:70] = False
+    assert np.array_equal(out[outside], src[outside])
+    assert np.abs(out[40:56, 50:70].astype(int) - src[40:56, 50:70]).mean() > 5
+    text = json.loads(body["info"])["infotexts"][0]
+    assert "Inpaint area: Only masked" in text and "Masked area padding: 4" in text
+
+
+def test_blank_mask_with_full_res_is_plain_img2img(client):
+    body = inpaint(client, gradient(), Image.new("L", (64, 64), 0), inpaint_full_res=True)
+    assert "Mask blur" not in json.loads(body["info"])["infotexts"][0]
+
+
+def test_mask_of_a_different_size_is_a_400(client):
+    payload = a1111_img2img_payload(init_images=[png_b64(gradient())], mask=png_b64(half_mask(32, 32)))
+    response = client.post("/sdapi/v1/img2img", json=payload)
+    assert response.status_code == 400
+    assert "same size" in response.text
+
+
+def test_broken_mask_is_a_400(client):
+    payload = a1111_img2img_payload(init_images=[png_b64(gradient())], mask="%%%")
+    assert client.post("/sdapi/v1/img2img", json=payload).status_code == 400

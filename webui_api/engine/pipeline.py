@@ -25,7 +25,7 @@ from samplers.registry import (
 from samplers.unipc import UniPCOptions
 from webui_api.engine.cond_types import BatchConditioning
 from webui_api.engine.conditioning import build_batch_conditioning
-from webui_api.engine.denoiser import CFGDenoiser, GuidanceOptions, SamplingInterrupted, make_inner
+from webui_api.engine.denoiser import CFGDenoiser, GuidanceOptions, InpaintBlend, SamplingInterrupted, make_inner
 from webui_api.engine.latents import approx_preview, decode_latents
 from webui_api.engine.models import LoadedModel
 from webui_api.engine.rng import ImageRNG
@@ -77,6 +77,8 @@ class SamplingStart:
     schedule: torch.Tensor
     x: torch.Tensor
     model_interval: bool = True
+    blend: InpaintBlend | None = None  # inpainting: keep the init latent outside the mask
+    image_cond: torch.Tensor | None = None  # 9-channel inpainting UNets: [mask, masked image latent]
 
 
 # (the batch's first noise draw, the full schedule) -> where sampling starts
@@ -381,12 +383,14 @@ def sample_batch(
         begin = start(noise, full_schedule)
     x, schedule = begin.x, begin.schedule
     # 3. denoiser, callback, sampler arguments
-    cfg = CFGDenoiser(inner, cancel, guidance_options(job, plan))
+    cfg = CFGDenoiser(inner, cancel, guidance_options(job, plan), blend=begin.blend)
     trace = SamplingTrace(x0=x)
     callback = make_callback(job, observer, trace, preview_source(job, cfg, trace), model.family)
     noise_sampler = make_noise_sampler(model, job, plan, batch, rng, full_schedule)
     kwargs = sampler_kwargs(job, plan, schedule, inner, noise_sampler, begin.model_interval)
     extra_args = {"cond": conditioning, "cond_scale": job.sampling.cfg_scale, "s_min_uncond": job.sampling.s_min_uncond}
+    if begin.image_cond is not None:
+        extra_args["image_cond"] = begin.image_cond
     # 4. sample; an interrupt or skip keeps the last x0 estimate of the prompt (A1111's last_latent)
     try:
         return plan.sampler.function(cfg, x, schedule, extra_args=extra_args, callback=callback, disable=True, **kwargs)
