@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, Mapping, Optional, Sequence
 
 from .errors import BadRequest, NotImplementedFeature, ValidationFailed
-from .jobs import GenerationJob, Img2ImgParams, SamplingParams, SeedParams
+from .jobs import GenerationJob, HiresParams, Img2ImgParams, SamplingParams, SeedParams
 from .schemas.generation import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 from .styles import PromptStyle, apply_styles, read_styles
 
@@ -120,8 +120,8 @@ def job_timestamp(now: Optional[datetime] = None) -> str:
 
 def refuse_unimplemented(request: Txt2ImgRequest) -> None:
     """Features that land in later issues: say so clearly instead of ignoring them."""
-    if request.enable_hr:
-        raise NotImplementedFeature("enable_hr (hires fix) is not implemented yet in this server")
+    if request.enable_hr and (request.hr_checkpoint_name or "Use same checkpoint") != "Use same checkpoint":
+        raise NotImplementedFeature("hr_checkpoint_name (a different checkpoint for the hires pass) is not implemented yet")
     if request.restore_faces:
         raise NotImplementedFeature("restore_faces is not implemented yet in this server")
     if request.tiling:
@@ -142,26 +142,133 @@ def build_txt2img(
     rng = rng or random.Random()
     check_scripts(request)
     refuse_unimplemented(request)
-    count = request.batch_size * request.n_iter
-    sampler = resolve_sampler(request)
-    prompts, negative_prompts = styled_prompts(request, count, styles)
-    check_prompts(prompts, negative_prompts, options)
-    return GenerationJob(
-        kind="txt2img",
-        prompts=prompts,
-        negative_prompts=negative_prompts,
-        width=request.width,
-        height=request.height,
-        batch_size=request.batch_size,
-        n_iter=request.n_iter,
-        sampling=_sampling_params(request, sampler, options),
-        seeds=_seed_params(request, options, count, rng),
-        clip_skip=int(options.get("CLIP_stop_at_last_layers", 1) or 1),
-        model_title=options.get("sd_model_checkpoint"),
-        preview_every_n_steps=_preview_every(options),
-        job_timestamp=job_timestamp(),
-        options=dict(options),
+    first_pass = first_pass_request(request)
+    job = build_txt2img_like(first_pass, options, rng, styles)
+    if not request.enable_hr:
+        return job
+    return replace(job, hires=hires_params(first_pass, job, options, styles))
+
+
+# ---------------------------------------------------------------------------
+# Hires fix
+# ---------------------------------------------------------------------------
+
+# hr_upscaler names that upscale in latent space: (torch interpolate mode, antialias)
+LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {
+    "Latent": ("bilinear", False),
+    "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
+PIXEL_UPSCALERS = ("None", "Lanczos", "Nearest")
+
+
+def first_pass_request(request: Txt2ImgRequest) -> Txt2ImgRequest:
+    """Legacy firstphase_width/height: the first pass runs at that size and width x height
+    becomes the hires target (as hr_resize_x/y)."""
+    if not request.enable_hr or not (request.firstphase_width or request.firstphase_height):
+        return request
+    return request.model_copy(update={
+        "width": request.firstphase_width or request.width, "height": request.firstphase_height or request.height,
+        "hr_resize_x": request.width, "hr_resize_y": request.height,
+    })
+
+
+@dataclass(frozen=True)
+class HiresTarget:
+    """A1111's calculate_target_resolution: the upscale size and the latent crop."""
+
+    width: int
+    height: int
+    truncate_x: int = 0
+    truncate_y: int = 0
+
+
+def hires_target(request: Txt2ImgRequest) -> HiresTarget:
+    width, height = request.width, request.height
+    rx, ry = int(request.hr_resize_x or 0), int(request.hr_resize_y or 0)
+    if rx == 0 and ry == 0:
+        scale = float(request.hr_scale if request.hr_scale is not None else 2.0)
+        return HiresTarget(int(width * scale), int(height * scale))
+    if ry == 0:
+        return HiresTarget(rx, rx * height // width)
+    if rx == 0:
+        return HiresTarget(ry * width // height, ry)
+    cover = HiresTarget(rx, rx * height // width) if width / height < rx / ry else HiresTarget(ry * width // height, ry)
+    return replace(cover, truncate_x=(cover.width - rx) // 8, truncate_y=(cover.height - ry) // 8)
+
+
+def hires_upscaler(request: Txt2ImgRequest) -> tuple[str, tuple[str, bool] | None]:
+    """The upscaler's name and its latent mode (None for a pixel upscaler); unknown names
+    are a 400 listing what this server has."""
+    name = request.hr_upscaler if request.hr_upscaler is not None else "Latent"
+    if name in LATENT_UPSCALE_MODES:
+        return name, LATENT_UPSCALE_MODES[name]
+    if name in PIXEL_UPSCALERS:
+        return name, None
+    known = ", ".join((*LATENT_UPSCALE_MODES, *PIXEL_UPSCALERS))
+    raise BadRequest(f"hr_upscaler {name!r} is not available in this server; available: {known}")
+
+
+def hires_request(request: Txt2ImgRequest) -> Txt2ImgRequest:
+    """The request as the second pass sees it: hires sampler/scheduler, steps and prompts."""
+    sampler = request.hr_sampler_name
+    if sampler in (None, "", "Use same sampler"):
+        sampler = request.sampler_name or request.sampler_index
+    scheduler = request.hr_scheduler
+    if scheduler in (None, "", "Use same scheduler"):
+        scheduler = request.scheduler
+    return request.model_copy(update={
+        "sampler_name": sampler, "sampler_index": sampler, "scheduler": scheduler,
+        "steps": int(request.hr_second_pass_steps or 0) or request.steps,
+        "prompt": request.hr_prompt or request.prompt, "negative_prompt": request.hr_negative_prompt or request.negative_prompt,
+    })
+
+
+def hires_params(
+    request: Txt2ImgRequest, job: GenerationJob, options: Mapping[str, Any], styles: Sequence[PromptStyle]
+) -> HiresParams:
+    """Everything the hires pass needs; denoising_strength null means A1111's 0.75."""
+    target = hires_target(request)
+    if target.width < 8 or target.height < 8:
+        raise BadRequest(f"hires target {target.width}x{target.height} is too small (hr_scale / hr_resize_x/y)")
+    name, latent = hires_upscaler(request)
+    second = hires_request(request)
+    prompts, negatives = styled_prompts(second, job.image_count, styles)
+    check_prompts(prompts, negatives, options)
+    strength = 0.75 if request.denoising_strength is None else float(request.denoising_strength)
+    sampling = _sampling_params(second, resolve_sampler(second), options)
+    return HiresParams(
+        upscale_width=target.width, upscale_height=target.height, upscaler=name,
+        latent_mode=latent[0] if latent else None, latent_antialias=bool(latent and latent[1]),
+        steps=second.steps, denoising_strength=strength, sampling=sampling, prompts=prompts,
+        negative_prompts=negatives, truncate_x=target.truncate_x, truncate_y=target.truncate_y,
+        infotext=hires_infotext(request, job, sampling, prompts, negatives),
     )
+
+
+def hires_infotext(
+    request: Txt2ImgRequest, job: GenerationJob, sampling: SamplingParams, prompts: Sequence[str], negatives: Sequence[str]
+) -> tuple[tuple[str, Any], ...]:
+    """A1111's hires infotext keys in its order (hires prompts only when they differ)."""
+    keys: list[tuple[str, Any]] = []
+    if request.hr_sampler_name not in (None, "", "Use same sampler") and sampling.sampler_name != job.sampling.sampler_name:
+        keys.append(("Hires sampler", sampling.sampler_name))
+    if prompts[0] != job.prompts[0]:
+        keys.append(("Hires prompt", prompts[0]))
+    if negatives[0] != job.negative_prompts[0]:
+        keys.append(("Hires negative prompt", negatives[0]))
+    if not (request.hr_resize_x or request.hr_resize_y):
+        keys.append(("Hires upscale", float(request.hr_scale if request.hr_scale is not None else 2.0)))
+    else:
+        keys.append(("Hires resize", f"{request.hr_resize_x}x{request.hr_resize_y}"))
+    if request.hr_second_pass_steps:
+        keys.append(("Hires steps", int(request.hr_second_pass_steps)))
+    if request.hr_upscaler is not None:
+        keys.append(("Hires upscaler", request.hr_upscaler))
+    return tuple(keys)
 
 
 def refuse_unimplemented_img2img(request: Img2ImgRequest) -> None:

@@ -66,6 +66,26 @@ class Img2ImgParams:
 
 
 @dataclass(frozen=True)
+class HiresParams:
+    """txt2img's hires fix, resolved: the first pass runs at the job's width x height, the
+    second pass at target size (before the centre crop of truncate_x/y latent cells)."""
+
+    upscale_width: int  # A1111's hr_upscale_to_x
+    upscale_height: int
+    upscaler: str  # as named (infotext "Hires upscaler"); "Latent" when the request sent none
+    latent_mode: str | None  # torch interpolate mode for latent upscalers; None: pixel upscaler
+    latent_antialias: bool
+    steps: int  # second-pass sampler steps (hr_second_pass_steps or steps)
+    denoising_strength: float
+    sampling: SamplingParams  # second-pass sampler and scheduler
+    prompts: tuple[str, ...]  # per image, like GenerationJob.prompts
+    negative_prompts: tuple[str, ...]
+    truncate_x: int = 0  # latent cells cropped (centred) when hr_resize_x/y set both sides
+    truncate_y: int = 0
+    infotext: tuple[tuple[str, Any], ...] = ()  # the hires infotext keys, in A1111's order
+
+
+@dataclass(frozen=True)
 class GenerationJob:
     """One txt2img request, fully resolved.
 
@@ -88,6 +108,7 @@ class GenerationJob:
     job_timestamp: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)  # per-job snapshot of the options store
     img2img: Img2ImgParams | None = None  # set exactly when kind == "img2img"
+    hires: HiresParams | None = None  # txt2img with enable_hr
 
     @property
     def image_count(self) -> int:

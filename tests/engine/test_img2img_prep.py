@@ -85,6 +85,9 @@ def test_img2img_steps_follow_a1111():
     assert (zero.t_enc, zero.start_index) == (0, 19)
     fixed = img2img_steps(20, 0.5, fix_steps=True)
     assert (fixed.steps, fixed.t_enc, fixed.start_index) == (40, 19, 20)
+    hires = img2img_steps(20, 0.7, fix_steps=True)
+    assert (hires.steps, hires.start_index) == (28, 8)  # internals' example
+    assert img2img_steps(20, 0.0, fix_steps=True).steps == 0  # nothing to sample
 
 
 def img2img_job(strength: float, steps: int = 8, **kwargs):

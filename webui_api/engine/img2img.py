@@ -54,12 +54,12 @@ class Img2ImgSteps:
 
 def img2img_steps(requested: int, strength: float, fix_steps: bool) -> Img2ImgSteps:
     """Default: the schedule has `requested` steps and t_enc = int(min(strength, 0.999) * steps).
-    With img2img_fix_steps the sampler runs exactly `requested` steps of a longer schedule
-    (steps = int(requested / min(strength, 0.999))); at strength 0 that rule would give an
-    empty schedule, so the default rule (one step at the lowest sigma) is used instead."""
+    With img2img_fix_steps (and always for the hires pass) the sampler runs exactly `requested`
+    steps of a longer schedule, steps = int(requested / min(strength, 0.999)); at strength 0
+    that schedule is empty and A1111 hands the init latent back unsampled (`steps == 0`)."""
     clipped = min(strength, 0.999)
-    if fix_steps and strength > 0:
-        return Img2ImgSteps(steps=max(int(requested / clipped), requested), t_enc=requested - 1)
+    if fix_steps:
+        return Img2ImgSteps(steps=int(requested / clipped) if strength > 0 else 0, t_enc=requested - 1)
     return Img2ImgSteps(steps=requested, t_enc=int(clipped * requested))
 
 
@@ -229,7 +229,7 @@ def run_img2img(model: LoadedModel, job: GenerationJob, observer: RunObserver, c
     """Generate every image of an img2img job, batch by batch (interrupt/skip as txt2img)."""
     params = check_img2img_job(job)
     steps = img2img_steps(job.sampling.steps, params.denoising_strength, params.fix_steps)
-    schedule_job = replace(job, sampling=replace(job.sampling, steps=steps.steps))
+    schedule_job = replace(job, sampling=replace(job.sampling, steps=max(steps.steps, 1)))
     plan = resolve_img2img_plan(schedule_job)
     images: list[GeneratedImage] = []
     with torch.inference_mode():
@@ -240,8 +240,10 @@ def run_img2img(model: LoadedModel, job: GenerationJob, observer: RunObserver, c
             cancel.clear_skip()
             observer.batch_started(n, job.n_iter)
             batch = BatchSpec.of(job, n)
-            start = noised_start(init, params, steps, inpaint)
-            latents = sample_batch(model, schedule_job, plan, batch, observer, cancel, start)
+            latents = init
+            if steps.steps > 0:
+                start = noised_start(init, params, steps, inpaint)
+                latents = sample_batch(model, schedule_job, plan, batch, observer, cancel, start)
             if inpaint.blend is not None:
                 latents = inpaint.blend(latents)
             auto_upcast = bool(job.options.get("auto_vae_precision", True))

@@ -442,7 +442,12 @@ class Engine:
 
     def txt2img(self, job: GenerationJob, observer: RunObserver, cancel: CancelToken) -> JobResult:
         """Run a txt2img job with its own checkpoint, VAE, LoRAs and LRU size (all from the
-        job's options snapshot and prompts); the LoRAs are removed again afterwards."""
+        job's options snapshot and prompts); the LoRAs are removed again afterwards. A job with
+        hires params runs both passes (webui_api.engine.hires)."""
+        if job.hires is not None:
+            from webui_api.engine.hires import run_hires
+
+            return self._generate(run_hires, job, observer, cancel)
         return self._generate(run_txt2img, job, observer, cancel)
 
     def img2img(self, job: GenerationJob, observer: RunObserver, cancel: CancelToken) -> JobResult:

@@ -45,7 +45,8 @@ def _txt2img_item(services: Services, job: GenerationJob) -> WorkItem:
         model = services.engine.load(job.model_title)
         return services.engine.txt2img(job, services.progress, cancel), model.info
 
-    spec = ProgressSpec("scripts_txt2img", job.n_iter, job.job_timestamp, job.preview_every_n_steps)
+    job_count = job.n_iter * 2 if job.hires is not None else job.n_iter  # A1111 doubles it for hires fix
+    spec = ProgressSpec("scripts_txt2img", job_count, job.job_timestamp, job.preview_every_n_steps)
     return WorkItem(run=run, label="txt2img", progress=spec)
 
 
