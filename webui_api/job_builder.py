@@ -124,8 +124,6 @@ def refuse_unimplemented(request: Txt2ImgRequest) -> None:
         raise NotImplementedFeature("hr_checkpoint_name (a different checkpoint for the hires pass) is not implemented yet")
     if request.restore_faces:
         raise NotImplementedFeature("restore_faces is not implemented yet in this server")
-    if request.tiling:
-        raise NotImplementedFeature("tiling is not implemented yet in this server")
     if request.refiner_checkpoint and request.refiner_checkpoint.lower() not in ("", "none"):
         raise NotImplementedFeature("refiner_checkpoint is not implemented yet in this server")
 
@@ -275,8 +273,6 @@ def refuse_unimplemented_img2img(request: Img2ImgRequest) -> None:
     """img2img features that land later: a clear 501 instead of a silently wrong image."""
     if request.restore_faces:
         raise NotImplementedFeature("restore_faces is not implemented yet in this server")
-    if request.tiling:
-        raise NotImplementedFeature("tiling is not implemented yet in this server")
     if request.refiner_checkpoint and request.refiner_checkpoint.lower() not in ("", "none"):
         raise NotImplementedFeature("refiner_checkpoint is not implemented yet in this server")
 
@@ -404,6 +400,7 @@ def build_txt2img_like(
         preview_every_n_steps=_preview_every(options),
         job_timestamp=job_timestamp(),
         options=dict(options),
+        tiling=bool(request.tiling if request.tiling is not None else options.get("tiling", False)),
     )
 
 

@@ -109,6 +109,7 @@ class GenerationJob:
     options: Mapping[str, Any] = field(default_factory=dict)  # per-job snapshot of the options store
     img2img: Img2ImgParams | None = None  # set exactly when kind == "img2img"
     hires: HiresParams | None = None  # txt2img with enable_hr
+    tiling: bool = False  # seamless textures: circular padding in the model's convolutions
 
     @property
     def image_count(self) -> int:

@@ -69,6 +69,7 @@ def infotext_params(
         "Clip skip": job.clip_skip if job.clip_skip > 1 else None,
         "ENSD": seeds.eta_noise_seed_delta if uses_ensd else None,
         "RNG": seeds.randn_source if seeds.randn_source != "GPU" else None,
+        "Tiling": "True" if job.tiling else None,
         **extras,
         "Version": A1111_COMPAT_VERSION if opts.get("add_version_to_infotext", True) else None,
     }

@@ -46,6 +46,7 @@ from webui_api.engine.networks import (
     parse_prompt_networks,
 )
 from webui_api.engine.pipeline import run_txt2img
+from webui_api.engine.tiling import apply_tiling
 from webui_api.errors import NotImplementedFeature, UnknownCheckpoint
 from webui_api.jobs import GenerationJob, JobResult
 from webui_api.progress import CancelToken, RunObserver
@@ -465,9 +466,11 @@ class Engine:
         stripped, calls = job_networks(job)
         networks = self.load_networks(calls)
         patch = apply_networks(model, networks)
+        padding = apply_tiling(model, job.tiling)
         try:
             result = run(model, replace(job, prompts=stripped), observer, cancel)
         finally:
+            padding.restore()
             patch.restore()
         for index, image in enumerate(result.images):
             image.prompt = job.prompts[index]
