@@ -92,3 +92,4 @@ def test_unknown_upscaler_is_a_400(client):
 def test_other_hires_checkpoint_is_a_501(client):
     response = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img(enable_hr=True, hr_checkpoint_name="other.safetensors"))
     assert response.status_code == 501
+

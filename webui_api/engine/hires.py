@@ -99,12 +99,12 @@ def run_hires(model: LoadedModel, job: GenerationJob, observer: RunObserver, can
             if cancel.interrupted:
                 break
             cancel.clear_skip()
-            observer.batch_started(2 * n, 2 * job.n_iter)
+            observer.batch_started(n, job.n_iter)  # A1111's "Batch n out of N" text; job_no counts passes
             batch = BatchSpec.of(job, n)
             latents = sample_batch(model, job, plan, batch, observer, cancel)
             observer.batch_finished(2 * n)
             if not cancel.interrupted:
-                observer.batch_started(2 * n + 1, 2 * job.n_iter)
+                observer.batch_started(n, job.n_iter)
                 latents = second_pass(model, job, truncate(upscale(model, hires, latents, auto_upcast), hires), n, observer, cancel)
             images += batch_images(batch, decode_latents(model, latents, auto_upcast))
             observer.batch_finished(2 * n + 1)
