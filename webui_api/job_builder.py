@@ -221,7 +221,8 @@ def hires_request(request: Txt2ImgRequest) -> Txt2ImgRequest:
     return request.model_copy(update={
         "sampler_name": sampler, "sampler_index": sampler, "scheduler": scheduler,
         "steps": int(request.hr_second_pass_steps or 0) or request.steps,
-        "prompt": request.hr_prompt or request.prompt, "negative_prompt": request.hr_negative_prompt or request.negative_prompt,
+        "prompt": request.hr_prompt or request.prompt,
+        "negative_prompt": request.hr_negative_prompt or request.negative_prompt,
     })
 
 
@@ -294,7 +295,9 @@ def mask_settings(request: Img2ImgRequest) -> Any:
         blur_x = blur_y = request.mask_blur
     fill = int(request.inpainting_fill or 0)
     if fill not in (0, 1, 2, 3):
-        raise BadRequest(f"inpainting_fill must be 0 (fill), 1 (original), 2 (latent noise) or 3 (latent nothing); received {fill}")
+        raise BadRequest(
+            f"inpainting_fill must be 0 (fill), 1 (original), 2 (latent noise) or 3 (latent nothing); received {fill}"
+        )
     return MaskSettings(
         invert=bool(request.inpainting_mask_invert),
         blur_x=max(int(blur_x or 0), 0),
@@ -327,7 +330,9 @@ def prepare_init(request: Img2ImgRequest, options: Mapping[str, Any]) -> Prepare
     return PreparedInit(images=[image if mode == 3 else resize_image(mode, image, size) for image in flats])
 
 
-def img2img_params(request: Img2ImgRequest, options: Mapping[str, Any], images: list[Any], prepared: PreparedInit) -> Img2ImgParams:
+def img2img_params(
+    request: Img2ImgRequest, options: Mapping[str, Any], images: list[Any], prepared: PreparedInit
+) -> Img2ImgParams:
     """The img2img fields, with the option fallbacks A1111 uses."""
     strength = 0.75 if request.denoising_strength is None else float(request.denoising_strength)
     if not 0.0 <= strength <= 1.0:

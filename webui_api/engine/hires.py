@@ -105,7 +105,8 @@ def run_hires(model: LoadedModel, job: GenerationJob, observer: RunObserver, can
             observer.batch_finished(2 * n)
             if not cancel.interrupted:
                 observer.batch_started(n, job.n_iter)
-                latents = second_pass(model, job, truncate(upscale(model, hires, latents, auto_upcast), hires), n, observer, cancel)
+                upscaled = truncate(upscale(model, hires, latents, auto_upcast), hires)
+                latents = second_pass(model, job, upscaled, n, observer, cancel)
             images += batch_images(batch, decode_latents(model, latents, auto_upcast))
             observer.batch_finished(2 * n + 1)
     extras = {"Denoising strength": hires.denoising_strength, **dict(hires.infotext)}

@@ -145,7 +145,9 @@ def latent_mask(model: LoadedModel, params: Img2ImgParams, latent_shape: torch.S
     return mask.expand(latent_shape[1], height, width).unsqueeze(0)
 
 
-def fill_latent(model: LoadedModel, job: GenerationJob, init: torch.Tensor, latmask: torch.Tensor, fill: int) -> torch.Tensor:
+def fill_latent(
+    model: LoadedModel, job: GenerationJob, init: torch.Tensor, latmask: torch.Tensor, fill: int
+) -> torch.Tensor:
     """inpainting_fill 2 (latent noise: the first batch's seeds' unit noise in the mask) and
     3 (latent nothing: zeros in the mask); 0 and 1 leave the latent as encoded."""
     if fill == 3:
@@ -183,7 +185,9 @@ def _pixel_mask(params: Img2ImgParams, height: int, width: int) -> torch.Tensor:
     return values[None, None]
 
 
-def inpaint_state(model: LoadedModel, job: GenerationJob, params: Img2ImgParams, init: torch.Tensor) -> tuple[torch.Tensor, InpaintState]:
+def inpaint_state(
+    model: LoadedModel, job: GenerationJob, params: Img2ImgParams, init: torch.Tensor
+) -> tuple[torch.Tensor, InpaintState]:
     """The init latent after the latent fill, and the blend/image conditioning to sample with."""
     image_cond = inpaint_image_cond(model, params, init.shape)
     if params.mask is None:
