@@ -326,7 +326,7 @@ def prepare_init(request: Img2ImgRequest, options: Mapping[str, Any]) -> Prepare
         flats.append(flatten(image, background))
     if request.mask:
         prepared = prepare_mask(decode_image_base64(request.mask), flats, mask_settings(request), mode, size)
-        return PreparedInit(images=list(prepared.images), mask=prepared if prepared.mask is not None else None)
+        return PreparedInit(images=list(prepared.images), mask=prepared)
     return PreparedInit(images=[image if mode == 3 else resize_image(mode, image, size) for image in flats])
 
 
@@ -340,7 +340,7 @@ def img2img_params(
     multiplier = request.initial_noise_multiplier
     if multiplier is None:
         multiplier = options.get("initial_noise_multiplier", 1.0)
-    mask = prepared.mask
+    mask = prepared.mask if prepared.mask is not None and prepared.mask.mask is not None else None
     return Img2ImgParams(
         init_images=tuple(images),
         denoising_strength=strength,
@@ -354,7 +354,7 @@ def img2img_params(
         mask_round=bool(request.mask_round if request.mask_round is not None else True),
         inpainting_mask_weight=float(options.get("inpainting_mask_weight", 1.0)),
         paste_to=None if mask is None else mask.paste_to,
-        mask_infotext=() if mask is None else mask.infotext,
+        mask_infotext=() if prepared.mask is None else prepared.mask.infotext,
     )
 
 
