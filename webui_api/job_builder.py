@@ -10,13 +10,13 @@ prompt checks that are cheap enough for the event loop.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Mapping, Optional, Sequence
 
 from .errors import BadRequest, NotImplementedFeature, ValidationFailed
-from .jobs import GenerationJob, SamplingParams, SeedParams
-from .schemas.generation import GenerationRequest, Txt2ImgRequest
+from .jobs import GenerationJob, HiresParams, Img2ImgParams, SamplingParams, SeedParams
+from .schemas.generation import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 from .styles import PromptStyle, apply_styles, read_styles
 
 MAX_SEED = 4294967294  # A1111 draws random seeds with randrange(4294967294)
@@ -120,12 +120,10 @@ def job_timestamp(now: Optional[datetime] = None) -> str:
 
 def refuse_unimplemented(request: Txt2ImgRequest) -> None:
     """Features that land in later issues: say so clearly instead of ignoring them."""
-    if request.enable_hr:
-        raise NotImplementedFeature("enable_hr (hires fix) is not implemented yet in this server")
+    if request.enable_hr and (request.hr_checkpoint_name or "Use same checkpoint") != "Use same checkpoint":
+        raise NotImplementedFeature("hr_checkpoint_name (a different checkpoint for the hires pass) is not implemented yet")
     if request.restore_faces:
         raise NotImplementedFeature("restore_faces is not implemented yet in this server")
-    if request.tiling:
-        raise NotImplementedFeature("tiling is not implemented yet in this server")
     if request.refiner_checkpoint and request.refiner_checkpoint.lower() not in ("", "none"):
         raise NotImplementedFeature("refiner_checkpoint is not implemented yet in this server")
 
@@ -142,6 +140,252 @@ def build_txt2img(
     rng = rng or random.Random()
     check_scripts(request)
     refuse_unimplemented(request)
+    first_pass = first_pass_request(request)
+    job = build_txt2img_like(first_pass, options, rng, styles)
+    if not request.enable_hr:
+        return job
+    return replace(job, hires=hires_params(first_pass, job, options, styles))
+
+
+# ---------------------------------------------------------------------------
+# Hires fix
+# ---------------------------------------------------------------------------
+
+# hr_upscaler names that upscale in latent space: (torch interpolate mode, antialias)
+LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {
+    "Latent": ("bilinear", False),
+    "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
+PIXEL_UPSCALERS = ("None", "Lanczos", "Nearest")
+
+
+def first_pass_request(request: Txt2ImgRequest) -> Txt2ImgRequest:
+    """Legacy firstphase_width/height: the first pass runs at that size and width x height
+    becomes the hires target (as hr_resize_x/y)."""
+    if not request.enable_hr or not (request.firstphase_width or request.firstphase_height):
+        return request
+    return request.model_copy(update={
+        "width": request.firstphase_width or request.width, "height": request.firstphase_height or request.height,
+        "hr_resize_x": request.width, "hr_resize_y": request.height,
+    })
+
+
+@dataclass(frozen=True)
+class HiresTarget:
+    """A1111's calculate_target_resolution: the upscale size and the latent crop."""
+
+    width: int
+    height: int
+    truncate_x: int = 0
+    truncate_y: int = 0
+
+
+def hires_target(request: Txt2ImgRequest) -> HiresTarget:
+    width, height = request.width, request.height
+    rx, ry = int(request.hr_resize_x or 0), int(request.hr_resize_y or 0)
+    if rx == 0 and ry == 0:
+        scale = float(request.hr_scale if request.hr_scale is not None else 2.0)
+        return HiresTarget(int(width * scale), int(height * scale))
+    if ry == 0:
+        return HiresTarget(rx, rx * height // width)
+    if rx == 0:
+        return HiresTarget(ry * width // height, ry)
+    cover = HiresTarget(rx, rx * height // width) if width / height < rx / ry else HiresTarget(ry * width // height, ry)
+    return replace(cover, truncate_x=(cover.width - rx) // 8, truncate_y=(cover.height - ry) // 8)
+
+
+def hires_upscaler(request: Txt2ImgRequest) -> tuple[str, tuple[str, bool] | None]:
+    """The upscaler's name and its latent mode (None for a pixel upscaler); unknown names
+    are a 400 listing what this server has."""
+    name = request.hr_upscaler if request.hr_upscaler is not None else "Latent"
+    if name in LATENT_UPSCALE_MODES:
+        return name, LATENT_UPSCALE_MODES[name]
+    if name in PIXEL_UPSCALERS:
+        return name, None
+    known = ", ".join((*LATENT_UPSCALE_MODES, *PIXEL_UPSCALERS))
+    raise BadRequest(f"hr_upscaler {name!r} is not available in this server; available: {known}")
+
+
+def hires_request(request: Txt2ImgRequest) -> Txt2ImgRequest:
+    """The request as the second pass sees it: hires sampler/scheduler, steps and prompts."""
+    sampler = request.hr_sampler_name
+    if sampler in (None, "", "Use same sampler"):
+        sampler = request.sampler_name or request.sampler_index
+    scheduler = request.hr_scheduler
+    if scheduler in (None, "", "Use same scheduler"):
+        scheduler = request.scheduler
+    return request.model_copy(update={
+        "sampler_name": sampler, "sampler_index": sampler, "scheduler": scheduler,
+        "steps": int(request.hr_second_pass_steps or 0) or request.steps,
+        "prompt": request.hr_prompt or request.prompt,
+        "negative_prompt": request.hr_negative_prompt or request.negative_prompt,
+    })
+
+
+def hires_params(
+    request: Txt2ImgRequest, job: GenerationJob, options: Mapping[str, Any], styles: Sequence[PromptStyle]
+) -> HiresParams:
+    """Everything the hires pass needs; denoising_strength null means A1111's 0.75."""
+    target = hires_target(request)
+    if target.width < 8 or target.height < 8:
+        raise BadRequest(f"hires target {target.width}x{target.height} is too small (hr_scale / hr_resize_x/y)")
+    name, latent = hires_upscaler(request)
+    second = hires_request(request)
+    prompts, negatives = styled_prompts(second, job.image_count, styles)
+    check_prompts(prompts, negatives, options)
+    strength = 0.75 if request.denoising_strength is None else float(request.denoising_strength)
+    sampling = _sampling_params(second, resolve_sampler(second), options)
+    return HiresParams(
+        upscale_width=target.width, upscale_height=target.height, upscaler=name,
+        latent_mode=latent[0] if latent else None, latent_antialias=bool(latent and latent[1]),
+        steps=second.steps, denoising_strength=strength, sampling=sampling, prompts=prompts,
+        negative_prompts=negatives, truncate_x=target.truncate_x, truncate_y=target.truncate_y,
+        infotext=hires_infotext(request, job, sampling, prompts, negatives),
+    )
+
+
+def hires_infotext(
+    request: Txt2ImgRequest, job: GenerationJob, sampling: SamplingParams, prompts: Sequence[str], negatives: Sequence[str]
+) -> tuple[tuple[str, Any], ...]:
+    """A1111's hires infotext keys in its order (hires prompts only when they differ)."""
+    keys: list[tuple[str, Any]] = []
+    if request.hr_sampler_name not in (None, "", "Use same sampler") and sampling.sampler_name != job.sampling.sampler_name:
+        keys.append(("Hires sampler", sampling.sampler_name))
+    if prompts[0] != job.prompts[0]:
+        keys.append(("Hires prompt", prompts[0]))
+    if negatives[0] != job.negative_prompts[0]:
+        keys.append(("Hires negative prompt", negatives[0]))
+    if not (request.hr_resize_x or request.hr_resize_y):
+        keys.append(("Hires upscale", float(request.hr_scale if request.hr_scale is not None else 2.0)))
+    else:
+        keys.append(("Hires resize", f"{request.hr_resize_x}x{request.hr_resize_y}"))
+    if request.hr_second_pass_steps:
+        keys.append(("Hires steps", int(request.hr_second_pass_steps)))
+    if request.hr_upscaler is not None:
+        keys.append(("Hires upscaler", request.hr_upscaler))
+    return tuple(keys)
+
+
+def refuse_unimplemented_img2img(request: Img2ImgRequest) -> None:
+    """img2img features that land later: a clear 501 instead of a silently wrong image."""
+    if request.restore_faces:
+        raise NotImplementedFeature("restore_faces is not implemented yet in this server")
+    if request.refiner_checkpoint and request.refiner_checkpoint.lower() not in ("", "none"):
+        raise NotImplementedFeature("refiner_checkpoint is not implemented yet in this server")
+
+
+@dataclass(frozen=True)
+class PreparedInit:
+    """Init images at the job size, plus what inpainting adds (None/empty without a mask)."""
+
+    images: list[Any]
+    mask: Any = None
+
+
+def mask_settings(request: Img2ImgRequest) -> Any:
+    """The request's mask fields; `mask_blur`, when sent, sets both directions (A1111)."""
+    from .engine.masks import MaskSettings
+
+    blur_x, blur_y = request.mask_blur_x, request.mask_blur_y
+    if request.mask_blur is not None:
+        blur_x = blur_y = request.mask_blur
+    fill = int(request.inpainting_fill or 0)
+    if fill not in (0, 1, 2, 3):
+        raise BadRequest(
+            f"inpainting_fill must be 0 (fill), 1 (original), 2 (latent noise) or 3 (latent nothing); received {fill}"
+        )
+    return MaskSettings(
+        invert=bool(request.inpainting_mask_invert),
+        blur_x=max(int(blur_x or 0), 0),
+        blur_y=max(int(blur_y or 0), 0),
+        round=bool(request.mask_round if request.mask_round is not None else True),
+        fill=fill,
+        full_res=bool(request.inpaint_full_res),
+        full_res_padding=max(int(request.inpaint_full_res_padding or 0), 0),
+    )
+
+
+def prepare_init(request: Img2ImgRequest, options: Mapping[str, Any]) -> PreparedInit:
+    """Decode, flatten and resize every init image (A1111's img2img init, pixel side), and
+    prepare the mask when there is one."""
+    from .engine.image_prep import TargetSize, check_pixels, flatten, resize_image
+    from .engine.masks import prepare_mask
+    from .postprocess.encode import decode_image_base64
+
+    size = TargetSize(request.width, request.height)
+    background = str(options.get("img2img_background_color") or "#ffffff")
+    mode = int(request.resize_mode or 0)
+    flats = []
+    for data in request.init_images or []:
+        image = decode_image_base64(data)
+        check_pixels(image, "init image")
+        flats.append(flatten(image, background))
+    if request.mask:
+        prepared = prepare_mask(decode_image_base64(request.mask), flats, mask_settings(request), mode, size)
+        return PreparedInit(images=list(prepared.images), mask=prepared)
+    return PreparedInit(images=[image if mode == 3 else resize_image(mode, image, size) for image in flats])
+
+
+def img2img_params(
+    request: Img2ImgRequest, options: Mapping[str, Any], images: list[Any], prepared: PreparedInit
+) -> Img2ImgParams:
+    """The img2img fields, with the option fallbacks A1111 uses."""
+    strength = 0.75 if request.denoising_strength is None else float(request.denoising_strength)
+    if not 0.0 <= strength <= 1.0:
+        raise BadRequest(f"denoising_strength must be between 0 and 1, received {strength}")
+    multiplier = request.initial_noise_multiplier
+    if multiplier is None:
+        multiplier = options.get("initial_noise_multiplier", 1.0)
+    mask = prepared.mask if prepared.mask is not None and prepared.mask.mask is not None else None
+    return Img2ImgParams(
+        init_images=tuple(images),
+        denoising_strength=strength,
+        resize_mode=int(request.resize_mode or 0),
+        initial_noise_multiplier=float(1.0 if multiplier is None else multiplier),
+        extra_noise=float(options.get("img2img_extra_noise", 0.0) or 0.0),
+        fix_steps=bool(options.get("img2img_fix_steps", False)),
+        mask=None if mask is None else mask.mask,
+        overlays=() if mask is None else _per_image(list(mask.overlays), len(images)),
+        inpainting_fill=int(request.inpainting_fill or 0),
+        mask_round=bool(request.mask_round if request.mask_round is not None else True),
+        inpainting_mask_weight=float(options.get("inpainting_mask_weight", 1.0)),
+        paste_to=None if mask is None else mask.paste_to,
+        mask_infotext=() if prepared.mask is None else prepared.mask.infotext,
+    )
+
+
+def _per_image(items: list[Any], count: int) -> tuple[Any, ...]:
+    """A single item repeated for every image of the batch (A1111's overlay_images rule)."""
+    return tuple(items * count if len(items) == 1 else items)
+
+
+def build_img2img(
+    request: Img2ImgRequest,
+    options: Mapping[str, Any],
+    rng: Optional[random.Random] = None,
+    styles: Sequence[PromptStyle] = (),
+) -> GenerationJob:
+    """An img2img job: the txt2img resolution plus decoded, resized init images (and the
+    prepared mask). Decoding happens here, so a broken image is a 400 before anything is queued."""
+    from .engine.image_prep import batch_init_images
+
+    check_scripts(request)
+    refuse_unimplemented_img2img(request)
+    prepared = prepare_init(request, options)
+    images, batch_size = batch_init_images(prepared.images, request.batch_size)
+    request = request.model_copy(update={"batch_size": batch_size})
+    job = build_txt2img_like(request, options, rng or random.Random(), styles)
+    return replace(job, kind="img2img", img2img=img2img_params(request, options, images, prepared))
+
+
+def build_txt2img_like(
+    request: GenerationRequest, options: Mapping[str, Any], rng: random.Random, styles: Sequence[PromptStyle]
+) -> GenerationJob:
+    """The fields txt2img and img2img jobs share."""
     count = request.batch_size * request.n_iter
     sampler = resolve_sampler(request)
     prompts, negative_prompts = styled_prompts(request, count, styles)
@@ -161,6 +405,7 @@ def build_txt2img(
         preview_every_n_steps=_preview_every(options),
         job_timestamp=job_timestamp(),
         options=dict(options),
+        tiling=bool(request.tiling if request.tiling is not None else options.get("tiling", False)),
     )
 
 

@@ -41,6 +41,51 @@ class SeedParams:
 
 
 @dataclass(frozen=True)
+class Img2ImgParams:
+    """What an img2img job adds to a txt2img one, resolved before the worker runs.
+
+    `init_images` are RGB PIL images already flattened and resized to the job size (for
+    resize_mode 3 they keep their own size: the latents are resized instead). There is one
+    per image of a batch (a single init image is repeated batch_size times)."""
+
+    init_images: tuple[Any, ...]
+    denoising_strength: float
+    resize_mode: int = 0
+    initial_noise_multiplier: float = 1.0
+    extra_noise: float = 0.0  # A1111 option img2img_extra_noise
+    fix_steps: bool = False  # A1111 option img2img_fix_steps
+    # Inpainting (all unset for plain img2img): the processed mask (PIL "L", job size, white =
+    # repaint), one RGBA overlay per init image (kept original pixels), the fill mode.
+    mask: Any = None
+    overlays: tuple[Any, ...] = ()
+    inpainting_fill: int = 0  # 0 fill, 1 original, 2 latent noise, 3 latent nothing
+    mask_round: bool = True
+    inpainting_mask_weight: float = 1.0  # A1111 option, for 9-channel inpainting UNets
+    paste_to: Any = None  # full-res inpainting: masks.CropBox of the original the output goes back into
+    mask_infotext: tuple[tuple[str, Any], ...] = ()  # (key, value) pairs in A1111's order
+
+
+@dataclass(frozen=True)
+class HiresParams:
+    """txt2img's hires fix, resolved: the first pass runs at the job's width x height, the
+    second pass at target size (before the centre crop of truncate_x/y latent cells)."""
+
+    upscale_width: int  # A1111's hr_upscale_to_x
+    upscale_height: int
+    upscaler: str  # as named (infotext "Hires upscaler"); "Latent" when the request sent none
+    latent_mode: str | None  # torch interpolate mode for latent upscalers; None: pixel upscaler
+    latent_antialias: bool
+    steps: int  # second-pass sampler steps (hr_second_pass_steps or steps)
+    denoising_strength: float
+    sampling: SamplingParams  # second-pass sampler and scheduler
+    prompts: tuple[str, ...]  # per image, like GenerationJob.prompts
+    negative_prompts: tuple[str, ...]
+    truncate_x: int = 0  # latent cells cropped (centred) when hr_resize_x/y set both sides
+    truncate_y: int = 0
+    infotext: tuple[tuple[str, Any], ...] = ()  # the hires infotext keys, in A1111's order
+
+
+@dataclass(frozen=True)
 class GenerationJob:
     """One txt2img request, fully resolved.
 
@@ -48,7 +93,7 @@ class GenerationJob:
     batch n uses the slice [n * batch_size, (n + 1) * batch_size).
     """
 
-    kind: str  # "txt2img" (img2img lands with its own fields later)
+    kind: str  # "txt2img" or "img2img" (then `img2img` holds its fields)
     prompts: tuple[str, ...]
     negative_prompts: tuple[str, ...]
     width: int
@@ -62,6 +107,9 @@ class GenerationJob:
     preview_every_n_steps: int = 10  # 0 or negative: no live previews
     job_timestamp: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)  # per-job snapshot of the options store
+    img2img: Img2ImgParams | None = None  # set exactly when kind == "img2img"
+    hires: HiresParams | None = None  # txt2img with enable_hr
+    tiling: bool = False  # seamless textures: circular padding in the model's convolutions
 
     @property
     def image_count(self) -> int:

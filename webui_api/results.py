@@ -65,9 +65,11 @@ def infotext_params(
         "Variation seed": image.subseed if seeds.subseed_strength != 0 else None,
         "Variation seed strength": seeds.subseed_strength if seeds.subseed_strength != 0 else None,
         "Seed resize from": _seed_resize(job),
+        "Denoising strength": extras.get("Denoising strength"),  # placed here by A1111; set by img2img/hires
         "Clip skip": job.clip_skip if job.clip_skip > 1 else None,
         "ENSD": seeds.eta_noise_seed_delta if uses_ensd else None,
         "RNG": seeds.randn_source if seeds.randn_source != "GPU" else None,
+        "Tiling": "True" if job.tiling else None,
         **extras,
         "Version": A1111_COMPAT_VERSION if opts.get("add_version_to_infotext", True) else None,
     }

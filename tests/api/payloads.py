@@ -35,3 +35,18 @@ def a1111_test_payload(**overrides):
     }
     payload.update(overrides)
     return payload
+
+
+def a1111_img2img_payload(**overrides):
+    """The base payload of A1111's own test/test_img2img.py (init_images left to the caller)."""
+    payload = {
+        "batch_size": 1, "cfg_scale": 7, "denoising_strength": 0.75, "eta": 0, "height": 64,
+        "include_init_images": False, "init_images": None, "inpaint_full_res": False,
+        "inpaint_full_res_padding": 0, "inpainting_fill": 0, "inpainting_mask_invert": False, "mask": None,
+        "mask_blur": 4, "n_iter": 1, "negative_prompt": "", "override_settings": {}, "prompt": "example prompt",
+        "resize_mode": 0, "restore_faces": False, "s_churn": 0, "s_noise": 1, "s_tmax": 0, "s_tmin": 0,
+        "sampler_index": "Euler a", "seed": -1, "seed_resize_from_h": -1, "seed_resize_from_w": -1, "steps": 3,
+        "styles": [], "subseed": -1, "subseed_strength": 0, "tiling": False, "width": 64,
+    }
+    payload.update(overrides)
+    return payload

@@ -51,9 +51,9 @@ def test_prompt_list_of_wrong_length_is_400(client):
 
 
 def test_unimplemented_features_say_so(client):
-    response = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img(enable_hr=True))
+    response = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img(restore_faces=True))
     assert response.status_code == 501
-    assert "hires" in response.json()["detail"]
+    assert "restore_faces" in response.json()["detail"]
 
 
 def test_img2img_schema_lands_and_requires_init_images(client):

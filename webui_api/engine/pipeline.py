@@ -25,7 +25,7 @@ from samplers.registry import (
 from samplers.unipc import UniPCOptions
 from webui_api.engine.cond_types import BatchConditioning
 from webui_api.engine.conditioning import build_batch_conditioning
-from webui_api.engine.denoiser import CFGDenoiser, GuidanceOptions, SamplingInterrupted, make_inner
+from webui_api.engine.denoiser import CFGDenoiser, GuidanceOptions, InpaintBlend, SamplingInterrupted, make_inner
 from webui_api.engine.latents import approx_preview, decode_latents
 from webui_api.engine.models import LoadedModel
 from webui_api.engine.rng import ImageRNG
@@ -66,6 +66,25 @@ class BatchSpec:
         )
 
 
+@dataclass(frozen=True)
+class SamplingStart:
+    """Where sampling begins: the schedule the sampler walks and the latent it starts from.
+
+    txt2img walks the full schedule from pure noise; img2img a tail of it from the noised
+    init latent, and then DPM fast/adaptive take their interval from that tail, not from
+    the model's sigma table (`model_interval` False)."""
+
+    schedule: torch.Tensor
+    x: torch.Tensor
+    model_interval: bool = True
+    blend: InpaintBlend | None = None  # inpainting: keep the init latent outside the mask
+    image_cond: torch.Tensor | None = None  # 9-channel inpainting UNets: [mask, masked image latent]
+
+
+# (the batch's first noise draw, the full schedule) -> where sampling starts
+StartFn = Callable[[torch.Tensor, torch.Tensor], SamplingStart]
+
+
 @dataclass
 class SamplingTrace:
     """The latest x0 estimate the sampler reported (the "Combined" live preview).
@@ -83,8 +102,8 @@ class SamplingTrace:
 
 def check_job(job: GenerationJob) -> None:
     """Loud errors for a job the engine cannot run as given."""
-    if job.kind != "txt2img":
-        raise BadRequest(f"run_txt2img got a job of kind {job.kind!r}; expected 'txt2img'")
+    if job.kind not in ("txt2img", "img2img"):
+        raise BadRequest(f"the pipeline got a job of kind {job.kind!r}; expected 'txt2img' or 'img2img'")
     counts = {
         "prompts": len(job.prompts),
         "negative_prompts": len(job.negative_prompts),
@@ -246,11 +265,16 @@ def unbatched_brownian_noise(shape, sigma_min, sigma_max, batch: BatchSpec, devi
 
 
 def sampler_kwargs(
-    job: GenerationJob, plan: SamplerPlan, schedule: torch.Tensor, inner: Any, noise_sampler: Callable
+    job: GenerationJob,
+    plan: SamplerPlan,
+    schedule: torch.Tensor,
+    inner: Any,
+    noise_sampler: Callable,
+    model_interval: bool = True,
 ) -> dict[str, Any]:
     """Keyword arguments for the sampler function (see registry.sampler_call_kwargs)."""
     params = job.sampling
-    interval = {} if plan.sampler.kind == KIND_TIMESTEPS else {
+    interval = {} if plan.sampler.kind == KIND_TIMESTEPS or not model_interval else {
         "model_sigma_min": inner.sigma_min, "model_sigma_max": inner.sigma_max}
     return sampler_call_kwargs(
         plan.sampler,
@@ -341,22 +365,32 @@ def sample_batch(
     batch: BatchSpec,
     observer: RunObserver,
     cancel: CancelToken,
+    start: StartFn | None = None,
 ) -> torch.Tensor:
     """Run the sampler for one batch and return its final latents (or, when interrupted or
-    skipped, the last x0 estimate)."""
+    skipped, the last x0 estimate). `start` turns the first noise draw and the full
+    schedule into the starting point (None: txt2img's pure noise)."""
     # 1. conditioning for prompts and negative prompts (schedules, AND parts)
     conditioning = batch_conditioning(model, job, plan, batch)
     # 2. model wrapper, noise and schedule
     inner = make_inner(model, plan.sampler.kind)
     rng = make_image_rng(model, job, batch)
-    schedule = make_schedule(model, job, plan, inner)
-    x = initial_latent(job, plan, rng.first(), schedule)
+    full_schedule = make_schedule(model, job, plan, inner)
+    noise = rng.first()
+    if start is None:
+        begin = SamplingStart(full_schedule, initial_latent(job, plan, noise, full_schedule))
+    else:
+        begin = start(noise, full_schedule)
+    x, schedule = begin.x, begin.schedule
     # 3. denoiser, callback, sampler arguments
-    cfg = CFGDenoiser(inner, cancel, guidance_options(job, plan))
+    cfg = CFGDenoiser(inner, cancel, guidance_options(job, plan), blend=begin.blend)
     trace = SamplingTrace(x0=x)
     callback = make_callback(job, observer, trace, preview_source(job, cfg, trace), model.family)
-    kwargs = sampler_kwargs(job, plan, schedule, inner, make_noise_sampler(model, job, plan, batch, rng, schedule))
+    noise_sampler = make_noise_sampler(model, job, plan, batch, rng, full_schedule)
+    kwargs = sampler_kwargs(job, plan, schedule, inner, noise_sampler, begin.model_interval)
     extra_args = {"cond": conditioning, "cond_scale": job.sampling.cfg_scale, "s_min_uncond": job.sampling.s_min_uncond}
+    if begin.image_cond is not None:
+        extra_args["image_cond"] = begin.image_cond
     # 4. sample; an interrupt or skip keeps the last x0 estimate of the prompt (A1111's last_latent)
     try:
         return plan.sampler.function(cfg, x, schedule, extra_args=extra_args, callback=callback, disable=True, **kwargs)

@@ -46,6 +46,7 @@ from webui_api.engine.networks import (
     parse_prompt_networks,
 )
 from webui_api.engine.pipeline import run_txt2img
+from webui_api.engine.tiling import apply_tiling
 from webui_api.errors import NotImplementedFeature, UnknownCheckpoint
 from webui_api.jobs import GenerationJob, JobResult
 from webui_api.progress import CancelToken, RunObserver
@@ -442,19 +443,37 @@ class Engine:
 
     def txt2img(self, job: GenerationJob, observer: RunObserver, cancel: CancelToken) -> JobResult:
         """Run a txt2img job with its own checkpoint, VAE, LoRAs and LRU size (all from the
-        job's options snapshot and prompts); the LoRAs are removed again afterwards."""
+        job's options snapshot and prompts); the LoRAs are removed again afterwards. A job with
+        hires params runs both passes (webui_api.engine.hires)."""
+        if job.hires is not None:
+            from webui_api.engine.hires import run_hires
+
+            return self._generate(run_hires, job, observer, cancel)
+        return self._generate(run_txt2img, job, observer, cancel)
+
+    def img2img(self, job: GenerationJob, observer: RunObserver, cancel: CancelToken) -> JobResult:
+        """Run an img2img job exactly like txt2img (checkpoint, VAE, LoRAs), from its init images."""
+        from webui_api.engine.img2img import run_img2img
+
+        return self._generate(run_img2img, job, observer, cancel)
+
+    def _generate(self, run: Any, job: GenerationJob, observer: RunObserver, cancel: CancelToken) -> JobResult:
+        """Load what the job names, apply its LoRAs around `run`, and fill the result's
+        infotext facts (prompts keep their <lora:...> tags, as in A1111)."""
         self.set_checkpoints_limit(job.options.get("sd_checkpoints_limit", DEFAULT_CHECKPOINTS_LIMIT))
         model = self.load(job.model_title)
         choice = self.apply_vae(model, job.options)
         stripped, calls = job_networks(job)
         networks = self.load_networks(calls)
         patch = apply_networks(model, networks)
+        padding = apply_tiling(model, job.tiling)
         try:
-            result = run_txt2img(model, replace(job, prompts=stripped), observer, cancel)
+            result = run(model, replace(job, prompts=stripped), observer, cancel)
         finally:
+            padding.restore()
             patch.restore()
         for index, image in enumerate(result.images):
-            image.prompt = job.prompts[index]  # infotexts keep the <lora:...> tags, as in A1111
+            image.prompt = job.prompts[index]
         result.extra_generation_params.update(self.lora_infotext(networks, job.options))
         result.vae_name, result.vae_hash = self.vae_identity(choice)
         return result

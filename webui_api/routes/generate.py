@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import Depends
 from fastapi.concurrency import run_in_threadpool
 
-from ..errors import InvalidImageFormat, NotFound, NotImplementedFeature
-from ..job_builder import apply_infotext, build_txt2img, request_styles
+from ..errors import InvalidImageFormat, NotFound
+from ..job_builder import apply_infotext, build_img2img, build_txt2img, request_styles
 from ..jobs import GenerationJob, JobResult
 from ..results import build_infotexts, build_info, encode_images
 from ..scheduler import ProgressSpec, WorkItem
@@ -63,12 +63,13 @@ def _txt2img_item(services: Services, job: GenerationJob) -> WorkItem:
         model = services.engine.load(job.model_title)
         return services.engine.txt2img(job, services.progress, cancel), model.info
 
-    spec = ProgressSpec("scripts_txt2img", job.n_iter, job.job_timestamp, job.preview_every_n_steps)
+    job_count = job.n_iter * 2 if job.hires is not None else job.n_iter  # A1111 doubles it for hires fix
+    spec = ProgressSpec("scripts_txt2img", job_count, job.job_timestamp, job.preview_every_n_steps)
     return WorkItem(run=run, label="txt2img", progress=spec)
 
 
 def _response(
-    request: Txt2ImgRequest, job: GenerationJob, result: JobResult, model_info: Any, grid: Any = None,
+    request: Txt2ImgRequest | Img2ImgRequest, job: GenerationJob, result: JobResult, model_info: Any, grid: Any = None,
 ) -> dict[str, Any]:
     """Encode off the event loop and off the worker: the device moves on to the next job
     while this one's PNGs are written, and /progress polls stay instant. A grid goes first,
@@ -96,7 +97,23 @@ def _encode_grid(grid: Any, options: dict[str, Any]) -> str:
 async def img2img(request: Img2ImgRequest, services: Services = Depends(get_services)) -> dict[str, Any]:
     if request.init_images is None:
         raise NotFound("Init image not found")
-    raise NotImplementedFeature("img2img is not implemented yet in this server (the request schema is accepted)")
+    styles = request_styles(request, style_files(services.settings))
+    request = apply_infotext(request, services.options.snapshot(), styles)
+    options = services.options.with_overrides(request.override_settings or {})
+    check_output_format(options)
+    job = await run_in_threadpool(build_img2img, request, options, None, styles)
+    result, model_info = await services.scheduler.run(_img2img_item(services, job))
+    echoed = request if request.include_init_images else request.model_copy(update={"init_images": None, "mask": None})
+    return await run_in_threadpool(_response, echoed, job, result, model_info)
+
+
+def _img2img_item(services: Services, job: GenerationJob) -> WorkItem:
+    def run(cancel) -> tuple[JobResult, Any]:
+        model = services.engine.load(job.model_title)
+        return services.engine.img2img(job, services.progress, cancel), model.info
+
+    spec = ProgressSpec("scripts_img2img", job.n_iter, job.job_timestamp, job.preview_every_n_steps)
+    return WorkItem(run=run, label="img2img", progress=spec)
 
 
 @router.post("/sdapi/v1/png-info")
