@@ -77,7 +77,10 @@ def build_services(settings: Settings, engine: Optional[Any] = None) -> Services
         engine = Engine.from_settings(settings)
     options = OptionsStore.from_settings(settings)
     progress = ProgressTracker(encode_preview=lambda image: encode_image_base64(image, "png"))
-    scheduler = Scheduler(progress, after_failure=engine.free_memory)
+    scheduler = Scheduler(
+        progress, after_failure=engine.free_memory,
+        max_queue_depth=settings.max_queue_depth, queue_timeout=settings.queue_timeout,
+    )
     return Services(settings=settings, options=options, engine=engine, scheduler=scheduler, progress=progress)
 
 
@@ -106,7 +109,9 @@ def _error_response(status: int, body: dict[str, Any]) -> JSONResponse:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return _error_response(exc.status_code, exc.to_body())
+        response = _error_response(exc.status_code, exc.to_body())
+        response.headers.update(getattr(exc, "headers", None) or {})  # e.g. Retry-After on a full queue
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Awaitable, Callable, Optional
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 
 from ..errors import InvalidImageFormat, NotFound, NotImplementedFeature
@@ -21,13 +21,25 @@ router = api_router()
 
 
 @router.post("/sdapi/v1/txt2img", response_model=GenerationResponse)
-async def txt2img(request: Txt2ImgRequest, services: Services = Depends(get_services)) -> dict[str, Any]:
+async def txt2img(request: Txt2ImgRequest, http: Request, services: Services = Depends(get_services)) -> dict[str, Any]:
+    return await run_txt2img(request, services, http.is_disconnected)
+
+
+async def run_txt2img(
+    request: Txt2ImgRequest,
+    services: Services,
+    disconnected: Optional[Callable[[], Awaitable[bool]]] = None,
+    guarded: bool = True,
+) -> dict[str, Any]:
+    """The txt2img work, shared by the synchronous route and async tasks. Tasks pass
+    `guarded=False` and no `disconnected`: they are already persisted and admitted, so neither
+    the queue-depth limit, the queue timeout nor a closed connection may drop them."""
     styles = request_styles(request, style_files(services.settings))
     request = apply_infotext(request, services.options.snapshot(), styles)
     options = services.options.with_overrides(request.override_settings or {})
     check_output_format(options)
     job = build_txt2img(request, options, styles=styles)
-    result, model_info = await services.scheduler.run(_txt2img_item(services, job))
+    result, model_info = await services.scheduler.run(_txt2img_item(services, job), guarded=guarded, disconnected=disconnected)
     return await run_in_threadpool(_response, request, job, result, model_info)
 
 
