@@ -60,12 +60,25 @@ def _lifespan_for(settings: Settings, engine: Optional[Any]):
         services.scheduler.start()
         if not settings.skip_load_model_at_start:
             services.scheduler.submit(WorkItem(run=lambda _: _load_startup_model(services), label="load model"))
+        runner = _start_task_runner(app, services)
         try:
             yield
         finally:
+            await runner.stop()
             services.scheduler.stop()
 
     return lifespan
+
+
+def _start_task_runner(app: FastAPI, services: Services):
+    """Async tasks (agent-scheduler routes): persisted under <data dir>/tasks, resumed at start."""
+    from .routes.tasks import TaskRunner
+    from .tasks import TaskStore
+
+    runner = TaskRunner(TaskStore(services.settings.data_dir / "tasks"), services)
+    app.state.task_runner = runner
+    runner.start()
+    return runner
 
 
 def build_services(settings: Settings, engine: Optional[Any] = None) -> Services:
@@ -191,8 +204,8 @@ def _log_request(request: Request, status: int, duration: float) -> None:
 
 
 def _include_routes(app: FastAPI, settings: Settings) -> None:
-    from .routes import catalog, generate, options, progress, server
+    from .routes import catalog, generate, options, progress, server, tasks
 
-    for module in (generate, progress, options, catalog):
+    for module in (generate, progress, options, catalog, tasks):
         app.include_router(module.router)
     app.include_router(server.build_router(settings))

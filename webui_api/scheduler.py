@@ -190,8 +190,9 @@ class Scheduler:
                 if done:
                     return waiting.result()
                 await self._check_still_wanted(item, started, guarded, disconnected)
-        except asyncio.CancelledError:  # the awaiting task was cancelled: drop the job if it has not started
-            item.future.cancel()
+        except asyncio.CancelledError:  # nobody awaits the job any more: drop it if queued, else stop it
+            if not item.future.cancel():
+                item.cancel.interrupt()
             raise
 
     async def _check_still_wanted(
