@@ -91,3 +91,69 @@ def test_checkpoint_and_vae_fields_become_override_settings(client):
 def test_bad_bodies_are_refused_before_queueing(client):
     assert client.post(f"{PREFIX}/queue/txt2img", json={"steps": "many"}).status_code == 422
     assert client.get(f"{PREFIX}/queue").json()["total_pending_tasks"] == 0
+
+
+class CallbackSink:
+    """A local HTTP server that records the multipart callbacks it receives."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        import http.server
+        import threading
+
+        self.received: list[tuple[str, bytes]] = []
+        self.fail_first = fail_first
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if sink.fail_first > 0:
+                    sink.fail_first -= 1
+                    self.send_response(500)
+                else:
+                    sink.received.append((self.headers["Content-Type"], body))
+                    self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                return
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/done"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def parts(self, timeout=30.0):
+        import email.parser
+
+        deadline = time.monotonic() + timeout
+        while not self.received:
+            assert time.monotonic() < deadline, "no callback arrived"
+            time.sleep(0.05)
+        content_type, body = self.received[0]
+        message = email.parser.BytesParser().parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+        return [(part.get_param("name", header="content-disposition"), part.get_filename(), part.get_payload(decode=True))
+                for part in message.get_payload()]
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_callback_url_receives_the_images_as_multipart(client):
+    sink = CallbackSink(fail_first=1)  # the first try fails: the callback is retried
+    try:
+        body = webuiapi_txt2img(steps=2, seed=9, callback_url=sink.url)
+        task_id = client.post(f"{PREFIX}/queue/txt2img", json=body).json()["task_id"]
+        assert wait_for_status(client, task_id)["api_task_callback"] == sink.url
+        parts = sink.parts()
+    finally:
+        sink.close()
+    assert parts[0] == ("task_id", None, task_id.encode()) and parts[1] == ("status", None, b"done")
+    name, filename, content = parts[2]
+    results = client.get(f"{PREFIX}/task/{task_id}/results").json()["data"]
+    assert name == "files" and filename == f"{task_id}-0.png"
+    assert base64.b64encode(content).decode() == results[0]["image"].partition(",")[2]
+
+
+def test_a_callback_url_that_is_not_http_is_refused(client):
+    response = client.post(f"{PREFIX}/queue/txt2img", json=webuiapi_txt2img(callback_url="file:///etc/passwd"))
+    assert response.status_code == 400 and "callback_url must be an http" in response.json()["detail"]

@@ -15,6 +15,7 @@ import asyncio
 import io
 import json
 import logging
+import threading
 import zipfile
 from typing import Any, Optional
 
@@ -22,11 +23,12 @@ from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from ..errors import ApiError, NotImplementedFeature
+from ..errors import ApiError, BadRequest, NotImplementedFeature
 from ..schemas.generation import Txt2ImgRequest
 from ..services import Services
-from ..tasks import DONE, PENDING, RUNNING, TaskRecord, TaskStore
-from . import api_router, get_services
+from ..task_callback import CallbackFile, check_callback_url, post_callback
+from ..tasks import DONE, FAILED, PENDING, RUNNING, TaskRecord, TaskStore
+from . import api_router
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ class TaskRunner:
         if report.requeued or report.failed:
             log.warning("async tasks after restart: %d re-queued, %d failed (died twice)", report.requeued, report.failed)
         self._loop_task = asyncio.create_task(self._run_forever(), name="agent-scheduler runner")
+        self._loop_task.add_done_callback(_report_crash)
 
     async def stop(self) -> None:
         """Stop taking tasks; a task cut short goes back to pending and runs at the next start."""
@@ -105,6 +108,7 @@ class TaskRunner:
         self.store.mark_running(task.id)
         generation = asyncio.create_task(self._generate(task))
         self._current = (task.id, generation)
+        result: Optional[dict[str, Any]] = None
         try:
             result = await generation
             await run_in_threadpool(self.store.finish, task.id, result)
@@ -117,6 +121,19 @@ class TaskRunner:
             self.store.fail(task.id, f"{type(exc).__name__}: {exc}")
         finally:
             self._current = None
+        self._notify(task, result)
+
+    def _notify(self, task: TaskRecord, result: Optional[dict[str, Any]]) -> None:
+        """Fire the callback in a thread of its own: its retries must not hold up the next task."""
+        finished = self.store.get(task.id)
+        if not task.callback_url or finished is None or finished.status not in (DONE, FAILED):
+            return
+        files = callback_files(task.id, result_entries(result)) if result else []
+        thread = threading.Thread(
+            target=post_callback, args=(task.callback_url, task.id, finished.status, files),
+            name=f"callback {task.id}", daemon=True,
+        )
+        thread.start()
 
     def _after_cancel(self, task_id: str, generation: asyncio.Task) -> None:
         """Our own stop re-queues the task (and re-raises); a client's DELETE marks it interrupted."""
@@ -132,6 +149,12 @@ class TaskRunner:
         if task.type != "txt2img":
             raise NotImplementedFeature(f"async {task.type} tasks are not implemented yet; only txt2img")
         return await run_txt2img(Txt2ImgRequest.model_validate(task.params), self._services, guarded=False)
+
+
+def _report_crash(loop_task: asyncio.Task) -> None:
+    """The runner only ends by cancellation; anything else is a bug that must not pass silently."""
+    if not loop_task.cancelled() and loop_task.exception() is not None:
+        log.error("the async task runner stopped: %r; queued tasks wait for a restart", loop_task.exception())
 
 
 def get_runner(request: Request) -> TaskRunner:
@@ -155,6 +178,11 @@ def task_params(body: QueueTxt2ImgRequest) -> dict[str, Any]:
 
 @router.post(f"{PREFIX}/queue/txt2img")
 async def queue_txt2img(body: QueueTxt2ImgRequest, runner: TaskRunner = Depends(get_runner)) -> dict[str, str]:
+    if body.callback_url:
+        try:
+            check_callback_url(body.callback_url)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from exc
     task = runner.store.create("txt2img", task_params(body), body.callback_url)
     runner.wake()
     return {"task_id": task.id}
@@ -264,15 +292,26 @@ def result_entries(result: dict[str, Any]) -> list[dict[str, str]]:
     ]
 
 
-def zip_response(task_id: str, entries: list[dict[str, str]]) -> StreamingResponse:
+def callback_files(task_id: str, entries: list[dict[str, str]]) -> list[CallbackFile]:
     import base64
 
+    files = []
+    for index, entry in enumerate(entries):
+        header, _, b64 = entry["image"].partition(",")
+        mime = header[len("data:"):].split(";")[0]
+        files.append(CallbackFile(f"{task_id}-{index}.{_extension(mime)}", base64.b64decode(b64), mime))
+    return files
+
+
+def _extension(mime: str) -> str:
+    return mime.split("/")[1].replace("jpeg", "jpg")
+
+
+def zip_response(task_id: str, entries: list[dict[str, str]]) -> StreamingResponse:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        for index, entry in enumerate(entries):
-            header, _, b64 = entry["image"].partition(",")
-            extension = header.split("/")[1].split(";")[0].replace("jpeg", "jpg")
-            archive.writestr(f"{task_id}-{index}.{extension}", base64.b64decode(b64))
+        for item in callback_files(task_id, entries):
+            archive.writestr(item.name, item.content)
     buffer.seek(0)
     headers = {"Content-Disposition": f'attachment; filename="{task_id}.zip"'}
     return StreamingResponse(buffer, media_type="application/zip", headers=headers)
