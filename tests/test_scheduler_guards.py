@@ -190,3 +190,38 @@ def test_flags_set_the_limits_and_refuse_nonsense(tmp_path):
     assert defaults.max_queue_depth == 5 and defaults.queue_timeout == 600.0
     with pytest.raises(ValueError, match="--max-queue-depth must be at least 1, got 0"):
         parse_args(["--data-dir", str(tmp_path), "--max-queue-depth", "0"], {})
+
+
+def test_a_real_client_that_hangs_up_while_queued_has_its_job_dropped(engine, tmp_path):
+    """Through uvicorn and a raw socket: TestClient cannot disconnect, a real client can."""
+    import json
+    import socket
+
+    import uvicorn
+
+    from tests.api.payloads import webuiapi_txt2img
+    from tests.test_launch import free_port
+    from webui_api.app import create_app
+    from webui_api.settings import Settings
+
+    app = create_app(Settings.for_tests(tmp_path), engine=engine)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started)
+        scheduler = app.state.services.scheduler
+        blocker = hold_worker(scheduler)
+        body = json.dumps(webuiapi_txt2img()).encode()
+        head = f"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(head.encode() + body)
+            wait_until(lambda: scheduler.waiting_generations == 1)
+        wait_until(lambda: scheduler.waiting_generations == 0)  # dropped while the worker is still busy
+        assert not blocker.item.future.done()
+        blocker.release.set()
+        wait_until(lambda: scheduler.pending == 0 and scheduler.waiting_generations == 0)
+    finally:
+        server.should_exit = True
+        thread.join(30)

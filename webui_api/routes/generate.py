@@ -16,13 +16,15 @@ from ..schemas.generation import GenerationResponse, Img2ImgRequest, Txt2ImgRequ
 from ..services import Services
 from ..styles import style_files
 from . import api_router, get_services
+from .disconnect import watch_disconnect
 
 router = api_router()
 
 
 @router.post("/sdapi/v1/txt2img", response_model=GenerationResponse)
 async def txt2img(request: Txt2ImgRequest, http: Request, services: Services = Depends(get_services)) -> dict[str, Any]:
-    return await run_txt2img(request, services, http.is_disconnected)
+    async with watch_disconnect(http) as disconnected:
+        return await run_txt2img(request, services, disconnected)
 
 
 async def run_txt2img(
