@@ -60,12 +60,25 @@ def _lifespan_for(settings: Settings, engine: Optional[Any]):
         services.scheduler.start()
         if not settings.skip_load_model_at_start:
             services.scheduler.submit(WorkItem(run=lambda _: _load_startup_model(services), label="load model"))
+        runner = _start_task_runner(app, services)
         try:
             yield
         finally:
+            await runner.stop()
             services.scheduler.stop()
 
     return lifespan
+
+
+def _start_task_runner(app: FastAPI, services: Services):
+    """Async tasks (agent-scheduler routes): persisted under <data dir>/tasks, resumed at start."""
+    from .routes.tasks import TaskRunner
+    from .tasks import TaskStore
+
+    runner = TaskRunner(TaskStore(services.settings.data_dir / "tasks"), services)
+    app.state.task_runner = runner
+    runner.start()
+    return runner
 
 
 def build_services(settings: Settings, engine: Optional[Any] = None) -> Services:
@@ -77,7 +90,10 @@ def build_services(settings: Settings, engine: Optional[Any] = None) -> Services
         engine = Engine.from_settings(settings)
     options = OptionsStore.from_settings(settings)
     progress = ProgressTracker(encode_preview=lambda image: encode_image_base64(image, "png"))
-    scheduler = Scheduler(progress, after_failure=engine.free_memory)
+    scheduler = Scheduler(
+        progress, after_failure=engine.free_memory,
+        max_queue_depth=settings.max_queue_depth, queue_timeout=settings.queue_timeout,
+    )
     return Services(settings=settings, options=options, engine=engine, scheduler=scheduler, progress=progress)
 
 
@@ -106,7 +122,9 @@ def _error_response(status: int, body: dict[str, Any]) -> JSONResponse:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return _error_response(exc.status_code, exc.to_body())
+        response = _error_response(exc.status_code, exc.to_body())
+        response.headers.update(getattr(exc, "headers", None) or {})  # e.g. Retry-After on a full queue
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -186,8 +204,8 @@ def _log_request(request: Request, status: int, duration: float) -> None:
 
 
 def _include_routes(app: FastAPI, settings: Settings) -> None:
-    from .routes import catalog, extras, generate, options, progress, server
+    from .routes import catalog, extras, generate, options, progress, server, tasks
 
-    for module in (generate, progress, options, catalog, extras):
+    for module in (generate, progress, options, catalog, extras, tasks):
         app.include_router(module.router)
     app.include_router(server.build_router(settings))

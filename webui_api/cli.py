@@ -201,6 +201,13 @@ EXTENSION_FLAGS: tuple[FlagSpec, ...] = (
 )
 
 
+# This server's own flags (not in A1111): production guards for shared servers.
+SERVING_FLAGS: tuple[FlagSpec, ...] = (
+    FlagSpec("--max-queue-depth", "generations that may wait in the queue; more get 503 with Retry-After", int, 64),
+    FlagSpec("--queue-timeout", "seconds a generation may wait in the queue before it is refused (0: no limit)", float, 600.0),
+)
+
+
 def _resolve_default(spec: FlagSpec, bases: Mapping[str, str]) -> Any:
     """A default under data/models becomes a path in that folder; others stay as written."""
     if spec.under is None:
@@ -223,7 +230,7 @@ def build_parser(data_dir: str | None = None, models_dir: str | None = None) -> 
     data = absolute_path(data_dir or os.getcwd())
     bases = {"data": data, "models": absolute_path(models_dir) if models_dir else os.path.join(data, "models")}
     parser = argparse.ArgumentParser(prog="webui-api", description="A1111-compatible Stable Diffusion API server")
-    for spec in A1111_FLAGS + EXTENSION_FLAGS:
+    for spec in A1111_FLAGS + EXTENSION_FLAGS + SERVING_FLAGS:
         _add_flag(parser, spec, bases)
     return parser
 
@@ -306,6 +313,12 @@ def _styles_files(args: argparse.Namespace, data_dir: Path) -> tuple[Path, ...]:
     return tuple(Path(p) for p in args.styles_file) or (data_dir / "styles.csv",)
 
 
+def _at_least(minimum: float, flag: str, value: Any) -> Any:
+    if value < minimum:
+        raise ValueError(f"{flag} must be at least {minimum}, got {value}")
+    return value
+
+
 def settings_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Settings:
     """Map the parsed namespace onto Settings (paths as Path, lists as tuples, secrets redacted)."""
     data_dir = Path(args.data_dir)
@@ -327,6 +340,8 @@ def settings_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser
         freeze_specific_settings=_split_list(args.freeze_specific_settings), hide_ui_dir_config=args.hide_ui_dir_config,
         subpath=args.subpath, timeout_keep_alive=args.timeout_keep_alive,
         tls_keyfile=args.tls_keyfile, tls_certfile=args.tls_certfile,
+        max_queue_depth=_at_least(1, "--max-queue-depth", args.max_queue_depth),
+        queue_timeout=_at_least(0, "--queue-timeout", args.queue_timeout),
         cmd_flags=MappingProxyType(cmd_flags_from_args(args, data_dir)),
     )
 

@@ -4,6 +4,12 @@ Every piece of work that touches the engine (generation, checkpoint loads, unloa
 through `Scheduler.submit`, so the model is never used from two threads. Routes stay
 `async` and hold neither a lock nor a thread while they wait. Lower `priority` runs first;
 equal priorities run in submission order.
+
+Guards for shared servers: a bounded queue (`QueueFull`, 503 with Retry-After, instead of an
+ever-growing backlog), a maximum wait in the queue (`QueueTimeout`: the job is cancelled and
+never runs late), and cancellation of a queued job whose client went away (`ClientGone`).
+Only items submitted with `guarded=True` (HTTP generation) count towards the depth; model
+loads and other internal work are never refused.
 """
 
 from __future__ import annotations
@@ -16,15 +22,51 @@ import queue
 import threading
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional
 
-from .errors import ServiceUnavailable
+from .errors import ApiError, ServiceUnavailable
 from .progress import CancelToken, ProgressTracker
 
 log = logging.getLogger(__name__)
 
 PRIORITY_NORMAL = 10
 PRIORITY_HIGH = 0
+DEFAULT_MAX_QUEUE_DEPTH = 64
+DEFAULT_QUEUE_TIMEOUT = 600.0  # seconds a generation may wait in the queue before it is refused
+POLL_INTERVAL = 0.25  # how often an awaiting request checks its deadline and its client
+
+
+class QueueFull(ServiceUnavailable):
+    """The queue holds `max_queue_depth` jobs already: come back later (503 + Retry-After)."""
+
+    def __init__(self, depth: int, retry_after: int) -> None:
+        super().__init__(
+            f"The generation queue is full ({depth} jobs waiting, the limit is --max-queue-depth {depth}); "
+            f"retry in about {retry_after} s"
+        )
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+class QueueTimeout(ServiceUnavailable):
+    """A job waited longer than --queue-timeout; it was cancelled before it ran (503)."""
+
+    def __init__(self, waited: float, limit: float) -> None:
+        super().__init__(
+            f"The job waited {waited:.1f} s in the queue, longer than the limit of {limit:g} s "
+            "(--queue-timeout); it was cancelled and did not run"
+        )
+        self.headers = {"Retry-After": "1"}
+
+
+class ClientGone(ApiError):
+    """The synchronous client disconnected while its job was still queued; nobody reads the answer.
+
+    499 is nginx's "client closed request": it only shows up in access logs."""
+
+    status_code = 499
+
+    def __init__(self, label: str) -> None:
+        super().__init__(f"The client disconnected while its {label} job was queued; the job was dropped")
 
 
 @dataclass(frozen=True)
@@ -58,9 +100,25 @@ class _Entry:
 class Scheduler:
     """A priority queue drained by a single worker thread."""
 
-    def __init__(self, progress: ProgressTracker, after_failure: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        progress: ProgressTracker,
+        after_failure: Callable[[], None] | None = None,
+        *,
+        max_queue_depth: int = DEFAULT_MAX_QUEUE_DEPTH,
+        queue_timeout: float = DEFAULT_QUEUE_TIMEOUT,
+    ) -> None:
+        if max_queue_depth < 1 or queue_timeout < 0:
+            raise ValueError(
+                f"max_queue_depth must be >= 1 and queue_timeout >= 0 (0: no limit); "
+                f"got {max_queue_depth} and {queue_timeout}"
+            )
         self._progress = progress
         self._after_failure = after_failure
+        self.max_queue_depth = max_queue_depth
+        self.queue_timeout = queue_timeout
+        self._guarded: set[int] = set()  # ids of guarded items still waiting (not running, not cancelled)
+        self._guarded_lock = threading.Lock()
         self._queue: queue.PriorityQueue[_Entry] = queue.PriorityQueue()
         self._seq = itertools.count()
         self._current: Optional[WorkItem] = None
@@ -85,19 +143,80 @@ class Scheduler:
 
     # submission ------------------------------------------------------------------------
 
-    def submit(self, item: WorkItem, priority: int = PRIORITY_NORMAL) -> concurrent.futures.Future:
+    def submit(self, item: WorkItem, priority: int = PRIORITY_NORMAL, *, guarded: bool = False) -> concurrent.futures.Future:
+        """Queue `item`; with `guarded`, refuse it (QueueFull) when the queue is at its depth limit."""
         if not self._accepting:
             raise ServiceUnavailable("The server is shutting down and accepts no new work")
+        if guarded:
+            self._admit(item)
         self._queue.put(_Entry(priority=priority, seq=next(self._seq), item=item))
         return item.future
 
-    async def run(self, item: WorkItem, priority: int = PRIORITY_NORMAL) -> Any:
-        """Submit and await the result without blocking the event loop."""
-        return await asyncio.wrap_future(self.submit(item, priority))
+    def _admit(self, item: WorkItem) -> None:
+        with self._guarded_lock:
+            if len(self._guarded) >= self.max_queue_depth:
+                raise QueueFull(self.max_queue_depth, self._retry_after())
+            self._guarded.add(id(item))
+        item.future.add_done_callback(lambda _: self._release(item))
+
+    def _release(self, item: WorkItem) -> None:
+        with self._guarded_lock:
+            self._guarded.discard(id(item))
+
+    def _retry_after(self) -> int:
+        """A rough hint: a few seconds per job ahead, at least one."""
+        return max(1, min(120, len(self._guarded) * 2))
+
+    async def run(
+        self,
+        item: WorkItem,
+        priority: int = PRIORITY_NORMAL,
+        *,
+        guarded: bool = False,
+        disconnected: Callable[[], Awaitable[bool]] | None = None,
+    ) -> Any:
+        """Submit and await the result without blocking the event loop.
+
+        While the item is still queued, this polls its wait time (a guarded item gets
+        QueueTimeout after `queue_timeout`) and, if given, `disconnected()` (ClientGone); in both
+        cases the item is cancelled so the worker skips it. Once the item runs, it runs to the end.
+        """
+        future = self.submit(item, priority, guarded=guarded)
+        waiting = asyncio.wrap_future(future)
+        started = asyncio.get_running_loop().time()
+        try:
+            while True:
+                done, _ = await asyncio.wait({waiting}, timeout=POLL_INTERVAL)
+                if done:
+                    return waiting.result()
+                await self._check_still_wanted(item, started, guarded, disconnected)
+        except asyncio.CancelledError:  # nobody awaits the job any more: drop it if queued, else stop it
+            if not item.future.cancel():
+                item.cancel.interrupt()
+            raise
+
+    async def _check_still_wanted(
+        self, item: WorkItem, started: float, guarded: bool, disconnected: Callable[[], Awaitable[bool]] | None
+    ) -> None:
+        """Cancel a still-queued item whose deadline passed (guarded items only) or whose client
+        left; a running item is never cancelled here."""
+        waited = asyncio.get_running_loop().time() - started
+        if guarded and self.queue_timeout and waited > self.queue_timeout and item.future.cancel():
+            log.warning("%s waited %.1f s in the queue; cancelled (queue timeout %g s)", item.label, waited, self.queue_timeout)
+            raise QueueTimeout(waited, self.queue_timeout)
+        if disconnected is not None and await disconnected() and item.future.cancel():
+            log.info("%s: the client disconnected while the job was queued; dropped", item.label)
+            raise ClientGone(item.label)
 
     @property
     def pending(self) -> int:
         return self._queue.qsize()
+
+    @property
+    def waiting_generations(self) -> int:
+        """Guarded items queued and not yet started (what max_queue_depth limits)."""
+        with self._guarded_lock:
+            return len(self._guarded)
 
     # control of the running item ------------------------------------------------------
 
@@ -124,6 +243,7 @@ class Scheduler:
     def _execute(self, item: WorkItem) -> None:
         if not item.future.set_running_or_notify_cancel():
             return
+        self._release(item)
         with self._current_lock:
             self._current = item
         if item.progress is not None:

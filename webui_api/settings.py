@@ -59,6 +59,9 @@ class Settings:
     tls_keyfile: str | None = None
     tls_certfile: str | None = None
 
+    max_queue_depth: int = 64  # --max-queue-depth: generations waiting beyond this get 503 + Retry-After
+    queue_timeout: float = 600.0  # --queue-timeout: seconds a generation may wait queued (0: no limit)
+
     cmd_flags: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # redacted vars(args)
 
     @property

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Awaitable, Callable, Optional
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 
 from ..errors import InvalidImageFormat, NotFound
@@ -16,18 +16,32 @@ from ..schemas.generation import GenerationResponse, Img2ImgRequest, Txt2ImgRequ
 from ..services import Services
 from ..styles import style_files
 from . import api_router, get_services
+from .disconnect import watch_disconnect
 
 router = api_router()
 
 
 @router.post("/sdapi/v1/txt2img", response_model=GenerationResponse)
-async def txt2img(request: Txt2ImgRequest, services: Services = Depends(get_services)) -> dict[str, Any]:
+async def txt2img(request: Txt2ImgRequest, http: Request, services: Services = Depends(get_services)) -> dict[str, Any]:
+    async with watch_disconnect(http) as disconnected:
+        return await run_txt2img(request, services, disconnected)
+
+
+async def run_txt2img(
+    request: Txt2ImgRequest,
+    services: Services,
+    disconnected: Optional[Callable[[], Awaitable[bool]]] = None,
+    guarded: bool = True,
+) -> dict[str, Any]:
+    """The txt2img work, shared by the synchronous route and async tasks. Tasks pass
+    `guarded=False` and no `disconnected`: they are already persisted and admitted, so neither
+    the queue-depth limit, the queue timeout nor a closed connection may drop them."""
     styles = request_styles(request, style_files(services.settings))
     request = apply_infotext(request, services.options.snapshot(), styles)
     options = services.options.with_overrides(request.override_settings or {})
     check_output_format(options)
     job = build_txt2img(request, options, styles=styles)
-    result, model_info = await services.scheduler.run(_txt2img_item(services, job))
+    result, model_info = await services.scheduler.run(_txt2img_item(services, job), guarded=guarded, disconnected=disconnected)
     grid = await run_in_threadpool(_save_outputs, services, job, result, model_info) if request.save_images else None
     return await run_in_threadpool(_response, request, job, result, model_info, grid)
 
@@ -94,7 +108,18 @@ def _encode_grid(grid: Any, options: dict[str, Any]) -> str:
 
 
 @router.post("/sdapi/v1/img2img", response_model=GenerationResponse)
-async def img2img(request: Img2ImgRequest, services: Services = Depends(get_services)) -> dict[str, Any]:
+async def img2img(request: Img2ImgRequest, http: Request, services: Services = Depends(get_services)) -> dict[str, Any]:
+    async with watch_disconnect(http) as disconnected:
+        return await run_img2img(request, services, disconnected)
+
+
+async def run_img2img(
+    request: Img2ImgRequest,
+    services: Services,
+    disconnected: Optional[Callable[[], Awaitable[bool]]] = None,
+    guarded: bool = True,
+) -> dict[str, Any]:
+    """The img2img work, with the same queue guards as txt2img."""
     if request.init_images is None:
         raise NotFound("Init image not found")
     styles = request_styles(request, style_files(services.settings))
@@ -102,7 +127,7 @@ async def img2img(request: Img2ImgRequest, services: Services = Depends(get_serv
     options = services.options.with_overrides(request.override_settings or {})
     check_output_format(options)
     job = await run_in_threadpool(build_img2img, request, options, None, styles)
-    result, model_info = await services.scheduler.run(_img2img_item(services, job))
+    result, model_info = await services.scheduler.run(_img2img_item(services, job), guarded=guarded, disconnected=disconnected)
     echoed = request if request.include_init_images else request.model_copy(update={"init_images": None, "mask": None})
     return await run_in_threadpool(_response, echoed, job, result, model_info)
 

@@ -1,0 +1,317 @@
+"""Async tasks at agent-scheduler's routes (`/agent-scheduler/v1/*`), and the runner behind them.
+
+Clients that cannot hold an HTTP request open for a whole generation (proxies cut them off)
+queue a task, get `{"task_id"}` at once, and poll. Answers follow the agent-scheduler
+extension: `{"success": true, "data": ...}`, and an unknown id is `{"success": false,
+"message": "Task not found"}` with HTTP 200, like the extension (clients test `success`).
+
+The `TaskRunner` feeds persisted tasks to the scheduler one at a time, through the same
+`run_txt2img` as the synchronous route, so a task's images equal a synchronous request's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import threading
+import zipfile
+from typing import Any, Optional
+
+from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+
+from ..errors import ApiError, BadRequest, NotImplementedFeature
+from ..schemas.generation import Txt2ImgRequest
+from ..services import Services
+from ..task_callback import CallbackFile, check_callback_url, post_callback
+from ..tasks import DONE, FAILED, PENDING, RUNNING, TaskRecord, TaskStore
+from . import api_router
+
+log = logging.getLogger(__name__)
+
+router = api_router()
+PREFIX = "/agent-scheduler/v1"
+IDLE_POLL_SECONDS = 1.0  # the runner also wakes at once when a task is queued
+NOT_FOUND = {"success": False, "message": "Task not found"}
+
+
+class QueueTxt2ImgRequest(Txt2ImgRequest):
+    """A1111's txt2img body plus agent-scheduler's extras."""
+
+    checkpoint: Optional[str] = None
+    vae: Optional[str] = None
+    callback_url: Optional[str] = None
+
+
+# the runner ---------------------------------------------------------------------------------
+
+
+class TaskRunner:
+    """Runs pending tasks in order on the event loop; the device work itself is the scheduler's."""
+
+    def __init__(self, store: TaskStore, services: Services) -> None:
+        self.store = store
+        self._services = services
+        self._wake = asyncio.Event()
+        self._loop_task: Optional[asyncio.Task] = None
+        self._current: Optional[tuple[str, asyncio.Task]] = None  # (task id, its generation)
+        self._stopping = False
+
+    @property
+    def current_task_id(self) -> Optional[str]:
+        return self._current[0] if self._current else None
+
+    def start(self) -> None:
+        report = self.store.recover()
+        if report.requeued or report.failed:
+            log.warning("async tasks after restart: %d re-queued, %d failed (died twice)", report.requeued, report.failed)
+        self._loop_task = asyncio.create_task(self._run_forever(), name="agent-scheduler runner")
+        self._loop_task.add_done_callback(_report_crash)
+
+    async def stop(self) -> None:
+        """Stop taking tasks; a task cut short goes back to pending and runs at the next start."""
+        self._stopping = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        self.store.close()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def interrupt(self, task_id: str) -> bool:
+        """Stop the running task `task_id` (dropped if still queued in the scheduler, interrupted if on the device)."""
+        if self._current is None or self._current[0] != task_id:
+            return False
+        self._current[1].cancel()
+        return True
+
+    async def _run_forever(self) -> None:
+        while True:
+            task = self.store.next_pending()
+            if task is None:
+                await self._sleep_until_woken()
+            else:
+                await self._run_one(task)
+
+    async def _sleep_until_woken(self) -> None:
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), IDLE_POLL_SECONDS)
+        except asyncio.TimeoutError:
+            return
+
+    async def _run_one(self, task: TaskRecord) -> None:
+        self.store.mark_running(task.id)
+        generation = asyncio.create_task(self._generate(task))
+        self._current = (task.id, generation)
+        result: Optional[dict[str, Any]] = None
+        try:
+            result = await generation
+            await run_in_threadpool(self.store.finish, task.id, result)
+        except asyncio.CancelledError:
+            self._after_cancel(task.id, generation)
+        except ApiError as exc:  # the request itself was bad, or the engine refused it
+            self.store.fail(task.id, f"{type(exc).__name__}: {exc.detail}")
+        except Exception as exc:  # an engine bug: recorded on the task (and logged), the runner goes on
+            log.exception("async task %s failed", task.id)
+            self.store.fail(task.id, f"{type(exc).__name__}: {exc}")
+        finally:
+            self._current = None
+        self._notify(task, result)
+
+    def _notify(self, task: TaskRecord, result: Optional[dict[str, Any]]) -> None:
+        """Fire the callback in a thread of its own: its retries must not hold up the next task."""
+        finished = self.store.get(task.id)
+        if not task.callback_url or finished is None or finished.status not in (DONE, FAILED):
+            return
+        files = callback_files(task.id, result_entries(result)) if result else []
+        thread = threading.Thread(
+            target=post_callback, args=(task.callback_url, task.id, finished.status, files),
+            name=f"callback {task.id}", daemon=True,
+        )
+        thread.start()
+
+    def _after_cancel(self, task_id: str, generation: asyncio.Task) -> None:
+        """Our own stop re-queues the task (and re-raises); a client's DELETE marks it interrupted."""
+        if self._stopping:
+            generation.cancel()
+            self.store.return_to_queue(task_id)
+            raise asyncio.CancelledError
+        self.store.interrupt(task_id)
+
+    async def _generate(self, task: TaskRecord) -> dict[str, Any]:
+        from .generate import run_txt2img
+
+        if task.type != "txt2img":
+            raise NotImplementedFeature(f"async {task.type} tasks are not implemented yet; only txt2img")
+        return await run_txt2img(Txt2ImgRequest.model_validate(task.params), self._services, guarded=False)
+
+
+def _report_crash(loop_task: asyncio.Task) -> None:
+    """The runner only ends by cancellation; anything else is a bug that must not pass silently."""
+    if not loop_task.cancelled() and loop_task.exception() is not None:
+        log.error("the async task runner stopped: %r; queued tasks wait for a restart", loop_task.exception())
+
+
+def get_runner(request: Request) -> TaskRunner:
+    return request.app.state.task_runner
+
+
+# queueing --------------------------------------------------------------------------------------
+
+
+def task_params(body: QueueTxt2ImgRequest) -> dict[str, Any]:
+    """The stored request: agent-scheduler's `checkpoint` and `vae` become override_settings."""
+    params = body.model_dump(exclude={"checkpoint", "vae", "callback_url"})
+    overrides = dict(params.get("override_settings") or {})
+    if body.checkpoint:
+        overrides["sd_model_checkpoint"] = body.checkpoint
+    if body.vae:
+        overrides["sd_vae"] = body.vae
+    params["override_settings"] = overrides
+    return params
+
+
+@router.post(f"{PREFIX}/queue/txt2img")
+async def queue_txt2img(body: QueueTxt2ImgRequest, runner: TaskRunner = Depends(get_runner)) -> dict[str, str]:
+    if body.callback_url:
+        try:
+            check_callback_url(body.callback_url)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from exc
+    task = runner.store.create("txt2img", task_params(body), body.callback_url)
+    runner.wake()
+    return {"task_id": task.id}
+
+
+@router.post(f"{PREFIX}/queue/img2img")
+async def queue_img2img() -> dict[str, str]:
+    raise NotImplementedFeature("async img2img tasks are not implemented yet in this server; only txt2img")
+
+
+# reading ---------------------------------------------------------------------------------------
+
+
+def task_view(task: TaskRecord, runner: TaskRunner) -> dict[str, Any]:
+    """agent-scheduler's TaskModel fields; `result` holds the error text of a failed task."""
+    return {
+        "id": task.id, "api_task_id": None, "api_task_callback": task.callback_url, "name": None,
+        "type": task.type, "status": task.status, "params": task.params, "priority": task.priority,
+        "position": runner.store.position(task), "result": task.error, "bookmarked": False,
+        "created_at": _iso(task.created_at), "updated_at": _iso(task.updated_at),
+    }
+
+
+def _iso(timestamp: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat()
+
+
+@router.get(f"{PREFIX}/queue")
+async def queue_status(limit: int = 20, offset: int = 0, runner: TaskRunner = Depends(get_runner)) -> dict[str, Any]:
+    pending = runner.store.pending(limit=limit, offset=offset)
+    return {
+        "current_task_id": runner.current_task_id,
+        "pending_tasks": [task_view(task, runner) for task in pending],
+        "total_pending_tasks": runner.store.count(PENDING),
+        "paused": False,
+    }
+
+
+@router.get(PREFIX + "/task/{task_id}")
+async def get_task(task_id: str, runner: TaskRunner = Depends(get_runner)) -> dict[str, Any]:
+    task = runner.store.get(task_id)
+    return {"success": True, "data": task_view(task, runner)} if task else NOT_FOUND
+
+
+@router.get(PREFIX + "/task/{task_id}/position")
+async def get_position(task_id: str, runner: TaskRunner = Depends(get_runner)) -> dict[str, Any]:
+    task = runner.store.get(task_id)
+    if task is None:
+        return NOT_FOUND
+    return {"success": True, "data": {"status": task.status, "position": runner.store.position(task)}}
+
+
+@router.get(PREFIX + "/task/{task_id}/results")
+@router.get(PREFIX + "/results/{task_id}")
+async def get_results(task_id: str, zip: bool = False, runner: TaskRunner = Depends(get_runner)) -> Any:
+    task = runner.store.get(task_id)
+    if task is None:
+        return NOT_FOUND
+    if task.status != DONE:
+        return {"success": False, "message": f"Task is {task.status}"}
+    result = await run_in_threadpool(runner.store.result, task_id)
+    if result is None:
+        return {"success": False, "message": "Task result is not available"}
+    entries = result_entries(result)
+    return zip_response(task_id, entries) if zip else {"success": True, "data": entries}
+
+
+# deleting --------------------------------------------------------------------------------------
+
+
+@router.delete(PREFIX + "/task/{task_id}")
+@router.post(PREFIX + "/delete/{task_id}")
+async def delete_task(task_id: str, runner: TaskRunner = Depends(get_runner)) -> dict[str, Any]:
+    """agent-scheduler's semantics: the running task is interrupted, any other one deleted."""
+    task = runner.store.get(task_id)
+    if task is None:
+        return NOT_FOUND
+    if task.status == RUNNING and runner.interrupt(task_id):
+        return {"success": True, "message": "Task interrupted"}
+    runner.store.delete(task_id)
+    return {"success": True, "message": "Task deleted"}
+
+
+# result formats --------------------------------------------------------------------------------
+
+_MIME_BY_BASE64_START = {"iVBOR": "image/png", "/9j/": "image/jpeg", "UklGR": "image/webp"}
+
+
+def mime_of(b64: str) -> str:
+    """The image type from the first bytes of its base64 (what samples_format produced)."""
+    for start, mime in _MIME_BY_BASE64_START.items():
+        if b64.startswith(start):
+            return mime
+    return "image/png"
+
+
+def result_entries(result: dict[str, Any]) -> list[dict[str, str]]:
+    """[{image: data URL, infotext}] like agent-scheduler (data-URL prefixed, unlike /sdapi)."""
+    info = json.loads(result.get("info") or "{}")
+    infotexts = info.get("infotexts") or []
+    images = result.get("images") or []
+    return [
+        {"image": f"data:{mime_of(b64)};base64,{b64}", "infotext": infotexts[i] if i < len(infotexts) else ""}
+        for i, b64 in enumerate(images)
+    ]
+
+
+def callback_files(task_id: str, entries: list[dict[str, str]]) -> list[CallbackFile]:
+    import base64
+
+    files = []
+    for index, entry in enumerate(entries):
+        header, _, b64 = entry["image"].partition(",")
+        mime = header[len("data:"):].split(";")[0]
+        files.append(CallbackFile(f"{task_id}-{index}.{_extension(mime)}", base64.b64decode(b64), mime))
+    return files
+
+
+def _extension(mime: str) -> str:
+    return mime.split("/")[1].replace("jpeg", "jpg")
+
+
+def zip_response(task_id: str, entries: list[dict[str, str]]) -> StreamingResponse:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for item in callback_files(task_id, entries):
+            archive.writestr(item.name, item.content)
+    buffer.seek(0)
+    headers = {"Content-Disposition": f'attachment; filename="{task_id}.zip"'}
+    return StreamingResponse(buffer, media_type="application/zip", headers=headers)

@@ -1,0 +1,201 @@
+"""The persistent store of async tasks (agent-scheduler compatible): SQLite plus result files.
+
+A task submitted to `/agent-scheduler/v1/queue/*` is written here before its id is returned,
+so a crash never loses it: at the next start `recover()` puts tasks that were queued back in
+line, retries once a task that was running when the process died, and marks it failed if it
+dies again. Results (the txt2img response JSON, images included) live in one file per task
+under `<data dir>/tasks/results`, not in the database, which stays small.
+
+Only the standard library: `sqlite3` with one connection guarded by a lock, because the event
+loop and the thread that writes result files both use it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+PENDING, RUNNING, DONE, FAILED, INTERRUPTED = "pending", "running", "done", "failed", "interrupted"
+STATUSES = (PENDING, RUNNING, DONE, FAILED, INTERRUPTED)
+MAX_ATTEMPTS = 2  # the first run plus one retry after a crash
+TASK_TYPES = ("txt2img", "img2img")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    params TEXT NOT NULL,
+    status TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    callback_url TEXT,
+    error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+)
+"""
+_COLUMNS = "id, type, params, status, priority, attempts, callback_url, error, created_at, updated_at"
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """One row of the store; `params` is the generation request body as submitted."""
+
+    id: str
+    type: str
+    params: dict[str, Any]
+    status: str
+    priority: int
+    attempts: int
+    callback_url: Optional[str]
+    error: Optional[str]
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, row: tuple) -> TaskRecord:
+        values = list(row)
+        values[2] = json.loads(values[2])
+        return cls(*values)
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What `recover()` did at start-up, for the log."""
+
+    requeued: int
+    failed: int
+
+
+class TaskStore:
+    """SQLite rows for task state; JSON files for results."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.results_dir = self.root / "results"
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.root / "tasks.sqlite3", check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _execute(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # writing -------------------------------------------------------------------------
+
+    def create(self, task_type: str, params: dict[str, Any], callback_url: Optional[str] = None) -> TaskRecord:
+        """Persist a new pending task; its priority is its creation time in ms (FIFO, like agent-scheduler)."""
+        if task_type not in TASK_TYPES:
+            raise ValueError(f"task type must be one of {TASK_TYPES}, got {task_type!r}")
+        now = time.time()
+        task_id = str(uuid.uuid4())
+        self._execute(
+            f"INSERT INTO tasks ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, 0, ?, NULL, ?, ?)",
+            (task_id, task_type, json.dumps(params), PENDING, int(now * 1000), callback_url, now, now),
+        )
+        return self.get(task_id)
+
+    def _set(self, task_id: str, status: str, error: Optional[str] = None, attempts_delta: int = 0) -> None:
+        self._execute(
+            "UPDATE tasks SET status = ?, error = ?, attempts = attempts + ?, updated_at = ? WHERE id = ?",
+            (status, error, attempts_delta, time.time(), task_id),
+        )
+
+    def mark_running(self, task_id: str) -> None:
+        """Counts an attempt: a task that dies while running is retried only MAX_ATTEMPTS - 1 times."""
+        self._set(task_id, RUNNING, attempts_delta=1)
+
+    def return_to_queue(self, task_id: str) -> None:
+        """A graceful stop interrupted the task: it goes back in line, and that run does not count."""
+        self._set(task_id, PENDING, attempts_delta=-1)
+
+    def finish(self, task_id: str, result: dict[str, Any]) -> None:
+        """Write the result file first, then flip the status: DONE always has its file."""
+        path = self.result_path(task_id)
+        partial = path.with_suffix(".part")
+        partial.write_text(json.dumps(result))
+        partial.replace(path)
+        self._set(task_id, DONE)
+
+    def fail(self, task_id: str, error: str) -> None:
+        self._set(task_id, FAILED, error=error)
+
+    def interrupt(self, task_id: str) -> None:
+        self._set(task_id, INTERRUPTED, error="interrupted by the client")
+
+    def delete(self, task_id: str) -> bool:
+        """Remove a task and its result; False if there was no such task."""
+        if self.get(task_id) is None:
+            return False
+        self._execute("DELETE FROM tasks WHERE id = ?", (task_id,))
+        self.result_path(task_id).unlink(missing_ok=True)
+        return True
+
+    def recover(self) -> RecoveryReport:
+        """At start-up: tasks left RUNNING by a dead process are retried once, then failed."""
+        exhausted = self._execute("SELECT id FROM tasks WHERE status = ? AND attempts >= ?", (RUNNING, MAX_ATTEMPTS))
+        for (task_id,) in exhausted:
+            self.fail(task_id, f"the server stopped while this task ran, {MAX_ATTEMPTS} times; not retried again")
+        retried = self._execute("SELECT id FROM tasks WHERE status = ?", (RUNNING,))
+        for (task_id,) in retried:
+            self._set(task_id, PENDING)
+        return RecoveryReport(requeued=len(retried), failed=len(exhausted))
+
+    # reading -------------------------------------------------------------------------
+
+    def get(self, task_id: str) -> Optional[TaskRecord]:
+        rows = self._execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,))
+        return TaskRecord.from_row(rows[0]) if rows else None
+
+    def next_pending(self) -> Optional[TaskRecord]:
+        pending = self.pending(limit=1)
+        return pending[0] if pending else None
+
+    def pending(self, limit: int = 20, offset: int = 0) -> list[TaskRecord]:
+        rows = self._execute(
+            f"SELECT {_COLUMNS} FROM tasks WHERE status = ? ORDER BY priority, created_at LIMIT ? OFFSET ?",
+            (PENDING, limit, offset),
+        )
+        return [TaskRecord.from_row(row) for row in rows]
+
+    def count(self, status: str) -> int:
+        return self._execute("SELECT COUNT(*) FROM tasks WHERE status = ?", (status,))[0][0]
+
+    def position(self, task: TaskRecord) -> Optional[int]:
+        """0-based place in the pending line, None when the task is not pending."""
+        if task.status != PENDING:
+            return None
+        ahead = self._execute(
+            "SELECT COUNT(*) FROM tasks WHERE status = ? AND (priority < ? OR (priority = ? AND created_at < ?))",
+            (PENDING, task.priority, task.priority, task.created_at),
+        )
+        return ahead[0][0]
+
+    def result_path(self, task_id: str) -> Path:
+        if not _is_uuid(task_id):
+            raise ValueError(f"task ids are UUIDs, got {task_id!r}")
+        return self.results_dir / f"{task_id}.json"
+
+    def result(self, task_id: str) -> Optional[dict[str, Any]]:
+        path = self.result_path(task_id)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _is_uuid(value: str) -> bool:
+    """Task ids become file names: only canonical UUIDs may, never a path."""
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
