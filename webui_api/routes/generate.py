@@ -36,14 +36,21 @@ async def run_txt2img(
     """The txt2img work, shared by the synchronous route and async tasks. Tasks pass
     `guarded=False` and no `disconnected`: they are already persisted and admitted, so neither
     the queue-depth limit, the queue timeout nor a closed connection may drop them."""
-    styles = request_styles(request, style_files(services.settings))
-    request = apply_infotext(request, services.options.snapshot(), styles)
-    options = services.options.with_overrides(request.override_settings or {})
-    check_output_format(options)
+    request, options, styles = _prepare(request, services)
     job = build_txt2img(request, options, styles=styles)
     result, model_info = await services.scheduler.run(_txt2img_item(services, job), guarded=guarded, disconnected=disconnected)
     grid = await run_in_threadpool(_save_outputs, services, job, result, model_info) if request.save_images else None
     return await run_in_threadpool(_response, request, job, result, model_info, grid)
+
+
+def _prepare(request: Any, services: Services) -> tuple[Any, dict[str, Any], Any]:
+    """What both generation routes do first: read the styles, paste a sent infotext into the
+    fields the client left out, take the per-job options, refuse an unusable output format."""
+    styles = request_styles(request, style_files(services.settings))
+    request = apply_infotext(request, services.options.snapshot(), styles)
+    options = services.options.with_overrides(request.override_settings or {})
+    check_output_format(options)
+    return request, options, styles
 
 
 def _save_outputs(services: Services, job: GenerationJob, result: JobResult, model_info: Any) -> Any:
@@ -122,10 +129,7 @@ async def run_img2img(
     """The img2img work, with the same queue guards as txt2img."""
     if request.init_images is None:
         raise NotFound("Init image not found")
-    styles = request_styles(request, style_files(services.settings))
-    request = apply_infotext(request, services.options.snapshot(), styles)
-    options = services.options.with_overrides(request.override_settings or {})
-    check_output_format(options)
+    request, options, styles = _prepare(request, services)
     job = await run_in_threadpool(build_img2img, request, options, None, styles)
     result, model_info = await services.scheduler.run(_img2img_item(services, job), guarded=guarded, disconnected=disconnected)
     echoed = request if request.include_init_images else request.model_copy(update={"init_images": None, "mask": None})
