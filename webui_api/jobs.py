@@ -86,6 +86,15 @@ class HiresParams:
 
 
 @dataclass(frozen=True)
+class RefinerParams:
+    """A1111's refiner: sampling continues on `checkpoint_title` from the first model call whose
+    sigma falls at or below the threshold `switch_at` maps to (issue: refiner switch)."""
+
+    checkpoint_title: str
+    switch_at: float  # fraction of the sampling steps, 0 < switch_at < 1
+
+
+@dataclass(frozen=True)
 class GenerationJob:
     """One txt2img request, fully resolved.
 
@@ -110,6 +119,11 @@ class GenerationJob:
     img2img: Img2ImgParams | None = None  # set exactly when kind == "img2img"
     hires: HiresParams | None = None  # txt2img with enable_hr
     tiling: bool = False  # seamless textures: circular padding in the model's convolutions
+    refiner: RefinerParams | None = None
+    restore_faces: bool = False  # face restoration after decoding (model from options)
+    # ControlNet units, resolved at the edge (webui_api.controlnet types; no torch here);
+    # empty when the request has none or all are disabled.
+    controlnet_units: tuple[Any, ...] = ()
 
     @property
     def image_count(self) -> int:
@@ -140,3 +154,6 @@ class JobResult:
     extra_generation_params: dict[str, Any] = field(default_factory=dict)
     vae_name: str | None = None  # the separate VAE file decoding used (None: the checkpoint's own)
     vae_hash: str | None = None  # its sha256[:10], None when hashing is off
+    # Images appended after the generated ones without infotext (ControlNet's detected maps,
+    # as the extension returns them).
+    extra_images: list[Any] = field(default_factory=list)
