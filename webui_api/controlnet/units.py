@@ -177,7 +177,11 @@ def controlnet_units(request: Any) -> tuple[ControlUnit, ...]:
     def first_init_image() -> Optional[np.ndarray]:
         return decode_rgb(init_images[0], "init_images[0]") if init_images else None
 
-    return parse_units(request.alwayson_scripts, first_init_image, int(getattr(request, "resize_mode", 0) or 0))
+    units = parse_units(request.alwayson_scripts, first_init_image, int(getattr(request, "resize_mode", 0) or 0))
+    missing = [unit.index for unit in units if unit.image is None]
+    if missing:
+        raise BadRequest(f"ControlNet unit {missing[0]} is enabled but no input image is given (send 'image')")
+    return units
 
 
 def unalias(raw: Mapping[str, Any], index: int) -> dict[str, Any]:
