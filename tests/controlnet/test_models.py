@@ -10,7 +10,7 @@ from webui_api.engine.control_models import controlnet_config, load_controlnet
 from webui_api.engine.loading.files import UnusableModelFile
 from webui_api.engine.loading.hashes import legacy_model_hash
 
-from .helpers import TINY_CONTROLNET, original_state, tiny_controlnet
+from .helpers import TINY_CONTROLNET, original_state, tiny_controlnet, write_original
 
 
 def test_catalog_lists_files_and_diffusers_folders_with_legacy_hash_titles(controlnet_dir):
@@ -107,3 +107,38 @@ def test_full_size_sd15_controlnet_in_original_layout_loads_and_gives_residuals(
     assert [tuple(d.shape[1:]) for d in down] == [(320, 32, 32)] * 3 + [(320, 16, 16), (640, 16, 16), (640, 16, 16),
                                                   (640, 8, 8), (1280, 8, 8), (1280, 8, 8), (1280, 4, 4), (1280, 4, 4), (1280, 4, 4)]
     assert tuple(mid.shape) == (1, 1280, 4, 4)
+
+
+def test_diffusers_named_single_file_loads(tmp_path):
+    """SDXL ControlNets are often shipped as one file with diffusers' names."""
+    from safetensors.torch import save_file
+
+    root = tmp_path / "ControlNet"
+    root.mkdir()
+    source = tiny_controlnet(4)
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(root / "diffusers_named.safetensors"))
+    loaded = load_controlnet(ControlNetCatalog((root,)).find("diffusers_named"))
+    reference = source.state_dict()
+    assert all(torch.equal(loaded.module.state_dict()[k], reference[k]) for k in reference)
+
+
+TINY_SDXL = {
+    "in_channels": 4, "block_out_channels": (32, 64), "layers_per_block": 1,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"), "transformer_layers_per_block": (2, 2),
+    "cross_attention_dim": 64, "attention_head_dim": (1, 1), "use_linear_projection": True,
+    "addition_embed_type": "text_time", "addition_time_embed_dim": 256, "projection_class_embeddings_input_dim": 32 + 6 * 256,
+    "conditioning_embedding_out_channels": (8, 8, 16, 16),
+}
+
+
+def test_sdxl_style_controlnet_is_recognised_and_runs_with_added_conditions(tmp_path):
+    root = tmp_path / "ControlNet"
+    write_original(tiny_controlnet(5, TINY_SDXL), root / "tiny_xl_canny.safetensors")
+    loaded = load_controlnet(ControlNetCatalog((root,)).find("tiny_xl"))
+    config = loaded.module.config
+    assert loaded.family == "sdxl" and config.addition_embed_type == "text_time"
+    assert tuple(config.transformer_layers_per_block) == (2, 2) and config.projection_class_embeddings_input_dim == 32 + 6 * 256
+    added = {"text_embeds": torch.randn(1, 32), "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]])}
+    down, mid = loaded.module(torch.randn(1, 4, 8, 8), torch.tensor([10.0]), encoder_hidden_states=torch.randn(1, 77, 64),
+                              controlnet_cond=torch.rand(1, 3, 64, 64), added_cond_kwargs=added, return_dict=False)
+    assert len(down) + 1 == loaded.residual_count == 5 and mid.abs().sum() > 0
