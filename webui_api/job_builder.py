@@ -17,11 +17,10 @@ from typing import Any, Mapping, Optional, Sequence
 from .errors import BadRequest, NotImplementedFeature, ValidationFailed
 from .jobs import GenerationJob, HiresParams, Img2ImgParams, SamplingParams, SeedParams
 from .schemas.generation import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
+from .controlnet.units import controlnet_units
 from .styles import PromptStyle, apply_styles, read_styles
 
 MAX_SEED = 4294967294  # A1111 draws random seeds with randrange(4294967294)
-KNOWN_ALWAYSON_SCRIPTS: frozenset[str] = frozenset()  # lower-cased titles; extensions add theirs later
-KNOWN_SELECTABLE_SCRIPTS: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -63,18 +62,21 @@ def resolve_sampler(request: GenerationRequest) -> ResolvedSampler:
     return ResolvedSampler(sampler.name, scheduler.name, scheduler.label)
 
 
-def check_scripts(request: GenerationRequest) -> None:
+def check_scripts(request: GenerationRequest, tab: str = "txt2img") -> None:
     """A1111's script checks: unknown selectable script or always-on script -> 422.
 
-    Clients send `{"args": []}` or `{"args": [false]}` for an extension they want off;
-    such an entry is a no-op rather than an error, whatever its name.
+    Known names are the script catalog's entries for the tab. Clients send `{"args": []}`
+    or `{"args": [false]}` for an extension they want off; such an entry is a no-op rather
+    than an error, whatever its name.
     """
-    if request.script_name and request.script_name.lower() not in KNOWN_SELECTABLE_SCRIPTS:
+    from . import script_catalog
+
+    if request.script_name and not script_catalog.is_known(request.script_name, tab, selectable=True):
         raise ValidationFailed(f"Script '{request.script_name}' not found")
     for name, entry in (request.alwayson_scripts or {}).items():
         if _is_disabled_entry(entry):
             continue
-        if name.lower() not in KNOWN_ALWAYSON_SCRIPTS:
+        if not script_catalog.is_known(name, tab, selectable=False):
             raise ValidationFailed(f"always on script {name} not found")
 
 
@@ -373,7 +375,7 @@ def build_img2img(
     prepared mask). Decoding happens here, so a broken image is a 400 before anything is queued."""
     from .engine.image_prep import batch_init_images
 
-    check_scripts(request)
+    check_scripts(request, "img2img")
     refuse_unimplemented_img2img(request)
     prepared = prepare_init(request, options)
     images, batch_size = batch_init_images(prepared.images, request.batch_size)
@@ -406,6 +408,7 @@ def build_txt2img_like(
         job_timestamp=job_timestamp(),
         options=dict(options),
         tiling=bool(request.tiling if request.tiling is not None else options.get("tiling", False)),
+        controlnet_units=controlnet_units(request),
     )
 
 

@@ -206,7 +206,8 @@ def encode_images(result: JobResult, infotexts: list[str], options: Mapping[str,
     fmt = str(options.get("samples_format", "png")).lower()
     encoding = encoding_options(options)
     with_info = options.get("enable_pnginfo", True)
-    return [
+    images = [
         encode_image_base64(image.image, fmt, infotext=text if with_info else None, **encoding)
         for image, text in zip(result.images, infotexts)
     ]
+    return images + [encode_image_base64(extra, fmt, **encoding) for extra in result.extra_images]

@@ -23,7 +23,9 @@ class ScriptEntry:
 
 
 # Filled by the features that implement them; keep the titles exactly as A1111 spells them.
-SCRIPTS: tuple[ScriptEntry, ...] = ()
+SCRIPTS: tuple[ScriptEntry, ...] = (
+    ScriptEntry("controlnet", TABS, selectable=False),  # sd-webui-controlnet's units (alwayson_scripts)
+)
 
 
 def names(tab: str, selectable: bool | None = None) -> list[str]:

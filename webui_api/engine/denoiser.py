@@ -16,7 +16,7 @@ Guidance is linear, so it works unchanged on x0 (k-diffusion) and on eps (timest
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -59,6 +59,7 @@ class CondBatch:
 
     crossattn: torch.Tensor
     vector: Optional[torch.Tensor] = None
+    uncond_rows: int = 0  # trailing negative-prompt rows (ControlNet's "ControlNet is more important")
 
     @property
     def tokens(self) -> int:
@@ -78,7 +79,7 @@ class CondBatch:
 
     def cat(self, other: "CondBatch") -> "CondBatch":
         vector = None if self.vector is None else torch.cat([self.vector, other.vector])
-        return CondBatch(torch.cat([self.crossattn, other.crossattn]), vector)
+        return CondBatch(torch.cat([self.crossattn, other.crossattn]), vector, self.uncond_rows + other.uncond_rows)
 
     @classmethod
     def of(cls, cond: "CondBatch | torch.Tensor") -> "CondBatch":
@@ -101,10 +102,12 @@ class UNetRunner:
         config = getattr(model.unet, "config", None)
         self.needs_vector = getattr(config, "addition_embed_type", None) == "text_time"
         self.config = config
+        self.control = None  # webui_api.engine.control.ControlHook while ControlNet units act
 
     def __call__(
         self, x: torch.Tensor, t: torch.Tensor, cond: CondBatch, image_cond: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
+        latent = x
         if image_cond is not None:
             x = torch.cat([x, image_cond.to(x.dtype)], dim=1)
         extra = {}
@@ -115,6 +118,8 @@ class UNetRunner:
                 cond.vector, self.config.projection_class_embeddings_input_dim, self.config.addition_time_embed_dim
             )
             extra["added_cond_kwargs"] = {"text_embeds": text_embeds.to(self.dtype), "time_ids": time_ids}
+        if self.control is not None:
+            extra.update(self.control(latent.to(self.dtype), t, cond.crossattn, cond.uncond_rows, extra.get("added_cond_kwargs")))
         out = self.unet(x.to(self.dtype), t, encoder_hidden_states=cond.crossattn.to(self.dtype), return_dict=False, **extra)
         return out[0].to(torch.float32)
 
@@ -427,7 +432,8 @@ class CFGDenoiser:
         key = tuple(id(r) for r in rows) + tuple(id(u) for u in unconds) + tuple(tuple(p) for p in layout)
         if self._cache is None or self._cache[0] != key:
             repeats = tuple(len(parts) for parts in layout)
-            stacked = _Selected(tuple(layout), repeats, CondBatch.stack(rows), CondBatch.stack(unconds))
+            negatives = replace(CondBatch.stack(unconds), uncond_rows=len(unconds))
+            stacked = _Selected(tuple(layout), repeats, CondBatch.stack(rows), negatives)
             self._cache = (key, stacked)
         return self._cache[1]
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from webui_api.engine.control import hires_pass_units
 from webui_api.engine.img2img import InpaintState, encode_image, img2img_steps, noised_start, resolve_img2img_plan
 from webui_api.engine.latents import decode_latents
 from webui_api.engine.models import LoadedModel
@@ -59,7 +60,7 @@ def second_pass_job(job: GenerationJob, hires: HiresParams, latents: torch.Tenso
     height, width = latents.shape[2] * LATENT_SCALE, latents.shape[3] * LATENT_SCALE
     return replace(
         job, width=width, height=height, sampling=hires.sampling, prompts=hires.prompts,
-        negative_prompts=hires.negative_prompts, hires=None,
+        negative_prompts=hires.negative_prompts, hires=None, controlnet_units=hires_pass_units(job.controlnet_units),
     )
 
 

@@ -25,6 +25,7 @@ from samplers.registry import (
 from samplers.unipc import UniPCOptions
 from webui_api.engine.cond_types import BatchConditioning
 from webui_api.engine.conditioning import build_batch_conditioning
+from webui_api.engine.control import control_hook
 from webui_api.engine.denoiser import CFGDenoiser, GuidanceOptions, InpaintBlend, SamplingInterrupted, make_inner
 from webui_api.engine.latents import approx_preview, decode_latents
 from webui_api.engine.models import LoadedModel
@@ -386,6 +387,9 @@ def sample_batch(
     cfg = CFGDenoiser(inner, cancel, guidance_options(job, plan), blend=begin.blend)
     trace = SamplingTrace(x0=x)
     callback = make_callback(job, observer, trace, preview_source(job, cfg, trace), model.family)
+    control = control_hook(job, schedule, plan.sampler.kind == KIND_TIMESTEPS)  # ControlNet units, if any
+    if control is not None:
+        inner.unet.control, callback = control, control.track(callback)
     noise_sampler = make_noise_sampler(model, job, plan, batch, rng, full_schedule)
     kwargs = sampler_kwargs(job, plan, schedule, inner, noise_sampler, begin.model_interval)
     extra_args = {"cond": conditioning, "cond_scale": job.sampling.cfg_scale, "s_min_uncond": job.sampling.s_min_uncond}

@@ -22,6 +22,9 @@ from typing import Any, Mapping
 
 import torch
 
+from webui_api.controlnet.catalog import annotator_dir, controlnet_dirs
+from webui_api.engine.control import prepare_controls
+from webui_api.engine.control_models import ControlNetLibrary
 from webui_api.engine.embeddings import EmbeddingLibrary
 from webui_api.engine.loading.checkpoint import LoadOptions, load_checkpoint
 from webui_api.engine.loading.diffusers_folder import load_folder
@@ -191,6 +194,8 @@ class Engine:
         no_half_vae: bool = False,
         no_hashing: bool = False,
         allow_unsafe_pickle: bool = False,
+        controlnet_dirs: tuple[Path, ...] = (),
+        annotator_dir: Path | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -203,6 +208,8 @@ class Engine:
         self._networks = NetworkLibrary(self.paths, self.hashes)
         self._embeddings = EmbeddingLibrary(self.paths, self.hashes, allow_unsafe_pickle)
         self._cache = ModelCache()
+        self.controlnets = ControlNetLibrary(tuple(controlnet_dirs), allow_unsafe_pickle=allow_unsafe_pickle)
+        self.annotator_dir = annotator_dir if annotator_dir is not None else Path("annotator")
         self._active: LoadedModel | None = None
         self._current: CheckpointInfo | None = None
         self.refresh_checkpoints()
@@ -218,6 +225,8 @@ class Engine:
             no_half_vae=settings.no_half_vae,
             no_hashing=settings.no_hashing,
             allow_unsafe_pickle=bool(settings.cmd_flags.get("disable_safe_unpickle", False)),
+            controlnet_dirs=controlnet_dirs(settings),
+            annotator_dir=annotator_dir(settings),
         )
 
     # -- checkpoint catalog ------------------------------------------------------------
@@ -463,6 +472,7 @@ class Engine:
         self.set_checkpoints_limit(job.options.get("sd_checkpoints_limit", DEFAULT_CHECKPOINTS_LIMIT))
         model = self.load(job.model_title)
         choice = self.apply_vae(model, job.options)
+        job, controls = prepare_controls(self.controlnets, model, job, self.annotator_dir)
         stripped, calls = job_networks(job)
         networks = self.load_networks(calls)
         patch = apply_networks(model, networks)
@@ -476,6 +486,7 @@ class Engine:
             image.prompt = job.prompts[index]
         result.extra_generation_params.update(self.lora_infotext(networks, job.options))
         result.vae_name, result.vae_hash = self.vae_identity(choice)
+        controls.finish(result, job.options)
         return result
 
     def memory(self) -> dict[str, Any]:

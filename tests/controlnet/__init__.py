@@ -1,0 +1,1 @@
+"""ControlNet tests: units, models, application, routes."""
