@@ -69,7 +69,10 @@ def check_scripts(request: GenerationRequest) -> None:
     Clients send `{"args": []}` or `{"args": [false]}` for an extension they want off;
     such an entry is a no-op rather than an error, whatever its name.
     """
-    if request.script_name and request.script_name.lower() not in KNOWN_SELECTABLE_SCRIPTS:
+    from .script_catalog import is_known
+
+    tab = "img2img" if isinstance(request, Img2ImgRequest) else "txt2img"
+    if request.script_name and not is_known(request.script_name, tab, selectable=True):
         raise ValidationFailed(f"Script '{request.script_name}' not found")
     for name, entry in (request.alwayson_scripts or {}).items():
         if _is_disabled_entry(entry):

@@ -23,7 +23,12 @@ class ScriptEntry:
 
 
 # Filled by the features that implement them; keep the titles exactly as A1111 spells them.
-SCRIPTS: tuple[ScriptEntry, ...] = ()
+# The built-in selectable scripts (webui_api.builtin_scripts) in A1111's listing order.
+SCRIPTS: tuple[ScriptEntry, ...] = (
+    ScriptEntry("prompts from file or textbox", TABS, selectable=True),
+    ScriptEntry("sd upscale", ("img2img",), selectable=True),
+    ScriptEntry("x/y/z plot", TABS, selectable=True),
+)
 
 
 def names(tab: str, selectable: bool | None = None) -> list[str]:
