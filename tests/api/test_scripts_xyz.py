@@ -109,3 +109,10 @@ def test_bad_script_args_are_422(client, args, fragment):
     response = run(client, args)
     assert response.status_code == 422, response.text
     assert fragment in response.json()["detail"]
+
+
+def test_save_images_writes_the_returned_grid_and_cells(client, tmp_path):
+    assert run(client, xyz_args(y=(NOTHING, "")), save_images=True).status_code == 200
+    grids = list((tmp_path / "outputs" / "txt2img-grids").rglob("grid-*.png"))
+    samples = list((tmp_path / "outputs" / "txt2img-images").rglob("*.png"))
+    assert len(grids) == 1 and len(samples) == 3

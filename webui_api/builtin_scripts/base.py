@@ -67,11 +67,15 @@ class ScriptWorker(Protocol):
 @dataclass
 class OutputImage:
     """One image of the response: `infotext` goes into info.infotexts; `embed` says whether
-    the encoded image carries it (A1111's grids and stitched images have no text chunk)."""
+    the encoded image carries it (A1111's grids and stitched images have no text chunk);
+    `grid`, `seed` and `prompt` name the file when the request sets save_images."""
 
     image: Any
     infotext: str
     embed: bool = True
+    grid: bool = False  # saved as a grid (grid-NNNN, grid_format) with save_images
+    seed: int | None = None  # for the saved file's name
+    prompt: str = ""
 
 
 @dataclass

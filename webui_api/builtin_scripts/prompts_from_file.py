@@ -183,7 +183,7 @@ def _execute(worker: ScriptWorker, jobs: list[GenerationJob], request: Any) -> S
     images: list[OutputImage] = []
     for outcome in outcomes:
         texts = outcome.infotexts()
-        images += [OutputImage(done.image, text) for done, text in zip(outcome.result.images, texts)]
+        images += [OutputImage(done.image, text, seed=done.seed, prompt=done.prompt) for done, text in zip(outcome.result.images, texts)]
     return ScriptOutput(images, _info(outcomes, request, [image.infotext for image in images]))
 
 

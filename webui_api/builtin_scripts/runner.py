@@ -69,7 +69,10 @@ async def run_script(
     planned = await asyncio.to_thread(plan_script, request, ctx)
     item = _work_item(services, tab, planned)
     output = await services.scheduler.run(item, guarded=guarded, disconnected=disconnected)
-    return await asyncio.to_thread(script_response, request, tab, output, planned.first_job.options)
+    options = planned.first_job.options
+    if request.save_images:
+        await asyncio.to_thread(save_outputs, output, tab, options, services.settings.data_dir)
+    return await asyncio.to_thread(script_response, request, tab, output, options)
 
 
 def _work_item(services: Any, tab: str, planned: ScriptRun) -> WorkItem:
@@ -146,6 +149,24 @@ def script_response(request: Any, tab: str, output: ScriptOutput, options: Mappi
         echoed = request.model_copy(update={"init_images": None, "mask": None})
     info = {**output.info, "infotexts": [o.infotext for o in output.images]}
     return {"images": images, "parameters": echoed.model_dump(), "info": json.dumps(info, default=lambda _: None)}
+
+
+def save_outputs(output: ScriptOutput, tab: str, options: Mapping[str, Any], data_dir: Any) -> None:
+    """save_images: the returned samples under the tab's samples folder (option samples_save)
+    and the returned grids under its grids folder (option grid_save), named as A1111 names them.
+    (A1111 also saves x/y/z cells that are not returned; those are not written here.)"""
+    from datetime import datetime
+
+    from ..postprocess.saving import IMG2IMG_SAMPLES, TXT2IMG_GRIDS, TXT2IMG_SAMPLES, NameFacts, SaveTarget, save_image
+
+    samples = IMG2IMG_SAMPLES if tab == "img2img" else TXT2IMG_SAMPLES
+    grids = SaveTarget("outdir_img2img_grids", "outdir_grids", "grid", "grid_save_to_dirs") if tab == "img2img" else TXT2IMG_GRIDS
+    now = datetime.now()
+    for out in output.images:
+        if not options.get("grid_save" if out.grid else "samples_save", True):
+            continue
+        facts = NameFacts(out.seed, out.prompt, out.image.width, out.image.height, now)
+        save_image(out.image, grids if out.grid else samples, facts, out.infotext if out.embed else None, options, data_dir)
 
 
 def script_infos(services: Any) -> list[dict[str, Any]]:

@@ -190,4 +190,6 @@ def _output(work: Plan, first: JobOutcome, images: list[Any], request: Any) -> S
     infotexts = [infotext] * len(images)
     info = base_info(first, request, infotexts)
     info["seed"] = work.base.seeds.seeds[0]
-    return ScriptOutput([OutputImage(image, infotext, embed=False) for image in images], info)
+    seed, prompt = work.base.seeds.seeds[0], work.base.prompts[0]
+    outputs = [OutputImage(image, infotext, embed=False, seed=seed + n, prompt=prompt) for n, image in enumerate(images)]
+    return ScriptOutput(outputs, info)

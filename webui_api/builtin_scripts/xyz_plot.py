@@ -263,19 +263,28 @@ def _grid_infotext(plot: Plot, outcome: JobOutcome | None, with_z: bool) -> str:
     return with_extra_params(outcome, keys).infotexts()[0]
 
 
+def _cell_output(image: Image.Image, text: str, outcome: JobOutcome | None) -> OutputImage:
+    if not _has_image(outcome):
+        return OutputImage(image, text)
+    done = outcome.result.images[0]
+    return OutputImage(image, text, seed=done.seed, prompt=done.prompt)
+
+
 def _assemble(
     plot: Plot, grids: list[Image.Image], grid_texts: list[str], cells: list[Image.Image], texts: list[str],
     outcomes: dict[int, JobOutcome],
 ) -> ScriptOutput:
     """A1111's final list: main grid, sub-grids if asked, cells if asked."""
-    images = [OutputImage(grids[0], grid_texts[0], embed=False)]
-    if plot.flags.include_sub_grids:
-        images += [OutputImage(grid, text, embed=False) for grid, text in zip(grids[1:], grid_texts[1:])]
-    if plot.flags.include_lone_images:
-        images += [OutputImage(image, text) for image, text in zip(cells, texts)]
     first = outcomes[plot.cells[0].index]
-    info = base_info(first, plot.request, [image.infotext for image in images], index_of_first_image=1)
     ran = [outcomes.get(index) for index in range(len(cells))]
+    name = first.result.images[0] if _has_image(first) else None
+    seed, prompt = (name.seed, name.prompt) if name is not None else (None, "")
+    images = [OutputImage(grids[0], grid_texts[0], embed=False, grid=True, seed=seed, prompt=prompt)]
+    if plot.flags.include_sub_grids:
+        images += [OutputImage(g, text, embed=False, grid=True, seed=seed, prompt=prompt) for g, text in zip(grids[1:], grid_texts[1:])]
+    if plot.flags.include_lone_images:
+        images += [_cell_output(image, text, o) for image, text, o in zip(cells, texts, ran)]
+    info = base_info(first, plot.request, [image.infotext for image in images], index_of_first_image=1)
     info["all_prompts"] = [o.result.images[0].prompt if _has_image(o) else None for o in ran]
     info["all_seeds"] = [o.result.images[0].seed if _has_image(o) else None for o in ran]
     return ScriptOutput(images, info)
