@@ -77,6 +77,8 @@ def check_scripts(request: GenerationRequest) -> None:
     for name, entry in (request.alwayson_scripts or {}).items():
         if _is_disabled_entry(entry):
             continue
+        if is_known(name, tab, selectable=True):
+            raise ValidationFailed("Cannot have a selectable script in the always on scripts params")
         if name.lower() not in KNOWN_ALWAYSON_SCRIPTS:
             raise ValidationFailed(f"always on script {name} not found")
 

@@ -57,3 +57,10 @@ def test_script_names_match_case_insensitively(client):
 def test_img2img_script_without_init_images_is_404(client):
     response = client.post("/sdapi/v1/img2img", json=a1111_img2img_payload(script_name="sd upscale"))
     assert response.status_code == 404
+
+
+def test_selectable_script_in_alwayson_scripts_is_a1111_422(client):
+    payload = a1111_test_payload(alwayson_scripts={"x/y/z plot": {"args": [1, "1,2"]}})
+    response = client.post("/sdapi/v1/txt2img", json=payload)
+    assert response.status_code == 422
+    assert response.json()["detail"] == "Cannot have a selectable script in the always on scripts params"

@@ -92,3 +92,14 @@ def test_sd_upscale_counts_tile_batches(engine, tmp_path):
     [item] = services.scheduler.items
     assert item.progress.job == "scripts_img2img" and item.progress.job_count == 3  # 9 tiles, 4 per batch
     assert finished_batches(services.progress) == [0, 1, 2]
+
+
+def test_hires_jobs_count_two_progress_units_per_batch():
+    from dataclasses import replace
+
+    from webui_api.builtin_scripts.base import progress_units
+    from webui_api.job_builder import build_txt2img
+
+    job = build_txt2img(Txt2ImgRequest.model_validate(a1111_test_payload(n_iter=3, steps=1)), {})
+    assert progress_units(job) == 3
+    assert progress_units(replace(job, hires=object())) == 6

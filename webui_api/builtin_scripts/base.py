@@ -98,6 +98,12 @@ class ScriptRun:
 # --------------------------------------------------------------------------- helpers
 
 
+def progress_units(job: GenerationJob) -> int:
+    """How many /progress jobs one GenerationJob counts: one per batch, two with hires fix
+    (A1111 doubles job_count for the second pass)."""
+    return job.n_iter * (2 if job.hires is not None else 1)
+
+
 def revalidated(request: Any, updates: Mapping[str, Any], script: str) -> Any:
     """The request with `updates` applied and every field checked again (sizes, steps, ...),
     so a value a script line or axis sets is refused exactly like the same value in a request."""

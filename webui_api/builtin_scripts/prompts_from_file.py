@@ -18,7 +18,7 @@ from ..errors import ValidationFailed
 from ..jobs import GenerationJob
 from .args import ArgSpec, bind, one_of, read_bool, read_str
 from .base import JobOutcome, OutputImage, ScriptContext, ScriptOutput, ScriptRun, ScriptWorker, base_info, build_job
-from .base import revalidated
+from .base import progress_units, revalidated
 from .checkpoints import closest_checkpoint
 
 TITLE = "prompts from file or textbox"
@@ -129,7 +129,7 @@ def plan(request: Any, ctx: ScriptContext) -> ScriptRun:
         raise ValidationFailed(f"{TITLE}: the list of prompt inputs (script_args[3]) has no lines")
     jobs = _line_jobs(request, ctx, settings, lines)
     return ScriptRun(
-        job_count=sum(job.n_iter for job in jobs),
+        job_count=sum(progress_units(job) for job in jobs),
         execute=lambda worker: _execute(worker, jobs, request),
         first_job=jobs[0],
     )

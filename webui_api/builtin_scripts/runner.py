@@ -17,7 +17,7 @@ from ..jobs import GenerationJob
 from ..progress import CancelToken, RunObserver
 from ..scheduler import ProgressSpec, WorkItem
 from ..styles import PromptStyle
-from .base import JobOutcome, ScriptContext, ScriptOutput, ScriptRun
+from .base import JobOutcome, ScriptContext, ScriptOutput, ScriptRun, progress_units
 
 
 def _planners() -> dict[str, Callable[[Any, ScriptContext], ScriptRun]]:
@@ -126,7 +126,7 @@ class EngineWorker:
         observer = OffsetObserver(self.progress, self.batches_done, self.total)
         generate = self.engine.img2img if job.kind == "img2img" else self.engine.txt2img
         result = generate(job, observer, self.cancel)
-        self.batches_done += job.n_iter
+        self.batches_done += progress_units(job)
         return JobOutcome(job, result, model.info)
 
     def upscale(self, image: Any, upscaler: str, scale: float) -> Any:

@@ -25,7 +25,7 @@ from ..jobs import GenerationJob
 from . import grid_draw
 from .args import ArgSpec, bind, read_bool, read_int, read_int_or_str, read_str, read_str_list
 from .base import JobOutcome, OutputImage, ScriptContext, ScriptOutput, ScriptRun, ScriptWorker, base_info, build_job
-from .base import revalidated, with_extra_params
+from .base import progress_units, revalidated, with_extra_params
 from .xyz_axes import Axis, CellEdit, axes_for, axis_values, check_values, find_axis, format_value, to_csv
 
 TITLE = "x/y/z plot"
@@ -109,7 +109,7 @@ def plan(request: Any, ctx: ScriptContext) -> ScriptRun:
     cells = [_cell(base, ctx, axes, flags, index) for index in processing_order(axes)]
     plot = Plot(axes, flags, cells, base, str(ctx.options.get("grid_background_color") or "#ffffff"))
     return ScriptRun(
-        job_count=sum(cell.job.n_iter for cell in cells),
+        job_count=sum(progress_units(cell.job) for cell in cells),
         execute=lambda worker: _execute(worker, plot),
         first_job=cells[0].job,
     )
