@@ -104,6 +104,7 @@ def test_img2img_denoising_axis(client):
     (xyz_args(x=(STEPS, "1-100000000")), "at most"),
     (xyz_args(x=("Checkpoint name", "", ["nope"])), "unknown checkpoint"),
     ([{"axis": "steps"}], "X type"),
+    (xyz_args(margin=-4), "grid margins"),
 ])
 def test_bad_script_args_are_422(client, args, fragment):
     response = run(client, args)

@@ -31,6 +31,7 @@ from .xyz_axes import Axis, CellEdit, axes_for, axis_values, check_values, find_
 TITLE = "x/y/z plot"
 INFOTEXT_TITLE = "X/Y/Z plot"  # A1111 writes its title() into "Script"
 MAX_CELLS = 4096
+MAX_MARGIN = 500  # A1111's slider range
 SEED_AXES = ("Seed", "Var. seed")
 MAX_SEED = 4294967294
 
@@ -103,6 +104,8 @@ class Plot:
 def plan(request: Any, ctx: ScriptContext) -> ScriptRun:
     values = bind(TITLE, arg_specs(ctx), request.script_args)
     flags = Flags(*values[9:13], tuple(values[13:16]), values[16], values[17])
+    if not 0 <= flags.margin <= MAX_MARGIN:
+        raise ValidationFailed(f"{TITLE}: grid margins must be between 0 and {MAX_MARGIN} px; received {flags.margin}")
     axes = tuple(_plot_axis(ctx, name, values[3 * i:3 * i + 3], flags) for i, name in enumerate("XYZ"))
     base = _base_request(request, flags, ctx)
     _check_size(axes, base, ctx)
