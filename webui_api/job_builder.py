@@ -62,21 +62,24 @@ def resolve_sampler(request: GenerationRequest) -> ResolvedSampler:
     return ResolvedSampler(sampler.name, scheduler.name, scheduler.label)
 
 
-def check_scripts(request: GenerationRequest, tab: str = "txt2img") -> None:
+def check_scripts(request: GenerationRequest, tab: str | None = None) -> None:
     """A1111's script checks: unknown selectable script or always-on script -> 422.
 
     Known names are the script catalog's entries for the tab. Clients send `{"args": []}`
     or `{"args": [false]}` for an extension they want off; such an entry is a no-op rather
     than an error, whatever its name.
     """
-    from . import script_catalog
+    from .script_catalog import is_known
 
-    if request.script_name and not script_catalog.is_known(request.script_name, tab, selectable=True):
+    tab = tab or ("img2img" if isinstance(request, Img2ImgRequest) else "txt2img")
+    if request.script_name and not is_known(request.script_name, tab, selectable=True):
         raise ValidationFailed(f"Script '{request.script_name}' not found")
     for name, entry in (request.alwayson_scripts or {}).items():
         if _is_disabled_entry(entry):
             continue
-        if not script_catalog.is_known(name, tab, selectable=False):
+        if is_known(name, tab, selectable=True):
+            raise ValidationFailed("Cannot have a selectable script in the always on scripts params")
+        if not is_known(name, tab, selectable=False):
             raise ValidationFailed(f"always on script {name} not found")
 
 

@@ -23,8 +23,12 @@ class ScriptEntry:
 
 
 # Filled by the features that implement them; keep the titles exactly as A1111 spells them.
+# The always-on extensions first, then the built-in selectable scripts in A1111's listing order.
 SCRIPTS: tuple[ScriptEntry, ...] = (
     ScriptEntry("controlnet", TABS, selectable=False),  # sd-webui-controlnet's units (alwayson_scripts)
+    ScriptEntry("prompts from file or textbox", TABS, selectable=True),
+    ScriptEntry("sd upscale", ("img2img",), selectable=True),
+    ScriptEntry("x/y/z plot", TABS, selectable=True),
 )
 
 

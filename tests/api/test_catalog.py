@@ -33,10 +33,9 @@ def test_sd_models_lists_the_embedded_model(client):
 
 def test_empty_catalogs_have_a1111_shapes(client):
     for route in ("sd-vae", "loras", "hypernetworks", "face-restorers", "realesrgan-models",
-                  "script-info", "extensions", "prompt-styles"):
+                  "extensions", "prompt-styles"):
         assert client.get(f"/sdapi/v1/{route}").json() == [], route
     assert client.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
-    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": []}
     assert len(client.get("/sdapi/v1/latent-upscale-modes").json()) == 6
 
 

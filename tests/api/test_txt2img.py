@@ -162,9 +162,9 @@ def test_alwayson_scripts_rules(client):
 
 
 def test_unknown_selectable_script_is_422(client):
-    response = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img(script_name="x/y/z plot"))
+    response = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img(script_name="prompt matrix"))
     assert response.status_code == 422
-    assert response.json()["detail"] == "Script 'x/y/z plot' not found"
+    assert response.json()["detail"] == "Script 'prompt matrix' not found"
 
 
 def test_eta_option_fallback_is_used_and_recorded(client):

@@ -119,12 +119,17 @@ def _style_files(services: Services) -> list[Any]:
 @router.get("/sdapi/v1/scripts")
 async def scripts() -> dict[str, list[str]]:
     """Lower-cased script titles; webuiapi looks for "controlnet m2m" here to detect ControlNet."""
-    return {"txt2img": [], "img2img": []}
+    from .. import script_catalog
+
+    return {"txt2img": script_catalog.names("txt2img"), "img2img": script_catalog.names("img2img")}
 
 
 @router.get("/sdapi/v1/script-info")
-async def script_info() -> list[dict[str, Any]]:
-    return []
+async def script_info(services: Services = Depends(get_services)) -> list[dict[str, Any]]:
+    """A1111's ScriptInfo per script and tab: name, is_alwayson, is_img2img, args."""
+    from ..builtin_scripts.runner import script_infos
+
+    return script_infos(services)
 
 
 @router.get("/sdapi/v1/extensions")

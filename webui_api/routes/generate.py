@@ -37,10 +37,19 @@ async def run_txt2img(
     `guarded=False` and no `disconnected`: they are already persisted and admitted, so neither
     the queue-depth limit, the queue timeout nor a closed connection may drop them."""
     request, options, styles = _prepare(request, services)
+    if request.script_name:
+        return await _run_script(request, "txt2img", options, styles, services, disconnected, guarded)
     job = build_txt2img(request, options, styles=styles)
     result, model_info = await services.scheduler.run(_txt2img_item(services, job), guarded=guarded, disconnected=disconnected)
     grid = await run_in_threadpool(_save_outputs, services, job, result, model_info) if request.save_images else None
     return await run_in_threadpool(_response, request, job, result, model_info, grid)
+
+
+async def _run_script(request: Any, tab: str, options: Any, styles: Any, services: Services, disconnected: Any, guarded: bool) -> dict[str, Any]:
+    """script_name set: the built-in script runs instead (one queue slot for all its jobs)."""
+    from ..builtin_scripts.runner import run_script
+
+    return await run_script(request, tab, options, styles, services, disconnected, guarded)
 
 
 def _prepare(request: Any, services: Services) -> tuple[Any, dict[str, Any], Any]:
@@ -130,6 +139,8 @@ async def run_img2img(
     if request.init_images is None:
         raise NotFound("Init image not found")
     request, options, styles = _prepare(request, services)
+    if request.script_name:
+        return await _run_script(request, "img2img", options, styles, services, disconnected, guarded)
     job = await run_in_threadpool(build_img2img, request, options, None, styles)
     result, model_info = await services.scheduler.run(_img2img_item(services, job), guarded=guarded, disconnected=disconnected)
     echoed = request if request.include_init_images else request.model_copy(update={"init_images": None, "mask": None})

@@ -1,0 +1,196 @@
+"""Run a request's `script_name` script: plan off the event loop, run as ONE work item, answer.
+
+The whole script is one entry of the scheduler's queue (one slot against the queue-depth
+limit, one /progress job whose job_count is the script's total batch count), so a 25-cell
+x/y/z plot cannot be overtaken half-way by other requests, just as A1111 holds its queue lock
+for the whole script.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Mapping, Optional, Sequence
+
+from ..jobs import GenerationJob
+from ..progress import CancelToken, RunObserver
+from ..scheduler import ProgressSpec, WorkItem
+from ..styles import PromptStyle
+from .base import JobOutcome, ScriptContext, ScriptOutput, ScriptRun, progress_units
+
+
+def _planners() -> dict[str, Callable[[Any, ScriptContext], ScriptRun]]:
+    from . import prompts_from_file, sd_upscale, xyz_plot
+
+    return {prompts_from_file.TITLE: prompts_from_file.plan, sd_upscale.TITLE: sd_upscale.plan, xyz_plot.TITLE: xyz_plot.plan}
+
+
+def plan_script(request: Any, ctx: ScriptContext) -> ScriptRun:
+    """Check the name for the tab (A1111's 422 "Script 'x' not found") and plan the script."""
+    from ..job_builder import check_scripts
+
+    check_scripts(request)
+    return _planners()[request.script_name.lower()](request, ctx)
+
+
+def script_context(services: Any, tab: str, options: Mapping[str, Any], styles: Sequence[PromptStyle]) -> ScriptContext:
+    """The catalogs a script may consult, read now (the engine's catalog readers are safe off
+    the worker thread)."""
+    from samplers import registry
+
+    from ..postprocess.upscale import UpscalerCatalog
+    from ..styles import read_styles, style_files
+
+    return ScriptContext(
+        tab=tab,
+        options=options,
+        styles=styles,
+        checkpoints=tuple(services.engine.checkpoints()),
+        upscaler_names=tuple(UpscalerCatalog.from_settings(services.settings).names()),
+        vae_names=tuple(vae.model_name for vae in services.engine.vaes()),
+        sampler_names=tuple(s.name for s in registry.implemented_samplers()),
+        scheduler_labels=tuple(s.label for s in registry.SCHEDULERS),
+        all_styles=lambda: read_styles(style_files(services.settings)),
+    )
+
+
+async def run_script(
+    request: Any,
+    tab: str,
+    options: Mapping[str, Any],
+    styles: Sequence[PromptStyle],
+    services: Any,
+    disconnected: Optional[Callable[[], Awaitable[bool]]] = None,
+    guarded: bool = True,
+) -> dict[str, Any]:
+    """The txt2img / img2img response of a request that names a built-in script."""
+    ctx = script_context(services, tab, options, styles)
+    planned = await asyncio.to_thread(plan_script, request, ctx)
+    item = _work_item(services, tab, planned)
+    output = await services.scheduler.run(item, guarded=guarded, disconnected=disconnected)
+    options = planned.first_job.options
+    if request.save_images:
+        await asyncio.to_thread(save_outputs, output, tab, options, services.settings.data_dir)
+    return await asyncio.to_thread(script_response, request, tab, output, options)
+
+
+def _work_item(services: Any, tab: str, planned: ScriptRun) -> WorkItem:
+    def run(cancel: CancelToken) -> ScriptOutput:
+        from ..postprocess.upscale import UpscalerCatalog
+
+        catalog = UpscalerCatalog.from_settings(services.settings)
+        return planned.execute(EngineWorker(services.engine, services.progress, cancel, planned.job_count, catalog))
+
+    first = planned.first_job
+    spec = ProgressSpec(f"scripts_{tab}", planned.job_count, first.job_timestamp, first.preview_every_n_steps)
+    return WorkItem(run=run, label=f"{tab} script", progress=spec)
+
+
+@dataclass
+class OffsetObserver:
+    """Forwards one job's progress calls with its batches numbered after the jobs before it,
+    so /progress counts 1..job_count over the whole script."""
+
+    target: RunObserver
+    offset: int
+    total: int
+
+    def batch_started(self, batch_no: int, batch_count: int) -> None:
+        self.target.batch_started(self.offset + batch_no, self.total)
+
+    def sampling_step(self, step: int, total_steps: int, make_preview: Callable[[], Any]) -> None:
+        self.target.sampling_step(step, total_steps, make_preview)
+
+    def batch_finished(self, batch_no: int) -> None:
+        self.target.batch_finished(self.offset + batch_no)
+
+
+@dataclass
+class EngineWorker:
+    """The ScriptWorker on the worker thread: runs jobs on the engine, counting batches."""
+
+    engine: Any
+    progress: RunObserver
+    cancel: CancelToken
+    total: int
+    catalog: Any  # UpscalerCatalog
+    batches_done: int = 0
+
+    @property
+    def interrupted(self) -> bool:
+        return self.cancel.interrupted
+
+    def run(self, job: GenerationJob) -> JobOutcome:
+        model = self.engine.load(job.model_title)
+        observer = OffsetObserver(self.progress, self.batches_done, self.total)
+        generate = self.engine.img2img if job.kind == "img2img" else self.engine.txt2img
+        result = generate(job, observer, self.cancel)
+        self.batches_done += progress_units(job)
+        return JobOutcome(job, result, model.info)
+
+    def upscale(self, image: Any, upscaler: str, scale: float) -> Any:
+        return self.catalog.upscale(image, upscaler, scale)
+
+
+def script_response(request: Any, tab: str, output: ScriptOutput, options: Mapping[str, Any]) -> dict[str, Any]:
+    """A1111's response: images in samples_format (text chunks only where A1111 writes them),
+    the request echo (img2img without its images unless include_init_images), info JSON."""
+    from ..postprocess.encode import encode_image_base64, encoding_options
+
+    fmt = str(options.get("samples_format", "png")).lower()
+    with_text = bool(options.get("enable_pnginfo", True))
+    images = [
+        encode_image_base64(o.image, fmt, infotext=o.infotext if o.embed and with_text else None, **encoding_options(options))
+        for o in output.images
+    ] if request.send_images else []
+    echoed = request
+    if tab == "img2img" and not request.include_init_images:
+        echoed = request.model_copy(update={"init_images": None, "mask": None})
+    info = {**output.info, "infotexts": [o.infotext for o in output.images]}
+    return {"images": images, "parameters": echoed.model_dump(), "info": json.dumps(info, default=lambda _: None)}
+
+
+def save_outputs(output: ScriptOutput, tab: str, options: Mapping[str, Any], data_dir: Any) -> None:
+    """save_images: the returned samples under the tab's samples folder (option samples_save)
+    and the returned grids under its grids folder (option grid_save), named as A1111 names them.
+    (A1111 also saves x/y/z cells that are not returned; those are not written here.)"""
+    from datetime import datetime
+
+    from ..postprocess.saving import IMG2IMG_SAMPLES, TXT2IMG_GRIDS, TXT2IMG_SAMPLES, NameFacts, SaveTarget, save_image
+
+    samples = IMG2IMG_SAMPLES if tab == "img2img" else TXT2IMG_SAMPLES
+    grids = SaveTarget("outdir_img2img_grids", "outdir_grids", "grid", "grid_save_to_dirs") if tab == "img2img" else TXT2IMG_GRIDS
+    now = datetime.now()
+    for out in output.images:
+        if not options.get("grid_save" if out.grid else "samples_save", True):
+            continue
+        facts = NameFacts(out.seed, out.prompt, out.image.width, out.image.height, now)
+        save_image(out.image, grids if out.grid else samples, facts, out.infotext if out.embed else None, options, data_dir)
+
+
+def script_infos(services: Any) -> list[dict[str, Any]]:
+    """/sdapi/v1/script-info: every catalog script per tab (txt2img's first, as A1111 lists
+    them) with its arguments; scripts without a spec here (extensions) list no arguments."""
+    from ..script_catalog import SCRIPTS, TABS
+
+    entries = []
+    for tab in TABS:
+        ctx = script_context(services, tab, services.options.snapshot(), ())
+        for script in SCRIPTS:
+            if tab in script.tabs:
+                entries.append({
+                    "name": script.name,
+                    "is_alwayson": not script.selectable,
+                    "is_img2img": tab == "img2img",
+                    "args": [spec.api_item() for spec in arg_specs(script.name, ctx)],
+                })
+    return entries
+
+
+def arg_specs(name: str, ctx: ScriptContext) -> list[Any]:
+    from . import prompts_from_file, sd_upscale, xyz_plot
+
+    modules = {m.TITLE: m for m in (prompts_from_file, sd_upscale, xyz_plot)}
+    module = modules.get(name)
+    return [] if module is None else module.arg_specs(ctx)
