@@ -97,7 +97,11 @@ async def hypernetworks() -> list[dict[str, Any]]:
 
 @router.get("/sdapi/v1/face-restorers")
 async def face_restorers() -> list[dict[str, Any]]:
-    return []
+    """A1111 lists both restorers whatever files are present (cmd_dir is null there too);
+    using one whose weights are missing is a 400 naming the file."""
+    from ..postprocess.face_restore.restorers import KINDS
+
+    return [{"name": kind.name, "cmd_dir": None} for kind in KINDS]
 
 
 @router.get("/sdapi/v1/realesrgan-models")

@@ -24,7 +24,7 @@ from PIL import Image
 from webui_api.errors import BadRequest
 from webui_api.postprocess.face_restore.align import align_face, paste_face
 from webui_api.postprocess.face_restore.cache import ModelKey, PostprocessModels
-from webui_api.postprocess.face_restore.detector import FaceDetector, RetinaFaceDetector
+from webui_api.postprocess.face_restore.detector import FaceDetector, FixedFaces, RetinaFaceDetector
 
 MODEL_EXTENSIONS = (".pth", ".safetensors")
 DETECTOR_FILES = ("detection_Resnet50_Final", "detection_mobilenet0.25_Final")  # preferred first
@@ -255,14 +255,20 @@ class FaceRestorers:
         return kind
 
     def restore(self, image: Image.Image, request: RestoreRequest, detector: FaceDetector | None = None) -> Image.Image:
-        """Restore the faces of one image with the named model (loaded once, then cached)."""
+        """Restore the faces of one image with the named model (loaded once, then cached).
+
+        Faces are detected first: an image without any never loads the restorer."""
         kind = self.check(request.model)
-        descriptor = self._on_device(self._restorer(kind))
         detector = detector or self._detector(kind)
         if isinstance(detector, RetinaFaceDetector):
             self._on_device(detector.net)
         try:
-            return restore_faces_in(image, detector, face_net(kind, descriptor, request.codeformer_weight), descriptor.device)
+            faces = detector.detect(np.asarray(image.convert("RGB")))
+            if not faces:
+                return image
+            descriptor = self._on_device(self._restorer(kind))
+            net = face_net(kind, descriptor, request.codeformer_weight)
+            return restore_faces_in(image, FixedFaces(tuple(faces)), net, descriptor.device)
         finally:
             if request.unload_after:
                 self._unload(kind)
@@ -287,5 +293,27 @@ class FaceRestorers:
 
         if self.device == "cpu":
             return
-        self._restorer(kind).to(torch.device("cpu"))
-        self._detector(kind).net.to(torch.device("cpu"))
+        for key in (ModelKey(kind.name, self.folders.model_file(kind), self.device),
+                    ModelKey("detector", self.folders.detector_file(kind), self.device)):
+            if key in self.models:
+                model = self.models.get(key, lambda: None)
+                (model.net if isinstance(model, RetinaFaceDetector) else model).to(torch.device("cpu"))
+
+
+def restore_request(options: Mapping[str, Any]) -> RestoreRequest:
+    """The restoration a generation job asks for, from its options (A1111's
+    face_restoration_model, code_former_weight, face_restoration_unload)."""
+    return RestoreRequest(
+        str(options.get("face_restoration_model") or CODEFORMER.name),
+        float(options.get("code_former_weight", 0.5)),
+        bool(options.get("face_restoration_unload", False)),
+    )
+
+
+def job_restorer(settings: Any, models: PostprocessModels, options: Mapping[str, Any]) -> Callable[[Image.Image], Image.Image]:
+    """For a job with restore_faces: the image -> image step the engine runs after decoding.
+    Checked now (a missing model is a 400 before the job is queued), loaded on first use."""
+    faces = FaceRestorers.from_settings(settings, models)
+    request = restore_request(options)
+    faces.check(request.model)
+    return lambda image: faces.restore(image, request)
