@@ -88,3 +88,32 @@ def write_gfpgan(path: Path, seed: int = 0) -> Path:
     else:
         torch.save({"params_ema": state}, path)
     return path
+
+
+def write_faceless_detector(path: Path, seed: int = 0) -> Path:
+    """A small random RetinaFace (MobileNet-0.25 layout) whose class heads always answer
+    "background", so it finds no face anywhere: the restore path then leaves images as they were."""
+    import torch
+
+    from webui_api.postprocess.face_restore.retinaface import MOBILENET, RetinaFace
+
+    torch.manual_seed(seed)
+    state = RetinaFace(MOBILENET).state_dict()
+    for i in range(3):
+        state[f"ClassHead.{i}.conv1x1.weight"] = torch.zeros_like(state[f"ClassHead.{i}.conv1x1.weight"])
+        state[f"ClassHead.{i}.conv1x1.bias"] = torch.tensor([20.0, -20.0, 20.0, -20.0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path
+
+
+def write_codeformer(path: Path, seed: int = 0) -> Path:
+    """A random-weight CodeFormer file (needs the optional spandrel_extra_arches), fp16."""
+    import torch
+    from spandrel_extra_arches.architectures.CodeFormer import CodeFormer
+
+    torch.manual_seed(seed)
+    state = {k: v.half().contiguous() if v.is_floating_point() else v for k, v in CodeFormer().state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"params_ema": state}, path)
+    return path
