@@ -120,6 +120,21 @@ class FaceRestoreFolders:
 # --------------------------------------------------------------------------- loading
 
 
+EXTRA_ARCHES_MISSING = (
+    "CodeFormer needs the optional package spandrel_extra_arches (install the 'codeformer' extra; "
+    "its licence is non-commercial)"
+)
+
+
+def check_architecture(kind: RestorerKind) -> None:
+    """Refuse CodeFormer when its architecture package is absent, without importing anything
+    heavy (this runs on the event loop, before a job is queued)."""
+    from importlib.util import find_spec
+
+    if kind is CODEFORMER and find_spec("spandrel_extra_arches") is None:
+        raise FaceRestorerUnavailable(EXTRA_ARCHES_MISSING, errors="module spandrel_extra_arches not found")
+
+
 def spandrel_registry(kind: RestorerKind) -> Any:
     """spandrel's registry, plus CodeFormer from spandrel_extra_arches (a private copy)."""
     import spandrel
@@ -129,11 +144,7 @@ def spandrel_registry(kind: RestorerKind) -> Any:
     try:
         from spandrel_extra_arches.architectures.CodeFormer import CodeFormerArch
     except ImportError as exc:
-        raise FaceRestorerUnavailable(
-            "CodeFormer needs the optional package spandrel_extra_arches (install the 'codeformer' extra; "
-            "its licence is non-commercial)",
-            errors=str(exc),
-        ) from exc
+        raise FaceRestorerUnavailable(EXTRA_ARCHES_MISSING, errors=str(exc)) from exc
     registry = spandrel.MAIN_REGISTRY.copy()
     registry.add(spandrel.ArchSupport.from_architecture(CodeFormerArch()), ignore_duplicates=True)
     return registry
@@ -249,7 +260,7 @@ class FaceRestorers:
     def check(self, name: str | None) -> RestorerKind:
         """Refuse, before any work, a restorer that cannot run (400 naming what is missing)."""
         kind = find_kind(name)
-        spandrel_registry(kind)
+        check_architecture(kind)
         self.folders.model_file(kind)
         self.folders.detector_file(kind)
         return kind
