@@ -99,9 +99,9 @@ async def hypernetworks() -> list[dict[str, Any]]:
 async def face_restorers() -> list[dict[str, Any]]:
     """A1111 lists both restorers whatever files are present (cmd_dir is null there too);
     using one whose weights are missing is a 400 naming the file."""
-    from ..postprocess.face_restore.restorers import KINDS
+    from ..postprocess.face_restore.restorers import face_restorer_items
 
-    return [{"name": kind.name, "cmd_dir": None} for kind in KINDS]
+    return face_restorer_items()
 
 
 @router.get("/sdapi/v1/realesrgan-models")

@@ -56,6 +56,12 @@ GFPGAN = RestorerKind("GFPGAN", "GFPGAN", "gfpgan_models_path", "GFPGAN", "GFPGA
 KINDS = (CODEFORMER, GFPGAN)  # A1111's shared.face_restorers order
 
 
+def face_restorer_items() -> list[dict[str, Any]]:
+    """/sdapi/v1/face-restorers: A1111 lists both restorers (whatever files are present) in its
+    order; cmd_dir is null there too."""
+    return [{"name": kind.name, "cmd_dir": None} for kind in KINDS]
+
+
 def find_kind(name: str | None) -> RestorerKind:
     for kind in KINDS:
         if name is not None and kind.name.lower() == str(name).lower():
@@ -254,8 +260,7 @@ class FaceRestorers:
         return cls(FaceRestoreFolders.from_settings(settings), models, settings.device)
 
     def api_items(self) -> list[dict[str, Any]]:
-        """/sdapi/v1/face-restorers: A1111's names in its order; cmd_dir is null there too."""
-        return [{"name": kind.name, "cmd_dir": None} for kind in KINDS]
+        return face_restorer_items()
 
     def check(self, name: str | None) -> RestorerKind:
         """Refuse, before any work, a restorer that cannot run (400 naming what is missing)."""
