@@ -127,8 +127,6 @@ def refuse_unimplemented(request: Txt2ImgRequest) -> None:
     """Features that land in later issues: say so clearly instead of ignoring them."""
     if request.enable_hr and (request.hr_checkpoint_name or "Use same checkpoint") != "Use same checkpoint":
         raise NotImplementedFeature("hr_checkpoint_name (a different checkpoint for the hires pass) is not implemented yet")
-    if request.restore_faces:
-        raise NotImplementedFeature("restore_faces is not implemented yet in this server")
     if request.refiner_checkpoint and request.refiner_checkpoint.lower() not in ("", "none"):
         raise NotImplementedFeature("refiner_checkpoint is not implemented yet in this server")
 
@@ -277,8 +275,6 @@ def hires_infotext(
 
 def refuse_unimplemented_img2img(request: Img2ImgRequest) -> None:
     """img2img features that land later: a clear 501 instead of a silently wrong image."""
-    if request.restore_faces:
-        raise NotImplementedFeature("restore_faces is not implemented yet in this server")
     if request.refiner_checkpoint and request.refiner_checkpoint.lower() not in ("", "none"):
         raise NotImplementedFeature("refiner_checkpoint is not implemented yet in this server")
 
@@ -412,6 +408,9 @@ def build_txt2img_like(
         options=dict(options),
         tiling=bool(request.tiling if request.tiling is not None else options.get("tiling", False)),
         controlnet_units=controlnet_units(request),
+        restore_faces=bool(
+            request.restore_faces if request.restore_faces is not None else options.get("face_restoration", False)
+        ),
     )
 
 

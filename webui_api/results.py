@@ -57,6 +57,7 @@ def infotext_params(
         "Schedule type": _scheduler_label(job),
         "CFG scale": job.sampling.cfg_scale,
         "Seed": image.seed,
+        "Face restoration": _face_restoration_model(job),
         "Size": f"{job.width}x{job.height}",
         "Model hash": model.hash if opts.get("add_model_hash_to_info", True) else None,
         "Model": model.model_name if opts.get("add_model_name_to_info", True) else None,
@@ -73,6 +74,11 @@ def infotext_params(
         **extras,
         "Version": A1111_COMPAT_VERSION if opts.get("add_version_to_infotext", True) else None,
     }
+
+
+def _face_restoration_model(job: GenerationJob) -> str | None:
+    """A1111 names the face_restoration_model option when the job restored faces."""
+    return str(job.options.get("face_restoration_model") or "CodeFormer") if job.restore_faces else None
 
 
 def _scheduler_label(job: GenerationJob) -> str:
@@ -174,8 +180,8 @@ def build_info(
         "cfg_scale": job.sampling.cfg_scale,
         "steps": job.sampling.steps,
         "batch_size": job.batch_size,
-        "restore_faces": bool(request.restore_faces),
-        "face_restoration_model": None,
+        "restore_faces": job.restore_faces,
+        "face_restoration_model": _face_restoration_model(job),
         "sd_model_name": model.model_name,
         "sd_model_hash": model.hash,
         "sd_vae_name": result.vae_name,

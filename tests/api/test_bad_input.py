@@ -50,10 +50,10 @@ def test_prompt_list_of_wrong_length_is_400(client):
     assert "3 entries" in response.json()["detail"]
 
 
-def test_unimplemented_features_say_so(client):
+def test_restore_faces_without_weights_names_the_missing_file(client):
     response = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img(restore_faces=True))
-    assert response.status_code == 501
-    assert "restore_faces" in response.json()["detail"]
+    assert response.status_code == 400
+    assert "codeformer-v0.1.0.pth" in response.json()["detail"]  # face_restoration_model defaults to CodeFormer
 
 
 def test_img2img_schema_lands_and_requires_init_images(client):

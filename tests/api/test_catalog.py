@@ -32,11 +32,13 @@ def test_sd_models_lists_the_embedded_model(client):
 
 
 def test_empty_catalogs_have_a1111_shapes(client):
-    for route in ("sd-vae", "loras", "hypernetworks", "face-restorers", "realesrgan-models",
+    for route in ("sd-vae", "loras", "hypernetworks", "realesrgan-models",
                   "extensions", "prompt-styles"):
         assert client.get(f"/sdapi/v1/{route}").json() == [], route
     assert client.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
     assert len(client.get("/sdapi/v1/latent-upscale-modes").json()) == 6
+    assert client.get("/sdapi/v1/face-restorers").json() == [  # A1111 lists both, files or not
+        {"name": "CodeFormer", "cmd_dir": None}, {"name": "GFPGAN", "cmd_dir": None}]
 
 
 def test_prompt_styles_come_from_styles_csv(make_client, tmp_path):

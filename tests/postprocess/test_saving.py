@@ -57,7 +57,8 @@ def test_grid_names_and_pattern_helpers(tmp_path):
     assert path == tmp_path / "outputs" / "txt2img-grids" / "2026-11-23" / "grid-0000.png"
     assert free_path(path.parent, "grid", "", "png").name == "grid-0001.png"
     assert apply_pattern("[date]/[DATETIME]/[prompt_words]", NameFacts(1, "a, b!", 1, 1, NOW)) == "2026-11-23/20261123050607/a b"
-    assert sanitize(' .a<b>:c/d. ') == "a_b__c_d"
+    assert sanitize(' .a<b>:c/d. ', replace_spaces=False) == ".a_b__c_d"  # A1111 strips only a leading space
+    assert sanitize(' a b. ') == "_a_b._"
 
 
 def test_txt2img_save_images_writes_files(client, tmp_path):

@@ -18,7 +18,7 @@ import logging
 from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -81,6 +81,28 @@ DTYPES = {
     "fp32": torch.float32,
     "float32": torch.float32,
 }
+
+
+FaceStep = Callable[[Any], Any]  # PIL image -> PIL image (webui_api.postprocess.face_restore)
+
+
+def without_overlays(job: GenerationJob) -> GenerationJob:
+    """The job as run when faces get restored: img2img leaves the inpainting overlay (and the
+    full-res paste back) to `restore_result_faces`, so restoration sees the raw decode."""
+    if job.img2img is None or not job.img2img.overlays:
+        return job
+    return replace(job, img2img=replace(job.img2img, overlays=()))
+
+
+def restore_result_faces(result: JobResult, job: GenerationJob, restore: FaceStep) -> None:
+    """Restore every decoded image in place, then apply the overlay the run left out."""
+    from webui_api.engine.img2img import overlaid
+
+    pictures = [restore(generated.image) for generated in result.images]
+    if job.img2img is not None:
+        pictures = overlaid(pictures, job.img2img, job)
+    for generated, picture in zip(result.images, pictures):
+        generated.image = picture
 
 
 def resolve_device(device: str) -> torch.device:
@@ -450,25 +472,30 @@ class Engine:
 
     # -- generation --------------------------------------------------------------------
 
-    def txt2img(self, job: GenerationJob, observer: RunObserver, cancel: CancelToken) -> JobResult:
+    def txt2img(self, job: GenerationJob, observer: RunObserver, cancel: CancelToken,
+                restore_faces: FaceStep | None = None) -> JobResult:
         """Run a txt2img job with its own checkpoint, VAE, LoRAs and LRU size (all from the
         job's options snapshot and prompts); the LoRAs are removed again afterwards. A job with
-        hires params runs both passes (webui_api.engine.hires)."""
+        hires params runs both passes (webui_api.engine.hires). `restore_faces` (the route's
+        face restorer for jobs with restore_faces) runs on every decoded image."""
         if job.hires is not None:
             from webui_api.engine.hires import run_hires
 
-            return self._generate(run_hires, job, observer, cancel)
-        return self._generate(run_txt2img, job, observer, cancel)
+            return self._generate(run_hires, job, observer, cancel, restore_faces)
+        return self._generate(run_txt2img, job, observer, cancel, restore_faces)
 
-    def img2img(self, job: GenerationJob, observer: RunObserver, cancel: CancelToken) -> JobResult:
+    def img2img(self, job: GenerationJob, observer: RunObserver, cancel: CancelToken,
+                restore_faces: FaceStep | None = None) -> JobResult:
         """Run an img2img job exactly like txt2img (checkpoint, VAE, LoRAs), from its init images."""
         from webui_api.engine.img2img import run_img2img
 
-        return self._generate(run_img2img, job, observer, cancel)
+        return self._generate(run_img2img, job, observer, cancel, restore_faces)
 
-    def _generate(self, run: Any, job: GenerationJob, observer: RunObserver, cancel: CancelToken) -> JobResult:
+    def _generate(self, run: Any, job: GenerationJob, observer: RunObserver, cancel: CancelToken,
+                  restore_faces: FaceStep | None = None) -> JobResult:
         """Load what the job names, apply its LoRAs around `run`, and fill the result's
-        infotext facts (prompts keep their <lora:...> tags, as in A1111)."""
+        infotext facts (prompts keep their <lora:...> tags, as in A1111). Faces are restored
+        after decoding and before the inpainting overlay, A1111's order."""
         self.set_checkpoints_limit(job.options.get("sd_checkpoints_limit", DEFAULT_CHECKPOINTS_LIMIT))
         model = self.load(job.model_title)
         choice = self.apply_vae(model, job.options)
@@ -477,11 +504,14 @@ class Engine:
         networks = self.load_networks(calls)
         patch = apply_networks(model, networks)
         padding = apply_tiling(model, job.tiling)
+        run_job = job if restore_faces is None else without_overlays(job)
         try:
-            result = run(model, replace(job, prompts=stripped), observer, cancel)
+            result = run(model, replace(run_job, prompts=stripped), observer, cancel)
         finally:
             padding.restore()
             patch.restore()
+        if restore_faces is not None:
+            restore_result_faces(result, job, restore_faces)
         for index, image in enumerate(result.images):
             image.prompt = job.prompts[index]
         result.extra_generation_params.update(self.lora_infotext(networks, job.options))

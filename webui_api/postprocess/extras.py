@@ -1,6 +1,8 @@
-"""The extras tab's work on finished images: A1111's "Upscale" postprocessing step.
+"""The extras tab's work on finished images: A1111's "Upscale", "GFPGAN" and "CodeFormer"
+postprocessing steps, in A1111's order (its script order 1000 / 2000 / 3000, or the
+postprocessing_operation_order option).
 
-Only PIL and the upscaler catalog here (no HTTP): routes/extras.py decodes the request, runs
+Only PIL, the upscaler catalog and the face restorers here (no HTTP): routes/extras.py decodes the request, runs
 `run_extras` on the scheduler's worker, and encodes what comes back. The info written into each
 image ("postprocessing" text) and the html_info reply follow A1111's formatting exactly, since
 clients show or parse them.
@@ -15,8 +17,9 @@ from typing import Any, Callable, Sequence
 
 from PIL import Image
 
-from webui_api.errors import BadRequest, NotImplementedFeature
+from webui_api.errors import BadRequest
 from webui_api.postprocess.encode import read_image_info
+from webui_api.postprocess.face_restore.restorers import FaceRestorers, FaceRestorerUnavailable, RestoreRequest
 from webui_api.postprocess.upscale import TileSpec, UpscalerCatalog
 
 
@@ -41,6 +44,7 @@ class ExtrasParams:
     codeformer_weight: float = 0.0
     upscale_first: bool = False  # accepted and unused, as in A1111's API
     tiling: TileSpec = field(default_factory=TileSpec)
+    operation_order: tuple[str, ...] = ()  # A1111's postprocessing_operation_order option
 
     def __post_init__(self) -> None:
         if self.resize_mode not in (0, 1):
@@ -69,16 +73,26 @@ def _upscaler_name(name: str | None) -> str | None:
     return None if name in (None, "None") else name
 
 
-def check_params(params: ExtrasParams, catalog: UpscalerCatalog) -> None:
-    """Refuse unknown upscalers and face restoration before any work starts."""
+STEP_ORDER = ("Upscale", "GFPGAN", "CodeFormer")  # A1111's postprocessing script names, by `order`
+
+
+def check_params(params: ExtrasParams, catalog: UpscalerCatalog, faces: FaceRestorers | None = None) -> None:
+    """Refuse unknown upscalers and unusable face restorers before any work starts."""
     for name in (_upscaler_name(params.upscaler_1), _upscaler_name(params.upscaler_2)):
         if name is not None:
             catalog.find(name)
-    if params.gfpgan_visibility > 0 or params.codeformer_visibility > 0:
-        raise NotImplementedFeature(
-            "face restoration is not implemented in this server",
-            errors=f"gfpgan_visibility={params.gfpgan_visibility}, codeformer_visibility={params.codeformer_visibility}; send 0",
-        )
+    for model, visibility in (("GFPGAN", params.gfpgan_visibility), ("CodeFormer", params.codeformer_visibility)):
+        if visibility > 0:
+            if faces is None:
+                raise FaceRestorerUnavailable(f"{model} face restoration is not available in this context")
+            faces.check(model)
+
+
+def step_order(params: ExtrasParams) -> list[str]:
+    """Steps named in postprocessing_operation_order first (in that order), then the rest by
+    A1111's script order."""
+    named = [step for step in params.operation_order if step in STEP_ORDER]
+    return list(dict.fromkeys(named + list(STEP_ORDER)))
 
 
 def run_extras(
@@ -87,31 +101,37 @@ def run_extras(
     catalog: UpscalerCatalog,
     should_stop: Callable[[], bool] = lambda: False,
     on_done: Callable[[int, int], None] = lambda index, total: None,
+    faces: FaceRestorers | None = None,
 ) -> ExtrasResult:
     """Process each image like A1111's run_postprocessing; html_info is the last image's text.
 
     `should_stop` is polled between images (an interrupt keeps what is done); `on_done`
     reports (index, total) after each image, for /progress's job_no.
     """
-    check_params(params, catalog)
+    check_params(params, catalog, faces)
     done: list[ProcessedImage] = []
     for index, image in enumerate(images):
         if should_stop():
             break
-        done.append(process_one(image, params, catalog))
+        done.append(process_one(image, params, catalog, faces))
         on_done(index, len(images))
     infotext = done[-1].infotext if done else ""
     return ExtrasResult(done, infotext_to_html(infotext))
 
 
-def process_one(image: Image.Image, params: ExtrasParams, catalog: UpscalerCatalog) -> ProcessedImage:
-    """Upscale one image and attach its info: the source's items, then "postprocessing"."""
+def process_one(image: Image.Image, params: ExtrasParams, catalog: UpscalerCatalog,
+                faces: FaceRestorers | None = None) -> ProcessedImage:
+    """Run the steps on one image and attach its info: the source's items, then "postprocessing"."""
     parameters, items = read_image_info(image)
     if parameters:
         items["parameters"] = parameters
-    source = image if image.mode in ("RGB", "RGBA") else image.convert("RGB")
+    result = image if image.mode in ("RGB", "RGBA") else image.convert("RGB")
     info: dict[str, Any] = {}
-    result = upscale_step(source, params, catalog, info)
+    for step in step_order(params):
+        if step == "Upscale":
+            result = upscale_step(result, params, catalog, info)
+        elif faces is not None:
+            result = face_step(result, step, params, faces, info)
     text = postprocessing_infotext(info)
     return ProcessedImage(result, {**items, "postprocessing": text}, text)
 
@@ -129,6 +149,21 @@ def upscale_step(image: Image.Image, params: ExtrasParams, catalog: UpscalerCata
         result = Image.blend(result, other, params.extras_upscaler_2_visibility)
         info["Postprocess upscaler 2"] = catalog.find(second).name
     return result
+
+
+def face_step(image: Image.Image, model: str, params: ExtrasParams, faces: FaceRestorers, info: dict[str, Any]) -> Image.Image:
+    """A1111's GFPGAN / CodeFormer postprocessing: restore, blend with the input by the
+    visibility (below 1), record visibility (and CodeFormer's weight) rounded to 3 places."""
+    visibility = params.gfpgan_visibility if model == "GFPGAN" else params.codeformer_visibility
+    if visibility == 0:
+        return image
+    restored = faces.restore(image.convert("RGB"), RestoreRequest(model, params.codeformer_weight))
+    if visibility < 1.0:
+        restored = Image.blend(image if image.mode == "RGB" else image.convert("RGB"), restored, visibility)
+    info[f"{model} visibility"] = round(visibility, 3)
+    if model == "CodeFormer":
+        info["CodeFormer weight"] = round(params.codeformer_weight, 3)
+    return restored
 
 
 def _upscale_once(image: Image.Image, name: str, params: ExtrasParams, catalog: UpscalerCatalog, info: dict[str, Any]) -> Image.Image:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 from PIL import Image
 
 from webui_api.errors import BadRequest
+from webui_api.postprocess.face_restore.cache import ModelKey, PostprocessModels
 
 MODEL_EXTENSIONS = (".pt", ".pth", ".safetensors")
 BUILTIN_NAMES = ("None", "Lanczos", "Nearest")
@@ -116,24 +117,27 @@ def scan_folder(family: UpscalerFamily, folder: Path) -> list[UpscalerEntry]:
 class UpscalerCatalog:
     """Every upscaler the server offers, in A1111's order: built-ins, then each family's files.
 
-    Holds loaded models (by path) so repeated extras calls do not reload weights.
+    Loaded models live in `models`, the server's PostprocessModels (Services owns it), so a
+    catalog rebuilt for every request (the folders may change between calls) still reuses
+    weights loaded by an earlier one. Without one, the catalog keeps its own.
     """
 
     entries: list[UpscalerEntry]
     device: str = "cpu"  # "auto" (CUDA when present) or a torch device string, like Settings.device
-    _models: dict[Path, Any] = field(default_factory=dict, repr=False)
+    models: PostprocessModels = field(default_factory=PostprocessModels, repr=False)
 
     @classmethod
-    def scan(cls, models_dir: Path, cmd_flags: Mapping[str, Any] | None = None, device: str = "cpu") -> UpscalerCatalog:
+    def scan(cls, models_dir: Path, cmd_flags: Mapping[str, Any] | None = None, device: str = "cpu",
+             models: PostprocessModels | None = None) -> UpscalerCatalog:
         builtins = [UpscalerEntry(name) for name in BUILTIN_NAMES]
         files = [e for fam, folder in family_folders(models_dir, cmd_flags or {}) for e in scan_folder(fam, folder)]
-        return cls(builtins + files, device)
+        return cls(builtins + files, device, models if models is not None else PostprocessModels())
 
     @classmethod
-    def from_settings(cls, settings: Any) -> UpscalerCatalog:
+    def from_settings(cls, settings: Any, models: PostprocessModels | None = None) -> UpscalerCatalog:
         """From webui_api.settings.Settings: the models dir, the --*-models-path flags and the
         device the models run on (the generation device, as A1111's device_esrgan defaults)."""
-        return cls.scan(Path(settings.models_dir), settings.cmd_flags, settings.device)
+        return cls.scan(Path(settings.models_dir), settings.cmd_flags, settings.device, models)
 
     def names(self) -> list[str]:
         return [entry.name for entry in self.entries]
@@ -155,10 +159,11 @@ class UpscalerCatalog:
         raise UnknownUpscaler(str(name), self.names())
 
     def model_for(self, entry: UpscalerEntry) -> Any:
-        """The spandrel model of a file entry, loaded once per catalog."""
-        if entry.path not in self._models:
-            self._models[entry.path] = load_model(entry.path, self.device)
-        return self._models[entry.path]
+        """The spandrel model of a file entry, loaded once per model cache."""
+        if entry.path is None:
+            raise ValueError(f"{entry.name} is a built-in upscaler with no model file")
+        path = entry.path
+        return self.models.get(ModelKey("upscaler", path, self.device), lambda: load_model(path, self.device))
 
     def upscale(self, image: Image.Image, name: str | None, scale: float, tiling: TileSpec | None = None) -> Image.Image:
         """Upscale `image` by `scale` with the named upscaler (A1111's Upscaler.upscale contract)."""
@@ -218,7 +223,10 @@ def upscale_to_scale(image: Image.Image, scale: float, step: Step) -> Image.Imag
 
 
 def load_model(path: Path | None, device: str = "cpu") -> Any:
-    """A spandrel ImageModelDescriptor in eval mode on `device`; loud when the file is no upscaler."""
+    """A spandrel ImageModelDescriptor in eval mode on `device`; loud when the file is no upscaler.
+
+    On CUDA a model whose architecture supports it runs in fp16 (A1111's half-precision
+    upscalers); on the CPU it stays fp32, where half is slow or unsupported."""
     import spandrel
 
     from webui_api.engine.service import resolve_device
@@ -232,7 +240,11 @@ def load_model(path: Path | None, device: str = "cpu") -> Any:
     if not isinstance(descriptor, spandrel.ImageModelDescriptor):
         raise UnusableUpscaler(path, f"it is a {type(descriptor).__name__}, not an image-to-image model")
     descriptor.eval()
-    return descriptor.to(resolve_device(device))
+    target = resolve_device(device)
+    descriptor = descriptor.to(target)
+    if target.type == "cuda" and descriptor.supports_half:
+        descriptor = descriptor.half()
+    return descriptor
 
 
 def tile_origins(length: int, tile: int) -> list[int]:
@@ -277,22 +289,25 @@ def _run_tile(model: Any, source: Any, result: Any, tile: _Tile) -> None:
     pad_top, pad_left = max(tile.top - tile.overlap, 0), max(tile.left - tile.overlap, 0)
     pad_bottom, pad_right = min(bottom + tile.overlap, height), min(right + tile.overlap, width)
     with torch.inference_mode():
-        out = model(source[:, :, pad_top:pad_bottom, pad_left:pad_right].to(model.device)).float().cpu()
+        out = model(source[:, :, pad_top:pad_bottom, pad_left:pad_right].to(model.device, model.dtype)).float().cpu()
     s = int(model.scale)
     inner = out[:, :, (tile.top - pad_top) * s:(bottom - pad_top) * s, (tile.left - pad_left) * s:(right - pad_left) * s]
     result[:, :, tile.top * s:bottom * s, tile.left * s:right * s] = inner
 
 
 def _to_tensor(image: Image.Image) -> Any:
-    """RGB PIL image -> 1x3xHxW float tensor in [0, 1] (spandrel's convention)."""
+    """RGB PIL image -> 1x3xHxW float tensor in [0, 1], channels in BGR order: A1111 feeds its
+    spandrel upscalers BGR (upscaler_utils.pil_image_to_torch_bgr), so models behave the same."""
     import numpy as np
     import torch
 
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
+    array = np.asarray(image, dtype=np.float32)[:, :, ::-1] / 255.0
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
 def _to_image(tensor: Any) -> Image.Image:
-    """1x3xHxW tensor in [0, 1] -> RGB PIL image (clamped, rounded)."""
+    """1x3xHxW BGR tensor in [0, 1] -> RGB PIL image (clamped, rounded)."""
+    import numpy as np
+
     array = tensor[0].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
-    return Image.fromarray(array, "RGB")
+    return Image.fromarray(np.ascontiguousarray(array[:, :, ::-1]), "RGB")

@@ -97,7 +97,11 @@ async def hypernetworks() -> list[dict[str, Any]]:
 
 @router.get("/sdapi/v1/face-restorers")
 async def face_restorers() -> list[dict[str, Any]]:
-    return []
+    """A1111 lists both restorers whatever files are present (cmd_dir is null there too);
+    using one whose weights are missing is a 400 naming the file."""
+    from ..postprocess.face_restore.restorers import face_restorer_items
+
+    return face_restorer_items()
 
 
 @router.get("/sdapi/v1/realesrgan-models")

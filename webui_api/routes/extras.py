@@ -16,6 +16,7 @@ from ..errors import InvalidImageFormat
 from ..job_builder import job_timestamp
 from ..postprocess.encode import SUPPORTED_FORMATS, decode_image_base64, encode_image_base64, encoding_options
 from ..postprocess.extras import ExtrasParams, ExtrasResult, ProcessedImage, check_output_size, check_params, run_extras
+from ..postprocess.face_restore.restorers import FaceRestorers
 from ..postprocess.upscale import TileSpec, UpscalerCatalog
 from ..scheduler import ProgressSpec, WorkItem
 from ..services import Services
@@ -42,6 +43,9 @@ class ExtrasRequest(BaseModel):
     upscaler_2: str = "None"
     extras_upscaler_2_visibility: float = Field(default=0, ge=0, le=1, allow_inf_nan=False)
     upscale_first: bool = False
+    # Not in A1111's API (which never saves extras results): true writes them to
+    # outputs/extras-images with A1111's extras naming, like its extras tab does.
+    save_images: bool = False
 
 
 class ExtrasSingleImageRequest(ExtrasRequest):
@@ -59,34 +63,49 @@ class ExtrasBatchImagesRequest(ExtrasRequest):
 
 def _params(request: ExtrasRequest, options: dict[str, Any]) -> ExtrasParams:
     """Request fields plus the ESRGAN_tile options that A1111 reads for tiled inference."""
-    fields = {name: getattr(request, name) for name in ExtrasParams.__dataclass_fields__ if name != "tiling"}
+    fields = {name: getattr(request, name) for name in ExtrasParams.__dataclass_fields__
+              if name not in ("tiling", "operation_order")}
     tiling = TileSpec(int(options.get("ESRGAN_tile", 192)), int(options.get("ESRGAN_tile_overlap", 8)))
-    return ExtrasParams(**fields, tiling=tiling)
+    order = tuple(str(step) for step in options.get("postprocessing_operation_order") or ())
+    return ExtrasParams(**fields, tiling=tiling, operation_order=order)
 
 
-def _extras_item(services: Services, images: list[Any], params: ExtrasParams, catalog: UpscalerCatalog) -> WorkItem:
+def _extras_item(services: Services, images: list[Any], params: ExtrasParams, catalog: UpscalerCatalog,
+                 faces: FaceRestorers) -> WorkItem:
     def run(cancel) -> ExtrasResult:
         def done(index: int, _total: int) -> None:
             services.progress.batch_finished(index)  # /progress job_no counts finished images
 
-        return run_extras(images, params, catalog, lambda: cancel.interrupted, done)
+        return run_extras(images, params, catalog, lambda: cancel.interrupted, done, faces)
 
     return WorkItem(run=run, label="extras", progress=ProgressSpec("extras", len(images), job_timestamp(), 0))
 
 
-async def _run(services: Services, request: ExtrasRequest, encoded: list[str]) -> tuple[list[str], str]:
+async def _run(services: Services, request: ExtrasRequest, encoded: list[str],
+               names: list[str] | None = None) -> tuple[list[str], str]:
     """Validate, decode, upscale on the worker, encode: (base64 images, html_info)."""
     options = services.options.snapshot()
-    catalog = UpscalerCatalog.from_settings(services.settings)
+    catalog = UpscalerCatalog.from_settings(services.settings, services.postprocess_models)
+    faces = FaceRestorers.from_settings(services.settings, services.postprocess_models)
     params = _params(request, options)
-    check_params(params, catalog)
+    check_params(params, catalog, faces)
     if str(options.get("samples_format", "png")).lower() not in SUPPORTED_FORMATS:
         raise InvalidImageFormat(str(options.get("samples_format")))
     images = await run_in_threadpool(lambda: [decode_image_base64(text) for text in encoded])
     for image in images:
         check_output_size(image, params)
-    result = await services.scheduler.run(_extras_item(services, images, params, catalog))
+    result = await services.scheduler.run(_extras_item(services, images, params, catalog, faces))
+    if request.save_images:
+        await run_in_threadpool(_save_all, services, result.images, options, names)
     return await run_in_threadpool(_encode_all, result.images, options), result.html_info
+
+
+def _save_all(services: Services, images: list[ProcessedImage], options: dict[str, Any], names: list[str] | None) -> None:
+    from ..postprocess.saving import save_extras
+
+    for index, done in enumerate(images):
+        name = names[index] if names and index < len(names) else None
+        save_extras(done.image, done.infotext, done.info, options, services.settings.data_dir, name)
 
 
 def _encode_all(images: list[ProcessedImage], options: dict[str, Any]) -> list[str]:
@@ -112,5 +131,6 @@ async def extra_single_image(request: ExtrasSingleImageRequest, services: Servic
 
 @router.post("/sdapi/v1/extra-batch-images")
 async def extra_batch_images(request: ExtrasBatchImagesRequest, services: Services = Depends(get_services)) -> dict[str, Any]:
-    images, html_info = await _run(services, request, [item.data for item in request.imageList])
+    images, html_info = await _run(services, request, [item.data for item in request.imageList],
+                                   [item.name for item in request.imageList])
     return {"html_info": html_info, "images": images}

@@ -40,8 +40,10 @@ async def run_txt2img(
     if request.script_name:
         return await _run_script(request, "txt2img", options, styles, services, disconnected, guarded)
     job = build_txt2img(request, options, styles=styles)
-    result, model_info = await services.scheduler.run(_txt2img_item(services, job), guarded=guarded, disconnected=disconnected)
-    grid = await run_in_threadpool(_save_outputs, services, job, result, model_info) if request.save_images else None
+    restorer = _face_restorer(services, job)
+    item = _txt2img_item(services, job, restorer)
+    result, model_info = await services.scheduler.run(item, guarded=guarded, disconnected=disconnected)
+    grid = await run_in_threadpool(_save_outputs, services, job, result, model_info, request) if request.save_images else None
     return await run_in_threadpool(_response, request, job, result, model_info, grid)
 
 
@@ -50,6 +52,16 @@ async def _run_script(request: Any, tab: str, options: Any, styles: Any, service
     from ..builtin_scripts.runner import run_script
 
     return await run_script(request, tab, options, styles, services, disconnected, guarded)
+
+
+def _face_restorer(services: Services, job: GenerationJob) -> Any:
+    """The face restorer of a restore_faces job (a missing model is a 400 now, before the
+    queue), None otherwise."""
+    if not job.restore_faces:
+        return None
+    from ..postprocess.face_restore.restorers import job_restorer
+
+    return job_restorer(services.settings, services.postprocess_models, job.options)
 
 
 def _prepare(request: Any, services: Services) -> tuple[Any, dict[str, Any], Any]:
@@ -62,20 +74,24 @@ def _prepare(request: Any, services: Services) -> tuple[Any, dict[str, Any], Any
     return request, options, styles
 
 
-def _save_outputs(services: Services, job: GenerationJob, result: JobResult, model_info: Any) -> Any:
-    """save_images: true writes samples (and the grid) under the data dir as A1111 does; returns
-    the grid when A1111 would return it first (return_grid), else None."""
+def _save_outputs(services: Services, job: GenerationJob, result: JobResult, model_info: Any, request: Any = None) -> Any:
+    """save_images: true writes samples (and the grid) under the data dir as A1111 does, in the
+    txt2img or img2img folders; returns the grid when A1111 would return it first
+    (return_grid), else None."""
+    from ..postprocess import saving
     from ..postprocess.grid import grid_shape, image_grid, wants_grid
-    from ..postprocess.saving import save_grid, save_samples
 
     infotexts = build_infotexts(job, result, model_info)
     options, data_dir = job.options, services.settings.data_dir
-    save_samples(result, infotexts, options, data_dir)
+    img2img = job.kind == "img2img"
+    facts = saving.job_name_facts(job, model_info, result, tuple(getattr(request, "styles", None) or ()))
+    samples, grids = (saving.IMG2IMG_SAMPLES, saving.IMG2IMG_GRIDS) if img2img else (saving.TXT2IMG_SAMPLES, saving.TXT2IMG_GRIDS)
+    saving.save_samples(result, infotexts, options, data_dir, samples, job=facts)
     if not result.images or not wants_grid(len(result.images), options):
         return None
     grid = image_grid([g.image for g in result.images], grid_shape(len(result.images), job.batch_size, options))
     if options.get("grid_save", True):
-        save_grid(grid, result, infotexts[0], options, data_dir)
+        saving.save_grid(grid, result, infotexts[0], options, data_dir, grids, job=facts)
     return grid if options.get("return_grid", True) else None
 
 
@@ -88,10 +104,12 @@ def check_output_format(options: dict[str, Any]) -> None:
         raise InvalidImageFormat(fmt)
 
 
-def _txt2img_item(services: Services, job: GenerationJob) -> WorkItem:
+def _txt2img_item(services: Services, job: GenerationJob, restorer: Any = None) -> WorkItem:
     def run(cancel) -> tuple[JobResult, Any]:
         model = services.engine.load(job.model_title)
-        return services.engine.txt2img(job, services.progress, cancel), model.info
+        if restorer is None:
+            return services.engine.txt2img(job, services.progress, cancel), model.info
+        return services.engine.txt2img(job, services.progress, cancel, restore_faces=restorer), model.info
 
     job_count = job.n_iter * 2 if job.hires is not None else job.n_iter  # A1111 doubles it for hires fix
     spec = ProgressSpec("scripts_txt2img", job_count, job.job_timestamp, job.preview_every_n_steps)
@@ -142,15 +160,19 @@ async def run_img2img(
     if request.script_name:
         return await _run_script(request, "img2img", options, styles, services, disconnected, guarded)
     job = await run_in_threadpool(build_img2img, request, options, None, styles)
-    result, model_info = await services.scheduler.run(_img2img_item(services, job), guarded=guarded, disconnected=disconnected)
+    item = _img2img_item(services, job, _face_restorer(services, job))
+    result, model_info = await services.scheduler.run(item, guarded=guarded, disconnected=disconnected)
+    grid = await run_in_threadpool(_save_outputs, services, job, result, model_info, request) if request.save_images else None
     echoed = request if request.include_init_images else request.model_copy(update={"init_images": None, "mask": None})
-    return await run_in_threadpool(_response, echoed, job, result, model_info)
+    return await run_in_threadpool(_response, echoed, job, result, model_info, grid)
 
 
-def _img2img_item(services: Services, job: GenerationJob) -> WorkItem:
+def _img2img_item(services: Services, job: GenerationJob, restorer: Any = None) -> WorkItem:
     def run(cancel) -> tuple[JobResult, Any]:
         model = services.engine.load(job.model_title)
-        return services.engine.img2img(job, services.progress, cancel), model.info
+        if restorer is None:
+            return services.engine.img2img(job, services.progress, cancel), model.info
+        return services.engine.img2img(job, services.progress, cancel, restore_faces=restorer), model.info
 
     spec = ProgressSpec("scripts_img2img", job.n_iter, job.job_timestamp, job.preview_every_n_steps)
     return WorkItem(run=run, label="img2img", progress=spec)

@@ -1,0 +1,335 @@
+"""Face restorer models (GFPGAN, CodeFormer), where their files live, and the restore pipeline.
+
+A1111 lists two restorers, CodeFormer then GFPGAN, each reading .pth files from its folder
+(models/Codeformer, models/GFPGAN, or --codeformer-models-path / --gfpgan-models-path);
+.safetensors files are accepted too. The face detector's weights are facexlib's
+detection_Resnet50_Final.pth (or the MobileNet-0.25 variant), which A1111 keeps in
+models/GFPGAN; the restorer's own folder and Codeformer/facelib are searched as well.
+
+Both restorers load through spandrel. CodeFormer's architecture ships in the separate
+`spandrel_extra_arches` package (non-commercial licence, the optional extra `codeformer`),
+registered here in a private registry so spandrel's global one is never modified. A restorer
+that cannot run (package or weights missing) is refused with a 400 naming what is missing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+from PIL import Image
+
+from webui_api.errors import BadRequest
+from webui_api.postprocess.face_restore.align import align_face, paste_face
+from webui_api.postprocess.face_restore.cache import ModelKey, PostprocessModels
+from webui_api.postprocess.face_restore.detector import FaceDetector, FixedFaces, RetinaFaceDetector
+
+MODEL_EXTENSIONS = (".pth", ".safetensors")
+DETECTOR_FILES = ("detection_Resnet50_Final", "detection_mobilenet0.25_Final")  # preferred first
+
+FaceNet = Callable[[Any], Any]  # 1x3x512x512 RGB in [-1, 1] -> the same
+
+
+class FaceRestorerUnavailable(BadRequest):
+    """A restorer that cannot run here: unknown name, missing package or missing weights."""
+
+
+@dataclass(frozen=True)
+class RestorerKind:
+    """One of A1111's face restorers."""
+
+    name: str  # "CodeFormer" | "GFPGAN" (A1111's FaceRestoration.name())
+    folder: str  # default folder under the models dir
+    flag: str  # cmd flag (argparse dest) that moves the folder
+    architecture: str  # spandrel architecture id
+    example_file: str  # the file A1111 downloads, named in "missing weights" errors
+    name_must_contain: str = ""  # A1111 only takes GFPGAN files whose name says GFPGAN
+
+    def accepts(self, path: Path) -> bool:
+        return path.suffix.lower() in MODEL_EXTENSIONS and self.name_must_contain in path.name
+
+
+CODEFORMER = RestorerKind("CodeFormer", "Codeformer", "codeformer_models_path", "CodeFormer", "codeformer-v0.1.0.pth")
+GFPGAN = RestorerKind("GFPGAN", "GFPGAN", "gfpgan_models_path", "GFPGAN", "GFPGANv1.4.pth", name_must_contain="GFPGAN")
+KINDS = (CODEFORMER, GFPGAN)  # A1111's shared.face_restorers order
+
+
+def face_restorer_items() -> list[dict[str, Any]]:
+    """/sdapi/v1/face-restorers: A1111 lists both restorers (whatever files are present) in its
+    order; cmd_dir is null there too."""
+    return [{"name": kind.name, "cmd_dir": None} for kind in KINDS]
+
+
+def find_kind(name: str | None) -> RestorerKind:
+    for kind in KINDS:
+        if name is not None and kind.name.lower() == str(name).lower():
+            return kind
+    raise FaceRestorerUnavailable(
+        f"unknown face restoration model {name!r}", errors=f"expected one of {[k.name for k in KINDS]}"
+    )
+
+
+# --------------------------------------------------------------------------- files
+
+
+@dataclass(frozen=True)
+class FaceRestoreFolders:
+    """The folders of both restorers (A1111's defaults or the --*-models-path flags)."""
+
+    gfpgan: Path
+    codeformer: Path
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> FaceRestoreFolders:
+        return cls.under(Path(settings.models_dir), settings.cmd_flags)
+
+    @classmethod
+    def under(cls, models_dir: Path, cmd_flags: Mapping[str, Any] | None = None) -> FaceRestoreFolders:
+        flags = cmd_flags or {}
+
+        def folder(kind: RestorerKind) -> Path:
+            return Path(flags[kind.flag]) if flags.get(kind.flag) else models_dir / kind.folder
+
+        return cls(gfpgan=folder(GFPGAN), codeformer=folder(CODEFORMER))
+
+    def folder(self, kind: RestorerKind) -> Path:
+        return self.gfpgan if kind is GFPGAN else self.codeformer
+
+    def model_file(self, kind: RestorerKind) -> Path:
+        """The restorer's weights: the last matching file by name (GFPGANv1.4 over v1.3)."""
+        folder = self.folder(kind)
+        files = sorted(p for p in folder.iterdir() if p.is_file() and kind.accepts(p)) if folder.is_dir() else []
+        if not files:
+            raise FaceRestorerUnavailable(
+                f"{kind.name} weights not found: put {kind.example_file} (or a .safetensors file) in {folder}",
+                errors=f"no {'*GFPGAN*' if kind.name_must_contain else '*'}.pth / .safetensors file in {folder}",
+            )
+        return files[-1]
+
+    def detector_file(self, kind: RestorerKind) -> Path:
+        """facexlib's RetinaFace weights, from the GFPGAN folder (where A1111 keeps them), the
+        restorer's own folder, or Codeformer/facelib."""
+        folders = dict.fromkeys([self.gfpgan, self.folder(kind), self.codeformer / "facelib"])
+        for stem in DETECTOR_FILES:
+            for folder in folders:
+                for ext in MODEL_EXTENSIONS:
+                    if (folder / f"{stem}{ext}").is_file():
+                        return folder / f"{stem}{ext}"
+        raise FaceRestorerUnavailable(
+            f"face detector weights not found: put {DETECTOR_FILES[0]}.pth in {self.gfpgan}",
+            errors=f"searched {[str(f) for f in folders]} for {[s + '.pth' for s in DETECTOR_FILES]}",
+        )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+EXTRA_ARCHES_MISSING = (
+    "CodeFormer needs the optional package spandrel_extra_arches (install the 'codeformer' extra; "
+    "its licence is non-commercial)"
+)
+
+
+def check_architecture(kind: RestorerKind) -> None:
+    """Refuse CodeFormer when its architecture package is absent, without importing anything
+    heavy (this runs on the event loop, before a job is queued)."""
+    from importlib.util import find_spec
+
+    if kind is CODEFORMER and find_spec("spandrel_extra_arches") is None:
+        raise FaceRestorerUnavailable(EXTRA_ARCHES_MISSING, errors="module spandrel_extra_arches not found")
+
+
+def spandrel_registry(kind: RestorerKind) -> Any:
+    """spandrel's registry, plus CodeFormer from spandrel_extra_arches (a private copy)."""
+    import spandrel
+
+    if kind is not CODEFORMER:
+        return spandrel.MAIN_REGISTRY
+    try:
+        from spandrel_extra_arches.architectures.CodeFormer import CodeFormerArch
+    except ImportError as exc:
+        raise FaceRestorerUnavailable(EXTRA_ARCHES_MISSING, errors=str(exc)) from exc
+    registry = spandrel.MAIN_REGISTRY.copy()
+    registry.add(spandrel.ArchSupport.from_architecture(CodeFormerArch()), ignore_duplicates=True)
+    return registry
+
+
+def load_restorer(path: Path, kind: RestorerKind, device: str) -> Any:
+    """The spandrel descriptor of a restorer file, in eval mode on `device` (fp32: neither
+    architecture supports half precision in spandrel)."""
+    import spandrel
+
+    from webui_api.engine.service import resolve_device
+
+    try:
+        descriptor = spandrel.ModelLoader(registry=spandrel_registry(kind)).load_from_file(str(path))
+    except spandrel.UnsupportedModelError as exc:
+        raise FaceRestorerUnavailable(f"cannot use {path.name} in {path.parent} as {kind.name}",
+                                      errors="spandrel recognises no architecture in its weights") from exc
+    found = descriptor.architecture.id
+    if found != kind.architecture:
+        raise FaceRestorerUnavailable(f"cannot use {path.name} in {path.parent} as {kind.name}",
+                                      errors=f"its weights are a {found} model, expected {kind.architecture}")
+    descriptor.eval()
+    return descriptor.to(resolve_device(device))
+
+
+def load_detector(path: Path, device: str) -> RetinaFaceDetector:
+    """RetinaFace from facexlib's weight file (strict key match), on `device`."""
+    from webui_api.engine.loading.files import read_state_dict
+    from webui_api.engine.service import resolve_device
+    from webui_api.postprocess.face_restore.retinaface import build_from_state_dict
+
+    try:
+        net = build_from_state_dict(read_state_dict(path))
+    except (ValueError, RuntimeError) as exc:
+        raise FaceRestorerUnavailable(f"cannot use {path.name} in {path.parent} as the face detector",
+                                      errors=str(exc)[:500]) from exc
+    return RetinaFaceDetector(net.to(resolve_device(device)))
+
+
+def face_net(kind: RestorerKind, descriptor: Any, codeformer_weight: float) -> FaceNet:
+    """How A1111 calls each network: GFPGAN with return_rgb=False, CodeFormer with the
+    fidelity weight and adain=True; both return (image, ...)."""
+    model = descriptor.model
+    if kind is GFPGAN:
+        return lambda x: model(x, return_rgb=False)[0]
+    return lambda x: model(x, weight=codeformer_weight, adain=True)[0]
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+def run_face_net(net: FaceNet, crop: np.ndarray, device: Any = "cpu") -> np.ndarray:
+    """One aligned crop through a restorer: uint8 RGB -> [-1, 1] -> net -> uint8 RGB
+    (truncated like A1111's astype('uint8'))."""
+    import torch
+
+    tensor = torch.from_numpy(crop.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+    tensor = ((tensor - 0.5) / 0.5).to(device)
+    with torch.inference_mode():
+        out = net(tensor)
+    out = (out[0].float().cpu().clamp(-1, 1) + 1) / 2
+    return (out.permute(1, 2, 0).numpy() * 255.0).astype(np.uint8)
+
+
+def restore_faces_in(image: Image.Image, detector: FaceDetector, net: FaceNet, device: Any = "cpu") -> Image.Image:
+    """Detect, align, restore and paste every face; the image itself when none is found.
+
+    Every crop is taken from the original pixels and pasted in detection order, as facexlib
+    does."""
+    rgb = np.asarray(image.convert("RGB"))
+    faces = detector.detect(rgb)
+    if not faces:
+        return image
+    result = rgb.astype(np.float32)
+    for face in faces:
+        aligned = align_face(rgb, face.landmarks)
+        result = paste_face(result, run_face_net(net, aligned.crop, device), aligned.matrix)
+    return Image.fromarray(np.clip(result, 0, 255).astype(np.uint8), "RGB")
+
+
+# --------------------------------------------------------------------------- the service
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    """What one restoration needs: the model by A1111 name and CodeFormer's fidelity weight."""
+
+    model: str
+    codeformer_weight: float = 0.5
+    unload_after: bool = False  # face_restoration_unload: move the models back to the CPU
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.codeformer_weight <= 1.0:
+            raise BadRequest(f"CodeFormer weight must be between 0 and 1, got {self.codeformer_weight}")
+
+
+@dataclass
+class FaceRestorers:
+    """Face restoration for one server: its folders, its model cache, its device."""
+
+    folders: FaceRestoreFolders
+    models: PostprocessModels
+    device: str = "cpu"
+
+    @classmethod
+    def from_settings(cls, settings: Any, models: PostprocessModels) -> FaceRestorers:
+        return cls(FaceRestoreFolders.from_settings(settings), models, settings.device)
+
+    def api_items(self) -> list[dict[str, Any]]:
+        return face_restorer_items()
+
+    def check(self, name: str | None) -> RestorerKind:
+        """Refuse, before any work, a restorer that cannot run (400 naming what is missing)."""
+        kind = find_kind(name)
+        check_architecture(kind)
+        self.folders.model_file(kind)
+        self.folders.detector_file(kind)
+        return kind
+
+    def restore(self, image: Image.Image, request: RestoreRequest, detector: FaceDetector | None = None) -> Image.Image:
+        """Restore the faces of one image with the named model (loaded once, then cached).
+
+        Faces are detected first: an image without any never loads the restorer."""
+        kind = self.check(request.model)
+        detector = detector or self._detector(kind)
+        if isinstance(detector, RetinaFaceDetector):
+            self._on_device(detector.net)
+        try:
+            faces = detector.detect(np.asarray(image.convert("RGB")))
+            if not faces:
+                return image
+            descriptor = self._on_device(self._restorer(kind))
+            net = face_net(kind, descriptor, request.codeformer_weight)
+            return restore_faces_in(image, FixedFaces(tuple(faces)), net, descriptor.device)
+        finally:
+            if request.unload_after:
+                self._unload(kind)
+
+    def _restorer(self, kind: RestorerKind) -> Any:
+        path = self.folders.model_file(kind)
+        return self.models.get(ModelKey(kind.name, path, self.device), lambda: load_restorer(path, kind, self.device))
+
+    def _detector(self, kind: RestorerKind) -> RetinaFaceDetector:
+        path = self.folders.detector_file(kind)
+        return self.models.get(ModelKey("detector", path, self.device), lambda: load_detector(path, self.device))
+
+    def _on_device(self, model: Any) -> Any:
+        """Bring a model (back) to the server's device: face_restoration_unload parks them."""
+        from webui_api.engine.service import resolve_device
+
+        return model.to(resolve_device(self.device))
+
+    def _unload(self, kind: RestorerKind) -> None:
+        """A1111's face_restoration_unload: models leave the GPU after use (kept in RAM)."""
+        import torch
+
+        if self.device == "cpu":
+            return
+        for key in (ModelKey(kind.name, self.folders.model_file(kind), self.device),
+                    ModelKey("detector", self.folders.detector_file(kind), self.device)):
+            if key in self.models:
+                model = self.models.get(key, lambda: None)
+                (model.net if isinstance(model, RetinaFaceDetector) else model).to(torch.device("cpu"))
+
+
+def restore_request(options: Mapping[str, Any]) -> RestoreRequest:
+    """The restoration a generation job asks for, from its options (A1111's
+    face_restoration_model, code_former_weight, face_restoration_unload)."""
+    return RestoreRequest(
+        str(options.get("face_restoration_model") or CODEFORMER.name),
+        float(options.get("code_former_weight", 0.5)),
+        bool(options.get("face_restoration_unload", False)),
+    )
+
+
+def job_restorer(settings: Any, models: PostprocessModels, options: Mapping[str, Any]) -> Callable[[Image.Image], Image.Image]:
+    """For a job with restore_faces: the image -> image step the engine runs after decoding.
+    Checked now (a missing model is a 400 before the job is queued), loaded on first use."""
+    faces = FaceRestorers.from_settings(settings, models)
+    request = restore_request(options)
+    faces.check(request.model)
+    return lambda image: faces.restore(image, request)
