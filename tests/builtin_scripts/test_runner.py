@@ -48,6 +48,7 @@ class FakeServices:
     options: Any
     scheduler: InlineScheduler = field(default_factory=InlineScheduler)
     progress: RecordingProgress = field(default_factory=RecordingProgress)
+    postprocess_models: Any = None
 
 
 def services_for(engine, tmp_path) -> FakeServices:

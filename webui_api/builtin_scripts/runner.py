@@ -79,12 +79,24 @@ def _work_item(services: Any, tab: str, planned: ScriptRun) -> WorkItem:
     def run(cancel: CancelToken) -> ScriptOutput:
         from ..postprocess.upscale import UpscalerCatalog
 
-        catalog = UpscalerCatalog.from_settings(services.settings)
-        return planned.execute(EngineWorker(services.engine, services.progress, cancel, planned.job_count, catalog))
+        catalog = UpscalerCatalog.from_settings(services.settings, models=services.postprocess_models)
+        worker = EngineWorker(services.engine, services.progress, cancel, planned.job_count, catalog, _faces(services))
+        return planned.execute(worker)
 
     first = planned.first_job
     spec = ProgressSpec(f"scripts_{tab}", planned.job_count, first.job_timestamp, first.preview_every_n_steps)
     return WorkItem(run=run, label=f"{tab} script", progress=spec)
+
+
+def _faces(services: Any) -> Callable[[GenerationJob], Any]:
+    """A script's jobs (prompts-from-file lines, x/y/z cells) may each ask for restore_faces;
+    the restorer is resolved per job, as the generation routes do."""
+    from ..postprocess.face_restore.restorers import job_restorer
+
+    def restorer_for(job: GenerationJob) -> Any:
+        return job_restorer(services.settings, services.postprocess_models, job.options) if job.restore_faces else None
+
+    return restorer_for
 
 
 @dataclass
@@ -115,6 +127,7 @@ class EngineWorker:
     cancel: CancelToken
     total: int
     catalog: Any  # UpscalerCatalog
+    restorer_for: Callable[[GenerationJob], Any] = lambda job: None  # face restorer of a restore_faces job
     batches_done: int = 0
 
     @property
@@ -125,7 +138,7 @@ class EngineWorker:
         model = self.engine.load(job.model_title)
         observer = OffsetObserver(self.progress, self.batches_done, self.total)
         generate = self.engine.img2img if job.kind == "img2img" else self.engine.txt2img
-        result = generate(job, observer, self.cancel)
+        result = generate(job, observer, self.cancel, restore_faces=self.restorer_for(job))
         self.batches_done += progress_units(job)
         return JobOutcome(job, result, model.info)
 
