@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 from .options import OptionsStore
 from .progress import ProgressTracker
 from .scheduler import Scheduler
+from .serving.audit import AuditLog
+from .serving.guards import RequestLimits
+from .serving.hooks import ServingHooks
+from .serving.lifecycle import Lifecycle
+from .serving.metrics import Metrics
+from .serving.result_cache import ResultCache
 from .settings import Settings
 
 
@@ -18,3 +24,11 @@ class Services:
     engine: Any  # webui_api.engine.service.Engine (imported lazily: it pulls in torch)
     scheduler: Scheduler
     progress: ProgressTracker
+    # Prometheus metrics of this app: observe_job, observe_batch, count_error, count_cache ...
+    metrics: Metrics = field(default_factory=Metrics)
+    # guards, result cache, audit log, lifecycle; the generation routes call its hooks
+    serving: Optional[ServingHooks] = None
+
+    def __post_init__(self) -> None:
+        if self.serving is None:  # built without settings for them: guards at their defaults, no cache/audit
+            self.serving = ServingHooks(RequestLimits(), ResultCache(None), self.metrics, AuditLog(None), Lifecycle())
