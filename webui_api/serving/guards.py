@@ -97,17 +97,24 @@ def check_input_images(images: Iterable[Any], max_pixels: int) -> None:
     """Read each image's header only and refuse one whose pixel count is over the limit."""
     if not max_pixels:
         return
+    from PIL import Image
+
     for index, data in enumerate(images):
         if not isinstance(data, str) or data.startswith(("http://", "https://")):
             continue  # the decoder reports those with its own message
-        width, height = image_header_size(data)
+        try:
+            width, height = image_header_size(data)
+        except Image.DecompressionBombError as exc:  # PIL refuses to even open it: far over any limit
+            raise LimitExceeded(f"input image #{index + 1}", f"a decompression bomb ({exc})", max_pixels,
+                                "--max-input-pixels", status=413) from exc
         if width * height > max_pixels:
             raise LimitExceeded(f"input image #{index + 1} ({width}x{height})", width * height, max_pixels,
                                 "--max-input-pixels", status=413)
 
 
 def image_header_size(data: str) -> tuple[int, int]:
-    """(width, height) from the header; PIL does not decode pixels until asked to."""
+    """(width, height) from the header; PIL does not decode pixels until asked to. Images past
+    PIL's own hard limit raise Image.DecompressionBombError."""
     from PIL import Image
 
     raw = _b64_bytes(data)
@@ -116,9 +123,8 @@ def image_header_size(data: str) -> tuple[int, int]:
         try:
             with Image.open(io.BytesIO(raw)) as image:
                 return image.size
-        except Image.DecompressionBombError as exc:
-            raise LimitExceeded("an input image", "a decompression bomb", "PIL's pixel limit",
-                                "--max-input-pixels", status=413) from exc
+        except Image.DecompressionBombError:
+            raise  # the caller names the image and the limit
         except (OSError, ValueError, SyntaxError) as exc:
             raise BadRequest("Invalid encoded image", errors=f"{type(exc).__name__}: {exc}") from exc
 

@@ -7,6 +7,7 @@ the caller learns when the oldest counted request leaves the window (Retry-After
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -15,6 +16,16 @@ from typing import Optional
 from ..errors import ApiError
 
 NAMESPACE = "webui-api"
+log = logging.getLogger(__name__)
+
+
+def _storage_errors() -> tuple[type[BaseException], ...]:
+    """What an unreachable storage raises: OS-level errors, and redis' own when it is installed."""
+    try:
+        import redis
+    except ImportError:
+        return (OSError,)
+    return (OSError, redis.RedisError)
 
 
 class RateLimited(ApiError):
@@ -70,7 +81,11 @@ class RateLimiter:
         """Raise RateLimited when `identity` is over `limit_text` (None: unlimited)."""
         if not limit_text:
             return
-        decision = self.hit(identity, limit_text)
+        try:
+            decision = self.hit(identity, limit_text)
+        except _storage_errors() as exc:  # Redis down: serve rather than refuse everyone
+            log.error("rate limit storage %s unreachable (%s); request let through", self.storage_uri, exc)
+            return
         if not decision.allowed:
             raise RateLimited(name, limit_text, decision.retry_after)
 
