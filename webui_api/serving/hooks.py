@@ -48,6 +48,7 @@ class ServingHooks:
         if cached is None:
             return None
         context.cache = "hit"
+        self.metrics.count_generation(route)
         await self._audit(route, request, cached, context)
         return cached
 
