@@ -99,3 +99,18 @@ def test_audit_entry_scrubs_secrets_and_long_strings():
     scrubbed = scrub({"callback_url": "https://x/?token=s", "alwayson_scripts": {"cn": {"args": [{"image": "A" * 600}]}}})
     assert "callback_url" not in scrubbed
     assert scrubbed["alwayson_scripts"]["cn"]["args"][0]["image"].startswith("<600 chars sha256:")
+
+
+def test_a_stop_signal_starts_draining_before_uvicorn_stops(client):
+    import signal
+
+    import uvicorn
+
+    from webui_api.server import _draining_server_class, begin_drain
+
+    calls = []
+    server = _draining_server_class(uvicorn.Server)(uvicorn.Config(client.app), on_exit=lambda: calls.append("drain"))
+    server.handle_exit(signal.SIGTERM, None)
+    assert calls == ["drain"] and server.should_exit
+    begin_drain(client.app)
+    assert client.get("/ready").status_code == 503
