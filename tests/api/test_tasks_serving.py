@@ -124,3 +124,14 @@ def test_a_store_from_before_the_owner_column_is_migrated(tmp_path):
     task = store.get("0d6e2f3c-9b1e-4c4e-8e57-2a1f4f1c9a10")
     assert task.status == FAILED and task.owner is None
     assert store.create("img2img", {}, owner="x").owner == "x"
+
+
+def test_a_failed_task_is_audited_and_counted(make_client, tmp_path):
+    audit = tmp_path / "audit.jsonl"
+    client = make_client(audit_log=audit)
+    body = webuiapi_txt2img(steps=2, checkpoint="no-such-model")
+    task_id = client.post(f"{PREFIX}/queue/txt2img", json=body).json()["task_id"]
+    assert wait_for_status(client, task_id)["status"] == "failed"
+    entry = json.loads(audit.read_text().splitlines()[-1])
+    assert entry["task_id"] == task_id and entry["status"] == "error" and "no-such-model" in entry["error"]
+    assert 'webui_api_errors_total{status="404",type="UnknownCheckpoint"} 1.0' in client.get("/metrics").text

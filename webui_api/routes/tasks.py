@@ -160,15 +160,20 @@ class TaskRunner:
         except asyncio.CancelledError:
             self._after_cancel(task.id, generation)
         except ApiError as exc:  # the request itself was bad, or the engine refused it
-            self.store.fail(task.id, f"{type(exc).__name__}: {exc.detail}")
-            self._services.metrics.count_error(type(exc).__name__, exc.status_code)
+            await self._record_failure(task, f"{type(exc).__name__}: {exc.detail}", type(exc).__name__, exc.status_code)
         except Exception as exc:  # an engine bug: recorded on the task (and logged), the runner goes on
             log.exception("async task %s failed", task.id)
-            self.store.fail(task.id, f"{type(exc).__name__}: {exc}")
-            self._services.metrics.count_error(type(exc).__name__, 500)
+            await self._record_failure(task, f"{type(exc).__name__}: {exc}", type(exc).__name__, 500)
         finally:
             self._current = None
         self._notify(task, result)
+
+    async def _record_failure(self, task: TaskRecord, error: str, error_type: str, status: int) -> None:
+        """A failed task: its status and error in the store, the metrics' error count, the audit log."""
+        self.store.fail(task.id, error)
+        self._services.metrics.count_error(error_type, status)
+        context = RequestContext(caller=task.owner or "anonymous", priority=task.tier, task_id=task.id)
+        await self._services.serving.audit_failure(task.type, task.params, context, error)
 
     def _notify(self, task: TaskRecord, result: Optional[dict[str, Any]]) -> None:
         """Fire the callback in a thread of its own: its retries must not hold up the next task."""

@@ -49,7 +49,7 @@ class ServingHooks:
             return None
         context.cache = "hit"
         self.metrics.count_generation(route)
-        await self._audit(route, request, cached, context)
+        await self._audit(route, request.model_dump(mode="json"), cached, context)
         return cached
 
     def timed(self, item: WorkItem, route: str, steps: int, context: RequestContext) -> WorkItem:
@@ -75,18 +75,19 @@ class ServingHooks:
         if cacheable and context.cache_key is not None:
             await asyncio.to_thread(self.cache.store_response, context.cache_key, response)
         self.metrics.count_generation(route)
-        await self._audit(route, request, response, context)
+        await self._audit(route, request.model_dump(mode="json"), response, context)
         return response
 
-    async def audit_failure(self, route: str, request: Any, context: RequestContext, error: BaseException) -> None:
-        await self._audit(route, request, None, context, error=f"{type(error).__name__}: {error}")
+    async def audit_failure(self, route: str, params: dict[str, Any], context: RequestContext, error: str) -> None:
+        """A generation that ended in an error (async tasks report theirs here)."""
+        await self._audit(route, params, None, context, error=error)
 
-    async def _audit(self, route: str, request: Any, response: Optional[dict], context: RequestContext,
+    async def _audit(self, route: str, params: dict[str, Any], response: Optional[dict], context: RequestContext,
                      error: Optional[str] = None) -> None:
         if self.audit.path is None:
             return
         entry = generation_entry(
-            caller=context.caller, route=route, params=request.model_dump(mode="json"), response=response,
+            caller=context.caller, route=route, params=params, response=response,
             timings=context.timings(), cache=context.cache, task_id=context.task_id, error=error,
         )
         await asyncio.to_thread(self.audit.write, entry)
