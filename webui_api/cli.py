@@ -218,7 +218,7 @@ SERVING_FLAGS: tuple[FlagSpec, ...] = (
     FlagSpec("--task-retention-hours", "hours finished async tasks and their results are kept (0: forever)", float, 168.0),
     FlagSpec("--max-pixels", "largest width x height of an output image (0: no limit)", int, 2048 * 2048),
     FlagSpec("--max-batch", "largest batch_size x n_iter (0: no limit)", int, 64),
-    FlagSpec("--max-steps", "most sampling steps (0: no limit)", int, 150),
+    FlagSpec("--max-steps", "most sampling steps (0: no limit)", int, 1000),
     FlagSpec("--max-prompt-length", "longest prompt in characters (0: no limit)", int, 20_000),
     FlagSpec("--max-body-mb", "largest request body in MB (0: no limit)", float, 64.0),
     FlagSpec("--max-input-pixels", "largest decoded input image in pixels (0: no limit)", int, 4096 * 4096),

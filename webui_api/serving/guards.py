@@ -38,7 +38,7 @@ class RequestLimits:
 
     max_pixels: int = 2048 * 2048  # width x height of the output (hires target included)
     max_batch: int = 64  # batch_size x n_iter
-    max_steps: int = 150  # A1111's UI slider maximum
+    max_steps: int = 1000  # A1111's UI stops at 150, but API clients (and long-job tests) go higher
     max_prompt_length: int = 20_000  # characters in prompt / negative_prompt
     max_body_bytes: int = 64 * 1024 * 1024
     max_input_pixels: int = 4096 * 4096  # pixels of each decoded input image

@@ -70,6 +70,9 @@ def cache_key(route: str, request: Any, options: Mapping[str, Any]) -> Optional[
         "version": __version__,
         "route": route,
         "request": request.model_dump(mode="json"),
+        # fields the schema leaves out of dumps but that shape the answer
+        "unlisted": {name: getattr(request, name) for name in type(request).model_fields
+                     if type(request).model_fields[name].exclude},
         "options": dict(options),
     }
     canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), default=str)
