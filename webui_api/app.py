@@ -20,11 +20,17 @@ from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse
 
 from . import __version__
-from .auth import add_cors
+from .auth import add_cors, build_gate
 from .errors import ApiError
 from .options import OptionsStore
 from .progress import ProgressTracker
 from .scheduler import Scheduler, WorkItem
+from .serving.audit import AuditLog
+from .serving.guards import BodySizeLimit
+from .serving.hooks import ServingHooks
+from .serving.lifecycle import Lifecycle
+from .serving.metrics import Metrics
+from .serving.result_cache import ResultCache
 from .services import Services
 from .settings import Settings
 
@@ -46,6 +52,7 @@ def create_app(settings: Settings, engine: Optional[Any] = None) -> FastAPI:
         root_path=f"/{settings.subpath.strip('/')}" if settings.subpath else "",
     )
     app.state.settings = settings
+    app.state.gate = build_gate(settings)  # keys, Basic pairs, rate limiter: a bad keys file fails here
     _install_error_handlers(app)
     _install_middleware(app, settings)
     _include_routes(app, settings)
@@ -58,12 +65,15 @@ def _lifespan_for(settings: Settings, engine: Optional[Any]):
         services = build_services(settings, engine)
         app.state.services = services
         services.scheduler.start()
-        if not settings.skip_load_model_at_start:
+        if settings.skip_load_model_at_start:
+            services.serving.lifecycle.mark_loaded()  # models load on first use: ready at once
+        else:
             services.scheduler.submit(WorkItem(run=lambda _: _load_startup_model(services), label="load model"))
         runner = _start_task_runner(app, services)
         try:
             yield
-        finally:
+        finally:  # graceful: refuse new work, re-queue the running task in SQLite, stop the worker
+            services.serving.lifecycle.begin_drain()
             await runner.stop()
             services.scheduler.stop()
 
@@ -77,6 +87,7 @@ def _start_task_runner(app: FastAPI, services: Services):
 
     runner = TaskRunner(TaskStore(services.settings.data_dir / "tasks"), services)
     app.state.task_runner = runner
+    services.metrics.track_tasks_pending(lambda: runner.store.count("pending"))
     runner.start()
     return runner
 
@@ -94,7 +105,14 @@ def build_services(settings: Settings, engine: Optional[Any] = None) -> Services
         progress, after_failure=engine.free_memory,
         max_queue_depth=settings.max_queue_depth, queue_timeout=settings.queue_timeout,
     )
-    return Services(settings=settings, options=options, engine=engine, scheduler=scheduler, progress=progress)
+    metrics = Metrics()
+    metrics.track_queue_depth(lambda: scheduler.waiting_generations)
+    serving = ServingHooks(
+        limits=settings.guards, metrics=metrics, audit=AuditLog(settings.audit_log), lifecycle=Lifecycle(),
+        cache=ResultCache.from_settings(settings.data_dir, settings.result_cache_mb, settings.redis_url),
+    )
+    return Services(settings=settings, options=options, engine=engine, scheduler=scheduler, progress=progress,
+                    metrics=metrics, serving=serving)
 
 
 def _load_startup_model(services: Services) -> None:
@@ -108,6 +126,7 @@ def _load_startup_model(services: Services) -> None:
             log.warning("Configured checkpoint %r not found; loading the default instead", wanted)
     loaded = services.engine.load(title)
     services.options.set_internal({"sd_model_checkpoint": loaded.info.title, "sd_checkpoint_hash": loaded.info.sha256 or ""})
+    services.serving.lifecycle.mark_loaded()
     if loaded.info.filename == "<embedded>":
         log.warning(EMBEDDED_MODEL_WARNING, services.settings.models_dir / "Stable-diffusion")
 
@@ -121,18 +140,21 @@ def _error_response(status: int, body: dict[str, Any]) -> JSONResponse:
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        _count_error(request, type(exc).__name__, exc.status_code)
         response = _error_response(exc.status_code, exc.to_body())
         response.headers.update(getattr(exc, "headers", None) or {})  # e.g. Retry-After on a full queue
         return response
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        _count_error(request, "HTTPException", exc.status_code)
         body = {"error": "HTTPException", "detail": exc.detail or "", "body": "", "errors": ""}
         return _error_response(exc.status_code, body)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        _count_error(request, "RequestValidationError", 422)
         return _error_response(422, {"detail": _jsonable_errors(exc.errors())})
 
 
@@ -140,8 +162,16 @@ def _install_error_handlers(app: FastAPI) -> None:
 def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     """An exception no handler claimed: 500 with A1111's body, like its api_middleware."""
     log.error("API error: %s %s\n%s", request.method, request.url.path, traceback.format_exc())
+    _count_error(request, type(exc).__name__, 500)
     body = {"error": type(exc).__name__, "detail": "", "body": "", "errors": str(exc)}
     return _error_response(500, body)
+
+
+def _count_error(request: Request, error_type: str, status: int) -> None:
+    """errors by type in /metrics (before the lifespan built the services there is nothing to count in)."""
+    services = getattr(request.app.state, "services", None)
+    if services is not None:
+        services.metrics.count_error(error_type, status)
 
 
 def _jsonable_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -175,6 +205,7 @@ class SelectiveGZipMiddleware:
 def _install_middleware(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(SelectiveGZipMiddleware)
     add_cors(app, settings)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.guards.max_body_bytes)  # outermost: before any parsing
 
     @app.middleware("http")
     async def process_time(request: Request, call_next):
@@ -204,8 +235,8 @@ def _log_request(request: Request, status: int, duration: float) -> None:
 
 
 def _include_routes(app: FastAPI, settings: Settings) -> None:
-    from .routes import catalog, controlnet, extras, generate, options, progress, server, tasks
+    from .routes import catalog, controlnet, extras, generate, health, options, progress, server, tasks
 
-    for module in (generate, progress, options, catalog, extras, tasks, controlnet):
+    for module in (generate, progress, options, catalog, extras, tasks, controlnet, health):
         app.include_router(module.router)
     app.include_router(server.build_router(settings))

@@ -1,8 +1,14 @@
-"""--api-auth HTTP Basic, the way A1111 applies it, and CORS from the command-line flags.
+"""Who may call: --api-auth HTTP Basic (as A1111 applies it), API keys from --api-keys-file,
+per-caller rate limits, and CORS from the command-line flags.
 
 A1111 answers a failed check with 401 through its generic error handler, so the response
-carries no WWW-Authenticate header; clients rely on the status only. When auth is off the
-Authorization header is ignored entirely (Open WebUI sends "Basic " with nothing after it).
+carries no WWW-Authenticate header; clients rely on the status only. When no auth is
+configured the Authorization header is ignored entirely (Open WebUI sends "Basic " with
+nothing after it). With both keys and Basic configured, either one is accepted.
+
+Every API route depends on `require_api_auth`: it resolves the `Caller` (kept on
+`request.state.caller` for priorities and the audit log), checks the key's route groups
+(403) and counts work submissions against the caller's rate limit (429).
 """
 
 from __future__ import annotations
@@ -10,13 +16,38 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 
-from .errors import Unauthorized
+from .errors import ApiError, Unauthorized
+from .serving.context import PRIORITY_HEADER, RequestContext, context_for
+from .serving.groups import is_submission, route_group
+from .serving.keys import Caller, KeyRing
+from .serving.ratelimit import RateLimiter
 from .settings import Settings
+
+
+class Forbidden(ApiError):
+    """A valid key calling a route group it was not given (403)."""
+
+    status_code = 403
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The app's access policy: keys, Basic pairs, the default rate limit and the limiter."""
+
+    keys: KeyRing
+    basic: tuple[tuple[str, str], ...]
+    limiter: RateLimiter
+    default_rate_limit: Optional[str] = None  # for callers without a limit of their own
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.keys) or bool(self.basic)
 
 
 def parse_basic_header(header: Optional[str]) -> tuple[str, str]:
@@ -46,14 +77,74 @@ def credentials_match(user: str, password: str, allowed: tuple[tuple[str, str], 
     return found
 
 
-def require_api_auth(request: Request) -> None:
-    """FastAPI dependency put on every /sdapi route; a no-op when --api-auth is not set."""
-    allowed = request.app.state.settings.api_auth
-    if not allowed:
-        return
+def presented_key(request: Request) -> Optional[str]:
+    """`Authorization: Bearer <key>` or `X-API-Key: <key>`; None when neither is sent."""
+    scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.headers.get("x-api-key") or None
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def identify(request: Request, gate: Gate) -> Caller:
+    """The caller behind a request, or Unauthorized. A key wins when one is presented."""
+    anonymous = Caller(name="anonymous", identity=f"ip:{client_address(request)}")
+    if not gate.enabled:
+        return anonymous
+    secret = presented_key(request) if gate.keys else None
+    if secret is not None:
+        key = gate.keys.match(secret)
+        if key is None:
+            raise Unauthorized("Invalid API key")
+        return Caller(key.name, f"key:{key.name}", key.priority, key.rate_limit, key.groups)
+    if not gate.basic:
+        raise Unauthorized("Not authenticated")
     user, password = parse_basic_header(request.headers.get("authorization"))
-    if not credentials_match(user, password, allowed):
+    if not credentials_match(user, password, gate.basic):
         raise Unauthorized("Incorrect username or password")
+    return Caller(name=user, identity=f"user:{user}")
+
+
+def require_api_auth(request: Request) -> None:
+    """FastAPI dependency on every API route: authenticate, authorise the route group, count
+    submissions against the rate limit. Open (anonymous, unlimited) when nothing is configured."""
+    gate: Gate = request.app.state.gate
+    caller = identify(request, gate)
+    request.state.caller = caller
+    route_path = getattr(request.scope.get("route"), "path", request.url.path)
+    group = route_group(route_path)
+    if group not in caller.groups:
+        raise Forbidden(f"The key {caller.name!r} may not call {group!r} routes; it may call {sorted(caller.groups)}")
+    if is_submission(route_path, request.method):
+        gate.limiter.check(caller.identity, caller.name, caller.rate_limit or gate.default_rate_limit)
+
+
+def request_caller(request: Request) -> Caller:
+    """The caller `require_api_auth` resolved (anonymous for routes outside the API routers)."""
+    return getattr(request.state, "caller", None) or Caller(name="anonymous", identity=f"ip:{client_address(request)}")
+
+
+def request_context(request: Request, requested_priority: Any = None) -> RequestContext:
+    """The serving context of a generation request: its caller and its priority, from the
+    X-Priority header (or a body field the route passes), capped by the caller's tier."""
+    wanted = requested_priority if requested_priority is not None else request.headers.get(PRIORITY_HEADER)
+    return context_for(request_caller(request), wanted)
+
+
+def build_gate(settings: Settings) -> Gate:
+    """Read the keys file and connect the limiter once, at app creation: a bad file fails the start."""
+    from .serving.keys import load_keys, parse_rate_limit
+
+    keys = load_keys(settings.api_keys_file) if settings.api_keys_file else KeyRing()
+    return Gate(
+        keys=keys,
+        basic=settings.api_auth,
+        limiter=RateLimiter.for_redis(settings.redis_url),
+        default_rate_limit=parse_rate_limit(settings.rate_limit, "--rate-limit"),
+    )
 
 
 def add_cors(app: FastAPI, settings: Settings) -> None:

@@ -29,13 +29,18 @@ logger = logging.getLogger(__name__)
 
 _IGNORED = "accepted for A1111 compatibility; no effect here"
 _SENSITIVE_WORDS = ("auth", "password", "token", "key")
-_SENSITIVE_DESTS = frozenset({"ngrok"})  # its value is an ngrok authtoken
+_SENSITIVE_DESTS = frozenset({"ngrok", "redis_url"})  # an ngrok authtoken; a URL that may hold a password
 _REDACTED = "***"
 
 
 def absolute_path(value: str) -> str:
     """A1111's `normalized_filepath`: path flags are made absolute against the working directory."""
     return str(Path(value).expanduser().absolute())
+
+
+def _path_or_off(value: str) -> str:
+    """A path made absolute, except the words 'off'/'none' that disable the feature."""
+    return value if value.strip().lower() in ("off", "none", "") else absolute_path(value)
 
 
 def _lower(value: str) -> str:
@@ -205,6 +210,18 @@ EXTENSION_FLAGS: tuple[FlagSpec, ...] = (
 SERVING_FLAGS: tuple[FlagSpec, ...] = (
     FlagSpec("--max-queue-depth", "generations that may wait in the queue; more get 503 with Retry-After", int, 64),
     FlagSpec("--queue-timeout", "seconds a generation may wait in the queue before it is refused (0: no limit)", float, 600.0),
+    FlagSpec("--api-keys-file", "YAML or JSON file of API keys (name, key or sha256, tier, rate_limit, groups)", absolute_path),
+    FlagSpec("--rate-limit", 'rate limit for callers without their own, e.g. "30/minute" (default: none)', str),
+    FlagSpec("--redis-url", "redis://host:port/db for shared rate limits and result cache (default: in memory / disk)", str),
+    FlagSpec("--result-cache-size", "MB of cached responses to deterministic requests (0 disables)", float, 256.0),
+    FlagSpec("--audit-log", "JSON-lines audit log of generations ('off' disables)", _path_or_off, os.path.join("logs", "audit.jsonl"), "data"),
+    FlagSpec("--task-retention-hours", "hours finished async tasks and their results are kept (0: forever)", float, 168.0),
+    FlagSpec("--max-pixels", "largest width x height of an output image (0: no limit)", int, 2048 * 2048),
+    FlagSpec("--max-batch", "largest batch_size x n_iter (0: no limit)", int, 64),
+    FlagSpec("--max-steps", "most sampling steps (0: no limit)", int, 1000),
+    FlagSpec("--max-prompt-length", "longest prompt in characters (0: no limit)", int, 20_000),
+    FlagSpec("--max-body-mb", "largest request body in MB (0: no limit)", float, 64.0),
+    FlagSpec("--max-input-pixels", "largest decoded input image in pixels (0: no limit)", int, 4096 * 4096),
 )
 
 
@@ -342,8 +359,29 @@ def settings_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser
         tls_keyfile=args.tls_keyfile, tls_certfile=args.tls_certfile,
         max_queue_depth=_at_least(1, "--max-queue-depth", args.max_queue_depth),
         queue_timeout=_at_least(0, "--queue-timeout", args.queue_timeout),
+        **serving_settings(args),
         cmd_flags=MappingProxyType(cmd_flags_from_args(args, data_dir)),
     )
+
+
+def serving_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The production-serving flags (this server's own) as Settings fields."""
+    from webui_api.serving.guards import RequestLimits
+
+    audit = None if str(args.audit_log).lower() in ("off", "none", "") else Path(args.audit_log)
+    return {
+        "api_keys_file": _optional_path(args.api_keys_file), "rate_limit": args.rate_limit or None,
+        "redis_url": args.redis_url or None, "audit_log": audit,
+        "result_cache_mb": _at_least(0, "--result-cache-size", args.result_cache_size),
+        "task_retention_hours": _at_least(0, "--task-retention-hours", args.task_retention_hours),
+        "guards": RequestLimits(
+            max_pixels=_at_least(0, "--max-pixels", args.max_pixels), max_batch=_at_least(0, "--max-batch", args.max_batch),
+            max_steps=_at_least(0, "--max-steps", args.max_steps),
+            max_prompt_length=_at_least(0, "--max-prompt-length", args.max_prompt_length),
+            max_body_bytes=int(_at_least(0, "--max-body-mb", args.max_body_mb) * 1024 * 1024),
+            max_input_pixels=_at_least(0, "--max-input-pixels", args.max_input_pixels),
+        ),
+    }
 
 
 def cmd_flags_from_args(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:

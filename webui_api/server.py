@@ -24,7 +24,30 @@ def serve(settings: Settings) -> None:
         ssl_certfile=settings.tls_certfile,
         log_level="info",
     )
-    server = uvicorn.Server(config)
-    app.state.request_shutdown = lambda: setattr(server, "should_exit", True)
+    server = _draining_server_class(uvicorn.Server)(config, on_exit=lambda: begin_drain(app))
+    app.state.request_shutdown = lambda: (begin_drain(app), setattr(server, "should_exit", True))
     log.info("webui-api serving the A1111 API on http://%s:%d/sdapi/v1", settings.host, settings.port)
     server.run()
+
+
+def begin_drain(app) -> None:
+    """Stop intake as soon as a stop is asked for: /ready turns 503 and new generations are
+    refused while uvicorn lets the requests in flight finish (then the lifespan re-queues tasks)."""
+    services = getattr(app.state, "services", None)
+    if services is not None:
+        services.serving.lifecycle.begin_drain()
+
+
+def _draining_server_class(base: type) -> type:
+    """uvicorn.Server that reports the stop signal first (built late: uvicorn is imported lazily)."""
+
+    class DrainingServer(base):
+        def __init__(self, config, on_exit) -> None:
+            super().__init__(config)
+            self._on_exit = on_exit
+
+        def handle_exit(self, sig, frame) -> None:
+            self._on_exit()
+            super().handle_exit(sig, frame)
+
+    return DrainingServer

@@ -15,6 +15,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from .serving.guards import RequestLimits
+
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
@@ -61,6 +63,15 @@ class Settings:
 
     max_queue_depth: int = 64  # --max-queue-depth: generations waiting beyond this get 503 + Retry-After
     queue_timeout: float = 600.0  # --queue-timeout: seconds a generation may wait queued (0: no limit)
+    # Production serving (docs/deployment.md). Features that write files are off here and
+    # turned on by the CLI's defaults (result cache 256 MB, audit log under the data dir).
+    api_keys_file: Path | None = None  # --api-keys-file: YAML/JSON keys with tiers, limits, route groups
+    rate_limit: str | None = None  # --rate-limit: e.g. "30/minute" for callers without a limit of their own
+    redis_url: str | None = None  # --redis-url: shared rate-limit counters and result cache
+    result_cache_mb: float = 0.0  # --result-cache-size (MB); 0 disables the result cache
+    audit_log: Path | None = None  # --audit-log: one JSON line per generation; None: off
+    task_retention_hours: float = 168.0  # --task-retention-hours: finished async tasks kept (0: forever)
+    guards: RequestLimits = field(default_factory=RequestLimits)  # --max-pixels, --max-steps, ...
 
     cmd_flags: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # redacted vars(args)
 

@@ -37,10 +37,14 @@ CREATE TABLE IF NOT EXISTS tasks (
     callback_url TEXT,
     error TEXT,
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    owner TEXT
 )
 """
-_COLUMNS = "id, type, params, status, priority, attempts, callback_url, error, created_at, updated_at"
+_COLUMNS = "id, type, params, status, priority, attempts, callback_url, error, created_at, updated_at, owner"
+FINISHED = (DONE, FAILED, INTERRUPTED)
+TIER_SPAN = 10**13  # ms; one scheduler-priority step moves a task ahead of ~300 years of FIFO
+NORMAL_TIER = 10  # scheduler.PRIORITY_NORMAL (not imported: this module needs only the stdlib)
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,12 @@ class TaskRecord:
     error: Optional[str]
     created_at: float
     updated_at: float
+    owner: Optional[str] = None  # the key or user name that queued it (for the audit log)
+
+    @property
+    def tier(self) -> int:
+        """The scheduler priority the task was queued with (its `priority` is tier-offset FIFO)."""
+        return NORMAL_TIER + round((self.priority - int(self.created_at * 1000)) / TIER_SPAN)
 
     @classmethod
     def from_row(cls, row: tuple) -> TaskRecord:
@@ -84,6 +94,13 @@ class TaskStore:
         self._db = sqlite3.connect(self.root / "tasks.sqlite3", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Stores written before the `owner` column get it (empty) on first open."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(tasks)").fetchall()}
+        if "owner" not in columns:
+            self._db.execute("ALTER TABLE tasks ADD COLUMN owner TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -95,15 +112,21 @@ class TaskStore:
 
     # writing -------------------------------------------------------------------------
 
-    def create(self, task_type: str, params: dict[str, Any], callback_url: Optional[str] = None) -> TaskRecord:
-        """Persist a new pending task; its priority is its creation time in ms (FIFO, like agent-scheduler)."""
+    def create(
+        self, task_type: str, params: dict[str, Any], callback_url: Optional[str] = None,
+        tier: int = NORMAL_TIER, owner: Optional[str] = None,
+    ) -> TaskRecord:
+        """Persist a new pending task. Its priority is its creation time in ms (FIFO, like
+        agent-scheduler), shifted by TIER_SPAN per scheduler-priority step away from normal,
+        so a high-tier key's tasks run before every normal one and FIFO holds within a tier."""
         if task_type not in TASK_TYPES:
             raise ValueError(f"task type must be one of {TASK_TYPES}, got {task_type!r}")
         now = time.time()
         task_id = str(uuid.uuid4())
+        priority = int(now * 1000) + (tier - NORMAL_TIER) * TIER_SPAN
         self._execute(
-            f"INSERT INTO tasks ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, 0, ?, NULL, ?, ?)",
-            (task_id, task_type, json.dumps(params), PENDING, int(now * 1000), callback_url, now, now),
+            f"INSERT INTO tasks ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, 0, ?, NULL, ?, ?, ?)",
+            (task_id, task_type, json.dumps(params), PENDING, priority, callback_url, now, now, owner),
         )
         return self.get(task_id)
 
@@ -142,6 +165,15 @@ class TaskStore:
         self._execute("DELETE FROM tasks WHERE id = ?", (task_id,))
         self.result_path(task_id).unlink(missing_ok=True)
         return True
+
+    def purge_finished(self, older_than_seconds: float, now: Optional[float] = None) -> int:
+        """Retention: delete finished tasks (and their result files) last updated before the cutoff."""
+        cutoff = (time.time() if now is None else now) - older_than_seconds
+        marks = ",".join("?" * len(FINISHED))
+        old = self._execute(f"SELECT id FROM tasks WHERE status IN ({marks}) AND updated_at < ?", (*FINISHED, cutoff))
+        for (task_id,) in old:
+            self.delete(task_id)
+        return len(old)
 
     def recover(self) -> RecoveryReport:
         """At start-up: tasks left RUNNING by a dead process are retried once, then failed."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Awaitable, Callable, Optional
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from ..errors import InvalidImageFormat, NotFound
@@ -13,7 +13,10 @@ from ..jobs import GenerationJob, JobResult
 from ..results import build_infotexts, build_info, encode_images
 from ..scheduler import ProgressSpec, WorkItem
 from ..schemas.generation import GenerationResponse, Img2ImgRequest, Txt2ImgRequest
+from ..auth import request_context
 from ..services import Services
+from ..serving.context import RequestContext
+from ..serving.hooks import job_steps
 from ..styles import style_files
 from . import api_router, get_services
 from .disconnect import watch_disconnect
@@ -22,9 +25,14 @@ router = api_router()
 
 
 @router.post("/sdapi/v1/txt2img", response_model=GenerationResponse)
-async def txt2img(request: Txt2ImgRequest, http: Request, services: Services = Depends(get_services)) -> dict[str, Any]:
+async def txt2img(
+    request: Txt2ImgRequest, http: Request, response: Response, services: Services = Depends(get_services),
+) -> dict[str, Any]:
+    context = request_context(http)
     async with watch_disconnect(http) as disconnected:
-        return await run_txt2img(request, services, disconnected)
+        body = await run_txt2img(request, services, disconnected, context=context)
+    response.headers["X-Cache"] = context.cache
+    return body
 
 
 async def run_txt2img(
@@ -32,19 +40,24 @@ async def run_txt2img(
     services: Services,
     disconnected: Optional[Callable[[], Awaitable[bool]]] = None,
     guarded: bool = True,
+    context: Optional[RequestContext] = None,
 ) -> dict[str, Any]:
     """The txt2img work, shared by the synchronous route and async tasks. Tasks pass
     `guarded=False` and no `disconnected`: they are already persisted and admitted, so neither
-    the queue-depth limit, the queue timeout nor a closed connection may drop them."""
+    the queue-depth limit, the queue timeout nor a closed connection may drop them.
+    `context` carries the caller's priority and collects the cache outcome and timings."""
+    context = context or RequestContext()
     request, options, styles = _prepare(request, services)
     if request.script_name:
         return await _run_script(request, "txt2img", options, styles, services, disconnected, guarded)
+    if (cached := await services.serving.lookup("txt2img", request, options, context)) is not None:
+        return cached
     job = build_txt2img(request, options, styles=styles)
-    restorer = _face_restorer(services, job)
-    item = _txt2img_item(services, job, restorer)
-    result, model_info = await services.scheduler.run(item, guarded=guarded, disconnected=disconnected)
+    item = services.serving.timed(_txt2img_item(services, job, _face_restorer(services, job)), "txt2img", job_steps(job), context)
+    result, model_info = await services.scheduler.run(item, context.priority, guarded=guarded, disconnected=disconnected)
     grid = await run_in_threadpool(_save_outputs, services, job, result, model_info, request) if request.save_images else None
-    return await run_in_threadpool(_response, request, job, result, model_info, grid)
+    response = await run_in_threadpool(_response, request, job, result, model_info, grid)
+    return await services.serving.finish("txt2img", request, response, context, cacheable=not result.interrupted)
 
 
 async def _run_script(request: Any, tab: str, options: Any, styles: Any, services: Services, disconnected: Any, guarded: bool) -> dict[str, Any]:
@@ -69,6 +82,7 @@ def _prepare(request: Any, services: Services) -> tuple[Any, dict[str, Any], Any
     fields the client left out, take the per-job options, refuse an unusable output format."""
     styles = request_styles(request, style_files(services.settings))
     request = apply_infotext(request, services.options.snapshot(), styles)
+    services.serving.check(request)  # size/batch/steps/prompt/input-image guards; 503 while shutting down
     options = services.options.with_overrides(request.override_settings or {})
     check_output_format(options)
     return request, options, styles
@@ -142,9 +156,14 @@ def _encode_grid(grid: Any, options: dict[str, Any]) -> str:
 
 
 @router.post("/sdapi/v1/img2img", response_model=GenerationResponse)
-async def img2img(request: Img2ImgRequest, http: Request, services: Services = Depends(get_services)) -> dict[str, Any]:
+async def img2img(
+    request: Img2ImgRequest, http: Request, response: Response, services: Services = Depends(get_services),
+) -> dict[str, Any]:
+    context = request_context(http)
     async with watch_disconnect(http) as disconnected:
-        return await run_img2img(request, services, disconnected)
+        body = await run_img2img(request, services, disconnected, context=context)
+    response.headers["X-Cache"] = context.cache
+    return body
 
 
 async def run_img2img(
@@ -152,19 +171,24 @@ async def run_img2img(
     services: Services,
     disconnected: Optional[Callable[[], Awaitable[bool]]] = None,
     guarded: bool = True,
+    context: Optional[RequestContext] = None,
 ) -> dict[str, Any]:
-    """The img2img work, with the same queue guards as txt2img."""
+    """The img2img work, with the same queue guards, cache and priority as txt2img."""
     if request.init_images is None:
         raise NotFound("Init image not found")
+    context = context or RequestContext()
     request, options, styles = _prepare(request, services)
     if request.script_name:
         return await _run_script(request, "img2img", options, styles, services, disconnected, guarded)
+    if (cached := await services.serving.lookup("img2img", request, options, context)) is not None:
+        return cached
     job = await run_in_threadpool(build_img2img, request, options, None, styles)
-    item = _img2img_item(services, job, _face_restorer(services, job))
-    result, model_info = await services.scheduler.run(item, guarded=guarded, disconnected=disconnected)
+    item = services.serving.timed(_img2img_item(services, job, _face_restorer(services, job)), "img2img", job_steps(job), context)
+    result, model_info = await services.scheduler.run(item, context.priority, guarded=guarded, disconnected=disconnected)
     grid = await run_in_threadpool(_save_outputs, services, job, result, model_info, request) if request.save_images else None
     echoed = request if request.include_init_images else request.model_copy(update={"init_images": None, "mask": None})
-    return await run_in_threadpool(_response, echoed, job, result, model_info, grid)
+    response = await run_in_threadpool(_response, echoed, job, result, model_info, grid)
+    return await services.serving.finish("img2img", request, response, context, cacheable=not result.interrupted)
 
 
 def _img2img_item(services: Services, job: GenerationJob, restorer: Any = None) -> WorkItem:

@@ -6,7 +6,11 @@ extension: `{"success": true, "data": ...}`, and an unknown id is `{"success": f
 "message": "Task not found"}` with HTTP 200, like the extension (clients test `success`).
 
 The `TaskRunner` feeds persisted tasks to the scheduler one at a time, through the same
-`run_txt2img` as the synchronous route, so a task's images equal a synchronous request's.
+`run_txt2img` / `run_img2img` as the synchronous routes, so a task's images equal a
+synchronous request's. It also applies the retention policy: finished tasks older than
+--task-retention-hours are deleted with their result files, at start and then hourly.
+
+Per-task progress streams as Server-Sent Events from `/task/{id}/events`.
 """
 
 from __future__ import annotations
@@ -16,18 +20,21 @@ import io
 import json
 import logging
 import threading
+import time
 import zipfile
-from typing import Any, Optional
+from typing import Any, AsyncIterator, Optional, Union
 
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from ..errors import ApiError, BadRequest, NotImplementedFeature
-from ..schemas.generation import Txt2ImgRequest
+from ..auth import request_context
+from ..errors import ApiError, BadRequest
+from ..schemas.generation import Img2ImgRequest, Txt2ImgRequest
 from ..services import Services
+from ..serving.context import RequestContext
 from ..task_callback import CallbackFile, check_callback_url, post_callback
-from ..tasks import DONE, FAILED, PENDING, RUNNING, TaskRecord, TaskStore
+from ..tasks import DONE, FAILED, FINISHED, PENDING, RUNNING, TaskRecord, TaskStore
 from . import api_router
 
 log = logging.getLogger(__name__)
@@ -36,6 +43,9 @@ router = api_router()
 PREFIX = "/agent-scheduler/v1"
 IDLE_POLL_SECONDS = 1.0  # the runner also wakes at once when a task is queued
 NOT_FOUND = {"success": False, "message": "Task not found"}
+RETENTION_CHECK_SECONDS = 3600.0
+SSE_KEEPALIVE_SECONDS = 15.0
+_QUEUE_EXTRAS = {"checkpoint", "vae", "callback_url", "priority"}
 
 
 class QueueTxt2ImgRequest(Txt2ImgRequest):
@@ -44,6 +54,19 @@ class QueueTxt2ImgRequest(Txt2ImgRequest):
     checkpoint: Optional[str] = None
     vae: Optional[str] = None
     callback_url: Optional[str] = None
+    priority: Optional[Union[int, str]] = None
+
+
+class QueueImg2ImgRequest(Img2ImgRequest):
+    """A1111's img2img body plus agent-scheduler's extras."""
+
+    checkpoint: Optional[str] = None
+    vae: Optional[str] = None
+    callback_url: Optional[str] = None
+    priority: Optional[Union[int, str]] = None
+
+
+REQUEST_TYPES = {"txt2img": Txt2ImgRequest, "img2img": Img2ImgRequest}
 
 
 # the runner ---------------------------------------------------------------------------------
@@ -59,12 +82,18 @@ class TaskRunner:
         self._loop_task: Optional[asyncio.Task] = None
         self._current: Optional[tuple[str, asyncio.Task]] = None  # (task id, its generation)
         self._stopping = False
+        self._next_purge = 0.0  # monotonic time of the next retention pass
+
+    @property
+    def services(self) -> Services:
+        return self._services
 
     @property
     def current_task_id(self) -> Optional[str]:
         return self._current[0] if self._current else None
 
     def start(self) -> None:
+        """Recover what a crash left, purge expired results, then run the line."""
         report = self.store.recover()
         if report.requeued or report.failed:
             log.warning("async tasks after restart: %d re-queued, %d failed (died twice)", report.requeued, report.failed)
@@ -89,8 +118,24 @@ class TaskRunner:
         self._current[1].cancel()
         return True
 
+    def purge_expired(self) -> int:
+        """Delete finished tasks older than --task-retention-hours (0 keeps them forever)."""
+        hours = self._services.settings.task_retention_hours
+        if not hours:
+            return 0
+        purged = self.store.purge_finished(hours * 3600.0)
+        if purged:
+            log.info("async tasks: %d finished tasks older than %g h purged with their results", purged, hours)
+        return purged
+
+    async def _purge_when_due(self) -> None:
+        if time.monotonic() >= self._next_purge:
+            self._next_purge = time.monotonic() + RETENTION_CHECK_SECONDS
+            await run_in_threadpool(self.purge_expired)
+
     async def _run_forever(self) -> None:
         while True:
+            await self._purge_when_due()
             task = self.store.next_pending()
             if task is None:
                 await self._sleep_until_woken()
@@ -115,13 +160,20 @@ class TaskRunner:
         except asyncio.CancelledError:
             self._after_cancel(task.id, generation)
         except ApiError as exc:  # the request itself was bad, or the engine refused it
-            self.store.fail(task.id, f"{type(exc).__name__}: {exc.detail}")
+            await self._record_failure(task, f"{type(exc).__name__}: {exc.detail}", type(exc).__name__, exc.status_code)
         except Exception as exc:  # an engine bug: recorded on the task (and logged), the runner goes on
             log.exception("async task %s failed", task.id)
-            self.store.fail(task.id, f"{type(exc).__name__}: {exc}")
+            await self._record_failure(task, f"{type(exc).__name__}: {exc}", type(exc).__name__, 500)
         finally:
             self._current = None
         self._notify(task, result)
+
+    async def _record_failure(self, task: TaskRecord, error: str, error_type: str, status: int) -> None:
+        """A failed task: its status and error in the store, the metrics' error count, the audit log."""
+        self.store.fail(task.id, error)
+        self._services.metrics.count_error(error_type, status)
+        context = RequestContext(caller=task.owner or "anonymous", priority=task.tier, task_id=task.id)
+        await self._services.serving.audit_failure(task.type, task.params, context, error)
 
     def _notify(self, task: TaskRecord, result: Optional[dict[str, Any]]) -> None:
         """Fire the callback in a thread of its own: its retries must not hold up the next task."""
@@ -144,11 +196,13 @@ class TaskRunner:
         self.store.interrupt(task_id)
 
     async def _generate(self, task: TaskRecord) -> dict[str, Any]:
-        from .generate import run_txt2img
+        """The same work as the synchronous route, at the tier the task was queued with."""
+        from .generate import run_img2img, run_txt2img
 
-        if task.type != "txt2img":
-            raise NotImplementedFeature(f"async {task.type} tasks are not implemented yet; only txt2img")
-        return await run_txt2img(Txt2ImgRequest.model_validate(task.params), self._services, guarded=False)
+        run = run_txt2img if task.type == "txt2img" else run_img2img
+        request = REQUEST_TYPES[task.type].model_validate(task.params)
+        context = RequestContext(caller=task.owner or "anonymous", priority=task.tier, task_id=task.id)
+        return await run(request, self._services, guarded=False, context=context)
 
 
 def _report_crash(loop_task: asyncio.Task) -> None:
@@ -164,9 +218,9 @@ def get_runner(request: Request) -> TaskRunner:
 # queueing --------------------------------------------------------------------------------------
 
 
-def task_params(body: QueueTxt2ImgRequest) -> dict[str, Any]:
+def task_params(body: Union[QueueTxt2ImgRequest, QueueImg2ImgRequest]) -> dict[str, Any]:
     """The stored request: agent-scheduler's `checkpoint` and `vae` become override_settings."""
-    params = body.model_dump(exclude={"checkpoint", "vae", "callback_url"})
+    params = body.model_dump(exclude=_QUEUE_EXTRAS)
     overrides = dict(params.get("override_settings") or {})
     if body.checkpoint:
         overrides["sd_model_checkpoint"] = body.checkpoint
@@ -176,21 +230,30 @@ def task_params(body: QueueTxt2ImgRequest) -> dict[str, Any]:
     return params
 
 
-@router.post(f"{PREFIX}/queue/txt2img")
-async def queue_txt2img(body: QueueTxt2ImgRequest, runner: TaskRunner = Depends(get_runner)) -> dict[str, str]:
+def enqueue(task_type: str, body: Any, http: Request, runner: TaskRunner) -> dict[str, str]:
+    """Check and persist a task: guards and the callback URL are refused now, not when it runs."""
     if body.callback_url:
         try:
             check_callback_url(body.callback_url)
         except ValueError as exc:
             raise BadRequest(str(exc)) from exc
-    task = runner.store.create("txt2img", task_params(body), body.callback_url)
+    runner.services.serving.check(body)
+    context = request_context(http, body.priority)
+    task = runner.store.create(task_type, task_params(body), body.callback_url, tier=context.priority, owner=context.caller)
     runner.wake()
     return {"task_id": task.id}
 
 
+@router.post(f"{PREFIX}/queue/txt2img")
+async def queue_txt2img(body: QueueTxt2ImgRequest, http: Request, runner: TaskRunner = Depends(get_runner)) -> dict[str, str]:
+    return enqueue("txt2img", body, http, runner)
+
+
 @router.post(f"{PREFIX}/queue/img2img")
-async def queue_img2img() -> dict[str, str]:
-    raise NotImplementedFeature("async img2img tasks are not implemented yet in this server; only txt2img")
+async def queue_img2img(body: QueueImg2ImgRequest, http: Request, runner: TaskRunner = Depends(get_runner)) -> dict[str, str]:
+    if not body.init_images:
+        raise BadRequest("Init image not found", errors="img2img tasks need init_images")
+    return enqueue("img2img", body, http, runner)
 
 
 # reading ---------------------------------------------------------------------------------------
@@ -235,6 +298,66 @@ async def get_position(task_id: str, runner: TaskRunner = Depends(get_runner)) -
     if task is None:
         return NOT_FOUND
     return {"success": True, "data": {"status": task.status, "position": runner.store.position(task)}}
+
+
+@router.get(PREFIX + "/task/{task_id}/events")
+async def task_events(task_id: str, interval: float = 0.5, runner: TaskRunner = Depends(get_runner)) -> Any:
+    """Server-Sent Events: `status` on every status change (with the queue position), `progress`
+    while the task runs (A1111's /progress fields, without the preview image), and a final
+    `done` event once the task is finished (or deleted); then the stream ends."""
+    if runner.store.get(task_id) is None:
+        return NOT_FOUND
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # nginx: do not buffer the stream
+    stream = task_event_stream(task_id, runner, min(max(interval, 0.1), 10.0))
+    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+
+
+def sse(event: str, data: Any) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+async def task_event_stream(task_id: str, runner: TaskRunner, interval: float) -> AsyncIterator[str]:
+    """Poll the store and the progress tracker; emit only what changed."""
+    last_status, last_progress, quiet_since = None, None, time.monotonic()
+    while True:
+        task = runner.store.get(task_id)
+        if task is None:
+            yield sse("done", {"task_id": task_id, "status": "deleted"})
+            return
+        events = []
+        if task.status != last_status:
+            last_status = task.status
+            events.append(sse("status", {"task_id": task_id, "status": task.status,
+                                         "position": runner.store.position(task)}))
+        progress = running_progress(task_id, runner)
+        if progress is not None and progress != last_progress:
+            last_progress = progress
+            events.append(sse("progress", {"task_id": task_id, **progress}))
+        if task.status in FINISHED:
+            events.append(sse("done", {"task_id": task_id, "status": task.status, "error": task.error}))
+        for event in events:
+            yield event
+        if task.status in FINISHED:
+            return
+        if events:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since > SSE_KEEPALIVE_SECONDS:
+            quiet_since = time.monotonic()
+            yield ": keep-alive\n\n"  # a comment line: proxies keep the connection open
+        await asyncio.sleep(interval)
+
+
+def running_progress(task_id: str, runner: TaskRunner) -> Optional[dict[str, Any]]:
+    """Progress of the task when it is the one on the device; None otherwise."""
+    if runner.current_task_id != task_id:
+        return None
+    snapshot = runner.services.progress.snapshot(skip_current_image=True)
+    state = snapshot.get("state") or {}
+    return {
+        "progress": snapshot.get("progress"), "eta_relative": snapshot.get("eta_relative"),
+        "sampling_step": state.get("sampling_step"), "sampling_steps": state.get("sampling_steps"),
+        "job_no": state.get("job_no"), "job_count": state.get("job_count"), "textinfo": snapshot.get("textinfo"),
+    }
 
 
 @router.get(PREFIX + "/task/{task_id}/results")

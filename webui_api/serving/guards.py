@@ -1,0 +1,205 @@
+"""Request guards: refuse oversized work before it reaches the queue.
+
+One shared GPU must not be taken down by one request: a 8192x8192 image, a batch of 500,
+10 000 steps, a megabyte of prompt, a 2 GB body, or a small PNG that decodes to gigapixels
+(a decompression bomb). Each limit is a flag with a default that legitimate A1111 clients
+never reach; a violation is a 4xx whose message names the limit, the flag and the value.
+Image headers are read (PIL opens lazily) before any pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional
+
+from ..errors import ApiError, BadRequest
+
+
+class LimitExceeded(ApiError):
+    """A request beyond a configured limit (422; 413 for sizes of the body or of images)."""
+
+    status_code = 422
+    error_name = "LimitExceeded"
+
+    def __init__(self, what: str, value: Any, limit: Any, flag: str, status: int = 422) -> None:
+        super().__init__(f"{what} is {value}, more than the limit of {limit} ({flag})",
+                         errors=f"{flag} {limit}")
+        self.status_code = status
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """The guard limits; 0 disables a limit."""
+
+    max_pixels: int = 2048 * 2048  # width x height of the output (hires target included)
+    max_batch: int = 64  # batch_size x n_iter
+    max_steps: int = 1000  # A1111's UI stops at 150, but API clients (and long-job tests) go higher
+    max_prompt_length: int = 20_000  # characters in prompt / negative_prompt
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_input_pixels: int = 4096 * 4096  # pixels of each decoded input image
+
+
+def _over(value: Optional[float], limit: int) -> bool:
+    return bool(limit) and value is not None and value > limit
+
+
+def check_generation(request: Any, limits: RequestLimits) -> None:
+    """Size, batch, steps, prompt length and input images of a txt2img/img2img request."""
+    _check_size(request, limits)
+    batch = (request.batch_size or 1) * (request.n_iter or 1)
+    if _over(batch, limits.max_batch):
+        raise LimitExceeded("batch_size x n_iter", batch, limits.max_batch, "--max-batch")
+    for name in ("steps", "hr_second_pass_steps"):
+        steps = getattr(request, name, None)
+        if _over(steps, limits.max_steps):
+            raise LimitExceeded(name, steps, limits.max_steps, "--max-steps")
+    for name in ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt"):
+        text = getattr(request, name, None)
+        if isinstance(text, str) and _over(len(text), limits.max_prompt_length):
+            raise LimitExceeded(f"the length of {name}", len(text), limits.max_prompt_length, "--max-prompt-length")
+    check_input_images(_request_images(request), limits.max_input_pixels)
+
+
+def _check_size(request: Any, limits: RequestLimits) -> None:
+    width, height = request.width or 512, request.height or 512
+    if _over(width * height, limits.max_pixels):
+        raise LimitExceeded(f"width x height ({width}x{height})", width * height, limits.max_pixels, "--max-pixels")
+    if getattr(request, "enable_hr", False):
+        target = hires_target(request, width, height)
+        if _over(target[0] * target[1], limits.max_pixels):
+            raise LimitExceeded(f"the hires fix size ({target[0]}x{target[1]})", target[0] * target[1],
+                                limits.max_pixels, "--max-pixels")
+
+
+def hires_target(request: Any, width: int, height: int) -> tuple[int, int]:
+    """The second pass size: hr_resize_x/y when given (one may follow the aspect), else hr_scale."""
+    rx, ry = request.hr_resize_x or 0, request.hr_resize_y or 0
+    if rx or ry:
+        return (rx or round(ry * width / height)), (ry or round(rx * height / width))
+    scale = request.hr_scale or 2.0
+    return int(width * scale), int(height * scale)
+
+
+def _request_images(request: Any) -> Iterable[Any]:
+    yield from getattr(request, "init_images", None) or ()
+    for name in ("mask", "latent_mask"):
+        value = getattr(request, name, None)
+        if value:
+            yield value
+
+
+def check_input_images(images: Iterable[Any], max_pixels: int) -> None:
+    """Read each image's header only and refuse one whose pixel count is over the limit."""
+    if not max_pixels:
+        return
+    from PIL import Image
+
+    for index, data in enumerate(images):
+        if not isinstance(data, str) or data.startswith(("http://", "https://")):
+            continue  # the decoder reports those with its own message
+        try:
+            width, height = image_header_size(data)
+        except Image.DecompressionBombError as exc:  # PIL refuses to even open it: far over any limit
+            raise LimitExceeded(f"input image #{index + 1}", f"a decompression bomb ({exc})", max_pixels,
+                                "--max-input-pixels", status=413) from exc
+        if width * height > max_pixels:
+            raise LimitExceeded(f"input image #{index + 1} ({width}x{height})", width * height, max_pixels,
+                                "--max-input-pixels", status=413)
+
+
+def image_header_size(data: str) -> tuple[int, int]:
+    """(width, height) from the header; PIL does not decode pixels until asked to. Images past
+    PIL's own hard limit raise Image.DecompressionBombError."""
+    from PIL import Image
+
+    raw = _b64_bytes(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(raw)) as image:
+                return image.size
+        except Image.DecompressionBombError:
+            raise  # the caller names the image and the limit
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise BadRequest("Invalid encoded image", errors=f"{type(exc).__name__}: {exc}") from exc
+
+
+def _b64_bytes(data: str) -> bytes:
+    text = data.strip()
+    if text.startswith("data:") and "," in text:
+        text = text.split(",", 1)[1]
+    compact = re.sub(r"\s+", "", text).translate(str.maketrans("-_", "+/")).rstrip("=")
+    try:
+        return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
+    except binascii.Error as exc:
+        raise BadRequest("Invalid encoded image", errors=f"not base64: {exc}") from exc
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for a body over the limit, from Content-Length or while streaming.
+
+    Checked before any route parses JSON, so a huge body is never held in memory whole."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not self.max_bytes:
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await self._refuse(send, declared)
+            return
+        await self._counting(scope, receive, send)
+
+    async def _counting(self, scope: dict, receive: Any, send: Any) -> None:
+        """No Content-Length (chunked upload): read the body first, counting, then replay it."""
+        messages, seen = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                await self._refuse(send, seen)
+                return
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+        await self.app(scope, _replay(messages, receive), send)
+
+    async def _refuse(self, send: Any, size: int) -> None:
+        from fastapi.responses import JSONResponse
+
+        error = LimitExceeded("the request body", f"{size} bytes", f"{self.max_bytes} bytes", "--max-body-mb", 413)
+        response = JSONResponse(status_code=413, content=error.to_body())
+        await response({"type": "http"}, _no_receive, send)
+
+
+def _replay(messages: list[dict], receive: Any) -> Any:
+    """A receive() that hands out the buffered messages, then the connection's own."""
+    pending = list(messages)
+
+    async def replayed() -> dict:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed
+
+
+async def _no_receive() -> dict:
+    return {"type": "http.disconnect"}
+
+
+def _content_length(scope: dict) -> Optional[int]:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

@@ -1,0 +1,98 @@
+"""The few calls the generation routes make into the serving layer, in order:
+
+1. `check(request)`: guards, and 503 while shutting down;
+2. `lookup(route, request, options, context)`: a cached response, or None (then it runs);
+3. `timed(item, route, steps, context)`: the work item, reporting wait and run times;
+4. `finish(route, request, response, context, cacheable)`: store in the cache, count, audit.
+
+Keeping them in one object keeps the route code to a line per step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+from ..scheduler import WorkItem
+from .audit import AuditLog, generation_entry
+from .context import RequestContext
+from .guards import RequestLimits, check_generation
+from .lifecycle import Lifecycle
+from .metrics import Metrics
+from .result_cache import ResultCache
+
+
+@dataclass
+class ServingHooks:
+    limits: RequestLimits
+    cache: ResultCache
+    metrics: Metrics
+    audit: AuditLog
+    lifecycle: Lifecycle
+
+    def check(self, request: Any) -> None:
+        self.lifecycle.check_intake()
+        check_generation(request, self.limits)
+
+    async def lookup(self, route: str, request: Any, options: Mapping[str, Any], context: RequestContext) -> Optional[dict]:
+        """A stored response for a deterministic request (then audited and counted here)."""
+        if not self.cache.enabled:
+            return None
+        context.cache_key = await asyncio.to_thread(self.cache.key_for, route, request, options)
+        if context.cache_key is None:
+            return None
+        cached = await asyncio.to_thread(self.cache.lookup, context.cache_key)
+        self.metrics.count_cache(cached is not None)
+        if cached is None:
+            return None
+        context.cache = "hit"
+        self.metrics.count_generation(route)
+        await self._audit(route, request.model_dump(mode="json"), cached, context)
+        return cached
+
+    def timed(self, item: WorkItem, route: str, steps: int, context: RequestContext) -> WorkItem:
+        """The same work, measuring how long it waited in the queue and ran on the device."""
+        queued = time.monotonic()
+        run = item.run
+
+        def timed_run(cancel: Any) -> Any:
+            started = time.monotonic()
+            context.wait_seconds = started - queued
+            try:
+                return run(cancel)
+            finally:
+                context.run_seconds = time.monotonic() - started
+                self.metrics.observe_job(route, context.wait_seconds, context.run_seconds, steps)
+
+        return WorkItem(run=timed_run, label=item.label, progress=item.progress)
+
+    async def finish(
+        self, route: str, request: Any, response: dict[str, Any], context: RequestContext, cacheable: bool = True,
+    ) -> dict[str, Any]:
+        """After a generation: store it (when complete and deterministic), count it, audit it."""
+        if cacheable and context.cache_key is not None:
+            await asyncio.to_thread(self.cache.store_response, context.cache_key, response)
+        self.metrics.count_generation(route)
+        await self._audit(route, request.model_dump(mode="json"), response, context)
+        return response
+
+    async def audit_failure(self, route: str, params: dict[str, Any], context: RequestContext, error: str) -> None:
+        """A generation that ended in an error (async tasks report theirs here)."""
+        await self._audit(route, params, None, context, error=error)
+
+    async def _audit(self, route: str, params: dict[str, Any], response: Optional[dict], context: RequestContext,
+                     error: Optional[str] = None) -> None:
+        if self.audit.path is None:
+            return
+        entry = generation_entry(
+            caller=context.caller, route=route, params=params, response=response,
+            timings=context.timings(), cache=context.cache, task_id=context.task_id, error=error,
+        )
+        await asyncio.to_thread(self.audit.write, entry)
+
+
+def job_steps(job: Any) -> int:
+    """Sampling steps times images: the work a job asked of the UNet (first pass)."""
+    return int(job.sampling.steps) * int(job.image_count)
