@@ -83,6 +83,7 @@ class HiresParams:
     truncate_x: int = 0  # latent cells cropped (centred) when hr_resize_x/y set both sides
     truncate_y: int = 0
     infotext: tuple[tuple[str, Any], ...] = ()  # the hires infotext keys, in A1111's order
+    checkpoint_title: str | None = None  # hr_checkpoint_name as sent; None: "Use same checkpoint"
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import logging
 from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -47,6 +47,7 @@ from webui_api.engine.networks import (
 )
 from webui_api.engine.pipeline import run_txt2img
 from webui_api.engine.tiling import apply_tiling
+from webui_api.postprocess.upscale import BUILTIN_NAMES, UpscalerCatalog, UpscalerEntry
 from webui_api.errors import NotImplementedFeature, UnknownCheckpoint
 from webui_api.jobs import GenerationJob, JobResult
 from webui_api.progress import CancelToken, RunObserver
@@ -191,8 +192,11 @@ class Engine:
         no_half_vae: bool = False,
         no_hashing: bool = False,
         allow_unsafe_pickle: bool = False,
+        upscalers: Callable[[], Any] | None = None,
     ) -> None:
         self.device = resolve_device(device)
+        self._scan_upscalers = upscalers  # () -> UpscalerCatalog; None: only the built-ins
+        self._upscalers: Any = None
         self.dtype = resolve_dtype(dtype, self.device)
         self.paths = paths if paths is not None else ModelPaths()
         vae_dtype = torch.float32 if no_half_vae else self.dtype
@@ -218,6 +222,7 @@ class Engine:
             no_half_vae=settings.no_half_vae,
             no_hashing=settings.no_hashing,
             allow_unsafe_pickle=bool(settings.cmd_flags.get("disable_safe_unpickle", False)),
+            upscalers=lambda: UpscalerCatalog.from_settings(settings),
         )
 
     # -- checkpoint catalog ------------------------------------------------------------
@@ -299,6 +304,24 @@ class Engine:
         if model is None:
             model = self._load_from_disk(info)
         self._activate(model)
+        return model
+
+    def companion(self, info: CheckpointInfo) -> LoadedModel:
+        """A second model for the running job (refiner, hires checkpoint): loaded into the LRU
+        next to the active model, which stays active, loaded and most recently used. The
+        LRU grows to two entries at least, so loading never evicts the active model."""
+        if self._active is not None and info.filename == self._active.info.filename:
+            return self._active
+        self.set_checkpoints_limit(max(self.checkpoints_limit, 2))
+        model = self._cache.get(info.filename)
+        if model is None:
+            model = self._load_from_disk(info)
+        if model.device != self.device:
+            model.move_to(self.device)
+        model.embeddings = self._embeddings.store_for(model)
+        self._cache.put(model)
+        if self._active is not None:
+            self._cache.get(self._active.info.filename)
         return model
 
     def _load_from_disk(self, info: CheckpointInfo) -> LoadedModel:
@@ -393,7 +416,19 @@ class Engine:
         sha256 = self.hashes.sha256(Path(choice.file.filename), "vae/" + choice.file.model_name)
         return choice.file.model_name, sha256[:10] if sha256 else None
 
-    # -- generation --------------------------------------------------------------------
+    # -- upscalers (hires fix) -----------------------------------------------------------
+
+    def upscaler_catalog(self) -> Any:
+        """The upscalers a hires job may name: the folders rescanned (as /sdapi/v1/upscalers
+        does per call), the models already loaded kept."""
+        if self._scan_upscalers is not None:
+            fresh = self._scan_upscalers()
+        else:
+            fresh = UpscalerCatalog([UpscalerEntry(name) for name in BUILTIN_NAMES], str(self.device))
+        if self._upscalers is not None:
+            fresh = replace(self._upscalers, entries=fresh.entries)
+        self._upscalers = fresh
+        return fresh
 
     # -- textual inversion -------------------------------------------------------------
 
@@ -448,28 +483,41 @@ class Engine:
         if job.hires is not None:
             from webui_api.engine.hires import run_hires
 
-            return self._generate(run_hires, job, observer, cancel)
+            return self._generate(run_hires, job, observer, cancel, with_models=True)
+        if job.refiner is not None:
+            from webui_api.engine.refiner import run_txt2img_refined
+
+            return self._generate(run_txt2img_refined, job, observer, cancel, with_models=True)
         return self._generate(run_txt2img, job, observer, cancel)
 
     def img2img(self, job: GenerationJob, observer: RunObserver, cancel: CancelToken) -> JobResult:
         """Run an img2img job exactly like txt2img (checkpoint, VAE, LoRAs), from its init images."""
         from webui_api.engine.img2img import run_img2img
 
-        return self._generate(run_img2img, job, observer, cancel)
+        return self._generate(run_img2img, job, observer, cancel, with_models=True)
 
-    def _generate(self, run: Any, job: GenerationJob, observer: RunObserver, cancel: CancelToken) -> JobResult:
+    def _generate(
+        self, run: Any, job: GenerationJob, observer: RunObserver, cancel: CancelToken, with_models: bool = False
+    ) -> JobResult:
         """Load what the job names, apply its LoRAs around `run`, and fill the result's
-        infotext facts (prompts keep their <lora:...> tags, as in A1111)."""
-        self.set_checkpoints_limit(job.options.get("sd_checkpoints_limit", DEFAULT_CHECKPOINTS_LIMIT))
+        infotext facts (prompts keep their <lora:...> tags, as in A1111). `with_models` runs
+        get the job's CompanionModels (refiner, hires checkpoint) as `models`."""
+        from webui_api.engine.refiner import CompanionModels, companion_count
+
+        limit = int(job.options.get("sd_checkpoints_limit", DEFAULT_CHECKPOINTS_LIMIT) or DEFAULT_CHECKPOINTS_LIMIT)
+        self.set_checkpoints_limit(max(limit, 1 + companion_count(job)))
         model = self.load(job.model_title)
         choice = self.apply_vae(model, job.options)
         stripped, calls = job_networks(job)
         networks = self.load_networks(calls)
         patch = apply_networks(model, networks)
         padding = apply_tiling(model, job.tiling)
+        companions = CompanionModels(self, job, model, networks)
+        extra = {"models": companions} if with_models else {}
         try:
-            result = run(model, replace(job, prompts=stripped), observer, cancel)
+            result = run(model, replace(job, prompts=stripped), observer, cancel, **extra)
         finally:
+            companions.close()
             padding.restore()
             patch.restore()
         for index, image in enumerate(result.images):
