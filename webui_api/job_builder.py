@@ -393,6 +393,7 @@ def img2img_params(
         inpainting_mask_weight=float(options.get("inpainting_mask_weight", 1.0)),
         paste_to=None if mask is None else mask.paste_to,
         mask_infotext=() if prepared.mask is None else prepared.mask.infotext,
+        image_cfg_scale=None if request.image_cfg_scale is None else float(request.image_cfg_scale),
     )
 
 

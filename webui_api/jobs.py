@@ -63,6 +63,7 @@ class Img2ImgParams:
     inpainting_mask_weight: float = 1.0  # A1111 option, for 9-channel inpainting UNets
     paste_to: Any = None  # full-res inpainting: masks.CropBox of the original the output goes back into
     mask_infotext: tuple[tuple[str, Any], ...] = ()  # (key, value) pairs in A1111's order
+    image_cfg_scale: float | None = None  # instruct-pix2pix models only (A1111 ignores it for others)
 
 
 @dataclass(frozen=True)

@@ -250,11 +250,35 @@ def _pixel_mask(params: Img2ImgParams, height: int, width: int) -> torch.Tensor:
     return values[None, None]
 
 
+EDIT_CHANNELS = 8  # instruct-pix2pix UNets: latent + the init image's (unscaled) latent
+
+
+def edit_image_cond(model: LoadedModel, params: Img2ImgParams) -> torch.Tensor:
+    """A1111's edit_image_conditioning: each init image's VAE posterior mode, *not* multiplied
+    by the scale factor (instruct-pix2pix was trained on unscaled latents)."""
+    latents = []
+    for image in params.init_images:
+        source = image_to_tensor(image).to(device=model.device, dtype=model.vae.dtype)
+        latents.append(model.vae.encode(source, return_dict=False)[0].mode().to(torch.float32))
+    return torch.cat(latents)
+
+
+def for_model(job: GenerationJob, model: LoadedModel) -> GenerationJob:
+    """A1111 keeps image_cfg_scale only for instruct-pix2pix ("edit") models."""
+    params = job.img2img
+    if params is None or params.image_cfg_scale is None or model.unet_in_channels == EDIT_CHANNELS:
+        return job
+    return replace(job, img2img=replace(params, image_cfg_scale=None))
+
+
 def inpaint_state(
     model: LoadedModel, job: GenerationJob, params: Img2ImgParams, init: torch.Tensor
 ) -> tuple[torch.Tensor, InpaintState]:
     """The init latent after the latent fill, and the blend/image conditioning to sample with."""
-    image_cond = inpaint_image_cond(model, params, init.shape)
+    if model.unet_in_channels == EDIT_CHANNELS:
+        image_cond = edit_image_cond(model, params)
+    else:
+        image_cond = inpaint_image_cond(model, params, init.shape)
     if params.mask is None:
         return init, InpaintState(image_cond=image_cond)
     latmask = latent_mask(model, params, init.shape)
@@ -282,6 +306,8 @@ def resolve_img2img_plan(job: GenerationJob) -> SamplerPlan:
 def infotext_extras(params: Img2ImgParams) -> dict[str, object]:
     """The infotext keys img2img adds (A1111's extra_generation_params)."""
     extras: dict[str, object] = {"Denoising strength": params.denoising_strength}
+    if params.image_cfg_scale is not None:
+        extras["Image CFG scale"] = params.image_cfg_scale
     extras.update(dict(params.mask_infotext))
     if params.initial_noise_multiplier != 1.0:
         extras["Noise multiplier"] = params.initial_noise_multiplier
@@ -296,6 +322,7 @@ def run_img2img(
 ) -> JobResult:
     """Generate every image of an img2img job, batch by batch (interrupt/skip as txt2img);
     `models` holds the refiner, when the job has one."""
+    job = for_model(job, model)
     params = check_img2img_job(job)
     steps = img2img_steps(job.sampling.steps, params.denoising_strength, params.fix_steps)
     schedule_job = replace(job, sampling=replace(job.sampling, steps=max(steps.steps, 1)))

@@ -313,6 +313,7 @@ def guidance_options(job: GenerationJob, plan: SamplerPlan) -> GuidanceOptions:
         skip_early_cond=float(_option(job, "skip_early_cond", 0.0)),
         s_min_uncond_all=bool(_option(job, "s_min_uncond_all", False)),
         mask_before_denoising=plan.sampler.kind == KIND_TIMESTEPS,
+        image_cfg_scale=job.img2img.image_cfg_scale if job.img2img is not None else None,
     )
 
 
