@@ -4,13 +4,11 @@ other model image_cfg_scale is ignored, as in A1111."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from tests.engine.helpers import RecordingObserver
 from tests.engine.ldm_checkpoints import build_networks, write_checkpoint
 from tests.engine.test_img2img_prep import img2img_job, run_img2img_job
 from webui_api.engine.cond_types import BatchConditioning

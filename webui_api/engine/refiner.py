@@ -153,7 +153,12 @@ class CompanionModels:
                 patches.append(apply_networks(model, [network]))
             except UnusableModelFile as err:
                 log.info("LoRA not applied to %s: %s", model.info.title, err.detail)
-        return lambda: [patch.restore() for patch in reversed(patches)]
+
+        def restore() -> None:
+            for patch in reversed(patches):
+                patch.restore()
+
+        return restore
 
     def close(self) -> None:
         """Undo every patch and park the companions in CPU RAM on GPU devices."""
