@@ -116,3 +116,18 @@ def test_hires_prompt_schedules_use_the_hires_frame(tiny_model):
         conditioning = hires_conditioning(job, plan, plan)(tiny_model, BatchSpec.of(second, 0))
     scheduled = conditioning.cond[0].parts[0][0]
     assert [end for end, _ in scheduled.variants] == [2, 4]
+
+
+def test_hires_prompts_lose_their_lora_tags(tiny_model):
+    """The second pass encodes the hires prompt without <lora:...> tags, as the first does."""
+    from webui_api.engine.hires import hires_conditioning
+    from webui_api.engine.pipeline import BatchSpec, resolve_plan
+
+    tagged = hires_job(prompts=("a cat <lora:style:0.8>",))
+    clean = hires_job(prompts=("a cat ",))
+    plan = resolve_plan(tagged)
+    with torch.inference_mode():
+        built = [hires_conditioning(job, plan, plan)(tiny_model, BatchSpec.of(replace(job, prompts=job.hires.prompts), 0))
+                 for job in (tagged, clean)]
+    first, second = (b.cond[0].parts[0][0].variants[0][1].crossattn for b in built)
+    assert torch.equal(first, second)

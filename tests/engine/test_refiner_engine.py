@@ -25,7 +25,6 @@ def checkpoint_dir(tmp_path_factory):
     sd = tmp_path_factory.mktemp("refiner") / "Stable-diffusion"
     write_checkpoint(sd / "base.safetensors", build_networks("sdxl", seed=1))
     write_checkpoint(sd / "refiner.safetensors", build_networks("sdxl-refiner", seed=2))
-    write_checkpoint(sd / "other.safetensors", build_networks("sdxl", seed=3))
     return sd
 
 

@@ -36,6 +36,7 @@ from webui_api.engine.img2img import (
 )
 from webui_api.engine.latents import decode_latents
 from webui_api.engine.models import CheckpointInfo, LoadedModel
+from webui_api.engine.networks import parse_prompt_networks
 from webui_api.engine.pipeline import (
     LATENT_SCALE,
     BatchSpec,
@@ -155,14 +156,17 @@ def hires_conditioning(
     job: GenerationJob, plan: SamplerPlan, hr_plan: SamplerPlan
 ) -> Callable[[LoadedModel, BatchSpec], BatchConditioning]:
     """A1111's calculate_hr_conds: the hires prompts at the upscale target size, schedules laid
-    out with the first pass's total steps as base and the hires total steps as frame."""
+    out with the first pass's total steps as base and the hires total steps as frame. Their
+    <lora:...> tags are removed before encoding (the first pass's LoRAs stay applied; LoRAs
+    named only in hr_prompt are not loaded)."""
     hires = job.hires
     base = total_steps(job, plan)
     frame = hires.steps * (2 if hr_plan.sampler.options.get("second_order") else 1)
 
     def build(model: LoadedModel, batch: BatchSpec) -> BatchConditioning:
+        prompts = tuple(parse_prompt_networks(prompt)[0] for prompt in batch.prompts)
         return build_batch_conditioning(
-            model, batch.prompts, batch.negative_prompts, base, job.clip_skip, job.options,
+            model, prompts, batch.negative_prompts, base, job.clip_skip, job.options,
             width=hires.upscale_width, height=hires.upscale_height, hires_steps=frame, embeddings=model.embeddings,
         )
 
