@@ -47,9 +47,9 @@ from webui_api.engine.networks import (
 )
 from webui_api.engine.pipeline import run_txt2img
 from webui_api.engine.tiling import apply_tiling
-from webui_api.postprocess.upscale import BUILTIN_NAMES, UpscalerCatalog, UpscalerEntry
 from webui_api.errors import NotImplementedFeature, UnknownCheckpoint
 from webui_api.jobs import GenerationJob, JobResult
+from webui_api.postprocess.upscale import BUILTIN_NAMES, UpscalerCatalog, UpscalerEntry
 from webui_api.progress import CancelToken, RunObserver
 
 log = logging.getLogger(__name__)
