@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, Mapping, Optional, Sequence
 
 from .errors import BadRequest, NotImplementedFeature, ValidationFailed
-from .jobs import GenerationJob, HiresParams, Img2ImgParams, SamplingParams, SeedParams
+from .jobs import GenerationJob, HiresParams, Img2ImgParams, RefinerParams, SamplingParams, SeedParams
 from .schemas.generation import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 from .controlnet.units import controlnet_units
 from .styles import PromptStyle, apply_styles, read_styles
@@ -123,12 +123,15 @@ def job_timestamp(now: Optional[datetime] = None) -> str:
     return (now or datetime.now()).strftime("%Y%m%d%H%M%S")
 
 
-def refuse_unimplemented(request: Txt2ImgRequest) -> None:
-    """Features that land in later issues: say so clearly instead of ignoring them."""
-    if request.enable_hr and (request.hr_checkpoint_name or "Use same checkpoint") != "Use same checkpoint":
-        raise NotImplementedFeature("hr_checkpoint_name (a different checkpoint for the hires pass) is not implemented yet")
-    if request.refiner_checkpoint and request.refiner_checkpoint.lower() not in ("", "none"):
-        raise NotImplementedFeature("refiner_checkpoint is not implemented yet in this server")
+def refiner_params(request: GenerationRequest) -> RefinerParams | None:
+    """A1111's refiner fields: no checkpoint, "" or "None" means no refiner; a null
+    refiner_switch_at switches at the very first model call, as A1111's check is skipped
+    then. The name is resolved against the catalog by the engine (unknown names: 404)."""
+    name = request.refiner_checkpoint
+    if name is None or name.strip() in ("", "None", "none"):
+        return None
+    switch_at = 0.0 if request.refiner_switch_at is None else float(request.refiner_switch_at)
+    return RefinerParams(checkpoint_title=name, switch_at=switch_at)
 
 
 def build_txt2img(
@@ -142,9 +145,8 @@ def build_txt2img(
     `styles` are the server's styles.csv entries (the request's `styles` name them)."""
     rng = rng or random.Random()
     check_scripts(request)
-    refuse_unimplemented(request)
     first_pass = first_pass_request(request)
-    job = build_txt2img_like(first_pass, options, rng, styles)
+    job = replace(build_txt2img_like(first_pass, options, rng, styles), refiner=refiner_params(request))
     if not request.enable_hr:
         return job
     return replace(job, hires=hires_params(first_pass, job, options, styles))
@@ -202,15 +204,16 @@ def hires_target(request: Txt2ImgRequest) -> HiresTarget:
 
 
 def hires_upscaler(request: Txt2ImgRequest) -> tuple[str, tuple[str, bool] | None]:
-    """The upscaler's name and its latent mode (None for a pixel upscaler); unknown names
-    are a 400 listing what this server has."""
+    """The upscaler's name and its latent mode (None for a pixel upscaler). Pixel upscalers
+    other than the built-ins are model files (ESRGAN & co.) the engine finds in its upscaler
+    catalog; a name it does not have is a 400 listing what it has, before any sampling."""
     name = request.hr_upscaler if request.hr_upscaler is not None else "Latent"
     if name in LATENT_UPSCALE_MODES:
         return name, LATENT_UPSCALE_MODES[name]
-    if name in PIXEL_UPSCALERS:
-        return name, None
-    known = ", ".join((*LATENT_UPSCALE_MODES, *PIXEL_UPSCALERS))
-    raise BadRequest(f"hr_upscaler {name!r} is not available in this server; available: {known}")
+    if not name.strip():
+        known = ", ".join((*LATENT_UPSCALE_MODES, *PIXEL_UPSCALERS))
+        raise BadRequest(f"hr_upscaler must name an upscaler, received {name!r}; built-in ones: {known}")
+    return name, None
 
 
 def hires_request(request: Txt2ImgRequest) -> Txt2ImgRequest:
@@ -248,7 +251,14 @@ def hires_params(
         steps=second.steps, denoising_strength=strength, sampling=sampling, prompts=prompts,
         negative_prompts=negatives, truncate_x=target.truncate_x, truncate_y=target.truncate_y,
         infotext=hires_infotext(request, job, sampling, prompts, negatives),
+        checkpoint_title=hires_checkpoint(request),
     )
+
+
+def hires_checkpoint(request: Txt2ImgRequest) -> str | None:
+    """hr_checkpoint_name: None, "" and "Use same checkpoint" keep the main checkpoint."""
+    name = request.hr_checkpoint_name
+    return None if name is None or name.strip() in ("", "Use same checkpoint") else name
 
 
 def hires_infotext(
@@ -262,6 +272,9 @@ def hires_infotext(
         keys.append(("Hires prompt", prompts[0]))
     if negatives[0] != job.negative_prompts[0]:
         keys.append(("Hires negative prompt", negatives[0]))
+    schedule_type = hires_schedule_type(job.sampling, sampling)
+    if schedule_type is not None:
+        keys.append(("Hires schedule type", schedule_type))
     if not (request.hr_resize_x or request.hr_resize_y):
         keys.append(("Hires upscale", float(request.hr_scale if request.hr_scale is not None else 2.0)))
     else:
@@ -273,10 +286,26 @@ def hires_infotext(
     return tuple(keys)
 
 
-def refuse_unimplemented_img2img(request: Img2ImgRequest) -> None:
-    """img2img features that land later: a clear 501 instead of a silently wrong image."""
-    if request.refiner_checkpoint and request.refiner_checkpoint.lower() not in ("", "none"):
-        raise NotImplementedFeature("refiner_checkpoint is not implemented yet in this server")
+def hires_schedule_type(first: SamplingParams, second: SamplingParams) -> str | None:
+    """A1111 writes "Hires schedule type" when the second pass's effective scheduler (Automatic
+    resolved to the sampler's own) has a label other than the first pass's recorded "Schedule
+    type" (recorded only when not Automatic); timestep samplers and the model's own schedule
+    write nothing."""
+    second_scheduler = _effective_scheduler(second)
+    if second_scheduler is None:
+        return None
+    first_scheduler = _effective_scheduler(first)
+    first_label = first_scheduler.label if first_scheduler is not None and first_scheduler.label != "Automatic" else None
+    return second_scheduler.label if second_scheduler.label != first_label else None
+
+
+def _effective_scheduler(sampling: SamplingParams) -> Any:
+    from samplers import registry
+
+    sampler = registry.find_sampler(sampling.sampler_name)
+    if sampler is None or sampler.kind == registry.KIND_TIMESTEPS:
+        return None
+    return registry.effective_scheduler(sampler, registry.find_scheduler(sampling.scheduler))
 
 
 @dataclass(frozen=True)
@@ -356,6 +385,7 @@ def img2img_params(
         inpainting_mask_weight=float(options.get("inpainting_mask_weight", 1.0)),
         paste_to=None if mask is None else mask.paste_to,
         mask_infotext=() if prepared.mask is None else prepared.mask.infotext,
+        image_cfg_scale=None if request.image_cfg_scale is None else float(request.image_cfg_scale),
     )
 
 
@@ -375,12 +405,12 @@ def build_img2img(
     from .engine.image_prep import batch_init_images
 
     check_scripts(request, "img2img")
-    refuse_unimplemented_img2img(request)
     prepared = prepare_init(request, options)
     images, batch_size = batch_init_images(prepared.images, request.batch_size)
     request = request.model_copy(update={"batch_size": batch_size})
     job = build_txt2img_like(request, options, rng or random.Random(), styles)
-    return replace(job, kind="img2img", img2img=img2img_params(request, options, images, prepared))
+    params = img2img_params(request, options, images, prepared)
+    return replace(job, kind="img2img", img2img=params, refiner=refiner_params(request))
 
 
 def build_txt2img_like(

@@ -63,6 +63,7 @@ class Img2ImgParams:
     inpainting_mask_weight: float = 1.0  # A1111 option, for 9-channel inpainting UNets
     paste_to: Any = None  # full-res inpainting: masks.CropBox of the original the output goes back into
     mask_infotext: tuple[tuple[str, Any], ...] = ()  # (key, value) pairs in A1111's order
+    image_cfg_scale: float | None = None  # instruct-pix2pix models only (A1111 ignores it for others)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class HiresParams:
     truncate_x: int = 0  # latent cells cropped (centred) when hr_resize_x/y set both sides
     truncate_y: int = 0
     infotext: tuple[tuple[str, Any], ...] = ()  # the hires infotext keys, in A1111's order
+    checkpoint_title: str | None = None  # hr_checkpoint_name as sent; None: "Use same checkpoint"
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ def infotext_params(
         "Sampler": job.sampling.sampler_name,
         "Schedule type": _scheduler_label(job),
         "CFG scale": job.sampling.cfg_scale,
+        "Image CFG scale": extras.get("Image CFG scale"),  # instruct-pix2pix img2img (set by the engine)
         "Seed": image.seed,
         "Face restoration": _face_restoration_model(job),
         "Size": f"{job.width}x{job.height}",

@@ -86,10 +86,11 @@ def test_a1111_hires_payload_with_denoising_zero(client):
 def test_unknown_upscaler_is_a_400(client):
     response = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img(enable_hr=True, hr_upscaler="R-ESRGAN 4x+"))
     assert response.status_code == 400
-    assert "not available" in response.text
+    assert "could not find upscaler named" in response.text and "Lanczos" in response.text  # lists the names
 
 
-def test_other_hires_checkpoint_is_a_501(client):
+def test_unknown_hires_checkpoint_is_a_404(client):
     response = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img(enable_hr=True, hr_checkpoint_name="other.safetensors"))
-    assert response.status_code == 501
+    assert response.status_code == 404
+    assert "Could not find checkpoint with name other.safetensors" in response.text
 

@@ -294,6 +294,7 @@ class GuidanceOptions:
     skip_early_cond: float = 0.0
     s_min_uncond_all: bool = False
     mask_before_denoising: bool = False
+    image_cfg_scale: Optional[float] = None  # instruct-pix2pix guidance (None / 1.0: plain CFG)
 
     def __post_init__(self) -> None:
         if self.skip_early_cond and self.total_steps < 1:
@@ -391,9 +392,14 @@ class CFGDenoiser:
         selected = self._select(self._conditioning(cond, uncond), x.shape[0])
         if self.blend is not None and self.options.mask_before_denoising:
             x = self.blend(x)
-        skip = self._skip_uncond(sigma, s_min_uncond)
-        cond_out, uncond_out = self._run(x, sigma, selected, skip, image_cond)
-        denoised = combine(cond_out, uncond_out, selected.parts, 1.0 if skip else cond_scale)
+        if self._edit_guidance(image_cond):
+            skip = False
+            cond_out, uncond_out, denoised = edit_guidance(self.inner, x, sigma, selected, image_cond, cond_scale,
+                                                           self.options.image_cfg_scale)
+        else:
+            skip = self._skip_uncond(sigma, s_min_uncond)
+            cond_out, uncond_out = self._run(x, sigma, selected, skip, image_cond)
+            denoised = combine(cond_out, uncond_out, selected.parts, 1.0 if skip else cond_scale)
         if self.blend is not None and not self.options.mask_before_denoising:
             denoised = self.blend(denoised)
         first = [parts[0][0] for parts in selected.parts]
@@ -437,6 +443,12 @@ class CFGDenoiser:
             self._cache = (key, stacked)
         return self._cache[1]
 
+    def _edit_guidance(self, image_cond: Optional[torch.Tensor]) -> bool:
+        """A1111's is_edit_model: an instruct-pix2pix image latent and image_cfg_scale != 1
+        (the caller sets image_cfg_scale only for 8-channel UNets, as A1111 does)."""
+        scale = self.options.image_cfg_scale
+        return image_cond is not None and scale is not None and scale != 1.0
+
     def _skip_uncond(self, sigma: torch.Tensor, s_min_uncond: float) -> bool:
         """skip_early_cond while step / total_steps <= it; else NGMS below s_min_uncond on odd
         calls (every call with s_min_uncond_all). For timestep samplers sigma is the timestep."""
@@ -458,6 +470,28 @@ class CFGDenoiser:
             torch.cat([x_c, x]), torch.cat([sigma_c, sigma]), selected.cond.cat(selected.uncond), _cat_opt(ic_c, image_cond)
         )
         return both[: x_c.shape[0]], both[x_c.shape[0] :]
+
+
+def edit_guidance(inner, x, sigma, selected: _Selected, image_cond: torch.Tensor, cond_scale: float, image_scale: float):
+    """InstructPix2Pix guidance (A1111's combine_denoised_for_edit_model): three row blocks,
+    (prompt, image), (negative, image), (negative, zero image); denoised = u + cfg * (c - i) +
+    image_cfg * (i - u). AND sub-prompts are refused, as A1111 does. Returns (cond rows,
+    uncond rows, denoised)."""
+    if any(len(parts) != 1 for parts in selected.parts):
+        raise ValueError("AND is not supported for InstructPix2Pix checkpoints (unless image_cfg_scale is 1.0)")
+    rows = [parts[0][0] for parts in selected.parts]
+    cond = CondBatch(selected.cond.crossattn[rows], None if selected.cond.vector is None else selected.cond.vector[rows])
+    blank = torch.zeros_like(image_cond)
+    if cond.tokens == selected.uncond.tokens:
+        out = inner(torch.cat([x, x, x]), torch.cat([sigma, sigma, sigma]), cond.cat(selected.uncond).cat(selected.uncond),
+                    torch.cat([image_cond, image_cond, blank]))
+        out_cond, out_image, out_uncond = out.chunk(3)
+    else:
+        out_cond = inner(x, sigma, cond, image_cond)
+        out_image, out_uncond = inner(torch.cat([x, x]), torch.cat([sigma, sigma]), selected.uncond.cat(selected.uncond),
+                                      torch.cat([image_cond, blank])).chunk(2)
+    denoised = out_uncond + cond_scale * (out_cond - out_image) + image_scale * (out_image - out_uncond)
+    return out_cond, out_uncond, denoised
 
 
 def _repeat_rows(v: Optional[torch.Tensor], repeats: tuple[int, ...]) -> Optional[torch.Tensor]:

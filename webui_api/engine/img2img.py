@@ -30,10 +30,14 @@ from webui_api.engine.pipeline import (
     StartFn,
     batch_images,
     check_job,
+    make_image_rng,
+    make_schedule,
     resolve_plan,
-    sample_batch,
+    unipc_options,
 )
-from webui_api.errors import BadRequest, NotImplementedFeature
+from webui_api.engine.denoiser import make_inner
+from webui_api.engine.refiner import CompanionModels, PassContext, refiner_run, sample_pass
+from webui_api.errors import BadRequest
 from webui_api.jobs import GeneratedImage, GenerationJob, Img2ImgParams, JobResult
 from webui_api.progress import CancelToken, RunObserver
 
@@ -128,6 +132,67 @@ def noised_start(init: torch.Tensor, params: Img2ImgParams, steps: Img2ImgSteps,
     return start
 
 
+def timestep_start(
+    init: torch.Tensor, params: Img2ImgParams, steps: Img2ImgSteps, inpaint: InpaintState, alphas_cumprod: torch.Tensor,
+    unipc: bool = False,
+) -> StartFn:
+    """A1111's timestep-sampler img2img (DDIM, PLMS, UniPC, DDIM CFG++): the sampler walks
+    timesteps[:t_enc] and starts from the init latent noised with ᾱ at timesteps[t_enc]:
+    xi = init * sqrt(ᾱ) + noise * sqrt(1 - ᾱ) (+ noise * extra_noise * sqrt(ᾱ)). UniPC also
+    gets A1111's t_start = timesteps[t_enc - 1] / 1000 + 1 / 1000."""
+
+    def start(noise: torch.Tensor, timesteps: torch.Tensor) -> SamplingStart:
+        if params.initial_noise_multiplier != 1.0:
+            noise = noise * params.initial_noise_multiplier
+        alpha = alphas_cumprod.to(noise.device)[timesteps[steps.t_enc]]
+        x = init.to(noise.dtype) * alpha.sqrt() + noise * (1 - alpha).sqrt()
+        if params.extra_noise > 0:
+            x = x + noise * params.extra_noise * alpha.sqrt()
+        tail = timesteps[: steps.t_enc]
+        extra = {"t_start": float(tail[-1]) / 1000 + 1 / 1000} if unipc and len(tail) else {}
+        return SamplingStart(tail, x, model_interval=False, blend=inpaint.blend, image_cond=inpaint.image_cond,
+                             sampler_kwargs=extra)
+
+    return start
+
+
+def img2img_start(
+    model: LoadedModel, plan: SamplerPlan, init: torch.Tensor, params: Img2ImgParams, steps: Img2ImgSteps,
+    inpaint: InpaintState,
+) -> StartFn:
+    """The start for the plan's sampler family (k-diffusion sigmas or timesteps)."""
+    if plan.sampler.kind == KIND_TIMESTEPS:
+        return timestep_start(init, params, steps, inpaint, model.alphas_cumprod, unipc=plan.sampler.name == "UniPC")
+    return noised_start(init, params, steps, inpaint)
+
+
+def runs_sampler(plan: SamplerPlan, steps: Img2ImgSteps) -> bool:
+    """Timestep samplers need two timesteps to take a step: with t_enc < 2 A1111's DDIM loop
+    runs zero times and hands back the noised start unchanged."""
+    return plan.sampler.kind != KIND_TIMESTEPS or steps.t_enc >= 2
+
+
+def check_timestep_steps(job: GenerationJob, plan: SamplerPlan, steps: Img2ImgSteps) -> None:
+    """UniPC cannot take fewer steps than its order (A1111 fails the same way)."""
+    if plan.sampler.name != "UniPC" or steps.steps == 0:
+        return
+    order = unipc_options(job).order
+    if steps.t_enc < order:
+        raise BadRequest(
+            f"UniPC order must be < sampling steps: order {order}, {steps.t_enc} img2img steps"
+            " (raise steps or denoising_strength, or lower the uni_pc_order option)"
+        )
+
+
+def unsampled_start(
+    model: LoadedModel, job: GenerationJob, batch: BatchSpec, plan: SamplerPlan, start: StartFn
+) -> torch.Tensor:
+    """The noised start itself, for a timestep sampler with nothing to walk (t_enc < 2)."""
+    noise = make_image_rng(model, job, batch).first()
+    inner = make_inner(model, plan.sampler.kind)
+    return start(noise, make_schedule(model, job, plan, inner)).x
+
+
 # ---------------------------------------------------------------------------
 # Inpainting, latent side
 # ---------------------------------------------------------------------------
@@ -185,11 +250,35 @@ def _pixel_mask(params: Img2ImgParams, height: int, width: int) -> torch.Tensor:
     return values[None, None]
 
 
+EDIT_CHANNELS = 8  # instruct-pix2pix UNets: latent + the init image's (unscaled) latent
+
+
+def edit_image_cond(model: LoadedModel, params: Img2ImgParams) -> torch.Tensor:
+    """A1111's edit_image_conditioning: each init image's VAE posterior mode, *not* multiplied
+    by the scale factor (instruct-pix2pix was trained on unscaled latents)."""
+    latents = []
+    for image in params.init_images:
+        source = image_to_tensor(image).to(device=model.device, dtype=model.vae.dtype)
+        latents.append(model.vae.encode(source, return_dict=False)[0].mode().to(torch.float32))
+    return torch.cat(latents)
+
+
+def for_model(job: GenerationJob, model: LoadedModel) -> GenerationJob:
+    """A1111 keeps image_cfg_scale only for instruct-pix2pix ("edit") models."""
+    params = job.img2img
+    if params is None or params.image_cfg_scale is None or model.unet_in_channels == EDIT_CHANNELS:
+        return job
+    return replace(job, img2img=replace(params, image_cfg_scale=None))
+
+
 def inpaint_state(
     model: LoadedModel, job: GenerationJob, params: Img2ImgParams, init: torch.Tensor
 ) -> tuple[torch.Tensor, InpaintState]:
     """The init latent after the latent fill, and the blend/image conditioning to sample with."""
-    image_cond = inpaint_image_cond(model, params, init.shape)
+    if model.unet_in_channels == EDIT_CHANNELS:
+        image_cond = edit_image_cond(model, params)
+    else:
+        image_cond = inpaint_image_cond(model, params, init.shape)
     if params.mask is None:
         return init, InpaintState(image_cond=image_cond)
     latmask = latent_mask(model, params, init.shape)
@@ -210,17 +299,15 @@ def overlaid(pictures: list, params: Img2ImgParams, job: GenerationJob) -> list:
 
 
 def resolve_img2img_plan(job: GenerationJob) -> SamplerPlan:
-    """The timestep samplers (DDIM, PLMS, UniPC...) start img2img differently (from an
-    alphas-cumprod noising); that path is not built yet."""
-    plan = resolve_plan(job)
-    if plan.sampler.kind == KIND_TIMESTEPS:
-        raise NotImplementedFeature(f"img2img with the {plan.sampler.name!r} sampler is not implemented yet")
-    return plan
+    """The job's sampler and scheduler (every sampler family can start from an init image)."""
+    return resolve_plan(job)
 
 
 def infotext_extras(params: Img2ImgParams) -> dict[str, object]:
     """The infotext keys img2img adds (A1111's extra_generation_params)."""
     extras: dict[str, object] = {"Denoising strength": params.denoising_strength}
+    if params.image_cfg_scale is not None:
+        extras["Image CFG scale"] = params.image_cfg_scale
     extras.update(dict(params.mask_infotext))
     if params.initial_noise_multiplier != 1.0:
         extras["Noise multiplier"] = params.initial_noise_multiplier
@@ -229,12 +316,20 @@ def infotext_extras(params: Img2ImgParams) -> dict[str, object]:
     return extras
 
 
-def run_img2img(model: LoadedModel, job: GenerationJob, observer: RunObserver, cancel: CancelToken) -> JobResult:
-    """Generate every image of an img2img job, batch by batch (interrupt/skip as txt2img)."""
+def run_img2img(
+    model: LoadedModel, job: GenerationJob, observer: RunObserver, cancel: CancelToken,
+    models: CompanionModels | None = None,
+) -> JobResult:
+    """Generate every image of an img2img job, batch by batch (interrupt/skip as txt2img);
+    `models` holds the refiner, when the job has one."""
+    job = for_model(job, model)
     params = check_img2img_job(job)
     steps = img2img_steps(job.sampling.steps, params.denoising_strength, params.fix_steps)
     schedule_job = replace(job, sampling=replace(job.sampling, steps=max(steps.steps, 1)))
     plan = resolve_img2img_plan(schedule_job)
+    check_timestep_steps(schedule_job, plan, steps)
+    run = refiner_run(job, models) if models is not None else None
+    ctx = PassContext(schedule_job, plan, launch_steps=steps.t_enc + 1)
     images: list[GeneratedImage] = []
     with torch.inference_mode():
         init, inpaint = inpaint_state(model, job, params, init_latents(model, job, params))
@@ -244,13 +339,16 @@ def run_img2img(model: LoadedModel, job: GenerationJob, observer: RunObserver, c
             cancel.clear_skip()
             observer.batch_started(n, job.n_iter)
             batch = BatchSpec.of(job, n)
-            latents = init
-            if steps.steps > 0:
-                start = noised_start(init, params, steps, inpaint)
-                latents = sample_batch(model, schedule_job, plan, batch, observer, cancel, start)
+            latents, finished = init, model
+            start = img2img_start(model, plan, init, params, steps, inpaint)
+            if steps.steps > 0 and runs_sampler(plan, steps):
+                latents, finished = sample_pass(model, run, ctx, batch, observer, cancel, start)
+            elif steps.steps > 0:
+                latents = unsampled_start(model, schedule_job, batch, plan, start)
             if inpaint.blend is not None:
                 latents = inpaint.blend(latents)
             auto_upcast = bool(job.options.get("auto_vae_precision", True))
-            images += batch_images(batch, overlaid(decode_latents(model, latents, auto_upcast), params, job))
+            images += batch_images(batch, overlaid(decode_latents(finished, latents, auto_upcast), params, job))
             observer.batch_finished(n)
-    return JobResult(images=images, interrupted=cancel.interrupted, extra_generation_params=infotext_extras(params))
+    extras = {**infotext_extras(params), **(run.infotext if run is not None else {})}
+    return JobResult(images=images, interrupted=cancel.interrupted, extra_generation_params=extras)

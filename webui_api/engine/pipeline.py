@@ -6,7 +6,7 @@ Progress and cancellation travel through the observer and the cancel token passe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -80,10 +80,23 @@ class SamplingStart:
     model_interval: bool = True
     blend: InpaintBlend | None = None  # inpainting: keep the init latent outside the mask
     image_cond: torch.Tensor | None = None  # 9-channel inpainting UNets: [mask, masked image latent]
+    sampler_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. UniPC's img2img t_start
 
 
 # (the batch's first noise draw, the full schedule) -> where sampling starts
 StartFn = Callable[[torch.Tensor, torch.Tensor], SamplingStart]
+
+
+@dataclass(frozen=True)
+class SamplingHooks:
+    """What a caller adds to one batch's sampling without copying `sample_batch`.
+
+    `conditioning(model, batch)` replaces the default encoding (the hires pass lays prompt
+    schedules over its own steps); `wrap_denoiser(cfg, batch, start)` returns what the sampler
+    calls instead of the CFG denoiser (the refiner switch, webui_api.engine.refiner)."""
+
+    conditioning: Callable[[LoadedModel, "BatchSpec"], BatchConditioning] | None = None
+    wrap_denoiser: Callable[[CFGDenoiser, "BatchSpec", SamplingStart], Callable] | None = None
 
 
 @dataclass
@@ -301,6 +314,7 @@ def guidance_options(job: GenerationJob, plan: SamplerPlan) -> GuidanceOptions:
         skip_early_cond=float(_option(job, "skip_early_cond", 0.0)),
         s_min_uncond_all=bool(_option(job, "s_min_uncond_all", False)),
         mask_before_denoising=plan.sampler.kind == KIND_TIMESTEPS,
+        image_cfg_scale=job.img2img.image_cfg_scale if job.img2img is not None else None,
     )
 
 
@@ -367,12 +381,17 @@ def sample_batch(
     observer: RunObserver,
     cancel: CancelToken,
     start: StartFn | None = None,
+    hooks: SamplingHooks | None = None,
 ) -> torch.Tensor:
     """Run the sampler for one batch and return its final latents (or, when interrupted or
     skipped, the last x0 estimate). `start` turns the first noise draw and the full
-    schedule into the starting point (None: txt2img's pure noise)."""
+    schedule into the starting point (None: txt2img's pure noise); `hooks` see SamplingHooks."""
+    hooks = hooks or SamplingHooks()
     # 1. conditioning for prompts and negative prompts (schedules, AND parts)
-    conditioning = batch_conditioning(model, job, plan, batch)
+    if hooks.conditioning is not None:
+        conditioning = hooks.conditioning(model, batch)
+    else:
+        conditioning = batch_conditioning(model, job, plan, batch)
     # 2. model wrapper, noise and schedule
     inner = make_inner(model, plan.sampler.kind)
     rng = make_image_rng(model, job, batch)
@@ -385,19 +404,20 @@ def sample_batch(
     x, schedule = begin.x, begin.schedule
     # 3. denoiser, callback, sampler arguments
     cfg = CFGDenoiser(inner, cancel, guidance_options(job, plan), blend=begin.blend)
+    denoiser = cfg if hooks.wrap_denoiser is None else hooks.wrap_denoiser(cfg, batch, begin)
     trace = SamplingTrace(x0=x)
     callback = make_callback(job, observer, trace, preview_source(job, cfg, trace), model.family)
     control = control_hook(job, schedule, plan.sampler.kind == KIND_TIMESTEPS)  # ControlNet units, if any
     if control is not None:
         inner.unet.control, callback = control, control.track(callback)
     noise_sampler = make_noise_sampler(model, job, plan, batch, rng, full_schedule)
-    kwargs = sampler_kwargs(job, plan, schedule, inner, noise_sampler, begin.model_interval)
+    kwargs = {**sampler_kwargs(job, plan, schedule, inner, noise_sampler, begin.model_interval), **begin.sampler_kwargs}
     extra_args = {"cond": conditioning, "cond_scale": job.sampling.cfg_scale, "s_min_uncond": job.sampling.s_min_uncond}
     if begin.image_cond is not None:
         extra_args["image_cond"] = begin.image_cond
     # 4. sample; an interrupt or skip keeps the last x0 estimate of the prompt (A1111's last_latent)
     try:
-        return plan.sampler.function(cfg, x, schedule, extra_args=extra_args, callback=callback, disable=True, **kwargs)
+        return plan.sampler.function(denoiser, x, schedule, extra_args=extra_args, callback=callback, disable=True, **kwargs)
     except SamplingInterrupted:
         return trace.x0 if cfg.last is None else cfg.last.cond_denoised
 

@@ -52,6 +52,7 @@ from webui_api.engine.pipeline import run_txt2img
 from webui_api.engine.tiling import apply_tiling
 from webui_api.errors import NotImplementedFeature, UnknownCheckpoint
 from webui_api.jobs import GenerationJob, JobResult
+from webui_api.postprocess.upscale import BUILTIN_NAMES, UpscalerCatalog, UpscalerEntry
 from webui_api.progress import CancelToken, RunObserver
 
 log = logging.getLogger(__name__)
@@ -218,8 +219,11 @@ class Engine:
         allow_unsafe_pickle: bool = False,
         controlnet_dirs: tuple[Path, ...] = (),
         annotator_dir: Path | None = None,
+        upscalers: Callable[[], Any] | None = None,
     ) -> None:
         self.device = resolve_device(device)
+        self._scan_upscalers = upscalers  # () -> UpscalerCatalog; None: only the built-ins
+        self._upscalers: Any = None
         self.dtype = resolve_dtype(dtype, self.device)
         self.paths = paths if paths is not None else ModelPaths()
         vae_dtype = torch.float32 if no_half_vae else self.dtype
@@ -249,6 +253,7 @@ class Engine:
             allow_unsafe_pickle=bool(settings.cmd_flags.get("disable_safe_unpickle", False)),
             controlnet_dirs=controlnet_dirs(settings),
             annotator_dir=annotator_dir(settings),
+            upscalers=lambda: UpscalerCatalog.from_settings(settings),
         )
 
     # -- checkpoint catalog ------------------------------------------------------------
@@ -330,6 +335,24 @@ class Engine:
         if model is None:
             model = self._load_from_disk(info)
         self._activate(model)
+        return model
+
+    def companion(self, info: CheckpointInfo) -> LoadedModel:
+        """A second model for the running job (refiner, hires checkpoint): loaded into the LRU
+        next to the active model, which stays active, loaded and most recently used. The
+        LRU grows to two entries at least, so loading never evicts the active model."""
+        if self._active is not None and info.filename == self._active.info.filename:
+            return self._active
+        self.set_checkpoints_limit(max(self.checkpoints_limit, 2))
+        model = self._cache.get(info.filename)
+        if model is None:
+            model = self._load_from_disk(info)
+        if model.device != self.device:
+            model.move_to(self.device)
+        model.embeddings = self._embeddings.store_for(model)
+        self._cache.put(model)
+        if self._active is not None:
+            self._cache.get(self._active.info.filename)
         return model
 
     def _load_from_disk(self, info: CheckpointInfo) -> LoadedModel:
@@ -424,7 +447,19 @@ class Engine:
         sha256 = self.hashes.sha256(Path(choice.file.filename), "vae/" + choice.file.model_name)
         return choice.file.model_name, sha256[:10] if sha256 else None
 
-    # -- generation --------------------------------------------------------------------
+    # -- upscalers (hires fix) -----------------------------------------------------------
+
+    def upscaler_catalog(self) -> Any:
+        """The upscalers a hires job may name: the folders rescanned (as /sdapi/v1/upscalers
+        does per call), the models already loaded kept."""
+        if self._scan_upscalers is not None:
+            fresh = self._scan_upscalers()
+        else:
+            fresh = UpscalerCatalog([UpscalerEntry(name) for name in BUILTIN_NAMES], str(self.device))
+        if self._upscalers is not None:
+            fresh = replace(self._upscalers, entries=fresh.entries)
+        self._upscalers = fresh
+        return fresh
 
     # -- textual inversion -------------------------------------------------------------
 
@@ -481,7 +516,11 @@ class Engine:
         if job.hires is not None:
             from webui_api.engine.hires import run_hires
 
-            return self._generate(run_hires, job, observer, cancel, restore_faces)
+            return self._generate(run_hires, job, observer, cancel, restore_faces, with_models=True)
+        if job.refiner is not None:
+            from webui_api.engine.refiner import run_txt2img_refined
+
+            return self._generate(run_txt2img_refined, job, observer, cancel, restore_faces, with_models=True)
         return self._generate(run_txt2img, job, observer, cancel, restore_faces)
 
     def img2img(self, job: GenerationJob, observer: RunObserver, cancel: CancelToken,
@@ -489,14 +528,20 @@ class Engine:
         """Run an img2img job exactly like txt2img (checkpoint, VAE, LoRAs), from its init images."""
         from webui_api.engine.img2img import run_img2img
 
-        return self._generate(run_img2img, job, observer, cancel, restore_faces)
+        return self._generate(run_img2img, job, observer, cancel, restore_faces, with_models=True)
 
-    def _generate(self, run: Any, job: GenerationJob, observer: RunObserver, cancel: CancelToken,
-                  restore_faces: FaceStep | None = None) -> JobResult:
+    def _generate(
+        self, run: Any, job: GenerationJob, observer: RunObserver, cancel: CancelToken,
+        restore_faces: FaceStep | None = None, with_models: bool = False,
+    ) -> JobResult:
         """Load what the job names, apply its LoRAs around `run`, and fill the result's
         infotext facts (prompts keep their <lora:...> tags, as in A1111). Faces are restored
-        after decoding and before the inpainting overlay, A1111's order."""
-        self.set_checkpoints_limit(job.options.get("sd_checkpoints_limit", DEFAULT_CHECKPOINTS_LIMIT))
+        after decoding and before the inpainting overlay, A1111's order. `with_models` runs
+        get the job's CompanionModels (refiner, hires checkpoint) as `models`."""
+        from webui_api.engine.refiner import CompanionModels, companion_count
+
+        limit = int(job.options.get("sd_checkpoints_limit", DEFAULT_CHECKPOINTS_LIMIT) or DEFAULT_CHECKPOINTS_LIMIT)
+        self.set_checkpoints_limit(max(limit, 1 + companion_count(job)))
         model = self.load(job.model_title)
         choice = self.apply_vae(model, job.options)
         job, controls = prepare_controls(self.controlnets, model, job, self.annotator_dir)
@@ -505,9 +550,12 @@ class Engine:
         patch = apply_networks(model, networks)
         padding = apply_tiling(model, job.tiling)
         run_job = job if restore_faces is None else without_overlays(job)
+        companions = CompanionModels(self, job, model, networks)
+        extra = {"models": companions} if with_models else {}
         try:
-            result = run(model, replace(run_job, prompts=stripped), observer, cancel)
+            result = run(model, replace(run_job, prompts=stripped), observer, cancel, **extra)
         finally:
+            companions.close()
             padding.restore()
             patch.restore()
         if restore_faces is not None:

@@ -84,6 +84,11 @@ def inpainting(base: Architecture) -> Architecture:
     return replace(base, name=f"{base.name}-inpaint", in_channels=9)
 
 
+def instruct_pix2pix(base: Architecture) -> Architecture:
+    """The 8-channel InstructPix2Pix variant (latent + the init image's latent), A1111's "edit" models."""
+    return replace(base, name=f"{base.name}-instruct-pix2pix", in_channels=8)
+
+
 def v_prediction(base: Architecture) -> Architecture:
     return replace(base, name=f"{base.name}-v", prediction_type="v_prediction")
 
@@ -120,8 +125,12 @@ def detect_architecture(path: Path, shapes: Mapping[str, tuple[int, ...]], yaml_
     base = _base_architecture(path, shapes, channels)
     if channels == 9:
         base = inpainting(base)
+    elif channels == 8:
+        base = instruct_pix2pix(base)
     elif channels != 4:
-        raise UnusableModelFile(path, f"UNet takes {channels} input channels; supported are 4 (txt2img) and 9 (inpainting)")
+        raise UnusableModelFile(
+            path, f"UNet takes {channels} input channels; supported are 4 (txt2img), 8 (instruct-pix2pix) and 9 (inpainting)"
+        )
     return _apply_prediction_hint(base, yaml_hints)
 
 
