@@ -204,8 +204,8 @@ def _log_request(request: Request, status: int, duration: float) -> None:
 
 
 def _include_routes(app: FastAPI, settings: Settings) -> None:
-    from .routes import catalog, extras, generate, options, progress, server, tasks
+    from .routes import catalog, controlnet_detect, extras, generate, options, progress, server, tasks
 
-    for module in (generate, progress, options, catalog, extras, tasks):
+    for module in (generate, progress, options, catalog, extras, tasks, controlnet_detect):
         app.include_router(module.router)
     app.include_router(server.build_router(settings))

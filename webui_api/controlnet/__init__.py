@@ -1,0 +1,1 @@
+"""ControlNet: sd-webui-controlnet's API (units, models, preprocessors) on top of the engine."""

@@ -1,0 +1,30 @@
+"""ControlNet preprocessors (annotators): sd-webui-controlnet's modules, names and sliders.
+
+Public API: `run_preprocessor`, `find_module`, `list_modules`, `ModuleInfo`, `AnnotatorCache`,
+`MissingAnnotatorFile`, `numpy_seed`, `default_annotator_dir`. Importing this package imports
+neither torch nor OpenCV; they are imported when a module runs. See `annotators` for the folder
+layout of the weight files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .annotators import AnnotatorCache, AnnotatorPackageMissing, MissingAnnotatorFile
+from .catalog import AnnotatorFile, ModuleInfo, Slider, find_module, list_modules, module_info
+from .runner import RUNNERS, numpy_seed, run_preprocessor
+
+ANNOTATOR_FOLDER = "ControlNetAnnotators"
+
+
+def default_annotator_dir(models_dir: Path) -> Path:
+    """<models>/ControlNetAnnotators: beside models/ControlNet, so a scan for ControlNet models
+    never mistakes an annotator .pth for one; its sub-folders are the extension's `downloads/` ones."""
+    return Path(models_dir) / ANNOTATOR_FOLDER
+
+
+__all__ = [
+    "ANNOTATOR_FOLDER", "RUNNERS", "AnnotatorCache", "AnnotatorFile", "AnnotatorPackageMissing",
+    "MissingAnnotatorFile", "ModuleInfo", "Slider", "default_annotator_dir", "find_module",
+    "list_modules", "module_info", "numpy_seed", "run_preprocessor",
+]
