@@ -18,7 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 from PIL import Image
 
-from ..controlnet.preprocessors import AnnotatorCache, default_annotator_dir, list_modules, module_info, run_preprocessor
+from ..controlnet.preprocessors import AnnotatorCache, annotator_dir_for, list_modules, module_info, run_preprocessor
 from ..errors import ValidationFailed
 from ..postprocess.encode import decode_image_base64, encode_image_base64
 from ..services import Services
@@ -62,7 +62,7 @@ async def detect(body: DetectRequest, request: Request, services: Services = Dep
     if not encoded:
         raise ValidationFailed("No image selected", errors="send base64 images in controlnet_input_images")
     cache = _annotator_cache(request)
-    annotator_dir = annotator_dir_for(services)
+    annotator_dir = annotator_dir_for(services.settings)
     maps = await run_in_threadpool(_detect_all, body, encoded, annotator_dir, cache)
     return {"info": "Success", "images": maps}
 
@@ -91,12 +91,6 @@ def _decode_rgb(text: str) -> np.ndarray:
     """A client image as uint8 RGB or RGBA (alpha is composited on white by the preprocessors)."""
     image = decode_image_base64(text)
     return np.asarray(image if image.mode == "RGBA" else image.convert("RGB"), dtype=np.uint8)
-
-
-def annotator_dir_for(services: Services) -> Path:
-    """--controlnet-annotator-models-path (the extension's flag) when given, else <models>/ControlNetAnnotators."""
-    configured = services.settings.cmd_flags.get("controlnet_annotator_models_path")
-    return Path(configured) if configured else default_annotator_dir(services.settings.models_dir)
 
 
 def _annotator_cache(request: Request) -> AnnotatorCache:

@@ -1,7 +1,7 @@
 """ControlNet preprocessors (annotators): sd-webui-controlnet's modules, names and sliders.
 
 Public API: `run_preprocessor`, `find_module`, `list_modules`, `ModuleInfo`, `AnnotatorCache`,
-`MissingAnnotatorFile`, `numpy_seed`, `default_annotator_dir`. Importing this package imports
+`MissingAnnotatorFile`, `numpy_seed`, `annotator_dir_for`, `default_annotator_dir`. Importing this package imports
 neither torch nor OpenCV; they are imported when a module runs. See `annotators` for the folder
 layout of the weight files.
 """
@@ -9,10 +9,14 @@ layout of the weight files.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .annotators import AnnotatorCache, AnnotatorPackageMissing, MissingAnnotatorFile
 from .catalog import AnnotatorFile, ModuleInfo, Slider, find_module, list_modules, module_info
 from .runner import RUNNERS, numpy_seed, run_preprocessor
+
+if TYPE_CHECKING:
+    from ...settings import Settings
 
 ANNOTATOR_FOLDER = "ControlNetAnnotators"
 
@@ -23,8 +27,15 @@ def default_annotator_dir(models_dir: Path) -> Path:
     return Path(models_dir) / ANNOTATOR_FOLDER
 
 
+def annotator_dir_for(settings: Settings) -> Path:
+    """--controlnet-annotator-models-path (the extension's flag, read from the command-line flags)
+    when given, else `default_annotator_dir(settings.models_dir)`."""
+    configured = settings.cmd_flags.get("controlnet_annotator_models_path")
+    return Path(configured) if configured else default_annotator_dir(settings.models_dir)
+
+
 __all__ = [
     "ANNOTATOR_FOLDER", "RUNNERS", "AnnotatorCache", "AnnotatorFile", "AnnotatorPackageMissing",
-    "MissingAnnotatorFile", "ModuleInfo", "Slider", "default_annotator_dir", "find_module",
+    "MissingAnnotatorFile", "ModuleInfo", "Slider", "annotator_dir_for", "default_annotator_dir", "find_module",
     "list_modules", "module_info", "numpy_seed", "run_preprocessor",
 ]
