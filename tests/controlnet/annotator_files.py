@@ -83,3 +83,13 @@ def write_openpose_body(annotator_dir: Path) -> Path:
 
     state = {k.split(".", 1)[1]: v for k, v in _seeded_state(bodypose_model).items()}
     return _save(state, annotator_dir, "openpose", "body_pose_model.pth")
+
+
+def write_uniformer(annotator_dir: Path) -> Path:
+    """mmseg's checkpoint layout: {"meta", "state_dict"}, with the training-only auxiliary head."""
+    from webui_api.controlnet.preprocessors.uniformer import UperNetUniFormer
+
+    state = dict(_seeded_state(UperNetUniFormer))
+    state["auxiliary_head.conv_seg.weight"] = torch.zeros(150, 256, 1, 1)
+    meta = {"CLASSES": ("wall", "building"), "PALETTE": [[120, 120, 120], [180, 120, 120]]}
+    return _save({"meta": meta, "state_dict": state}, annotator_dir, "uniformer", "upernet_global_small.pth")

@@ -26,7 +26,8 @@ def _run(module: str, annotator_dir: Path, cache: AnnotatorCache, resolution: in
     ("module", "folder", "filename"),
     [("depth_midas", "midas", "dpt_hybrid-midas-501f0c75.pt"), ("openpose", "openpose", "body_pose_model.pth"),
      ("softedge_hed", "hed", "ControlNetHED.pth"), ("lineart_coarse", "lineart", "sk_model2.pth"),
-     ("mlsd", "mlsd", "mlsd_large_512_fp32.pth"), ("normal_bae", "normal_bae", "scannet.pt")],
+     ("mlsd", "mlsd", "mlsd_large_512_fp32.pth"), ("normal_bae", "normal_bae", "scannet.pt"),
+     ("seg_ufade20k", "uniformer", "upernet_global_small.pth")],
 )
 def test_missing_weight_file_is_a_404_naming_file_and_folder(tmp_path, module, folder, filename):
     with pytest.raises(MissingAnnotatorFile) as caught:
@@ -111,3 +112,17 @@ def test_large_annotators_load_and_run(tmp_path, modules, writer):
         assert out.shape == (64, 85, 3) and out.dtype == np.uint8
         assert np.array_equal(out, _run(module, tmp_path, cache))
     assert len(cache) == 1
+
+
+@pytest.mark.slow
+def test_uniformer_segmentation_paints_ade20k_classes(tmp_path):
+    """Our own UniFormer-S + UPerNet loads an mmseg-layout checkpoint (aux head skipped) without controlnet-aux."""
+    from webui_api.controlnet.preprocessors.uniformer import ADE20K_PALETTE
+
+    files.write_uniformer(tmp_path)
+    cache = AnnotatorCache()
+    out = _run("seg_ufade20k", tmp_path, cache)
+    assert out.shape == (64, 85, 3) and out.dtype == np.uint8
+    palette = {tuple(c) for c in ADE20K_PALETTE}
+    assert {tuple(c) for c in out.reshape(-1, 3)} <= palette
+    assert np.array_equal(out, _run("seg_ufade20k", tmp_path, cache))

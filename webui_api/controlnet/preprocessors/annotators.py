@@ -12,9 +12,11 @@ existing download folder can be used as it is):
     <annotator dir>/mlsd/mlsd_large_512_fp32.pth          mlsd
     <annotator dir>/normal_bae/scannet.pt                 normal_bae
     <annotator dir>/openpose/body_pose_model.pth          openpose (+ hand_pose_model.pth, facenet.pth for hand/face)
+    <annotator dir>/uniformer/upernet_global_small.pth    seg_ufade20k
 
 The network architectures come from the optional `controlnet-aux` package (extra
-`controlnet`), imported only when a model-based module runs; weights are read with
+`controlnet`), imported only when a model-based module runs (seg_ufade20k's is our own,
+uniformer.py); weights are read with
 `torch.load(weights_only=True)` from the paths above and run on the CPU. A missing file is a
 404 that names the file, the folder to put it in and where to get it; a missing package is a
 501 naming the extra to install.
@@ -179,6 +181,15 @@ def _load_normal_bae(path: Path) -> Any:
     return NormalBaeDetector(network.eval())
 
 
+def _load_uniformer(path: Path) -> Any:
+    """Our own UniFormer-S + UPerNet (see uniformer.py): the only loader not needing controlnet-aux."""
+    from .uniformer import UperNetUniFormer
+
+    network = UperNetUniFormer()
+    network.load_checkpoint(load_weights(path))
+    return network.eval()
+
+
 def _load_openpose(*paths: Path) -> Any:
     """Body network always; hand and face networks when their files are part of the module's set."""
     from controlnet_aux.open_pose import Body, Face, Hand, OpenposeDetector
@@ -290,6 +301,18 @@ def mlsd(call: PreprocessCall) -> np.ndarray:
 def normal_bae(call: PreprocessCall) -> np.ndarray:
     detector = _detector(call, _load_normal_bae)
     return _on_padded(call, lambda x, n: detector(x, detect_resolution=n, image_resolution=n, output_type="np"))
+
+
+def seg_uniformer(call: PreprocessCall) -> np.ndarray:
+    """ADE20K classes painted with the ADE20K palette (seg_ufade20k)."""
+    network = _detector(call, _load_uniformer)
+    return _on_padded(call, lambda x, n: _paint_ade20k(network, x))
+
+
+def _paint_ade20k(network: Any, pixels: np.ndarray) -> np.ndarray:
+    from .uniformer import ADE20K_PALETTE, segment
+
+    return ADE20K_PALETTE[segment(network, pixels)]
 
 
 def openpose_runner(body: bool, hand: bool, face: bool) -> Callable[[PreprocessCall], np.ndarray]:

@@ -99,6 +99,7 @@ NORMAL_BAE_FILE = AnnotatorFile("normal_bae", "scannet.pt", _HF + "scannet.pt")
 OPENPOSE_BODY_FILE = AnnotatorFile("openpose", "body_pose_model.pth", _HF + "body_pose_model.pth")
 OPENPOSE_HAND_FILE = AnnotatorFile("openpose", "hand_pose_model.pth", _HF + "hand_pose_model.pth")
 OPENPOSE_FACE_FILE = AnnotatorFile("openpose", "facenet.pth", _HF + "facenet.pth")
+UNIFORMER_FILE = AnnotatorFile("uniformer", "upernet_global_small.pth", _HF_CN + "upernet_global_small.pth")
 
 
 def _module(name: str, alias: str | None = None, **kwargs: object) -> ModuleInfo:
@@ -152,6 +153,7 @@ MODULES: tuple[ModuleInfo, ...] = (
     _module("mlsd", threshold_a=Slider("MLSD Value Threshold", 0.1, 0.01, 2.0),
             threshold_b=Slider("MLSD Distance Threshold", 0.1, 0.01, 20.0),
             annotator_files=(MLSD_FILE,), priority=100, tags=("MLSD",)),
+    _module("segmentation", "seg_ufade20k", annotator_files=(UNIFORMER_FILE,), tags=("Segmentation",)),
     _module("openpose", annotator_files=(OPENPOSE_BODY_FILE,), tags=_OPENPOSE),
     _module("openpose_hand", annotator_files=(OPENPOSE_BODY_FILE, OPENPOSE_HAND_FILE), tags=_OPENPOSE),
     _module("openpose_face", annotator_files=(OPENPOSE_BODY_FILE, OPENPOSE_FACE_FILE), tags=_OPENPOSE),

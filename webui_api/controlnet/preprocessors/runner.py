@@ -49,6 +49,7 @@ RUNNERS: dict[str, Runner] = {
     "lineart_coarse": annotators.lineart,
     "lineart_anime": annotators.lineart_anime,
     "mlsd": annotators.mlsd,
+    "segmentation": annotators.seg_uniformer,
     "openpose": annotators.openpose_runner(body=True, hand=False, face=False),
     "openpose_hand": annotators.openpose_runner(body=True, hand=True, face=False),
     "openpose_face": annotators.openpose_runner(body=True, hand=False, face=True),
