@@ -126,3 +126,27 @@ def test_uniformer_segmentation_paints_ade20k_classes(tmp_path):
     palette = {tuple(c) for c in ADE20K_PALETTE}
     assert {tuple(c) for c in out.reshape(-1, 3)} <= palette
     assert np.array_equal(out, _run("seg_ufade20k", tmp_path, cache))
+
+
+def test_pose_json_follows_the_openpose_output_format():
+    from types import SimpleNamespace as NS
+
+    from webui_api.controlnet.preprocessors.annotators import encode_poses
+
+    person = NS(body=NS(keypoints=[NS(x=0.25, y=0.5), None]), face=None, left_hand=[NS(x=0.1, y=0.2)], right_hand=[])
+    assert encode_poses([person], 64, 128) == {
+        "people": [{"pose_keypoints_2d": [0.25, 0.5, 1.0, 0.0, 0.0, 0.0], "face_keypoints_2d": None,
+                    "hand_left_keypoints_2d": [0.1, 0.2, 1.0], "hand_right_keypoints_2d": None}],
+        "animals": [], "canvas_height": 64, "canvas_width": 128,
+    }
+
+
+@pytest.mark.slow
+def test_openpose_reports_its_poses(tmp_path):
+    pytest.importorskip("controlnet_aux")
+    files.write_openpose_body(tmp_path)
+    poses = []
+    out = run_preprocessor("openpose", _image(), 64, None, None, tmp_path, on_pose=poses.append)
+    assert out.shape == (64, 85, 3)
+    assert len(poses) == 1 and set(poses[0]) == {"people", "animals", "canvas_height", "canvas_width"}
+    assert (poses[0]["canvas_height"], poses[0]["canvas_width"]) == (64, 128)  # the padded canvas, as the extension

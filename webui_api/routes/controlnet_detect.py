@@ -2,7 +2,8 @@
 
 module_list answers `{"module_list": [...], "module_detail": {name: {model_free, sliders}}}`,
 with UI aliases instead of internal names when `alias_names` is true. detect runs one
-preprocessor over base64 images and answers `{"info": "Success", "images": [raw base64 PNG]}`.
+preprocessor over base64 images and answers `{"info": "Success", "images": [raw base64 PNG]}`
+(plus `"poses"`, the OpenPose JSON per image, for the openpose modules).
 Besides the extension's `controlnet_input_images` it accepts `controlnet_images`, the name the
 webuiapi client sends (the real extension answers that client 422 "No image selected").
 """
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from PIL import Image
 
 from ..controlnet.preprocessors import AnnotatorCache, annotator_dir_for, list_modules, module_info, run_preprocessor
+from ..controlnet.preprocessors import PoseCallback
 from ..errors import ValidationFailed
 from ..postprocess.encode import decode_image_base64, encode_image_base64
 from ..services import Services
@@ -63,8 +65,13 @@ async def detect(body: DetectRequest, request: Request, services: Services = Dep
         raise ValidationFailed("No image selected", errors="send base64 images in controlnet_input_images")
     cache = _annotator_cache(request)
     annotator_dir = annotator_dir_for(services.settings)
-    maps = await run_in_threadpool(_detect_all, body, encoded, annotator_dir, cache)
-    return {"info": "Success", "images": maps}
+    poses: list[dict[str, Any]] = []
+    maps = await run_in_threadpool(_detect_all, body, encoded, annotator_dir, cache, poses.append)
+    answer: dict[str, Any] = {"info": "Success"}
+    if poses and "openpose" in body.controlnet_module:  # the extension's test, on the name as sent
+        answer["poses"] = poses
+    answer["images"] = maps
+    return answer
 
 
 def _check_module(name: str) -> None:
@@ -74,14 +81,16 @@ def _check_module(name: str) -> None:
     module_info(name)
 
 
-def _detect_all(body: DetectRequest, encoded: list[str], annotator_dir: Path, cache: AnnotatorCache) -> list[str]:
+def _detect_all(
+    body: DetectRequest, encoded: list[str], annotator_dir: Path, cache: AnnotatorCache, on_pose: PoseCallback
+) -> list[str]:
     """Decode, preprocess and encode every image (off the event loop: models can take seconds)."""
     results = []
     for text in encoded:
         pixels = _decode_rgb(text)
         detected = run_preprocessor(
             body.controlnet_module, pixels, body.controlnet_processor_res,
-            body.controlnet_threshold_a, body.controlnet_threshold_b, annotator_dir, cache=cache,
+            body.controlnet_threshold_a, body.controlnet_threshold_b, annotator_dir, cache=cache, on_pose=on_pose,
         )
         results.append(encode_image_base64(Image.fromarray(detected), "png"))
     return results

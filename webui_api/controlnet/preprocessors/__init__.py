@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .annotators import AnnotatorCache, AnnotatorPackageMissing, MissingAnnotatorFile
+from .call import PoseCallback
 from .catalog import AnnotatorFile, ModuleInfo, Slider, find_module, list_modules, module_info
 from .runner import RUNNERS, numpy_seed, run_preprocessor
 
@@ -36,6 +37,6 @@ def annotator_dir_for(settings: Settings) -> Path:
 
 __all__ = [
     "ANNOTATOR_FOLDER", "RUNNERS", "AnnotatorCache", "AnnotatorFile", "AnnotatorPackageMissing",
-    "MissingAnnotatorFile", "ModuleInfo", "Slider", "annotator_dir_for", "default_annotator_dir", "find_module",
+    "MissingAnnotatorFile", "ModuleInfo", "PoseCallback", "Slider", "annotator_dir_for", "default_annotator_dir", "find_module",
     "list_modules", "module_info", "numpy_seed", "run_preprocessor",
 ]

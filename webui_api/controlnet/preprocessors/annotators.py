@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ...errors import NotFound, NotImplementedFeature
-from .call import PreprocessCall
+from .call import PoseCallback, PreprocessCall
 from .catalog import AnnotatorFile, ModuleInfo
 from .imaging import PaddedImage, resize_with_pad, to_rgb
 
@@ -315,15 +316,62 @@ def _paint_ade20k(network: Any, pixels: np.ndarray) -> np.ndarray:
     return ADE20K_PALETTE[segment(network, pixels)]
 
 
+@dataclass(frozen=True)
+class PoseParts:
+    """Which parts an openpose variant detects and draws."""
+
+    body: bool
+    hand: bool
+    face: bool
+
+
 def openpose_runner(body: bool, hand: bool, face: bool) -> Callable[[PreprocessCall], np.ndarray]:
-    """A runner for one openpose variant: which parts are detected and drawn."""
+    """A runner for one openpose variant; it also reports the poses to `call.on_pose` when set."""
+    parts = PoseParts(body, hand, face)
 
     def run(call: PreprocessCall) -> np.ndarray:
         detector = _detector(call, _load_openpose)
-        return _on_padded(call, lambda x, n: detector(x, detect_resolution=n, image_resolution=n, include_body=body,
-                                                      include_hand=hand, include_face=face, output_type="np"))
+        return _on_padded(call, lambda x, n: _draw_poses(detector, x, parts, call.on_pose))
 
     return run
+
+
+def _draw_poses(detector: Any, pixels: np.ndarray, parts: PoseParts, on_pose: PoseCallback | None) -> np.ndarray:
+    from controlnet_aux.open_pose import draw_poses
+
+    height, width = pixels.shape[:2]
+    poses = detector.detect_poses(pixels, parts.hand, parts.face)
+    if on_pose is not None:
+        on_pose(encode_poses(poses, height, width))
+    return draw_poses(poses, height, width, draw_body=parts.body, draw_hand=parts.hand, draw_face=parts.face)
+
+
+def encode_poses(poses: list[Any], canvas_height: int, canvas_width: int) -> dict[str, Any]:
+    """The extension's pose JSON (OpenPose's output format): per person flat [x, y, confidence]
+    lists with coordinates relative to the canvas, None for a part that was not detected."""
+    return {
+        "people": [
+            {
+                "pose_keypoints_2d": _flat_keypoints(pose.body.keypoints),
+                "face_keypoints_2d": _flat_keypoints(pose.face),
+                "hand_left_keypoints_2d": _flat_keypoints(pose.left_hand),
+                "hand_right_keypoints_2d": _flat_keypoints(pose.right_hand),
+            }
+            for pose in poses
+        ],
+        "animals": [],
+        "canvas_height": canvas_height,
+        "canvas_width": canvas_width,
+    }
+
+
+def _flat_keypoints(keypoints: list[Any] | None) -> list[float] | None:
+    if not keypoints:
+        return None
+    flat: list[float] = []
+    for point in keypoints:
+        flat.extend((float(point.x), float(point.y), 1.0) if point is not None else (0.0, 0.0, 0.0))
+    return flat
 
 
 def scribble_from_soft_edges(edges: np.ndarray) -> np.ndarray:

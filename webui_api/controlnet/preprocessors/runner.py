@@ -9,7 +9,7 @@ import numpy as np
 
 from . import annotators, model_free
 from .annotators import AnnotatorCache
-from .call import PreprocessCall
+from .call import PoseCallback, PreprocessCall
 from .catalog import module_info
 from .imaging import to_rgb
 
@@ -75,13 +75,14 @@ def run_preprocessor(
     annotator_dir: Path,
     cache: AnnotatorCache | None = None,
     seed: int | None = None,
+    on_pose: PoseCallback | None = None,
 ) -> np.ndarray:
     """The detected map (h, w, 3) uint8 for `image` (H, W, 3) uint8 RGB.
 
     `module` is a name or alias (ValidationFailed 422 when unknown). Resolution and thresholds
     that are None, -1 or out of the slider's range become the module's defaults, as in the
     extension. "none" returns `image` itself. `seed` seeds the random modules (shuffle); None
-    draws a fresh one. Model-based modules raise MissingAnnotatorFile (404) when a weight file
+    draws a fresh one. `on_pose` receives the openpose modules' pose JSON. Model-based modules raise MissingAnnotatorFile (404) when a weight file
     is absent from `annotator_dir`; pass the same `cache` across calls to keep networks loaded.
     """
     info = module_info(module)
@@ -96,5 +97,6 @@ def run_preprocessor(
         rng=np.random.RandomState(seed),
         annotator_dir=Path(annotator_dir),
         cache=cache if cache is not None else AnnotatorCache(),
+        on_pose=on_pose,
     )
     return np.ascontiguousarray(RUNNERS[info.name](call), dtype=np.uint8)
