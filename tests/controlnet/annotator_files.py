@@ -93,3 +93,20 @@ def write_uniformer(annotator_dir: Path) -> Path:
     state["auxiliary_head.conv_seg.weight"] = torch.zeros(150, 256, 1, 1)
     meta = {"CLASSES": ("wall", "building"), "PALETTE": [[120, 120, 120], [180, 120, 120]]}
     return _save({"meta": meta, "state_dict": state}, annotator_dir, "uniformer", "upernet_global_small.pth")
+
+
+def write_leres(annotator_dir: Path) -> Path:
+    from controlnet_aux.leres.leres.multi_depth_model_woauxi import RelDepthModel
+
+    state = {"module." + k: v for k, v in _seeded_state(lambda: RelDepthModel(backbone="resnext101")).items()}
+    return _save({"depth_model": state}, annotator_dir, "leres", "res101.pth")
+
+
+def write_zoe(annotator_dir: Path) -> Path:
+    """Half precision to keep the file at ~700 MB; load_state_dict casts back to the network's float32."""
+    from controlnet_aux.zoe.zoedepth.models.zoedepth.zoedepth_v1 import ZoeDepth
+    from controlnet_aux.zoe.zoedepth.utils.config import get_config
+
+    state = _seeded_state(lambda: ZoeDepth.build_from_config(get_config("zoedepth", "infer")))
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    return _save({"model": half}, annotator_dir, "zoedepth", "ZoeD_M12_N.pt")

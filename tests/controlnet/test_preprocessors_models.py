@@ -27,7 +27,8 @@ def _run(module: str, annotator_dir: Path, cache: AnnotatorCache, resolution: in
     [("depth_midas", "midas", "dpt_hybrid-midas-501f0c75.pt"), ("openpose", "openpose", "body_pose_model.pth"),
      ("softedge_hed", "hed", "ControlNetHED.pth"), ("lineart_coarse", "lineart", "sk_model2.pth"),
      ("mlsd", "mlsd", "mlsd_large_512_fp32.pth"), ("normal_bae", "normal_bae", "scannet.pt"),
-     ("seg_ufade20k", "uniformer", "upernet_global_small.pth")],
+     ("seg_ufade20k", "uniformer", "upernet_global_small.pth"), ("depth_leres", "leres", "res101.pth"),
+     ("depth_zoe", "zoedepth", "ZoeD_M12_N.pt")],
 )
 def test_missing_weight_file_is_a_404_naming_file_and_folder(tmp_path, module, folder, filename):
     with pytest.raises(MissingAnnotatorFile) as caught:
@@ -101,7 +102,8 @@ def test_different_weights_give_different_maps(small_annotators, tmp_path):
 @pytest.mark.parametrize(
     ("modules", "writer"),
     [(("openpose",), files.write_openpose_body), (("lineart_anime",), files.write_lineart_anime),
-     (("normal_bae",), files.write_normal_bae), (("depth_midas", "normal_midas"), files.write_midas)],
+     (("normal_bae",), files.write_normal_bae), (("depth_midas", "normal_midas"), files.write_midas),
+     (("depth_leres",), files.write_leres), (("depth_zoe",), files.write_zoe)],
 )
 def test_large_annotators_load_and_run(tmp_path, modules, writer):
     pytest.importorskip("controlnet_aux")
@@ -150,3 +152,15 @@ def test_openpose_reports_its_poses(tmp_path):
     assert out.shape == (64, 85, 3)
     assert len(poses) == 1 and set(poses[0]) == {"people", "animals", "canvas_height", "canvas_width"}
     assert (poses[0]["canvas_height"], poses[0]["canvas_width"]) == (64, 128)  # the padded canvas, as the extension
+
+
+def test_a_corrupt_weight_file_is_reported_with_its_path(tmp_path):
+    pytest.importorskip("controlnet_aux")
+    from webui_api.controlnet.preprocessors import AnnotatorFileUnreadable
+
+    path = tmp_path / "lineart" / "sk_model.pth"
+    path.parent.mkdir()
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(AnnotatorFileUnreadable) as caught:
+        run_preprocessor("lineart_realistic", _image(), 64, None, None, tmp_path)
+    assert str(path) in caught.value.detail

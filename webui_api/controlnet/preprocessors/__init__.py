@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .annotators import AnnotatorCache, AnnotatorPackageMissing, MissingAnnotatorFile
+from .annotators import AnnotatorCache, AnnotatorFileUnreadable, AnnotatorPackageMissing, MissingAnnotatorFile
 from .call import PoseCallback
 from .catalog import AnnotatorFile, ModuleInfo, Slider, find_module, list_modules, module_info
 from .runner import RUNNERS, numpy_seed, run_preprocessor
@@ -36,7 +36,7 @@ def annotator_dir_for(settings: Settings) -> Path:
 
 
 __all__ = [
-    "ANNOTATOR_FOLDER", "RUNNERS", "AnnotatorCache", "AnnotatorFile", "AnnotatorPackageMissing",
+    "ANNOTATOR_FOLDER", "RUNNERS", "AnnotatorCache", "AnnotatorFile", "AnnotatorFileUnreadable", "AnnotatorPackageMissing",
     "MissingAnnotatorFile", "ModuleInfo", "PoseCallback", "Slider", "annotator_dir_for", "default_annotator_dir", "find_module",
     "list_modules", "module_info", "numpy_seed", "run_preprocessor",
 ]

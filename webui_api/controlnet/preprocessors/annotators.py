@@ -9,6 +9,8 @@ existing download folder can be used as it is):
     <annotator dir>/lineart/sk_model2.pth                 lineart_coarse
     <annotator dir>/lineart_anime/netG.pth                lineart_anime
     <annotator dir>/midas/dpt_hybrid-midas-501f0c75.pt    depth_midas, normal_midas
+    <annotator dir>/leres/res101.pth                      depth_leres (depth_leres++'s boost is not provided)
+    <annotator dir>/zoedepth/ZoeD_M12_N.pt                depth_zoe
     <annotator dir>/mlsd/mlsd_large_512_fp32.pth          mlsd
     <annotator dir>/normal_bae/scannet.pt                 normal_bae
     <annotator dir>/openpose/body_pose_model.pth          openpose (+ hand_pose_model.pth, facenet.pth for hand/face)
@@ -35,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import NotFound, NotImplementedFeature
+from ...errors import ApiError, BadRequest, NotFound, NotImplementedFeature
 from .call import PoseCallback, PreprocessCall
 from .catalog import AnnotatorFile, ModuleInfo
 from .imaging import PaddedImage, resize_with_pad, to_rgb
@@ -63,6 +65,19 @@ class AnnotatorPackageMissing(NotImplementedFeature):
 
     def __init__(self, module: ModuleInfo, cause: ImportError) -> None:
         message = f"ControlNet preprocessor {module.alias!r} needs the annotator networks: {EXTRA_HINT} ({cause})"
+        super().__init__(message, errors=message)
+
+
+class AnnotatorFileUnreadable(ApiError):
+    """An annotator file that is present but is no tensor checkpoint torch can load safely (500)."""
+
+    error_name = "RuntimeError"
+
+    def __init__(self, path: Path, cause: Exception) -> None:
+        message = (
+            f"The ControlNet annotator file {path} could not be loaded as weights ({type(cause).__name__}: "
+            f"{str(cause)[:300]}); replace it with an intact copy of the original file"
+        )
         super().__init__(message, errors=message)
 
 
@@ -102,9 +117,14 @@ def annotator_paths(module: ModuleInfo, annotator_dir: Path) -> tuple[Path, ...]
 
 def load_weights(path: Path) -> dict[str, Any]:
     """A checkpoint's contents as plain tensors: weights_only refuses pickled code in a .pth file."""
+    import pickle
+
     import torch
 
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        raise AnnotatorFileUnreadable(path, exc) from exc
 
 
 def strip_prefix(state: dict[str, Any], prefix: str = "module.") -> dict[str, Any]:
@@ -158,6 +178,38 @@ def _load_midas(path: Path) -> Any:
     from controlnet_aux.midas.api import MiDaSInference
 
     return MidasDetector(MiDaSInference(model_type="dpt_hybrid", model_path=str(path)).eval())
+
+
+def _load_leres(path: Path) -> Any:
+    """LeReS without the pix2pix "boost" network (that one is what depth_leres++ adds)."""
+    from controlnet_aux.leres import LeresDetector
+    from controlnet_aux.leres.leres.multi_depth_model_woauxi import RelDepthModel
+
+    network = RelDepthModel(backbone="resnext101")
+    network.load_state_dict(strip_prefix(load_weights(path)["depth_model"]), strict=True)
+    return LeresDetector(network.eval(), None)
+
+
+def _load_zoe(path: Path) -> Any:
+    from controlnet_aux.zoe import ZoeDetector
+    from controlnet_aux.zoe.zoedepth.models.zoedepth.zoedepth_v1 import ZoeDepth
+    from controlnet_aux.zoe.zoedepth.utils.config import get_config
+
+    network = ZoeDepth.build_from_config(get_config("zoedepth", "infer"))
+    load_tolerating_index_buffers(network, load_weights(path)["model"], path)
+    return ZoeDetector(network.eval())
+
+
+def load_tolerating_index_buffers(network: Any, state: dict[str, Any], path: Path) -> None:
+    """load_state_dict that accepts only BEiT's recomputable `relative_position_index` buffers as
+    missing (their presence differs between timm versions); any other mismatch is reported."""
+    result = network.load_state_dict(state, strict=False)
+    missing = [key for key in result.missing_keys if not key.endswith("relative_position_index")]
+    if missing or result.unexpected_keys:
+        raise BadRequest(
+            f"The annotator file {path} does not match the network it is for",
+            errors=f"missing keys {missing[:5]}, unexpected keys {result.unexpected_keys[:5]}",
+        )
 
 
 def _load_mlsd(path: Path) -> Any:
@@ -277,6 +329,19 @@ def lineart_anime(call: PreprocessCall) -> np.ndarray:
 
 def depth_midas(call: PreprocessCall) -> np.ndarray:
     detector = _detector(call, _load_midas)
+    return _on_padded(call, lambda x, n: detector(x, detect_resolution=n, image_resolution=n, output_type="np"))
+
+
+def depth_leres(call: PreprocessCall) -> np.ndarray:
+    """LeReS depth; A and B cut the nearest / farthest percentages (0: keep everything)."""
+    detector = _detector(call, _load_leres)
+    return _on_padded(call, lambda x, n: detector(x, thr_a=float(call.threshold_a), thr_b=float(call.threshold_b),
+                                                  boost=False, detect_resolution=n, image_resolution=n,
+                                                  output_type="np"))
+
+
+def depth_zoe(call: PreprocessCall) -> np.ndarray:
+    detector = _detector(call, _load_zoe)
     return _on_padded(call, lambda x, n: detector(x, detect_resolution=n, image_resolution=n, output_type="np"))
 
 

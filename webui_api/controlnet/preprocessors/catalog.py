@@ -99,6 +99,8 @@ NORMAL_BAE_FILE = AnnotatorFile("normal_bae", "scannet.pt", _HF + "scannet.pt")
 OPENPOSE_BODY_FILE = AnnotatorFile("openpose", "body_pose_model.pth", _HF + "body_pose_model.pth")
 OPENPOSE_HAND_FILE = AnnotatorFile("openpose", "hand_pose_model.pth", _HF + "hand_pose_model.pth")
 OPENPOSE_FACE_FILE = AnnotatorFile("openpose", "facenet.pth", _HF + "facenet.pth")
+LERES_FILE = AnnotatorFile("leres", "res101.pth", _HF + "res101.pth")
+ZOE_FILE = AnnotatorFile("zoedepth", "ZoeD_M12_N.pt", _HF + "ZoeD_M12_N.pt")
 UNIFORMER_FILE = AnnotatorFile("uniformer", "upernet_global_small.pth", _HF_CN + "upernet_global_small.pth")
 
 
@@ -136,6 +138,10 @@ MODULES: tuple[ModuleInfo, ...] = (
     _module("reference_adain+attn", threshold_a=_STYLE_FIDELITY, model_free=True, tags=("Reference",)),
     # model-based (annotator weights from the local annotator folder)
     _module("depth", "depth_midas", annotator_files=(MIDAS_FILE,), priority=100, tags=("Depth",)),
+    _module("depth_leres", threshold_a=Slider("Remove Near %", 0, 0, 100, step=0.1),
+            threshold_b=Slider("Remove Background %", 0, 0, 100, step=0.1), annotator_files=(LERES_FILE,),
+            tags=("Depth",)),
+    _module("depth_zoe", annotator_files=(ZOE_FILE,), tags=("Depth",)),
     _module("normal_map", "normal_midas", threshold_a=Slider("Normal Background Threshold", 0.4, 0.0, 1.0),
             annotator_files=(MIDAS_FILE,), tags=("NormalMap",)),
     _module("normal_bae", annotator_files=(NORMAL_BAE_FILE,), priority=100, tags=("NormalMap",)),

@@ -36,6 +36,8 @@ RUNNERS: dict[str, Runner] = {
     "reference_adain": model_free.identity,
     "reference_adain+attn": model_free.identity,
     "depth": annotators.depth_midas,
+    "depth_leres": annotators.depth_leres,
+    "depth_zoe": annotators.depth_zoe,
     "normal_map": annotators.normal_midas,
     "normal_bae": annotators.normal_bae,
     "hed": annotators.hed,
