@@ -182,3 +182,14 @@ def test_recolor_gamma_brightens_or_darkens_gray():
 def test_passthrough_modules_return_the_image(module):
     image = square()
     assert np.array_equal(run(module, image), image)
+
+
+def test_control_type_tags_and_their_modules():
+    from webui_api.controlnet.preprocessors import all_tags, modules_for_tag
+
+    tags = all_tags()
+    assert tags[0] == "All" and {"Canny", "Depth", "OpenPose", "Segmentation", "Tile"} <= set(tags)
+    depth = [m.alias for m in modules_for_tag("Depth")]
+    assert depth[0] == "none" and depth[1] == "depth_midas"  # the extension's default for the type
+    assert set(depth[1:]) == {"depth_midas", "depth_leres", "depth_zoe"}
+    assert len(modules_for_tag("All")) == len(list_modules())

@@ -1,9 +1,10 @@
 """ControlNet preprocessors (annotators): sd-webui-controlnet's modules, names and sliders.
 
 Public API: `run_preprocessor`, `find_module`, `list_modules`, `ModuleInfo`, `AnnotatorCache`,
-`MissingAnnotatorFile`, `numpy_seed`, `annotator_dir_for`, `default_annotator_dir`. Importing this package imports
-neither torch nor OpenCV; they are imported when a module runs. See `annotators` for the folder
-layout of the weight files.
+`MissingAnnotatorFile`, `numpy_seed`, `annotator_dir_for`, `default_annotator_dir`, and for
+/controlnet/control_types `all_tags` / `modules_for_tag`. Importing this package imports neither
+torch nor OpenCV; they are imported when a module runs. See `annotators` for the folder layout
+of the weight files.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import TYPE_CHECKING
 
 from .annotators import AnnotatorCache, AnnotatorFileUnreadable, AnnotatorPackageMissing, MissingAnnotatorFile
 from .call import PoseCallback
-from .catalog import AnnotatorFile, ModuleInfo, Slider, find_module, list_modules, module_info
+from .catalog import (
+    AnnotatorFile, ModuleInfo, Slider, all_tags, find_module, list_modules, module_info, modules_for_tag,
+)
 from .runner import RUNNERS, numpy_seed, run_preprocessor
 
 if TYPE_CHECKING:
@@ -36,7 +39,8 @@ def annotator_dir_for(settings: Settings) -> Path:
 
 
 __all__ = [
-    "ANNOTATOR_FOLDER", "RUNNERS", "AnnotatorCache", "AnnotatorFile", "AnnotatorFileUnreadable", "AnnotatorPackageMissing",
-    "MissingAnnotatorFile", "ModuleInfo", "PoseCallback", "Slider", "annotator_dir_for", "default_annotator_dir", "find_module",
-    "list_modules", "module_info", "numpy_seed", "run_preprocessor",
+    "ANNOTATOR_FOLDER", "RUNNERS", "AnnotatorCache", "AnnotatorFile", "AnnotatorFileUnreadable",
+    "AnnotatorPackageMissing", "MissingAnnotatorFile", "ModuleInfo", "PoseCallback", "Slider", "all_tags",
+    "annotator_dir_for", "default_annotator_dir", "find_module", "list_modules", "module_info", "modules_for_tag",
+    "numpy_seed", "run_preprocessor",
 ]

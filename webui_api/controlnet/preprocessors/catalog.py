@@ -209,3 +209,20 @@ def list_modules() -> list[ModuleInfo]:
     rest = [m for m in MODULES if m.name != "none"]
     rest.sort(key=lambda m: str(m.priority).zfill(8) + m.alias, reverse=True)
     return [_INDEX.by_key["none"], *rest]
+
+
+def all_tags() -> list[str]:
+    """The control types of /controlnet/control_types: "All", then every module tag sorted."""
+    return ["All", *sorted({tag for m in MODULES for tag in m.tags})]
+
+
+def modules_for_tag(tag: str) -> list[ModuleInfo]:
+    """The modules of one control type in list order ("none" always first, every module for "All").
+
+    The extension's default preprocessor for a type is the second entry (the first after
+    "none") when there is one.
+    """
+    modules = list_modules()
+    if tag == "All":
+        return modules
+    return [m for m in modules if tag in m.tags or m.name == "none"]

@@ -84,8 +84,10 @@ def run_preprocessor(
     `module` is a name or alias (ValidationFailed 422 when unknown). Resolution and thresholds
     that are None, -1 or out of the slider's range become the module's defaults, as in the
     extension. "none" returns `image` itself. `seed` seeds the random modules (shuffle); None
-    draws a fresh one. `on_pose` receives the openpose modules' pose JSON. Model-based modules raise MissingAnnotatorFile (404) when a weight file
-    is absent from `annotator_dir`; pass the same `cache` across calls to keep networks loaded.
+    draws a fresh one. `on_pose` receives the openpose modules' pose JSON. Model-based modules
+    raise MissingAnnotatorFile (404) when a weight file is absent from `annotator_dir`, and
+    AnnotatorPackageMissing (501) without the `controlnet` extra; pass the same `cache` across
+    calls to keep their networks loaded (a fresh one is used, and dropped, otherwise).
     """
     info = module_info(module)
     if info.name == "none":
