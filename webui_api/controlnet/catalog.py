@@ -137,7 +137,8 @@ def match_model(files: Iterable[ControlNetFile], name: str) -> ControlNetFile | 
 
 
 def annotator_dir(settings: Any) -> Path:
-    """Where model-based preprocessors find their weights: --controlnet-annotator-models-path,
-    else <models>/annotator (outside models/ControlNet, whose files are all listed as models)."""
-    flag = (getattr(settings, "cmd_flags", None) or {}).get("controlnet_annotator_models_path")
-    return Path(os.path.abspath(flag or Path(settings.models_dir) / "annotator"))
+    """Where model-based preprocessors find their weights; one rule for generation and /detect
+    (webui_api.controlnet.preprocessors.annotator_dir_for)."""
+    from .preprocessors import annotator_dir_for
+
+    return Path(os.path.abspath(annotator_dir_for(settings)))

@@ -46,7 +46,7 @@ ENDPOINT_TYPES: dict[str, tuple[str, tuple[str, ...]]] = {
     "pose": ("openpose", ("openpose", "pose")),
     "depth": ("depth_midas", ("depth",)),
     "scribble": ("scribble_hed", ("scribble",)),
-    "segmentation": ("seg_ofade20k", ("seg",)),
+    "segmentation": ("seg_ufade20k", ("seg",)),
     "normal": ("normal_bae", ("normal",)),
     "hed": ("softedge_hed", ("hed", "softedge")),
     "mlsd": ("mlsd", ("mlsd",)),

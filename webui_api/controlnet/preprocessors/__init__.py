@@ -1,42 +1,46 @@
-"""Preprocessors (minimal stand-in): "none" and "invert" only.
+"""ControlNet preprocessors (annotators): sd-webui-controlnet's modules, names and sliders.
 
-The full set (canny, depth, openpose, ...) comes from the preprocessors work; this module
-implements the same contract so ControlNet units run without it:
-`run_preprocessor(module, image, resolution, threshold_a, threshold_b, annotator_dir)` takes
-an (H, W, 3) uint8 RGB image and returns an (h, w, 3) uint8 map; `find_module(name)` gives
-the canonical name of a module or alias, and unknown names are a 422.
+Public API: `run_preprocessor`, `find_module`, `list_modules`, `ModuleInfo`, `AnnotatorCache`,
+`MissingAnnotatorFile`, `numpy_seed`, `annotator_dir_for`, `default_annotator_dir`, and for
+/controlnet/control_types `all_tags` / `modules_for_tag`. Importing this package imports neither
+torch nor OpenCV; they are imported when a module runs. See `annotators` for the folder layout
+of the weight files.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING
 
-import numpy as np
+from .annotators import AnnotatorCache, AnnotatorFileUnreadable, AnnotatorPackageMissing, MissingAnnotatorFile
+from .call import PoseCallback
+from .catalog import (
+    AnnotatorFile, ModuleInfo, Slider, all_tags, find_module, list_modules, module_info, modules_for_tag,
+)
+from .runner import RUNNERS, numpy_seed, run_preprocessor
 
-from ...errors import ValidationFailed
+if TYPE_CHECKING:
+    from ...settings import Settings
 
-ALIASES = {"none": "none", "invert": "invert", "invert (from white bg & black line)": "invert"}
-
-
-def find_module(name: str) -> str:
-    """The canonical module name for `name` (case-insensitive, aliases resolved)."""
-    found = ALIASES.get(str(name).strip().lower())
-    if found is None:
-        raise ValidationFailed(f"ControlNet module {name!r} is not available; available: {sorted(set(ALIASES.values()))}")
-    return found
+ANNOTATOR_FOLDER = "ControlNetAnnotators"
 
 
-def run_preprocessor(
-    module: str,
-    image: np.ndarray,
-    resolution: int,
-    threshold_a: Optional[float],
-    threshold_b: Optional[float],
-    annotator_dir: Path,
-) -> np.ndarray:
-    """The control map of `image` for `module` ("none" returns the image unchanged)."""
-    canonical = find_module(module)
-    if canonical == "none":
-        return image
-    return (255 - image.astype(np.int16)).astype(np.uint8)
+def default_annotator_dir(models_dir: Path) -> Path:
+    """<models>/ControlNetAnnotators: beside models/ControlNet, so a scan for ControlNet models
+    never mistakes an annotator .pth for one; its sub-folders are the extension's `downloads/` ones."""
+    return Path(models_dir) / ANNOTATOR_FOLDER
+
+
+def annotator_dir_for(settings: Settings) -> Path:
+    """--controlnet-annotator-models-path (the extension's flag, read from the command-line flags)
+    when given, else `default_annotator_dir(settings.models_dir)`."""
+    configured = settings.cmd_flags.get("controlnet_annotator_models_path")
+    return Path(configured) if configured else default_annotator_dir(settings.models_dir)
+
+
+__all__ = [
+    "ANNOTATOR_FOLDER", "RUNNERS", "AnnotatorCache", "AnnotatorFile", "AnnotatorFileUnreadable",
+    "AnnotatorPackageMissing", "MissingAnnotatorFile", "ModuleInfo", "PoseCallback", "Slider", "all_tags",
+    "annotator_dir_for", "default_annotator_dir", "find_module", "list_modules", "module_info", "modules_for_tag",
+    "numpy_seed", "run_preprocessor",
+]

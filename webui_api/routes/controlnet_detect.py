@@ -1,0 +1,111 @@
+"""GET /controlnet/module_list and POST /controlnet/detect, as sd-webui-controlnet serves them.
+
+module_list answers `{"module_list": [...], "module_detail": {name: {model_free, sliders}}}`,
+with UI aliases instead of internal names when `alias_names` is true. detect runs one
+preprocessor over base64 images and answers `{"info": "Success", "images": [raw base64 PNG]}`
+(plus `"poses"`, the OpenPose JSON per image, for the openpose modules).
+Besides the extension's `controlnet_input_images` it accepts `controlnet_images`, the name the
+webuiapi client sends (the real extension answers that client 422 "No image selected").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field
+from PIL import Image
+
+from ..controlnet.preprocessors import AnnotatorCache, annotator_dir_for, list_modules, module_info, run_preprocessor
+from ..controlnet.preprocessors import PoseCallback
+from ..errors import ValidationFailed
+from ..postprocess.encode import decode_image_base64, encode_image_base64
+from ..services import Services
+from . import api_router, get_services
+
+router = api_router()
+
+# the extension refuses these in /detect: their output is an embedding, not an image
+NOT_DETECTABLE = frozenset({"clip_vision", "revision_clipvision", "revision_ignore_prompt", "ip-adapter-auto"})
+
+
+class DetectRequest(BaseModel):
+    """The extension's /controlnet/detect body; unknown keys are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    controlnet_module: str = "none"
+    controlnet_input_images: list[str] = Field(default_factory=list)
+    controlnet_images: list[str] = Field(default_factory=list)  # webuiapi's name for the same list
+    controlnet_processor_res: float = -1
+    controlnet_threshold_a: float = -1
+    controlnet_threshold_b: float = -1
+    controlnet_masks: list[str] = Field(default_factory=list)
+    low_vram: bool = False
+
+    def images(self) -> list[str]:
+        return self.controlnet_input_images or self.controlnet_images
+
+
+@router.get("/controlnet/module_list")
+async def module_list(alias_names: bool = False) -> dict[str, Any]:
+    modules = list_modules()
+    names = [m.alias if alias_names else m.name for m in modules]
+    return {"module_list": names, "module_detail": {n: m.detail() for n, m in zip(names, modules)}}
+
+
+@router.post("/controlnet/detect")
+async def detect(body: DetectRequest, request: Request, services: Services = Depends(get_services)) -> dict[str, Any]:
+    _check_module(body.controlnet_module)
+    encoded = body.images()
+    if not encoded:
+        raise ValidationFailed("No image selected", errors="send base64 images in controlnet_input_images")
+    cache = _annotator_cache(request)
+    annotator_dir = annotator_dir_for(services.settings)
+    poses: list[dict[str, Any]] = []
+    maps = await run_in_threadpool(_detect_all, body, encoded, annotator_dir, cache, poses.append)
+    answer: dict[str, Any] = {"info": "Success"}
+    if poses and "openpose" in body.controlnet_module:  # the extension's test, on the name as sent
+        answer["poses"] = poses
+    answer["images"] = maps
+    return answer
+
+
+def _check_module(name: str) -> None:
+    """422 "Module not available" for unknown names, "Module not supported" for embedding ones."""
+    if name in NOT_DETECTABLE:
+        raise ValidationFailed("Module not supported", errors=f"{name!r} produces an embedding, not an image")
+    module_info(name)
+
+
+def _detect_all(
+    body: DetectRequest, encoded: list[str], annotator_dir: Path, cache: AnnotatorCache, on_pose: PoseCallback
+) -> list[str]:
+    """Decode, preprocess and encode every image (off the event loop: models can take seconds)."""
+    results = []
+    for text in encoded:
+        pixels = _decode_rgb(text)
+        detected = run_preprocessor(
+            body.controlnet_module, pixels, body.controlnet_processor_res,
+            body.controlnet_threshold_a, body.controlnet_threshold_b, annotator_dir, cache=cache, on_pose=on_pose,
+        )
+        results.append(encode_image_base64(Image.fromarray(detected), "png"))
+    return results
+
+
+def _decode_rgb(text: str) -> np.ndarray:
+    """A client image as uint8 RGB or RGBA (alpha is composited on white by the preprocessors)."""
+    image = decode_image_base64(text)
+    return np.asarray(image if image.mode == "RGBA" else image.convert("RGB"), dtype=np.uint8)
+
+
+def _annotator_cache(request: Request) -> AnnotatorCache:
+    """The app's one AnnotatorCache, created on first use (on the event loop thread, so never twice)."""
+    cache = getattr(request.app.state, "annotator_cache", None)
+    if cache is None:
+        cache = AnnotatorCache()
+        request.app.state.annotator_cache = cache
+    return cache
