@@ -228,3 +228,17 @@ def test_endpoint_png_is_not_gzipped(cn_client):
     assert response.status_code == 200
     assert response.headers["content-type"] == "image/png" and "content-encoding" not in response.headers
     assert response.content.startswith(b"\x89PNG")
+
+
+def test_shuffle_map_follows_the_generation_seed(cn_engine):
+    model = cn_engine.load()
+    image = np.asarray(pattern_image(64, 64))
+    unit = ControlUnit(module="shuffle", model="tiny_canny", image=image, processor_res=64)
+
+    def shuffled(seed: int) -> np.ndarray:
+        job = replace(make_job(seeds=(seed,), steps=2), controlnet_units=(unit,))
+        _, controls = prepare_controls(cn_engine.controlnets, model, job, cn_engine.annotator_dir)
+        return np.asarray(controls.detected_maps[0])
+
+    assert np.array_equal(shuffled(7), shuffled(7))
+    assert not np.array_equal(shuffled(7), shuffled(8))

@@ -138,9 +138,10 @@ def resize_map(detected: np.ndarray, resize_mode: str, height: int, width: int) 
 
 
 def run_unit_preprocessor(unit: ControlUnit, image: np.ndarray, height: int, width: int, annotator_dir: Path,
-                          cache: Any = None) -> np.ndarray:
+                          cache: Any = None, seed: Optional[int] = None) -> np.ndarray:
     """The unit's module on its input image, at its (or the pixel-perfect) resolution;
-    `cache` (the library's AnnotatorCache) keeps model-based annotators loaded across jobs."""
+    `cache` (the library's AnnotatorCache) keeps model-based annotators loaded across jobs and
+    `seed` makes the random modules (shuffle) repeat with the generation's seed."""
     from webui_api.controlnet.preprocessors import run_preprocessor
 
     resolution = unit.processor_res if unit.processor_res > 0 else DEFAULT_PROCESSOR_RES
@@ -148,7 +149,7 @@ def run_unit_preprocessor(unit: ControlUnit, image: np.ndarray, height: int, wid
         resolution = pixel_perfect_resolution(image, height, width, unit.resize_mode)
     threshold_a = unit.threshold_a if unit.threshold_a != -1 else None
     threshold_b = unit.threshold_b if unit.threshold_b != -1 else None
-    detected = run_preprocessor(unit.module, image, resolution, threshold_a, threshold_b, annotator_dir, cache=cache)
+    detected = run_preprocessor(unit.module, image, resolution, threshold_a, threshold_b, annotator_dir, cache=cache, seed=seed)
     if detected.ndim != 3 or detected.shape[2] != 3 or detected.dtype != np.uint8:
         raise BadRequest(f"preprocessor {unit.module!r} returned an array of shape {detected.shape} {detected.dtype}; expected (h, w, 3) uint8")
     return detected
@@ -194,6 +195,16 @@ def hires_size(job: GenerationJob) -> Optional[tuple[int, int]]:
     return height, width
 
 
+def job_numpy_seed(job: GenerationJob) -> Optional[int]:
+    """The extension's preprocessor seed: the job's first seed and subseed combined."""
+    from webui_api.controlnet.preprocessors import numpy_seed
+
+    seeds = job.seeds
+    if not seeds.seeds:
+        return None
+    return numpy_seed(seeds.seeds[0], seeds.subseeds[0] if seeds.subseeds else 0)
+
+
 def check_fits(net: Any, model: Any) -> None:
     """A ControlNet runs beside one UNet family only: same widths and context size."""
     cn, unet = net.module.config, model.unet.config
@@ -210,7 +221,7 @@ def prepare_unit(library: Any, model: Any, job: GenerationJob, unit: ControlUnit
         raise BadRequest(f"ControlNet unit {unit.index} is enabled but no input image is given")
     net = library.get(unit.model, model.device, model.dtype)
     check_fits(net, model)
-    detected = run_unit_preprocessor(unit, unit.image, job.height, job.width, annotator_dir, library.annotators)
+    detected = run_unit_preprocessor(unit, unit.image, job.height, job.width, annotator_dir, library.annotators, job_numpy_seed(job))
     low = resize_map(detected, unit.resize_mode, job.height, job.width)
     maps = [low]
     hr_hint = None
