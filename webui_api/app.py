@@ -184,7 +184,8 @@ def _jsonable_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 # Responses that are almost all base64 image data: gzip wins back only base64's 25 % at
 # ~40 ms of CPU per megapixel image, a bad trade on the networks these servers live on.
-UNCOMPRESSED_PATHS = frozenset({"/sdapi/v1/txt2img", "/sdapi/v1/img2img"})
+# /v1/controlnet answers PNG bytes (already deflated) to Accept: image/png.
+UNCOMPRESSED_PATHS = frozenset({"/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/v1/controlnet"})
 
 
 class SelectiveGZipMiddleware:

@@ -206,6 +206,18 @@ EXTENSION_FLAGS: tuple[FlagSpec, ...] = (
 )
 
 
+# sd-webui-controlnet's flags (its preload.py), with its dests and defaults, so a launch line
+# written for A1111 + ControlNet works and /cmd-flags shows them; docs/controlnet.md says which act.
+CONTROLNET_FLAGS: tuple[FlagSpec, ...] = (
+    FlagSpec("--controlnet-dir", "an extra folder of ControlNet models (besides <models-dir>/ControlNet)", str),
+    FlagSpec("--controlnet-annotator-models-path", "folder of preprocessor (annotator) weights; default <models-dir>/ControlNetAnnotators", str),
+    FlagSpec("--no-half-controlnet", "run ControlNet models in float32 even when the checkpoint runs in half precision",
+             options={"action": "store_true", "default": None}),
+    FlagSpec("--controlnet-preprocessor-cache-size", "accepted for compatibility; detected maps are not cached", int, 16),
+    FlagSpec("--controlnet-loglevel", "log level of the ControlNet modules", str, "INFO",
+             options={"choices": ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]}),
+    FlagSpec("--controlnet-tracemalloc", _IGNORED, options={"action": "store_true", "default": None}),
+)
 # This server's own flags (not in A1111): production guards for shared servers.
 SERVING_FLAGS: tuple[FlagSpec, ...] = (
     FlagSpec("--max-queue-depth", "generations that may wait in the queue; more get 503 with Retry-After", int, 64),
@@ -247,7 +259,7 @@ def build_parser(data_dir: str | None = None, models_dir: str | None = None) -> 
     data = absolute_path(data_dir or os.getcwd())
     bases = {"data": data, "models": absolute_path(models_dir) if models_dir else os.path.join(data, "models")}
     parser = argparse.ArgumentParser(prog="webui-api", description="A1111-compatible Stable Diffusion API server")
-    for spec in A1111_FLAGS + EXTENSION_FLAGS + SERVING_FLAGS:
+    for spec in A1111_FLAGS + EXTENSION_FLAGS + CONTROLNET_FLAGS + SERVING_FLAGS:
         _add_flag(parser, spec, bases)
     return parser
 
@@ -426,6 +438,15 @@ def _configure_logging(level_name: str | None) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+CONTROLNET_LOGGERS = ("webui_api.controlnet", "webui_api.engine.control", "webui_api.engine.control_models")
+
+
+def _configure_controlnet_logging(level_name: str | None) -> None:
+    """--controlnet-loglevel sets the ControlNet modules' loggers, as the extension sets its own."""
+    for name in CONTROLNET_LOGGERS:
+        logging.getLogger(name).setLevel(level_name or "INFO")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: parse flags, warn about unknown ones, run the server until it stops."""
     try:
@@ -433,6 +454,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from exc
     _configure_logging(settings.cmd_flags.get("loglevel"))
+    _configure_controlnet_logging(settings.cmd_flags.get("controlnet_loglevel"))
     if unknown:
         logger.warning("ignoring unknown command-line arguments: %s", " ".join(unknown))
     from webui_api import server  # imported late: it pulls in fastapi and the engine

@@ -2,8 +2,8 @@
 
 This module is data, not behaviour: one `OptionDef` per key, in A1111's registration order
 (its `modules/shared_options.py` sections, then the options that built-in scripts and
-extensions add: prompt comments, Lora, canvas hotkeys, extra-options, and the upscaler and
-Hypertile options a web-UI launch registers). Clients read and write these keys by name, so
+extensions add: prompt comments, Lora, canvas hotkeys, extra-options, the upscaler and
+Hypertile options a web-UI launch registers, and sd-webui-controlnet's settings). Clients read and write these keys by name, so
 the set of keys and their defaults is part of the wire contract.
 
 A1111 types each option for the API from its default (`Options.typemap`): a falsy default
@@ -491,6 +491,24 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
     OptionDef('hypertile_max_depth_vae', 3, 'hypertile'),
     OptionDef('hypertile_max_tile_vae', 128, 'hypertile'),
     OptionDef('hypertile_swap_size_vae', 3, 'hypertile'),
+    # section 'control_net': sd-webui-controlnet's settings (its on_ui_settings), registered
+    # because its API is served here. Read: control_net_no_detectmap, control_net_unit_count,
+    # control_net_model_cache_size; the others are stored and listed only (docs/controlnet.md).
+    OptionDef('control_net_detectedmap_dir', 'detected_maps', 'control_net'),
+    OptionDef('control_net_models_path', '', 'control_net'),
+    OptionDef('control_net_modules_path', '', 'control_net'),
+    OptionDef('control_net_unit_count', 3, 'control_net'),
+    OptionDef('control_net_model_cache_size', 5, 'control_net'),
+    OptionDef('control_net_no_detectmap', False, 'control_net'),
+    OptionDef('control_net_detectmap_autosaving', False, 'control_net'),
+    OptionDef('control_net_allow_script_control', False, 'control_net'),
+    OptionDef('control_net_sync_field_args', True, 'control_net'),
+    OptionDef('controlnet_show_batch_images_in_ui', False, 'control_net'),
+    OptionDef('controlnet_increment_seed_during_batch', False, 'control_net'),
+    OptionDef('controlnet_disable_openpose_edit', False, 'control_net'),
+    OptionDef('controlnet_disable_photopea_edit', False, 'control_net'),
+    OptionDef('controlnet_photopea_warning', True, 'control_net'),
+    OptionDef('controlnet_input_thumbnail', True, 'control_net'),
     # This server's own (not A1111's): zlib level 0-9 of result PNGs; 1 is fast (docs/benchmarks.md).
     OptionDef('png_compress_level', 1, 'saving-images'),
 )

@@ -23,12 +23,16 @@ class ScriptEntry:
 
 
 # Filled by the features that implement them; keep the titles exactly as A1111 spells them.
-# The always-on extensions first, then the built-in selectable scripts in A1111's listing order.
+# The always-on extensions first, then the built-in selectable scripts in A1111's listing order,
+# then the extensions' selectable ones.
 SCRIPTS: tuple[ScriptEntry, ...] = (
     ScriptEntry("controlnet", TABS, selectable=False),  # sd-webui-controlnet's units (alwayson_scripts)
     ScriptEntry("prompts from file or textbox", TABS, selectable=True),
     ScriptEntry("sd upscale", ("img2img",), selectable=True),
     ScriptEntry("x/y/z plot", TABS, selectable=True),
+    # sd-webui-controlnet's movie-frames script: listed because webuiapi detects ControlNet by
+    # this name; running it is refused (builtin_scripts.runner.UNSUPPORTED_SCRIPTS).
+    ScriptEntry("controlnet m2m", TABS, selectable=True),
 )
 
 

@@ -13,11 +13,16 @@ import json
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping, Optional, Sequence
 
+from ..errors import NotImplementedFeature
 from ..jobs import GenerationJob
 from ..progress import CancelToken, RunObserver
 from ..scheduler import ProgressSpec, WorkItem
 from ..styles import PromptStyle
 from .base import JobOutcome, ScriptContext, ScriptOutput, ScriptRun, progress_units
+
+
+# Listed selectable scripts this server cannot run, with the reason the refusal gives.
+UNSUPPORTED_SCRIPTS = {"controlnet m2m": "it runs ControlNet over the frames of a video, and video input is not supported"}
 
 
 def _planners() -> dict[str, Callable[[Any, ScriptContext], ScriptRun]]:
@@ -31,6 +36,9 @@ def plan_script(request: Any, ctx: ScriptContext) -> ScriptRun:
     from ..job_builder import check_scripts
 
     check_scripts(request)
+    reason = UNSUPPORTED_SCRIPTS.get(request.script_name.lower())
+    if reason is not None:
+        raise NotImplementedFeature(f"Script {request.script_name!r} is not supported: {reason}")
     return _planners()[request.script_name.lower()](request, ctx)
 
 

@@ -137,8 +137,11 @@ def resize_map(detected: np.ndarray, resize_mode: str, height: int, width: int) 
     return np.ascontiguousarray(scaled[top:top + height, left:left + width])
 
 
-def run_unit_preprocessor(unit: ControlUnit, image: np.ndarray, height: int, width: int, annotator_dir: Path) -> np.ndarray:
-    """The unit's module on its input image, at its (or the pixel-perfect) resolution."""
+def run_unit_preprocessor(unit: ControlUnit, image: np.ndarray, height: int, width: int, annotator_dir: Path,
+                          cache: Any = None, seed: Optional[int] = None) -> np.ndarray:
+    """The unit's module on its input image, at its (or the pixel-perfect) resolution;
+    `cache` (the library's AnnotatorCache) keeps model-based annotators loaded across jobs and
+    `seed` makes the random modules (shuffle) repeat with the generation's seed."""
     from webui_api.controlnet.preprocessors import run_preprocessor
 
     resolution = unit.processor_res if unit.processor_res > 0 else DEFAULT_PROCESSOR_RES
@@ -146,7 +149,7 @@ def run_unit_preprocessor(unit: ControlUnit, image: np.ndarray, height: int, wid
         resolution = pixel_perfect_resolution(image, height, width, unit.resize_mode)
     threshold_a = unit.threshold_a if unit.threshold_a != -1 else None
     threshold_b = unit.threshold_b if unit.threshold_b != -1 else None
-    detected = run_preprocessor(unit.module, image, resolution, threshold_a, threshold_b, annotator_dir)
+    detected = run_preprocessor(unit.module, image, resolution, threshold_a, threshold_b, annotator_dir, cache=cache, seed=seed)
     if detected.ndim != 3 or detected.shape[2] != 3 or detected.dtype != np.uint8:
         raise BadRequest(f"preprocessor {unit.module!r} returned an array of shape {detected.shape} {detected.dtype}; expected (h, w, 3) uint8")
     return detected
@@ -192,6 +195,16 @@ def hires_size(job: GenerationJob) -> Optional[tuple[int, int]]:
     return height, width
 
 
+def job_numpy_seed(job: GenerationJob) -> Optional[int]:
+    """The extension's preprocessor seed: the job's first seed and subseed combined."""
+    from webui_api.controlnet.preprocessors import numpy_seed
+
+    seeds = job.seeds
+    if not seeds.seeds:
+        return None
+    return numpy_seed(seeds.seeds[0], seeds.subseeds[0] if seeds.subseeds else 0)
+
+
 def check_fits(net: Any, model: Any) -> None:
     """A ControlNet runs beside one UNet family only: same widths and context size."""
     cn, unet = net.module.config, model.unet.config
@@ -208,7 +221,7 @@ def prepare_unit(library: Any, model: Any, job: GenerationJob, unit: ControlUnit
         raise BadRequest(f"ControlNet unit {unit.index} is enabled but no input image is given")
     net = library.get(unit.model, model.device, model.dtype)
     check_fits(net, model)
-    detected = run_unit_preprocessor(unit, unit.image, job.height, job.width, annotator_dir)
+    detected = run_unit_preprocessor(unit, unit.image, job.height, job.width, annotator_dir, library.annotators, job_numpy_seed(job))
     low = resize_map(detected, unit.resize_mode, job.height, job.width)
     maps = [low]
     hr_hint = None
@@ -224,6 +237,7 @@ def prepare_controls(library: Any, model: Any, job: GenerationJob, annotator_dir
     """The job with its units replaced by PreparedUnits, and what the result needs."""
     if not job.controlnet_units:
         return job, PreparedControls()
+    apply_cache_size(library, job.options)
     controls = PreparedControls()
     prepared = []
     for unit in job.controlnet_units:
@@ -233,6 +247,17 @@ def prepare_controls(library: Any, model: Any, job: GenerationJob, annotator_dir
             controls.detected_maps.extend(Image.fromarray(m) for m in maps)
     controls.units = tuple(prepared)
     return replace(job, controlnet_units=controls.units), controls
+
+
+def apply_cache_size(library: Any, options: Any) -> None:
+    """The extension's control_net_model_cache_size option bounds the loaded-network LRU."""
+    value = options.get("control_net_model_cache_size")
+    if value is None:
+        return
+    try:
+        library.set_limit(value)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from exc
 
 
 # ---------------------------------------------------------------------------
@@ -285,7 +310,8 @@ class ControlHook:
                         return_dict=False, **kwargs)
         scales = residual_scales(prepared, weight, len(down) + 1)
         rows = _row_mask(x.shape[0], uncond_rows, prepared.unit.cond_only, x)
-        return [r * s if rows is None else r * s * rows for r, s in zip([*down, mid], scales)]
+        # .to(x.dtype): a float32 network (--no-half-controlnet) beside a half-precision UNet
+        return [(r * s if rows is None else r * s * rows).to(x.dtype) for r, s in zip([*down, mid], scales)]
 
 
 def residual_scales(prepared: PreparedUnit, weight: float, count: int) -> list[float]:

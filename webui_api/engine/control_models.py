@@ -283,19 +283,38 @@ def load_controlnet(entry: ControlNetFile, allow_unsafe_pickle: bool = False) ->
 
 
 class ControlNetLibrary:
-    """Scanned ControlNet files and the most recently used loaded networks (on the engine's
-    worker thread only; the catalog is also read by HTTP handlers, see ControlNetCatalog)."""
+    """Scanned ControlNet files, the most recently used loaded networks (on the engine's worker
+    thread only; the catalog is also read by HTTP handlers, see ControlNetCatalog), and the
+    server's one AnnotatorCache, shared by generation and /controlnet/detect (thread-safe)."""
 
     def __init__(self, dirs: tuple[Path, ...] = (), limit: int = DEFAULT_CACHE_SIZE, allow_unsafe_pickle: bool = False,
-                 loader: Callable[[ControlNetFile, bool], LoadedControlNet] = load_controlnet) -> None:
+                 loader: Callable[[ControlNetFile, bool], LoadedControlNet] = load_controlnet,
+                 full_precision: bool = False) -> None:
+        from webui_api.controlnet.preprocessors import AnnotatorCache
+
         self.catalog = ControlNetCatalog(dirs)
         self.limit = max(1, limit)
         self.allow_unsafe_pickle = allow_unsafe_pickle
+        self.full_precision = full_precision  # --no-half-controlnet: networks stay float32
+        self.annotators = AnnotatorCache()
         self._loader = loader
         self._loaded: OrderedDict[str, LoadedControlNet] = OrderedDict()
 
     def cached(self) -> list[str]:
         return [loaded.entry.title for loaded in self._loaded.values()]
+
+    def set_limit(self, limit: Any) -> None:
+        """The control_net_model_cache_size option (per job); invalid or < 1 keeps one network."""
+        try:
+            self.limit = max(1, int(limit))
+        except (TypeError, ValueError):
+            raise ValueError(f"control_net_model_cache_size must be an integer, received {limit!r}") from None
+        self._evict()
+
+    def clear(self) -> None:
+        """Drop every loaded ControlNet and annotator network (Engine.unload / free_memory)."""
+        self._loaded.clear()
+        self.annotators.clear()
 
     def get(self, name: str, device: torch.device, dtype: torch.dtype) -> LoadedControlNet:
         """The network a unit names, loaded (or from the LRU) and placed on `device`."""
@@ -304,11 +323,14 @@ class ControlNetLibrary:
         if loaded is None:
             loaded = self._loader(entry, self.allow_unsafe_pickle)
             self._loaded[entry.filename] = loaded
-            while len(self._loaded) > self.limit:
-                self._loaded.popitem(last=False)
         self._loaded.move_to_end(entry.filename)
-        _place(loaded.module, device, dtype)
+        self._evict()
+        _place(loaded.module, device, torch.float32 if self.full_precision else dtype)
         return loaded
+
+    def _evict(self) -> None:
+        while len(self._loaded) > self.limit:
+            self._loaded.popitem(last=False)
 
 
 def _place(module: Any, device: torch.device, dtype: torch.dtype) -> None:

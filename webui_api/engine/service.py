@@ -219,6 +219,7 @@ class Engine:
         allow_unsafe_pickle: bool = False,
         controlnet_dirs: tuple[Path, ...] = (),
         annotator_dir: Path | None = None,
+        no_half_controlnet: bool = False,
         upscalers: Callable[[], Any] | None = None,
     ) -> None:
         self.device = resolve_device(device)
@@ -234,7 +235,8 @@ class Engine:
         self._networks = NetworkLibrary(self.paths, self.hashes)
         self._embeddings = EmbeddingLibrary(self.paths, self.hashes, allow_unsafe_pickle)
         self._cache = ModelCache()
-        self.controlnets = ControlNetLibrary(tuple(controlnet_dirs), allow_unsafe_pickle=allow_unsafe_pickle)
+        self.controlnets = ControlNetLibrary(tuple(controlnet_dirs), allow_unsafe_pickle=allow_unsafe_pickle,
+                                             full_precision=no_half_controlnet)
         self.annotator_dir = annotator_dir if annotator_dir is not None else Path("annotator")
         self._active: LoadedModel | None = None
         self._current: CheckpointInfo | None = None
@@ -253,6 +255,7 @@ class Engine:
             allow_unsafe_pickle=bool(settings.cmd_flags.get("disable_safe_unpickle", False)),
             controlnet_dirs=controlnet_dirs(settings),
             annotator_dir=annotator_dir(settings),
+            no_half_controlnet=bool(settings.cmd_flags.get("no_half_controlnet")),
             upscalers=lambda: UpscalerCatalog.from_settings(settings),
         )
 
@@ -392,7 +395,9 @@ class Engine:
         self._current = model.info
 
     def unload(self) -> None:
-        """Drop every loaded model and give the memory back (the CUDA cache too)."""
+        """Drop every loaded model and give the memory back (the CUDA cache too); the loaded
+        ControlNets and annotator networks go as well."""
+        self.controlnets.clear()
         if self._active is None and not len(self._cache):
             return
         self._active = None
@@ -400,7 +405,9 @@ class Engine:
 
     def free_memory(self) -> None:
         """Collect garbage and return cached device memory; the scheduler calls this after a
-        failed work item so the next job starts with the memory the failed one held."""
+        failed work item so the next job starts with the memory the failed one held (the
+        loaded ControlNets and annotators included: they are reloaded on demand)."""
+        self.controlnets.clear()
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

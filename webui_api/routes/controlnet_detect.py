@@ -63,7 +63,7 @@ async def detect(body: DetectRequest, request: Request, services: Services = Dep
     encoded = body.images()
     if not encoded:
         raise ValidationFailed("No image selected", errors="send base64 images in controlnet_input_images")
-    cache = _annotator_cache(request)
+    cache = _annotator_cache(request, services)
     annotator_dir = annotator_dir_for(services.settings)
     poses: list[dict[str, Any]] = []
     maps = await run_in_threadpool(_detect_all, body, encoded, annotator_dir, cache, poses.append)
@@ -102,8 +102,13 @@ def _decode_rgb(text: str) -> np.ndarray:
     return np.asarray(image if image.mode == "RGBA" else image.convert("RGB"), dtype=np.uint8)
 
 
-def _annotator_cache(request: Request) -> AnnotatorCache:
-    """The app's one AnnotatorCache, created on first use (on the event loop thread, so never twice)."""
+def _annotator_cache(request: Request, services: Services) -> AnnotatorCache:
+    """The server's one AnnotatorCache: the engine's ControlNet library's, which generation uses
+    too (so a network loaded by /detect serves the next job, and unload frees both). An engine
+    without that library (a stand-in) gets one kept on the app, created on the event loop thread."""
+    library = getattr(services.engine, "controlnets", None)
+    if library is not None:
+        return library.annotators
     cache = getattr(request.app.state, "annotator_cache", None)
     if cache is None:
         cache = AnnotatorCache()
