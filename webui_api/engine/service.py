@@ -405,9 +405,9 @@ class Engine:
 
     def free_memory(self) -> None:
         """Collect garbage and return cached device memory; the scheduler calls this after a
-        failed work item so the next job starts with the memory the failed one held (the
-        loaded ControlNets and annotators included: they are reloaded on demand)."""
-        self.controlnets.clear()
+        failed work item so the next job starts with the memory the failed one held. Loaded
+        ControlNets and annotators stay (a bad request must not cost the next job a reload);
+        unload() drops them."""
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
