@@ -158,8 +158,8 @@ def hires_conditioning(
 ) -> Callable[[LoadedModel, BatchSpec], BatchConditioning]:
     """A1111's calculate_hr_conds: the hires prompts at the upscale target size, schedules laid
     out with the first pass's total steps as base and the hires total steps as frame. Their
-    <lora:...> tags are removed before encoding (the first pass's LoRAs stay applied; LoRAs
-    named only in hr_prompt are not loaded)."""
+    <lora:...> tags are removed before encoding; the engine has merged the hires prompt's
+    own networks by then (HiresRun.select_networks)."""
     hires = job.hires
     base = total_steps(job, plan)
     frame = hires.steps * (2 if hr_plan.sampler.options.get("second_order") else 1)
@@ -192,6 +192,12 @@ class HiresRun:
         if self.checkpoint is None or self.companions is None:
             return self.main
         return self.companions.get(self.checkpoint)
+
+    def select_networks(self, is_hires: bool) -> None:
+        """A1111 activates the prompt's networks before each first pass and the hires
+        prompt's own before each second pass (a no-op when both name the same LoRAs)."""
+        if self.companions is not None and self.companions.networks is not None:
+            self.companions.networks.select(is_hires)
 
     def infotext(self) -> dict[str, Any]:
         """Denoising strength, then Hires checkpoint, then the request-side hires keys."""
@@ -263,11 +269,13 @@ def hires_batch(
     """Both passes of one batch; returns the final latents and the model that decodes them."""
     n, hires = batch.index, hr.job.hires
     first_ctx = PassContext(hr.job, hr.plan, launch_steps=hr.job.sampling.steps, hires_enabled=True)
+    hr.select_networks(is_hires=False)
     latents, finished = sample_pass(hr.main, hr.refiner, first_ctx, batch, observer, cancel)
     observer.batch_finished(2 * n)
     if cancel.interrupted:
         return latents, finished
     observer.batch_started(n, hr.job.n_iter)
+    hr.select_networks(is_hires=True)
     model = hr.second_model()
     upscaled = truncate(upscale(UpscaleModels(finished, model), hires, latents, auto_upcast, hr.resize), hires)
     return second_pass(hr, model, upscaled, n, observer, cancel)
