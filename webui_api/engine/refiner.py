@@ -255,6 +255,9 @@ class RefinerSwitch:
         return self.cfg(x, sigma, **extra)
 
     def _switch(self) -> None:
+        """The refiner's fresh model wrapper carries no ControlNet hook: units act on the base
+        model's calls only, as with the extension, whose hook sits on the base UNet (and whose
+        ControlNets match the base architecture, not e.g. the SDXL refiner's widths)."""
         refiner = self.run.models.get(self.run.info)
         self.cfg.inner = make_inner(refiner, self.kind)
         self.cond = self.conditioning_for(refiner)
