@@ -38,6 +38,7 @@ _INVALID_FILENAME_CHARS = '#<>:"/\\|?*\n\r\t'
 _INVALID_PREFIX = " "
 _INVALID_POSTFIX = " ."
 MAX_FILENAME_PART_LENGTH = 128  # A1111's --filenames-max-length default
+BEFORE_RESTORATION = "-before-face-restoration"  # A1111's suffix (option save_images_before_face_restoration)
 _NONLETTERS = re.compile(r"[\s" + re.escape(string.punctuation) + "]+")
 _PATTERN = re.compile(r"(.*?)(?:\[([^\[\]]+)\]|$)")
 _PATTERN_ARG = re.compile(r"(.*)<([^>]*)>$")
@@ -377,10 +378,12 @@ def save_image(
     options: Mapping[str, Any],
     data_dir: Path,
     forced_name: str | None = None,
+    suffix: str = "",
 ) -> Path:
     """Encode `image` in samples_format (grid_format for grids) with its text and write it;
     with save_txt the info also goes to <name>.txt. `forced_name` replaces the numbering
-    (extras' use_original_name_batch)."""
+    (extras' use_original_name_batch); `suffix` ends the name (A1111's
+    "-before-face-restoration")."""
     text = infotext if isinstance(infotext, ImageText) else ImageText(infotext)
     folder = target_folder(target, options, data_dir, facts)
     folder.mkdir(parents=True, exist_ok=True)
@@ -389,7 +392,7 @@ def save_image(
     if forced_name is not None:
         path = folder / f"{forced_name}.{extension}"
     else:
-        path = chosen_path(folder, target, file_decoration(target, options, facts), extension, options)
+        path = chosen_path(folder, target, file_decoration(target, options, facts, suffix), extension, options)
     path = final_path(fit_name_length(path), options)
     write_atomically(path, image_bytes(image, fmt, target, text, options))
     if options.get("save_txt", False) and text.info is not None:
@@ -421,16 +424,20 @@ def job_name_facts(job: Any, model: Any = None, result: Any = None, styles: Sequ
 
 def save_samples(result: Any, infotexts: list[str], options: Mapping[str, Any], data_dir: Path,
                  target: SaveTarget = TXT2IMG_SAMPLES, now: datetime | None = None,
-                 job: JobNameFacts | None = None) -> list[Path]:
-    """Write every image of a JobResult (GeneratedImage: image, seed, prompt) with its infotext."""
+                 job: JobNameFacts | None = None, before_restoration: Sequence[Image.Image] = ()) -> list[Path]:
+    """Write every image of a JobResult (GeneratedImage: image, seed, prompt) with its infotext.
+    `before_restoration` (the images as decoded, before face restoration, in result order) go
+    first, each just before its restored image with the same infotext and the suffix
+    "-before-face-restoration", so the counters run as in A1111, which saves in that order."""
     moment = now or datetime.now()
     words = int(options.get("directories_max_prompt_words", 8) or 8)
     paths = []
     for index, (generated, infotext) in enumerate(zip(result.images, infotexts)):
-        image = generated.image
-        facts = NameFacts(generated.seed, generated.prompt, image.width, image.height, moment, job, index,
-                          image=image, max_prompt_words=words)
-        paths.append(save_image(image, target, facts, infotext, options, data_dir))
+        pictures = [(before_restoration[index], BEFORE_RESTORATION)] if index < len(before_restoration) else []
+        for image, suffix in [*pictures, (generated.image, "")]:
+            facts = NameFacts(generated.seed, generated.prompt, image.width, image.height, moment, job, index,
+                              image=image, max_prompt_words=words)
+            paths.append(save_image(image, target, facts, infotext, options, data_dir, suffix=suffix))
     return paths
 
 

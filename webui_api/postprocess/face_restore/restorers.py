@@ -14,7 +14,7 @@ that cannot run (package or weights missing) is refused with a 400 naming what i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -326,10 +326,37 @@ def restore_request(options: Mapping[str, Any]) -> RestoreRequest:
     )
 
 
-def job_restorer(settings: Any, models: PostprocessModels, options: Mapping[str, Any]) -> Callable[[Image.Image], Image.Image]:
+@dataclass
+class JobFaceStep:
+    """The image -> image step the engine runs on every decoded image of one job.
+
+    With `keep_originals` (A1111's save_images_before_face_restoration while saving) it also
+    keeps each image it was given, in the engine's call order, which is the result's image
+    order; the route saves them as "-before-face-restoration" files. Keeping them here, in
+    the step the route owns, leaves the engine's JobResult contract as it is."""
+
+    faces: Any  # FaceRestorers
+    request: RestoreRequest
+    keep_originals: bool = False
+    originals: list[Image.Image] = field(default_factory=list)
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        if self.keep_originals:
+            self.originals.append(image)
+        return self.faces.restore(image, self.request)
+
+
+def keeps_originals(options: Mapping[str, Any], save_images: bool) -> bool:
+    """A1111 saves the image before restoration when samples are saved and the option is on."""
+    return bool(save_images and options.get("samples_save", True) and options.get("save_images_before_face_restoration", False))
+
+
+def job_restorer(
+    settings: Any, models: PostprocessModels, options: Mapping[str, Any], keep_originals: bool = False
+) -> JobFaceStep:
     """For a job with restore_faces: the image -> image step the engine runs after decoding.
     Checked now (a missing model is a 400 before the job is queued), loaded on first use."""
     faces = FaceRestorers.from_settings(settings, models)
     request = restore_request(options)
     faces.check(request.model)
-    return lambda image: faces.restore(image, request)
+    return JobFaceStep(faces, request, keep_originals)
