@@ -56,6 +56,8 @@ PIXEL_UPSCALERS = {"None": None, "Lanczos": Image.LANCZOS, "Nearest": Image.NEAR
 
 # (picture, target width, target height) -> the picture at exactly that size
 PixelUpscale = Callable[[Image.Image, int, int], Image.Image]
+# one batch's first-pass pictures, decoded in full (A1111's save_images_before_highres_fix)
+FirstPassSink = Callable[[list[Image.Image]], None]
 
 
 # ---------------------------------------------------------------------------
@@ -186,6 +188,7 @@ class HiresRun:
     checkpoint: CheckpointInfo | None  # hr_checkpoint_name, resolved
     refiner: RefinerRun | None
     resize: PixelUpscale | None
+    first_pass: FirstPassSink | None = None  # save_images_before_highres_fix
 
     def second_model(self) -> LoadedModel:
         """The second pass's model: the hires checkpoint, else the main one (A1111 reloads it)."""
@@ -274,6 +277,8 @@ def hires_batch(
     observer.batch_finished(2 * n)
     if cancel.interrupted:
         return latents, finished
+    if hr.first_pass is not None:
+        hr.first_pass(decode_latents(finished, latents, auto_upcast))
     observer.batch_started(n, hr.job.n_iter)
     hr.select_networks(is_hires=True)
     model = hr.second_model()
@@ -283,12 +288,14 @@ def hires_batch(
 
 def run_hires(
     model: LoadedModel, job: GenerationJob, observer: RunObserver, cancel: CancelToken,
-    models: CompanionModels | None = None,
+    models: CompanionModels | None = None, first_pass: FirstPassSink | None = None,
 ) -> JobResult:
     """Both passes for every batch; progress counts two jobs per batch, as A1111 does.
     `models` (from the engine) serves the hires checkpoint, the refiner and model upscalers;
-    without it only the main model and the built-in upscalers are available."""
-    hr = hires_run(model, job, models)
+    without it only the main model and the built-in upscalers are available. `first_pass`
+    gets each batch's first-pass pictures (decoded by the model that finished the pass)
+    before its second pass, unless the job was interrupted, as A1111 saves them."""
+    hr = replace(hires_run(model, job, models), first_pass=first_pass)
     auto_upcast = bool(job.options.get("auto_vae_precision", True))
     images: list[GeneratedImage] = []
     with torch.inference_mode():

@@ -530,15 +530,19 @@ class Engine:
     # -- generation --------------------------------------------------------------------
 
     def txt2img(self, job: GenerationJob, observer: RunObserver, cancel: CancelToken,
-                restore_faces: FaceStep | None = None) -> JobResult:
+                restore_faces: FaceStep | None = None, before_hires: Callable[[list[Any]], None] | None = None) -> JobResult:
         """Run a txt2img job with its own checkpoint, VAE, LoRAs and LRU size (all from the
         job's options snapshot and prompts); the LoRAs are removed again afterwards. A job with
         hires params runs both passes (webui_api.engine.hires). `restore_faces` (the route's
-        face restorer for jobs with restore_faces) runs on every decoded image."""
+        face restorer for jobs with restore_faces) runs on every decoded image; `before_hires`
+        gets each batch's first-pass pictures of a hires job (save_images_before_highres_fix)."""
         if job.hires is not None:
+            from functools import partial
+
             from webui_api.engine.hires import run_hires
 
-            return self._generate(run_hires, job, observer, cancel, restore_faces, with_models=True)
+            run = run_hires if before_hires is None else partial(run_hires, first_pass=before_hires)
+            return self._generate(run, job, observer, cancel, restore_faces, with_models=True)
         if job.refiner is not None:
             from webui_api.engine.refiner import run_txt2img_refined
 
