@@ -15,7 +15,6 @@ one, and put back (patches undone, parked in CPU RAM on GPU devices) when the jo
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -44,7 +43,6 @@ from webui_api.errors import NotFound
 from webui_api.jobs import GeneratedImage, GenerationJob, JobResult
 from webui_api.progress import CancelToken, RunObserver
 
-log = logging.getLogger(__name__)
 
 HIRES_REFINER_PASSES = ("first pass", "second pass", "both passes")  # option hires_fix_refiner_pass
 CHECKSUM_SUFFIX = re.compile(r"\s*\[[^]]+]\s*$")  # A1111's re_strip_checksum
