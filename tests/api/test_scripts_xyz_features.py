@@ -78,3 +78,11 @@ def test_refiner_switch_at_axis(models_client):
     assert "Refiner switch at: 0.3" in texts[0] and "Refiner switch at: 0.8" in texts[1]
     images = [np.asarray(decode(image)) for image in response.json()["images"][1:]]
     assert not np.array_equal(images[0], images[1])
+
+
+def test_face_restore_axis_model_name_picks_the_restorer(client, tmp_path):
+    _models_with_gfpgan(tmp_path)  # GFPGAN only: the option's default model (CodeFormer) has no weights
+    texts = cells(run(client, xyz_args(x=("Face restore", "GFPGAN"), y=(NOTHING, "")), seed=4))
+    assert "Face restoration: GFPGAN" in texts[0]
+    response = run(client, xyz_args(x=("Face restore", "true"), y=(NOTHING, "")), seed=4)
+    assert response.status_code == 400 and "codeformer-v0.1.0.pth" in response.text
