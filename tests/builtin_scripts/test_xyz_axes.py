@@ -31,7 +31,7 @@ def test_find_axis_by_index_or_label():
     assert find_axis("txt2img", "cfg scale", "Y").label == "CFG Scale"
 
 
-@pytest.mark.parametrize("choice, message", [(99, "out of range"), ("Colour", "unknown X type"), ("Face restore", "not supported")])
+@pytest.mark.parametrize("choice, message", [(99, "out of range"), ("Colour", "unknown X type"), ("FP8 mode", "not supported")])
 def test_bad_axis_types_are_422(choice, message):
     with pytest.raises(ValidationFailed, match=message):
         find_axis("txt2img", choice, "X")

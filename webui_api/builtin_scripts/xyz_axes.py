@@ -3,8 +3,8 @@ read (ranges, CSV), and what each value changes in a cell's request or options.
 
 A1111 builds the list per tab: the common axes plus the txt2img-only ones on txt2img, the
 img2img-only ones on img2img; an axis type is an index into that tab's list. Axes whose
-feature this server does not have (face restoration, token merging, FP8, instruct-pix2pix's
-image CFG) keep their place in the list, so indexes line up, but choosing one is a 422.
+feature this server does not have (token merging, FP8) keep their place in the list, so
+indexes line up, but choosing one is a 422.
 """
 
 from __future__ import annotations
@@ -115,6 +115,20 @@ def _refiner(edit: CellEdit, value: Any, values: Sequence[Any], ctx: ScriptConte
     edit.fields["refiner_checkpoint"] = closest_checkpoint(ctx.checkpoints, value, TITLE).title
 
 
+FACE_MODELS = {"codeformer": "CodeFormer", "gfpgan": "GFPGAN"}
+
+
+def _face_restore(edit: CellEdit, value: Any, values: Sequence[Any], ctx: ScriptContext) -> None:
+    """A1111's apply_face_restore: "CodeFormer" / "GFPGAN" turn restoration on with that
+    model, "true"/"yes"/"y"/"1" turn it on, anything else off. A1111 stores the model name on
+    a field its restorer never reads (so the option's model runs); here the name becomes the
+    cell's face_restoration_model override, so the chosen model is the one that runs."""
+    text = str(value).strip().lower()
+    if text in FACE_MODELS:
+        edit.options["face_restoration_model"] = FACE_MODELS[text]
+    edit.fields["restore_faces"] = text in FACE_MODELS or text in ("true", "yes", "y", "1")
+
+
 def _size(edit: CellEdit, value: Any, values: Sequence[Any], ctx: ScriptContext) -> None:
     """"WIDTHxHEIGHT" (A1111 prints and ignores anything else; here it is a 422)."""
     width, _, height = str(value).partition("x")
@@ -176,7 +190,7 @@ AXES: tuple[Axis, ...] = (
     Axis("Steps", "int", set_field("steps")),
     Axis("Hires steps", "int", set_field("hr_second_pass_steps"), only="txt2img"),
     Axis("CFG Scale", "float", set_field("cfg_scale")),
-    Axis("Image CFG Scale", "float", None, only="img2img"),
+    Axis("Image CFG Scale", "float", set_field("image_cfg_scale"), only="img2img"),
     Axis("Prompt S/R", "str", _prompt_sr, fmt="value"),
     Axis("Prompt order", "perm", _prompt_order, fmt="join"),
     Axis("Sampler", "str", set_field("sampler_name"), fmt="value", choices=_samplers, only="txt2img"),
@@ -204,7 +218,7 @@ AXES: tuple[Axis, ...] = (
     Axis("VAE", "str", _vae, cost=0.7, choices=lambda ctx: ["Automatic", "None", *ctx.vae_names]),
     Axis("Styles", "str", _styles, choices=lambda ctx: [style.name for style in ctx.all_styles()]),
     Axis("UniPC Order", "int", _uni_pc_order, cost=0.5),
-    Axis("Face restore", "str", None, fmt="value"),
+    Axis("Face restore", "str", _face_restore, fmt="value"),
     Axis("Token merging ratio", "float", None),
     Axis("Token merging ratio high-res", "float", None),
     Axis("Always discard next-to-last sigma", "str", set_option("always_discard_next_to_last_sigma", True), choices=_booleans),

@@ -56,6 +56,8 @@ PIXEL_UPSCALERS = {"None": None, "Lanczos": Image.LANCZOS, "Nearest": Image.NEAR
 
 # (picture, target width, target height) -> the picture at exactly that size
 PixelUpscale = Callable[[Image.Image, int, int], Image.Image]
+# one batch's first-pass pictures, decoded in full (A1111's save_images_before_highres_fix)
+FirstPassSink = Callable[[list[Image.Image]], None]
 
 
 # ---------------------------------------------------------------------------
@@ -158,8 +160,8 @@ def hires_conditioning(
 ) -> Callable[[LoadedModel, BatchSpec], BatchConditioning]:
     """A1111's calculate_hr_conds: the hires prompts at the upscale target size, schedules laid
     out with the first pass's total steps as base and the hires total steps as frame. Their
-    <lora:...> tags are removed before encoding (the first pass's LoRAs stay applied; LoRAs
-    named only in hr_prompt are not loaded)."""
+    <lora:...> tags are removed before encoding; the engine has merged the hires prompt's
+    own networks by then (HiresRun.select_networks)."""
     hires = job.hires
     base = total_steps(job, plan)
     frame = hires.steps * (2 if hr_plan.sampler.options.get("second_order") else 1)
@@ -186,12 +188,19 @@ class HiresRun:
     checkpoint: CheckpointInfo | None  # hr_checkpoint_name, resolved
     refiner: RefinerRun | None
     resize: PixelUpscale | None
+    first_pass: FirstPassSink | None = None  # save_images_before_highres_fix
 
     def second_model(self) -> LoadedModel:
         """The second pass's model: the hires checkpoint, else the main one (A1111 reloads it)."""
         if self.checkpoint is None or self.companions is None:
             return self.main
         return self.companions.get(self.checkpoint)
+
+    def select_networks(self, is_hires: bool) -> None:
+        """A1111 activates the prompt's networks before each first pass and the hires
+        prompt's own before each second pass (a no-op when both name the same LoRAs)."""
+        if self.companions is not None and self.companions.networks is not None:
+            self.companions.networks.select(is_hires)
 
     def infotext(self) -> dict[str, Any]:
         """Denoising strength, then Hires checkpoint, then the request-side hires keys."""
@@ -263,11 +272,15 @@ def hires_batch(
     """Both passes of one batch; returns the final latents and the model that decodes them."""
     n, hires = batch.index, hr.job.hires
     first_ctx = PassContext(hr.job, hr.plan, launch_steps=hr.job.sampling.steps, hires_enabled=True)
+    hr.select_networks(is_hires=False)
     latents, finished = sample_pass(hr.main, hr.refiner, first_ctx, batch, observer, cancel)
     observer.batch_finished(2 * n)
     if cancel.interrupted:
         return latents, finished
+    if hr.first_pass is not None:
+        hr.first_pass(decode_latents(finished, latents, auto_upcast))
     observer.batch_started(n, hr.job.n_iter)
+    hr.select_networks(is_hires=True)
     model = hr.second_model()
     upscaled = truncate(upscale(UpscaleModels(finished, model), hires, latents, auto_upcast, hr.resize), hires)
     return second_pass(hr, model, upscaled, n, observer, cancel)
@@ -275,12 +288,14 @@ def hires_batch(
 
 def run_hires(
     model: LoadedModel, job: GenerationJob, observer: RunObserver, cancel: CancelToken,
-    models: CompanionModels | None = None,
+    models: CompanionModels | None = None, first_pass: FirstPassSink | None = None,
 ) -> JobResult:
     """Both passes for every batch; progress counts two jobs per batch, as A1111 does.
     `models` (from the engine) serves the hires checkpoint, the refiner and model upscalers;
-    without it only the main model and the built-in upscalers are available."""
-    hr = hires_run(model, job, models)
+    without it only the main model and the built-in upscalers are available. `first_pass`
+    gets each batch's first-pass pictures (decoded by the model that finished the pass)
+    before its second pass, unless the job was interrupted, as A1111 saves them."""
+    hr = replace(hires_run(model, job, models), first_pass=first_pass)
     auto_upcast = bool(job.options.get("auto_vae_precision", True))
     images: list[GeneratedImage] = []
     with torch.inference_mode():

@@ -415,3 +415,80 @@ def _patch_module(
     patch.backup(target.module)
     merged = weight.detach().to(torch.float32) + delta * multiplier
     weight.copy_(merged.to(weight.dtype))
+
+
+# ---------------------------------------------------------------------------
+# Networks per pass (hires fix)
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class PassNetworks:
+    """The networks merged into every model of one job, per pass.
+
+    A1111 activates the prompt's networks before each batch's first pass and the hires
+    prompt's own networks (`hr_extra_network_data`) before its second pass. Every model the
+    job samples with is attached once: the main model strictly (a network none of whose
+    layers match is an error), companions leniently (skipped, as for the SDXL refiner).
+    `select` switches the merged set by restoring the exact original weights first, so each
+    pass (and the next job) sees the weights it would have had, bit for bit; switching to
+    the set already merged does nothing (the common case: no hr_prompt, or the same tags).
+    """
+
+    first: Sequence[LoadedNetwork] = ()
+    hires: Sequence[LoadedNetwork] | None = None
+    _models: list[tuple[Any, bool]] = field(default_factory=list)
+    _patches: list[NetworkPatch] = field(default_factory=list)
+    _hires_active: bool = False
+
+    def active(self) -> Sequence[LoadedNetwork]:
+        return self.hires if self._hires_active and self.hires is not None else self.first
+
+    def attach(self, model: Any, strict: bool) -> None:
+        """Merge the active set into `model` (once per model) and remember it for switches."""
+        if any(existing is model for existing, _ in self._models):
+            return
+        self._models.append((model, strict))
+        self._apply(model, strict)
+
+    def select(self, is_hires: bool) -> None:
+        """Make the first pass's (False) or the hires pass's (True) networks the merged set."""
+        if is_hires == self._hires_active:
+            return
+        before = [n.call for n in self.active()]
+        self._hires_active = is_hires
+        if [n.call for n in self.active()] == before:
+            return
+        self._undo_patches()
+        for model, strict in self._models:
+            self._apply(model, strict)
+
+    def restore(self) -> None:
+        """Every attached model back to its original weights."""
+        self._undo_patches()
+        self._models.clear()
+        self._hires_active = False
+
+    def mentioned(self) -> list[LoadedNetwork]:
+        """Both passes' networks, first pass first, each mentioned name once (A1111's
+        lora_hashes dict grows during the hires pass)."""
+        seen: dict[str, LoadedNetwork] = {}
+        for network in [*self.first, *(self.hires or ())]:
+            seen[network.call.name] = network
+        return list(seen.values())
+
+    def _apply(self, model: Any, strict: bool) -> None:
+        networks = self.active()
+        if strict:
+            self._patches.append(apply_networks(model, networks))
+            return
+        for network in networks:
+            try:
+                self._patches.append(apply_networks(model, [network]))
+            except UnusableModelFile as err:
+                log.info("LoRA not applied to %s: %s", getattr(getattr(model, "info", None), "title", model), err.detail)
+
+    def _undo_patches(self) -> None:
+        for patch in reversed(self._patches):
+            patch.restore()
+        self._patches.clear()

@@ -15,7 +15,6 @@ one, and put back (patches undone, parked in CPU RAM on GPU devices) when the jo
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -27,8 +26,7 @@ from webui_api.engine.cond_types import BatchConditioning
 from webui_api.engine.denoiser import CFGDenoiser, make_inner
 from webui_api.engine.latents import decode_latents
 from webui_api.engine.models import CheckpointInfo, LoadedModel
-from webui_api.engine.networks import apply_networks
-from webui_api.engine.loading.files import UnusableModelFile
+from webui_api.engine.networks import PassNetworks
 from webui_api.engine.pipeline import (
     BatchSpec,
     SamplerPlan,
@@ -45,7 +43,6 @@ from webui_api.errors import NotFound
 from webui_api.jobs import GeneratedImage, GenerationJob, JobResult
 from webui_api.progress import CancelToken, RunObserver
 
-log = logging.getLogger(__name__)
 
 HIRES_REFINER_PASSES = ("first pass", "second pass", "both passes")  # option hires_fix_refiner_pass
 CHECKSUM_SUFFIX = re.compile(r"\s*\[[^]]+]\s*$")  # A1111's re_strip_checksum
@@ -119,13 +116,15 @@ class CompanionModels:
     """The extra models a job samples with, prepared like its main model.
 
     `engine` is the Engine (companion, apply_vae, checkpoints, device); `networks` the job's
-    loaded LoRAs (applied where their layers match). Everything applied here is undone by
-    `close`, which the engine calls when the job ends, failed or not."""
+    PassNetworks (A1111 applies a prompt's LoRAs to whatever model samples, so companions are
+    attached to it leniently: a LoRA with no layer in this model, e.g. the SDXL refiner, is
+    skipped, as A1111 does; the engine restores them). Everything else applied here is undone
+    by `close`, which the engine calls when the job ends, failed or not."""
 
     engine: Any
     job: GenerationJob
     main: LoadedModel
-    networks: Sequence[Any] = ()
+    networks: PassNetworks | None = None
     _ready: dict[str, LoadedModel] = field(default_factory=dict)
     _undo: list[Callable[[], None]] = field(default_factory=list)
 
@@ -140,25 +139,10 @@ class CompanionModels:
             model = self.engine.companion(info)
             self.engine.apply_vae(model, self.job.options)
             self._undo.append(apply_tiling(model, self.job.tiling).restore)
-            self._undo.append(self._apply_networks(model))
+            if self.networks is not None:
+                self.networks.attach(model, strict=False)
             self._ready[info.filename] = model
         return self._ready[info.filename]
-
-    def _apply_networks(self, model: LoadedModel) -> Callable[[], None]:
-        """A1111 applies a prompt's LoRAs to whatever model samples; a LoRA with no layer in
-        this model (another architecture, e.g. the SDXL refiner) is skipped, as A1111 does."""
-        patches = []
-        for network in self.networks:
-            try:
-                patches.append(apply_networks(model, [network]))
-            except UnusableModelFile as err:
-                log.info("LoRA not applied to %s: %s", model.info.title, err.detail)
-
-        def restore() -> None:
-            for patch in reversed(patches):
-                patch.restore()
-
-        return restore
 
     def close(self) -> None:
         """Undo every patch and park the companions in CPU RAM on GPU devices."""
@@ -269,6 +253,9 @@ class RefinerSwitch:
         return self.cfg(x, sigma, **extra)
 
     def _switch(self) -> None:
+        """The refiner's fresh model wrapper carries no ControlNet hook: units act on the base
+        model's calls only, as with the extension, whose hook sits on the base UNet (and whose
+        ControlNets match the base architecture, not e.g. the SDXL refiner's widths)."""
         refiner = self.run.models.get(self.run.info)
         self.cfg.inner = make_inner(refiner, self.kind)
         self.cond = self.conditioning_for(refiner)

@@ -43,7 +43,7 @@ from webui_api.engine.networks import (
     NetworkCall,
     NetworkFile,
     NetworkLibrary,
-    apply_networks,
+    PassNetworks,
     group_network_keys,
     lora_calls,
     parse_prompt_networks,
@@ -73,6 +73,20 @@ def job_networks(job: GenerationJob) -> tuple[tuple[str, ...], list[NetworkCall]
     if any(calls != per_batch[0] for calls in per_batch):
         raise NotImplementedFeature("batches whose first prompts name different <lora:...> networks are not supported yet")
     return tuple(text for text, _ in parsed), per_batch[0]
+
+
+def hires_network_calls(job: GenerationJob) -> list[NetworkCall] | None:
+    """The LoRAs of the hires prompts (A1111's hr_extra_network_data), read per batch like
+    the first pass's; None for jobs without hires fix. The hires prompts keep their tags in
+    the job (they are stripped when the second pass encodes them)."""
+    if job.hires is None:
+        return None
+    per_batch = [
+        lora_calls(parse_prompt_networks(job.hires.prompts[job.batch_slice(n).start])[1]) for n in range(job.n_iter)
+    ]
+    if any(calls != per_batch[0] for calls in per_batch):
+        raise NotImplementedFeature("batches whose first hires prompts name different <lora:...> networks are not supported yet")
+    return per_batch[0]
 
 DTYPES = {
     "fp16": torch.float16,
@@ -501,6 +515,14 @@ class Engine:
             loaded.append(LoadedNetwork(call, entry, group_network_keys(state)))
         return loaded
 
+    def pass_networks(self, calls: list[NetworkCall], hires_calls: list[NetworkCall] | None) -> PassNetworks:
+        """Both passes' networks, read before any weight changes (an unknown hires LoRA is a
+        404 before sampling); the hires set is None when it equals the first pass's."""
+        first = self.load_networks(calls)
+        if hires_calls is None or hires_calls == calls:
+            return PassNetworks(first)
+        return PassNetworks(first, self.load_networks(hires_calls))
+
     def lora_infotext(self, loaded: list[LoadedNetwork], options: Mapping[str, Any]) -> dict[str, Any]:
         """A1111's "Lora hashes": "name: 12-digit hash" per network, as written in the prompt."""
         if not loaded or not options.get("lora_add_hashes_to_infotext", True):
@@ -515,15 +537,19 @@ class Engine:
     # -- generation --------------------------------------------------------------------
 
     def txt2img(self, job: GenerationJob, observer: RunObserver, cancel: CancelToken,
-                restore_faces: FaceStep | None = None) -> JobResult:
+                restore_faces: FaceStep | None = None, before_hires: Callable[[list[Any]], None] | None = None) -> JobResult:
         """Run a txt2img job with its own checkpoint, VAE, LoRAs and LRU size (all from the
         job's options snapshot and prompts); the LoRAs are removed again afterwards. A job with
         hires params runs both passes (webui_api.engine.hires). `restore_faces` (the route's
-        face restorer for jobs with restore_faces) runs on every decoded image."""
+        face restorer for jobs with restore_faces) runs on every decoded image; `before_hires`
+        gets each batch's first-pass pictures of a hires job (save_images_before_highres_fix)."""
         if job.hires is not None:
+            from functools import partial
+
             from webui_api.engine.hires import run_hires
 
-            return self._generate(run_hires, job, observer, cancel, restore_faces, with_models=True)
+            run = run_hires if before_hires is None else partial(run_hires, first_pass=before_hires)
+            return self._generate(run, job, observer, cancel, restore_faces, with_models=True)
         if job.refiner is not None:
             from webui_api.engine.refiner import run_txt2img_refined
 
@@ -553,8 +579,8 @@ class Engine:
         choice = self.apply_vae(model, job.options)
         job, controls = prepare_controls(self.controlnets, model, job, self.annotator_dir)
         stripped, calls = job_networks(job)
-        networks = self.load_networks(calls)
-        patch = apply_networks(model, networks)
+        networks = self.pass_networks(calls, hires_network_calls(job))
+        networks.attach(model, strict=True)
         padding = apply_tiling(model, job.tiling)
         run_job = job if restore_faces is None else without_overlays(job)
         companions = CompanionModels(self, job, model, networks)
@@ -562,14 +588,14 @@ class Engine:
         try:
             result = run(model, replace(run_job, prompts=stripped), observer, cancel, **extra)
         finally:
+            networks.restore()
             companions.close()
             padding.restore()
-            patch.restore()
         if restore_faces is not None:
             restore_result_faces(result, job, restore_faces)
         for index, image in enumerate(result.images):
             image.prompt = job.prompts[index]
-        result.extra_generation_params.update(self.lora_infotext(networks, job.options))
+        result.extra_generation_params.update(self.lora_infotext(networks.mentioned(), job.options))
         result.vae_name, result.vae_hash = self.vae_identity(choice)
         controls.finish(result, job.options)
         return result

@@ -38,6 +38,8 @@ _INVALID_FILENAME_CHARS = '#<>:"/\\|?*\n\r\t'
 _INVALID_PREFIX = " "
 _INVALID_POSTFIX = " ."
 MAX_FILENAME_PART_LENGTH = 128  # A1111's --filenames-max-length default
+BEFORE_RESTORATION = "-before-face-restoration"  # A1111's suffix (option save_images_before_face_restoration)
+BEFORE_HIRES = "-before-highres-fix"  # A1111's suffix (option save_images_before_highres_fix)
 _NONLETTERS = re.compile(r"[\s" + re.escape(string.punctuation) + "]+")
 _PATTERN = re.compile(r"(.*?)(?:\[([^\[\]]+)\]|$)")
 _PATTERN_ARG = re.compile(r"(.*)<([^>]*)>$")
@@ -377,10 +379,12 @@ def save_image(
     options: Mapping[str, Any],
     data_dir: Path,
     forced_name: str | None = None,
+    suffix: str = "",
 ) -> Path:
     """Encode `image` in samples_format (grid_format for grids) with its text and write it;
     with save_txt the info also goes to <name>.txt. `forced_name` replaces the numbering
-    (extras' use_original_name_batch)."""
+    (extras' use_original_name_batch); `suffix` ends the name (A1111's
+    "-before-face-restoration")."""
     text = infotext if isinstance(infotext, ImageText) else ImageText(infotext)
     folder = target_folder(target, options, data_dir, facts)
     folder.mkdir(parents=True, exist_ok=True)
@@ -389,7 +393,7 @@ def save_image(
     if forced_name is not None:
         path = folder / f"{forced_name}.{extension}"
     else:
-        path = chosen_path(folder, target, file_decoration(target, options, facts), extension, options)
+        path = chosen_path(folder, target, file_decoration(target, options, facts, suffix), extension, options)
     path = final_path(fit_name_length(path), options)
     write_atomically(path, image_bytes(image, fmt, target, text, options))
     if options.get("save_txt", False) and text.info is not None:
@@ -398,6 +402,13 @@ def save_image(
 
 
 # --------------------------------------------------------------------------- jobs and extras
+
+
+def keeps_before_hires(job: Any, options: Mapping[str, Any], save_images: bool) -> bool:
+    """A1111 saves each first-pass picture of hires fix when samples are saved and
+    save_images_before_highres_fix is on."""
+    return bool(getattr(job, "hires", None) is not None and save_images and options.get("samples_save", True)
+                and options.get("save_images_before_highres_fix", False))
 
 
 def job_name_facts(job: Any, model: Any = None, result: Any = None, styles: Sequence[str] = ()) -> JobNameFacts:
@@ -421,16 +432,33 @@ def job_name_facts(job: Any, model: Any = None, result: Any = None, styles: Sequ
 
 def save_samples(result: Any, infotexts: list[str], options: Mapping[str, Any], data_dir: Path,
                  target: SaveTarget = TXT2IMG_SAMPLES, now: datetime | None = None,
-                 job: JobNameFacts | None = None) -> list[Path]:
-    """Write every image of a JobResult (GeneratedImage: image, seed, prompt) with its infotext."""
+                 job: JobNameFacts | None = None, before_restoration: Sequence[Image.Image] = (),
+                 before_hires: Sequence[Image.Image] = ()) -> list[Path]:
+    """Write every image of a JobResult (GeneratedImage: image, seed, prompt) with its infotext.
+
+    The intermediate images go in A1111's order, so the counters run as there: a batch's
+    first-pass pictures of hires fix (`before_hires`, suffix "-before-highres-fix") before
+    the batch, and each image as decoded before face restoration (`before_restoration`,
+    "-before-face-restoration") just before its restored image; both in result order, with
+    the infotext and name facts of the image they belong to."""
     moment = now or datetime.now()
     words = int(options.get("directories_max_prompt_words", 8) or 8)
-    paths = []
-    for index, (generated, infotext) in enumerate(zip(result.images, infotexts)):
-        image = generated.image
+    batch_size = max(int(getattr(job, "batch_size", 1) or 1), 1)
+    paths: list[Path] = []
+
+    def save(image: Image.Image, index: int, suffix: str) -> None:
+        generated = result.images[index]
         facts = NameFacts(generated.seed, generated.prompt, image.width, image.height, moment, job, index,
                           image=image, max_prompt_words=words)
-        paths.append(save_image(image, target, facts, infotext, options, data_dir))
+        paths.append(save_image(image, target, facts, infotexts[index], options, data_dir, suffix=suffix))
+
+    for index in range(min(len(result.images), len(infotexts))):
+        if index % batch_size == 0:
+            for first in range(index, min(index + batch_size, len(before_hires), len(result.images))):
+                save(before_hires[first], first, BEFORE_HIRES)
+        if index < len(before_restoration):
+            save(before_restoration[index], index, BEFORE_RESTORATION)
+        save(result.images[index].image, index, "")
     return paths
 
 

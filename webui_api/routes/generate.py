@@ -53,9 +53,13 @@ async def run_txt2img(
     if (cached := await services.serving.lookup("txt2img", request, options, context)) is not None:
         return cached
     job = build_txt2img(request, options, styles=styles)
-    item = services.serving.timed(_txt2img_item(services, job, _face_restorer(services, job)), "txt2img", job_steps(job), context)
+    restorer = _face_restorer(services, job, bool(request.save_images))
+    first_pass = _first_pass_sink(job, bool(request.save_images))
+    item = services.serving.timed(_txt2img_item(services, job, restorer, first_pass), "txt2img", job_steps(job), context)
     result, model_info = await services.scheduler.run(item, context.priority, guarded=guarded, disconnected=disconnected)
-    grid = await run_in_threadpool(_save_outputs, services, job, result, model_info, request) if request.save_images else None
+    grid = None
+    if request.save_images:
+        grid = await run_in_threadpool(_save_outputs, services, job, result, model_info, request, restorer, first_pass)
     response = await run_in_threadpool(_response, request, job, result, model_info, grid)
     return await services.serving.finish("txt2img", request, response, context, cacheable=not result.interrupted)
 
@@ -67,14 +71,23 @@ async def _run_script(request: Any, tab: str, options: Any, styles: Any, service
     return await run_script(request, tab, options, styles, services, disconnected, guarded)
 
 
-def _face_restorer(services: Services, job: GenerationJob) -> Any:
+def _face_restorer(services: Services, job: GenerationJob, save_images: bool = False) -> Any:
     """The face restorer of a restore_faces job (a missing model is a 400 now, before the
-    queue), None otherwise."""
+    queue), None otherwise. It keeps the unrestored images when they are to be saved too."""
     if not job.restore_faces:
         return None
-    from ..postprocess.face_restore.restorers import job_restorer
+    from ..postprocess.face_restore.restorers import job_restorer, keeps_originals
 
-    return job_restorer(services.settings, services.postprocess_models, job.options)
+    keep = keeps_originals(job.options, save_images)
+    return job_restorer(services.settings, services.postprocess_models, job.options, keep_originals=keep)
+
+
+def _first_pass_sink(job: GenerationJob, save_images: bool) -> list[Any] | None:
+    """A list the engine fills with hires fix's first-pass pictures when they are to be saved
+    (save_images_before_highres_fix), else None."""
+    from ..postprocess.saving import keeps_before_hires
+
+    return [] if keeps_before_hires(job, job.options, save_images) else None
 
 
 def _prepare(request: Any, services: Services) -> tuple[Any, dict[str, Any], Any]:
@@ -88,7 +101,10 @@ def _prepare(request: Any, services: Services) -> tuple[Any, dict[str, Any], Any
     return request, options, styles
 
 
-def _save_outputs(services: Services, job: GenerationJob, result: JobResult, model_info: Any, request: Any = None) -> Any:
+def _save_outputs(
+    services: Services, job: GenerationJob, result: JobResult, model_info: Any, request: Any = None, restorer: Any = None,
+    first_pass: list[Any] | None = None,
+) -> Any:
     """save_images: true writes samples (and the grid) under the data dir as A1111 does, in the
     txt2img or img2img folders; returns the grid when A1111 would return it first
     (return_grid), else None."""
@@ -100,7 +116,9 @@ def _save_outputs(services: Services, job: GenerationJob, result: JobResult, mod
     img2img = job.kind == "img2img"
     facts = saving.job_name_facts(job, model_info, result, tuple(getattr(request, "styles", None) or ()))
     samples, grids = (saving.IMG2IMG_SAMPLES, saving.IMG2IMG_GRIDS) if img2img else (saving.TXT2IMG_SAMPLES, saving.TXT2IMG_GRIDS)
-    saving.save_samples(result, infotexts, options, data_dir, samples, job=facts)
+    before = tuple(getattr(restorer, "originals", ()))  # save_images_before_face_restoration
+    saving.save_samples(result, infotexts, options, data_dir, samples, job=facts, before_restoration=before,
+                        before_hires=tuple(first_pass or ()))
     if not result.images or not wants_grid(len(result.images), options):
         return None
     grid = image_grid([g.image for g in result.images], grid_shape(len(result.images), job.batch_size, options))
@@ -118,12 +136,13 @@ def check_output_format(options: dict[str, Any]) -> None:
         raise InvalidImageFormat(fmt)
 
 
-def _txt2img_item(services: Services, job: GenerationJob, restorer: Any = None) -> WorkItem:
+def _txt2img_item(services: Services, job: GenerationJob, restorer: Any = None, first_pass: list[Any] | None = None) -> WorkItem:
     def run(cancel) -> tuple[JobResult, Any]:
         model = services.engine.load(job.model_title)
+        extra = {} if first_pass is None else {"before_hires": first_pass.extend}
         if restorer is None:
-            return services.engine.txt2img(job, services.progress, cancel), model.info
-        return services.engine.txt2img(job, services.progress, cancel, restore_faces=restorer), model.info
+            return services.engine.txt2img(job, services.progress, cancel, **extra), model.info
+        return services.engine.txt2img(job, services.progress, cancel, restore_faces=restorer, **extra), model.info
 
     job_count = job.n_iter * 2 if job.hires is not None else job.n_iter  # A1111 doubles it for hires fix
     spec = ProgressSpec("scripts_txt2img", job_count, job.job_timestamp, job.preview_every_n_steps)
@@ -183,9 +202,10 @@ async def run_img2img(
     if (cached := await services.serving.lookup("img2img", request, options, context)) is not None:
         return cached
     job = await run_in_threadpool(build_img2img, request, options, None, styles)
-    item = services.serving.timed(_img2img_item(services, job, _face_restorer(services, job)), "img2img", job_steps(job), context)
+    restorer = _face_restorer(services, job, bool(request.save_images))
+    item = services.serving.timed(_img2img_item(services, job, restorer), "img2img", job_steps(job), context)
     result, model_info = await services.scheduler.run(item, context.priority, guarded=guarded, disconnected=disconnected)
-    grid = await run_in_threadpool(_save_outputs, services, job, result, model_info, request) if request.save_images else None
+    grid = await run_in_threadpool(_save_outputs, services, job, result, model_info, request, restorer) if request.save_images else None
     echoed = request if request.include_init_images else request.model_copy(update={"init_images": None, "mask": None})
     response = await run_in_threadpool(_response, echoed, job, result, model_info, grid)
     return await services.serving.finish("img2img", request, response, context, cacheable=not result.interrupted)

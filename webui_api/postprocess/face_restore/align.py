@@ -2,10 +2,10 @@
 
 GFPGAN and CodeFormer were trained on FFHQ-aligned 512 x 512 faces, so every detected face is
 rotated, scaled and shifted until its five landmarks sit on FFHQ's template points, restored
-there, and warped back into the image through the inverse transform. The paste uses
-facexlib's soft square mask (A1111 additionally refines it with a face-parsing network, which
-this server does not have): the warped square, eroded so its edges fade over about a tenth of
-the face's width.
+there, and warped back into the image through the inverse transform. The paste uses the
+face-parsing mask when facexlib's `parsing_parsenet.pth` is present (A1111's use_parse, see
+parsenet.py), else facexlib's soft square mask: the warped square, eroded so its edges fade
+over about a tenth of the face's width.
 
 numpy for the transform, torch (imported inside) for bilinear warps and the mask filters.
 """
@@ -134,11 +134,15 @@ def paste_mask(matrix: np.ndarray, image_size: tuple[int, int], face_size: int =
     return hard.numpy(), soft.numpy()
 
 
-def paste_face(image: np.ndarray, restored: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+def paste_face(image: np.ndarray, restored: np.ndarray, matrix: np.ndarray, parsed: np.ndarray | None = None) -> np.ndarray:
     """Blend a restored face crop back into `image` (float H x W x 3) through the inverse of
-    `matrix`; returns a new float array."""
+    `matrix`; returns a new float array. `parsed` (the crop's face-parsing mask, see
+    parsenet.parse_mask) replaces the soft square, as facexlib's use_parse does."""
     height, width = image.shape[:2]
     back = invert_affine(matrix)
     face = warp_affine(restored.astype(np.float32), back, (width, height))
+    if parsed is not None:
+        soft = warp_affine(parsed.astype(np.float32)[:, :, None], back, (width, height))
+        return soft * face + (1.0 - soft) * image
     hard, soft = paste_mask(matrix, (width, height), restored.shape[0])
     return soft[:, :, None] * (hard[:, :, None] * face) + (1.0 - soft[:, :, None]) * image

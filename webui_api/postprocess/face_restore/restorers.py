@@ -4,7 +4,9 @@ A1111 lists two restorers, CodeFormer then GFPGAN, each reading .pth files from 
 (models/Codeformer, models/GFPGAN, or --codeformer-models-path / --gfpgan-models-path);
 .safetensors files are accepted too. The face detector's weights are facexlib's
 detection_Resnet50_Final.pth (or the MobileNet-0.25 variant), which A1111 keeps in
-models/GFPGAN; the restorer's own folder and Codeformer/facelib are searched as well.
+models/GFPGAN; the restorer's own folder and Codeformer/facelib are searched as well, also
+for facexlib's optional face parser parsing_parsenet.pth (A1111's paste mask; without it the
+soft square mask is used).
 
 Both restorers load through spandrel. CodeFormer's architecture ships in the separate
 `spandrel_extra_arches` package (non-commercial licence, the optional extra `codeformer`),
@@ -14,7 +16,7 @@ that cannot run (package or weights missing) is refused with a 400 naming what i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -27,6 +29,7 @@ from webui_api.postprocess.face_restore.cache import ModelKey, PostprocessModels
 from webui_api.postprocess.face_restore.detector import FaceDetector, FixedFaces, RetinaFaceDetector
 
 MODEL_EXTENSIONS = (".pth", ".safetensors")
+PARSER_FILE = "parsing_parsenet"  # facexlib's face parser (A1111's use_parse paste mask), optional
 DETECTOR_FILES = ("detection_Resnet50_Final", "detection_mobilenet0.25_Final")  # preferred first
 
 FaceNet = Callable[[Any], Any]  # 1x3x512x512 RGB in [-1, 1] -> the same
@@ -107,6 +110,15 @@ class FaceRestoreFolders:
                 errors=f"no {'*GFPGAN*' if kind.name_must_contain else '*'}.pth / .safetensors file in {folder}",
             )
         return files[-1]
+
+    def parser_file(self, kind: RestorerKind) -> Path | None:
+        """facexlib's parsing_parsenet weights, looked up where the detector is; None when
+        absent (optional: the paste then uses the soft square mask)."""
+        for folder in dict.fromkeys([self.gfpgan, self.folder(kind), self.codeformer / "facelib"]):
+            for ext in MODEL_EXTENSIONS:
+                if (folder / f"{PARSER_FILE}{ext}").is_file():
+                    return folder / f"{PARSER_FILE}{ext}"
+        return None
 
     def detector_file(self, kind: RestorerKind) -> Path:
         """facexlib's RetinaFace weights, from the GFPGAN folder (where A1111 keeps them), the
@@ -190,6 +202,20 @@ def load_detector(path: Path, device: str) -> RetinaFaceDetector:
     return RetinaFaceDetector(net.to(resolve_device(device)))
 
 
+def load_parser(path: Path, device: str) -> Any:
+    """facexlib's ParseNet from its weight file (strict key match), on `device`."""
+    from webui_api.engine.loading.files import read_state_dict
+    from webui_api.engine.service import resolve_device
+    from webui_api.postprocess.face_restore.parsenet import build_parsenet
+
+    try:
+        net = build_parsenet(read_state_dict(path))
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise FaceRestorerUnavailable(f"cannot use {path.name} in {path.parent} as the face parser",
+                                      errors=str(exc)[:500]) from exc
+    return net.to(resolve_device(device))
+
+
 def face_net(kind: RestorerKind, descriptor: Any, codeformer_weight: float) -> FaceNet:
     """How A1111 calls each network: GFPGAN with return_rgb=False, CodeFormer with the
     fidelity weight and adain=True; both return (image, ...)."""
@@ -215,11 +241,13 @@ def run_face_net(net: FaceNet, crop: np.ndarray, device: Any = "cpu") -> np.ndar
     return (out.permute(1, 2, 0).numpy() * 255.0).astype(np.uint8)
 
 
-def restore_faces_in(image: Image.Image, detector: FaceDetector, net: FaceNet, device: Any = "cpu") -> Image.Image:
+def restore_faces_in(
+    image: Image.Image, detector: FaceDetector, net: FaceNet, device: Any = "cpu", parser: Any = None
+) -> Image.Image:
     """Detect, align, restore and paste every face; the image itself when none is found.
 
     Every crop is taken from the original pixels and pasted in detection order, as facexlib
-    does."""
+    does. `parser` (a ParseNet) makes the paste mask from the restored face's parsing."""
     rgb = np.asarray(image.convert("RGB"))
     faces = detector.detect(rgb)
     if not faces:
@@ -227,7 +255,13 @@ def restore_faces_in(image: Image.Image, detector: FaceDetector, net: FaceNet, d
     result = rgb.astype(np.float32)
     for face in faces:
         aligned = align_face(rgb, face.landmarks)
-        result = paste_face(result, run_face_net(net, aligned.crop, device), aligned.matrix)
+        restored = run_face_net(net, aligned.crop, device)
+        parsed = None
+        if parser is not None:
+            from webui_api.postprocess.face_restore.parsenet import parse_mask
+
+            parsed = parse_mask(parser, restored, device)
+        result = paste_face(result, restored, aligned.matrix, parsed)
     return Image.fromarray(np.clip(result, 0, 255).astype(np.uint8), "RGB")
 
 
@@ -284,7 +318,8 @@ class FaceRestorers:
                 return image
             descriptor = self._on_device(self._restorer(kind))
             net = face_net(kind, descriptor, request.codeformer_weight)
-            return restore_faces_in(image, FixedFaces(tuple(faces)), net, descriptor.device)
+            parser = self._parser(kind)
+            return restore_faces_in(image, FixedFaces(tuple(faces)), net, descriptor.device, parser)
         finally:
             if request.unload_after:
                 self._unload(kind)
@@ -292,6 +327,14 @@ class FaceRestorers:
     def _restorer(self, kind: RestorerKind) -> Any:
         path = self.folders.model_file(kind)
         return self.models.get(ModelKey(kind.name, path, self.device), lambda: load_restorer(path, kind, self.device))
+
+    def _parser(self, kind: RestorerKind) -> Any:
+        """facexlib's ParseNet when its file is present (A1111's paste mask), else None: the
+        soft square mask is used, and nothing is refused for a missing parser."""
+        path = self.folders.parser_file(kind)
+        if path is None:
+            return None
+        return self._on_device(self.models.get(ModelKey("parser", path, self.device), lambda: load_parser(path, self.device)))
 
     def _detector(self, kind: RestorerKind) -> RetinaFaceDetector:
         path = self.folders.detector_file(kind)
@@ -309,8 +352,12 @@ class FaceRestorers:
 
         if self.device == "cpu":
             return
-        for key in (ModelKey(kind.name, self.folders.model_file(kind), self.device),
-                    ModelKey("detector", self.folders.detector_file(kind), self.device)):
+        keys = [ModelKey(kind.name, self.folders.model_file(kind), self.device),
+                ModelKey("detector", self.folders.detector_file(kind), self.device)]
+        parser = self.folders.parser_file(kind)
+        if parser is not None:
+            keys.append(ModelKey("parser", parser, self.device))
+        for key in keys:
             if key in self.models:
                 model = self.models.get(key, lambda: None)
                 (model.net if isinstance(model, RetinaFaceDetector) else model).to(torch.device("cpu"))
@@ -326,10 +373,37 @@ def restore_request(options: Mapping[str, Any]) -> RestoreRequest:
     )
 
 
-def job_restorer(settings: Any, models: PostprocessModels, options: Mapping[str, Any]) -> Callable[[Image.Image], Image.Image]:
+@dataclass
+class JobFaceStep:
+    """The image -> image step the engine runs on every decoded image of one job.
+
+    With `keep_originals` (A1111's save_images_before_face_restoration while saving) it also
+    keeps each image it was given, in the engine's call order, which is the result's image
+    order; the route saves them as "-before-face-restoration" files. Keeping them here, in
+    the step the route owns, leaves the engine's JobResult contract as it is."""
+
+    faces: Any  # FaceRestorers
+    request: RestoreRequest
+    keep_originals: bool = False
+    originals: list[Image.Image] = field(default_factory=list)
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        if self.keep_originals:
+            self.originals.append(image)
+        return self.faces.restore(image, self.request)
+
+
+def keeps_originals(options: Mapping[str, Any], save_images: bool) -> bool:
+    """A1111 saves the image before restoration when samples are saved and the option is on."""
+    return bool(save_images and options.get("samples_save", True) and options.get("save_images_before_face_restoration", False))
+
+
+def job_restorer(
+    settings: Any, models: PostprocessModels, options: Mapping[str, Any], keep_originals: bool = False
+) -> JobFaceStep:
     """For a job with restore_faces: the image -> image step the engine runs after decoding.
     Checked now (a missing model is a 400 before the job is queued), loaded on first use."""
     faces = FaceRestorers.from_settings(settings, models)
     request = restore_request(options)
     faces.check(request.model)
-    return lambda image: faces.restore(image, request)
+    return JobFaceStep(faces, request, keep_originals)
