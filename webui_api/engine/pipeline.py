@@ -305,16 +305,28 @@ def sampler_kwargs(
     )
 
 
-def guidance_options(job: GenerationJob, plan: SamplerPlan) -> GuidanceOptions:
+def guidance_options(job: GenerationJob, plan: SamplerPlan, model: LoadedModel | None = None) -> GuidanceOptions:
     """skip_early_cond / s_min_uncond_all from the options; total_steps doubled for second-order
-    samplers (A1111's SamplerData.total_steps); timestep samplers blend masks before denoising."""
+    samplers (A1111's SamplerData.total_steps); timestep samplers blend masks before denoising.
+    pad_cond_uncond / pad_cond_uncond_v0 / batch_cond_uncond as A1111's options (`model`
+    encodes the empty prompt pad_cond_uncond pads with)."""
     steps = job.sampling.steps
+    pad, pad_v0 = bool(_option(job, "pad_cond_uncond", False)), bool(_option(job, "pad_cond_uncond_v0", False))
+    empty = None
+    if pad and not pad_v0 and model is not None:
+        from webui_api.engine.conditioning import empty_prompt_crossattn
+
+        empty = empty_prompt_crossattn(model, job.options, job.clip_skip)
     return GuidanceOptions(
         total_steps=steps * 2 if plan.sampler.second_order else steps,
         skip_early_cond=float(_option(job, "skip_early_cond", 0.0)),
         s_min_uncond_all=bool(_option(job, "s_min_uncond_all", False)),
         mask_before_denoising=plan.sampler.kind == KIND_TIMESTEPS,
         image_cfg_scale=job.img2img.image_cfg_scale if job.img2img is not None else None,
+        pad_cond_uncond=pad and empty is not None,
+        pad_cond_uncond_v0=pad_v0,
+        batch_cond_uncond=bool(_option(job, "batch_cond_uncond", True)),
+        empty_crossattn=empty,
     )
 
 
@@ -403,7 +415,7 @@ def sample_batch(
         begin = start(noise, full_schedule)
     x, schedule = begin.x, begin.schedule
     # 3. denoiser, callback, sampler arguments
-    cfg = CFGDenoiser(inner, cancel, guidance_options(job, plan), blend=begin.blend)
+    cfg = CFGDenoiser(inner, cancel, guidance_options(job, plan, model), blend=begin.blend)
     denoiser = cfg if hooks.wrap_denoiser is None else hooks.wrap_denoiser(cfg, batch, begin)
     trace = SamplingTrace(x0=x)
     callback = make_callback(job, observer, trace, preview_source(job, cfg, trace), model.family)
