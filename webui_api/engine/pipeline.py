@@ -29,7 +29,7 @@ from webui_api.engine.control import control_hook
 from webui_api.engine.denoiser import CFGDenoiser, GuidanceOptions, InpaintBlend, SamplingInterrupted, make_inner
 from webui_api.engine.latents import approx_preview, decode_latents
 from webui_api.engine.models import LoadedModel
-from webui_api.engine.rng import ImageRNG
+from webui_api.engine.rng import ImageRNG, philox_normal
 from webui_api.errors import BadRequest
 from webui_api.jobs import GeneratedImage, GenerationJob, JobResult
 from webui_api.progress import CancelToken, RunObserver
@@ -254,28 +254,32 @@ def make_noise_sampler(
 
     Samplers with the ``brownian_noise`` option get a Brownian tree per image seeded with the
     batch's main seeds over the full schedule's (smallest positive, largest) sigma: no
-    subseeds, no ENSD. Its node normals come from a CPU generator for the "CPU" RNG source and
-    from one on the model device otherwise (the "NV" source is not reproduced there). Every
-    other sampler draws the ImageRNG's next per-image noise (A1111's TorchHijack).
+    subseeds, no ENSD. Its node normals come from a CPU generator for the "CPU" RNG source,
+    from A1111's Philox port for "NV" (as A1111 replaces torchsde's draw) and from one on the
+    model device for "GPU". Every other sampler draws the ImageRNG's next per-image noise
+    (A1111's TorchHijack).
     """
     if not plan.sampler.brownian_noise:
         return lambda sigma, sigma_next: rng.next()
     shape = (model.latent_channels, job.height // LATENT_SCALE, job.width // LATENT_SCALE)
     sigma_min, sigma_max = schedule_interval(schedule.detach().cpu())
     tree_device = torch.device("cpu") if job.seeds.randn_source == "CPU" else model.device
+    normal = philox_normal if job.seeds.randn_source == "NV" else None
     if bool(_option(job, "no_dpmpp_sde_batch_determinism", False)):
-        return unbatched_brownian_noise((len(batch.seeds),) + shape, sigma_min, sigma_max, batch, model.device)
-    return BrownianTreeNoise(shape, sigma_min, sigma_max, batch.seeds, device=model.device, tree_device=tree_device)
+        return unbatched_brownian_noise((len(batch.seeds),) + shape, sigma_min, sigma_max, batch, model.device, normal)
+    return BrownianTreeNoise(shape, sigma_min, sigma_max, batch.seeds, device=model.device, tree_device=tree_device,
+                             normal=normal)
 
 
-def unbatched_brownian_noise(shape, sigma_min, sigma_max, batch: BatchSpec, device) -> BrownianTreeNoise:
+def unbatched_brownian_noise(shape, sigma_min, sigma_max, batch: BatchSpec, device, normal=None) -> BrownianTreeNoise:
     """A1111 with no_dpmpp_sde_batch_determinism: k-diffusion's own single tree over the whole
     batch, seeded by torch.randint from the global RNG, which A1111's first noise draw left
     seeded with the batch's last seed. A local generator seeded the same way gives that seed
     without touching the global RNG."""
     generator = torch.Generator().manual_seed(int(batch.seeds[-1]))
     seed = int(torch.randint(0, 2**63 - 1, [], generator=generator).item())
-    return BrownianTreeNoise(shape, sigma_min, sigma_max, [seed], device=device, tree_device=device, batched=False)
+    return BrownianTreeNoise(shape, sigma_min, sigma_max, [seed], device=device, tree_device=device, batched=False,
+                             normal=normal)
 
 
 def sampler_kwargs(
