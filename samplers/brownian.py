@@ -11,9 +11,10 @@ with nearby.
 torchsde draws each tree node's normals from a fresh ``torch.Generator(device)`` seeded per
 node; A1111 replaces that draw with its own seeded draw on the RNG-source device, which for a
 CPU generator and float32 is the very same call. So trees built on the CPU reproduce A1111's
-"CPU" source exactly, and trees built on the model's device reproduce its "GPU" source. (The
-"NV" source, where A1111 draws the node normals with its Philox port, is not reproduced: that
-would need replacing torchsde internals.)
+"CPU" source exactly, and trees built on the model's device reproduce its "GPU" source. For
+the "NV" source A1111 draws the node normals with its Philox port; the caller then passes that
+draw as ``normal`` and the trees are ``brownian_tree.SeededBrownianTree`` (torchsde's
+algorithm with the draw plugged in, since torchsde has no such hook).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+
+from samplers.brownian_tree import NormalDraw, SeededBrownianTree
 
 
 def _sorted(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -33,7 +36,8 @@ class BrownianTreeNoise:
     ``shape`` is one image's latent shape; ``seeds`` has one seed per batch row. Trees live on
     ``tree_device`` (their node normals come from a generator there); results are moved to
     ``device``. ``batched=False`` builds a single tree over the whole batch tensor, as
-    k-diffusion does when given one seed instead of a list.
+    k-diffusion does when given one seed instead of a list. ``normal`` replaces torchsde's
+    per-node draw (seed, shape) -> normals (A1111's "NV" source); the trees then run on the CPU.
     """
 
     def __init__(
@@ -46,6 +50,7 @@ class BrownianTreeNoise:
         device: torch.device | str = "cpu",
         tree_device: torch.device | str | None = None,
         batched: bool = True,
+        normal: NormalDraw | None = None,
     ) -> None:
         import torchsde
 
@@ -58,6 +63,9 @@ class BrownianTreeNoise:
         tree_device = self.device if tree_device is None else torch.device(tree_device)
         t0, t1 = torch.as_tensor(sigma_min).cpu(), torch.as_tensor(sigma_max).cpu()
         t0, t1, self.sign = _sorted(t0, t1)
+        if normal is not None:
+            self.trees = [SeededBrownianTree(float(t0), float(t1), tuple(shape), int(seed), normal) for seed in seeds]
+            return
         w0 = torch.zeros(tuple(shape), dtype=torch.float32, device=tree_device)
         self.trees = [torchsde.BrownianTree(t0, w0, t1, entropy=int(seed)) for seed in seeds]
 

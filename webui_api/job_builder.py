@@ -413,6 +413,12 @@ def build_img2img(
     return replace(job, kind="img2img", img2img=params, refiner=refiner_params(request))
 
 
+def job_options(request: GenerationRequest, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The job's options snapshot, plus the request's `disable_extra_networks` under that
+    name: the engine reads it there because GenerationJob has no field for it."""
+    return {**options, "disable_extra_networks": bool(request.disable_extra_networks)}
+
+
 def build_txt2img_like(
     request: GenerationRequest, options: Mapping[str, Any], rng: random.Random, styles: Sequence[PromptStyle]
 ) -> GenerationJob:
@@ -435,7 +441,7 @@ def build_txt2img_like(
         model_title=options.get("sd_model_checkpoint"),
         preview_every_n_steps=_preview_every(options),
         job_timestamp=job_timestamp(),
-        options=dict(options),
+        options=job_options(request, options),
         tiling=bool(request.tiling if request.tiling is not None else options.get("tiling", False)),
         controlnet_units=controlnet_units(request),
         restore_faces=bool(

@@ -27,7 +27,7 @@ from webui_api.engine.networks import (
     lora_delta,
     parse_prompt_networks,
 )
-from webui_api.engine.service import Engine, job_networks
+from webui_api.engine.service import Engine, job_networks, with_default_lora
 from webui_api.errors import BadRequest, NotFound, NotImplementedFeature
 from webui_api.progress import CancelToken
 
@@ -237,3 +237,41 @@ def test_batch_prompts_are_all_stripped(engine):
     job = make_job(prompts=("a cat <lora:style:1>",), seeds=(1, 2), batch_size=2, steps=1)
     result = engine.txt2img(replace(job, prompts=("a cat <lora:style:1>", "a dog <lora:style:1>")), RecordingObserver(), CancelToken())
     assert [image.prompt for image in result.images] == ["a cat <lora:style:1>", "a dog <lora:style:1>"]
+
+
+# -- disable_extra_networks and sd_lora ------------------------------------------------------
+
+
+def test_disabled_extra_networks_strip_the_tags_and_apply_nothing(engine):
+    disabled = {"disable_extra_networks": True}
+    job = make_job(prompts=("<lora:a:1> cat", "<lora:b:1> dog"), seeds=(1, 2), n_iter=2, options=disabled)
+    assert job_networks(job) == ((" cat", " dog"), [])
+    baseline = _run(engine)
+    result = _run(engine, "a cat<lora:style:1>", options=disabled)
+    assert np.array_equal(_pixels(result), _pixels(baseline))
+    assert "Lora hashes" not in result.extra_generation_params
+    assert result.images[0].prompt == "a cat<lora:style:1>"
+    with_lora = _run(engine, "a cat<lora:style:1>", options={"disable_extra_networks": False})
+    assert not np.array_equal(_pixels(with_lora), _pixels(baseline))
+
+
+def test_sd_lora_appends_the_default_network_to_every_prompt():
+    job = make_job(prompts=("a cat", "a dog"), seeds=(1, 2), batch_size=2, options={"extra_networks_default_multiplier": 0.5})
+    assert with_default_lora(job, "style").prompts == ("a cat<lora:style:0.5>", "a dog<lora:style:0.5>")
+    assert with_default_lora(job, None) is job
+    named = replace(job, prompts=("a cat <lyco:style:0.2>", "a dog"))
+    assert with_default_lora(named, "style") is named
+    disabled = replace(job, options={"disable_extra_networks": True})
+    assert with_default_lora(disabled, "style") is disabled
+
+
+def test_sd_lora_option_applies_the_network_and_shows_in_infotext(engine, data):
+    explicit = _run(engine, "a cat<lora:style_v2:1.0>")
+    by_option = _run(engine, options={"sd_lora": "style_v2", "extra_networks_default_multiplier": 1.0})
+    assert np.array_equal(_pixels(by_option), _pixels(explicit))
+    assert by_option.images[0].prompt == "a cat<lora:style_v2:1.0>"
+    assert by_option.extra_generation_params["Lora hashes"].startswith("style_v2: ")
+    # A1111 looks the option up by file name only: an alias ("style") or an unknown name is ignored
+    assert engine.default_lora({"sd_lora": "style"}) is None and engine.default_lora({"sd_lora": "None"}) is None
+    unknown = _run(engine, options={"sd_lora": "missing"})
+    assert np.array_equal(_pixels(unknown), _pixels(_run(engine)))

@@ -67,6 +67,33 @@ def test_vae_files_with_and_without_the_checkpoint_prefix(tmp_path):
     assert build_vae(plain, state, vae_config_for("sdxl")).config.scaling_factor == 0.13025
 
 
-def test_diffusers_layout_vae_files_are_refused_clearly(tmp_path):
-    with pytest.raises(UnusableModelFile, match="diffusers layout"):
-        build_vae(tmp_path / "x.safetensors", dict(tiny_vae(seed=1).state_dict()), "vae-sd")
+def _same_weights(source, loaded) -> bool:
+    return all(torch.equal(v, loaded.state_dict()[k]) for k, v in source.state_dict().items())
+
+
+def test_diffusers_layout_vae_files_load(tmp_path):
+    source = tiny_vae(seed=1)
+    path = tmp_path / "diffusion_pytorch_model.safetensors"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    state = safetensors.torch.load_file(str(path))
+    assert "encoder.down_blocks.0.resnets.0.conv1.weight" in state and ldm_keys.is_diffusers_vae(state)
+    loaded = build_vae(path, state, vae_config_for("sd1"))
+    assert _same_weights(source, loaded)
+    assert dict(loaded.config)["block_out_channels"] == list(source.config.block_out_channels)
+
+
+def test_legacy_diffusers_attention_names_and_conv_shaped_attention(tmp_path):
+    source = tiny_vae(seed=2)
+    legacy = {}
+    for key, value in source.state_dict().items():
+        for new, old in (("to_q", "query"), ("to_k", "key"), ("to_v", "value"), ("to_out.0", "proj_attn")):
+            key = key.replace(f"attentions.0.{new}.", f"attentions.0.{old}.")
+        legacy[key] = value[..., None, None] if value.ndim == 2 and "attentions" in key else value
+    assert any(".query." in key for key in legacy)
+    assert _same_weights(source, build_vae(tmp_path / "old.bin", legacy, vae_config_for("sd1")))
+
+
+def test_an_incomplete_diffusers_vae_names_what_is_missing(tmp_path):
+    state = {k: v for k, v in tiny_vae(seed=1).state_dict().items() if "decoder.up_blocks.0.resnets.0" not in k}
+    with pytest.raises(UnusableModelFile, match=r"decoder\.up\.\d\.block\.0"):
+        build_vae(tmp_path / "x.safetensors", state, vae_config_for("sd1"))

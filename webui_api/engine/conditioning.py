@@ -516,6 +516,13 @@ class PromptEncoder:
         return [CondTensors(row, vector) for row, vector in zip(crossattn, vectors)]
 
 
+def empty_prompt_crossattn(model: LoadedModel, options: Mapping[str, Any], clip_skip: int) -> torch.Tensor:
+    """The (77, C) encoding of "" as a positive prompt: A1111's cond_stage_model_empty_prompt,
+    which pad_cond_uncond appends to the shorter of cond and uncond."""
+    settings = ConditioningSettings.from_options(options, clip_skip)
+    return PromptEncoder(model, settings).encode_variants([""], negative=False)[0].crossattn
+
+
 def build_batch_conditioning(
     model: LoadedModel,
     prompts: Sequence[str],

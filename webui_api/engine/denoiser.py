@@ -81,6 +81,13 @@ class CondBatch:
         vector = None if self.vector is None else torch.cat([self.vector, other.vector])
         return CondBatch(torch.cat([self.crossattn, other.crossattn]), vector, self.uncond_rows + other.uncond_rows)
 
+    def rows(self, start: int, stop: int) -> "CondBatch":
+        """Rows [start, stop); uncond_rows counts the trailing negative rows that fall inside."""
+        total = self.crossattn.shape[0]
+        uncond = max(0, stop - max(start, total - self.uncond_rows)) if self.uncond_rows else 0
+        vector = None if self.vector is None else self.vector[start:stop]
+        return CondBatch(self.crossattn[start:stop], vector, min(uncond, stop - start))
+
     @classmethod
     def of(cls, cond: "CondBatch | torch.Tensor") -> "CondBatch":
         """Accept a bare (N, tokens, C) tensor where no SDXL vector is involved."""
@@ -295,10 +302,49 @@ class GuidanceOptions:
     s_min_uncond_all: bool = False
     mask_before_denoising: bool = False
     image_cfg_scale: Optional[float] = None  # instruct-pix2pix guidance (None / 1.0: plain CFG)
+    # A1111's pad_cond_uncond(_v0) and batch_cond_uncond options; empty_crossattn is the
+    # (tokens, C) encoding of "" that pad_cond_uncond pads with (the model's empty prompt).
+    pad_cond_uncond: bool = False
+    pad_cond_uncond_v0: bool = False
+    batch_cond_uncond: bool = True
+    empty_crossattn: Optional[torch.Tensor] = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.skip_early_cond and self.total_steps < 1:
             raise ValueError(f"skip_early_cond needs total_steps >= 1, got {self.total_steps}")
+        if self.pad_cond_uncond and not self.pad_cond_uncond_v0 and self.empty_crossattn is None:
+            raise ValueError("pad_cond_uncond needs empty_crossattn (the encoding of the empty prompt), got None")
+
+
+def pad_cond_pair(cond: CondBatch, uncond: CondBatch, opts: GuidanceOptions) -> tuple[CondBatch, CondBatch]:
+    """A1111's padding of cond and uncond to one token length, so they share a UNet call.
+
+    v0 (checked first): the uncond is lengthened by repeating its last token vector, or cut
+    to the cond's length. Otherwise pad_cond_uncond appends whole copies of the empty-prompt
+    encoding to the shorter side, as many as (cond - uncond tokens) // empty tokens says
+    (floor division, as A1111). Without either option the lengths stay and guidance makes
+    two UNet calls.
+    """
+    if cond.tokens == uncond.tokens:
+        return cond, uncond
+    if opts.pad_cond_uncond_v0:
+        crossattn = uncond.crossattn[:, : cond.tokens]
+        crossattn = torch.stack([pad_tokens(row, cond.tokens) for row in crossattn])
+        return cond, replace(uncond, crossattn=crossattn)
+    if not opts.pad_cond_uncond:
+        return cond, uncond
+    repeats = (cond.tokens - uncond.tokens) // opts.empty_crossattn.shape[0]
+    if repeats < 0:
+        return _pad_with_empty(cond, -repeats, opts.empty_crossattn), uncond
+    return cond, _pad_with_empty(uncond, repeats, opts.empty_crossattn)
+
+
+def _pad_with_empty(batch: CondBatch, repeats: int, empty: torch.Tensor) -> CondBatch:
+    """Every row gets `repeats` copies of the empty-prompt encoding appended."""
+    if repeats == 0:
+        return batch
+    tail = empty.to(batch.crossattn).repeat(repeats, 1).expand(batch.crossattn.shape[0], -1, -1)
+    return replace(batch, crossattn=torch.cat([batch.crossattn, tail], dim=1))
 
 
 @dataclass
@@ -439,7 +485,8 @@ class CFGDenoiser:
         if self._cache is None or self._cache[0] != key:
             repeats = tuple(len(parts) for parts in layout)
             negatives = replace(CondBatch.stack(unconds), uncond_rows=len(unconds))
-            stacked = _Selected(tuple(layout), repeats, CondBatch.stack(rows), negatives)
+            cond, negatives = pad_cond_pair(CondBatch.stack(rows), negatives, self.options)
+            stacked = _Selected(tuple(layout), repeats, cond, negatives)
             self._cache = (key, stacked)
         return self._cache[1]
 
@@ -461,15 +508,29 @@ class CFGDenoiser:
     def _run(self, x, sigma, selected: _Selected, skip: bool, image_cond):
         """The UNet calls; returns (all cond rows' output, uncond rows' output or fake uncond)."""
         x_c, sigma_c, ic_c = (_repeat_rows(v, selected.repeats) for v in (x, sigma, image_cond))
+        size = x.shape[0]
         if skip:
-            cond_out = self.inner(x_c, sigma_c, selected.cond, ic_c)
+            cond_out = self._call(x_c, sigma_c, selected.cond, ic_c, size)
             return cond_out, _rows(cond_out, [parts[0][0] for parts in selected.parts])
         if selected.cond.tokens != selected.uncond.tokens:
-            return self.inner(x_c, sigma_c, selected.cond, ic_c), self.inner(x, sigma, selected.uncond, image_cond)
-        both = self.inner(
-            torch.cat([x_c, x]), torch.cat([sigma_c, sigma]), selected.cond.cat(selected.uncond), _cat_opt(ic_c, image_cond)
+            return self._call(x_c, sigma_c, selected.cond, ic_c, size), self.inner(x, sigma, selected.uncond, image_cond)
+        both = self._call(
+            torch.cat([x_c, x]), torch.cat([sigma_c, sigma]), selected.cond.cat(selected.uncond), _cat_opt(ic_c, image_cond),
+            size,
         )
         return both[: x_c.shape[0]], both[x_c.shape[0] :]
+
+    def _call(self, x, sigma, cond: CondBatch, image_cond, size: int) -> torch.Tensor:
+        """One UNet call over all rows; with batch_cond_uncond off, calls of `size` rows (the
+        image count) in order, as A1111 does to save memory (same numbers up to float noise)."""
+        if self.options.batch_cond_uncond or x.shape[0] <= size or sigma.ndim == 0:
+            return self.inner(x, sigma, cond, image_cond)
+        outs = []
+        for start in range(0, x.shape[0], size):
+            stop = start + size
+            part_ic = None if image_cond is None else image_cond[start:stop]
+            outs.append(self.inner(x[start:stop], sigma[start:stop], cond.rows(start, stop), part_ic))
+        return torch.cat(outs)
 
 
 def edit_guidance(inner, x, sigma, selected: _Selected, image_cond: torch.Tensor, cond_scale: float, image_scale: float):

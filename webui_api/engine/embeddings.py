@@ -5,6 +5,9 @@ Formats (A1111's `create_embedding_from_data`): A1111's own `.pt` ({"string_to_p
 {"*": (n, C)}, "step", "sd_checkpoint", "sd_checkpoint_name", ...}), diffusers concepts
 ({"<token>": (C,) or (n, C)}, `.bin`/`.safetensors`), and SDXL pairs ({"clip_l": (n, 768),
 "clip_g": (n, 1280)}). Pickles load with `weights_only=True` like every other model file.
+Images (.png, .webp, .jxl, .avif) may carry an A1111 embedding in a text chunk or in their
+pixels (image_embeddings.py); the name is then the one stored inside, and images without
+one (preview pictures) are skipped quietly.
 
 An embedding fits a model when its width equals the sum of the model's text-encoder widths
 (768 for SD1, 1024 for SD2, 768 + 1280 for SDXL); the others are listed as "skipped" in
@@ -33,6 +36,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from webui_api.engine.loading.discovery import ModelPaths, embedding_files
+from webui_api.engine.image_embeddings import IMAGE_EXTENSIONS, BadImageEmbedding, NotAnEmbedding, read_image_embedding
 from webui_api.engine.loading.hashes import HashCache
 
 log = logging.getLogger(__name__)
@@ -120,6 +124,11 @@ def embedding_vectors(data: Mapping[str, Any]) -> dict[str, torch.Tensor]:
 
 def read_embedding_file(path: Path, allow_unsafe_pickle: bool = False) -> Mapping[str, Any]:
     """The raw mapping stored in an embedding file (non-tensor fields kept)."""
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        try:
+            return read_image_embedding(path)
+        except BadImageEmbedding as err:
+            raise EmbeddingFormatError(str(err)) from err
     if path.suffix.lower() == ".safetensors":
         import safetensors.torch
 
@@ -140,9 +149,12 @@ def read_embedding_file(path: Path, allow_unsafe_pickle: bool = False) -> Mappin
 
 
 def load_embedding(path: Path, hashes: HashCache | None = None, allow_unsafe_pickle: bool = False) -> Embedding:
-    """One embedding file; its name is the file name without extension (A1111)."""
+    """One embedding file; its name is the file name without extension, or for an image the
+    `name` stored in its data (A1111)."""
     data = read_embedding_file(path, allow_unsafe_pickle)
     name = path.stem
+    if path.suffix.lower() in IMAGE_EXTENSIONS and isinstance(data.get("name"), str):
+        name = data["name"]
     sha256 = hashes.sha256(path, f"textual_inversion/{name}") if hashes is not None else None
     return Embedding(
         name=name,
@@ -243,6 +255,8 @@ class EmbeddingLibrary:
         for path in embedding_files(self.paths):
             try:
                 found.append(load_embedding(path, self.hashes, self.allow_unsafe_pickle))
+            except NotAnEmbedding as err:
+                log.debug("Not an embedding: %s (%s)", path, err)
             except EmbeddingFormatError as err:
                 log.warning("Skipping embedding file %s: %s", path, err)
         self._embeddings = tuple(found)

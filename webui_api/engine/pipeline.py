@@ -29,7 +29,7 @@ from webui_api.engine.control import control_hook
 from webui_api.engine.denoiser import CFGDenoiser, GuidanceOptions, InpaintBlend, SamplingInterrupted, make_inner
 from webui_api.engine.latents import approx_preview, decode_latents
 from webui_api.engine.models import LoadedModel
-from webui_api.engine.rng import ImageRNG
+from webui_api.engine.rng import ImageRNG, philox_normal
 from webui_api.errors import BadRequest
 from webui_api.jobs import GeneratedImage, GenerationJob, JobResult
 from webui_api.progress import CancelToken, RunObserver
@@ -254,28 +254,32 @@ def make_noise_sampler(
 
     Samplers with the ``brownian_noise`` option get a Brownian tree per image seeded with the
     batch's main seeds over the full schedule's (smallest positive, largest) sigma: no
-    subseeds, no ENSD. Its node normals come from a CPU generator for the "CPU" RNG source and
-    from one on the model device otherwise (the "NV" source is not reproduced there). Every
-    other sampler draws the ImageRNG's next per-image noise (A1111's TorchHijack).
+    subseeds, no ENSD. Its node normals come from a CPU generator for the "CPU" RNG source,
+    from A1111's Philox port for "NV" (as A1111 replaces torchsde's draw) and from one on the
+    model device for "GPU". Every other sampler draws the ImageRNG's next per-image noise
+    (A1111's TorchHijack).
     """
     if not plan.sampler.brownian_noise:
         return lambda sigma, sigma_next: rng.next()
     shape = (model.latent_channels, job.height // LATENT_SCALE, job.width // LATENT_SCALE)
     sigma_min, sigma_max = schedule_interval(schedule.detach().cpu())
     tree_device = torch.device("cpu") if job.seeds.randn_source == "CPU" else model.device
+    normal = philox_normal if job.seeds.randn_source == "NV" else None
     if bool(_option(job, "no_dpmpp_sde_batch_determinism", False)):
-        return unbatched_brownian_noise((len(batch.seeds),) + shape, sigma_min, sigma_max, batch, model.device)
-    return BrownianTreeNoise(shape, sigma_min, sigma_max, batch.seeds, device=model.device, tree_device=tree_device)
+        return unbatched_brownian_noise((len(batch.seeds),) + shape, sigma_min, sigma_max, batch, model.device, normal)
+    return BrownianTreeNoise(shape, sigma_min, sigma_max, batch.seeds, device=model.device, tree_device=tree_device,
+                             normal=normal)
 
 
-def unbatched_brownian_noise(shape, sigma_min, sigma_max, batch: BatchSpec, device) -> BrownianTreeNoise:
+def unbatched_brownian_noise(shape, sigma_min, sigma_max, batch: BatchSpec, device, normal=None) -> BrownianTreeNoise:
     """A1111 with no_dpmpp_sde_batch_determinism: k-diffusion's own single tree over the whole
     batch, seeded by torch.randint from the global RNG, which A1111's first noise draw left
     seeded with the batch's last seed. A local generator seeded the same way gives that seed
     without touching the global RNG."""
     generator = torch.Generator().manual_seed(int(batch.seeds[-1]))
     seed = int(torch.randint(0, 2**63 - 1, [], generator=generator).item())
-    return BrownianTreeNoise(shape, sigma_min, sigma_max, [seed], device=device, tree_device=device, batched=False)
+    return BrownianTreeNoise(shape, sigma_min, sigma_max, [seed], device=device, tree_device=device, batched=False,
+                             normal=normal)
 
 
 def sampler_kwargs(
@@ -305,16 +309,28 @@ def sampler_kwargs(
     )
 
 
-def guidance_options(job: GenerationJob, plan: SamplerPlan) -> GuidanceOptions:
+def guidance_options(job: GenerationJob, plan: SamplerPlan, model: LoadedModel | None = None) -> GuidanceOptions:
     """skip_early_cond / s_min_uncond_all from the options; total_steps doubled for second-order
-    samplers (A1111's SamplerData.total_steps); timestep samplers blend masks before denoising."""
+    samplers (A1111's SamplerData.total_steps); timestep samplers blend masks before denoising.
+    pad_cond_uncond / pad_cond_uncond_v0 / batch_cond_uncond as A1111's options (`model`
+    encodes the empty prompt pad_cond_uncond pads with)."""
     steps = job.sampling.steps
+    pad, pad_v0 = bool(_option(job, "pad_cond_uncond", False)), bool(_option(job, "pad_cond_uncond_v0", False))
+    empty = None
+    if pad and not pad_v0 and model is not None:
+        from webui_api.engine.conditioning import empty_prompt_crossattn
+
+        empty = empty_prompt_crossattn(model, job.options, job.clip_skip)
     return GuidanceOptions(
         total_steps=steps * 2 if plan.sampler.second_order else steps,
         skip_early_cond=float(_option(job, "skip_early_cond", 0.0)),
         s_min_uncond_all=bool(_option(job, "s_min_uncond_all", False)),
         mask_before_denoising=plan.sampler.kind == KIND_TIMESTEPS,
         image_cfg_scale=job.img2img.image_cfg_scale if job.img2img is not None else None,
+        pad_cond_uncond=pad and empty is not None,
+        pad_cond_uncond_v0=pad_v0,
+        batch_cond_uncond=bool(_option(job, "batch_cond_uncond", True)),
+        empty_crossattn=empty,
     )
 
 
@@ -403,7 +419,7 @@ def sample_batch(
         begin = start(noise, full_schedule)
     x, schedule = begin.x, begin.schedule
     # 3. denoiser, callback, sampler arguments
-    cfg = CFGDenoiser(inner, cancel, guidance_options(job, plan), blend=begin.blend)
+    cfg = CFGDenoiser(inner, cancel, guidance_options(job, plan, model), blend=begin.blend)
     denoiser = cfg if hooks.wrap_denoiser is None else hooks.wrap_denoiser(cfg, batch, begin)
     trace = SamplingTrace(x0=x)
     callback = make_callback(job, observer, trace, preview_source(job, cfg, trace), model.family)

@@ -137,6 +137,12 @@ def randn_seeded(seed: int, shape: Sequence[int], source: str, device: torch.dev
     return create_generator(seed, source, device).randn(shape)
 
 
+def philox_normal(seed: int, shape: Sequence[int]) -> torch.Tensor:
+    """A1111's replacement for torchsde's per-node draw under the "NV" source: the first
+    Philox tensor of the node seed (CPU float32; Brownian trees move results themselves)."""
+    return PhiloxGenerator(seed).randn(shape)
+
+
 # ---------------------------------------------------------------------------
 # Variation seeds and seed resize
 # ---------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from webui_api.engine.models import (
     embedded_checkpoint_info,
 )
 from webui_api.engine.networks import (
+    LORA_KINDS,
     LoadedNetwork,
     NetworkCall,
     NetworkFile,
@@ -61,14 +62,38 @@ DEFAULT_CHECKPOINTS_LIMIT = 1  # A1111's sd_checkpoints_limit default
 LORA_NAME_SYMBOLS = str.maketrans("", "", ":,")  # A1111 drops these from names in "Lora hashes"
 
 
+def extra_networks_disabled(job: GenerationJob) -> bool:
+    """The request's `disable_extra_networks`, which the job builder carries in the job's
+    options snapshot under that name (GenerationJob has no field for it)."""
+    return bool(job.options.get("disable_extra_networks", False))
+
+
+def with_default_lora(job: GenerationJob, default_lora: str | None) -> GenerationJob:
+    """A1111's `sd_lora` option: unless the first prompt already names that network, every
+    prompt gets `<lora:NAME:extra_networks_default_multiplier>` appended (so the images'
+    prompts and infotext show it too). Disabled extra networks skip this, as A1111 then never
+    activates the Lora network."""
+    if default_lora is None or extra_networks_disabled(job) or not job.prompts:
+        return job
+    named = [tag.positional[0] for tag in parse_prompt_networks(job.prompts[0])[1] if tag.kind in LORA_KINDS and tag.positional]
+    if default_lora in named:
+        return job
+    tag = f"<lora:{default_lora}:{job.options.get('extra_networks_default_multiplier', 1.0)}>"
+    return replace(job, prompts=tuple(prompt + tag for prompt in job.prompts))
+
+
 def job_networks(job: GenerationJob) -> tuple[tuple[str, ...], list[NetworkCall]]:
     """Every prompt without its extra-network tags, and the LoRAs to apply.
 
     A1111 reads the networks of each batch from the batch's first prompt; a job whose
     batches name different networks would need weights changed between batches, which
-    this engine does not do yet (501 rather than a silently wrong batch).
+    this engine does not do yet (501 rather than a silently wrong batch). With
+    `disable_extra_networks` the tags are still stripped but nothing is applied (A1111
+    parses the prompts and skips the activation).
     """
     parsed = [parse_prompt_networks(prompt) for prompt in job.prompts]
+    if extra_networks_disabled(job):
+        return tuple(text for text, _ in parsed), []
     per_batch = [lora_calls(parsed[job.batch_slice(n).start][1]) for n in range(job.n_iter)]
     if any(calls != per_batch[0] for calls in per_batch):
         raise NotImplementedFeature("batches whose first prompts name different <lora:...> networks are not supported yet")
@@ -506,6 +531,14 @@ class Engine:
     def refresh_loras(self) -> None:
         self._networks.refresh()
 
+    def default_lora(self, options: Mapping[str, Any]) -> str | None:
+        """The `sd_lora` option's network when a LoRA file has that name (A1111 silently
+        ignores a name it does not list), else None."""
+        name = str(options.get("sd_lora") or "None")
+        if name == "None" or all(entry.name != name for entry in self._networks.files()):
+            return None
+        return name
+
     def load_networks(self, calls: list[NetworkCall]) -> list[LoadedNetwork]:
         """Find and read every network a job names (404 / 400 before any weight changes)."""
         loaded = []
@@ -578,6 +611,7 @@ class Engine:
         model = self.load(job.model_title)
         choice = self.apply_vae(model, job.options)
         job, controls = prepare_controls(self.controlnets, model, job, self.annotator_dir)
+        job = with_default_lora(job, self.default_lora(job.options))
         stripped, calls = job_networks(job)
         networks = self.pass_networks(calls, hires_network_calls(job))
         networks.attach(model, strict=True)

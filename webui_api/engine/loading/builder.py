@@ -245,8 +245,8 @@ def build_vae(path: Path, state: Mapping[str, torch.Tensor], config_name: str) -
     """A VAE from a standalone VAE file: original layout (encoder.down.0...) or diffusers
     layout (encoder.down_blocks.0...), with or without a "first_stage_model." prefix."""
     usable = {key: value for key, value in state.items() if not key.startswith(("loss", "model_ema"))}
-    if any(".down_blocks." in key or ".up_blocks." in key for key in usable):
-        raise UnusableModelFile(path, "VAE files in diffusers layout are not supported; use the original (A1111) layout")
+    if ldm_keys.is_diffusers_vae(usable):
+        usable = ldm_keys.diffusers_vae_to_ldm(usable)
     prefix = ldm_keys.VAE_PREFIX if any(k.startswith(ldm_keys.VAE_PREFIX) for k in usable) else ""
     shapes = {key: tuple(value.shape) for key, value in usable.items()}
     return fill_component(vae_component(path, usable, shapes, config_name, prefix))

@@ -30,7 +30,7 @@ CHECKPOINT_EXTENSIONS = (".ckpt", ".safetensors")
 VAE_SUFFIXES_NEAR_CHECKPOINTS = (".vae.ckpt", ".vae.pt", ".vae.safetensors")
 VAE_EXTENSIONS = (".ckpt", ".pt", ".safetensors")
 NETWORK_EXTENSIONS = (".pt", ".ckpt", ".safetensors")
-EMBEDDING_EXTENSIONS = (".pt", ".bin", ".safetensors")
+EMBEDDING_EXTENSIONS = (".pt", ".bin", ".safetensors", ".png", ".webp", ".jxl", ".avif")  # images may carry one
 CHECKPOINT_HASH_PREFIX = "checkpoint/"
 MODEL_INDEX = "model_index.json"  # marks a diffusers pipeline folder
 
@@ -213,7 +213,8 @@ def network_files(paths: ModelPaths) -> list[Path]:
 
 
 def embedding_files(paths: ModelPaths) -> list[Path]:
-    """Textual-inversion files (.pt, .bin, .safetensors; empty files skipped as A1111 does)."""
+    """Textual-inversion files (.pt, .bin, .safetensors, and images that may carry one; empty
+    files skipped as A1111 does)."""
     found = []
     for folder in paths.embeddings_dirs:
         found += [path for path in walk_files(folder, EMBEDDING_EXTENSIONS) if path.stat().st_size > 0]

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 
@@ -162,6 +162,37 @@ def _vae_key(key: str, levels: int) -> str | None:
             return None
         return f"{m[1]}.mid.attn_1.{_VAE_ATTENTION_PARTS[m[2]]}.{m[3]}"
     return None
+
+
+# diffusers < 0.15 named the VAE attention children differently (old diffusers-layout files)
+_LEGACY_VAE_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+VAE_DIFFUSERS_MARKERS = (".down_blocks.", ".up_blocks.", ".mid_block.")
+
+
+def is_diffusers_vae(keys: Iterable[str]) -> bool:
+    """Whether a VAE file uses diffusers' AutoencoderKL names (encoder.down_blocks.0...)."""
+    return any(marker in key for key in keys for marker in VAE_DIFFUSERS_MARKERS)
+
+
+def diffusers_vae_to_ldm(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A diffusers-layout VAE state dict renamed to the original layout (no prefix), so one
+    loader serves both. Legacy attention names are accepted; keys no rule covers (none in a
+    well-formed file) are left out and the completeness check names what is then missing."""
+    levels = 1 + max((int(m[1]) for k in state if (m := re.match(r"encoder\.down_blocks\.(\d+)\.", k))), default=-1)
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        try:
+            mapped = _vae_key(_modern_attention_key(key), levels)
+        except KeyMappingError:
+            mapped = None
+        if mapped is not None:
+            out[mapped] = value
+    return out
+
+
+def _modern_attention_key(key: str) -> str:
+    m = _split(key, r"(.+\.mid_block\.attentions\.0)\.(query|key|value|proj_attn)\.(weight|bias)")
+    return f"{m[1]}.{_LEGACY_VAE_ATTENTION[m[2]]}.{m[3]}" if m else key
 
 
 def canonical_text_key(key: str) -> str:
