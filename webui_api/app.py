@@ -24,6 +24,7 @@ from .auth import add_cors
 from .errors import ApiError
 from .options import OptionsStore
 from .progress import ProgressTracker
+from .batching import BatchingConfig
 from .scheduler import Scheduler, WorkItem
 from .services import Services
 from .settings import Settings
@@ -93,6 +94,7 @@ def build_services(settings: Settings, engine: Optional[Any] = None) -> Services
     scheduler = Scheduler(
         progress, after_failure=engine.free_memory,
         max_queue_depth=settings.max_queue_depth, queue_timeout=settings.queue_timeout,
+        batching=BatchingConfig(settings.batch_max_size, settings.batch_wait_ms),
     )
     return Services(settings=settings, options=options, engine=engine, scheduler=scheduler, progress=progress)
 

@@ -61,6 +61,9 @@ class Settings:
 
     max_queue_depth: int = 64  # --max-queue-depth: generations waiting beyond this get 503 + Retry-After
     queue_timeout: float = 600.0  # --queue-timeout: seconds a generation may wait queued (0: no limit)
+    batch_max_size: int = 4  # --batch-max-size: images in one cross-request UNet batch (1: batching off)
+    batch_wait_ms: float = 10.0  # --batch-wait-ms: how long the worker waits for batch partners
+    batch_min_rows: int = 0  # --batch-min-rows: UNet row floor for bit-exact batching (0: 4 per CPU thread)
 
     cmd_flags: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # redacted vars(args)
 

@@ -457,6 +457,42 @@ class Engine:
 
         return self._generate(run_img2img, job, observer, cancel)
 
+    def txt2img_batch(
+        self, jobs: list[GenerationJob], observer: RunObserver, cancels: list[CancelToken], min_rows: int = 0
+    ) -> list[JobResult]:
+        """Cross-request batching: run single-iteration txt2img jobs that share a batch key
+        (webui_api.batching) as one sampler batch; one result per job, in order. The jobs
+        share checkpoint, VAE and LoRAs, so they are applied once. `min_rows` floors the UNet
+        batch (webui_api.engine.batched.RowFloor); 0 picks 4 rows per CPU thread."""
+        from webui_api.engine.batched import run_txt2img_batched
+
+        head = jobs[0]
+        self.set_checkpoints_limit(head.options.get("sd_checkpoints_limit", DEFAULT_CHECKPOINTS_LIMIT))
+        model = self.load(head.model_title)
+        choice = self.apply_vae(model, head.options)
+        stripped = [job_networks(job) for job in jobs]
+        if any(calls != stripped[0][1] for _, calls in stripped):
+            raise ValueError("jobs in one batch must name the same <lora:...> networks in their first prompts")
+        networks = self.load_networks(stripped[0][1])
+        patch = apply_networks(model, networks)
+        padding = apply_tiling(model, head.tiling)
+        rows = min_rows if min_rows > 0 else 4 * torch.get_num_threads()
+        try:
+            plain = [replace(job, prompts=prompts) for job, (prompts, _) in zip(jobs, stripped)]
+            results = run_txt2img_batched(model, plain, observer, cancels, min_rows=rows)
+        finally:
+            padding.restore()
+            patch.restore()
+        return [self._finish(result, job, networks, choice) for result, job in zip(results, jobs)]
+
+    def _finish(self, result: JobResult, job: GenerationJob, networks: list[LoadedNetwork], choice: VaeChoice) -> JobResult:
+        """Infotext facts of a finished job: prompts with their tags, LoRA hashes, the VAE."""
+        for index, image in enumerate(result.images):
+            image.prompt = job.prompts[index]
+        result.extra_generation_params.update(self.lora_infotext(networks, job.options))
+        result.vae_name, result.vae_hash = self.vae_identity(choice)
+        return result
+
     def _generate(self, run: Any, job: GenerationJob, observer: RunObserver, cancel: CancelToken) -> JobResult:
         """Load what the job names, apply its LoRAs around `run`, and fill the result's
         infotext facts (prompts keep their <lora:...> tags, as in A1111)."""
@@ -472,11 +508,7 @@ class Engine:
         finally:
             padding.restore()
             patch.restore()
-        for index, image in enumerate(result.images):
-            image.prompt = job.prompts[index]
-        result.extra_generation_params.update(self.lora_infotext(networks, job.options))
-        result.vae_name, result.vae_hash = self.vae_identity(choice)
-        return result
+        return self._finish(result, job, networks, choice)
 
     def memory(self) -> dict[str, Any]:
         """The body of /sdapi/v1/memory: {ram: {...}, cuda: {...}}."""

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional, Sequence
 
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 
+from ..batching import batch_key
 from ..errors import InvalidImageFormat, NotFound
 from ..job_builder import apply_infotext, build_img2img, build_txt2img, request_styles
 from ..jobs import GenerationJob, JobResult
 from ..results import build_infotexts, build_info, encode_images
-from ..scheduler import ProgressSpec, WorkItem
+from ..scheduler import BatchSlot, ProgressSpec, WorkItem
 from ..schemas.generation import GenerationResponse, Img2ImgRequest, Txt2ImgRequest
 from ..services import Services
 from ..styles import style_files
@@ -80,13 +81,37 @@ def check_output_format(options: dict[str, Any]) -> None:
 
 
 def _txt2img_item(services: Services, job: GenerationJob) -> WorkItem:
+    """A batchable job on a batching server runs through the batched path even alone, so its
+    images do not depend on whether partners showed up (webui_api.engine.batched)."""
+    slot = _batch_slot(services, job)
+
     def run(cancel) -> tuple[JobResult, Any]:
+        if slot is not None:
+            return _run_batched(services, [job], [cancel])[0]
         model = services.engine.load(job.model_title)
         return services.engine.txt2img(job, services.progress, cancel), model.info
 
     job_count = job.n_iter * 2 if job.hires is not None else job.n_iter  # A1111 doubles it for hires fix
     spec = ProgressSpec("scripts_txt2img", job_count, job.job_timestamp, job.preview_every_n_steps)
-    return WorkItem(run=run, label="txt2img", progress=spec)
+    return WorkItem(run=run, label="txt2img", progress=spec, batch=slot)
+
+
+def _batch_slot(services: Services, job: GenerationJob) -> BatchSlot | None:
+    """How the job may join a cross-request batch; None when batching is off or it must run alone."""
+    key = batch_key(job) if services.scheduler.batching.enabled else None
+    if key is None:
+        return None
+
+    def run_group(items: Sequence[WorkItem]) -> list[tuple[JobResult, Any]]:
+        return _run_batched(services, [item.batch.payload for item in items], [item.cancel for item in items])
+
+    return BatchSlot(key=key, size=job.batch_size, run_group=run_group, payload=job)
+
+
+def _run_batched(services: Services, jobs: list[GenerationJob], cancels: list[Any]) -> list[tuple[JobResult, Any]]:
+    model = services.engine.load(jobs[0].model_title)
+    results = services.engine.txt2img_batch(jobs, services.progress, cancels, min_rows=services.settings.batch_min_rows)
+    return [(result, model.info) for result in results]
 
 
 def _response(
