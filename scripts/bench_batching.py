@@ -1,0 +1,147 @@
+"""Cross-request batching: throughput and latency of concurrent txt2img clients, batching off vs on.
+
+One engine (one model) in this process serves several apps on loopback uvicorn servers that
+differ only in --batch-max-size. For each, `--clients` concurrent clients each POST the same
+list of txt2img requests (different prompts and seeds, same batch key), one after the other.
+Printed per mode: images/s, p50 / p99 request latency, the batch sizes the scheduler formed,
+and the ratios against batching off. Every mode gets the same requests in the same order.
+
+Usage: python scripts/bench_batching.py [--clients 8 --requests 3 --width 256 --height 256 --steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=3, help="requests per client, sent one after the other")
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--height", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--sampler", default="Euler a")
+    parser.add_argument("--sizes", default="1,4,8", help="--batch-max-size values to compare; 1 (off) first")
+    parser.add_argument("--wait-ms", type=float, default=10.0)
+    parser.add_argument("--device", default="cpu")
+    return parser.parse_args()
+
+
+@dataclass
+class ModeResult:
+    max_size: int
+    wall: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    images: int = 0
+    batches: list[int] = field(default_factory=list)
+
+    @property
+    def throughput(self) -> float:
+        return self.images / self.wall
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def body(args: argparse.Namespace, client: int, index: int) -> dict:
+    return {"prompt": f"a photo of a cat, client {client}, request {index}", "negative_prompt": "blurry",
+            "seed": 1000 * client + index, "subseed": 7, "steps": args.steps, "width": args.width,
+            "height": args.height, "sampler_name": args.sampler}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(app, port: int):
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    return server, thread
+
+
+async def one_client(http, args: argparse.Namespace, client: int, result: ModeResult) -> None:
+    for index in range(args.requests):
+        started = time.perf_counter()
+        response = await http.post("/sdapi/v1/txt2img", json=body(args, client, index))
+        response.raise_for_status()
+        result.latencies.append(time.perf_counter() - started)
+        result.images += len(response.json()["images"])
+
+
+async def drive(port: int, args: argparse.Namespace, result: ModeResult) -> None:
+    import httpx
+
+    limits = httpx.Limits(max_connections=args.clients * 2)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=3600, limits=limits) as http:
+        warm = await http.post("/sdapi/v1/txt2img", json=body(args, 99, 0))  # lazy imports, first allocations
+        warm.raise_for_status()
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client(http, args, client, result) for client in range(args.clients)))
+        result.wall = time.perf_counter() - started
+
+
+def run_mode(engine, args: argparse.Namespace, max_size: int) -> ModeResult:
+    from webui_api.app import create_app
+    from webui_api.settings import Settings
+
+    port = free_port()
+    settings = Settings.for_tests(Path(tempfile.mkdtemp()), port=port, batch_max_size=max_size, batch_wait_ms=args.wait_ms)
+    app = create_app(settings, engine=engine)
+    server, thread = start_server(app, port)
+    result = ModeResult(max_size)
+    app.state.services.scheduler._on_batch = result.batches.append  # the metrics hook, read by this script
+    asyncio.run(drive(port, args, result))
+    server.should_exit = True
+    thread.join(30)
+    return result
+
+
+def report(args: argparse.Namespace, results: list[ModeResult]) -> None:
+    import torch
+
+    base = results[0]
+    print(f"machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} "
+          f"torch threads={torch.get_num_threads()} device={args.device}")
+    print(f"load: {args.clients} clients x {args.requests} requests, {args.width}x{args.height}, {args.steps} steps, "
+          f"{args.sampler}, batch wait {args.wait_ms:g} ms")
+    print("| --batch-max-size | images/s | p50 latency | p99 latency | throughput ratio | p50 ratio | batches formed |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        formed = f"{len(r.batches)} (sizes {sorted(set(r.batches))})" if r.batches else "none"
+        print(f"| {r.max_size} | {r.throughput:.2f} | {r.percentile(0.5):.2f} s | {r.percentile(0.99):.2f} s | "
+              f"{r.throughput / base.throughput:.2f} | {r.percentile(0.5) / base.percentile(0.5):.2f} | {formed} |")
+
+
+def main() -> None:
+    args = parse_args()
+    from webui_api.engine.service import Engine
+
+    engine = Engine(device=args.device, dtype="auto")
+    engine.load()
+    sizes = [int(size) for size in args.sizes.split(",")]
+    report(args, [run_mode(engine, args, size) for size in sizes])
+
+
+if __name__ == "__main__":
+    main()
