@@ -110,7 +110,7 @@ def run_mode(engine, args: argparse.Namespace, max_size: int) -> ModeResult:
     app = create_app(settings, engine=engine)
     server, thread = start_server(app, port)
     result = ModeResult(max_size)
-    app.state.services.scheduler._on_batch = result.batches.append  # the metrics hook, read by this script
+    app.state.services.scheduler.on_batch = result.batches.append  # the metrics hook, read by this script
     asyncio.run(drive(port, args, result))
     server.should_exit = True
     thread.join(30)

@@ -181,7 +181,7 @@ class Scheduler:
         self._guarded: set[int] = set()  # ids of guarded items still waiting (not running, not cancelled)
         self._guarded_lock = threading.Lock()
         self.batching = batching
-        self._on_batch = on_batch  # metrics hook: called with the item count of every batch run
+        self.on_batch = on_batch  # metrics hook (public): called with the job count of every batch run
         self._queue = _Queue()
         self._seq = itertools.count()
         self._current: tuple[WorkItem, ...] = ()
@@ -362,8 +362,8 @@ class Scheduler:
             for item in started:
                 self._run_started(item)
             return
-        if self._on_batch is not None:
-            self._on_batch(len(started))
+        if self.on_batch is not None:
+            self.on_batch(len(started))
         self._set_current(tuple(started))
         self._begin_progress(started[0])
         try:

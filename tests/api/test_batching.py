@@ -61,7 +61,7 @@ def post_concurrently(client, bodies: list[dict]) -> list[dict]:
 def test_batched_requests_answer_the_bytes_they_get_alone(make_client, one_thread, sampler):
     batches = []
     client = make_client(batch_min_rows=8)
-    client.app.state.services.scheduler._on_batch = batches.append
+    client.app.state.services.scheduler.on_batch = batches.append
     merged = post_concurrently(client, payloads(sampler))
     assert batches == [3]
     alone = [client.post("/sdapi/v1/txt2img", json=body).json() for body in payloads(sampler)]
@@ -74,7 +74,7 @@ def test_batched_requests_answer_the_bytes_they_get_alone(make_client, one_threa
 def test_different_steps_are_never_batched(make_client, one_thread):
     batches = []
     client = make_client(batch_min_rows=8)
-    client.app.state.services.scheduler._on_batch = batches.append
+    client.app.state.services.scheduler.on_batch = batches.append
     bodies = [webuiapi_txt2img(seed=1, steps=3), webuiapi_txt2img(seed=2, steps=4), webuiapi_txt2img(seed=3, steps=3)]
     answers = post_concurrently(client, bodies)
     assert batches == [2]
