@@ -37,6 +37,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sizes", default="1,4,8", help="--batch-max-size values to compare; 1 (off) first")
     parser.add_argument("--wait-ms", type=float, default=10.0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--probe", action="store_true", help="only print which UNet row counts agree bit for bit")
     return parser.parse_args()
 
 
@@ -133,12 +134,59 @@ def report(args: argparse.Namespace, results: list[ModeResult]) -> None:
               f"{r.throughput / base.throughput:.2f} | {r.percentile(0.5) / base.percentile(0.5):.2f} | {formed} |")
 
 
+def probe_row_classes(engine, rows: int = 16) -> None:
+    """Print the UNet's kernel classes (call sizes whose row 0 gets the same bits) and the call
+    sizes whose rows do not depend on their position: what --batch-unet-rows must respect."""
+    import torch
+
+    model = engine.loaded
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, model.latent_channels, 16, 16, generator=generator).to(model.device, model.dtype)
+    context = torch.randn(rows, 77, model.unet.config.cross_attention_dim, generator=generator).to(model.device, model.dtype)
+    t = torch.full((rows,), 500.0, device=model.device)
+    with torch.inference_mode():
+        classes = kernel_classes([model.unet(x[:m], t[:m], encoder_hidden_states=context[:m], return_dict=False)[0][0]
+                                  for m in range(1, rows + 1)])
+        invariant = [m for m in range(2, rows + 1) if position_invariant(model, x[:m], t[:m], context[:m])]
+    print(f"torch threads={torch.get_num_threads()}: call sizes whose row 0 agrees bit for bit: {classes}")
+    print(f"call sizes whose rows give the same bits at every position (rows rolled): {invariant}")
+
+
+def kernel_classes(first_rows: list) -> list[list[int]]:
+    """Group call sizes 1..n by bit-equal first rows."""
+    import torch
+
+    classes: list[tuple[object, list[int]]] = []
+    for size, row in enumerate(first_rows, start=1):
+        match = next((sizes for value, sizes in classes if torch.equal(value, row)), None)
+        if match is None:
+            classes.append((row, [size]))
+        else:
+            match.append(size)
+    return [sizes for _, sizes in classes]
+
+
+def position_invariant(model, x, t, context) -> bool:
+    """Whether rolling the rows of a call only rolls its output (no row depends on its slot)."""
+    import torch
+
+    first = model.unet(x, t, encoder_hidden_states=context, return_dict=False)[0]
+    for shift in range(1, x.shape[0]):
+        rolled = model.unet(x.roll(shift, 0), t, encoder_hidden_states=context.roll(shift, 0), return_dict=False)[0]
+        if not torch.equal(first, rolled.roll(-shift, 0)):
+            return False
+    return True
+
+
 def main() -> None:
     args = parse_args()
     from webui_api.engine.service import Engine
 
     engine = Engine(device=args.device, dtype="auto")
     engine.load()
+    if args.probe:
+        probe_row_classes(engine)
+        return
     sizes = [int(size) for size in args.sizes.split(",")]
     report(args, [run_mode(engine, args, size) for size in sizes])
 

@@ -207,8 +207,9 @@ SERVING_FLAGS: tuple[FlagSpec, ...] = (
     FlagSpec("--queue-timeout", "seconds a generation may wait in the queue before it is refused (0: no limit)", float, 600.0),
     FlagSpec("--batch-max-size", "cross-request batching: most images in one UNet batch (1: off)", int, 4),
     FlagSpec("--batch-wait-ms", "cross-request batching: how long a job waits for batch partners, in ms", float, 10.0),
-    FlagSpec("--batch-min-rows", "cross-request batching: UNet calls padded to this many rows so batched and "
-             "lone images agree bit for bit (0: 4 per CPU thread)", int, 0),
+    FlagSpec("--batch-unet-rows", "cross-request batching: every UNet call gets exactly this many rows (padded), "
+             "so batched and lone images agree bit for bit; use a multiple of 4 (0: 2 x --batch-max-size, rounded up "
+             "to a multiple of 4)", int, 0),
 )
 
 
@@ -348,7 +349,7 @@ def settings_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser
         queue_timeout=_at_least(0, "--queue-timeout", args.queue_timeout),
         batch_max_size=_at_least(1, "--batch-max-size", args.batch_max_size),
         batch_wait_ms=_at_least(0, "--batch-wait-ms", args.batch_wait_ms),
-        batch_min_rows=_at_least(0, "--batch-min-rows", args.batch_min_rows),
+        batch_unet_rows=_at_least(0, "--batch-unet-rows", args.batch_unet_rows),
         cmd_flags=MappingProxyType(cmd_flags_from_args(args, data_dir)),
     )
 

@@ -63,9 +63,16 @@ class Settings:
     queue_timeout: float = 600.0  # --queue-timeout: seconds a generation may wait queued (0: no limit)
     batch_max_size: int = 4  # --batch-max-size: images in one cross-request UNet batch (1: batching off)
     batch_wait_ms: float = 10.0  # --batch-wait-ms: how long the worker waits for batch partners
-    batch_min_rows: int = 0  # --batch-min-rows: UNet row floor for bit-exact batching (0: 4 per CPU thread)
+    batch_unet_rows: int = 0  # --batch-unet-rows: rows of every UNet call while batching (0: auto, see unet_rows)
 
     cmd_flags: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # redacted vars(args)
+
+    @property
+    def unet_rows(self) -> int:
+        """The fixed UNet call size of a batching server: by default a full batch of
+        single-image jobs (prompt + negative row each) is one call, rounded up to a multiple
+        of 4 (smaller or odd sizes were not row-position independent on the CPU measured)."""
+        return self.batch_unet_rows or -(-2 * self.batch_max_size // 4) * 4
 
     @property
     def root_path(self) -> str:

@@ -60,7 +60,7 @@ def post_concurrently(client, bodies: list[dict]) -> list[dict]:
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_batched_requests_answer_the_bytes_they_get_alone(make_client, one_thread, sampler):
     batches = []
-    client = make_client(batch_min_rows=8)
+    client = make_client()
     client.app.state.services.scheduler.on_batch = batches.append
     merged = post_concurrently(client, payloads(sampler))
     assert batches == [3]
@@ -73,7 +73,7 @@ def test_batched_requests_answer_the_bytes_they_get_alone(make_client, one_threa
 
 def test_different_steps_are_never_batched(make_client, one_thread):
     batches = []
-    client = make_client(batch_min_rows=8)
+    client = make_client()
     client.app.state.services.scheduler.on_batch = batches.append
     bodies = [webuiapi_txt2img(seed=1, steps=3), webuiapi_txt2img(seed=2, steps=4), webuiapi_txt2img(seed=3, steps=3)]
     answers = post_concurrently(client, bodies)
@@ -99,6 +99,6 @@ def test_batching_off_is_the_plain_pipeline(make_client, engine, one_thread):
     answer = client.post("/sdapi/v1/txt2img", json=body).json()
     services = client.app.state.services
     job = build_txt2img(Txt2ImgRequest(**body), services.options.with_overrides({}))
-    direct = engine.txt2img(job, RecordingObserver(), CancelToken())
+    direct = engine.txt2img(job, RecordingObserver(), CancelToken())  # no unet_rows: the plain pipeline
     served = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["images"][0]))).convert("RGB"))
     assert np.array_equal(served, np.asarray(direct.images[0].image.convert("RGB")))

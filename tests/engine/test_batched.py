@@ -1,7 +1,8 @@
 """Cross-request batching in the engine: a combined batch gives each job the images it gets alone.
 
-"Alone" is the batched path with one job and the same UNet row floor (what a batching server
-runs for a lone job); the row floor is what makes the two agree bit for bit (see RowFloor).
+"Alone" is the batched path with one job and the same fixed UNet call size (what a batching
+server runs for a lone job); the fixed call size is what makes the two agree bit for bit
+(see RowChunks).
 """
 
 from __future__ import annotations
@@ -11,19 +12,17 @@ import pytest
 import torch
 
 from tests.engine.helpers import RecordingObserver, make_job
-from webui_api.engine.batched import RowFloor, run_txt2img_batched, token_groups
+from webui_api.engine.batched import RowChunks, run_txt2img_batched, token_groups
 from webui_api.engine.denoiser import CondBatch
 from webui_api.engine.pipeline import run_txt2img
 from webui_api.progress import CancelToken
 
-FLOOR = 8  # 4 rows per thread covers the 1-2 threads these tests may run with
+ROWS = 8  # UNet call size: the three-job batches below have 4 images = 8 rows
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """The row floor is sized for the thread count; pin it so the test is about batching."""
+def keep_threads():
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
 
@@ -32,13 +31,13 @@ def pixels(result) -> list[np.ndarray]:
     return [np.asarray(generated.image) for generated in result.images]
 
 
-def alone(model, job, cancel=None):
-    return run_txt2img_batched(model, [job], RecordingObserver(), [cancel or CancelToken()], min_rows=FLOOR)[0]
+def alone(model, job, cancel=None, rows=ROWS):
+    return run_txt2img_batched(model, [job], RecordingObserver(), [cancel or CancelToken()], unet_rows=rows)[0]
 
 
-def together(model, jobs, cancels=None, observer=None):
+def together(model, jobs, cancels=None, observer=None, rows=ROWS):
     cancels = cancels or [CancelToken() for _ in jobs]
-    return run_txt2img_batched(model, jobs, observer or RecordingObserver(), cancels, min_rows=FLOOR)
+    return run_txt2img_batched(model, jobs, observer or RecordingObserver(), cancels, unet_rows=rows)
 
 
 def assert_same_images(expected, actual) -> None:
@@ -72,6 +71,17 @@ def test_batched_jobs_equal_their_lone_runs_bit_for_bit(tiny_model, sampler):
         assert_same_images(alone(tiny_model, job), result)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("rows", [4, 8, 12])
+def test_exact_for_one_or_two_threads_and_split_or_padded_calls(tiny_model, threads, rows):
+    """4 rows split the 8-row batch into two UNet calls, 12 pad it. (Call sizes that are not a
+    multiple of 4 are not position-independent with 2 threads: see RowChunks.)"""
+    torch.set_num_threads(threads)
+    jobs = three_jobs("DPM++ 2M")
+    for job, result in zip(jobs, together(tiny_model, jobs, rows=rows)):
+        assert_same_images(alone(tiny_model, job, rows=rows), result)
+
+
 def test_subseeds_and_ensd_stay_per_job(tiny_model):
     jobs = three_jobs("Euler a", subseed_strength=0.4, eta_noise_seed_delta=31337)
     for job, result in zip(jobs, together(tiny_model, jobs)):
@@ -99,31 +109,36 @@ def test_token_groups_split_by_length_and_isolate_mixed_jobs(tiny_model):
 
 
 def test_a_lone_batched_job_matches_the_plain_pipeline_within_one_level(tiny_model):
-    """Without batching the plain pipeline runs (2 UNet rows); the padded path may move a
-    pixel by one level (different BLAS kernel), never more."""
+    """Without batching the plain pipeline runs (2 UNet rows); the fixed-size path may move a
+    pixel by one level (a different BLAS kernel), never more."""
     job = make_job(seeds=(9,), sampler="Euler a", steps=5)
     plain = run_txt2img(tiny_model, job, RecordingObserver(), CancelToken())
     diff = np.abs(pixels(plain)[0].astype(int) - pixels(alone(tiny_model, job))[0].astype(int))
     assert diff.max() <= 1
 
 
-def test_row_floor_pads_and_trims(tiny_model):
+def test_row_chunks_pad_split_and_trim(tiny_model):
     calls = []
 
     class Inner:
         def __call__(self, x, sigma, cond, image_cond=None):
-            calls.append((x.shape[0], sigma.shape[0], CondBatch.of(cond).crossattn.shape[0]))
+            cond = CondBatch.of(cond)
+            calls.append((x.shape[0], sigma.shape[0], cond.crossattn.shape[0], x[:, 0, 0, 0].tolist()))
             return x * 2
 
         def to_x0(self, x, out, sigma):
             return out
 
-    floor = RowFloor(Inner(), 4)
-    x = torch.ones(2, 4, 3, 3)
-    out = floor(x, torch.ones(2), torch.zeros(2, 77, 32))
-    assert calls == [(4, 4, 4)] and out.shape == (2, 4, 3, 3) and torch.equal(out, x * 2)
-    floor(torch.ones(5, 4, 3, 3), torch.ones(5), torch.zeros(5, 77, 32))
-    assert calls[-1] == (5, 5, 5)
+    chunks = RowChunks(Inner(), 4)
+    x = torch.arange(6.0).reshape(6, 1, 1, 1).expand(6, 4, 3, 3).contiguous()
+    out = chunks(x, torch.ones(6), torch.zeros(6, 77, 32))
+    assert [c[:3] for c in calls] == [(4, 4, 4), (4, 4, 4)]
+    assert calls[1][3] == [4.0, 5.0, 5.0, 5.0]  # padded with the last row
+    assert out.shape == x.shape and torch.equal(out, x * 2)
+    chunks(x[:4], torch.ones(4), torch.zeros(4, 77, 32))
+    assert len(calls) == 3 and calls[-1][0] == 4
+    with pytest.raises(ValueError, match="got 0"):
+        RowChunks(Inner(), 0)
 
 
 def test_interrupting_one_job_leaves_the_others_exact(tiny_model):

@@ -17,8 +17,8 @@ combines each image with its own rows. Two things are not per row by nature and 
   part) encode to one common length and their negatives to another; the rest run in separate
   sub-batches (`token_groups`).
 - UNet kernels: a row's result can depend on how many rows the call has (BLAS picks kernels
-  by matrix size). This module cannot change that; docs/benchmarks.md records what was
-  measured and the tests pin what holds.
+  by matrix size). Every UNet call is therefore made with one fixed number of rows
+  (`RowChunks`), lone job and batch alike.
 
 Cancellation: interrupting one job stops nothing else. Its latent is taken from the step at
 which the interrupt was seen (A1111's last prompt-only x0 estimate) and decoded when the batch
@@ -91,7 +91,7 @@ class GroupCancel:
 
 
 # ---------------------------------------------------------------------------
-# A row floor for UNet calls
+# Fixed-size UNet calls
 # ---------------------------------------------------------------------------
 
 
@@ -102,30 +102,42 @@ def _pad_rows(v: torch.Tensor | None, rows: int) -> torch.Tensor | None:
     return torch.cat([v, v[-1:].expand(rows - v.shape[0], *v.shape[1:])])
 
 
-class RowFloor:
-    """An inner wrapper whose UNet calls never have fewer than `min_rows` rows.
+def _chunk(v: torch.Tensor | None, part: slice, rows: int) -> torch.Tensor | None:
+    return None if v is None else _pad_rows(v[part], rows)
 
-    BLAS libraries choose GEMM kernels by matrix size: on the CPU measured (MKL, AVX2) a
-    1-row, a 2-3-row and a 4-or-more-row call of the same Linear give different last bits,
-    while calls of 4 rows or more agree row for row. A lone batch-of-one job calls the UNet
-    with 2 rows (prompt + negative); padding every call to 4 rows puts the alone run and
-    every merged run in the same kernel class, so their images agree bit for bit. The padded
-    rows are copies of the last row and are dropped from the output."""
 
-    def __init__(self, inner, min_rows: int) -> None:
+class RowChunks:
+    """An inner wrapper that calls the UNet with exactly `rows` rows, every time.
+
+    BLAS and oneDNN pick kernels by matrix size, so a row's result can change with the number
+    of rows in the call: on the CPU measured, 1, 2-3, 4-15 and 16 rows are four different
+    kernel classes (scripts/bench_batching.py --probe). A batch of jobs and the same job alone
+    therefore only agree when their UNet calls have the same shape. Splitting every call into
+    chunks of `rows` (the last one padded with copies of its last row, dropped afterwards)
+    gives every call, lone or batched, one shape. What remains is that a row's result must not
+    depend on its position in a same-shaped call: measured true for every size with one thread,
+    and with two threads for 2-4, 8 and 12-16 rows but not 5-7 or 9-11 (MKL splits the rows
+    between threads unevenly), hence the multiple-of-4 default (settings.unet_rows)."""
+
+    def __init__(self, inner, rows: int) -> None:
+        if rows < 1:
+            raise ValueError(f"UNet call rows must be >= 1, got {rows}")
         self.inner = inner
-        self.min_rows = min_rows
+        self.rows = rows
 
     def __call__(self, x, sigma, cond, image_cond=None) -> torch.Tensor:
-        rows = x.shape[0]
-        if rows >= self.min_rows:
+        total = x.shape[0]
+        if total == self.rows:
             return self.inner(x, sigma, cond, image_cond)
         cond = CondBatch.of(cond)
-        padded = CondBatch(_pad_rows(cond.crossattn, self.min_rows), _pad_rows(cond.vector, self.min_rows))
-        out = self.inner(
-            _pad_rows(x, self.min_rows), _pad_rows(sigma, self.min_rows), padded, _pad_rows(image_cond, self.min_rows)
-        )
-        return out[:rows]
+        outs = []
+        for start in range(0, total, self.rows):
+            part = slice(start, min(start + self.rows, total))
+            chunk_cond = CondBatch(_chunk(cond.crossattn, part, self.rows), _chunk(cond.vector, part, self.rows))
+            out = self.inner(_chunk(x, part, self.rows), _chunk(sigma, part, self.rows), chunk_cond,
+                             _chunk(image_cond, part, self.rows))
+            outs.append(out[: part.stop - part.start])
+        return torch.cat(outs)
 
     def to_x0(self, x: torch.Tensor, out: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return self.inner.to_x0(x, out, sigma)
@@ -205,7 +217,7 @@ def stop_watcher(members: Sequence[Member], cfg: CFGDenoiser) -> Callable[[], No
 
 
 def sample_members(
-    model: LoadedModel, plan: SamplerPlan, members: Sequence[Member], observer: RunObserver, min_rows: int = 1
+    model: LoadedModel, plan: SamplerPlan, members: Sequence[Member], observer: RunObserver, unet_rows: int
 ) -> torch.Tensor:
     """The sampler once over the members' rows; returns the final latents of all rows."""
     job = members[0].job
@@ -214,7 +226,7 @@ def sample_members(
     rngs = [make_image_rng(model, m.job, m.spec) for m in members]
     noise = torch.cat([rng.first() for rng in rngs])
     begin = SamplingStart(schedule, initial_latent(job, plan, noise, schedule))
-    cfg = CFGDenoiser(RowFloor(inner, min_rows), GroupCancel([m.cancel for m in members]), guidance_options(job, plan))
+    cfg = CFGDenoiser(RowChunks(inner, unet_rows), GroupCancel([m.cancel for m in members]), guidance_options(job, plan))
     trace = SamplingTrace(x0=begin.x)
     watch = stop_watcher(members, cfg)
     latest = preview_source(job, cfg, trace)
@@ -252,11 +264,11 @@ def decode_member(model: LoadedModel, member: Member, latents: torch.Tensor) -> 
 
 
 def run_group(
-    model: LoadedModel, plan: SamplerPlan, members: list[Member], observer: RunObserver, min_rows: int = 1
+    model: LoadedModel, plan: SamplerPlan, members: list[Member], observer: RunObserver, unet_rows: int
 ) -> list[JobResult]:
     """One combined sampler run for members whose rows may share UNet calls."""
     place(members)
-    latents = sample_members(model, plan, members, observer, min_rows)
+    latents = sample_members(model, plan, members, observer, unet_rows)
     return [decode_member(model, member, latents) for member in members]
 
 
@@ -270,14 +282,14 @@ def run_txt2img_batched(
     jobs: Sequence[GenerationJob],
     observer: RunObserver,
     cancels: Sequence[CancelToken],
-    min_rows: int = 1,
+    unet_rows: int,
 ) -> list[JobResult]:
     """Generate several single-iteration txt2img jobs together; results in job order.
 
     Jobs whose prompts encode to different token lengths run as separate sub-batches, one after
     the other, so no job's padding changes. The observer sees the whole batch as one job.
-    `min_rows` pads every UNet call to that many rows (RowFloor); a server that batches runs
-    its lone batchable jobs through here too, with the same floor."""
+    Every UNet call has exactly `unet_rows` rows (RowChunks); a server that batches runs its
+    lone batchable jobs through here too, with the same call size."""
     if len(jobs) != len(cancels) or not jobs:
         raise ValueError(f"need one cancel token per job and at least one job; got {len(jobs)} jobs, {len(cancels)} tokens")
     for job in jobs:
@@ -291,7 +303,7 @@ def run_txt2img_batched(
         observer.batch_started(0, 1)
         members = [_member(model, plan, job, cancel) for job, cancel in zip(jobs, cancels)]
         for group in token_groups([m.conditioning for m in members]):
-            for index, result in zip(group, run_group(model, plan, [members[i] for i in group], observer, min_rows)):
+            for index, result in zip(group, run_group(model, plan, [members[i] for i in group], observer, unet_rows)):
                 results[index] = result
         observer.batch_finished(0)
     return [result for result in results if result is not None]

@@ -47,6 +47,7 @@ from webui_api.engine.networks import (
 )
 from webui_api.engine.pipeline import run_txt2img
 from webui_api.engine.tiling import apply_tiling
+from webui_api.batching import batch_key
 from webui_api.errors import NotImplementedFeature, UnknownCheckpoint
 from webui_api.jobs import GenerationJob, JobResult
 from webui_api.progress import CancelToken, RunObserver
@@ -441,10 +442,14 @@ class Engine:
 
     # -- generation --------------------------------------------------------------------
 
-    def txt2img(self, job: GenerationJob, observer: RunObserver, cancel: CancelToken) -> JobResult:
+    def txt2img(self, job: GenerationJob, observer: RunObserver, cancel: CancelToken, unet_rows: int = 0) -> JobResult:
         """Run a txt2img job with its own checkpoint, VAE, LoRAs and LRU size (all from the
         job's options snapshot and prompts); the LoRAs are removed again afterwards. A job with
-        hires params runs both passes (webui_api.engine.hires)."""
+        hires params runs both passes (webui_api.engine.hires). With `unet_rows` (a server that
+        batches) a batchable job runs as a batch of one, so its images are the ones it would
+        get inside a batch (see txt2img_batch)."""
+        if unet_rows > 0 and batch_key(job) is not None:
+            return self.txt2img_batch([job], observer, [cancel], unet_rows)[0]
         if job.hires is not None:
             from webui_api.engine.hires import run_hires
 
@@ -458,12 +463,12 @@ class Engine:
         return self._generate(run_img2img, job, observer, cancel)
 
     def txt2img_batch(
-        self, jobs: list[GenerationJob], observer: RunObserver, cancels: list[CancelToken], min_rows: int = 0
+        self, jobs: list[GenerationJob], observer: RunObserver, cancels: list[CancelToken], unet_rows: int
     ) -> list[JobResult]:
         """Cross-request batching: run single-iteration txt2img jobs that share a batch key
         (webui_api.batching) as one sampler batch; one result per job, in order. The jobs
-        share checkpoint, VAE and LoRAs, so they are applied once. `min_rows` floors the UNet
-        batch (webui_api.engine.batched.RowFloor); 0 picks 4 rows per CPU thread."""
+        share checkpoint, VAE and LoRAs, so they are applied once. Every UNet call has exactly
+        `unet_rows` rows (webui_api.engine.batched.RowChunks)."""
         from webui_api.engine.batched import run_txt2img_batched
 
         head = jobs[0]
@@ -476,10 +481,9 @@ class Engine:
         networks = self.load_networks(stripped[0][1])
         patch = apply_networks(model, networks)
         padding = apply_tiling(model, head.tiling)
-        rows = min_rows if min_rows > 0 else 4 * torch.get_num_threads()
         try:
             plain = [replace(job, prompts=prompts) for job, (prompts, _) in zip(jobs, stripped)]
-            results = run_txt2img_batched(model, plain, observer, cancels, min_rows=rows)
+            results = run_txt2img_batched(model, plain, observer, cancels, unet_rows=unet_rows)
         finally:
             padding.restore()
             patch.restore()

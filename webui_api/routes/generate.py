@@ -86,10 +86,9 @@ def _txt2img_item(services: Services, job: GenerationJob) -> WorkItem:
     slot = _batch_slot(services, job)
 
     def run(cancel) -> tuple[JobResult, Any]:
-        if slot is not None:
-            return _run_batched(services, [job], [cancel])[0]
         model = services.engine.load(job.model_title)
-        return services.engine.txt2img(job, services.progress, cancel), model.info
+        rows = services.settings.unet_rows if slot is not None else 0
+        return services.engine.txt2img(job, services.progress, cancel, unet_rows=rows), model.info
 
     job_count = job.n_iter * 2 if job.hires is not None else job.n_iter  # A1111 doubles it for hires fix
     spec = ProgressSpec("scripts_txt2img", job_count, job.job_timestamp, job.preview_every_n_steps)
@@ -110,7 +109,7 @@ def _batch_slot(services: Services, job: GenerationJob) -> BatchSlot | None:
 
 def _run_batched(services: Services, jobs: list[GenerationJob], cancels: list[Any]) -> list[tuple[JobResult, Any]]:
     model = services.engine.load(jobs[0].model_title)
-    results = services.engine.txt2img_batch(jobs, services.progress, cancels, min_rows=services.settings.batch_min_rows)
+    results = services.engine.txt2img_batch(jobs, services.progress, cancels, unet_rows=services.settings.unet_rows)
     return [(result, model.info) for result in results]
 
 
