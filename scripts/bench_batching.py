@@ -16,7 +16,6 @@ import asyncio
 import os
 import platform
 import socket
-import statistics
 import tempfile
 import threading
 import time
