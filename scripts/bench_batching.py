@@ -1,12 +1,13 @@
 """Cross-request batching: throughput and latency of concurrent txt2img clients, batching off vs on.
 
 One engine (one model) in this process serves several apps on loopback uvicorn servers that
-differ only in --batch-max-size. For each, `--clients` concurrent clients each POST the same
-list of txt2img requests (different prompts and seeds, same batch key), one after the other.
-Printed per mode: images/s, p50 / p99 request latency, the batch sizes the scheduler formed,
-and the ratios against batching off. Every mode gets the same requests in the same order.
+differ only in --batch-max-size. In each round, every mode in turn gets one wave: `--clients`
+concurrent clients each POST one txt2img request (different prompts and seeds, same batch
+key). Interleaving the modes round by round spreads drift in machine load over all of them.
+Printed per mode: images/s (images over the summed wave times), p50 / p99 request latency,
+the batch sizes the scheduler formed, and the ratios against the first mode (batching off).
 
-Usage: python scripts/bench_batching.py [--clients 8 --requests 3 --width 256 --height 256 --steps 20]
+Usage: python scripts/bench_batching.py [--clients 8 --rounds 3 --width 256 --height 256 --steps 20]
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--requests", type=int, default=3, help="requests per client, sent one after the other")
+    parser.add_argument("--rounds", type=int, default=3, help="waves per mode, interleaved between modes")
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--steps", type=int, default=20)
@@ -80,28 +81,27 @@ def start_server(app, port: int):
     return server, thread
 
 
-async def one_client(http, args: argparse.Namespace, client: int, result: ModeResult) -> None:
-    for index in range(args.requests):
-        started = time.perf_counter()
-        response = await http.post("/sdapi/v1/txt2img", json=body(args, client, index))
-        response.raise_for_status()
-        result.latencies.append(time.perf_counter() - started)
-        result.images += len(response.json()["images"])
+async def one_request(http, args: argparse.Namespace, client: int, index: int, result: ModeResult) -> None:
+    started = time.perf_counter()
+    response = await http.post("/sdapi/v1/txt2img", json=body(args, client, index))
+    response.raise_for_status()
+    result.latencies.append(time.perf_counter() - started)
+    result.images += len(response.json()["images"])
 
 
-async def drive(port: int, args: argparse.Namespace, result: ModeResult) -> None:
+async def wave(port: int, args: argparse.Namespace, index: int, result: ModeResult) -> None:
+    """`clients` concurrent requests against one server; adds the wave's wall time."""
     import httpx
 
     limits = httpx.Limits(max_connections=args.clients * 2)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=3600, limits=limits) as http:
-        warm = await http.post("/sdapi/v1/txt2img", json=body(args, 99, 0))  # lazy imports, first allocations
-        warm.raise_for_status()
         started = time.perf_counter()
-        await asyncio.gather(*(one_client(http, args, client, result) for client in range(args.clients)))
-        result.wall = time.perf_counter() - started
+        await asyncio.gather(*(one_request(http, args, client, index, result) for client in range(args.clients)))
+        result.wall += time.perf_counter() - started
 
 
-def run_mode(engine, args: argparse.Namespace, max_size: int) -> ModeResult:
+def start_mode(engine, max_size: int, args: argparse.Namespace) -> tuple[ModeResult, int, object]:
+    """A server for one --batch-max-size, warmed up with one request."""
     from webui_api.app import create_app
     from webui_api.settings import Settings
 
@@ -109,12 +109,21 @@ def run_mode(engine, args: argparse.Namespace, max_size: int) -> ModeResult:
     settings = Settings.for_tests(Path(tempfile.mkdtemp()), port=port, batch_max_size=max_size, batch_wait_ms=args.wait_ms)
     app = create_app(settings, engine=engine)
     server, thread = start_server(app, port)
+    asyncio.run(wave(port, argparse.Namespace(**{**vars(args), "clients": 1}), 99, ModeResult(max_size)))
     result = ModeResult(max_size)
     app.state.services.scheduler.on_batch = result.batches.append  # the metrics hook, read by this script
-    asyncio.run(drive(port, args, result))
-    server.should_exit = True
-    thread.join(30)
-    return result
+    return result, port, (server, thread)
+
+
+def run_modes(engine, args: argparse.Namespace, sizes: list[int]) -> list[ModeResult]:
+    modes = [start_mode(engine, size, args) for size in sizes]
+    for index in range(args.rounds):
+        for result, port, _ in modes:
+            asyncio.run(wave(port, args, index, result))
+    for _, _, (server, thread) in modes:
+        server.should_exit = True
+        thread.join(30)
+    return [result for result, _, _ in modes]
 
 
 def report(args: argparse.Namespace, results: list[ModeResult]) -> None:
@@ -123,7 +132,7 @@ def report(args: argparse.Namespace, results: list[ModeResult]) -> None:
     base = results[0]
     print(f"machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} "
           f"torch threads={torch.get_num_threads()} device={args.device}")
-    print(f"load: {args.clients} clients x {args.requests} requests, {args.width}x{args.height}, {args.steps} steps, "
+    print(f"load: {args.rounds} rounds of {args.clients} concurrent requests, {args.width}x{args.height}, {args.steps} steps, "
           f"{args.sampler}, batch wait {args.wait_ms:g} ms")
     print("| --batch-max-size | images/s | p50 latency | p99 latency | throughput ratio | p50 ratio | batches formed |")
     print("|---|---|---|---|---|---|---|")
@@ -187,7 +196,7 @@ def main() -> None:
         probe_row_classes(engine)
         return
     sizes = [int(size) for size in args.sizes.split(",")]
-    report(args, [run_mode(engine, args, size) for size in sizes])
+    report(args, run_modes(engine, args, sizes))
 
 
 if __name__ == "__main__":
