@@ -375,7 +375,10 @@ class Scheduler:
             results = None
         finally:
             self._end_progress(started[0])
-        if results is None or len(results) != len(started):
+        if results is not None and len(results) != len(started):
+            log.error("batch of %d returned %d results; retrying each alone", len(started), len(results))
+            results = None
+        if results is None:
             for item in started:
                 self._run_started(item)
             return
