@@ -24,6 +24,7 @@ from .auth import add_cors, build_gate
 from .errors import ApiError
 from .options import OptionsStore
 from .progress import ProgressTracker
+from .batching import BatchingConfig
 from .scheduler import Scheduler, WorkItem
 from .serving.audit import AuditLog
 from .serving.guards import BodySizeLimit
@@ -104,6 +105,7 @@ def build_services(settings: Settings, engine: Optional[Any] = None) -> Services
     scheduler = Scheduler(
         progress, after_failure=engine.free_memory,
         max_queue_depth=settings.max_queue_depth, queue_timeout=settings.queue_timeout,
+        batching=BatchingConfig(settings.batch_max_size, settings.batch_wait_ms),
     )
     metrics = Metrics()
     metrics.track_queue_depth(lambda: scheduler.waiting_generations)

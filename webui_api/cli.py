@@ -234,6 +234,11 @@ SERVING_FLAGS: tuple[FlagSpec, ...] = (
     FlagSpec("--max-prompt-length", "longest prompt in characters (0: no limit)", int, 20_000),
     FlagSpec("--max-body-mb", "largest request body in MB (0: no limit)", float, 64.0),
     FlagSpec("--max-input-pixels", "largest decoded input image in pixels (0: no limit)", int, 4096 * 4096),
+    FlagSpec("--batch-max-size", "cross-request batching: most images in one UNet batch (1: off, the default; e.g. 4 for a busy shared server)", int, 1),
+    FlagSpec("--batch-wait-ms", "cross-request batching: how long a job waits for batch partners, in ms", float, 10.0),
+    FlagSpec("--batch-unet-rows", "cross-request batching: every UNet call gets exactly this many rows (padded), "
+             "so batched and lone images agree bit for bit; use a multiple of 4 (0: 2 x --batch-max-size, rounded up "
+             "to a multiple of 4)", int, 0),
 )
 
 
@@ -372,6 +377,9 @@ def settings_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser
         max_queue_depth=_at_least(1, "--max-queue-depth", args.max_queue_depth),
         queue_timeout=_at_least(0, "--queue-timeout", args.queue_timeout),
         **serving_settings(args),
+        batch_max_size=_at_least(1, "--batch-max-size", args.batch_max_size),
+        batch_wait_ms=_at_least(0, "--batch-wait-ms", args.batch_wait_ms),
+        batch_unet_rows=_at_least(0, "--batch-unet-rows", args.batch_unet_rows),
         cmd_flags=MappingProxyType(cmd_flags_from_args(args, data_dir)),
     )
 

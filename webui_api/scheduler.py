@@ -10,20 +10,28 @@ ever-growing backlog), a maximum wait in the queue (`QueueTimeout`: the job is c
 never runs late), and cancellation of a queued job whose client went away (`ClientGone`).
 Only items submitted with `guarded=True` (HTTP generation) count towards the depth; model
 loads and other internal work are never refused.
+
+Cross-request batching: an item with a `BatchSlot` may run together with queued items of the
+same key (webui_api.batching). The worker takes the highest-priority item as always, then the
+compatible items queued behind it in queue order (up to `max_size` images, waiting at most
+`wait_ms` for more to arrive), and runs them with one `run_group` call. If that call fails,
+each item is retried alone, so one bad job cannot fail the others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import heapq
 import itertools
 import logging
-import queue
 import threading
+import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Hashable, Optional, Sequence
 
+from .batching import BatchingConfig
 from .errors import ApiError, ServiceUnavailable
 from .progress import CancelToken, ProgressTracker
 
@@ -79,6 +87,17 @@ class ProgressSpec:
     preview_every_n_steps: int
 
 
+@dataclass(frozen=True)
+class BatchSlot:
+    """How an item may join a batch: items with equal `key` may run through one `run_group`
+    call, which receives the items (head first) and returns one result per item, in order."""
+
+    key: Hashable
+    size: int  # images the item adds to the batch
+    run_group: Callable[[Sequence["WorkItem"]], list[Any]]
+    payload: Any = None  # what run_group reads from the item (the GenerationJob)
+
+
 @dataclass
 class WorkItem:
     """One unit of device work: `run(cancel)` executes on the worker thread."""
@@ -88,6 +107,7 @@ class WorkItem:
     progress: Optional[ProgressSpec] = None
     cancel: CancelToken = field(default_factory=CancelToken)
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    batch: Optional[BatchSlot] = None  # set when the item may share a UNet batch
 
 
 @dataclass(order=True)
@@ -95,6 +115,45 @@ class _Entry:
     priority: int
     seq: int
     item: Optional[WorkItem] = field(compare=False)  # None is the stop sentinel
+
+
+class _Queue:
+    """A priority heap the worker can also search (for batch partners) under one condition."""
+
+    def __init__(self) -> None:
+        self._heap: list[_Entry] = []
+        self.changed = threading.Condition()
+
+    def put(self, entry: _Entry) -> None:
+        with self.changed:
+            heapq.heappush(self._heap, entry)
+            self.changed.notify_all()
+
+    def get(self) -> _Entry:
+        """The first entry, waiting for one."""
+        with self.changed:
+            while not self._heap:
+                self.changed.wait()
+            return heapq.heappop(self._heap)
+
+    def take(self, wanted: Callable[[WorkItem], bool]) -> list[WorkItem]:
+        """Remove and return the queued items `wanted` accepts, asked in queue order (it may
+        keep count). Call with `changed` held."""
+        chosen = [e for e in sorted(self._heap) if e.item is not None and wanted(e.item)]
+        if chosen:
+            ids = {id(e) for e in chosen}
+            self._heap = [e for e in self._heap if id(e) not in ids]
+            heapq.heapify(self._heap)
+        return [e.item for e in chosen if e.item is not None]
+
+    def qsize(self) -> int:
+        with self.changed:
+            return len(self._heap)
+
+    def drain(self) -> list[_Entry]:
+        with self.changed:
+            entries, self._heap = sorted(self._heap), []
+            return entries
 
 
 class Scheduler:
@@ -107,6 +166,8 @@ class Scheduler:
         *,
         max_queue_depth: int = DEFAULT_MAX_QUEUE_DEPTH,
         queue_timeout: float = DEFAULT_QUEUE_TIMEOUT,
+        batching: BatchingConfig = BatchingConfig(max_size=1),
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         if max_queue_depth < 1 or queue_timeout < 0:
             raise ValueError(
@@ -119,9 +180,11 @@ class Scheduler:
         self.queue_timeout = queue_timeout
         self._guarded: set[int] = set()  # ids of guarded items still waiting (not running, not cancelled)
         self._guarded_lock = threading.Lock()
-        self._queue: queue.PriorityQueue[_Entry] = queue.PriorityQueue()
+        self.batching = batching
+        self.on_batch = on_batch  # metrics hook (public): called with the job count of every batch run
+        self._queue = _Queue()
         self._seq = itertools.count()
-        self._current: Optional[WorkItem] = None
+        self._current: tuple[WorkItem, ...] = ()
         self._current_lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
         self._accepting = False
@@ -221,14 +284,15 @@ class Scheduler:
     # control of the running item ------------------------------------------------------
 
     def interrupt(self) -> None:
+        """Interrupt the running work; a running batch is one job, as A1111's state has it."""
         with self._current_lock:
-            if self._current is not None:
-                self._current.cancel.interrupt()
+            for item in self._current:
+                item.cancel.interrupt()
 
     def skip(self) -> None:
         with self._current_lock:
-            if self._current is not None:
-                self._current.cancel.skip()
+            for item in self._current:
+                item.cancel.skip()
 
     # worker ----------------------------------------------------------------------------
 
@@ -238,29 +302,107 @@ class Scheduler:
             if entry.item is None:
                 self._fail_leftovers()
                 return
-            self._execute(entry.item)
+            group = self._gather(entry.item)
+            if len(group) == 1:
+                self._execute(entry.item)
+            else:
+                self._execute_batch(group)
+
+    def _gather(self, head: WorkItem) -> list[WorkItem]:
+        """The head item plus queued items with its batch key, in queue order, up to the
+        batch size in images; waits up to the batching window for partners to arrive."""
+        slot = head.batch
+        if slot is None or not self.batching.enabled or head.future.cancelled():
+            return [head]
+        group, room = [head], [self.batching.max_size - slot.size]
+
+        def wanted(item: WorkItem) -> bool:
+            if not _fits(item, slot.key, room[0]):
+                return False
+            room[0] -= item.batch.size  # type: ignore[union-attr]
+            return True
+
+        deadline = time.monotonic() + self.batching.wait_seconds
+        with self._queue.changed:
+            while room[0] > 0:
+                group += self._queue.take(wanted)
+                left = deadline - time.monotonic()
+                if room[0] <= 0 or left <= 0:
+                    break
+                self._queue.changed.wait(left)
+        return group
+
+    def _start(self, item: WorkItem) -> bool:
+        """Mark a queued item running; False when it was cancelled while queued."""
+        if not item.future.set_running_or_notify_cancel():
+            return False
+        self._release(item)
+        return True
 
     def _execute(self, item: WorkItem) -> None:
-        if not item.future.set_running_or_notify_cancel():
+        if not self._start(item):
             return
-        self._release(item)
-        with self._current_lock:
-            self._current = item
-        if item.progress is not None:
-            spec = item.progress
-            self._progress.begin(spec.job, spec.job_count, spec.job_timestamp, item.cancel, spec.preview_every_n_steps)
+        self._run_started(item)
+
+    def _run_started(self, item: WorkItem) -> None:
+        self._set_current((item,))
+        self._begin_progress(item)
         try:
             item.future.set_result(item.run(item.cancel))
         except BaseException as exc:  # handed to the awaiting request; the worker lives on
-            log.error("work item %r failed:\n%s", item.label, "".join(traceback.format_exception(exc)))
-            item.future.set_exception(_without_tracebacks(exc))
+            self._fail(item, exc)
+            del exc
+        finally:
+            self._end_progress(item)
+
+    def _execute_batch(self, items: list[WorkItem]) -> None:
+        """Run items together through the head's `run_group`; on failure, each alone."""
+        started = [item for item in items if self._start(item)]
+        if len(started) <= 1:
+            for item in started:
+                self._run_started(item)
+            return
+        if self.on_batch is not None:
+            self.on_batch(len(started))
+        self._set_current(tuple(started))
+        self._begin_progress(started[0])
+        try:
+            results = started[0].batch.run_group(started)  # type: ignore[union-attr]
+        except BaseException as exc:
+            log.error("batch of %d failed; retrying each alone:\n%s", len(started), "".join(traceback.format_exception(exc)))
             del exc
             self._recover()
+            results = None
         finally:
-            if item.progress is not None:
-                self._progress.end()
-            with self._current_lock:
-                self._current = None
+            self._end_progress(started[0])
+        if results is not None and len(results) != len(started):
+            log.error("batch of %d returned %d results; retrying each alone", len(started), len(results))
+            results = None
+        if results is None:
+            for item in started:
+                self._run_started(item)
+            return
+        for item, result in zip(started, results):
+            item.future.set_result(result)
+
+    def _set_current(self, items: tuple[WorkItem, ...]) -> None:
+        with self._current_lock:
+            self._current = items
+
+    def _begin_progress(self, item: WorkItem) -> None:
+        if item.progress is not None:
+            spec = item.progress
+            self._progress.begin(spec.job, spec.job_count, spec.job_timestamp, item.cancel, spec.preview_every_n_steps)
+
+    def _end_progress(self, item: WorkItem) -> None:
+        if item.progress is not None:
+            self._progress.end()
+        self._set_current(())
+
+    def _fail(self, item: WorkItem, exc: BaseException) -> None:
+        log.error("work item %r failed:\n%s", item.label, "".join(traceback.format_exception(exc)))
+        item.future.set_exception(_without_tracebacks(exc))
+        self._recover()
 
     def _recover(self) -> None:
         """Free what a failed item left behind (device memory) so the next one can run."""
@@ -268,10 +410,15 @@ class Scheduler:
             self._after_failure()
 
     def _fail_leftovers(self) -> None:
-        while not self._queue.empty():
-            entry = self._queue.get_nowait()
+        for entry in self._queue.drain():
             if entry.item is not None and entry.item.future.set_running_or_notify_cancel():
                 entry.item.future.set_exception(ServiceUnavailable("The server stopped before this job ran"))
+
+
+def _fits(item: WorkItem, key: Hashable, room: int) -> bool:
+    """Whether a queued item can join a batch with `key` that has `room` images left."""
+    slot = item.batch
+    return slot is not None and slot.key == key and slot.size <= room and not item.future.cancelled()
 
 
 def _without_tracebacks(exc: BaseException) -> BaseException:

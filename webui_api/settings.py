@@ -72,8 +72,19 @@ class Settings:
     audit_log: Path | None = None  # --audit-log: one JSON line per generation; None: off
     task_retention_hours: float = 168.0  # --task-retention-hours: finished async tasks kept (0: forever)
     guards: RequestLimits = field(default_factory=RequestLimits)  # --max-pixels, --max-steps, ...
+    batch_max_size: int = 1  # --batch-max-size: images in one cross-request UNet batch (1: batching off, the default:
+    # batching pads every UNet call to a fixed row count, which costs a lone request ~1.9x on a CPU; docs/benchmarks.md)
+    batch_wait_ms: float = 10.0  # --batch-wait-ms: how long the worker waits for batch partners
+    batch_unet_rows: int = 0  # --batch-unet-rows: rows of every UNet call while batching (0: auto, see unet_rows)
 
     cmd_flags: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # redacted vars(args)
+
+    @property
+    def unet_rows(self) -> int:
+        """The fixed UNet call size of a batching server: by default a full batch of
+        single-image jobs (prompt + negative row each) is one call, rounded up to a multiple
+        of 4 (smaller or odd sizes were not row-position independent on the CPU measured)."""
+        return self.batch_unet_rows or -(-2 * self.batch_max_size // 4) * 4
 
     @property
     def root_path(self) -> str:

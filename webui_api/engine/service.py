@@ -51,6 +51,7 @@ from webui_api.engine.networks import (
 )
 from webui_api.engine.pipeline import run_txt2img
 from webui_api.engine.tiling import apply_tiling
+from webui_api.batching import batch_key
 from webui_api.errors import NotImplementedFeature, UnknownCheckpoint
 from webui_api.jobs import GenerationJob, JobResult
 from webui_api.postprocess.upscale import BUILTIN_NAMES, UpscalerCatalog, UpscalerEntry
@@ -569,13 +570,20 @@ class Engine:
 
     # -- generation --------------------------------------------------------------------
 
-    def txt2img(self, job: GenerationJob, observer: RunObserver, cancel: CancelToken,
-                restore_faces: FaceStep | None = None, before_hires: Callable[[list[Any]], None] | None = None) -> JobResult:
+    def txt2img(
+        self, job: GenerationJob, observer: RunObserver, cancel: CancelToken,
+        restore_faces: FaceStep | None = None, before_hires: Callable[[list[Any]], None] | None = None,
+        unet_rows: int = 0,
+    ) -> JobResult:
         """Run a txt2img job with its own checkpoint, VAE, LoRAs and LRU size (all from the
         job's options snapshot and prompts); the LoRAs are removed again afterwards. A job with
         hires params runs both passes (webui_api.engine.hires). `restore_faces` (the route's
         face restorer for jobs with restore_faces) runs on every decoded image; `before_hires`
-        gets each batch's first-pass pictures of a hires job (save_images_before_highres_fix)."""
+        gets each batch's first-pass pictures of a hires job (save_images_before_highres_fix).
+        With `unet_rows` (a server that batches) a batchable job runs as a batch of one, so its
+        images are the ones it would get inside a batch (see txt2img_batch)."""
+        if unet_rows > 0 and batch_key(job) is not None:
+            return self.txt2img_batch([job], observer, [cancel], unet_rows)[0]
         if job.hires is not None:
             from functools import partial
 
@@ -595,6 +603,42 @@ class Engine:
         from webui_api.engine.img2img import run_img2img
 
         return self._generate(run_img2img, job, observer, cancel, restore_faces, with_models=True)
+
+    def txt2img_batch(
+        self, jobs: list[GenerationJob], observer: RunObserver, cancels: list[CancelToken], unet_rows: int
+    ) -> list[JobResult]:
+        """Cross-request batching: run single-iteration txt2img jobs that share a batch key
+        (webui_api.batching) as one sampler batch; one result per job, in order. The jobs
+        share checkpoint, VAE and LoRAs, so they are applied once. Every UNet call has exactly
+        `unet_rows` rows (webui_api.engine.batched.RowChunks)."""
+        from webui_api.engine.batched import run_txt2img_batched
+
+        head = jobs[0]
+        self.set_checkpoints_limit(head.options.get("sd_checkpoints_limit", DEFAULT_CHECKPOINTS_LIMIT))
+        model = self.load(head.model_title)
+        choice = self.apply_vae(model, head.options)
+        jobs = [with_default_lora(job, self.default_lora(job.options)) for job in jobs]
+        stripped = [job_networks(job) for job in jobs]
+        if any(calls != stripped[0][1] for _, calls in stripped):
+            raise ValueError("jobs in one batch must name the same <lora:...> networks in their first prompts")
+        networks = self.load_networks(stripped[0][1])
+        patch = apply_networks(model, networks)
+        padding = apply_tiling(model, head.tiling)
+        try:
+            plain = [replace(job, prompts=prompts) for job, (prompts, _) in zip(jobs, stripped)]
+            results = run_txt2img_batched(model, plain, observer, cancels, unet_rows=unet_rows)
+        finally:
+            padding.restore()
+            patch.restore()
+        return [self._finish(result, job, networks, choice) for result, job in zip(results, jobs)]
+
+    def _finish(self, result: JobResult, job: GenerationJob, networks: list[LoadedNetwork], choice: VaeChoice) -> JobResult:
+        """Infotext facts of a finished job: prompts with their tags, LoRA hashes, the VAE."""
+        for index, image in enumerate(result.images):
+            image.prompt = job.prompts[index]
+        result.extra_generation_params.update(self.lora_infotext(networks, job.options))
+        result.vae_name, result.vae_hash = self.vae_identity(choice)
+        return result
 
     def _generate(
         self, run: Any, job: GenerationJob, observer: RunObserver, cancel: CancelToken,
@@ -627,10 +671,7 @@ class Engine:
             padding.restore()
         if restore_faces is not None:
             restore_result_faces(result, job, restore_faces)
-        for index, image in enumerate(result.images):
-            image.prompt = job.prompts[index]
-        result.extra_generation_params.update(self.lora_infotext(networks.mentioned(), job.options))
-        result.vae_name, result.vae_hash = self.vae_identity(choice)
+        self._finish(result, job, networks.mentioned(), choice)
         controls.finish(result, job.options)
         return result
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional, Sequence
 
 from fastapi import Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
+from ..batching import batch_key
 from ..errors import InvalidImageFormat, NotFound
 from ..job_builder import apply_infotext, build_img2img, build_txt2img, request_styles
 from ..jobs import GenerationJob, JobResult
 from ..results import build_infotexts, build_info, encode_images
-from ..scheduler import ProgressSpec, WorkItem
+from ..scheduler import BatchSlot, ProgressSpec, WorkItem
 from ..schemas.generation import GenerationResponse, Img2ImgRequest, Txt2ImgRequest
 from ..auth import request_context
 from ..services import Services
@@ -137,16 +138,40 @@ def check_output_format(options: dict[str, Any]) -> None:
 
 
 def _txt2img_item(services: Services, job: GenerationJob, restorer: Any = None, first_pass: list[Any] | None = None) -> WorkItem:
+    """A batchable job on a batching server runs through the batched path even alone, so its
+    images do not depend on whether partners showed up (webui_api.engine.batched)."""
+    slot = _batch_slot(services, job)
+
     def run(cancel) -> tuple[JobResult, Any]:
         model = services.engine.load(job.model_title)
-        extra = {} if first_pass is None else {"before_hires": first_pass.extend}
-        if restorer is None:
-            return services.engine.txt2img(job, services.progress, cancel, **extra), model.info
-        return services.engine.txt2img(job, services.progress, cancel, restore_faces=restorer, **extra), model.info
+        extra: dict[str, Any] = {} if first_pass is None else {"before_hires": first_pass.extend}
+        if restorer is not None:
+            extra["restore_faces"] = restorer
+        if slot is not None:
+            extra["unet_rows"] = services.settings.unet_rows
+        return services.engine.txt2img(job, services.progress, cancel, **extra), model.info
 
     job_count = job.n_iter * 2 if job.hires is not None else job.n_iter  # A1111 doubles it for hires fix
     spec = ProgressSpec("scripts_txt2img", job_count, job.job_timestamp, job.preview_every_n_steps)
-    return WorkItem(run=run, label="txt2img", progress=spec)
+    return WorkItem(run=run, label="txt2img", progress=spec, batch=slot)
+
+
+def _batch_slot(services: Services, job: GenerationJob) -> BatchSlot | None:
+    """How the job may join a cross-request batch; None when batching is off or it must run alone."""
+    key = batch_key(job) if services.scheduler.batching.enabled else None
+    if key is None:
+        return None
+
+    def run_group(items: Sequence[WorkItem]) -> list[tuple[JobResult, Any]]:
+        return _run_batched(services, [item.batch.payload for item in items], [item.cancel for item in items])
+
+    return BatchSlot(key=key, size=job.batch_size, run_group=run_group, payload=job)
+
+
+def _run_batched(services: Services, jobs: list[GenerationJob], cancels: list[Any]) -> list[tuple[JobResult, Any]]:
+    model = services.engine.load(jobs[0].model_title)
+    results = services.engine.txt2img_batch(jobs, services.progress, cancels, unet_rows=services.settings.unet_rows)
+    return [(result, model.info) for result in results]
 
 
 def _response(
