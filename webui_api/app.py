@@ -102,12 +102,13 @@ def build_services(settings: Settings, engine: Optional[Any] = None) -> Services
         engine = Engine.from_settings(settings)
     options = OptionsStore.from_settings(settings)
     progress = ProgressTracker(encode_preview=lambda image: encode_image_base64(image, "png"))
+    metrics = Metrics()
     scheduler = Scheduler(
         progress, after_failure=engine.free_memory,
         max_queue_depth=settings.max_queue_depth, queue_timeout=settings.queue_timeout,
         batching=BatchingConfig(settings.batch_max_size, settings.batch_wait_ms),
+        on_batch=metrics.observe_batch,
     )
-    metrics = Metrics()
     metrics.track_queue_depth(lambda: scheduler.waiting_generations)
     serving = ServingHooks(
         limits=settings.guards, metrics=metrics, audit=AuditLog(settings.audit_log), lifecycle=Lifecycle(),
