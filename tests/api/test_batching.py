@@ -60,7 +60,7 @@ def post_concurrently(client, bodies: list[dict]) -> list[dict]:
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_batched_requests_answer_the_bytes_they_get_alone(make_client, one_thread, sampler):
     batches = []
-    client = make_client()
+    client = make_client(batch_max_size=4)
     client.app.state.services.scheduler.on_batch = batches.append
     merged = post_concurrently(client, payloads(sampler))
     assert batches == [3]
@@ -73,7 +73,7 @@ def test_batched_requests_answer_the_bytes_they_get_alone(make_client, one_threa
 
 def test_different_steps_are_never_batched(make_client, one_thread):
     batches = []
-    client = make_client()
+    client = make_client(batch_max_size=4)
     client.app.state.services.scheduler.on_batch = batches.append
     bodies = [webuiapi_txt2img(seed=1, steps=3), webuiapi_txt2img(seed=2, steps=4), webuiapi_txt2img(seed=3, steps=3)]
     answers = post_concurrently(client, bodies)

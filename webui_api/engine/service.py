@@ -621,16 +621,16 @@ class Engine:
         stripped = [job_networks(job) for job in jobs]
         if any(calls != stripped[0][1] for _, calls in stripped):
             raise ValueError("jobs in one batch must name the same <lora:...> networks in their first prompts")
-        networks = self.load_networks(stripped[0][1])
-        patch = apply_networks(model, networks)
+        networks = self.pass_networks(stripped[0][1], None)
+        networks.attach(model, strict=True)
         padding = apply_tiling(model, head.tiling)
         try:
             plain = [replace(job, prompts=prompts) for job, (prompts, _) in zip(jobs, stripped)]
             results = run_txt2img_batched(model, plain, observer, cancels, unet_rows=unet_rows)
         finally:
             padding.restore()
-            patch.restore()
-        return [self._finish(result, job, networks, choice) for result, job in zip(results, jobs)]
+            networks.restore()
+        return [self._finish(result, job, networks.mentioned(), choice) for result, job in zip(results, jobs)]
 
     def _finish(self, result: JobResult, job: GenerationJob, networks: list[LoadedNetwork], choice: VaeChoice) -> JobResult:
         """Infotext facts of a finished job: prompts with their tags, LoRA hashes, the VAE."""

@@ -11,6 +11,7 @@ Keeping them in one object keeps the route code to a line per step.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
@@ -66,7 +67,7 @@ class ServingHooks:
                 context.run_seconds = time.monotonic() - started
                 self.metrics.observe_job(route, context.wait_seconds, context.run_seconds, steps)
 
-        return WorkItem(run=timed_run, label=item.label, progress=item.progress)
+        return dataclasses.replace(item, run=timed_run)  # keeps the batch slot and every other field
 
     async def finish(
         self, route: str, request: Any, response: dict[str, Any], context: RequestContext, cacheable: bool = True,
