@@ -35,6 +35,7 @@ from webui_api.controlnet.catalog import ControlNetCatalog, ControlNetFile
 from webui_api.engine.loading import ldm_keys
 from webui_api.engine.loading.builder import expected_shapes, fill, gather
 from webui_api.engine.loading.files import UnusableModelFile, read_state_dict
+from webui_api.engine.loading.infer import Shapes, key_count, key_indices
 
 log = logging.getLogger(__name__)
 
@@ -122,19 +123,6 @@ def strip_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 # Config from shapes
 # ---------------------------------------------------------------------------
 
-Shapes = Mapping[str, tuple[int, ...]]
-
-
-def _indices(shapes: Shapes, pattern: str) -> list[int]:
-    regex = re.compile(pattern)
-    return sorted({int(m[1]) for key in shapes if (m := regex.match(key))})
-
-
-def _count(shapes: Shapes, pattern: str) -> int:
-    found = _indices(shapes, pattern)
-    return max(found) + 1 if found else 0
-
-
 def _need(shapes: Shapes, key: str) -> tuple[int, ...]:
     if key not in shapes:
         raise ValueError(f"tensor {key!r} is missing: not a ControlNet in the original layout")
@@ -149,15 +137,15 @@ def detect_family(shapes: Shapes, context: int) -> str:
 
 def controlnet_config(shapes: Shapes) -> tuple[dict[str, Any], str]:
     """The ControlNetModel config of an original-layout state dict, and its family."""
-    downsamples = _indices(shapes, r"input_blocks\.(\d+)\.0\.op\.weight")
-    blocks = _count(shapes, r"input_blocks\.(\d+)\.")
+    downsamples = key_indices(shapes, r"input_blocks\.(\d+)\.0\.op\.weight")
+    blocks = key_count(shapes, r"input_blocks\.(\d+)\.")
     levels = len(downsamples) + 1
     per_level, remainder = divmod(blocks - 1 - len(downsamples), levels)
     if remainder or per_level < 1:
         raise ValueError(f"cannot split {blocks} input blocks into {levels} levels")
     firsts = [1 + level * (per_level + 1) for level in range(levels)]
     widths = [_need(shapes, f"input_blocks.{i}.0.out_layers.3.weight")[0] for i in firsts]
-    depths = [_count(shapes, re.escape(f"input_blocks.{i}.1.transformer_blocks.") + r"(\d+)\.") for i in firsts]
+    depths = [key_count(shapes, re.escape(f"input_blocks.{i}.1.transformer_blocks.") + r"(\d+)\.") for i in firsts]
     context = _context_width(shapes)
     family = detect_family(shapes, context)
     config = {
@@ -187,7 +175,7 @@ def _context_width(shapes: Shapes) -> int:
 
 def hint_widths(shapes: Shapes) -> list[int]:
     """conditioning_embedding_out_channels: conv_in's width, then each stride-2 conv's."""
-    convs = _indices(shapes, r"input_hint_block\.(\d+)\.weight")
+    convs = key_indices(shapes, r"input_hint_block\.(\d+)\.weight")
     if len(convs) < 4 or len(convs) % 2:
         raise ValueError(f"input_hint_block has {len(convs)} convolutions; expected an even number >= 4")
     blocks = convs[1:-1]
@@ -197,7 +185,7 @@ def hint_widths(shapes: Shapes) -> list[int]:
 def _attention_sizes(config: dict[str, Any], shapes: Shapes, family: str, widths: list[int], depths: list[int]) -> dict[str, Any]:
     if family in ("sd2", "sdxl"):
         config["attention_head_dim"] = [max(1, w // HEAD_CHANNELS) for w in widths]
-    middle = _count(shapes, re.escape("middle_block.1.transformer_blocks.") + r"(\d+)\.")
+    middle = key_count(shapes, re.escape("middle_block.1.transformer_blocks.") + r"(\d+)\.")
     if any(d > 1 for d in depths) or middle > 1:
         config["transformer_layers_per_block"] = [d if d > 0 else middle for d in depths]
     if "label_emb.0.0.weight" in shapes:
@@ -216,11 +204,11 @@ def is_diffusers_named(state: Mapping[str, Any]) -> bool:
 
 def layout_of_diffusers_keys(state: Mapping[str, Any]) -> dict[str, Any]:
     """The two layout facts key rules need, read from diffusers names."""
-    levels = _count(state, r"down_blocks\.(\d+)\.")
+    levels = key_count(state, r"down_blocks\.(\d+)\.")
     attends = [any(k.startswith(f"down_blocks.{i}.attentions.") for k in state) for i in range(levels)]
-    hint = _count(state, r"controlnet_cond_embedding\.blocks\.(\d+)\.")
+    hint = key_count(state, r"controlnet_cond_embedding\.blocks\.(\d+)\.")
     return {
-        "layers_per_block": _count(state, r"down_blocks\.0\.resnets\.(\d+)\."),
+        "layers_per_block": key_count(state, r"down_blocks\.0\.resnets\.(\d+)\."),
         "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attends],
         "conditioning_embedding_out_channels": [0] * (hint // 2 + 1),
     }

@@ -44,6 +44,7 @@ from webui_api.engine.pipeline import (
     SamplerPlan,
     batch_images,
     check_job,
+    job_batches,
     resolve_plan,
     total_steps,
 )
@@ -299,13 +300,8 @@ def run_hires(
     auto_upcast = bool(job.options.get("auto_vae_precision", True))
     images: list[GeneratedImage] = []
     with torch.inference_mode():
-        for n in range(job.n_iter):
-            if cancel.interrupted:
-                break
-            cancel.clear_skip()
-            observer.batch_started(n, job.n_iter)  # A1111's "Batch n out of N" text; job_no counts passes
-            batch = BatchSpec.of(job, n)
+        for batch in job_batches(job, observer, cancel):  # A1111's "Batch n out of N" text; job_no counts passes
             latents, finished = hires_batch(hr, batch, auto_upcast, observer, cancel)
             images += batch_images(batch, decode_latents(finished, latents, auto_upcast))
-            observer.batch_finished(2 * n + 1)
+            observer.batch_finished(2 * batch.index + 1)
     return JobResult(images=images, interrupted=cancel.interrupted, extra_generation_params=hr.infotext())

@@ -30,6 +30,7 @@ from webui_api.engine.pipeline import (
     StartFn,
     batch_images,
     check_job,
+    job_batches,
     make_image_rng,
     make_schedule,
     resolve_plan,
@@ -333,12 +334,7 @@ def run_img2img(
     images: list[GeneratedImage] = []
     with torch.inference_mode():
         init, inpaint = inpaint_state(model, job, params, init_latents(model, job, params))
-        for n in range(job.n_iter):
-            if cancel.interrupted:
-                break
-            cancel.clear_skip()
-            observer.batch_started(n, job.n_iter)
-            batch = BatchSpec.of(job, n)
+        for batch in job_batches(job, observer, cancel):
             latents, finished = init, model
             start = img2img_start(model, plan, init, params, steps, inpaint)
             if steps.steps > 0 and runs_sampler(plan, steps):
@@ -349,6 +345,6 @@ def run_img2img(
                 latents = inpaint.blend(latents)
             auto_upcast = bool(job.options.get("auto_vae_precision", True))
             images += batch_images(batch, overlaid(decode_latents(finished, latents, auto_upcast), params, job))
-            observer.batch_finished(n)
+            observer.batch_finished(batch.index)
     extras = {**infotext_extras(params), **(run.infotext if run is not None else {})}
     return JobResult(images=images, interrupted=cancel.interrupted, extra_generation_params=extras)

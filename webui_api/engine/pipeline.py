@@ -7,7 +7,7 @@ Progress and cancellation travel through the observer and the cancel token passe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -65,6 +65,17 @@ class BatchSpec:
             seeds=job.seeds.seeds[part],
             subseeds=job.seeds.subseeds[part],
         )
+
+
+def job_batches(job: GenerationJob, observer: RunObserver, cancel: CancelToken) -> Iterator[BatchSpec]:
+    """The job's n_iter batches in A1111's loop order: an interrupt stops before the next batch,
+    a skip only ever ends the current one, and each batch is announced to the observer."""
+    for n in range(job.n_iter):
+        if cancel.interrupted:
+            return
+        cancel.clear_skip()
+        observer.batch_started(n, job.n_iter)
+        yield BatchSpec.of(job, n)
 
 
 @dataclass(frozen=True)
@@ -467,16 +478,9 @@ def run_txt2img(model: LoadedModel, job: GenerationJob, observer: RunObserver, c
     plan = resolve_plan(job)
     images: list[GeneratedImage] = []
     with torch.inference_mode():
-        for n in range(job.n_iter):
-            # 1. stop between batches on interrupt; a skip only ever ends one batch
-            if cancel.interrupted:
-                break
-            cancel.clear_skip()
-            observer.batch_started(n, job.n_iter)
-            # 2. sample this batch and decode it image by image
-            batch = BatchSpec.of(job, n)
+        for batch in job_batches(job, observer, cancel):
             latents = sample_batch(model, job, plan, batch, observer, cancel)
             auto_upcast = bool(_option(job, "auto_vae_precision", True))
             images += batch_images(batch, decode_latents(model, latents, auto_upcast))
-            observer.batch_finished(n)
+            observer.batch_finished(batch.index)
     return JobResult(images=images, interrupted=cancel.interrupted)

@@ -35,6 +35,7 @@ from webui_api.engine.pipeline import (
     batch_conditioning,
     batch_images,
     check_job,
+    job_batches,
     resolve_plan,
     sample_batch,
 )
@@ -340,15 +341,10 @@ def run_txt2img_refined(
     auto_upcast = bool(job.options.get("auto_vae_precision", True))
     images: list[GeneratedImage] = []
     with torch.inference_mode():
-        for n in range(job.n_iter):
-            if cancel.interrupted:
-                break
-            cancel.clear_skip()
-            observer.batch_started(n, job.n_iter)
-            batch = BatchSpec.of(job, n)
+        for batch in job_batches(job, observer, cancel):
             latents, finished = sample_pass(model, run, ctx, batch, observer, cancel)
             images += batch_images(batch, decode_latents(finished, latents, auto_upcast))
-            observer.batch_finished(n)
+            observer.batch_finished(batch.index)
     extras = dict(run.infotext) if run is not None else {}
     return JobResult(images=images, interrupted=cancel.interrupted, extra_generation_params=extras)
 

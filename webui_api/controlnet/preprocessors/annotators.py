@@ -322,14 +322,18 @@ def lineart(call: PreprocessCall) -> np.ndarray:
                                                   output_type="np"))
 
 
-def lineart_anime(call: PreprocessCall) -> np.ndarray:
-    detector = _detector(call, _load_lineart_anime)
+def _plain(call: PreprocessCall, load: Callable[..., Any]) -> np.ndarray:
+    """A detector that takes nothing but the image and its resolution."""
+    detector = _detector(call, load)
     return _on_padded(call, lambda x, n: detector(x, detect_resolution=n, image_resolution=n, output_type="np"))
+
+
+def lineart_anime(call: PreprocessCall) -> np.ndarray:
+    return _plain(call, _load_lineart_anime)
 
 
 def depth_midas(call: PreprocessCall) -> np.ndarray:
-    detector = _detector(call, _load_midas)
-    return _on_padded(call, lambda x, n: detector(x, detect_resolution=n, image_resolution=n, output_type="np"))
+    return _plain(call, _load_midas)
 
 
 def depth_leres(call: PreprocessCall) -> np.ndarray:
@@ -341,8 +345,7 @@ def depth_leres(call: PreprocessCall) -> np.ndarray:
 
 
 def depth_zoe(call: PreprocessCall) -> np.ndarray:
-    detector = _detector(call, _load_zoe)
-    return _on_padded(call, lambda x, n: detector(x, detect_resolution=n, image_resolution=n, output_type="np"))
+    return _plain(call, _load_zoe)
 
 
 def normal_midas(call: PreprocessCall) -> np.ndarray:

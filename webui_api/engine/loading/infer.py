@@ -21,14 +21,15 @@ Shapes = Mapping[str, tuple[int, ...]]
 HEAD_CHANNELS = 64  # SD2/SDXL attention heads are 64 wide; CLIP/OpenCLIP heads too
 
 
-def _indices(shapes: Shapes, pattern: str) -> list[int]:
+def key_indices(shapes: Shapes, pattern: str) -> list[int]:
     """Sorted distinct integers captured by `pattern` (one group) across the keys."""
     regex = re.compile(pattern)
     return sorted({int(m[1]) for key in shapes if (m := regex.match(key))})
 
 
-def _count(shapes: Shapes, pattern: str) -> int:
-    found = _indices(shapes, pattern)
+def key_count(shapes: Shapes, pattern: str) -> int:
+    """How many numbered blocks `pattern` finds (highest index + 1; 0 when none)."""
+    found = key_indices(shapes, pattern)
     return max(found) + 1 if found else 0
 
 
@@ -51,15 +52,15 @@ def unet_config(shapes: Shapes, base: Mapping[str, Any], head_channels: int | No
     """
     p = "model.diffusion_model."
     conv_in = _need(shapes, p + "input_blocks.0.0.weight")
-    downsamples = _indices(shapes, re.escape(p) + r"input_blocks\.(\d+)\.0\.op\.weight")
-    blocks = _count(shapes, re.escape(p) + r"input_blocks\.(\d+)\.")
+    downsamples = key_indices(shapes, re.escape(p) + r"input_blocks\.(\d+)\.0\.op\.weight")
+    blocks = key_count(shapes, re.escape(p) + r"input_blocks\.(\d+)\.")
     levels = len(downsamples) + 1
     per_level, remainder = divmod(blocks - 1 - len(downsamples), levels)
     if remainder or per_level < 1:
         raise ValueError(f"cannot split {blocks} input blocks into {levels} levels")
     firsts = [1 + level * (per_level + 1) for level in range(levels)]
     widths = [_need(shapes, f"{p}input_blocks.{i}.0.out_layers.3.weight")[0] for i in firsts]
-    depths = [_count(shapes, re.escape(f"{p}input_blocks.{i}.1.transformer_blocks.") + r"(\d+)\.") for i in firsts]
+    depths = [key_count(shapes, re.escape(f"{p}input_blocks.{i}.1.transformer_blocks.") + r"(\d+)\.") for i in firsts]
     attends = [depth > 0 for depth in depths]
     config = {
         **base,
@@ -92,7 +93,7 @@ def _with_attention_sizes(
 ) -> dict[str, Any]:
     if head_channels is not None:
         config["attention_head_dim"] = [max(1, width // head_channels) for width in widths]
-    middle = _count(shapes, re.escape(prefix + "middle_block.1.transformer_blocks.") + r"(\d+)\.")
+    middle = key_count(shapes, re.escape(prefix + "middle_block.1.transformer_blocks.") + r"(\d+)\.")
     if "transformer_layers_per_block" in config:
         # diffusers sizes the middle block by the LAST entry; levels without attention ignore
         # theirs, so those entries carry the middle block's depth
@@ -112,8 +113,8 @@ def _with_attention_sizes(
 
 def vae_config(shapes: Shapes, base: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     """The diffusers AutoencoderKL config for an original-layout VAE under `prefix`."""
-    levels = _count(shapes, re.escape(prefix + "encoder.down.") + r"(\d+)\.")
-    per_level = _count(shapes, re.escape(prefix + "encoder.down.0.block.") + r"(\d+)\.")
+    levels = key_count(shapes, re.escape(prefix + "encoder.down.") + r"(\d+)\.")
+    per_level = key_count(shapes, re.escape(prefix + "encoder.down.0.block.") + r"(\d+)\.")
     widths = [_need(shapes, f"{prefix}encoder.down.{i}.block.0.conv2.weight")[0] for i in range(levels)]
     return {
         **base,
@@ -141,7 +142,7 @@ def clip_text_config(shapes: Shapes, base: Mapping[str, Any], prefix: str) -> di
         vocab=width[0],
         hidden=width[1],
         positions=_need(shapes, p + "embeddings.position_embedding.weight")[0],
-        layers=_count(shapes, re.escape(p + "encoder.layers.") + r"(\d+)\."),
+        layers=key_count(shapes, re.escape(p + "encoder.layers.") + r"(\d+)\."),
         intermediate=_need(shapes, p + "encoder.layers.0.mlp.fc1.weight")[0],
         projection=None,
     )
@@ -157,7 +158,7 @@ def openclip_text_config(shapes: Shapes, base: Mapping[str, Any], prefix: str, d
         vocab=width[0],
         hidden=width[1],
         positions=_need(shapes, prefix + "positional_embedding")[0],
-        layers=_count(shapes, re.escape(prefix + "transformer.resblocks.") + r"(\d+)\.") - drop_last_layers,
+        layers=key_count(shapes, re.escape(prefix + "transformer.resblocks.") + r"(\d+)\.") - drop_last_layers,
         intermediate=_need(shapes, prefix + "transformer.resblocks.0.mlp.c_fc.weight")[0],
         projection=projection[1] if projection else None,
     )
