@@ -11,7 +11,7 @@ fi
 spec="."
 if [ -n "${1:-}" ]; then spec=".[$1]"; fi
 .venv/bin/python -m pip install --quiet -e "$spec"
-if [ "${1:-}" = "test" ]; then
+if [[ ",${1:-}," == *",test,"* ]]; then
   # The sampler parity tests read k-diffusion's sampling.py; its declared dependencies (wandb,
   # clean-fid, clip, ...) serve training only and would pin numpy<2, so they are left out.
   .venv/bin/python -m pip install --quiet --no-deps "k-diffusion==0.1.1.post1"
