@@ -37,16 +37,11 @@ RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_
 def tiny_controlnet(seed: int, config: Mapping[str, Any] = TINY_CONTROLNET) -> Any:
     from diffusers import ControlNetModel
 
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
+    from tests.engine.ldm_checkpoints import fill_random_weights
+
+    with torch.random.fork_rng(devices=[]):
         model = ControlNetModel(**config)
-        generator = torch.Generator().manual_seed(seed)
-        for name, param in sorted(model.named_parameters()):
-            if param.ndim >= 2:
-                param.copy_(torch.randn(param.shape, generator=generator) / param[0].numel() ** 0.5)
-            elif name.endswith("bias"):
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
-            else:
-                param.fill_(1.0)
+    fill_random_weights(model, torch.Generator().manual_seed(seed))
     return model.eval().requires_grad_(False)
 
 

@@ -59,12 +59,9 @@ def _text(config_name: str, with_projection: bool, full_size: bool) -> Any:
     return empty_text_encoder(config, with_projection)
 
 
-def _materialise(module: torch.nn.Module, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """Turn a meta module into a real one with N(0, 1/fan_in) weights, unit norms, small
-    biases, stored in `dtype` (drawn in float32 one tensor at a time, so a full-size model
-    in float16 never needs its float32 size in RAM)."""
-    module.to_empty(device="cpu")
-    cast_floating(module, dtype)
+def fill_random_weights(module: torch.nn.Module, generator: torch.Generator) -> None:
+    """N(0, 1/fan_in) weights, unit norms, small biases, drawn in name order: random but well
+    scaled, so tiny and full-size test models give finite, seed-determined outputs."""
     with torch.no_grad():
         for name, param in sorted(module.named_parameters()):
             if param.ndim >= 2:
@@ -73,6 +70,16 @@ def _materialise(module: torch.nn.Module, generator: torch.Generator, dtype: tor
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
             else:
                 param.fill_(1.0)
+
+
+def _materialise(module: torch.nn.Module, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """Turn a meta module into a real one with N(0, 1/fan_in) weights, unit norms, small
+    biases, stored in `dtype` (drawn in float32 one tensor at a time, so a full-size model
+    in float16 never needs its float32 size in RAM)."""
+    module.to_empty(device="cpu")
+    cast_floating(module, dtype)
+    fill_random_weights(module, generator)
+    with torch.no_grad():
         for name, buffer in module.named_buffers():
             if name.endswith("position_ids"):
                 buffer.copy_(torch.arange(buffer.shape[-1]).expand(buffer.shape))

@@ -29,9 +29,15 @@ router = api_router()
 async def txt2img(
     request: Txt2ImgRequest, http: Request, response: Response, services: Services = Depends(get_services),
 ) -> dict[str, Any]:
+    return await _answer(http, response, lambda gone, context: run_txt2img(request, services, gone, context=context))
+
+
+async def _answer(http: Request, response: Response, work: Callable[..., Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    """What both synchronous generation routes do around their work: the caller's context
+    (key, priority), a watch for a client that hangs up, and the X-Cache header."""
     context = request_context(http)
     async with watch_disconnect(http) as disconnected:
-        body = await run_txt2img(request, services, disconnected, context=context)
+        body = await work(disconnected, context)
     response.headers["X-Cache"] = context.cache
     return body
 
@@ -203,11 +209,7 @@ def _encode_grid(grid: Any, options: dict[str, Any]) -> str:
 async def img2img(
     request: Img2ImgRequest, http: Request, response: Response, services: Services = Depends(get_services),
 ) -> dict[str, Any]:
-    context = request_context(http)
-    async with watch_disconnect(http) as disconnected:
-        body = await run_img2img(request, services, disconnected, context=context)
-    response.headers["X-Cache"] = context.cache
-    return body
+    return await _answer(http, response, lambda gone, context: run_img2img(request, services, gone, context=context))
 
 
 async def run_img2img(
