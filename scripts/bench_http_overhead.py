@@ -90,13 +90,15 @@ def main() -> None:
     args = parse_args()
     from webui_api.app import build_services, create_app
     from webui_api.engine.service import Engine
+    from dataclasses import replace
+
     from webui_api.settings import Settings
 
     engine = Engine(device=args.device, dtype="auto")
     engine.load()
     data_dir = Path(tempfile.mkdtemp())
     port = free_port()
-    settings = Settings.for_tests(data_dir, port=port)
+    settings = replace(Settings.layout(data_dir), port=port)
     server, thread = start_server(create_app(settings, engine=engine), port)
     body = payload(args)
     time_http(port, body, 1)  # warm-up: first-call allocations, lazy imports

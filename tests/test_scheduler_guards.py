@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from tests.factories import settings_for_tests
 from webui_api.progress import ProgressTracker
 from webui_api.scheduler import ClientGone, QueueFull, QueueTimeout, Scheduler, WorkItem
 
@@ -202,9 +203,8 @@ def test_a_real_client_that_hangs_up_while_queued_has_its_job_dropped(engine, tm
     from tests.api.payloads import webuiapi_txt2img
     from tests.test_launch import free_port
     from webui_api.app import create_app
-    from webui_api.settings import Settings
 
-    app = create_app(Settings.for_tests(tmp_path), engine=engine)
+    app = create_app(settings_for_tests(tmp_path), engine=engine)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -83,7 +83,7 @@ def _lifespan_for(settings: Settings, engine: Optional[Any]):
 
 def _start_task_runner(app: FastAPI, services: Services):
     """Async tasks (agent-scheduler routes): persisted under <data dir>/tasks, resumed at start."""
-    from .routes.tasks import TaskRunner
+    from .generation.task_runner import TaskRunner
     from .tasks import TaskStore
 
     runner = TaskRunner(TaskStore(services.settings.data_dir / "tasks"), services)

@@ -9,7 +9,8 @@ from typing import Any
 
 from tests.api.payloads import a1111_img2img_payload, a1111_test_payload
 from tests.api.test_img2img import gradient, png_b64
-from webui_api.builtin_scripts.runner import run_script
+from tests.factories import settings_for_tests
+from webui_api.generation.scripts import run_script
 from webui_api.progress import CancelToken
 from webui_api.schemas.generation import Img2ImgRequest, Txt2ImgRequest
 
@@ -53,9 +54,8 @@ class FakeServices:
 
 def services_for(engine, tmp_path) -> FakeServices:
     from webui_api.options import OptionsStore
-    from webui_api.settings import Settings
 
-    settings = Settings.for_tests(tmp_path)
+    settings = settings_for_tests(tmp_path)
     return FakeServices(settings, engine, OptionsStore(settings.data_dir / "config.json"))
 
 

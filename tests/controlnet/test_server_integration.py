@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.factories import settings_for_tests
 from webui_api.controlnet.preprocessors import AnnotatorCache
 from webui_api.controlnet.units import ControlUnit
 from webui_api.engine.control import prepare_controls
@@ -46,10 +47,9 @@ def cn_live_server(cn_engine, tmp_path):
 
     from tests.api.test_webuiapi_client import free_port
     from webui_api.app import create_app
-    from webui_api.settings import Settings
 
     port = free_port()
-    settings = Settings.for_tests(tmp_path, port=port)
+    settings = settings_for_tests(tmp_path, port=port)
     server = uvicorn.Server(uvicorn.Config(create_app(settings, engine=cn_engine), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

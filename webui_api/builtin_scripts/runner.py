@@ -1,22 +1,19 @@
-"""Run a request's `script_name` script: plan off the event loop, run as ONE work item, answer.
+"""A request's `script_name` script: its plan, the worker that runs its jobs on the engine,
+its saved files and its response body.
 
-The whole script is one entry of the scheduler's queue (one slot against the queue-depth
-limit, one /progress job whose job_count is the script's total batch count), so a 25-cell
-x/y/z plot cannot be overtaken half-way by other requests, just as A1111 holds its queue lock
-for the whole script.
+Queueing the script (one work item for all its jobs) is the generation layer's
+(webui_api.generation.scripts); this module knows nothing of the queue or of HTTP.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import NotImplementedFeature
 from ..jobs import GenerationJob
 from ..progress import CancelToken, RunObserver
-from ..scheduler import ProgressSpec, WorkItem
 from ..styles import PromptStyle
 from .base import JobOutcome, ScriptContext, ScriptOutput, ScriptRun, progress_units
 
@@ -63,50 +60,6 @@ def script_context(services: Any, tab: str, options: Mapping[str, Any], styles: 
     )
 
 
-async def run_script(
-    request: Any,
-    tab: str,
-    options: Mapping[str, Any],
-    styles: Sequence[PromptStyle],
-    services: Any,
-    disconnected: Optional[Callable[[], Awaitable[bool]]] = None,
-    guarded: bool = True,
-) -> dict[str, Any]:
-    """The txt2img / img2img response of a request that names a built-in script."""
-    ctx = script_context(services, tab, options, styles)
-    planned = await asyncio.to_thread(plan_script, request, ctx)
-    item = _work_item(services, tab, planned)
-    output = await services.scheduler.run(item, guarded=guarded, disconnected=disconnected)
-    options = planned.first_job.options
-    if request.save_images:
-        await asyncio.to_thread(save_outputs, output, tab, options, services.settings.data_dir)
-    return await asyncio.to_thread(script_response, request, tab, output, options)
-
-
-def _work_item(services: Any, tab: str, planned: ScriptRun) -> WorkItem:
-    def run(cancel: CancelToken) -> ScriptOutput:
-        from ..postprocess.upscale import UpscalerCatalog
-
-        catalog = UpscalerCatalog.from_settings(services.settings, models=services.postprocess_models)
-        worker = EngineWorker(services.engine, services.progress, cancel, planned.job_count, catalog, _faces(services))
-        return planned.execute(worker)
-
-    first = planned.first_job
-    spec = ProgressSpec(f"scripts_{tab}", planned.job_count, first.job_timestamp, first.preview_every_n_steps)
-    return WorkItem(run=run, label=f"{tab} script", progress=spec)
-
-
-def _faces(services: Any) -> Callable[[GenerationJob], Any]:
-    """A script's jobs (prompts-from-file lines, x/y/z cells) may each ask for restore_faces;
-    the restorer is resolved per job, as the generation routes do."""
-    from ..postprocess.face_restore.restorers import job_restorer
-
-    def restorer_for(job: GenerationJob) -> Any:
-        return job_restorer(services.settings, services.postprocess_models, job.options) if job.restore_faces else None
-
-    return restorer_for
-
-
 @dataclass
 class OffsetObserver:
     """Forwards one job's progress calls with its batches numbered after the jobs before it,
@@ -143,12 +96,11 @@ class EngineWorker:
         return self.cancel.interrupted
 
     def run(self, job: GenerationJob) -> JobOutcome:
-        model = self.engine.load(job.model_title)
         observer = OffsetObserver(self.progress, self.batches_done, self.total)
         generate = self.engine.img2img if job.kind == "img2img" else self.engine.txt2img
         result = generate(job, observer, self.cancel, restore_faces=self.restorer_for(job))
         self.batches_done += progress_units(job)
-        return JobOutcome(job, result, model.info)
+        return JobOutcome(job, result, result.model_info)
 
     def upscale(self, image: Any, upscaler: str, scale: float) -> Any:
         return self.catalog.upscale(image, upscaler, scale)

@@ -15,6 +15,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import ApiError, NotFound, ValidationFailed
+from ..generation.runs import run_txt2img
 from ..schemas.generation import Txt2ImgRequest
 from ..services import Services
 from . import api_router, get_services
@@ -187,8 +188,6 @@ def _merged(payload: dict[str, Any]) -> dict[str, Any]:
 @router.post("/v1/controlnet")
 async def endpoint_controlnet(payload: dict[str, Any], http: Request, services: Services = Depends(get_services)) -> Any:
     """txt2img with one unit; PNG bytes for `Accept: image/png`, else A1111's JSON."""
-    from .generate import run_txt2img
-
     try:
         body = EndpointControlRequest.model_validate(_merged(payload))
     except ValidationError as exc:
