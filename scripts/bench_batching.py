@@ -114,7 +114,7 @@ def start_mode(engine, max_size: int, args: argparse.Namespace) -> tuple[ModeRes
     server, thread = start_server(app, port)
     asyncio.run(wave(port, argparse.Namespace(**{**vars(args), "clients": 1}), 99, ModeResult(max_size)))
     result = ModeResult(max_size)
-    app.state.services.scheduler.on_batch = result.batches.append  # the metrics hook, read by this script
+    app.state.runtime.scheduler.on_batch = result.batches.append  # the metrics hook, read by this script
     return result, port, (server, thread)
 
 

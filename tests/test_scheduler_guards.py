@@ -158,7 +158,7 @@ def test_txt2img_beyond_the_queue_depth_gets_503_with_retry_after(make_client):
     from tests.api.payloads import webuiapi_txt2img
 
     client = make_client(max_queue_depth=1)
-    scheduler = client.app.state.services.scheduler
+    scheduler = client.app.state.runtime.scheduler
     blocker = hold_worker(scheduler)
     thread, holder = post_in_background(client, webuiapi_txt2img())
     wait_until(lambda: scheduler.waiting_generations == 1)
@@ -175,7 +175,7 @@ def test_txt2img_queued_too_long_gets_503_and_does_not_run(make_client):
     from tests.api.payloads import webuiapi_txt2img
 
     client = make_client(queue_timeout=0.3)
-    blocker = hold_worker(client.app.state.services.scheduler)
+    blocker = hold_worker(client.app.state.runtime.scheduler)
     refused = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img())
     blocker.release.set()
     assert refused.status_code == 503 and "did not run" in refused.json()["detail"]
@@ -211,7 +211,7 @@ def test_a_real_client_that_hangs_up_while_queued_has_its_job_dropped(engine, tm
     thread.start()
     try:
         wait_until(lambda: server.started)
-        scheduler = app.state.services.scheduler
+        scheduler = app.state.runtime.scheduler
         blocker = hold_worker(scheduler)
         body = json.dumps(webuiapi_txt2img()).encode()
         head = f"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"

@@ -465,6 +465,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     _configure_controlnet_logging(settings.cmd_flags.get("controlnet_loglevel"))
     if unknown:
         logger.warning("ignoring unknown command-line arguments: %s", " ".join(unknown))
-    from webui_api import server  # imported late: it pulls in fastapi and the engine
+    from webui_api.serve import serve  # imported late: it pulls in fastapi and the engine
 
-    server.serve(settings)
+    serve(settings)

@@ -110,7 +110,7 @@ def test_extension_options_are_listed_settable_and_overridable_per_job(cn_client
 
 
 def test_model_cache_size_option_bounds_the_loaded_networks(cn_client):
-    library = cn_client.app.state.services.engine.controlnets
+    library = cn_client.app.state.runtime.engine.controlnets
     for model in ("tiny_canny", "tiny_depth"):
         unit = canny_unit(model=model, module="none")
         payload = {**PAYLOAD, "override_settings": {"control_net_model_cache_size": 1},
@@ -204,7 +204,7 @@ def test_detect_and_generation_share_the_engines_cache_and_unload_clears_it(make
     shutil.copytree(controlnet_dir, tmp_path / "models" / "ControlNet")
     shutil.copytree(lineart_annotators, tmp_path / "models" / "ControlNetAnnotators")
     client = make_client(own_engine=True)
-    engine = client.app.state.services.engine
+    engine = client.app.state.runtime.engine
     engine.controlnets.annotators = CountingCache()
     detect = {"controlnet_module": "lineart_realistic", "controlnet_input_images": [b64_png(pattern_image())],
               "controlnet_processor_res": 64}

@@ -39,7 +39,7 @@ def plan_script(request: Any, ctx: ScriptContext) -> ScriptRun:
     return _planners()[request.script_name.lower()](request, ctx)
 
 
-def script_context(services: Any, tab: str, options: Mapping[str, Any], styles: Sequence[PromptStyle]) -> ScriptContext:
+def script_context(runtime: Any, tab: str, options: Mapping[str, Any], styles: Sequence[PromptStyle]) -> ScriptContext:
     """The catalogs a script may consult, read now (the engine's catalog readers are safe off
     the worker thread)."""
     from samplers import registry
@@ -51,12 +51,12 @@ def script_context(services: Any, tab: str, options: Mapping[str, Any], styles: 
         tab=tab,
         options=options,
         styles=styles,
-        checkpoints=tuple(services.engine.checkpoints()),
-        upscaler_names=tuple(UpscalerCatalog.from_settings(services.settings).names()),
-        vae_names=tuple(vae.model_name for vae in services.engine.vaes()),
+        checkpoints=tuple(runtime.engine.checkpoints()),
+        upscaler_names=tuple(UpscalerCatalog.from_settings(runtime.settings).names()),
+        vae_names=tuple(vae.model_name for vae in runtime.engine.vaes()),
         sampler_names=tuple(s.name for s in registry.implemented_samplers()),
         scheduler_labels=tuple(s.label for s in registry.SCHEDULERS),
-        all_styles=lambda: read_styles(style_files(services.settings)),
+        all_styles=lambda: read_styles(style_files(runtime.settings)),
     )
 
 
@@ -142,14 +142,14 @@ def save_outputs(output: ScriptOutput, tab: str, options: Mapping[str, Any], dat
         save_image(out.image, grids if out.grid else samples, facts, out.infotext if out.embed else None, options, data_dir)
 
 
-def script_infos(services: Any) -> list[dict[str, Any]]:
+def script_infos(runtime: Any) -> list[dict[str, Any]]:
     """/sdapi/v1/script-info: every catalog script per tab (txt2img's first, as A1111 lists
     them) with its arguments; scripts without a spec here (extensions) list no arguments."""
     from ..script_catalog import SCRIPTS, TABS
 
     entries = []
     for tab in TABS:
-        ctx = script_context(services, tab, services.options.snapshot(), ())
+        ctx = script_context(runtime, tab, runtime.options.snapshot(), ())
         for script in SCRIPTS:
             if tab in script.tabs:
                 entries.append({

@@ -12,11 +12,11 @@ from typing import Any
 
 from ..jobs import GenerationJob, JobResult
 from ..results import build_info, build_infotexts, encode_images
-from ..services import Services
+from ..runtime import Runtime
 
 
 def save_outputs(
-    services: Services, job: GenerationJob, result: JobResult, request: Any = None, restorer: Any = None,
+    runtime: Runtime, job: GenerationJob, result: JobResult, request: Any = None, restorer: Any = None,
     first_pass: list[Any] | None = None,
 ) -> Any:
     """save_images: true writes samples (and the grid) under the data dir as A1111 does, in the
@@ -26,7 +26,7 @@ def save_outputs(
     from ..postprocess.grid import grid_shape, image_grid, wants_grid
 
     infotexts = build_infotexts(job, result, result.model_info)
-    options, data_dir = job.options, services.settings.data_dir
+    options, data_dir = job.options, runtime.settings.data_dir
     img2img = job.kind == "img2img"
     facts = saving.job_name_facts(job, result.model_info, result, tuple(getattr(request, "styles", None) or ()))
     samples, grids = (

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import InvalidImageFormat
 from ..job_builder import apply_infotext, request_styles
-from ..services import Services
+from ..runtime import Runtime
 from ..styles import PromptStyle, style_files
 
 
@@ -21,14 +21,14 @@ class PreparedRequest:
     styles: tuple[PromptStyle, ...]
 
 
-def prepare(request: Any, services: Services) -> PreparedRequest:
+def prepare(request: Any, runtime: Runtime) -> PreparedRequest:
     """Read the styles, paste a sent infotext into the fields the client left out, apply the
     serving guards (size, batch, steps, prompt, input images; 503 while draining), take the
     per-job options and refuse an unusable output format, all before any queueing."""
-    styles = request_styles(request, style_files(services.settings))
-    request = apply_infotext(request, services.options.snapshot(), styles)
-    services.serving.check(request)
-    options = services.options.with_overrides(request.override_settings or {})
+    styles = request_styles(request, style_files(runtime.settings))
+    request = apply_infotext(request, runtime.options.snapshot(), styles)
+    runtime.serving.check(request)
+    options = runtime.options.with_overrides(request.override_settings or {})
     check_output_format(options)
     return PreparedRequest(request, options, tuple(styles))
 

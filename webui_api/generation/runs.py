@@ -14,8 +14,8 @@ from typing import Any
 
 from ..errors import NotFound
 from ..job_builder import build_img2img, build_txt2img
+from ..runtime import Runtime
 from ..schemas.generation import Img2ImgRequest, Txt2ImgRequest
-from ..services import Services
 from ..serving.context import RequestContext
 from ..serving.hooks import job_steps
 from .outputs import build_response, img2img_echo, save_outputs
@@ -27,7 +27,7 @@ Disconnected = Callable[[], Awaitable[bool]]
 
 async def run_txt2img(
     request: Txt2ImgRequest,
-    services: Services,
+    runtime: Runtime,
     disconnected: Disconnected | None = None,
     guarded: bool = True,
     context: RequestContext | None = None,
@@ -37,26 +37,26 @@ async def run_txt2img(
     closed connection may drop them. `context` carries the caller's priority and collects the
     cache outcome and timings."""
     context = context or RequestContext()
-    prepared = prepare(request, services)
+    prepared = prepare(request, runtime)
     request = prepared.request
     if request.script_name:
-        return await _run_script(prepared, "txt2img", services, disconnected, guarded, context)
-    if (cached := await services.serving.lookup("txt2img", request, prepared.options, context)) is not None:
+        return await _run_script(prepared, "txt2img", runtime, disconnected, guarded, context)
+    if (cached := await runtime.serving.lookup("txt2img", request, prepared.options, context)) is not None:
         return cached
     job = build_txt2img(request, prepared.options, styles=list(prepared.styles))
     save = bool(request.save_images)
-    restorer = face_restorer(services, job, save)
+    restorer = face_restorer(runtime, job, save)
     first_pass = first_pass_sink(job, save)
-    item = services.serving.timed(txt2img_item(services, job, restorer, first_pass), "txt2img", job_steps(job), context)
-    result = await services.scheduler.run(item, context.priority, guarded=guarded, disconnected=disconnected)
-    grid = await asyncio.to_thread(save_outputs, services, job, result, request, restorer, first_pass) if save else None
+    item = runtime.serving.timed(txt2img_item(runtime, job, restorer, first_pass), "txt2img", job_steps(job), context)
+    result = await runtime.scheduler.run(item, context.priority, guarded=guarded, disconnected=disconnected)
+    grid = await asyncio.to_thread(save_outputs, runtime, job, result, request, restorer, first_pass) if save else None
     response = await asyncio.to_thread(build_response, request, job, result, grid)
-    return await services.serving.finish("txt2img", request, response, context, cacheable=not result.interrupted)
+    return await runtime.serving.finish("txt2img", request, response, context, cacheable=not result.interrupted)
 
 
 async def run_img2img(
     request: Img2ImgRequest,
-    services: Services,
+    runtime: Runtime,
     disconnected: Disconnected | None = None,
     guarded: bool = True,
     context: RequestContext | None = None,
@@ -65,28 +65,28 @@ async def run_img2img(
     if request.init_images is None:
         raise NotFound("Init image not found")
     context = context or RequestContext()
-    prepared = prepare(request, services)
+    prepared = prepare(request, runtime)
     request = prepared.request
     if request.script_name:
-        return await _run_script(prepared, "img2img", services, disconnected, guarded, context)
-    if (cached := await services.serving.lookup("img2img", request, prepared.options, context)) is not None:
+        return await _run_script(prepared, "img2img", runtime, disconnected, guarded, context)
+    if (cached := await runtime.serving.lookup("img2img", request, prepared.options, context)) is not None:
         return cached
     job = await asyncio.to_thread(build_img2img, request, prepared.options, None, list(prepared.styles))
     save = bool(request.save_images)
-    restorer = face_restorer(services, job, save)
-    item = services.serving.timed(img2img_item(services, job, restorer), "img2img", job_steps(job), context)
-    result = await services.scheduler.run(item, context.priority, guarded=guarded, disconnected=disconnected)
-    grid = await asyncio.to_thread(save_outputs, services, job, result, request, restorer) if save else None
+    restorer = face_restorer(runtime, job, save)
+    item = runtime.serving.timed(img2img_item(runtime, job, restorer), "img2img", job_steps(job), context)
+    result = await runtime.scheduler.run(item, context.priority, guarded=guarded, disconnected=disconnected)
+    grid = await asyncio.to_thread(save_outputs, runtime, job, result, request, restorer) if save else None
     response = await asyncio.to_thread(build_response, img2img_echo(request), job, result, grid)
-    return await services.serving.finish("img2img", request, response, context, cacheable=not result.interrupted)
+    return await runtime.serving.finish("img2img", request, response, context, cacheable=not result.interrupted)
 
 
 async def _run_script(
-    prepared: PreparedRequest, tab: str, services: Services, disconnected: Disconnected | None, guarded: bool,
+    prepared: PreparedRequest, tab: str, runtime: Runtime, disconnected: Disconnected | None, guarded: bool,
     context: RequestContext,
 ) -> dict[str, Any]:
     """script_name set: the built-in script runs instead (one queue slot for all its jobs)."""
     from .scripts import run_script
 
-    return await run_script(prepared.request, tab, prepared.options, prepared.styles, services, disconnected,
+    return await run_script(prepared.request, tab, prepared.options, prepared.styles, runtime, disconnected,
                             guarded, context.priority)

@@ -15,11 +15,17 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from ..builtin_scripts.base import ScriptOutput, ScriptRun
-from ..builtin_scripts.runner import EngineWorker, plan_script, save_outputs, script_context, script_response
+from ..builtin_scripts.runner import (
+    EngineWorker,
+    plan_script,
+    save_outputs,
+    script_context,
+    script_response,
+)
 from ..jobs import GenerationJob
 from ..progress import CancelToken
+from ..runtime import Runtime
 from ..scheduler import PRIORITY_NORMAL, ProgressSpec, WorkItem
-from ..services import Services
 from ..styles import PromptStyle
 
 
@@ -28,29 +34,29 @@ async def run_script(
     tab: str,
     options: Mapping[str, Any],
     styles: Sequence[PromptStyle],
-    services: Services,
+    runtime: Runtime,
     disconnected: Callable[[], Awaitable[bool]] | None = None,
     guarded: bool = True,
     priority: int = PRIORITY_NORMAL,
 ) -> dict[str, Any]:
     """The txt2img / img2img response of a request that names a built-in script."""
-    ctx = script_context(services, tab, options, styles)
+    ctx = script_context(runtime, tab, options, styles)
     planned = await asyncio.to_thread(plan_script, request, ctx)
-    item = script_item(services, tab, planned)
-    output = await services.scheduler.run(item, priority=priority, guarded=guarded, disconnected=disconnected)
+    item = script_item(runtime, tab, planned)
+    output = await runtime.scheduler.run(item, priority=priority, guarded=guarded, disconnected=disconnected)
     job_options = planned.first_job.options
     if request.save_images:
-        await asyncio.to_thread(save_outputs, output, tab, job_options, services.settings.data_dir)
+        await asyncio.to_thread(save_outputs, output, tab, job_options, runtime.settings.data_dir)
     return await asyncio.to_thread(script_response, request, tab, output, job_options)
 
 
-def script_item(services: Services, tab: str, planned: ScriptRun) -> WorkItem:
+def script_item(runtime: Runtime, tab: str, planned: ScriptRun) -> WorkItem:
     def run(cancel: CancelToken) -> ScriptOutput:
         from ..postprocess.upscale import UpscalerCatalog
 
-        catalog = UpscalerCatalog.from_settings(services.settings, models=services.postprocess_models)
-        worker = EngineWorker(services.engine, services.progress, cancel, planned.job_count, catalog,
-                              restorer_lookup(services))
+        catalog = UpscalerCatalog.from_settings(runtime.settings, models=runtime.postprocess_models)
+        worker = EngineWorker(runtime.engine, runtime.progress, cancel, planned.job_count, catalog,
+                              restorer_lookup(runtime))
         return planned.execute(worker)
 
     first = planned.first_job
@@ -58,12 +64,12 @@ def script_item(services: Services, tab: str, planned: ScriptRun) -> WorkItem:
     return WorkItem(run=run, label=f"{tab} script", progress=spec)
 
 
-def restorer_lookup(services: Services) -> Callable[[GenerationJob], Any]:
+def restorer_lookup(runtime: Runtime) -> Callable[[GenerationJob], Any]:
     """A script's jobs (prompts-from-file lines, x/y/z cells) may each ask for restore_faces;
     the restorer is resolved per job, as for a plain request."""
     from ..postprocess.face_restore.restorers import job_restorer
 
     def restorer_for(job: GenerationJob) -> Any:
-        return job_restorer(services.settings, services.postprocess_models, job.options) if job.restore_faces else None
+        return job_restorer(runtime.settings, runtime.postprocess_models, job.options) if job.restore_faces else None
 
     return restorer_for

@@ -18,8 +18,8 @@ import time
 from typing import Any
 
 from ..errors import ApiError
+from ..runtime import Runtime
 from ..schemas.generation import Img2ImgRequest, Txt2ImgRequest
-from ..services import Services
 from ..serving.context import RequestContext
 from ..task_callback import CallbackFile, post_callback
 from ..tasks import DONE, FAILED, TaskRecord, TaskStore
@@ -35,9 +35,9 @@ REQUEST_TYPES = {"txt2img": Txt2ImgRequest, "img2img": Img2ImgRequest}
 class TaskRunner:
     """Runs pending tasks in order on the event loop; the device work itself is the scheduler's."""
 
-    def __init__(self, store: TaskStore, services: Services) -> None:
+    def __init__(self, store: TaskStore, runtime: Runtime) -> None:
         self.store = store
-        self._services = services
+        self._runtime = runtime
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
         self._current: tuple[str, asyncio.Task] | None = None  # (task id, its generation)
@@ -45,8 +45,8 @@ class TaskRunner:
         self._next_purge = 0.0  # monotonic time of the next retention pass
 
     @property
-    def services(self) -> Services:
-        return self._services
+    def runtime(self) -> Runtime:
+        return self._runtime
 
     @property
     def current_task_id(self) -> str | None:
@@ -81,7 +81,7 @@ class TaskRunner:
 
     def purge_expired(self) -> int:
         """Delete finished tasks older than --task-retention-hours (0 keeps them forever)."""
-        hours = self._services.settings.task_retention_hours
+        hours = self._runtime.settings.task_retention_hours
         if not hours:
             return 0
         purged = self.store.purge_finished(hours * 3600.0)
@@ -132,9 +132,9 @@ class TaskRunner:
     async def _record_failure(self, task: TaskRecord, error: str, error_type: str, status: int) -> None:
         """A failed task: its status and error in the store, the metrics' error count, the audit log."""
         self.store.fail(task.id, error)
-        self._services.metrics.count_error(error_type, status)
+        self._runtime.metrics.count_error(error_type, status)
         context = RequestContext(caller=task.owner or "anonymous", priority=task.tier, task_id=task.id)
-        await self._services.serving.audit_failure(task.type, task.params, context, error)
+        await self._runtime.serving.audit_failure(task.type, task.params, context, error)
 
     def _notify(self, task: TaskRecord, result: dict[str, Any] | None) -> None:
         """Fire the callback in a thread of its own: its retries must not hold up the next task."""
@@ -161,7 +161,7 @@ class TaskRunner:
         run = run_txt2img if task.type == "txt2img" else run_img2img
         request = REQUEST_TYPES[task.type].model_validate(task.params)
         context = RequestContext(caller=task.owner or "anonymous", priority=task.tier, task_id=task.id)
-        return await run(request, self._services, guarded=False, context=context)
+        return await run(request, self._runtime, guarded=False, context=context)
 
 
 def _report_crash(loop_task: asyncio.Task) -> None:

@@ -117,7 +117,7 @@ def scan_folder(family: UpscalerFamily, folder: Path) -> list[UpscalerEntry]:
 class UpscalerCatalog:
     """Every upscaler the server offers, in A1111's order: built-ins, then each family's files.
 
-    Loaded models live in `models`, the server's PostprocessModels (Services owns it), so a
+    Loaded models live in `models`, the server's PostprocessModels (Runtime owns it), so a
     catalog rebuilt for every request (the folders may change between calls) still reuses
     weights loaded by an earlier one. Without one, the catalog keeps its own.
     """

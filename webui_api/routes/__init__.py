@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from fastapi import APIRouter, Depends, Request
 
 from ..auth import require_api_auth
-from ..services import Services
+from ..runtime import Runtime
 
 
 def api_router() -> APIRouter:
@@ -21,8 +21,8 @@ def api_router() -> APIRouter:
     return APIRouter(dependencies=[Depends(require_api_auth)])
 
 
-def get_services(request: Request) -> Services:
-    return request.app.state.services
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
 
 
 @contextlib.asynccontextmanager

@@ -10,10 +10,10 @@ from fastapi import Depends, Request, Response
 from ..auth import request_context
 from ..errors import NotFound
 from ..generation.runs import run_img2img, run_txt2img
+from ..runtime import Runtime
 from ..schemas.generation import GenerationResponse, Img2ImgRequest, Txt2ImgRequest
-from ..services import Services
 from ..serving.context import RequestContext
-from . import api_router, get_services, watch_disconnect
+from . import api_router, get_runtime, watch_disconnect
 
 router = api_router()
 
@@ -22,16 +22,16 @@ Work = Callable[[Callable[[], Awaitable[bool]], RequestContext], Awaitable[dict[
 
 @router.post("/sdapi/v1/txt2img", response_model=GenerationResponse)
 async def txt2img(
-    request: Txt2ImgRequest, http: Request, response: Response, services: Services = Depends(get_services),
+    request: Txt2ImgRequest, http: Request, response: Response, runtime: Runtime = Depends(get_runtime),
 ) -> dict[str, Any]:
-    return await _answer(http, response, lambda gone, context: run_txt2img(request, services, gone, context=context))
+    return await _answer(http, response, lambda gone, context: run_txt2img(request, runtime, gone, context=context))
 
 
 @router.post("/sdapi/v1/img2img", response_model=GenerationResponse)
 async def img2img(
-    request: Img2ImgRequest, http: Request, response: Response, services: Services = Depends(get_services),
+    request: Img2ImgRequest, http: Request, response: Response, runtime: Runtime = Depends(get_runtime),
 ) -> dict[str, Any]:
-    return await _answer(http, response, lambda gone, context: run_img2img(request, services, gone, context=context))
+    return await _answer(http, response, lambda gone, context: run_img2img(request, runtime, gone, context=context))
 
 
 async def _answer(http: Request, response: Response, work: Work) -> dict[str, Any]:

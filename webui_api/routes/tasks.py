@@ -84,7 +84,7 @@ def enqueue(task_type: str, body: Any, http: Request, runner: TaskRunner) -> dic
             check_callback_url(body.callback_url)
         except ValueError as exc:
             raise BadRequest(str(exc)) from exc
-    runner.services.serving.check(body)
+    runner.runtime.serving.check(body)
     context = request_context(http, body.priority)
     task = runner.store.create(task_type, task_params(body), body.callback_url, tier=context.priority, owner=context.caller)
     runner.wake()
@@ -198,7 +198,7 @@ def running_progress(task_id: str, runner: TaskRunner) -> Optional[dict[str, Any
     """Progress of the task when it is the one on the device; None otherwise."""
     if runner.current_task_id != task_id:
         return None
-    snapshot = runner.services.progress.snapshot(skip_current_image=True)
+    snapshot = runner.runtime.progress.snapshot(skip_current_image=True)
     state = snapshot.get("state") or {}
     return {
         "progress": snapshot.get("progress"), "eta_relative": snapshot.get("eta_relative"),

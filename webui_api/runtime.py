@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from .options import OptionsStore
 from .postprocess.face_restore.cache import PostprocessModels
@@ -19,7 +19,9 @@ from .settings import Settings
 
 
 @dataclass
-class Services:
+class Runtime:
+    """What the routes, the generation layer and the task runner share (one per app, no module state)."""
+
     settings: Settings
     options: OptionsStore
     engine: Any  # webui_api.engine.service.Engine (imported lazily: it pulls in torch)
@@ -30,7 +32,7 @@ class Services:
     # Prometheus metrics of this app: observe_job, observe_batch, count_error, count_cache ...
     metrics: Metrics = field(default_factory=Metrics)
     # guards, result cache, audit log, lifecycle; the generation routes call its hooks
-    serving: Optional[ServingHooks] = None
+    serving: ServingHooks | None = None
 
     def __post_init__(self) -> None:
         if self.serving is None:  # built without settings for them: guards at their defaults, no cache/audit
