@@ -194,7 +194,7 @@ def test_samplers_import_no_webui_api(graph):
 
 def third_party_roots(path: Path) -> set[str]:
     """The top-level names of the absolute imports of one file."""
-    names = set()
+    names: set[str] = set()
     for node in import_nodes(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names.update(alias.name.split(".")[0] for alias in node.names)

@@ -9,16 +9,12 @@ from .options import OptionsStore
 from .postprocess.face_restore.cache import PostprocessModels
 from .progress import ProgressTracker
 from .scheduler import Scheduler
-from .serving.audit import AuditLog
-from .serving.guards import RequestLimits
 from .serving.hooks import ServingHooks
-from .serving.lifecycle import Lifecycle
 from .serving.metrics import Metrics
-from .serving.result_cache import ResultCache
 from .settings import Settings
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Runtime:
     """What the routes, the generation layer and the task runner share (one per app, no module state)."""
 
@@ -31,9 +27,5 @@ class Runtime:
     postprocess_models: PostprocessModels = field(default_factory=PostprocessModels)
     # Prometheus metrics of this app: observe_job, observe_batch, count_error, count_cache ...
     metrics: Metrics = field(default_factory=Metrics)
-    # guards, result cache, audit log, lifecycle; the generation routes call its hooks
-    serving: ServingHooks | None = None
-
-    def __post_init__(self) -> None:
-        if self.serving is None:  # built without settings for them: guards at their defaults, no cache/audit
-            self.serving = ServingHooks(RequestLimits(), ResultCache(None), self.metrics, AuditLog(None), Lifecycle())
+    # guards, result cache, audit log, lifecycle; the generation layer calls its hooks
+    serving: ServingHooks

@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 
 IDLE_POLL_SECONDS = 1.0  # the runner also wakes at once when a task is queued
 RETENTION_CHECK_SECONDS = 3600.0
-REQUEST_TYPES = {"txt2img": Txt2ImgRequest, "img2img": Img2ImgRequest}
 
 
 class TaskRunner:
@@ -158,10 +157,12 @@ class TaskRunner:
 
     async def _generate(self, task: TaskRecord) -> dict[str, Any]:
         """The same work as the synchronous route, at the tier the task was queued with."""
-        run = run_txt2img if task.type == "txt2img" else run_img2img
-        request = REQUEST_TYPES[task.type].model_validate(task.params)
         context = RequestContext(caller=task.owner or "anonymous", priority=task.tier, task_id=task.id)
-        return await run(request, self._runtime, guarded=False, context=context)
+        if task.type == "txt2img":
+            return await run_txt2img(Txt2ImgRequest.model_validate(task.params), self._runtime, guarded=False,
+                                     context=context)
+        return await run_img2img(Img2ImgRequest.model_validate(task.params), self._runtime, guarded=False,
+                                 context=context)
 
 
 def _report_crash(loop_task: asyncio.Task) -> None:
