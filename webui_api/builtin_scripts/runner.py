@@ -55,7 +55,7 @@ def script_context(services: Any, tab: str, options: Mapping[str, Any], styles: 
         options=options,
         styles=styles,
         checkpoints=tuple(services.engine.checkpoints()),
-        upscaler_names=tuple(UpscalerCatalog.from_settings(services.settings).names()),
+        upscaler_names=tuple(UpscalerCatalog.from_settings(services.settings, options=options).names()),
         vae_names=tuple(vae.model_name for vae in services.engine.vaes()),
         sampler_names=tuple(s.name for s in registry.implemented_samplers()),
         scheduler_labels=tuple(s.label for s in registry.SCHEDULERS),
@@ -87,7 +87,10 @@ def _work_item(services: Any, tab: str, planned: ScriptRun) -> WorkItem:
     def run(cancel: CancelToken) -> ScriptOutput:
         from ..postprocess.upscale import UpscalerCatalog
 
-        catalog = UpscalerCatalog.from_settings(services.settings, models=services.postprocess_models)
+        # a built-in upscaler a script names is fetched here on first use (scripts plan their
+        # jobs inside the run, so the routes cannot fetch it before queueing)
+        catalog = UpscalerCatalog.from_settings(services.settings, models=services.postprocess_models,
+                                                options=planned.first_job.options, fetch=services.weights.ensure)
         worker = EngineWorker(services.engine, services.progress, cancel, planned.job_count, catalog, _faces(services))
         return planned.execute(worker)
 

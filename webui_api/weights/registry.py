@@ -42,7 +42,7 @@ class WeightFile:
     sha256: str | None  # lower-case hex; None: not established, needs --allow-unverified
     size: int | None  # bytes, when known (progress and a sanity check only)
     licence: str
-    scale: int | None = None  # upscalers: the factor A1111 lists
+    scale: int | None = None  # upscalers: the scale A1111 lists (4 for the 1x ScuNET denoisers, as A1111 does)
 
     @property
     def verified(self) -> bool:
@@ -86,9 +86,9 @@ UPSCALERS: tuple[WeightFile, ...] = (
               "99adfa91350a84c99e946c1eb3d8fce34bc28f57d807b09dc8fe40a316328c0a", None, "Apache-2.0", 4),
     # A1111 saves "ScuNET GAN" as ScuNET.pth; for "ScuNET PSNR" it (by a bug) fetches the GAN
     # weights again. Here PSNR gets its own file, as the name promises.
-    _upscaler("ScuNET GAN", "ScuNET", "ScuNET.pth", f"{_KAIR}/scunet_color_real_gan.pth", None, None, "Apache-2.0", 1),
+    _upscaler("ScuNET GAN", "ScuNET", "ScuNET.pth", f"{_KAIR}/scunet_color_real_gan.pth", None, None, "Apache-2.0", 4),
     _upscaler("ScuNET PSNR", "ScuNET", "scunet_color_real_psnr.pth", f"{_KAIR}/scunet_color_real_psnr.pth",
-              "fa78899ba2caec9d235a900e91d96c689da71c42029230c2028b00f09f809c2e", 71982841, "Apache-2.0", 1),
+              "fa78899ba2caec9d235a900e91d96c689da71c42029230c2028b00f09f809c2e", 71982841, "Apache-2.0", 4),
     _upscaler("DAT x2", "DAT", "DAT_x2.pth", f"{_DAT}/DAT_x2.pth",
               "7760aa96e4ee77e29d4f89c3a4486200042e019461fdb8aa286f49aa00b89b51", None, "Apache-2.0", 2),
     _upscaler("DAT x3", "DAT", "DAT_x3.pth", f"{_DAT}/DAT_x3.pth",
