@@ -23,7 +23,7 @@ def _handler(state: MirrorState) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: object) -> None:  # keep test output quiet
             pass
 
-
+        def do_GET(self) -> None:
             range_header = self.headers.get("Range")
             state.requests.append((self.path, range_header))
             body = state.files.get(self.path)

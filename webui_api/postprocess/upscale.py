@@ -87,6 +87,14 @@ class UnusableUpscaler(BadRequest):
         super().__init__(f"cannot use upscaler file {path.name} in {path.parent}", errors=reason)
 
 
+class MissingUpscalerWeights(BadRequest):
+    """A built-in upscaler whose file was not fetched (nothing may fetch it here)."""
+
+    def __init__(self, name: str, weights: str, path: Path) -> None:
+        super().__init__(f"{name}: weights file {path.name} is not in {path.parent}; fetch it with "
+                         f'`webui-api models fetch "{weights}"` or copy the file there', errors=f"missing {path}")
+
+
 @dataclass(frozen=True)
 class UpscalerEntry:
     """One listed upscaler; `path` is None for the PIL built-ins. A built-in model has its
@@ -279,8 +287,7 @@ class UpscalerCatalog:
             raise ValueError(f"{entry.name} is a built-in upscaler with no model file")
         if entry.needs_fetch and entry.weights is not None:
             if self.fetch is None:
-                raise UnusableUpscaler(entry.path, f"the file is missing; fetch it with "
-                                                   f'`webui-api models fetch "{entry.weights}"`')
+                raise MissingUpscalerWeights(entry.name, entry.weights, entry.path)
             self.fetch(entry.weights)
         path = entry.path
         return self.models.get(ModelKey("upscaler", path, self.device), lambda: load_model(path, self.device))
