@@ -244,11 +244,10 @@ SERVING_FLAGS: tuple[FlagSpec, ...] = (
 
 # This server's own flags for the weights fetcher (webui_api/weights; docs/models.md).
 WEIGHTS_FLAGS: tuple[FlagSpec, ...] = (
-    FlagSpec("--offline", "never download weights; a missing file is a 400 naming the fetch command "
-             "(HF_HUB_OFFLINE=1 does the same)", options={"action": "store_true"}),
+    _switch("--offline", "never download weights; a missing file is a 400 naming the fetch command "
+            "(HF_HUB_OFFLINE=1 does the same)"),
     FlagSpec("--models-mirror", "URL that replaces the origin of every pinned weights URL (an air-gapped mirror)", str),
-    FlagSpec("--allow-unverified", "also download weights that have no pinned sha256",
-             options={"action": "store_true"}),
+    _switch("--allow-unverified", "also download weights that have no pinned sha256"),
 )
 
 OFFLINE_ENV = "HF_HUB_OFFLINE"
