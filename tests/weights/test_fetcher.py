@@ -61,6 +61,7 @@ def test_fetch_success_lands_verified_file_in_a1111_folder(tmp_path):
     assert path == tmp_path / "RealESRGAN" / "tiny_x4.pth"
     assert hashlib.sha256(path.read_bytes()).hexdigest() == SHA
     assert files_under(tmp_path) == ["RealESRGAN/tiny_x4.pth"]  # nothing staged is left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["RealESRGAN"]  # nor the staging folder
     assert seen[-1] == len(PAYLOAD)
     assert state.requests == [(ORIGIN_PATH, None)]
 
@@ -82,7 +83,7 @@ def test_sha_mismatch_is_refused_and_nothing_is_left(tmp_path):
             fetcher.ensure("Tiny 4x")
     assert refused.value.status_code == 502
     assert SHA in refused.value.detail
-    assert files_under(tmp_path) == []
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_interrupted_download_resumes_with_range(tmp_path):

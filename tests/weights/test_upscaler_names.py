@@ -90,3 +90,11 @@ def test_missing_builtin_is_fetched_on_first_use(tmp_path):
         catalog.fetch = fetcher.ensure
         assert catalog.upscale(_image(), "R-ESRGAN 4x+", 4).size == (64, 64)
     assert (models / "RealESRGAN" / "RealESRGAN_x4plus.pth").read_bytes() == data
+
+
+def test_docs_table_lists_every_pinned_file():
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "models.md").read_text()
+    for entry in WeightsRegistry.builtin():
+        assert f"| `{entry.name}` | {entry.kind} | `{entry.folder}/{entry.filename}` |" in docs, entry.name

@@ -22,6 +22,7 @@ One download per file runs at a time; concurrent callers wait for it and share t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import os
@@ -205,14 +206,15 @@ class WeightsFetcher:
         part.parent.mkdir(parents=True, exist_ok=True)
         digest = _download_to(part, url, entry, self.policy.timeout, self.progress)
         if entry.sha256 is not None and digest != entry.sha256.lower():
-            part.unlink(missing_ok=True)
+            _discard(part)
             raise ChecksumMismatch(entry, url, digest)
         if entry.size is not None and entry.sha256 is None and part.stat().st_size != entry.size:
             size = part.stat().st_size
-            part.unlink(missing_ok=True)
+            _discard(part)
             raise DownloadFailed(f"{entry.name}: {entry.filename} from {url} is {size} bytes, expected {entry.size}",
                                  errors="size mismatch")
         _publish(part, target)
+        _remove_if_empty(part.parent)
 
 
 def _download_to(part: Path, url: str, entry: WeightFile, timeout: float, progress: ProgressCallback | None) -> str:
@@ -301,6 +303,17 @@ def _append(out: BinaryIO, hasher: Any, progress: _Progress, chunk: bytes) -> No
     out.write(chunk)
     hasher.update(chunk)
     progress.advance(len(chunk))
+
+
+def _discard(part: Path) -> None:
+    part.unlink(missing_ok=True)
+    _remove_if_empty(part.parent)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """The staging folder goes away once nothing is staged (another download may still be)."""
+    with contextlib.suppress(OSError):  # not empty (or already gone)
+        folder.rmdir()
 
 
 def _publish(part: Path, target: Path) -> None:
