@@ -305,7 +305,7 @@ def _aliases(listed: list[UpscalerEntry], hidden: list[UpscalerEntry]) -> dict[s
     by_path = {e.path: e for e in listed if e.path is not None}
     aliases: dict[str, UpscalerEntry] = {}
     for entry in hidden:
-        target = by_path.get(entry.path, entry) if entry.present else entry
+        target = by_path.get(entry.path, entry) if entry.path is not None and entry.present else entry
         aliases.setdefault(entry.name.lower(), target)
         if entry.path is not None:
             aliases.setdefault(entry.path.stem.lower(), target)

@@ -41,7 +41,7 @@ def human_size(size: int | None) -> str:
 
 def list_rows(fetcher: WeightsFetcher, kind: str | None = None) -> list[tuple[str, ...]]:
     """One row per registry entry: name, kind, file (folder/name), size, sha256?, licence, status."""
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for entry in fetcher.registry:
         if kind and entry.kind != kind:
             continue
