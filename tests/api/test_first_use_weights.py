@@ -131,3 +131,22 @@ def test_offline_face_restoration_names_the_fetch_command(client):
     response = client.post("/sdapi/v1/txt2img", json=payload)
     assert response.status_code == 400
     assert 'webui-api models fetch "GFPGAN"' in response.json()["detail"]
+
+
+def test_sd_upscale_script_fetches_its_builtin_upscaler_before_queueing(client, tmp_path):
+    from tests.api.payloads import a1111_img2img_payload
+    from tests.api.test_img2img import gradient, png_b64
+
+    data = tiny_esrgan_bytes(tmp_path)
+    registry, entry = pinned_to(WeightsRegistry.builtin(), "R-ESRGAN 4x+", data)
+    state = MirrorState(files={origin_path(entry): data})
+    payload = a1111_img2img_payload(init_images=[png_b64(gradient())], script_name="sd upscale",
+                                    script_args=["", 8, "R-ESRGAN 4x+", 2.0])
+    offline = client.post("/sdapi/v1/img2img", json=payload)
+    assert offline.status_code == 400 and 'webui-api models fetch "R-ESRGAN 4x+"' in offline.json()["detail"]
+    with serve_mirror(state) as mirror:
+        online(client, registry, mirror)
+        response = client.post("/sdapi/v1/img2img", json=payload)
+    assert response.status_code == 200, response.text
+    assert "SD upscale upscaler: R-ESRGAN 4x+" in json.loads(response.json()["info"])["infotexts"][0]
+    assert len(state.requests) == 1

@@ -18,6 +18,7 @@ from ..jobs import GenerationJob
 from ..progress import CancelToken, RunObserver
 from ..scheduler import ProgressSpec, WorkItem
 from ..styles import PromptStyle
+from ..weights.runtime import NeededWeights, job_weights, prefetch, upscaler_weights
 from .base import JobOutcome, ScriptContext, ScriptOutput, ScriptRun, progress_units
 
 
@@ -75,6 +76,7 @@ async def run_script(
     """The txt2img / img2img response of a request that names a built-in script."""
     ctx = script_context(services, tab, options, styles)
     planned = await asyncio.to_thread(plan_script, request, ctx)
+    await prefetch(services.weights, script_weights(request, ctx, services.settings, planned))
     item = _work_item(services, tab, planned)
     output = await services.scheduler.run(item, guarded=guarded, disconnected=disconnected)
     options = planned.first_job.options
@@ -83,12 +85,24 @@ async def run_script(
     return await asyncio.to_thread(script_response, request, tab, output, options)
 
 
+def script_weights(request: Any, ctx: ScriptContext, settings: Any, planned: ScriptRun) -> NeededWeights:
+    """Pinned weights a script run needs that are known before it runs (fetched off the
+    worker): sd upscale's upscaler, the first job's hires upscaler and face restoration."""
+    from . import sd_upscale
+
+    needed = job_weights(settings, planned.first_job)
+    if str(request.script_name).lower() == sd_upscale.TITLE:
+        upscaler = sd_upscale.read_settings(request, ctx).upscaler
+        needed += upscaler_weights(settings, planned.first_job.options, [upscaler])
+    return needed
+
+
 def _work_item(services: Any, tab: str, planned: ScriptRun) -> WorkItem:
     def run(cancel: CancelToken) -> ScriptOutput:
         from ..postprocess.upscale import UpscalerCatalog
 
-        # a built-in upscaler a script names is fetched here on first use (scripts plan their
-        # jobs inside the run, so the routes cannot fetch it before queueing)
+        # run_script fetched sd upscale's upscaler before queueing; fetching here too is the
+        # safety net (the file vanished meanwhile), on the worker
         catalog = UpscalerCatalog.from_settings(services.settings, models=services.postprocess_models,
                                                 options=planned.first_job.options, fetch=services.weights.ensure)
         worker = EngineWorker(services.engine, services.progress, cancel, planned.job_count, catalog, _faces(services))
