@@ -114,8 +114,10 @@ def build_runtime(settings: Settings, engine: Optional[Any] = None) -> Runtime:
         limits=settings.guards, metrics=metrics, audit=AuditLog(settings.audit_log), lifecycle=Lifecycle(),
         cache=ResultCache.from_settings(settings.data_dir, settings.result_cache_mb, settings.redis_url),
     )
+    from .weights import WeightsFetcher
+
     return Runtime(settings=settings, options=options, engine=engine, scheduler=scheduler, progress=progress,
-                    metrics=metrics, serving=serving)
+                   metrics=metrics, serving=serving, weights=WeightsFetcher.from_settings(settings))
 
 
 def _load_startup_model(runtime: Runtime) -> None:

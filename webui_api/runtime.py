@@ -12,6 +12,7 @@ from .scheduler import Scheduler
 from .serving.hooks import ServingHooks
 from .serving.metrics import Metrics
 from .settings import Settings
+from .weights import WeightsFetcher
 
 
 @dataclass(kw_only=True)
@@ -29,3 +30,5 @@ class Runtime:
     metrics: Metrics = field(default_factory=Metrics)
     # guards, result cache, audit log, lifecycle; the generation layer calls its hooks
     serving: ServingHooks
+    # pinned weights (built-in upscalers, face restoration, interrogate) fetched on first use
+    weights: WeightsFetcher

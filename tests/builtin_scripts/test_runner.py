@@ -50,13 +50,16 @@ class FakeRuntime:
     scheduler: InlineScheduler = field(default_factory=InlineScheduler)
     progress: RecordingProgress = field(default_factory=RecordingProgress)
     postprocess_models: Any = None
+    weights: Any = None  # a WeightsFetcher (nothing to fetch: the scripts here use no pinned weights)
 
 
 def runtime_for(engine, tmp_path) -> FakeRuntime:
     from webui_api.options import OptionsStore
+    from webui_api.weights import WeightsFetcher
 
     settings = settings_for_tests(tmp_path)
-    return FakeRuntime(settings, engine, OptionsStore(settings.data_dir / "config.json"))
+    return FakeRuntime(settings, engine, OptionsStore(settings.data_dir / "config.json"),
+                       weights=WeightsFetcher.from_settings(settings))
 
 
 def run(runtime: FakeRuntime, request: Any, tab: str) -> dict[str, Any]:

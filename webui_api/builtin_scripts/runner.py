@@ -15,6 +15,7 @@ from ..errors import NotImplementedFeature
 from ..jobs import GenerationJob
 from ..progress import CancelToken, RunObserver
 from ..styles import PromptStyle
+from ..weights.runtime import NeededWeights, job_weights, prefetch, upscaler_weights
 from .base import JobOutcome, ScriptContext, ScriptOutput, ScriptRun, progress_units
 
 
@@ -52,12 +53,24 @@ def script_context(runtime: Any, tab: str, options: Mapping[str, Any], styles: S
         options=options,
         styles=styles,
         checkpoints=tuple(runtime.engine.checkpoints()),
-        upscaler_names=tuple(UpscalerCatalog.from_settings(runtime.settings).names()),
+        upscaler_names=tuple(UpscalerCatalog.from_settings(runtime.settings, options=options).names()),
         vae_names=tuple(vae.model_name for vae in runtime.engine.vaes()),
         sampler_names=tuple(s.name for s in registry.implemented_samplers()),
         scheduler_labels=tuple(s.label for s in registry.SCHEDULERS),
         all_styles=lambda: read_styles(style_files(runtime.settings)),
     )
+
+
+def script_weights(request: Any, ctx: ScriptContext, settings: Any, planned: ScriptRun) -> NeededWeights:
+    """Pinned weights a script run needs that are known before it runs (fetched off the
+    worker): sd upscale's upscaler, the first job's hires upscaler and face restoration."""
+    from . import sd_upscale
+
+    needed = job_weights(settings, planned.first_job)
+    if str(request.script_name).lower() == sd_upscale.TITLE:
+        upscaler = sd_upscale.read_settings(request, ctx).upscaler
+        needed += upscaler_weights(settings, planned.first_job.options, [upscaler])
+    return needed
 
 
 @dataclass

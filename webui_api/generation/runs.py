@@ -18,6 +18,7 @@ from ..runtime import Runtime
 from ..schemas.generation import Img2ImgRequest, Txt2ImgRequest
 from ..serving.context import RequestContext
 from ..serving.hooks import job_steps
+from ..weights.runtime import job_weights, prefetch
 from .outputs import build_response, img2img_echo, save_outputs
 from .prepare import PreparedRequest, prepare
 from .work import face_restorer, first_pass_sink, img2img_item, txt2img_item
@@ -44,6 +45,7 @@ async def run_txt2img(
     if (cached := await runtime.serving.lookup("txt2img", request, prepared.options, context)) is not None:
         return cached
     job = build_txt2img(request, prepared.options, styles=list(prepared.styles))
+    await prefetch(runtime.weights, job_weights(runtime.settings, job))  # built-in upscaler / face weights, first use
     save = bool(request.save_images)
     restorer = face_restorer(runtime, job, save)
     first_pass = first_pass_sink(job, save)
@@ -72,6 +74,7 @@ async def run_img2img(
     if (cached := await runtime.serving.lookup("img2img", request, prepared.options, context)) is not None:
         return cached
     job = await asyncio.to_thread(build_img2img, request, prepared.options, None, list(prepared.styles))
+    await prefetch(runtime.weights, job_weights(runtime.settings, job))
     save = bool(request.save_images)
     restorer = face_restorer(runtime, job, save)
     item = runtime.serving.timed(img2img_item(runtime, job, restorer), "img2img", job_steps(job), context)

@@ -21,12 +21,14 @@ from ..builtin_scripts.runner import (
     save_outputs,
     script_context,
     script_response,
+    script_weights,
 )
 from ..jobs import GenerationJob
 from ..progress import CancelToken
 from ..runtime import Runtime
 from ..scheduler import PRIORITY_NORMAL, ProgressSpec, WorkItem
 from ..styles import PromptStyle
+from ..weights.runtime import prefetch
 
 
 async def run_script(
@@ -42,6 +44,7 @@ async def run_script(
     """The txt2img / img2img response of a request that names a built-in script."""
     ctx = script_context(runtime, tab, options, styles)
     planned = await asyncio.to_thread(plan_script, request, ctx)
+    await prefetch(runtime.weights, script_weights(request, ctx, runtime.settings, planned))
     item = script_item(runtime, tab, planned)
     output = await runtime.scheduler.run(item, priority=priority, guarded=guarded, disconnected=disconnected)
     job_options = planned.first_job.options
@@ -54,7 +57,10 @@ def script_item(runtime: Runtime, tab: str, planned: ScriptRun) -> WorkItem:
     def run(cancel: CancelToken) -> ScriptOutput:
         from ..postprocess.upscale import UpscalerCatalog
 
-        catalog = UpscalerCatalog.from_settings(runtime.settings, models=runtime.postprocess_models)
+        # run_script fetched sd upscale's upscaler before queueing; fetching here too is the
+        # safety net (the file vanished meanwhile), on the worker
+        catalog = UpscalerCatalog.from_settings(runtime.settings, models=runtime.postprocess_models,
+                                                options=planned.first_job.options, fetch=runtime.weights.ensure)
         worker = EngineWorker(runtime.engine, runtime.progress, cancel, planned.job_count, catalog,
                               restorer_lookup(runtime))
         return planned.execute(worker)

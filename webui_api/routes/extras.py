@@ -20,6 +20,7 @@ from ..postprocess.face_restore.restorers import FaceRestorers
 from ..postprocess.upscale import TileSpec, UpscalerCatalog
 from ..scheduler import ProgressSpec, WorkItem
 from ..runtime import Runtime
+from ..weights.runtime import extras_weights, prefetch
 from . import api_router, get_runtime
 
 router = api_router()
@@ -85,9 +86,10 @@ async def _run(runtime: Runtime, request: ExtrasRequest, encoded: list[str],
                names: list[str] | None = None) -> tuple[list[str], str]:
     """Validate, decode, upscale on the worker, encode: (base64 images, html_info)."""
     options = runtime.options.snapshot()
-    catalog = UpscalerCatalog.from_settings(runtime.settings, runtime.postprocess_models)
-    faces = FaceRestorers.from_settings(runtime.settings, runtime.postprocess_models)
     params = _params(request, options)
+    await prefetch(runtime.weights, extras_weights(runtime.settings, options, params))  # first use, before queueing
+    catalog = UpscalerCatalog.from_settings(runtime.settings, runtime.postprocess_models, options)
+    faces = FaceRestorers.from_settings(runtime.settings, runtime.postprocess_models)
     check_params(params, catalog, faces)
     if str(options.get("samples_format", "png")).lower() not in SUPPORTED_FORMATS:
         raise InvalidImageFormat(str(options.get("samples_format")))
