@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -46,14 +46,14 @@ class _Node:
 
     start: float
     end: float
-    parent: Optional["_Node"] = None
+    parent: _Node | None = None
     is_left: bool = False
-    midway: Optional[float] = None
+    midway: float | None = None
     w_seed: int = 0
     spawn_key: int = 0
     depth: int = 0
-    left: Optional["_Node"] = None
-    right: Optional["_Node"] = None
+    left: _Node | None = None
+    right: _Node | None = None
 
 
 @dataclass(eq=False)
@@ -97,7 +97,9 @@ class SeededBrownianTree:
 
     def _clamp(self, t: float) -> float:
         if t < self.top.start or t > self.top.end:
-            warnings.warn(f"Brownian tree query at {t} outside [{self.top.start}, {self.top.end}]; clamped")
+            warnings.warn(
+                f"Brownian tree query at {t} outside [{self.top.start}, {self.top.end}]; clamped", stacklevel=2
+            )
         return min(max(t, self.top.start), self.top.end)
 
     # -- where a query lands -------------------------------------------------------------
@@ -132,7 +134,9 @@ class SeededBrownianTree:
         if node.parent is not None:
             node.spawn_key = 2 * node.parent.spawn_key + (0 if node.is_left else 1)
             node.depth = node.parent.depth + 1
-        sequence = np.random.SeedSequence(entropy=self.entropy, spawn_key=(node.spawn_key, node.depth), pool_size=POOL_SIZE)
+        sequence = np.random.SeedSequence(
+            entropy=self.entropy, spawn_key=(node.spawn_key, node.depth), pool_size=POOL_SIZE
+        )
         node.w_seed = int(sequence.generate_state(4)[0])
         node.left = _Node(self._round(node.start), self._round(middle), node, True)
         node.right = _Node(self._round(middle), self._round(node.end), node, False)

@@ -9,8 +9,9 @@ calls on every step even at eta = 0, like upstream (its draws advance the RNG st
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -197,7 +198,9 @@ def sample_dpm_adaptive(
     t_start, t_end = t_of(torch.tensor(sigma_max)), t_of(torch.tensor(sigma_min))
     if not t_end > t_start and eta:
         raise ValueError(f"eta must be 0 for reverse sampling (sigma_min {sigma_min} >= sigma_max {sigma_max})")
-    return _adaptive_loop(_Solver(model, as_args(extra_args)), x, t_start, t_end, eta, s_noise, noise, settings, callback)
+    return _adaptive_loop(
+        _Solver(model, as_args(extra_args)), x, t_start, t_end, eta, s_noise, noise, settings, callback
+    )
 
 
 def _adaptive_loop(solver, x, t_start, t_end, eta, s_noise, noise, cfg, callback) -> torch.Tensor:
@@ -205,7 +208,9 @@ def _adaptive_loop(solver, x, t_start, t_end, eta, s_noise, noise, cfg, callback
     forward = t_end > t_start
     h_init = abs(cfg.h_init) * (1 if forward else -1)
     atol, rtol = torch.tensor(cfg.atol), torch.tensor(cfg.rtol)
-    pid = PIDStepSizeController(h_init, cfg.pcoeff, cfg.icoeff, cfg.dcoeff, 1.5 if eta else cfg.order, cfg.accept_safety)
+    pid = PIDStepSizeController(
+        h_init, cfg.pcoeff, cfg.icoeff, cfg.dcoeff, 1.5 if eta else cfg.order, cfg.accept_safety
+    )
     s, x_prev, steps = t_start, x, 0
     while (s < t_end - 1e-5) if forward else (s > t_end + 1e-5):
         solver.cache = {}

@@ -7,7 +7,8 @@ streams, so skipping it would change every later random number.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -224,5 +225,5 @@ def sample_lms(
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
         cur_order = min(i + 1, order)
         coeffs = [lms_coefficient(cur_order, sigmas_np, i, j) for j in range(cur_order)]
-        x = x + sum(coeff * d for coeff, d in zip(coeffs, reversed(ds)))
+        x = x + sum(coeff * d for coeff, d in zip(coeffs, reversed(ds), strict=True))
     return x

@@ -20,9 +20,10 @@ call them as ``fn(model, x, schedule, extra_args=..., callback=..., **sampler_ca
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -142,7 +143,9 @@ SAMPLERS: tuple[SamplerInfo, ...] = (
         NOISE_PARAM,
         1.0,
     ),
-    _sampler("Euler a", ("k_euler_a", "k_euler_ancestral"), {"uses_ensd": True}, ancestral.sample_euler_ancestral, (), 1.0),
+    _sampler(
+        "Euler a", ("k_euler_a", "k_euler_ancestral"), {"uses_ensd": True}, ancestral.sample_euler_ancestral, (), 1.0
+    ),
     _sampler("Euler", ("k_euler",), {}, kdiffusion.sample_euler, CHURN_PARAMS),
     _sampler("LMS", ("k_lms",), {}, kdiffusion.sample_lms),
     _sampler("Heun", ("k_heun",), {"second_order": True}, kdiffusion.sample_heun, CHURN_PARAMS),
@@ -277,7 +280,9 @@ def _lookup_scheduler(scheduler_name: str | None) -> SchedulerInfo:
     if scheduler_name is None:
         return AUTOMATIC
     if not isinstance(scheduler_name, str):
-        raise UnknownSchedulerError(f"scheduler must be a string or None, got {scheduler_name!r}; {_valid_schedulers()}")
+        raise UnknownSchedulerError(
+            f"scheduler must be a string or None, got {scheduler_name!r}; {_valid_schedulers()}"
+        )
     if not scheduler_name.strip():
         return AUTOMATIC
     scheduler = find_scheduler(scheduler_name.strip())
@@ -355,7 +360,9 @@ def compute_sigmas(
     return sigmas.to(device="cpu", dtype=torch.float32)
 
 
-def compute_timesteps(sampler: SamplerInfo, steps: int, always_discard_next_to_last_sigma: bool = False) -> torch.Tensor:
+def compute_timesteps(
+    sampler: SamplerInfo, steps: int, always_discard_next_to_last_sigma: bool = False
+) -> torch.Tensor:
     """The timestep schedule of a timestep sampler (A1111's ``CompVisSampler.get_timesteps``).
 
     The scheduler choice does not apply to these samplers (A1111 ignores it too)."""

@@ -7,8 +7,10 @@ more steps the main schedule is rebuilt as Karras so that the total step count s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from itertools import pairwise
+from typing import Any
 
 import torch
 
@@ -60,7 +62,7 @@ def _restart_pairs(sigmas: torch.Tensor, min_idx: int, plan: RestartPlan) -> lis
     if max_idx >= min_idx:
         return []
     segment = karras(plan.steps, sigmas[min_idx].item(), sigmas[max_idx].item())[:-1]
-    return list(zip(segment[:-1], segment[1:])) * plan.times
+    return list(pairwise(segment)) * plan.times
 
 
 @torch.no_grad()

@@ -182,7 +182,11 @@ def _timestep_linspace(
     log_sigmas = check_sigma_table(model_sigmas).log()
     start = sigma_to_t(torch.tensor(sigma_max, dtype=torch.float32), log_sigmas)
     end = sigma_to_t(torch.tensor(sigma_min, dtype=torch.float32), log_sigmas)
-    ts = torch.linspace(float(start), float(end), n + 1)[:-1] if drop_last else torch.linspace(float(start), float(end), n)
+    ts = (
+        torch.linspace(float(start), float(end), n + 1)[:-1]
+        if drop_last
+        else torch.linspace(float(start), float(end), n)
+    )
     return _append_zero(t_to_sigma(ts, log_sigmas))
 
 

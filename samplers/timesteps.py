@@ -12,8 +12,9 @@ Numerics follow A1111 step for step (float32 state, ᾱ_prev in float64, the per
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -57,7 +58,8 @@ def check_timesteps(timesteps: torch.Tensor, alphas_cumprod: torch.Tensor) -> No
         raise ValueError("alphas_cumprod must be the model's 1-D tensor of cumulative alpha products")
     if int(timesteps.min()) < 0 or int(timesteps.max()) >= alphas_cumprod.numel():
         raise ValueError(
-            f"timesteps must lie in [0, {alphas_cumprod.numel() - 1}], got {int(timesteps.min())}..{int(timesteps.max())}"
+            f"timesteps must lie in [0, {alphas_cumprod.numel() - 1}], got "
+            f"{int(timesteps.min())}..{int(timesteps.max())}"
         )
 
 
@@ -75,7 +77,7 @@ class DDIMTable:
     sigmas: torch.Tensor
 
     @classmethod
-    def build(cls, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, eta: float = 0.0) -> "DDIMTable":
+    def build(cls, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, eta: float = 0.0) -> DDIMTable:
         acp = alphas_cumprod.detach().cpu()
         ts = timesteps.detach().cpu()
         alphas = acp[ts]

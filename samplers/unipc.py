@@ -12,8 +12,9 @@ log-alpha over the N training steps.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -53,11 +54,15 @@ def interpolate(x: torch.Tensor, xp: torch.Tensor, yp: torch.Tensor) -> torch.Te
     pos = torch.argmin(order, dim=2)  # where x landed among the keypoints
     before = pos - 1
     first, last = torch.eq(pos, 0), torch.eq(pos, k)
-    lo = torch.where(first, torch.tensor(1, device=x.device), torch.where(last, torch.tensor(k - 2, device=x.device), before))
+    lo = torch.where(
+        first, torch.tensor(1, device=x.device), torch.where(last, torch.tensor(k - 2, device=x.device), before)
+    )
     hi = torch.where(torch.eq(lo, before), lo + 2, lo + 1)
     x_lo = torch.gather(ordered, dim=2, index=lo.unsqueeze(2)).squeeze(2)
     x_hi = torch.gather(ordered, dim=2, index=hi.unsqueeze(2)).squeeze(2)
-    y_idx = torch.where(first, torch.tensor(0, device=x.device), torch.where(last, torch.tensor(k - 2, device=x.device), before))
+    y_idx = torch.where(
+        first, torch.tensor(0, device=x.device), torch.where(last, torch.tensor(k - 2, device=x.device), before)
+    )
     ys = yp.unsqueeze(0).expand(n, -1, -1)
     y_lo = torch.gather(ys, dim=2, index=y_idx.unsqueeze(2)).squeeze(2)
     y_hi = torch.gather(ys, dim=2, index=(y_idx + 1).unsqueeze(2)).squeeze(2)
@@ -219,7 +224,9 @@ class _Step:
         x_t, k = x_base, 0
         for k in range(k_count - 1):
             x_t = x_t - _expand(self.alpha_t * h_phi_ks[k + 1], nd) * _weighted_sum(a_c[k][:-1], d1s)
-        return x_t - _expand(self.alpha_t * h_phi_ks[k_count], nd) * ((model_t - self.model_prev_0) * a_c[k][-1]), model_t
+        return x_t - _expand(self.alpha_t * h_phi_ks[k_count], nd) * (
+            (model_t - self.model_prev_0) * a_c[k][-1]
+        ), model_t
 
 
 def _report(callback: StepCallback | None, x: torch.Tensor, i: int, denoised: torch.Tensor | None) -> None:
@@ -255,7 +262,7 @@ def sample_unipc(
     times = time_steps(schedule, options.skip_type, 1.0 if t_start is None else t_start, 1.0 / schedule.total_n,
                        steps, x.device)
     solver = _Solver(model, as_args(extra_args), schedule, options.variant)
-    vec_t = times[0].expand((x.shape[0]))
+    vec_t = times[0].expand(x.shape[0])
     model_prev, t_prev = [solver.data_prediction(x, vec_t)], [vec_t]
     for step in range(1, steps + 1):
         vec_t = times[step].expand(x.shape[0])

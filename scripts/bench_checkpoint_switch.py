@@ -77,7 +77,9 @@ def report(results: dict[str, list[float]], args: argparse.Namespace, size_bytes
     print("| mode | runs | median | min | max |")
     print("|---|---|---|---|---|")
     for mode, times in results.items():
-        print(f"| {mode} | {len(times)} | {statistics.median(times):.1f} ms | {min(times):.1f} ms | {max(times):.1f} ms |")
+        print(
+            f"| {mode} | {len(times)} | {statistics.median(times):.1f} ms | {min(times):.1f} ms | {max(times):.1f} ms |"
+        )
 
 
 def main() -> None:

@@ -11,8 +11,9 @@ import contextlib
 import logging
 import time
 import traceback
+from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any, AsyncIterator, Optional
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError, StarletteHTTPException
@@ -21,10 +22,11 @@ from fastapi.responses import JSONResponse
 
 from . import __version__
 from .auth import add_cors, build_gate
+from .batching import BatchingConfig
 from .errors import ApiError
 from .options import OptionsStore
 from .progress import ProgressTracker
-from .batching import BatchingConfig
+from .runtime import Runtime
 from .scheduler import Scheduler, WorkItem
 from .serving.audit import AuditLog
 from .serving.guards import BodySizeLimit
@@ -32,7 +34,6 @@ from .serving.hooks import ServingHooks
 from .serving.lifecycle import Lifecycle
 from .serving.metrics import Metrics
 from .serving.result_cache import ResultCache
-from .runtime import Runtime
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ EMBEDDED_MODEL_WARNING = (
 )
 
 
-def create_app(settings: Settings, engine: Optional[Any] = None) -> FastAPI:
+def create_app(settings: Settings, engine: Any | None = None) -> FastAPI:
     app = FastAPI(
         title="webui-api",
         version=__version__,
@@ -60,7 +61,7 @@ def create_app(settings: Settings, engine: Optional[Any] = None) -> FastAPI:
     return app
 
 
-def _lifespan_for(settings: Settings, engine: Optional[Any]):
+def _lifespan_for(settings: Settings, engine: Any | None):
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = build_runtime(settings, engine)
@@ -93,7 +94,7 @@ def _start_task_runner(app: FastAPI, runtime: Runtime):
     return runner
 
 
-def build_runtime(settings: Settings, engine: Optional[Any] = None) -> Runtime:
+def build_runtime(settings: Settings, engine: Any | None = None) -> Runtime:
     from .postprocess.encode import encode_image_base64
 
     if engine is None:
@@ -130,7 +131,9 @@ def _load_startup_model(runtime: Runtime) -> None:
         except ApiError:
             log.warning("Configured checkpoint %r not found; loading the default instead", wanted)
     loaded = runtime.engine.load(title)
-    runtime.options.set_internal({"sd_model_checkpoint": loaded.info.title, "sd_checkpoint_hash": loaded.info.sha256 or ""})
+    runtime.options.set_internal(
+        {"sd_model_checkpoint": loaded.info.title, "sd_checkpoint_hash": loaded.info.sha256 or ""}
+    )
     runtime.serving.lifecycle.mark_loaded()
     if loaded.info.filename == "<embedded>":
         log.warning(EMBEDDED_MODEL_WARNING, runtime.settings.models_dir / "Stable-diffusion")
@@ -241,7 +244,18 @@ def _log_request(request: Request, status: int, duration: float) -> None:
 
 
 def _include_routes(app: FastAPI, settings: Settings) -> None:
-    from .routes import catalog, controlnet, controlnet_detect, extras, generate, health, options, progress, system, tasks
+    from .routes import (
+        catalog,
+        controlnet,
+        controlnet_detect,
+        extras,
+        generate,
+        health,
+        options,
+        progress,
+        system,
+        tasks,
+    )
 
     for module in (generate, progress, options, catalog, extras, tasks, controlnet, controlnet_detect, health):
         app.include_router(module.router)

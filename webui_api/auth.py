@@ -17,7 +17,7 @@ import base64
 import binascii
 import secrets
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -43,14 +43,14 @@ class Gate:
     keys: KeyRing
     basic: tuple[tuple[str, str], ...]
     limiter: RateLimiter
-    default_rate_limit: Optional[str] = None  # for callers without a limit of their own
+    default_rate_limit: str | None = None  # for callers without a limit of their own
 
     @property
     def enabled(self) -> bool:
         return bool(self.keys) or bool(self.basic)
 
 
-def parse_basic_header(header: Optional[str]) -> tuple[str, str]:
+def parse_basic_header(header: str | None) -> tuple[str, str]:
     """Return (user, password) from an Authorization header or raise Unauthorized."""
     if not header:
         raise Unauthorized("Not authenticated")
@@ -77,7 +77,7 @@ def credentials_match(user: str, password: str, allowed: tuple[tuple[str, str], 
     return found
 
 
-def presented_key(request: Request) -> Optional[str]:
+def presented_key(request: Request) -> str | None:
     """`Authorization: Bearer <key>` or `X-API-Key: <key>`; None when neither is sent."""
     scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():

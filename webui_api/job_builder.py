@@ -10,14 +10,15 @@ prompt checks that are cheap enough for the event loop.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
+from .controlnet.units import controlnet_units
 from .errors import BadRequest, NotImplementedFeature, ValidationFailed
 from .jobs import GenerationJob, HiresParams, Img2ImgParams, RefinerParams, SamplingParams, SeedParams
 from .schemas.generation import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
-from .controlnet.units import controlnet_units
 from .styles import PromptStyle, apply_styles, read_styles
 
 MAX_SEED = 4294967294  # A1111 draws random seeds with randrange(4294967294)
@@ -119,7 +120,7 @@ def resolve_churn(request: GenerationRequest, options: Mapping[str, Any]) -> dic
     return resolved
 
 
-def job_timestamp(now: Optional[datetime] = None) -> str:
+def job_timestamp(now: datetime | None = None) -> str:
     return (now or datetime.now()).strftime("%Y%m%d%H%M%S")
 
 
@@ -137,7 +138,7 @@ def refiner_params(request: GenerationRequest) -> RefinerParams | None:
 def build_txt2img(
     request: Txt2ImgRequest,
     options: Mapping[str, Any],
-    rng: Optional[random.Random] = None,
+    rng: random.Random | None = None,
     styles: Sequence[PromptStyle] = (),
 ) -> GenerationJob:
     """Step 2 of a request's journey: everything resolved, nothing left for the worker to guess.
@@ -262,11 +263,18 @@ def hires_checkpoint(request: Txt2ImgRequest) -> str | None:
 
 
 def hires_infotext(
-    request: Txt2ImgRequest, job: GenerationJob, sampling: SamplingParams, prompts: Sequence[str], negatives: Sequence[str]
+    request: Txt2ImgRequest,
+    job: GenerationJob,
+    sampling: SamplingParams,
+    prompts: Sequence[str],
+    negatives: Sequence[str],
 ) -> tuple[tuple[str, Any], ...]:
     """A1111's hires infotext keys in its order (hires prompts only when they differ)."""
     keys: list[tuple[str, Any]] = []
-    if request.hr_sampler_name not in (None, "", "Use same sampler") and sampling.sampler_name != job.sampling.sampler_name:
+    if (
+        request.hr_sampler_name not in (None, "", "Use same sampler")
+        and sampling.sampler_name != job.sampling.sampler_name
+    ):
         keys.append(("Hires sampler", sampling.sampler_name))
     if prompts[0] != job.prompts[0]:
         keys.append(("Hires prompt", prompts[0]))
@@ -295,7 +303,9 @@ def hires_schedule_type(first: SamplingParams, second: SamplingParams) -> str | 
     if second_scheduler is None:
         return None
     first_scheduler = _effective_scheduler(first)
-    first_label = first_scheduler.label if first_scheduler is not None and first_scheduler.label != "Automatic" else None
+    first_label = (
+        first_scheduler.label if first_scheduler is not None and first_scheduler.label != "Automatic" else None
+    )
     return second_scheduler.label if second_scheduler.label != first_label else None
 
 
@@ -397,7 +407,7 @@ def _per_image(items: list[Any], count: int) -> tuple[Any, ...]:
 def build_img2img(
     request: Img2ImgRequest,
     options: Mapping[str, Any],
-    rng: Optional[random.Random] = None,
+    rng: random.Random | None = None,
     styles: Sequence[PromptStyle] = (),
 ) -> GenerationJob:
     """An img2img job: the txt2img resolution plus decoded, resized init images (and the
@@ -464,7 +474,9 @@ def resolve_eta(request: GenerationRequest, sampler_name: str, options: Mapping[
     return float(options.get(option, sampler.default_eta))
 
 
-def _sampling_params(request: GenerationRequest, sampler: ResolvedSampler, options: Mapping[str, Any]) -> SamplingParams:
+def _sampling_params(
+    request: GenerationRequest, sampler: ResolvedSampler, options: Mapping[str, Any]
+) -> SamplingParams:
     s_min_uncond = request.s_min_uncond if request.s_min_uncond is not None else options.get("s_min_uncond", 0.0)
     return SamplingParams(
         sampler_name=sampler.sampler_name,

@@ -8,7 +8,8 @@ and /sdapi/v1/skip. `RunObserver` is the narrow interface the engine reports thr
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 
 class CancelToken:
@@ -64,7 +65,9 @@ class ProgressTracker:
     steps instead, so a poll never touches the model.
     """
 
-    def __init__(self, encode_preview: Callable[[Any], str] | None = None, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self, encode_preview: Callable[[Any], str] | None = None, clock: Callable[[], float] | None = None
+    ) -> None:
         import time
 
         self._lock = threading.Lock()
@@ -83,7 +86,9 @@ class ProgressTracker:
         self._textinfo: str | None = None
         self._cancel: CancelToken | None = None
 
-    def begin(self, job: str, job_count: int, job_timestamp: str, cancel: CancelToken, preview_every_n_steps: int) -> None:
+    def begin(
+        self, job: str, job_count: int, job_timestamp: str, cancel: CancelToken, preview_every_n_steps: int
+    ) -> None:
         with self._lock:
             self._job, self._job_count, self._job_no = job, job_count, 0
             self._job_timestamp = job_timestamp

@@ -28,8 +28,9 @@ import logging
 import threading
 import time
 import traceback
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Hashable, Optional, Sequence
+from typing import Any
 
 from .batching import BatchingConfig
 from .errors import ApiError, ServiceUnavailable
@@ -94,7 +95,7 @@ class BatchSlot:
 
     key: Hashable
     size: int  # images the item adds to the batch
-    run_group: Callable[[Sequence["WorkItem"]], list[Any]]
+    run_group: Callable[[Sequence[WorkItem]], list[Any]]
     payload: Any = None  # what run_group reads from the item (the GenerationJob)
 
 
@@ -104,17 +105,17 @@ class WorkItem:
 
     run: Callable[[CancelToken], Any]
     label: str
-    progress: Optional[ProgressSpec] = None
+    progress: ProgressSpec | None = None
     cancel: CancelToken = field(default_factory=CancelToken)
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
-    batch: Optional[BatchSlot] = None  # set when the item may share a UNet batch
+    batch: BatchSlot | None = None  # set when the item may share a UNet batch
 
 
 @dataclass(order=True)
 class _Entry:
     priority: int
     seq: int
-    item: Optional[WorkItem] = field(compare=False)  # None is the stop sentinel
+    item: WorkItem | None = field(compare=False)  # None is the stop sentinel
 
 
 class _Queue:
@@ -186,7 +187,7 @@ class Scheduler:
         self._seq = itertools.count()
         self._current: tuple[WorkItem, ...] = ()
         self._current_lock = threading.Lock()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._accepting = False
 
     # lifecycle -------------------------------------------------------------------------
@@ -206,7 +207,9 @@ class Scheduler:
 
     # submission ------------------------------------------------------------------------
 
-    def submit(self, item: WorkItem, priority: int = PRIORITY_NORMAL, *, guarded: bool = False) -> concurrent.futures.Future:
+    def submit(
+        self, item: WorkItem, priority: int = PRIORITY_NORMAL, *, guarded: bool = False
+    ) -> concurrent.futures.Future:
         """Queue `item`; with `guarded`, refuse it (QueueFull) when the queue is at its depth limit."""
         if not self._accepting:
             raise ServiceUnavailable("The server is shutting down and accepts no new work")
@@ -265,7 +268,9 @@ class Scheduler:
         left; a running item is never cancelled here."""
         waited = asyncio.get_running_loop().time() - started
         if guarded and self.queue_timeout and waited > self.queue_timeout and item.future.cancel():
-            log.warning("%s waited %.1f s in the queue; cancelled (queue timeout %g s)", item.label, waited, self.queue_timeout)
+            log.warning(
+                "%s waited %.1f s in the queue; cancelled (queue timeout %g s)", item.label, waited, self.queue_timeout
+            )
             raise QueueTimeout(waited, self.queue_timeout)
         if disconnected is not None and await disconnected() and item.future.cancel():
             log.info("%s: the client disconnected while the job was queued; dropped", item.label)
@@ -369,7 +374,9 @@ class Scheduler:
         try:
             results = started[0].batch.run_group(started)  # type: ignore[union-attr]
         except BaseException as exc:
-            log.error("batch of %d failed; retrying each alone:\n%s", len(started), "".join(traceback.format_exception(exc)))
+            log.error(
+                "batch of %d failed; retrying each alone:\n%s", len(started), "".join(traceback.format_exception(exc))
+            )
             del exc
             self._recover()
             results = None
@@ -382,7 +389,7 @@ class Scheduler:
             for item in started:
                 self._run_started(item)
             return
-        for item, result in zip(started, results):
+        for item, result in zip(started, results, strict=True):
             item.future.set_result(result)
 
     def _set_current(self, items: tuple[WorkItem, ...]) -> None:

@@ -8,10 +8,10 @@ import dataclasses
 import pytest
 import torch
 
-from webui_api.engine.embeddings import Embedding, EmbeddingMatch, EmbeddingStore
+from webui_api.engine.cond_types import CondTensors, ScheduledCond
 from webui_api.engine.conditioning import (
-    ConditioningSettings,
     LAYER_LAST,
+    ConditioningSettings,
     TextEncoderSpec,
     added_cond_kwargs,
     apply_emphasis,
@@ -25,7 +25,7 @@ from webui_api.engine.conditioning import (
     token_ids,
     token_tensor,
 )
-from webui_api.engine.cond_types import CondTensors, ScheduledCond
+from webui_api.engine.embeddings import Embedding, EmbeddingMatch, EmbeddingStore
 from webui_api.errors import BadRequest
 
 BOS, EOS = 49406, 49407
@@ -193,8 +193,12 @@ def test_clip_skip_two_is_penultimate_layer_through_final_norm(tiny_model):
 
 
 def test_clip_skip_beyond_depth_is_clamped_and_below_one_is_one(tiny_model):
-    assert torch.equal(encode_prompts(tiny_model, ["a cat"], clip_skip=12), encode_prompts(tiny_model, ["a cat"], clip_skip=3))
-    assert torch.equal(encode_prompts(tiny_model, ["a cat"], clip_skip=0), encode_prompts(tiny_model, ["a cat"], clip_skip=1))
+    assert torch.equal(
+        encode_prompts(tiny_model, ["a cat"], clip_skip=12), encode_prompts(tiny_model, ["a cat"], clip_skip=3)
+    )
+    assert torch.equal(
+        encode_prompts(tiny_model, ["a cat"], clip_skip=0), encode_prompts(tiny_model, ["a cat"], clip_skip=1)
+    )
 
 
 def test_batch_rows_equal_prompts_encoded_alone(tiny_model):
@@ -408,7 +412,9 @@ def test_sdxl_empty_negative_prompt_is_zeroed_but_keeps_size(tiny_sdxl):
 
 
 def test_sdxl_clip_l_skip_option(tiny_sdxl):
-    on = build_batch_conditioning(tiny_sdxl, ["a cat"], [""], 4, 1, {"sdxl_clip_l_skip": True}).cond[0].parts[0][0].at(0)
+    on = (
+        build_batch_conditioning(tiny_sdxl, ["a cat"], [""], 4, 1, {"sdxl_clip_l_skip": True}).cond[0].parts[0][0].at(0)
+    )
     l_out = tiny_sdxl.text_encoder(input_ids=torch.tensor([chunk_of(tiny_sdxl, "a cat")]), output_hidden_states=True)
     assert torch.allclose(on.crossattn[:, :32], l_out.hidden_states[-1][0], atol=1e-6)  # no final norm
     skip2 = build_batch_conditioning(tiny_sdxl, ["a cat"], [""], 4, 2, {}).cond[0].parts[0][0].at(0)

@@ -127,7 +127,9 @@ def test_hires_prompts_lose_their_lora_tags(tiny_model):
     clean = hires_job(prompts=("a cat ",))
     plan = resolve_plan(tagged)
     with torch.inference_mode():
-        built = [hires_conditioning(job, plan, plan)(tiny_model, BatchSpec.of(replace(job, prompts=job.hires.prompts), 0))
-                 for job in (tagged, clean)]
+        built = [
+            hires_conditioning(job, plan, plan)(tiny_model, BatchSpec.of(replace(job, prompts=job.hires.prompts), 0))
+            for job in (tagged, clean)
+        ]
     first, second = (b.cond[0].parts[0][0].variants[0][1].crossattn for b in built)
     assert torch.equal(first, second)

@@ -4,7 +4,6 @@ other model image_cfg_scale is ignored, as in A1111."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch

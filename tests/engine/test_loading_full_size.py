@@ -68,7 +68,10 @@ def _one_step(model) -> torch.Tensor:
     if cfg.addition_embed_type == "text_time":
         pooled = model.text_encoder_2.config.projection_dim
         times = (cfg.projection_class_embeddings_input_dim - pooled) // cfg.addition_time_embed_dim
-        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(1, pooled, dtype=dtype), "time_ids": torch.ones(1, times, dtype=dtype)}
+        kwargs["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(1, pooled, dtype=dtype),
+            "time_ids": torch.ones(1, times, dtype=dtype),
+        }
     with torch.inference_mode():
         out = model.unet(x, torch.tensor([999.0]), encoder_hidden_states=context, return_dict=False, **kwargs)[0]
         image = model.vae.decode(out[:, :4].to(model.vae.dtype) / model.vae_scale_factor).sample

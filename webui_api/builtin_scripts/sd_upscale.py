@@ -12,15 +12,25 @@ infotext in `info` is the first tile's, with "SD upscale overlap" / "SD upscale 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import ValidationFailed
 from ..jobs import GenerationJob
 from . import tiles as tiling
 from .args import ArgSpec, bind, read_float, read_int, read_int_or_str
-from .base import JobOutcome, OutputImage, ScriptContext, ScriptOutput, ScriptRun, ScriptWorker, base_info, build_job
-from .base import with_extra_params
+from .base import (
+    JobOutcome,
+    OutputImage,
+    ScriptContext,
+    ScriptOutput,
+    ScriptRun,
+    ScriptWorker,
+    base_info,
+    build_job,
+    with_extra_params,
+)
 
 TITLE = "sd upscale"
 INFO_HTML = (
@@ -65,7 +75,9 @@ def upscaler_name(choice: int | str, names: Sequence[str]) -> str:
     """An index into the upscaler list, or a name matched case-insensitively (as A1111 does)."""
     if isinstance(choice, int):
         if not 0 <= choice < len(names):
-            raise ValidationFailed(f"{TITLE}: upscaler index {choice} is out of range; there are {len(names)}: {list(names)}")
+            raise ValidationFailed(
+                f"{TITLE}: upscaler index {choice} is out of range; there are {len(names)}: {list(names)}"
+            )
         return names[choice]
     for name in names:
         if name.lower() == choice.lower():
@@ -96,7 +108,9 @@ def plan(request: Any, ctx: ScriptContext) -> ScriptRun:
     work = Plan(settings, _source_image(request, ctx), base, request.batch_size, request.n_iter)
     tile_count = _tile_count(work)
     batches = math.ceil(tile_count / work.batch_size)
-    return ScriptRun(job_count=batches * work.n_iter, execute=lambda worker: _execute(worker, work, request), first_job=base)
+    return ScriptRun(
+        job_count=batches * work.n_iter, execute=lambda worker: _execute(worker, work, request), first_job=base
+    )
 
 
 def _source_image(request: Any, ctx: ScriptContext) -> Any:
@@ -123,7 +137,9 @@ def _tile_count(work: Plan) -> int:
 
     width, height = upscaled_size(work)
     if width * height > MAX_INIT_PIXELS or width < 1 or height < 1:
-        raise ValidationFailed(f"{TITLE}: the upscaled image would be {width}x{height}; at most {MAX_INIT_PIXELS} pixels are accepted")
+        raise ValidationFailed(
+            f"{TITLE}: the upscaled image would be {width}x{height}; at most {MAX_INIT_PIXELS} pixels are accepted"
+        )
     overlap, job = work.settings.overlap, work.base
     return len(tiling.origins(width, job.width, overlap)) * len(tiling.origins(height, job.height, overlap))
 
@@ -191,5 +207,7 @@ def _output(work: Plan, first: JobOutcome, images: list[Any], request: Any) -> S
     info = base_info(first, request, infotexts)
     info["seed"] = work.base.seeds.seeds[0]
     seed, prompt = work.base.seeds.seeds[0], work.base.prompts[0]
-    outputs = [OutputImage(image, infotext, embed=False, seed=seed + n, prompt=prompt) for n, image in enumerate(images)]
+    outputs = [
+        OutputImage(image, infotext, embed=False, seed=seed + n, prompt=prompt) for n, image in enumerate(images)
+    ]
     return ScriptOutput(outputs, info)

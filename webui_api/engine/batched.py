@@ -27,8 +27,8 @@ ends; the batch stops early only when every job in it was interrupted or skipped
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 
@@ -225,7 +225,9 @@ def sample_members(
     rngs = [make_image_rng(model, m.job, m.spec) for m in members]
     noise = torch.cat([rng.first() for rng in rngs])
     begin = SamplingStart(schedule, initial_latent(job, plan, noise, schedule))
-    cfg = CFGDenoiser(RowChunks(inner, unet_rows), GroupCancel([m.cancel for m in members]), guidance_options(job, plan))
+    cfg = CFGDenoiser(
+        RowChunks(inner, unet_rows), GroupCancel([m.cancel for m in members]), guidance_options(job, plan)
+    )
     trace = SamplingTrace(x0=begin.x)
     watch = stop_watcher(members, cfg)
     latest = preview_source(job, cfg, trace)
@@ -235,12 +237,16 @@ def sample_members(
         watch()
         observer.sampling_step(int(info["i"]), job.sampling.steps, lambda: approx_preview(latest(), model.family))
 
-    draws = [make_noise_sampler(model, m.job, plan, m.spec, rng, schedule) for m, rng in zip(members, rngs)]
+    draws = [
+        make_noise_sampler(model, m.job, plan, m.spec, rng, schedule) for m, rng in zip(members, rngs, strict=True)
+    ]
     kwargs = sampler_kwargs(job, plan, schedule, inner, combined_noise_sampler(draws), begin.model_interval)
     extra_args = {"cond": merged_conditioning(members), "cond_scale": job.sampling.cfg_scale,
                   "s_min_uncond": job.sampling.s_min_uncond}
     try:
-        return plan.sampler.function(cfg, begin.x, schedule, extra_args=extra_args, callback=callback, disable=True, **kwargs)
+        return plan.sampler.function(
+            cfg, begin.x, schedule, extra_args=extra_args, callback=callback, disable=True, **kwargs
+        )
     except SamplingInterrupted:
         watch()
         return trace.x0 if cfg.last is None else cfg.last.cond_denoised
@@ -291,7 +297,9 @@ def run_txt2img_batched(
     Every UNet call has exactly `unet_rows` rows (RowChunks); a server that batches runs its
     lone batchable jobs through here too, with the same call size."""
     if len(jobs) != len(cancels) or not jobs:
-        raise ValueError(f"need one cancel token per job and at least one job; got {len(jobs)} jobs, {len(cancels)} tokens")
+        raise ValueError(
+            f"need one cancel token per job and at least one job; got {len(jobs)} jobs, {len(cancels)} tokens"
+        )
     for job in jobs:
         check_job(job)
     check_same_plan(jobs)
@@ -301,9 +309,11 @@ def run_txt2img_batched(
         for cancel in cancels:
             cancel.clear_skip()
         observer.batch_started(0, 1)
-        members = [_member(model, plan, job, cancel) for job, cancel in zip(jobs, cancels)]
+        members = [_member(model, plan, job, cancel) for job, cancel in zip(jobs, cancels, strict=True)]
         for group in token_groups([m.conditioning for m in members]):
-            for index, result in zip(group, run_group(model, plan, [members[i] for i in group], observer, unet_rows)):
+            for index, result in zip(
+                group, run_group(model, plan, [members[i] for i in group], observer, unet_rows), strict=True
+            ):
                 results[index] = result
         observer.batch_finished(0)
     return [result for result in results if result is not None]

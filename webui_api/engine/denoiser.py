@@ -16,8 +16,8 @@ Guidance is linear, so it works unchanged on x0 (k-diffusion) and on eps (timest
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -58,7 +58,7 @@ class CondBatch:
     """Stacked conditioning rows for one UNet call: (N, tokens, C) and, for SDXL, (N, D) vectors."""
 
     crossattn: torch.Tensor
-    vector: Optional[torch.Tensor] = None
+    vector: torch.Tensor | None = None
     uncond_rows: int = 0  # trailing negative-prompt rows (ControlNet's "ControlNet is more important")
 
     @property
@@ -66,7 +66,7 @@ class CondBatch:
         return int(self.crossattn.shape[1])
 
     @classmethod
-    def stack(cls, items: Sequence[CondTensors]) -> "CondBatch":
+    def stack(cls, items: Sequence[CondTensors]) -> CondBatch:
         """Rows of different token lengths are padded by repeating their last token vector."""
         tokens = max(item.crossattn.shape[0] for item in items)
         crossattn = torch.stack([pad_tokens(item.crossattn, tokens) for item in items])
@@ -77,11 +77,11 @@ class CondBatch:
             raise ValueError("either every conditioning row has an SDXL vector or none does; got a mix")
         return cls(crossattn, torch.stack(vectors))
 
-    def cat(self, other: "CondBatch") -> "CondBatch":
+    def cat(self, other: CondBatch) -> CondBatch:
         vector = None if self.vector is None else torch.cat([self.vector, other.vector])
         return CondBatch(torch.cat([self.crossattn, other.crossattn]), vector, self.uncond_rows + other.uncond_rows)
 
-    def rows(self, start: int, stop: int) -> "CondBatch":
+    def rows(self, start: int, stop: int) -> CondBatch:
         """Rows [start, stop); uncond_rows counts the trailing negative rows that fall inside."""
         total = self.crossattn.shape[0]
         uncond = max(0, stop - max(start, total - self.uncond_rows)) if self.uncond_rows else 0
@@ -89,7 +89,7 @@ class CondBatch:
         return CondBatch(self.crossattn[start:stop], vector, min(uncond, stop - start))
 
     @classmethod
-    def of(cls, cond: "CondBatch | torch.Tensor") -> "CondBatch":
+    def of(cls, cond: CondBatch | torch.Tensor) -> CondBatch:
         """Accept a bare (N, tokens, C) tensor where no SDXL vector is involved."""
         return cond if isinstance(cond, CondBatch) else cls(cond)
 
@@ -112,7 +112,7 @@ class UNetRunner:
         self.control = None  # webui_api.engine.control.ControlHook while ControlNet units act
 
     def __call__(
-        self, x: torch.Tensor, t: torch.Tensor, cond: CondBatch, image_cond: Optional[torch.Tensor] = None
+        self, x: torch.Tensor, t: torch.Tensor, cond: CondBatch, image_cond: torch.Tensor | None = None
     ) -> torch.Tensor:
         latent = x
         if image_cond is not None:
@@ -126,8 +126,12 @@ class UNetRunner:
             )
             extra["added_cond_kwargs"] = {"text_embeds": text_embeds.to(self.dtype), "time_ids": time_ids}
         if self.control is not None:
-            extra.update(self.control(latent.to(self.dtype), t, cond.crossattn, cond.uncond_rows, extra.get("added_cond_kwargs")))
-        out = self.unet(x.to(self.dtype), t, encoder_hidden_states=cond.crossattn.to(self.dtype), return_dict=False, **extra)
+            extra.update(
+                self.control(latent.to(self.dtype), t, cond.crossattn, cond.uncond_rows, extra.get("added_cond_kwargs"))
+            )
+        out = self.unet(
+            x.to(self.dtype), t, encoder_hidden_states=cond.crossattn.to(self.dtype), return_dict=False, **extra
+        )
         return out[0].to(torch.float32)
 
 
@@ -170,7 +174,7 @@ class CompVisDenoiser(_SigmaRange):
         self.log_sigmas = self.sigmas.log().to(model.device)
 
     def __call__(
-        self, x: torch.Tensor, sigma: torch.Tensor, cond, image_cond: Optional[torch.Tensor] = None
+        self, x: torch.Tensor, sigma: torch.Tensor, cond, image_cond: torch.Tensor | None = None
     ) -> torch.Tensor:
         sigma = sigma.to(device=x.device, dtype=torch.float32)
         c_in = _per_row(1.0 / (sigma**2 + 1.0) ** 0.5, x.ndim)
@@ -207,7 +211,7 @@ class TimestepDenoiser:
         self.v_prediction = check_prediction_type(model) == "v_prediction"
 
     def __call__(
-        self, x: torch.Tensor, t: torch.Tensor, cond, image_cond: Optional[torch.Tensor] = None
+        self, x: torch.Tensor, t: torch.Tensor, cond, image_cond: torch.Tensor | None = None
     ) -> torch.Tensor:
         out = self.unet(x, t, CondBatch.of(cond), image_cond)
         if not self.v_prediction:
@@ -233,7 +237,7 @@ class LCMDenoiser(_SigmaRange):
         self.log_sigmas = self.sigmas.log().to(model.device)
 
     def __call__(
-        self, x: torch.Tensor, sigma: torch.Tensor, cond, image_cond: Optional[torch.Tensor] = None
+        self, x: torch.Tensor, sigma: torch.Tensor, cond, image_cond: torch.Tensor | None = None
     ) -> torch.Tensor:
         sigma = sigma.to(device=x.device, dtype=torch.float32)
         c_in = _per_row(1 / (sigma**2 + 1.0) ** 0.5, x.ndim)
@@ -279,7 +283,7 @@ class InpaintBlend:
     nmask: torch.Tensor
 
     @classmethod
-    def from_latent_mask(cls, init_latent: torch.Tensor, latmask: torch.Tensor) -> "InpaintBlend":
+    def from_latent_mask(cls, init_latent: torch.Tensor, latmask: torch.Tensor) -> InpaintBlend:
         """From A1111's latmask (1 = repaint): mask = 1 - latmask, nmask = latmask."""
         return cls(init_latent=init_latent, mask=1 - latmask, nmask=latmask)
 
@@ -301,13 +305,13 @@ class GuidanceOptions:
     skip_early_cond: float = 0.0
     s_min_uncond_all: bool = False
     mask_before_denoising: bool = False
-    image_cfg_scale: Optional[float] = None  # instruct-pix2pix guidance (None / 1.0: plain CFG)
+    image_cfg_scale: float | None = None  # instruct-pix2pix guidance (None / 1.0: plain CFG)
     # A1111's pad_cond_uncond(_v0) and batch_cond_uncond options; empty_crossattn is the
     # (tokens, C) encoding of "" that pad_cond_uncond pads with (the model's empty prompt).
     pad_cond_uncond: bool = False
     pad_cond_uncond_v0: bool = False
     batch_cond_uncond: bool = True
-    empty_crossattn: Optional[torch.Tensor] = field(default=None, repr=False)
+    empty_crossattn: torch.Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.skip_early_cond and self.total_steps < 1:
@@ -370,7 +374,7 @@ class GuidanceOutput:
         return self.to_x0(self.x, self.cond_out, self.sigma)
 
     @property
-    def uncond_denoised(self) -> Optional[torch.Tensor]:
+    def uncond_denoised(self) -> torch.Tensor | None:
         """x0 of the negative prompt; None when NGMS / skip-early skipped it."""
         return None if self.uncond_skipped else self.to_x0(self.x, self.uncond_out, self.sigma)
 
@@ -412,7 +416,7 @@ class CFGDenoiser:
         inner,
         cancel: CancelToken,
         options: GuidanceOptions = GuidanceOptions(),
-        blend: Optional[InpaintBlend] = None,
+        blend: InpaintBlend | None = None,
     ) -> None:
         self.inner = inner
         self.cancel = cancel
@@ -427,11 +431,11 @@ class CFGDenoiser:
         self,
         x: torch.Tensor,
         sigma: torch.Tensor,
-        cond: "BatchConditioning | torch.Tensor",
+        cond: BatchConditioning | torch.Tensor,
         cond_scale: float,
         s_min_uncond: float = 0.0,
-        uncond: Optional[torch.Tensor] = None,
-        image_cond: Optional[torch.Tensor] = None,
+        uncond: torch.Tensor | None = None,
+        image_cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if self.cancel.should_stop_sampling:
             raise SamplingInterrupted("interrupted" if self.cancel.interrupted else "skipped")
@@ -490,7 +494,7 @@ class CFGDenoiser:
             self._cache = (key, stacked)
         return self._cache[1]
 
-    def _edit_guidance(self, image_cond: Optional[torch.Tensor]) -> bool:
+    def _edit_guidance(self, image_cond: torch.Tensor | None) -> bool:
         """A1111's is_edit_model: an instruct-pix2pix image latent and image_cfg_scale != 1
         (the caller sets image_cfg_scale only for 8-channel UNets, as A1111 does)."""
         scale = self.options.image_cfg_scale
@@ -513,9 +517,14 @@ class CFGDenoiser:
             cond_out = self._call(x_c, sigma_c, selected.cond, ic_c, size)
             return cond_out, _rows(cond_out, [parts[0][0] for parts in selected.parts])
         if selected.cond.tokens != selected.uncond.tokens:
-            return self._call(x_c, sigma_c, selected.cond, ic_c, size), self.inner(x, sigma, selected.uncond, image_cond)
+            return self._call(x_c, sigma_c, selected.cond, ic_c, size), self.inner(
+                x, sigma, selected.uncond, image_cond
+            )
         both = self._call(
-            torch.cat([x_c, x]), torch.cat([sigma_c, sigma]), selected.cond.cat(selected.uncond), _cat_opt(ic_c, image_cond),
+            torch.cat([x_c, x]),
+            torch.cat([sigma_c, sigma]),
+            selected.cond.cat(selected.uncond),
+            _cat_opt(ic_c, image_cond),
             size,
         )
         return both[: x_c.shape[0]], both[x_c.shape[0] :]
@@ -533,7 +542,9 @@ class CFGDenoiser:
         return torch.cat(outs)
 
 
-def edit_guidance(inner, x, sigma, selected: _Selected, image_cond: torch.Tensor, cond_scale: float, image_scale: float):
+def edit_guidance(
+    inner, x, sigma, selected: _Selected, image_cond: torch.Tensor, cond_scale: float, image_scale: float
+):
     """InstructPix2Pix guidance (A1111's combine_denoised_for_edit_model): three row blocks,
     (prompt, image), (negative, image), (negative, zero image); denoised = u + cfg * (c - i) +
     image_cfg * (i - u). AND sub-prompts are refused, as A1111 does. Returns (cond rows,
@@ -541,21 +552,31 @@ def edit_guidance(inner, x, sigma, selected: _Selected, image_cond: torch.Tensor
     if any(len(parts) != 1 for parts in selected.parts):
         raise ValueError("AND is not supported for InstructPix2Pix checkpoints (unless image_cfg_scale is 1.0)")
     rows = [parts[0][0] for parts in selected.parts]
-    cond = CondBatch(selected.cond.crossattn[rows], None if selected.cond.vector is None else selected.cond.vector[rows])
+    cond = CondBatch(
+        selected.cond.crossattn[rows], None if selected.cond.vector is None else selected.cond.vector[rows]
+    )
     blank = torch.zeros_like(image_cond)
     if cond.tokens == selected.uncond.tokens:
-        out = inner(torch.cat([x, x, x]), torch.cat([sigma, sigma, sigma]), cond.cat(selected.uncond).cat(selected.uncond),
-                    torch.cat([image_cond, image_cond, blank]))
+        out = inner(
+            torch.cat([x, x, x]),
+            torch.cat([sigma, sigma, sigma]),
+            cond.cat(selected.uncond).cat(selected.uncond),
+            torch.cat([image_cond, image_cond, blank]),
+        )
         out_cond, out_image, out_uncond = out.chunk(3)
     else:
         out_cond = inner(x, sigma, cond, image_cond)
-        out_image, out_uncond = inner(torch.cat([x, x]), torch.cat([sigma, sigma]), selected.uncond.cat(selected.uncond),
-                                      torch.cat([image_cond, blank])).chunk(2)
+        out_image, out_uncond = inner(
+            torch.cat([x, x]),
+            torch.cat([sigma, sigma]),
+            selected.uncond.cat(selected.uncond),
+            torch.cat([image_cond, blank]),
+        ).chunk(2)
     denoised = out_uncond + cond_scale * (out_cond - out_image) + image_scale * (out_image - out_uncond)
     return out_cond, out_uncond, denoised
 
 
-def _repeat_rows(v: Optional[torch.Tensor], repeats: tuple[int, ...]) -> Optional[torch.Tensor]:
+def _repeat_rows(v: torch.Tensor | None, repeats: tuple[int, ...]) -> torch.Tensor | None:
     """Row i repeated repeats[i] times (each image once per AND sub-prompt)."""
     if v is None or all(r == 1 for r in repeats):
         return v
@@ -568,7 +589,7 @@ def _rows(v: torch.Tensor, rows: list[int]) -> torch.Tensor:
     return v[torch.tensor(rows, device=v.device)]
 
 
-def _cat_opt(a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+def _cat_opt(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
     return None if a is None else torch.cat([a, b])
 
 

@@ -16,16 +16,17 @@ Known difference: the VAE encode of the pixel path uses the posterior mean (see 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from webui_api.engine.control import hires_pass_units
 from webui_api.engine.cond_types import BatchConditioning
 from webui_api.engine.conditioning import build_batch_conditioning
+from webui_api.engine.control import hires_pass_units
 from webui_api.engine.img2img import (
     InpaintState,
     check_timestep_steps,
@@ -102,7 +103,9 @@ def pixel_upscaler(hires: HiresParams, catalog: Any = None) -> PixelUpscale | No
     if catalog is not None:
         return catalog_pixel_upscale(catalog, hires.upscaler)
     if hires.upscaler not in PIXEL_UPSCALERS:
-        raise BadRequest(f"hr_upscaler {hires.upscaler!r} is not available; use a latent mode, Lanczos, Nearest or None")
+        raise BadRequest(
+            f"hr_upscaler {hires.upscaler!r} is not available; use a latent mode, Lanczos, Nearest or None"
+        )
     return builtin_pixel_upscale(hires.upscaler)
 
 

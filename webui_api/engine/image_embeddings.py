@@ -19,8 +19,9 @@ import base64
 import binascii
 import json
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch

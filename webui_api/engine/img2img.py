@@ -17,11 +17,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from samplers.registry import KIND_TIMESTEPS
-from webui_api.engine.denoiser import InpaintBlend
+from webui_api.engine.denoiser import InpaintBlend, make_inner
 from webui_api.engine.latents import decode_latents
 from webui_api.engine.masks import finish_output
 from webui_api.engine.models import LoadedModel
-from webui_api.engine.rng import ImageRNG
 from webui_api.engine.pipeline import (
     LATENT_SCALE,
     BatchSpec,
@@ -36,8 +35,8 @@ from webui_api.engine.pipeline import (
     resolve_plan,
     unipc_options,
 )
-from webui_api.engine.denoiser import make_inner
 from webui_api.engine.refiner import CompanionModels, PassContext, refiner_run, sample_pass
+from webui_api.engine.rng import ImageRNG
 from webui_api.errors import BadRequest
 from webui_api.jobs import GeneratedImage, GenerationJob, Img2ImgParams, JobResult
 from webui_api.progress import CancelToken, RunObserver

@@ -26,9 +26,10 @@ import logging
 import os
 import re
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, NoReturn, Sequence
+from typing import Any, NoReturn
 
 import torch
 
@@ -397,7 +398,9 @@ def _apply_one(network: LoadedNetwork, targets: Mapping[str, Target], patch: Net
             f"e.g. {unmatched[:2]}",
         )
     if unmatched:
-        log.info("LoRA %s: %d layers do not match this model, e.g. %s", network.entry.name, len(unmatched), unmatched[:3])
+        log.info(
+            "LoRA %s: %d layers do not match this model, e.g. %s", network.entry.name, len(unmatched), unmatched[:3]
+        )
 
 
 def _patch_module(
@@ -486,7 +489,9 @@ class PassNetworks:
             try:
                 self._patches.append(apply_networks(model, [network]))
             except UnusableModelFile as err:
-                log.info("LoRA not applied to %s: %s", getattr(getattr(model, "info", None), "title", model), err.detail)
+                log.info(
+                    "LoRA not applied to %s: %s", getattr(getattr(model, "info", None), "title", model), err.detail
+                )
 
     def _undo_patches(self) -> None:
         for patch in reversed(self._patches):

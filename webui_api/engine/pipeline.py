@@ -6,8 +6,9 @@ Progress and cancellation travel through the observer and the cancel token passe
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -106,8 +107,8 @@ class SamplingHooks:
     schedules over its own steps); `wrap_denoiser(cfg, batch, start)` returns what the sampler
     calls instead of the CFG denoiser (the refiner switch, webui_api.engine.refiner)."""
 
-    conditioning: Callable[[LoadedModel, "BatchSpec"], BatchConditioning] | None = None
-    wrap_denoiser: Callable[[CFGDenoiser, "BatchSpec", SamplingStart], Callable] | None = None
+    conditioning: Callable[[LoadedModel, BatchSpec], BatchConditioning] | None = None
+    wrap_denoiser: Callable[[CFGDenoiser, BatchSpec, SamplingStart], Callable] | None = None
 
 
 @dataclass
@@ -444,7 +445,9 @@ def sample_batch(
         extra_args["image_cond"] = begin.image_cond
     # 4. sample; an interrupt or skip keeps the last x0 estimate of the prompt (A1111's last_latent)
     try:
-        return plan.sampler.function(denoiser, x, schedule, extra_args=extra_args, callback=callback, disable=True, **kwargs)
+        return plan.sampler.function(
+            denoiser, x, schedule, extra_args=extra_args, callback=callback, disable=True, **kwargs
+        )
     except SamplingInterrupted:
         return trace.x0 if cfg.last is None else cfg.last.cond_denoised
 

@@ -16,12 +16,14 @@ from __future__ import annotations
 import gc
 import logging
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
+from webui_api.batching import batch_key
 from webui_api.controlnet.catalog import annotator_dir, controlnet_dirs
 from webui_api.engine.control import prepare_controls
 from webui_api.engine.control_models import ControlNetLibrary
@@ -51,7 +53,6 @@ from webui_api.engine.networks import (
 )
 from webui_api.engine.pipeline import run_txt2img
 from webui_api.engine.tiling import apply_tiling
-from webui_api.batching import batch_key
 from webui_api.errors import NotImplementedFeature, UnknownCheckpoint
 from webui_api.jobs import GenerationJob, JobResult
 from webui_api.postprocess.upscale import BUILTIN_NAMES, UpscalerCatalog, UpscalerEntry
@@ -76,7 +77,11 @@ def with_default_lora(job: GenerationJob, default_lora: str | None) -> Generatio
     activates the Lora network."""
     if default_lora is None or extra_networks_disabled(job) or not job.prompts:
         return job
-    named = [tag.positional[0] for tag in parse_prompt_networks(job.prompts[0])[1] if tag.kind in LORA_KINDS and tag.positional]
+    named = [
+        tag.positional[0]
+        for tag in parse_prompt_networks(job.prompts[0])[1]
+        if tag.kind in LORA_KINDS and tag.positional
+    ]
     if default_lora in named:
         return job
     tag = f"<lora:{default_lora}:{job.options.get('extra_networks_default_multiplier', 1.0)}>"
@@ -97,7 +102,9 @@ def job_networks(job: GenerationJob) -> tuple[tuple[str, ...], list[NetworkCall]
         return tuple(text for text, _ in parsed), []
     per_batch = [lora_calls(parsed[job.batch_slice(n).start][1]) for n in range(job.n_iter)]
     if any(calls != per_batch[0] for calls in per_batch):
-        raise NotImplementedFeature("batches whose first prompts name different <lora:...> networks are not supported yet")
+        raise NotImplementedFeature(
+            "batches whose first prompts name different <lora:...> networks are not supported yet"
+        )
     return tuple(text for text, _ in parsed), per_batch[0]
 
 
@@ -111,7 +118,9 @@ def hires_network_calls(job: GenerationJob) -> list[NetworkCall] | None:
         lora_calls(parse_prompt_networks(job.hires.prompts[job.batch_slice(n).start])[1]) for n in range(job.n_iter)
     ]
     if any(calls != per_batch[0] for calls in per_batch):
-        raise NotImplementedFeature("batches whose first hires prompts name different <lora:...> networks are not supported yet")
+        raise NotImplementedFeature(
+            "batches whose first hires prompts name different <lora:...> networks are not supported yet"
+        )
     return per_batch[0]
 
 DTYPES = {
@@ -142,7 +151,7 @@ def restore_result_faces(result: JobResult, job: GenerationJob, restore: FaceSte
     pictures = [restore(generated.image) for generated in result.images]
     if job.img2img is not None:
         pictures = overlaid(pictures, job.img2img, job)
-    for generated, picture in zip(result.images, pictures):
+    for generated, picture in zip(result.images, pictures, strict=True):
         generated.image = picture
 
 
@@ -481,7 +490,9 @@ class Engine:
             model.vae = model.baked_vae
         else:
             options = self.load_options
-            model.vae = load_vae_file(choice.file, model.family, model.device, options.vae_dtype, options.allow_unsafe_pickle)
+            model.vae = load_vae_file(
+                choice.file, model.family, model.device, options.vae_dtype, options.allow_unsafe_pickle
+            )
             log.info("Using VAE %s (%s)", choice.file.model_name, choice.source)
         model.vae_file = wanted
         return choice
@@ -625,15 +636,23 @@ class Engine:
         networks.attach(model, strict=True)
         padding = apply_tiling(model, head.tiling)
         try:
-            plain = [replace(job, prompts=prompts) for job, (prompts, _) in zip(jobs, stripped)]
+            plain = [replace(job, prompts=prompts) for job, (prompts, _) in zip(jobs, stripped, strict=True)]
             results = run_txt2img_batched(model, plain, observer, cancels, unet_rows=unet_rows)
         finally:
             padding.restore()
             networks.restore()
-        return [self._finish(result, job, networks.mentioned(), choice, model) for result, job in zip(results, jobs)]
+        return [
+            self._finish(result, job, networks.mentioned(), choice, model)
+            for result, job in zip(results, jobs, strict=True)
+        ]
 
     def _finish(
-        self, result: JobResult, job: GenerationJob, networks: list[LoadedNetwork], choice: VaeChoice, model: LoadedModel,
+        self,
+        result: JobResult,
+        job: GenerationJob,
+        networks: list[LoadedNetwork],
+        choice: VaeChoice,
+        model: LoadedModel,
     ) -> JobResult:
         """Infotext facts of a finished job: prompts with their tags, LoRA hashes, the VAE, the model."""
         result.model_info = model.info

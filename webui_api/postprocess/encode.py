@@ -13,7 +13,8 @@ import io
 import json
 import re
 import struct
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from PIL import Image, ImageOps, PngImagePlugin
 

@@ -18,8 +18,8 @@ from ..postprocess.encode import SUPPORTED_FORMATS, decode_image_base64, encode_
 from ..postprocess.extras import ExtrasParams, ExtrasResult, ProcessedImage, check_output_size, check_params, run_extras
 from ..postprocess.face_restore.restorers import FaceRestorers
 from ..postprocess.upscale import TileSpec, UpscalerCatalog
-from ..scheduler import ProgressSpec, WorkItem
 from ..runtime import Runtime
+from ..scheduler import ProgressSpec, WorkItem
 from ..weights.runtime import extras_weights, prefetch
 from . import api_router, get_runtime
 
@@ -126,13 +126,18 @@ def _encode(done: ProcessedImage, options: dict[str, Any]) -> str:
 
 
 @router.post("/sdapi/v1/extra-single-image")
-async def extra_single_image(request: ExtrasSingleImageRequest, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+async def extra_single_image(
+    request: ExtrasSingleImageRequest, runtime: Runtime = Depends(get_runtime)
+) -> dict[str, Any]:
     images, html_info = await _run(runtime, request, [request.image])
     return {"html_info": html_info, "image": images[0] if images else None}
 
 
 @router.post("/sdapi/v1/extra-batch-images")
-async def extra_batch_images(request: ExtrasBatchImagesRequest, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
-    images, html_info = await _run(runtime, request, [item.data for item in request.imageList],
-                                   [item.name for item in request.imageList])
+async def extra_batch_images(
+    request: ExtrasBatchImagesRequest, runtime: Runtime = Depends(get_runtime)
+) -> dict[str, Any]:
+    images, html_info = await _run(
+        runtime, request, [item.data for item in request.imageList], [item.name for item in request.imageList]
+    )
     return {"html_info": html_info, "images": images}

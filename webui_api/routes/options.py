@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import Body, Depends
 
 from ..errors import ApiError, BadRequest
-from ..scheduler import WorkItem
 from ..runtime import Runtime
+from ..scheduler import WorkItem
 from . import api_router, get_runtime
 
 router = api_router()
@@ -25,7 +25,9 @@ async def set_options(updates: Any = Body(...), runtime: Runtime = Depends(get_r
     on the worker before the call returns, like A1111."""
     if not isinstance(updates, dict):
         raise BadRequest(f"expected a JSON object of option keys to values; received {type(updates).__name__}")
-    changed = runtime.options.apply(updates, validate_checkpoint=lambda name: runtime.engine.find_checkpoint(name).title)
+    changed = runtime.options.apply(
+        updates, validate_checkpoint=lambda name: runtime.engine.find_checkpoint(name).title
+    )
     if "sd_model_checkpoint" in changed:
         await _load_checkpoint(runtime, *changed["sd_model_checkpoint"])
     return None
@@ -36,12 +38,16 @@ async def _load_checkpoint(runtime: Runtime, previous: Any, title: str) -> None:
     restores an option whose onchange failed) and report why. On success, record the loaded
     title, which gains its " [hash]" once the file has been hashed."""
     try:
-        loaded = await runtime.scheduler.run(WorkItem(run=lambda _: runtime.engine.load(title), label="load checkpoint"))
+        loaded = await runtime.scheduler.run(
+            WorkItem(run=lambda _: runtime.engine.load(title), label="load checkpoint")
+        )
     except ApiError:
         if previous is not None:
             runtime.options.apply({"sd_model_checkpoint": previous}, validate_checkpoint=lambda _: previous)
         raise
-    runtime.options.set_internal({"sd_model_checkpoint": loaded.info.title, "sd_checkpoint_hash": loaded.info.sha256 or ""})
+    runtime.options.set_internal(
+        {"sd_model_checkpoint": loaded.info.title, "sd_checkpoint_hash": loaded.info.sha256 or ""}
+    )
 
 
 @router.get("/sdapi/v1/cmd-flags")

@@ -19,7 +19,8 @@ import io
 import json
 import time
 import zipfile
-from typing import Any, AsyncIterator, Optional, Union
+from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -43,19 +44,19 @@ _QUEUE_EXTRAS = {"checkpoint", "vae", "callback_url", "priority"}
 class QueueTxt2ImgRequest(Txt2ImgRequest):
     """A1111's txt2img body plus agent-scheduler's extras."""
 
-    checkpoint: Optional[str] = None
-    vae: Optional[str] = None
-    callback_url: Optional[str] = None
-    priority: Optional[Union[int, str]] = None
+    checkpoint: str | None = None
+    vae: str | None = None
+    callback_url: str | None = None
+    priority: int | str | None = None
 
 
 class QueueImg2ImgRequest(Img2ImgRequest):
     """A1111's img2img body plus agent-scheduler's extras."""
 
-    checkpoint: Optional[str] = None
-    vae: Optional[str] = None
-    callback_url: Optional[str] = None
-    priority: Optional[Union[int, str]] = None
+    checkpoint: str | None = None
+    vae: str | None = None
+    callback_url: str | None = None
+    priority: int | str | None = None
 
 
 def get_runner(request: Request) -> TaskRunner:
@@ -65,7 +66,7 @@ def get_runner(request: Request) -> TaskRunner:
 # queueing --------------------------------------------------------------------------------------
 
 
-def task_params(body: Union[QueueTxt2ImgRequest, QueueImg2ImgRequest]) -> dict[str, Any]:
+def task_params(body: QueueTxt2ImgRequest | QueueImg2ImgRequest) -> dict[str, Any]:
     """The stored request: agent-scheduler's `checkpoint` and `vae` become override_settings."""
     params = body.model_dump(exclude=_QUEUE_EXTRAS)
     overrides = dict(params.get("override_settings") or {})
@@ -86,18 +87,24 @@ def enqueue(task_type: str, body: Any, http: Request, runner: TaskRunner) -> dic
             raise BadRequest(str(exc)) from exc
     runner.runtime.serving.check(body)
     context = request_context(http, body.priority)
-    task = runner.store.create(task_type, task_params(body), body.callback_url, tier=context.priority, owner=context.caller)
+    task = runner.store.create(
+        task_type, task_params(body), body.callback_url, tier=context.priority, owner=context.caller
+    )
     runner.wake()
     return {"task_id": task.id}
 
 
 @router.post(f"{PREFIX}/queue/txt2img")
-async def queue_txt2img(body: QueueTxt2ImgRequest, http: Request, runner: TaskRunner = Depends(get_runner)) -> dict[str, str]:
+async def queue_txt2img(
+    body: QueueTxt2ImgRequest, http: Request, runner: TaskRunner = Depends(get_runner)
+) -> dict[str, str]:
     return enqueue("txt2img", body, http, runner)
 
 
 @router.post(f"{PREFIX}/queue/img2img")
-async def queue_img2img(body: QueueImg2ImgRequest, http: Request, runner: TaskRunner = Depends(get_runner)) -> dict[str, str]:
+async def queue_img2img(
+    body: QueueImg2ImgRequest, http: Request, runner: TaskRunner = Depends(get_runner)
+) -> dict[str, str]:
     if not body.init_images:
         raise BadRequest("Init image not found", errors="img2img tasks need init_images")
     return enqueue("img2img", body, http, runner)
@@ -194,7 +201,7 @@ async def task_event_stream(task_id: str, runner: TaskRunner, interval: float) -
         await asyncio.sleep(interval)
 
 
-def running_progress(task_id: str, runner: TaskRunner) -> Optional[dict[str, Any]]:
+def running_progress(task_id: str, runner: TaskRunner) -> dict[str, Any] | None:
     """Progress of the task when it is the one on the device; None otherwise."""
     if runner.current_task_id != task_id:
         return None

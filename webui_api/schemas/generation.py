@@ -8,7 +8,7 @@ counts are checked here, so nonsense is answered with a 422 before any work star
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -23,7 +23,7 @@ class LenientModel(BaseModel):
     model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True, protected_namespaces=())
 
 
-def _check_multiple_of_8(name: str, value: Optional[int]) -> Optional[int]:
+def _check_multiple_of_8(name: str, value: int | None) -> int | None:
     if value is None:
         return value
     if value < 8 or value > MAX_IMAGE_SIDE or value % 8:
@@ -33,7 +33,7 @@ def _check_multiple_of_8(name: str, value: Optional[int]) -> Optional[int]:
     return value
 
 
-def _check_range(name: str, value: Optional[int], low: int, high: int) -> Optional[int]:
+def _check_range(name: str, value: int | None, low: int, high: int) -> int | None:
     if value is not None and not low <= value <= high:
         raise ValueError(f"{name} must be between {low} and {high}; received {value}")
     return value
@@ -42,67 +42,67 @@ def _check_range(name: str, value: Optional[int], low: int, high: int) -> Option
 class GenerationRequest(LenientModel):
     """Fields shared by txt2img and img2img, in A1111's model order."""
 
-    prompt: Union[str, list[str], None] = ""
-    negative_prompt: Union[str, list[str], None] = ""
-    styles: Optional[list[str]] = None
-    seed: Optional[int] = -1
-    subseed: Optional[int] = -1
-    subseed_strength: Optional[float] = 0
-    seed_resize_from_h: Optional[int] = -1
-    seed_resize_from_w: Optional[int] = -1
-    sampler_name: Optional[str] = None
-    scheduler: Optional[str] = None
-    batch_size: Optional[int] = 1
-    n_iter: Optional[int] = 1
-    steps: Optional[int] = 50
-    cfg_scale: Optional[float] = 7.0
-    width: Optional[int] = 512
-    height: Optional[int] = 512
-    restore_faces: Optional[bool] = None
-    tiling: Optional[bool] = None
-    do_not_save_samples: Optional[bool] = False
-    do_not_save_grid: Optional[bool] = False
-    eta: Optional[float] = None
-    denoising_strength: Optional[float] = None
-    s_min_uncond: Optional[float] = None
-    s_churn: Optional[float] = None
-    s_tmax: Optional[float] = None
-    s_tmin: Optional[float] = None
-    s_noise: Optional[float] = None
-    override_settings: Optional[dict[str, Any]] = None
-    override_settings_restore_afterwards: Optional[bool] = True
-    refiner_checkpoint: Optional[str] = None
-    refiner_switch_at: Optional[float] = None
-    disable_extra_networks: Optional[bool] = False
-    firstpass_image: Optional[str] = None
-    comments: Optional[dict[str, Any]] = None
-    sampler_index: Optional[str] = "Euler"
-    script_name: Optional[str] = None
-    script_args: Optional[list[Any]] = Field(default_factory=list)
-    send_images: Optional[bool] = True
-    save_images: Optional[bool] = False
-    alwayson_scripts: Optional[dict[str, Any]] = Field(default_factory=dict)
-    force_task_id: Optional[str] = None
-    infotext: Optional[str] = None
+    prompt: str | list[str] | None = ""
+    negative_prompt: str | list[str] | None = ""
+    styles: list[str] | None = None
+    seed: int | None = -1
+    subseed: int | None = -1
+    subseed_strength: float | None = 0
+    seed_resize_from_h: int | None = -1
+    seed_resize_from_w: int | None = -1
+    sampler_name: str | None = None
+    scheduler: str | None = None
+    batch_size: int | None = 1
+    n_iter: int | None = 1
+    steps: int | None = 50
+    cfg_scale: float | None = 7.0
+    width: int | None = 512
+    height: int | None = 512
+    restore_faces: bool | None = None
+    tiling: bool | None = None
+    do_not_save_samples: bool | None = False
+    do_not_save_grid: bool | None = False
+    eta: float | None = None
+    denoising_strength: float | None = None
+    s_min_uncond: float | None = None
+    s_churn: float | None = None
+    s_tmax: float | None = None
+    s_tmin: float | None = None
+    s_noise: float | None = None
+    override_settings: dict[str, Any] | None = None
+    override_settings_restore_afterwards: bool | None = True
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = None
+    disable_extra_networks: bool | None = False
+    firstpass_image: str | None = None
+    comments: dict[str, Any] | None = None
+    sampler_index: str | None = "Euler"
+    script_name: str | None = None
+    script_args: list[Any] | None = Field(default_factory=list)
+    send_images: bool | None = True
+    save_images: bool | None = False
+    alwayson_scripts: dict[str, Any] | None = Field(default_factory=dict)
+    force_task_id: str | None = None
+    infotext: str | None = None
 
     @field_validator("width", "height")
     @classmethod
-    def _size(cls, value: Optional[int], info) -> Optional[int]:
+    def _size(cls, value: int | None, info) -> int | None:
         return _check_multiple_of_8(info.field_name, value)
 
     @field_validator("steps")
     @classmethod
-    def _steps(cls, value: Optional[int]) -> Optional[int]:
+    def _steps(cls, value: int | None) -> int | None:
         return _check_range("steps", value, 1, MAX_STEPS)
 
     @field_validator("batch_size", "n_iter")
     @classmethod
-    def _counts(cls, value: Optional[int], info) -> Optional[int]:
+    def _counts(cls, value: int | None, info) -> int | None:
         return _check_range(info.field_name, value, 1, MAX_BATCH)
 
     @field_validator("subseed_strength", "denoising_strength", "refiner_switch_at")
     @classmethod
-    def _unit_interval(cls, value: Optional[float], info) -> Optional[float]:
+    def _unit_interval(cls, value: float | None, info) -> float | None:
         if value is not None and not 0.0 <= value <= 1.0:
             raise ValueError(f"{info.field_name} must be between 0 and 1; received {value}")
         return value
@@ -111,50 +111,50 @@ class GenerationRequest(LenientModel):
 class Txt2ImgRequest(GenerationRequest):
     """POST /sdapi/v1/txt2img (A1111's StableDiffusionTxt2ImgProcessingAPI)."""
 
-    enable_hr: Optional[bool] = False
-    firstphase_width: Optional[int] = 0
-    firstphase_height: Optional[int] = 0
-    hr_scale: Optional[float] = 2.0
-    hr_upscaler: Optional[str] = None
-    hr_second_pass_steps: Optional[int] = 0
-    hr_resize_x: Optional[int] = 0
-    hr_resize_y: Optional[int] = 0
-    hr_checkpoint_name: Optional[str] = None
-    hr_sampler_name: Optional[str] = None
-    hr_scheduler: Optional[str] = None
-    hr_prompt: Optional[str] = ""
-    hr_negative_prompt: Optional[str] = ""
+    enable_hr: bool | None = False
+    firstphase_width: int | None = 0
+    firstphase_height: int | None = 0
+    hr_scale: float | None = 2.0
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int | None = 0
+    hr_resize_x: int | None = 0
+    hr_resize_y: int | None = 0
+    hr_checkpoint_name: str | None = None
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str | None = ""
+    hr_negative_prompt: str | None = ""
 
 
 class Img2ImgRequest(GenerationRequest):
     """POST /sdapi/v1/img2img (A1111's StableDiffusionImg2ImgProcessingAPI)."""
 
-    init_images: Optional[list[Any]] = None
-    resize_mode: Optional[int] = 0
-    image_cfg_scale: Optional[float] = None
-    mask: Optional[str] = None
-    mask_blur_x: Optional[int] = 4
-    mask_blur_y: Optional[int] = 4
-    mask_blur: Optional[int] = None
-    mask_round: Optional[bool] = True
-    inpainting_fill: Optional[int] = 0
-    inpaint_full_res: Optional[bool] = True
-    inpaint_full_res_padding: Optional[int] = 0
-    inpainting_mask_invert: Optional[int] = 0
-    initial_noise_multiplier: Optional[float] = None
-    latent_mask: Optional[str] = None
-    include_init_images: Optional[bool] = Field(default=False, exclude=True)
-    denoising_strength: Optional[float] = 0.75
+    init_images: list[Any] | None = None
+    resize_mode: int | None = 0
+    image_cfg_scale: float | None = None
+    mask: str | None = None
+    mask_blur_x: int | None = 4
+    mask_blur_y: int | None = 4
+    mask_blur: int | None = None
+    mask_round: bool | None = True
+    inpainting_fill: int | None = 0
+    inpaint_full_res: bool | None = True
+    inpaint_full_res_padding: int | None = 0
+    inpainting_mask_invert: int | None = 0
+    initial_noise_multiplier: float | None = None
+    latent_mask: str | None = None
+    include_init_images: bool | None = Field(default=False, exclude=True)
+    denoising_strength: float | None = 0.75
 
     @field_validator("resize_mode")
     @classmethod
-    def _resize_mode(cls, value: Optional[int]) -> Optional[int]:
+    def _resize_mode(cls, value: int | None) -> int | None:
         return _check_range("resize_mode", value, 0, 3)
 
 
 class GenerationResponse(BaseModel):
     """A1111's TextToImageResponse / ImageToImageResponse: info is a JSON *string*."""
 
-    images: Optional[list[str]] = None
+    images: list[str] | None = None
     parameters: dict[str, Any]
     info: str

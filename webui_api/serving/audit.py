@@ -16,7 +16,7 @@ import logging
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ LONG_STRING = 512  # longer strings in parameters are image data in practice: re
 class AuditLog:
     """Appends JSON lines to `path`; a None path disables it."""
 
-    def __init__(self, path: Optional[Path]) -> None:
+    def __init__(self, path: Path | None) -> None:
         self.path = Path(path) if path else None
         self._lock = threading.Lock()
         if self.path is not None:
@@ -46,8 +46,8 @@ class AuditLog:
 
 
 def generation_entry(
-    *, caller: str, route: str, params: dict[str, Any], response: Optional[dict[str, Any]],
-    timings: dict[str, Optional[float]], cache: str, task_id: Optional[str] = None, error: Optional[str] = None,
+    *, caller: str, route: str, params: dict[str, Any], response: dict[str, Any] | None,
+    timings: dict[str, float | None], cache: str, task_id: str | None = None, error: str | None = None,
 ) -> dict[str, Any]:
     """The audit line of one generation (successful when `response` is given)."""
     info = _info(response)
@@ -67,7 +67,7 @@ def generation_entry(
     }
 
 
-def _info(response: Optional[dict[str, Any]]) -> dict[str, Any]:
+def _info(response: dict[str, Any] | None) -> dict[str, Any]:
     try:
         info = json.loads((response or {}).get("info") or "{}")
     except (TypeError, ValueError):

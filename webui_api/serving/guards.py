@@ -14,8 +14,9 @@ import binascii
 import io
 import re
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any
 
 from ..errors import ApiError, BadRequest
 
@@ -44,7 +45,7 @@ class RequestLimits:
     max_input_pixels: int = 4096 * 4096  # pixels of each decoded input image
 
 
-def _over(value: Optional[float], limit: int) -> bool:
+def _over(value: float | None, limit: int) -> bool:
     return bool(limit) and value is not None and value > limit
 
 
@@ -195,7 +196,7 @@ async def _no_receive() -> dict:
     return {"type": "http.disconnect"}
 
 
-def _content_length(scope: dict) -> Optional[int]:
+def _content_length(scope: dict) -> int | None:
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
             try:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from ..scheduler import WorkItem
 from .audit import AuditLog, generation_entry
@@ -37,7 +38,9 @@ class ServingHooks:
         self.lifecycle.check_intake()
         check_generation(request, self.limits)
 
-    async def lookup(self, route: str, request: Any, options: Mapping[str, Any], context: RequestContext) -> Optional[dict]:
+    async def lookup(
+        self, route: str, request: Any, options: Mapping[str, Any], context: RequestContext
+    ) -> dict | None:
         """A stored response for a deterministic request (then audited and counted here)."""
         if not self.cache.enabled:
             return None
@@ -83,8 +86,8 @@ class ServingHooks:
         """A generation that ended in an error (async tasks report theirs here)."""
         await self._audit(route, params, None, context, error=error)
 
-    async def _audit(self, route: str, params: dict[str, Any], response: Optional[dict], context: RequestContext,
-                     error: Optional[str] = None) -> None:
+    async def _audit(self, route: str, params: dict[str, Any], response: dict | None, context: RequestContext,
+                     error: str | None = None) -> None:
         if self.audit.path is None:
             return
         entry = generation_entry(

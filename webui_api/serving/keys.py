@@ -15,7 +15,7 @@ import hmac
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ..scheduler import PRIORITY_HIGH, PRIORITY_NORMAL
 
@@ -36,7 +36,7 @@ class ApiKey:
     name: str
     sha256: bytes
     priority: int
-    rate_limit: Optional[str]
+    rate_limit: str | None
     groups: frozenset[str]
 
 
@@ -49,7 +49,7 @@ class Caller:
     name: str
     identity: str
     priority: int = PRIORITY_NORMAL
-    rate_limit: Optional[str] = None
+    rate_limit: str | None = None
     groups: frozenset[str] = ROUTE_GROUPS
 
 
@@ -66,7 +66,7 @@ class KeyRing:
     def __bool__(self) -> bool:
         return bool(self.keys)
 
-    def match(self, secret: str) -> Optional[ApiKey]:
+    def match(self, secret: str) -> ApiKey | None:
         """Constant-time over every key: each comparison runs, whichever matched."""
         presented = hash_key(secret)
         found = None
@@ -155,7 +155,7 @@ def parse_tier(value: Any, where: str = "tier") -> int:
     raise KeyFileError(f"{where}: tier must be one of {sorted(TIERS)} or an integer, got {value!r}")
 
 
-def parse_rate_limit(value: Any, where: str = "rate limit") -> Optional[str]:
+def parse_rate_limit(value: Any, where: str = "rate limit") -> str | None:
     """Validate with the `limits` parser now, so a typo fails at start and not per request."""
     if value is None or value == "":
         return None

@@ -4,7 +4,8 @@ Annotator folder layout (the same as sd-webui-controlnet's `annotator/downloads/
 existing download folder can be used as it is):
 
     <annotator dir>/hed/ControlNetHED.pth                 softedge_hed, softedge_hedsafe, scribble_hed
-    <annotator dir>/pidinet/table5_pidinet.pth            softedge_pidinet, softedge_pidisafe, scribble_pidinet, t2ia_sketch_pidi
+    <annotator dir>/pidinet/table5_pidinet.pth            softedge_pidinet, softedge_pidisafe, scribble_pidinet,
+                                                          t2ia_sketch_pidi
     <annotator dir>/lineart/sk_model.pth                  lineart_realistic
     <annotator dir>/lineart/sk_model2.pth                 lineart_coarse
     <annotator dir>/lineart_anime/netG.pth                lineart_anime

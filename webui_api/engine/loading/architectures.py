@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from webui_api.engine.loading.files import UnusableModelFile
 
@@ -129,7 +130,8 @@ def detect_architecture(path: Path, shapes: Mapping[str, tuple[int, ...]], yaml_
         base = instruct_pix2pix(base)
     elif channels != 4:
         raise UnusableModelFile(
-            path, f"UNet takes {channels} input channels; supported are 4 (txt2img), 8 (instruct-pix2pix) and 9 (inpainting)"
+            path,
+            f"UNet takes {channels} input channels; supported are 4 (txt2img), 8 (instruct-pix2pix) and 9 (inpainting)",
         )
     return _apply_prediction_hint(base, yaml_hints)
 
@@ -156,7 +158,8 @@ def _base_architecture(path: Path, shapes: Mapping[str, tuple[int, ...]], channe
     if any(key.startswith("cond_stage_model.transformer.") for key in shapes):
         return SD1
     raise UnusableModelFile(
-        path, "unknown architecture: a UNet but no text encoder this server recognises (SD1 CLIP-L, SD2 OpenCLIP-H, SDXL)"
+        path,
+        "unknown architecture: a UNet but no text encoder this server recognises (SD1 CLIP-L, SD2 OpenCLIP-H, SDXL)",
     )
 
 

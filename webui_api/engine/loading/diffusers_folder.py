@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -94,7 +95,9 @@ def _component(root: Path, slot: str, allow_unsafe_pickle: bool) -> Component:
     wanted = expected_shapes(module)
     if slot.startswith("text_encoder"):
         canonical = {ldm_keys.canonical_text_key(k): v for k, v in state.items() if not k.endswith("position_ids")}
-        state = {k: canonical[ldm_keys.canonical_text_key(k)] for k in wanted if ldm_keys.canonical_text_key(k) in canonical}
+        state = {
+            k: canonical[ldm_keys.canonical_text_key(k)] for k in wanted if ldm_keys.canonical_text_key(k) in canonical
+        }
     check_state(root, state, wanted, slot)
     return Component(module, state)
 
@@ -109,7 +112,9 @@ def _architecture(root: Path, index: dict[str, Any], components: dict[str, Compo
         width = int(text.module.config.hidden_size)
         arch = ARCHITECTURES["sd2" if width == 1024 else "sd1"]
     else:
-        raise UnusableModelFile(root, f"{index.get('_class_name', 'this pipeline')} has no CLIP text encoder this server can use")
+        raise UnusableModelFile(
+            root, f"{index.get('_class_name', 'this pipeline')} has no CLIP text encoder this server can use"
+        )
     if int(components["unet"].module.config.in_channels) == 9:
         arch = inpainting(arch)
     scheduler = root / "scheduler" / "scheduler_config.json"

@@ -18,9 +18,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from webui_api.engine.loading.hashes import HashCache, legacy_model_hash
 
