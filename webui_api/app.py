@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 import traceback
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -182,7 +182,7 @@ def _count_error(request: Request, error_type: str, status: int) -> None:
         runtime.metrics.count_error(error_type, status)
 
 
-def _jsonable_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _jsonable_errors(errors: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Pydantic's error dicts can carry exception objects in `ctx`; keep them printable."""
     return [{**e, "ctx": {k: str(v) for k, v in e["ctx"].items()}} if "ctx" in e else e for e in errors]
 

@@ -141,7 +141,8 @@ def prompt_extras(job: GenerationJob, prompts: Sequence[str], negative_prompts: 
 def prompt_extras_per_image(job: GenerationJob, image_count: int) -> list[dict[str, Any]]:
     """A1111 keeps these keys once set, so an image's infotext has those of its own batch and
     of every batch before it."""
-    per_image, seen = [], {}
+    per_image: list[dict[str, Any]] = []
+    seen: dict[str, Any] = {}
     for n in range(job.n_iter):
         part = job.batch_slice(n)
         seen = {**seen, **prompt_extras(job, job.prompts[part], job.negative_prompts[part])}

@@ -128,7 +128,9 @@ class TaskStore:
             f"INSERT INTO tasks ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, 0, ?, NULL, ?, ?, ?)",
             (task_id, task_type, json.dumps(params), PENDING, priority, callback_url, now, now, owner),
         )
-        return self.get(task_id)
+        record = self.get(task_id)
+        assert record is not None, "a task just inserted is found"
+        return record
 
     def _set(self, task_id: str, status: str, error: str | None = None, attempts_delta: int = 0) -> None:
         self._execute(

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageColor, ImageDraw, ImageFont
 
+Font = ImageFont.ImageFont | ImageFont.FreeTypeFont  # load_default gives FreeType when it can
+
 TEXT_COLOUR = (0, 0, 0)
 
 
@@ -82,12 +84,12 @@ def annotate(
     return result
 
 
-def _text_size(text: str, font: ImageFont.ImageFont) -> tuple[int, int]:
+def _text_size(text: str, font: Font) -> tuple[int, int]:
     left, top, right, bottom = font.getbbox(text or " ")
-    return right - left, bottom - top
+    return int(right - left), int(bottom - top)  # Pillow types FreeType boxes as float; they are whole pixels
 
 
-def _wrap(text: str, font: ImageFont.ImageFont, width: int) -> list[str]:
+def _wrap(text: str, font: Font, width: int) -> list[str]:
     """Words greedily packed into lines no wider than `width` (a longer word stays whole)."""
     if not text:
         return []
@@ -101,14 +103,14 @@ def _wrap(text: str, font: ImageFont.ImageFont, width: int) -> list[str]:
     return lines + [current]
 
 
-def _block_height(lines: list[str], font: ImageFont.ImageFont, spacing: int) -> int:
+def _block_height(lines: list[str], font: Font, spacing: int) -> int:
     if not lines:
         return 0
     return sum(_text_size(line, font)[1] + spacing for line in lines) - spacing
 
 
 def _draw_block(
-    draw: ImageDraw.ImageDraw, lines: list[str], font: ImageFont.ImageFont, spacing: int, centre_x: float, top: float
+    draw: ImageDraw.ImageDraw, lines: list[str], font: Font, spacing: int, centre_x: float, top: float
 ) -> None:
     for line in lines:
         draw.text((centre_x, top), line, font=font, fill=TEXT_COLOUR, anchor="ma")

@@ -161,6 +161,7 @@ def _execute(worker: ScriptWorker, work: Plan, request: Any) -> ScriptOutput:
         outputs.append(tiling.combine(grid))
         if worker.interrupted:
             break
+    assert first is not None  # n_iter >= 1: at least one pass ran
     return _output(work, first, outputs, request)
 
 
@@ -180,6 +181,8 @@ def _redraw(worker: ScriptWorker, work: Plan, tiles: list[Any], seed: int) -> tu
 
 def tile_job(base: GenerationJob, batch: list[Any], seed: int) -> GenerationJob:
     """The base img2img job over one batch of tiles (already the job size)."""
+    if base.img2img is None:
+        raise ValueError("sd upscale redraws tiles with an img2img job")
     count = len(batch)
     seeds = base.seeds
     same = seeds.subseed_strength != 0  # variation seeds keep one seed for the whole batch

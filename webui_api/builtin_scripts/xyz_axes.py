@@ -259,9 +259,10 @@ def find_axis(tab: str, choice: int | str, which: str) -> Axis:
             )
         axis = axes[choice]
     else:
-        axis = next((a for a in axes if a.label.lower() == choice.strip().lower()), None)
-        if axis is None:
+        found = next((a for a in axes if a.label.lower() == choice.strip().lower()), None)
+        if found is None:
             raise ValidationFailed(f"{TITLE}: unknown {which} type {choice!r}; known: {[a.label for a in axes]}")
+        axis = found
     if axis.apply is None:
         raise ValidationFailed(f"{TITLE}: the {which} axis '{axis.label}' is not supported by this server")
     return axis

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import product
-from typing import Any
+from typing import Any, TypeGuard
 
 from PIL import Image
 
@@ -115,10 +115,12 @@ class Plot:
 
 def plan(request: Any, ctx: ScriptContext) -> ScriptRun:
     values = bind(TITLE, arg_specs(ctx), request.script_args)
-    flags = Flags(*values[9:13], tuple(values[13:16]), values[16], values[17])
+    vary_seeds = (values[13], values[14], values[15])
+    flags = Flags(values[9], values[10], values[11], values[12], vary_seeds, values[16], values[17])
     if not 0 <= flags.margin <= MAX_MARGIN:
         raise ValidationFailed(f"{TITLE}: grid margins must be between 0 and {MAX_MARGIN} px; received {flags.margin}")
-    axes = tuple(_plot_axis(ctx, name, values[3 * i:3 * i + 3], flags) for i, name in enumerate("XYZ"))
+    x, y, z = (_plot_axis(ctx, name, values[3 * i:3 * i + 3], flags) for i, name in enumerate("XYZ"))
+    axes = (x, y, z)
     base = _base_request(request, flags, ctx)
     _check_size(axes, base, ctx)
     cells = [_cell(base, ctx, axes, flags, index) for index in processing_order(axes)]
@@ -194,7 +196,9 @@ def _cell(
 ) -> PlotCell:
     edit = CellEdit(base)
     for plot_axis, i in zip(axes, where, strict=True):
-        plot_axis.axis.apply(edit, plot_axis.values[i], plot_axis.values, ctx)
+        apply = plot_axis.axis.apply
+        assert apply is not None  # find_axis refuses the axis types this server does not support
+        apply(edit, plot_axis.values[i], plot_axis.values, ctx)
     edit.fields["seed"] = _cell_seed(edit, axes, flags, where)
     styles = ctx.styles
     if edit.styles:
@@ -236,7 +240,7 @@ def _execute(worker: ScriptWorker, plot: Plot) -> ScriptOutput:
     return _assemble(plot, grids, grid_texts, cells, texts, outcomes)
 
 
-def _has_image(outcome: JobOutcome | None) -> bool:
+def _has_image(outcome: JobOutcome | None) -> TypeGuard[JobOutcome]:
     return outcome is not None and bool(outcome.result.images)
 
 

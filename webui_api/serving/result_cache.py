@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from .. import __version__
 
@@ -142,7 +142,8 @@ class RedisResultStore:
 
     def get(self, key: str) -> bytes | None:
         with _redis_errors():
-            data = self._redis.get(REDIS_PREFIX + key)
+            # redis-py types every reply as bytes | str; without decode_responses they are bytes
+            data = cast(bytes | None, self._redis.get(REDIS_PREFIX + key))
             if data is not None:
                 self._redis.zadd(REDIS_INDEX, {key: time.time()})
         return data
@@ -167,7 +168,7 @@ class RedisResultStore:
             oldest = self._redis.zpopmin(REDIS_INDEX, 1)
             if not oldest:
                 return
-            key = oldest[0][0].decode()
+            key = cast(bytes, oldest[0][0]).decode()
             size = self._redis.strlen(REDIS_PREFIX + key)
             self._redis.delete(REDIS_PREFIX + key)
             self._redis.decrby(REDIS_BYTES, size)
