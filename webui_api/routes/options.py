@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import Body, Depends
 
-from ..errors import ApiError, BadRequest
+from ..errors import ApiError, BadRequest, NotFound
 from ..scheduler import WorkItem
 from ..services import Services
 from . import api_router, get_services
@@ -25,10 +25,23 @@ async def set_options(updates: Any = Body(...), services: Services = Depends(get
     on the worker before the call returns, like A1111."""
     if not isinstance(updates, dict):
         raise BadRequest(f"expected a JSON object of option keys to values; received {type(updates).__name__}")
-    changed = services.options.apply(updates, validate_checkpoint=lambda name: services.engine.find_checkpoint(name).title)
+    changed = services.options.apply(
+        updates, validate_checkpoint=lambda name: services.engine.find_checkpoint(name).title,
+        validate_vae=lambda name: known_vae(services, name),
+    )
     if "sd_model_checkpoint" in changed:
         await _load_checkpoint(services, *changed["sd_model_checkpoint"])
     return None
+
+
+def known_vae(services: Services, name: str) -> str:
+    """An sd_vae value the engine can use ("Automatic", "None" or a scanned VAE's name); a
+    saved unknown name would make every later generation fail, so it is refused now (404)."""
+    names = [vae.model_name for vae in services.engine.vaes()]
+    if name in ("Automatic", "auto", "None") or name in names:
+        return name
+    raise NotFound(f"VAE {name!r} not found; sd_vae must be 'Automatic', 'None' or one of: {', '.join(names) or 'none'}",
+                   errors=f"VAE {name!r} not found")
 
 
 async def _load_checkpoint(services: Services, previous: Any, title: str) -> None:
