@@ -88,8 +88,10 @@ def test_hide_ui_dir_config_ignores_path_overrides_like_post_options(make_client
     assert list((tmp_path / "outputs" / "txt2img-images").rglob("*.png"))  # the configured folder
 
 
-@pytest.mark.parametrize("flags", [{"freeze_settings": True}, {"freeze_specific_settings": ("CLIP_stop_at_last_layers",)},
-                                   {"freeze_settings_in_sections": ("sd",)}])
+@pytest.mark.parametrize("flags", [
+    {"freeze_settings": True}, {"freeze_specific_settings": ("CLIP_stop_at_last_layers",)},
+    {"freeze_settings_in_sections": ("sd",)},
+])
 def test_frozen_settings_cannot_be_changed_per_request(make_client, flags):
     client = make_client(**flags)
     payload = webuiapi_txt2img(override_settings={"CLIP_stop_at_last_layers": 2})
@@ -113,7 +115,8 @@ def test_post_options_refuses_paths_that_climb_out(client, update):
 
 def test_post_options_takes_an_absolute_output_folder_from_the_operator(client, tmp_path):
     folder = tmp_path / "operator-chosen"
-    assert client.post("/sdapi/v1/options", json={"outdir_txt2img_samples": str(folder), "save_to_dirs": False}).status_code == 200
+    update = {"outdir_txt2img_samples": str(folder), "save_to_dirs": False}
+    assert client.post("/sdapi/v1/options", json=update).status_code == 200
     assert client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img(save_images=True)).status_code == 200
     assert list(folder.glob("*.png"))
 

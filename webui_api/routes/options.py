@@ -40,7 +40,8 @@ def known_vae(services: Services, name: str) -> str:
     names = [vae.model_name for vae in services.engine.vaes()]
     if name in ("Automatic", "auto", "None") or name in names:
         return name
-    raise NotFound(f"VAE {name!r} not found; sd_vae must be 'Automatic', 'None' or one of: {', '.join(names) or 'none'}",
+    choices = ", ".join(names) or "none"
+    raise NotFound(f"VAE {name!r} not found; sd_vae must be 'Automatic', 'None' or one of: {choices}",
                    errors=f"VAE {name!r} not found")
 
 
