@@ -17,15 +17,15 @@ import base64
 import binascii
 import secrets
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from .errors import ApiError, Unauthorized
-from .serving.context import PRIORITY_HEADER, RequestContext, context_for
 from .serving.audit import request_entry
+from .serving.context import PRIORITY_HEADER, RequestContext, context_for
 from .serving.groups import DOCS_ROUTES, is_submission, route_group
 from .serving.keys import Caller, KeyRing
 from .serving.ratelimit import RateLimiter
@@ -45,14 +45,14 @@ class Gate:
     keys: KeyRing
     basic: tuple[tuple[str, str], ...]
     limiter: RateLimiter
-    default_rate_limit: Optional[str] = None  # for callers without a limit of their own
+    default_rate_limit: str | None = None  # for callers without a limit of their own
 
     @property
     def enabled(self) -> bool:
         return bool(self.keys) or bool(self.basic)
 
 
-def parse_basic_header(header: Optional[str]) -> tuple[str, str]:
+def parse_basic_header(header: str | None) -> tuple[str, str]:
     """Return (user, password) from an Authorization header or raise Unauthorized."""
     if not header:
         raise Unauthorized("Not authenticated")
@@ -79,7 +79,7 @@ def credentials_match(user: str, password: str, allowed: tuple[tuple[str, str], 
     return found
 
 
-def presented_key(request: Request) -> Optional[str]:
+def presented_key(request: Request) -> str | None:
     """`Authorization: Bearer <key>` or `X-API-Key: <key>`; None when neither is sent."""
     scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
@@ -204,7 +204,7 @@ def exposure_warnings(settings: Settings) -> list[str]:
             "anyone who can reach this port can generate images, change settings and read every async task."
         )
         if settings.api_server_stop:
-            warnings.append("--api-server-stop is on without authentication: anyone on the network can stop this server.")
+            warnings.append("--api-server-stop is on without authentication: anyone on the network can stop the server.")
     if settings.api_docs_auth and unauthenticated:
         warnings.append("--api-docs-auth has no effect without --api-auth or --api-keys-file.")
     return warnings

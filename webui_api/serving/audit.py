@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class AuditPolicy:
 class AuditLog:
     """Appends JSON lines to `path`, rotating and pruning per `policy`; a None path disables it."""
 
-    def __init__(self, path: Optional[Path], policy: AuditPolicy = AuditPolicy()) -> None:
+    def __init__(self, path: Path | None, policy: AuditPolicy = AuditPolicy()) -> None:
         self.path = Path(path) if path else None
         self.policy = policy
         self._lock = threading.Lock()
@@ -119,7 +119,7 @@ class AuditLog:
                 path.unlink(missing_ok=True)
 
 
-def _first_entry_time(path: Path) -> Optional[float]:
+def _first_entry_time(path: Path) -> float | None:
     """When the live file was started: the time of its first entry (None if empty or unreadable)."""
     try:
         with path.open(encoding="utf-8") as handle:
@@ -133,7 +133,8 @@ def redact_prompts(params: Any) -> Any:
     """Parameters with every prompt text (and script arguments, which carry prompt lists)
     replaced by its length: what was asked stays private, that it was asked does not."""
     if isinstance(params, dict):
-        return {key: _redacted(value) if _is_prompt_field(key) else redact_prompts(value) for key, value in params.items()}
+        return {key: _redacted(value) if _is_prompt_field(key) else redact_prompts(value)
+                for key, value in params.items()}
     if isinstance(params, list):
         return [redact_prompts(item) for item in params]
     return params
@@ -162,8 +163,8 @@ def request_entry(caller: str, method: str, route: str, status: int, duration: f
 
 
 def generation_entry(
-    *, caller: str, route: str, params: dict[str, Any], response: Optional[dict[str, Any]],
-    timings: dict[str, Optional[float]], cache: str, task_id: Optional[str] = None, error: Optional[str] = None,
+    *, caller: str, route: str, params: dict[str, Any], response: dict[str, Any] | None,
+    timings: dict[str, float | None], cache: str, task_id: str | None = None, error: str | None = None,
 ) -> dict[str, Any]:
     """The audit line of one generation (successful when `response` is given)."""
     info = _info(response)
@@ -183,7 +184,7 @@ def generation_entry(
     }
 
 
-def _info(response: Optional[dict[str, Any]]) -> dict[str, Any]:
+def _info(response: dict[str, Any] | None) -> dict[str, Any]:
     try:
         info = json.loads((response or {}).get("info") or "{}")
     except (TypeError, ValueError):

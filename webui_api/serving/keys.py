@@ -16,7 +16,7 @@ import hmac
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ..scheduler import PRIORITY_HIGH, PRIORITY_NORMAL
 from .groups import ROUTE_GROUPS
@@ -38,7 +38,7 @@ class ApiKey:
     name: str
     sha256: bytes
     priority: int
-    rate_limit: Optional[str]
+    rate_limit: str | None
     groups: frozenset[str]
     admin: bool = False  # tier "admin": sees and manages every key's async tasks
 
@@ -54,11 +54,11 @@ class Caller:
     name: str
     identity: str
     priority: int = PRIORITY_NORMAL
-    rate_limit: Optional[str] = None
+    rate_limit: str | None = None
     groups: frozenset[str] = ROUTE_GROUPS
     sees_all_tasks: bool = True
 
-    def owns(self, owner: Optional[str]) -> bool:
+    def owns(self, owner: str | None) -> bool:
         """Whether a task stored with `owner` is this caller's to see, read and delete."""
         return self.sees_all_tasks or owner == self.identity
 
@@ -76,7 +76,7 @@ class KeyRing:
     def __bool__(self) -> bool:
         return bool(self.keys)
 
-    def match(self, secret: str) -> Optional[ApiKey]:
+    def match(self, secret: str) -> ApiKey | None:
         """Constant-time over every key: each comparison runs, whichever matched."""
         presented = hash_key(secret)
         found = None
@@ -166,7 +166,7 @@ def parse_tier(value: Any, where: str = "tier") -> int:
     raise KeyFileError(f"{where}: tier must be one of {sorted(TIERS)} or an integer, got {value!r}")
 
 
-def parse_rate_limit(value: Any, where: str = "rate limit") -> Optional[str]:
+def parse_rate_limit(value: Any, where: str = "rate limit") -> str | None:
     """Validate with the `limits` parser now, so a typo fails at start and not per request."""
     if value is None or value == "":
         return None
