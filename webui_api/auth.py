@@ -204,7 +204,7 @@ def exposure_warnings(settings: Settings) -> list[str]:
             "anyone who can reach this port can generate images, change settings and read every async task."
         )
         if settings.api_server_stop:
-            warnings.append("--api-server-stop is on without authentication: anyone on the network can stop the server.")
+            warnings.append("--api-server-stop is on without authentication: anyone on the network may stop it.")
     if settings.api_docs_auth and unauthenticated:
         warnings.append("--api-docs-auth has no effect without --api-auth or --api-keys-file.")
     return warnings
