@@ -11,6 +11,12 @@ synchronous request's. It also applies the retention policy: finished tasks olde
 --task-retention-hours are deleted with their result files, at start and then hourly.
 
 Per-task progress streams as Server-Sent Events from `/task/{id}/events`.
+
+Tenant isolation: with API keys or --api-auth, a task belongs to the caller that queued it;
+other callers get "Task not found" for it and do not see it in /queue (admin-tier keys see
+all). Without auth every caller sees every task, as with agent-scheduler. Disk is capped by
+--task-max-count and --task-max-mb (oldest finished tasks go first); /queue pages are at most
+MAX_PAGE tasks and list parameters without image data.
 """
 
 from __future__ import annotations
@@ -28,12 +34,14 @@ from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from ..auth import request_context
-from ..errors import ApiError, BadRequest
+from ..auth import request_caller, request_context
+from ..errors import ApiError, BadRequest, ServiceUnavailable
 from ..schemas.generation import Img2ImgRequest, Txt2ImgRequest
 from ..services import Services
+from ..serving.audit import scrub
 from ..serving.context import RequestContext
-from ..task_callback import CallbackFile, check_callback_url, post_callback
+from ..serving.keys import Caller
+from ..task_callback import CallbackFile, callback_policy, check_callback_url, post_callback
 from ..tasks import DONE, FAILED, FINISHED, PENDING, RUNNING, TaskRecord, TaskStore
 from . import api_router
 
@@ -45,6 +53,7 @@ IDLE_POLL_SECONDS = 1.0  # the runner also wakes at once when a task is queued
 NOT_FOUND = {"success": False, "message": "Task not found"}
 RETENTION_CHECK_SECONDS = 3600.0
 SSE_KEEPALIVE_SECONDS = 15.0
+MAX_PAGE = 100  # tasks per /queue answer, whatever `limit` asks
 _QUEUE_EXTRAS = {"checkpoint", "vae", "callback_url", "priority"}
 
 
@@ -128,10 +137,23 @@ class TaskRunner:
             log.info("async tasks: %d finished tasks older than %g h purged with their results", purged, hours)
         return purged
 
+    def enforce_caps(self) -> int:
+        """--task-max-count / --task-max-mb: the oldest finished tasks go first."""
+        settings = self._services.settings
+        removed = self.store.enforce_caps(settings.task_max_count, int(settings.task_max_mb * 1024 * 1024))
+        if removed:
+            log.info("async tasks: %d oldest finished tasks deleted to stay within the disk caps", removed)
+        return removed
+
+    def has_room(self) -> bool:
+        settings = self._services.settings
+        return self.store.room_for_more(settings.task_max_count, int(settings.task_max_mb * 1024 * 1024))
+
     async def _purge_when_due(self) -> None:
         if time.monotonic() >= self._next_purge:
             self._next_purge = time.monotonic() + RETENTION_CHECK_SECONDS
             await run_in_threadpool(self.purge_expired)
+            await run_in_threadpool(self.enforce_caps)
 
     async def _run_forever(self) -> None:
         while True:
@@ -157,6 +179,7 @@ class TaskRunner:
         try:
             result = await generation
             await run_in_threadpool(self.store.finish, task.id, result)
+            await run_in_threadpool(self.enforce_caps)
         except asyncio.CancelledError:
             self._after_cancel(task.id, generation)
         except ApiError as exc:  # the request itself was bad, or the engine refused it
@@ -172,7 +195,7 @@ class TaskRunner:
         """A failed task: its status and error in the store, the metrics' error count, the audit log."""
         self.store.fail(task.id, error)
         self._services.metrics.count_error(error_type, status)
-        context = RequestContext(caller=task.owner or "anonymous", priority=task.tier, task_id=task.id)
+        context = RequestContext(caller=task.owner_name, priority=task.tier, task_id=task.id, owner=task.owner)
         await self._services.serving.audit_failure(task.type, task.params, context, error)
 
     def _notify(self, task: TaskRecord, result: Optional[dict[str, Any]]) -> None:
@@ -180,9 +203,13 @@ class TaskRunner:
         finished = self.store.get(task.id)
         if not task.callback_url or finished is None or finished.status not in (DONE, FAILED):
             return
+        policy = callback_policy(self._services.settings.callback_allow, task.owner)
+        if policy is None:
+            log.warning("callback for task %s skipped: callbacks are no longer allowed for its owner", task.id)
+            return
         files = callback_files(task.id, result_entries(result)) if result else []
         thread = threading.Thread(
-            target=post_callback, args=(task.callback_url, task.id, finished.status, files),
+            target=post_callback, args=(task.callback_url, task.id, finished.status, files, policy),
             name=f"callback {task.id}", daemon=True,
         )
         thread.start()
@@ -201,7 +228,7 @@ class TaskRunner:
 
         run = run_txt2img if task.type == "txt2img" else run_img2img
         request = REQUEST_TYPES[task.type].model_validate(task.params)
-        context = RequestContext(caller=task.owner or "anonymous", priority=task.tier, task_id=task.id)
+        context = RequestContext(caller=task.owner_name, priority=task.tier, task_id=task.id, owner=task.owner)
         return await run(request, self._services, guarded=False, context=context)
 
 
@@ -231,15 +258,16 @@ def task_params(body: Union[QueueTxt2ImgRequest, QueueImg2ImgRequest]) -> dict[s
 
 
 def enqueue(task_type: str, body: Any, http: Request, runner: TaskRunner) -> dict[str, str]:
-    """Check and persist a task: guards and the callback URL are refused now, not when it runs."""
+    """Check and persist a task: guards, the callback URL and the store's caps are refused
+    now, not when it runs."""
+    caller = request_caller(http)
     if body.callback_url:
-        try:
-            check_callback_url(body.callback_url)
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from exc
+        check_callback_url(body.callback_url, runner.services.settings.callback_allow, caller.identity)
     runner.services.serving.check(body)
+    if not runner.has_room():
+        raise ServiceUnavailable("The async task store is full (--task-max-count / --task-max-mb); try again later")
     context = request_context(http, body.priority)
-    task = runner.store.create(task_type, task_params(body), body.callback_url, tier=context.priority, owner=context.caller)
+    task = runner.store.create(task_type, task_params(body), body.callback_url, tier=context.priority, owner=context.owner)
     runner.wake()
     return {"task_id": task.id}
 
@@ -259,12 +287,20 @@ async def queue_img2img(body: QueueImg2ImgRequest, http: Request, runner: TaskRu
 # reading ---------------------------------------------------------------------------------------
 
 
-def task_view(task: TaskRecord, runner: TaskRunner) -> dict[str, Any]:
-    """agent-scheduler's TaskModel fields; `result` holds the error text of a failed task."""
+def owned_task(runner: TaskRunner, task_id: str, caller: Caller) -> TaskRecord | None:
+    """The task when it exists and `caller` may see it; None otherwise (the same answer, so
+    another caller's task ids cannot be probed)."""
+    task = runner.store.get(task_id)
+    return task if task is not None and caller.owns(task.owner) else None
+
+
+def task_view(task: TaskRecord, runner: TaskRunner, listing: bool = False) -> dict[str, Any]:
+    """agent-scheduler's TaskModel fields; `result` holds the error text of a failed task.
+    In a listing the parameters come without image data and the callback URL is left out."""
     return {
-        "id": task.id, "api_task_id": None, "api_task_callback": task.callback_url, "name": None,
-        "type": task.type, "status": task.status, "params": task.params, "priority": task.priority,
-        "position": runner.store.position(task), "result": task.error, "bookmarked": False,
+        "id": task.id, "api_task_id": None, "api_task_callback": None if listing else task.callback_url, "name": None,
+        "type": task.type, "status": task.status, "params": scrub(task.params) if listing else task.params,
+        "priority": task.priority, "position": runner.store.position(task), "result": task.error, "bookmarked": False,
         "created_at": _iso(task.created_at), "updated_at": _iso(task.updated_at),
     }
 
@@ -276,36 +312,50 @@ def _iso(timestamp: float) -> str:
 
 
 @router.get(f"{PREFIX}/queue")
-async def queue_status(limit: int = 20, offset: int = 0, runner: TaskRunner = Depends(get_runner)) -> dict[str, Any]:
-    pending = runner.store.pending(limit=limit, offset=offset)
+async def queue_status(
+    limit: int = 20, offset: int = 0, runner: TaskRunner = Depends(get_runner), caller: Caller = Depends(request_caller),
+) -> dict[str, Any]:
+    """The pending line, a page of at most MAX_PAGE tasks; a caller sees only its own tasks
+    (and the running one only when it is its own) unless it may see all."""
+    owner = None if caller.sees_all_tasks else caller.identity
+    page = min(max(limit, 0), MAX_PAGE)
+    pending = runner.store.pending(limit=page, offset=min(max(offset, 0), 2**62), owner=owner)
+    current = runner.current_task_id
+    if current is not None and owned_task(runner, current, caller) is None:
+        current = None
     return {
-        "current_task_id": runner.current_task_id,
-        "pending_tasks": [task_view(task, runner) for task in pending],
-        "total_pending_tasks": runner.store.count(PENDING),
+        "current_task_id": current,
+        "pending_tasks": [task_view(task, runner, listing=True) for task in pending],
+        "total_pending_tasks": runner.store.count(PENDING, owner=owner),
         "paused": False,
     }
 
 
 @router.get(PREFIX + "/task/{task_id}")
-async def get_task(task_id: str, runner: TaskRunner = Depends(get_runner)) -> dict[str, Any]:
-    task = runner.store.get(task_id)
+async def get_task(task_id: str, runner: TaskRunner = Depends(get_runner), caller: Caller = Depends(request_caller)) -> dict[str, Any]:
+    task = owned_task(runner, task_id, caller)
     return {"success": True, "data": task_view(task, runner)} if task else NOT_FOUND
 
 
 @router.get(PREFIX + "/task/{task_id}/position")
-async def get_position(task_id: str, runner: TaskRunner = Depends(get_runner)) -> dict[str, Any]:
-    task = runner.store.get(task_id)
+async def get_position(
+    task_id: str, runner: TaskRunner = Depends(get_runner), caller: Caller = Depends(request_caller),
+) -> dict[str, Any]:
+    task = owned_task(runner, task_id, caller)
     if task is None:
         return NOT_FOUND
     return {"success": True, "data": {"status": task.status, "position": runner.store.position(task)}}
 
 
 @router.get(PREFIX + "/task/{task_id}/events")
-async def task_events(task_id: str, interval: float = 0.5, runner: TaskRunner = Depends(get_runner)) -> Any:
+async def task_events(
+    task_id: str, interval: float = 0.5, runner: TaskRunner = Depends(get_runner),
+    caller: Caller = Depends(request_caller),
+) -> Any:
     """Server-Sent Events: `status` on every status change (with the queue position), `progress`
     while the task runs (A1111's /progress fields, without the preview image), and a final
     `done` event once the task is finished (or deleted); then the stream ends."""
-    if runner.store.get(task_id) is None:
+    if owned_task(runner, task_id, caller) is None:
         return NOT_FOUND
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # nginx: do not buffer the stream
     stream = task_event_stream(task_id, runner, min(max(interval, 0.1), 10.0))
@@ -362,8 +412,10 @@ def running_progress(task_id: str, runner: TaskRunner) -> Optional[dict[str, Any
 
 @router.get(PREFIX + "/task/{task_id}/results")
 @router.get(PREFIX + "/results/{task_id}")
-async def get_results(task_id: str, zip: bool = False, runner: TaskRunner = Depends(get_runner)) -> Any:
-    task = runner.store.get(task_id)
+async def get_results(
+    task_id: str, zip: bool = False, runner: TaskRunner = Depends(get_runner), caller: Caller = Depends(request_caller),
+) -> Any:
+    task = owned_task(runner, task_id, caller)
     if task is None:
         return NOT_FOUND
     if task.status != DONE:
@@ -380,9 +432,11 @@ async def get_results(task_id: str, zip: bool = False, runner: TaskRunner = Depe
 
 @router.delete(PREFIX + "/task/{task_id}")
 @router.post(PREFIX + "/delete/{task_id}")
-async def delete_task(task_id: str, runner: TaskRunner = Depends(get_runner)) -> dict[str, Any]:
+async def delete_task(
+    task_id: str, runner: TaskRunner = Depends(get_runner), caller: Caller = Depends(request_caller),
+) -> dict[str, Any]:
     """agent-scheduler's semantics: the running task is interrupted, any other one deleted."""
-    task = runner.store.get(task_id)
+    task = owned_task(runner, task_id, caller)
     if task is None:
         return NOT_FOUND
     if task.status == RUNNING and runner.interrupt(task_id):
