@@ -25,7 +25,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 PENDING, RUNNING, DONE, FAILED, INTERRUPTED = "pending", "running", "done", "failed", "interrupted"
 STATUSES = (PENDING, RUNNING, DONE, FAILED, INTERRUPTED)
@@ -65,8 +65,8 @@ class TaskRecord:
     status: str
     priority: int
     attempts: int
-    callback_url: Optional[str]
-    error: Optional[str]
+    callback_url: str | None
+    error: str | None
     created_at: float
     updated_at: float
     owner: str | None = None  # the caller identity that queued it ("key:alice", "user:bob", "ip:...")
@@ -130,8 +130,8 @@ class TaskStore:
     # writing -------------------------------------------------------------------------
 
     def create(
-        self, task_type: str, params: dict[str, Any], callback_url: Optional[str] = None,
-        tier: int = NORMAL_TIER, owner: Optional[str] = None,
+        self, task_type: str, params: dict[str, Any], callback_url: str | None = None,
+        tier: int = NORMAL_TIER, owner: str | None = None,
     ) -> TaskRecord:
         """Persist a new pending task. Its priority is its creation time in ms (FIFO, like
         agent-scheduler), shifted by TIER_SPAN per scheduler-priority step away from normal,
@@ -148,7 +148,7 @@ class TaskStore:
         )
         return self.get(task_id)
 
-    def _set(self, task_id: str, status: str, error: Optional[str] = None, attempts_delta: int = 0) -> None:
+    def _set(self, task_id: str, status: str, error: str | None = None, attempts_delta: int = 0) -> None:
         self._execute(
             "UPDATE tasks SET status = ?, error = ?, attempts = attempts + ?, updated_at = ? WHERE id = ?",
             (status, error, attempts_delta, time.time(), task_id),
@@ -187,7 +187,7 @@ class TaskStore:
         self.result_path(task_id).unlink(missing_ok=True)
         return True
 
-    def purge_finished(self, older_than_seconds: float, now: Optional[float] = None) -> int:
+    def purge_finished(self, older_than_seconds: float, now: float | None = None) -> int:
         """Retention: delete finished tasks (and their result files) last updated before the cutoff."""
         cutoff = (time.time() if now is None else now) - older_than_seconds
         marks = ",".join("?" * len(FINISHED))
@@ -215,7 +215,8 @@ class TaskStore:
 
     def room_for_more(self, max_count: int, max_bytes: int) -> bool:
         """Whether another task may be queued: the pending ones alone stay under both caps."""
-        count, size = self._execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM tasks WHERE status = ?", (PENDING,))[0]
+        query = "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM tasks WHERE status = ?"
+        count, size = self._execute(query, (PENDING,))[0]
         return (max_count <= 0 or count < max_count) and (max_bytes <= 0 or size < max_bytes)
 
     def recover(self) -> RecoveryReport:
@@ -230,11 +231,11 @@ class TaskStore:
 
     # reading -------------------------------------------------------------------------
 
-    def get(self, task_id: str) -> Optional[TaskRecord]:
+    def get(self, task_id: str) -> TaskRecord | None:
         rows = self._execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,))
         return TaskRecord.from_row(rows[0]) if rows else None
 
-    def next_pending(self) -> Optional[TaskRecord]:
+    def next_pending(self) -> TaskRecord | None:
         pending = self.pending(limit=1)
         return pending[0] if pending else None
 
@@ -251,7 +252,7 @@ class TaskStore:
         mine, args = _owner_filter(owner)
         return self._execute(f"SELECT COUNT(*) FROM tasks WHERE status = ?{mine}", (status, *args))[0][0]
 
-    def position(self, task: TaskRecord) -> Optional[int]:
+    def position(self, task: TaskRecord) -> int | None:
         """0-based place in the pending line, None when the task is not pending."""
         if task.status != PENDING:
             return None
@@ -266,7 +267,7 @@ class TaskStore:
             raise ValueError(f"task ids are UUIDs, got {task_id!r}")
         return self.results_dir / f"{task_id}.json"
 
-    def result(self, task_id: str) -> Optional[dict[str, Any]]:
+    def result(self, task_id: str) -> dict[str, Any] | None:
         path = self.result_path(task_id)
         return json.loads(path.read_text()) if path.is_file() else None
 

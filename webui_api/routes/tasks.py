@@ -267,7 +267,8 @@ def enqueue(task_type: str, body: Any, http: Request, runner: TaskRunner) -> dic
     if not runner.has_room():
         raise ServiceUnavailable("The async task store is full (--task-max-count / --task-max-mb); try again later")
     context = request_context(http, body.priority)
-    task = runner.store.create(task_type, task_params(body), body.callback_url, tier=context.priority, owner=context.owner)
+    params = task_params(body)
+    task = runner.store.create(task_type, params, body.callback_url, tier=context.priority, owner=context.owner)
     runner.wake()
     return {"task_id": task.id}
 
@@ -313,7 +314,8 @@ def _iso(timestamp: float) -> str:
 
 @router.get(f"{PREFIX}/queue")
 async def queue_status(
-    limit: int = 20, offset: int = 0, runner: TaskRunner = Depends(get_runner), caller: Caller = Depends(request_caller),
+    limit: int = 20, offset: int = 0, runner: TaskRunner = Depends(get_runner),
+    caller: Caller = Depends(request_caller),
 ) -> dict[str, Any]:
     """The pending line, a page of at most MAX_PAGE tasks; a caller sees only its own tasks
     (and the running one only when it is its own) unless it may see all."""
@@ -332,7 +334,9 @@ async def queue_status(
 
 
 @router.get(PREFIX + "/task/{task_id}")
-async def get_task(task_id: str, runner: TaskRunner = Depends(get_runner), caller: Caller = Depends(request_caller)) -> dict[str, Any]:
+async def get_task(
+    task_id: str, runner: TaskRunner = Depends(get_runner), caller: Caller = Depends(request_caller),
+) -> dict[str, Any]:
     task = owned_task(runner, task_id, caller)
     return {"success": True, "data": task_view(task, runner)} if task else NOT_FOUND
 
