@@ -22,6 +22,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from starlette.requests import HTTPConnection
 
 from .errors import ApiError, Unauthorized
 from .serving.audit import request_entry
@@ -79,7 +80,7 @@ def credentials_match(user: str, password: str, allowed: tuple[tuple[str, str], 
     return found
 
 
-def presented_key(request: Request) -> str | None:
+def presented_key(request: HTTPConnection) -> str | None:
     """`Authorization: Bearer <key>` or `X-API-Key: <key>`; None when neither is sent."""
     scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
@@ -87,11 +88,11 @@ def presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key") or None
 
 
-def client_address(request: Request) -> str:
+def client_address(request: HTTPConnection) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def identify(request: Request, gate: Gate) -> Caller:
+def identify(request: HTTPConnection, gate: Gate) -> Caller:
     """The caller behind a request, or Unauthorized. A key wins when one is presented."""
     anonymous = Caller(name="anonymous", identity=f"ip:{client_address(request)}")
     if not gate.enabled:
@@ -110,13 +111,14 @@ def identify(request: Request, gate: Gate) -> Caller:
     return Caller(name=user, identity=f"user:{user}", sees_all_tasks=False)
 
 
-def route_template(request: Request) -> str:
+def route_template(request: HTTPConnection) -> str:
     """The matched route's template ('/agent-scheduler/v1/task/{task_id}'), else the path."""
     return getattr(request.scope.get("route"), "path", request.url.path)
 
 
-def require_api_auth(request: Request) -> None:
-    """FastAPI dependency on every API router, so no route can skip it: authenticate, authorise
+def require_api_auth(request: HTTPConnection) -> None:
+    """FastAPI dependency on every API router (HTTP and WebSocket routes alike, hence the
+    HTTPConnection), so no route can skip it: authenticate, authorise
     the route's group, count submissions against the rate limit, and leave the caller and its
     serving context (identity, priority) on the request for the route, the audit and metrics.
     Open (anonymous, unlimited) when nothing is configured."""
@@ -128,16 +130,16 @@ def require_api_auth(request: Request) -> None:
     group = route_group(route_path)
     if group not in caller.groups:
         raise Forbidden(f"The key {caller.name!r} may not call {group!r} routes; it may call {sorted(caller.groups)}")
-    if is_submission(route_path, request.method):
+    if is_submission(route_path, request.scope.get("method", "GET")):
         gate.limiter.check(caller.identity, caller.name, caller.rate_limit or gate.default_rate_limit)
 
 
-def request_caller(request: Request) -> Caller:
+def request_caller(request: HTTPConnection) -> Caller:
     """The caller `require_api_auth` resolved (anonymous for routes outside the API routers)."""
     return getattr(request.state, "caller", None) or Caller(name="anonymous", identity=f"ip:{client_address(request)}")
 
 
-def request_context(request: Request, requested_priority: Any = None) -> RequestContext:
+def request_context(request: HTTPConnection, requested_priority: Any = None) -> RequestContext:
     """The serving context of a request: its caller and its priority, from the X-Priority
     header (or a body field the route passes), capped by the caller's tier. One per request:
     the audit of unrecorded work (`record_work`) reads what the route's hooks filled in."""

@@ -12,8 +12,8 @@ finished tasks and `max_bytes` of requests plus results remain, and `room_for_mo
 queue route when pending tasks alone fill the store. Each task belongs to its `owner` (the
 caller identity that queued it); the listing methods filter by owner when asked to.
 
-Only the standard library: `sqlite3` with one connection guarded by a lock, because the event
-loop and the thread that writes result files both use it.
+Only the standard library (and the project's path rule): `sqlite3` with one connection
+guarded by a lock, because the event loop and the thread that writes result files both use it.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .paths import resolve_inside
 
 PENDING, RUNNING, DONE, FAILED, INTERRUPTED = "pending", "running", "done", "failed", "interrupted"
 STATUSES = (PENDING, RUNNING, DONE, FAILED, INTERRUPTED)
@@ -265,7 +267,7 @@ class TaskStore:
     def result_path(self, task_id: str) -> Path:
         if not _is_uuid(task_id):
             raise ValueError(f"task ids are UUIDs, got {task_id!r}")
-        return self.results_dir / f"{task_id}.json"
+        return resolve_inside(self.results_dir, f"{task_id}.json", what="task result")
 
     def result(self, task_id: str) -> dict[str, Any] | None:
         path = self.result_path(task_id)
