@@ -124,3 +124,24 @@ def test_v1_controlnet_generation_is_audited_as_its_caller(keyed, tmp_path):
     assert len(lines) == 1 and lines[0]["caller"] == "painter" and lines[0]["route"] == "txt2img"
     assert lines[0]["images_sha256"] and lines[0]["params"]["prompt"] == "a house"
     shutil.rmtree(tmp_path / "models")
+
+
+def test_work_runs_at_the_callers_tier_on_every_work_route(make_client, tmp_path):
+    keys = tmp_path / "keys.yaml"
+    keys.write_text("keys:\n  - {name: slow, key: slow-secret, tier: low}\n")
+    client = make_client(api_keys_file=keys)
+    scheduler = client.app.state.services.scheduler
+    seen: list[int] = []
+    original = scheduler.run
+
+    async def spying_run(item, priority=10, **kwargs):
+        seen.append(priority)
+        return await original(item, priority, **kwargs)
+
+    scheduler.run = spying_run
+    headers = bearer("slow-secret")
+    assert client.post("/sdapi/v1/extra-single-image", headers=headers,
+                       json={"image": b64_png(pattern_image()), "upscaling_resize": 1}).status_code == 200
+    assert client.post("/sdapi/v1/txt2img", headers=headers,
+                       json={"prompt": "x", "steps": 1, "width": 64, "height": 64}).status_code == 200
+    assert seen == [20, 20]
