@@ -164,3 +164,12 @@ def test_queueing_refuses_a_loopback_callback_by_default_and_accepts_it_when_all
     allowed = make_client(callback_allow=("127.0.0.0/8",))
     accepted = allowed.post(f"{PREFIX}/queue/txt2img", json=webuiapi_txt2img(steps=1, callback_url=url_of_itself))
     assert accepted.status_code == 200
+
+
+def test_the_allow_list_flag_is_checked_at_start(tmp_path):
+    from webui_api.cli import parse_args
+
+    settings, _ = parse_args(["--data-dir", str(tmp_path), "--callback-allow", "10.0.0.0/8, hooks.internal,public"])
+    assert settings.callback_allow == ("10.0.0.0/8", "hooks.internal", "public")
+    with pytest.raises(ValueError, match="callback-allow"):
+        parse_args(["--data-dir", str(tmp_path), "--callback-allow", "http://hooks.internal/"])
