@@ -127,3 +127,23 @@ def test_post_options_refuses_an_unknown_vae_and_later_requests_still_work(clien
     assert client.get("/sdapi/v1/options").json()["sd_vae"] == "Automatic"
     assert client.post("/sdapi/v1/options", json={"sd_vae": "None"}).status_code == 200
     assert client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img()).status_code == 200
+
+
+@pytest.mark.parametrize(("pattern", "prompt"), [
+    ("[prompt_spaces]", "../../../../../escape"),
+    ("[prompt]", "..\\..\\..\\escape"),
+    ("[datetime<../../../%Y>]", "cat"),
+    ("[hasprompt<../../x|../../y>]", "cat"),
+])
+def test_tag_values_cannot_climb_out_of_the_folder(client, tmp_path, pattern, prompt):
+    before = _files(tmp_path.parent)
+    payload = webuiapi_txt2img(prompt=prompt, save_images=True,
+                               override_settings={"samples_filename_pattern": pattern, "save_to_dirs": False})
+    status = client.post("/sdapi/v1/txt2img", json=payload).status_code
+    written = _files(tmp_path.parent) - before
+    folder = tmp_path / "outputs" / "txt2img-images"
+    assert all(folder in path.parents for path in written)
+    if ".." in pattern:  # ".." in the pattern's own text: refused before any work
+        assert status == 400 and not written
+    else:  # ".." only in the values the tags fill in: sanitised into one file name in the folder
+        assert status == 200 and [path.parent for path in written] == [folder]
