@@ -148,7 +148,9 @@ class TaskStore:
             f"INSERT INTO tasks ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, 0, ?, NULL, ?, ?, ?, ?)",
             (task_id, task_type, stored, PENDING, priority, callback_url, now, now, owner, len(stored.encode())),
         )
-        return self.get(task_id)
+        created = self.get(task_id)
+        assert created is not None  # just inserted under the same connection
+        return created
 
     def _set(self, task_id: str, status: str, error: str | None = None, attempts_delta: int = 0) -> None:
         self._execute(
