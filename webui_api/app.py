@@ -222,7 +222,7 @@ def _install_middleware(app: FastAPI, settings: Settings) -> None:
         except Exception as exc:  # the last line of defence: A1111's body, the traceback in the log
             response = _unexpected_error(request, exc)
         duration = time.perf_counter() - started
-        record_work(request, response.status_code, duration)  # metrics by route group; audit of unrecorded work
+        await record_work(request, response.status_code, duration)  # metrics by route group; audit of unrecorded work
         response.headers["X-Process-Time"] = f"{duration:.4f}"
         if settings.api_log and request.url.path.startswith("/sdapi"):
             _log_request(request, response.status_code, duration)

@@ -13,6 +13,7 @@ Every API route depends on `require_api_auth`: it resolves the `Caller` (kept on
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import secrets
@@ -152,7 +153,7 @@ def request_context(request: HTTPConnection, requested_priority: Any = None) -> 
     return context
 
 
-def record_work(request: Request, status: int, duration: float) -> None:
+async def record_work(request: Request, status: int, duration: float) -> None:
     """After every API response: count it by route group in /metrics, and audit a submission
     of work that wrote no generation entry of its own (refused ones included), so no work
     route can escape the audit log. Called by the app's outermost HTTP middleware."""
@@ -163,7 +164,8 @@ def record_work(request: Request, status: int, duration: float) -> None:
     route_path = route_template(request)
     services.metrics.count_request(route_group(route_path), status)
     if is_submission(route_path, request.method) and not context.audited:
-        services.serving.audit.write(request_entry(context.caller, request.method, route_path, status, duration))
+        entry = request_entry(context.caller, request.method, route_path, status, duration)
+        await asyncio.to_thread(services.serving.audit.write, entry)
 
 
 def build_gate(settings: Settings) -> Gate:
