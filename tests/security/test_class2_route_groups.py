@@ -145,3 +145,13 @@ def test_work_runs_at_the_callers_tier_on_every_work_route(make_client, tmp_path
     assert client.post("/sdapi/v1/txt2img", headers=headers,
                        json={"prompt": "x", "steps": 1, "width": 64, "height": 64}).status_code == 200
     assert seen == [20, 20]
+
+
+def test_refused_submissions_are_audited_with_their_caller(keyed):
+    client, audit = keyed()
+    assert client.post("/sdapi/v1/txt2img", json={"steps": "many"}, headers=bearer("painter-secret")).status_code == 422
+    assert client.post("/v1/controlnet", json=_endpoint_payload(), headers=bearer("browser-secret")).status_code == 403
+    assert client.get("/sdapi/v1/samplers", headers=bearer("browser-secret")).status_code == 200  # reads: not audited
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [(line["caller"], line["route"], line["http_status"]) for line in lines] == [
+        ("painter", "/sdapi/v1/txt2img", 422), ("browser", "/v1/controlnet", 403)]
