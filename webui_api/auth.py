@@ -158,14 +158,14 @@ async def record_work(request: Request, status: int, duration: float) -> None:
     of work that wrote no generation entry of its own (refused ones included), so no work
     route can escape the audit log. Called by the app's outermost HTTP middleware."""
     context: RequestContext | None = getattr(request.state, "serving_context", None)
-    services = getattr(request.app.state, "services", None)
-    if context is None or services is None:
+    runtime = getattr(request.app.state, "runtime", None)
+    if context is None or runtime is None:
         return  # not an API route (health, docs) or the app is not started
     route_path = route_template(request)
-    services.metrics.count_request(route_group(route_path), status)
+    runtime.metrics.count_request(route_group(route_path), status)
     if is_submission(route_path, request.method) and not context.audited:
         entry = request_entry(context.caller, request.method, route_path, status, duration)
-        await asyncio.to_thread(services.serving.audit.write, entry)
+        await asyncio.to_thread(runtime.serving.audit.write, entry)
 
 
 def build_gate(settings: Settings) -> Gate:

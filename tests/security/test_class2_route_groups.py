@@ -28,10 +28,10 @@ NON_WORK_POSTS = {"/sdapi/v1/options", "/sdapi/v1/interrupt", "/sdapi/v1/skip", 
 
 
 def _all_routes(engine, tmp_path):
+    from tests.factories import settings_for_tests
     from webui_api.app import create_app
-    from webui_api.settings import Settings
 
-    app = create_app(Settings.for_tests(tmp_path, api_server_stop=True), engine=engine)
+    app = create_app(settings_for_tests(tmp_path, api_server_stop=True), engine=engine)
     routes = list(app_routes(app))
     assert len(routes) > 50  # the whole A1111 surface, not just FastAPI's own docs routes
     return routes
@@ -130,7 +130,7 @@ def test_work_runs_at_the_callers_tier_on_every_work_route(make_client, tmp_path
     keys = tmp_path / "keys.yaml"
     keys.write_text("keys:\n  - {name: slow, key: slow-secret, tier: low}\n")
     client = make_client(api_keys_file=keys)
-    scheduler = client.app.state.services.scheduler
+    scheduler = client.app.state.runtime.scheduler
     seen: list[int] = []
     original = scheduler.run
 

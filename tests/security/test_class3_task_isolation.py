@@ -61,7 +61,7 @@ def test_another_key_cannot_read_follow_or_delete_a_task(shared):
 def test_the_queue_lists_only_the_callers_own_tasks(shared):
     from tests.test_scheduler_guards import hold_worker
 
-    blocker = hold_worker(shared.app.state.services.scheduler)
+    blocker = hold_worker(shared.app.state.runtime.scheduler)
     try:
         mine = {_queue(shared, ALICE, callback_url="http://127.0.0.1:9/x?token=SECRET") for _ in range(2)}
         theirs = _queue(shared, MALLORY)

@@ -51,7 +51,7 @@ def test_the_byte_cap_deletes_until_the_store_fits(tmp_path):
 
 def test_a_full_store_refuses_new_tasks_with_503(make_client):
     client = make_client(task_max_count=2)
-    blocker = hold_worker(client.app.state.services.scheduler)
+    blocker = hold_worker(client.app.state.runtime.scheduler)
     try:
         codes = [client.post(f"{PREFIX}/queue/txt2img", json=webuiapi_txt2img(steps=1)).status_code for _ in range(4)]
     finally:
@@ -79,7 +79,7 @@ def test_queue_pages_are_bounded_and_carry_no_image_data(make_client):
     client = make_client()
     image = b64_png(pattern_image())
     store = client.app.state.task_runner.store
-    blocker = hold_worker(client.app.state.services.scheduler)
+    blocker = hold_worker(client.app.state.runtime.scheduler)
     try:
         for _ in range(3):
             store.create("img2img", {"prompt": "p", "init_images": [image], "callback_url": None})

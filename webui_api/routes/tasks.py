@@ -1,14 +1,13 @@
-"""Async tasks at agent-scheduler's routes (`/agent-scheduler/v1/*`), and the runner behind them.
+"""Async tasks at agent-scheduler's routes (`/agent-scheduler/v1/*`).
 
 Clients that cannot hold an HTTP request open for a whole generation (proxies cut them off)
 queue a task, get `{"task_id"}` at once, and poll. Answers follow the agent-scheduler
 extension: `{"success": true, "data": ...}`, and an unknown id is `{"success": false,
 "message": "Task not found"}` with HTTP 200, like the extension (clients test `success`).
 
-The `TaskRunner` feeds persisted tasks to the scheduler one at a time, through the same
-`run_txt2img` / `run_img2img` as the synchronous routes, so a task's images equal a
-synchronous request's. It also applies the retention policy: finished tasks older than
---task-retention-hours are deleted with their result files, at start and then hourly.
+The runner behind them (webui_api.generation.task_runner) runs persisted tasks through the
+same generation layer as the synchronous routes, so a task's images equal a synchronous
+request's.
 
 Per-task progress streams as Server-Sent Events from `/task/{id}/events`.
 
@@ -24,8 +23,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
-import threading
 import time
 import zipfile
 from typing import Any, AsyncIterator, Optional, Union
@@ -35,23 +32,18 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from ..auth import request_caller, request_context
-from ..errors import ApiError, BadRequest, ServiceUnavailable
+from ..errors import BadRequest, ServiceUnavailable
+from ..generation.task_runner import TaskRunner, callback_files, result_entries
 from ..schemas.generation import Img2ImgRequest, Txt2ImgRequest
-from ..services import Services
 from ..serving.audit import scrub
-from ..serving.context import RequestContext
 from ..serving.keys import Caller
-from ..task_callback import CallbackFile, callback_policy, check_callback_url, post_callback
-from ..tasks import DONE, FAILED, FINISHED, PENDING, RUNNING, TaskRecord, TaskStore
+from ..task_callback import check_callback_url
+from ..tasks import DONE, FINISHED, PENDING, RUNNING, TaskRecord
 from . import api_router
-
-log = logging.getLogger(__name__)
 
 router = api_router()
 PREFIX = "/agent-scheduler/v1"
-IDLE_POLL_SECONDS = 1.0  # the runner also wakes at once when a task is queued
 NOT_FOUND = {"success": False, "message": "Task not found"}
-RETENTION_CHECK_SECONDS = 3600.0
 SSE_KEEPALIVE_SECONDS = 15.0
 MAX_PAGE = 100  # tasks per /queue answer, whatever `limit` asks
 _QUEUE_EXTRAS = {"checkpoint", "vae", "callback_url", "priority"}
@@ -73,169 +65,6 @@ class QueueImg2ImgRequest(Img2ImgRequest):
     vae: Optional[str] = None
     callback_url: Optional[str] = None
     priority: Optional[Union[int, str]] = None
-
-
-REQUEST_TYPES = {"txt2img": Txt2ImgRequest, "img2img": Img2ImgRequest}
-
-
-# the runner ---------------------------------------------------------------------------------
-
-
-class TaskRunner:
-    """Runs pending tasks in order on the event loop; the device work itself is the scheduler's."""
-
-    def __init__(self, store: TaskStore, services: Services) -> None:
-        self.store = store
-        self._services = services
-        self._wake = asyncio.Event()
-        self._loop_task: Optional[asyncio.Task] = None
-        self._current: Optional[tuple[str, asyncio.Task]] = None  # (task id, its generation)
-        self._stopping = False
-        self._next_purge = 0.0  # monotonic time of the next retention pass
-
-    @property
-    def services(self) -> Services:
-        return self._services
-
-    @property
-    def current_task_id(self) -> Optional[str]:
-        return self._current[0] if self._current else None
-
-    def start(self) -> None:
-        """Recover what a crash left, purge expired results, then run the line."""
-        report = self.store.recover()
-        if report.requeued or report.failed:
-            log.warning("async tasks after restart: %d re-queued, %d failed (died twice)", report.requeued, report.failed)
-        self._loop_task = asyncio.create_task(self._run_forever(), name="agent-scheduler runner")
-        self._loop_task.add_done_callback(_report_crash)
-
-    async def stop(self) -> None:
-        """Stop taking tasks; a task cut short goes back to pending and runs at the next start."""
-        self._stopping = True
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            await asyncio.gather(self._loop_task, return_exceptions=True)
-        self.store.close()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def interrupt(self, task_id: str) -> bool:
-        """Stop the running task `task_id` (dropped if still queued in the scheduler, interrupted if on the device)."""
-        if self._current is None or self._current[0] != task_id:
-            return False
-        self._current[1].cancel()
-        return True
-
-    def purge_expired(self) -> int:
-        """Delete finished tasks older than --task-retention-hours (0 keeps them forever)."""
-        hours = self._services.settings.task_retention_hours
-        if not hours:
-            return 0
-        purged = self.store.purge_finished(hours * 3600.0)
-        if purged:
-            log.info("async tasks: %d finished tasks older than %g h purged with their results", purged, hours)
-        return purged
-
-    def enforce_caps(self) -> int:
-        """--task-max-count / --task-max-mb: the oldest finished tasks go first."""
-        settings = self._services.settings
-        removed = self.store.enforce_caps(settings.task_max_count, int(settings.task_max_mb * 1024 * 1024))
-        if removed:
-            log.info("async tasks: %d oldest finished tasks deleted to stay within the disk caps", removed)
-        return removed
-
-    def has_room(self) -> bool:
-        settings = self._services.settings
-        return self.store.room_for_more(settings.task_max_count, int(settings.task_max_mb * 1024 * 1024))
-
-    async def _purge_when_due(self) -> None:
-        if time.monotonic() >= self._next_purge:
-            self._next_purge = time.monotonic() + RETENTION_CHECK_SECONDS
-            await run_in_threadpool(self.purge_expired)
-            await run_in_threadpool(self.enforce_caps)
-
-    async def _run_forever(self) -> None:
-        while True:
-            await self._purge_when_due()
-            task = self.store.next_pending()
-            if task is None:
-                await self._sleep_until_woken()
-            else:
-                await self._run_one(task)
-
-    async def _sleep_until_woken(self) -> None:
-        self._wake.clear()
-        try:
-            await asyncio.wait_for(self._wake.wait(), IDLE_POLL_SECONDS)
-        except asyncio.TimeoutError:
-            return
-
-    async def _run_one(self, task: TaskRecord) -> None:
-        self.store.mark_running(task.id)
-        generation = asyncio.create_task(self._generate(task))
-        self._current = (task.id, generation)
-        result: Optional[dict[str, Any]] = None
-        try:
-            result = await generation
-            await run_in_threadpool(self.store.finish, task.id, result)
-            await run_in_threadpool(self.enforce_caps)
-        except asyncio.CancelledError:
-            self._after_cancel(task.id, generation)
-        except ApiError as exc:  # the request itself was bad, or the engine refused it
-            await self._record_failure(task, f"{type(exc).__name__}: {exc.detail}", type(exc).__name__, exc.status_code)
-        except Exception as exc:  # an engine bug: recorded on the task (and logged), the runner goes on
-            log.exception("async task %s failed", task.id)
-            await self._record_failure(task, f"{type(exc).__name__}: {exc}", type(exc).__name__, 500)
-        finally:
-            self._current = None
-        self._notify(task, result)
-
-    async def _record_failure(self, task: TaskRecord, error: str, error_type: str, status: int) -> None:
-        """A failed task: its status and error in the store, the metrics' error count, the audit log."""
-        self.store.fail(task.id, error)
-        self._services.metrics.count_error(error_type, status)
-        context = RequestContext(caller=task.owner_name, priority=task.tier, task_id=task.id, owner=task.owner)
-        await self._services.serving.audit_failure(task.type, task.params, context, error)
-
-    def _notify(self, task: TaskRecord, result: Optional[dict[str, Any]]) -> None:
-        """Fire the callback in a thread of its own: its retries must not hold up the next task."""
-        finished = self.store.get(task.id)
-        if not task.callback_url or finished is None or finished.status not in (DONE, FAILED):
-            return
-        policy = callback_policy(self._services.settings.callback_allow, task.owner)
-        if policy is None:
-            log.warning("callback for task %s skipped: callbacks are no longer allowed for its owner", task.id)
-            return
-        files = callback_files(task.id, result_entries(result)) if result else []
-        thread = threading.Thread(
-            target=post_callback, args=(task.callback_url, task.id, finished.status, files, policy),
-            name=f"callback {task.id}", daemon=True,
-        )
-        thread.start()
-
-    def _after_cancel(self, task_id: str, generation: asyncio.Task) -> None:
-        """Our own stop re-queues the task (and re-raises); a client's DELETE marks it interrupted."""
-        if self._stopping:
-            generation.cancel()
-            self.store.return_to_queue(task_id)
-            raise asyncio.CancelledError
-        self.store.interrupt(task_id)
-
-    async def _generate(self, task: TaskRecord) -> dict[str, Any]:
-        """The same work as the synchronous route, at the tier the task was queued with."""
-        from .generate import run_img2img, run_txt2img
-
-        run = run_txt2img if task.type == "txt2img" else run_img2img
-        request = REQUEST_TYPES[task.type].model_validate(task.params)
-        context = RequestContext(caller=task.owner_name, priority=task.tier, task_id=task.id, owner=task.owner)
-        return await run(request, self._services, guarded=False, context=context)
-
-
-def _report_crash(loop_task: asyncio.Task) -> None:
-    """The runner only ends by cancellation; anything else is a bug that must not pass silently."""
-    if not loop_task.cancelled() and loop_task.exception() is not None:
-        log.error("the async task runner stopped: %r; queued tasks wait for a restart", loop_task.exception())
 
 
 def get_runner(request: Request) -> TaskRunner:
@@ -262,8 +91,8 @@ def enqueue(task_type: str, body: Any, http: Request, runner: TaskRunner) -> dic
     now, not when it runs."""
     caller = request_caller(http)
     if body.callback_url:
-        check_callback_url(body.callback_url, runner.services.settings.callback_allow, caller.identity)
-    runner.services.serving.check(body)
+        check_callback_url(body.callback_url, runner.runtime.settings.callback_allow, caller.identity)
+    runner.runtime.serving.check(body)
     if not runner.has_room():
         raise ServiceUnavailable("The async task store is full (--task-max-count / --task-max-mb); try again later")
     context = request_context(http, body.priority)
@@ -405,7 +234,7 @@ def running_progress(task_id: str, runner: TaskRunner) -> Optional[dict[str, Any
     """Progress of the task when it is the one on the device; None otherwise."""
     if runner.current_task_id != task_id:
         return None
-    snapshot = runner.services.progress.snapshot(skip_current_image=True)
+    snapshot = runner.runtime.progress.snapshot(skip_current_image=True)
     state = snapshot.get("state") or {}
     return {
         "progress": snapshot.get("progress"), "eta_relative": snapshot.get("eta_relative"),
@@ -450,43 +279,6 @@ async def delete_task(
 
 
 # result formats --------------------------------------------------------------------------------
-
-_MIME_BY_BASE64_START = {"iVBOR": "image/png", "/9j/": "image/jpeg", "UklGR": "image/webp"}
-
-
-def mime_of(b64: str) -> str:
-    """The image type from the first bytes of its base64 (what samples_format produced)."""
-    for start, mime in _MIME_BY_BASE64_START.items():
-        if b64.startswith(start):
-            return mime
-    return "image/png"
-
-
-def result_entries(result: dict[str, Any]) -> list[dict[str, str]]:
-    """[{image: data URL, infotext}] like agent-scheduler (data-URL prefixed, unlike /sdapi)."""
-    info = json.loads(result.get("info") or "{}")
-    infotexts = info.get("infotexts") or []
-    images = result.get("images") or []
-    return [
-        {"image": f"data:{mime_of(b64)};base64,{b64}", "infotext": infotexts[i] if i < len(infotexts) else ""}
-        for i, b64 in enumerate(images)
-    ]
-
-
-def callback_files(task_id: str, entries: list[dict[str, str]]) -> list[CallbackFile]:
-    import base64
-
-    files = []
-    for index, entry in enumerate(entries):
-        header, _, b64 = entry["image"].partition(",")
-        mime = header[len("data:"):].split(";")[0]
-        files.append(CallbackFile(f"{task_id}-{index}.{_extension(mime)}", base64.b64decode(b64), mime))
-    return files
-
-
-def _extension(mime: str) -> str:
-    return mime.split("/")[1].replace("jpeg", "jpg")
-
 
 def zip_response(task_id: str, entries: list[dict[str, str]]) -> StreamingResponse:
     buffer = io.BytesIO()
