@@ -114,7 +114,8 @@ def build_runtime(settings: Settings, engine: Optional[Any] = None) -> Runtime:
     )
     metrics.track_queue_depth(lambda: scheduler.waiting_generations)
     serving = ServingHooks(
-        limits=settings.guards, metrics=metrics, audit=AuditLog(settings.audit_log, settings.audit), lifecycle=Lifecycle(),
+        limits=settings.guards, metrics=metrics, audit=AuditLog(settings.audit_log, settings.audit),
+        lifecycle=Lifecycle(),
         cache=ResultCache.from_settings(settings.data_dir, settings.result_cache_mb, settings.redis_url),
     )
     from .weights import WeightsFetcher
