@@ -20,7 +20,7 @@ from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse
 
 from . import __version__
-from .auth import add_cors, build_gate, exposure_warnings, protect_docs, record_work
+from .auth import add_cors, build_gate, exposure_warnings, protect_docs, record_work, unclassified_routes
 from .errors import ApiError
 from .options import OptionsStore
 from .progress import ProgressTracker
@@ -58,6 +58,8 @@ def create_app(settings: Settings, engine: Optional[Any] = None) -> FastAPI:
     _install_middleware(app, settings)
     _include_routes(app, settings)
     protect_docs(app, settings)
+    for path in unclassified_routes(app):
+        log.error("route %s is not in the route group table (serving/groups.py): only admin keys may call it", path)
     return app
 
 

@@ -42,6 +42,22 @@ def test_every_route_of_the_app_is_classified(engine, tmp_path):
     assert unclassified == [], "add these routes to webui_api/serving/groups.py ROUTES"
 
 
+def test_the_app_reports_an_unclassified_route(engine, tmp_path):
+    from fastapi import APIRouter
+
+    from tests.factories import settings_for_tests
+    from webui_api.app import create_app
+    from webui_api.auth import route_paths, unclassified_routes
+
+    app = create_app(settings_for_tests(tmp_path), engine=engine)
+    assert unclassified_routes(app) == [] and "/sdapi/v1/txt2img" in route_paths(app)
+    extra = APIRouter()
+    extra.add_api_route("/sdapi/v1/new-work", lambda: None, methods=["POST"])
+    app.include_router(extra)
+    assert unclassified_routes(app) == ["/sdapi/v1/new-work"]
+    assert classify("/sdapi/v1/new-work").group == "admin" and classify("/sdapi/v1/new-work").submission
+
+
 def test_every_api_route_has_the_auth_dependency(engine, tmp_path):
     from webui_api.auth import require_api_auth
 
