@@ -167,9 +167,10 @@ def deepdanbooru_state_dict(tags: list[str], base: int = 2) -> dict:
     assert len(specs) == 179
     sd: dict = {}
     for index, (in_ch, out_ch, kernel) in specs.items():
-        sd[f"n_Conv_{index}.weight"] = _rand(out_ch, in_ch, kernel, kernel, scale=0.5)
+        # fan-in scaled so 50 residual blocks neither blow up nor die: probabilities spread around 0.5
+        sd[f"n_Conv_{index}.weight"] = torch.randn(out_ch, in_ch, kernel, kernel) * 0.8 / (in_ch * kernel**2) ** 0.5
         if index != 178:
-            sd[f"n_Conv_{index}.bias"] = _rand(out_ch, scale=0.1)
+            sd[f"n_Conv_{index}.bias"] = _rand(out_ch, scale=0.05)
     sd["tags"] = list(tags)
     return sd
 
