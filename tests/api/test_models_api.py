@@ -215,3 +215,25 @@ def test_embeddings_listing_and_refresh(folder_client, data_dir):
         "loaded": {"tiny-style": {"step": 10, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": 64, "vectors": 2}},
         "skipped": {"sd15-style": {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": 768, "vectors": 1}},
     }
+
+
+def test_titles_from_other_installs_resolve_like_a1111(folder_client, data_dir):
+    """aiyabot POSTs a title before every generation; a title with another install's (or no) hash,
+    or a bare substring, finds the file as A1111's get_closet_checkpoint_match does."""
+    beta_sha = _sha(data_dir / "models" / "Stable-diffusion" / "sub" / "beta.safetensors")
+    for name in ("sub/beta.safetensors [0123456789]", "beta.safetensors [ffffffffff]", "beta"):
+        assert folder_client.post("/sdapi/v1/options", json={"sd_model_checkpoint": name}).status_code == 200, name
+        assert folder_client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == \
+            f"sub/beta.safetensors [{beta_sha[:10]}]"
+    stale = {**SMALL, "override_settings": {"sd_model_checkpoint": "alpha.safetensors [0000000000]"}}
+    info = json.loads(folder_client.post("/sdapi/v1/txt2img", json=stale).json()["info"])
+    assert info["sd_model_name"] == "alpha"
+
+
+def test_unknown_override_checkpoint_runs_on_the_selected_model(folder_client):
+    """A1111's process_images drops an override naming no checkpoint and answers 200."""
+    selected = folder_client.get("/sdapi/v1/options").json()["sd_model_checkpoint"]
+    payload = {**SMALL, "override_settings": {"sd_model_checkpoint": "elsewhere.safetensors [0123456789]"}}
+    response = folder_client.post("/sdapi/v1/txt2img", json=payload)
+    assert response.status_code == 200, response.text
+    assert json.loads(response.json()["info"])["sd_model_name"] == selected.split(".")[0]
