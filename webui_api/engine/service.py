@@ -656,8 +656,22 @@ class Engine:
         for index, image in enumerate(result.images):
             image.prompt = job.prompts[index]
         result.extra_generation_params.update(self.lora_infotext(networks, job.options))
+        result.extra_generation_params.update(self.ti_infotext(job))
         result.vae_name, result.vae_hash = self.vae_identity(choice)
         return result
+
+    def ti_infotext(self, job: GenerationJob) -> dict[str, str]:
+        """A1111's "TI hashes" for the embeddings the job's prompts (and hires prompts) use."""
+        from webui_api.engine.embeddings import ti_hashes_infotext, used_embeddings
+
+        model = self._active
+        if model is None or model.embeddings is None or not job.options.get("textual_inversion_add_hashes_to_infotext", True):
+            return {}
+        texts = [*job.prompts, *job.negative_prompts]
+        if job.hires is not None:
+            texts += [*job.hires.prompts, *job.hires.negative_prompts]
+        tokenizer = model.tokenizer if model.tokenizer is not None else model.tokenizer_2
+        return ti_hashes_infotext(used_embeddings(model.embeddings, tokenizer, texts))
 
     def _generate(
         self, run: Any, job: GenerationJob, observer: RunObserver, cancel: CancelToken,
