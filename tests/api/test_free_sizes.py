@@ -56,3 +56,10 @@ def test_free_size_hires_and_inpainting_answer_200(client):
                "mask": _png_b64((70, 45), (255, 255, 255)), "inpaint_full_res": True, "steps": 2}
     response = client.post("/sdapi/v1/img2img", json=inpaint)
     assert response.status_code == 200, response.text
+
+
+def test_openapi_shows_a1111_defaults_for_script_fields(client):
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    for name in ("Txt2ImgRequest", "Img2ImgRequest"):
+        properties = schemas[name]["properties"]
+        assert properties["script_args"]["default"] == [] and properties["alwayson_scripts"]["default"] == {}

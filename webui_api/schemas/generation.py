@@ -78,10 +78,10 @@ class GenerationRequest(LenientModel):
     comments: Optional[dict[str, Any]] = None
     sampler_index: Optional[str] = "Euler"
     script_name: Optional[str] = None
-    script_args: Optional[list[Any]] = Field(default_factory=list)
+    script_args: Optional[list[Any]] = Field(default=[])  # pydantic copies it per request; OpenAPI shows []
     send_images: Optional[bool] = True
     save_images: Optional[bool] = False
-    alwayson_scripts: Optional[dict[str, Any]] = Field(default_factory=dict)
+    alwayson_scripts: Optional[dict[str, Any]] = Field(default={})  # OpenAPI shows {} as A1111
     force_task_id: Optional[str] = None
     infotext: Optional[str] = None
 
