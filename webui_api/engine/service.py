@@ -560,10 +560,14 @@ class Engine:
         return name
 
     def load_networks(self, calls: list[NetworkCall]) -> list[LoadedNetwork]:
-        """Find and read every network a job names (404 / 400 before any weight changes)."""
+        """Find and read every network a job names (400 before any weight changes). A name
+        that matches no file is skipped with a warning: A1111 generates without it."""
         loaded = []
         for call in calls:
-            entry = self._networks.find(call.name)
+            entry = self._networks.lookup(call.name)
+            if entry is None:
+                log.warning("Networks not found: %s (generating without it, as A1111)", call.name)
+                continue
             state = self._networks.state_dict(entry, self.load_options.allow_unsafe_pickle)
             loaded.append(LoadedNetwork(call, entry, group_network_keys(state)))
         return loaded
