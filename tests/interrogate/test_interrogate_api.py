@@ -137,3 +137,32 @@ def test_tags_listed_in_model_order_match_the_file(interrogate_models):
 
     model = load_deepdanbooru(interrogate_models / "models" / "torch_deepdanbooru" / "model-resnet_custom_v3.pt")
     assert model.tags == TAGS
+
+
+def test_offline_missing_weights_name_the_fetch_command(client, tmp_path):
+    response = client.post("/sdapi/v1/interrogate", json={"image": png_b64(), "model": "deepdanbooru"})
+    assert response.status_code == 400
+    assert 'webui-api models fetch "deepdanbooru"' in response.json()["detail"]
+    assert not (tmp_path / "models" / "torch_deepdanbooru").exists()
+
+
+def test_missing_tagger_is_fetched_from_the_mirror_on_first_use(client, tmp_path, interrogate_models):
+    """A1111 downloads model-resnet_custom_v3.pt on first use; here from a loopback mirror,
+    sha256-checked, into models/torch_deepdanbooru, before the job is queued."""
+    from tests.weights.mirror import MirrorState, serve_mirror
+    from tests.weights.tiny_files import origin_path, pinned_to
+    from webui_api.weights import FetchPolicy, WeightFolders, WeightsFetcher, WeightsRegistry
+
+    data = (interrogate_models / "models" / "torch_deepdanbooru" / "model-resnet_custom_v3.pt").read_bytes()
+    registry, entry = pinned_to(WeightsRegistry.builtin(), "deepdanbooru", data)
+    state = MirrorState(files={origin_path(entry): data})
+    services = client.app.state.services
+    with serve_mirror(state) as mirror:
+        services.weights = WeightsFetcher(registry, WeightFolders.from_settings(services.settings),
+                                          FetchPolicy(offline=False, mirror=mirror))
+        first = client.post("/sdapi/v1/interrogate", json={"image": png_b64(), "model": "deepdanbooru"})
+        second = client.post("/sdapi/v1/interrogate", json={"image": png_b64(), "model": "deepdanbooru"})
+    assert first.status_code == 200, first.text
+    assert second.json() == first.json()
+    assert (tmp_path / "models" / "torch_deepdanbooru" / "model-resnet_custom_v3.pt").read_bytes() == data
+    assert len(state.requests) == 1

@@ -3,11 +3,13 @@
 - BLIP: `models/BLIP/*.pth` (A1111 downloads `model_base_caption_capfilt_large.pth` there and
   uses the first `.pth` it finds).
 - DeepDanbooru: `models/torch_deepdanbooru/*.pt` (`model-resnet_custom_v3.pt`).
-- CLIP ViT-L/14: the `clip` package's `ViT-L-14.pt` in `--clip-models-path`, else the
-  package's default download folder `~/.cache/clip`.
+- CLIP ViT-L/14: `ViT-L-14.pt` in `--clip-models-path`, else `models/CLIP` (where the weights
+  fetcher puts it), else the `clip` package's default download folder `~/.cache/clip` that an
+  A1111 install without the flag has it in.
 
-This server does not download: a missing file is a 400 naming the file, the folder and where
-A1111 gets it from.
+Folders come from the weights registry's folder map, so a file fetched on first use (see
+`webui_api.weights`) lands exactly where this module looks. `REGISTRY_NAMES` are the pinned
+entries' names.
 """
 
 from __future__ import annotations
@@ -30,20 +32,24 @@ class WeightFile:
     file_name: str
     suffix: str
     url: str
+    registry_name: str  # its entry in webui_api.weights.registry
 
 
 BLIP_FILE = WeightFile(
     "BLIP caption model", "model_base_caption_capfilt_large.pth", ".pth",
     "https://storage.googleapis.com/sfr-vision-language-research/BLIP/models/model_base_caption_capfilt_large.pth",
+    "BLIP caption",
 )
 DEEPDANBOORU_FILE = WeightFile(
     "DeepDanbooru tagger", "model-resnet_custom_v3.pt", ".pt",
     "https://github.com/AUTOMATIC1111/TorchDeepDanbooru/releases/download/v1/model-resnet_custom_v3.pt",
+    "deepdanbooru",
 )
 CLIP_FILE = WeightFile(
     "CLIP ViT-L/14", "ViT-L-14.pt", ".pt",
     "https://openaipublic.azureedge.net/clip/models/"
     "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
+    "CLIP ViT-L/14",
 )
 
 
@@ -54,7 +60,7 @@ class MissingInterrogateWeights(BadRequest):
 
     def __init__(self, weight: WeightFile, folder: Path) -> None:
         detail = (f"{weight.what} weights not found: put {weight.file_name} into {folder} "
-                  f"(A1111 downloads it from {weight.url}; this server does not download)")
+                  f"(A1111 downloads it from {weight.url})")
         super().__init__(detail, errors=detail)
         self.file_name = weight.file_name
         self.folder = str(folder)
@@ -62,17 +68,21 @@ class MissingInterrogateWeights(BadRequest):
 
 @dataclass(frozen=True)
 class InterrogateFolders:
-    """The three folders the interrogator reads, from the server's settings."""
+    """The folders the interrogator reads, from the server's settings."""
 
     blip: Path
     deepdanbooru: Path
     clip: Path
+    clip_fallback: Path | None = None  # ~/.cache/clip when no --clip-models-path was given
 
     @classmethod
     def under(cls, models_dir: Path, cmd_flags: Mapping[str, Any] | None = None) -> InterrogateFolders:
-        clip_dir = (cmd_flags or {}).get("clip_models_path")
-        clip = Path(clip_dir) if clip_dir else Path(os.path.expanduser("~/.cache/clip"))
-        return cls(blip=models_dir / "BLIP", deepdanbooru=models_dir / "torch_deepdanbooru", clip=clip)
+        from ..weights.folders import WeightFolders
+
+        folders = WeightFolders.under(models_dir, cmd_flags)
+        fallback = None if (cmd_flags or {}).get("clip_models_path") else Path(os.path.expanduser("~/.cache/clip"))
+        return cls(blip=folders.folder("BLIP"), deepdanbooru=folders.folder("torch_deepdanbooru"),
+                   clip=folders.folder("CLIP"), clip_fallback=fallback)
 
     @classmethod
     def from_settings(cls, settings: Any) -> InterrogateFolders:
@@ -86,10 +96,22 @@ class InterrogateFolders:
 
     def clip_file(self) -> Path:
         """`clip.load` reads exactly `<root>/ViT-L-14.pt`."""
-        path = self.clip / CLIP_FILE.file_name
-        if not path.is_file():
-            raise MissingInterrogateWeights(CLIP_FILE, self.clip)
-        return path
+        for folder in (self.clip, self.clip_fallback):
+            if folder is not None and (folder / CLIP_FILE.file_name).is_file():
+                return folder / CLIP_FILE.file_name
+        raise MissingInterrogateWeights(CLIP_FILE, self.clip)
+
+    def missing(self, model: str) -> tuple[str, ...]:
+        """Registry names of the files `model` ("clip" / "deepdanbooru") needs and lacks."""
+        lookups = ((BLIP_FILE, self.blip_file), (CLIP_FILE, self.clip_file)) if model == "clip" else \
+            ((DEEPDANBOORU_FILE, self.deepdanbooru_file),)
+        names = []
+        for weight, lookup in lookups:
+            try:
+                lookup()
+            except MissingInterrogateWeights:
+                names.append(weight.registry_name)
+        return tuple(names)
 
 
 def find_weight(folder: Path, weight: WeightFile) -> Path:

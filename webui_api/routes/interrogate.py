@@ -1,8 +1,9 @@
 """POST /sdapi/v1/interrogate: A1111's image captioning ("clip") and tagging ("deepdanbooru").
 
-The image is decoded off the worker; the models run on the scheduler's worker (job
-"interrogate" in /progress), so they never compete with a generation for the device and
-every other route keeps answering meanwhile.
+The image is decoded off the worker; missing weight files are fetched first (A1111 downloads
+them on first use; here before queueing, off the event loop, or a 400 when downloads are
+off); the models run on the scheduler's worker (job "interrogate" in /progress), so they
+never compete with a generation for the device and every other route keeps answering.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..job_builder import job_timestamp
 from ..postprocess.encode import decode_image_base64
 from ..scheduler import ProgressSpec, WorkItem
 from ..services import Services
+from ..weights.runtime import NeededWeights, prefetch
 from . import api_router, get_services
 
 router = api_router()
@@ -40,6 +42,7 @@ async def interrogate(request: InterrogateRequest, services: Services = Depends(
     image = await run_in_threadpool(lambda: decode_image_base64(request.image or "").convert("RGB"))
     model = check_model_name(request.model)
     interrogator = Interrogator.from_settings(services.settings, services.postprocess_models)
+    await prefetch(services.weights, NeededWeights(required=interrogator.folders.missing(model)))
     interrogator.check_files(model)
     options = services.options.snapshot()
     item = WorkItem(run=lambda _cancel: interrogator.run(model, image, options), label="interrogate",
