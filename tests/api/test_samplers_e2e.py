@@ -81,7 +81,8 @@ def test_unknown_sampler_with_a_scheduler_suffix_keeps_the_scheduler(client):
     """A1111 strips a known scheduler suffix first, then falls back to DPM++ 2M for the rest."""
     import json
 
-    response = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img(sampler_name="Euler z Karras", sampler_index=None))
+    payload = webuiapi_txt2img(sampler_name="Euler z Karras", sampler_index=None)
+    response = client.post("/sdapi/v1/txt2img", json=payload)
     assert response.status_code == 200, response.text
     assert json.loads(response.json()["info"])["sampler_name"] == "DPM++ 2M"
 

@@ -669,7 +669,9 @@ class Engine:
         from webui_api.engine.embeddings import ti_hashes_infotext, used_embeddings
 
         model = self._active
-        if model is None or model.embeddings is None or not job.options.get("textual_inversion_add_hashes_to_infotext", True):
+        if not job.options.get("textual_inversion_add_hashes_to_infotext", True):
+            return {}
+        if model is None or model.embeddings is None:
             return {}
         texts = [*job.prompts, *job.negative_prompts]
         if job.hires is not None:
