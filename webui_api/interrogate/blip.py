@@ -138,8 +138,10 @@ def _load_renamed(path: Path, model: torch.nn.Module, weights: dict[str, Any]) -
                if isinstance(value, torch.Tensor) and (new := blip_key(key)) is not None}
     expected = model.state_dict()
     renamed = {key: value for key, value in renamed.items() if key in expected}
-    renamed.setdefault("text_decoder.cls.predictions.decoder.bias", renamed.get("text_decoder.cls.predictions.bias"))
-    missing = sorted(key for key in expected if key not in renamed or renamed[key] is None)
+    bias = renamed.get("text_decoder.cls.predictions.bias")
+    if bias is not None:  # BLIP ties the decoder's bias to this one
+        renamed.setdefault("text_decoder.cls.predictions.decoder.bias", bias)
+    missing = sorted(key for key in expected if key not in renamed)
     if missing:
         raise UnusableModelFile(path, f"{len(missing)} weights missing, e.g. {missing[:3]}: not a BLIP caption model")
     try:
