@@ -32,14 +32,14 @@ def client_with_clip_dir(engine, tmp_path):
 
     from fastapi.testclient import TestClient
 
+    from tests.factories import settings_for_tests
     from webui_api.app import create_app
     from webui_api.cli import default_cmd_flags
-    from webui_api.settings import Settings
 
     clients = []
 
     def factory(models_dir: Path, clip_dir: Path) -> TestClient:
-        settings = Settings.for_tests(tmp_path, models_dir=models_dir)
+        settings = settings_for_tests(tmp_path, models_dir=models_dir)
         flags = {**default_cmd_flags(tmp_path), "clip_models_path": str(clip_dir)}
         client = TestClient(create_app(replace(settings, cmd_flags=MappingProxyType(flags)), engine=engine))
         client.__enter__()

@@ -151,14 +151,19 @@ def test_missing_tagger_is_fetched_from_the_mirror_on_first_use(client, tmp_path
     sha256-checked, into models/torch_deepdanbooru, before the job is queued."""
     from tests.weights.mirror import MirrorState, serve_mirror
     from tests.weights.tiny_files import origin_path, pinned_to
-    from webui_api.weights import FetchPolicy, WeightFolders, WeightsFetcher, WeightsRegistry
+    from webui_api.weights import (
+        FetchPolicy,
+        WeightFolders,
+        WeightsFetcher,
+        WeightsRegistry,
+    )
 
     data = (interrogate_models / "models" / "torch_deepdanbooru" / "model-resnet_custom_v3.pt").read_bytes()
     registry, entry = pinned_to(WeightsRegistry.builtin(), "deepdanbooru", data)
     state = MirrorState(files={origin_path(entry): data})
-    services = client.app.state.services
+    runtime = client.app.state.runtime
     with serve_mirror(state) as mirror:
-        services.weights = WeightsFetcher(registry, WeightFolders.from_settings(services.settings),
+        runtime.weights = WeightsFetcher(registry, WeightFolders.from_settings(runtime.settings),
                                           FetchPolicy(offline=False, mirror=mirror))
         first = client.post("/sdapi/v1/interrogate", json={"image": png_b64(), "model": "deepdanbooru"})
         second = client.post("/sdapi/v1/interrogate", json={"image": png_b64(), "model": "deepdanbooru"})

@@ -19,13 +19,13 @@ webuiapi = pytest.importorskip("webuiapi")
 def live_interrogate_server(engine, tmp_path, interrogate_models):
     import uvicorn
 
+    from tests.factories import settings_for_tests
     from webui_api.app import create_app
     from webui_api.cli import default_cmd_flags
-    from webui_api.settings import Settings
 
     port = free_port()
     flags = {**default_cmd_flags(tmp_path), "clip_models_path": str(interrogate_models / "clip")}
-    settings = replace(Settings.for_tests(tmp_path, port=port, models_dir=interrogate_models / "models"),
+    settings = replace(settings_for_tests(tmp_path, port=port, models_dir=interrogate_models / "models"),
                        cmd_flags=MappingProxyType(flags))
     (tmp_path / "interrogate").mkdir()
     (tmp_path / "interrogate" / "mediums.txt").write_text("a painting\na photo\n", encoding="utf8")

@@ -12,7 +12,12 @@ import io
 import pytest
 from PIL import Image
 
-from .tiny_models import deepdanbooru_conv_specs, write_blip, write_clip, write_deepdanbooru
+from .tiny_models import (
+    deepdanbooru_conv_specs,
+    write_blip,
+    write_clip,
+    write_deepdanbooru,
+)
 
 pytestmark = pytest.mark.slow
 

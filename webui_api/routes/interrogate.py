@@ -19,9 +19,9 @@ from ..interrogate.service import Interrogator, check_model_name
 from ..job_builder import job_timestamp
 from ..postprocess.encode import decode_image_base64
 from ..scheduler import ProgressSpec, WorkItem
-from ..services import Services
+from ..runtime import Runtime
 from ..weights.runtime import NeededWeights, prefetch
-from . import api_router, get_services
+from . import api_router, get_runtime
 
 router = api_router()
 
@@ -36,16 +36,16 @@ class InterrogateRequest(BaseModel):
 
 
 @router.post("/sdapi/v1/interrogate")
-async def interrogate(request: InterrogateRequest, services: Services = Depends(get_services)) -> dict[str, Any]:
+async def interrogate(request: InterrogateRequest, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
     if request.image is None:
         raise NotFound("Image not found")
     image = await run_in_threadpool(lambda: decode_image_base64(request.image or "").convert("RGB"))
     model = check_model_name(request.model)
-    interrogator = Interrogator.from_settings(services.settings, services.postprocess_models)
-    await prefetch(services.weights, NeededWeights(required=interrogator.folders.missing(model)))
+    interrogator = Interrogator.from_settings(runtime.settings, runtime.postprocess_models)
+    await prefetch(runtime.weights, NeededWeights(required=interrogator.folders.missing(model)))
     interrogator.check_files(model)
-    options = services.options.snapshot()
+    options = runtime.options.snapshot()
     item = WorkItem(run=lambda _cancel: interrogator.run(model, image, options), label="interrogate",
                     progress=ProgressSpec("interrogate", 1, job_timestamp(), 0))
-    caption = await services.scheduler.run(item)
+    caption = await runtime.scheduler.run(item)
     return {"caption": caption}
