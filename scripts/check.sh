@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # The lint and type gates CI runs before the tests: ruff (style, imports, bug patterns) and mypy
-# (configured in pyproject.toml). Sets up .venv like scripts/test.sh; fails on any finding.
+# (both configured in pyproject.toml). Sets up .venv like scripts/test.sh; runs both gates, so
+# one run shows every finding, and fails if either finds anything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # optional architectures (ControlNet preprocessors, CodeFormer) too, so they are checked and tested
 bash scripts/setup_env.sh test,controlnet,codeformer
+failed=0
 echo "check: ruff check ." >&2
-.venv/bin/ruff check .
+.venv/bin/ruff check . || failed=1
 echo "check: mypy (first run about 2 CPU-minutes; later runs reuse .mypy_cache)" >&2
-.venv/bin/mypy
+.venv/bin/mypy || failed=1
+if [ "$failed" -ne 0 ]; then
+  echo "check: FAILED (fix the findings above; 'ruff check --fix .' fixes many of ruff's)" >&2
+fi
+exit "$failed"
