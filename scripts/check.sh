@@ -8,9 +8,9 @@ cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh test,controlnet,codeformer
 failed=0
 echo "check: ruff check ." >&2
-.venv/bin/ruff check . || failed=1
+.venv/bin/python -m ruff check . || failed=1
 echo "check: mypy (first run about 2 CPU-minutes; later runs reuse .mypy_cache)" >&2
-.venv/bin/mypy || failed=1
+.venv/bin/python -m mypy || failed=1
 if [ "$failed" -ne 0 ]; then
   echo "check: FAILED (fix the findings above; 'ruff check --fix .' fixes many of ruff's)" >&2
 fi
