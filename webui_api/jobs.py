@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .engine_options import EngineOptions
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -117,7 +119,8 @@ class GenerationJob:
     model_title: str | None = None  # checkpoint to use; None = the loaded one
     preview_every_n_steps: int = 10  # 0 or negative: no live previews
     job_timestamp: str = ""
-    options: Mapping[str, Any] = field(default_factory=dict)  # per-job snapshot of the options store
+    options: Mapping[str, Any] = field(default_factory=dict)  # per-job snapshot of the options store (outputs)
+    engine_options: EngineOptions = field(default_factory=EngineOptions)  # what the engine reads, typed
     img2img: Img2ImgParams | None = None  # set exactly when kind == "img2img"
     hires: HiresParams | None = None  # txt2img with enable_hr
     tiling: bool = False  # seamless textures: circular padding in the model's convolutions

@@ -102,8 +102,8 @@ def _seed_resize(job: GenerationJob) -> str | None:
 def _total_steps(job: GenerationJob) -> int:
     from samplers import registry
 
-    second_order = registry.find_sampler(job.sampling.sampler_name).options.get("second_order")
-    return job.sampling.steps * (2 if second_order else 1)
+    sampler = registry.find_sampler(job.sampling.sampler_name)
+    return job.sampling.steps if sampler is None else sampler.total_steps(job.sampling.steps)
 
 
 def prompt_extras(job: GenerationJob, prompts: Sequence[str], negative_prompts: Sequence[str]) -> dict[str, Any]:

@@ -11,7 +11,8 @@ import torch
 
 from tests.engine.helpers import RecordingObserver, make_job
 from webui_api.engine.models import EMBEDDED_MODEL_NAME
-from webui_api.engine.service import Engine, resolve_dtype
+from webui_api.engine.device import resolve_dtype
+from webui_api.engine.facade import Engine
 from webui_api.errors import UnknownCheckpoint
 from webui_api.progress import CancelToken
 
@@ -142,15 +143,15 @@ def test_switching_reloads_with_limit_one_and_reuses_with_a_larger_limit(model_d
     engine = _folder_engine(model_dirs)
     alpha = engine.load("alpha.safetensors")
     beta = engine.load("beta.safetensors")
-    assert engine.cached_checkpoints() == [beta.info.filename]
+    assert engine.models.cached() == [beta.info.filename]
     assert engine.load("alpha.safetensors") is not alpha  # read from disk again
-    engine.set_checkpoints_limit(2)
+    engine.models.set_limit(2)
     alpha_again = engine.loaded
     engine.load("beta.safetensors")
     assert engine.load("alpha.safetensors") is alpha_again  # from the LRU, no disk read
-    assert len(engine.cached_checkpoints()) == 2
-    engine.set_checkpoints_limit(1)
-    assert engine.cached_checkpoints() == [alpha_again.info.filename] and engine.loaded is alpha_again
+    assert len(engine.models.cached()) == 2
+    engine.models.set_limit(1)
+    assert engine.models.cached() == [alpha_again.info.filename] and engine.loaded is alpha_again
 
 
 def test_two_checkpoints_give_different_images_and_each_is_reproducible(model_dirs):
@@ -161,7 +162,7 @@ def test_two_checkpoints_give_different_images_and_each_is_reproducible(model_di
         return engine.txt2img(job, RecordingObserver(), CancelToken())
 
     alpha, beta, again = run("alpha"), run("beta"), run("alpha.safetensors")
-    assert engine.checkpoints_limit == 2 and len(engine.cached_checkpoints()) == 2
+    assert engine.models.limit == 2 and len(engine.models.cached()) == 2
     first, second, third = (np.asarray(r.images[0].image) for r in (alpha, beta, again))
     assert not np.array_equal(first, second) and np.array_equal(first, third)
 
