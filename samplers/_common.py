@@ -7,7 +7,8 @@ upstream's operation order and dtypes: sigmas stay 0-dim float32 tensors, never 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 

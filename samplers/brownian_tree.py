@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -46,14 +46,14 @@ class _Node:
 
     start: float
     end: float
-    parent: Optional["_Node"] = None
+    parent: _Node | None = None
     is_left: bool = False
-    midway: Optional[float] = None
+    midway: float | None = None
     w_seed: int = 0
     spawn_key: int = 0
     depth: int = 0
-    left: Optional["_Node"] = None
-    right: Optional["_Node"] = None
+    left: _Node | None = None
+    right: _Node | None = None
 
 
 @dataclass(eq=False)

@@ -9,8 +9,9 @@ calls on every step even at eta = 0, like upstream (its draws advance the RNG st
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 

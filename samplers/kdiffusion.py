@@ -7,7 +7,8 @@ streams, so skipping it would change every later random number.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch

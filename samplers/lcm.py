@@ -9,7 +9,8 @@ default schedule and the sampler itself; all torch only.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 

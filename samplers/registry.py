@@ -20,9 +20,10 @@ call them as ``fn(model, x, schedule, extra_args=..., callback=..., **sampler_ca
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 

@@ -7,8 +7,9 @@ more steps the main schedule is rebuilt as Karras so that the total step count s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 

@@ -12,8 +12,9 @@ Numerics follow A1111 step for step (float32 state, ᾱ_prev in float64, the per
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -75,7 +76,7 @@ class DDIMTable:
     sigmas: torch.Tensor
 
     @classmethod
-    def build(cls, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, eta: float = 0.0) -> "DDIMTable":
+    def build(cls, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, eta: float = 0.0) -> DDIMTable:
         acp = alphas_cumprod.detach().cpu()
         ts = timesteps.detach().cpu()
         alphas = acp[ts]

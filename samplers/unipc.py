@@ -12,8 +12,9 @@ log-alpha over the N training steps.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -255,7 +256,7 @@ def sample_unipc(
     times = time_steps(schedule, options.skip_type, 1.0 if t_start is None else t_start, 1.0 / schedule.total_n,
                        steps, x.device)
     solver = _Solver(model, as_args(extra_args), schedule, options.variant)
-    vec_t = times[0].expand((x.shape[0]))
+    vec_t = times[0].expand(x.shape[0])
     model_prev, t_prev = [solver.data_prediction(x, vec_t)], [vec_t]
     for step in range(1, steps + 1):
         vec_t = times[step].expand(x.shape[0])

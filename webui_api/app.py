@@ -97,7 +97,7 @@ def build_services(settings: Settings, engine: Optional[Any] = None) -> Services
     from .postprocess.encode import encode_image_base64
 
     if engine is None:
-        from .engine.service import Engine
+        from .engine.facade import Engine
 
         engine = Engine.from_settings(settings)
     options = OptionsStore.from_settings(settings)

@@ -7,8 +7,9 @@ This module imports neither torch nor fastapi.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .engine_options import EngineOptions
 

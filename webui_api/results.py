@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping, Sequence
 
+from .engine.protocols import ModelFacts
 from .jobs import GeneratedImage, GenerationJob, JobResult
 
 A1111_COMPAT_VERSION = "v1.10.1"  # the A1111 release whose behaviour we reproduce; infotext parsers key on it
@@ -41,7 +42,7 @@ def _churn_from_options(job: GenerationJob, accepted: tuple[str, ...]) -> dict[s
 def infotext_params(
     job: GenerationJob,
     image: GeneratedImage,
-    model: Any,
+    model: ModelFacts,
     extras: Mapping[str, Any],
     vae: tuple[str | None, str | None] = (None, None),
 ) -> dict[str, Any]:
@@ -143,7 +144,7 @@ def prompt_extras_per_image(job: GenerationJob, image_count: int) -> list[dict[s
     return per_image[:image_count]
 
 
-def build_infotexts(job: GenerationJob, result: JobResult, model: Any) -> list[str]:
+def build_infotexts(job: GenerationJob, result: JobResult, model: ModelFacts) -> list[str]:
     from .postprocess.infotext import create_infotext
 
     extras = {**extra_generation_params(job), **result.extra_generation_params}
@@ -159,7 +160,7 @@ def build_infotexts(job: GenerationJob, result: JobResult, model: Any) -> list[s
 
 
 def build_info(
-    job: GenerationJob, result: JobResult, model: Any, infotexts: list[str], request: Any, index_of_first_image: int = 0,
+    job: GenerationJob, result: JobResult, model: ModelFacts, infotexts: list[str], request: Any, index_of_first_image: int = 0,
 ) -> str:
     """`Processed.js()`: the info JSON string, keys in A1111's order (index_of_first_image is 1
     when a grid leads the images, with its infotext first in `infotexts`)."""

@@ -17,3 +17,10 @@ def test_disable_extra_networks_is_in_the_engine_options(sent, expected):
     assert job.engine_options.disable_extra_networks is expected
     assert job.engine_options.default_lora == "x"
     assert job.prompts == ("a cat <lora:x:1>",)
+
+
+def test_an_unusable_engine_option_is_a_400_before_queueing():
+    from webui_api.errors import BadRequest
+
+    with pytest.raises(BadRequest, match="sigma_min"):
+        build_txt2img(Txt2ImgRequest(prompt="a cat"), {"sigma_min": "low"}, random.Random(0))

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping, Optional, Sequence
 
+from ..engine.protocols import GenerationEngine
 from ..errors import NotImplementedFeature
 from ..jobs import GenerationJob
 from ..progress import CancelToken, RunObserver
@@ -130,7 +131,7 @@ class OffsetObserver:
 class EngineWorker:
     """The ScriptWorker on the worker thread: runs jobs on the engine, counting batches."""
 
-    engine: Any
+    engine: GenerationEngine
     progress: RunObserver
     cancel: CancelToken
     total: int

@@ -14,10 +14,11 @@ own `engine_options`, never from shared state, so two queued jobs with different
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -36,13 +37,11 @@ from webui_api.engine.model_store import ModelStore, VaeCatalog
 from webui_api.engine.models import CheckpointInfo, LoadedModel
 from webui_api.engine.networks import LoadedNetwork, NetworkFile
 from webui_api.engine.pipeline import run_txt2img
+from webui_api.engine.protocols import FaceStep, FirstPassHook
 from webui_api.engine.tiling import apply_tiling
 from webui_api.jobs import GenerationJob, JobResult
 from webui_api.postprocess.upscale import BUILTIN_NAMES, UpscalerCatalog, UpscalerEntry
 from webui_api.progress import CancelToken, RunObserver
-
-FaceStep = Callable[[Any], Any]  # PIL image -> PIL image (webui_api.postprocess.face_restore)
-FirstPassHook = Callable[[list[Any]], None]  # a hires batch's first-pass pictures
 
 
 class Run(Protocol):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
@@ -112,17 +112,32 @@ def is_due(point: SwitchPoint, step: int, sigma: torch.Tensor, table: torch.Tens
 # ---------------------------------------------------------------------------
 
 
+class CompanionSource(Protocol):
+    """What companion models need from the engine (the facade's Engine)."""
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def checkpoints(self) -> list[CheckpointInfo]: ...
+
+    def companion(self, info: CheckpointInfo) -> LoadedModel: ...
+
+    def apply_vae(self, model: LoadedModel, job: GenerationJob) -> Any: ...
+
+    def upscaler_catalog(self) -> Any: ...
+
+
 @dataclass
 class CompanionModels:
     """The extra models a job samples with, prepared like its main model.
 
-    `engine` is the Engine (companion, apply_vae, checkpoints, device); `networks` the job's
+    `engine` is the Engine (see CompanionSource); `networks` the job's
     PassNetworks (A1111 applies a prompt's LoRAs to whatever model samples, so companions are
     attached to it leniently: a LoRA with no layer in this model, e.g. the SDXL refiner, is
     skipped, as A1111 does; the engine restores them). Everything else applied here is undone
     by `close`, which the engine calls when the job ends, failed or not."""
 
-    engine: Any
+    engine: CompanionSource
     job: GenerationJob
     main: LoadedModel
     networks: PassNetworks | None = None
