@@ -27,12 +27,26 @@ from typing import Any
 
 import torch
 
-from samplers import ancestral, dpm_solver, dpmpp, kdiffusion, lcm, restart, schedules, timesteps, unipc
+from samplers import (
+    ancestral,
+    dpm_solver,
+    dpmpp,
+    kdiffusion,
+    lcm,
+    restart,
+    schedules,
+    timesteps,
+    unipc,
+)
+from samplers._common import NoiseSampler
 
 CHURN_PARAMS = ("s_churn", "s_tmin", "s_tmax", "s_noise")
 KIND_SIGMAS, KIND_TIMESTEPS, KIND_LCM = "sigmas", "timesteps", "lcm"
 LCM_SKIP_STEPS = timesteps.TRAINING_TIMESTEPS // lcm.ORIGINAL_STEPS
 NOISE_PARAM = ("s_noise",)
+
+SamplerFunction = Callable[..., torch.Tensor]  # fn(model, x, schedule, extra_args=..., callback=..., **kwargs)
+ScheduleFunction = Callable[..., torch.Tensor]  # fn(n, sigma_min=..., sigma_max=..., ...) -> n + 1 sigmas
 
 
 @dataclass(frozen=True)
@@ -42,7 +56,7 @@ class SamplerInfo:
     name: str
     aliases: tuple[str, ...]
     options: Mapping[str, Any] = field(hash=False)
-    function: Callable | None = field(hash=False)
+    function: SamplerFunction | None = field(hash=False)
     extra_params: tuple[str, ...]
     takes_eta: bool
     default_eta: float | None
@@ -95,7 +109,7 @@ class SchedulerInfo:
     aliases: tuple[str, ...] | None
     default_rho: float
     need_inner_model: bool
-    function: Callable | None = field(hash=False)
+    function: ScheduleFunction | None = field(hash=False)
 
 
 class UnknownSamplerError(ValueError):
@@ -110,7 +124,7 @@ def _sampler(
     name: str,
     aliases: tuple[str, ...],
     options: dict[str, Any],
-    function: Callable | None,
+    function: SamplerFunction | None,
     extra_params: tuple[str, ...] = (),
     default_eta: float | None = None,
     kind: str = KIND_SIGMAS,
@@ -176,7 +190,9 @@ SAMPLERS: tuple[SamplerInfo, ...] = (
         NOISE_PARAM,
         1.0,
     ),
-    _sampler("Euler a", ("k_euler_a", "k_euler_ancestral"), {"uses_ensd": True}, ancestral.sample_euler_ancestral, (), 1.0),
+    _sampler(
+        "Euler a", ("k_euler_a", "k_euler_ancestral"), {"uses_ensd": True}, ancestral.sample_euler_ancestral, (), 1.0
+    ),
     _sampler("Euler", ("k_euler",), {}, kdiffusion.sample_euler, CHURN_PARAMS),
     _sampler("LMS", ("k_lms",), {}, kdiffusion.sample_lms),
     _sampler("Heun", ("k_heun",), {"second_order": True}, kdiffusion.sample_heun, CHURN_PARAMS),
@@ -313,7 +329,9 @@ def _lookup_scheduler(scheduler_name: str | None) -> SchedulerInfo:
     if scheduler_name is None:
         return AUTOMATIC
     if not isinstance(scheduler_name, str):
-        raise UnknownSchedulerError(f"scheduler must be a string or None, got {scheduler_name!r}; {_valid_schedulers()}")
+        raise UnknownSchedulerError(
+            f"scheduler must be a string or None, got {scheduler_name!r}; {_valid_schedulers()}"
+        )
     if not scheduler_name.strip():
         return AUTOMATIC
     scheduler = find_scheduler(scheduler_name.strip())
@@ -383,6 +401,8 @@ def compute_sigmas(
         sigmas = lcm.lcm_sigmas(n, table, LCM_SKIP_STEPS)
     elif chosen is None:
         sigmas = schedules.uniform(n, float(table[0]), float(table[-1]), table)
+    elif chosen.function is None:
+        raise ValueError(f"scheduler {chosen.name!r} has no schedule function")
     else:
         kwargs = _schedule_kwargs(chosen, table, sigma_min, sigma_max, rho, is_sdxl, beta_alpha, beta_beta)
         sigmas = chosen.function(n, **kwargs)
@@ -391,7 +411,9 @@ def compute_sigmas(
     return sigmas.to(device="cpu", dtype=torch.float32)
 
 
-def compute_timesteps(sampler: SamplerInfo, steps: int, always_discard_next_to_last_sigma: bool = False) -> torch.Tensor:
+def compute_timesteps(
+    sampler: SamplerInfo, steps: int, always_discard_next_to_last_sigma: bool = False
+) -> torch.Tensor:
     """The timestep schedule of a timestep sampler (A1111's ``CompVisSampler.get_timesteps``).
 
     The scheduler choice does not apply to these samplers (A1111 ignores it too)."""
@@ -435,7 +457,7 @@ def sampler_call_kwargs(
     s_tmin: float,
     s_tmax: float,
     s_noise: float,
-    noise_sampler,
+    noise_sampler: NoiseSampler | None,
     model_sigma_min: float | None = None,
     model_sigma_max: float | None = None,
     alphas_cumprod: torch.Tensor | None = None,

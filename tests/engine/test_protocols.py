@@ -20,7 +20,8 @@ def _members(protocol: type) -> set[str]:
 
 
 def test_protocols_module_imports_no_torch():
-    code = "import sys, webui_api.engine.protocols, webui_api.jobs, webui_api.engine_options; print('torch' in sys.modules)"
+    modules = "webui_api.engine.protocols, webui_api.jobs, webui_api.engine_options"
+    code = f"import sys, {modules}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

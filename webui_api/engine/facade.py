@@ -66,7 +66,7 @@ def restore_result_faces(result: JobResult, job: GenerationJob, restore: FaceSte
     pictures = [restore(generated.image) for generated in result.images]
     if job.img2img is not None:
         pictures = overlaid(pictures, job.img2img, job)
-    for generated, picture in zip(result.images, pictures):
+    for generated, picture in zip(result.images, pictures, strict=True):
         generated.image = picture
 
 
@@ -90,7 +90,8 @@ class Engine:
     ) -> None:
         self.policy = DevicePolicy.resolve(device, dtype, no_half_vae)
         self.paths = paths if paths is not None else ModelPaths()
-        self.load_options = LoadOptions(self.policy.device, self.policy.dtype, self.policy.vae_dtype, allow_unsafe_pickle)
+        policy = self.policy
+        self.load_options = LoadOptions(policy.device, policy.dtype, policy.vae_dtype, allow_unsafe_pickle)
         self.hashes = HashCache(self.paths.hash_cache_file, enabled=not no_hashing)
         embeddings = EmbeddingLibrary(self.paths, self.hashes, allow_unsafe_pickle)
         self.models = ModelStore(self.policy, self.paths, self.hashes, self.load_options, embeddings)
@@ -257,14 +258,16 @@ class Engine:
         networks.attach(model, strict=True)
         padding = apply_tiling(model, head.tiling)
         try:
-            plain = [replace(job, prompts=prompts) for job, (prompts, _) in zip(jobs, stripped)]
+            plain = [replace(job, prompts=prompts) for job, (prompts, _) in zip(jobs, stripped, strict=True)]
             results = run_txt2img_batched(model, plain, observer, cancels, unet_rows=unet_rows)
         finally:
             padding.restore()
             networks.restore()
-        return [self._finish(result, job, networks.mentioned(), choice) for result, job in zip(results, jobs)]
+        return [self._finish(result, job, networks.mentioned(), choice) for result, job in zip(results, jobs, strict=True)]
 
-    def _finish(self, result: JobResult, job: GenerationJob, networks: list[LoadedNetwork], choice: VaeChoice) -> JobResult:
+    def _finish(
+        self, result: JobResult, job: GenerationJob, networks: list[LoadedNetwork], choice: VaeChoice
+    ) -> JobResult:
         """Infotext facts of a finished job: prompts with their tags, LoRA hashes, the VAE."""
         for index, image in enumerate(result.images):
             image.prompt = job.prompts[index]

@@ -35,7 +35,8 @@ def with_default_lora(job: GenerationJob, default_lora: str | None) -> Generatio
     activates the Lora network."""
     if default_lora is None or job.engine_options.disable_extra_networks or not job.prompts:
         return job
-    named = [tag.positional[0] for tag in parse_prompt_networks(job.prompts[0])[1] if tag.kind in LORA_KINDS and tag.positional]
+    tags = parse_prompt_networks(job.prompts[0])[1]
+    named = [tag.positional[0] for tag in tags if tag.kind in LORA_KINDS and tag.positional]
     if default_lora in named:
         return job
     tag = f"<lora:{default_lora}:{job.engine_options.extra_networks_default_multiplier}>"
@@ -56,7 +57,9 @@ def job_networks(job: GenerationJob) -> tuple[tuple[str, ...], list[NetworkCall]
         return tuple(text for text, _ in parsed), []
     per_batch = [lora_calls(parsed[job.batch_slice(n).start][1]) for n in range(job.n_iter)]
     if any(calls != per_batch[0] for calls in per_batch):
-        raise NotImplementedFeature("batches whose first prompts name different <lora:...> networks are not supported yet")
+        raise NotImplementedFeature(
+            "batches whose first prompts name different <lora:...> networks are not supported yet"
+        )
     return tuple(text for text, _ in parsed), per_batch[0]
 
 
@@ -70,7 +73,9 @@ def hires_network_calls(job: GenerationJob) -> list[NetworkCall] | None:
         lora_calls(parse_prompt_networks(job.hires.prompts[job.batch_slice(n).start])[1]) for n in range(job.n_iter)
     ]
     if any(calls != per_batch[0] for calls in per_batch):
-        raise NotImplementedFeature("batches whose first hires prompts name different <lora:...> networks are not supported yet")
+        raise NotImplementedFeature(
+            "batches whose first hires prompts name different <lora:...> networks are not supported yet"
+        )
     return per_batch[0]
 
 
