@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, Mapping
+from typing import Any
 
 from webui_api.engine_options import EngineOptions
 from webui_api.jobs import GenerationJob, SamplingParams, SeedParams
@@ -13,7 +14,8 @@ def engine_options(options: Mapping[str, Any] | None) -> EngineOptions:
     """The typed options the job builder would resolve from these A1111 options (the
     request's `disable_extra_networks` may be given here too, for brevity)."""
     options = dict(options or {})
-    return EngineOptions.from_options(options, disable_extra_networks=bool(options.pop("disable_extra_networks", False)))
+    disabled = bool(options.pop("disable_extra_networks", False))
+    return EngineOptions.from_options(options, disable_extra_networks=disabled)
 
 
 def with_options(job: GenerationJob, options: Mapping[str, Any]) -> GenerationJob:

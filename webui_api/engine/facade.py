@@ -263,7 +263,8 @@ class Engine:
         finally:
             padding.restore()
             networks.restore()
-        return [self._finish(result, job, networks.mentioned(), choice) for result, job in zip(results, jobs, strict=True)]
+        mentioned = networks.mentioned()
+        return [self._finish(result, job, mentioned, choice) for result, job in zip(results, jobs, strict=True)]
 
     def _finish(
         self, result: JobResult, job: GenerationJob, networks: list[LoadedNetwork], choice: VaeChoice
