@@ -291,7 +291,7 @@ def embedding(name, vectors):
 
 
 def store_of(model, *embeddings):
-    return EmbeddingStore.build(embeddings, EngineOptions(), model.tokenizer)
+    return EmbeddingStore.build(embeddings, {}, model.tokenizer)
 
 
 def test_embedding_vectors_replace_their_name(tiny_model):
