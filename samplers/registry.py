@@ -256,6 +256,17 @@ def implemented_samplers() -> tuple[SamplerInfo, ...]:
     return tuple(s for s in SAMPLERS if s.function is not None)
 
 
+def samplers_map() -> dict[str, str]:
+    """A1111's ``samplers_map``: lower-cased names and aliases -> the sampler's name (exact
+    lookups; PNG metadata from other tools names samplers by their k-diffusion aliases)."""
+    mapping: dict[str, str] = {}
+    for sampler in SAMPLERS:
+        for alias in sampler.aliases:
+            mapping[alias.lower()] = sampler.name
+        mapping[sampler.name.lower()] = sampler.name
+    return mapping
+
+
 def find_sampler(name: str) -> SamplerInfo | None:
     """Exact canonical name first, then a case-insensitive match on names and aliases.
 

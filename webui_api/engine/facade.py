@@ -42,6 +42,7 @@ from webui_api.engine.tiling import apply_tiling
 from webui_api.jobs import GenerationJob, JobResult
 from webui_api.postprocess.upscale import BUILTIN_NAMES, UpscalerCatalog, UpscalerEntry
 from webui_api.progress import CancelToken, RunObserver
+from webui_api.settings import Settings
 
 
 class Run(Protocol):
@@ -104,7 +105,7 @@ class Engine:
         self._upscalers: UpscalerCatalog | None = None
 
     @classmethod
-    def from_settings(cls, settings: Any) -> Engine:
+    def from_settings(cls, settings: Settings) -> Engine:
         """The engine for a server's `Settings`: its folders and A1111's precision/safety flags."""
         return cls(
             device=settings.device,
