@@ -81,6 +81,11 @@ class SamplerInfo:
         return bool(self.options.get("brownian_noise", False))
 
     @property
+    def uses_ensd(self) -> bool:
+        """Its noise draws honour eta_noise_seed_delta (A1111 then writes "ENSD" in the infotext)."""
+        return bool(self.options.get("uses_ensd", False))
+
+    @property
     def default_scheduler(self) -> str | None:
         """The scheduler name Automatic stands for (None: the model's own, Uniform)."""
         value = self.options.get("scheduler")

@@ -92,7 +92,8 @@ def _scheduler_label(job: GenerationJob) -> str:
 def _sampler_uses_ensd(job: GenerationJob) -> bool:
     from samplers import registry
 
-    return bool(registry.find_sampler(job.sampling.sampler_name).options.get("uses_ensd"))
+    sampler = registry.find_sampler(job.sampling.sampler_name)
+    return sampler is not None and sampler.uses_ensd
 
 
 def _seed_resize(job: GenerationJob) -> str | None:
@@ -119,11 +120,11 @@ def prompt_extras(job: GenerationJob, prompts: Sequence[str], negative_prompts: 
     from .engine.prompts import parse_prompt, split_subprompts
 
     extras: dict[str, Any] = {}
-    steps, old = _total_steps(job), bool(job.options.get("use_old_scheduling", False))
+    steps, old = _total_steps(job), job.engine_options.use_old_scheduling
     texts = list(dict.fromkeys([*prompts, *negative_prompts]))
     if old and any(parse_prompt(text).differs_with_old_timelines(steps) for text in texts):
         extras["Old prompt editing timelines"] = True
-    emphasis = job.options.get("emphasis") or "Original"
+    emphasis = job.engine_options.emphasis or "Original"
     if emphasis != "Original":
         parts = [part.text for prompt in dict.fromkeys(prompts) for part in split_subprompts(prompt)]
         texts = list(dict.fromkeys([*parts, *negative_prompts]))
