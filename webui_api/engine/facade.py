@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
@@ -44,12 +44,9 @@ from webui_api.postprocess.upscale import BUILTIN_NAMES, UpscalerCatalog, Upscal
 from webui_api.progress import CancelToken, RunObserver
 from webui_api.settings import Settings
 
-
-class Run(Protocol):
-    """A pipeline entry point (run_txt2img, run_img2img, run_hires, ...)."""
-
-    def __call__(self, model: LoadedModel, job: GenerationJob, observer: RunObserver, cancel: CancelToken,
-                 **companions: Any) -> JobResult: ...
+# A pipeline entry point: run(model, job, observer, cancel[, models=CompanionModels]) -> JobResult
+# (run_txt2img, run_img2img, run_hires, run_txt2img_refined).
+Run = Callable[..., JobResult]
 
 
 def without_overlays(job: GenerationJob) -> GenerationJob:
