@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .engine_options import EngineOptions
+
+if TYPE_CHECKING:  # engine.protocols imports this module
+    from .engine.protocols import ModelFacts
 
 
 @dataclass(frozen=True)
@@ -163,3 +166,13 @@ class JobResult:
     # Images appended after the generated ones without infotext (ControlNet's detected maps,
     # as the extension returns them).
     extra_images: list[Any] = field(default_factory=list)
+    # The CheckpointInfo of the model the job ran on (filled by the engine): the response's
+    # infotext and file names need it, and nobody has to load the model again to learn it.
+    model_info: ModelFacts | None = None
+
+    @property
+    def ran_on(self) -> ModelFacts:
+        """`model_info` once the engine has filled it (a result that never ran has none)."""
+        if self.model_info is None:
+            raise RuntimeError("this JobResult has no model_info: the engine did not produce it")
+        return self.model_info

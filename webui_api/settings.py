@@ -10,7 +10,7 @@ This module is pure data: no argv parsing (that is `cli.py`), no torch, no file 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -77,6 +77,12 @@ class Settings:
     batch_wait_ms: float = 10.0  # --batch-wait-ms: how long the worker waits for batch partners
     batch_unet_rows: int = 0  # --batch-unet-rows: rows of every UNet call while batching (0: auto, see unet_rows)
 
+    # Weights fetched on first use (webui_api/weights). Off here so nothing built without the CLI
+    # (tests included) ever downloads; the CLI turns downloads on unless --offline / HF_HUB_OFFLINE=1.
+    weights_offline: bool = True  # --offline: a missing weights file is a 400 naming the fetch command
+    models_mirror: str | None = None  # --models-mirror: replaces the origin of every pinned weights URL
+    allow_unverified_weights: bool = False  # --allow-unverified: fetch files that have no pinned sha256
+
     cmd_flags: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # redacted vars(args)
 
     @property
@@ -90,15 +96,6 @@ class Settings:
     def root_path(self) -> str:
         """The ASGI root path A1111 derives from --subpath ("/<subpath>"), or "" without one."""
         return f"/{self.subpath.strip('/')}" if self.subpath else ""
-
-    @classmethod
-    def for_tests(cls, data_dir: Path, **overrides: Any) -> Settings:
-        """A complete Settings rooted at `data_dir`, with A1111's folder layout and the default
-        /cmd-flags for that folder; nothing is created on disk. Overrides replace fields as given."""
-        from webui_api.cli import default_cmd_flags  # cli imports this module; import late
-
-        base = cls.layout(Path(data_dir))
-        return replace(base, cmd_flags=MappingProxyType(default_cmd_flags(Path(data_dir))), **overrides)
 
     @classmethod
     def layout(cls, data_dir: Path, models_dir: Path | None = None) -> Settings:

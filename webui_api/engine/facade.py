@@ -262,12 +262,16 @@ class Engine:
             padding.restore()
             networks.restore()
         mentioned = networks.mentioned()
-        return [self._finish(result, job, mentioned, choice) for result, job in zip(results, jobs, strict=True)]
+        return [
+            self._finish(result, job, mentioned, choice, model) for result, job in zip(results, jobs, strict=True)
+        ]
 
     def _finish(
-        self, result: JobResult, job: GenerationJob, networks: list[LoadedNetwork], choice: VaeChoice
+        self, result: JobResult, job: GenerationJob, networks: list[LoadedNetwork], choice: VaeChoice,
+        model: LoadedModel,
     ) -> JobResult:
-        """Infotext facts of a finished job: prompts with their tags, LoRA hashes, the VAE."""
+        """Infotext facts of a finished job: prompts with their tags, LoRA hashes, the VAE, the model."""
+        result.model_info = model.info
         for index, image in enumerate(result.images):
             image.prompt = job.prompts[index]
         result.extra_generation_params.update(self.networks.infotext(networks, job.engine_options))
@@ -304,6 +308,6 @@ class Engine:
             padding.restore()
         if restore_faces is not None:
             restore_result_faces(result, job, restore_faces)
-        self._finish(result, job, networks.mentioned(), choice)
+        self._finish(result, job, networks.mentioned(), choice, model)
         controls.finish(result, job.engine_options)
         return result
