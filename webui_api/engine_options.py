@@ -29,6 +29,7 @@ class EngineOptions:
     extra_networks_default_multiplier: float = 1.0
     disable_extra_networks: bool = False  # the request's field, not an option
     lora_hashes_in_infotext: bool = True
+    ti_hashes_in_infotext: bool = True  # textual inversion: "TI hashes"
     # Noise schedule
     sigma_min: float = 0.0
     sigma_max: float = 0.0
@@ -104,6 +105,7 @@ OPTION_NAMES: Mapping[str, tuple[str, Callable[[Any], Any]]] = {
     "default_lora": ("sd_lora", lambda value: str(value or "None")),
     "extra_networks_default_multiplier": ("extra_networks_default_multiplier", float),
     "lora_hashes_in_infotext": ("lora_add_hashes_to_infotext", bool),
+    "ti_hashes_in_infotext": ("textual_inversion_add_hashes_to_infotext", bool),
     "sigma_min": ("sigma_min", float),
     "sigma_max": ("sigma_max", float),
     "rho": ("rho", float),

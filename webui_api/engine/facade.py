@@ -68,6 +68,19 @@ def restore_result_faces(result: JobResult, job: GenerationJob, restore: FaceSte
         generated.image = picture
 
 
+def textual_inversion_infotext(model: LoadedModel, job: GenerationJob) -> dict[str, str]:
+    """A1111's "TI hashes" for the embeddings the job's prompts (and hires prompts) use."""
+    from webui_api.engine.embeddings import ti_hashes_infotext, used_embeddings
+
+    if not job.engine_options.ti_hashes_in_infotext or model.embeddings is None:
+        return {}
+    texts = [*job.prompts, *job.negative_prompts]
+    if job.hires is not None:
+        texts += [*job.hires.prompts, *job.hires.negative_prompts]
+    tokenizer = model.tokenizer if model.tokenizer is not None else model.tokenizer_2
+    return ti_hashes_infotext(used_embeddings(model.embeddings, tokenizer, texts))
+
+
 class Engine:
     """Device policy, model store, VAEs, networks and ControlNets, and the generation entry
     points; used from ONE worker thread (catalog readers excepted, see model_store.py)."""
@@ -275,6 +288,7 @@ class Engine:
         for index, image in enumerate(result.images):
             image.prompt = job.prompts[index]
         result.extra_generation_params.update(self.networks.infotext(networks, job.engine_options))
+        result.extra_generation_params.update(textual_inversion_infotext(model, job))
         result.vae_name, result.vae_hash = self.vae_catalog.identity(choice)
         return result
 

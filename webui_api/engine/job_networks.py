@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 from webui_api.engine.loading.discovery import ModelPaths
@@ -24,6 +25,8 @@ from webui_api.engine.networks import (
 from webui_api.engine_options import EngineOptions
 from webui_api.errors import NotImplementedFeature
 from webui_api.jobs import GenerationJob
+
+log = logging.getLogger(__name__)
 
 LORA_NAME_SYMBOLS = str.maketrans("", "", ":,")  # A1111 drops these from names in "Lora hashes"
 
@@ -102,10 +105,14 @@ class JobNetworks:
         return name
 
     def load(self, calls: list[NetworkCall]) -> list[LoadedNetwork]:
-        """Find and read every network a job names (404 / 400 before any weight changes)."""
+        """Find and read every network a job names (400 before any weight changes). A name
+        that matches no file is skipped with a warning: A1111 generates without it."""
         loaded = []
         for call in calls:
-            entry = self.library.find(call.name)
+            entry = self.library.lookup(call.name)
+            if entry is None:
+                log.warning("Networks not found: %s (generating without it, as A1111)", call.name)
+                continue
             state = self.library.state_dict(entry, self._allow_unsafe_pickle)
             loaded.append(LoadedNetwork(call, entry, group_network_keys(state)))
         return loaded

@@ -21,7 +21,14 @@ from webui_api.engine.device import CPU, DevicePolicy
 from webui_api.engine.embeddings import EmbeddingLibrary
 from webui_api.engine.loading.checkpoint import LoadOptions, load_checkpoint
 from webui_api.engine.loading.diffusers_folder import load_folder
-from webui_api.engine.loading.discovery import CHECKPOINT_HASH_PREFIX, ModelPaths, VaeFile, scan_checkpoints, scan_vaes
+from webui_api.engine.loading.discovery import (
+    CHECKPOINT_HASH_PREFIX,
+    ModelPaths,
+    VaeFile,
+    closest_checkpoint_match,
+    scan_checkpoints,
+    scan_vaes,
+)
 from webui_api.engine.loading.hashes import HashCache
 from webui_api.engine.loading.vae import VaeChoice, load_vae_file, resolve_vae
 from webui_api.engine.models import (
@@ -117,12 +124,24 @@ class ModelStore:
         return self._active
 
     def find(self, name: str) -> CheckpointInfo:
-        """A checkpoint by any of its aliases (title, name, file name, hashes, ...). Names are
-        only ever matched against scanned entries, so no name can reach outside the folders."""
-        for info in self._checkpoints:
-            if name in info.aliases():
-                return info
-        raise UnknownCheckpoint(name)
+        """A checkpoint by A1111's get_closet_checkpoint_match (aliases, then title substring,
+        then without a " [checksum]"). Names are only ever matched against scanned entries, so
+        no name can reach outside the folders."""
+        info: CheckpointInfo | None = closest_checkpoint_match(self._checkpoints, name)
+        if info is None:
+            raise UnknownCheckpoint(name)
+        return info
+
+    def job_checkpoint(self, name: str | None) -> CheckpointInfo:
+        """The checkpoint a job runs on: like A1111's process_images, an override naming no
+        known checkpoint is dropped and the selected checkpoint is used (with a warning)."""
+        if name is None:
+            return self.current
+        info: CheckpointInfo | None = closest_checkpoint_match(self._checkpoints, name)
+        if info is None:
+            log.warning("Checkpoint %r not found; using %s", name, self.current.title)
+            return self.current
+        return info
 
     def _record_info(self, info: CheckpointInfo) -> None:
         """Replace the catalog entry for `info.filename` (its title changes once hashed)."""
@@ -161,7 +180,7 @@ class ModelStore:
         """Make `title` (or the current checkpoint) the active model: a no-op when it already
         is, a device move when it is cached, else a load from disk. A file that fails to load
         leaves the active model in place."""
-        info = self.current if title is None else self.find(title)
+        info = self.job_checkpoint(title)
         if self._active is not None and self._active.info.filename == info.filename:
             return self._active
         model = self._cache.get(info.filename)
