@@ -91,7 +91,7 @@ def main() -> None:
     from dataclasses import replace
 
     from webui_api.app import build_runtime, create_app
-    from webui_api.engine.service import Engine
+    from webui_api.engine.facade import Engine
     from webui_api.settings import Settings
 
     engine = Engine(device=args.device, dtype="auto")

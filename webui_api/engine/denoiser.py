@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
@@ -70,15 +71,19 @@ class CondBatch:
         """Rows of different token lengths are padded by repeating their last token vector."""
         tokens = max(item.crossattn.shape[0] for item in items)
         crossattn = torch.stack([pad_tokens(item.crossattn, tokens) for item in items])
-        vectors = [item.vector for item in items]
-        if all(v is None for v in vectors):
+        vectors = [item.vector for item in items if item.vector is not None]
+        if not vectors:
             return cls(crossattn)
-        if any(v is None for v in vectors):
+        if len(vectors) != len(items):
             raise ValueError("either every conditioning row has an SDXL vector or none does; got a mix")
         return cls(crossattn, torch.stack(vectors))
 
     def cat(self, other: CondBatch) -> CondBatch:
-        vector = None if self.vector is None else torch.cat([self.vector, other.vector])
+        vector = None
+        if self.vector is not None:
+            if other.vector is None:
+                raise ValueError("either every conditioning row has an SDXL vector or none does; got a mix")
+            vector = torch.cat([self.vector, other.vector])
         return CondBatch(torch.cat([self.crossattn, other.crossattn]), vector, self.uncond_rows + other.uncond_rows)
 
     def rows(self, start: int, stop: int) -> CondBatch:
@@ -108,7 +113,7 @@ class UNetRunner:
         self.dtype = model.dtype
         config = getattr(model.unet, "config", None)
         self.needs_vector = getattr(config, "addition_embed_type", None) == "text_time"
-        self.config = config
+        self.config: Any = config  # diffusers config: attributes by model type
         self.control = None  # webui_api.engine.control.ControlHook while ControlNet units act
 
     def __call__(
@@ -222,7 +227,7 @@ class TimestepDenoiser:
         ) * x
 
     def to_x0(self, x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        a_t = _per_row(self.alphas_cumprod[t.to(dtype=int)], x.ndim)
+        a_t = _per_row(self.alphas_cumprod[t.long()], x.ndim)
         return (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
 
 
@@ -337,10 +342,13 @@ def pad_cond_pair(cond: CondBatch, uncond: CondBatch, opts: GuidanceOptions) -> 
         return cond, replace(uncond, crossattn=crossattn)
     if not opts.pad_cond_uncond:
         return cond, uncond
-    repeats = (cond.tokens - uncond.tokens) // opts.empty_crossattn.shape[0]
+    empty = opts.empty_crossattn
+    if empty is None:
+        raise ValueError("pad_cond_uncond needs the empty prompt's crossattn (DenoiserOptions.empty_crossattn)")
+    repeats = (cond.tokens - uncond.tokens) // empty.shape[0]
     if repeats < 0:
-        return _pad_with_empty(cond, -repeats, opts.empty_crossattn), uncond
-    return cond, _pad_with_empty(uncond, repeats, opts.empty_crossattn)
+        return _pad_with_empty(cond, -repeats, empty), uncond
+    return cond, _pad_with_empty(uncond, repeats, empty)
 
 
 def _pad_with_empty(batch: CondBatch, repeats: int, empty: torch.Tensor) -> CondBatch:

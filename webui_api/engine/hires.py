@@ -54,7 +54,7 @@ from webui_api.errors import BadRequest
 from webui_api.jobs import GeneratedImage, GenerationJob, HiresParams, Img2ImgParams, JobResult
 from webui_api.progress import CancelToken, RunObserver
 
-PIXEL_UPSCALERS = {"None": None, "Lanczos": Image.LANCZOS, "Nearest": Image.NEAREST}
+PIXEL_UPSCALERS = {"None": None, "Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST}
 
 # (picture, target width, target height) -> the picture at exactly that size
 PixelUpscale = Callable[[Image.Image, int, int], Image.Image]
@@ -76,7 +76,11 @@ def builtin_pixel_upscale(name: str) -> PixelUpscale:
         scale = max(width / picture.width, height / picture.height)
         if resample is not None and scale > 1:
             picture = picture.resize((int(picture.width * scale), int(picture.height * scale)), resample=resample)
-        return picture if picture.size == (width, height) else picture.resize((width, height), resample=Image.LANCZOS)
+        return (
+            picture
+            if picture.size == (width, height)
+            else picture.resize((width, height), resample=Image.Resampling.LANCZOS)
+        )
 
     return resize
 
@@ -91,7 +95,11 @@ def catalog_pixel_upscale(catalog: Any, name: str) -> PixelUpscale:
         scale = max(width / picture.width, height / picture.height)
         if scale > 1:
             picture = catalog.upscale(picture, name, scale)
-        return picture if picture.size == (width, height) else picture.resize((width, height), resample=Image.LANCZOS)
+        return (
+            picture
+            if picture.size == (width, height)
+            else picture.resize((width, height), resample=Image.Resampling.LANCZOS)
+        )
 
     return resize
 
@@ -112,6 +120,8 @@ def pixel_upscaler(hires: HiresParams, catalog: Any = None) -> PixelUpscale | No
 def pixel_upscale(picture: Image.Image, hires: HiresParams) -> Image.Image:
     """A built-in pixel upscaler to the hires target size."""
     resize = pixel_upscaler(hires)
+    if resize is None:
+        raise BadRequest(f"hr_upscaler {hires.upscaler!r} is a latent mode, not a pixel upscaler")
     return resize(picture, hires.upscale_width, hires.upscale_height)
 
 
@@ -134,6 +144,7 @@ def upscale(
     if hires.latent_mode is not None:
         return F.interpolate(latents, size=size, mode=hires.latent_mode, antialias=hires.latent_antialias)
     resize = resize or pixel_upscaler(hires)
+    assert resize is not None  # not a latent mode, so pixel_upscaler gave one
     pictures = decode_latents(models.decoder, latents, auto_upcast)
     encoded = [encode_image(models.encoder, resize(p, hires.upscale_width, hires.upscale_height)) for p in pictures]
     return torch.cat(encoded).to(latents.device)
@@ -166,14 +177,14 @@ def hires_conditioning(
     out with the first pass's total steps as base and the hires total steps as frame. Their
     <lora:...> tags are removed before encoding; the engine has merged the hires prompt's
     own networks by then (HiresRun.select_networks)."""
-    hires = job.hires
+    hires = hires_params(job)
     base = total_steps(job, plan)
-    frame = hires.steps * (2 if hr_plan.sampler.options.get("second_order") else 1)
+    frame = hr_plan.sampler.total_steps(hires.steps)
 
     def build(model: LoadedModel, batch: BatchSpec) -> BatchConditioning:
         prompts = tuple(parse_prompt_networks(prompt)[0] for prompt in batch.prompts)
         return build_batch_conditioning(
-            model, prompts, batch.negative_prompts, base, job.clip_skip, job.options,
+            model, prompts, batch.negative_prompts, base, job.clip_skip, job.engine_options,
             width=hires.upscale_width, height=hires.upscale_height, hires_steps=frame, embeddings=model.embeddings,
         )
 
@@ -208,7 +219,7 @@ class HiresRun:
 
     def infotext(self) -> dict[str, Any]:
         """Denoising strength, then Hires checkpoint, then the request-side hires keys."""
-        hires = self.job.hires
+        hires = hires_params(self.job)
         extras: dict[str, Any] = {"Denoising strength": hires.denoising_strength}
         if self.checkpoint is not None:
             extras["Hires checkpoint"] = short_title(self._loaded_info(self.checkpoint))
@@ -233,7 +244,7 @@ def hires_run(model: LoadedModel, job: GenerationJob, models: CompanionModels | 
     title = getattr(hires, "checkpoint_title", None)
     if title is not None and models is None:
         raise BadRequest("hr_checkpoint_name needs the engine's checkpoint catalog; run the job through Engine.txt2img")
-    checkpoint = models.resolve(title) if title is not None else None
+    checkpoint = models.resolve(title) if title is not None and models is not None else None
     catalog = models.engine.upscaler_catalog() if models is not None and hires.latent_mode is None else None
     refiner = refiner_run(job, models) if models is not None else None
     return HiresRun(job, plan, hr_plan, model, models, checkpoint, refiner, pixel_upscaler(hires, catalog))
@@ -245,7 +256,7 @@ def second_pass(
     """A1111's sample_img2img with explicit steps (always the fix-steps rule); strength 0
     gives the upscaled latents back unsampled. Returns the latents and the model that
     finished them."""
-    job, hires = hr.job, hr.job.hires
+    job, hires = hr.job, hires_params(hr.job)
     steps = img2img_steps(hires.steps, hires.denoising_strength, fix_steps=True)
     if steps.steps == 0:
         return latents, model
@@ -253,7 +264,7 @@ def second_pass(
     hr_job = replace(hr_job, sampling=replace(hr_job.sampling, steps=steps.steps))
     check_timestep_steps(hr_job, hr.hr_plan, steps)
     params = Img2ImgParams(init_images=(), denoising_strength=hires.denoising_strength,
-                           extra_noise=float(job.options.get("img2img_extra_noise", 0.0) or 0.0))
+                           extra_noise=job.engine_options.img2img_extra_noise)
     start = img2img_start(model, hr.hr_plan, latents, params, steps, InpaintState())
     batch = BatchSpec.of(hr_job, batch_no)
     if not runs_sampler(hr.hr_plan, steps):
@@ -261,6 +272,13 @@ def second_pass(
     ctx = PassContext(hr_job, hr.hr_plan, launch_steps=steps.t_enc + 1, is_hires=True, hires_enabled=True,
                       conditioning=hires_conditioning(job, hr.plan, hr.hr_plan))
     return sample_pass(model, hr.refiner, ctx, batch, observer, cancel, start)
+
+
+def hires_params(job: GenerationJob) -> HiresParams:
+    """The hires params of a job check_hires_job accepted."""
+    if job.hires is None:
+        raise BadRequest("run_hires needs a txt2img job with hires params")
+    return job.hires
 
 
 def check_hires_job(job: GenerationJob) -> HiresParams:
@@ -274,7 +292,7 @@ def hires_batch(
     hr: HiresRun, batch: BatchSpec, auto_upcast: bool, observer: RunObserver, cancel: CancelToken
 ) -> tuple[torch.Tensor, LoadedModel]:
     """Both passes of one batch; returns the final latents and the model that decodes them."""
-    n, hires = batch.index, hr.job.hires
+    n, hires = batch.index, hires_params(hr.job)
     first_ctx = PassContext(hr.job, hr.plan, launch_steps=hr.job.sampling.steps, hires_enabled=True)
     hr.select_networks(is_hires=False)
     latents, finished = sample_pass(hr.main, hr.refiner, first_ctx, batch, observer, cancel)
@@ -300,7 +318,7 @@ def run_hires(
     gets each batch's first-pass pictures (decoded by the model that finished the pass)
     before its second pass, unless the job was interrupted, as A1111 saves them."""
     hr = replace(hires_run(model, job, models), first_pass=first_pass)
-    auto_upcast = bool(job.options.get("auto_vae_precision", True))
+    auto_upcast = job.engine_options.auto_vae_precision
     images: list[GeneratedImage] = []
     with torch.inference_mode():
         for batch in job_batches(job, observer, cancel):  # A1111's "Batch n out of N" text; job_no counts passes

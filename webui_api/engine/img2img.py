@@ -162,7 +162,9 @@ def img2img_start(
 ) -> StartFn:
     """The start for the plan's sampler family (k-diffusion sigmas or timesteps)."""
     if plan.sampler.kind == KIND_TIMESTEPS:
-        return timestep_start(init, params, steps, inpaint, model.alphas_cumprod, unipc=plan.sampler.name == "UniPC")
+        return timestep_start(
+            init, params, steps, inpaint, model.alphas_cumprod, unipc=plan.sampler.takes_unipc_options
+        )
     return noised_start(init, params, steps, inpaint)
 
 
@@ -174,7 +176,7 @@ def runs_sampler(plan: SamplerPlan, steps: Img2ImgSteps) -> bool:
 
 def check_timestep_steps(job: GenerationJob, plan: SamplerPlan, steps: Img2ImgSteps) -> None:
     """UniPC cannot take fewer steps than its order (A1111 fails the same way)."""
-    if plan.sampler.name != "UniPC" or steps.steps == 0:
+    if not plan.sampler.takes_unipc_options or steps.steps == 0:
         return
     order = unipc_options(job).order
     if steps.t_enc < order:
@@ -202,7 +204,7 @@ def latent_mask(model: LoadedModel, params: Img2ImgParams, latent_shape: torch.S
     """A1111's latmask (1 = repaint): the mask resized bicubically to the latent size, /255,
     rounded with mask_round, repeated over the latent channels."""
     height, width = latent_shape[-2:]
-    small = params.mask.convert("RGB").resize((width, height), resample=Image.BICUBIC)
+    small = params.mask.convert("RGB").resize((width, height), resample=Image.Resampling.BICUBIC)
     values = np.asarray(small, dtype=np.float32)[:, :, 0] / 255.0
     if params.mask_round:
         values = np.around(values)
@@ -290,7 +292,7 @@ def overlaid(pictures: list, params: Img2ImgParams, job: GenerationJob) -> list:
     """Paste the kept original pixels back over each output (option overlay_inpaint)."""
     if not params.overlays:
         return pictures
-    composite = bool(job.options.get("overlay_inpaint", True))
+    composite = job.engine_options.overlay_inpaint
     overlays = params.overlays
     return [
         finish_output(picture, overlays[i % len(overlays)], params.paste_to, composite)
@@ -342,7 +344,7 @@ def run_img2img(
                 latents = unsampled_start(model, schedule_job, batch, plan, start)
             if inpaint.blend is not None:
                 latents = inpaint.blend(latents)
-            auto_upcast = bool(job.options.get("auto_vae_precision", True))
+            auto_upcast = job.engine_options.auto_vae_precision
             images += batch_images(batch, overlaid(decode_latents(finished, latents, auto_upcast), params, job))
             observer.batch_finished(batch.index)
     extras = {**infotext_extras(params), **(run.infotext if run is not None else {})}

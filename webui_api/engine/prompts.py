@@ -162,6 +162,7 @@ def split_subprompts(prompt: str) -> tuple[SubPrompt, ...]:
     parts = []
     for part in _AND_SPLIT.split(prompt):
         match = _TRAILING_WEIGHT.match(part)
+        assert match is not None  # every string matches: the weight group is optional
         text, weight = match.group(1), match.group(2)
         parts.append(SubPrompt(text=text, weight=1.0 if weight is None else float(weight)))
     return tuple(parts)

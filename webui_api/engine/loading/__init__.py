@@ -25,7 +25,7 @@ OPENCLIP_PAD_TOKEN = "!"  # id 0: what open_clip pads with
 
 def bundled_tokenizer_dir(name: str = CLIP_L_TOKENIZER) -> Path:
     """Directory of a tokenizer shipped as package data; raises if it is missing."""
-    path = Path(str(resources.files(__package__).joinpath("tokenizers", name)))
+    path = Path(str(resources.files(__package__) / "tokenizers" / name))
     if not (path / "vocab.json").is_file():
         raise FileNotFoundError(f"bundled tokenizer {name!r} not found: expected vocab.json in {path}")
     return path

@@ -96,7 +96,7 @@ def v_prediction(base: Architecture) -> Architecture:
 
 def load_config(name: str) -> dict[str, Any]:
     """A bundled architecture config, without its "_comment" (a fresh dict per call)."""
-    config = json.loads(resources.files(__package__).joinpath("configs", f"{name}.json").read_text(encoding="utf8"))
+    config = json.loads((resources.files(__package__) / "configs" / f"{name}.json").read_text(encoding="utf8"))
     config.pop("_comment", None)
     return config
 
