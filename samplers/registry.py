@@ -287,6 +287,14 @@ def find_sampler(name: str) -> SamplerInfo | None:
     return None
 
 
+def sampler_of(name: str) -> SamplerInfo:
+    """find_sampler for a name already resolved (a built job's): unknown is a programming error."""
+    sampler = find_sampler(name)
+    if sampler is None:
+        raise UnknownSamplerError(f"sampler not found: {name!r}; {_valid_samplers()}")
+    return sampler
+
+
 def _scheduler_names(scheduler: SchedulerInfo) -> tuple[str, ...]:
     """Every spelling A1111 accepts for a scheduler, in its matching order."""
     return (scheduler.label, scheduler.name, *(scheduler.aliases or ()))
@@ -299,6 +307,14 @@ def find_scheduler(name: str) -> SchedulerInfo | None:
         if folded in (n.casefold() for n in _scheduler_names(scheduler)):
             return scheduler
     return None
+
+
+def scheduler_of(name: str) -> SchedulerInfo:
+    """find_scheduler for a name already resolved (a built job's): unknown is a programming error."""
+    scheduler = find_scheduler(name)
+    if scheduler is None:
+        raise UnknownSchedulerError(f"scheduler not found: {name!r}; {_valid_schedulers()}")
+    return scheduler
 
 
 def split_scheduler_suffix(sampler_name: str) -> tuple[SamplerInfo, SchedulerInfo] | None:

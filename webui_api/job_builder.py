@@ -14,7 +14,7 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from .controlnet.units import controlnet_units
 from .engine_options import EngineOptions
@@ -35,6 +35,17 @@ class ResolvedSampler:
     sampler_name: str
     scheduler_name: str
     scheduler_label: str
+
+
+_Value = TypeVar("_Value")
+
+
+def given(value: _Value | None, field: str) -> _Value:
+    """A request field A1111's schema marks Optional but that means nothing as null (a size, a
+    count, steps): a 400 naming it instead of a TypeError deep in the build."""
+    if value is None:
+        raise BadRequest(f"{field} must not be null")
+    return value
 
 
 def resolve_seed(value: Any, rng: random.Random) -> int:
@@ -72,7 +83,7 @@ def resolve_sampler(request: GenerationRequest) -> ResolvedSampler:
     if sampler.function is None:
         available = ", ".join(s.name for s in registry.implemented_samplers())
         raise ValidationFailed(f"Sampler {sampler.name!r} is not implemented yet; available: {available}")
-    scheduler = registry.find_scheduler(scheduler_name) if scheduler_name else split_scheduler
+    scheduler = registry.scheduler_of(scheduler_name) if scheduler_name else split_scheduler
     return ResolvedSampler(sampler.name, scheduler.name, scheduler.label)
 
 
@@ -214,7 +225,7 @@ class HiresTarget:
 
 
 def hires_target(request: Txt2ImgRequest) -> HiresTarget:
-    width, height = request.width, request.height
+    width, height = given(request.width, "width"), given(request.height, "height")
     rx, ry = int(request.hr_resize_x or 0), int(request.hr_resize_y or 0)
     if rx == 0 and ry == 0:
         scale = float(request.hr_scale if request.hr_scale is not None else 2.0)
@@ -272,7 +283,7 @@ def hires_params(
     return HiresParams(
         upscale_width=target.width, upscale_height=target.height, upscaler=name,
         latent_mode=latent[0] if latent else None, latent_antialias=bool(latent and latent[1]),
-        steps=second.steps, denoising_strength=strength, sampling=sampling, prompts=prompts,
+        steps=given(second.steps, "steps"), denoising_strength=strength, sampling=sampling, prompts=prompts,
         negative_prompts=negatives, truncate_x=target.truncate_x, truncate_y=target.truncate_y,
         infotext=hires_infotext(request, job, sampling, prompts, negatives),
         checkpoint_title=hires_checkpoint(request),
@@ -338,7 +349,7 @@ def _effective_scheduler(sampling: SamplingParams) -> Any:
     sampler = registry.find_sampler(sampling.sampler_name)
     if sampler is None or sampler.kind == registry.KIND_TIMESTEPS:
         return None
-    return registry.effective_scheduler(sampler, registry.find_scheduler(sampling.scheduler))
+    return registry.effective_scheduler(sampler, registry.scheduler_of(sampling.scheduler))
 
 
 @dataclass(frozen=True)
@@ -379,7 +390,7 @@ def prepare_init(request: Img2ImgRequest, options: Mapping[str, Any]) -> Prepare
     from .engine.masks import prepare_mask
     from .postprocess.encode import decode_image_base64
 
-    size = TargetSize(request.width, request.height)
+    size = TargetSize(given(request.width, "width"), given(request.height, "height"))
     background = str(options.get("img2img_background_color") or "#ffffff")
     mode = int(request.resize_mode or 0)
     flats = []
@@ -439,7 +450,7 @@ def build_img2img(
 
     check_scripts(request, "img2img")
     prepared = prepare_init(request, options)
-    images, batch_size = batch_init_images(prepared.images, request.batch_size)
+    images, batch_size = batch_init_images(prepared.images, given(request.batch_size, "batch_size"))
     request = request.model_copy(update={"batch_size": batch_size})
     job = build_txt2img_like(request, options, rng or random.Random(), styles)
     params = img2img_params(request, options, images, prepared)
@@ -459,7 +470,8 @@ def build_txt2img_like(
     request: GenerationRequest, options: Mapping[str, Any], rng: random.Random, styles: Sequence[PromptStyle]
 ) -> GenerationJob:
     """The fields txt2img and img2img jobs share."""
-    count = request.batch_size * request.n_iter
+    batch_size, n_iter = given(request.batch_size, "batch_size"), given(request.n_iter, "n_iter")
+    count = batch_size * n_iter
     sampler = resolve_sampler(request)
     prompts, negative_prompts = styled_prompts(request, count, styles)
     check_prompts(prompts, negative_prompts, options)
@@ -467,10 +479,10 @@ def build_txt2img_like(
         kind="txt2img",
         prompts=prompts,
         negative_prompts=negative_prompts,
-        width=request.width,
-        height=request.height,
-        batch_size=request.batch_size,
-        n_iter=request.n_iter,
+        width=given(request.width, "width"),
+        height=given(request.height, "height"),
+        batch_size=batch_size,
+        n_iter=n_iter,
         sampling=_sampling_params(request, sampler, options),
         seeds=_seed_params(request, options, count, rng),
         clip_skip=int(options.get("CLIP_stop_at_last_layers", 1) or 1),
@@ -492,12 +504,13 @@ def resolve_eta(request: GenerationRequest, sampler_name: str, options: Mapping[
     samplers, eta_ddim for the DDIM family); None for samplers that take no eta."""
     from samplers import registry
 
-    sampler = registry.find_sampler(sampler_name)
-    if not sampler.takes_eta:
+    sampler = registry.sampler_of(sampler_name)
+    option = sampler.eta_option  # None exactly when the sampler takes no eta
+    if option is None:
         return None
     if request.eta is not None:
         return float(request.eta)
-    return float(options.get(sampler.eta_option, sampler.default_eta))
+    return float(options.get(option, sampler.default_eta))
 
 
 def _sampling_params(
@@ -507,7 +520,7 @@ def _sampling_params(
     return SamplingParams(
         sampler_name=sampler.sampler_name,
         scheduler=sampler.scheduler_name,
-        steps=request.steps,
+        steps=given(request.steps, "steps"),
         cfg_scale=float(request.cfg_scale if request.cfg_scale is not None else 7.0),
         eta=resolve_eta(request, sampler.sampler_name, options),
         s_min_uncond=float(s_min_uncond or 0.0),

@@ -27,7 +27,7 @@ def extra_generation_params(job: GenerationJob) -> dict[str, Any]:
     """The sampler-dependent infotext extras A1111 adds (Eta, Sigma * from options)."""
     from samplers import registry
 
-    sampler = registry.find_sampler(job.sampling.sampler_name)
+    sampler = registry.sampler_of(job.sampling.sampler_name)
     extras: dict[str, Any] = {}
     if sampler.takes_eta and job.sampling.eta is not None and job.sampling.eta != sampler.default_eta:
         extras["Eta DDIM" if sampler.default_eta == 0.0 else "Eta"] = job.sampling.eta
@@ -92,7 +92,7 @@ def _face_restoration_model(job: GenerationJob) -> str | None:
 def _scheduler_label(job: GenerationJob) -> str:
     from samplers import registry
 
-    return registry.find_scheduler(job.sampling.scheduler).label
+    return registry.scheduler_of(job.sampling.scheduler).label
 
 
 def _sampler_uses_ensd(job: GenerationJob) -> bool:
@@ -143,7 +143,8 @@ def prompt_extras(job: GenerationJob, prompts: Sequence[str], negative_prompts: 
 def prompt_extras_per_image(job: GenerationJob, image_count: int) -> list[dict[str, Any]]:
     """A1111 keeps these keys once set, so an image's infotext has those of its own batch and
     of every batch before it."""
-    per_image, seen = [], {}
+    per_image: list[dict[str, Any]] = []
+    seen: dict[str, Any] = {}
     for n in range(job.n_iter):
         part = job.batch_slice(n)
         seen = {**seen, **prompt_extras(job, job.prompts[part], job.negative_prompts[part])}

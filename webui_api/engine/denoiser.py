@@ -399,9 +399,10 @@ class _Selected:
 
 def select_conds(conditioning: BatchConditioning, step: int) -> tuple[list[CondTensors], list, list[CondTensors]]:
     """Each sub-prompt's and negative prompt's variant for denoiser call ``step`` (ScheduledCond.at)."""
-    rows, layout = [], []
+    rows: list[CondTensors] = []
+    layout: list[tuple[tuple[int, float], ...]] = []
     for image in conditioning.cond:
-        entries = []
+        entries: list[tuple[int, float]] = []
         for scheduled, weight in image.parts:
             entries.append((len(rows), float(weight)))
             rows.append(scheduled.at(step))
@@ -450,10 +451,11 @@ class CFGDenoiser:
         selected = self._select(self._conditioning(cond, uncond), x.shape[0])
         if self.blend is not None and self.options.mask_before_denoising:
             x = self.blend(x)
-        if self._edit_guidance(image_cond):
+        edit_scale = self._edit_guidance_scale(image_cond)
+        if image_cond is not None and edit_scale is not None:
             skip = False
             cond_out, uncond_out, denoised = edit_guidance(self.inner, x, sigma, selected, image_cond, cond_scale,
-                                                           self.options.image_cfg_scale)
+                                                           edit_scale)
         else:
             skip = self._skip_uncond(sigma, s_min_uncond)
             cond_out, uncond_out = self._run(x, sigma, selected, skip, image_cond)
@@ -502,11 +504,11 @@ class CFGDenoiser:
             self._cache = (key, stacked)
         return self._cache[1]
 
-    def _edit_guidance(self, image_cond: torch.Tensor | None) -> bool:
-        """A1111's is_edit_model: an instruct-pix2pix image latent and image_cfg_scale != 1
-        (the caller sets image_cfg_scale only for 8-channel UNets, as A1111 does)."""
+    def _edit_guidance_scale(self, image_cond: torch.Tensor | None) -> float | None:
+        """image_cfg_scale when A1111's is_edit_model holds (an instruct-pix2pix image latent and
+        image_cfg_scale != 1; the caller sets it only for 8-channel UNets, as A1111 does), else None."""
         scale = self.options.image_cfg_scale
-        return image_cond is not None and scale is not None and scale != 1.0
+        return scale if image_cond is not None and scale is not None and scale != 1.0 else None
 
     def _skip_uncond(self, sigma: torch.Tensor, s_min_uncond: float) -> bool:
         """skip_early_cond while step / total_steps <= it; else NGMS below s_min_uncond on odd
@@ -519,7 +521,8 @@ class CFGDenoiser:
 
     def _run(self, x, sigma, selected: _Selected, skip: bool, image_cond):
         """The UNet calls; returns (all cond rows' output, uncond rows' output or fake uncond)."""
-        x_c, sigma_c, ic_c = (_repeat_rows(v, selected.repeats) for v in (x, sigma, image_cond))
+        x_c, sigma_c = _repeat_rows(x, selected.repeats), _repeat_rows(sigma, selected.repeats)
+        ic_c = None if image_cond is None else _repeat_rows(image_cond, selected.repeats)
         size = x.shape[0]
         if skip:
             cond_out = self._call(x_c, sigma_c, selected.cond, ic_c, size)
@@ -584,9 +587,9 @@ def edit_guidance(
     return out_cond, out_uncond, denoised
 
 
-def _repeat_rows(v: torch.Tensor | None, repeats: tuple[int, ...]) -> torch.Tensor | None:
+def _repeat_rows(v: torch.Tensor, repeats: tuple[int, ...]) -> torch.Tensor:
     """Row i repeated repeats[i] times (each image once per AND sub-prompt)."""
-    if v is None or all(r == 1 for r in repeats):
+    if all(r == 1 for r in repeats):
         return v
     return torch.repeat_interleave(v, torch.tensor(repeats, device=v.device), dim=0)
 
@@ -598,7 +601,11 @@ def _rows(v: torch.Tensor, rows: list[int]) -> torch.Tensor:
 
 
 def _cat_opt(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
-    return None if a is None else torch.cat([a, b])
+    if a is None:
+        return None
+    if b is None:
+        raise ValueError("image conditioning for the cond rows but not the uncond rows")
+    return torch.cat([a, b])
 
 
 def combine(

@@ -427,7 +427,7 @@ def job_name_facts(job: Any, model: Any = None, result: Any = None, styles: Sequ
     """The tags' view of a webui_api.jobs.GenerationJob (plus the model and result facts)."""
     from samplers import registry
 
-    scheduler = registry.find_scheduler(job.sampling.scheduler).label
+    scheduler = registry.scheduler_of(job.sampling.scheduler).label
     strength = job.img2img.denoising_strength if job.img2img is not None else None
     if job.hires is not None:
         strength = job.hires.denoising_strength
