@@ -94,15 +94,19 @@ class GroupCancel:
 # ---------------------------------------------------------------------------
 
 
-def _pad_rows(v: torch.Tensor | None, rows: int) -> torch.Tensor | None:
+def _pad_rows(v: torch.Tensor, rows: int) -> torch.Tensor:
     """Lengthen dim 0 to `rows` by repeating the last row."""
-    if v is None or v.shape[0] >= rows:
+    if v.shape[0] >= rows:
         return v
     return torch.cat([v, v[-1:].expand(rows - v.shape[0], *v.shape[1:])])
 
 
-def _chunk(v: torch.Tensor | None, part: slice, rows: int) -> torch.Tensor | None:
-    return None if v is None else _pad_rows(v[part], rows)
+def _chunk(v: torch.Tensor, part: slice, rows: int) -> torch.Tensor:
+    return _pad_rows(v[part], rows)
+
+
+def _chunk_optional(v: torch.Tensor | None, part: slice, rows: int) -> torch.Tensor | None:
+    return None if v is None else _chunk(v, part, rows)
 
 
 class RowChunks:
@@ -132,9 +136,11 @@ class RowChunks:
         outs = []
         for start in range(0, total, self.rows):
             part = slice(start, min(start + self.rows, total))
-            chunk_cond = CondBatch(_chunk(cond.crossattn, part, self.rows), _chunk(cond.vector, part, self.rows))
+            chunk_cond = CondBatch(
+                _chunk(cond.crossattn, part, self.rows), _chunk_optional(cond.vector, part, self.rows)
+            )
             out = self.inner(_chunk(x, part, self.rows), _chunk(sigma, part, self.rows), chunk_cond,
-                             _chunk(image_cond, part, self.rows))
+                             _chunk_optional(image_cond, part, self.rows))
             outs.append(out[: part.stop - part.start])
         return torch.cat(outs)
 
@@ -243,8 +249,11 @@ def sample_members(
     kwargs = sampler_kwargs(job, plan, schedule, inner, combined_noise_sampler(draws), begin.model_interval)
     extra_args = {"cond": merged_conditioning(members), "cond_scale": job.sampling.cfg_scale,
                   "s_min_uncond": job.sampling.s_min_uncond}
+    function = plan.sampler.function
+    if function is None:  # resolve_sampler refuses unimplemented samplers before a job is built
+        raise ValueError(f"sampler {plan.sampler.name!r} is not implemented")
     try:
-        return plan.sampler.function(
+        return function(
             cfg, begin.x, schedule, extra_args=extra_args, callback=callback, disable=True, **kwargs
         )
     except SamplingInterrupted:

@@ -319,7 +319,7 @@ def final_layer_norm(encoder) -> torch.nn.Module:
     return getattr(encoder, "text_model", encoder).final_layer_norm
 
 
-def token_embedding(encoder) -> torch.nn.Module:
+def token_embedding(encoder) -> torch.nn.Embedding:
     return getattr(encoder, "text_model", encoder).embeddings.token_embedding
 
 
@@ -463,9 +463,9 @@ def time_ids(model: LoadedModel, settings: ConditioningSettings, negative: bool)
     crop = [settings.crop_top, settings.crop_left]
     if model.family == "sdxl-refiner":
         score = settings.negative_aesthetic_score if negative else settings.aesthetic_score
-        values = size + crop + [score]
+        values: list[float] = [*size, *crop, score]
     else:
-        values = size + crop + size
+        values = [*size, *crop, *size]
     return torch.tensor(values, dtype=model.dtype).float()
 
 
@@ -579,9 +579,10 @@ def stack_at_step(conds: Sequence[ScheduledCond], step: int) -> CondTensors:
     chosen = [cond.at(step) for cond in conds]
     count = max(t.crossattn.shape[0] for t in chosen)
     crossattn = torch.stack([pad_to_token_count(t.crossattn, count) for t in chosen])
-    if any(t.vector is None for t in chosen):
+    vectors = [t.vector for t in chosen if t.vector is not None]
+    if len(vectors) != len(chosen):
         return CondTensors(crossattn)
-    return CondTensors(crossattn, torch.stack([t.vector for t in chosen]))
+    return CondTensors(crossattn, torch.stack(vectors))
 
 
 def encode_prompts(

@@ -28,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -238,7 +238,8 @@ def build_controlnet(config: Mapping[str, Any], state: Mapping[str, torch.Tensor
     from diffusers import ControlNetModel
 
     with torch.device("meta"):
-        module = ControlNetModel(**config)
+        # diffusers' models are torch Modules; its type hints do not say so to mypy
+        module = cast(torch.nn.Module, ControlNetModel(**config))
     layout = ControlLayout.from_config(config)
     wanted = expected_shapes(module)
     tensors = gather(path, state, wanted, lambda key: original_key(key, layout), "ControlNet")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -26,9 +26,19 @@ from samplers import lcm as lcm_math
 from samplers.schedules import sigma_table, sigma_to_t
 from webui_api.engine.cond_types import BatchConditioning, CondTensors, split_sdxl_vector
 from webui_api.engine.models import LoadedModel
-from webui_api.progress import CancelToken
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+class StopSignal(Protocol):
+    """What the CFG denoiser reads from a cancel token (progress.CancelToken, or a batch's
+    combined one) before each step."""
+
+    @property
+    def should_stop_sampling(self) -> bool: ...
+
+    @property
+    def interrupted(self) -> bool: ...
 
 
 class SamplingInterrupted(Exception):
@@ -423,7 +433,7 @@ class CFGDenoiser:
     def __init__(
         self,
         inner,
-        cancel: CancelToken,
+        cancel: StopSignal,
         options: GuidanceOptions = GuidanceOptions(),
         blend: InpaintBlend | None = None,
     ) -> None:

@@ -277,6 +277,7 @@ def inpaint_state(
     model: LoadedModel, job: GenerationJob, params: Img2ImgParams, init: torch.Tensor
 ) -> tuple[torch.Tensor, InpaintState]:
     """The init latent after the latent fill, and the blend/image conditioning to sample with."""
+    image_cond: torch.Tensor | None
     if model.unet_in_channels == EDIT_CHANNELS:
         image_cond = edit_image_cond(model, params)
     else:

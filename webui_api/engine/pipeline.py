@@ -440,8 +440,11 @@ def sample_batch(
     if begin.image_cond is not None:
         extra_args["image_cond"] = begin.image_cond
     # 4. sample; an interrupt or skip keeps the last x0 estimate of the prompt (A1111's last_latent)
+    function = plan.sampler.function
+    if function is None:  # resolve_sampler refuses unimplemented samplers before a job is built
+        raise ValueError(f"sampler {plan.sampler.name!r} is not implemented")
     try:
-        return plan.sampler.function(
+        return function(
             denoiser, x, schedule, extra_args=extra_args, callback=callback, disable=True, **kwargs
         )
     except SamplingInterrupted:

@@ -109,13 +109,15 @@ def _architecture(root: Path, index: dict[str, Any], components: dict[str, Compo
     elif text_2 is not None:
         arch = ARCHITECTURES["sdxl-refiner"]
     elif text is not None:
-        width = int(text.module.config.hidden_size)
+        text_config: Any = text.module.config  # a transformers config, attributes by model
+        width = int(text_config.hidden_size)
         arch = ARCHITECTURES["sd2" if width == 1024 else "sd1"]
     else:
         raise UnusableModelFile(
             root, f"{index.get('_class_name', 'this pipeline')} has no CLIP text encoder this server can use"
         )
-    if int(components["unet"].module.config.in_channels) == 9:
+    unet_config: Any = components["unet"].module.config  # a diffusers config, attributes by model
+    if int(unet_config.in_channels) == 9:
         arch = inpainting(arch)
     scheduler = root / "scheduler" / "scheduler_config.json"
     if scheduler.is_file() and _json(scheduler).get("prediction_type") == "v_prediction":
