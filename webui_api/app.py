@@ -27,7 +27,7 @@ from .progress import ProgressTracker
 from .batching import BatchingConfig
 from .scheduler import Scheduler, WorkItem
 from .serving.audit import AuditLog
-from .serving.guards import BodySizeLimit
+from .serving.guards import BodySizeLimit, PixelBudgetScope
 from .serving.hooks import ServingHooks
 from .serving.lifecycle import Lifecycle
 from .serving.metrics import Metrics
@@ -209,6 +209,7 @@ class SelectiveGZipMiddleware:
 def _install_middleware(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(SelectiveGZipMiddleware)
     add_cors(app, settings)
+    app.add_middleware(PixelBudgetScope, max_pixels=settings.guards.max_input_pixels)  # the one image budget
     app.add_middleware(BodySizeLimit, max_bytes=settings.guards.max_body_bytes)  # outermost: before any parsing
 
     @app.middleware("http")

@@ -92,6 +92,19 @@ class GenerationFailed(ApiError):
     error_name = "RuntimeError"
 
 
+class LimitExceeded(ApiError):
+    """A request beyond a configured limit (422; 413 for sizes of the body or of images).
+
+    The message names the limit, the flag that sets it and the value received."""
+
+    status_code = 422
+    error_name = "LimitExceeded"
+
+    def __init__(self, what: str, value: Any, limit: Any, flag: str, status: int = 422) -> None:
+        super().__init__(f"{what} is {value}, more than the limit of {limit} ({flag})", errors=f"{flag} {limit}")
+        self.status_code = status
+
+
 class NotImplementedFeature(ApiError):
     """A valid A1111 request for a feature this server does not have yet (501)."""
 

@@ -9,27 +9,13 @@ Image headers are read (PIL opens lazily) before any pixel is decoded.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
-import re
-import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
-from ..errors import ApiError, BadRequest
+from ..errors import LimitExceeded
+from ..pixel_budget import pixel_budget
 
-
-class LimitExceeded(ApiError):
-    """A request beyond a configured limit (422; 413 for sizes of the body or of images)."""
-
-    status_code = 422
-    error_name = "LimitExceeded"
-
-    def __init__(self, what: str, value: Any, limit: Any, flag: str, status: int = 422) -> None:
-        super().__init__(f"{what} is {value}, more than the limit of {limit} ({flag})",
-                         errors=f"{flag} {limit}")
-        self.status_code = status
+__all__ = ["LimitExceeded", "RequestLimits", "check_generation", "check_input_images", "BodySizeLimit", "PixelBudgetScope"]
 
 
 @dataclass(frozen=True)
@@ -94,50 +80,28 @@ def _request_images(request: Any) -> Iterable[Any]:
 
 
 def check_input_images(images: Iterable[Any], max_pixels: int) -> None:
-    """Read each image's header only and refuse one whose pixel count is over the limit."""
-    if not max_pixels:
-        return
-    from PIL import Image
+    """Read each image's header only and refuse one whose pixel count is over the limit
+    (before queueing; the decoder checks the same budget again whenever it decodes)."""
+    from ..postprocess.encode import image_size_base64
 
-    for index, data in enumerate(images):
-        if not isinstance(data, str) or data.startswith(("http://", "https://")):
-            continue  # the decoder reports those with its own message
-        try:
-            width, height = image_header_size(data)
-        except Image.DecompressionBombError as exc:  # PIL refuses to even open it: far over any limit
-            raise LimitExceeded(f"input image #{index + 1}", f"a decompression bomb ({exc})", max_pixels,
-                                "--max-input-pixels", status=413) from exc
-        if width * height > max_pixels:
-            raise LimitExceeded(f"input image #{index + 1} ({width}x{height})", width * height, max_pixels,
-                                "--max-input-pixels", status=413)
+    with pixel_budget(max_pixels):
+        for index, data in enumerate(images):
+            if not isinstance(data, str) or data.startswith(("http://", "https://")):
+                continue  # the decoder reports those with its own message
+            image_size_base64(data, f"input image #{index + 1}")
 
 
-def image_header_size(data: str) -> tuple[int, int]:
-    """(width, height) from the header; PIL does not decode pixels until asked to. Images past
-    PIL's own hard limit raise Image.DecompressionBombError."""
-    from PIL import Image
+class PixelBudgetScope:
+    """ASGI middleware: every request runs under the configured image pixel budget
+    (--max-input-pixels), which the one image decoder and the output-size checks read."""
 
-    raw = _b64_bytes(data)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            with Image.open(io.BytesIO(raw)) as image:
-                return image.size
-        except Image.DecompressionBombError:
-            raise  # the caller names the image and the limit
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise BadRequest("Invalid encoded image", errors=f"{type(exc).__name__}: {exc}") from exc
+    def __init__(self, app: Any, max_pixels: int) -> None:
+        self.app = app
+        self.max_pixels = max_pixels
 
-
-def _b64_bytes(data: str) -> bytes:
-    text = data.strip()
-    if text.startswith("data:") and "," in text:
-        text = text.split(",", 1)[1]
-    compact = re.sub(r"\s+", "", text).translate(str.maketrans("-_", "+/")).rstrip("=")
-    try:
-        return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
-    except binascii.Error as exc:
-        raise BadRequest("Invalid encoded image", errors=f"not base64: {exc}") from exc
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        with pixel_budget(self.max_pixels):
+            await self.app(scope, receive, send)
 
 
 class BodySizeLimit:
