@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 
 from . import __version__
 from .auth import add_cors, build_gate
-from .errors import ApiError
+from .errors import ApiError, validation_error_body
 from .options import OptionsStore
 from .progress import ProgressTracker
 from .batching import BatchingConfig
@@ -158,7 +158,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         _count_error(request, "RequestValidationError", 422)
-        return _error_response(422, {"detail": _jsonable_errors(exc.errors())})
+        return _error_response(422, validation_error_body(exc.errors()))
 
 
 
@@ -175,11 +175,6 @@ def _count_error(request: Request, error_type: str, status: int) -> None:
     services = getattr(request.app.state, "services", None)
     if services is not None:
         services.metrics.count_error(error_type, status)
-
-
-def _jsonable_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Pydantic's error dicts can carry exception objects in `ctx`; keep them printable."""
-    return [{**e, "ctx": {k: str(v) for k, v in e["ctx"].items()}} if "ctx" in e else e for e in errors]
 
 
 # middleware -----------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from ..errors import NotImplementedFeature
 from ..jobs import GenerationJob
 from ..progress import CancelToken, RunObserver
 from ..scheduler import ProgressSpec, WorkItem
+from ..serving.context import RequestContext
 from ..styles import PromptStyle
 from .base import JobOutcome, ScriptContext, ScriptOutput, ScriptRun, progress_units
 
@@ -48,8 +49,10 @@ def script_context(services: Any, tab: str, options: Mapping[str, Any], styles: 
     from samplers import registry
 
     from ..postprocess.upscale import UpscalerCatalog
+    from ..serving.guards import check_job
     from ..styles import read_styles, style_files
 
+    limits = services.serving.limits
     return ScriptContext(
         tab=tab,
         options=options,
@@ -60,6 +63,7 @@ def script_context(services: Any, tab: str, options: Mapping[str, Any], styles: 
         sampler_names=tuple(s.name for s in registry.implemented_samplers()),
         scheduler_labels=tuple(s.label for s in registry.SCHEDULERS),
         all_styles=lambda: read_styles(style_files(services.settings)),
+        check_job=lambda job: check_job(job, limits),
     )
 
 
@@ -71,16 +75,24 @@ async def run_script(
     services: Any,
     disconnected: Optional[Callable[[], Awaitable[bool]]] = None,
     guarded: bool = True,
+    context: Optional[RequestContext] = None,
 ) -> dict[str, Any]:
-    """The txt2img / img2img response of a request that names a built-in script."""
+    """The txt2img / img2img response of a request that names a built-in script. A script
+    run is served like a direct job: every planned job passes the request guards (ScriptContext.
+    check_job), it queues at the caller's priority, its wait and run times reach the metrics,
+    and it is counted and audited (never cached: scripts draw random seeds per line/cell)."""
+    context = context or RequestContext()
     ctx = script_context(services, tab, options, styles)
     planned = await asyncio.to_thread(plan_script, request, ctx)
-    item = _work_item(services, tab, planned)
-    output = await services.scheduler.run(item, guarded=guarded, disconnected=disconnected)
+    first = planned.first_job  # steps x images of the first job per /progress unit: cells may differ, this is the estimate
+    steps = first.sampling.steps * first.batch_size * planned.job_count
+    item = services.serving.timed(_work_item(services, tab, planned), tab, steps, context)
+    output = await services.scheduler.run(item, context.priority, guarded=guarded, disconnected=disconnected)
     options = planned.first_job.options
     if request.save_images:
         await asyncio.to_thread(save_outputs, output, tab, options, services.settings.data_dir)
-    return await asyncio.to_thread(script_response, request, tab, output, options)
+    response = await asyncio.to_thread(script_response, request, tab, output, options)
+    return await services.serving.finish(tab, request, response, context, cacheable=False)
 
 
 def _work_item(services: Any, tab: str, planned: ScriptRun) -> WorkItem:

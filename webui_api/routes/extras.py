@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from fastapi import Depends
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from ..errors import InvalidImageFormat
 from ..job_builder import job_timestamp
@@ -19,13 +19,14 @@ from ..postprocess.extras import ExtrasParams, ExtrasResult, ProcessedImage, che
 from ..postprocess.face_restore.restorers import FaceRestorers
 from ..postprocess.upscale import TileSpec, UpscalerCatalog
 from ..scheduler import ProgressSpec, WorkItem
+from ..schemas.edge import EdgeModel
 from ..services import Services
 from . import api_router, get_services
 
 router = api_router()
 
 
-class ExtrasRequest(BaseModel):
+class ExtrasRequest(EdgeModel):
     """A1111's ExtrasBaseRequest: same names, defaults and bounds; unknown keys are ignored."""
 
     model_config = ConfigDict(extra="ignore")
@@ -52,7 +53,7 @@ class ExtrasSingleImageRequest(ExtrasRequest):
     image: str = ""
 
 
-class FileData(BaseModel):
+class FileData(EdgeModel):
     data: str
     name: str
 

@@ -56,7 +56,7 @@ async def run_txt2img(
     context = context or RequestContext()
     request, options, styles = _prepare(request, services)
     if request.script_name:
-        return await _run_script(request, "txt2img", options, styles, services, disconnected, guarded)
+        return await _run_script(request, "txt2img", options, styles, services, disconnected, guarded, context)
     if (cached := await services.serving.lookup("txt2img", request, options, context)) is not None:
         return cached
     job = build_txt2img(request, options, styles=styles)
@@ -71,11 +71,13 @@ async def run_txt2img(
     return await services.serving.finish("txt2img", request, response, context, cacheable=not result.interrupted)
 
 
-async def _run_script(request: Any, tab: str, options: Any, styles: Any, services: Services, disconnected: Any, guarded: bool) -> dict[str, Any]:
-    """script_name set: the built-in script runs instead (one queue slot for all its jobs)."""
+async def _run_script(request: Any, tab: str, options: Any, styles: Any, services: Services, disconnected: Any,
+                      guarded: bool, context: RequestContext) -> dict[str, Any]:
+    """script_name set: the built-in script runs instead (one queue slot for all its jobs),
+    with the caller's context: priority, metrics and audit as for a direct job."""
     from ..builtin_scripts.runner import run_script
 
-    return await run_script(request, tab, options, styles, services, disconnected, guarded)
+    return await run_script(request, tab, options, styles, services, disconnected, guarded, context)
 
 
 def _face_restorer(services: Services, job: GenerationJob, save_images: bool = False) -> Any:
@@ -225,7 +227,7 @@ async def run_img2img(
     context = context or RequestContext()
     request, options, styles = _prepare(request, services)
     if request.script_name:
-        return await _run_script(request, "img2img", options, styles, services, disconnected, guarded)
+        return await _run_script(request, "img2img", options, styles, services, disconnected, guarded, context)
     if (cached := await services.serving.lookup("img2img", request, options, context)) is not None:
         return cached
     job = await run_in_threadpool(build_img2img, request, options, None, styles)

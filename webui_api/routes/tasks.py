@@ -24,7 +24,7 @@ import time
 import zipfile
 from typing import Any, AsyncIterator, Optional, Union
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
@@ -301,7 +301,7 @@ async def get_position(task_id: str, runner: TaskRunner = Depends(get_runner)) -
 
 
 @router.get(PREFIX + "/task/{task_id}/events")
-async def task_events(task_id: str, interval: float = 0.5, runner: TaskRunner = Depends(get_runner)) -> Any:
+async def task_events(task_id: str, interval: float = Query(0.5, allow_inf_nan=False), runner: TaskRunner = Depends(get_runner)) -> Any:
     """Server-Sent Events: `status` on every status change (with the queue position), `progress`
     while the task runs (A1111's /progress fields, without the preview image), and a final
     `done` event once the task is finished (or deleted); then the stream ends."""

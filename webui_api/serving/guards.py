@@ -15,7 +15,7 @@ from typing import Any, Iterable, Optional
 from ..errors import LimitExceeded
 from ..pixel_budget import pixel_budget
 
-__all__ = ["LimitExceeded", "RequestLimits", "check_generation", "check_input_images", "BodySizeLimit", "PixelBudgetScope"]
+__all__ = ["LimitExceeded", "RequestLimits", "check_generation", "check_job", "check_input_images", "BodySizeLimit", "PixelBudgetScope"]
 
 
 @dataclass(frozen=True)
@@ -45,16 +45,58 @@ def check_generation(request: Any, limits: RequestLimits) -> None:
         if _over(steps, limits.max_steps):
             raise LimitExceeded(name, steps, limits.max_steps, "--max-steps")
     for name in ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt"):
-        text = getattr(request, name, None)
-        if isinstance(text, str) and _over(len(text), limits.max_prompt_length):
-            raise LimitExceeded(f"the length of {name}", len(text), limits.max_prompt_length, "--max-prompt-length")
+        check_prompt_length(name, getattr(request, name, None), limits)
     check_input_images(_request_images(request), limits.max_input_pixels)
+
+
+def check_prompt_length(name: str, text: Any, limits: RequestLimits) -> None:
+    """A prompt sent as a list (one per image) counts all its characters: a list is no way
+    around --max-prompt-length."""
+    if isinstance(text, (list, tuple)):
+        length = sum(len(part) for part in text if isinstance(part, str))
+    elif isinstance(text, str):
+        length = len(text)
+    else:
+        return
+    if _over(length, limits.max_prompt_length):
+        raise LimitExceeded(f"the length of {name}", length, limits.max_prompt_length, "--max-prompt-length")
+
+
+def check_job(job: Any, limits: RequestLimits) -> None:
+    """The same limits on a resolved GenerationJob: what scripts plan (prompts-from-file
+    lines, x/y/z cells, sd upscale tiles) passes here, so no script argument can raise the
+    size, steps, batch or prompt length above what a direct request may ask for."""
+    pixels = job.width * job.height
+    if _over(pixels, limits.max_pixels):
+        raise LimitExceeded(f"width x height ({job.width}x{job.height})", pixels, limits.max_pixels, "--max-pixels")
+    if job.hires is not None:
+        target = job.hires.upscale_width * job.hires.upscale_height
+        if _over(target, limits.max_pixels):
+            raise LimitExceeded(f"the hires fix size ({job.hires.upscale_width}x{job.hires.upscale_height})", target,
+                                limits.max_pixels, "--max-pixels")
+        if _over(job.hires.steps, limits.max_steps):
+            raise LimitExceeded("hr_second_pass_steps", job.hires.steps, limits.max_steps, "--max-steps")
+    if _over(job.image_count, limits.max_batch):
+        raise LimitExceeded("batch_size x n_iter", job.image_count, limits.max_batch, "--max-batch")
+    if _over(job.sampling.steps, limits.max_steps):
+        raise LimitExceeded("steps", job.sampling.steps, limits.max_steps, "--max-steps")
+    seed_pixels = job.seeds.seed_resize_from_w * job.seeds.seed_resize_from_h
+    if _over(seed_pixels, limits.max_pixels):
+        raise LimitExceeded("seed_resize_from_w x seed_resize_from_h", seed_pixels, limits.max_pixels, "--max-pixels")
+    for name, texts in (("prompt", job.prompts), ("negative_prompt", job.negative_prompts)):
+        longest = max((len(text) for text in texts), default=0)
+        if _over(longest, limits.max_prompt_length):
+            raise LimitExceeded(f"the length of {name}", longest, limits.max_prompt_length, "--max-prompt-length")
 
 
 def _check_size(request: Any, limits: RequestLimits) -> None:
     width, height = request.width or 512, request.height or 512
     if _over(width * height, limits.max_pixels):
         raise LimitExceeded(f"width x height ({width}x{height})", width * height, limits.max_pixels, "--max-pixels")
+    seed_w, seed_h = max(request.seed_resize_from_w or 0, 0), max(request.seed_resize_from_h or 0, 0)
+    if _over(seed_w * seed_h, limits.max_pixels):  # noise of that size is drawn before it is cropped
+        raise LimitExceeded(f"seed_resize_from_w x seed_resize_from_h ({seed_w}x{seed_h})", seed_w * seed_h,
+                            limits.max_pixels, "--max-pixels")
     if getattr(request, "enable_hr", False):
         target = hires_target(request, width, height)
         if _over(target[0] * target[1], limits.max_pixels):
