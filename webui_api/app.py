@@ -27,6 +27,7 @@ from .progress import ProgressTracker
 from .batching import BatchingConfig
 from .scheduler import Scheduler, WorkItem
 from .serving.audit import AuditLog
+from .serving.content_policy import ContentPolicy
 from .serving.guards import BodySizeLimit, PixelBudgetScope
 from .serving.hooks import ServingHooks
 from .serving.lifecycle import Lifecycle
@@ -112,6 +113,7 @@ def build_services(settings: Settings, engine: Optional[Any] = None) -> Services
     metrics.track_queue_depth(lambda: scheduler.waiting_generations)
     serving = ServingHooks(
         limits=settings.guards, metrics=metrics, audit=AuditLog(settings.audit_log), lifecycle=Lifecycle(),
+        policy=ContentPolicy.from_config(settings.content_policy),
         cache=ResultCache.from_settings(settings.data_dir, settings.result_cache_mb, settings.redis_url),
     )
     return Services(settings=settings, options=options, engine=engine, scheduler=scheduler, progress=progress,

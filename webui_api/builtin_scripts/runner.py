@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable, Mapping, Optional, Sequence
 
 from ..errors import NotImplementedFeature
@@ -49,10 +49,8 @@ def script_context(services: Any, tab: str, options: Mapping[str, Any], styles: 
     from samplers import registry
 
     from ..postprocess.upscale import UpscalerCatalog
-    from ..serving.guards import check_job
     from ..styles import read_styles, style_files
 
-    limits = services.serving.limits
     return ScriptContext(
         tab=tab,
         options=options,
@@ -63,7 +61,6 @@ def script_context(services: Any, tab: str, options: Mapping[str, Any], styles: 
         sampler_names=tuple(s.name for s in registry.implemented_samplers()),
         scheduler_labels=tuple(s.label for s in registry.SCHEDULERS),
         all_styles=lambda: read_styles(style_files(services.settings)),
-        check_job=lambda job: check_job(job, limits),
     )
 
 
@@ -82,7 +79,7 @@ async def run_script(
     check_job), it queues at the caller's priority, its wait and run times reach the metrics,
     and it is counted and audited (never cached: scripts draw random seeds per line/cell)."""
     context = context or RequestContext()
-    ctx = script_context(services, tab, options, styles)
+    ctx = replace(script_context(services, tab, options, styles), check_job=services.serving.job_guard(context, tab))
     planned = await asyncio.to_thread(plan_script, request, ctx)
     first = planned.first_job  # steps x images of the first job per /progress unit: cells may differ, this is the estimate
     steps = first.sampling.steps * first.batch_size * planned.job_count

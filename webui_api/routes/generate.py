@@ -54,7 +54,7 @@ async def run_txt2img(
     the queue-depth limit, the queue timeout nor a closed connection may drop them.
     `context` carries the caller's priority and collects the cache outcome and timings."""
     context = context or RequestContext()
-    request, options, styles = _prepare(request, services)
+    request, options, styles = _prepare(request, services, context)
     if request.script_name:
         return await _run_script(request, "txt2img", options, styles, services, disconnected, guarded, context)
     if (cached := await services.serving.lookup("txt2img", request, options, context)) is not None:
@@ -99,12 +99,12 @@ def _first_pass_sink(job: GenerationJob, save_images: bool) -> list[Any] | None:
     return [] if keeps_before_hires(job, job.options, save_images) else None
 
 
-def _prepare(request: Any, services: Services) -> tuple[Any, dict[str, Any], Any]:
+def _prepare(request: Any, services: Services, context: RequestContext) -> tuple[Any, dict[str, Any], Any]:
     """What both generation routes do first: read the styles, paste a sent infotext into the
     fields the client left out, take the per-job options, refuse an unusable output format."""
     styles = request_styles(request, style_files(services.settings))
     request = apply_infotext(request, services.options.snapshot(), styles)
-    services.serving.check(request)  # size/batch/steps/prompt/input-image guards; 503 while shutting down
+    services.serving.check(request, context)  # guards, prompt filter for the caller's tier; 503 while shutting down
     options = services.options.with_overrides(request.override_settings or {})
     check_output_format(options)
     return request, options, styles
@@ -225,7 +225,7 @@ async def run_img2img(
     if request.init_images is None:
         raise NotFound("Init image not found")
     context = context or RequestContext()
-    request, options, styles = _prepare(request, services)
+    request, options, styles = _prepare(request, services, context)
     if request.script_name:
         return await _run_script(request, "img2img", options, styles, services, disconnected, guarded, context)
     if (cached := await services.serving.lookup("img2img", request, options, context)) is not None:

@@ -237,8 +237,8 @@ def enqueue(task_type: str, body: Any, http: Request, runner: TaskRunner) -> dic
             check_callback_url(body.callback_url)
         except ValueError as exc:
             raise BadRequest(str(exc)) from exc
-    runner.services.serving.check(body)
     context = request_context(http, body.priority)
+    runner.services.serving.check(body, context, route=task_type)
     task = runner.store.create(task_type, task_params(body), body.callback_url, tier=context.priority, owner=context.caller)
     runner.wake()
     return {"task_id": task.id}
