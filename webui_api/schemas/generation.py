@@ -209,6 +209,16 @@ class Img2ImgRequest(GenerationRequest):
     def _blur(cls, value: Optional[int], info) -> Optional[int]:
         return _check_range(info.field_name, value, 0, MAX_MASK_BLUR)
 
+    @field_validator("inpainting_fill")
+    @classmethod
+    def _fill(cls, value: Optional[int]) -> Optional[int]:
+        return _check_range("inpainting_fill", value, 0, 3)  # fill, original, latent noise, latent nothing
+
+    @field_validator("inpainting_mask_invert")
+    @classmethod
+    def _invert(cls, value: Optional[int]) -> Optional[int]:
+        return _check_range("inpainting_mask_invert", value, 0, 1)
+
     @field_validator("inpaint_full_res_padding")
     @classmethod
     def _padding(cls, value: Optional[int]) -> Optional[int]:
