@@ -148,5 +148,7 @@ def _jsonable_input(value: Any) -> Any:
 
 def _short_repr(value: Any) -> str:
     """Containers and other objects: a bounded text form (deep or huge inputs must not be echoed whole)."""
-    text = repr(value) if not isinstance(value, (dict, list, tuple)) else f"<{type(value).__name__} of {len(value)} items>"
+    if isinstance(value, (dict, list, tuple)):
+        return f"<{type(value).__name__} of {len(value)} items>"
+    text = repr(value)
     return text[:MAX_ECHOED_INPUT]

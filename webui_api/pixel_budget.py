@@ -17,8 +17,8 @@ default budget, never an unlimited one.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from contextvars import ContextVar
-from typing import Iterator
 
 from .errors import LimitExceeded
 

@@ -73,7 +73,7 @@ class Settings:
     audit_log: Path | None = None  # --audit-log: one JSON line per generation; None: off
     task_retention_hours: float = 168.0  # --task-retention-hours: finished async tasks kept (0: forever)
     guards: RequestLimits = field(default_factory=RequestLimits)  # --max-pixels, --max-steps, ...
-    content_policy: ContentPolicyConfig = field(default_factory=ContentPolicyConfig)  # --prompt-filter, --nsfw-check-dir
+    content_policy: ContentPolicyConfig = field(default_factory=ContentPolicyConfig)  # --prompt-filter, --nsfw-*
     batch_max_size: int = 1  # --batch-max-size: images in one cross-request UNet batch (1: batching off, the default:
     # batching pads every UNet call to a fixed row count, which costs a lone request ~1.9x on a CPU; docs/benchmarks.md)
     batch_wait_ms: float = 10.0  # --batch-wait-ms: how long the worker waits for batch partners

@@ -16,6 +16,7 @@ TINY = webuiapi_txt2img(steps=1, width=64, height=64)
 
 def png_claiming(width: int, height: int) -> str:
     """A valid PNG header declaring width x height with almost no pixel data (a bomb's shape)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 

@@ -66,8 +66,14 @@ def test_a_filtered_prompt_is_refused_naming_the_rule_and_audited(make_client, r
         assert client.post("/sdapi/v1/txt2img", json={**TINY, "prompt": prompt, "batch_size": 2}).status_code == 400
     task = client.post("/agent-scheduler/v1/queue/txt2img", json={**TINY, "prompt": "forbidden"})
     assert_a1111_error(task, 400, "rule 2")
-    script = client.post("/sdapi/v1/txt2img", json={**TINY, "script_name": "prompts from file or textbox",
-                                                     "script_args": [False, False, "start", "fine\nsecret99"]})
+    script = client.post(
+        "/sdapi/v1/txt2img",
+        json={
+            **TINY,
+            "script_name": "prompts from file or textbox",
+            "script_args": [False, False, "start", "fine\nsecret99"],
+        },
+    )
     assert_a1111_error(script, 400, "rule 4")
     negative = client.post("/sdapi/v1/txt2img", json={**TINY, "negative_prompt": "forbidden"})
     assert negative.status_code == 200  # negative prompts name what is not wanted
@@ -114,8 +120,14 @@ def tiny_safety_checker(folder, flag_everything: bool = True):
 
     torch.manual_seed(0)
     config = CLIPConfig(
-        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 2,
-                       "image_size": 32, "patch_size": 16},
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 16,
+        },
         text_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 2},
         projection_dim=16,
     )
@@ -141,8 +153,11 @@ def test_flagged_outputs_are_blurred_and_marked(make_client, flags_everything):
     answer = checked.json()
     info = json.loads(answer["info"])
     assert info["content_policy"] == {"nsfw": [True, True], "action": "blur"}
-    for before, after in zip(plain["images"], answer["images"]):
-        original, blurred = np.asarray(decode(before).convert("RGB"), float), np.asarray(decode(after).convert("RGB"), float)
+    for before, after in zip(plain["images"], answer["images"], strict=False):
+        original, blurred = (
+            np.asarray(decode(before).convert("RGB"), float),
+            np.asarray(decode(after).convert("RGB"), float),
+        )
         assert blurred.shape == original.shape and not np.array_equal(blurred, original)
         assert np.abs(np.diff(blurred, axis=1)).mean() < np.abs(np.diff(original, axis=1)).mean() / 2  # smoothed
         assert decode(after).info.get("parameters") == decode(before).info.get("parameters")  # infotext kept
@@ -153,8 +168,14 @@ def test_replace_gives_black_images_and_scripts_and_tasks_are_checked_too(make_c
     answer = client.post("/sdapi/v1/txt2img", json=TINY).json()
     assert not np.asarray(decode(answer["images"][0])).any()
     assert json.loads(answer["info"])["content_policy"]["action"] == "replace"
-    script = client.post("/sdapi/v1/txt2img", json={**TINY, "script_name": "prompts from file or textbox",
-                                                     "script_args": [False, False, "start", "one\ntwo"]}).json()
+    script = client.post(
+        "/sdapi/v1/txt2img",
+        json={
+            **TINY,
+            "script_name": "prompts from file or textbox",
+            "script_args": [False, False, "start", "one\ntwo"],
+        },
+    ).json()
     assert all(not np.asarray(decode(image)).any() for image in script["images"])
 
 
@@ -164,7 +185,10 @@ def test_nsfw_check_per_tier_and_never_served_from_the_cache(make_client, flags_
     config = ContentPolicyConfig(nsfw_model_dir=flags_everything, nsfw_action="replace", tiers=frozenset({"low"}))
     client = make_client(content_policy=config, api_keys_file=keys, result_cache_mb=8)
     trusted = client.post("/sdapi/v1/txt2img", json=TINY, headers=bearer("trusted-key"))
-    assert "content_policy" not in json.loads(trusted.json()["info"]) and np.asarray(decode(trusted.json()["images"][0])).any()
+    assert (
+        "content_policy" not in json.loads(trusted.json()["info"])
+        and np.asarray(decode(trusted.json()["images"][0])).any()
+    )
     public = client.post("/sdapi/v1/txt2img", json=TINY, headers=bearer("public-key"))
     assert public.headers["X-Cache"] == "miss"  # the trusted caller's cached image is not handed out unchecked
     assert not np.asarray(decode(public.json()["images"][0])).any()
@@ -173,6 +197,10 @@ def test_nsfw_check_per_tier_and_never_served_from_the_cache(make_client, flags_
 def test_a_classifier_that_flags_nothing_leaves_images_alone(make_client, tmp_path):
     folder = tiny_safety_checker(tmp_path / "lenient", flag_everything=False)
     plain = make_client().post("/sdapi/v1/txt2img", json=TINY).json()
-    answer = make_client(content_policy=ContentPolicyConfig(nsfw_model_dir=folder)).post("/sdapi/v1/txt2img", json=TINY).json()
+    answer = (
+        make_client(content_policy=ContentPolicyConfig(nsfw_model_dir=folder))
+        .post("/sdapi/v1/txt2img", json=TINY)
+        .json()
+    )
     assert answer["images"] == plain["images"]
     assert json.loads(answer["info"])["content_policy"] == {"nsfw": [False], "action": None}

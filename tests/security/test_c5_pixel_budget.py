@@ -46,53 +46,90 @@ def test_non_ascii_base64_is_an_invalid_image_not_a_crash(text):
 
 
 def test_detect_refuses_a_bomb_and_a_map_size_over_the_budget(budget_client):
-    bomb = budget_client.post("/controlnet/detect", json={"controlnet_module": "canny",
-                                                          "controlnet_input_images": [png_claiming(300, 300)]})
+    bomb = budget_client.post(
+        "/controlnet/detect", json={"controlnet_module": "canny", "controlnet_input_images": [png_claiming(300, 300)]}
+    )
     assert_a1111_error(bomb, 413, "--max-input-pixels", "300x300")
-    strip = budget_client.post("/controlnet/detect", json={"controlnet_module": "canny", "controlnet_processor_res": 512,
-                                                           "controlnet_input_images": [png_b64(1, 200)]})
+    strip = budget_client.post(
+        "/controlnet/detect",
+        json={
+            "controlnet_module": "canny",
+            "controlnet_processor_res": 512,
+            "controlnet_input_images": [png_b64(1, 200)],
+        },
+    )
     assert_a1111_error(strip, 413, "detected map", "--max-input-pixels")
-    fine = budget_client.post("/controlnet/detect", json={"controlnet_module": "canny", "controlnet_processor_res": 64,
-                                                          "controlnet_input_images": [png_b64(64, 64)]})
+    fine = budget_client.post(
+        "/controlnet/detect",
+        json={
+            "controlnet_module": "canny",
+            "controlnet_processor_res": 64,
+            "controlnet_input_images": [png_b64(64, 64)],
+        },
+    )
     assert fine.status_code == 200, fine.text
 
 
 def test_detect_refuses_non_ascii_and_non_finite_numbers(budget_client):
-    bad = budget_client.post("/controlnet/detect", json={"controlnet_module": "canny", "controlnet_input_images": ["ab\u00e9"]})
+    bad = budget_client.post(
+        "/controlnet/detect", json={"controlnet_module": "canny", "controlnet_input_images": ["ab\u00e9"]}
+    )
     assert_a1111_error(bad, 400, "Invalid encoded image")
-    nan = budget_client.post("/controlnet/detect", content=b'{"controlnet_module": "canny", "controlnet_processor_res": NaN,'
-                             b' "controlnet_input_images": ["x"]}', headers={"content-type": "application/json"})
+    nan = budget_client.post(
+        "/controlnet/detect",
+        content=b'{"controlnet_module": "canny", "controlnet_processor_res": NaN, "controlnet_input_images": ["x"]}',
+        headers={"content-type": "application/json"},
+    )
     assert nan.status_code == 422
 
 
 def test_controlnet_unit_images_in_a_generation_are_budgeted(budget_client):
     unit = {"enabled": True, "module": "canny", "model": "None", "image": png_claiming(300, 300)}
-    response = budget_client.post("/sdapi/v1/txt2img", json={**TINY, "alwayson_scripts": {"controlnet": {"args": [unit]}}})
+    response = budget_client.post(
+        "/sdapi/v1/txt2img", json={**TINY, "alwayson_scripts": {"controlnet": {"args": [unit]}}}
+    )
     assert_a1111_error(response, 413, "300x300")
 
 
 def test_extras_upscale_output_is_budgeted(budget_client):
-    response = budget_client.post("/sdapi/v1/extra-single-image", json={
-        "image": png_b64(8, 8), "upscaler_1": "Lanczos", "upscaling_resize": 100})
+    response = budget_client.post(
+        "/sdapi/v1/extra-single-image", json={"image": png_b64(8, 8), "upscaler_1": "Lanczos", "upscaling_resize": 100}
+    )
     assert_a1111_error(response, 413, "the upscaled image", "--max-input-pixels")
-    by_size = budget_client.post("/sdapi/v1/extra-single-image", json={
-        "image": png_b64(8, 8), "upscaler_1": "Lanczos", "resize_mode": 1,
-        "upscaling_resize_w": 4000, "upscaling_resize_h": 4000})
+    by_size = budget_client.post(
+        "/sdapi/v1/extra-single-image",
+        json={
+            "image": png_b64(8, 8),
+            "upscaler_1": "Lanczos",
+            "resize_mode": 1,
+            "upscaling_resize_w": 4000,
+            "upscaling_resize_h": 4000,
+        },
+    )
     assert_a1111_error(by_size, 413, "4000x4000")
-    bomb = budget_client.post("/sdapi/v1/extra-batch-images", json={
-        "imageList": [{"data": png_claiming(300, 300), "name": "a.png"}], "upscaler_1": "Lanczos"})
+    bomb = budget_client.post(
+        "/sdapi/v1/extra-batch-images",
+        json={"imageList": [{"data": png_claiming(300, 300), "name": "a.png"}], "upscaler_1": "Lanczos"},
+    )
     assert_a1111_error(bomb, 413, "300x300")
 
 
 def test_seed_resize_size_is_budgeted(make_client):
     client = make_client(guards=RequestLimits(max_pixels=128 * 128))
-    response = client.post("/sdapi/v1/txt2img", json={**TINY, "seed_resize_from_w": 100_000, "seed_resize_from_h": 100_000})
+    response = client.post(
+        "/sdapi/v1/txt2img", json={**TINY, "seed_resize_from_w": 100_000, "seed_resize_from_h": 100_000}
+    )
     assert_a1111_error(response, 422, "seed_resize_from", "--max-pixels")
 
 
 def test_sd_upscale_target_inside_the_script_is_budgeted(budget_client):
-    body = {**TINY, "init_images": [png_b64(64, 64)], "script_name": "sd upscale", "script_args": [None, 8, "Lanczos", 8.0],
-            "denoising_strength": 0.3}
+    body = {
+        **TINY,
+        "init_images": [png_b64(64, 64)],
+        "script_name": "sd upscale",
+        "script_args": [None, 8, "Lanczos", 8.0],
+        "denoising_strength": 0.3,
+    }
     response = budget_client.post("/sdapi/v1/img2img", json=body)
     assert_a1111_error(response, 413, "sd upscale", "512x512")
 
@@ -100,5 +137,7 @@ def test_sd_upscale_target_inside_the_script_is_budgeted(budget_client):
 def test_img2img_init_image_and_mask_are_budgeted(budget_client):
     big = budget_client.post("/sdapi/v1/img2img", json={**TINY, "init_images": [png_claiming(300, 300)]})
     assert_a1111_error(big, 413, "300x300")
-    mask = budget_client.post("/sdapi/v1/img2img", json={**TINY, "init_images": [png_b64()], "mask": png_claiming(300, 300)})
+    mask = budget_client.post(
+        "/sdapi/v1/img2img", json={**TINY, "init_images": [png_b64()], "mask": png_claiming(300, 300)}
+    )
     assert_a1111_error(mask, 413, "300x300")

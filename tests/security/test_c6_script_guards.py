@@ -17,12 +17,32 @@ STEPS_AXIS, NOTHING = 4, 0
 
 
 def prompts_script(text: str, **overrides) -> dict:
-    return a1111_test_payload(script_name=PROMPTS, script_args=[False, False, "start", text], steps=1, width=32,
-                              height=32, **overrides)
+    return a1111_test_payload(
+        script_name=PROMPTS, script_args=[False, False, "start", text], steps=1, width=32, height=32, **overrides
+    )
 
 
 def xyz_script(axis: int, values: str) -> dict:
-    args = [axis, values, [], NOTHING, "", [], NOTHING, "", [], False, False, False, False, False, False, False, 0, False]
+    args = [
+        axis,
+        values,
+        [],
+        NOTHING,
+        "",
+        [],
+        NOTHING,
+        "",
+        [],
+        False,
+        False,
+        False,
+        False,
+        False,
+        False,
+        False,
+        0,
+        False,
+    ]
     return a1111_test_payload(script_name=XYZ, script_args=args, steps=1, width=32, height=32)
 
 
@@ -31,22 +51,28 @@ def limited(make_client):
     return make_client(guards=LIMITS)
 
 
-@pytest.mark.parametrize(("line", "flag"), [
-    ("--prompt \"a cat\" --steps 50", "--max-steps"),
-    ("--prompt \"a cat\" --width 512 --height 512", "--max-pixels"),
-    ("--prompt \"a cat\" --batch_size 4 --n_iter 4", "--max-batch"),
-    ("--prompt " + "x" * 60, "--max-prompt-length"),
-])
+@pytest.mark.parametrize(
+    ("line", "flag"),
+    [
+        ('--prompt "a cat" --steps 50', "--max-steps"),
+        ('--prompt "a cat" --width 512 --height 512', "--max-pixels"),
+        ('--prompt "a cat" --batch_size 4 --n_iter 4', "--max-batch"),
+        ("--prompt " + "x" * 60, "--max-prompt-length"),
+    ],
+)
 def test_prompts_from_file_lines_cannot_exceed_the_limits(limited, line, flag):
     response = limited.post("/sdapi/v1/txt2img", json=prompts_script(f"fine\n{line}"))
     assert_a1111_error(response, 422, flag)
 
 
-@pytest.mark.parametrize(("axis", "values", "flag"), [
-    (STEPS_AXIS, "1, 50", "--max-steps"),
-    ("Size", "32x32, 512x512", "--max-pixels"),
-    ("Steps", "2, 3, 11", "--max-steps"),
-])
+@pytest.mark.parametrize(
+    ("axis", "values", "flag"),
+    [
+        (STEPS_AXIS, "1, 50", "--max-steps"),
+        ("Size", "32x32, 512x512", "--max-pixels"),
+        ("Steps", "2, 3, 11", "--max-steps"),
+    ],
+)
 def test_xyz_axes_cannot_exceed_the_limits(limited, axis, values, flag):
     response = limited.post("/sdapi/v1/txt2img", json=xyz_script(axis, values))
     assert_a1111_error(response, 422, flag)
@@ -94,9 +120,16 @@ def test_a_planning_context_guards_with_the_default_limits_unless_told_otherwise
     from webui_api.errors import LimitExceeded
 
     def job(width: int) -> SimpleNamespace:
-        return SimpleNamespace(width=width, height=width, hires=None, image_count=1, sampling=SimpleNamespace(steps=10),
-                               seeds=SimpleNamespace(seed_resize_from_w=0, seed_resize_from_h=0), prompts=("a",),
-                               negative_prompts=("",))
+        return SimpleNamespace(
+            width=width,
+            height=width,
+            hires=None,
+            image_count=1,
+            sampling=SimpleNamespace(steps=10),
+            seeds=SimpleNamespace(seed_resize_from_w=0, seed_resize_from_h=0),
+            prompts=("a",),
+            negative_prompts=("",),
+        )
 
     context = ScriptContext(tab="txt2img", options={}, styles=())
     context.check_job(job(512))

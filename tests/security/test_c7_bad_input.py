@@ -41,15 +41,28 @@ def test_numbers_and_shapes_refused_at_the_edge_by_sync_and_async_routes_alike(c
     assert client.get("/agent-scheduler/v1/queue").json()["total_pending_tasks"] == 0
 
 
-@pytest.mark.parametrize("headers, content", [
-    ({"content-type": "text/plain"}, json.dumps(TINY).encode()),
-    ({}, json.dumps(TINY).encode()),
-    ({"content-type": "application/x-www-form-urlencoded"}, b"prompt=x&steps=1"),
-    ({"content-type": "application/octet-stream"}, b"\xff\xfe\x00binary"),
-], ids=["text/plain", "no content type", "form", "binary"])
-@pytest.mark.parametrize("path", ["/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/sdapi/v1/options",
-                                  "/sdapi/v1/extra-single-image", "/controlnet/detect",
-                                  "/agent-scheduler/v1/queue/txt2img", "/sdapi/v1/png-info"])
+@pytest.mark.parametrize(
+    "headers, content",
+    [
+        ({"content-type": "text/plain"}, json.dumps(TINY).encode()),
+        ({}, json.dumps(TINY).encode()),
+        ({"content-type": "application/x-www-form-urlencoded"}, b"prompt=x&steps=1"),
+        ({"content-type": "application/octet-stream"}, b"\xff\xfe\x00binary"),
+    ],
+    ids=["text/plain", "no content type", "form", "binary"],
+)
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/sdapi/v1/txt2img",
+        "/sdapi/v1/img2img",
+        "/sdapi/v1/options",
+        "/sdapi/v1/extra-single-image",
+        "/controlnet/detect",
+        "/agent-scheduler/v1/queue/txt2img",
+        "/sdapi/v1/png-info",
+    ],
+)
 def test_non_json_bodies_are_4xx_whose_body_serialises(client, path, headers, content):
     response = client.post(path, content=content, headers=headers)
     if path == "/sdapi/v1/options":  # the options route reads a free-form object and says what it expected
@@ -77,8 +90,9 @@ def test_null_for_a_required_number_means_its_default_sync_and_async(client, fie
 
 
 def test_a_null_steps_task_runs_instead_of_failing_later(client):
-    queued = client.post("/agent-scheduler/v1/queue/txt2img", json={**TINY, "steps": None, "width": None, "height": None,
-                                                                   "n_iter": None})
+    queued = client.post(
+        "/agent-scheduler/v1/queue/txt2img", json={**TINY, "steps": None, "width": None, "height": None, "n_iter": None}
+    )
     assert queued.status_code == 200, queued.text
     task_id = queued.json()["task_id"]
     import time
@@ -98,8 +112,15 @@ def test_non_ascii_in_any_base64_image_field_is_400(client, text, route):
         "img2img": ("/sdapi/v1/img2img", {**TINY, "init_images": [text]}),
         "mask": ("/sdapi/v1/img2img", {**TINY, "init_images": [_png()], "mask": text}),
         "extras": ("/sdapi/v1/extra-single-image", {"image": text}),
-        "controlnet unit": ("/sdapi/v1/txt2img", {**TINY, "alwayson_scripts": {"controlnet": {"args": [
-            {"enabled": True, "module": "none", "model": "None", "image": text}]}}}),
+        "controlnet unit": (
+            "/sdapi/v1/txt2img",
+            {
+                **TINY,
+                "alwayson_scripts": {
+                    "controlnet": {"args": [{"enabled": True, "module": "none", "model": "None", "image": text}]}
+                },
+            },
+        ),
     }
     path, body = bodies[route]
     assert_a1111_error(client.post(path, json=body), 400, "Invalid encoded image")
@@ -122,8 +143,16 @@ def test_priorities_beyond_64_bits_are_422_and_a_huge_valid_one_is_capped(client
     assert sync.status_code == 200
 
 
-@pytest.mark.parametrize("field, value", [("mask_blur", 10**11), ("mask_blur_x", -5), ("inpaint_full_res_padding", 10**9),
-                                          ("inpainting_fill", 7), ("resize_mode", None)])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("mask_blur", 10**11),
+        ("mask_blur_x", -5),
+        ("inpaint_full_res_padding", 10**9),
+        ("inpainting_fill", 7),
+        ("resize_mode", None),
+    ],
+)
 def test_img2img_numbers_are_bounded(client, field, value):
     response = client.post("/sdapi/v1/img2img", json={**TINY, "init_images": [_png()], field: value})
     if value is None:  # null means the default

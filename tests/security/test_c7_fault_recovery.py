@@ -55,7 +55,8 @@ def run_fault(make_client, engine, monkeypatch, make_error):
 
 def test_an_engine_exception_mid_job_is_that_clients_error_and_the_next_job_runs(make_client, engine, monkeypatch):
     failed, recovered, held, freed, calls, client = run_fault(
-        make_client, engine, monkeypatch, lambda: RuntimeError("simulated kernel failure at step 2"))
+        make_client, engine, monkeypatch, lambda: RuntimeError("simulated kernel failure at step 2")
+    )
     assert failed.status_code == 500
     body = failed.json()
     assert body == {"error": "RuntimeError", "detail": "", "body": "", "errors": "simulated kernel failure at step 2"}
@@ -66,12 +67,14 @@ def test_an_engine_exception_mid_job_is_that_clients_error_and_the_next_job_runs
 
 
 def test_out_of_memory_mid_job_is_a_clear_error_memory_is_released_and_the_next_job_matches(
-        make_client, engine, monkeypatch):
+    make_client, engine, monkeypatch
+):
     import torch
 
     message = "CUDA out of memory. Tried to allocate 20.00 GiB"
     failed, recovered, held, freed, _, client = run_fault(
-        make_client, engine, monkeypatch, lambda: torch.OutOfMemoryError(message))
+        make_client, engine, monkeypatch, lambda: torch.OutOfMemoryError(message)
+    )
     assert failed.status_code == 500
     body = failed.json()
     assert body["error"] == "OutOfMemoryError" and message in body["errors"]

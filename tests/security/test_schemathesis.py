@@ -26,8 +26,13 @@ from hypothesis import HealthCheck, Phase, settings  # noqa: E402
 
 from tests.security.loopback import loopback_server  # noqa: E402
 
-EXCLUDED_CHECKS = ("positive_data_acceptance", "ignored_auth", "missing_required_header", "use_after_free",
-                   "ensure_resource_availability")
+EXCLUDED_CHECKS = (
+    "positive_data_acceptance",
+    "ignored_auth",
+    "missing_required_header",
+    "use_after_free",
+    "ensure_resource_availability",
+)
 FAST_EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "4"))
 
 
@@ -37,8 +42,14 @@ def api_schema(engine, tmp_path_factory):
     from webui_api.serving.guards import RequestLimits
     from webui_api.settings import Settings
 
-    limits = RequestLimits(max_pixels=64 * 64, max_batch=2, max_steps=2, max_prompt_length=200,
-                           max_body_bytes=1024 * 1024, max_input_pixels=128 * 128)
+    limits = RequestLimits(
+        max_pixels=64 * 64,
+        max_batch=2,
+        max_steps=2,
+        max_prompt_length=200,
+        max_body_bytes=1024 * 1024,
+        max_input_pixels=128 * 128,
+    )
     settings = Settings.for_tests(tmp_path_factory.mktemp("schemathesis"), guards=limits, queue_timeout=30.0)
     with loopback_server(create_app(settings, engine=engine)) as base_url:
         schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
@@ -67,9 +78,16 @@ def run_schemathesis(schema, max_examples: int) -> list[str]:
     for result in schema.get_all_operations():
         operation = result.ok()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
             @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(max_examples=max_examples, deadline=None, derandomize=True, database=None,
-                      suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
+            @settings(
+                max_examples=max_examples,
+                deadline=None,
+                derandomize=True,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+                phases=[Phase.explicit, Phase.generate],
+            )
             def check(case) -> None:
                 case.call_and_validate(checks=every, excluded_checks=excluded, timeout=120)
 
@@ -77,7 +95,9 @@ def run_schemathesis(schema, max_examples: int) -> list[str]:
                 check()
             except Unsatisfiable:
                 continue  # nothing about this operation can be negated (no parameters, no body)
-            except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 - collected, reported below per operation
+            except BaseException as exc:  # noqa: BLE001 - failure groups included; collected, reported below
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    raise
                 failures.append(f"{operation.label} [{mode.value}]: {type(exc).__name__}: {str(exc)[:1500]}")
     return failures
 

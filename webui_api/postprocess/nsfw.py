@@ -10,9 +10,10 @@ preprocessor_config.json), as `save_pretrained` writes it; nothing is downloaded
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import NotFound
 

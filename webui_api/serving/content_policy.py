@@ -24,9 +24,10 @@ import json
 import logging
 import re
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 from ..errors import ApiError
 from ..scheduler import PRIORITY_HIGH, PRIORITY_NORMAL
@@ -49,8 +50,8 @@ class ContentPolicyViolation(ApiError):
 class ContentPolicyConfig:
     """The flags; everything off by default."""
 
-    prompt_filter: Optional[Path] = None  # --prompt-filter
-    nsfw_model_dir: Optional[Path] = None  # --nsfw-check-dir
+    prompt_filter: Path | None = None  # --prompt-filter
+    nsfw_model_dir: Path | None = None  # --nsfw-check-dir
     nsfw_action: str = "blur"  # --nsfw-action: blur | replace
     tiers: frozenset[str] = frozenset(TIER_NAMES)  # --content-policy-tiers
 
@@ -96,7 +97,7 @@ class PromptFilter:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._stamp: Optional[tuple[float, int]] = None
+        self._stamp: tuple[float, int] | None = None
         self._rules: list[PromptRule] = []
         self.reload()  # a missing or broken file at start is a startup error, not a silent pass
 
@@ -117,7 +118,7 @@ class PromptFilter:
         with self._lock:
             return list(self._rules)
 
-    def first_match(self, texts: Iterable[str]) -> Optional[PromptRule]:
+    def first_match(self, texts: Iterable[str]) -> PromptRule | None:
         rules = self.rules()
         for text in texts:
             for rule in rules:
@@ -150,7 +151,7 @@ class ContentPolicy:
     """What the serving hooks ask: may this prompt run, and what may this caller see."""
 
     config: ContentPolicyConfig = field(default_factory=ContentPolicyConfig)
-    prompt_filter: Optional[PromptFilter] = None
+    prompt_filter: PromptFilter | None = None
     classifier: Any = None  # postprocess.nsfw.SafetyClassifier, loaded on first use
 
     @classmethod
@@ -166,7 +167,7 @@ class ContentPolicy:
     def applies_to(self, priority: int) -> bool:
         return tier_of(priority) in self.config.tiers
 
-    def violation(self, prompts: Iterable[str], priority: int) -> Optional[ContentPolicyViolation]:
+    def violation(self, prompts: Iterable[str], priority: int) -> ContentPolicyViolation | None:
         """The refusal for the first prompt that matches a rule, or None."""
         if self.prompt_filter is None or not self.applies_to(priority):
             return None
@@ -189,7 +190,7 @@ class ContentPolicy:
         images = [decode_image_base64(text) for text in encoded]
         flagged = self.classifier.flags(images)
         images_out = [_hide(image, self.config.nsfw_action) if bad else text
-                      for image, text, bad in zip(images, encoded, flagged)]
+                      for image, text, bad in zip(images, encoded, flagged, strict=False)]
         return {**response, "images": images_out, "info": _marked_info(response.get("info"), flagged,
                                                                           self.config.nsfw_action)}
 

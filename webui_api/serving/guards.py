@@ -15,7 +15,8 @@ from typing import Any, Iterable, Optional
 from ..errors import LimitExceeded
 from ..pixel_budget import pixel_budget
 
-__all__ = ["LimitExceeded", "RequestLimits", "check_generation", "check_job", "check_input_images", "BodySizeLimit", "PixelBudgetScope"]
+__all__ = ["BodySizeLimit", "LimitExceeded", "PixelBudgetScope", "RequestLimits", "check_generation", "check_input_images",
+           "check_job"]
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ class ServingHooks:
     lifecycle: Lifecycle
     policy: ContentPolicy = field(default_factory=ContentPolicy)
 
-    def check(self, request: Any, context: Optional[RequestContext] = None, route: str = "generation") -> None:
+    def check(self, request: Any, context: RequestContext | None = None, route: str = "generation") -> None:
         """Guards and the prompt filter before anything is queued (a refusal is audited)."""
         self.lifecycle.check_intake()
         check_generation(request, self.limits)
