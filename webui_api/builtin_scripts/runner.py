@@ -19,6 +19,7 @@ from ..progress import CancelToken, RunObserver
 from ..scheduler import ProgressSpec, WorkItem
 from ..serving.context import RequestContext
 from ..styles import PromptStyle
+from ..weights.runtime import NeededWeights, job_weights, prefetch, upscaler_weights
 from .base import JobOutcome, ScriptContext, ScriptOutput, ScriptRun, progress_units
 
 
@@ -56,7 +57,7 @@ def script_context(services: Any, tab: str, options: Mapping[str, Any], styles: 
         options=options,
         styles=styles,
         checkpoints=tuple(services.engine.checkpoints()),
-        upscaler_names=tuple(UpscalerCatalog.from_settings(services.settings).names()),
+        upscaler_names=tuple(UpscalerCatalog.from_settings(services.settings, options=options).names()),
         vae_names=tuple(vae.model_name for vae in services.engine.vaes()),
         sampler_names=tuple(s.name for s in registry.implemented_samplers()),
         scheduler_labels=tuple(s.label for s in registry.SCHEDULERS),
@@ -81,6 +82,7 @@ async def run_script(
     context = context or RequestContext()
     ctx = replace(script_context(services, tab, options, styles), check_job=services.serving.job_guard(context, tab))
     planned = await asyncio.to_thread(plan_script, request, ctx)
+    await prefetch(services.weights, script_weights(request, ctx, services.settings, planned))
     first = planned.first_job  # steps x images of the first job per /progress unit: cells may differ, this is the estimate
     steps = first.sampling.steps * first.batch_size * planned.job_count
     item = services.serving.timed(_work_item(services, tab, planned), tab, steps, context)
@@ -92,11 +94,26 @@ async def run_script(
     return await services.serving.finish(tab, request, response, context, cacheable=False)
 
 
+def script_weights(request: Any, ctx: ScriptContext, settings: Any, planned: ScriptRun) -> NeededWeights:
+    """Pinned weights a script run needs that are known before it runs (fetched off the
+    worker): sd upscale's upscaler, the first job's hires upscaler and face restoration."""
+    from . import sd_upscale
+
+    needed = job_weights(settings, planned.first_job)
+    if str(request.script_name).lower() == sd_upscale.TITLE:
+        upscaler = sd_upscale.read_settings(request, ctx).upscaler
+        needed += upscaler_weights(settings, planned.first_job.options, [upscaler])
+    return needed
+
+
 def _work_item(services: Any, tab: str, planned: ScriptRun) -> WorkItem:
     def run(cancel: CancelToken) -> ScriptOutput:
         from ..postprocess.upscale import UpscalerCatalog
 
-        catalog = UpscalerCatalog.from_settings(services.settings, models=services.postprocess_models)
+        # run_script fetched sd upscale's upscaler before queueing; fetching here too is the
+        # safety net (the file vanished meanwhile), on the worker
+        catalog = UpscalerCatalog.from_settings(services.settings, models=services.postprocess_models,
+                                                options=planned.first_job.options, fetch=services.weights.ensure)
         worker = EngineWorker(services.engine, services.progress, cancel, planned.job_count, catalog, _faces(services))
         return planned.execute(worker)
 
