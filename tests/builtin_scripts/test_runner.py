@@ -50,6 +50,7 @@ class FakeServices:
     progress: RecordingProgress = field(default_factory=RecordingProgress)
     postprocess_models: Any = None
     serving: Any = field(default_factory=lambda: plain_serving())
+    weights: Any = None  # no pinned-weight fetcher: nothing is fetched
 
 
 def plain_serving() -> Any:

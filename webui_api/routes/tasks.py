@@ -276,7 +276,8 @@ def _iso(timestamp: float) -> str:
 
 
 @router.get(f"{PREFIX}/queue")
-async def queue_status(limit: int = 20, offset: int = 0, runner: TaskRunner = Depends(get_runner)) -> dict[str, Any]:
+async def queue_status(limit: int = Query(20, ge=0, le=10_000), offset: int = Query(0, ge=0, le=2**62),
+                       runner: TaskRunner = Depends(get_runner)) -> dict[str, Any]:
     pending = runner.store.pending(limit=limit, offset=offset)
     return {
         "current_task_id": runner.current_task_id,
