@@ -50,7 +50,7 @@ class FakeServices:
     progress: RecordingProgress = field(default_factory=RecordingProgress)
     postprocess_models: Any = None
     serving: Any = field(default_factory=lambda: plain_serving())
-    weights: Any = None  # no pinned-weight fetcher: nothing is fetched
+    weights: Any = None  # the pinned-weight fetcher (services_for sets the real one, offline in tests)
 
 
 def plain_serving() -> Any:
@@ -71,7 +71,10 @@ def services_for(engine, tmp_path) -> FakeServices:
     from webui_api.settings import Settings
 
     settings = Settings.for_tests(tmp_path)
-    return FakeServices(settings, engine, OptionsStore(settings.data_dir / "config.json"))
+    from webui_api.weights import WeightsFetcher
+
+    return FakeServices(settings, engine, OptionsStore(settings.data_dir / "config.json"),
+                        weights=WeightsFetcher.from_settings(settings))
 
 
 def run(services: FakeServices, request: Any, tab: str) -> dict[str, Any]:
