@@ -178,3 +178,29 @@ def test_server_serves_after_every_bad_request(client):
     for _, fields in RAW_BODIES:
         client.post("/sdapi/v1/txt2img", content=raw_body(fields), headers=JSON)
     assert client.post("/sdapi/v1/txt2img", json=TINY).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"sampler_name": "Fancy 9000", "sampler_index": None},
+        {"scheduler": "wobbly"},
+        {"script_name": "no such script"},
+        {"script_name": "x/y/z plot", "script_args": [4, "1, 2000"]},
+        {"override_settings": {"samples_format": "avif"}},
+        {"prompt": ["a", "b", "c"], "batch_size": 2},
+    ],
+    ids=["sampler", "scheduler", "script", "script args", "output format", "prompt list length"],
+)
+def test_a_task_is_refused_exactly_when_the_sync_request_is(client, fields):
+    sync = client.post("/sdapi/v1/txt2img", json={**TINY, **fields})
+    task = client.post("/agent-scheduler/v1/queue/txt2img", json={**TINY, **fields})
+    assert 400 <= sync.status_code < 500, sync.text[:300]
+    assert task.status_code == sync.status_code and task.json() == sync.json()
+    assert client.get("/agent-scheduler/v1/queue").json()["total_pending_tasks"] == 0
+
+
+def test_an_img2img_task_with_a_broken_image_is_refused_before_it_is_stored(client):
+    task = client.post("/agent-scheduler/v1/queue/img2img", json={**TINY, "init_images": ["bm90IGFuIGltYWdl"]})
+    assert_a1111_error(task, 400, "Invalid encoded image")
+    assert client.get("/agent-scheduler/v1/queue").json()["total_pending_tasks"] == 0

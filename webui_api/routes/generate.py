@@ -82,6 +82,27 @@ async def _run_script(request: Any, tab: str, options: Any, styles: Any, service
     return await run_script(request, tab, options, styles, services, disconnected, guarded, context)
 
 
+async def check_before_queueing(tab: str, request: Any, services: Services, context: RequestContext) -> None:
+    """Everything the synchronous route refuses before it queues, without queueing: async
+    tasks call this before they are stored, so a task is accepted exactly when the same body
+    would be accepted synchronously (guards, content policy, infotext and styles, options,
+    output format, samplers, scripts and their planned jobs, images, face restoration)."""
+    if tab == "img2img" and request.init_images is None:
+        raise NotFound("Init image not found")
+    request, options, styles = _prepare(request, services, context)
+    if request.script_name:
+        from dataclasses import replace
+
+        from ..builtin_scripts.runner import plan_script, script_context
+
+        ctx = replace(script_context(services, tab, options, styles), check_job=services.serving.job_guard(context, tab))
+        await run_in_threadpool(plan_script, request, ctx)
+        return
+    build = build_img2img if tab == "img2img" else build_txt2img
+    job = await run_in_threadpool(build, request, options, None, styles)
+    _face_restorer(services, job)
+
+
 def _face_restorer(services: Services, job: GenerationJob, save_images: bool = False) -> Any:
     """The face restorer of a restore_faces job (a missing model is a 400 now, before the
     queue), None otherwise. It keeps the unrestored images when they are to be saved too."""

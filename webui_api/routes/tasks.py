@@ -230,30 +230,34 @@ def task_params(body: Union[QueueTxt2ImgRequest, QueueImg2ImgRequest]) -> dict[s
     return params
 
 
-def enqueue(task_type: str, body: Any, http: Request, runner: TaskRunner) -> dict[str, str]:
-    """Check and persist a task: guards and the callback URL are refused now, not when it runs."""
+async def enqueue(task_type: str, body: Any, http: Request, runner: TaskRunner) -> dict[str, str]:
+    """Check and persist a task: everything the synchronous route would refuse (and the
+    callback URL) is refused now, not when the task runs."""
+    from .generate import check_before_queueing
+
     if body.callback_url:
         try:
             check_callback_url(body.callback_url)
         except ValueError as exc:
             raise BadRequest(str(exc)) from exc
     context = request_context(http, body.priority)
-    runner.services.serving.check(body, context, route=task_type)
-    task = runner.store.create(task_type, task_params(body), body.callback_url, tier=context.priority, owner=context.caller)
+    params = task_params(body)
+    await check_before_queueing(task_type, REQUEST_TYPES[task_type].model_validate(params), runner.services, context)
+    task = runner.store.create(task_type, params, body.callback_url, tier=context.priority, owner=context.caller)
     runner.wake()
     return {"task_id": task.id}
 
 
 @router.post(f"{PREFIX}/queue/txt2img")
 async def queue_txt2img(body: QueueTxt2ImgRequest, http: Request, runner: TaskRunner = Depends(get_runner)) -> dict[str, str]:
-    return enqueue("txt2img", body, http, runner)
+    return await enqueue("txt2img", body, http, runner)
 
 
 @router.post(f"{PREFIX}/queue/img2img")
 async def queue_img2img(body: QueueImg2ImgRequest, http: Request, runner: TaskRunner = Depends(get_runner)) -> dict[str, str]:
     if not body.init_images:
         raise BadRequest("Init image not found", errors="img2img tasks need init_images")
-    return enqueue("img2img", body, http, runner)
+    return await enqueue("img2img", body, http, runner)
 
 
 # reading ---------------------------------------------------------------------------------------
