@@ -204,3 +204,24 @@ def test_an_img2img_task_with_a_broken_image_is_refused_before_it_is_stored(clie
     task = client.post("/agent-scheduler/v1/queue/img2img", json={**TINY, "init_images": ["bm90IGFuIGltYWdl"]})
     assert_a1111_error(task, 400, "Invalid encoded image")
     assert client.get("/agent-scheduler/v1/queue").json()["total_pending_tasks"] == 0
+
+
+class _RunsCode:
+    """Pickled, this calls a function on load: what torch.load(weights_only=True) refuses."""
+
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_an_upscaler_file_whose_pickle_is_refused_is_a_400_naming_the_file(make_client, tmp_path):
+    import torch
+
+    from tests.security.helpers import png_b64
+
+    folder = tmp_path / "models" / "ESRGAN"
+    folder.mkdir(parents=True)
+    torch.save({"params": _RunsCode()}, folder / "4x-Trojan.pth")
+    client = make_client()
+    response = client.post("/sdapi/v1/extra-single-image", json={"image": png_b64(8, 8), "upscaler_1": "4x-Trojan"})
+    body = assert_a1111_error(response, 400, "4x-Trojan.pth", "refused")
+    assert "convert it to .safetensors" in body["errors"]
