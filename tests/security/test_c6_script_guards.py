@@ -90,7 +90,7 @@ def test_a_list_prompt_counts_against_the_prompt_length(limited):
 def test_a_script_run_is_audited_counted_and_queued_at_the_callers_priority(make_client, tmp_path, monkeypatch):
     audit = tmp_path / "audit.jsonl"
     client = make_client(audit_log=audit)
-    scheduler = client.app.state.services.scheduler
+    scheduler = client.app.state.runtime.scheduler
     priorities = []
     original = scheduler.run
 

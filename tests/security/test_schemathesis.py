@@ -40,7 +40,7 @@ FAST_EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "4"))
 def api_schema(engine, tmp_path_factory):
     from webui_api.app import create_app
     from webui_api.serving.guards import RequestLimits
-    from webui_api.settings import Settings
+    from tests.factories import settings_for_tests
 
     limits = RequestLimits(
         max_pixels=64 * 64,
@@ -50,7 +50,7 @@ def api_schema(engine, tmp_path_factory):
         max_body_bytes=1024 * 1024,
         max_input_pixels=128 * 128,
     )
-    settings = Settings.for_tests(tmp_path_factory.mktemp("schemathesis"), guards=limits, queue_timeout=30.0)
+    settings = settings_for_tests(tmp_path_factory.mktemp("schemathesis"), guards=limits, queue_timeout=30.0)
     with loopback_server(create_app(settings, engine=engine)) as base_url:
         schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
         yield schema
