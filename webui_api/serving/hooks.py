@@ -59,6 +59,7 @@ class ServingHooks:
             self.audit.write(generation_entry(caller=context.caller, route=route, params=params, response=None,
                                               timings=context.timings(), cache="miss", task_id=context.task_id,
                                               error=f"{refusal.error_name}: {refusal.detail}"))
+            context.audited = True  # the refusal has its full entry; no short request line on top
         raise refusal
 
     async def lookup(self, route: str, request: Any, options: Mapping[str, Any], context: RequestContext) -> Optional[dict]:
