@@ -246,20 +246,12 @@ def _log_request(request: Request, status: int, duration: float) -> None:
 
 def _include_routes(app: FastAPI, settings: Settings) -> None:
     from .routes import (
-        catalog,
-        controlnet,
-        controlnet_detect,
-        extras,
-        generate,
-        health,
-        openapi_errors,
-        options,
-        progress,
-        system,
-        tasks,
+        catalog, controlnet, controlnet_detect, extras, generate, health, interrogate, openapi_errors, options, progress,
+        system, tasks,
     )
 
-    for module in (generate, progress, options, catalog, extras, tasks, controlnet, controlnet_detect, health):
+    for module in (generate, progress, options, catalog, extras, interrogate, tasks, controlnet, controlnet_detect,
+                   health):
         app.include_router(module.router)
     app.include_router(system.build_router(settings))
     openapi_errors.install_error_responses(app)  # the shared 4xx/503 answers, with A1111's error body
