@@ -183,14 +183,14 @@ def test_server_serves_after_every_bad_request(client):
 @pytest.mark.parametrize(
     "fields",
     [
-        {"sampler_name": "Fancy 9000", "sampler_index": None},
-        {"scheduler": "wobbly"},
+        {"enable_hr": True, "denoising_strength": 0.5, "hr_upscaler": "No Such Upscaler 9x"},
+        {"styles": "not a list"},
         {"script_name": "no such script"},
         {"script_name": "x/y/z plot", "script_args": [4, "1, 2000"]},
         {"override_settings": {"samples_format": "avif"}},
         {"prompt": ["a", "b", "c"], "batch_size": 2},
     ],
-    ids=["sampler", "scheduler", "script", "script args", "output format", "prompt list length"],
+    ids=["hires upscaler", "styles type", "script", "script args", "output format", "prompt list length"],
 )
 def test_a_task_is_refused_exactly_when_the_sync_request_is(client, fields):
     sync = client.post("/sdapi/v1/txt2img", json={**TINY, **fields})

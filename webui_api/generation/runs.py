@@ -110,4 +110,6 @@ async def check_before_queueing(tab: str, request: Any, runtime: Runtime, contex
         return
     build = build_img2img if tab == "img2img" else build_txt2img
     job = await asyncio.to_thread(build, prepared.request, prepared.options, None, list(prepared.styles))
-    face_restorer(runtime, job)
+    needed = job_weights(runtime.settings, job)  # unknown upscaler / face model names are refused here
+    if not needed.required:  # weights still to fetch are fetched when the task runs, as the sync route would
+        face_restorer(runtime, job)
