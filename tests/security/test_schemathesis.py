@@ -38,9 +38,9 @@ FAST_EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "4"))
 
 @pytest.fixture(scope="module")
 def api_schema(engine, tmp_path_factory):
+    from tests.factories import settings_for_tests
     from webui_api.app import create_app
     from webui_api.serving.guards import RequestLimits
-    from tests.factories import settings_for_tests
 
     limits = RequestLimits(
         max_pixels=64 * 64,

@@ -11,8 +11,8 @@ own (webui_api.builtin_scripts.runner).
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from ..builtin_scripts.base import ScriptContext, ScriptOutput, ScriptRun
