@@ -57,7 +57,8 @@ def _load(folder: Path, device: str) -> tuple[Any, Any]:
     if not (folder / "config.json").is_file():
         raise NotFound(f"NSFW classifier not found: {folder / 'config.json'} is missing",
                        errors="put the safety checker's config.json and weights in the --nsfw-check-dir folder")
-    model = StableDiffusionSafetyChecker.from_pretrained(str(folder), local_files_only=True).to(device).eval()
+    model: Any = StableDiffusionSafetyChecker.from_pretrained(str(folder), local_files_only=True)
+    model = model.to(device).eval()
     if (folder / "preprocessor_config.json").is_file():
         processor = CLIPImageProcessor.from_pretrained(str(folder), local_files_only=True)
     else:  # CLIP's own preprocessing at the model's input size
