@@ -12,6 +12,7 @@ import logging
 import time
 import traceback
 from datetime import datetime
+from collections.abc import Sequence
 from typing import Any, AsyncIterator, Optional
 
 from fastapi import FastAPI, Request
@@ -23,9 +24,11 @@ from . import __version__
 from .auth import add_cors, build_gate
 from .errors import ApiError
 from .options import OptionsStore
+from .lane_progress import LaneProgress
 from .progress import ProgressTracker
 from .batching import BatchingConfig
 from .scheduler import Scheduler, WorkItem
+from .workers import Worker
 from .serving.audit import AuditLog
 from .serving.guards import BodySizeLimit
 from .serving.hooks import ServingHooks
@@ -45,11 +48,12 @@ EMBEDDED_MODEL_WARNING = (
 )
 
 
-def create_app(settings: Settings, engine: Optional[Any] = None) -> FastAPI:
+def create_app(settings: Settings, engine: Optional[Any] = None, workers: Sequence[Worker] | None = None) -> FastAPI:
+    """`workers`: the scheduler's lanes (default: one local worker thread; --ray: RayWorkers)."""
     app = FastAPI(
         title="webui-api",
         version=__version__,
-        lifespan=_lifespan_for(settings, engine),
+        lifespan=_lifespan_for(settings, engine, workers),
         root_path=f"/{settings.subpath.strip('/')}" if settings.subpath else "",
     )
     app.state.settings = settings
@@ -60,10 +64,10 @@ def create_app(settings: Settings, engine: Optional[Any] = None) -> FastAPI:
     return app
 
 
-def _lifespan_for(settings: Settings, engine: Optional[Any]):
+def _lifespan_for(settings: Settings, engine: Optional[Any], workers: Sequence[Worker] | None = None):
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = build_services(settings, engine)
+        services = build_services(settings, engine, workers)
         app.state.services = services
         services.scheduler.start()
         if settings.skip_load_model_at_start:
@@ -93,7 +97,7 @@ def _start_task_runner(app: FastAPI, services: Services):
     return runner
 
 
-def build_services(settings: Settings, engine: Optional[Any] = None) -> Services:
+def build_services(settings: Settings, engine: Optional[Any] = None, workers: Sequence[Worker] | None = None) -> Services:
     from .postprocess.encode import encode_image_base64
 
     if engine is None:
@@ -101,13 +105,18 @@ def build_services(settings: Settings, engine: Optional[Any] = None) -> Services
 
         engine = Engine.from_settings(settings)
     options = OptionsStore.from_settings(settings)
-    progress = ProgressTracker(encode_preview=lambda image: encode_image_base64(image, "png"))
+
+    def tracker() -> ProgressTracker:  # a remote lane may have no preview to show yet
+        return ProgressTracker(encode_preview=lambda image: None if image is None else encode_image_base64(image, "png"))
+
+    # several lanes run jobs at once: one tracker per lane, /progress shows the longest-running job
+    progress: Any = tracker() if workers is None or len(workers) < 2 else LaneProgress(tracker)
     metrics = Metrics()
     scheduler = Scheduler(
         progress, after_failure=engine.free_memory,
         max_queue_depth=settings.max_queue_depth, queue_timeout=settings.queue_timeout,
         batching=BatchingConfig(settings.batch_max_size, settings.batch_wait_ms),
-        on_batch=metrics.observe_batch,
+        on_batch=metrics.observe_batch, workers=workers,
     )
     metrics.track_queue_depth(lambda: scheduler.waiting_generations)
     serving = ServingHooks(

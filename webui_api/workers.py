@@ -1,0 +1,186 @@
+"""The worker interface behind the scheduler: who actually runs a queued work item.
+
+The scheduler owns the queue (priority, depth guard, queue timeout, batching gather) and hands
+each item it takes to a `Worker`, one lane thread per worker. In the default single-process
+mode there is one `LocalWorker`, which runs the item's closure on the lane thread against the
+process's own engine. With `--ray` the lanes are `RayWorker`s (webui_api.cluster), which send
+the item's `RemoteCall` to a Serve replica that owns a device and an engine. Because both sit
+behind the same queue, priority, guards, batching and the result cache behave the same in both
+modes.
+
+A worker that loses its device mid-job (a dead Ray replica) raises `WorkerLost`; the scheduler
+then runs the item once more on another lane, and answers 503 with Retry-After if that fails too.
+
+No torch, no Ray, no FastAPI here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .errors import ServiceUnavailable
+from .progress import CancelToken
+
+if TYPE_CHECKING:
+    from .jobs import GenerationJob
+    from .progress import ProgressTracker
+    from .scheduler import WorkItem
+
+
+class WorkerLost(ServiceUnavailable):
+    """The worker running a job went away (its process or node died); the job did not finish."""
+
+    def __init__(self, label: str, detail: str) -> None:
+        super().__init__(f"The worker running this {label} job was lost ({detail}); retry shortly")
+        self.headers = {"Retry-After": "5"}
+
+
+@dataclass(frozen=True)
+class RemoteCall:
+    """A work item as data, so another process can run it: which engine entry point, on which jobs.
+
+    `kind` is "txt2img", "img2img" or "txt2img_batch" (several jobs as one sampler batch with
+    `unet_rows` rows). Items that carry closures over process-local objects (face restorers,
+    hires first-pass sinks, scripts, extras, model loads) have no RemoteCall and run on the
+    ingress's own lane."""
+
+    kind: str
+    jobs: tuple[GenerationJob, ...]
+    unet_rows: int | None = None
+
+    @property
+    def model_key(self) -> str:
+        """What a replica must hold to run this call without loading: checkpoint and VAE.
+
+        Ray Serve's multiplexing routes on this string (webui_api.cluster.deployments)."""
+        job = self.jobs[0]
+        vae = str(job.options.get("sd_vae", "Automatic") or "Automatic")
+        return f"{job.model_title or ''}|{vae}"
+
+    @property
+    def steps(self) -> int:
+        return sum(job.sampling.steps for job in self.jobs)
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """The `--ray*` flags: where the cluster is and how the worker deployment is sized."""
+
+    address: str | None = None  # --ray-address; None starts a local Ray instance
+    workers: int = 1  # --ray-workers: fixed replica count (default: one per visible GPU, 1 without)
+    gpus_per_worker: float = 0.0  # --ray-gpus-per-worker
+    min_workers: int | None = None  # --ray-min-workers / --ray-max-workers: autoscale on queue length
+    max_workers: int | None = None
+    cpus_per_worker: float = 1.0
+    cpus_per_ingress: float = 0.5
+    ingress_replicas: int = 1
+    app_name: str = "webui-api"
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.gpus_per_worker < 0:
+            raise ValueError(f"--ray-workers must be >= 1 and --ray-gpus-per-worker >= 0, got {self.workers}, "
+                             f"{self.gpus_per_worker}")
+        if (self.min_workers is None) != (self.max_workers is None):
+            raise ValueError("--ray-min-workers and --ray-max-workers go together")
+        if self.min_workers is not None and not 0 <= self.min_workers <= self.max_workers:  # type: ignore[operator]
+            raise ValueError(f"need 0 <= --ray-min-workers <= --ray-max-workers, got {self.min_workers}, "
+                             f"{self.max_workers}")
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.max_workers is not None
+
+    @property
+    def lanes(self) -> int:
+        """Scheduler lanes in the ingress: one per replica at the most, so the queue (priority,
+        guards, batching) stays in the ingress and Serve sees queued work when it may scale up."""
+        return max(1, self.max_workers if self.max_workers is not None else self.workers)
+
+
+class Worker(Protocol):
+    """One lane's executor: runs an item the scheduler took off the queue and returns its result.
+
+    `progress` is the lane's tracker: the worker begins/ends it (so a remote worker can mirror a
+    replica's progress into it), and `run` is called on the lane's own thread."""
+
+    name: str
+
+    def execute(self, item: WorkItem, progress: ProgressTracker) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class LocalWorker:
+    """The single-process worker: the item's closure runs here, on the lane thread, against the
+    engine this process owns."""
+
+    name = "local"
+
+    def execute(self, item: WorkItem, progress: ProgressTracker) -> Any:
+        return item.run(item.cancel)
+
+    def close(self) -> None:
+        """Nothing to release: the engine belongs to the server's runtime."""
+
+
+class AnyCancel(CancelToken):
+    """The cancel flags of a batch run as one remote call: set when any member's is (A1111's
+    state treats a running batch as one job, so an interrupt of one stops the batch)."""
+
+    def __init__(self, tokens: Sequence[CancelToken]) -> None:
+        super().__init__()
+        self._tokens = tuple(tokens)
+
+    def interrupt(self) -> None:
+        for token in self._tokens:
+            token.interrupt()
+
+    def skip(self) -> None:
+        for token in self._tokens:
+            token.skip()
+
+    @property
+    def interrupted(self) -> bool:
+        return any(token.interrupted for token in self._tokens)
+
+    @property
+    def skipped(self) -> bool:
+        return any(token.skipped for token in self._tokens)
+
+
+def batch_item(items: Sequence[WorkItem]) -> WorkItem:
+    """Gathered batch partners as ONE remote item: a "txt2img_batch" call over every job, in
+    queue order, that returns one result per job."""
+    from .scheduler import WorkItem
+
+    head = items[0]
+    calls = [item.remote for item in items]
+    if any(call is None or call.kind not in ("txt2img", "txt2img_batch") for call in calls):
+        raise ValueError("only remote txt2img items can be batched into one remote call")
+    jobs = tuple(job for call in calls for job in call.jobs)
+    remote = RemoteCall("txt2img_batch", jobs, unet_rows=head.remote.unet_rows)
+
+    def run(cancel: CancelToken) -> Any:
+        raise RuntimeError("a batch item only runs remotely")
+
+    return WorkItem(run=run, label=head.label, progress=head.progress,
+                    cancel=AnyCancel([item.cancel for item in items]), remote=remote)
+
+
+def run_call(engine: Any, progress: Any, call: RemoteCall, cancel: CancelToken) -> Any:
+    """What a replica does with a RemoteCall: the same engine calls the local item closures make
+    (webui_api.routes.generate), with the same return shape: (JobResult, model info), or a
+    list of them for a batch."""
+    model = engine.load(call.jobs[0].model_title)
+    if call.kind == "txt2img":
+        extra = {} if call.unet_rows is None else {"unet_rows": call.unet_rows}
+        return engine.txt2img(call.jobs[0], progress, cancel, **extra), model.info
+    if call.kind == "img2img":
+        return engine.img2img(call.jobs[0], progress, cancel), model.info
+    if call.kind == "txt2img_batch":
+        cancels = [cancel] * len(call.jobs)
+        results = engine.txt2img_batch(list(call.jobs), progress, cancels, unet_rows=call.unet_rows)
+        return [(result, model.info) for result in results]
+    raise ValueError(f"unknown remote call kind {call.kind!r}")
