@@ -49,15 +49,21 @@ class RemoteCall:
     kind: str
     jobs: tuple[GenerationJob, ...]
     unet_rows: int | None = None
+    checkpoint: str | None = None  # the checkpoint's relative file name, as every replica's catalog knows it
+
+    @property
+    def model_title(self) -> str | None:
+        """What the replica loads: the file name (a title's short hash may not be in a replica's
+        catalog yet: it is computed when a process first loads the file), else the job's name."""
+        return self.checkpoint or self.jobs[0].model_title
 
     @property
     def model_key(self) -> str:
         """What a replica must hold to run this call without loading: checkpoint and VAE.
 
         Ray Serve's multiplexing routes on this string (webui_api.cluster.deployments)."""
-        job = self.jobs[0]
-        vae = str(job.options.get("sd_vae", "Automatic") or "Automatic")
-        return f"{job.model_title or ''}|{vae}"
+        vae = str(self.jobs[0].options.get("sd_vae", "Automatic") or "Automatic")
+        return f"{self.model_title or ''}|{vae}"
 
     @property
     def steps(self) -> int:
@@ -125,6 +131,19 @@ class LocalWorker:
         """Nothing to release: the engine belongs to the server's runtime."""
 
 
+def checkpoint_name(engine: Any, title: str | None) -> str | None:
+    """The relative file name of the checkpoint a job names, for a RemoteCall; None when the
+    name is unknown here (the replica then answers the same 404 the local engine would)."""
+    from .errors import ApiError
+
+    if not title:
+        return None
+    try:
+        return str(engine.find_checkpoint(title).name)
+    except ApiError:
+        return None
+
+
 class AnyCancel(CancelToken):
     """The cancel flags of a batch run as one remote call: set when any member's is (A1111's
     state treats a running batch as one job, so an interrupt of one stops the batch)."""
@@ -160,7 +179,7 @@ def batch_item(items: Sequence[WorkItem]) -> WorkItem:
     if any(call is None or call.kind not in ("txt2img", "txt2img_batch") for call in calls):
         raise ValueError("only remote txt2img items can be batched into one remote call")
     jobs = tuple(job for call in calls for job in call.jobs)
-    remote = RemoteCall("txt2img_batch", jobs, unet_rows=head.remote.unet_rows)
+    remote = RemoteCall("txt2img_batch", jobs, unet_rows=head.remote.unet_rows, checkpoint=head.remote.checkpoint)
 
     def run(cancel: CancelToken) -> Any:
         raise RuntimeError("a batch item only runs remotely")
@@ -173,7 +192,7 @@ def run_call(engine: Any, progress: Any, call: RemoteCall, cancel: CancelToken) 
     """What a replica does with a RemoteCall: the same engine calls the local item closures make
     (webui_api.routes.generate), with the same return shape: (JobResult, model info), or a
     list of them for a batch."""
-    model = engine.load(call.jobs[0].model_title)
+    model = engine.load(call.model_title)
     if call.kind == "txt2img":
         extra = {} if call.unet_rows is None else {"unet_rows": call.unet_rows}
         return engine.txt2img(call.jobs[0], progress, cancel, **extra), model.info

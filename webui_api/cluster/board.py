@@ -38,7 +38,7 @@ class JobBoard:
     def __init__(self) -> None:
         self._running: dict[str, BoardEntry] = {}
         self._pending_flags: dict[str, dict[str, bool]] = {}  # flags set before the replica registered
-        self._finished: deque[tuple[str, str, str]] = deque(maxlen=HISTORY)  # (job id, replica, model key)
+        self._finished: deque[dict[str, Any]] = deque(maxlen=HISTORY)
 
     # replica side ----------------------------------------------------------------------
 
@@ -62,7 +62,9 @@ class JobBoard:
         entry = self._running.pop(job_id, None)
         self._pending_flags.pop(job_id, None)
         if entry is not None:
-            self._finished.append((job_id, entry.replica, entry.model_key))
+            self._finished.append({"job_id": job_id, "replica": entry.replica, "model_key": entry.model_key,
+                                   "started": entry.started, "ended": time.time(),
+                                   "interrupted": entry.flags["interrupt"]})
 
     # ingress side ----------------------------------------------------------------------
 
@@ -85,7 +87,7 @@ class JobBoard:
         entry = self._running.get(job_id)
         if entry is not None:
             return entry.replica
-        return next((replica for done, replica, _ in reversed(self._finished) if done == job_id), None)
+        return next((done["replica"] for done in reversed(self._finished) if done["job_id"] == job_id), None)
 
     def running(self) -> dict[str, dict[str, Any]]:
         """job id -> replica, actor name, model key, start time (for the cluster view and tests)."""
@@ -94,7 +96,8 @@ class JobBoard:
             for job_id, e in self._running.items()
         }
 
-    def finished(self) -> list[tuple[str, str, str]]:
+    def finished(self) -> list[dict[str, Any]]:
+        """Recently finished jobs, oldest first: job id, replica, model key, start/end, interrupted."""
         return list(self._finished)
 
     def forget_replica(self, replica: str) -> list[str]:

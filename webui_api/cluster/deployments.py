@@ -35,7 +35,7 @@ MODELS_PER_REPLICA = 2  # checkpoint+VAE pairs a replica advertises to Serve's r
 
 
 def _model_title(model_key: str) -> str | None:
-    title = model_key.split("|", 1)[0]
+    title = model_key.split("|", 1)[0]  # RemoteCall.model_key: "<checkpoint>|<vae>"
     return title or None
 
 
@@ -52,6 +52,7 @@ class WorkerReplica:
         self._board = board_handle()
         self._replica = serve.get_replica_context().replica_tag
         self._actor_name = ray.get_runtime_context().get_actor_name() or ""
+        self._engine_ready()  # torch and the checkpoint catalog now: a replica is ready when Serve says so
 
     def _engine_ready(self) -> Any:
         with self._engine_lock:

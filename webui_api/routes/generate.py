@@ -20,7 +20,7 @@ from ..serving.context import RequestContext
 from ..serving.hooks import job_steps
 from ..styles import style_files
 from ..weights.runtime import job_weights, prefetch
-from ..workers import RemoteCall
+from ..workers import RemoteCall, checkpoint_name
 from . import api_router, get_services
 from .disconnect import watch_disconnect
 
@@ -163,7 +163,8 @@ def _txt2img_item(services: Services, job: GenerationJob, restorer: Any = None, 
     job_count = job.n_iter * 2 if job.hires is not None else job.n_iter  # A1111 doubles it for hires fix
     spec = ProgressSpec("scripts_txt2img", job_count, job.job_timestamp, job.preview_every_n_steps)
     local_only = restorer is not None or first_pass is not None  # closures over this process's objects
-    remote = None if local_only else RemoteCall("txt2img", (job,), services.settings.unet_rows if slot else None)
+    rows = services.settings.unet_rows if slot else None
+    remote = None if local_only else RemoteCall("txt2img", (job,), rows, checkpoint_name(services.engine, job.model_title))
     return WorkItem(run=run, label="txt2img", progress=spec, batch=slot, remote=remote)
 
 
@@ -252,7 +253,8 @@ def _img2img_item(services: Services, job: GenerationJob, restorer: Any = None) 
         return services.engine.img2img(job, services.progress, cancel, restore_faces=restorer), model.info
 
     spec = ProgressSpec("scripts_img2img", job.n_iter, job.job_timestamp, job.preview_every_n_steps)
-    remote = RemoteCall("img2img", (job,)) if restorer is None else None
+    checkpoint = checkpoint_name(services.engine, job.model_title)
+    remote = RemoteCall("img2img", (job,), checkpoint=checkpoint) if restorer is None else None
     return WorkItem(run=run, label="img2img", progress=spec, remote=remote)
 
 
