@@ -10,11 +10,12 @@ This module is pure data: no argv parsing (that is `cli.py`), no torch, no file 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from .serving.audit import AuditPolicy
 from .serving.guards import RequestLimits
 
 
@@ -71,7 +72,12 @@ class Settings:
     redis_url: str | None = None  # --redis-url: shared rate-limit counters and result cache
     result_cache_mb: float = 0.0  # --result-cache-size (MB); 0 disables the result cache
     audit_log: Path | None = None  # --audit-log: one JSON line per generation; None: off
+    audit: AuditPolicy = field(default_factory=AuditPolicy)  # --audit-log-* rotation/retention, --audit-redact-prompts
     task_retention_hours: float = 168.0  # --task-retention-hours: finished async tasks kept (0: forever)
+    task_max_count: int = 1000  # --task-max-count: finished async tasks kept at most (oldest deleted first; 0: no cap)
+    task_max_mb: float = 1024.0  # --task-max-mb: MB of stored task requests and results (oldest finished deleted first)
+    callback_allow: tuple[str, ...] = ()  # --callback-allow: hosts/CIDRs/"public" that task callbacks may reach
+    api_docs_auth: bool = False  # --api-docs-auth: /docs, /redoc and /openapi.json behind the API auth too
     guards: RequestLimits = field(default_factory=RequestLimits)  # --max-pixels, --max-steps, ...
     batch_max_size: int = 1  # --batch-max-size: images in one cross-request UNet batch (1: batching off, the default:
     # batching pads every UNet call to a fixed row count, which costs a lone request ~1.9x on a CPU; docs/benchmarks.md)
@@ -97,15 +103,6 @@ class Settings:
     def root_path(self) -> str:
         """The ASGI root path A1111 derives from --subpath ("/<subpath>"), or "" without one."""
         return f"/{self.subpath.strip('/')}" if self.subpath else ""
-
-    @classmethod
-    def for_tests(cls, data_dir: Path, **overrides: Any) -> Settings:
-        """A complete Settings rooted at `data_dir`, with A1111's folder layout and the default
-        /cmd-flags for that folder; nothing is created on disk. Overrides replace fields as given."""
-        from webui_api.cli import default_cmd_flags  # cli imports this module; import late
-
-        base = cls.layout(Path(data_dir))
-        return replace(base, cmd_flags=MappingProxyType(default_cmd_flags(Path(data_dir))), **overrides)
 
     @classmethod
     def layout(cls, data_dir: Path, models_dir: Path | None = None) -> Settings:

@@ -189,17 +189,21 @@ def batch_item(items: Sequence[WorkItem]) -> WorkItem:
 
 
 def run_call(engine: Any, progress: Any, call: RemoteCall, cancel: CancelToken) -> Any:
-    """What a replica does with a RemoteCall: the same engine calls the local item closures make
-    (webui_api.routes.generate), with the same return shape: (JobResult, model info), or a
-    list of them for a batch."""
-    model = engine.load(call.model_title)
-    if call.kind == "txt2img":
-        extra = {} if call.unet_rows is None else {"unet_rows": call.unet_rows}
-        return engine.txt2img(call.jobs[0], progress, cancel, **extra), model.info
+    """What a replica does with a RemoteCall: the engine calls the local items make
+    (webui_api.generation.work), with the same return shape: a JobResult, or a list of them for
+    a batch. The jobs name their checkpoint by file name here (see `RemoteCall.model_title`)."""
+    jobs = [_by_file_name(job, call.checkpoint) for job in call.jobs]
+    if call.kind == "txt2img" and call.unet_rows is None:
+        return engine.txt2img(jobs[0], progress, cancel)
+    if call.kind in ("txt2img", "txt2img_batch"):
+        results = engine.txt2img_batch(jobs, progress, [cancel] * len(jobs), unet_rows=call.unet_rows)
+        return results[0] if call.kind == "txt2img" else results
     if call.kind == "img2img":
-        return engine.img2img(call.jobs[0], progress, cancel), model.info
-    if call.kind == "txt2img_batch":
-        cancels = [cancel] * len(call.jobs)
-        results = engine.txt2img_batch(list(call.jobs), progress, cancels, unet_rows=call.unet_rows)
-        return [(result, model.info) for result in results]
+        return engine.img2img(jobs[0], progress, cancel)
     raise ValueError(f"unknown remote call kind {call.kind!r}")
+
+
+def _by_file_name(job: GenerationJob, checkpoint: str | None) -> GenerationJob:
+    import dataclasses
+
+    return job if checkpoint is None else dataclasses.replace(job, model_title=checkpoint)
