@@ -10,8 +10,8 @@ import pytest
 
 from webui_api.lane_progress import LaneProgress
 from webui_api.progress import CancelToken, ProgressTracker
-from webui_api.scheduler import Scheduler, WorkItem
-from webui_api.workers import LocalWorker, RayOptions, RemoteCall, WorkerLost, batch_item
+from webui_api.scheduler import Scheduler, WorkItem, batch_item
+from webui_api.workers import LocalWorker, RayOptions, RemoteCall, WorkerLost
 
 
 class FlakyWorker:

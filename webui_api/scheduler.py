@@ -39,7 +39,7 @@ from typing import Any, Awaitable, Callable, Hashable, Optional, Sequence
 from .batching import BatchingConfig
 from .errors import ApiError, ServiceUnavailable
 from .progress import CancelToken, ProgressTracker
-from .workers import LocalWorker, Worker, WorkerLost
+from .workers import AnyCancel, LocalWorker, RemoteCall, Worker, WorkerLost
 
 log = logging.getLogger(__name__)
 
@@ -451,9 +451,24 @@ def _run_group(items: list[WorkItem], worker: Worker, progress: ProgressTracker)
     head = items[0]
     if isinstance(worker, LocalWorker) or head.remote is None:
         return head.batch.run_group(items)  # type: ignore[union-attr]
-    from .workers import batch_item
+    return worker.execute(batch_item(items), progress)
 
-    return worker.execute(batch_item(items), progress)  # type: ignore[no-any-return]
+
+def batch_item(items: Sequence[WorkItem]) -> WorkItem:
+    """Gathered batch partners as ONE remote item: a "txt2img_batch" call over every job, in
+    queue order, returning one result per job; an interrupt of any member reaches the batch."""
+    calls = [item.remote for item in items]
+    if any(not isinstance(call, RemoteCall) or call.kind not in ("txt2img", "txt2img_batch") for call in calls):
+        raise ValueError("only remote txt2img items can be batched into one remote call")
+    head = calls[0]
+    jobs = tuple(job for call in calls for job in call.jobs)
+    remote = RemoteCall("txt2img_batch", jobs, unet_rows=head.unet_rows, checkpoint=head.checkpoint)
+
+    def run(cancel: CancelToken) -> Any:
+        raise RuntimeError("a batch item only runs remotely")
+
+    return WorkItem(run=run, label=items[0].label, progress=items[0].progress,
+                    cancel=AnyCancel([item.cancel for item in items]), remote=remote)
 
 
 def _fits(item: WorkItem, key: Hashable, room: int) -> bool:

@@ -26,7 +26,10 @@ from .progress import CancelToken
 if TYPE_CHECKING:
     from .jobs import GenerationJob
     from .progress import ProgressTracker
-    from .scheduler import WorkItem
+
+# The scheduler imports this module, so its WorkItem is named here by role only (Any): an item
+# has `run(cancel)`, `cancel`, `label`, `progress` and `remote` (webui_api.scheduler.WorkItem).
+WorkItem = Any
 
 
 class WorkerLost(ServiceUnavailable):
@@ -167,25 +170,6 @@ class AnyCancel(CancelToken):
     @property
     def skipped(self) -> bool:
         return any(token.skipped for token in self._tokens)
-
-
-def batch_item(items: Sequence[WorkItem]) -> WorkItem:
-    """Gathered batch partners as ONE remote item: a "txt2img_batch" call over every job, in
-    queue order, that returns one result per job."""
-    from .scheduler import WorkItem
-
-    head = items[0]
-    calls = [item.remote for item in items]
-    if any(call is None or call.kind not in ("txt2img", "txt2img_batch") for call in calls):
-        raise ValueError("only remote txt2img items can be batched into one remote call")
-    jobs = tuple(job for call in calls for job in call.jobs)
-    remote = RemoteCall("txt2img_batch", jobs, unet_rows=head.remote.unet_rows, checkpoint=head.remote.checkpoint)
-
-    def run(cancel: CancelToken) -> Any:
-        raise RuntimeError("a batch item only runs remotely")
-
-    return WorkItem(run=run, label=head.label, progress=head.progress,
-                    cancel=AnyCancel([item.cancel for item in items]), remote=remote)
 
 
 def run_call(engine: Any, progress: Any, call: RemoteCall, cancel: CancelToken) -> Any:

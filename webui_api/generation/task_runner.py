@@ -25,12 +25,16 @@ from ..schemas.generation import Img2ImgRequest, Txt2ImgRequest
 from ..serving.context import RequestContext
 from ..task_callback import CallbackFile, callback_policy, post_callback
 from ..tasks import DONE, FAILED, TaskRecord, TaskStore
+from ..workers import WorkerLost
 from .runs import run_img2img, run_txt2img
 
 log = logging.getLogger(__name__)
 
 IDLE_POLL_SECONDS = 1.0  # the runner also wakes at once when a task is queued
 RETENTION_CHECK_SECONDS = 3600.0
+
+
+REQUEUE_PAUSE_SECONDS = 2.0
 
 
 class TaskRunner:
@@ -136,6 +140,10 @@ class TaskRunner:
             await asyncio.to_thread(self.enforce_caps)
         except asyncio.CancelledError:
             self._after_cancel(task.id, generation)
+        except WorkerLost as lost:  # two replicas died under it (--ray): back in line, never lost
+            log.warning("async task %s: %s; re-queued", task.id, lost.detail)
+            await asyncio.to_thread(self.store.return_to_queue, task.id)
+            await asyncio.sleep(REQUEUE_PAUSE_SECONDS)  # let Serve replace the replicas first
         except ApiError as exc:  # the request itself was bad, or the engine refused it
             await self._record_failure(task, f"{type(exc).__name__}: {exc.detail}", type(exc).__name__, exc.status_code)
         except Exception as exc:  # an engine bug: recorded on the task (and logged), the runner goes on
