@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from tests.factories import settings_for_tests
 from webui_api.settings import Settings
 from webui_api.workers import RayOptions
 
@@ -58,7 +59,7 @@ def serve_cluster(data_dir: Path, home: Path, workers: int = 2, **settings_overr
 
     port = free_port()
     options = RayOptions(workers=workers, gpus_per_worker=0.0, cpus_per_worker=1.0, cpus_per_ingress=0.5)
-    settings = Settings.for_tests(data_dir, device="cpu", dtype="float32", host="127.0.0.1", port=port, ray=options,
+    settings = settings_for_tests(data_dir, device="cpu", dtype="float32", host="127.0.0.1", port=port, ray=options,
                                   **settings_overrides)
     with ray_env(home) as temp_dir:
         start_ray(settings, num_cpus=workers + 2, include_dashboard=False, _temp_dir=temp_dir,
