@@ -91,15 +91,25 @@ def _lifespan_for(settings: Settings, engine: Optional[Any], workers: Sequence[W
 
 
 def _start_task_runner(app: FastAPI, runtime: Runtime):
-    """Async tasks (agent-scheduler routes): persisted under <data dir>/tasks, resumed at start."""
+    """Async tasks (agent-scheduler routes): persisted under <data dir>/tasks, resumed at start; in
+    Redis when --ray and --redis-url are both given (one store for every ingress of the cluster)."""
     from .generation.task_runner import TaskRunner
-    from .tasks import TaskStore
 
-    runner = TaskRunner(TaskStore(runtime.settings.data_dir / "tasks"), runtime)
+    runner = TaskRunner(task_store(runtime.settings), runtime)
     app.state.task_runner = runner
     runtime.metrics.track_tasks_pending(lambda: runner.store.count("pending"))
     runner.start()
     return runner
+
+
+def task_store(settings: Settings) -> Any:
+    if settings.ray is not None and settings.redis_url:
+        from .task_store_redis import RedisTaskStore
+
+        return RedisTaskStore(settings.redis_url)
+    from .tasks import TaskStore
+
+    return TaskStore(settings.data_dir / "tasks")
 
 
 def build_runtime(settings: Settings, engine: Optional[Any] = None, workers: Sequence[Worker] | None = None) -> Runtime:
