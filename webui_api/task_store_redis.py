@@ -25,8 +25,20 @@ from collections.abc import Iterator
 from typing import Any
 
 from .tasks import (
-    DONE, FAILED, FINISHED, INTERRUPTED, MAX_ATTEMPTS, NORMAL_TIER, PENDING, RESULT_FIELDS, RUNNING, STATUSES,
-    TASK_TYPES, TIER_SPAN, RecoveryReport, TaskRecord,
+    DONE,
+    FAILED,
+    FINISHED,
+    INTERRUPTED,
+    MAX_ATTEMPTS,
+    NORMAL_TIER,
+    PENDING,
+    RESULT_FIELDS,
+    RUNNING,
+    STATUSES,
+    TASK_TYPES,
+    TIER_SPAN,
+    RecoveryReport,
+    TaskRecord,
 )
 
 PREFIX = "webui-api:tasks:"

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 pytest.importorskip("ray.serve", reason="the ray extra is not installed (pip install '.[ray]')")
 
-import httpx  # noqa: E402
-import ray  # noqa: E402
+import httpx
+import ray
 
-from tests.cluster.ray_cluster import board, serve_cluster  # noqa: E402
-from tests.engine.ldm_checkpoints import build_networks, write_checkpoint  # noqa: E402
+from tests.cluster.ray_cluster import board, serve_cluster
+from tests.engine.ldm_checkpoints import build_networks, write_checkpoint
 
 LONG = {"prompt": "a cat", "steps": 60, "width": 64, "height": 64, "seed": 3, "sampler_name": "Euler"}
 SHORT = {**LONG, "steps": 3}
@@ -34,7 +33,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
     sd.mkdir(parents=True)
     write_checkpoint(sd / "alpha.safetensors", build_networks("sd1", seed=1))
     write_checkpoint(sd / "beta.safetensors", build_networks("sd1", seed=2))
-    with serve_cluster(root / "data", root / "home", workers=2) as (base, settings):
+    with serve_cluster(root / "data", root / "home", workers=2) as (base, _settings):
         yield base
 
 
