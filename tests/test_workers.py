@@ -195,3 +195,16 @@ def test_ray_flags_parse_without_ray_installed():
     assert ray_options(args, visible_gpus=0).workers == 1 and ray_options(args, visible_gpus=0).gpus_per_worker == 0
     args, _ = parser.parse_known_args([])
     assert ray_options(args) is None
+
+
+def test_the_server_modules_do_not_import_ray():
+    """Ray stays optional: only --ray (webui_api.cluster) imports it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, webui_api.app, webui_api.cli, webui_api.scheduler, webui_api.workers, "
+            "webui_api.cluster.board; print('ray' in sys.modules)")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
+    assert out.stdout.strip() == "False"
