@@ -10,6 +10,7 @@ from typing import Any
 from ..settings import Settings
 
 log = logging.getLogger(__name__)
+SHUTDOWN_SECONDS = 30
 
 
 def start_ray(settings: Settings, **init_kwargs: Any) -> None:
@@ -50,4 +51,10 @@ def serve_ray(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
-    serve.delete(options.app_name)
+    # replicas drain their jobs; bounded, because a signal sent to the whole process group (a
+    # terminal's Ctrl-C, `timeout`) may have stopped the local Ray instance already
+    deleting = threading.Thread(target=serve.delete, args=(options.app_name,), daemon=True)
+    deleting.start()
+    deleting.join(SHUTDOWN_SECONDS)
+    if deleting.is_alive():
+        log.warning("the Serve application did not stop within %d s; exiting anyway", SHUTDOWN_SECONDS)
