@@ -208,3 +208,23 @@ def test_the_server_modules_do_not_import_ray():
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_around_wrappers_time_the_item_on_any_worker_retry_included():
+    """Timings (serving hooks) wrap the execution, not the local closure, so a remote worker's
+    jobs are timed too; a retried item is timed once, over both tries."""
+    worker = FlakyWorker("remote-like", losses=1)
+    calls: list[str] = []
+
+    def around(execute: Any) -> Any:
+        calls.append("before")
+        result = execute()
+        calls.append("after")
+        return result
+
+    scheduler = started([worker])
+    try:
+        result = scheduler.submit(WorkItem(run=lambda _c: "ok", label="txt2img", around=(around,))).result(10)
+    finally:
+        scheduler.stop(timeout=5)
+    assert (result, calls, worker.calls) == ("ok", ["before", "after"], 2)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import heapq
 import itertools
 import logging
@@ -115,6 +116,9 @@ class WorkItem:
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     batch: Optional[BatchSlot] = None  # set when the item may share a UNet batch
     remote: Any = None  # a webui_api.workers.RemoteCall when another process may run it (--ray)
+    # wrappers around the execution on whichever worker runs it (timings): each gets a no-argument
+    # callable that runs the item (retry included) and returns its result
+    around: tuple[Callable[[Callable[[], Any]], Any], ...] = ()
 
 
 @dataclass(order=True)
@@ -293,6 +297,11 @@ class Scheduler:
         return self._queue.qsize()
 
     @property
+    def worker_alive(self) -> bool:
+        """Every lane thread runs (what /ready reports as worker_alive)."""
+        return bool(self._threads) and all(thread.is_alive() for thread in self._threads)
+
+    @property
     def waiting_generations(self) -> int:
         """Guarded items queued and not yet started (what max_queue_depth limits)."""
         with self._guarded_lock:
@@ -375,6 +384,16 @@ class Scheduler:
             self._end_progress(item, lane)
 
     def _execute_with_retry(self, item: WorkItem, worker: Worker) -> Any:
+        """The item on `worker`, inside the item's `around` wrappers (outermost first)."""
+        def execute() -> Any:
+            return self._retry_once(item, worker)
+
+        call: Callable[[], Any] = execute
+        for wrapper in reversed(item.around):
+            call = functools.partial(wrapper, call)
+        return call()
+
+    def _retry_once(self, item: WorkItem, worker: Worker) -> Any:
         """A lost worker (a dead replica) gets the item once more: the worker routes the second
         try to a live replica. A second loss goes to the caller (503 with Retry-After)."""
         try:
