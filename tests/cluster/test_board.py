@@ -44,14 +44,6 @@ def test_finished_jobs_remember_their_replica_and_interrupt():
     assert (done["replica"], done["model_key"], done["interrupted"]) == ("r1", "alpha|Automatic", True)
 
 
-def test_forget_replica_drops_its_running_jobs():
-    board = JobBoard()
-    board.register("a", "r1", "n1", "m")
-    board.register("b", "r2", "n2", "m")
-    assert board.forget_replica("r1") == ["a"]
-    assert list(board.running()) == ["b"]
-
-
 def test_unknown_flag_is_refused():
     with pytest.raises(ValueError):
         JobBoard().request("a", "explode")

@@ -100,13 +100,6 @@ class JobBoard:
         """Recently finished jobs, oldest first: job id, replica, model key, start/end, interrupted."""
         return list(self._finished)
 
-    def forget_replica(self, replica: str) -> list[str]:
-        """A replica died: drop its running jobs (the lanes retry them) and return their ids."""
-        gone = [job_id for job_id, entry in self._running.items() if entry.replica == replica]
-        for job_id in gone:
-            del self._running[job_id]
-        return gone
-
 
 def board_handle(namespace_actor_options: dict[str, Any] | None = None) -> Any:
     """The cluster's one JobBoard actor, created on first use (detached: it outlives an ingress)."""

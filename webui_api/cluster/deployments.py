@@ -98,13 +98,6 @@ class WorkerReplica:
             if flags.get("skip"):
                 cancel.skip()
 
-    def replica(self) -> dict[str, Any]:
-        """Who this replica is (tests and /internal views)."""
-        return {"replica": self._replica, "actor_name": self._actor_name}
-
-    def check_health(self) -> None:
-        """Serve's health check: a replica whose engine failed to build is replaced."""
-
 
 def worker_deployment(options: RayOptions) -> Any:
     """The worker deployment with its resources, replica count or autoscaling."""

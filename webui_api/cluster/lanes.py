@@ -14,7 +14,6 @@ A replica that dies mid-call surfaces as `WorkerLost`; the scheduler retries onc
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -123,13 +122,3 @@ def ray_workers(lanes: int, handle: Any, board: Any = None) -> list[RayWorker]:
 
     board = board if board is not None else board_handle()
     return [RayWorker(f"ray-{lane}", handle, board) for lane in range(lanes)]
-
-
-def wait_until(predicate: Any, timeout: float, interval: float = 0.1) -> bool:
-    """Poll `predicate()` until true or `timeout` seconds passed (used by the launcher and tests)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
