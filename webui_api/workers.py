@@ -65,7 +65,10 @@ class RemoteCall:
         """What a replica must hold to run this call without loading: checkpoint and VAE.
 
         Ray Serve's multiplexing routes on this string (webui_api.cluster.deployments)."""
-        vae = str(self.jobs[0].options.get("sd_vae", "Automatic") or "Automatic")
+        job = self.jobs[0]
+        engine_options = getattr(job, "engine_options", None)  # what the engine reads (the job's typed options)
+        vae = engine_options.sd_vae if engine_options is not None else job.options.get("sd_vae", "Automatic")
+        vae = str(vae or "Automatic")
         return f"{self.model_title or ''}|{vae}"
 
     @property

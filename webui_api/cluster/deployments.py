@@ -57,7 +57,7 @@ class WorkerReplica:
     def _engine_ready(self) -> Any:
         with self._engine_lock:
             if self._engine is None:
-                from ..engine.service import Engine
+                from ..engine.facade import Engine
 
                 self._engine = Engine.from_settings(self._settings)
             return self._engine
