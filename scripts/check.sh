@@ -4,8 +4,8 @@
 # one run shows every finding, and fails if either finds anything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# optional architectures (ControlNet preprocessors, CodeFormer) too, so they are checked and tested
-bash scripts/setup_env.sh test,controlnet,codeformer
+# optional parts (ControlNet preprocessors, CodeFormer, Ray Serve) too, so they are checked and tested
+bash scripts/setup_env.sh test,controlnet,codeformer,ray
 failed=0
 echo "check: ruff check ." >&2
 .venv/bin/python -m ruff check . || failed=1

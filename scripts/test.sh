@@ -4,7 +4,7 @@
 # Extra arguments go to pytest (e.g. -m slow for the slow set, or a test path).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/check.sh  # sets up .venv (test extra and the optional architectures) first
+bash scripts/check.sh  # sets up .venv (test extra and the optional parts) first
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 echo "test: pytest (the fast set unless arguments say otherwise)" >&2
 exec .venv/bin/python -m pytest -q "$@"

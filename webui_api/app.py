@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 import traceback
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +24,7 @@ from . import __version__
 from .auth import add_cors, build_gate, exposure_warnings, protect_docs, record_work, unclassified_routes
 from .batching import BatchingConfig
 from .errors import ApiError, validation_error_body
+from .lane_progress import LaneProgress
 from .options import OptionsStore
 from .progress import ProgressTracker
 from .runtime import Runtime
@@ -36,6 +37,7 @@ from .serving.lifecycle import Lifecycle
 from .serving.metrics import Metrics
 from .serving.result_cache import ResultCache
 from .settings import Settings
+from .workers import Worker
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +49,12 @@ EMBEDDED_MODEL_WARNING = (
 )
 
 
-def create_app(settings: Settings, engine: Any | None = None) -> FastAPI:
+def create_app(settings: Settings, engine: Any | None = None, workers: Sequence[Worker] | None = None) -> FastAPI:
+    """`workers`: the scheduler's lanes (default: one local worker thread; --ray: RayWorkers)."""
     app = FastAPI(
         title="webui-api",
         version=__version__,
-        lifespan=_lifespan_for(settings, engine),
+        lifespan=_lifespan_for(settings, engine, workers),
         root_path=f"/{settings.subpath.strip('/')}" if settings.subpath else "",
     )
     app.state.settings = settings
@@ -65,12 +68,12 @@ def create_app(settings: Settings, engine: Any | None = None) -> FastAPI:
     return app
 
 
-def _lifespan_for(settings: Settings, engine: Any | None):
+def _lifespan_for(settings: Settings, engine: Any | None, workers: Sequence[Worker] | None = None):
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for warning in exposure_warnings(settings):
             log.warning(warning)
-        runtime = build_runtime(settings, engine)
+        runtime = build_runtime(settings, engine, workers)
         app.state.runtime = runtime
         runtime.scheduler.start()
         if settings.skip_load_model_at_start:
@@ -89,18 +92,28 @@ def _lifespan_for(settings: Settings, engine: Any | None):
 
 
 def _start_task_runner(app: FastAPI, runtime: Runtime):
-    """Async tasks (agent-scheduler routes): persisted under <data dir>/tasks, resumed at start."""
+    """Async tasks (agent-scheduler routes): persisted under <data dir>/tasks, resumed at start; in
+    Redis when --ray and --redis-url are both given (one store for every ingress of the cluster)."""
     from .generation.task_runner import TaskRunner
-    from .tasks import TaskStore
 
-    runner = TaskRunner(TaskStore(runtime.settings.data_dir / "tasks"), runtime)
+    runner = TaskRunner(task_store(runtime.settings), runtime)
     app.state.task_runner = runner
     runtime.metrics.track_tasks_pending(lambda: runner.store.count("pending"))
     runner.start()
     return runner
 
 
-def build_runtime(settings: Settings, engine: Any | None = None) -> Runtime:
+def task_store(settings: Settings) -> Any:
+    if settings.ray is not None and settings.redis_url:
+        from .task_store_redis import RedisTaskStore
+
+        return RedisTaskStore(settings.redis_url)
+    from .tasks import TaskStore
+
+    return TaskStore(settings.data_dir / "tasks")
+
+
+def build_runtime(settings: Settings, engine: Any | None = None, workers: Sequence[Worker] | None = None) -> Runtime:
     from .postprocess.encode import encode_image_base64
 
     if engine is None:
@@ -108,13 +121,20 @@ def build_runtime(settings: Settings, engine: Any | None = None) -> Runtime:
 
         engine = Engine.from_settings(settings)
     options = OptionsStore.from_settings(settings)
-    progress = ProgressTracker(encode_preview=lambda image: encode_image_base64(image, "png"))
+
+    def tracker() -> ProgressTracker:  # a remote lane may have no preview to show yet
+        return ProgressTracker(
+            encode_preview=lambda image: None if image is None else encode_image_base64(image, "png")
+        )
+
+    # several lanes run jobs at once: one tracker per lane, /progress shows the longest-running job
+    progress: Any = tracker() if workers is None or len(workers) < 2 else LaneProgress(tracker)
     metrics = Metrics()
     scheduler = Scheduler(
         progress, after_failure=engine.free_memory,
         max_queue_depth=settings.max_queue_depth, queue_timeout=settings.queue_timeout,
         batching=BatchingConfig(settings.batch_max_size, settings.batch_wait_ms),
-        on_batch=metrics.observe_batch,
+        on_batch=metrics.observe_batch, workers=workers,
     )
     metrics.track_queue_depth(lambda: scheduler.waiting_generations)
     serving = ServingHooks(

@@ -66,7 +66,7 @@ class ProgressTracker:
     """
 
     def __init__(
-        self, encode_preview: Callable[[Any], str] | None = None, clock: Callable[[], float] | None = None
+        self, encode_preview: Callable[[Any], str | None] | None = None, clock: Callable[[], float] | None = None
     ) -> None:
         import time
 
