@@ -244,3 +244,11 @@ def _include_routes(app: FastAPI, settings: Settings) -> None:
     for module in (generate, progress, options, catalog, extras, tasks, controlnet, controlnet_detect, health):
         app.include_router(module.router)
     app.include_router(server.build_router(settings))
+    _include_beyond_a1111(app)
+
+
+def _include_beyond_a1111(app: FastAPI) -> None:
+    """Routes A1111 does not have: the OpenAI-compatible images API."""
+    from .routes import openai_images
+
+    app.include_router(openai_images.router)

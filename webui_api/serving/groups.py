@@ -16,6 +16,7 @@ _GENERATE = frozenset({"txt2img", "img2img", "extra-single-image", "extra-batch-
 _ADMIN = frozenset({"unload-checkpoint", "reload-checkpoint", "server-kill", "server-restart", "server-stop"})
 _SUBMISSIONS = frozenset({"txt2img", "img2img", "extra-single-image", "extra-batch-images", "interrogate"})
 TASKS_PREFIX = "/agent-scheduler/"
+OPENAI_IMAGES_PREFIX = "/v1/images/"  # OpenAI-compatible generations, edits, variations
 
 
 def route_group(route_path: str) -> str:
@@ -24,6 +25,8 @@ def route_group(route_path: str) -> str:
         return "tasks"
     if route_path == "/metrics":
         return "metrics"
+    if route_path.startswith(OPENAI_IMAGES_PREFIX):
+        return "generate"
     name = route_path[len(_SDAPI):] if route_path.startswith(_SDAPI) else ""
     if name in _GENERATE:
         return "generate"
@@ -38,6 +41,6 @@ def is_submission(route_path: str, method: str) -> bool:
     """A request that queues device work: the ones a rate limit counts."""
     if method != "POST":
         return False
-    if route_path.startswith(TASKS_PREFIX + "v1/queue/"):
+    if route_path.startswith((TASKS_PREFIX + "v1/queue/", OPENAI_IMAGES_PREFIX)):
         return True
     return route_path.startswith(_SDAPI) and route_path[len(_SDAPI):] in _SUBMISSIONS
