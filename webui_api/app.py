@@ -248,7 +248,8 @@ def _include_routes(app: FastAPI, settings: Settings) -> None:
 
 
 def _include_beyond_a1111(app: FastAPI) -> None:
-    """Routes A1111 does not have: the OpenAI-compatible images API."""
-    from .routes import openai_images
+    """Routes A1111 does not have: the OpenAI-compatible images API and the web playground."""
+    from .routes import openai_images, playground
 
     app.include_router(openai_images.router)
+    app.include_router(playground.router)
