@@ -13,6 +13,8 @@ const $ = (id) => document.getElementById(id);
 const jobs = new Map(); // task id -> {id, prompt, status, error}
 let pollTimer = null;
 let models = [];
+let perJobProgress = true; // until the server shows it has no /internal/progress
+let lastPreviewId = -1;
 
 // --- calling the API ---------------------------------------------------------------------
 
@@ -206,11 +208,42 @@ async function updateProgress(currentId) {
     if (![...jobs.values()].some((job) => !FINISHED.has(job.status))) setProgress(0, "Idle");
     return;
   }
+  const view = perJobProgress ? await jobProgress(currentId) : null;
+  if (view === null) await globalProgress();
+  else showJobProgress(view);
+}
+
+// The task's own progress (POST /internal/progress, A1111's per-job route); null where the
+// server lacks it, and from then on the page reads the global /sdapi/v1/progress instead.
+async function jobProgress(taskId) {
+  try {
+    return await api("internal/progress", {
+      method: "POST", body: { id_task: taskId, id_live_preview: lastPreviewId, live_preview: true },
+    });
+  } catch (error) {
+    if (error.status !== 404 && error.status !== 405) throw error;
+    perJobProgress = false;
+    return null;
+  }
+}
+
+function showJobProgress(view) {
+  const eta = view.eta > 0 ? `, ETA ${view.eta.toFixed(1)} s` : "";
+  const percent = `${Math.round((view.progress || 0) * 100)}%`;
+  setProgress(view.progress || 0, `${percent}${eta}${view.textinfo ? ` · ${view.textinfo}` : ""}`);
+  if (view.live_preview) {
+    lastPreviewId = view.id_live_preview ?? lastPreviewId;
+    showPreview(view.live_preview, "live");
+  }
+}
+
+async function globalProgress() {
   const progress = await api("sdapi/v1/progress");
   const state = progress.state || {};
   const eta = progress.eta_relative > 0 ? `, ETA ${progress.eta_relative.toFixed(1)} s` : "";
-  const step = state.sampling_steps ? `step ${state.sampling_step}/${state.sampling_steps}` : "starting";
-  setProgress(progress.progress || 0, `${step}${eta}`);
+  const percent = `${Math.round((progress.progress || 0) * 100)}%`;
+  const step = state.sampling_steps ? ` · step ${state.sampling_step}/${state.sampling_steps}` : "";
+  setProgress(progress.progress || 0, `${percent}${eta}${step}`);
   if (progress.current_image) showPreview(dataUrl(progress.current_image), "live");
 }
 
