@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from webui_api.openai_images.errors import OpenAIParamError
+from webui_api.errors import BadRequest, UnknownCheckpoint
+from webui_api.openai_images.errors import OpenAIParamError, api_error_body, error_body, validation_error_body
 from webui_api.openai_images.params import (
     GenerationBody,
     native_size,
@@ -60,3 +61,16 @@ def test_mask_without_alpha_is_read_as_a1111_white_means_repaint():
     assert edit_mask(image, None) is None
     with pytest.raises(OpenAIParamError):
         edit_mask(image, Image.new("L", (4, 4)))
+
+
+def test_error_bodies_follow_openai_types_and_codes():
+    assert error_body(401, "no")["error"] == {"message": "no", "type": "invalid_request_error", "param": None,
+                                              "code": "invalid_api_key"}
+    assert error_body(429, "slow")["error"]["type"] == "requests"
+    assert error_body(503, "busy")["error"]["type"] == "server_error"
+    missing = api_error_body(UnknownCheckpoint("sdxl"))["error"]
+    assert missing["code"] == "model_not_found" and missing["param"] == "model" and "'sdxl'" in missing["message"]
+    bad = api_error_body(BadRequest("Invalid encoded image", errors="not base64"))["error"]
+    assert bad["message"] == "Invalid encoded image: not base64" and bad["type"] == "invalid_request_error"
+    field = validation_error_body([{"loc": ("body", "n"), "msg": "too big", "type": "less_than_equal"}])["error"]
+    assert field["param"] == "n" and field["message"] == "n: too big"

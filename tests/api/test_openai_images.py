@@ -153,6 +153,15 @@ def test_edit_size_and_denoising_extension(oa):
     assert out.size == (96, 64) and "Denoising strength: 0.3" in infotext(out)
 
 
+def test_edit_image_sent_as_an_array(oa):
+    image = png_bytes(Image.new("RGB", (64, 64), (10, 120, 10)))
+    result = oa.images.edit(image=[("in.png", image)], prompt="x", extra_body=FAST)  # multipart field image[]
+    assert decoded(result.data[0].b64_json).size == (64, 64)
+    with pytest.raises(openai.BadRequestError) as caught:
+        oa.images.edit(image=[("a.png", image), ("b.png", image)], prompt="x", extra_body=FAST)
+    assert caught.value.body["param"] == "image"
+
+
 def test_edit_mask_of_another_size_is_400_naming_mask(oa):
     image = Image.new("RGB", (64, 64))
     with pytest.raises(openai.BadRequestError) as caught:
