@@ -11,7 +11,7 @@ Every error, from the auth check to the engine, answers in OpenAI's shape
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
@@ -48,7 +48,7 @@ from .disconnect import watch_disconnect
 class OpenAIErrorRoute(APIRoute):
     """An APIRoute whose errors (auth, validation, guards, engine) answer in OpenAI's shape."""
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def openai_errors(request: Request) -> Response:
@@ -132,7 +132,7 @@ def edit_fields(
     """Decode the uploads (off the event loop), derive the mask and size, build the img2img body."""
     from ..openai_images.uploads import edit_mask, image_of_upload, mask_base64
 
-    limit = services.serving.limits.max_input_pixels
+    limit = input_pixel_limit(services)
     init_b64, picture = image_of_upload(upload, "image", limit)
     mask_picture = image_of_upload(mask_upload, "mask", limit)[1] if mask_upload is not None else None
     repaint = edit_mask(picture, mask_picture)
@@ -146,10 +146,16 @@ def edit_fields(
 def variation_fields(services: Services, form: VariationForm, upload: bytes) -> tuple[dict[str, Any], tuple[int, int]]:
     from ..openai_images.uploads import image_of_upload
 
-    init_b64, picture = image_of_upload(upload, "image", services.serving.limits.max_input_pixels)
+    init_b64, picture = image_of_upload(upload, "image", input_pixel_limit(services))
     checkpoint = checkpoint_title(services, form.model)
     size = parse_size(form.size, snap_to_multiple_of_8(*picture.size))
     return img2img_fields(form, size, checkpoint, init_b64, None, "variation"), size
+
+
+def input_pixel_limit(services: Services) -> int:
+    """--max-input-pixels, the limit every decoded input image is held to."""
+    assert services.serving is not None  # Services builds its hooks when none are given
+    return services.serving.limits.max_input_pixels
 
 
 async def run_img2img_answer(
