@@ -48,13 +48,14 @@ def live_server(engine, tmp_path):
     import uvicorn
 
     from webui_api.app import create_app
-    from webui_api.settings import Settings
+
+    from ..factories import settings_for_tests
 
     servers = []
 
     def start(**overrides) -> str:
         port = free_port()
-        app = create_app(Settings.for_tests(tmp_path, **overrides), engine=engine)
+        app = create_app(settings_for_tests(tmp_path, **overrides), engine=engine)
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
         thread = threading.Thread(target=server.run, name=f"uvicorn {port}", daemon=True)
         thread.start()

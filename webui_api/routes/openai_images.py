@@ -22,6 +22,7 @@ from fastapi.routing import APIRoute
 
 from ..auth import request_context, require_api_auth
 from ..errors import ApiError
+from ..generation.runs import run_img2img, run_txt2img
 from ..openai_images.errors import OpenAIParamError, api_error_body, error_body, validation_error_body
 from ..openai_images.params import (
     EditForm,
@@ -39,10 +40,9 @@ from ..openai_images.params import (
     snap_to_multiple_of_8,
     txt2img_fields,
 )
+from ..runtime import Runtime
 from ..schemas.generation import Img2ImgRequest, Txt2ImgRequest
-from ..services import Services
-from . import get_services
-from .disconnect import watch_disconnect
+from . import get_runtime, watch_disconnect
 
 
 class OpenAIErrorRoute(APIRoute):
@@ -66,20 +66,20 @@ class OpenAIErrorRoute(APIRoute):
 
 
 router = APIRouter(dependencies=[Depends(require_api_auth)], route_class=OpenAIErrorRoute)
-ServicesDep = Annotated[Services, Depends(get_services)]
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 # generations -----------------------------------------------------------------------------------
 
 
 @router.post("/v1/images/generations", response_model=ImagesResponse, response_model_exclude_none=True)
-async def generations(body: GenerationBody, http: Request, services: ServicesDep) -> dict[str, Any]:
+async def generations(body: GenerationBody, http: Request, runtime: RuntimeDep) -> dict[str, Any]:
     """Text to image: OpenAI's parameters mapped onto a txt2img request (see docs/api-compat.md)."""
     check_request(body)
-    checkpoint = checkpoint_title(services, body.model)
-    size = parse_size(body.size, default_size(services, checkpoint))
+    checkpoint = checkpoint_title(runtime, body.model)
+    size = parse_size(body.size, default_size(runtime, checkpoint))
     request = Txt2ImgRequest.model_validate(txt2img_fields(body, size, checkpoint))
-    answer = await generate(http, lambda gone, context: run_txt2img(request, services, gone, context))
+    answer = await generate(http, lambda gone, context: run_txt2img(request, runtime, gone, context=context))
     return images_response(answer, body, size, int(time.time()))
 
 
@@ -89,7 +89,7 @@ async def generations(body: GenerationBody, http: Request, services: ServicesDep
 @router.post("/v1/images/edits", response_model=ImagesResponse, response_model_exclude_none=True)
 async def edits(
     http: Request,
-    services: ServicesDep,
+    runtime: RuntimeDep,
     form: Annotated[EditForm, Form()],
     image: Annotated[list[UploadFile] | None, File(description="The image to edit (PNG, JPEG or WebP)")] = None,
     image_array: Annotated[list[UploadFile] | None, File(alias="image[]", description="The same, as an array")] = None,
@@ -100,22 +100,22 @@ async def edits(
     check_request(form)
     upload = await single_upload([*(image or ()), *(image_array or ())])
     mask_bytes = await mask.read() if mask is not None else None
-    fields, size = await run_in_threadpool(edit_fields, services, form, upload, mask_bytes)
-    return await run_img2img_answer(http, services, form, fields, size)
+    fields, size = await run_in_threadpool(edit_fields, runtime, form, upload, mask_bytes)
+    return await run_img2img_answer(http, runtime, form, fields, size)
 
 
 @router.post("/v1/images/variations", response_model=ImagesResponse, response_model_exclude_none=True)
 async def variations(
     http: Request,
-    services: ServicesDep,
+    runtime: RuntimeDep,
     form: Annotated[VariationForm, Form()],
     image: Annotated[UploadFile, File(description="The image to vary (PNG, JPEG or WebP)")],
 ) -> dict[str, Any]:
     """Image to similar images: img2img at denoising 0.6 with the (optional) prompt."""
     check_request(form)
     upload = await image.read()
-    fields, size = await run_in_threadpool(variation_fields, services, form, upload)
-    return await run_img2img_answer(http, services, form, fields, size)
+    fields, size = await run_in_threadpool(variation_fields, runtime, form, upload)
+    return await run_img2img_answer(http, runtime, form, fields, size)
 
 
 async def single_upload(files: list[UploadFile]) -> bytes:
@@ -127,42 +127,41 @@ async def single_upload(files: list[UploadFile]) -> bytes:
 
 
 def edit_fields(
-    services: Services, form: EditForm, upload: bytes, mask_upload: bytes | None,
+    runtime: Runtime, form: EditForm, upload: bytes, mask_upload: bytes | None,
 ) -> tuple[dict[str, Any], tuple[int, int]]:
     """Decode the uploads (off the event loop), derive the mask and size, build the img2img body."""
     from ..openai_images.uploads import edit_mask, image_of_upload, mask_base64
 
-    limit = input_pixel_limit(services)
+    limit = input_pixel_limit(runtime)
     init_b64, picture = image_of_upload(upload, "image", limit)
     mask_picture = image_of_upload(mask_upload, "mask", limit)[1] if mask_upload is not None else None
     repaint = edit_mask(picture, mask_picture)
-    checkpoint = checkpoint_title(services, form.model)
+    checkpoint = checkpoint_title(runtime, form.model)
     size = parse_size(form.size, snap_to_multiple_of_8(*picture.size))
     mask_b64 = mask_base64(repaint) if repaint is not None else None
     purpose = "masked" if repaint is not None else "unmasked"
     return img2img_fields(form, size, checkpoint, init_b64, mask_b64, purpose), size
 
 
-def variation_fields(services: Services, form: VariationForm, upload: bytes) -> tuple[dict[str, Any], tuple[int, int]]:
+def variation_fields(runtime: Runtime, form: VariationForm, upload: bytes) -> tuple[dict[str, Any], tuple[int, int]]:
     from ..openai_images.uploads import image_of_upload
 
-    init_b64, picture = image_of_upload(upload, "image", input_pixel_limit(services))
-    checkpoint = checkpoint_title(services, form.model)
+    init_b64, picture = image_of_upload(upload, "image", input_pixel_limit(runtime))
+    checkpoint = checkpoint_title(runtime, form.model)
     size = parse_size(form.size, snap_to_multiple_of_8(*picture.size))
     return img2img_fields(form, size, checkpoint, init_b64, None, "variation"), size
 
 
-def input_pixel_limit(services: Services) -> int:
+def input_pixel_limit(runtime: Runtime) -> int:
     """--max-input-pixels, the limit every decoded input image is held to."""
-    assert services.serving is not None  # Services builds its hooks when none are given
-    return services.serving.limits.max_input_pixels
+    return runtime.serving.limits.max_input_pixels
 
 
 async def run_img2img_answer(
-    http: Request, services: Services, options: ImageOptions, fields: dict[str, Any], size: tuple[int, int],
+    http: Request, runtime: Runtime, options: ImageOptions, fields: dict[str, Any], size: tuple[int, int],
 ) -> dict[str, Any]:
     request = Img2ImgRequest.model_validate(fields)
-    answer = await generate(http, lambda gone, context: run_img2img(request, services, gone, context))
+    answer = await generate(http, lambda gone, context: run_img2img(request, runtime, gone, context=context))
     return images_response(answer, options, size, int(time.time()))
 
 
@@ -170,10 +169,10 @@ async def run_img2img_answer(
 
 
 @router.get("/v1/models", response_model=ModelList)
-async def models(services: ServicesDep) -> dict[str, Any]:
+async def models(runtime: RuntimeDep) -> dict[str, Any]:
     """The checkpoints, by A1111 model name: any of them is a valid `model`."""
     return {"object": "list", "data": [{"id": info.model_name, "object": "model", "created": 0, "owned_by": "webui-api"}
-                                       for info in services.engine.checkpoints()]}
+                                       for info in runtime.engine.checkpoints()]}
 
 
 # shared ----------------------------------------------------------------------------------------
@@ -187,17 +186,17 @@ def check_request(options: ImageOptions) -> None:
                                "response_format")
 
 
-def checkpoint_title(services: Services, model: str | None) -> str | None:
+def checkpoint_title(runtime: Runtime, model: str | None) -> str | None:
     """The checkpoint `model` names (404 model_not_found when none); None for the current one."""
     if is_openai_model_name(model):
         return None
     assert model is not None
-    return services.engine.find_checkpoint(model).title
+    return runtime.engine.find_checkpoint(model).title
 
 
-def default_size(services: Services, checkpoint: str | None) -> tuple[int, int]:
+def default_size(runtime: Runtime, checkpoint: str | None) -> tuple[int, int]:
     """The native size of the checkpoint in use when it is the loaded one; 512x512 otherwise."""
-    loaded = services.engine.loaded
+    loaded = runtime.engine.loaded
     if loaded is not None and checkpoint in (None, loaded.info.title):
         return native_size(loaded.family, loaded.architecture)
     return native_size(None)
@@ -208,17 +207,3 @@ async def generate(http: Request, work: Callable[..., Awaitable[dict[str, Any]]]
     context = request_context(http)
     async with watch_disconnect(http) as disconnected:
         return await work(disconnected, context)
-
-
-async def run_txt2img(request: Txt2ImgRequest, services: Services, gone: Any, context: Any) -> dict[str, Any]:
-    """The same layer /sdapi/v1/txt2img calls."""
-    from .generate import run_txt2img as run
-
-    return await run(request, services, gone, context=context)
-
-
-async def run_img2img(request: Img2ImgRequest, services: Services, gone: Any, context: Any) -> dict[str, Any]:
-    """The same layer /sdapi/v1/img2img calls."""
-    from .generate import run_img2img as run
-
-    return await run(request, services, gone, context=context)
