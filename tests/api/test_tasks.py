@@ -138,7 +138,8 @@ class CallbackSink:
         self.server.shutdown()
 
 
-def test_callback_url_receives_the_images_as_multipart(client):
+def test_callback_url_receives_the_images_as_multipart(make_client):
+    client = make_client(callback_allow=("127.0.0.1",))  # loopback targets only when the operator allows them
     sink = CallbackSink(fail_first=1)  # the first try fails: the callback is retried
     try:
         body = webuiapi_txt2img(steps=2, seed=9, callback_url=sink.url)
@@ -154,6 +155,7 @@ def test_callback_url_receives_the_images_as_multipart(client):
     assert base64.b64encode(content).decode() == results[0]["image"].partition(",")[2]
 
 
-def test_a_callback_url_that_is_not_http_is_refused(client):
+def test_a_callback_url_that_is_not_http_is_refused(make_client):
+    client = make_client(callback_allow=("public",))
     response = client.post(f"{PREFIX}/queue/txt2img", json=webuiapi_txt2img(callback_url="file:///etc/passwd"))
     assert response.status_code == 400 and "callback_url must be an http" in response.json()["detail"]
