@@ -10,6 +10,8 @@ import json
 import pytest
 from PIL import Image
 
+from webui_api.serving.guards import RequestLimits
+
 openai = pytest.importorskip("openai", reason="the openai package is in the test extra")
 
 FAST = {"steps": 2}  # A1111 fields ride along in extra_body; few steps keep the tiny model quick
@@ -104,9 +106,16 @@ def test_url_format_without_output_urls_is_a_clear_400(oa):
     assert caught.value.body["param"] == "response_format"
 
 
-def test_unknown_sampler_keeps_openai_shape(client):
-    answer = client.post("/v1/images/generations", json={"prompt": "x", "size": "64x64", "sampler_name": "Nope"})
-    assert 400 <= answer.status_code < 500 and set(answer.json()["error"]) == {"message", "type", "param", "code"}
+def test_a1111_field_out_of_range_is_openai_400_naming_it(client):
+    answer = client.post("/v1/images/generations", json={"prompt": "x", "size": "64x64", "steps": 5000})
+    assert answer.status_code == 400 and answer.json()["error"]["param"] == "steps"
+
+
+def test_server_guards_keep_openai_shape(make_client):
+    client = make_client(guards=RequestLimits(max_pixels=64 * 64))
+    answer = client.post("/v1/images/generations", json={"prompt": "x", "size": "128x128", "steps": 2})
+    assert 400 <= answer.status_code < 500
+    assert set(answer.json()) == {"error"} and "--max-pixels" in answer.json()["error"]["message"]
 
 
 # edits and variations ------------------------------------------------------------------------

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError, StarletteHTTPException
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
+from pydantic import ValidationError
 
 from ..auth import request_context, require_api_auth
 from ..errors import ApiError
@@ -43,6 +44,8 @@ from ..openai_images.params import (
 from ..runtime import Runtime
 from ..schemas.generation import Img2ImgRequest, Txt2ImgRequest
 from . import get_runtime, watch_disconnect
+
+A1111Request = TypeVar("A1111Request", Txt2ImgRequest, Img2ImgRequest)
 
 
 class OpenAIErrorRoute(APIRoute):
@@ -78,7 +81,7 @@ async def generations(body: GenerationBody, http: Request, runtime: RuntimeDep) 
     check_request(body)
     checkpoint = checkpoint_title(runtime, body.model)
     size = parse_size(body.size, default_size(runtime, checkpoint))
-    request = Txt2ImgRequest.model_validate(txt2img_fields(body, size, checkpoint))
+    request = a1111_request(Txt2ImgRequest, txt2img_fields(body, size, checkpoint))
     answer = await generate(http, lambda gone, context: run_txt2img(request, runtime, gone, context=context))
     return images_response(answer, body, size, int(time.time()))
 
@@ -160,7 +163,7 @@ def input_pixel_limit(runtime: Runtime) -> int:
 async def run_img2img_answer(
     http: Request, runtime: Runtime, options: ImageOptions, fields: dict[str, Any], size: tuple[int, int],
 ) -> dict[str, Any]:
-    request = Img2ImgRequest.model_validate(fields)
+    request = a1111_request(Img2ImgRequest, fields)
     answer = await generate(http, lambda gone, context: run_img2img(request, runtime, gone, context=context))
     return images_response(answer, options, size, int(time.time()))
 
@@ -184,6 +187,17 @@ def check_request(options: ImageOptions) -> None:
     if options.response_format == "url":
         raise OpenAIParamError("response_format 'url' is not available on this server; use 'b64_json'",
                                "response_format")
+
+
+def a1111_request(model: type[A1111Request], fields: dict[str, Any]) -> A1111Request:
+    """The A1111 request the mapped fields make; a value A1111's schema refuses (steps over the
+    maximum, ...) is a 400 naming the field, as OpenAI answers a bad parameter."""
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(part) for part in first["loc"]) or None
+        raise OpenAIParamError(f"{param}: {first['msg']}", param) from exc
 
 
 def checkpoint_title(runtime: Runtime, model: str | None) -> str | None:
