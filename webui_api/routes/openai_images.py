@@ -185,8 +185,8 @@ def check_request(options: ImageOptions) -> None:
     """What this server refuses up front: streaming, and URLs (not offered by this build)."""
     check_supported(options)
     if options.response_format == "url":
-        raise OpenAIParamError("response_format 'url' is not available on this server; use 'b64_json'",
-                               "response_format")
+        raise OpenAIParamError("response_format 'url' needs outputs by URL (--output-urls), which this server "
+                               "build does not have; use 'b64_json'", "response_format")
 
 
 def a1111_request(model: type[A1111Request], fields: dict[str, Any]) -> A1111Request:
