@@ -227,3 +227,16 @@ def test_routes_are_in_the_openapi_document(client):
         assert path in paths
     edit_body = paths["/v1/images/edits"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in edit_body
+
+
+
+def test_openapi_documents_openai_error_bodies_and_no_422(client):
+    document = client.get("/openapi.json").json()
+    for path, method in (("/v1/images/generations", "post"), ("/v1/images/edits", "post"), ("/v1/models", "get")):
+        responses = document["paths"][path][method]["responses"]
+        assert "422" not in responses, path
+        for status in ("400", "401", "404", "429", "503"):
+            assert responses[status]["content"]["application/json"]["schema"] == {
+                "$ref": "#/components/schemas/OpenAIError"}, (path, status)
+    assert document["paths"]["/sdapi/v1/txt2img"]["post"]["responses"]["400"]["content"]["application/json"][
+        "schema"] == {"$ref": "#/components/schemas/A1111Error"}

@@ -93,6 +93,19 @@ class ImagesResponse(BaseModel):
     size: str | None = None
 
 
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIError(BaseModel):
+    """OpenAI's error body, which every refusal of these routes carries."""
+
+    error: ErrorDetail
+
+
 class ModelObject(BaseModel):
     id: str
     object: Literal["model"] = "model"

@@ -31,6 +31,7 @@ from ..openai_images.params import (
     ImageOptions,
     ImagesResponse,
     ModelList,
+    OpenAIError,
     VariationForm,
     check_supported,
     images_response,
@@ -42,6 +43,7 @@ from ..openai_images.params import (
     txt2img_fields,
 )
 from ..runtime import Runtime
+from ..schemas.errors import OWN_ERROR_SHAPE
 from ..schemas.generation import Img2ImgRequest, Txt2ImgRequest
 from . import get_runtime, watch_disconnect
 
@@ -68,14 +70,28 @@ class OpenAIErrorRoute(APIRoute):
         return openai_errors
 
 
-router = APIRouter(dependencies=[Depends(require_api_auth)], route_class=OpenAIErrorRoute)
+# Their refusals as /openapi.json documents them: OpenAI's body (not A1111's), no 422 (bad input is a 400).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": OpenAIError, "description": description} for status, description in (
+        (400, "A parameter OpenAI's API (or the server's schema) refuses; `param` names it"),
+        (401, "Missing or wrong API key (code invalid_api_key)"),
+        (403, "The API key's route groups do not include this route"),
+        (404, "Unknown model (code model_not_found)"),
+        (413, "The body or an uploaded image is over a configured limit"),
+        (429, "Rate limit of the caller's key exceeded (Retry-After says when to come back)"),
+        (503, "The queue is full (Retry-After) or the server is shutting down"),
+    )
+}
+OWN_ERRORS = {OWN_ERROR_SHAPE: "openai"}
+router = APIRouter(dependencies=[Depends(require_api_auth)], route_class=OpenAIErrorRoute, responses=ERROR_RESPONSES)
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 # generations -----------------------------------------------------------------------------------
 
 
-@router.post("/v1/images/generations", response_model=ImagesResponse, response_model_exclude_none=True)
+@router.post("/v1/images/generations", response_model=ImagesResponse, response_model_exclude_none=True,
+             openapi_extra=OWN_ERRORS)
 async def generations(body: GenerationBody, http: Request, runtime: RuntimeDep) -> dict[str, Any]:
     """Text to image: OpenAI's parameters mapped onto a txt2img request (see docs/api-compat.md)."""
     check_request(body)
@@ -89,7 +105,8 @@ async def generations(body: GenerationBody, http: Request, runtime: RuntimeDep) 
 # edits and variations --------------------------------------------------------------------------
 
 
-@router.post("/v1/images/edits", response_model=ImagesResponse, response_model_exclude_none=True)
+@router.post("/v1/images/edits", response_model=ImagesResponse, response_model_exclude_none=True,
+             openapi_extra=OWN_ERRORS)
 async def edits(
     http: Request,
     runtime: RuntimeDep,
@@ -107,7 +124,8 @@ async def edits(
     return await run_img2img_answer(http, runtime, form, fields, size)
 
 
-@router.post("/v1/images/variations", response_model=ImagesResponse, response_model_exclude_none=True)
+@router.post("/v1/images/variations", response_model=ImagesResponse, response_model_exclude_none=True,
+             openapi_extra=OWN_ERRORS)
 async def variations(
     http: Request,
     runtime: RuntimeDep,
@@ -171,7 +189,7 @@ async def run_img2img_answer(
 # models ----------------------------------------------------------------------------------------
 
 
-@router.get("/v1/models", response_model=ModelList)
+@router.get("/v1/models", response_model=ModelList, openapi_extra=OWN_ERRORS)
 async def models(runtime: RuntimeDep) -> dict[str, Any]:
     """The checkpoints, by A1111 model name: any of them is a valid `model`."""
     return {"object": "list", "data": [{"id": info.model_name, "object": "model", "created": 0, "owned_by": "webui-api"}
