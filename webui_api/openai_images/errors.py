@@ -34,17 +34,24 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
     return {"error": {"message": message, "type": error_type, "param": param, "code": code or default_code}}
 
 
-def api_error_body(exc: ApiError) -> dict[str, Any]:
-    """An ApiError raised anywhere below (auth, guards, queue, engine) in OpenAI's shape."""
+def openai_status(status: int) -> int:
+    """OpenAI answers every refused parameter with 400; it has no 422 (our guards' status)."""
+    return 400 if status == 422 else status
+
+
+def api_error_body(exc: ApiError, status: int | None = None) -> dict[str, Any]:
+    """An ApiError raised anywhere below (auth, guards, queue, engine) in OpenAI's shape, for
+    the `status` it is answered with (the error's own by default)."""
+    status = status or exc.status_code
     if isinstance(exc, OpenAIParamError):
-        return error_body(exc.status_code, exc.detail, exc.param, exc.code)
+        return error_body(status, exc.detail, exc.param, exc.code)
     if isinstance(exc, UnknownCheckpoint):
         name = exc.detail.removeprefix("model ").removesuffix(" not found")
         return error_body(404, f"The model {name} does not exist", "model", "model_not_found")
     message = exc.detail
     if exc.errors and str(exc.errors) not in message:
         message = f"{message}: {exc.errors}"
-    return error_body(exc.status_code, message)
+    return error_body(status, message)
 
 
 def validation_error_body(errors: list[dict[str, Any]]) -> dict[str, Any]:

@@ -24,7 +24,13 @@ from pydantic import ValidationError
 from ..auth import request_context, require_api_auth
 from ..errors import ApiError
 from ..generation.runs import run_img2img, run_txt2img
-from ..openai_images.errors import OpenAIParamError, api_error_body, error_body, validation_error_body
+from ..openai_images.errors import (
+    OpenAIParamError,
+    api_error_body,
+    error_body,
+    openai_status,
+    validation_error_body,
+)
 from ..openai_images.params import (
     EditForm,
     GenerationBody,
@@ -61,7 +67,9 @@ class OpenAIErrorRoute(APIRoute):
                 return await handler(request)
             except ApiError as exc:
                 headers = dict(getattr(exc, "headers", None) or {})  # Retry-After of 429/503
-                return JSONResponse(api_error_body(exc), status_code=exc.status_code, headers=headers)
+                status = openai_status(exc.status_code)
+                body = api_error_body(exc, status)
+                return JSONResponse(body, status_code=status, headers=headers)
             except RequestValidationError as exc:
                 return JSONResponse(validation_error_body(list(exc.errors())), status_code=400)
             except StarletteHTTPException as exc:
