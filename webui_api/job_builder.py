@@ -495,6 +495,7 @@ def _sampling_params(request: GenerationRequest, sampler: ResolvedSampler, optio
         cfg_scale=float(request.cfg_scale if request.cfg_scale is not None else 7.0),
         eta=resolve_eta(request, sampler.sampler_name, options),
         s_min_uncond=float(s_min_uncond or 0.0),
+        distilled_cfg_scale=float(request.distilled_cfg_scale if request.distilled_cfg_scale is not None else 3.5),
         **resolve_churn(request, options),
     )
 
@@ -610,6 +611,7 @@ INFOTEXT_FIELDS: tuple[tuple[str, str, type], ...] = (
     ("Prompt", "prompt", str),
     ("Negative prompt", "negative_prompt", str),
     ("CFG scale", "cfg_scale", float),
+    ("Distilled CFG Scale", "distilled_cfg_scale", float),
     ("Size-1", "width", int),
     ("Size-2", "height", int),
     ("Batch size", "batch_size", int),

@@ -28,6 +28,7 @@ from webui_api.engine.control_models import ControlNetLibrary
 from webui_api.engine.embeddings import EmbeddingLibrary
 from webui_api.engine.loading.checkpoint import LoadOptions, load_checkpoint
 from webui_api.engine.loading.diffusers_folder import load_folder
+from webui_api.engine.loading.forge_modules import ModuleFile, requested_modules, resolve_modules, scan_modules
 from webui_api.engine.loading.discovery import (
     CHECKPOINT_HASH_PREFIX,
     ModelPaths,
@@ -386,16 +387,22 @@ class Engine:
         """File names of the loaded models, least recently used first."""
         return self._cache.filenames()
 
-    def load(self, title: str | None = None) -> LoadedModel:
+    def load(self, title: str | None = None, modules: tuple[Path, ...] = ()) -> LoadedModel:
         """Make `title` (or the current checkpoint) the active model: a no-op when it already
         is, a device move when it is cached, else a load from disk. A file that fails to load
-        leaves the active model in place."""
+        leaves the active model in place. `modules` (Forge's per-job VAE / text-encoder files)
+        only matter to models built from several files (Flux): a model built with other
+        modules is loaded again."""
         info = self.job_checkpoint(title)
+        wanted = tuple(sorted(str(path) for path in modules))
         if self._active is not None and self._active.info.filename == info.filename:
-            return self._active
+            if self._active.flow_shift is None or set(wanted) <= set(self._active.module_files):
+                return self._active
         model = self._cache.get(info.filename)
+        if model is not None and model.flow_shift is not None and not set(wanted) <= set(model.module_files):
+            model = None
         if model is None:
-            model = self._load_from_disk(info)
+            model = self._load_from_disk(info, modules)
         self._activate(model)
         return model
 
@@ -417,12 +424,16 @@ class Engine:
             self._cache.get(self._active.info.filename)
         return model
 
-    def _load_from_disk(self, info: CheckpointInfo) -> LoadedModel:
+    def _load_from_disk(self, info: CheckpointInfo, modules: tuple[Path, ...] = ()) -> LoadedModel:
         if info.filename == EMBEDDED_FILENAME:
             self._make_room()
             return build_embedded_model(self.device, self.dtype)
         if Path(info.filename).is_dir():
             return load_folder(info, self.load_options, before_build=self._make_room)
+        from webui_api.engine.loading.flux_checkpoint import is_flux_file, load_flux
+
+        if is_flux_file(Path(info.filename)):
+            return load_flux(self._hashed(info), self.load_options, self.paths, modules, before_build=self._make_room)
         return load_checkpoint(self._hashed(info), self.load_options, before_build=self._make_room)
 
     def _make_room(self) -> None:
@@ -476,6 +487,15 @@ class Engine:
     def vaes(self) -> list[VaeFile]:
         """The /sdapi/v1/sd-vae list."""
         return list(self._vaes)
+
+    def sd_modules(self) -> list[ModuleFile]:
+        """Forge's module listing (GET /sdapi/v1/sd-modules): VAE and text-encoder files."""
+        return scan_modules(self.paths)
+
+    def job_modules(self, options: Mapping[str, Any]) -> tuple[Path, ...]:
+        """The module files a job's `forge_additional_modules` names (400 for unknown names)."""
+        names = requested_modules(options.get("forge_additional_modules"))
+        return resolve_modules(names, self.sd_modules()) if names else ()
 
     def refresh_vae(self) -> None:
         self._vaes = tuple(scan_vaes(self.paths))
@@ -638,7 +658,9 @@ class Engine:
 
         head = jobs[0]
         self.set_checkpoints_limit(head.options.get("sd_checkpoints_limit", DEFAULT_CHECKPOINTS_LIMIT))
-        model = self.load(head.model_title)
+        model = self.load(head.model_title, self.job_modules(head.options))
+        if model.flow_shift is not None:  # flow models do not share UNet batches: one job at a time
+            return [self._generate(run_txt2img, job, observer, cancel) for job, cancel in zip(jobs, cancels)]
         choice = self.apply_vae(model, head.options)
         jobs = [with_default_lora(job, self.default_lora(job.options)) for job in jobs]
         stripped = [job_networks(job) for job in jobs]
@@ -694,7 +716,9 @@ class Engine:
 
         limit = int(job.options.get("sd_checkpoints_limit", DEFAULT_CHECKPOINTS_LIMIT) or DEFAULT_CHECKPOINTS_LIMIT)
         self.set_checkpoints_limit(max(limit, 1 + companion_count(job)))
-        model = self.load(job.model_title)
+        model = self.load(job.model_title, self.job_modules(job.options))
+        if model.flow_shift is not None:
+            return self._generate_flow(job, model, observer, cancel, restore_faces)
         choice = self.apply_vae(model, job.options)
         job, controls = prepare_controls(self.controlnets, model, job, self.annotator_dir)
         job = with_default_lora(job, self.default_lora(job.options))
@@ -715,6 +739,27 @@ class Engine:
             restore_result_faces(result, job, restore_faces)
         self._finish(result, job, networks.mentioned(), choice, model)
         controls.finish(result, job.options)
+        return result
+
+    def _generate_flow(
+        self, job: GenerationJob, model: LoadedModel, observer: RunObserver, cancel: CancelToken,
+        restore_faces: FaceStep | None,
+    ) -> JobResult:
+        """Flow-matching families (Flux): their own runs; the VAE is the one the modules chose,
+        LoRA tags are refused until flow LoRA key maps exist."""
+        from webui_api.engine.families.flux import run_flux_img2img, run_flux_txt2img
+
+        stripped, calls = job_networks(job)
+        if calls:
+            raise NotImplementedFeature("LoRA networks for Flux models are not supported yet")
+        run_job = job if restore_faces is None else without_overlays(job)
+        run = run_flux_img2img if job.kind == "img2img" else run_flux_txt2img
+        result = run(model, replace(run_job, prompts=stripped), observer, cancel)
+        if restore_faces is not None:
+            restore_result_faces(result, job, restore_faces)
+        result.model_info = model.info
+        for index, image in enumerate(result.images):
+            image.prompt = job.prompts[index]
         return result
 
     def memory(self) -> dict[str, Any]:

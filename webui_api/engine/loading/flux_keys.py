@@ -16,8 +16,9 @@ import; the functions that move tensors take them as arguments.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 Shapes = Mapping[str, tuple[int, ...]]
 
@@ -60,7 +61,8 @@ def flux_layout(shapes: Shapes) -> FluxLayout:
 
 def transformer_shapes(shapes: Shapes, prefix: str) -> dict[str, tuple[int, ...]]:
     """The transformer's keys with `prefix` removed (everything else dropped)."""
-    return {key[len(prefix) :]: shape for key, shape in shapes.items() if key.startswith(prefix) and _is_transformer(key[len(prefix) :])}
+    stripped = {key[len(prefix) :]: shape for key, shape in shapes.items() if key.startswith(prefix)}
+    return {key: shape for key, shape in stripped.items() if is_transformer_key(key)}
 
 
 _TRANSFORMER_ROOTS = (
@@ -75,7 +77,7 @@ _TRANSFORMER_ROOTS = (
 )
 
 
-def _is_transformer(key: str) -> bool:
+def is_transformer_key(key: str) -> bool:
     return key.startswith(_TRANSFORMER_ROOTS)
 
 
@@ -217,7 +219,8 @@ def _map_one(key: str, tensor: Any, hidden: int) -> dict[str, Any]:
 def _map_block(kind: str, inner: str, end: str, tensor: Any, hidden: int) -> dict[str, Any] | None:
     if kind == "double_blocks":
         if inner in _DOUBLE_QKV:
-            return {name + end: part for name, part in zip(_DOUBLE_QKV[inner], tensor.split(hidden, dim=0), strict=True)}
+            parts = tensor.split(hidden, dim=0)
+            return {name + end: part for name, part in zip(_DOUBLE_QKV[inner], parts, strict=True)}
         return _renamed(_DOUBLE_RENAMES, inner, end, tensor)
     if inner == "linear1":
         sizes = [hidden, hidden, hidden, tensor.shape[0] - 3 * hidden]
