@@ -14,6 +14,7 @@ guidance embedding and ignores distilled_cfg_scale.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -294,9 +295,13 @@ def sample(
     def callback(info: dict) -> None:
         observer.sampling_step(int(info["i"]), total, lambda: rough_preview(info["denoised"]))
 
+    accepted = inspect.signature(plan.sampler.function).parameters
     kwargs: dict[str, Any] = {}
-    if "noise_sampler" in plan.sampler.function.__code__.co_varnames:
+    if "noise_sampler" in accepted:  # drawn every step (unused without churn), as A1111 does
         kwargs["noise_sampler"] = lambda sigma, sigma_next: rng.next()
+    churn = {"s_churn": job.sampling.s_churn, "s_tmin": job.sampling.s_tmin,
+             "s_tmax": job.sampling.s_tmax, "s_noise": job.sampling.s_noise}
+    kwargs.update({name: value for name, value in churn.items() if name in accepted})
     try:
         return plan.sampler.function(denoiser, x, sigmas, extra_args={}, callback=callback, disable=True, **kwargs)
     except SamplingInterrupted:
