@@ -54,7 +54,8 @@ def test_both_layouts_load_with_every_part_bit_exact(tmp_path, parts, layout):
     ours = clip.get(key, clip.get("text_model." + key))  # transformers' module names vary by version
     assert torch.equal(ours, parts["clip_l"]["text_model." + key])
     assert torch.equal(model.unet.state_dict()["x_embedder.weight"], parts["transformer"]["img_in.weight"])
-    expected_modules = () if layout == "all-in-one" else tuple(sorted(str(paths[p]) for p in ("vae", "clip_l", "t5xxl")))
+    module_parts = () if layout == "all-in-one" else ("vae", "clip_l", "t5xxl")
+    expected_modules = tuple(sorted(str(paths[p]) for p in module_parts))
     assert model.module_files == expected_modules
 
 
