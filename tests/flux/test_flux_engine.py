@@ -161,3 +161,30 @@ def test_one_euler_step_matches_diffusers_flow_update(tmp_path, parts):
         ours = _plan("simple").sampler.function(denoiser, x, sigmas[:2], extra_args={}, disable=True,
                                                 noise_sampler=lambda a, b: torch.zeros_like(x))
     assert torch.allclose(ours, x + (sigmas[1] - sigmas[0]) * v, atol=1e-5)
+
+
+def test_fp8_transformer_file_is_upcast_at_load(tmp_path, parts):
+    fp8 = {**parts, "transformer": {k: v.to(torch.float8_e4m3fn) for k, v in parts["transformer"].items()}}
+    engine = _engine(write_models(tmp_path, fp8, "all-in-one"))
+    model = engine.load("flux-aio.safetensors")
+    weight = model.unet.state_dict()["x_embedder.weight"]
+    assert weight.dtype == torch.float32
+    assert torch.equal(weight, fp8["transformer"]["img_in.weight"].to(torch.float32))
+    result = engine.txt2img(replace(_flux_job(), model_title="flux-aio.safetensors"), RecordingObserver(), CancelToken())
+    assert result.images[0].image.size == (32, 32)
+
+
+def test_schnell_has_no_guidance_input(tmp_path):
+    schnell = tiny_parts(replace(TINY, guidance=False))
+    engine = _engine(write_models(tmp_path, schnell, "all-in-one"))
+    base = replace(_flux_job(), model_title="flux-aio.safetensors")
+    model = engine.load("flux-aio.safetensors")
+    assert model.architecture == "flux-schnell" and model.flow_shift == 1.0
+
+    def run(**sampling):
+        job = replace(base, sampling=replace(base.sampling, **sampling))
+        return engine.txt2img(job, RecordingObserver(), CancelToken())
+
+    first, second = run(), run(distilled_cfg_scale=9.0)
+    assert np.array_equal(np.asarray(first.images[0].image), np.asarray(second.images[0].image))
+    assert "Distilled CFG Scale" not in first.extra_generation_params
