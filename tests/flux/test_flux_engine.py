@@ -170,7 +170,8 @@ def test_fp8_transformer_file_is_upcast_at_load(tmp_path, parts):
     weight = model.unet.state_dict()["x_embedder.weight"]
     assert weight.dtype == torch.float32
     assert torch.equal(weight, fp8["transformer"]["img_in.weight"].to(torch.float32))
-    result = engine.txt2img(replace(_flux_job(), model_title="flux-aio.safetensors"), RecordingObserver(), CancelToken())
+    job = replace(_flux_job(), model_title="flux-aio.safetensors")
+    result = engine.txt2img(job, RecordingObserver(), CancelToken())
     assert result.images[0].image.size == (32, 32)
 
 

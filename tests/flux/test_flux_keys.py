@@ -72,3 +72,19 @@ def test_gapped_block_numbers_are_refused() -> None:
     shapes = {k.replace("double_blocks.1.", "double_blocks.3."): v for k, v in bfl_transformer_shapes(TINY).items()}
     with pytest.raises(ValueError, match="numbered"):
         flux_keys.transformer_config(shapes)
+
+
+@pytest.mark.parametrize("prefix", ["", "model.diffusion_model."], ids=["bfl", "all-in-one"])
+@pytest.mark.parametrize("guidance", [True, False], ids=["dev", "schnell"])
+def test_published_full_size_layout_fits_diffusers_module(prefix: str, guidance: bool) -> None:
+    """The published shapes (19 double + 38 single blocks, width 3072), as meta tensors: the
+    real loader converts and checks every key and shape against the empty module."""
+    from pathlib import Path
+
+    from webui_api.engine.loading.flux_checkpoint import transformer_component
+
+    shapes = bfl_transformer_shapes(FluxSizes(guidance=guidance))
+    state = {prefix + key: torch.empty(shape, device="meta") for key, shape in shapes.items()}
+    component, config = transformer_component(Path("flux1.safetensors"), state, prefix)
+    assert (config["num_layers"], config["num_single_layers"], config["guidance_embeds"]) == (19, 38, guidance)
+    assert len(component.state) == len(component.module.state_dict())
