@@ -17,6 +17,7 @@ import gc
 import logging
 from collections import OrderedDict
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -28,7 +29,13 @@ from webui_api.engine.control_models import ControlNetLibrary
 from webui_api.engine.embeddings import EmbeddingLibrary
 from webui_api.engine.loading.checkpoint import LoadOptions, load_checkpoint
 from webui_api.engine.loading.diffusers_folder import load_folder
-from webui_api.engine.loading.forge_modules import ModuleFile, requested_modules, resolve_modules, scan_modules
+from webui_api.engine.loading.forge_modules import (
+    ModuleFile,
+    load_t5_tokenizer,
+    requested_modules,
+    resolve_modules,
+    scan_modules,
+)
 from webui_api.engine.loading.discovery import (
     CHECKPOINT_HASH_PREFIX,
     ModelPaths,
@@ -428,9 +435,14 @@ class Engine:
         if info.filename == EMBEDDED_FILENAME:
             self._make_room()
             return build_embedded_model(self.device, self.dtype)
+        from webui_api.engine.loading.flux_checkpoint import is_flux_file, load_flux
+        from webui_api.engine.loading.flux_folder import is_flux_folder, load_flux_folder
+
+        if Path(info.filename).is_dir() and is_flux_folder(Path(info.filename)):
+            tokenizer = partial(load_t5_tokenizer, self.paths)
+            return load_flux_folder(info, self.load_options, tokenizer, before_build=self._make_room)
         if Path(info.filename).is_dir():
             return load_folder(info, self.load_options, before_build=self._make_room)
-        from webui_api.engine.loading.flux_checkpoint import is_flux_file, load_flux
 
         if is_flux_file(Path(info.filename)):
             return load_flux(self._hashed(info), self.load_options, self.paths, modules, before_build=self._make_room)
