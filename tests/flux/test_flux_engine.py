@@ -189,3 +189,40 @@ def test_schnell_has_no_guidance_input(tmp_path):
     first, second = run(), run(distilled_cfg_scale=9.0)
     assert np.array_equal(np.asarray(first.images[0].image), np.asarray(second.images[0].image))
     assert "Distilled CFG Scale" not in first.extra_generation_params
+
+
+def _write_gguf(path, state: dict, quantized: str = "Q8_0") -> None:
+    """A GGUF file as city96's Flux conversions: BFL names, 2-D weights quantized."""
+    import gguf
+    from gguf import quants
+
+    writer = gguf.GGUFWriter(str(path), arch="flux")
+    qtype = getattr(gguf.GGMLQuantizationType, quantized)
+    for name, tensor in state.items():
+        values = tensor.float().numpy()
+        if values.ndim == 2 and values.shape[1] % 32 == 0:
+            writer.add_tensor(name, quants.quantize(values, qtype), raw_dtype=qtype)
+        else:
+            writer.add_tensor(name, values)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_gguf_quantized_transformer_loads_and_generates(tmp_path, parts):
+    from gguf import GGMLQuantizationType, quants
+
+    paths = write_models(tmp_path, parts, "bfl")
+    gguf_path = Path(paths["checkpoint"]).with_suffix(".gguf")
+    _write_gguf(gguf_path, parts["transformer"])
+    Path(paths["checkpoint"]).unlink()
+    engine = _engine(paths)
+    model = engine.load("flux-bfl.gguf")
+    weight = model.unet.state_dict()["transformer_blocks.0.ff.net.0.proj.weight"]
+    source = parts["transformer"]["double_blocks.0.img_mlp.0.weight"].numpy()
+    expected = quants.dequantize(quants.quantize(source, GGMLQuantizationType.Q8_0), GGMLQuantizationType.Q8_0)
+    assert torch.equal(weight, torch.from_numpy(expected))
+    assert torch.allclose(weight, torch.from_numpy(source), atol=2e-3)  # Q8_0 is close to the source
+    job = replace(_flux_job(), model_title="flux-bfl.gguf")
+    assert engine.txt2img(job, RecordingObserver(), CancelToken()).images[0].image.size == (32, 32)

@@ -27,7 +27,7 @@ from webui_api.engine.loading.hashes import HashCache, legacy_model_hash
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_EXTENSIONS = (".ckpt", ".safetensors")
+CHECKPOINT_EXTENSIONS = (".ckpt", ".safetensors", ".gguf")  # .gguf: quantized Flux transformers (Forge lists them)
 VAE_SUFFIXES_NEAR_CHECKPOINTS = (".vae.ckpt", ".vae.pt", ".vae.safetensors")
 VAE_EXTENSIONS = (".ckpt", ".pt", ".safetensors")
 NETWORK_EXTENSIONS = (".pt", ".ckpt", ".safetensors")

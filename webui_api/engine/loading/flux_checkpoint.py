@@ -39,6 +39,7 @@ from webui_api.engine.loading.checkpoint import LoadOptions, place_module
 from webui_api.engine.loading.discovery import ModelPaths
 from webui_api.engine.loading.files import UnusableModelFile, read_safetensors_header, read_state_dict
 from webui_api.engine.loading.forge_modules import load_t5_tokenizer, scan_modules
+from webui_api.engine.loading.gguf_files import gguf_shapes, read_gguf_state
 from webui_api.engine.loading.infer import key_count
 from webui_api.engine.models import CheckpointInfo, LoadedModel
 
@@ -96,7 +97,8 @@ def classify_module_files(paths: Sequence[Path]) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for path in paths:
         try:
-            kind = module_kind(header_shapes(path)) if path.suffix == ".safetensors" else None
+            readable = path.suffix.lower() in (".safetensors", ".sft", ".gguf")
+            kind = module_kind(checkpoint_shapes(path)) if readable else None
         except (OSError, ValueError, UnusableModelFile) as err:
             log.warning("Skipping module file %s: %s", path, err)
             continue
@@ -258,7 +260,7 @@ def prepare_flux(
             parts[kind], sources[kind] = build(path, state, prefix), str(path)
             continue
         file = modules[kind]
-        module_state = read_state_dict(file, allow_unsafe_pickle=allow_unsafe_pickle)
+        module_state = read_checkpoint_state(file, allow_unsafe_pickle)
         found = _strip_to({k: tuple(v.shape) for k, v in module_state.items()}, _MARKERS[kind])
         parts[kind], sources[kind] = build(file, module_state, found or ""), str(file)
     return FluxComponents(transformer, parts[KIND_VAE], parts[KIND_CLIP_L], parts[KIND_T5], config, sources)
@@ -267,12 +269,25 @@ def prepare_flux(
 _MARKERS = {KIND_VAE: _VAE_MARKER, KIND_CLIP_L: _CLIP_MARKER, KIND_T5: _T5_MARKER}
 
 
+def checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes of a safetensors or GGUF checkpoint without reading the tensors."""
+    if path.suffix.lower() == ".gguf":
+        return gguf_shapes(path)
+    return header_shapes(path)
+
+
+def read_checkpoint_state(path: Path, allow_unsafe_pickle: bool) -> dict[str, torch.Tensor]:
+    if path.suffix.lower() == ".gguf":
+        return read_gguf_state(path)
+    return read_state_dict(path, allow_unsafe_pickle=allow_unsafe_pickle)
+
+
 def is_flux_file(path: Path) -> bool:
-    """A Flux.1 transformer in a safetensors file, told from the header alone."""
-    if path.suffix.lower() not in (".safetensors", ".sft"):
+    """A Flux.1 transformer in a safetensors or GGUF file, told from the header alone."""
+    if path.suffix.lower() not in (".safetensors", ".sft", ".gguf"):
         return False
     try:
-        return flux_keys.is_flux(header_shapes(path))
+        return flux_keys.is_flux(checkpoint_shapes(path))
     except (OSError, ValueError, UnusableModelFile):
         return False
 
@@ -284,7 +299,7 @@ def chosen_modules(path: Path, named: Sequence[Path], paths: ModelPaths) -> dict
     unknown = [p.name for p in named if p not in explicit.values()]
     if unknown:
         raise UnusableModelFile(path, f"modules {unknown} are not a Flux VAE, CLIP-L or T5-XXL file")
-    layout = flux_keys.flux_layout(header_shapes(path))
+    layout = flux_keys.flux_layout(checkpoint_shapes(path))
     has = {KIND_VAE: layout.vae_prefix is not None, KIND_CLIP_L: layout.has_clip_l, KIND_T5: layout.has_t5xxl}
     needed = [kind for kind, present in has.items() if not present and kind not in explicit]
     if not needed:
@@ -317,7 +332,7 @@ def load_flux_checkpoint(
     """Load a Flux.1 single file (with `modules` filling what it lacks) as a LoadedModel."""
     started = time.perf_counter()
     path = Path(info.filename)
-    state = read_state_dict(path, allow_unsafe_pickle=options.allow_unsafe_pickle)
+    state = read_checkpoint_state(path, options.allow_unsafe_pickle)
     parts = prepare_flux(path, state, modules, options.allow_unsafe_pickle)
     del state
     tokenizer_2 = t5_tokenizer()
