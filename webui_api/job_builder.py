@@ -251,6 +251,7 @@ def hires_request(request: Txt2ImgRequest) -> Txt2ImgRequest:
         "steps": int(request.hr_second_pass_steps or 0) or request.steps,
         "prompt": request.hr_prompt or request.prompt,
         "negative_prompt": request.hr_negative_prompt or request.negative_prompt,
+        "distilled_cfg_scale": request.hr_distilled_cfg if request.hr_distilled_cfg is not None else 3.5,
     })
 
 

@@ -61,3 +61,18 @@ def test_forge_client_session(forge_client, tmp_path):
     bad = {**payload, "override_settings": {"sd_model_checkpoint": flux_title, "forge_additional_modules": ["/etc/x"]}}
     refused = client.post("/sdapi/v1/txt2img", json=bad)
     assert refused.status_code == 400 and "unknown module" in refused.json()["detail"]
+
+
+@pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
+def test_flux_hires_fix_with_hr_distilled_cfg(forge_client, upscaler):
+    payload = {
+        "prompt": "a cat", "steps": 2, "width": 32, "height": 32, "seed": 3, "sampler_name": "Euler",
+        "scheduler": "Simple", "cfg_scale": 1, "distilled_cfg_scale": 3.5, "enable_hr": True, "hr_scale": 1.5,
+        "hr_upscaler": upscaler, "hr_second_pass_steps": 2, "denoising_strength": 0.5, "hr_distilled_cfg": 5.0,
+    }
+    response = forge_client.post("/sdapi/v1/txt2img", json=payload)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    image = Image.open(io.BytesIO(base64.b64decode(body["images"][0])))
+    assert image.size == (48, 48)
+    assert "Hires Distilled CFG Scale: 5.0" in body["info"] and f"Hires upscaler: {upscaler}" in body["info"]

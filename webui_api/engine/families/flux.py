@@ -263,8 +263,8 @@ class FluxDenoiser:
 def check_flux_job(model: LoadedModel, job: GenerationJob) -> SamplerPlan:
     if job.width % (LATENT_SCALE * PATCH) or job.height % (LATENT_SCALE * PATCH):
         raise BadRequest(f"Flux needs width and height in multiples of 16, got {job.width}x{job.height}")
-    if job.hires is not None or job.refiner is not None:
-        raise BadRequest("hires fix and the refiner are not available for Flux models yet")
+    if job.refiner is not None:
+        raise BadRequest("the refiner is not available for Flux models yet")
     if job.controlnet_units:
         raise BadRequest("ControlNet units are not available for Flux models")
     plan = resolve_plan(job)
@@ -328,20 +328,69 @@ def flux_infotext(model: LoadedModel, job: GenerationJob) -> dict[str, Any]:
     return extra
 
 
-def run_flux_txt2img(model: LoadedModel, job: GenerationJob, observer: RunObserver, cancel: CancelToken) -> JobResult:
+def first_pass(
+    model: LoadedModel, job: GenerationJob, plan: SamplerPlan, batch: BatchSpec, observer: RunObserver,
+    cancel: CancelToken,
+) -> torch.Tensor:
+    """One batch from pure noise (x = noise * sigma_max, sigma_max = 1)."""
+    rng = make_image_rng(model, job, batch)
+    sigmas = flow_sigmas(job, plan, float(model.flow_shift or 1.0)).to(model.device)
+    x = rng.first() * sigmas[0]
+    return sample(make_denoiser(model, job, batch, cancel), plan, x, sigmas, job, observer, rng)
+
+
+def from_latents(
+    model: LoadedModel, job: GenerationJob, plan: SamplerPlan, batch: BatchSpec, init: torch.Tensor,
+    strength: float, fix_steps: bool, observer: RunObserver, cancel: CancelToken, blend: Any = None,
+    noise_multiplier: float = 1.0,
+) -> torch.Tensor:
+    """img2img on the flow schedule: the tail from A1111's start step, x = s*noise + (1-s)*init
+    (`fix_steps`: A1111's img2img_fix_steps, always on for the hires pass)."""
+    from webui_api.engine.img2img import img2img_steps
+
+    steps = img2img_steps(job.sampling.steps, strength, fix_steps)
+    if steps.steps <= 0:
+        return init
+    schedule_job = replace(job, sampling=replace(job.sampling, steps=max(steps.steps, 1)))
+    rng = make_image_rng(model, job, batch)
+    sigmas = flow_sigmas(schedule_job, plan, float(model.flow_shift or 1.0)).to(model.device)
+    tail = sigmas[steps.start_index :]
+    x = tail[0] * rng.first() * noise_multiplier + (1.0 - tail[0]) * init
+    return sample(make_denoiser(model, job, batch, cancel, blend), plan, x, tail, job, observer, rng)
+
+
+def run_flux_txt2img(
+    model: LoadedModel, job: GenerationJob, observer: RunObserver, cancel: CancelToken, **_: Any
+) -> JobResult:
+    """txt2img; with hires params, the second pass runs like img2img at the target size with
+    the hires sampler, prompts and `hr_distilled_cfg` (built-in and latent upscalers)."""
+    from webui_api.engine.hires import second_pass_job, truncate, upscale
+
     plan = check_flux_job(model, job)
+    hires = job.hires
+    auto_upcast = bool(job.options.get("auto_vae_precision", True))
     images: list[GeneratedImage] = []
     with torch.inference_mode():
         for batch in job_batches(job, observer, cancel):
-            rng = make_image_rng(model, job, batch)
-            sigmas = flow_sigmas(job, plan, float(model.flow_shift or 1.0)).to(model.device)
-            x = rng.first() * sigmas[0]
-            denoiser = make_denoiser(model, job, batch, cancel)
-            latents = sample(denoiser, plan, x, sigmas, job, observer, rng)
-            auto_upcast = bool(job.options.get("auto_vae_precision", True))
+            latents = first_pass(model, job, plan, batch, observer, cancel)
+            if hires is not None and not cancel.interrupted:
+                observer.batch_finished(2 * batch.index)
+                upscaled = truncate(upscale(model, hires, latents, auto_upcast), hires)
+                second = second_pass_job(job, hires, upscaled)
+                hr_batch = replace(batch, prompts=hires.prompts[job.batch_slice(batch.index)],
+                                   negative_prompts=hires.negative_prompts[job.batch_slice(batch.index)])
+                hr_plan = check_flux_job(model, second)
+                observer.batch_started(batch.index, job.n_iter)
+                latents = from_latents(model, second, hr_plan, hr_batch, upscaled, hires.denoising_strength, True,
+                                       observer, cancel)
             images += batch_images(batch, decode_latents(model, latents, auto_upcast))
-            observer.batch_finished(batch.index)
-    return JobResult(images=images, interrupted=cancel.interrupted, extra_generation_params=flux_infotext(model, job))
+            observer.batch_finished(2 * batch.index + 1 if hires is not None else batch.index)
+    extras = flux_infotext(model, job)
+    if hires is not None:
+        extras.update(dict(hires.infotext))
+        if model.unet.config.guidance_embeds:
+            extras["Hires Distilled CFG Scale"] = hires.sampling.distilled_cfg_scale
+    return JobResult(images=images, interrupted=cancel.interrupted, extra_generation_params=extras)
 
 
 def run_flux_img2img(
@@ -350,7 +399,6 @@ def run_flux_img2img(
     """img2img and inpainting (mask blend) on the flow schedule's tail."""
     from webui_api.engine.img2img import (
         check_img2img_job,
-        img2img_steps,
         infotext_extras,
         init_latents,
         inpaint_state,
@@ -358,25 +406,16 @@ def run_flux_img2img(
     )
 
     params = check_img2img_job(job)
-    steps = img2img_steps(job.sampling.steps, params.denoising_strength, params.fix_steps)
-    schedule_job = replace(job, sampling=replace(job.sampling, steps=max(steps.steps, 1)))
-    plan = check_flux_job(model, schedule_job)
+    plan = check_flux_job(model, job)
+    auto_upcast = bool(job.options.get("auto_vae_precision", True))
     images: list[GeneratedImage] = []
     with torch.inference_mode():
         init, inpaint = inpaint_state(model, job, params, init_latents(model, job, params))
         for batch in job_batches(job, observer, cancel):
-            latents = init
-            if steps.steps > 0:
-                rng = make_image_rng(model, job, batch)
-                sigmas = flow_sigmas(schedule_job, plan, float(model.flow_shift or 1.0)).to(model.device)
-                tail = sigmas[steps.start_index :]
-                noise = rng.first() * params.initial_noise_multiplier
-                x = tail[0] * noise + (1.0 - tail[0]) * init
-                denoiser = make_denoiser(model, job, batch, cancel, inpaint.blend)
-                latents = sample(denoiser, plan, x, tail, job, observer, rng)
+            latents = from_latents(model, job, plan, batch, init, params.denoising_strength, params.fix_steps,
+                                   observer, cancel, inpaint.blend, params.initial_noise_multiplier)
             if inpaint.blend is not None:
                 latents = inpaint.blend(latents)
-            auto_upcast = bool(job.options.get("auto_vae_precision", True))
             images += batch_images(batch, overlaid(decode_latents(model, latents, auto_upcast), params, job))
             observer.batch_finished(batch.index)
     extras = {**infotext_extras(params), **flux_infotext(model, job)}
