@@ -226,3 +226,19 @@ def test_gguf_quantized_transformer_loads_and_generates(tmp_path, parts):
     assert torch.allclose(weight, torch.from_numpy(source), atol=2e-3)  # Q8_0 is close to the source
     job = replace(_flux_job(), model_title="flux-bfl.gguf")
     assert engine.txt2img(job, RecordingObserver(), CancelToken()).images[0].image.size == (32, 32)
+
+
+def test_float8_storage_upcasts_per_layer(tmp_path, parts):
+    """forge_unet_storage_dtype float8-e4m3fn: Linear weights stored in float8, computed in the
+    run dtype; the image equals the one from a file whose matrices were rounded to float8."""
+    rounded = {k: (v.to(torch.float8_e4m3fn).float() if v.ndim == 2 else v) for k, v in parts["transformer"].items()}
+    engine = _engine(write_models(tmp_path / "a", parts, "all-in-one"))
+    reference = _engine(write_models(tmp_path / "b", {**parts, "transformer": rounded}, "all-in-one"))
+    base = replace(_flux_job(), model_title="flux-aio.safetensors")
+    fp8_job = replace(base, options={"forge_unet_storage_dtype": "float8-e4m3fn"})
+    stored = engine.txt2img(fp8_job, RecordingObserver(), CancelToken())
+    assert engine.loaded.unet.transformer_blocks[0].attn.to_q.weight.dtype == torch.float8_e4m3fn
+    expected = reference.txt2img(base, RecordingObserver(), CancelToken())
+    assert np.array_equal(np.asarray(stored.images[0].image), np.asarray(expected.images[0].image))
+    engine.txt2img(base, RecordingObserver(), CancelToken())  # back to Automatic: loaded again, full precision
+    assert engine.loaded.unet.transformer_blocks[0].attn.to_q.weight.dtype == torch.float32

@@ -65,6 +65,7 @@ from webui_api.engine.networks import (
     parse_prompt_networks,
 )
 from webui_api.engine.pipeline import run_txt2img
+from webui_api.engine.storage import storage_dtype, store_linears_in
 from webui_api.engine.tiling import apply_tiling
 from webui_api.batching import batch_key
 from webui_api.errors import NotImplementedFeature, UnknownCheckpoint
@@ -394,22 +395,31 @@ class Engine:
         """File names of the loaded models, least recently used first."""
         return self._cache.filenames()
 
-    def load(self, title: str | None = None, modules: tuple[Path, ...] = ()) -> LoadedModel:
+    def load(self, title: str | None = None, modules: tuple[Path, ...] = (), storage: Any = None) -> LoadedModel:
         """Make `title` (or the current checkpoint) the active model: a no-op when it already
         is, a device move when it is cached, else a load from disk. A file that fails to load
         leaves the active model in place. `modules` (Forge's per-job VAE / text-encoder files)
-        only matter to models built from several files (Flux): a model built with other
-        modules is loaded again."""
+        only matter to models built from several files (Flux), like `storage` (a float8 dtype
+        for the transformer's weights, Forge's forge_unet_storage_dtype): a model built with
+        other modules or storage is loaded again."""
         info = self.job_checkpoint(title)
         wanted = tuple(sorted(str(path) for path in modules))
-        if self._active is not None and self._active.info.filename == info.filename:
-            if self._active.flow_shift is None or set(wanted) <= set(self._active.module_files):
-                return self._active
+
+        def fits(model: LoadedModel) -> bool:
+            if model.flow_shift is None:
+                return True
+            return set(wanted) <= set(model.module_files) and model.unet_storage == storage
+
+        if self._active is not None and self._active.info.filename == info.filename and fits(self._active):
+            return self._active
         model = self._cache.get(info.filename)
-        if model is not None and model.flow_shift is not None and not set(wanted) <= set(model.module_files):
+        if model is not None and not fits(model):
             model = None
         if model is None:
             model = self._load_from_disk(info, modules)
+            if model.flow_shift is not None and storage is not None:
+                store_linears_in(model.unet, storage)
+                model.unet_storage = storage
         self._activate(model)
         return model
 
@@ -508,6 +518,10 @@ class Engine:
         """The module files a job's `forge_additional_modules` names (400 for unknown names)."""
         names = requested_modules(options.get("forge_additional_modules"))
         return resolve_modules(names, self.sd_modules()) if names else ()
+
+    def job_storage(self, options: Mapping[str, Any]) -> Any:
+        """The float8 storage a job's forge_unet_storage_dtype asks for (None: the model's dtype)."""
+        return storage_dtype(options.get("forge_unet_storage_dtype"))
 
     def refresh_vae(self) -> None:
         self._vaes = tuple(scan_vaes(self.paths))
@@ -670,7 +684,7 @@ class Engine:
 
         head = jobs[0]
         self.set_checkpoints_limit(head.options.get("sd_checkpoints_limit", DEFAULT_CHECKPOINTS_LIMIT))
-        model = self.load(head.model_title, self.job_modules(head.options))
+        model = self.load(head.model_title, self.job_modules(head.options), self.job_storage(head.options))
         if model.flow_shift is not None:  # flow models do not share UNet batches: one job at a time
             return [self._generate(run_txt2img, job, observer, cancel) for job, cancel in zip(jobs, cancels)]
         choice = self.apply_vae(model, head.options)
@@ -728,7 +742,7 @@ class Engine:
 
         limit = int(job.options.get("sd_checkpoints_limit", DEFAULT_CHECKPOINTS_LIMIT) or DEFAULT_CHECKPOINTS_LIMIT)
         self.set_checkpoints_limit(max(limit, 1 + companion_count(job)))
-        model = self.load(job.model_title, self.job_modules(job.options))
+        model = self.load(job.model_title, self.job_modules(job.options), self.job_storage(job.options))
         if model.flow_shift is not None:
             return self._generate_flow(job, model, observer, cancel, restore_faces)
         choice = self.apply_vae(model, job.options)
