@@ -102,7 +102,7 @@ def build_runtime(settings: Settings, engine: Optional[Any] = None) -> Runtime:
     from .postprocess.encode import encode_image_base64
 
     if engine is None:
-        from .engine.service import Engine
+        from .engine.facade import Engine
 
         engine = Engine.from_settings(settings)
     options = OptionsStore.from_settings(settings)

@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.engine.helpers import RecordingObserver, make_job
+from tests.engine.helpers import RecordingObserver, engine_options, make_job, with_options
 from tests.flux.files import TINY, tiny_parts, write_models
+from webui_api.engine.facade import Engine
 from webui_api.engine.families import flux as flux_family
 from webui_api.engine.loading.discovery import ModelPaths
 from webui_api.engine.loading.files import UnusableModelFile
-from webui_api.engine.service import Engine
 from webui_api.errors import BadRequest
 from webui_api.jobs import Img2ImgParams
 from webui_api.progress import CancelToken
@@ -72,8 +72,8 @@ def test_unknown_module_name_is_a_400(tmp_path, parts):
     paths = write_models(tmp_path, parts, "bfl")
     engine = _engine(paths)
     with pytest.raises(BadRequest, match="unknown module"):
-        engine.job_modules({"forge_additional_modules": ["/etc/passwd"]})
-    chosen = engine.job_modules({"forge_additional_modules": [str(paths["t5xxl"]), "ae.safetensors"]})
+        engine.job_modules(engine_options({"forge_additional_modules": ["/etc/passwd"]}))
+    chosen = engine.job_modules(engine_options({"forge_additional_modules": [str(paths["t5xxl"]), "ae.safetensors"]}))
     assert chosen == (Path(paths["t5xxl"]), Path(paths["vae"]))
 
 
@@ -235,7 +235,7 @@ def test_float8_storage_upcasts_per_layer(tmp_path, parts):
     engine = _engine(write_models(tmp_path / "a", parts, "all-in-one"))
     reference = _engine(write_models(tmp_path / "b", {**parts, "transformer": rounded}, "all-in-one"))
     base = replace(_flux_job(), model_title="flux-aio.safetensors")
-    fp8_job = replace(base, options={"forge_unet_storage_dtype": "float8-e4m3fn"})
+    fp8_job = with_options(base, {"forge_unet_storage_dtype": "float8-e4m3fn"})
     stored = engine.txt2img(fp8_job, RecordingObserver(), CancelToken())
     assert engine.loaded.unet.transformer_blocks[0].attn.to_q.weight.dtype == torch.float8_e4m3fn
     expected = reference.txt2img(base, RecordingObserver(), CancelToken())

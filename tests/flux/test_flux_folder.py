@@ -9,8 +9,8 @@ import torch
 
 from tests.engine.helpers import RecordingObserver, make_job
 from tests.flux.files import T5_VOCAB, TINY, write_t5_tokenizer
+from webui_api.engine.facade import Engine
 from webui_api.engine.loading.discovery import ModelPaths
-from webui_api.engine.service import Engine
 from webui_api.progress import CancelToken
 
 

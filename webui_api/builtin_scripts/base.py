@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from pydantic import ValidationError
 
+from ..engine.protocols import ModelFacts
 from ..errors import ValidationFailed
 from ..jobs import GenerationJob, JobResult
 from ..styles import PromptStyle
@@ -43,7 +44,7 @@ class JobOutcome:
 
     job: GenerationJob
     result: JobResult
-    model_info: Any  # CheckpointInfo of the model that ran it
+    model_info: ModelFacts  # the checkpoint that ran it
 
     def infotexts(self) -> list[str]:
         from ..results import build_infotexts

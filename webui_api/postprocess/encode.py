@@ -262,36 +262,12 @@ def decode_user_comment(value: bytes) -> str:
     return value[8:].decode(codec, errors="replace")
 
 
-# NovelAI writes k-diffusion function names; A1111 maps them through its sampler aliases.
-_SAMPLER_ALIASES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("DPM++ 2M", ("k_dpmpp_2m",)),
-    ("DPM++ SDE", ("k_dpmpp_sde",)),
-    ("DPM++ 2M SDE", ("k_dpmpp_2m_sde",)),
-    ("DPM++ 2M SDE Heun", ("k_dpmpp_2m_sde_heun",)),
-    ("DPM++ 2S a", ("k_dpmpp_2s_a",)),
-    ("DPM++ 3M SDE", ("k_dpmpp_3m_sde",)),
-    ("Euler a", ("k_euler_a", "k_euler_ancestral")),
-    ("Euler", ("k_euler",)),
-    ("LMS", ("k_lms",)),
-    ("Heun", ("k_heun",)),
-    ("DPM2", ("k_dpm_2",)),
-    ("DPM2 a", ("k_dpm_2_a",)),
-    ("DPM fast", ("k_dpm_fast",)),
-    ("DPM adaptive", ("k_dpm_ad",)),
-    ("Restart", ("restart",)),
-    ("DDIM", ("ddim",)),
-    ("DDIM CFG++", ("ddim_cfgpp",)),
-    ("PLMS", ("plms",)),
-    ("UniPC", ("unipc",)),
-    ("LCM", ("k_lcm",)),
-)
-
-
 def _novelai_sampler(name: Any) -> str:
-    for sampler, aliases in _SAMPLER_ALIASES:
-        if name in aliases or name == sampler.lower():
-            return sampler
-    return "Euler a"
+    """NovelAI writes k-diffusion function names; A1111 maps them through its sampler aliases
+    (unknown ones: "Euler a")."""
+    from samplers.registry import samplers_map
+
+    return samplers_map().get(name, "Euler a") if isinstance(name, str) else "Euler a"
 
 
 def _novelai_infotext(items: Mapping[str, Any], size: tuple[int, int]) -> str | None:

@@ -369,7 +369,7 @@ def load_model(path: Path | None, device: str = "cpu") -> Any:
     upscalers); on the CPU it stays fp32, where half is slow or unsupported."""
     import spandrel
 
-    from webui_api.engine.service import resolve_device
+    from webui_api.engine.device import resolve_device
 
     if path is None:
         raise ValueError("built-in upscalers have no model file to load")

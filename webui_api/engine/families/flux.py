@@ -93,11 +93,11 @@ def flow_sigmas(job: GenerationJob, plan: SamplerPlan, shift: float) -> torch.Te
         return flow_normal(steps, table, shift)
     low, high = float(table[0]), float(table[-1])
     if name == "beta":
-        alpha = float(job.options.get("beta_dist_alpha", 0.6))
-        beta = float(job.options.get("beta_dist_beta", 0.6))
+        alpha = job.engine_options.beta_dist_alpha
+        beta = job.engine_options.beta_dist_beta
         return schedules.beta(steps, low, high, table, alpha=alpha, beta_param=beta)
     if name == "karras":
-        return schedules.karras(steps, low, high, rho=float(job.options.get("rho", 0.0)) or 7.0)
+        return schedules.karras(steps, low, high, rho=job.engine_options.rho or 7.0)
     return schedules.exponential(steps, low, high)
 
 
@@ -181,7 +181,7 @@ def encode_clip_pooled(model: LoadedModel, texts: Sequence[str]) -> torch.Tensor
 def encode_prompts(model: LoadedModel, texts: Sequence[str], job: GenerationJob) -> FluxCond:
     steps = job.sampling.steps
     resolved = [first_step_text(text, steps) for text in texts]
-    emphasis = str(job.options.get("emphasis", "Original"))
+    emphasis = job.engine_options.emphasis
     return FluxCond(t5=encode_t5(model, resolved, emphasis), pooled=encode_clip_pooled(model, resolved))
 
 
@@ -368,7 +368,7 @@ def run_flux_txt2img(
 
     plan = check_flux_job(model, job)
     hires = job.hires
-    auto_upcast = bool(job.options.get("auto_vae_precision", True))
+    auto_upcast = job.engine_options.auto_vae_precision
     images: list[GeneratedImage] = []
     with torch.inference_mode():
         for batch in job_batches(job, observer, cancel):
@@ -407,7 +407,7 @@ def run_flux_img2img(
 
     params = check_img2img_job(job)
     plan = check_flux_job(model, job)
-    auto_upcast = bool(job.options.get("auto_vae_precision", True))
+    auto_upcast = job.engine_options.auto_vae_precision
     images: list[GeneratedImage] = []
     with torch.inference_mode():
         init, inpaint = inpaint_state(model, job, params, init_latents(model, job, params))

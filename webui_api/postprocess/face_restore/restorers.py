@@ -173,7 +173,7 @@ def load_restorer(path: Path, kind: RestorerKind, device: str) -> Any:
     architecture supports half precision in spandrel)."""
     import spandrel
 
-    from webui_api.engine.service import resolve_device
+    from webui_api.engine.device import resolve_device
 
     try:
         descriptor = spandrel.ModelLoader(registry=spandrel_registry(kind)).load_from_file(str(path))
@@ -191,7 +191,7 @@ def load_restorer(path: Path, kind: RestorerKind, device: str) -> Any:
 def load_detector(path: Path, device: str) -> RetinaFaceDetector:
     """RetinaFace from facexlib's weight file (strict key match), on `device`."""
     from webui_api.engine.loading.files import read_state_dict
-    from webui_api.engine.service import resolve_device
+    from webui_api.engine.device import resolve_device
     from webui_api.postprocess.face_restore.retinaface import build_from_state_dict
 
     try:
@@ -205,7 +205,7 @@ def load_detector(path: Path, device: str) -> RetinaFaceDetector:
 def load_parser(path: Path, device: str) -> Any:
     """facexlib's ParseNet from its weight file (strict key match), on `device`."""
     from webui_api.engine.loading.files import read_state_dict
-    from webui_api.engine.service import resolve_device
+    from webui_api.engine.device import resolve_device
     from webui_api.postprocess.face_restore.parsenet import build_parsenet
 
     try:
@@ -342,7 +342,7 @@ class FaceRestorers:
 
     def _on_device(self, model: Any) -> Any:
         """Bring a model (back) to the server's device: face_restoration_unload parks them."""
-        from webui_api.engine.service import resolve_device
+        from webui_api.engine.device import resolve_device
 
         return model.to(resolve_device(self.device))
 
