@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 
-# Forge's choices for forge_unet_storage_dtype (only "Automatic" changes nothing here: see docs/models.md)
+# Forge's choices for forge_unet_storage_dtype (the float8 ones take effect for Flux, see docs/models.md)
 FORGE_UNET_STORAGE_DTYPES = (
     'Automatic', 'Automatic (fp16 LoRA)', 'bnb-nf4', 'bnb-nf4 (fp16 LoRA)', 'float8-e4m3fn',
     'float8-e4m3fn (fp16 LoRA)', 'bnb-fp4', 'bnb-fp4 (fp16 LoRA)', 'float8-e5m2', 'float8-e5m2 (fp16 LoRA)',
