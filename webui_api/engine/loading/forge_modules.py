@@ -50,17 +50,6 @@ def scan_modules(paths: ModelPaths) -> list[ModuleFile]:
     return [ModuleFile(name, found[name]) for name in sorted(found, key=natural_sort_key)]
 
 
-def requested_modules(value: Any) -> tuple[str, ...]:
-    """The option's value as a tuple of names (Forge stores a list; a lone string is accepted)."""
-    if value is None or value == "":
-        return ()
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return tuple(v for v in value if v)
-    raise BadRequest(f"forge_additional_modules must be a list of module file names, got {type(value).__name__}")
-
-
 def resolve_modules(requested: Sequence[str], listing: Iterable[ModuleFile]) -> tuple[Path, ...]:
     """The listed files the names refer to (full path, file name or stem); unknown names are a 400."""
     entries = list(listing)
