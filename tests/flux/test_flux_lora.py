@@ -38,7 +38,9 @@ def engine(tmp_path, parts):
     paths = write_models(tmp_path, parts, "all-in-one")
     lora_dir = tmp_path / "Lora"
     lora_dir.mkdir()
-    model_paths = ModelPaths(ckpt_dirs=(paths["ckpt_dir"],), lora_dirs=(lora_dir,), text_encoder_dirs=(paths["te_dir"],))
+    model_paths = ModelPaths(
+        ckpt_dirs=(paths["ckpt_dir"],), lora_dirs=(lora_dir,), text_encoder_dirs=(paths["te_dir"],)
+    )
     return Engine(device="cpu", dtype="float32", paths=model_paths), lora_dir
 
 
