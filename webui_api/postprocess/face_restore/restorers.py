@@ -16,6 +16,8 @@ that cannot run (package or weights missing) is refused with a 400 naming what i
 
 from __future__ import annotations
 
+import pickle
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -180,6 +182,13 @@ def load_restorer(path: Path, kind: RestorerKind, device: str) -> Any:
     except spandrel.UnsupportedModelError as exc:
         raise FaceRestorerUnavailable(f"cannot use {path.name} in {path.parent} as {kind.name}",
                                       errors="spandrel recognises no architecture in its weights") from exc
+    except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) refused code in the pickle
+        raise FaceRestorerUnavailable(f"cannot use {path.name} in {path.parent} as {kind.name}",
+                                      errors=f"the pickle holds more than tensors (possibly code), so it was refused: "
+                                             f"{exc}; convert it to .safetensors") from exc
+    except (EOFError, OSError, ValueError) as exc:  # truncated or not a weights file at all
+        raise FaceRestorerUnavailable(f"cannot use {path.name} in {path.parent} as {kind.name}",
+                                      errors=f"not a readable weights file ({type(exc).__name__}: {exc})") from exc
     found = descriptor.architecture.id
     if found != kind.architecture:
         raise FaceRestorerUnavailable(f"cannot use {path.name} in {path.parent} as {kind.name}",
