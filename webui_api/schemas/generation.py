@@ -109,6 +109,7 @@ class GenerationRequest(LenientModel):
     alwayson_scripts: dict[str, Any] | None = Field(default={})  # OpenAPI shows {} as A1111
     force_task_id: str | None = None
     infotext: str | None = None
+    distilled_cfg_scale: float | None = 3.5  # Forge: Flux-dev's guidance embedding (other models ignore it)
 
     @field_validator("width", "height")
     @classmethod
@@ -164,6 +165,7 @@ class Txt2ImgRequest(GenerationRequest):
     hr_scheduler: str | None = None
     hr_prompt: str | None = ""
     hr_negative_prompt: str | None = ""
+    hr_distilled_cfg: float | None = 3.5  # Forge: distilled CFG of the hires pass
 
     @field_validator("hr_scale")
     @classmethod
