@@ -12,6 +12,7 @@ echo "check: ruff check ." >&2
 echo "check: mypy (first run about 2 CPU-minutes; later runs reuse .mypy_cache)" >&2
 .venv/bin/python -m mypy || failed=1
 if [ "$failed" -ne 0 ]; then
-  echo "check: FAILED (fix the findings above; 'ruff check --fix .' fixes many of ruff's)" >&2
+  echo "check: FAILED (fix the findings above; '.venv/bin/ruff check --fix .' fixes many of ruff's," >&2
+  echo "  '.venv/bin/python scripts/wrap_long_lines.py' wraps the lines over 120 columns)" >&2
 fi
 exit "$failed"
