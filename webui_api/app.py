@@ -23,6 +23,7 @@ from . import __version__
 from .auth import add_cors, build_gate
 from .errors import ApiError
 from .options import OptionsStore
+from .output_urls import OUTPUTS_FOLDER, OutputStore
 from .progress import ProgressTracker
 from .batching import BatchingConfig
 from .scheduler import Scheduler, WorkItem
@@ -51,9 +52,11 @@ def create_app(settings: Settings, engine: Optional[Any] = None) -> FastAPI:
         version=__version__,
         lifespan=_lifespan_for(settings, engine),
         root_path=f"/{settings.subpath.strip('/')}" if settings.subpath else "",
+        docs_url=None, redoc_url=None,  # served by routes/docs.py with bundled assets (no CDN)
     )
     app.state.settings = settings
     app.state.gate = build_gate(settings)  # keys, Basic pairs, rate limiter: a bad keys file fails here
+    app.state.output_store = OutputStore(settings.data_dir / OUTPUTS_FOLDER, settings.output_url_ttl)
     _install_error_handlers(app)
     _install_middleware(app, settings)
     _include_routes(app, settings)
@@ -94,14 +97,14 @@ def _start_task_runner(app: FastAPI, services: Services):
 
 
 def build_services(settings: Settings, engine: Optional[Any] = None) -> Services:
-    from .postprocess.encode import encode_image_base64
+    from .postprocess.previews import preview_encoder
 
     if engine is None:
         from .engine.service import Engine
 
         engine = Engine.from_settings(settings)
     options = OptionsStore.from_settings(settings)
-    progress = ProgressTracker(encode_preview=lambda image: encode_image_base64(image, "png"))
+    progress = ProgressTracker(encode_preview=preview_encoder(lambda: options.get("live_previews_image_format")))
     metrics = Metrics()
     scheduler = Scheduler(
         progress, after_failure=engine.free_memory,
@@ -240,7 +243,11 @@ def _log_request(request: Request, status: int, duration: float) -> None:
 
 def _include_routes(app: FastAPI, settings: Settings) -> None:
     from .routes import catalog, controlnet, controlnet_detect, extras, generate, health, options, progress, server, tasks
+    from .routes import docs, internal, job_events, outputs
 
-    for module in (generate, progress, options, catalog, extras, tasks, controlnet, controlnet_detect, health):
+    for module in (generate, progress, options, catalog, extras, tasks, controlnet, controlnet_detect, health,
+                   internal, job_events, outputs):
         app.include_router(module.router)
+    app.include_router(job_events.websocket_router)
+    app.include_router(docs.build_router(app.title))
     app.include_router(server.build_router(settings))

@@ -228,6 +228,9 @@ SERVING_FLAGS: tuple[FlagSpec, ...] = (
     FlagSpec("--result-cache-size", "MB of cached responses to deterministic requests (0 disables)", float, 256.0),
     FlagSpec("--audit-log", "JSON-lines audit log of generations ('off' disables)", _path_or_off, os.path.join("logs", "audit.jsonl"), "data"),
     FlagSpec("--task-retention-hours", "hours finished async tasks and their results are kept (0: forever)", float, 168.0),
+    _switch("--output-urls", "answer generations with signed, expiring image URLs instead of base64 "
+            "(a request's output_urls field overrides it)"),
+    FlagSpec("--output-url-ttl", "seconds an output URL and its stored image are kept", float, 3600.0),
     FlagSpec("--max-pixels", "largest width x height of an output image (0: no limit)", int, 2048 * 2048),
     FlagSpec("--max-batch", "largest batch_size x n_iter (0: no limit)", int, 64),
     FlagSpec("--max-steps", "most sampling steps (0: no limit)", int, 1000),
@@ -394,6 +397,8 @@ def serving_settings(args: argparse.Namespace) -> dict[str, Any]:
         "redis_url": args.redis_url or None, "audit_log": audit,
         "result_cache_mb": _at_least(0, "--result-cache-size", args.result_cache_size),
         "task_retention_hours": _at_least(0, "--task-retention-hours", args.task_retention_hours),
+        "output_urls": bool(args.output_urls),
+        "output_url_ttl": _at_least(1, "--output-url-ttl", args.output_url_ttl),
         "guards": RequestLimits(
             max_pixels=_at_least(0, "--max-pixels", args.max_pixels), max_batch=_at_least(0, "--max-batch", args.max_batch),
             max_steps=_at_least(0, "--max-steps", args.max_steps),

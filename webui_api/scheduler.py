@@ -34,6 +34,7 @@ from typing import Any, Awaitable, Callable, Hashable, Optional, Sequence
 from .batching import BatchingConfig
 from .errors import ApiError, ServiceUnavailable
 from .progress import CancelToken, ProgressTracker
+from .task_progress import current_task_id
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ class WorkItem:
     cancel: CancelToken = field(default_factory=CancelToken)
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     batch: Optional[BatchSlot] = None  # set when the item may share a UNet batch
+    task_id: Optional[str] = None  # A1111's id_task of a generation (the request's, when queued inside task_scope)
 
 
 @dataclass(order=True)
@@ -145,6 +147,12 @@ class _Queue:
             self._heap = [e for e in self._heap if id(e) not in ids]
             heapq.heapify(self._heap)
         return [e.item for e in chosen if e.item is not None]
+
+    def task_ids(self) -> list[str]:
+        """The task ids of the queued items still waiting, next to run first."""
+        with self.changed:
+            entries = sorted(self._heap)
+        return [e.item.task_id for e in entries if e.item is not None and e.item.task_id and not e.item.future.done()]
 
     def qsize(self) -> int:
         with self.changed:
@@ -212,7 +220,12 @@ class Scheduler:
             raise ServiceUnavailable("The server is shutting down and accepts no new work")
         if guarded:
             self._admit(item)
+        if item.progress is not None and item.task_id is None:
+            item.task_id = current_task_id.get()
         self._queue.put(_Entry(priority=priority, seq=next(self._seq), item=item))
+        if item.task_id is not None:
+            self._progress.queue_changed()
+            item.future.add_done_callback(lambda _: self._progress.queue_changed())
         return item.future
 
     def _admit(self, item: WorkItem) -> None:
@@ -274,6 +287,11 @@ class Scheduler:
     @property
     def pending(self) -> int:
         return self._queue.qsize()
+
+    def queued_task_ids(self) -> list[str]:
+        """Task ids of the generations waiting in the queue, in the order they will run
+        (A1111's pending_tasks, which /internal/pending-tasks lists)."""
+        return self._queue.task_ids()
 
     @property
     def waiting_generations(self) -> int:
@@ -346,7 +364,7 @@ class Scheduler:
 
     def _run_started(self, item: WorkItem) -> None:
         self._set_current((item,))
-        self._begin_progress(item)
+        self._begin_progress(item, (item,))
         try:
             item.future.set_result(item.run(item.cancel))
         except BaseException as exc:  # handed to the awaiting request; the worker lives on
@@ -365,7 +383,7 @@ class Scheduler:
         if self.on_batch is not None:
             self.on_batch(len(started))
         self._set_current(tuple(started))
-        self._begin_progress(started[0])
+        self._begin_progress(started[0], tuple(started))
         try:
             results = started[0].batch.run_group(started)  # type: ignore[union-attr]
         except BaseException as exc:
@@ -389,10 +407,13 @@ class Scheduler:
         with self._current_lock:
             self._current = items
 
-    def _begin_progress(self, item: WorkItem) -> None:
+    def _begin_progress(self, item: WorkItem, running: tuple[WorkItem, ...]) -> None:
+        """`item`'s progress spec shows in /progress; every running item's task id is active."""
         if item.progress is not None:
             spec = item.progress
-            self._progress.begin(spec.job, spec.job_count, spec.job_timestamp, item.cancel, spec.preview_every_n_steps)
+            task_ids = tuple(i.task_id for i in running if i.task_id)
+            self._progress.begin(spec.job, spec.job_count, spec.job_timestamp, item.cancel, spec.preview_every_n_steps,
+                                 task_ids=task_ids)
 
     def _end_progress(self, item: WorkItem) -> None:
         if item.progress is not None:

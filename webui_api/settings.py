@@ -71,6 +71,8 @@ class Settings:
     result_cache_mb: float = 0.0  # --result-cache-size (MB); 0 disables the result cache
     audit_log: Path | None = None  # --audit-log: one JSON line per generation; None: off
     task_retention_hours: float = 168.0  # --task-retention-hours: finished async tasks kept (0: forever)
+    output_urls: bool = False  # --output-urls: generation responses carry image URLs instead of base64 by default
+    output_url_ttl: float = 3600.0  # --output-url-ttl: seconds an output URL (and its stored image) lives
     guards: RequestLimits = field(default_factory=RequestLimits)  # --max-pixels, --max-steps, ...
     batch_max_size: int = 1  # --batch-max-size: images in one cross-request UNet batch (1: batching off, the default:
     # batching pads every UNet call to a fixed row count, which costs a lone request ~1.9x on a CPU; docs/benchmarks.md)

@@ -18,7 +18,9 @@ from ..auth import request_context
 from ..services import Services
 from ..serving.context import RequestContext
 from ..serving.hooks import job_steps
+from ..output_urls import wants_urls
 from ..styles import style_files
+from ..task_progress import create_task_id, run_tracked
 from . import api_router, get_services
 from .disconnect import watch_disconnect
 
@@ -29,17 +31,35 @@ router = api_router()
 async def txt2img(
     request: Txt2ImgRequest, http: Request, response: Response, services: Services = Depends(get_services),
 ) -> dict[str, Any]:
-    return await _answer(http, response, lambda gone, context: run_txt2img(request, services, gone, context=context))
+    return await _answer(http, response, services, request, "txt2img",
+                         lambda gone, context: run_txt2img(request, services, gone, context=context))
 
 
-async def _answer(http: Request, response: Response, work: Callable[..., Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+async def _answer(
+    http: Request, response: Response, services: Services, request: Any, kind: str,
+    work: Callable[..., Awaitable[dict[str, Any]]],
+) -> dict[str, Any]:
     """What both synchronous generation routes do around their work: the caller's context
-    (key, priority), a watch for a client that hangs up, and the X-Cache header."""
+    (key, priority), a watch for a client that hangs up, the job's task id (force_task_id or
+    A1111's generated one) for per-job progress, URL outputs when asked, and the X-Cache header."""
     context = request_context(http)
+    task_id = request.force_task_id or create_task_id(kind)
+    finish = url_outputs(http, services) if wants_urls(request.output_urls, services.settings.output_urls) else None
     async with watch_disconnect(http) as disconnected:
-        body = await work(disconnected, context)
+        body = await run_tracked(services.progress, task_id, lambda: work(disconnected, context), finish)
     response.headers["X-Cache"] = context.cache
     return body
+
+
+def url_outputs(http: Request, services: Services) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
+    """Store a response's images and answer their URLs (off the event loop: it writes files)."""
+    store = http.app.state.output_store
+    base_url = str(http.base_url)
+
+    async def finish(body: dict[str, Any]) -> dict[str, Any]:
+        return await run_in_threadpool(store.images_to_urls, body, base_url)
+
+    return finish
 
 
 async def run_txt2img(
@@ -209,7 +229,8 @@ def _encode_grid(grid: Any, options: dict[str, Any]) -> str:
 async def img2img(
     request: Img2ImgRequest, http: Request, response: Response, services: Services = Depends(get_services),
 ) -> dict[str, Any]:
-    return await _answer(http, response, lambda gone, context: run_img2img(request, services, gone, context=context))
+    return await _answer(http, response, services, request, "img2img",
+                         lambda gone, context: run_img2img(request, services, gone, context=context))
 
 
 async def run_img2img(

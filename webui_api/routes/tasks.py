@@ -34,6 +34,8 @@ from ..schemas.generation import Img2ImgRequest, Txt2ImgRequest
 from ..services import Services
 from ..serving.context import RequestContext
 from ..task_callback import CallbackFile, check_callback_url, post_callback
+from ..progress import COMPLETED, JobOutcome
+from ..task_progress import task_scope
 from ..tasks import DONE, FAILED, FINISHED, PENDING, RUNNING, TaskRecord, TaskStore
 from . import api_router
 
@@ -166,7 +168,19 @@ class TaskRunner:
             await self._record_failure(task, f"{type(exc).__name__}: {exc}", type(exc).__name__, 500)
         finally:
             self._current = None
+        self._report_outcome(task.id, result)
         self._notify(task, result)
+
+    def _report_outcome(self, task_id: str, result: Optional[dict[str, Any]]) -> None:
+        """End the task's progress streams (/sdapi/v1/progress/{id}/events) with its outcome."""
+        finished = self.store.get(task_id)
+        if finished is None or finished.status not in FINISHED:
+            return
+        reference = None
+        if result is not None:
+            reference = {"images": len(result.get("images") or []), "href": f"{PREFIX}/task/{task_id}/results"}
+        status = COMPLETED if finished.status == DONE else finished.status  # failed and interrupted read the same
+        self._services.progress.complete(task_id, JobOutcome(status, error=finished.error, result=reference))
 
     async def _record_failure(self, task: TaskRecord, error: str, error_type: str, status: int) -> None:
         """A failed task: its status and error in the store, the metrics' error count, the audit log."""
@@ -202,7 +216,8 @@ class TaskRunner:
         run = run_txt2img if task.type == "txt2img" else run_img2img
         request = REQUEST_TYPES[task.type].model_validate(task.params)
         context = RequestContext(caller=task.owner or "anonymous", priority=task.tier, task_id=task.id)
-        return await run(request, self._services, guarded=False, context=context)
+        with task_scope(task.id):  # the queued job carries the task's id: /internal/progress, event streams
+            return await run(request, self._services, guarded=False, context=context)
 
 
 def _report_crash(loop_task: asyncio.Task) -> None:

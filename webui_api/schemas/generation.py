@@ -84,6 +84,9 @@ class GenerationRequest(LenientModel):
     alwayson_scripts: Optional[dict[str, Any]] = Field(default_factory=dict)
     force_task_id: Optional[str] = None
     infotext: Optional[str] = None
+    # not A1111's: true answers `images` as signed, expiring URLs (GET /sdapi/v1/outputs/...)
+    # instead of base64; null follows the server's --output-urls
+    output_urls: Optional[bool] = None
 
     @field_validator("width", "height")
     @classmethod

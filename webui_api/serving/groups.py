@@ -16,6 +16,8 @@ _GENERATE = frozenset({"txt2img", "img2img", "extra-single-image", "extra-batch-
 _ADMIN = frozenset({"unload-checkpoint", "reload-checkpoint", "server-kill", "server-restart", "server-stop"})
 _SUBMISSIONS = frozenset({"txt2img", "img2img", "extra-single-image", "extra-batch-images", "interrogate"})
 TASKS_PREFIX = "/agent-scheduler/"
+_INTERNAL = "/internal/"
+_GENERATE_FAMILIES = frozenset({"progress", "outputs"})  # per-job progress streams, images sent as URLs
 
 
 def route_group(route_path: str) -> str:
@@ -24,8 +26,10 @@ def route_group(route_path: str) -> str:
         return "tasks"
     if route_path == "/metrics":
         return "metrics"
+    if route_path.startswith(_INTERNAL):  # A1111's task progress
+        return "generate"
     name = route_path[len(_SDAPI):] if route_path.startswith(_SDAPI) else ""
-    if name in _GENERATE:
+    if name in _GENERATE or name.split("/")[0] in _GENERATE_FAMILIES:
         return "generate"
     if name == "options":
         return "options"
