@@ -56,7 +56,8 @@ def test_server_flag_makes_urls_the_default_and_a_request_can_opt_out(make_clien
 def test_urls_need_the_api_auth_and_a_valid_signature(make_client):
     client = make_client(api_auth=(("user", "secret"),))
     auth = ("user", "secret")
-    url = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img(**SMALL, output_urls=True), auth=auth).json()["images"][0]
+    payload = webuiapi_txt2img(**SMALL, output_urls=True)
+    url = client.post("/sdapi/v1/txt2img", json=payload, auth=auth).json()["images"][0]
     assert client.get(local_path(url)).status_code == 401
     assert client.get(local_path(url), auth=auth).status_code == 200
     tampered = local_path(url).replace("expires=", "expires=9")
