@@ -243,11 +243,12 @@ def _log_request(request: Request, status: int, duration: float) -> None:
 
 def _include_routes(app: FastAPI, settings: Settings) -> None:
     from .routes import catalog, controlnet, controlnet_detect, extras, generate, health, options, progress, server, tasks
-    from .routes import docs, internal, job_events, outputs
+    from .routes import docs, internal, job_events, openapi_responses, outputs
 
     for module in (generate, progress, options, catalog, extras, tasks, controlnet, controlnet_detect, health,
                    internal, job_events, outputs):
         app.include_router(module.router)
     app.include_router(job_events.websocket_router)
     app.include_router(docs.build_router(app.title))
+    openapi_responses.install(app)
     app.include_router(server.build_router(settings))

@@ -45,3 +45,40 @@ def test_openapi_lists_every_route(client):
     app_routes = {route.path for route in client.app.routes if getattr(route, "include_in_schema", False)}
     missing = {path for path in app_routes if path not in paths}
     assert missing == set()
+
+
+NOT_JSON = {("get", "/metrics"), ("get", "/sdapi/v1/progress/{task_id}/events"), ("get", "/sdapi/v1/outputs/{name}"),
+            ("post", "/sdapi/v1/server-stop")}
+NO_BODY = {("post", "/sdapi/v1/server-kill"), ("post", "/sdapi/v1/server-restart")}
+
+
+def test_every_json_route_documents_its_answer(make_client):
+    """No route is described as a bare "object": each names its fields (or says null)."""
+    schema = make_client(api_server_stop=True).get("/openapi.json").json()
+    components = schema["components"]["schemas"]
+    vague = []
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            content = operation["responses"].get("200", {}).get("content", {})
+            if (method, path) in NO_BODY:
+                assert content == {}, (method, path)
+                continue
+            if (method, path) in NOT_JSON:
+                assert len(content) == 1 and "application/json" not in content, (method, path)
+                continue
+            body = content.get("application/json", {}).get("schema")
+            if body is None:
+                vague.append(f"{method} {path}")
+                continue
+            resolved = components[body["$ref"].rsplit("/", 1)[1]] if "$ref" in body else body
+            if resolved.get("type") == "object" and "properties" not in resolved or resolved == {}:
+                vague.append(f"{method} {path}")
+    assert vague == []
+    assert "samples_format" in components["OptionsModel"]["properties"]
+    options_body = schema["paths"]["/sdapi/v1/options"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert options_body == {"$ref": "#/components/schemas/OptionsModel"}
+    png_info = schema["paths"]["/sdapi/v1/png-info"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert components[png_info["$ref"].rsplit("/", 1)[1]]["required"] == ["image"]
+    assert "api_server_stop" in components["FlagsModel"]["properties"]
+    assert set(components["SdapiProgressResponse"]["properties"]) == {
+        "progress", "eta_relative", "state", "current_image", "textinfo"}
