@@ -218,3 +218,24 @@ def test_progress_routes_and_websocket_need_the_api_auth(auth_client):
     with auth_client.websocket_connect("/sdapi/v1/progress/x/ws?wait=0", headers=header) as ws:
         assert ws.receive_json()["event"] == "status"
         assert ws.receive_json()["data"]["status"] == "unknown"
+
+
+def test_img2img_carries_its_force_task_id(client):
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (90, 90, 90)).save(buffer, format="PNG")
+    payload = {"init_images": [base64.b64encode(buffer.getvalue()).decode()], "steps": 2, "width": 64, "height": 64,
+               "force_task_id": "task(i2i)", "denoising_strength": 0.5}
+    with client.stream("GET", "/sdapi/v1/progress/task(i2i)/events?previews=false") as response:
+        thread, holder = post_in_background(client, payload, "/sdapi/v1/img2img")
+        events = read_sse(response)
+    thread.join(60)
+    assert holder["response"].status_code == 200
+    assert events[-1] == ("done", {"task_id": "task(i2i)", "status": "completed", "error": None,
+                                   "result": {"images": 1, "urls": None}})
+    assert "active" in [data["state"] for name, data in events if name == "status"]
+    assert task_progress(client, "task(i2i)")["completed"] is True
