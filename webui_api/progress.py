@@ -212,6 +212,7 @@ class ProgressTracker:
         self._jobs: OrderedDict[str, JobProgress] = OrderedDict()
         self._finished: deque[str] = deque(maxlen=FINISHED_TASKS_KEPT)
         self._outcomes: OrderedDict[str, JobOutcome] = OrderedDict()
+        self._owners: OrderedDict[str, str] = OrderedDict()
         self._wakers: list[_Waker] = []
 
     # the worker's side ---------------------------------------------------------------
@@ -274,6 +275,15 @@ class ProgressTracker:
             if task_id not in self._active and task_id not in self._finished:
                 self._finished.append(task_id)
         self._wake_all()
+
+    def claim(self, task_id: str, owner: str) -> None:
+        """Record who submitted `task_id` (the caller's name): with authentication on, only they see it."""
+        with self._lock:
+            _remember(self._owners, task_id, owner)
+
+    def owner(self, task_id: str) -> str | None:
+        with self._lock:
+            return self._owners.get(task_id)
 
     def queue_changed(self) -> None:
         """The scheduler's queue moved: queued jobs' positions may have changed."""

@@ -20,6 +20,7 @@ import string
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from .progress import COMPLETED, FAILED, INTERRUPTED, JobOutcome, JobView, ProgressTracker
@@ -68,10 +69,13 @@ async def run_tracked(
     task_id: str,
     work: Callable[[], Awaitable[dict[str, Any]]],
     finish: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = None,
+    owner: str | None = None,
 ) -> dict[str, Any]:
-    """Run a synchronous generation as task `task_id`: its queued job carries the id, and its
-    outcome (after `finish`, e.g. storing URL outputs) ends the job's event streams. Errors are
-    recorded on the job and raised on unchanged."""
+    """Run a synchronous generation as task `task_id` (submitted by `owner`): its queued job
+    carries the id, and its outcome (after `finish`, e.g. storing URL outputs) ends the job's
+    event streams. Errors are recorded on the job and raised on unchanged."""
+    if owner is not None:
+        tracker.claim(task_id, owner)
     with task_scope(task_id):
         try:
             body = await work()
@@ -95,6 +99,37 @@ def queue_order(scheduler: Any, store: Any = None) -> list[str]:
         return queued
     seen = set(queued)
     return queued + [task.id for task in store.pending(limit=PENDING_TASKS_LISTED) if task.id not in seen]
+
+
+# who sees which job ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """The caller reading progress. With authentication on (`name` set), a job submitted by
+    somebody else looks like an unknown id: its previews are their images. Without it every
+    job is visible, as in A1111."""
+
+    name: str | None = None
+
+    @classmethod
+    def of(cls, caller_name: str, authentication_on: bool) -> Viewer:
+        return cls(caller_name if authentication_on else None)
+
+    def sees(self, owner: str | None) -> bool:
+        return self.name is None or owner is None or owner == self.name
+
+
+def observe(tracker: ProgressTracker, task_id: str, pending: list[str], viewer: Viewer) -> tuple[JobView, list[str]]:
+    """The job and the queue as `viewer` may see them: another caller's job reads as unknown."""
+    if viewer.sees(tracker.owner(task_id)):
+        return tracker.view(task_id), pending
+    return JobView(task_id, active=False, completed=False), [other for other in pending if other != task_id]
+
+
+def visible_pending(tracker: ProgressTracker, pending: list[str], viewer: Viewer) -> list[str]:
+    """/internal/pending-tasks lists the viewer's own waiting jobs (all of them without authentication)."""
+    return [task_id for task_id in pending if viewer.sees(tracker.owner(task_id))]
 
 
 # A1111's /internal/* ---------------------------------------------------------------------
@@ -179,19 +214,21 @@ async def job_events(
     previews: bool = True,
     wait_seconds: float = 300.0,
     clock: Callable[[], float] = time.monotonic,
+    viewer: Viewer | None = None,
 ) -> AsyncIterator[tuple[str, dict[str, Any]] | None]:
     """The events of one job, in order: `status` on every change of state or queue position,
     `progress` on every new step or batch (coalesced if the reader is slower than the sampler),
     then `done` with the outcome; the sequence ends after `done`. A job that is still unknown
     after `wait_seconds` (never submitted, or forgotten long ago) ends with status "unknown".
     `None` items mark idle stretches of KEEPALIVE_SECONDS (SSE sends a comment line)."""
+    viewer = viewer or Viewer()
     waker = tracker.subscribe()
     try:
         last_status: dict[str, Any] | None = None
         last_progress: tuple[Any, ...] | None = None
         last_preview_id, started, quiet_since = 0, clock(), clock()
         while True:
-            view, queue = tracker.view(task_id), pending()
+            view, queue = observe(tracker, task_id, pending(), viewer)
             sent = False
             status = job_status(view, queue)
             if status != last_status:

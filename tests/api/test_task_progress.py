@@ -240,3 +240,31 @@ def test_img2img_carries_its_force_task_id(client):
                                    "result": {"images": 1, "urls": None}})
     assert "active" in [data["state"] for name, data in events if name == "status"]
     assert task_progress(client, "task(i2i)")["completed"] is True
+
+
+def test_with_api_keys_a_caller_sees_only_its_own_jobs(make_client, tmp_path):
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"keys": [{"name": "alice", "key": "alice-secret-key-0001"},
+                                         {"name": "bob", "key": "bob-secret-key-000002"}]}))
+    client = make_client(api_keys_file=keys)
+    alice = {"Authorization": "Bearer alice-secret-key-0001"}
+    bob = {"Authorization": "Bearer bob-secret-key-000002"}
+    holder = {}
+
+    def run():
+        holder["response"] = client.post("/sdapi/v1/txt2img", headers=alice,
+                                         json=webuiapi_txt2img(**LONG, force_task_id="task(alice)"))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    mine = wait_until(lambda: client.post("/internal/progress", json={"id_task": "task(alice)"}, headers=alice).json(),
+                      lambda b: b["active"])
+    assert mine["active"] is True
+    theirs = client.post("/internal/progress", json={"id_task": "task(alice)"}, headers=bob).json()
+    assert (theirs["active"], theirs["live_preview"], theirs["textinfo"]) == (False, None, "Waiting...")
+    with client.stream("GET", "/sdapi/v1/progress/task(alice)/events?wait=0.3", headers=bob) as response:
+        events = read_sse(response)
+    assert [data.get("state", data.get("status")) for _, data in events] == ["waiting", "unknown"]
+    client.post("/sdapi/v1/interrupt", headers=alice)
+    thread.join(60)
+    assert holder["response"].status_code == 200

@@ -46,7 +46,8 @@ async def _answer(
     task_id = request.force_task_id or create_task_id(kind)
     finish = url_outputs(http, services) if wants_urls(request.output_urls, services.settings.output_urls) else None
     async with watch_disconnect(http) as disconnected:
-        body = await run_tracked(services.progress, task_id, lambda: work(disconnected, context), finish)
+        body = await run_tracked(services.progress, task_id, lambda: work(disconnected, context), finish,
+                                 owner=context.caller)
     response.headers["X-Cache"] = context.cache
     return body
 

@@ -13,8 +13,16 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from pydantic import BaseModel, Field
 
+from ..auth import request_caller
 from ..services import Services
-from ..task_progress import internal_progress, pending_tasks, queue_order
+from ..task_progress import (
+    Viewer,
+    internal_progress,
+    observe,
+    pending_tasks,
+    queue_order,
+    visible_pending,
+)
 from . import api_router, get_services
 
 router = api_router()
@@ -53,15 +61,19 @@ def pending_ids(request: Request, services: Services) -> list[str]:
     return queue_order(services.scheduler, runner.store if runner is not None else None)
 
 
+def viewer(request: Request) -> Viewer:
+    return Viewer.of(request_caller(request).name, request.app.state.gate.enabled)
+
+
 @router.get("/internal/pending-tasks", response_model=PendingTasksResponse)
 async def get_pending_tasks(request: Request, services: ServicesDep) -> dict[str, Any]:
-    """The task ids waiting in the queue, the next one first."""
-    return pending_tasks(pending_ids(request, services))
+    """The task ids waiting in the queue, the next one first (with authentication on: the caller's own)."""
+    return pending_tasks(visible_pending(services.progress, pending_ids(request, services), viewer(request)))
 
 
 @router.post("/internal/progress", response_model=ProgressResponse)
 async def progress_api(body: ProgressRequest, request: Request, services: ServicesDep) -> dict[str, Any]:
     """One task's progress: queued ("In queue: i/n"), active (progress, eta, live preview) or completed."""
-    view = services.progress.view(body.id_task or "")
+    view, pending = observe(services.progress, body.id_task or "", pending_ids(request, services), viewer(request))
     enabled = bool(services.options.get("live_previews_enable"))
-    return internal_progress(view, pending_ids(request, services), body.id_live_preview, body.live_preview, enabled)
+    return internal_progress(view, pending, body.id_live_preview, body.live_preview, enabled)

@@ -16,11 +16,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 
-from ..auth import Forbidden, identify
+from ..auth import Forbidden, identify, request_caller
 from ..errors import ApiError
 from ..services import Services
 from ..serving.groups import route_group
-from ..task_progress import job_events, queue_order
+from ..task_progress import Viewer, job_events, queue_order
 from . import api_router, get_services
 
 router = api_router()
@@ -37,9 +37,11 @@ def _pending(app: Any, services: Services) -> Any:
     return lambda: queue_order(services.scheduler, store)
 
 
-def _events(app: Any, services: Services, task_id: str, previews: bool, wait: float) -> AsyncIterator[Any]:
+def _events(app: Any, services: Services, task_id: str, previews: bool, wait: float, caller: str) -> AsyncIterator[Any]:
     wait = min(max(wait, 0.0), MAX_WAIT_SECONDS)
-    return job_events(services.progress, task_id, _pending(app, services), previews=previews, wait_seconds=wait)
+    viewer = Viewer.of(caller, app.state.gate.enabled)
+    return job_events(services.progress, task_id, _pending(app, services), previews=previews, wait_seconds=wait,
+                      viewer=viewer)
 
 
 @router.get(EVENTS_PATH, response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
@@ -50,8 +52,8 @@ async def job_event_stream(
 ) -> StreamingResponse:
     """Server-Sent Events of one job: `status`, `progress`, then `done`; the stream then ends."""
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # nginx: do not buffer the stream
-    return StreamingResponse(_sse(_events(request.app, services, task_id, previews, wait)),
-                             media_type="text/event-stream", headers=headers)
+    events = _events(request.app, services, task_id, previews, wait, request_caller(request).name)
+    return StreamingResponse(_sse(events), media_type="text/event-stream", headers=headers)
 
 
 async def _sse(events: AsyncIterator[Any]) -> AsyncIterator[str]:
@@ -66,14 +68,15 @@ async def _sse(events: AsyncIterator[Any]) -> AsyncIterator[str]:
 @websocket_router.websocket(WEBSOCKET_PATH)
 async def job_websocket(websocket: WebSocket, task_id: str, previews: bool = True, wait: float = 300.0) -> None:
     """The same events as the SSE route, one JSON text message each: {"event": name, "data": {...}}."""
-    refusal = _refusal(websocket)
-    if refusal is not None:
-        await websocket.close(code=POLICY_VIOLATION, reason=refusal)
+    try:
+        caller = _caller(websocket)
+    except ApiError as exc:
+        await websocket.close(code=POLICY_VIOLATION, reason=exc.detail[:120])  # a close reason: at most 123 bytes
         return
     await websocket.accept()
     services: Services = websocket.app.state.services
     try:
-        async for item in _events(websocket.app, services, task_id, previews, wait):
+        async for item in _events(websocket.app, services, task_id, previews, wait, caller):
             if item is not None:
                 await websocket.send_json({"event": item[0], "data": item[1]})
     except WebSocketDisconnect:
@@ -81,13 +84,11 @@ async def job_websocket(websocket: WebSocket, task_id: str, previews: bool = Tru
     await websocket.close()
 
 
-def _refusal(websocket: WebSocket) -> str | None:
-    """Why the caller may not open this WebSocket (the API's keys / Basic auth and route groups), or None."""
-    try:
-        caller = identify(websocket, websocket.app.state.gate)  # type: ignore[arg-type]  # headers and client only
-        group = route_group(WEBSOCKET_PATH)
-        if group not in caller.groups:
-            raise Forbidden(f"The key {caller.name!r} may not call {group!r} routes")
-    except ApiError as exc:
-        return exc.detail[:120]  # a close reason is at most 123 bytes
-    return None
+def _caller(websocket: WebSocket) -> str:
+    """The caller's name, checked as the API's HTTP routes check it (keys / Basic auth, route
+    groups); raises the ApiError that would refuse an HTTP request."""
+    caller = identify(websocket, websocket.app.state.gate)  # type: ignore[arg-type]  # reads headers and client only
+    group = route_group(WEBSOCKET_PATH)
+    if group not in caller.groups:
+        raise Forbidden(f"The key {caller.name!r} may not call {group!r} routes")
+    return caller.name

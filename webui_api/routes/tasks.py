@@ -216,6 +216,8 @@ class TaskRunner:
         run = run_txt2img if task.type == "txt2img" else run_img2img
         request = REQUEST_TYPES[task.type].model_validate(task.params)
         context = RequestContext(caller=task.owner or "anonymous", priority=task.tier, task_id=task.id)
+        if task.owner:
+            self._services.progress.claim(task.id, task.owner)  # again after a restart
         with task_scope(task.id):  # the queued job carries the task's id: /internal/progress, event streams
             return await run(request, self._services, guarded=False, context=context)
 
@@ -255,6 +257,7 @@ def enqueue(task_type: str, body: Any, http: Request, runner: TaskRunner) -> dic
     runner.services.serving.check(body)
     context = request_context(http, body.priority)
     task = runner.store.create(task_type, task_params(body), body.callback_url, tier=context.priority, owner=context.caller)
+    runner.services.progress.claim(task.id, context.caller)  # with auth on, only its owner follows its progress
     runner.wake()
     return {"task_id": task.id}
 
