@@ -256,8 +256,3 @@ async def job_events(
     finally:
         tracker.unsubscribe(waker)
 
-
-__all__ = [
-    "COMPLETED", "FAILED", "INTERRUPTED", "create_task_id", "current_task_id", "internal_progress", "job_events",
-    "outcome_of_error", "pending_tasks", "task_scope",
-]
