@@ -49,7 +49,7 @@ def test_unknown_task_is_waiting(client):
 
 
 def test_internal_progress_with_jobs_queued_behind_a_running_one(client):
-    client.post("/sdapi/v1/options", json={"show_progress_every_n_steps": 5})
+    client.post("/sdapi/v1/options", json={"show_progress_every_n_steps": 5, "live_previews_image_format": "jpeg"})
     first = post_in_background(client, webuiapi_txt2img(**LONG, force_task_id="task(first)"))
     running = wait_until(lambda: task_progress(client, "task(first)"),
                          lambda b: b["active"] and b["live_preview"] and b["progress"] > 0)
@@ -59,7 +59,8 @@ def test_internal_progress_with_jobs_queued_behind_a_running_one(client):
     pending = wait_until(lambda: client.get("/internal/pending-tasks").json(), lambda b: b["size"] == 2)
     assert pending == {"size": 2, "tasks": ["task(second)", "task(third)"]}
 
-    assert running["live_preview"].startswith("data:image/png;base64,") and running["id_live_preview"] >= 1
+    assert running["live_preview"].startswith("data:image/jpeg;base64,/9j/") and running["id_live_preview"] >= 1
+    assert client.get("/sdapi/v1/progress").json()["current_image"].startswith("iVBOR")  # A1111's /progress: PNG
     assert running["queued"] is False and running["completed"] is False and running["eta"] > 0
     again = task_progress(client, "task(first)", id_live_preview=10**6)  # an id it does not have: the image comes
     assert again["live_preview"] and again["id_live_preview"] >= running["id_live_preview"]
