@@ -49,6 +49,10 @@ class PNGInfoResponse(BaseModel):
     parameters: dict[str, Any] = Field(description="A dictionary with parsed generation info fields")
 
 
+class InterrogateResponse(BaseModel):
+    caption: str | None = Field(default=None, description="The generated caption for the image.")
+
+
 class EmbeddingItem(BaseModel):
     step: int | None = None
     sd_checkpoint: str | None = None
@@ -204,6 +208,7 @@ JSON_RESPONSES: dict[tuple[str, str], Any] = {
     ("post", "/sdapi/v1/refresh-vae"): _NULL,
     ("post", "/sdapi/v1/refresh-loras"): _NULL,
     ("post", "/sdapi/v1/refresh-embeddings"): _NULL,
+    ("post", "/sdapi/v1/interrogate"): InterrogateResponse,
     ("post", "/sdapi/v1/extra-single-image"): ExtrasSingleImageResponse,
     ("post", "/sdapi/v1/extra-batch-images"): ExtrasBatchImagesResponse,
     ("post", "/sdapi/v1/unload-checkpoint"): Empty,
