@@ -66,6 +66,8 @@ def test_every_json_route_documents_its_answer(make_client):
             if (method, path) in NOT_JSON:
                 assert len(content) == 1 and "application/json" not in content, (method, path)
                 continue
+            if content and "application/json" not in content:
+                continue  # documented as another media type (HTML pages, images, streams)
             body = content.get("application/json", {}).get("schema")
             if body is None:
                 vague.append(f"{method} {path}")
