@@ -18,7 +18,7 @@ import os
 import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -245,6 +245,22 @@ SERVING_FLAGS: tuple[FlagSpec, ...] = (
 )
 
 
+# This server's own flags for the weights fetcher (webui_api/weights; docs/models.md).
+WEIGHTS_FLAGS: tuple[FlagSpec, ...] = (
+    _switch("--offline", "never download weights; a missing file is a 400 naming the fetch command "
+            "(HF_HUB_OFFLINE=1 does the same)"),
+    FlagSpec("--models-mirror", "URL that replaces the origin of every pinned weights URL (an air-gapped mirror)", str),
+    _switch("--allow-unverified", "also download weights that have no pinned sha256"),
+)
+
+OFFLINE_ENV = "HF_HUB_OFFLINE"
+
+
+def offline_from_env(environ: Mapping[str, str]) -> bool:
+    """HF_HUB_OFFLINE set to a true value (1/true/yes/on, as huggingface_hub reads it)."""
+    return environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def _resolve_default(spec: FlagSpec, bases: Mapping[str, str]) -> Any:
     """A default under data/models becomes a path in that folder; others stay as written."""
     if spec.under is None:
@@ -267,7 +283,7 @@ def build_parser(data_dir: str | None = None, models_dir: str | None = None) -> 
     data = absolute_path(data_dir or os.getcwd())
     bases = {"data": data, "models": absolute_path(models_dir) if models_dir else os.path.join(data, "models")}
     parser = argparse.ArgumentParser(prog="webui-api", description="A1111-compatible Stable Diffusion API server")
-    for spec in A1111_FLAGS + EXTENSION_FLAGS + CONTROLNET_FLAGS + SERVING_FLAGS:
+    for spec in A1111_FLAGS + EXTENSION_FLAGS + CONTROLNET_FLAGS + SERVING_FLAGS + WEIGHTS_FLAGS:
         _add_flag(parser, spec, bases)
     return parser
 
@@ -292,7 +308,10 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
     data_dir, models_dir = _pre_parse_dirs(full_argv)
     parser = build_parser(data_dir, models_dir)
     args, unknown = parser.parse_known_args(full_argv)
-    return settings_from_args(args, parser), unknown
+    settings = settings_from_args(args, parser)
+    if offline_from_env(os.environ if environ is None else environ):
+        settings = replace(settings, weights_offline=True)
+    return settings, unknown
 
 
 def parse_api_auth(value: str | None) -> tuple[tuple[str, str], ...]:
@@ -383,6 +402,8 @@ def settings_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser
         batch_max_size=_at_least(1, "--batch-max-size", args.batch_max_size),
         batch_wait_ms=_at_least(0, "--batch-wait-ms", args.batch_wait_ms),
         batch_unet_rows=_at_least(0, "--batch-unet-rows", args.batch_unet_rows),
+        weights_offline=args.offline, models_mirror=args.models_mirror or None,
+        allow_unverified_weights=args.allow_unverified,
         cmd_flags=MappingProxyType(cmd_flags_from_args(args, data_dir)),
     )
 
@@ -460,10 +481,27 @@ def _configure_controlnet_logging(level_name: str | None) -> None:
         logging.getLogger(name).setLevel(level_name or "INFO")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point: parse flags, warn about unknown ones, run the server until it stops."""
+def models_main(argv: Sequence[str]) -> int:
+    """`webui-api models list|fetch ...`: the server's flags choose the folders and the fetch policy;
+    what the server parser does not know (the action and the names) goes to the subcommand."""
+    from webui_api.weights import command
+
     try:
-        settings, unknown = parse_args(sys.argv[1:] if argv is None else argv)
+        settings, rest = parse_args(argv)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    _configure_logging(settings.cmd_flags.get("loglevel"))
+    return command.run(rest, settings)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: parse flags, warn about unknown ones, run the server until it stops
+    (or run the `models` subcommand)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["models"]:
+        raise SystemExit(models_main(argv[1:]))
+    try:
+        settings, unknown = parse_args(argv)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from exc
     _configure_logging(settings.cmd_flags.get("loglevel"))

@@ -16,6 +16,7 @@ from .serving.lifecycle import Lifecycle
 from .serving.metrics import Metrics
 from .serving.result_cache import ResultCache
 from .settings import Settings
+from .weights import WeightsFetcher
 
 
 @dataclass
@@ -31,7 +32,11 @@ class Services:
     metrics: Metrics = field(default_factory=Metrics)
     # guards, result cache, audit log, lifecycle; the generation routes call its hooks
     serving: Optional[ServingHooks] = None
+    # pinned weights (built-in upscalers, face restoration, interrogate) fetched on first use
+    weights: Optional[WeightsFetcher] = None
 
     def __post_init__(self) -> None:
+        if self.weights is None:
+            self.weights = WeightsFetcher.from_settings(self.settings)
         if self.serving is None:  # built without settings for them: guards at their defaults, no cache/audit
             self.serving = ServingHooks(RequestLimits(), ResultCache(None), self.metrics, AuditLog(None), Lifecycle())

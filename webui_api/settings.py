@@ -79,6 +79,12 @@ class Settings:
     batch_wait_ms: float = 10.0  # --batch-wait-ms: how long the worker waits for batch partners
     batch_unet_rows: int = 0  # --batch-unet-rows: rows of every UNet call while batching (0: auto, see unet_rows)
 
+    # Weights fetched on first use (webui_api/weights). Off here so nothing built without the CLI
+    # (tests included) ever downloads; the CLI turns downloads on unless --offline / HF_HUB_OFFLINE=1.
+    weights_offline: bool = True  # --offline: a missing weights file is a 400 naming the fetch command
+    models_mirror: str | None = None  # --models-mirror: replaces the origin of every pinned weights URL
+    allow_unverified_weights: bool = False  # --allow-unverified: fetch files that have no pinned sha256
+
     cmd_flags: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # redacted vars(args)
 
     @property

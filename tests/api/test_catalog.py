@@ -32,9 +32,11 @@ def test_sd_models_lists_the_embedded_model(client):
 
 
 def test_empty_catalogs_have_a1111_shapes(client):
-    for route in ("sd-vae", "loras", "hypernetworks", "realesrgan-models",
-                  "extensions", "prompt-styles"):
+    for route in ("sd-vae", "loras", "hypernetworks", "extensions", "prompt-styles"):
         assert client.get(f"/sdapi/v1/{route}").json() == [], route
+    # A1111 lists its enabled Real-ESRGAN built-ins before they are downloaded
+    assert [i["name"] for i in client.get("/sdapi/v1/realesrgan-models").json()] == [
+        "R-ESRGAN 4x+", "R-ESRGAN 4x+ Anime6B"]
     assert client.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
     assert len(client.get("/sdapi/v1/latent-upscale-modes").json()) == 6
     assert client.get("/sdapi/v1/face-restorers").json() == [  # A1111 lists both, files or not

@@ -84,7 +84,8 @@ def test_a1111_hires_payload_with_denoising_zero(client):
 
 
 def test_unknown_upscaler_is_a_400(client):
-    response = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img(enable_hr=True, hr_upscaler="R-ESRGAN 4x+"))
+    # ("R-ESRGAN 4x+" is A1111's built-in: fetched on first use; tests/api/test_first_use_weights.py)
+    response = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img(enable_hr=True, hr_upscaler="4x-NoSuchModel"))
     assert response.status_code == 400
     assert "could not find upscaler named" in response.text and "Lanczos" in response.text  # lists the names
 

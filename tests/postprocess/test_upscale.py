@@ -19,13 +19,23 @@ def _noise(width: int, height: int) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
 
 
+# What a stock A1111 install lists before anything is downloaded (LDSR aside: not implemented here).
+STOCK_NAMES = ["None", "Lanczos", "Nearest", "DAT x2", "DAT x3", "DAT x4", "ESRGAN_4x", "R-ESRGAN 4x+",
+               "R-ESRGAN 4x+ Anime6B", "ScuNET GAN", "ScuNET PSNR", "SwinIR 4x"]
+X4PLUS_URL = "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth"
+
+
 def test_builtins_come_first_with_a1111_fields(tmp_path):
     catalog = UpscalerCatalog.scan(tmp_path / "models")
-    assert catalog.api_items() == [
+    assert catalog.names() == STOCK_NAMES
+    assert catalog.api_items()[:3] == [
         {"name": n, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
         for n in ("None", "Lanczos", "Nearest")
     ]
-    assert catalog.realesrgan_items() == []
+    # not downloaded yet: A1111 shows the download URL as the model path
+    assert catalog.find("R-ESRGAN 4x+").api_item() == {
+        "name": "R-ESRGAN 4x+", "model_name": None, "model_path": X4PLUS_URL, "model_url": None, "scale": 4}
+    assert [item["name"] for item in catalog.realesrgan_items()] == ["R-ESRGAN 4x+", "R-ESRGAN 4x+ Anime6B"]
 
 
 def test_files_are_listed_by_family_folder_and_flag(tmp_path):
@@ -35,14 +45,15 @@ def test_files_are_listed_by_family_folder_and_flag(tmp_path):
     elsewhere = write_esrgan(tmp_path / "swin" / "Swin.pth")
     (models / "ESRGAN" / "notes.txt").write_text("not a model")
     catalog = UpscalerCatalog.scan(models, {"swinir_models_path": str(tmp_path / "swin")})
-    items = catalog.api_items()[3:]
-    assert [(i["name"], i["model_name"], i["scale"]) for i in items] == [
+    files = {i["name"]: i for i in catalog.api_items() if i["model_path"] and not i["model_path"].startswith("http")}
+    assert [(i["name"], i["model_name"], i["scale"]) for i in files.values()] == [
         ("4x-Ultra", "ESRGAN_4x", 4), ("RealESRGAN_x2plus", None, 2), ("Swin", "SwinIR 4x", 4),
     ]
-    assert items[2]["model_path"] == str(elsewhere)
-    assert catalog.realesrgan_items() == [
-        {"name": "RealESRGAN_x2plus", "path": str(models / "RealESRGAN" / "RealESRGAN_x2plus.safetensors"), "scale": 2}
-    ]
+    assert files["Swin"]["model_path"] == str(elsewhere)
+    # a folder with files lists them instead of its built-in (ESRGAN_4x, SwinIR 4x)
+    assert "ESRGAN_4x" not in catalog.names() and "SwinIR 4x" not in catalog.names()
+    assert {"name": "RealESRGAN_x2plus", "path": str(models / "RealESRGAN" / "RealESRGAN_x2plus.safetensors"),
+            "scale": 2} in catalog.realesrgan_items()
 
 
 @pytest.mark.parametrize("stem,scale", [("4x-UltraSharp", 4), ("RealESRGAN_x2plus", 2), ("2x_foo", 2),
@@ -55,6 +66,7 @@ def test_find_is_case_insensitive_and_unknown_is_400(tmp_path):
     catalog = UpscalerCatalog.scan(tmp_path)
     assert catalog.find("lanczos").name == "Lanczos"
     assert catalog.find(None).name == "None"
+    assert catalog.find("r-esrgan 4x+").name == "R-ESRGAN 4x+"
     with pytest.raises(UnknownUpscaler) as info:
         catalog.find("4x-Missing")
     assert info.value.status_code == 400 and "4x-Missing" in info.value.detail

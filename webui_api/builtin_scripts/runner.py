@@ -18,6 +18,7 @@ from ..jobs import GenerationJob
 from ..progress import CancelToken, RunObserver
 from ..scheduler import ProgressSpec, WorkItem
 from ..styles import PromptStyle
+from ..weights.runtime import NeededWeights, job_weights, prefetch, upscaler_weights
 from .base import JobOutcome, ScriptContext, ScriptOutput, ScriptRun, progress_units
 
 
@@ -55,7 +56,7 @@ def script_context(services: Any, tab: str, options: Mapping[str, Any], styles: 
         options=options,
         styles=styles,
         checkpoints=tuple(services.engine.checkpoints()),
-        upscaler_names=tuple(UpscalerCatalog.from_settings(services.settings).names()),
+        upscaler_names=tuple(UpscalerCatalog.from_settings(services.settings, options=options).names()),
         vae_names=tuple(vae.model_name for vae in services.engine.vaes()),
         sampler_names=tuple(s.name for s in registry.implemented_samplers()),
         scheduler_labels=tuple(s.label for s in registry.SCHEDULERS),
@@ -75,6 +76,7 @@ async def run_script(
     """The txt2img / img2img response of a request that names a built-in script."""
     ctx = script_context(services, tab, options, styles)
     planned = await asyncio.to_thread(plan_script, request, ctx)
+    await prefetch(services.weights, script_weights(request, ctx, services.settings, planned))
     item = _work_item(services, tab, planned)
     output = await services.scheduler.run(item, guarded=guarded, disconnected=disconnected)
     options = planned.first_job.options
@@ -83,11 +85,26 @@ async def run_script(
     return await asyncio.to_thread(script_response, request, tab, output, options)
 
 
+def script_weights(request: Any, ctx: ScriptContext, settings: Any, planned: ScriptRun) -> NeededWeights:
+    """Pinned weights a script run needs that are known before it runs (fetched off the
+    worker): sd upscale's upscaler, the first job's hires upscaler and face restoration."""
+    from . import sd_upscale
+
+    needed = job_weights(settings, planned.first_job)
+    if str(request.script_name).lower() == sd_upscale.TITLE:
+        upscaler = sd_upscale.read_settings(request, ctx).upscaler
+        needed += upscaler_weights(settings, planned.first_job.options, [upscaler])
+    return needed
+
+
 def _work_item(services: Any, tab: str, planned: ScriptRun) -> WorkItem:
     def run(cancel: CancelToken) -> ScriptOutput:
         from ..postprocess.upscale import UpscalerCatalog
 
-        catalog = UpscalerCatalog.from_settings(services.settings, models=services.postprocess_models)
+        # run_script fetched sd upscale's upscaler before queueing; fetching here too is the
+        # safety net (the file vanished meanwhile), on the worker
+        catalog = UpscalerCatalog.from_settings(services.settings, models=services.postprocess_models,
+                                                options=planned.first_job.options, fetch=services.weights.ensure)
         worker = EngineWorker(services.engine, services.progress, cancel, planned.job_count, catalog, _faces(services))
         return planned.execute(worker)
 

@@ -1,29 +1,55 @@
-"""Image upscalers as A1111 names them: "None", "Lanczos", "Nearest" and model files.
+"""Image upscalers as A1111 names them: "None", "Lanczos", "Nearest", its built-in models and files.
 
-Model files (ESRGAN, Real-ESRGAN, SwinIR, DAT, ScuNET, ...) are loaded with spandrel, which
-detects the architecture from the weights, so one loader serves every folder. A1111 keeps one
-folder per family (models/ESRGAN, models/RealESRGAN, ...); the folder only decides the family
-label that /sdapi/v1/upscalers reports as `model_name`.
+A1111 lists its built-in upscalers by fixed names ("ESRGAN_4x", "R-ESRGAN 4x+", "SwinIR 4x",
+"ScuNET GAN", "DAT x2", ...) whether or not their weights were downloaded yet, and maps each
+name to a file in its folder (models/RealESRGAN/RealESRGAN_x4plus.pth is "R-ESRGAN 4x+"); a
+missing file is downloaded the first time the upscaler is used. The names, folders, file
+names and origins come from the pinned weights registry (webui_api.weights); the listing
+rules here are A1111's:
 
-torch and spandrel are imported inside the functions that run a model, so importing this module
-(and `webui_api`) stays light.
+* ESRGAN, SwinIR: the folder's files by file stem; the built-in ("ESRGAN_4x", "SwinIR 4x")
+  only while the folder has no model file.
+* ScuNET: files by stem, "ScuNET GAN" while there is none, "ScuNET PSNR" unless a file is
+  called so.
+* RealESRGAN and DAT: the built-ins the `realesrgan_enabled_models` / `dat_enabled_models`
+  options enable; DAT folder files by stem too. Other RealESRGAN-folder files are listed by
+  stem as well (A1111 ignores them; listing them costs nothing and keeps them usable).
+
+Every built-in name resolves even when its option hides it, and a built-in's file stem
+("RealESRGAN_x4plus") resolves to it. All entries are sorted by name after None, Lanczos,
+Nearest, as A1111 sorts `shared.sd_upscalers`.
+
+Model files are loaded with spandrel, which detects the architecture from the weights, so
+one loader serves every folder. torch and spandrel are imported inside the functions that
+run a model, so importing this module (and `webui_api`) stays light.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from PIL import Image
 
 from webui_api.errors import BadRequest
 from webui_api.postprocess.face_restore.cache import ModelKey, PostprocessModels
+from webui_api.weights.registry import UPSCALER, WeightFile, WeightsRegistry
 
 MODEL_EXTENSIONS = (".pt", ".pth", ".safetensors")
 BUILTIN_NAMES = ("None", "Lanczos", "Nearest")
 DEFAULT_SCALE = 4
+
+# Built-ins A1111 lists only while their folder holds no model file (Upscaler.find_models
+# adds the download URL only then).
+LISTED_WHEN_FOLDER_EMPTY = frozenset({"ESRGAN_4x", "SwinIR 4x", "ScuNET GAN"})
+# Folders whose built-ins an option enables, with A1111's defaults.
+ENABLED_OPTIONS: Mapping[str, tuple[str, tuple[str, ...]]] = {
+    "RealESRGAN": ("realesrgan_enabled_models", ("R-ESRGAN 4x+", "R-ESRGAN 4x+ Anime6B")),
+    "DAT": ("dat_enabled_models", ("DAT x2", "DAT x3", "DAT x4")),
+}
 
 
 @dataclass(frozen=True)
@@ -61,28 +87,52 @@ class UnusableUpscaler(BadRequest):
         super().__init__(f"cannot use upscaler file {path.name} in {path.parent}", errors=reason)
 
 
+class MissingUpscalerWeights(BadRequest):
+    """A built-in upscaler whose file was not fetched (nothing may fetch it here)."""
+
+    def __init__(self, name: str, weights: str, path: Path) -> None:
+        super().__init__(f"{name}: weights file {path.name} is not in {path.parent}; fetch it with "
+                         f'`webui-api models fetch "{weights}"` or copy the file there', errors=f"missing {path}")
+
+
 @dataclass(frozen=True)
 class UpscalerEntry:
-    """One listed upscaler; `path` is None for the PIL built-ins."""
+    """One listed upscaler; `path` is None for the PIL built-ins. A built-in model has its
+    registry name in `weights` and `path` where its file is (or will be once fetched)."""
 
     name: str
     model_name: str | None = None
     path: Path | None = None
     scale: int = DEFAULT_SCALE
     family: str | None = None
+    weights: str | None = None  # registry name of a pinned file fetched on first use
+    url: str | None = None  # its origin, shown as model_path until it is fetched (as A1111 does)
 
     @property
     def is_builtin(self) -> bool:
         return self.path is None
 
+    @property
+    def present(self) -> bool:
+        return self.path is not None and self.path.is_file()
+
+    @property
+    def needs_fetch(self) -> bool:
+        return self.weights is not None and not self.present
+
+    def _model_path(self) -> str | None:
+        if self.path is None:
+            return None
+        return self.url if self.needs_fetch and self.url else str(self.path)
+
     def api_item(self) -> dict[str, Any]:
         """A1111's UpscalerItem (model_url is always null there too)."""
-        path = None if self.path is None else str(self.path)
-        return {"name": self.name, "model_name": self.model_name, "model_path": path, "model_url": None, "scale": self.scale}
+        return {"name": self.name, "model_name": self.model_name, "model_path": self._model_path(), "model_url": None,
+                "scale": self.scale}
 
     def realesrgan_item(self) -> dict[str, Any]:
         """A1111's RealesrganItem."""
-        return {"name": self.name, "path": None if self.path is None else str(self.path), "scale": self.scale}
+        return {"name": self.name, "path": self._model_path(), "scale": self.scale}
 
 
 def scale_from_name(stem: str) -> int:
@@ -105,39 +155,102 @@ def family_folders(models_dir: Path, cmd_flags: Mapping[str, Any]) -> list[tuple
     return folders
 
 
-def scan_folder(family: UpscalerFamily, folder: Path) -> list[UpscalerEntry]:
-    """Model files in one folder, sorted by name, named by file stem like A1111's friendly_name."""
+def model_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in MODEL_EXTENSIONS)
-    return [UpscalerEntry(p.stem, family.model_name, p, scale_from_name(p.stem), family.folder) for p in files]
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in MODEL_EXTENSIONS)
+
+
+def scan_folder(family: UpscalerFamily, folder: Path) -> list[UpscalerEntry]:
+    """Model files in one folder, sorted by name, named by file stem like A1111's friendly_name."""
+    return [UpscalerEntry(p.stem, family.model_name, p, scale_from_name(p.stem), family.folder)
+            for p in model_files(folder)]
+
+
+def builtin_entry(weights: WeightFile, family: UpscalerFamily, folder: Path) -> UpscalerEntry:
+    """A registry upscaler as A1111 lists it: its fixed name, the file it is saved as."""
+    return UpscalerEntry(weights.name, family.model_name, folder / weights.filename, weights.scale or DEFAULT_SCALE,
+                         family.folder, weights.name, weights.url)
+
+
+def enabled_builtins(folder_name: str, options: Mapping[str, Any] | None) -> tuple[str, ...] | None:
+    """The built-in names an option enables for this folder; None: no option filters it."""
+    if folder_name not in ENABLED_OPTIONS:
+        return None
+    key, default = ENABLED_OPTIONS[folder_name]
+    value = (options or {}).get(key, default)
+    return tuple(str(name) for name in value or ())
+
+
+def family_entries(family: UpscalerFamily, folder: Path, builtins: list[WeightFile],
+                   options: Mapping[str, Any] | None) -> list[UpscalerEntry]:
+    """What A1111 lists for one folder (see the module docstring for the rules)."""
+    builtin_files = {w.filename.lower() for w in builtins}
+    files = scan_folder(family, folder)
+    if family.folder == "RealESRGAN":  # the built-ins stand for their own files
+        files = [e for e in files if e.path is not None and e.path.name.lower() not in builtin_files]
+    enabled = enabled_builtins(family.folder, options)
+    listed = []
+    for weights in builtins:
+        if weights.name in LISTED_WHEN_FOLDER_EMPTY and model_files(folder):
+            continue
+        if enabled is not None and weights.name not in enabled:
+            continue
+        if any(e.name == weights.name for e in files):
+            continue
+        listed.append(builtin_entry(weights, family, folder))
+    return files + listed
+
+
+def a1111_order(entries: Iterable[UpscalerEntry]) -> list[UpscalerEntry]:
+    """None, Lanczos, Nearest first, then by lower-cased name (A1111's load_upscalers sort)."""
+    return sorted(entries, key=lambda e: "" if e.is_builtin else e.name.lower())
 
 
 @dataclass
 class UpscalerCatalog:
-    """Every upscaler the server offers, in A1111's order: built-ins, then each family's files.
+    """Every upscaler the server offers, in A1111's order, plus the names that resolve
+    without being listed (`aliases`: hidden built-ins and built-in file stems).
 
     Loaded models live in `models`, the server's PostprocessModels (Services owns it), so a
     catalog rebuilt for every request (the folders may change between calls) still reuses
-    weights loaded by an earlier one. Without one, the catalog keeps its own.
+    weights loaded by an earlier one. Without one, the catalog keeps its own. `fetch`, when
+    given, downloads a built-in's missing file on first use (the routes normally fetch before
+    queueing, so this is the fallback for jobs that name an upscaler only inside a script).
     """
 
     entries: list[UpscalerEntry]
     device: str = "cpu"  # "auto" (CUDA when present) or a torch device string, like Settings.device
     models: PostprocessModels = field(default_factory=PostprocessModels, repr=False)
+    aliases: Mapping[str, UpscalerEntry] = field(default_factory=dict, repr=False)
+    fetch: Callable[[str], Path] | None = field(default=None, repr=False)
 
     @classmethod
     def scan(cls, models_dir: Path, cmd_flags: Mapping[str, Any] | None = None, device: str = "cpu",
-             models: PostprocessModels | None = None) -> UpscalerCatalog:
-        builtins = [UpscalerEntry(name) for name in BUILTIN_NAMES]
-        files = [e for fam, folder in family_folders(models_dir, cmd_flags or {}) for e in scan_folder(fam, folder)]
-        return cls(builtins + files, device, models if models is not None else PostprocessModels())
+             models: PostprocessModels | None = None, options: Mapping[str, Any] | None = None,
+             registry: WeightsRegistry | None = None) -> UpscalerCatalog:
+        registry = registry or WeightsRegistry.builtin()
+        listed: list[UpscalerEntry] = []
+        hidden: list[UpscalerEntry] = []
+        for family, folder in family_folders(models_dir, cmd_flags or {}):
+            builtins = [w for w in registry.in_folder(family.folder) if w.kind == UPSCALER]
+            shown = family_entries(family, folder, builtins, options)
+            listed += shown
+            hidden += [builtin_entry(w, family, folder) for w in builtins]
+        builtins_pil = [UpscalerEntry(name) for name in BUILTIN_NAMES]
+        return cls(builtins_pil + a1111_order(listed), device, models if models is not None else PostprocessModels(),
+                   _aliases(listed, hidden))
 
     @classmethod
-    def from_settings(cls, settings: Any, models: PostprocessModels | None = None) -> UpscalerCatalog:
+    def from_settings(cls, settings: Any, models: PostprocessModels | None = None,
+                      options: Mapping[str, Any] | None = None, registry: WeightsRegistry | None = None,
+                      fetch: Callable[[str], Path] | None = None) -> UpscalerCatalog:
         """From webui_api.settings.Settings: the models dir, the --*-models-path flags and the
-        device the models run on (the generation device, as A1111's device_esrgan defaults)."""
-        return cls.scan(Path(settings.models_dir), settings.cmd_flags, settings.device, models)
+        device the models run on (the generation device, as A1111's device_esrgan defaults);
+        `options` decide which Real-ESRGAN / DAT built-ins are listed."""
+        catalog = cls.scan(Path(settings.models_dir), settings.cmd_flags, settings.device, models, options, registry)
+        catalog.fetch = fetch
+        return catalog
 
     def names(self) -> list[str]:
         return [entry.name for entry in self.entries]
@@ -146,7 +259,8 @@ class UpscalerCatalog:
         return [entry.api_item() for entry in self.entries]
 
     def realesrgan_items(self) -> list[dict[str, Any]]:
-        """Local Real-ESRGAN files (A1111 also lists its download URLs; this server is offline)."""
+        """A1111's /realesrgan-models: the enabled Real-ESRGAN built-ins (their download URL
+        as path until fetched) and, here, other files in that folder."""
         return [e.realesrgan_item() for e in self.entries if e.family == "RealESRGAN"]
 
     def find(self, name: str | None) -> UpscalerEntry:
@@ -156,12 +270,25 @@ class UpscalerCatalog:
         for entry in self.entries:
             if entry.name.lower() == wanted:
                 return entry
+        if wanted in self.aliases:
+            return self.aliases[wanted]
         raise UnknownUpscaler(str(name), self.names())
 
+    def weights_needed(self, names: Iterable[str | None]) -> list[str]:
+        """Registry names of the built-in files these upscalers need and do not have yet
+        (unknown names raise the usual 400)."""
+        needed = [entry.weights for entry in (self.find(name) for name in names) if entry.needs_fetch]
+        return list(dict.fromkeys(n for n in needed if n is not None))
+
     def model_for(self, entry: UpscalerEntry) -> Any:
-        """The spandrel model of a file entry, loaded once per model cache."""
+        """The spandrel model of a file entry, loaded once per model cache (a built-in's
+        missing file is fetched first when the catalog may fetch)."""
         if entry.path is None:
             raise ValueError(f"{entry.name} is a built-in upscaler with no model file")
+        if entry.needs_fetch and entry.weights is not None:
+            if self.fetch is None:
+                raise MissingUpscalerWeights(entry.name, entry.weights, entry.path)
+            self.fetch(entry.weights)
         path = entry.path
         return self.models.get(ModelKey("upscaler", path, self.device), lambda: load_model(path, self.device))
 
@@ -170,6 +297,19 @@ class UpscalerCatalog:
         entry = self.find(name)
         step = builtin_step(entry.name) if entry.is_builtin else model_step(self.model_for(entry), tiling or TileSpec())
         return upscale_to_scale(image, scale, step)
+
+
+def _aliases(listed: list[UpscalerEntry], hidden: list[UpscalerEntry]) -> dict[str, UpscalerEntry]:
+    """Names that resolve without being listed: every built-in (a listed file of the same
+    name wins), a built-in under its file stem, and the built-in name of a file A1111 saved."""
+    by_path = {e.path: e for e in listed if e.path is not None}
+    aliases: dict[str, UpscalerEntry] = {}
+    for entry in hidden:
+        target = by_path.get(entry.path, entry) if entry.path is not None and entry.present else entry
+        aliases.setdefault(entry.name.lower(), target)
+        if entry.path is not None:
+            aliases.setdefault(entry.path.stem.lower(), target)
+    return aliases
 
 
 # --------------------------------------------------------------------------- running

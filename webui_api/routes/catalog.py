@@ -69,8 +69,9 @@ async def sd_vae(services: Services = Depends(get_services)) -> list[dict[str, A
 
 @router.get("/sdapi/v1/upscalers")
 async def upscalers(services: Services = Depends(get_services)) -> list[dict[str, Any]]:
-    """None/Lanczos/Nearest, then model files from A1111's upscaler folders (scanned per call)."""
-    return UpscalerCatalog.from_settings(services.settings).api_items()
+    """None/Lanczos/Nearest, then A1111's built-in upscalers and the files in its upscaler
+    folders, sorted by name (scanned per call; built-ins are fetched on first use)."""
+    return UpscalerCatalog.from_settings(services.settings, options=services.options.snapshot()).api_items()
 
 
 @router.get("/sdapi/v1/latent-upscale-modes")
@@ -106,8 +107,9 @@ async def face_restorers() -> list[dict[str, Any]]:
 
 @router.get("/sdapi/v1/realesrgan-models")
 async def realesrgan_models(services: Services = Depends(get_services)) -> list[dict[str, Any]]:
-    """Files in models/RealESRGAN (A1111 also lists download URLs; this server never downloads)."""
-    return UpscalerCatalog.from_settings(services.settings).realesrgan_items()
+    """The Real-ESRGAN built-ins `realesrgan_enabled_models` enables (their download URL as
+    path until fetched, as A1111 shows them) and other files in models/RealESRGAN."""
+    return UpscalerCatalog.from_settings(services.settings, options=services.options.snapshot()).realesrgan_items()
 
 
 @router.get("/sdapi/v1/prompt-styles")

@@ -20,6 +20,7 @@ from ..postprocess.face_restore.restorers import FaceRestorers
 from ..postprocess.upscale import TileSpec, UpscalerCatalog
 from ..scheduler import ProgressSpec, WorkItem
 from ..services import Services
+from ..weights.runtime import extras_weights, prefetch
 from . import api_router, get_services
 
 router = api_router()
@@ -85,9 +86,10 @@ async def _run(services: Services, request: ExtrasRequest, encoded: list[str],
                names: list[str] | None = None) -> tuple[list[str], str]:
     """Validate, decode, upscale on the worker, encode: (base64 images, html_info)."""
     options = services.options.snapshot()
-    catalog = UpscalerCatalog.from_settings(services.settings, services.postprocess_models)
-    faces = FaceRestorers.from_settings(services.settings, services.postprocess_models)
     params = _params(request, options)
+    await prefetch(services.weights, extras_weights(services.settings, options, params))  # first use, before queueing
+    catalog = UpscalerCatalog.from_settings(services.settings, services.postprocess_models, options)
+    faces = FaceRestorers.from_settings(services.settings, services.postprocess_models)
     check_params(params, catalog, faces)
     if str(options.get("samples_format", "png")).lower() not in SUPPORTED_FORMATS:
         raise InvalidImageFormat(str(options.get("samples_format")))

@@ -11,6 +11,7 @@ from ..batching import batch_key
 from ..errors import InvalidImageFormat, NotFound
 from ..job_builder import apply_infotext, build_img2img, build_txt2img, request_styles
 from ..jobs import GenerationJob, JobResult
+from ..output_urls import wants_urls
 from ..results import build_infotexts, build_info, encode_images
 from ..scheduler import BatchSlot, ProgressSpec, WorkItem
 from ..schemas.generation import GenerationResponse, Img2ImgRequest, Txt2ImgRequest
@@ -18,9 +19,9 @@ from ..auth import request_context
 from ..services import Services
 from ..serving.context import RequestContext
 from ..serving.hooks import job_steps
-from ..output_urls import wants_urls
 from ..styles import style_files
 from ..task_progress import create_task_id, run_tracked
+from ..weights.runtime import job_weights, prefetch
 from . import api_router, get_services
 from .disconnect import watch_disconnect
 
@@ -81,6 +82,7 @@ async def run_txt2img(
     if (cached := await services.serving.lookup("txt2img", request, options, context)) is not None:
         return cached
     job = build_txt2img(request, options, styles=styles)
+    await prefetch(services.weights, job_weights(services.settings, job))  # built-in upscaler / face weights, first use
     restorer = _face_restorer(services, job, bool(request.save_images))
     first_pass = _first_pass_sink(job, bool(request.save_images))
     item = services.serving.timed(_txt2img_item(services, job, restorer, first_pass), "txt2img", job_steps(job), context)
@@ -251,6 +253,7 @@ async def run_img2img(
     if (cached := await services.serving.lookup("img2img", request, options, context)) is not None:
         return cached
     job = await run_in_threadpool(build_img2img, request, options, None, styles)
+    await prefetch(services.weights, job_weights(services.settings, job))
     restorer = _face_restorer(services, job, bool(request.save_images))
     item = services.serving.timed(_img2img_item(services, job, restorer), "img2img", job_steps(job), context)
     result, model_info = await services.scheduler.run(item, context.priority, guarded=guarded, disconnected=disconnected)
