@@ -103,15 +103,18 @@ async def wave(port: int, args: argparse.Namespace, index: int, result: ModeResu
 def start_mode(engine, max_size: int, args: argparse.Namespace) -> tuple[ModeResult, int, object]:
     """A server for one --batch-max-size, warmed up with one request."""
     from webui_api.app import create_app
+    from dataclasses import replace
+
     from webui_api.settings import Settings
 
     port = free_port()
-    settings = Settings.for_tests(Path(tempfile.mkdtemp()), port=port, batch_max_size=max_size, batch_wait_ms=args.wait_ms)
+    base = Settings.layout(Path(tempfile.mkdtemp()))
+    settings = replace(base, port=port, batch_max_size=max_size, batch_wait_ms=args.wait_ms)
     app = create_app(settings, engine=engine)
     server, thread = start_server(app, port)
     asyncio.run(wave(port, argparse.Namespace(**{**vars(args), "clients": 1}), 99, ModeResult(max_size)))
     result = ModeResult(max_size)
-    app.state.services.scheduler.on_batch = result.batches.append  # the metrics hook, read by this script
+    app.state.runtime.scheduler.on_batch = result.batches.append  # the metrics hook, read by this script
     return result, port, (server, thread)
 
 

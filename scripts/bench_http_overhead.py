@@ -57,7 +57,7 @@ def start_server(app, port: int):
     return server, thread
 
 
-def time_engine(services, body: dict, repeats: int) -> list[float]:
+def time_engine(runtime, body: dict, repeats: int) -> list[float]:
     """The work the worker thread does for this request, called directly."""
     from webui_api.job_builder import build_txt2img
     from webui_api.progress import CancelToken
@@ -66,9 +66,9 @@ def time_engine(services, body: dict, repeats: int) -> list[float]:
     request = Txt2ImgRequest.model_validate(body)
     times = []
     for _ in range(repeats):
-        job = build_txt2img(request, services.options.snapshot())
+        job = build_txt2img(request, runtime.options.snapshot())
         started = time.perf_counter()
-        services.engine.txt2img(job, services.progress, CancelToken())
+        runtime.engine.txt2img(job, runtime.progress, CancelToken())
         times.append(time.perf_counter() - started)
     return times
 
@@ -88,22 +88,24 @@ def time_http(port: int, body: dict, repeats: int) -> list[float]:
 
 def main() -> None:
     args = parse_args()
-    from webui_api.app import build_services, create_app
+    from webui_api.app import build_runtime, create_app
     from webui_api.engine.service import Engine
+    from dataclasses import replace
+
     from webui_api.settings import Settings
 
     engine = Engine(device=args.device, dtype="auto")
     engine.load()
     data_dir = Path(tempfile.mkdtemp())
     port = free_port()
-    settings = Settings.for_tests(data_dir, port=port)
+    settings = replace(Settings.layout(data_dir), port=port)
     server, thread = start_server(create_app(settings, engine=engine), port)
     body = payload(args)
     time_http(port, body, 1)  # warm-up: first-call allocations, lazy imports
-    services = build_services(settings, engine)
+    runtime = build_runtime(settings, engine)
     engine_times, http_times = [], []
     for _ in range(args.repeats):  # interleaved, so drift in machine load hits both paths alike
-        engine_times += time_engine(services, body, 1)
+        engine_times += time_engine(runtime, body, 1)
         http_times += time_http(port, body, 1)
     server.should_exit = True
     thread.join(30)

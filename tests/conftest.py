@@ -9,6 +9,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 
+from tests.factories import settings_for_tests
+
 
 @pytest.fixture(scope="session")
 def engine():
@@ -29,14 +31,13 @@ def make_client(engine, tmp_path):
     from fastapi.testclient import TestClient
 
     from webui_api.app import create_app
-    from webui_api.settings import Settings
 
     clients = []
 
     def factory(own_engine: bool = False, **overrides):
         """own_engine: build the engine from these settings (it then scans tmp_path's model
         folders) instead of sharing the session's folder-less one."""
-        settings = Settings.for_tests(tmp_path, **overrides)
+        settings = settings_for_tests(tmp_path, **overrides)
         client = TestClient(create_app(settings, engine=None if own_engine else engine))
         client.__enter__()
         clients.append(client)

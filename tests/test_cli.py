@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.factories import settings_for_tests
 from webui_api.cli import build_parser, parse_api_auth, parse_args, redact
 
 NO_ENV: dict[str, str] = {}
@@ -133,9 +134,7 @@ def test_importing_cli_does_not_import_torch_or_fastapi():
 
 
 def test_settings_for_tests_carries_default_cmd_flags(tmp_path):
-    from webui_api.settings import Settings
-
-    settings = Settings.for_tests(tmp_path, port=1234)
+    settings = settings_for_tests(tmp_path, port=1234)
     assert settings.port == 1234
     assert settings.cmd_flags["data_dir"] == str(tmp_path.absolute())
     assert settings.cmd_flags["nowebui"] is False and settings.cmd_flags["lora_dir"].endswith("Lora")

@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
+from tests.factories import settings_for_tests
 from webui_api.errors import ApiError, BadRequest, UnknownCheckpoint, UnknownOption
 from webui_api.option_defaults import OPTION_DEFS, OPTIONS_BY_KEY, RESTRICT_API_KEYS
 from webui_api.options import OptionsStore, frozen_option_keys
-from webui_api.settings import Settings
 
 WELL_KNOWN_DEFAULTS = {
     "samples_save": True,
@@ -191,7 +191,7 @@ def test_freeze_flags_map_to_keys():
 
 
 def test_hide_ui_dir_config_silently_ignores_output_paths(tmp_path):
-    store = OptionsStore.from_settings(Settings.for_tests(tmp_path, hide_ui_dir_config=True))
+    store = OptionsStore.from_settings(settings_for_tests(tmp_path, hide_ui_dir_config=True))
     assert store.apply({"outdir_txt2img_samples": "/elsewhere", "tiling": True}) == {"tiling": (False, True)}
     assert store.get("outdir_txt2img_samples") == "outputs/txt2img-images"
 

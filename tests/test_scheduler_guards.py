@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from tests.factories import settings_for_tests
 from webui_api.progress import ProgressTracker
 from webui_api.scheduler import ClientGone, QueueFull, QueueTimeout, Scheduler, WorkItem
 
@@ -157,7 +158,7 @@ def test_txt2img_beyond_the_queue_depth_gets_503_with_retry_after(make_client):
     from tests.api.payloads import webuiapi_txt2img
 
     client = make_client(max_queue_depth=1)
-    scheduler = client.app.state.services.scheduler
+    scheduler = client.app.state.runtime.scheduler
     blocker = hold_worker(scheduler)
     thread, holder = post_in_background(client, webuiapi_txt2img())
     wait_until(lambda: scheduler.waiting_generations == 1)
@@ -174,7 +175,7 @@ def test_txt2img_queued_too_long_gets_503_and_does_not_run(make_client):
     from tests.api.payloads import webuiapi_txt2img
 
     client = make_client(queue_timeout=0.3)
-    blocker = hold_worker(client.app.state.services.scheduler)
+    blocker = hold_worker(client.app.state.runtime.scheduler)
     refused = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img())
     blocker.release.set()
     assert refused.status_code == 503 and "did not run" in refused.json()["detail"]
@@ -202,16 +203,15 @@ def test_a_real_client_that_hangs_up_while_queued_has_its_job_dropped(engine, tm
     from tests.api.payloads import webuiapi_txt2img
     from tests.test_launch import free_port
     from webui_api.app import create_app
-    from webui_api.settings import Settings
 
-    app = create_app(Settings.for_tests(tmp_path), engine=engine)
+    app = create_app(settings_for_tests(tmp_path), engine=engine)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
         wait_until(lambda: server.started)
-        scheduler = app.state.services.scheduler
+        scheduler = app.state.runtime.scheduler
         blocker = hold_worker(scheduler)
         body = json.dumps(webuiapi_txt2img()).encode()
         head = f"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"

@@ -1,6 +1,6 @@
 """create_app(settings, engine=None): the FastAPI application.
 
-The lifespan builds the services (options store, engine, scheduler, progress), starts the
+The lifespan builds the runtime (options store, engine, scheduler, progress), starts the
 worker thread and loads the model on it; one exception handler maps every error to A1111's
 body. Passing an `engine` lets tests and benchmarks share one already-built model.
 """
@@ -33,7 +33,7 @@ from .serving.hooks import ServingHooks
 from .serving.lifecycle import Lifecycle
 from .serving.metrics import Metrics
 from .serving.result_cache import ResultCache
-from .services import Services
+from .runtime import Runtime
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,37 +66,37 @@ def create_app(settings: Settings, engine: Optional[Any] = None) -> FastAPI:
 def _lifespan_for(settings: Settings, engine: Optional[Any]):
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = build_services(settings, engine)
-        app.state.services = services
-        services.scheduler.start()
+        runtime = build_runtime(settings, engine)
+        app.state.runtime = runtime
+        runtime.scheduler.start()
         if settings.skip_load_model_at_start:
-            services.serving.lifecycle.mark_loaded()  # models load on first use: ready at once
+            runtime.serving.lifecycle.mark_loaded()  # models load on first use: ready at once
         else:
-            services.scheduler.submit(WorkItem(run=lambda _: _load_startup_model(services), label="load model"))
-        runner = _start_task_runner(app, services)
+            runtime.scheduler.submit(WorkItem(run=lambda _: _load_startup_model(runtime), label="load model"))
+        runner = _start_task_runner(app, runtime)
         try:
             yield
         finally:  # graceful: refuse new work, re-queue the running task in SQLite, stop the worker
-            services.serving.lifecycle.begin_drain()
+            runtime.serving.lifecycle.begin_drain()
             await runner.stop()
-            services.scheduler.stop()
+            runtime.scheduler.stop()
 
     return lifespan
 
 
-def _start_task_runner(app: FastAPI, services: Services):
+def _start_task_runner(app: FastAPI, runtime: Runtime):
     """Async tasks (agent-scheduler routes): persisted under <data dir>/tasks, resumed at start."""
-    from .routes.tasks import TaskRunner
+    from .generation.task_runner import TaskRunner
     from .tasks import TaskStore
 
-    runner = TaskRunner(TaskStore(services.settings.data_dir / "tasks"), services)
+    runner = TaskRunner(TaskStore(runtime.settings.data_dir / "tasks"), runtime)
     app.state.task_runner = runner
-    services.metrics.track_tasks_pending(lambda: runner.store.count("pending"))
+    runtime.metrics.track_tasks_pending(lambda: runner.store.count("pending"))
     runner.start()
     return runner
 
 
-def build_services(settings: Settings, engine: Optional[Any] = None) -> Services:
+def build_runtime(settings: Settings, engine: Optional[Any] = None) -> Runtime:
     from .postprocess.previews import preview_encoder
 
     if engine is None:
@@ -117,24 +117,26 @@ def build_services(settings: Settings, engine: Optional[Any] = None) -> Services
         limits=settings.guards, metrics=metrics, audit=AuditLog(settings.audit_log), lifecycle=Lifecycle(),
         cache=ResultCache.from_settings(settings.data_dir, settings.result_cache_mb, settings.redis_url),
     )
-    return Services(settings=settings, options=options, engine=engine, scheduler=scheduler, progress=progress,
-                    metrics=metrics, serving=serving)
+    from .weights import WeightsFetcher
+
+    return Runtime(settings=settings, options=options, engine=engine, scheduler=scheduler, progress=progress,
+                   metrics=metrics, serving=serving, weights=WeightsFetcher.from_settings(settings))
 
 
-def _load_startup_model(services: Services) -> None:
+def _load_startup_model(runtime: Runtime) -> None:
     """Load the configured checkpoint (or the embedded one) and record its title in the options."""
-    wanted = services.options.get("sd_model_checkpoint")
+    wanted = runtime.options.get("sd_model_checkpoint")
     title = None
     if wanted:
         try:
-            title = services.engine.find_checkpoint(wanted).title
+            title = runtime.engine.find_checkpoint(wanted).title
         except ApiError:
             log.warning("Configured checkpoint %r not found; loading the default instead", wanted)
-    loaded = services.engine.load(title)
-    services.options.set_internal({"sd_model_checkpoint": loaded.info.title, "sd_checkpoint_hash": loaded.info.sha256 or ""})
-    services.serving.lifecycle.mark_loaded()
+    loaded = runtime.engine.load(title)
+    runtime.options.set_internal({"sd_model_checkpoint": loaded.info.title, "sd_checkpoint_hash": loaded.info.sha256 or ""})
+    runtime.serving.lifecycle.mark_loaded()
     if loaded.info.filename == "<embedded>":
-        log.warning(EMBEDDED_MODEL_WARNING, services.settings.models_dir / "Stable-diffusion")
+        log.warning(EMBEDDED_MODEL_WARNING, runtime.settings.models_dir / "Stable-diffusion")
 
 
 # errors ---------------------------------------------------------------------------------
@@ -174,10 +176,10 @@ def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _count_error(request: Request, error_type: str, status: int) -> None:
-    """errors by type in /metrics (before the lifespan built the services there is nothing to count in)."""
-    services = getattr(request.app.state, "services", None)
-    if services is not None:
-        services.metrics.count_error(error_type, status)
+    """errors by type in /metrics (before the lifespan built the runtime there is nothing to count in)."""
+    runtime = getattr(request.app.state, "runtime", None)
+    if runtime is not None:
+        runtime.metrics.count_error(error_type, status)
 
 
 def _jsonable_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -242,7 +244,7 @@ def _log_request(request: Request, status: int, duration: float) -> None:
 
 
 def _include_routes(app: FastAPI, settings: Settings) -> None:
-    from .routes import catalog, controlnet, controlnet_detect, extras, generate, health, options, progress, server, tasks
+    from .routes import catalog, controlnet, controlnet_detect, extras, generate, health, options, progress, system, tasks
     from .routes import docs, internal, job_events, openapi_responses, outputs
 
     for module in (generate, progress, options, catalog, extras, tasks, controlnet, controlnet_detect, health,
@@ -251,4 +253,4 @@ def _include_routes(app: FastAPI, settings: Settings) -> None:
     app.include_router(job_events.websocket_router)
     app.include_router(docs.build_router(app.title))
     openapi_responses.install(app)
-    app.include_router(server.build_router(settings))
+    app.include_router(system.build_router(settings))

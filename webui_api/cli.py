@@ -439,7 +439,7 @@ def cmd_flags_from_args(args: argparse.Namespace, data_dir: Path) -> dict[str, A
 
 
 def default_cmd_flags(data_dir: Path) -> dict[str, Any]:
-    """/cmd-flags of a server started with no flags but --data-dir (used by Settings.for_tests)."""
+    """/cmd-flags of a server started with no flags but --data-dir (the tests' settings use it)."""
     parser = build_parser(str(data_dir))
     args, _ = parser.parse_known_args(["--data-dir", str(data_dir)])
     return cmd_flags_from_args(args, Path(args.data_dir))
@@ -508,6 +508,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     _configure_controlnet_logging(settings.cmd_flags.get("controlnet_loglevel"))
     if unknown:
         logger.warning("ignoring unknown command-line arguments: %s", " ".join(unknown))
-    from webui_api import server  # imported late: it pulls in fastapi and the engine
+    from webui_api.serve import serve  # imported late: it pulls in fastapi and the engine
 
-    server.serve(settings)
+    serve(settings)

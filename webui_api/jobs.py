@@ -159,3 +159,6 @@ class JobResult:
     # Images appended after the generated ones without infotext (ControlNet's detected maps,
     # as the extension returns them).
     extra_images: list[Any] = field(default_factory=list)
+    # The CheckpointInfo of the model the job ran on (filled by the engine): the response's
+    # infotext and file names need it, and nobody has to load the model again to learn it.
+    model_info: Any = None

@@ -10,7 +10,7 @@ This module is pure data: no argv parsing (that is `cli.py`), no torch, no file 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -98,15 +98,6 @@ class Settings:
     def root_path(self) -> str:
         """The ASGI root path A1111 derives from --subpath ("/<subpath>"), or "" without one."""
         return f"/{self.subpath.strip('/')}" if self.subpath else ""
-
-    @classmethod
-    def for_tests(cls, data_dir: Path, **overrides: Any) -> Settings:
-        """A complete Settings rooted at `data_dir`, with A1111's folder layout and the default
-        /cmd-flags for that folder; nothing is created on disk. Overrides replace fields as given."""
-        from webui_api.cli import default_cmd_flags  # cli imports this module; import late
-
-        base = cls.layout(Path(data_dir))
-        return replace(base, cmd_flags=MappingProxyType(default_cmd_flags(Path(data_dir))), **overrides)
 
     @classmethod
     def layout(cls, data_dir: Path, models_dir: Path | None = None) -> Settings:

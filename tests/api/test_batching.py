@@ -35,8 +35,8 @@ def payloads(sampler: str) -> list[dict]:
 
 def post_concurrently(client, bodies: list[dict]) -> list[dict]:
     """Hold the worker, queue every request, then let it go: the queued jobs form one batch."""
-    services = client.app.state.services
-    blocker = hold_worker(services.scheduler)
+    runtime = client.app.state.runtime
+    blocker = hold_worker(runtime.scheduler)
     answers: list = [None] * len(bodies)
 
     def post(index: int) -> None:
@@ -46,10 +46,10 @@ def post_concurrently(client, bodies: list[dict]) -> list[dict]:
     for thread in threads:
         thread.start()
     for _ in range(200):
-        if services.scheduler.pending >= len(bodies):
+        if runtime.scheduler.pending >= len(bodies):
             break
         threading.Event().wait(0.05)
-    assert services.scheduler.pending == len(bodies), "the requests never queued"
+    assert runtime.scheduler.pending == len(bodies), "the requests never queued"
     blocker.release.set()
     for thread in threads:
         thread.join(60)
@@ -61,7 +61,7 @@ def post_concurrently(client, bodies: list[dict]) -> list[dict]:
 def test_batched_requests_answer_the_bytes_they_get_alone(make_client, one_thread, sampler):
     batches = []
     client = make_client(batch_max_size=4)
-    client.app.state.services.scheduler.on_batch = batches.append
+    client.app.state.runtime.scheduler.on_batch = batches.append
     merged = post_concurrently(client, payloads(sampler))
     assert batches == [3]
     alone = [client.post("/sdapi/v1/txt2img", json=body).json() for body in payloads(sampler)]
@@ -74,7 +74,7 @@ def test_batched_requests_answer_the_bytes_they_get_alone(make_client, one_threa
 def test_different_steps_are_never_batched(make_client, one_thread):
     batches = []
     client = make_client(batch_max_size=4)
-    client.app.state.services.scheduler.on_batch = batches.append
+    client.app.state.runtime.scheduler.on_batch = batches.append
     bodies = [webuiapi_txt2img(seed=1, steps=3), webuiapi_txt2img(seed=2, steps=4), webuiapi_txt2img(seed=3, steps=3)]
     answers = post_concurrently(client, bodies)
     assert batches == [2]
@@ -97,8 +97,8 @@ def test_batching_off_is_the_plain_pipeline(make_client, engine, one_thread):
     client = make_client(batch_max_size=1)
     body = webuiapi_txt2img(seed=21)
     answer = client.post("/sdapi/v1/txt2img", json=body).json()
-    services = client.app.state.services
-    job = build_txt2img(Txt2ImgRequest(**body), services.options.with_overrides({}))
+    runtime = client.app.state.runtime
+    job = build_txt2img(Txt2ImgRequest(**body), runtime.options.with_overrides({}))
     direct = engine.txt2img(job, RecordingObserver(), CancelToken())  # no unet_rows: the plain pipeline
     served = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["images"][0]))).convert("RGB"))
     assert np.array_equal(served, np.asarray(direct.images[0].image.convert("RGB")))

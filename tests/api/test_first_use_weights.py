@@ -35,8 +35,8 @@ def aiyabot_upscale(upscaler: str = "R-ESRGAN 4x+", **extra: object) -> dict[str
 
 def online(client, registry: WeightsRegistry, mirror: str) -> None:
     """Let the test app download from `mirror`, expecting the digests of `registry`."""
-    services = client.app.state.services
-    services.weights = WeightsFetcher(registry, WeightFolders.from_settings(services.settings),
+    runtime = client.app.state.runtime
+    runtime.weights = WeightsFetcher(registry, WeightFolders.from_settings(runtime.settings),
                                       FetchPolicy(offline=False, mirror=mirror))
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.engine.ldm_checkpoints import build_networks, kohya_sd1_lora, tiny_vae, write_checkpoint, write_vae
+from tests.factories import settings_for_tests
 
 SMALL = {"prompt": "a cat", "steps": 2, "width": 64, "height": 64, "seed": 3}
 
@@ -54,9 +55,8 @@ def folder_client(data_dir):
     from fastapi.testclient import TestClient
 
     from webui_api.app import create_app
-    from webui_api.settings import Settings
 
-    settings = Settings.for_tests(data_dir, device="cpu", dtype="float32")
+    settings = settings_for_tests(data_dir, device="cpu", dtype="float32")
     with TestClient(create_app(settings)) as client:
         client.post("/sdapi/v1/refresh-vae")  # queued behind the startup load: returns once it is done
         yield client

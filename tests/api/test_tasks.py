@@ -51,7 +51,7 @@ def test_unknown_task_is_success_false_with_http_200(client):
 
 
 def test_queue_listing_positions_and_deleting_a_pending_task(client):
-    blocker = hold_worker(client.app.state.services.scheduler)  # keeps the first task from finishing
+    blocker = hold_worker(client.app.state.runtime.scheduler)  # keeps the first task from finishing
     ids = [client.post(f"{PREFIX}/queue/txt2img", json=webuiapi_txt2img(seed=i, steps=2)).json()["task_id"] for i in range(3)]
     try:
         wait_for_status(client, ids[0], wanted=("running",))
@@ -69,7 +69,7 @@ def test_queue_listing_positions_and_deleting_a_pending_task(client):
 
 
 def test_deleting_the_running_task_interrupts_it_and_the_next_one_runs(client):
-    blocker = hold_worker(client.app.state.services.scheduler)  # the task waits in the device queue
+    blocker = hold_worker(client.app.state.runtime.scheduler)  # the task waits in the device queue
     first = client.post(f"{PREFIX}/queue/txt2img", json=webuiapi_txt2img(steps=2)).json()["task_id"]
     second = client.post(f"{PREFIX}/queue/txt2img", json=webuiapi_txt2img(steps=2)).json()["task_id"]
     wait_for_status(client, first, wanted=("running",))

@@ -39,7 +39,7 @@ def parse_sse(text: str) -> list[tuple[str, dict]]:
 
 
 def test_task_events_stream_status_and_progress_until_done(client):
-    blocker = hold_worker(client.app.state.services.scheduler)
+    blocker = hold_worker(client.app.state.runtime.scheduler)
     task_id = client.post(f"{PREFIX}/queue/txt2img", json=webuiapi_txt2img(steps=6)).json()["task_id"]
     wait_for_status(client, task_id, wanted=("running",))
     blocker.release.set()
@@ -64,7 +64,7 @@ def test_events_of_a_finished_or_unknown_task(client):
 
 def test_a_high_tier_task_runs_before_normal_ones(make_client, keys_file):
     client = make_client(api_keys_file=keys_file, api_auth=(("carol", "pw"),))
-    blocker = hold_worker(client.app.state.services.scheduler)
+    blocker = hold_worker(client.app.state.runtime.scheduler)
     carol = {"Authorization": "Basic Y2Fyb2w6cHc="}
     try:
         client.post(f"{PREFIX}/queue/txt2img", json=webuiapi_txt2img(steps=1), headers=carol).json()["task_id"]

@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from tests.factories import settings_for_tests
+
 webuiapi = pytest.importorskip("webuiapi")
 
 
@@ -22,10 +24,9 @@ def live_server(engine, tmp_path):
     import uvicorn
 
     from webui_api.app import create_app
-    from webui_api.settings import Settings
 
     port = free_port()
-    settings = Settings.for_tests(tmp_path, port=port, api_auth=(("user", "pass"),))
+    settings = settings_for_tests(tmp_path, port=port, api_auth=(("user", "pass"),))
     server = uvicorn.Server(uvicorn.Config(create_app(settings, engine=engine), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

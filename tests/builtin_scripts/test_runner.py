@@ -9,7 +9,8 @@ from typing import Any
 
 from tests.api.payloads import a1111_img2img_payload, a1111_test_payload
 from tests.api.test_img2img import gradient, png_b64
-from webui_api.builtin_scripts.runner import run_script
+from tests.factories import settings_for_tests
+from webui_api.generation.scripts import run_script
 from webui_api.progress import CancelToken
 from webui_api.schemas.generation import Img2ImgRequest, Txt2ImgRequest
 
@@ -42,26 +43,28 @@ class InlineScheduler:
 
 
 @dataclass
-class FakeServices:
+class FakeRuntime:
     settings: Any
     engine: Any
     options: Any
     scheduler: InlineScheduler = field(default_factory=InlineScheduler)
     progress: RecordingProgress = field(default_factory=RecordingProgress)
     postprocess_models: Any = None
+    weights: Any = None  # a WeightsFetcher (nothing to fetch: the scripts here use no pinned weights)
 
 
-def services_for(engine, tmp_path) -> FakeServices:
+def runtime_for(engine, tmp_path) -> FakeRuntime:
     from webui_api.options import OptionsStore
-    from webui_api.settings import Settings
+    from webui_api.weights import WeightsFetcher
 
-    settings = Settings.for_tests(tmp_path)
-    return FakeServices(settings, engine, OptionsStore(settings.data_dir / "config.json"))
+    settings = settings_for_tests(tmp_path)
+    return FakeRuntime(settings, engine, OptionsStore(settings.data_dir / "config.json"),
+                       weights=WeightsFetcher.from_settings(settings))
 
 
-def run(services: FakeServices, request: Any, tab: str) -> dict[str, Any]:
-    options = services.options.snapshot()
-    return asyncio.run(run_script(request, tab, options, [], services))
+def run(runtime: FakeRuntime, request: Any, tab: str) -> dict[str, Any]:
+    options = runtime.options.snapshot()
+    return asyncio.run(run_script(request, tab, options, [], runtime))
 
 
 def finished_batches(progress: RecordingProgress) -> list[int]:
@@ -69,30 +72,30 @@ def finished_batches(progress: RecordingProgress) -> list[int]:
 
 
 def test_prompts_from_file_counts_every_line_batch(engine, tmp_path):
-    services = services_for(engine, tmp_path)
+    runtime = runtime_for(engine, tmp_path)
     request = Txt2ImgRequest.model_validate(a1111_test_payload(
         script_name="prompts from file or textbox", script_args=[False, False, "start", "a\n--prompt b --n_iter 2"],
         steps=1, width=32, height=32, n_iter=1,
     ))
-    body = run(services, request, "txt2img")
+    body = run(runtime, request, "txt2img")
     assert len(body["images"]) == 3
-    [item] = services.scheduler.items
+    [item] = runtime.scheduler.items
     assert item.progress.job == "scripts_txt2img" and item.progress.job_count == 3
-    assert finished_batches(services.progress) == [0, 1, 2]
-    assert {count for kind, _, count in services.progress.calls if kind == "start"} == {3}
+    assert finished_batches(runtime.progress) == [0, 1, 2]
+    assert {count for kind, _, count in runtime.progress.calls if kind == "start"} == {3}
 
 
 def test_sd_upscale_counts_tile_batches(engine, tmp_path):
-    services = services_for(engine, tmp_path)
+    runtime = runtime_for(engine, tmp_path)
     request = Img2ImgRequest.model_validate(a1111_img2img_payload(
         init_images=[png_b64(gradient())], script_name="sd upscale", script_args=["", 8, "Lanczos", 2.0],
         batch_size=4, steps=1,
     ))
-    body = run(services, request, "img2img")
+    body = run(runtime, request, "img2img")
     assert len(body["images"]) == 1
-    [item] = services.scheduler.items
+    [item] = runtime.scheduler.items
     assert item.progress.job == "scripts_img2img" and item.progress.job_count == 3  # 9 tiles, 4 per batch
-    assert finished_batches(services.progress) == [0, 1, 2]
+    assert finished_batches(runtime.progress) == [0, 1, 2]
 
 
 def test_hires_jobs_count_two_progress_units_per_batch():

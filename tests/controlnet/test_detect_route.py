@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from tests.api.test_webuiapi_client import live_server  # noqa: F401 (fixture)
+from tests.factories import settings_for_tests
 
 
 def _png_b64(pixels: np.ndarray) -> str:
@@ -93,11 +94,10 @@ def test_detect_honours_the_annotator_path_flag(engine, tmp_path):
 
     from tests.controlnet.annotator_files import write_hed
     from webui_api.app import create_app
-    from webui_api.settings import Settings
 
     folder = tmp_path / "elsewhere"
     write_hed(folder)
-    base = Settings.for_tests(tmp_path)
+    base = settings_for_tests(tmp_path)
     flags = MappingProxyType({**base.cmd_flags, "controlnet_annotator_models_path": str(folder)})
     payload = {"controlnet_module": "softedge_hed", "controlnet_input_images": [_png_b64(_square())],
                "controlnet_processor_res": 64}

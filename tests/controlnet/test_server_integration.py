@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.factories import settings_for_tests
 from webui_api.controlnet.preprocessors import AnnotatorCache
 from webui_api.controlnet.units import ControlUnit
 from webui_api.engine.control import prepare_controls
@@ -46,10 +47,9 @@ def cn_live_server(cn_engine, tmp_path):
 
     from tests.api.test_webuiapi_client import free_port
     from webui_api.app import create_app
-    from webui_api.settings import Settings
 
     port = free_port()
-    settings = Settings.for_tests(tmp_path, port=port)
+    settings = settings_for_tests(tmp_path, port=port)
     server = uvicorn.Server(uvicorn.Config(create_app(settings, engine=cn_engine), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -110,7 +110,7 @@ def test_extension_options_are_listed_settable_and_overridable_per_job(cn_client
 
 
 def test_model_cache_size_option_bounds_the_loaded_networks(cn_client):
-    library = cn_client.app.state.services.engine.controlnets
+    library = cn_client.app.state.runtime.engine.controlnets
     for model in ("tiny_canny", "tiny_depth"):
         unit = canny_unit(model=model, module="none")
         payload = {**PAYLOAD, "override_settings": {"control_net_model_cache_size": 1},
@@ -204,7 +204,7 @@ def test_detect_and_generation_share_the_engines_cache_and_unload_clears_it(make
     shutil.copytree(controlnet_dir, tmp_path / "models" / "ControlNet")
     shutil.copytree(lineart_annotators, tmp_path / "models" / "ControlNetAnnotators")
     client = make_client(own_engine=True)
-    engine = client.app.state.services.engine
+    engine = client.app.state.runtime.engine
     engine.controlnets.annotators = CountingCache()
     detect = {"controlnet_module": "lineart_realistic", "controlnet_input_images": [b64_png(pattern_image())],
               "controlnet_processor_res": 64}

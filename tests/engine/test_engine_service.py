@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tests.engine.helpers import RecordingObserver, make_job
+from tests.factories import settings_for_tests
 from webui_api.engine.models import EMBEDDED_MODEL_NAME
 from webui_api.engine.service import Engine, resolve_dtype
 from webui_api.errors import UnknownCheckpoint
@@ -241,9 +242,7 @@ def test_no_hashing_keeps_titles_without_hash(model_dirs, tmp_path):
 
 
 def test_from_settings_reads_folders_and_flags(tmp_path):
-    from webui_api.settings import Settings
-
-    settings = Settings.for_tests(tmp_path, device="cpu", dtype="float32", no_half_vae=True, vae_dir=tmp_path / "extra-vae")
+    settings = settings_for_tests(tmp_path, device="cpu", dtype="float32", no_half_vae=True, vae_dir=tmp_path / "extra-vae")
     settings = replace(settings, cmd_flags={**settings.cmd_flags, "disable_safe_unpickle": True})
     engine = Engine.from_settings(settings)
     assert engine.paths.ckpt_dirs == (tmp_path / "models" / "Stable-diffusion",)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.factories import settings_for_tests
 from webui_api.engine.loading.discovery import (
     ModelPaths,
     checkpoint_files,
@@ -20,7 +21,6 @@ from webui_api.engine.loading.discovery import (
 )
 from webui_api.engine.loading.hashes import ADDNET_SECTION, HashCache, addnet_hash, legacy_model_hash, sha256_of_file
 from webui_api.engine.models import CheckpointInfo
-from webui_api.settings import Settings
 
 
 def _file(path: Path, size: int = 64, byte: int = 1) -> Path:
@@ -32,7 +32,7 @@ def _file(path: Path, size: int = 64, byte: int = 1) -> Path:
 @pytest.fixture()
 def layout(tmp_path):
     """An A1111 data folder with checkpoints (one in a subfolder), VAEs, LoRAs, embeddings."""
-    settings = Settings.for_tests(tmp_path)
+    settings = settings_for_tests(tmp_path)
     sd = tmp_path / "models" / "Stable-diffusion"
     for name in ("model10.safetensors", "model2.ckpt", "sub/Anime.safetensors", "notes.txt", ".hidden/x.safetensors"):
         _file(sd / name)

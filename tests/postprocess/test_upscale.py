@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.factories import settings_for_tests
 from webui_api.postprocess.upscale import (
     TileSpec, UnknownUpscaler, UnusableUpscaler, UpscalerCatalog, load_model, run_model_tiled, scale_from_name, tile_origins,
     upscale_to_scale, builtin_step,
@@ -139,10 +140,8 @@ def test_models_are_loaded_once_per_catalog(tmp_path):
 
 
 def test_catalog_takes_the_device_from_settings(tmp_path):
-    from webui_api.settings import Settings
-
     write_esrgan(tmp_path / "models" / "ESRGAN" / "a.pth", scale=1)
-    catalog = UpscalerCatalog.from_settings(Settings.for_tests(tmp_path, device="cpu"))
+    catalog = UpscalerCatalog.from_settings(settings_for_tests(tmp_path, device="cpu"))
     assert catalog.device == "cpu"
     assert str(catalog.model_for(catalog.find("a")).device) == "cpu"
     with pytest.raises(ValueError, match="device"):

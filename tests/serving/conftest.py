@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from tests.factories import settings_for_tests
+
 REDIS_MISSING = "redis-server is not installed here (CI installs the Debian package redis-server in .ci/run)"
 
 
@@ -95,13 +97,12 @@ def spy_client(engine, tmp_path):
     from fastapi.testclient import TestClient
 
     from webui_api.app import create_app
-    from webui_api.settings import Settings
 
     opened = []
 
     def factory(**overrides):
         spy = EngineSpy(engine)
-        client = TestClient(create_app(Settings.for_tests(tmp_path, **overrides), engine=spy))
+        client = TestClient(create_app(settings_for_tests(tmp_path, **overrides), engine=spy))
         client.__enter__()
         opened.append(client)
         return client, spy

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from tests.factories import settings_for_tests
 from tests.serving.conftest import bearer
 from webui_api.serving.context import effective_priority
 from webui_api.serving.keys import Caller, KeyFileError, load_keys
@@ -117,9 +118,8 @@ def test_a_bad_priority_header_is_a_400(client):
 
 def test_a_bad_keys_file_fails_app_creation(tmp_path):
     from webui_api.app import create_app
-    from webui_api.settings import Settings
 
     path = tmp_path / "keys.yaml"
     path.write_text("keys:\n  - name: x\n")
     with pytest.raises(KeyFileError, match="exactly one of"):
-        create_app(Settings.for_tests(tmp_path, api_keys_file=path))
+        create_app(settings_for_tests(tmp_path, api_keys_file=path))

@@ -28,7 +28,7 @@ def test_health_and_ready(client):
 
 
 def test_not_ready_and_no_intake_while_draining(client):
-    client.app.state.services.serving.lifecycle.begin_drain()
+    client.app.state.runtime.serving.lifecycle.begin_drain()
     ready = client.get("/ready")
     assert ready.status_code == 503 and ready.json()["shutting_down"] is True
     refused = client.post("/sdapi/v1/txt2img", json=FIXED)
@@ -61,7 +61,7 @@ def test_metrics_after_generations_errors_and_cache(make_client):
 
 
 def test_batch_size_is_observable_by_the_batching_code(client):
-    metrics = client.app.state.services.metrics
+    metrics = client.app.state.runtime.metrics
     metrics.observe_batch(3)
     assert metric(client.get("/metrics").text, "webui_api_batch_size_count") == 1
 
@@ -106,7 +106,7 @@ def test_a_stop_signal_starts_draining_before_uvicorn_stops(client):
 
     import uvicorn
 
-    from webui_api.server import _draining_server_class, begin_drain
+    from webui_api.serve import _draining_server_class, begin_drain
 
     calls = []
     server = _draining_server_class(uvicorn.Server)(uvicorn.Config(client.app), on_exit=lambda: calls.append("drain"))

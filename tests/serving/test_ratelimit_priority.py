@@ -60,7 +60,7 @@ def test_redis_rate_limit_through_the_api(make_client, keys_file, redis_url):
 
 def test_a_high_tier_key_overtakes_a_low_tier_key_in_the_queue(spy_client, keys_file):
     client, spy = spy_client(api_keys_file=keys_file)
-    blocker = hold_worker(client.app.state.services.scheduler)
+    blocker = hold_worker(client.app.state.runtime.scheduler)
     answers = {}
 
     def send(name, secret):
@@ -69,10 +69,10 @@ def test_a_high_tier_key_overtakes_a_low_tier_key_in_the_queue(spy_client, keys_
 
     low = threading.Thread(target=send, args=("low", "bob-secret-key"))
     low.start()
-    _wait_until(lambda: client.app.state.services.scheduler.waiting_generations == 1)
+    _wait_until(lambda: client.app.state.runtime.scheduler.waiting_generations == 1)
     high = threading.Thread(target=send, args=("high", "alice-secret-key"))
     high.start()
-    _wait_until(lambda: client.app.state.services.scheduler.waiting_generations == 2)
+    _wait_until(lambda: client.app.state.runtime.scheduler.waiting_generations == 2)
     blocker.release.set()
     low.join(60)
     high.join(60)

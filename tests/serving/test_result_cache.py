@@ -112,7 +112,7 @@ def test_redis_backed_cache_through_the_api(spy_client, redis_url):
     second = client.post("/sdapi/v1/txt2img", json=FIXED)
     assert (first.headers["X-Cache"], second.headers["X-Cache"]) == ("miss", "hit")
     assert first.content == second.content and spy.calls == ["txt2img"]
-    assert isinstance(client.app.state.services.serving.cache.store, RedisResultStore)
+    assert isinstance(client.app.state.runtime.serving.cache.store, RedisResultStore)
 
 
 def test_an_unreachable_redis_is_a_miss_not_an_error(spy_client):

@@ -27,7 +27,7 @@ class ScriptContext:
 
     tab: str  # "txt2img" or "img2img"
     options: Mapping[str, Any]  # the request's per-job options (override_settings applied)
-    styles: Sequence[PromptStyle]  # the styles the request needed (see routes.generate._prepare)
+    styles: Sequence[PromptStyle]  # the styles the request needed (see webui_api.generation.prepare)
     checkpoints: Sequence[Any] = ()  # engine CheckpointInfo entries, in A1111's order
     upscaler_names: Sequence[str] = ("None", "Lanczos", "Nearest")  # /sdapi/v1/upscalers order
     vae_names: Sequence[str] = ()

@@ -1,22 +1,19 @@
-"""Run a request's `script_name` script: plan off the event loop, run as ONE work item, answer.
+"""A request's `script_name` script: its plan, the worker that runs its jobs on the engine,
+its saved files and its response body.
 
-The whole script is one entry of the scheduler's queue (one slot against the queue-depth
-limit, one /progress job whose job_count is the script's total batch count), so a 25-cell
-x/y/z plot cannot be overtaken half-way by other requests, just as A1111 holds its queue lock
-for the whole script.
+Queueing the script (one work item for all its jobs) is the generation layer's
+(webui_api.generation.scripts); this module knows nothing of the queue or of HTTP.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import NotImplementedFeature
 from ..jobs import GenerationJob
 from ..progress import CancelToken, RunObserver
-from ..scheduler import ProgressSpec, WorkItem
 from ..styles import PromptStyle
 from ..weights.runtime import NeededWeights, job_weights, prefetch, upscaler_weights
 from .base import JobOutcome, ScriptContext, ScriptOutput, ScriptRun, progress_units
@@ -43,7 +40,7 @@ def plan_script(request: Any, ctx: ScriptContext) -> ScriptRun:
     return _planners()[request.script_name.lower()](request, ctx)
 
 
-def script_context(services: Any, tab: str, options: Mapping[str, Any], styles: Sequence[PromptStyle]) -> ScriptContext:
+def script_context(runtime: Any, tab: str, options: Mapping[str, Any], styles: Sequence[PromptStyle]) -> ScriptContext:
     """The catalogs a script may consult, read now (the engine's catalog readers are safe off
     the worker thread)."""
     from samplers import registry
@@ -55,34 +52,13 @@ def script_context(services: Any, tab: str, options: Mapping[str, Any], styles: 
         tab=tab,
         options=options,
         styles=styles,
-        checkpoints=tuple(services.engine.checkpoints()),
-        upscaler_names=tuple(UpscalerCatalog.from_settings(services.settings, options=options).names()),
-        vae_names=tuple(vae.model_name for vae in services.engine.vaes()),
+        checkpoints=tuple(runtime.engine.checkpoints()),
+        upscaler_names=tuple(UpscalerCatalog.from_settings(runtime.settings, options=options).names()),
+        vae_names=tuple(vae.model_name for vae in runtime.engine.vaes()),
         sampler_names=tuple(s.name for s in registry.implemented_samplers()),
         scheduler_labels=tuple(s.label for s in registry.SCHEDULERS),
-        all_styles=lambda: read_styles(style_files(services.settings)),
+        all_styles=lambda: read_styles(style_files(runtime.settings)),
     )
-
-
-async def run_script(
-    request: Any,
-    tab: str,
-    options: Mapping[str, Any],
-    styles: Sequence[PromptStyle],
-    services: Any,
-    disconnected: Optional[Callable[[], Awaitable[bool]]] = None,
-    guarded: bool = True,
-) -> dict[str, Any]:
-    """The txt2img / img2img response of a request that names a built-in script."""
-    ctx = script_context(services, tab, options, styles)
-    planned = await asyncio.to_thread(plan_script, request, ctx)
-    await prefetch(services.weights, script_weights(request, ctx, services.settings, planned))
-    item = _work_item(services, tab, planned)
-    output = await services.scheduler.run(item, guarded=guarded, disconnected=disconnected)
-    options = planned.first_job.options
-    if request.save_images:
-        await asyncio.to_thread(save_outputs, output, tab, options, services.settings.data_dir)
-    return await asyncio.to_thread(script_response, request, tab, output, options)
 
 
 def script_weights(request: Any, ctx: ScriptContext, settings: Any, planned: ScriptRun) -> NeededWeights:
@@ -95,33 +71,6 @@ def script_weights(request: Any, ctx: ScriptContext, settings: Any, planned: Scr
         upscaler = sd_upscale.read_settings(request, ctx).upscaler
         needed += upscaler_weights(settings, planned.first_job.options, [upscaler])
     return needed
-
-
-def _work_item(services: Any, tab: str, planned: ScriptRun) -> WorkItem:
-    def run(cancel: CancelToken) -> ScriptOutput:
-        from ..postprocess.upscale import UpscalerCatalog
-
-        # run_script fetched sd upscale's upscaler before queueing; fetching here too is the
-        # safety net (the file vanished meanwhile), on the worker
-        catalog = UpscalerCatalog.from_settings(services.settings, models=services.postprocess_models,
-                                                options=planned.first_job.options, fetch=services.weights.ensure)
-        worker = EngineWorker(services.engine, services.progress, cancel, planned.job_count, catalog, _faces(services))
-        return planned.execute(worker)
-
-    first = planned.first_job
-    spec = ProgressSpec(f"scripts_{tab}", planned.job_count, first.job_timestamp, first.preview_every_n_steps)
-    return WorkItem(run=run, label=f"{tab} script", progress=spec)
-
-
-def _faces(services: Any) -> Callable[[GenerationJob], Any]:
-    """A script's jobs (prompts-from-file lines, x/y/z cells) may each ask for restore_faces;
-    the restorer is resolved per job, as the generation routes do."""
-    from ..postprocess.face_restore.restorers import job_restorer
-
-    def restorer_for(job: GenerationJob) -> Any:
-        return job_restorer(services.settings, services.postprocess_models, job.options) if job.restore_faces else None
-
-    return restorer_for
 
 
 @dataclass
@@ -160,12 +109,11 @@ class EngineWorker:
         return self.cancel.interrupted
 
     def run(self, job: GenerationJob) -> JobOutcome:
-        model = self.engine.load(job.model_title)
         observer = OffsetObserver(self.progress, self.batches_done, self.total)
         generate = self.engine.img2img if job.kind == "img2img" else self.engine.txt2img
         result = generate(job, observer, self.cancel, restore_faces=self.restorer_for(job))
         self.batches_done += progress_units(job)
-        return JobOutcome(job, result, model.info)
+        return JobOutcome(job, result, result.model_info)
 
     def upscale(self, image: Any, upscaler: str, scale: float) -> Any:
         return self.catalog.upscale(image, upscaler, scale)
@@ -207,14 +155,14 @@ def save_outputs(output: ScriptOutput, tab: str, options: Mapping[str, Any], dat
         save_image(out.image, grids if out.grid else samples, facts, out.infotext if out.embed else None, options, data_dir)
 
 
-def script_infos(services: Any) -> list[dict[str, Any]]:
+def script_infos(runtime: Any) -> list[dict[str, Any]]:
     """/sdapi/v1/script-info: every catalog script per tab (txt2img's first, as A1111 lists
     them) with its arguments; scripts without a spec here (extensions) list no arguments."""
     from ..script_catalog import SCRIPTS, TABS
 
     entries = []
     for tab in TABS:
-        ctx = script_context(services, tab, services.options.snapshot(), ())
+        ctx = script_context(runtime, tab, runtime.options.snapshot(), ())
         for script in SCRIPTS:
             if tab in script.tabs:
                 entries.append({

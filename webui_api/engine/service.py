@@ -630,10 +630,13 @@ class Engine:
         finally:
             padding.restore()
             networks.restore()
-        return [self._finish(result, job, networks.mentioned(), choice) for result, job in zip(results, jobs)]
+        return [self._finish(result, job, networks.mentioned(), choice, model) for result, job in zip(results, jobs)]
 
-    def _finish(self, result: JobResult, job: GenerationJob, networks: list[LoadedNetwork], choice: VaeChoice) -> JobResult:
-        """Infotext facts of a finished job: prompts with their tags, LoRA hashes, the VAE."""
+    def _finish(
+        self, result: JobResult, job: GenerationJob, networks: list[LoadedNetwork], choice: VaeChoice, model: LoadedModel,
+    ) -> JobResult:
+        """Infotext facts of a finished job: prompts with their tags, LoRA hashes, the VAE, the model."""
+        result.model_info = model.info
         for index, image in enumerate(result.images):
             image.prompt = job.prompts[index]
         result.extra_generation_params.update(self.lora_infotext(networks, job.options))
@@ -671,7 +674,7 @@ class Engine:
             padding.restore()
         if restore_faces is not None:
             restore_result_faces(result, job, restore_faces)
-        self._finish(result, job, networks.mentioned(), choice)
+        self._finish(result, job, networks.mentioned(), choice, model)
         controls.finish(result, job.options)
         return result
 

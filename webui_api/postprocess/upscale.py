@@ -212,7 +212,7 @@ class UpscalerCatalog:
     """Every upscaler the server offers, in A1111's order, plus the names that resolve
     without being listed (`aliases`: hidden built-ins and built-in file stems).
 
-    Loaded models live in `models`, the server's PostprocessModels (Services owns it), so a
+    Loaded models live in `models`, the server's PostprocessModels (Runtime owns it), so a
     catalog rebuilt for every request (the folders may change between calls) still reuses
     weights loaded by an earlier one. Without one, the catalog keeps its own. `fetch`, when
     given, downloads a built-in's missing file on first use (the routes normally fetch before

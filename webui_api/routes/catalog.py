@@ -13,9 +13,9 @@ from fastapi import Depends
 
 from ..postprocess.upscale import UpscalerCatalog
 from ..scheduler import WorkItem
-from ..services import Services
+from ..runtime import Runtime
 from ..styles import read_styles
-from . import api_router, get_services
+from . import api_router, get_runtime
 
 router = api_router()
 
@@ -56,22 +56,22 @@ async def schedulers() -> list[dict[str, Any]]:
 
 
 @router.get("/sdapi/v1/sd-models")
-async def sd_models(services: Services = Depends(get_services)) -> list[dict[str, Any]]:
+async def sd_models(runtime: Runtime = Depends(get_runtime)) -> list[dict[str, Any]]:
     """A1111's six fields per checkpoint; `hash`/`sha256` are null until a file is hashed."""
-    return [info.api_item() for info in services.engine.checkpoints()]
+    return [info.api_item() for info in runtime.engine.checkpoints()]
 
 
 @router.get("/sdapi/v1/sd-vae")
-async def sd_vae(services: Services = Depends(get_services)) -> list[dict[str, Any]]:
+async def sd_vae(runtime: Runtime = Depends(get_runtime)) -> list[dict[str, Any]]:
     """VAE files by name ("Automatic" and "None" are option values, not listed, as in A1111)."""
-    return [vae.api_item() for vae in services.engine.vaes()]
+    return [vae.api_item() for vae in runtime.engine.vaes()]
 
 
 @router.get("/sdapi/v1/upscalers")
-async def upscalers(services: Services = Depends(get_services)) -> list[dict[str, Any]]:
+async def upscalers(runtime: Runtime = Depends(get_runtime)) -> list[dict[str, Any]]:
     """None/Lanczos/Nearest, then A1111's built-in upscalers and the files in its upscaler
     folders, sorted by name (scanned per call; built-ins are fetched on first use)."""
-    return UpscalerCatalog.from_settings(services.settings, options=services.options.snapshot()).api_items()
+    return UpscalerCatalog.from_settings(runtime.settings, options=runtime.options.snapshot()).api_items()
 
 
 @router.get("/sdapi/v1/latent-upscale-modes")
@@ -80,15 +80,15 @@ async def latent_upscale_modes() -> list[dict[str, Any]]:
 
 
 @router.get("/sdapi/v1/embeddings")
-async def embeddings(services: Services = Depends(get_services)) -> dict[str, Any]:
+async def embeddings(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
     """Textual inversions that fit the loaded model ("loaded") and those that do not."""
-    return services.engine.embeddings_listing()
+    return runtime.engine.embeddings_listing()
 
 
 @router.get("/sdapi/v1/loras")
-async def loras(services: Services = Depends(get_services)) -> list[dict[str, Any]]:
+async def loras(runtime: Runtime = Depends(get_runtime)) -> list[dict[str, Any]]:
     """A1111's Lora extension items: name (file stem), alias (ss_output_name), path, metadata."""
-    return [network.api_item() for network in services.engine.loras()]
+    return [network.api_item() for network in runtime.engine.loras()]
 
 
 @router.get("/sdapi/v1/hypernetworks")
@@ -106,19 +106,19 @@ async def face_restorers() -> list[dict[str, Any]]:
 
 
 @router.get("/sdapi/v1/realesrgan-models")
-async def realesrgan_models(services: Services = Depends(get_services)) -> list[dict[str, Any]]:
+async def realesrgan_models(runtime: Runtime = Depends(get_runtime)) -> list[dict[str, Any]]:
     """The Real-ESRGAN built-ins `realesrgan_enabled_models` enables (their download URL as
     path until fetched, as A1111 shows them) and other files in models/RealESRGAN."""
-    return UpscalerCatalog.from_settings(services.settings, options=services.options.snapshot()).realesrgan_items()
+    return UpscalerCatalog.from_settings(runtime.settings, options=runtime.options.snapshot()).realesrgan_items()
 
 
 @router.get("/sdapi/v1/prompt-styles")
-async def prompt_styles(services: Services = Depends(get_services)) -> list[dict[str, Any]]:
-    return [asdict(style) for style in read_styles(_style_files(services))]
+async def prompt_styles(runtime: Runtime = Depends(get_runtime)) -> list[dict[str, Any]]:
+    return [asdict(style) for style in read_styles(_style_files(runtime))]
 
 
-def _style_files(services: Services) -> list[Any]:
-    settings = services.settings
+def _style_files(runtime: Runtime) -> list[Any]:
+    settings = runtime.settings
     return list(settings.styles_files) or [settings.data_dir / "styles.csv"]
 
 
@@ -131,11 +131,11 @@ async def scripts() -> dict[str, list[str]]:
 
 
 @router.get("/sdapi/v1/script-info")
-async def script_info(services: Services = Depends(get_services)) -> list[dict[str, Any]]:
+async def script_info(runtime: Runtime = Depends(get_runtime)) -> list[dict[str, Any]]:
     """A1111's ScriptInfo per script and tab: name, is_alwayson, is_img2img, args."""
     from ..builtin_scripts.runner import script_infos
 
-    return script_infos(services)
+    return script_infos(runtime)
 
 
 @router.get("/sdapi/v1/extensions")
@@ -144,30 +144,30 @@ async def extensions() -> list[dict[str, Any]]:
 
 
 @router.get("/sdapi/v1/memory")
-async def memory(services: Services = Depends(get_services)) -> dict[str, Any]:
-    return services.engine.memory()
+async def memory(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+    return runtime.engine.memory()
 
 
-async def _on_worker(services: Services, label: str, action: Any) -> None:
+async def _on_worker(runtime: Runtime, label: str, action: Any) -> None:
     """Rescans run on the worker, between jobs, like A1111's refreshes under its queue lock."""
-    await services.scheduler.run(WorkItem(run=lambda _: action(), label=label))
+    await runtime.scheduler.run(WorkItem(run=lambda _: action(), label=label))
 
 
 @router.post("/sdapi/v1/refresh-checkpoints")
-async def refresh_checkpoints(services: Services = Depends(get_services)) -> None:
-    await _on_worker(services, "refresh checkpoints", services.engine.refresh_checkpoints)
+async def refresh_checkpoints(runtime: Runtime = Depends(get_runtime)) -> None:
+    await _on_worker(runtime, "refresh checkpoints", runtime.engine.refresh_checkpoints)
 
 
 @router.post("/sdapi/v1/refresh-vae")
-async def refresh_vae(services: Services = Depends(get_services)) -> None:
-    await _on_worker(services, "refresh VAE list", services.engine.refresh_vae)
+async def refresh_vae(runtime: Runtime = Depends(get_runtime)) -> None:
+    await _on_worker(runtime, "refresh VAE list", runtime.engine.refresh_vae)
 
 
 @router.post("/sdapi/v1/refresh-loras")
-async def refresh_loras(services: Services = Depends(get_services)) -> None:
-    await _on_worker(services, "refresh LoRA list", services.engine.refresh_loras)
+async def refresh_loras(runtime: Runtime = Depends(get_runtime)) -> None:
+    await _on_worker(runtime, "refresh LoRA list", runtime.engine.refresh_loras)
 
 
 @router.post("/sdapi/v1/refresh-embeddings")
-async def refresh_embeddings(services: Services = Depends(get_services)) -> None:
-    await _on_worker(services, "refresh embeddings", services.engine.refresh_embeddings)
+async def refresh_embeddings(runtime: Runtime = Depends(get_runtime)) -> None:
+    await _on_worker(runtime, "refresh embeddings", runtime.engine.refresh_embeddings)

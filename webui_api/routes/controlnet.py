@@ -15,9 +15,10 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import ApiError, NotFound, ValidationFailed
+from ..generation.runs import run_txt2img
 from ..schemas.generation import Txt2ImgRequest
-from ..services import Services
-from . import api_router, get_services
+from ..runtime import Runtime
+from . import api_router, get_runtime
 
 router = api_router()
 
@@ -53,13 +54,13 @@ ENDPOINT_TYPES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-def _catalog(services: Services) -> Any:
-    library = getattr(services.engine, "controlnets", None)
+def _catalog(runtime: Runtime) -> Any:
+    library = getattr(runtime.engine, "controlnets", None)
     return library.catalog if library is not None else None
 
 
-def _titles(services: Services) -> list[str]:
-    catalog = _catalog(services)
+def _titles(runtime: Runtime) -> list[str]:
+    catalog = _catalog(runtime)
     return catalog.titles() if catalog is not None else []
 
 
@@ -82,17 +83,17 @@ async def version() -> dict[str, int]:
 
 
 @router.get("/controlnet/model_list")
-async def model_list(update: bool = True, services: Services = Depends(get_services)) -> dict[str, list[str]]:
+async def model_list(update: bool = True, runtime: Runtime = Depends(get_runtime)) -> dict[str, list[str]]:
     """Titles "name [hash]"; update=true rescans the folders first (as the extension)."""
-    catalog = _catalog(services)
+    catalog = _catalog(runtime)
     if catalog is not None and update:
         await run_in_threadpool(catalog.refresh)
-    return {"model_list": _titles(services)}
+    return {"model_list": _titles(runtime)}
 
 
 @router.get("/controlnet/settings")
-async def settings(services: Services = Depends(get_services)) -> dict[str, int]:
-    count = services.options.snapshot().get("control_net_unit_count")
+async def settings(runtime: Runtime = Depends(get_runtime)) -> dict[str, int]:
+    count = runtime.options.snapshot().get("control_net_unit_count")
     return {"control_net_unit_count": int(count or DEFAULT_UNIT_COUNT)}
 
 
@@ -110,8 +111,8 @@ def control_type_entry(modules: list[str], models: list[str]) -> dict[str, Any]:
 
 
 @router.get("/controlnet/control_types")
-async def control_types(services: Services = Depends(get_services)) -> dict[str, Any]:
-    titles = _titles(services)
+async def control_types(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+    titles = _titles(runtime)
     types = {}
     for tag, (modules, words) in CONTROL_TYPES.items():
         models = [t for t in titles if any(w in t.lower() for w in words)]
@@ -185,15 +186,13 @@ def _merged(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.post("/v1/controlnet")
-async def endpoint_controlnet(payload: dict[str, Any], http: Request, services: Services = Depends(get_services)) -> Any:
+async def endpoint_controlnet(payload: dict[str, Any], http: Request, runtime: Runtime = Depends(get_runtime)) -> Any:
     """txt2img with one unit; PNG bytes for `Accept: image/png`, else A1111's JSON."""
-    from .generate import run_txt2img
-
     try:
         body = EndpointControlRequest.model_validate(_merged(payload))
     except ValidationError as exc:
         raise ValidationFailed(f"POST /v1/controlnet: {exc.error_count()} invalid field(s)", errors=str(exc)) from exc
-    answer = await run_txt2img(endpoint_txt2img(body, _titles(services)), services)
+    answer = await run_txt2img(endpoint_txt2img(body, _titles(runtime)), runtime)
     if "image/png" in http.headers.get("accept", ""):
         return Response(content=base64.b64decode(answer["images"][0]), media_type="image/png")
     return {"images": answer["images"], "parameters": body.model_dump(exclude={"image"}), "info": answer["info"]}

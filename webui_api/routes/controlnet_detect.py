@@ -23,8 +23,8 @@ from ..controlnet.preprocessors import AnnotatorCache, annotator_dir_for, list_m
 from ..controlnet.preprocessors import PoseCallback
 from ..errors import ValidationFailed
 from ..postprocess.encode import decode_image_base64, encode_image_base64
-from ..services import Services
-from . import api_router, get_services
+from ..runtime import Runtime
+from . import api_router, get_runtime
 
 router = api_router()
 
@@ -58,13 +58,13 @@ async def module_list(alias_names: bool = False) -> dict[str, Any]:
 
 
 @router.post("/controlnet/detect")
-async def detect(body: DetectRequest, request: Request, services: Services = Depends(get_services)) -> dict[str, Any]:
+async def detect(body: DetectRequest, request: Request, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
     _check_module(body.controlnet_module)
     encoded = body.images()
     if not encoded:
         raise ValidationFailed("No image selected", errors="send base64 images in controlnet_input_images")
-    cache = _annotator_cache(request, services)
-    annotator_dir = annotator_dir_for(services.settings)
+    cache = _annotator_cache(request, runtime)
+    annotator_dir = annotator_dir_for(runtime.settings)
     poses: list[dict[str, Any]] = []
     maps = await run_in_threadpool(_detect_all, body, encoded, annotator_dir, cache, poses.append)
     answer: dict[str, Any] = {"info": "Success"}
@@ -102,11 +102,11 @@ def _decode_rgb(text: str) -> np.ndarray:
     return np.asarray(image if image.mode == "RGBA" else image.convert("RGB"), dtype=np.uint8)
 
 
-def _annotator_cache(request: Request, services: Services) -> AnnotatorCache:
+def _annotator_cache(request: Request, runtime: Runtime) -> AnnotatorCache:
     """The server's one AnnotatorCache: the engine's ControlNet library's, which generation uses
     too (so a network loaded by /detect serves the next job, and unload frees both). An engine
     without that library (a stand-in) gets one kept on the app, created on the event loop thread."""
-    library = getattr(services.engine, "controlnets", None)
+    library = getattr(runtime.engine, "controlnets", None)
     if library is not None:
         return library.annotators
     cache = getattr(request.app.state, "annotator_cache", None)

@@ -19,9 +19,9 @@ from ..postprocess.extras import ExtrasParams, ExtrasResult, ProcessedImage, che
 from ..postprocess.face_restore.restorers import FaceRestorers
 from ..postprocess.upscale import TileSpec, UpscalerCatalog
 from ..scheduler import ProgressSpec, WorkItem
-from ..services import Services
+from ..runtime import Runtime
 from ..weights.runtime import extras_weights, prefetch
-from . import api_router, get_services
+from . import api_router, get_runtime
 
 router = api_router()
 
@@ -71,43 +71,43 @@ def _params(request: ExtrasRequest, options: dict[str, Any]) -> ExtrasParams:
     return ExtrasParams(**fields, tiling=tiling, operation_order=order)
 
 
-def _extras_item(services: Services, images: list[Any], params: ExtrasParams, catalog: UpscalerCatalog,
+def _extras_item(runtime: Runtime, images: list[Any], params: ExtrasParams, catalog: UpscalerCatalog,
                  faces: FaceRestorers) -> WorkItem:
     def run(cancel) -> ExtrasResult:
         def done(index: int, _total: int) -> None:
-            services.progress.batch_finished(index)  # /progress job_no counts finished images
+            runtime.progress.batch_finished(index)  # /progress job_no counts finished images
 
         return run_extras(images, params, catalog, lambda: cancel.interrupted, done, faces)
 
     return WorkItem(run=run, label="extras", progress=ProgressSpec("extras", len(images), job_timestamp(), 0))
 
 
-async def _run(services: Services, request: ExtrasRequest, encoded: list[str],
+async def _run(runtime: Runtime, request: ExtrasRequest, encoded: list[str],
                names: list[str] | None = None) -> tuple[list[str], str]:
     """Validate, decode, upscale on the worker, encode: (base64 images, html_info)."""
-    options = services.options.snapshot()
+    options = runtime.options.snapshot()
     params = _params(request, options)
-    await prefetch(services.weights, extras_weights(services.settings, options, params))  # first use, before queueing
-    catalog = UpscalerCatalog.from_settings(services.settings, services.postprocess_models, options)
-    faces = FaceRestorers.from_settings(services.settings, services.postprocess_models)
+    await prefetch(runtime.weights, extras_weights(runtime.settings, options, params))  # first use, before queueing
+    catalog = UpscalerCatalog.from_settings(runtime.settings, runtime.postprocess_models, options)
+    faces = FaceRestorers.from_settings(runtime.settings, runtime.postprocess_models)
     check_params(params, catalog, faces)
     if str(options.get("samples_format", "png")).lower() not in SUPPORTED_FORMATS:
         raise InvalidImageFormat(str(options.get("samples_format")))
     images = await run_in_threadpool(lambda: [decode_image_base64(text) for text in encoded])
     for image in images:
         check_output_size(image, params)
-    result = await services.scheduler.run(_extras_item(services, images, params, catalog, faces))
+    result = await runtime.scheduler.run(_extras_item(runtime, images, params, catalog, faces))
     if request.save_images:
-        await run_in_threadpool(_save_all, services, result.images, options, names)
+        await run_in_threadpool(_save_all, runtime, result.images, options, names)
     return await run_in_threadpool(_encode_all, result.images, options), result.html_info
 
 
-def _save_all(services: Services, images: list[ProcessedImage], options: dict[str, Any], names: list[str] | None) -> None:
+def _save_all(runtime: Runtime, images: list[ProcessedImage], options: dict[str, Any], names: list[str] | None) -> None:
     from ..postprocess.saving import save_extras
 
     for index, done in enumerate(images):
         name = names[index] if names and index < len(names) else None
-        save_extras(done.image, done.infotext, done.info, options, services.settings.data_dir, name)
+        save_extras(done.image, done.infotext, done.info, options, runtime.settings.data_dir, name)
 
 
 def _encode_all(images: list[ProcessedImage], options: dict[str, Any]) -> list[str]:
@@ -126,13 +126,13 @@ def _encode(done: ProcessedImage, options: dict[str, Any]) -> str:
 
 
 @router.post("/sdapi/v1/extra-single-image")
-async def extra_single_image(request: ExtrasSingleImageRequest, services: Services = Depends(get_services)) -> dict[str, Any]:
-    images, html_info = await _run(services, request, [request.image])
+async def extra_single_image(request: ExtrasSingleImageRequest, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+    images, html_info = await _run(runtime, request, [request.image])
     return {"html_info": html_info, "image": images[0] if images else None}
 
 
 @router.post("/sdapi/v1/extra-batch-images")
-async def extra_batch_images(request: ExtrasBatchImagesRequest, services: Services = Depends(get_services)) -> dict[str, Any]:
-    images, html_info = await _run(services, request, [item.data for item in request.imageList],
+async def extra_batch_images(request: ExtrasBatchImagesRequest, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+    images, html_info = await _run(runtime, request, [item.data for item in request.imageList],
                                    [item.name for item in request.imageList])
     return {"html_info": html_info, "images": images}

@@ -12,8 +12,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from ..services import Services
-from . import api_router, get_services
+from ..runtime import Runtime
+from . import api_router, get_runtime
 
 router = APIRouter()
 metrics_router = api_router()
@@ -27,13 +27,13 @@ async def health() -> dict[str, str]:
 
 def readiness(request: Request) -> dict[str, Any]:
     """What /ready checks: the startup model is loaded, the device worker lives, no shutdown began."""
-    services: Services | None = getattr(request.app.state, "services", None)
-    if services is None:
+    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    if runtime is None:
         return {"ready": False, "model_loaded": False, "worker_alive": False, "shutting_down": False}
-    lifecycle = services.serving.lifecycle
+    lifecycle = runtime.serving.lifecycle
     checks = {
         "model_loaded": lifecycle.model_loaded,
-        "worker_alive": worker_alive(services.scheduler),
+        "worker_alive": worker_alive(runtime.scheduler),
         "shutting_down": lifecycle.draining,
     }
     ready = checks["model_loaded"] and checks["worker_alive"] and not checks["shutting_down"]
@@ -57,8 +57,8 @@ async def ready(request: Request) -> JSONResponse:
 
 
 @metrics_router.get("/metrics")
-async def metrics(services: Services = Depends(get_services)) -> Response:
-    body, content_type = services.metrics.render()
+async def metrics(runtime: Runtime = Depends(get_runtime)) -> Response:
+    body, content_type = runtime.metrics.render()
     return Response(body, media_type=content_type)
 
 

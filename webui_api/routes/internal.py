@@ -14,7 +14,7 @@ from fastapi import Depends, Request
 from pydantic import BaseModel, Field
 
 from ..auth import request_caller
-from ..services import Services
+from ..runtime import Runtime
 from ..task_progress import (
     Viewer,
     internal_progress,
@@ -23,10 +23,10 @@ from ..task_progress import (
     queue_order,
     visible_pending,
 )
-from . import api_router, get_services
+from . import api_router, get_runtime
 
 router = api_router()
-ServicesDep = Annotated[Services, Depends(get_services)]
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 class ProgressRequest(BaseModel):
@@ -56,9 +56,9 @@ class PendingTasksResponse(BaseModel):
     tasks: list[str] = Field(title="Pending task ids")
 
 
-def pending_ids(request: Request, services: Services) -> list[str]:
+def pending_ids(request: Request, runtime: Runtime) -> list[str]:
     runner = getattr(request.app.state, "task_runner", None)
-    return queue_order(services.scheduler, runner.store if runner is not None else None)
+    return queue_order(runtime.scheduler, runner.store if runner is not None else None)
 
 
 def viewer(request: Request) -> Viewer:
@@ -66,14 +66,14 @@ def viewer(request: Request) -> Viewer:
 
 
 @router.get("/internal/pending-tasks", response_model=PendingTasksResponse)
-async def get_pending_tasks(request: Request, services: ServicesDep) -> dict[str, Any]:
+async def get_pending_tasks(request: Request, runtime: RuntimeDep) -> dict[str, Any]:
     """The task ids waiting in the queue, the next one first (with authentication on: the caller's own)."""
-    return pending_tasks(visible_pending(services.progress, pending_ids(request, services), viewer(request)))
+    return pending_tasks(visible_pending(runtime.progress, pending_ids(request, runtime), viewer(request)))
 
 
 @router.post("/internal/progress", response_model=ProgressResponse)
-async def progress_api(body: ProgressRequest, request: Request, services: ServicesDep) -> dict[str, Any]:
+async def progress_api(body: ProgressRequest, request: Request, runtime: RuntimeDep) -> dict[str, Any]:
     """One task's progress: queued ("In queue: i/n"), active (progress, eta, live preview) or completed."""
-    view, pending = observe(services.progress, body.id_task or "", pending_ids(request, services), viewer(request))
-    enabled = bool(services.options.get("live_previews_enable"))
+    view, pending = observe(runtime.progress, body.id_task or "", pending_ids(request, runtime), viewer(request))
+    enabled = bool(runtime.options.get("live_previews_enable"))
     return internal_progress(view, pending, body.id_live_preview, body.live_preview, enabled)

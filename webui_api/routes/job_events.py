@@ -18,10 +18,10 @@ from fastapi.responses import StreamingResponse
 
 from ..auth import Forbidden, identify, request_caller
 from ..errors import ApiError
-from ..services import Services
+from ..runtime import Runtime
 from ..serving.groups import route_group
 from ..task_progress import Viewer, job_events, queue_order
-from . import api_router, get_services
+from . import api_router, get_runtime
 
 router = api_router()
 websocket_router = APIRouter()  # authenticated inside: HTTP dependencies do not apply to WebSockets
@@ -31,28 +31,30 @@ MAX_WAIT_SECONDS = 3600.0
 POLICY_VIOLATION = 1008  # WebSocket close code for a refused caller
 
 
-def _pending(app: Any, services: Services) -> Any:
+def _pending(app: Any, runtime: Runtime) -> Any:
     runner = getattr(app.state, "task_runner", None)
     store = runner.store if runner is not None else None
-    return lambda: queue_order(services.scheduler, store)
+    return lambda: queue_order(runtime.scheduler, store)
 
 
-def _events(app: Any, services: Services, task_id: str, previews: bool, wait: float, caller: str) -> AsyncIterator[Any]:
+def _events(
+    app: Any, runtime: Runtime, task_id: str, previews: bool, wait: float, caller: str,
+) -> AsyncIterator[Any]:
     wait = min(max(wait, 0.0), MAX_WAIT_SECONDS)
     viewer = Viewer.of(caller, app.state.gate.enabled)
-    return job_events(services.progress, task_id, _pending(app, services), previews=previews, wait_seconds=wait,
+    return job_events(runtime.progress, task_id, _pending(app, runtime), previews=previews, wait_seconds=wait,
                       viewer=viewer)
 
 
 @router.get(EVENTS_PATH, response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
 async def job_event_stream(
-    task_id: str, request: Request, services: Annotated[Services, Depends(get_services)],
+    task_id: str, request: Request, runtime: Annotated[Runtime, Depends(get_runtime)],
     previews: Annotated[bool, Query(description="include live preview images (data URIs) in progress events")] = True,
     wait: Annotated[float, Query(description="seconds to wait for a task id that is not known yet")] = 300.0,
 ) -> StreamingResponse:
     """Server-Sent Events of one job: `status`, `progress`, then `done`; the stream then ends."""
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # nginx: do not buffer the stream
-    events = _events(request.app, services, task_id, previews, wait, request_caller(request).name)
+    events = _events(request.app, runtime, task_id, previews, wait, request_caller(request).name)
     return StreamingResponse(_sse(events), media_type="text/event-stream", headers=headers)
 
 
@@ -74,9 +76,9 @@ async def job_websocket(websocket: WebSocket, task_id: str, previews: bool = Tru
         await websocket.close(code=POLICY_VIOLATION, reason=exc.detail[:120])  # a close reason: at most 123 bytes
         return
     await websocket.accept()
-    services: Services = websocket.app.state.services
+    runtime: Runtime = websocket.app.state.runtime
     try:
-        async for item in _events(websocket.app, services, task_id, previews, wait, caller):
+        async for item in _events(websocket.app, runtime, task_id, previews, wait, caller):
             if item is not None:
                 await websocket.send_json({"event": item[0], "data": item[1]})
     except WebSocketDisconnect:

@@ -8,42 +8,42 @@ from fastapi import Body, Depends
 
 from ..errors import ApiError, BadRequest
 from ..scheduler import WorkItem
-from ..services import Services
-from . import api_router, get_services
+from ..runtime import Runtime
+from . import api_router, get_runtime
 
 router = api_router()
 
 
 @router.get("/sdapi/v1/options")
-async def get_options(services: Services = Depends(get_services)) -> dict[str, Any]:
-    return services.options.as_api_dict()
+async def get_options(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+    return runtime.options.as_api_dict()
 
 
 @router.post("/sdapi/v1/options")
-async def set_options(updates: Any = Body(...), services: Services = Depends(get_services)) -> None:
+async def set_options(updates: Any = Body(...), runtime: Runtime = Depends(get_runtime)) -> None:
     """Accepts any subset, including the whole GET dict sent back; a new checkpoint is loaded
     on the worker before the call returns, like A1111."""
     if not isinstance(updates, dict):
         raise BadRequest(f"expected a JSON object of option keys to values; received {type(updates).__name__}")
-    changed = services.options.apply(updates, validate_checkpoint=lambda name: services.engine.find_checkpoint(name).title)
+    changed = runtime.options.apply(updates, validate_checkpoint=lambda name: runtime.engine.find_checkpoint(name).title)
     if "sd_model_checkpoint" in changed:
-        await _load_checkpoint(services, *changed["sd_model_checkpoint"])
+        await _load_checkpoint(runtime, *changed["sd_model_checkpoint"])
     return None
 
 
-async def _load_checkpoint(services: Services, previous: Any, title: str) -> None:
+async def _load_checkpoint(runtime: Runtime, previous: Any, title: str) -> None:
     """Load the new checkpoint; if it cannot be loaded, put the previous value back (A1111
     restores an option whose onchange failed) and report why. On success, record the loaded
     title, which gains its " [hash]" once the file has been hashed."""
     try:
-        loaded = await services.scheduler.run(WorkItem(run=lambda _: services.engine.load(title), label="load checkpoint"))
+        loaded = await runtime.scheduler.run(WorkItem(run=lambda _: runtime.engine.load(title), label="load checkpoint"))
     except ApiError:
         if previous is not None:
-            services.options.apply({"sd_model_checkpoint": previous}, validate_checkpoint=lambda _: previous)
+            runtime.options.apply({"sd_model_checkpoint": previous}, validate_checkpoint=lambda _: previous)
         raise
-    services.options.set_internal({"sd_model_checkpoint": loaded.info.title, "sd_checkpoint_hash": loaded.info.sha256 or ""})
+    runtime.options.set_internal({"sd_model_checkpoint": loaded.info.title, "sd_checkpoint_hash": loaded.info.sha256 or ""})
 
 
 @router.get("/sdapi/v1/cmd-flags")
-async def cmd_flags(services: Services = Depends(get_services)) -> dict[str, Any]:
-    return dict(services.settings.cmd_flags)
+async def cmd_flags(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+    return dict(runtime.settings.cmd_flags)

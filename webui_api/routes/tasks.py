@@ -1,14 +1,13 @@
-"""Async tasks at agent-scheduler's routes (`/agent-scheduler/v1/*`), and the runner behind them.
+"""Async tasks at agent-scheduler's routes (`/agent-scheduler/v1/*`).
 
 Clients that cannot hold an HTTP request open for a whole generation (proxies cut them off)
 queue a task, get `{"task_id"}` at once, and poll. Answers follow the agent-scheduler
 extension: `{"success": true, "data": ...}`, and an unknown id is `{"success": false,
 "message": "Task not found"}` with HTTP 200, like the extension (clients test `success`).
 
-The `TaskRunner` feeds persisted tasks to the scheduler one at a time, through the same
-`run_txt2img` / `run_img2img` as the synchronous routes, so a task's images equal a
-synchronous request's. It also applies the retention policy: finished tasks older than
---task-retention-hours are deleted with their result files, at start and then hourly.
+The runner behind them (webui_api.generation.task_runner) runs persisted tasks through the
+same generation layer as the synchronous routes, so a task's images equal a synchronous
+request's.
 
 Per-task progress streams as Server-Sent Events from `/task/{id}/events`.
 """
@@ -18,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
-import threading
 import time
 import zipfile
 from typing import Any, AsyncIterator, Optional, Union
@@ -29,23 +26,16 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from ..auth import request_context
-from ..errors import ApiError, BadRequest
+from ..errors import BadRequest
+from ..generation.task_runner import TaskRunner, callback_files, result_entries
 from ..schemas.generation import Img2ImgRequest, Txt2ImgRequest
-from ..services import Services
-from ..serving.context import RequestContext
-from ..task_callback import CallbackFile, check_callback_url, post_callback
-from ..progress import COMPLETED, JobOutcome
-from ..task_progress import task_scope
-from ..tasks import DONE, FAILED, FINISHED, PENDING, RUNNING, TaskRecord, TaskStore
+from ..task_callback import check_callback_url
+from ..tasks import DONE, FINISHED, PENDING, RUNNING, TaskRecord
 from . import api_router
-
-log = logging.getLogger(__name__)
 
 router = api_router()
 PREFIX = "/agent-scheduler/v1"
-IDLE_POLL_SECONDS = 1.0  # the runner also wakes at once when a task is queued
 NOT_FOUND = {"success": False, "message": "Task not found"}
-RETENTION_CHECK_SECONDS = 3600.0
 SSE_KEEPALIVE_SECONDS = 15.0
 _QUEUE_EXTRAS = {"checkpoint", "vae", "callback_url", "priority"}
 
@@ -66,166 +56,6 @@ class QueueImg2ImgRequest(Img2ImgRequest):
     vae: Optional[str] = None
     callback_url: Optional[str] = None
     priority: Optional[Union[int, str]] = None
-
-
-REQUEST_TYPES = {"txt2img": Txt2ImgRequest, "img2img": Img2ImgRequest}
-
-
-# the runner ---------------------------------------------------------------------------------
-
-
-class TaskRunner:
-    """Runs pending tasks in order on the event loop; the device work itself is the scheduler's."""
-
-    def __init__(self, store: TaskStore, services: Services) -> None:
-        self.store = store
-        self._services = services
-        self._wake = asyncio.Event()
-        self._loop_task: Optional[asyncio.Task] = None
-        self._current: Optional[tuple[str, asyncio.Task]] = None  # (task id, its generation)
-        self._stopping = False
-        self._next_purge = 0.0  # monotonic time of the next retention pass
-
-    @property
-    def services(self) -> Services:
-        return self._services
-
-    @property
-    def current_task_id(self) -> Optional[str]:
-        return self._current[0] if self._current else None
-
-    def start(self) -> None:
-        """Recover what a crash left, purge expired results, then run the line."""
-        report = self.store.recover()
-        if report.requeued or report.failed:
-            log.warning("async tasks after restart: %d re-queued, %d failed (died twice)", report.requeued, report.failed)
-        self._loop_task = asyncio.create_task(self._run_forever(), name="agent-scheduler runner")
-        self._loop_task.add_done_callback(_report_crash)
-
-    async def stop(self) -> None:
-        """Stop taking tasks; a task cut short goes back to pending and runs at the next start."""
-        self._stopping = True
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            await asyncio.gather(self._loop_task, return_exceptions=True)
-        self.store.close()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def interrupt(self, task_id: str) -> bool:
-        """Stop the running task `task_id` (dropped if still queued in the scheduler, interrupted if on the device)."""
-        if self._current is None or self._current[0] != task_id:
-            return False
-        self._current[1].cancel()
-        return True
-
-    def purge_expired(self) -> int:
-        """Delete finished tasks older than --task-retention-hours (0 keeps them forever)."""
-        hours = self._services.settings.task_retention_hours
-        if not hours:
-            return 0
-        purged = self.store.purge_finished(hours * 3600.0)
-        if purged:
-            log.info("async tasks: %d finished tasks older than %g h purged with their results", purged, hours)
-        return purged
-
-    async def _purge_when_due(self) -> None:
-        if time.monotonic() >= self._next_purge:
-            self._next_purge = time.monotonic() + RETENTION_CHECK_SECONDS
-            await run_in_threadpool(self.purge_expired)
-
-    async def _run_forever(self) -> None:
-        while True:
-            await self._purge_when_due()
-            task = self.store.next_pending()
-            if task is None:
-                await self._sleep_until_woken()
-            else:
-                await self._run_one(task)
-
-    async def _sleep_until_woken(self) -> None:
-        self._wake.clear()
-        try:
-            await asyncio.wait_for(self._wake.wait(), IDLE_POLL_SECONDS)
-        except asyncio.TimeoutError:
-            return
-
-    async def _run_one(self, task: TaskRecord) -> None:
-        self.store.mark_running(task.id)
-        generation = asyncio.create_task(self._generate(task))
-        self._current = (task.id, generation)
-        result: Optional[dict[str, Any]] = None
-        try:
-            result = await generation
-            await run_in_threadpool(self.store.finish, task.id, result)
-        except asyncio.CancelledError:
-            self._after_cancel(task.id, generation)
-        except ApiError as exc:  # the request itself was bad, or the engine refused it
-            await self._record_failure(task, f"{type(exc).__name__}: {exc.detail}", type(exc).__name__, exc.status_code)
-        except Exception as exc:  # an engine bug: recorded on the task (and logged), the runner goes on
-            log.exception("async task %s failed", task.id)
-            await self._record_failure(task, f"{type(exc).__name__}: {exc}", type(exc).__name__, 500)
-        finally:
-            self._current = None
-        self._report_outcome(task.id, result)
-        self._notify(task, result)
-
-    def _report_outcome(self, task_id: str, result: Optional[dict[str, Any]]) -> None:
-        """End the task's progress streams (/sdapi/v1/progress/{id}/events) with its outcome."""
-        finished = self.store.get(task_id)
-        if finished is None or finished.status not in FINISHED:
-            return
-        reference = None
-        if result is not None:
-            reference = {"images": len(result.get("images") or []), "href": f"{PREFIX}/task/{task_id}/results"}
-        status = COMPLETED if finished.status == DONE else finished.status  # failed and interrupted read the same
-        self._services.progress.complete(task_id, JobOutcome(status, error=finished.error, result=reference))
-
-    async def _record_failure(self, task: TaskRecord, error: str, error_type: str, status: int) -> None:
-        """A failed task: its status and error in the store, the metrics' error count, the audit log."""
-        self.store.fail(task.id, error)
-        self._services.metrics.count_error(error_type, status)
-        context = RequestContext(caller=task.owner or "anonymous", priority=task.tier, task_id=task.id)
-        await self._services.serving.audit_failure(task.type, task.params, context, error)
-
-    def _notify(self, task: TaskRecord, result: Optional[dict[str, Any]]) -> None:
-        """Fire the callback in a thread of its own: its retries must not hold up the next task."""
-        finished = self.store.get(task.id)
-        if not task.callback_url or finished is None or finished.status not in (DONE, FAILED):
-            return
-        files = callback_files(task.id, result_entries(result)) if result else []
-        thread = threading.Thread(
-            target=post_callback, args=(task.callback_url, task.id, finished.status, files),
-            name=f"callback {task.id}", daemon=True,
-        )
-        thread.start()
-
-    def _after_cancel(self, task_id: str, generation: asyncio.Task) -> None:
-        """Our own stop re-queues the task (and re-raises); a client's DELETE marks it interrupted."""
-        if self._stopping:
-            generation.cancel()
-            self.store.return_to_queue(task_id)
-            raise asyncio.CancelledError
-        self.store.interrupt(task_id)
-
-    async def _generate(self, task: TaskRecord) -> dict[str, Any]:
-        """The same work as the synchronous route, at the tier the task was queued with."""
-        from .generate import run_img2img, run_txt2img
-
-        run = run_txt2img if task.type == "txt2img" else run_img2img
-        request = REQUEST_TYPES[task.type].model_validate(task.params)
-        context = RequestContext(caller=task.owner or "anonymous", priority=task.tier, task_id=task.id)
-        if task.owner:
-            self._services.progress.claim(task.id, task.owner)  # again after a restart
-        with task_scope(task.id):  # the queued job carries the task's id: /internal/progress, event streams
-            return await run(request, self._services, guarded=False, context=context)
-
-
-def _report_crash(loop_task: asyncio.Task) -> None:
-    """The runner only ends by cancellation; anything else is a bug that must not pass silently."""
-    if not loop_task.cancelled() and loop_task.exception() is not None:
-        log.error("the async task runner stopped: %r; queued tasks wait for a restart", loop_task.exception())
 
 
 def get_runner(request: Request) -> TaskRunner:
@@ -254,10 +84,10 @@ def enqueue(task_type: str, body: Any, http: Request, runner: TaskRunner) -> dic
             check_callback_url(body.callback_url)
         except ValueError as exc:
             raise BadRequest(str(exc)) from exc
-    runner.services.serving.check(body)
+    runner.runtime.serving.check(body)
     context = request_context(http, body.priority)
     task = runner.store.create(task_type, task_params(body), body.callback_url, tier=context.priority, owner=context.caller)
-    runner.services.progress.claim(task.id, context.caller)  # with auth on, only its owner follows its progress
+    runner.runtime.progress.claim(task.id, context.caller)  # with auth on, only its owner follows its progress
     runner.wake()
     return {"task_id": task.id}
 
@@ -368,7 +198,7 @@ async def task_event_stream(task_id: str, runner: TaskRunner, interval: float) -
 
 def running_progress(task_id: str, runner: TaskRunner) -> Optional[dict[str, Any]]:
     """Progress of the task while it is on the device (its own job's counters); None otherwise."""
-    view = runner.services.progress.view(task_id)
+    view = runner.runtime.progress.view(task_id)
     if not view.active:
         return None
     return {
@@ -410,43 +240,6 @@ async def delete_task(task_id: str, runner: TaskRunner = Depends(get_runner)) ->
 
 
 # result formats --------------------------------------------------------------------------------
-
-_MIME_BY_BASE64_START = {"iVBOR": "image/png", "/9j/": "image/jpeg", "UklGR": "image/webp"}
-
-
-def mime_of(b64: str) -> str:
-    """The image type from the first bytes of its base64 (what samples_format produced)."""
-    for start, mime in _MIME_BY_BASE64_START.items():
-        if b64.startswith(start):
-            return mime
-    return "image/png"
-
-
-def result_entries(result: dict[str, Any]) -> list[dict[str, str]]:
-    """[{image: data URL, infotext}] like agent-scheduler (data-URL prefixed, unlike /sdapi)."""
-    info = json.loads(result.get("info") or "{}")
-    infotexts = info.get("infotexts") or []
-    images = result.get("images") or []
-    return [
-        {"image": f"data:{mime_of(b64)};base64,{b64}", "infotext": infotexts[i] if i < len(infotexts) else ""}
-        for i, b64 in enumerate(images)
-    ]
-
-
-def callback_files(task_id: str, entries: list[dict[str, str]]) -> list[CallbackFile]:
-    import base64
-
-    files = []
-    for index, entry in enumerate(entries):
-        header, _, b64 = entry["image"].partition(",")
-        mime = header[len("data:"):].split(";")[0]
-        files.append(CallbackFile(f"{task_id}-{index}.{_extension(mime)}", base64.b64decode(b64), mime))
-    return files
-
-
-def _extension(mime: str) -> str:
-    return mime.split("/")[1].replace("jpeg", "jpg")
-
 
 def zip_response(task_id: str, entries: list[dict[str, str]]) -> StreamingResponse:
     buffer = io.BytesIO()

@@ -2,5 +2,5 @@
 guards, metrics, audit log and the shutdown/readiness state.
 
 Nothing here imports torch or the engine; every piece is built once per app (no module state)
-and reached through `app.state` or `Services`.
+and reached through `app.state` or `Runtime`.
 """

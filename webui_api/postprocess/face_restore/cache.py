@@ -1,6 +1,6 @@
 """Loaded postprocessing models (upscalers, face restorers, face detectors), kept between calls.
 
-One `PostprocessModels` belongs to the server's Services and is used from the scheduler's
+One `PostprocessModels` belongs to the server's Runtime and is used from the scheduler's
 worker thread only (every model runs there), so it needs no lock. Models are keyed by
 (kind, file, device): a file is read from disk once, and a request that only rescans the
 folders (the extras route builds its upscaler catalog per call) still finds it loaded.

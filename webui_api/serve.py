@@ -33,9 +33,9 @@ def serve(settings: Settings) -> None:
 def begin_drain(app) -> None:
     """Stop intake as soon as a stop is asked for: /ready turns 503 and new generations are
     refused while uvicorn lets the requests in flight finish (then the lifespan re-queues tasks)."""
-    services = getattr(app.state, "services", None)
-    if services is not None:
-        services.serving.lifecycle.begin_drain()
+    runtime = getattr(app.state, "runtime", None)
+    if runtime is not None:
+        runtime.serving.lifecycle.begin_drain()
 
 
 def _draining_server_class(base: type) -> type:

@@ -10,9 +10,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse, Response
 
 from ..scheduler import PRIORITY_HIGH, WorkItem
-from ..services import Services
+from ..runtime import Runtime
 from ..settings import Settings
-from . import api_router, get_services
+from . import api_router, get_runtime
 
 
 def build_router(settings: Settings) -> APIRouter:
@@ -26,14 +26,14 @@ def build_router(settings: Settings) -> APIRouter:
     return router
 
 
-async def unload_checkpoint(services: Services = Depends(get_services)) -> dict[str, Any]:
-    await services.scheduler.run(WorkItem(run=lambda _: services.engine.unload(), label="unload"), PRIORITY_HIGH)
+async def unload_checkpoint(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+    await runtime.scheduler.run(WorkItem(run=lambda _: runtime.engine.unload(), label="unload"), PRIORITY_HIGH)
     return {}
 
 
-async def reload_checkpoint(services: Services = Depends(get_services)) -> dict[str, Any]:
-    title = services.options.get("sd_model_checkpoint")
-    await services.scheduler.run(WorkItem(run=lambda _: services.engine.load(title), label="reload"), PRIORITY_HIGH)
+async def reload_checkpoint(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+    title = runtime.options.get("sd_model_checkpoint")
+    await runtime.scheduler.run(WorkItem(run=lambda _: runtime.engine.load(title), label="reload"), PRIORITY_HIGH)
     return {}
 
 
@@ -47,9 +47,9 @@ async def server_restart() -> Response:
     return Response(status_code=501)
 
 
-async def server_stop(request: Request, services: Services = Depends(get_services)) -> PlainTextResponse:
+async def server_stop(request: Request, runtime: Runtime = Depends(get_runtime)) -> PlainTextResponse:
     """Interrupt the running job and ask the server to shut down after this answer is sent."""
-    services.scheduler.interrupt()
+    runtime.scheduler.interrupt()
     stop = getattr(request.app.state, "request_shutdown", None)
     if stop is not None:
         asyncio.get_running_loop().call_later(0.2, stop)

@@ -1,0 +1,81 @@
+"""A request that names a built-in script: plan it off the event loop, queue it as ONE work
+item, save and answer.
+
+The whole script is one entry of the scheduler's queue (one slot against the queue-depth
+limit, one /progress job whose job_count is the script's total batch count), so a 25-cell
+x/y/z plot cannot be overtaken half-way by other requests, just as A1111 holds its queue lock
+for the whole script. Planning, the engine worker and the response shape are the scripts'
+own (webui_api.builtin_scripts.runner).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from ..builtin_scripts.base import ScriptOutput, ScriptRun
+from ..builtin_scripts.runner import (
+    EngineWorker,
+    plan_script,
+    save_outputs,
+    script_context,
+    script_response,
+    script_weights,
+)
+from ..jobs import GenerationJob
+from ..progress import CancelToken
+from ..runtime import Runtime
+from ..scheduler import PRIORITY_NORMAL, ProgressSpec, WorkItem
+from ..styles import PromptStyle
+from ..weights.runtime import prefetch
+
+
+async def run_script(
+    request: Any,
+    tab: str,
+    options: Mapping[str, Any],
+    styles: Sequence[PromptStyle],
+    runtime: Runtime,
+    disconnected: Callable[[], Awaitable[bool]] | None = None,
+    guarded: bool = True,
+    priority: int = PRIORITY_NORMAL,
+) -> dict[str, Any]:
+    """The txt2img / img2img response of a request that names a built-in script."""
+    ctx = script_context(runtime, tab, options, styles)
+    planned = await asyncio.to_thread(plan_script, request, ctx)
+    await prefetch(runtime.weights, script_weights(request, ctx, runtime.settings, planned))
+    item = script_item(runtime, tab, planned)
+    output = await runtime.scheduler.run(item, priority=priority, guarded=guarded, disconnected=disconnected)
+    job_options = planned.first_job.options
+    if request.save_images:
+        await asyncio.to_thread(save_outputs, output, tab, job_options, runtime.settings.data_dir)
+    return await asyncio.to_thread(script_response, request, tab, output, job_options)
+
+
+def script_item(runtime: Runtime, tab: str, planned: ScriptRun) -> WorkItem:
+    def run(cancel: CancelToken) -> ScriptOutput:
+        from ..postprocess.upscale import UpscalerCatalog
+
+        # run_script fetched sd upscale's upscaler before queueing; fetching here too is the
+        # safety net (the file vanished meanwhile), on the worker
+        catalog = UpscalerCatalog.from_settings(runtime.settings, models=runtime.postprocess_models,
+                                                options=planned.first_job.options, fetch=runtime.weights.ensure)
+        worker = EngineWorker(runtime.engine, runtime.progress, cancel, planned.job_count, catalog,
+                              restorer_lookup(runtime))
+        return planned.execute(worker)
+
+    first = planned.first_job
+    spec = ProgressSpec(f"scripts_{tab}", planned.job_count, first.job_timestamp, first.preview_every_n_steps)
+    return WorkItem(run=run, label=f"{tab} script", progress=spec)
+
+
+def restorer_lookup(runtime: Runtime) -> Callable[[GenerationJob], Any]:
+    """A script's jobs (prompts-from-file lines, x/y/z cells) may each ask for restore_faces;
+    the restorer is resolved per job, as for a plain request."""
+    from ..postprocess.face_restore.restorers import job_restorer
+
+    def restorer_for(job: GenerationJob) -> Any:
+        return job_restorer(runtime.settings, runtime.postprocess_models, job.options) if job.restore_faces else None
+
+    return restorer_for
