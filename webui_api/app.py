@@ -20,7 +20,7 @@ from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse
 
 from . import __version__
-from .auth import add_cors, build_gate
+from .auth import add_cors, build_gate, exposure_warnings, protect_docs, record_work, unclassified_routes
 from .errors import ApiError
 from .options import OptionsStore
 from .output_urls import OUTPUTS_FOLDER, OutputStore
@@ -60,12 +60,17 @@ def create_app(settings: Settings, engine: Optional[Any] = None) -> FastAPI:
     _install_error_handlers(app)
     _install_middleware(app, settings)
     _include_routes(app, settings)
+    protect_docs(app, settings)
+    for path in unclassified_routes(app):
+        log.error("route %s is not in the route group table (serving/groups.py): only admin keys may call it", path)
     return app
 
 
 def _lifespan_for(settings: Settings, engine: Optional[Any]):
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for warning in exposure_warnings(settings):
+            log.warning(warning)
         runtime = build_runtime(settings, engine)
         app.state.runtime = runtime
         runtime.scheduler.start()
@@ -114,7 +119,8 @@ def build_runtime(settings: Settings, engine: Optional[Any] = None) -> Runtime:
     )
     metrics.track_queue_depth(lambda: scheduler.waiting_generations)
     serving = ServingHooks(
-        limits=settings.guards, metrics=metrics, audit=AuditLog(settings.audit_log), lifecycle=Lifecycle(),
+        limits=settings.guards, metrics=metrics, audit=AuditLog(settings.audit_log, settings.audit),
+        lifecycle=Lifecycle(),
         cache=ResultCache.from_settings(settings.data_dir, settings.result_cache_mb, settings.redis_url),
     )
     from .weights import WeightsFetcher
@@ -224,6 +230,7 @@ def _install_middleware(app: FastAPI, settings: Settings) -> None:
         except Exception as exc:  # the last line of defence: A1111's body, the traceback in the log
             response = _unexpected_error(request, exc)
         duration = time.perf_counter() - started
+        await record_work(request, response.status_code, duration)  # metrics by route group; audit of unrecorded work
         response.headers["X-Process-Time"] = f"{duration:.4f}"
         if settings.api_log and request.url.path.startswith("/sdapi"):
             _log_request(request, response.status_code, duration)
@@ -244,11 +251,13 @@ def _log_request(request: Request, status: int, duration: float) -> None:
 
 
 def _include_routes(app: FastAPI, settings: Settings) -> None:
-    from .routes import catalog, controlnet, controlnet_detect, extras, generate, health, options, progress, system, tasks
+    from .routes import (
+        catalog, controlnet, controlnet_detect, extras, generate, health, interrogate, options, progress, system, tasks,
+    )
     from .routes import docs, internal, job_events, openapi_responses, outputs
 
-    for module in (generate, progress, options, catalog, extras, tasks, controlnet, controlnet_detect, health,
-                   internal, job_events, outputs):
+    for module in (generate, progress, options, catalog, extras, interrogate, tasks, controlnet, controlnet_detect,
+                   health, internal, job_events, outputs):
         app.include_router(module.router)
     app.include_router(job_events.websocket_router)
     app.include_router(docs.build_router(app.title))

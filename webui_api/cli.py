@@ -231,6 +231,18 @@ SERVING_FLAGS: tuple[FlagSpec, ...] = (
     _switch("--output-urls", "answer generations with signed, expiring image URLs instead of base64 "
             "(a request's output_urls field overrides it)"),
     FlagSpec("--output-url-ttl", "seconds an output URL and its stored image are kept", float, 3600.0),
+    FlagSpec("--task-max-count", "finished async tasks kept at most; the oldest are deleted first (0: no cap)", int, 1000),
+    FlagSpec("--task-max-mb", "MB of stored async task requests and results; the oldest finished go first, and new "
+             "tasks get 503 while pending ones alone fill it (0: no cap)", float, 1024.0),
+    FlagSpec("--callback-allow", "comma-separated hosts, addresses/CIDRs or 'public' that async task callback_url may "
+             "reach; private and loopback targets need an explicit entry (default: callbacks only for API-key "
+             "callers, to public addresses)", str),
+    FlagSpec("--audit-log-max-mb", "rotate the audit log when it reaches this size in MB (0: no size limit)", float, 50.0),
+    FlagSpec("--audit-log-rotate-hours", "rotate the audit log after this many hours (0: only by size)", float, 24.0),
+    FlagSpec("--audit-log-keep", "rotated audit log files kept (audit.jsonl.1 ... .N)", int, 10),
+    FlagSpec("--audit-log-retention-days", "rotated audit log files older than this are deleted", float, 30.0),
+    _switch("--audit-redact-prompts", "write prompts to the audit log as their length only"),
+    _switch("--api-docs-auth", "put /docs, /redoc and /openapi.json behind the API auth (A1111 leaves them open)"),
     FlagSpec("--max-pixels", "largest width x height of an output image (0: no limit)", int, 2048 * 2048),
     FlagSpec("--max-batch", "largest batch_size x n_iter (0: no limit)", int, 64),
     FlagSpec("--max-steps", "most sampling steps (0: no limit)", int, 1000),
@@ -410,6 +422,7 @@ def settings_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser
 
 def serving_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The production-serving flags (this server's own) as Settings fields."""
+    from webui_api.serving.audit import AuditPolicy
     from webui_api.serving.guards import RequestLimits
 
     audit = None if str(args.audit_log).lower() in ("off", "none", "") else Path(args.audit_log)
@@ -420,6 +433,17 @@ def serving_settings(args: argparse.Namespace) -> dict[str, Any]:
         "task_retention_hours": _at_least(0, "--task-retention-hours", args.task_retention_hours),
         "output_urls": bool(args.output_urls),
         "output_url_ttl": _at_least(1, "--output-url-ttl", args.output_url_ttl),
+        "task_max_count": _at_least(0, "--task-max-count", args.task_max_count),
+        "task_max_mb": _at_least(0, "--task-max-mb", args.task_max_mb),
+        "callback_allow": _callback_allow(args.callback_allow),
+        "api_docs_auth": bool(args.api_docs_auth),
+        "audit": AuditPolicy(
+            max_bytes=int(_at_least(0, "--audit-log-max-mb", args.audit_log_max_mb) * 1024 * 1024),
+            rotate_seconds=_at_least(0, "--audit-log-rotate-hours", args.audit_log_rotate_hours) * 3600.0,
+            keep_files=_at_least(0, "--audit-log-keep", args.audit_log_keep),
+            retention_days=_at_least(0, "--audit-log-retention-days", args.audit_log_retention_days),
+            redact_prompts=bool(args.audit_redact_prompts),
+        ),
         "guards": RequestLimits(
             max_pixels=_at_least(0, "--max-pixels", args.max_pixels), max_batch=_at_least(0, "--max-batch", args.max_batch),
             max_steps=_at_least(0, "--max-steps", args.max_steps),
@@ -428,6 +452,15 @@ def serving_settings(args: argparse.Namespace) -> dict[str, Any]:
             max_input_pixels=_at_least(0, "--max-input-pixels", args.max_input_pixels),
         ),
     }
+
+
+def _callback_allow(value: str | None) -> tuple[str, ...]:
+    """--callback-allow entries, checked now so a typo fails the start, not a callback."""
+    from webui_api.url_policy import UrlPolicy
+
+    entries = _split_list(value)
+    UrlPolicy.parse(entries)
+    return entries
 
 
 def cmd_flags_from_args(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from webui_api.errors import ApiError, BadRequest, UnknownOption
 from webui_api.option_defaults import DYNAMIC_KEY_PREFIXES, OPTION_DEFS, OPTIONS_BY_KEY, OptionDef
+from webui_api.paths import check_confined
 
 if TYPE_CHECKING:
     from webui_api.settings import Settings
@@ -38,6 +39,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "sd_model_checkpoint"
+VAE_KEY = "sd_vae"
+# Output folders and filename patterns: the options that decide where files are written.
+PATH_OPTION_KEYS = frozenset(option.key for option in OPTION_DEFS if option.dir_config and option.value_type is str)
+_OUTPUT_FOLDER_KEYS = frozenset(key for key in PATH_OPTION_KEYS if key.startswith("outdir_") or key == "temp_dir")
 _TYPE_NAMES = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list"}
 
 
@@ -299,15 +304,37 @@ class OptionsStore:
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
         """A per-job copy with a request's override_settings applied; the store is untouched.
-        Unknown, OptionHTML and restrict_api keys are ignored (A1111 ignores them per request);
-        a value of the wrong type is a 400."""
+
+        The same restrictions as a POST apply, because A1111 sets overrides through the same
+        `opts.set`: unknown, OptionHTML and restrict_api keys are ignored, --hide-ui-dir-config
+        keys are ignored, a changed frozen key is refused (400), a value of the wrong type is a
+        400. Path-like values must stay relative and inside the data dir: a request never
+        chooses where the server writes."""
         values = self.snapshot()
         for key, raw in overrides.items():
-            option = OPTIONS_BY_KEY.get(key)
-            if option is None or option.html or option.restrict_api:
-                continue
-            values[key] = coerce_value(option, raw)
+            value = self._plan_override(key, raw, values)
+            if value is not _SKIP:
+                values[key] = value
         return values
+
+    def _plan_override(self, key: str, raw: Any, values: Mapping[str, Any]) -> Any:
+        option = OPTIONS_BY_KEY.get(key)
+        if option is None or option.html or option.restrict_api or key in self._ignored:
+            return _SKIP
+        value = coerce_value(option, raw)
+        if _same_value(value, values.get(key)):
+            return _SKIP
+        self._check_not_frozen(key)
+        if key in PATH_OPTION_KEYS and value:
+            check_confined(value, key)
+        return value
+
+    def _check_not_frozen(self, key: str) -> None:
+        if key in self._frozen:
+            raise BadRequest(
+                f"Option {key!r} is frozen by a command-line flag and cannot be changed",
+                errors=f"not possible to set {key!r}: frozen with --freeze-settings* flags",
+            )
 
     # writing
 
@@ -316,18 +343,20 @@ class OptionsStore:
         updates: Mapping[str, Any],
         *,
         validate_checkpoint: Callable[[str], str] | None = None,
+        validate_vae: Callable[[str], str] | None = None,
     ) -> dict[str, tuple[Any, Any]]:
         """POST /sdapi/v1/options: validate every key, then save and publish all changes at once.
 
         `validate_checkpoint` maps a requested `sd_model_checkpoint` to its canonical title or
-        raises (e.g. UnknownCheckpoint); it runs before anything changes. Returns
+        raises (e.g. UnknownCheckpoint); it runs before anything changes, and so does
+        `validate_vae` for `sd_vae` (a name that is not a VAE would fail every later job). Returns
         {key: (old, new)} for the keys whose value actually changed, so the caller can reload
         the checkpoint or VAE when those keys are among them.
         """
         with self._lock:
             planned: dict[str, Any] = {}
             for key, raw in updates.items():
-                value = self._plan(key, raw, validate_checkpoint)
+                value = self._plan(key, raw, validate_checkpoint, validate_vae)
                 if value is not _SKIP:
                     planned[key] = value
             if not planned:
@@ -351,7 +380,10 @@ class OptionsStore:
             return copy.deepcopy(self._current(key))
         return None
 
-    def _plan(self, key: str, raw: Any, validate_checkpoint: Callable[[str], str] | None) -> Any:
+    def _plan(
+        self, key: str, raw: Any, validate_checkpoint: Callable[[str], str] | None,
+        validate_vae: Callable[[str], str] | None = None,
+    ) -> Any:
         """The new value for one POSTed key, `_SKIP` when nothing changes; raises if refused."""
         option = OPTIONS_BY_KEY.get(key)
         if option is None:
@@ -366,11 +398,11 @@ class OptionsStore:
             value = _checkpoint_title(value, validate_checkpoint)
         if _same_value(value, current):
             return _SKIP
-        if key in self._frozen:
-            raise BadRequest(
-                f"Option {key!r} is frozen by a command-line flag and cannot be changed",
-                errors=f"not possible to set {key!r}: frozen with --freeze-settings* flags",
-            )
+        self._check_not_frozen(key)
+        if key == VAE_KEY and validate_vae is not None and value is not None:
+            value = validate_vae(value)
+        if key in PATH_OPTION_KEYS and value:
+            _check_configured_path(key, value)
         return value
 
     def _plan_extra(self, key: str, raw: Any) -> Any:
@@ -400,6 +432,15 @@ def _checkpoint_title(name: Any, validate: Callable[[str], str] | None) -> Any:
             errors=f"{CHECKPOINT_KEY}: expected a string",
         )
     return validate(name) if validate is not None else name
+
+
+def _check_configured_path(key: str, value: str) -> None:
+    """POST /options is operator configuration: an output folder may be absolute (it becomes
+    that folder's root), but no path-like value may climb out with ".."; a filename pattern
+    is always relative to its folder."""
+    if key in _OUTPUT_FOLDER_KEYS and Path(value).is_absolute():
+        return
+    check_confined(value, key)
 
 
 def _same_value(a: Any, b: Any) -> bool:

@@ -277,7 +277,8 @@ class ProgressTracker:
         self._wake_all()
 
     def claim(self, task_id: str, owner: str) -> None:
-        """Record who submitted `task_id` (the caller's name): with authentication on, only they see it."""
+        """Record who submitted `task_id` (the caller's identity, "key:alice"): callers that may
+        not see every task see only their own."""
         with self._lock:
             _remember(self._owners, task_id, owner)
 

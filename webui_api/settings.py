@@ -15,6 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from .serving.audit import AuditPolicy
 from .serving.guards import RequestLimits
 
 
@@ -70,9 +71,14 @@ class Settings:
     redis_url: str | None = None  # --redis-url: shared rate-limit counters and result cache
     result_cache_mb: float = 0.0  # --result-cache-size (MB); 0 disables the result cache
     audit_log: Path | None = None  # --audit-log: one JSON line per generation; None: off
+    audit: AuditPolicy = field(default_factory=AuditPolicy)  # --audit-log-* rotation/retention, --audit-redact-prompts
     task_retention_hours: float = 168.0  # --task-retention-hours: finished async tasks kept (0: forever)
     output_urls: bool = False  # --output-urls: generation responses carry image URLs instead of base64 by default
     output_url_ttl: float = 3600.0  # --output-url-ttl: seconds an output URL (and its stored image) lives
+    task_max_count: int = 1000  # --task-max-count: finished async tasks kept at most (oldest deleted first; 0: no cap)
+    task_max_mb: float = 1024.0  # --task-max-mb: MB of stored task requests and results (oldest finished deleted first)
+    callback_allow: tuple[str, ...] = ()  # --callback-allow: hosts/CIDRs/"public" that task callbacks may reach
+    api_docs_auth: bool = False  # --api-docs-auth: /docs, /redoc and /openapi.json behind the API auth too
     guards: RequestLimits = field(default_factory=RequestLimits)  # --max-pixels, --max-steps, ...
     batch_max_size: int = 1  # --batch-max-size: images in one cross-request UNet batch (1: batching off, the default:
     # batching pads every UNet call to a fixed row count, which costs a lone request ~1.9x on a CPU; docs/benchmarks.md)

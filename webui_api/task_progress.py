@@ -71,7 +71,7 @@ async def run_tracked(
     finish: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = None,
     owner: str | None = None,
 ) -> dict[str, Any]:
-    """Run a synchronous generation as task `task_id` (submitted by `owner`): its queued job
+    """Run a synchronous generation as task `task_id` (submitted by `owner`, a caller identity): its queued job
     carries the id, and its outcome (after `finish`, e.g. storing URL outputs) ends the job's
     event streams. Errors are recorded on the job and raised on unchanged."""
     if owner is not None:
@@ -106,18 +106,21 @@ def queue_order(scheduler: Any, store: Any = None) -> list[str]:
 
 @dataclass(frozen=True)
 class Viewer:
-    """The caller reading progress. With authentication on (`name` set), a job submitted by
-    somebody else looks like an unknown id: its previews are their images. Without it every
-    job is visible, as in A1111."""
+    """The caller reading progress, with the async tasks' ownership rule (`Caller.owns`): a
+    caller that may not see all tasks (a Basic-auth user, a non-admin key) finds another
+    caller's job looking like an unknown id, since its previews are their images. Without
+    authentication every job is visible, as in A1111."""
 
-    name: str | None = None
+    identity: str | None = None  # "key:alice", "user:bob"
+    sees_all: bool = True
 
     @classmethod
-    def of(cls, caller_name: str, authentication_on: bool) -> Viewer:
-        return cls(caller_name if authentication_on else None)
+    def of(cls, caller: Any) -> Viewer:
+        """From an authenticated `Caller` (webui_api.serving.keys)."""
+        return cls(caller.identity, bool(caller.sees_all_tasks))
 
     def sees(self, owner: str | None) -> bool:
-        return self.name is None or owner is None or owner == self.name
+        return self.sees_all or owner is None or owner == self.identity
 
 
 def observe(tracker: ProgressTracker, task_id: str, pending: list[str], viewer: Viewer) -> tuple[JobView, list[str]]:

@@ -85,7 +85,8 @@ def test_checkpoint_and_vae_fields_become_override_settings(client):
     task = wait_for_status(client, task_id)
     assert task["params"]["override_settings"]["sd_model_checkpoint"] == "no-such-model"
     assert task["params"]["override_settings"]["sd_vae"] == "Automatic"
-    assert task["status"] == "failed" and "no-such-model" in task["result"]
+    # A1111's process_images drops an override naming no checkpoint: the task runs on the selected one
+    assert task["status"] == "done", task
 
 
 def test_bad_bodies_are_refused_before_queueing(client):
@@ -138,7 +139,8 @@ class CallbackSink:
         self.server.shutdown()
 
 
-def test_callback_url_receives_the_images_as_multipart(client):
+def test_callback_url_receives_the_images_as_multipart(make_client):
+    client = make_client(callback_allow=("127.0.0.1",))  # loopback targets only when the operator allows them
     sink = CallbackSink(fail_first=1)  # the first try fails: the callback is retried
     try:
         body = webuiapi_txt2img(steps=2, seed=9, callback_url=sink.url)
@@ -154,6 +156,7 @@ def test_callback_url_receives_the_images_as_multipart(client):
     assert base64.b64encode(content).decode() == results[0]["image"].partition(",")[2]
 
 
-def test_a_callback_url_that_is_not_http_is_refused(client):
+def test_a_callback_url_that_is_not_http_is_refused(make_client):
+    client = make_client(callback_allow=("public",))
     response = client.post(f"{PREFIX}/queue/txt2img", json=webuiapi_txt2img(callback_url="file:///etc/passwd"))
     assert response.status_code == 400 and "callback_url must be an http" in response.json()["detail"]

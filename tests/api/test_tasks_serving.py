@@ -73,13 +73,13 @@ def test_a_high_tier_task_runs_before_normal_ones(make_client, keys_file):
                            headers=bearer("alice-secret-key")).json()["task_id"]
         lowered = client.post(f"{PREFIX}/queue/txt2img", json={**webuiapi_txt2img(steps=1), "priority": "low"},
                               headers=bearer("alice-secret-key")).json()["task_id"]
-        pending = [t["id"] for t in client.get(f"{PREFIX}/queue", headers=carol).json()["pending_tasks"]]
+        pending = [task.id for task in client.app.state.task_runner.store.pending()]  # everyone's (callers see their own)
         assert pending.index(high) < pending.index(normal) < pending.index(lowered)
     finally:
         blocker.release.set()
     store = client.app.state.task_runner.store
-    assert store.get(high).owner == "alice" and store.get(high).tier == 0 and store.get(normal).tier == 10
-    assert store.get(lowered).tier == 20 and store.get(normal).owner == "carol"
+    assert store.get(high).owner == "key:alice" and store.get(high).tier == 0 and store.get(normal).tier == 10
+    assert store.get(lowered).tier == 20 and store.get(normal).owner == "user:carol"
 
 
 def test_retention_purges_old_finished_tasks_and_their_results(tmp_path):

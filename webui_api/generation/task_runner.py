@@ -4,7 +4,9 @@ with them.
 The `TaskRunner` feeds persisted tasks to the scheduler one at a time, through the same
 `run_txt2img` / `run_img2img` as the synchronous routes, so a task's images equal a
 synchronous request's. It also applies the retention policy: finished tasks older than
---task-retention-hours are deleted with their result files, at start and then hourly.
+--task-retention-hours are deleted with their result files, at start and then hourly, and the
+disk caps (--task-max-count, --task-max-mb) after every task. A callback goes out only under
+the URL policy of the task's owner (task_callback.callback_policy).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ..progress import COMPLETED, JobOutcome
 from ..runtime import Runtime
 from ..schemas.generation import Img2ImgRequest, Txt2ImgRequest
 from ..serving.context import RequestContext
-from ..task_callback import CallbackFile, post_callback
+from ..task_callback import CallbackFile, callback_policy, post_callback
 from ..task_progress import task_scope
 from ..tasks import DONE, FAILED, FINISHED, TaskRecord, TaskStore
 from .runs import run_img2img, run_txt2img
@@ -91,10 +93,24 @@ class TaskRunner:
             log.info("async tasks: %d finished tasks older than %g h purged with their results", purged, hours)
         return purged
 
+    def enforce_caps(self) -> int:
+        """--task-max-count / --task-max-mb: the oldest finished tasks go first."""
+        settings = self._runtime.settings
+        removed = self.store.enforce_caps(settings.task_max_count, int(settings.task_max_mb * 1024 * 1024))
+        if removed:
+            log.info("async tasks: %d oldest finished tasks deleted to stay within the disk caps", removed)
+        return removed
+
+    def has_room(self) -> bool:
+        """Whether the pending tasks leave room for one more under the caps (else the queue route answers 503)."""
+        settings = self._runtime.settings
+        return self.store.room_for_more(settings.task_max_count, int(settings.task_max_mb * 1024 * 1024))
+
     async def _purge_when_due(self) -> None:
         if time.monotonic() >= self._next_purge:
             self._next_purge = time.monotonic() + RETENTION_CHECK_SECONDS
             await asyncio.to_thread(self.purge_expired)
+            await asyncio.to_thread(self.enforce_caps)
 
     async def _run_forever(self) -> None:
         while True:
@@ -120,6 +136,7 @@ class TaskRunner:
         try:
             result = await generation
             await asyncio.to_thread(self.store.finish, task.id, result)
+            await asyncio.to_thread(self.enforce_caps)
         except asyncio.CancelledError:
             self._after_cancel(task.id, generation)
         except ApiError as exc:  # the request itself was bad, or the engine refused it
@@ -147,7 +164,7 @@ class TaskRunner:
         """A failed task: its status and error in the store, the metrics' error count, the audit log."""
         self.store.fail(task.id, error)
         self._runtime.metrics.count_error(error_type, status)
-        context = RequestContext(caller=task.owner or "anonymous", priority=task.tier, task_id=task.id)
+        context = RequestContext(caller=task.owner_name, priority=task.tier, task_id=task.id, owner=task.owner)
         await self._runtime.serving.audit_failure(task.type, task.params, context, error)
 
     def _notify(self, task: TaskRecord, result: dict[str, Any] | None) -> None:
@@ -155,9 +172,13 @@ class TaskRunner:
         finished = self.store.get(task.id)
         if not task.callback_url or finished is None or finished.status not in (DONE, FAILED):
             return
+        policy = callback_policy(self._runtime.settings.callback_allow, task.owner)
+        if policy is None:
+            log.warning("callback for task %s skipped: callbacks are not allowed for its owner", task.id)
+            return
         files = callback_files(task.id, result_entries(result)) if result else []
         thread = threading.Thread(
-            target=post_callback, args=(task.callback_url, task.id, finished.status, files),
+            target=post_callback, args=(task.callback_url, task.id, finished.status, files, policy),
             name=f"callback {task.id}", daemon=True,
         )
         thread.start()
@@ -172,9 +193,9 @@ class TaskRunner:
 
     async def _generate(self, task: TaskRecord) -> dict[str, Any]:
         """The same work as the synchronous route, at the tier the task was queued with."""
-        context = RequestContext(caller=task.owner or "anonymous", priority=task.tier, task_id=task.id)
+        context = RequestContext(caller=task.owner_name, priority=task.tier, task_id=task.id, owner=task.owner)
         if task.owner:
-            self._runtime.progress.claim(task.id, task.owner)  # with auth on, only its owner follows it
+            self._runtime.progress.claim(task.id, task.owner)  # callers who may not see all tasks see only theirs
         with task_scope(task.id):  # the queued job carries the task's id: /internal/progress, event streams
             if task.type == "txt2img":
                 return await run_txt2img(Txt2ImgRequest.model_validate(task.params), self._runtime, guarded=False,

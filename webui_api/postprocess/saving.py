@@ -31,6 +31,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from PIL import Image
 
+from webui_api.paths import output_root, resolve_inside
 from webui_api.postprocess.encode import encode_image, encoding_options
 
 # A1111's sanitize_filename_part: these become "_", a leading space and trailing spaces/dots go.
@@ -278,13 +279,20 @@ IMG2IMG_GRIDS = SaveTarget("outdir_img2img_grids", "outdir_grids", "grid", "grid
 EXTRAS_SAMPLES = SaveTarget("outdir_extras_samples", "outdir_samples", "", None, True, "extras")
 
 
+def target_root(target: SaveTarget, options: Mapping[str, Any], data_dir: Path) -> tuple[Path, str]:
+    """(root, outdir below it): an absolute outdir (set by the operator) is its own root, a
+    relative one lives under the data dir. Nothing this target writes may leave the root."""
+    return output_root(str(options.get(target.shared_outdir_option) or options.get(target.outdir_option)), data_dir)
+
+
 def target_folder(target: SaveTarget, options: Mapping[str, Any], data_dir: Path, facts: NameFacts) -> Path:
-    """<data dir>/<outdir>[/<directories_filename_pattern>] (absolute outdirs are used as given)."""
-    base = data_dir / str(options.get(target.shared_outdir_option) or options.get(target.outdir_option))
+    """<outdir>[/<directories_filename_pattern>], resolved inside the target's root (UnsafePath otherwise)."""
+    root, outdir = target_root(target, options, data_dir)
+    sub = ""
     if target.to_dirs_option is not None and options.get(target.to_dirs_option, True):
         sub = apply_pattern(str(options.get("directories_filename_pattern") or "[prompt_words]"), facts)
-        base = base / sub.lstrip(" ").rstrip("\\ /")
-    return base
+        sub = sub.lstrip(" ").rstrip("\\ /")
+    return resolve_inside(root, outdir, sub, what="directories_filename_pattern" if sub else target.outdir_option)
 
 
 def file_decoration(target: SaveTarget, options: Mapping[str, Any], facts: NameFacts, suffix: str = "") -> str:
@@ -386,15 +394,16 @@ def save_image(
     (extras' use_original_name_batch); `suffix` ends the name (A1111's
     "-before-face-restoration")."""
     text = infotext if isinstance(infotext, ImageText) else ImageText(infotext)
+    root, _ = target_root(target, options, data_dir)
     folder = target_folder(target, options, data_dir, facts)
-    folder.mkdir(parents=True, exist_ok=True)
     fmt = str(options.get("grid_format" if target.is_grid else "samples_format", "png")).lower()
     extension = "jpg" if fmt == "jpeg" else fmt
     if forced_name is not None:
         path = folder / f"{forced_name}.{extension}"
     else:
         path = chosen_path(folder, target, file_decoration(target, options, facts, suffix), extension, options)
-    path = final_path(fit_name_length(path), options)
+    path = resolve_inside(root, final_path(fit_name_length(path), options), what="samples_filename_pattern")
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, image_bytes(image, fmt, target, text, options))
     if options.get("save_txt", False) and text.info is not None:
         path.with_suffix(".txt").write_text(f"{text.info}\n", encoding="utf8")

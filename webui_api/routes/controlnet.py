@@ -14,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..auth import request_context
 from ..errors import ApiError, NotFound, ValidationFailed
 from ..generation.runs import run_txt2img
 from ..schemas.generation import Txt2ImgRequest
@@ -192,7 +193,7 @@ async def endpoint_controlnet(payload: dict[str, Any], http: Request, runtime: R
         body = EndpointControlRequest.model_validate(_merged(payload))
     except ValidationError as exc:
         raise ValidationFailed(f"POST /v1/controlnet: {exc.error_count()} invalid field(s)", errors=str(exc)) from exc
-    answer = await run_txt2img(endpoint_txt2img(body, _titles(runtime)), runtime)
+    answer = await run_txt2img(endpoint_txt2img(body, _titles(runtime)), runtime, context=request_context(http))
     if "image/png" in http.headers.get("accept", ""):
         return Response(content=base64.b64decode(answer["images"][0]), media_type="image/png")
     return {"images": answer["images"], "parameters": body.model_dump(exclude={"image"}), "info": answer["info"]}

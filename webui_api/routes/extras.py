@@ -8,17 +8,18 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..auth import request_context
 from ..errors import InvalidImageFormat
 from ..job_builder import job_timestamp
 from ..postprocess.encode import SUPPORTED_FORMATS, decode_image_base64, encode_image_base64, encoding_options
 from ..postprocess.extras import ExtrasParams, ExtrasResult, ProcessedImage, check_output_size, check_params, run_extras
 from ..postprocess.face_restore.restorers import FaceRestorers
 from ..postprocess.upscale import TileSpec, UpscalerCatalog
-from ..scheduler import ProgressSpec, WorkItem
+from ..scheduler import PRIORITY_NORMAL, ProgressSpec, WorkItem
 from ..runtime import Runtime
 from ..weights.runtime import extras_weights, prefetch
 from . import api_router, get_runtime
@@ -83,8 +84,8 @@ def _extras_item(runtime: Runtime, images: list[Any], params: ExtrasParams, cata
 
 
 async def _run(runtime: Runtime, request: ExtrasRequest, encoded: list[str],
-               names: list[str] | None = None) -> tuple[list[str], str]:
-    """Validate, decode, upscale on the worker, encode: (base64 images, html_info)."""
+               names: list[str] | None = None, priority: int = PRIORITY_NORMAL) -> tuple[list[str], str]:
+    """Validate, decode, upscale on the worker at the caller's priority, encode: (images, html_info)."""
     options = runtime.options.snapshot()
     params = _params(request, options)
     await prefetch(runtime.weights, extras_weights(runtime.settings, options, params))  # first use, before queueing
@@ -96,7 +97,7 @@ async def _run(runtime: Runtime, request: ExtrasRequest, encoded: list[str],
     images = await run_in_threadpool(lambda: [decode_image_base64(text) for text in encoded])
     for image in images:
         check_output_size(image, params)
-    result = await runtime.scheduler.run(_extras_item(runtime, images, params, catalog, faces))
+    result = await runtime.scheduler.run(_extras_item(runtime, images, params, catalog, faces), priority)
     if request.save_images:
         await run_in_threadpool(_save_all, runtime, result.images, options, names)
     return await run_in_threadpool(_encode_all, result.images, options), result.html_info
@@ -126,13 +127,17 @@ def _encode(done: ProcessedImage, options: dict[str, Any]) -> str:
 
 
 @router.post("/sdapi/v1/extra-single-image")
-async def extra_single_image(request: ExtrasSingleImageRequest, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
-    images, html_info = await _run(runtime, request, [request.image])
+async def extra_single_image(
+    request: ExtrasSingleImageRequest, http: Request, runtime: Runtime = Depends(get_runtime),
+) -> dict[str, Any]:
+    images, html_info = await _run(runtime, request, [request.image], priority=request_context(http).priority)
     return {"html_info": html_info, "image": images[0] if images else None}
 
 
 @router.post("/sdapi/v1/extra-batch-images")
-async def extra_batch_images(request: ExtrasBatchImagesRequest, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+async def extra_batch_images(
+    request: ExtrasBatchImagesRequest, http: Request, runtime: Runtime = Depends(get_runtime),
+) -> dict[str, Any]:
     images, html_info = await _run(runtime, request, [item.data for item in request.imageList],
-                                   [item.name for item in request.imageList])
+                                   [item.name for item in request.imageList], request_context(http).priority)
     return {"html_info": html_info, "images": images}

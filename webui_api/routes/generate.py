@@ -51,7 +51,7 @@ async def _answer(
     finish = url_outputs(http) if wants_urls(request.output_urls, runtime.settings.output_urls) else None
     async with watch_disconnect(http) as disconnected:
         body = await run_tracked(runtime.progress, task_id, lambda: work(disconnected, context), finish,
-                                 owner=context.caller)
+                                 owner=context.owner)
     response.headers["X-Cache"] = context.cache
     return body
 

@@ -62,7 +62,7 @@ def pending_ids(request: Request, runtime: Runtime) -> list[str]:
 
 
 def viewer(request: Request) -> Viewer:
-    return Viewer.of(request_caller(request).name, request.app.state.gate.enabled)
+    return Viewer.of(request_caller(request))
 
 
 @router.get("/internal/pending-tasks", response_model=PendingTasksResponse)

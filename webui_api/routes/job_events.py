@@ -20,6 +20,7 @@ from ..auth import Forbidden, identify, request_caller
 from ..errors import ApiError
 from ..runtime import Runtime
 from ..serving.groups import route_group
+from ..serving.keys import Caller
 from ..task_progress import Viewer, job_events, queue_order
 from . import api_router, get_runtime
 
@@ -38,10 +39,10 @@ def _pending(app: Any, runtime: Runtime) -> Any:
 
 
 def _events(
-    app: Any, runtime: Runtime, task_id: str, previews: bool, wait: float, caller: str,
+    app: Any, runtime: Runtime, task_id: str, previews: bool, wait: float, caller: Caller,
 ) -> AsyncIterator[Any]:
     wait = min(max(wait, 0.0), MAX_WAIT_SECONDS)
-    viewer = Viewer.of(caller, app.state.gate.enabled)
+    viewer = Viewer.of(caller)
     return job_events(runtime.progress, task_id, _pending(app, runtime), previews=previews, wait_seconds=wait,
                       viewer=viewer)
 
@@ -54,7 +55,7 @@ async def job_event_stream(
 ) -> StreamingResponse:
     """Server-Sent Events of one job: `status`, `progress`, then `done`; the stream then ends."""
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # nginx: do not buffer the stream
-    events = _events(request.app, runtime, task_id, previews, wait, request_caller(request).name)
+    events = _events(request.app, runtime, task_id, previews, wait, request_caller(request))
     return StreamingResponse(_sse(events), media_type="text/event-stream", headers=headers)
 
 
@@ -86,11 +87,11 @@ async def job_websocket(websocket: WebSocket, task_id: str, previews: bool = Tru
     await websocket.close()
 
 
-def _caller(websocket: WebSocket) -> str:
-    """The caller's name, checked as the API's HTTP routes check it (keys / Basic auth, route
+def _caller(websocket: WebSocket) -> Caller:
+    """The caller, checked as the API's HTTP routes check it (keys / Basic auth, route
     groups); raises the ApiError that would refuse an HTTP request."""
-    caller = identify(websocket, websocket.app.state.gate)  # type: ignore[arg-type]  # reads headers and client only
+    caller = identify(websocket, websocket.app.state.gate)
     group = route_group(WEBSOCKET_PATH)
     if group not in caller.groups:
         raise Forbidden(f"The key {caller.name!r} may not call {group!r} routes")
-    return caller.name
+    return caller

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import Body, Depends
 
-from ..errors import ApiError, BadRequest
+from ..errors import ApiError, BadRequest, NotFound
 from ..scheduler import WorkItem
 from ..runtime import Runtime
 from . import api_router, get_runtime
@@ -25,10 +25,24 @@ async def set_options(updates: Any = Body(...), runtime: Runtime = Depends(get_r
     on the worker before the call returns, like A1111."""
     if not isinstance(updates, dict):
         raise BadRequest(f"expected a JSON object of option keys to values; received {type(updates).__name__}")
-    changed = runtime.options.apply(updates, validate_checkpoint=lambda name: runtime.engine.find_checkpoint(name).title)
+    changed = runtime.options.apply(
+        updates, validate_checkpoint=lambda name: runtime.engine.find_checkpoint(name).title,
+        validate_vae=lambda name: known_vae(runtime, name),
+    )
     if "sd_model_checkpoint" in changed:
         await _load_checkpoint(runtime, *changed["sd_model_checkpoint"])
     return None
+
+
+def known_vae(runtime: Runtime, name: str) -> str:
+    """An sd_vae value the engine can use ("Automatic", "None" or a scanned VAE's name); a
+    saved unknown name would make every later generation fail, so it is refused now (404)."""
+    names = [vae.model_name for vae in runtime.engine.vaes()]
+    if name in ("Automatic", "auto", "None") or name in names:
+        return name
+    choices = ", ".join(names) or "none"
+    raise NotFound(f"VAE {name!r} not found; sd_vae must be 'Automatic', 'None' or one of: {choices}",
+                   errors=f"VAE {name!r} not found")
 
 
 async def _load_checkpoint(runtime: Runtime, previous: Any, title: str) -> None:

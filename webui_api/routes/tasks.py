@@ -10,6 +10,12 @@ same generation layer as the synchronous routes, so a task's images equal a sync
 request's.
 
 Per-task progress streams as Server-Sent Events from `/task/{id}/events`.
+
+Tenant isolation: with API keys or --api-auth, a task belongs to the caller that queued it;
+other callers get "Task not found" for it and do not see it in /queue (admin-tier keys see
+all). Without auth every caller sees every task, as with agent-scheduler. Disk is capped by
+--task-max-count and --task-max-mb (oldest finished tasks go first); /queue pages are at most
+MAX_PAGE tasks and list parameters without image data.
 """
 
 from __future__ import annotations
@@ -25,10 +31,12 @@ from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from ..auth import request_context
-from ..errors import BadRequest
+from ..auth import request_caller, request_context
+from ..errors import BadRequest, ServiceUnavailable
 from ..generation.task_runner import TaskRunner, callback_files, result_entries
 from ..schemas.generation import Img2ImgRequest, Txt2ImgRequest
+from ..serving.audit import scrub
+from ..serving.keys import Caller
 from ..task_callback import check_callback_url
 from ..tasks import DONE, FINISHED, PENDING, RUNNING, TaskRecord
 from . import api_router
@@ -37,6 +45,7 @@ router = api_router()
 PREFIX = "/agent-scheduler/v1"
 NOT_FOUND = {"success": False, "message": "Task not found"}
 SSE_KEEPALIVE_SECONDS = 15.0
+MAX_PAGE = 100  # tasks per /queue answer, whatever `limit` asks
 _QUEUE_EXTRAS = {"checkpoint", "vae", "callback_url", "priority"}
 
 
@@ -78,16 +87,18 @@ def task_params(body: Union[QueueTxt2ImgRequest, QueueImg2ImgRequest]) -> dict[s
 
 
 def enqueue(task_type: str, body: Any, http: Request, runner: TaskRunner) -> dict[str, str]:
-    """Check and persist a task: guards and the callback URL are refused now, not when it runs."""
+    """Check and persist a task: guards, the callback URL and the store's caps are refused
+    now, not when it runs."""
+    caller = request_caller(http)
     if body.callback_url:
-        try:
-            check_callback_url(body.callback_url)
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from exc
+        check_callback_url(body.callback_url, runner.runtime.settings.callback_allow, caller.identity)
     runner.runtime.serving.check(body)
+    if not runner.has_room():
+        raise ServiceUnavailable("The async task store is full (--task-max-count / --task-max-mb); try again later")
     context = request_context(http, body.priority)
-    task = runner.store.create(task_type, task_params(body), body.callback_url, tier=context.priority, owner=context.caller)
-    runner.runtime.progress.claim(task.id, context.caller)  # with auth on, only its owner follows its progress
+    params = task_params(body)
+    task = runner.store.create(task_type, params, body.callback_url, tier=context.priority, owner=context.owner)
+    runner.runtime.progress.claim(task.id, caller.identity)  # per-job progress follows the tasks' ownership
     runner.wake()
     return {"task_id": task.id}
 
@@ -107,12 +118,20 @@ async def queue_img2img(body: QueueImg2ImgRequest, http: Request, runner: TaskRu
 # reading ---------------------------------------------------------------------------------------
 
 
-def task_view(task: TaskRecord, runner: TaskRunner) -> dict[str, Any]:
-    """agent-scheduler's TaskModel fields; `result` holds the error text of a failed task."""
+def owned_task(runner: TaskRunner, task_id: str, caller: Caller) -> TaskRecord | None:
+    """The task when it exists and `caller` may see it; None otherwise (the same answer, so
+    another caller's task ids cannot be probed)."""
+    task = runner.store.get(task_id)
+    return task if task is not None and caller.owns(task.owner) else None
+
+
+def task_view(task: TaskRecord, runner: TaskRunner, listing: bool = False) -> dict[str, Any]:
+    """agent-scheduler's TaskModel fields; `result` holds the error text of a failed task.
+    In a listing the parameters come without image data and the callback URL is left out."""
     return {
-        "id": task.id, "api_task_id": None, "api_task_callback": task.callback_url, "name": None,
-        "type": task.type, "status": task.status, "params": task.params, "priority": task.priority,
-        "position": runner.store.position(task), "result": task.error, "bookmarked": False,
+        "id": task.id, "api_task_id": None, "api_task_callback": None if listing else task.callback_url, "name": None,
+        "type": task.type, "status": task.status, "params": scrub(task.params) if listing else task.params,
+        "priority": task.priority, "position": runner.store.position(task), "result": task.error, "bookmarked": False,
         "created_at": _iso(task.created_at), "updated_at": _iso(task.updated_at),
     }
 
@@ -124,37 +143,54 @@ def _iso(timestamp: float) -> str:
 
 
 @router.get(f"{PREFIX}/queue")
-async def queue_status(limit: int = 20, offset: int = 0, runner: TaskRunner = Depends(get_runner)) -> dict[str, Any]:
-    pending = runner.store.pending(limit=limit, offset=offset)
+async def queue_status(
+    limit: int = 20, offset: int = 0, runner: TaskRunner = Depends(get_runner),
+    caller: Caller = Depends(request_caller),
+) -> dict[str, Any]:
+    """The pending line, a page of at most MAX_PAGE tasks; a caller sees only its own tasks
+    (and the running one only when it is its own) unless it may see all."""
+    owner = None if caller.sees_all_tasks else caller.identity
+    page = min(max(limit, 0), MAX_PAGE)
+    pending = runner.store.pending(limit=page, offset=min(max(offset, 0), 2**62), owner=owner)
+    current = runner.current_task_id
+    if current is not None and owned_task(runner, current, caller) is None:
+        current = None
     return {
-        "current_task_id": runner.current_task_id,
-        "pending_tasks": [task_view(task, runner) for task in pending],
-        "total_pending_tasks": runner.store.count(PENDING),
+        "current_task_id": current,
+        "pending_tasks": [task_view(task, runner, listing=True) for task in pending],
+        "total_pending_tasks": runner.store.count(PENDING, owner=owner),
         "paused": False,
     }
 
 
 @router.get(PREFIX + "/task/{task_id}")
-async def get_task(task_id: str, runner: TaskRunner = Depends(get_runner)) -> dict[str, Any]:
-    task = runner.store.get(task_id)
+async def get_task(
+    task_id: str, runner: TaskRunner = Depends(get_runner), caller: Caller = Depends(request_caller),
+) -> dict[str, Any]:
+    task = owned_task(runner, task_id, caller)
     return {"success": True, "data": task_view(task, runner)} if task else NOT_FOUND
 
 
 @router.get(PREFIX + "/task/{task_id}/position")
-async def get_position(task_id: str, runner: TaskRunner = Depends(get_runner)) -> dict[str, Any]:
-    task = runner.store.get(task_id)
+async def get_position(
+    task_id: str, runner: TaskRunner = Depends(get_runner), caller: Caller = Depends(request_caller),
+) -> dict[str, Any]:
+    task = owned_task(runner, task_id, caller)
     if task is None:
         return NOT_FOUND
     return {"success": True, "data": {"status": task.status, "position": runner.store.position(task)}}
 
 
 @router.get(PREFIX + "/task/{task_id}/events")
-async def task_events(task_id: str, interval: float = 0.5, runner: TaskRunner = Depends(get_runner)) -> Any:
+async def task_events(
+    task_id: str, interval: float = 0.5, runner: TaskRunner = Depends(get_runner),
+    caller: Caller = Depends(request_caller),
+) -> Any:
     """Server-Sent Events: `status` on every status change (with the queue position), `progress`
     while the task's job is on the device (its own counters, /internal/progress's fraction and
     eta; no preview image; /sdapi/v1/progress/{id}/events has previews), and a final
     `done` event once the task is finished (or deleted); then the stream ends."""
-    if runner.store.get(task_id) is None:
+    if owned_task(runner, task_id, caller) is None:
         return NOT_FOUND
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # nginx: do not buffer the stream
     stream = task_event_stream(task_id, runner, min(max(interval, 0.1), 10.0))
@@ -210,8 +246,10 @@ def running_progress(task_id: str, runner: TaskRunner) -> Optional[dict[str, Any
 
 @router.get(PREFIX + "/task/{task_id}/results")
 @router.get(PREFIX + "/results/{task_id}")
-async def get_results(task_id: str, zip: bool = False, runner: TaskRunner = Depends(get_runner)) -> Any:
-    task = runner.store.get(task_id)
+async def get_results(
+    task_id: str, zip: bool = False, runner: TaskRunner = Depends(get_runner), caller: Caller = Depends(request_caller),
+) -> Any:
+    task = owned_task(runner, task_id, caller)
     if task is None:
         return NOT_FOUND
     if task.status != DONE:
@@ -228,9 +266,11 @@ async def get_results(task_id: str, zip: bool = False, runner: TaskRunner = Depe
 
 @router.delete(PREFIX + "/task/{task_id}")
 @router.post(PREFIX + "/delete/{task_id}")
-async def delete_task(task_id: str, runner: TaskRunner = Depends(get_runner)) -> dict[str, Any]:
+async def delete_task(
+    task_id: str, runner: TaskRunner = Depends(get_runner), caller: Caller = Depends(request_caller),
+) -> dict[str, Any]:
     """agent-scheduler's semantics: the running task is interrupted, any other one deleted."""
-    task = runner.store.get(task_id)
+    task = owned_task(runner, task_id, caller)
     if task is None:
         return NOT_FOUND
     if task.status == RUNNING and runner.interrupt(task_id):

@@ -18,6 +18,8 @@ class RequestContext:
 
     caller: str = "internal"
     priority: int = PRIORITY_NORMAL
+    owner: Optional[str] = None  # the caller's identity ("key:alice"): who owns an async task
+    audited: bool = False  # a generation entry was written for this request
     task_id: Optional[str] = None
     cache: str = "miss"  # "hit" when the result cache answered
     cache_key: Optional[str] = None
@@ -44,4 +46,5 @@ def effective_priority(caller: Caller, requested: Any = None) -> int:
 
 
 def context_for(caller: Caller, requested_priority: Any = None, task_id: Optional[str] = None) -> RequestContext:
-    return RequestContext(caller=caller.name, priority=effective_priority(caller, requested_priority), task_id=task_id)
+    return RequestContext(caller=caller.name, priority=effective_priority(caller, requested_priority), task_id=task_id,
+                          owner=caller.identity)

@@ -87,6 +87,7 @@ class ServingHooks:
                      error: Optional[str] = None) -> None:
         if self.audit.path is None:
             return
+        context.audited = True
         entry = generation_entry(
             caller=context.caller, route=route, params=params, response=response,
             timings=context.timings(), cache=context.cache, task_id=context.task_id, error=error,

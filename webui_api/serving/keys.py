@@ -2,7 +2,8 @@
 
 A key file lists, per client: a `name` (shown in logs and the audit trail, never the key),
 the key itself (`key`) or its SHA-256 (`sha256`, so the file need not hold secrets), a
-`tier` (high/normal/low or a scheduler priority number: lower runs first), an optional
+`tier` (admin/high/normal/low or a scheduler priority number: lower runs first; `admin` runs
+at high priority and sees every key's async tasks), an optional
 `rate_limit` ("10/minute", the `limits` library's notation) and the route `groups` it may
 call (default: all). Presented keys are hashed and compared against every stored hash with
 `hmac.compare_digest`, so neither timing nor an early exit tells which key came close.
@@ -15,13 +16,14 @@ import hmac
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ..scheduler import PRIORITY_HIGH, PRIORITY_NORMAL
+from .groups import ROUTE_GROUPS
 
 PRIORITY_LOW = 20
-TIERS = {"high": PRIORITY_HIGH, "normal": PRIORITY_NORMAL, "low": PRIORITY_LOW}
-ROUTE_GROUPS = frozenset({"generate", "catalog", "options", "admin", "tasks", "metrics"})
+TIERS = {"admin": PRIORITY_HIGH, "high": PRIORITY_HIGH, "normal": PRIORITY_NORMAL, "low": PRIORITY_LOW}
+ADMIN_TIER = "admin"  # high priority, and sees every caller's async tasks
 _KEY_FIELDS = frozenset({"name", "key", "sha256", "tier", "rate_limit", "groups"})
 
 
@@ -36,21 +38,29 @@ class ApiKey:
     name: str
     sha256: bytes
     priority: int
-    rate_limit: Optional[str]
+    rate_limit: str | None
     groups: frozenset[str]
+    admin: bool = False  # tier "admin": sees and manages every key's async tasks
 
 
 @dataclass(frozen=True)
 class Caller:
     """Who is calling: a key, a Basic-auth user or an anonymous client (then `identity` is its IP).
 
-    `identity` is the rate-limit bucket; `priority` is the best scheduler priority allowed."""
+    `identity` is the rate-limit bucket and the owner of its async tasks; `priority` is the
+    best scheduler priority allowed. `sees_all_tasks`: anonymous callers of a server without
+    auth (agent-scheduler's behaviour) and admin-tier keys; everyone else sees their own."""
 
     name: str
     identity: str
     priority: int = PRIORITY_NORMAL
-    rate_limit: Optional[str] = None
+    rate_limit: str | None = None
     groups: frozenset[str] = ROUTE_GROUPS
+    sees_all_tasks: bool = True
+
+    def owns(self, owner: str | None) -> bool:
+        """Whether a task stored with `owner` is this caller's to see, read and delete."""
+        return self.sees_all_tasks or owner == self.identity
 
 
 def hash_key(secret: str) -> bytes:
@@ -66,7 +76,7 @@ class KeyRing:
     def __bool__(self) -> bool:
         return bool(self.keys)
 
-    def match(self, secret: str) -> Optional[ApiKey]:
+    def match(self, secret: str) -> ApiKey | None:
         """Constant-time over every key: each comparison runs, whichever matched."""
         presented = hash_key(secret)
         found = None
@@ -122,6 +132,7 @@ def parse_key(entry: Any, index: int) -> ApiKey:
         priority=parse_tier(entry.get("tier", "normal"), where),
         rate_limit=parse_rate_limit(entry.get("rate_limit"), where),
         groups=_groups(entry.get("groups"), where),
+        admin=str(entry.get("tier", "")).strip().lower() == ADMIN_TIER,
     )
 
 
@@ -143,7 +154,7 @@ def _secret_hash(entry: dict[str, Any], where: str) -> bytes:
 
 
 def parse_tier(value: Any, where: str = "tier") -> int:
-    """'high'/'normal'/'low' or a priority number (0 = high, 10 = normal, 20 = low)."""
+    """'admin'/'high'/'normal'/'low' or a priority number (0 = high, 10 = normal, 20 = low)."""
     if isinstance(value, bool):
         raise KeyFileError(f"{where}: tier must be one of {sorted(TIERS)} or an integer, got {value!r}")
     if isinstance(value, int):
@@ -155,7 +166,7 @@ def parse_tier(value: Any, where: str = "tier") -> int:
     raise KeyFileError(f"{where}: tier must be one of {sorted(TIERS)} or an integer, got {value!r}")
 
 
-def parse_rate_limit(value: Any, where: str = "rate limit") -> Optional[str]:
+def parse_rate_limit(value: Any, where: str = "rate limit") -> str | None:
     """Validate with the `limits` parser now, so a typo fails at start and not per request."""
     if value is None or value == "":
         return None

@@ -38,6 +38,8 @@ class Metrics:
                               ["type", "status"], registry=r)
         self.cache = Counter("webui_api_result_cache", "Result cache lookups", ["result"], registry=r)
         self.generations = Counter("webui_api_generations", "Generation requests answered", ["route"], registry=r)
+        self.requests = Counter("webui_api_requests", "API responses by route group and status",
+                                ["group", "status"], registry=r)
 
     # sources read at scrape time ---------------------------------------------------------
 
@@ -68,6 +70,9 @@ class Metrics:
 
     def count_generation(self, route: str) -> None:
         self.generations.labels(route).inc()
+
+    def count_request(self, group: str, status: int) -> None:
+        self.requests.labels(group, str(status)).inc()
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
