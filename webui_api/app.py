@@ -260,6 +260,6 @@ def _include_routes(app: FastAPI, settings: Settings) -> None:
                    health, internal, job_events, outputs):
         app.include_router(module.router)
     app.include_router(job_events.websocket_router)
-    app.include_router(docs.build_router(app.title))
+    docs.install(app)
     openapi_responses.install(app)
     app.include_router(system.build_router(settings))

@@ -169,8 +169,8 @@ def test_failed_request_ends_its_stream_with_the_error(client):
     task_id = "task(bad)"
     with client.websocket_connect(f"/sdapi/v1/progress/{task_id}/ws") as ws:
         response = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img(
-            steps=2, width=64, height=64, force_task_id=task_id, sampler_name="No Such Sampler"))
-        assert response.status_code in (400, 404, 422)
+            steps=2, width=64, height=64, force_task_id=task_id, script_name="no such script"))
+        assert response.status_code == 422
         events = []
         while not events or events[-1]["event"] != "done":
             events.append(ws.receive_json())

@@ -3,7 +3,9 @@
 FastAPI's own pages load Swagger UI and ReDoc from a CDN, so on an offline host (this server
 is offline by design) they stay blank. The scripts and styles come from the `fastapi-offline`
 package's copies (MIT licensed), served under /docs-assets; Swagger UI's online spec validator
-is switched off because it would call out.
+is switched off because it would call out. Like FastAPI's own pages these are plain routes
+outside the API's auth dependency (--api-docs-auth puts the pages behind it; the assets are
+the public library files).
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from fastapi import APIRouter, Request
+from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from ..errors import NotFound
 
@@ -34,12 +36,11 @@ def assets_folder() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "static"
 
 
-def build_router(title: str, openapi_url: str = "/openapi.json") -> APIRouter:
-    """The docs pages and their assets, outside the API's auth like FastAPI's own /docs."""
-    router = APIRouter(include_in_schema=False)
+def install(app: FastAPI, openapi_url: str = "/openapi.json") -> None:
+    """Add /docs, /redoc and /docs-assets/{name} to `app`, as FastAPI adds its own docs routes."""
     folder = assets_folder()
+    title = app.title
 
-    @router.get("/docs")
     async def swagger_ui(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
         return get_swagger_ui_html(
@@ -50,7 +51,6 @@ def build_router(title: str, openapi_url: str = "/openapi.json") -> APIRouter:
             swagger_ui_parameters={"validatorUrl": None},
         )
 
-    @router.get("/redoc")
     async def redoc(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
         return get_redoc_html(
@@ -59,11 +59,13 @@ def build_router(title: str, openapi_url: str = "/openapi.json") -> APIRouter:
             redoc_favicon_url=f"{root}{ASSETS_PATH}/favicon.png", with_google_fonts=False,
         )
 
-    @router.get(ASSETS_PATH + "/{name}")
-    async def asset(name: str) -> FileResponse:
+    async def asset(request: Request) -> Response:
+        name = request.path_params["name"]
         if name not in ASSET_TYPES:
             raise NotFound("No such docs asset")
         headers = {"Cache-Control": "public, max-age=86400"}
         return FileResponse(folder / name, media_type=ASSET_TYPES[name], headers=headers)
 
-    return router
+    app.add_route("/docs", swagger_ui, include_in_schema=False)
+    app.add_route("/redoc", redoc, include_in_schema=False)
+    app.add_route(ASSETS_PATH + "/{name}", asset, include_in_schema=False)
