@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ApiError, BadRequest, NotFound
+from .paths import resolve_inside
 
 OUTPUTS_FOLDER = Path("outputs") / "api-urls"  # under the data dir
 URL_PREFIX = "/sdapi/v1/outputs/"
@@ -72,7 +73,7 @@ class OutputStore:
             raise ValueError("an output image is not valid base64") from exc
         self.folder.mkdir(parents=True, exist_ok=True)
         name = f"{secrets.token_urlsafe(18)}.{extension}"
-        (self.folder / name).write_bytes(data)
+        resolve_inside(self.folder, name, what="output URL file").write_bytes(data)  # the data dir's path rule
         return StoredOutput(name, int(self._clock() + self.ttl_seconds))
 
     def url(self, stored: StoredOutput, base_url: str) -> str:
@@ -98,9 +99,11 @@ class OutputStore:
             raise NotFound("Output not found")
         if self._clock() > expires:
             raise UrlExpired("This output URL has expired", errors=f"it was valid until {expires} (unix time)")
-        path = self.folder / name
         extension = name.rsplit(".", 1)[-1]
-        if "/" in name or extension not in MEDIA_TYPES or not path.is_file():
+        if "/" in name or "\\" in name or extension not in MEDIA_TYPES:
+            raise NotFound("Output not found")
+        path = resolve_inside(self.folder, name, what="output URL file")
+        if not path.is_file():
             raise NotFound("Output not found")
         return path, MEDIA_TYPES[extension]
 
