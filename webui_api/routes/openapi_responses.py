@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field, create_model
 
 from ..option_defaults import OPTION_DEFS
+from ..schemas.generation import GenerationResponse
 
 
 class ProgressState(BaseModel):
@@ -113,6 +114,19 @@ class TaskAnswer(BaseModel):
 
     success: bool
     data: Any | None = None
+    message: str | None = None
+
+
+class TaskResult(BaseModel):
+    image: str = Field(description="data: URL of the image")
+    infotext: str
+
+
+class TaskResults(BaseModel):
+    """agent-scheduler's results answer (`?zip=true`: a zip file instead)."""
+
+    success: bool
+    data: list[TaskResult] | None = None
     message: str | None = None
 
 
@@ -230,6 +244,15 @@ JSON_RESPONSES: dict[tuple[str, str], Any] = {
     ("get", "/ready"): ReadyResponse,
 }
 
+# (method, path) -> the model of the JSON answer of routes that may also answer another media type
+# (the other media types, documented by openapi_errors, are kept)
+MIXED_RESPONSES: dict[tuple[str, str], Any] = {
+    ("get", "/agent-scheduler/v1/task/{task_id}/events"): TaskAnswer,  # JSON: an unknown task
+    ("get", "/agent-scheduler/v1/task/{task_id}/results"): TaskResults,
+    ("get", "/agent-scheduler/v1/results/{task_id}"): TaskResults,
+    ("post", "/v1/controlnet"): GenerationResponse,  # JSON unless Accept: image/png
+}
+
 # (method, path) -> the request body's model, for routes that read a plain dict
 REQUEST_BODIES: dict[tuple[str, str], Any] = {
     ("post", "/sdapi/v1/png-info"): PNGInfoRequest,
@@ -280,6 +303,11 @@ def _fill(schema: dict[str, Any], app: FastAPI) -> None:
         if response is not None:
             response["content"] = {media_type: {"schema": {"type": "string", "format": "binary"}}}
             response["description"] = description
+    for (method, path), spec in MIXED_RESPONSES.items():
+        response = _ok_response(schema, method, path)
+        if response is not None:
+            content = response.setdefault("content", {})
+            content["application/json"] = {"schema": _schema_of(spec, components, app)}
     for (method, path), spec in REQUEST_BODIES.items():
         operation = schema.get("paths", {}).get(path, {}).get(method)
         if operation is not None:
