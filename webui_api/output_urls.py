@@ -95,7 +95,7 @@ class OutputStore:
         """The file behind a URL and its media type; 404 for a wrong signature or name (no hint
         whether it exists), 410 once expired."""
         stored = StoredOutput(name, expires)
-        if not hmac.compare_digest(self.sign(stored), signature or ""):
+        if not hmac.compare_digest(self.sign(stored).encode(), (signature or "").encode("utf-8", "replace")):
             raise NotFound("Output not found")
         if self._clock() > expires:
             raise UrlExpired("This output URL has expired", errors=f"it was valid until {expires} (unix time)")

@@ -63,6 +63,7 @@ def test_urls_need_the_api_auth_and_a_valid_signature(make_client):
     tampered = local_path(url).replace("expires=", "expires=9")
     assert client.get(tampered, auth=auth).status_code == 404
     assert client.get("/sdapi/v1/outputs/nothing.png?expires=1&sig=x", auth=auth).status_code == 404
+    assert client.get("/sdapi/v1/outputs/nothing.png?expires=1&sig=\u00e9", auth=auth).status_code == 404  # not a 500
 
 
 def test_urls_expire_and_expired_files_are_purged(tmp_path: Path):
