@@ -51,7 +51,8 @@ def _events(
 async def job_event_stream(
     task_id: str, request: Request, runtime: Annotated[Runtime, Depends(get_runtime)],
     previews: Annotated[bool, Query(description="include live preview images (data URIs) in progress events")] = True,
-    wait: Annotated[float, Query(description="seconds to wait for a task id that is not known yet")] = 300.0,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False,
+                                 description="seconds to wait for a task id that is not known yet")] = 300.0,
 ) -> StreamingResponse:
     """Server-Sent Events of one job: `status`, `progress`, then `done`; the stream then ends."""
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # nginx: do not buffer the stream
