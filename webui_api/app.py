@@ -12,6 +12,7 @@ import logging
 import time
 import traceback
 from datetime import datetime
+from collections.abc import Sequence
 from typing import Any, AsyncIterator, Optional
 
 from fastapi import FastAPI, Request
@@ -23,10 +24,12 @@ from . import __version__
 from .auth import add_cors, build_gate, exposure_warnings, protect_docs, record_work, unclassified_routes
 from .errors import ApiError, validation_error_body
 from .options import OptionsStore
+from .lane_progress import LaneProgress
 from .output_urls import OUTPUTS_FOLDER, OutputStore
 from .progress import ProgressTracker
 from .batching import BatchingConfig
 from .scheduler import Scheduler, WorkItem
+from .workers import Worker
 from .serving.audit import AuditLog
 from .serving.content_policy import ContentPolicy
 from .serving.guards import BodySizeLimit, PixelBudgetScope
@@ -47,11 +50,12 @@ EMBEDDED_MODEL_WARNING = (
 )
 
 
-def create_app(settings: Settings, engine: Optional[Any] = None) -> FastAPI:
+def create_app(settings: Settings, engine: Optional[Any] = None, workers: Sequence[Worker] | None = None) -> FastAPI:
+    """`workers`: the scheduler's lanes (default: one local worker thread; --ray: RayWorkers)."""
     app = FastAPI(
         title="webui-api",
         version=__version__,
-        lifespan=_lifespan_for(settings, engine),
+        lifespan=_lifespan_for(settings, engine, workers),
         root_path=f"/{settings.subpath.strip('/')}" if settings.subpath else "",
         docs_url=None, redoc_url=None,  # served by routes/docs.py with bundled assets (no CDN)
     )
@@ -67,12 +71,12 @@ def create_app(settings: Settings, engine: Optional[Any] = None) -> FastAPI:
     return app
 
 
-def _lifespan_for(settings: Settings, engine: Optional[Any]):
+def _lifespan_for(settings: Settings, engine: Optional[Any], workers: Sequence[Worker] | None = None):
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for warning in exposure_warnings(settings):
             log.warning(warning)
-        runtime = build_runtime(settings, engine)
+        runtime = build_runtime(settings, engine, workers)
         app.state.runtime = runtime
         runtime.scheduler.start()
         if settings.skip_load_model_at_start:
@@ -91,18 +95,28 @@ def _lifespan_for(settings: Settings, engine: Optional[Any]):
 
 
 def _start_task_runner(app: FastAPI, runtime: Runtime):
-    """Async tasks (agent-scheduler routes): persisted under <data dir>/tasks, resumed at start."""
+    """Async tasks (agent-scheduler routes): persisted under <data dir>/tasks, resumed at start; in
+    Redis when --ray and --redis-url are both given (one store for every ingress of the cluster)."""
     from .generation.task_runner import TaskRunner
-    from .tasks import TaskStore
 
-    runner = TaskRunner(TaskStore(runtime.settings.data_dir / "tasks"), runtime)
+    runner = TaskRunner(task_store(runtime.settings), runtime)
     app.state.task_runner = runner
     runtime.metrics.track_tasks_pending(lambda: runner.store.count("pending"))
     runner.start()
     return runner
 
 
-def build_runtime(settings: Settings, engine: Optional[Any] = None) -> Runtime:
+def task_store(settings: Settings) -> Any:
+    if settings.ray is not None and settings.redis_url:
+        from .task_store_redis import RedisTaskStore
+
+        return RedisTaskStore(settings.redis_url)
+    from .tasks import TaskStore
+
+    return TaskStore(settings.data_dir / "tasks")
+
+
+def build_runtime(settings: Settings, engine: Optional[Any] = None, workers: Sequence[Worker] | None = None) -> Runtime:
     from .postprocess.previews import preview_encoder
 
     if engine is None:
@@ -110,13 +124,19 @@ def build_runtime(settings: Settings, engine: Optional[Any] = None) -> Runtime:
 
         engine = Engine.from_settings(settings)
     options = OptionsStore.from_settings(settings)
-    progress = ProgressTracker(encode_preview=preview_encoder(lambda: options.get("live_previews_image_format")))
+
+    def tracker() -> ProgressTracker:  # a remote lane may have no preview to show yet
+        encode = preview_encoder(lambda: options.get("live_previews_image_format"))
+        return ProgressTracker(encode_preview=lambda image: None if image is None else encode(image))
+
+    # several lanes run jobs at once: one tracker per lane, /progress shows the longest-running job
+    progress: Any = tracker() if workers is None or len(workers) < 2 else LaneProgress(tracker)
     metrics = Metrics()
     scheduler = Scheduler(
         progress, after_failure=engine.free_memory,
         max_queue_depth=settings.max_queue_depth, queue_timeout=settings.queue_timeout,
         batching=BatchingConfig(settings.batch_max_size, settings.batch_wait_ms),
-        on_batch=metrics.observe_batch,
+        on_batch=metrics.observe_batch, workers=workers,
     )
     metrics.track_queue_depth(lambda: scheduler.waiting_generations)
     serving = ServingHooks(
@@ -260,5 +280,14 @@ def _include_routes(app: FastAPI, settings: Settings) -> None:
     app.include_router(job_events.websocket_router)
     docs.install(app)
     app.include_router(system.build_router(settings))
+    _include_beyond_a1111(app)
     openapi_errors.install_error_responses(app)  # the shared 4xx/503 answers, with A1111's error body
     openapi_responses.install(app)  # after it: wraps that builder (which replaces, not wraps, the one before)
+
+
+def _include_beyond_a1111(app: FastAPI) -> None:
+    """Routes A1111 does not have: the OpenAI-compatible images API and the web playground."""
+    from .routes import openai_images, playground
+
+    app.include_router(openai_images.router)
+    app.include_router(playground.router)

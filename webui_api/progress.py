@@ -201,7 +201,7 @@ class ProgressTracker:
 
     def __init__(
         self,
-        encode_preview: Callable[[Any], EncodedPreview] | None = None,
+        encode_preview: Callable[[Any], EncodedPreview | None] | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self._lock = threading.Lock()
@@ -255,9 +255,10 @@ class ProgressTracker:
                 job.last_preview_step = step
         if due:
             encoded = self._encode_preview(make_preview())  # type: ignore[misc]
-            with self._lock:
-                job.previews_made += 1
-                job.preview = LivePreview(job.previews_made, encoded.png_base64, encoded.data_uri)
+            if encoded is not None:  # a remote lane may have no image to show yet
+                with self._lock:
+                    job.previews_made += 1
+                    job.preview = LivePreview(job.previews_made, encoded.png_base64, encoded.data_uri)
         self._wake_all()
 
     def batch_finished(self, batch_no: int) -> None:

@@ -129,6 +129,10 @@ class LoadedModel:
     baked_vae: Any = None  # the checkpoint's own VAE; `vae` is it or a VAE file chosen by sd_vae
     vae_file: str | None = None  # the VAE file `vae` came from; None while the baked VAE is in use
     embeddings: Any = None  # webui_api.engine.embeddings.EmbeddingStore fitting this model's encoders
+    vae_shift_factor: float = 0.0  # latent = (z - shift) * scale; Flux's autoencoder has a shift, SD's none
+    flow_shift: float | None = None  # flow-matching models (Flux): the sigma table's time shift; None: diffusion
+    module_files: tuple[str, ...] = ()  # Forge modules (VAE / text encoder files) this model was built with
+    unet_storage: Any = None  # float8 dtype the transformer's Linear weights are stored in (upcast per layer)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         """Every network the model holds (the baked VAE too, while another VAE is active)."""

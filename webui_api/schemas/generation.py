@@ -110,6 +110,7 @@ class GenerationRequest(LenientModel):
     # not A1111's: true answers `images` as signed, expiring URLs (GET /sdapi/v1/outputs/...)
     # instead of base64; null follows the server's --output-urls
     output_urls: Optional[bool] = None
+    distilled_cfg_scale: Optional[float] = 3.5  # Forge: Flux-dev's guidance embedding (other models ignore it)
 
     @field_validator("width", "height")
     @classmethod
@@ -163,6 +164,7 @@ class Txt2ImgRequest(GenerationRequest):
     hr_scheduler: Optional[str] = None
     hr_prompt: Optional[str] = ""
     hr_negative_prompt: Optional[str] = ""
+    hr_distilled_cfg: Optional[float] = 3.5  # Forge: distilled CFG of the hires pass
 
     @field_validator("hr_scale")
     @classmethod
