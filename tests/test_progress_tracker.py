@@ -122,3 +122,31 @@ def test_event_stream_is_ordered_and_ends_with_done():
     assert states == ["queued", "active", "completed"]
     steps = [data["step"] for name, data in events if name == "progress"]
     assert steps == sorted(steps) and steps[-1] == 3
+
+
+def test_lane_progress_answers_per_job_views_across_lanes():
+    import threading
+
+    from webui_api.lane_progress import LaneProgress
+
+    lanes = LaneProgress(lambda: ProgressTracker(encode_preview=preview_encoder(lambda: "png")))
+    started, release = threading.Event(), threading.Event()
+
+    def lane(task_id: str) -> None:
+        lanes.begin("x", 1, "0", CancelToken(), 0, task_ids=(task_id,))
+        lanes.sampling_step(1, 4, small_image)
+        started.set()
+        release.wait(5)
+        lanes.end()
+
+    thread = threading.Thread(target=lane, args=("task(lane)",))
+    thread.start()
+    assert started.wait(5)
+    view = lanes.view("task(lane)")
+    assert view.active and view.sampling_steps == 4
+    release.set()
+    thread.join(5)
+    lanes.complete("task(lane)", JobOutcome(COMPLETED, result={"images": 1}))
+    done = lanes.view("task(lane)")
+    assert not done.active and done.completed and done.outcome.result == {"images": 1}
+    assert not lanes.view("task(other)").completed
