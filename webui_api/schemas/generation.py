@@ -109,6 +109,9 @@ class GenerationRequest(LenientModel):
     alwayson_scripts: dict[str, Any] | None = Field(default={})  # OpenAPI shows {} as A1111
     force_task_id: str | None = None
     infotext: str | None = None
+    # not A1111's: true answers `images` as signed, expiring URLs (GET /sdapi/v1/outputs/...)
+    # instead of base64; null follows the server's --output-urls
+    output_urls: bool | None = None
     distilled_cfg_scale: float | None = 3.5  # Forge: Flux-dev's guidance embedding (other models ignore it)
 
     @field_validator("width", "height")
