@@ -186,3 +186,24 @@ def test_conditioning_and_euler_step_match_diffusers(tmp_path, parts):
         step = _plan("simple").sampler.function(denoiser, x, sigmas[:2], extra_args={}, disable=True,
                                                 noise_sampler=lambda a, b: torch.zeros_like(x))
     assert torch.allclose(step, x + (sigmas[1] - sigmas[0]) * v, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_t5", [True, False], ids=["with-t5", "no-t5"])
+def test_diffusers_folder_gives_the_single_files_image(tmp_path, parts, with_t5):
+    """A StableDiffusion3Pipeline folder saved by diffusers from the same weights loads and
+    generates the same image as the single file (without T5: the folder diffusers writes with
+    text_encoder_3 left out)."""
+    packed = ALL if with_t5 else ("clip_l", "clip_g")
+    paths = write_models(tmp_path, parts, packed)
+    if not with_t5:
+        Path(paths["t5xxl"]).unlink()
+    engine = _engine(paths)
+    model = engine.load("sd3.safetensors")
+    _diffusers_pipeline(model).save_pretrained(str(Path(paths["ckpt_dir"]) / "sd3-folder"))
+    job = _job(negative_prompts=("blurry",))
+    expected = _pixels(engine.txt2img(job, RecordingObserver(), CancelToken()))
+    fresh = _engine(paths)
+    folder_model = fresh.load("sd3-folder")
+    assert folder_model.family == "sd3" and (folder_model.text_encoder_3 is not None) == with_t5
+    got = _pixels(fresh.txt2img(replace(job, model_title="sd3-folder"), RecordingObserver(), CancelToken()))
+    assert np.array_equal(got, expected)

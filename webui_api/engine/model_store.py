@@ -35,6 +35,7 @@ from webui_api.engine.loading.flux_folder import is_flux_folder, load_flux_folde
 from webui_api.engine.loading.forge_modules import load_t5_tokenizer
 from webui_api.engine.loading.hashes import HashCache
 from webui_api.engine.loading.sd3_checkpoint import is_sd3_file, load_sd3
+from webui_api.engine.loading.sd3_folder import is_sd3_folder, load_sd3_folder
 from webui_api.engine.loading.vae import VaeChoice, load_vae_file, resolve_vae
 from webui_api.engine.models import (
     EMBEDDED_FILENAME,
@@ -233,6 +234,9 @@ class ModelStore:
         if path.is_dir() and is_flux_folder(path):
             tokenizer = partial(load_t5_tokenizer, self.paths)
             return load_flux_folder(info, self.load_options, tokenizer, before_build=self._make_room)
+        if path.is_dir() and is_sd3_folder(path):
+            tokenizer = partial(load_t5_tokenizer, self.paths)
+            return load_sd3_folder(info, self.load_options, tokenizer, before_build=self._make_room)
         if path.is_dir():
             return load_folder(info, self.load_options, before_build=self._make_room)
         if is_flux_file(path):

@@ -37,7 +37,11 @@ from webui_api.engine.pipeline import (
     make_image_rng,
     resolve_plan,
 )
-from webui_api.engine.prompts import fragments_for_emphasis, prompt_schedule, split_subprompts
+from webui_api.engine.prompts import (
+    fragments_for_emphasis,
+    prompt_schedule,
+    split_subprompts,
+)
 from webui_api.errors import BadRequest
 from webui_api.jobs import GeneratedImage, GenerationJob, JobResult
 from webui_api.progress import CancelToken, RunObserver
@@ -101,15 +105,16 @@ def flow_sigmas(job: GenerationJob, plan: SamplerPlan, shift: float) -> torch.Te
     return schedules.exponential(steps, low, high)
 
 
-def check_flow_plan(plan: SamplerPlan) -> None:
-    """Flux runs the deterministic samplers and the table schedulers; anything else is a 400."""
+def check_flow_plan(plan: SamplerPlan, family: str = "Flux") -> None:
+    """Flow models (Flux, SD3) run the deterministic samplers and the table schedulers; anything
+    else is a 400 naming the `family`."""
     sampler: SamplerInfo = plan.sampler
     scheduler: SchedulerInfo = plan.scheduler
     if sampler.name not in FLOW_SAMPLERS:
-        raise BadRequest(f"sampler {sampler.name!r} cannot run Flux models yet; use one of {list(FLOW_SAMPLERS)}")
+        raise BadRequest(f"sampler {sampler.name!r} cannot run {family} models yet; use one of {list(FLOW_SAMPLERS)}")
     if scheduler.name not in FLOW_SCHEDULERS:
         raise BadRequest(
-            f"schedule type {scheduler.label!r} cannot run Flux models; use one of {list(FLOW_SCHEDULERS)}"
+            f"schedule type {scheduler.label!r} cannot run {family} models; use one of {list(FLOW_SCHEDULERS)}"
         )
 
 

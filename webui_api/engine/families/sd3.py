@@ -217,7 +217,7 @@ def check_sd3_job(model: LoadedModel, job: GenerationJob) -> SamplerPlan:
     if job.controlnet_units:
         raise BadRequest("ControlNet units are not available for SD3 models")
     plan = resolve_plan(job)
-    check_flow_plan(plan)
+    check_flow_plan(plan, "SD3")
     return plan
 
 
