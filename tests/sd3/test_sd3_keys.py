@@ -7,25 +7,18 @@ import pytest
 import torch
 
 from tests.flux.files import random_state
-from tests.sd3.files import (
-    TINY,
-    TINY_35_LARGE,
-    TINY_35_MEDIUM,
-    MMDiTSizes,
-    mmdit_shapes,
-)
+from tests.sd3.files import TINY, TINY_35_LARGE, TINY_35_MEDIUM, MMDiTSizes, mmdit_shapes
 from webui_api.engine.loading import sd3_keys
 
 
 @pytest.mark.parametrize("sizes", [TINY, TINY_35_LARGE, TINY_35_MEDIUM], ids=["sd3", "sd3.5-large", "sd3.5-medium"])
 def test_key_map_matches_diffusers_converter(sizes: MMDiTSizes):
-    from diffusers.loaders.single_file_utils import (
-        convert_sd3_transformer_checkpoint_to_diffusers,
-    )
+    from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
 
     state = random_state(mmdit_shapes(sizes))
     ours = sd3_keys.mmdit_to_diffusers(state, sizes.depth)
-    theirs = convert_sd3_transformer_checkpoint_to_diffusers({"model.diffusion_model." + k: v for k, v in state.items()})
+    prefixed = {"model.diffusion_model." + k: v for k, v in state.items()}
+    theirs = convert_sd3_transformer_checkpoint_to_diffusers(prefixed)
     assert sorted(ours) == sorted(theirs)
     for key, tensor in theirs.items():
         assert torch.equal(ours[key], tensor), key

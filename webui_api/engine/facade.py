@@ -37,6 +37,7 @@ from webui_api.engine.loading.vae import VaeChoice
 from webui_api.engine.model_store import ModelStore, VaeCatalog
 from webui_api.engine.models import CheckpointInfo, LoadedModel
 from webui_api.engine.networks import LoadedNetwork, NetworkFile
+from webui_api.engine.noise_schedule import with_job_schedule
 from webui_api.engine.pipeline import run_txt2img
 from webui_api.engine.protocols import FaceStep, FirstPassHook
 from webui_api.engine.storage import storage_dtype
@@ -336,14 +337,16 @@ class Engine:
         networks.attach(model, strict=True)
         padding = apply_tiling(model, job.tiling)
         run_job = job if restore_faces is None else without_overlays(job)
-        companions = CompanionModels(self, job, model, networks)
+        scheduled, schedule_infotext = with_job_schedule(model, job.engine_options)
+        companions = CompanionModels(self, job, scheduled, networks)
         extra = {"models": companions} if with_models else {}
         try:
-            result = run(model, replace(run_job, prompts=stripped), observer, cancel, **extra)
+            result = run(scheduled, replace(run_job, prompts=stripped), observer, cancel, **extra)
         finally:
             networks.restore()
             companions.close()
             padding.restore()
+        result.extra_generation_params.update(schedule_infotext)
         if restore_faces is not None:
             restore_result_faces(result, job, restore_faces)
         self._finish(result, job, networks.mentioned(), choice, model)

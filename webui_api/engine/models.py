@@ -138,6 +138,7 @@ class LoadedModel:
     flow_shift: float | None = None  # flow-matching models (Flux): the sigma table's time shift; None: diffusion
     module_files: tuple[str, ...] = ()  # Forge modules (VAE / text encoder files) this model was built with
     unet_storage: Any = None  # float8 dtype the transformer's Linear weights are stored in (upcast per layer)
+    zero_terminal_snr: bool = False  # trained with zero terminal SNR (a `ztsnr` marker in the file)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         """Every network the model holds (the baked VAE too, while another VAE is active)."""

@@ -37,11 +37,7 @@ from webui_api.engine.pipeline import (
     make_image_rng,
     resolve_plan,
 )
-from webui_api.engine.prompts import (
-    fragments_for_emphasis,
-    prompt_schedule,
-    split_subprompts,
-)
+from webui_api.engine.prompts import fragments_for_emphasis, prompt_schedule, split_subprompts
 from webui_api.errors import BadRequest
 from webui_api.jobs import GeneratedImage, GenerationJob, JobResult
 from webui_api.progress import CancelToken, RunObserver

@@ -33,13 +33,7 @@ from webui_api.engine.conditioning import (
     encode_with,
 )
 from webui_api.engine.denoiser import SamplingInterrupted
-from webui_api.engine.families.flux import (
-    T5_MIN_LENGTH,
-    check_flow_plan,
-    first_step_text,
-    sample,
-    t5_tokens,
-)
+from webui_api.engine.families.flux import T5_MIN_LENGTH, check_flow_plan, first_step_text, sample, t5_tokens
 from webui_api.engine.latents import decode_latents
 from webui_api.engine.models import LoadedModel
 from webui_api.engine.pipeline import (
@@ -294,13 +288,7 @@ def run_sd3_img2img(
     model: LoadedModel, job: GenerationJob, observer: RunObserver, cancel: CancelToken, **_: Any
 ) -> JobResult:
     """img2img and inpainting (mask blend) on the flow schedule's tail."""
-    from webui_api.engine.img2img import (
-        check_img2img_job,
-        infotext_extras,
-        init_latents,
-        inpaint_state,
-        overlaid,
-    )
+    from webui_api.engine.img2img import check_img2img_job, infotext_extras, init_latents, inpaint_state, overlaid
 
     params = check_img2img_job(job)
     plan = check_sd3_job(model, job)

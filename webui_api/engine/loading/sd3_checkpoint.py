@@ -23,11 +23,7 @@ from typing import Any
 
 import torch
 
-from webui_api.engine.loading import (
-    load_clip_tokenizer,
-    load_openclip_tokenizer,
-    sd3_keys,
-)
+from webui_api.engine.loading import load_clip_tokenizer, load_openclip_tokenizer, sd3_keys
 from webui_api.engine.loading.builder import (
     Component,
     _inferred,

@@ -17,11 +17,7 @@ from typing import Any
 import torch
 
 from webui_api.engine.loading.builder import Component, check_state, expected_shapes
-from webui_api.engine.loading.diffusers_folder import (
-    MODEL_INDEX,
-    _component_state,
-    _json,
-)
+from webui_api.engine.loading.diffusers_folder import MODEL_INDEX, _component_state, _json
 from webui_api.engine.loading.files import UnusableModelFile
 
 log = logging.getLogger(__name__)
@@ -43,12 +39,7 @@ def is_sd3_folder(path: Path) -> bool:
 
 def _empty(slot: str, config: dict[str, Any]) -> torch.nn.Module:
     from diffusers import AutoencoderKL, SD3Transformer2DModel
-    from transformers import (
-        CLIPTextConfig,
-        CLIPTextModelWithProjection,
-        T5Config,
-        T5EncoderModel,
-    )
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     with torch.device("meta"):
         if slot == "transformer":
