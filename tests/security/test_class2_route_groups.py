@@ -13,7 +13,7 @@ from fastapi.routing import APIRoute
 from tests.controlnet.helpers import b64_png, pattern_image, tiny_controlnet, write_original
 from tests.security.route_table import app_routes
 from tests.serving.conftest import bearer
-from webui_api.serving.groups import GENERATE, OPEN_ROUTES, classify, is_classified
+from webui_api.serving.groups import GENERATE, OPEN_ROUTES, PAGE_ROUTES, classify, is_classified
 
 KEYS = """
 keys:
@@ -24,7 +24,7 @@ WORK_ROUTES = ("/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/sdapi/v1/extra-single
                "/v1/controlnet", "/controlnet/detect")
 # POST routes that change state but queue no generation work (no rate limit)
 NON_WORK_POSTS = {"/sdapi/v1/options", "/sdapi/v1/interrupt", "/sdapi/v1/skip", "/sdapi/v1/png-info",
-                  "/agent-scheduler/v1/delete/{task_id}"}
+                  "/agent-scheduler/v1/delete/{task_id}", "/internal/progress"}
 
 
 def _all_routes(engine, tmp_path):
@@ -62,7 +62,7 @@ def test_every_api_route_has_the_auth_dependency(engine, tmp_path):
     from webui_api.auth import require_api_auth
 
     for path, _, route in _all_routes(engine, tmp_path):
-        if isinstance(route, APIRoute) and path not in OPEN_ROUTES:
+        if isinstance(route, APIRoute) and path not in OPEN_ROUTES and path not in PAGE_ROUTES:
             calls = {dependency.call for dependency in route.dependant.dependencies}
             assert require_api_auth in calls, path
 

@@ -51,11 +51,14 @@ ROUTES: Mapping[str, RouteClass] = {
                         "/v1/images/variations"], submission=True),
     **_table(GENERATE, [_SDAPI + name for name in ("png-info", "progress", "interrupt", "skip")]),
     **_table(GENERATE, ["/internal/progress", "/internal/pending-tasks"]),
+    **_table(GENERATE, [_SDAPI + "progress/{task_id}/events", _SDAPI + "progress/{task_id}/ws",
+                        _SDAPI + "outputs/{name}"]),  # per-job progress streams, images sent as URLs
     # read-only catalogs
     **_table(CATALOG, [_SDAPI + name for name in (
         "samplers", "schedulers", "upscalers", "latent-upscale-modes", "sd-models", "sd-modules", "sd-vae",
         "hypernetworks", "face-restorers", "realesrgan-models", "prompt-styles", "embeddings", "loras", "scripts",
         "script-info", "extensions", "memory", "cmd-flags")]),
+    **_table(CATALOG, ["/v1/models"]),  # the OpenAI-compatible checkpoint list
     **_table(CATALOG, ["/controlnet/version", "/controlnet/model_list", "/controlnet/module_list",
                        "/controlnet/settings", "/controlnet/control_types"]),
     # settings and administration
@@ -73,8 +76,11 @@ ROUTES: Mapping[str, RouteClass] = {
 
 # Answer anyone: load balancers and orchestrators carry no credentials. They say up/down only.
 OPEN_ROUTES = frozenset({"/health", "/ready"})
+# The web playground's page and assets: static files holding no data, open so a browser can load
+# them; every API call the page makes carries the user's credentials.
+PAGE_ROUTES = frozenset({"/", "/playground/{name}"})
 # FastAPI's own documentation routes: open like A1111 unless --api-docs-auth closes them.
-DOCS_ROUTES = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+DOCS_ROUTES = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/docs-assets/{name}"})
 UNCLASSIFIED = RouteClass(ADMIN, submission=True)  # fail closed: an admin key's work
 
 
@@ -84,7 +90,7 @@ def classify(route_path: str) -> RouteClass:
 
 
 def is_classified(route_path: str) -> bool:
-    return route_path in ROUTES or route_path in OPEN_ROUTES or route_path in DOCS_ROUTES
+    return route_path in ROUTES or route_path in OPEN_ROUTES or route_path in DOCS_ROUTES or route_path in PAGE_ROUTES
 
 
 def route_group(route_path: str) -> str:
