@@ -18,7 +18,7 @@ import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -287,8 +287,16 @@ def make_denoiser(
     return FluxDenoiser(model, cond, uncond, job.sampling.cfg_scale, distilled_cfg(model, job), cancel, blend)
 
 
+class FlowDenoiser(Protocol):
+    """What `sample` needs of a flow model's denoiser (Flux's, SD3's)."""
+
+    last_cond_x0: torch.Tensor | None
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **kwargs: Any) -> torch.Tensor: ...
+
+
 def sample(
-    denoiser: FluxDenoiser, plan: SamplerPlan, x: torch.Tensor, sigmas: torch.Tensor,
+    denoiser: FlowDenoiser, plan: SamplerPlan, x: torch.Tensor, sigmas: torch.Tensor,
     job: GenerationJob, observer: RunObserver, rng: Any,
 ) -> torch.Tensor:
     total = len(sigmas) - 1

@@ -201,7 +201,8 @@ def _markers(kind: str) -> str:
 def _build(kind: str, path: Path, state: Mapping[str, torch.Tensor], prefix: str) -> Component:
     if kind == KIND_VAE:
         component = vae_component(path, state, prefix)
-        component.module.register_to_config(scaling_factor=SD3_VAE_SCALE, shift_factor=SD3_VAE_SHIFT)
+        vae: Any = component.module  # diffusers' AutoencoderKL (its config holds the latent scale)
+        vae.register_to_config(scaling_factor=SD3_VAE_SCALE, shift_factor=SD3_VAE_SHIFT)
         return component
     if kind == KIND_T5:
         return t5_component(path, state, prefix)
