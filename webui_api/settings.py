@@ -49,6 +49,9 @@ class Settings:
     device: str = "auto"  # "cpu" with --use-cpu all/sd; else resolved by the engine
     dtype: str = "auto"  # "float32" with --no-half or --precision full; else resolved by the engine
     no_half_vae: bool = False
+    precision: str = "autocast"  # --precision autocast|full|half (engine.precision.PrecisionPolicy)
+    upcast_sampling: bool = False  # --upcast-sampling
+    vram_mode: str = "normal"  # "normal" | "medvram" | "medvram-sdxl" | "lowvram" (engine.offload)
     no_hashing: bool = False
     skip_load_model_at_start: bool = False
 

@@ -50,6 +50,7 @@ from webui_api.engine.networks import (
     parse_prompt_networks,
 )
 from webui_api.engine.pipeline import run_txt2img
+from webui_api.engine.precision import PrecisionPolicy
 from webui_api.engine.tiling import apply_tiling
 from webui_api.batching import batch_key
 from webui_api.errors import NotImplementedFeature, UnknownCheckpoint
@@ -255,6 +256,8 @@ class Engine:
         *,
         paths: ModelPaths | None = None,
         no_half_vae: bool = False,
+        precision: str = "autocast",
+        upcast_sampling: bool = False,
         no_hashing: bool = False,
         allow_unsafe_pickle: bool = False,
         controlnet_dirs: tuple[Path, ...] = (),
@@ -265,10 +268,13 @@ class Engine:
         self.device = resolve_device(device)
         self._scan_upscalers = upscalers  # () -> UpscalerCatalog; None: only the built-ins
         self._upscalers: Any = None
-        self.dtype = resolve_dtype(dtype, self.device)
+        self.precision = PrecisionPolicy.resolve(
+            self.device.type, dtype, no_half_vae=no_half_vae, precision=precision, upcast_sampling=upcast_sampling
+        )
+        log.info("Precision: %s", self.precision.describe())
+        self.dtype = self.precision.weights
         self.paths = paths if paths is not None else ModelPaths()
-        vae_dtype = torch.float32 if no_half_vae else self.dtype
-        self.load_options = LoadOptions(self.device, self.dtype, vae_dtype, allow_unsafe_pickle)
+        self.load_options = LoadOptions(self.device, self.dtype, self.precision.vae, allow_unsafe_pickle)
         self.hashes = HashCache(self.paths.hash_cache_file, enabled=not no_hashing)
         self._checkpoints: tuple[CheckpointInfo, ...] = ()
         self._vaes: tuple[VaeFile, ...] = ()
@@ -291,6 +297,8 @@ class Engine:
             dtype=settings.dtype,
             paths=ModelPaths.from_settings(settings),
             no_half_vae=settings.no_half_vae,
+            precision=settings.precision,
+            upcast_sampling=settings.upcast_sampling,
             no_hashing=settings.no_hashing,
             allow_unsafe_pickle=bool(settings.cmd_flags.get("disable_safe_unpickle", False)),
             controlnet_dirs=controlnet_dirs(settings),
@@ -393,6 +401,7 @@ class Engine:
         if model.device != self.device:
             model.move_to(self.device)
         model.embeddings = self._embeddings.store_for(model)
+        model.autocast = self.precision.autocast
         self._cache.put(model)
         if self._active is not None:
             self._cache.get(self._active.info.filename)
