@@ -113,6 +113,7 @@ def build_runtime(settings: Settings, engine: Optional[Any] = None) -> Runtime:
         max_queue_depth=settings.max_queue_depth, queue_timeout=settings.queue_timeout,
         batching=BatchingConfig(settings.batch_max_size, settings.batch_wait_ms),
         on_batch=metrics.observe_batch,
+        client_error_for=getattr(engine, "client_error_for", None),
     )
     metrics.track_queue_depth(lambda: scheduler.waiting_generations)
     serving = ServingHooks(

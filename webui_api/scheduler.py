@@ -168,6 +168,7 @@ class Scheduler:
         queue_timeout: float = DEFAULT_QUEUE_TIMEOUT,
         batching: BatchingConfig = BatchingConfig(max_size=1),
         on_batch: Callable[[int], None] | None = None,
+        client_error_for: Callable[[BaseException], BaseException] | None = None,
     ) -> None:
         if max_queue_depth < 1 or queue_timeout < 0:
             raise ValueError(
@@ -176,6 +177,7 @@ class Scheduler:
             )
         self._progress = progress
         self._after_failure = after_failure
+        self._client_error_for = client_error_for  # e.g. a device OOM -> 503 (engine.device_errors)
         self.max_queue_depth = max_queue_depth
         self.queue_timeout = queue_timeout
         self._guarded: set[int] = set()  # ids of guarded items still waiting (not running, not cancelled)
@@ -401,7 +403,9 @@ class Scheduler:
 
     def _fail(self, item: WorkItem, exc: BaseException) -> None:
         log.error("work item %r failed:\n%s", item.label, "".join(traceback.format_exception(exc)))
-        item.future.set_exception(_without_tracebacks(exc))
+        told = self._client_error_for(exc) if self._client_error_for is not None else exc
+        item.future.set_exception(_without_tracebacks(told))
+        del exc, told
         self._recover()
 
     def _recover(self) -> None:

@@ -50,6 +50,8 @@ from webui_api.engine.networks import (
     parse_prompt_networks,
 )
 from webui_api.engine.pipeline import run_txt2img
+from webui_api.engine.device_errors import client_error_for
+from webui_api.engine.offload import ModuleSwapper, OffloadPlan
 from webui_api.engine.precision import PrecisionPolicy
 from webui_api.engine.tiling import apply_tiling
 from webui_api.batching import batch_key
@@ -258,6 +260,7 @@ class Engine:
         no_half_vae: bool = False,
         precision: str = "autocast",
         upcast_sampling: bool = False,
+        vram_mode: str = "normal",
         no_hashing: bool = False,
         allow_unsafe_pickle: bool = False,
         controlnet_dirs: tuple[Path, ...] = (),
@@ -273,6 +276,10 @@ class Engine:
         )
         log.info("Precision: %s", self.precision.describe())
         self.dtype = self.precision.weights
+        OffloadPlan.for_mode(vram_mode, "sd1")  # refuses an unknown mode at start
+        self.vram_mode = vram_mode
+        self._swapper = ModuleSwapper(self.device)
+        self._offloaded: LoadedModel | None = None  # the model the swapper's hooks are on
         self.paths = paths if paths is not None else ModelPaths()
         self.load_options = LoadOptions(self.device, self.dtype, self.precision.vae, allow_unsafe_pickle)
         self.hashes = HashCache(self.paths.hash_cache_file, enabled=not no_hashing)
@@ -299,6 +306,7 @@ class Engine:
             no_half_vae=settings.no_half_vae,
             precision=settings.precision,
             upcast_sampling=settings.upcast_sampling,
+            vram_mode=settings.vram_mode,
             no_hashing=settings.no_hashing,
             allow_unsafe_pickle=bool(settings.cmd_flags.get("disable_safe_unpickle", False)),
             controlnet_dirs=controlnet_dirs(settings),
@@ -425,6 +433,8 @@ class Engine:
         no reference (the caller's included) keeps the weights alive past `free_memory`."""
         if any(model is self._active for model in models):
             self._active = None
+        if any(model is self._offloaded for model in models):
+            self._stop_offloading()
         if models:
             log.info("Unloaded %s", ", ".join(m.info.title for m in models))
             models.clear()
@@ -435,22 +445,47 @@ class Engine:
         the device, and make it the current checkpoint."""
         previous = self._active
         if previous is not None and previous is not model and self.device.type != "cpu":
+            self._stop_offloading()
             previous.move_to(torch.device("cpu"))
-        if model.device != self.device:
+        plan = self.offload_plan(model)
+        if plan.offloads:
+            if self._offloaded is not model:
+                model.alphas_cumprod = model.alphas_cumprod.to(self.device)
+                model.device = self.device
+                self._swapper.install(model.modules(), plan)
+                self._offloaded = model
+        elif model.device != self.device:
             model.move_to(self.device)
         model.embeddings = self._embeddings.store_for(model)
         self._cache.put(model)
         self._active = model
         self._current = model.info
 
+    def _stop_offloading(self) -> None:
+        """Take the swapper's hooks off the offloaded model (before it is parked or dropped)."""
+        self._swapper.remove()
+        self._offloaded = None
+
+    def offload_plan(self, model: LoadedModel) -> OffloadPlan:
+        """A1111's --medvram/--medvram-sdxl/--lowvram plan for `model`; none on a CPU device."""
+        if self.device.type == "cpu":
+            return OffloadPlan("none")
+        return OffloadPlan.for_mode(self.vram_mode, model.family)
+
     def unload(self) -> None:
         """Drop every loaded model and give the memory back (the CUDA cache too); the loaded
         ControlNets and annotator networks go as well."""
         self.controlnets.clear()
+        self._stop_offloading()
         if self._active is None and not len(self._cache):
             return
         self._active = None
         self._drop(self._cache.evict_until(0))
+
+    @staticmethod
+    def client_error_for(exc: BaseException) -> BaseException:
+        """What a client is told when its job failed with `exc` (a device OOM becomes a 503)."""
+        return client_error_for(exc)
 
     def free_memory(self) -> None:
         """Collect garbage and return cached device memory; the scheduler calls this after a
