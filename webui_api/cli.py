@@ -251,6 +251,11 @@ SERVING_FLAGS: tuple[FlagSpec, ...] = (
     FlagSpec("--batch-unet-rows", "cross-request batching: every UNet call gets exactly this many rows (padded), "
              "so batched and lone images agree bit for bit; use a multiple of 4 (0: 2 x --batch-max-size, rounded up "
              "to a multiple of 4)", int, 0),
+    _switch("--compile", "torch.compile the UNet when a model loads (warmed up at the default image size before "
+            "serving; minutes on first load, faster sampling after)"),
+    FlagSpec("--compile-mode", "torch.compile mode with --compile: default, reduce-overhead (CUDA graphs), "
+             "max-autotune, max-autotune-no-cudagraphs", str, "default",
+             options={"choices": ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]}),
 )
 
 
@@ -421,6 +426,7 @@ def settings_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser
         ui_settings_file=Path(args.ui_settings_file), styles_files=_styles_files(args, data_dir),
         device=device, dtype=dtype, no_half_vae=args.no_half_vae, no_hashing=args.no_hashing,
         vram_mode=_vram_mode(args), **_precision_flags(args),
+        compile_unet=args.compile, compile_mode=args.compile_mode,
         skip_load_model_at_start=args.skip_load_model_at_start,
         freeze_settings=args.freeze_settings, freeze_settings_in_sections=_split_list(args.freeze_settings_in_sections),
         freeze_specific_settings=_split_list(args.freeze_specific_settings), hide_ui_dir_config=args.hide_ui_dir_config,

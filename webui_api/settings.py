@@ -52,6 +52,8 @@ class Settings:
     precision: str = "autocast"  # --precision autocast|full|half (engine.precision.PrecisionPolicy)
     upcast_sampling: bool = False  # --upcast-sampling
     vram_mode: str = "normal"  # "normal" | "medvram" | "medvram-sdxl" | "lowvram" (engine.offload)
+    compile_unet: bool = False  # --compile: torch.compile the UNet at load (engine.compile)
+    compile_mode: str = "default"  # --compile-mode
     no_hashing: bool = False
     skip_load_model_at_start: bool = False
 

@@ -50,6 +50,7 @@ from webui_api.engine.networks import (
     parse_prompt_networks,
 )
 from webui_api.engine.pipeline import run_txt2img
+from webui_api.engine.compile import CompilePolicy
 from webui_api.engine.device_errors import client_error_for
 from webui_api.engine.offload import ModuleSwapper, OffloadPlan
 from webui_api.engine.precision import PrecisionPolicy
@@ -261,6 +262,7 @@ class Engine:
         precision: str = "autocast",
         upcast_sampling: bool = False,
         vram_mode: str = "normal",
+        compile_policy: CompilePolicy | None = None,
         no_hashing: bool = False,
         allow_unsafe_pickle: bool = False,
         controlnet_dirs: tuple[Path, ...] = (),
@@ -278,6 +280,7 @@ class Engine:
         self.dtype = self.precision.weights
         OffloadPlan.for_mode(vram_mode, "sd1")  # refuses an unknown mode at start
         self.vram_mode = vram_mode
+        self.compile_policy = compile_policy or CompilePolicy()
         self._swapper = ModuleSwapper(self.device)
         self._offloaded: LoadedModel | None = None  # the model the swapper's hooks are on
         self.paths = paths if paths is not None else ModelPaths()
@@ -307,6 +310,7 @@ class Engine:
             precision=settings.precision,
             upcast_sampling=settings.upcast_sampling,
             vram_mode=settings.vram_mode,
+            compile_policy=CompilePolicy(settings.compile_unet, settings.compile_mode),
             no_hashing=settings.no_hashing,
             allow_unsafe_pickle=bool(settings.cmd_flags.get("disable_safe_unpickle", False)),
             controlnet_dirs=controlnet_dirs(settings),
@@ -410,6 +414,7 @@ class Engine:
             model.move_to(self.device)
         model.embeddings = self._embeddings.store_for(model)
         model.autocast = self.precision.autocast
+        self.compile_policy.apply(model)
         self._cache.put(model)
         if self._active is not None:
             self._cache.get(self._active.info.filename)
