@@ -249,8 +249,11 @@ def _log_request(request: Request, status: int, duration: float) -> None:
 
 
 def _include_routes(app: FastAPI, settings: Settings) -> None:
-    from .routes import catalog, controlnet, controlnet_detect, extras, generate, health, options, progress, system, tasks
+    from .routes import (
+        catalog, controlnet, controlnet_detect, extras, generate, health, interrogate, options, progress, system, tasks,
+    )
 
-    for module in (generate, progress, options, catalog, extras, tasks, controlnet, controlnet_detect, health):
+    for module in (generate, progress, options, catalog, extras, interrogate, tasks, controlnet, controlnet_detect,
+                   health):
         app.include_router(module.router)
     app.include_router(system.build_router(settings))

@@ -9,6 +9,7 @@ prompt checks that are cheap enough for the event loop.
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -19,6 +20,8 @@ from .jobs import GenerationJob, HiresParams, Img2ImgParams, RefinerParams, Samp
 from .schemas.generation import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 from .controlnet.units import controlnet_units
 from .styles import PromptStyle, apply_styles, read_styles
+
+log = logging.getLogger(__name__)
 
 MAX_SEED = 4294967294  # A1111 draws random seeds with randrange(4294967294)
 
@@ -46,20 +49,39 @@ def resolve_seed(value: Any, rng: random.Random) -> int:
     return int(value)
 
 
+A1111_DEFAULT_SAMPLER = "DPM++ 2M"  # A1111's samplers[0]: what an unknown sampler name becomes
+
+
 def resolve_sampler(request: GenerationRequest) -> ResolvedSampler:
-    """Resolve names like A1111's API does, but answer unknown names with a 422."""
+    """Resolve names like A1111's API does: an unknown sampler becomes DPM++ 2M and an unknown
+    scheduler Automatic (A1111's get_sampler_and_scheduler fallbacks, logged as a warning)."""
     from samplers import registry
 
     name = request.sampler_name or request.sampler_index or "Euler"
+    scheduler_name = _known_scheduler_or_none(request.scheduler)
     try:
-        sampler, split_scheduler = registry.resolve_sampler_and_scheduler(name, request.scheduler)
-    except (registry.UnknownSamplerError, registry.UnknownSchedulerError) as exc:
+        try:
+            sampler, split_scheduler = registry.resolve_sampler_and_scheduler(name, scheduler_name)
+        except registry.UnknownSamplerError:
+            log.warning("Sampler %r not found; using %s (as A1111)", name, A1111_DEFAULT_SAMPLER)
+            sampler, split_scheduler = registry.resolve_sampler_and_scheduler(A1111_DEFAULT_SAMPLER, scheduler_name)
+    except registry.UnknownSchedulerError as exc:
         raise ValidationFailed(str(exc)) from exc
     if sampler.function is None:
         available = ", ".join(s.name for s in registry.implemented_samplers())
         raise ValidationFailed(f"Sampler {sampler.name!r} is not implemented yet; available: {available}")
-    scheduler = registry.find_scheduler(request.scheduler) if request.scheduler else split_scheduler
+    scheduler = registry.find_scheduler(scheduler_name) if scheduler_name else split_scheduler
     return ResolvedSampler(sampler.name, scheduler.name, scheduler.label)
+
+
+def _known_scheduler_or_none(name: Any) -> Any:
+    """A string naming no scheduler means Automatic in A1111 (None here); other types stay, to be refused."""
+    from samplers import registry
+
+    if isinstance(name, str) and name.strip() and registry.find_scheduler(name.strip()) is None:
+        log.warning("Scheduler %r not found; using Automatic (as A1111)", name)
+        return None
+    return name
 
 
 def check_scripts(request: GenerationRequest, tab: str | None = None) -> None:

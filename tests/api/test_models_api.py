@@ -110,8 +110,9 @@ def test_path_traversal_and_unknown_names_are_refused(folder_client):
         response = folder_client.post("/sdapi/v1/options", json={"sd_model_checkpoint": name})
         assert response.status_code == 404, name
         assert response.json()["detail"] == f"model {name!r} not found"
+    # A1111: "Couldn't find VAE named X; using None instead": the checkpoint's own VAE, 200
     response = folder_client.post("/sdapi/v1/txt2img", json={**SMALL, "override_settings": {"sd_vae": "../VAE/tiny.vae.safetensors"}})
-    assert response.status_code == 404 and "not found" in response.json()["detail"]
+    assert response.status_code == 200 and "VAE hash" not in json.loads(response.json()["info"])["infotexts"][0]
 
 
 def test_bad_file_is_a_400_and_the_previous_model_keeps_serving(folder_client, data_dir):
@@ -195,8 +196,9 @@ def test_loras_listing_and_use_in_a_prompt(folder_client, data_dir, checkpoint_b
     assert styled["images"][0] != plain["images"][0] and again["images"][0] == plain["images"][0]
     infotext = json.loads(styled["info"])["infotexts"][0]
     assert infotext.startswith("a cat <lora:shiny:0.8>\n") and "Lora hashes: \"shiny: " in infotext
+    # A1111 generates without a LoRA it cannot find ("Networks not found"), 200
     missing = folder_client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "<lora:absent:1> a cat"})
-    assert missing.status_code == 404 and "absent" in missing.json()["detail"]
+    assert missing.status_code == 200 and "Lora hashes" not in json.loads(missing.json()["info"])["infotexts"][0]
     (lora_dir / "more.safetensors").write_bytes(checkpoint_bytes["lora"])
     assert folder_client.post("/sdapi/v1/refresh-loras").json() is None
     assert [item["name"] for item in folder_client.get("/sdapi/v1/loras").json()] == ["more", "shiny_v1"]
@@ -215,3 +217,25 @@ def test_embeddings_listing_and_refresh(folder_client, data_dir):
         "loaded": {"tiny-style": {"step": 10, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": 64, "vectors": 2}},
         "skipped": {"sd15-style": {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": 768, "vectors": 1}},
     }
+
+
+def test_titles_from_other_installs_resolve_like_a1111(folder_client, data_dir):
+    """aiyabot POSTs a title before every generation; a title with another install's (or no) hash,
+    or a bare substring, finds the file as A1111's get_closet_checkpoint_match does."""
+    beta_sha = _sha(data_dir / "models" / "Stable-diffusion" / "sub" / "beta.safetensors")
+    for name in ("sub/beta.safetensors [0123456789]", "beta.safetensors [ffffffffff]", "beta"):
+        assert folder_client.post("/sdapi/v1/options", json={"sd_model_checkpoint": name}).status_code == 200, name
+        assert folder_client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == \
+            f"sub/beta.safetensors [{beta_sha[:10]}]"
+    stale = {**SMALL, "override_settings": {"sd_model_checkpoint": "alpha.safetensors [0000000000]"}}
+    info = json.loads(folder_client.post("/sdapi/v1/txt2img", json=stale).json()["info"])
+    assert info["sd_model_name"] == "alpha"
+
+
+def test_unknown_override_checkpoint_runs_on_the_selected_model(folder_client):
+    """A1111's process_images drops an override naming no checkpoint and answers 200."""
+    selected = folder_client.get("/sdapi/v1/options").json()["sd_model_checkpoint"]
+    payload = {**SMALL, "override_settings": {"sd_model_checkpoint": "elsewhere.safetensors [0123456789]"}}
+    response = folder_client.post("/sdapi/v1/txt2img", json=payload)
+    assert response.status_code == 200, response.text
+    assert json.loads(response.json()["info"])["sd_model_name"] == selected.split(".")[0]

@@ -333,3 +333,29 @@ def test_textual_inversion_from_the_embeddings_folder(make_client, tmp_path, eng
     assert "zzqx" in client.get("/sdapi/v1/embeddings").json()["loaded"]
     assert pixels(client, prompt="a zzqx cat") == pixels(client, prompt="a dog house cat")
     assert pixels(client, prompt="a zzqx cat") != pixels(client, prompt="a cat")
+
+
+def test_ti_hashes_in_the_infotext(make_client, tmp_path, engine):
+    """A1111's `TI hashes: "name: sha256[:12]"` for the embeddings the prompts use
+    (textual_inversion_add_hashes_to_infotext, on by default)."""
+    import hashlib
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    (tmp_path / "embeddings").mkdir()
+    width = engine.load().text_encoder.config.hidden_size
+    for name in ("zzqx", "unusedemb"):
+        save_file({"emb_params": torch.randn(2, width)}, str(tmp_path / "embeddings" / f"{name}.safetensors"))
+    sha = hashlib.sha256((tmp_path / "embeddings" / "zzqx.safetensors").read_bytes()).hexdigest()
+    client = make_client(own_engine=True)
+    payload = {"prompt": "a (zzqx:1.2) cat", "negative_prompt": "zzqx", "steps": 2, "width": 64, "height": 64}
+    infotext = json.loads(client.post("/sdapi/v1/txt2img", json=payload).json()["info"])["infotexts"][0]
+    assert f'TI hashes: "zzqx: {sha[:12]}"' in infotext
+    client.post("/sdapi/v1/options", json={"textual_inversion_add_hashes_to_infotext": False})
+    infotext = json.loads(client.post("/sdapi/v1/txt2img", json=payload).json()["info"])["infotexts"][0]
+    assert "TI hashes" not in infotext
+    plain = {**payload, "prompt": "a cat", "negative_prompt": ""}
+    client.post("/sdapi/v1/options", json={"textual_inversion_add_hashes_to_infotext": True})
+    assert "TI hashes" not in json.loads(client.post("/sdapi/v1/txt2img", json=plain).json()["info"])["infotexts"][0]

@@ -77,11 +77,14 @@ def test_sampler_scheduler_matrix(client, sampler, scheduler):
     assert np.array_equal(_pixels(body), _pixels(_generate(client, sampler, scheduler)))
 
 
-def test_unknown_sampler_is_422_listing_the_twenty(client):
-    response = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img(sampler_name="Euler z", sampler_index="Euler z"))
-    assert response.status_code == 422
-    text = response.text
-    assert all(name in text for name in ("DDIM CFG++", "UniPC", "LCM", "DPM++ 2M SDE Heun"))
+def test_unknown_sampler_with_a_scheduler_suffix_keeps_the_scheduler(client):
+    """A1111 strips a known scheduler suffix first, then falls back to DPM++ 2M for the rest."""
+    import json
+
+    payload = webuiapi_txt2img(sampler_name="Euler z Karras", sampler_index=None)
+    response = client.post("/sdapi/v1/txt2img", json=payload)
+    assert response.status_code == 200, response.text
+    assert json.loads(response.json()["info"])["sampler_name"] == "DPM++ 2M"
 
 
 def test_unipc_with_too_few_steps_says_why(client):

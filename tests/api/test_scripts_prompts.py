@@ -56,13 +56,24 @@ def test_img2img_tab(client):
 
 @pytest.mark.parametrize("args", [
     [False, False, "middle", "a cat"],
-    [False, False, "start", "--steps many"],
-    [False, False, "start", "--width 33"],
     [False, False, "start", "--sd_model no-such-model"],
-    [False, False, "start", "--sampler_name Nonexistent"],
     [False, False, "start", ""],
     ["yes please", False, "start", "a cat"],
 ])
 def test_bad_script_args_are_4xx(client, args):
     response = run(client, args)
     assert 400 <= response.status_code < 500, response.text
+
+
+@pytest.mark.parametrize(("line", "prompt", "sampler", "width"), [
+    ("--steps many", "--steps many example prompt", "Euler a", 64),  # A1111: the line becomes the prompt
+    ("--width 33", "example prompt", "Euler a", 33),  # any width, rendered at 32 as A1111
+    ("--sampler_name Nonexistent", "example prompt", "DPM++ 2M", 64),  # A1111's fallback sampler
+])
+def test_lines_a1111_accepts_answer_200(client, line, prompt, sampler, width):
+    import json
+
+    response = run(client, [False, False, "start", line])
+    assert response.status_code == 200, response.text
+    info = json.loads(response.json()["info"])
+    assert (info["all_prompts"][0], info["sampler_name"], info["width"]) == (prompt, sampler, width)

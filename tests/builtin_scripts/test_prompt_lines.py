@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from webui_api.builtin_scripts.prompts_from_file import parse_line, read_lines
-from webui_api.errors import ValidationFailed
 
 
 def test_plain_lines_are_prompts_and_blank_lines_skipped():
@@ -28,6 +27,5 @@ def test_a_double_dash_inside_a_prompt_falls_back_to_the_whole_line():
 
 
 @pytest.mark.parametrize("line", ["--steps ten", "--bogus 3", "--steps", '--prompt "unclosed', "--steps 3 loose"])
-def test_broken_argument_lines_are_422(line):
-    with pytest.raises(ValidationFailed, match="cannot read the line"):
-        parse_line(line)
+def test_broken_argument_lines_become_the_prompt_like_a1111(line):
+    assert parse_line(line) == {"prompt": line}

@@ -15,7 +15,7 @@ from tests.engine.ldm_checkpoints import build_networks, kohya_sd1_lora, write_c
 from webui_api.engine.loading.discovery import ModelPaths
 from webui_api.engine.loading.hashes import addnet_hash
 from webui_api.engine.service import Engine, hires_network_calls
-from webui_api.errors import NotFound, NotImplementedFeature
+from webui_api.errors import NotImplementedFeature
 from webui_api.jobs import HiresParams
 from webui_api.progress import CancelToken
 
@@ -118,8 +118,8 @@ def test_same_networks_in_both_prompts_stay_merged(engine):
     assert len(set(same.sums)) == 1
 
 
-def test_unknown_hires_lora_is_404_before_any_weight_changes(engine):
+def test_unknown_hires_lora_is_skipped_like_a1111_and_weights_restored(engine):
     before = weights(engine)
-    with pytest.raises(NotFound, match="nope"):
-        run(engine, hires_job("a cat <lora:style:1>", "a cat <lora:nope:1>"))
+    result = run(engine, hires_job("a cat <lora:style:1>", "a cat <lora:nope:1>"))
+    assert "nope" not in result.extra_generation_params.get("Lora hashes", "")
     assert all(torch.equal(before[k], v) for k, v in weights(engine).items())

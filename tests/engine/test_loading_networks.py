@@ -185,10 +185,13 @@ def test_text_encoder_only_and_unet_only_weights(engine):
     assert not np.array_equal(te_only, unet_only)
 
 
-def test_missing_lora_is_404_and_nothing_changes(engine):
+def test_missing_lora_is_skipped_like_a1111_and_nothing_changes(engine):
+    """A1111 logs "Networks not found" and generates without it (200); no Lora hashes for it."""
     before = _weights(engine.load())
-    with pytest.raises(NotFound, match="LoRA 'nope' not found"):
-        _run(engine, "a cat <lora:nope:1>")
+    result = _run(engine, "a cat <lora:nope:1>")
+    assert _pixels(result).tolist() == _pixels(_run(engine, "a cat")).tolist()
+    assert "Lora hashes" not in result.extra_generation_params
+    assert result.images[0].prompt == "a cat <lora:nope:1>"
     assert all(torch.equal(before[k], v) for k, v in _weights(engine.loaded).items())
 
 

@@ -13,7 +13,7 @@ from webui_api.engine.loading import ldm_keys
 from webui_api.engine.loading.builder import build_vae
 from webui_api.engine.loading.discovery import VaeFile
 from webui_api.engine.loading.files import UnusableModelFile
-from webui_api.engine.loading.vae import UnknownVae, resolve_vae, vae_config_for
+from webui_api.engine.loading.vae import resolve_vae, vae_config_for
 
 VAES = [VaeFile("anime.vae.safetensors", "/m/Stable-diffusion/anime.vae.safetensors"), VaeFile("ft-mse.safetensors", "/m/VAE/ft-mse.safetensors")]
 
@@ -50,11 +50,11 @@ def test_user_metadata_beside_the_checkpoint(tmp_path):
     assert _file(resolve_vae("Automatic", str(checkpoint), VAES)) is None
 
 
-def test_unknown_and_path_like_names_are_404():
+def test_unknown_and_path_like_names_fall_back_to_none_like_a1111():
+    """A1111: "Couldn't find VAE named X; using None instead" (the checkpoint's own VAE)."""
     for name in ("missing.safetensors", "../VAE/ft-mse.safetensors", "/m/VAE/ft-mse.safetensors"):
-        with pytest.raises(UnknownVae) as caught:
-            resolve_vae(name, "/m/x.safetensors", VAES)
-        assert caught.value.status_code == 404 and "ft-mse.safetensors" in caught.value.detail
+        assert _file(resolve_vae(name, "/m/x.safetensors", VAES)) is None
+        assert _file(resolve_vae(name, "/m/x.safetensors", VAES, overrides_per_model=False)) is None
 
 
 def test_vae_files_with_and_without_the_checkpoint_prefix(tmp_path):

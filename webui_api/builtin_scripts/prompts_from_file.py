@@ -10,6 +10,7 @@ infotext; no grid (A1111 sets do_not_save_grid).
 
 from __future__ import annotations
 
+import logging
 import shlex
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -53,10 +54,7 @@ LINE_KEYS: dict[str, Callable[[str], Any]] = {
 }
 IGNORED_KEYS = ("outpath_samples", "outpath_grids", "prompt_for_display", "sampler_index")
 
-
-class BadLine(ValidationFailed):
-    def __init__(self, line: str, reason: str) -> None:
-        super().__init__(f"{TITLE}: cannot read the line {line!r}: {reason}")
+log = logging.getLogger(__name__)
 
 
 def parse_arg_line(line: str) -> dict[str, Any]:
@@ -90,16 +88,15 @@ def _take_words(words: list[str], pos: int) -> tuple[int, str]:
 
 
 def parse_line(line: str) -> dict[str, Any]:
-    """A plain prompt, or arguments when the line contains "--". A1111 falls back to using the
-    whole line as the prompt when it does not parse; we do that too, except for lines that
-    start with "--": those are clearly meant as arguments, and a typo there is a 422."""
+    """A plain prompt, or arguments when the line contains "--". A line that does not parse
+    (unknown option, bad value, unclosed quote) is used whole as the prompt, with a warning,
+    as A1111 does ("Error parsing line ... as commandline"), and the request goes on."""
     if "--" not in line:
         return {"prompt": line}
     try:
         return parse_arg_line(line)
     except ValueError as exc:
-        if line.startswith("--"):
-            raise BadLine(line, str(exc)) from exc
+        log.warning("%s: cannot read the line %r as arguments (%s); using it as the prompt", TITLE, line, exc)
         return {"prompt": line}
 
 

@@ -270,3 +270,32 @@ class EmbeddingLibrary:
             return EmbeddingStore.build(self._embeddings, {}, None)
         tokenizer = model.tokenizer if model.tokenizer is not None else model.tokenizer_2
         return EmbeddingStore.build(self._embeddings, encoder_widths(model), tokenizer)
+
+
+TI_NAME_SYMBOLS = str.maketrans("", "", ":,")  # A1111 drops these from names in "TI hashes"
+
+
+def used_embeddings(store: EmbeddingStore, tokenizer: Any, texts: Sequence[str]) -> list[Embedding]:
+    """The embeddings whose names appear in `texts` (by token ids, as encoding finds them), in
+    order of first appearance."""
+    found: dict[str, Embedding] = {}
+    if tokenizer is None or not store.loaded:
+        return []
+    for text in dict.fromkeys(texts):
+        tokens = tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
+        position = 0
+        while position < len(tokens):
+            match = store.match_at(tokens, position)
+            if match is None:
+                position += 1
+                continue
+            found.setdefault(match.embedding.name, match.embedding)
+            position += match.token_count
+    return list(found.values())
+
+
+def ti_hashes_infotext(embeddings: Sequence[Embedding]) -> dict[str, str]:
+    """A1111's "TI hashes" (textual_inversion_add_hashes_to_infotext): "name: 12-digit sha256"
+    per used embedding that has a file hash; no key when none has."""
+    hashes = [f"{e.name.translate(TI_NAME_SYMBOLS)}: {e.shorthash}" for e in embeddings if e.shorthash]
+    return {"TI hashes": ", ".join(hashes)} if hashes else {}

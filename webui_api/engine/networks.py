@@ -185,17 +185,22 @@ class NetworkLibrary:
         return list(self._files)
 
     def find(self, name: str) -> NetworkFile:
+        """By file name, else by alias; a 404 when neither names a file."""
+        entry = self.lookup(name)
+        if entry is None:
+            raise NotFound(
+                f"LoRA {name!r} not found; GET /sdapi/v1/loras lists the names and aliases available",
+                errors=f"LoRA {name!r} not found",
+            )
+        return entry
+
+    def lookup(self, name: str) -> NetworkFile | None:
         """By file name, else by alias (A1111: an alias two files share resolves to neither)."""
         for entry in self._files:
             if entry.name == name:
                 return entry
         matches = [e for e in self._files if e.alias == name and name.lower() not in FORBIDDEN_ALIASES]
-        if len(matches) != 1:
-            raise NotFound(
-                f"LoRA {name!r} not found; GET /sdapi/v1/loras lists the names and aliases available",
-                errors=f"LoRA {name!r} not found",
-            )
-        return matches[0]
+        return matches[0] if len(matches) == 1 else None
 
     def shorthash(self, entry: NetworkFile) -> str:
         """The 12-digit hash "Lora hashes" shows: metadata's sshs_model_hash, else the addnet

@@ -16,7 +16,6 @@ one, and put back (patches undone, parked in CPU RAM on GPU devices) when the jo
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -25,6 +24,7 @@ import torch
 from webui_api.engine.cond_types import BatchConditioning
 from webui_api.engine.denoiser import CFGDenoiser, make_inner
 from webui_api.engine.latents import decode_latents
+from webui_api.engine.loading.discovery import closest_checkpoint_match
 from webui_api.engine.models import CheckpointInfo, LoadedModel
 from webui_api.engine.networks import PassNetworks
 from webui_api.engine.pipeline import (
@@ -46,7 +46,6 @@ from webui_api.progress import CancelToken, RunObserver
 
 
 HIRES_REFINER_PASSES = ("first pass", "second pass", "both passes")  # option hires_fix_refiner_pass
-CHECKSUM_SUFFIX = re.compile(r"\s*\[[^]]+]\s*$")  # A1111's re_strip_checksum
 TABLE_SIZE = 1000  # training timesteps: the ratio is (999 - t) / 1000
 
 
@@ -56,17 +55,13 @@ TABLE_SIZE = 1000  # training timesteps: the ratio is (999 - t) / 1000
 
 
 def closest_checkpoint(checkpoints: Sequence[CheckpointInfo], name: str) -> CheckpointInfo:
-    """A1111's get_closet_checkpoint_match: an exact alias, else the shortest title containing
-    the name, else the shortest containing it without its " [hash]" suffix; nothing found is
-    A1111's "Could not find checkpoint with name ..." (a 404 here, not A1111's 500)."""
-    for info in checkpoints:
-        if name in info.aliases():
-            return info
-    for needle in (name, CHECKSUM_SUFFIX.sub("", name)):
-        found = sorted((info for info in checkpoints if needle and needle in info.title), key=lambda i: len(i.title))
-        if found:
-            return found[0]
-    raise NotFound(f"Could not find checkpoint with name {name}", errors=f"Could not find checkpoint with name {name}")
+    """A1111's get_closet_checkpoint_match (see discovery.closest_checkpoint_match); nothing found
+    is A1111's "Could not find checkpoint with name ..." (a 404 here, not A1111's 500)."""
+    found = closest_checkpoint_match(checkpoints, name)
+    if found is None:
+        message = f"Could not find checkpoint with name {name}"
+        raise NotFound(message, errors=message)
+    return found
 
 
 def short_title(info: CheckpointInfo) -> str:

@@ -28,7 +28,14 @@ from webui_api.engine.control_models import ControlNetLibrary
 from webui_api.engine.embeddings import EmbeddingLibrary
 from webui_api.engine.loading.checkpoint import LoadOptions, load_checkpoint
 from webui_api.engine.loading.diffusers_folder import load_folder
-from webui_api.engine.loading.discovery import CHECKPOINT_HASH_PREFIX, ModelPaths, VaeFile, scan_checkpoints, scan_vaes
+from webui_api.engine.loading.discovery import (
+    CHECKPOINT_HASH_PREFIX,
+    ModelPaths,
+    VaeFile,
+    closest_checkpoint_match,
+    scan_checkpoints,
+    scan_vaes,
+)
 from webui_api.engine.loading.hashes import HashCache
 from webui_api.engine.loading.vae import VaeChoice, load_vae_file, resolve_vae
 from webui_api.engine.models import (
@@ -347,12 +354,24 @@ class Engine:
         return self._active
 
     def find_checkpoint(self, name: str) -> CheckpointInfo:
-        """A checkpoint by any of its aliases (title, name, file name, hashes, ...). Names are
-        only ever matched against scanned entries, so no name can reach outside the folders."""
-        for info in self._checkpoints:
-            if name in info.aliases():
-                return info
-        raise UnknownCheckpoint(name)
+        """A checkpoint by A1111's get_closet_checkpoint_match (aliases, then title substring,
+        then without a " [checksum]"). Names are only ever matched against scanned entries, so
+        no name can reach outside the folders."""
+        info = closest_checkpoint_match(self._checkpoints, name)
+        if info is None:
+            raise UnknownCheckpoint(name)
+        return info
+
+    def job_checkpoint(self, name: str | None) -> CheckpointInfo:
+        """The checkpoint a job runs on: like A1111's process_images, an override naming no
+        known checkpoint is dropped and the selected checkpoint is used (with a warning)."""
+        if name is None:
+            return self.current
+        info = closest_checkpoint_match(self._checkpoints, name)
+        if info is None:
+            log.warning("Checkpoint %r not found; using %s", name, self.current.title)
+            return self.current
+        return info
 
     def _record_info(self, info: CheckpointInfo) -> None:
         """Replace the catalog entry for `info.filename` (its title changes once hashed)."""
@@ -391,7 +410,7 @@ class Engine:
         """Make `title` (or the current checkpoint) the active model: a no-op when it already
         is, a device move when it is cached, else a load from disk. A file that fails to load
         leaves the active model in place."""
-        info = self.current if title is None else self.find_checkpoint(title)
+        info = self.job_checkpoint(title)
         if self._active is not None and self._active.info.filename == info.filename:
             return self._active
         model = self._cache.get(info.filename)
@@ -590,10 +609,14 @@ class Engine:
         return name
 
     def load_networks(self, calls: list[NetworkCall]) -> list[LoadedNetwork]:
-        """Find and read every network a job names (404 / 400 before any weight changes)."""
+        """Find and read every network a job names (400 before any weight changes). A name
+        that matches no file is skipped with a warning: A1111 generates without it."""
         loaded = []
         for call in calls:
-            entry = self._networks.find(call.name)
+            entry = self._networks.lookup(call.name)
+            if entry is None:
+                log.warning("Networks not found: %s (generating without it, as A1111)", call.name)
+                continue
             state = self._networks.state_dict(entry, self.load_options.allow_unsafe_pickle)
             loaded.append(LoadedNetwork(call, entry, group_network_keys(state)))
         return loaded
@@ -689,8 +712,24 @@ class Engine:
         for index, image in enumerate(result.images):
             image.prompt = job.prompts[index]
         result.extra_generation_params.update(self.lora_infotext(networks, job.options))
+        result.extra_generation_params.update(self.ti_infotext(job))
         result.vae_name, result.vae_hash = self.vae_identity(choice)
         return result
+
+    def ti_infotext(self, job: GenerationJob) -> dict[str, str]:
+        """A1111's "TI hashes" for the embeddings the job's prompts (and hires prompts) use."""
+        from webui_api.engine.embeddings import ti_hashes_infotext, used_embeddings
+
+        model = self._active
+        if not job.options.get("textual_inversion_add_hashes_to_infotext", True):
+            return {}
+        if model is None or model.embeddings is None:
+            return {}
+        texts = [*job.prompts, *job.negative_prompts]
+        if job.hires is not None:
+            texts += [*job.hires.prompts, *job.hires.negative_prompts]
+        tokenizer = model.tokenizer if model.tokenizer is not None else model.tokenizer_2
+        return ti_hashes_infotext(used_embeddings(model.embeddings, tokenizer, texts))
 
     def _generate(
         self, run: Any, job: GenerationJob, observer: RunObserver, cancel: CancelToken,

@@ -23,13 +23,13 @@ class LenientModel(BaseModel):
     model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True, protected_namespaces=())
 
 
-def _check_multiple_of_8(name: str, value: Optional[int]) -> Optional[int]:
+def _check_side(name: str, value: Optional[int]) -> Optional[int]:
+    """Any size A1111 can render: it samples a latent of side // 8 (so 500 renders 496 pixels,
+    infotext `Size` as requested); below 8 its latent is empty and it fails, above our cap is refused."""
     if value is None:
         return value
-    if value < 8 or value > MAX_IMAGE_SIDE or value % 8:
-        raise ValueError(
-            f"{name} must be a multiple of 8 between 8 and {MAX_IMAGE_SIDE}; received {value}"
-        )
+    if value < 8 or value > MAX_IMAGE_SIDE:
+        raise ValueError(f"{name} must be between 8 and {MAX_IMAGE_SIDE}; received {value}")
     return value
 
 
@@ -78,17 +78,17 @@ class GenerationRequest(LenientModel):
     comments: Optional[dict[str, Any]] = None
     sampler_index: Optional[str] = "Euler"
     script_name: Optional[str] = None
-    script_args: Optional[list[Any]] = Field(default_factory=list)
+    script_args: Optional[list[Any]] = Field(default=[])  # pydantic copies it per request; OpenAPI shows []
     send_images: Optional[bool] = True
     save_images: Optional[bool] = False
-    alwayson_scripts: Optional[dict[str, Any]] = Field(default_factory=dict)
+    alwayson_scripts: Optional[dict[str, Any]] = Field(default={})  # OpenAPI shows {} as A1111
     force_task_id: Optional[str] = None
     infotext: Optional[str] = None
 
     @field_validator("width", "height")
     @classmethod
     def _size(cls, value: Optional[int], info) -> Optional[int]:
-        return _check_multiple_of_8(info.field_name, value)
+        return _check_side(info.field_name, value)
 
     @field_validator("steps")
     @classmethod

@@ -18,9 +18,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from webui_api.engine.loading.hashes import HashCache, legacy_model_hash
 
@@ -172,6 +173,27 @@ def describe_checkpoint(path: Path, paths: ModelPaths, hashes: HashCache) -> Any
         legacy_hash=legacy_model_hash(path),
         config=str(config) if config else None,
     )
+
+
+CHECKSUM_SUFFIX = re.compile(r"\s*\[[^]]+]\s*$")  # A1111's re_strip_checksum
+
+
+def closest_checkpoint_match(checkpoints: Iterable[Any], name: str | None) -> Any | None:
+    """A1111's get_closet_checkpoint_match: an exact alias (title, name, file name, hashes), else
+    the shortest title containing `name`, else the shortest containing it without a trailing
+    " [checksum]" (titles kept from another install or from before hashing); None: no match.
+    Only scanned entries are ever returned, so no name reaches outside the model folders."""
+    if not name:
+        return None
+    entries = list(checkpoints)
+    for info in entries:
+        if name in info.aliases():
+            return info
+    for needle in (name, CHECKSUM_SUFFIX.sub("", name)):
+        found = sorted((info for info in entries if needle and needle in info.title), key=lambda i: len(i.title))
+        if found:
+            return found[0]
+    return None
 
 
 def scan_checkpoints(paths: ModelPaths, hashes: HashCache) -> list[Any]:

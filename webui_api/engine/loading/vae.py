@@ -75,8 +75,9 @@ def _from_setting(setting: str, vaes: Sequence[VaeFile]) -> VaeChoice:
     if setting == NONE:
         return VaeChoice(None, "sd_vae is None")
     found = next((v for v in vaes if v.model_name == setting), None)
-    if found is None:
-        raise UnknownVae(setting, vaes)
+    if found is None:  # A1111: "Couldn't find VAE named X; using None instead", and the job runs
+        log.warning("Couldn't find VAE named %s; using None instead", setting)
+        return VaeChoice(None, "sd_vae names no VAE file")
     return VaeChoice(found, "specified in settings")
 
 
