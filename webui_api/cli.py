@@ -256,6 +256,8 @@ SERVING_FLAGS: tuple[FlagSpec, ...] = (
     FlagSpec("--compile-mode", "torch.compile mode with --compile: default, reduce-overhead (CUDA graphs), "
              "max-autotune, max-autotune-no-cudagraphs", str, "default",
              options={"choices": ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]}),
+    FlagSpec("--gpu-max-temp", "refuse new generations (503 + Retry-After) while a GPU is at or above this temperature "
+             "in °C, until it is 5 °C cooler (needs nvidia-ml-py; 0: off)", float, 0.0),
 )
 
 
@@ -427,6 +429,7 @@ def settings_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser
         device=device, dtype=dtype, no_half_vae=args.no_half_vae, no_hashing=args.no_hashing,
         vram_mode=_vram_mode(args), **_precision_flags(args),
         compile_unet=args.compile, compile_mode=args.compile_mode,
+        gpu_max_temp=_at_least(0, "--gpu-max-temp", args.gpu_max_temp) or None,
         skip_load_model_at_start=args.skip_load_model_at_start,
         freeze_settings=args.freeze_settings, freeze_settings_in_sections=_split_list(args.freeze_settings_in_sections),
         freeze_specific_settings=_split_list(args.freeze_specific_settings), hide_ui_dir_config=args.hide_ui_dir_config,

@@ -169,6 +169,7 @@ class Scheduler:
         batching: BatchingConfig = BatchingConfig(max_size=1),
         on_batch: Callable[[int], None] | None = None,
         client_error_for: Callable[[BaseException], BaseException] | None = None,
+        admission_check: Callable[[], None] | None = None,
     ) -> None:
         if max_queue_depth < 1 or queue_timeout < 0:
             raise ValueError(
@@ -178,6 +179,7 @@ class Scheduler:
         self._progress = progress
         self._after_failure = after_failure
         self._client_error_for = client_error_for  # e.g. a device OOM -> 503 (engine.device_errors)
+        self._admission_check = admission_check  # raises to refuse guarded work (a hot GPU: gpu_health)
         self.max_queue_depth = max_queue_depth
         self.queue_timeout = queue_timeout
         self._guarded: set[int] = set()  # ids of guarded items still waiting (not running, not cancelled)
@@ -218,6 +220,8 @@ class Scheduler:
         return item.future
 
     def _admit(self, item: WorkItem) -> None:
+        if self._admission_check is not None:
+            self._admission_check()
         with self._guarded_lock:
             if len(self._guarded) >= self.max_queue_depth:
                 raise QueueFull(self.max_queue_depth, self._retry_after())
