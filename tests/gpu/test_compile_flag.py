@@ -43,3 +43,9 @@ def test_a_tiny_unet_compiles_in_place_and_gives_the_eager_result() -> None:
     with torch.inference_mode():
         compiled = model.unet(x, t, encoder_hidden_states=context).sample
     torch.testing.assert_close(compiled, eager)
+
+
+@pytest.mark.slow
+def test_the_engine_compiles_at_load() -> None:
+    engine = Engine(device="cpu", compile_policy=CompilePolicy(True, backend="eager"))
+    assert is_compiled(engine.load().unet)

@@ -110,3 +110,11 @@ def test_unet_runs_under_autocast_only_when_the_policy_says(monkeypatch: pytest.
         out = UNetRunner(model)(x, torch.tensor([10.0, 10.0]), CondBatch.of(cond))
         assert out.dtype == torch.float32
     assert seen == [False, True]
+
+
+def test_loaded_models_carry_the_policy() -> None:
+    model = Engine(device="cpu", dtype="bf16", no_half_vae=True).load()
+    assert model.autocast and model.dtype == torch.bfloat16
+    assert next(model.unet.parameters()).dtype == torch.bfloat16
+    assert next(model.vae.parameters()).dtype == torch.float32
+    assert not Engine(device="cpu").load().autocast

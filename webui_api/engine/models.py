@@ -130,6 +130,7 @@ class LoadedModel:
     vae_file: str | None = None  # the VAE file `vae` came from; None while the baked VAE is in use
     embeddings: Any = None  # webui_api.engine.embeddings.EmbeddingStore fitting this model's encoders
     autocast: bool = False  # UNet calls run under torch.autocast (engine.precision.PrecisionPolicy.autocast)
+    preview_decoders: Any = None  # engine.previews.PreviewDecoders: TAESD decoders for live previews
 
     def modules(self) -> dict[str, torch.nn.Module]:
         """Every network the model holds (the baked VAE too, while another VAE is active)."""

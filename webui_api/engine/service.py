@@ -61,6 +61,7 @@ from webui_api.engine.compile import CompilePolicy
 from webui_api.engine.device_errors import client_error_for
 from webui_api.engine.offload import ModuleSwapper, OffloadPlan
 from webui_api.engine.precision import PrecisionPolicy
+from webui_api.engine.previews import PreviewDecoders
 from webui_api.engine.tiling import apply_tiling
 from webui_api.batching import batch_key
 from webui_api.errors import NotImplementedFeature, UnknownCheckpoint
@@ -270,6 +271,7 @@ class Engine:
         upcast_sampling: bool = False,
         vram_mode: str = "normal",
         compile_policy: CompilePolicy | None = None,
+        taesd_dir: Path | None = None,
         no_hashing: bool = False,
         allow_unsafe_pickle: bool = False,
         controlnet_dirs: tuple[Path, ...] = (),
@@ -288,6 +290,7 @@ class Engine:
         OffloadPlan.for_mode(vram_mode, "sd1")  # refuses an unknown mode at start
         self.vram_mode = vram_mode
         self.compile_policy = compile_policy or CompilePolicy()
+        self.previews = PreviewDecoders(taesd_dir)  # TAESD live-preview decoders (models/VAE-taesd)
         self._swapper = ModuleSwapper(self.device)
         self._offloaded: LoadedModel | None = None  # the model the swapper's hooks are on
         self.paths = paths if paths is not None else ModelPaths()
@@ -318,6 +321,7 @@ class Engine:
             upcast_sampling=settings.upcast_sampling,
             vram_mode=settings.vram_mode,
             compile_policy=CompilePolicy(settings.compile_unet, settings.compile_mode),
+            taesd_dir=settings.models_dir / "VAE-taesd",
             no_hashing=settings.no_hashing,
             allow_unsafe_pickle=bool(settings.cmd_flags.get("disable_safe_unpickle", False)),
             controlnet_dirs=controlnet_dirs(settings),
@@ -431,9 +435,7 @@ class Engine:
             model = self._load_from_disk(info)
         if model.device != self.device:
             model.move_to(self.device)
-        model.embeddings = self._embeddings.store_for(model)
-        model.autocast = self.precision.autocast
-        self.compile_policy.apply(model)
+        self._prepare(model)
         self._cache.put(model)
         if self._active is not None:
             self._cache.get(self._active.info.filename)
@@ -442,7 +444,9 @@ class Engine:
     def _load_from_disk(self, info: CheckpointInfo) -> LoadedModel:
         if info.filename == EMBEDDED_FILENAME:
             self._make_room()
-            return build_embedded_model(self.device, self.dtype)
+            model = build_embedded_model(self.device, self.dtype)
+            model.vae.to(self.load_options.vae_dtype)  # --no-half-vae, as for checkpoint files
+            return model
         if Path(info.filename).is_dir():
             return load_folder(info, self.load_options, before_build=self._make_room)
         return load_checkpoint(self._hashed(info), self.load_options, before_build=self._make_room)
@@ -480,10 +484,18 @@ class Engine:
                 self._offloaded = model
         elif model.device != self.device:
             model.move_to(self.device)
-        model.embeddings = self._embeddings.store_for(model)
+        self._prepare(model)
         self._cache.put(model)
         self._active = model
         self._current = model.info
+
+    def _prepare(self, model: LoadedModel) -> None:
+        """What every model gets before it runs here: embeddings for its encoders, the
+        precision policy's autocast, the preview decoders, and (with --compile) a compiled UNet."""
+        model.embeddings = self._embeddings.store_for(model)
+        model.autocast = self.precision.autocast
+        model.preview_decoders = self.previews
+        self.compile_policy.apply(model)
 
     def _stop_offloading(self) -> None:
         """Take the swapper's hooks off the offloaded model (before it is parked or dropped)."""
