@@ -332,7 +332,7 @@ def gpu_noise(engine: Any, case: Case) -> dict[str, Any]:
 
 def run_model(report: Report, case: Case, root: Path, device_flags: list[str], compile_backend: str) -> None:
     from webui_api.engine.compile import CompilePolicy
-    from webui_api.engine.service import Engine
+    from webui_api.engine.facade import Engine
 
     name = case.family
     data = root / name
@@ -358,7 +358,8 @@ def run_model(report: Report, case: Case, root: Path, device_flags: list[str], c
         servers.clear()
         engine.unload()
         compiled_engine = Engine.from_settings(settings)
-        compiled_engine.compile_policy = CompilePolicy(True, "default", compile_backend)
+        compiled_engine.models.setup = replace(compiled_engine.models.setup,
+                                               compile_policy=CompilePolicy(True, "default", compile_backend))
         started = time.perf_counter()
         compiled = Server(settings, compiled_engine)  # ready once the model is loaded, compiled and warmed up
         servers.append(compiled)

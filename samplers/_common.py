@@ -7,7 +7,8 @@ upstream's operation order and dtypes: sigmas stay 0-dim float32 tensors, never 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -62,7 +63,9 @@ def report(
         callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma_hat, "denoised": denoised})
 
 
-def ancestral_step(sigma_from: torch.Tensor, sigma_to: torch.Tensor, eta: float = 1.0):
+def ancestral_step(
+    sigma_from: torch.Tensor, sigma_to: torch.Tensor, eta: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor | float]:
     """Split a step into a deterministic part down to sigma_down and fresh noise of size sigma_up.
 
     sigma_down**2 + sigma_up**2 == sigma_to**2; eta = 0 makes the step fully deterministic.

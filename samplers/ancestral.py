@@ -6,11 +6,14 @@ into sigma = 0.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
+from torch import Tensor
 
 from samplers._common import (
+    Denoiser,
     NoiseSampler,
     StepCallback,
     ancestral_step,
@@ -28,7 +31,7 @@ from samplers.kdiffusion import log_midpoint_step
 
 @torch.no_grad()
 def sample_euler_ancestral(
-    model,
+    model: Denoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     extra_args: Mapping[str, Any] | None = None,
@@ -54,7 +57,7 @@ def sample_euler_ancestral(
 
 @torch.no_grad()
 def sample_dpm_2_ancestral(
-    model,
+    model: Denoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     extra_args: Mapping[str, Any] | None = None,
@@ -82,7 +85,7 @@ def sample_dpm_2_ancestral(
 
 @torch.no_grad()
 def sample_dpmpp_2s_ancestral(
-    model,
+    model: Denoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     extra_args: Mapping[str, Any] | None = None,
@@ -108,7 +111,9 @@ def sample_dpmpp_2s_ancestral(
     return x
 
 
-def _dpmpp_2s_step(model, x, denoised, sigma, sigma_to, args) -> torch.Tensor:
+def _dpmpp_2s_step(
+    model: Denoiser, x: Tensor, denoised: Tensor, sigma: Tensor, sigma_to: Tensor, args: Mapping[str, Any]
+) -> Tensor:
     """One DPM-Solver++(2S) step in t = -log sigma, with the intermediate point at r = 1/2."""
     t, t_next = t_of(sigma), t_of(sigma_to)
     h = t_next - t

@@ -19,7 +19,7 @@ algorithm with the draw plugged in, since torchsde has no such hook).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

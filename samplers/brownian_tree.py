@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -46,14 +46,21 @@ class _Node:
 
     start: float
     end: float
-    parent: Optional["_Node"] = None
+    parent: _Node | None = None
     is_left: bool = False
-    midway: Optional[float] = None
+    midway: float | None = None
     w_seed: int = 0
     spawn_key: int = 0
     depth: int = 0
-    left: Optional["_Node"] = None
-    right: Optional["_Node"] = None
+    left: _Node | None = None
+    right: _Node | None = None
+
+
+def _halves(node: _Node) -> tuple[float, _Node, _Node]:
+    """A halved node's midpoint and children; only halved nodes are descended into."""
+    if node.midway is None or node.left is None or node.right is None:
+        raise RuntimeError(f"Brownian tree node [{node.start}, {node.end}] is not halved")
+    return node.midway, node.left, node.right
 
 
 @dataclass(eq=False)
@@ -68,7 +75,7 @@ class SeededBrownianTree:
     digits: int = field(init=False)
     top: _Node = field(init=False)
     top_w: torch.Tensor = field(init=False)
-    cache: OrderedDict = field(init=False, default_factory=OrderedDict)
+    cache: OrderedDict[_Node, torch.Tensor] = field(init=False, default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
         self.t0, self.t1 = float(self.t0), float(self.t1)
@@ -97,7 +104,8 @@ class SeededBrownianTree:
 
     def _clamp(self, t: float) -> float:
         if t < self.top.start or t > self.top.end:
-            warnings.warn(f"Brownian tree query at {t} outside [{self.top.start}, {self.top.end}]; clamped")
+            where = f"[{self.top.start}, {self.top.end}]"
+            warnings.warn(f"Brownian tree query at {t} outside {where}; clamped", stacklevel=3)
         return min(max(t, self.top.start), self.top.end)
 
     # -- where a query lands -------------------------------------------------------------
@@ -109,22 +117,24 @@ class SeededBrownianTree:
             return
         if node.midway is None:
             self._split(node, tb if ta == node.start else ta)
-        if tb <= node.midway:
-            self._locate(node.left, ta, tb, out)
-        elif ta >= node.midway:
-            self._locate(node.right, ta, tb, out)
+        midway, left, right = _halves(node)
+        if tb <= midway:
+            self._locate(left, ta, tb, out)
+        elif ta >= midway:
+            self._locate(right, ta, tb, out)
         else:
-            self._locate(node.left, ta, node.midway, out)
-            self._locate(node.right, node.midway, tb, out)
+            self._locate(left, ta, midway, out)
+            self._locate(right, midway, tb, out)
 
     def _split(self, node: _Node, point: float) -> None:
         """Halve `node`, then keep halving the half holding `point` until it is a midpoint."""
         while True:
             if node.midway is None:
                 self._halve(node)
-            if point == node.midway:
+            midway, left, right = _halves(node)
+            if point == midway:
                 return
-            node = node.right if point > node.midway else node.left
+            node = right if point > midway else left
 
     def _halve(self, node: _Node) -> None:
         middle = 0.5 * (node.end + node.start)
@@ -132,7 +142,9 @@ class SeededBrownianTree:
         if node.parent is not None:
             node.spawn_key = 2 * node.parent.spawn_key + (0 if node.is_left else 1)
             node.depth = node.parent.depth + 1
-        sequence = np.random.SeedSequence(entropy=self.entropy, spawn_key=(node.spawn_key, node.depth), pool_size=POOL_SIZE)
+        sequence = np.random.SeedSequence(
+            entropy=self.entropy, spawn_key=(node.spawn_key, node.depth), pool_size=POOL_SIZE
+        )
         node.w_seed = int(sequence.generate_state(4)[0])
         node.left = _Node(self._round(node.start), self._round(middle), node, True)
         node.right = _Node(self._round(middle), self._round(node.end), node, False)
@@ -148,8 +160,9 @@ class SeededBrownianTree:
         parent = node.parent
         w = self._increment(parent)
         h_reciprocal = 1 / (parent.end - parent.start)
-        left_diff = parent.midway - parent.start
-        right_diff = parent.end - parent.midway
+        midway = _halves(parent)[0]
+        left_diff = midway - parent.start
+        right_diff = parent.end - midway
         mean = left_diff * w * h_reciprocal
         var = left_diff * right_diff * h_reciprocal
         left_w = mean + math.sqrt(var) * self.normal(parent.w_seed, self.shape)

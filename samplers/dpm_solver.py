@@ -9,12 +9,23 @@ calls on every step even at eta = 0, like upstream (its draws advance the RNG st
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
+from torch import Tensor
 
-from samplers._common import NoiseSampler, StepCallback, ancestral_step, as_args, require_noise, sigma_of, t_of
+from samplers._common import (
+    Denoiser,
+    NoiseSampler,
+    StepCallback,
+    ancestral_step,
+    as_args,
+    require_noise,
+    sigma_of,
+    t_of,
+)
 
 
 @dataclass
@@ -32,12 +43,12 @@ class _Solver:
             self.cache[key] = (x - self.model(x, sigma, **self.args)) / sigma_of(t)
         return self.cache[key]
 
-    def step_1(self, x, t, t_next) -> torch.Tensor:
+    def step_1(self, x: Tensor, t: Tensor, t_next: Tensor) -> Tensor:
         """DPM-Solver-1 (DDIM-like) step."""
         h = t_next - t
         return x - sigma_of(t_next) * h.expm1() * self.eps("eps", x, t)
 
-    def step_2(self, x, t, t_next, r1: float = 1 / 2) -> torch.Tensor:
+    def step_2(self, x: Tensor, t: Tensor, t_next: Tensor, r1: float = 1 / 2) -> Tensor:
         """DPM-Solver-2 step with the intermediate point at t + r1*h."""
         h = t_next - t
         eps = self.eps("eps", x, t)
@@ -46,7 +57,7 @@ class _Solver:
         eps_r1 = self.eps("eps_r1", u1, s1)
         return x - sigma_of(t_next) * h.expm1() * eps - sigma_of(t_next) / (2 * r1) * h.expm1() * (eps_r1 - eps)
 
-    def step_3(self, x, t, t_next, r1: float = 1 / 3, r2: float = 2 / 3) -> torch.Tensor:
+    def step_3(self, x: Tensor, t: Tensor, t_next: Tensor, r1: float = 1 / 3, r2: float = 2 / 3) -> Tensor:
         """DPM-Solver-3 step with intermediate points at t + r1*h and t + r2*h."""
         h = t_next - t
         eps = self.eps("eps", x, t)
@@ -58,7 +69,7 @@ class _Solver:
         eps_r2 = self.eps("eps_r2", u2, s2)
         return x - sigma_of(t_next) * h.expm1() * eps - sigma_of(t_next) / r2 * (h.expm1() / h - 1) * (eps_r2 - eps)
 
-    def step(self, order: int, x, t, t_next) -> torch.Tensor:
+    def step(self, order: int, x: Tensor, t: Tensor, t_next: Tensor) -> Tensor:
         """A step of the given order (1, 2 or 3) with default intermediate points."""
         return {1: self.step_1, 2: self.step_2, 3: self.step_3}[order](x, t, t_next)
 
@@ -69,7 +80,7 @@ def _check_interval(sigma_min: float, sigma_max: float) -> None:
         raise ValueError(f"sigma_min and sigma_max must be > 0, got {sigma_min!r} and {sigma_max!r}")
 
 
-def _ancestral_target(t, t_next, t_end, eta):
+def _ancestral_target(t: Tensor, t_next: Tensor, t_end: Tensor, eta: float) -> tuple[Tensor, Tensor | float]:
     """Where the deterministic part of a stochastic step stops, and the noise to add back."""
     if not eta:
         return t_next, 0.0
@@ -88,7 +99,7 @@ def fast_orders(nfe: int) -> list[int]:
 
 @torch.no_grad()
 def sample_dpm_fast(
-    model,
+    model: Denoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor | None = None,
     extra_args: Mapping[str, Any] | None = None,
@@ -124,7 +135,7 @@ def sample_dpm_fast(
     return x
 
 
-def _report(callback, x, i, t, denoised) -> None:
+def _report(callback: StepCallback | None, x: Tensor, i: int, t: Tensor, denoised: Tensor) -> None:
     if callback is not None:
         callback({"x": x, "i": i, "sigma": sigma_of(t), "sigma_hat": sigma_of(t), "denoised": denoised})
 
@@ -142,7 +153,7 @@ class PIDStepSizeController:
     eps: float = 1e-8
     errs: list[float] = field(default_factory=list)
 
-    def propose_step(self, error) -> bool:
+    def propose_step(self, error: Tensor) -> bool:
         """Rescale h from the new error; report whether the step that produced it is accepted."""
         b1 = (self.pcoeff + self.icoeff + self.dcoeff) / self.order
         b2 = -(self.pcoeff + 2 * self.dcoeff) / self.order
@@ -175,7 +186,7 @@ class AdaptiveSettings:
 
 @torch.no_grad()
 def sample_dpm_adaptive(
-    model,
+    model: Denoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor | None = None,
     extra_args: Mapping[str, Any] | None = None,
@@ -197,15 +208,21 @@ def sample_dpm_adaptive(
     t_start, t_end = t_of(torch.tensor(sigma_max)), t_of(torch.tensor(sigma_min))
     if not t_end > t_start and eta:
         raise ValueError(f"eta must be 0 for reverse sampling (sigma_min {sigma_min} >= sigma_max {sigma_max})")
-    return _adaptive_loop(_Solver(model, as_args(extra_args)), x, t_start, t_end, eta, s_noise, noise, settings, callback)
+    solver = _Solver(model, as_args(extra_args))
+    return _adaptive_loop(solver, x, t_start, t_end, eta, s_noise, noise, settings, callback)
 
 
-def _adaptive_loop(solver, x, t_start, t_end, eta, s_noise, noise, cfg, callback) -> torch.Tensor:
+def _adaptive_loop(
+    solver: _Solver, x: Tensor, t_start: Tensor, t_end: Tensor, eta: float, s_noise: float, noise: NoiseSampler,
+    cfg: AdaptiveSettings, callback: StepCallback | None,
+) -> Tensor:
     """Propose a step, estimate its error from two orders, accept or shrink, until t_end."""
     forward = t_end > t_start
     h_init = abs(cfg.h_init) * (1 if forward else -1)
     atol, rtol = torch.tensor(cfg.atol), torch.tensor(cfg.rtol)
-    pid = PIDStepSizeController(h_init, cfg.pcoeff, cfg.icoeff, cfg.dcoeff, 1.5 if eta else cfg.order, cfg.accept_safety)
+    pid = PIDStepSizeController(
+        h_init, cfg.pcoeff, cfg.icoeff, cfg.dcoeff, 1.5 if eta else cfg.order, cfg.accept_safety
+    )
     s, x_prev, steps = t_start, x, 0
     while (s < t_end - 1e-5) if forward else (s > t_end + 1e-5):
         solver.cache = {}
@@ -224,7 +241,7 @@ def _adaptive_loop(solver, x, t_start, t_end, eta, s_noise, noise, cfg, callback
     return x
 
 
-def _low_high(solver: _Solver, order: int, x, s, t_):
+def _low_high(solver: _Solver, order: int, x: Tensor, s: Tensor, t_: Tensor) -> tuple[Tensor, Tensor]:
     """The embedded pair whose difference estimates the local error (they share evaluations)."""
     if order == 2:
         return solver.step_1(x, s, t_), solver.step_2(x, s, t_)

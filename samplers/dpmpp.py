@@ -7,11 +7,14 @@ which is the caller's business here.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
+from torch import Tensor
 
 from samplers._common import (
+    Denoiser,
     NoiseSampler,
     StepCallback,
     ancestral_step,
@@ -27,10 +30,13 @@ from samplers._common import (
 
 SOLVER_TYPES = ("midpoint", "heun")
 
+# DPM++ 3M SDE history: denoised_1, denoised_2, h_1, h_2 (None until that many steps ran)
+_History3M = tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]
+
 
 @torch.no_grad()
 def sample_dpmpp_2m(
-    model,
+    model: Denoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     extra_args: Mapping[str, Any] | None = None,
@@ -62,7 +68,7 @@ def sample_dpmpp_2m(
 
 @torch.no_grad()
 def sample_dpmpp_sde(
-    model,
+    model: Denoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     extra_args: Mapping[str, Any] | None = None,
@@ -86,7 +92,10 @@ def sample_dpmpp_sde(
     return x
 
 
-def _dpmpp_sde_step(model, x, denoised, sigma, sigma_next, args, noise, tuning) -> torch.Tensor:
+def _dpmpp_sde_step(
+    model: Denoiser, x: Tensor, denoised: Tensor, sigma: Tensor, sigma_next: Tensor, args: Mapping[str, Any],
+    noise: NoiseSampler, tuning: tuple[float, float, float],
+) -> Tensor:
     """Stage 1 goes to the intermediate time s = t + r*h; stage 2 combines both denoised values."""
     eta, s_noise, r = tuning
     t, t_next = t_of(sigma), t_of(sigma_next)
@@ -98,7 +107,9 @@ def _dpmpp_sde_step(model, x, denoised, sigma, sigma_next, args, noise, tuning) 
     return _ancestral_exp_step(x, denoised_d, t, t_next, eta, noise, s_noise)
 
 
-def _ancestral_exp_step(x, denoised, t, t_to, eta, noise, s_noise) -> torch.Tensor:
+def _ancestral_exp_step(
+    x: Tensor, denoised: Tensor, t: Tensor, t_to: Tensor, eta: float, noise: NoiseSampler, s_noise: float
+) -> Tensor:
     """First-order exponential-integrator step from t towards t_to, with ancestral noise."""
     sd, su = ancestral_step(sigma_of(t), sigma_of(t_to), eta)
     t_down = t_of(sd)
@@ -108,7 +119,7 @@ def _ancestral_exp_step(x, denoised, t, t_to, eta, noise, s_noise) -> torch.Tens
 
 @torch.no_grad()
 def sample_dpmpp_2m_sde(
-    model,
+    model: Denoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     extra_args: Mapping[str, Any] | None = None,
@@ -139,11 +150,14 @@ def sample_dpmpp_2m_sde(
     return x
 
 
-def _sde_2m_update(x, denoised, old_denoised, sigma, sigma_next, h, h_last, eta, solver_type) -> torch.Tensor:
+def _sde_2m_update(
+    x: Tensor, denoised: Tensor, old_denoised: Tensor | None, sigma: Tensor, sigma_next: Tensor, h: Tensor,
+    h_last: Tensor | None, eta: float, solver_type: str,
+) -> Tensor:
     """Deterministic part of a 2M SDE step, plus the second-order correction once history exists."""
     eta_h = eta * h
     x = sigma_next / sigma * (-eta_h).exp() * x + (-h - eta_h).expm1().neg() * denoised
-    if old_denoised is None:
+    if old_denoised is None or h_last is None:  # the first step (they are set together)
         return x
     r = h_last / h
     phi_1 = (-h - eta_h).expm1().neg()
@@ -163,7 +177,7 @@ def _sde_noise_factor(minus_two_eta_h: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_dpmpp_3m_sde(
-    model,
+    model: Denoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     extra_args: Mapping[str, Any] | None = None,
@@ -176,7 +190,7 @@ def sample_dpmpp_3m_sde(
     """DPM-Solver++(3M) SDE: third order from two previous denoised values. Last step returns denoised."""
     check_sigmas(sigmas)
     args, noise = as_args(extra_args), require_noise(noise_sampler, "DPM++ 3M SDE")
-    history: tuple = (None, None, None, None)  # denoised_1, denoised_2, h_1, h_2
+    history: _History3M = (None, None, None, None)  # denoised_1, denoised_2, h_1, h_2
     h = None
     for i in range(len(sigmas) - 1):
         denoised = denoise(model, x, sigmas[i], args)
@@ -192,19 +206,19 @@ def sample_dpmpp_3m_sde(
     return x
 
 
-def _sde_3m_update(x, denoised, history, h, eta) -> torch.Tensor:
+def _sde_3m_update(x: Tensor, denoised: Tensor, history: _History3M, h: Tensor, eta: float) -> Tensor:
     """Deterministic part of a 3M SDE step, with as many correction terms as the history allows."""
     denoised_1, denoised_2, h_1, h_2 = history
     h_eta = h * (eta + 1)
     x = torch.exp(-h_eta) * x + (-h_eta).expm1().neg() * denoised
     phi_2 = h_eta.neg().expm1() / h_eta + 1
-    if h_2 is not None:
+    if h_2 is not None and h_1 is not None and denoised_1 is not None and denoised_2 is not None:
         r0, r1 = h_1 / h, h_2 / h
         d1_0 = (denoised - denoised_1) / r0
         d1_1 = (denoised_1 - denoised_2) / r1
         d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
         d2 = (d1_0 - d1_1) / (r0 + r1)
         return x + phi_2 * d1 - (phi_2 / h_eta - 0.5) * d2
-    if h_1 is not None:
+    if h_1 is not None and denoised_1 is not None:
         return x + phi_2 * ((denoised - denoised_1) / (h_1 / h))
     return x

@@ -7,12 +7,15 @@ streams, so skipping it would change every later random number.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from samplers._common import (
+    Denoiser,
     NoiseSampler,
     StepCallback,
     as_args,
@@ -44,7 +47,7 @@ def _churn(
 
 @torch.no_grad()
 def sample_euler(
-    model,
+    model: Denoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     extra_args: Mapping[str, Any] | None = None,
@@ -71,7 +74,7 @@ def sample_euler(
 
 @torch.no_grad()
 def sample_heun(
-    model,
+    model: Denoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     extra_args: Mapping[str, Any] | None = None,
@@ -100,7 +103,9 @@ def sample_heun(
     return x
 
 
-def _heun_correct(model, x, d, dt, sigma_next, args) -> torch.Tensor:
+def _heun_correct(
+    model: Denoiser, x: Tensor, d: Tensor, dt: Tensor, sigma_next: Tensor, args: Mapping[str, Any]
+) -> Tensor:
     """Trapezoidal step: average the slopes at both ends of an Euler predictor."""
     x_2 = x + d * dt
     d_2 = to_d(x_2, sigma_next, denoise(model, x_2, sigma_next, args))
@@ -109,7 +114,7 @@ def _heun_correct(model, x, d, dt, sigma_next, args) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_dpm_2(
-    model,
+    model: Denoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     extra_args: Mapping[str, Any] | None = None,
@@ -137,7 +142,9 @@ def sample_dpm_2(
     return x
 
 
-def log_midpoint_step(model, x, d, sigma_from, sigma_to, args) -> torch.Tensor:
+def log_midpoint_step(
+    model: Denoiser, x: Tensor, d: Tensor, sigma_from: Tensor, sigma_to: Tensor, args: Mapping[str, Any]
+) -> Tensor:
     """Go from sigma_from to sigma_to using the slope at their geometric mean."""
     sigma_mid = sigma_from.log().lerp(sigma_to.log(), 0.5).exp()
     x_2 = x + d * (sigma_mid - sigma_from)
@@ -173,7 +180,7 @@ _QK21_W = (
 _QK21_ORDER = (1, 3, 5, 7, 9, 0, 2, 4, 6, 8)
 
 
-def kronrod21(fn, a: float, b: float) -> float:
+def kronrod21(fn: Callable[[float], float], a: float, b: float) -> float:
     """Integral of fn over [a, b] by the 21-point Gauss-Kronrod rule (exact for degree <= 31)."""
     centre, half = 0.5 * (a + b), 0.5 * (b - a)
     total = _QK21_W[10] * fn(centre)
@@ -201,7 +208,7 @@ def lms_coefficient(order: int, t: np.ndarray, i: int, j: int) -> float:
 
 @torch.no_grad()
 def sample_lms(
-    model,
+    model: Denoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     extra_args: Mapping[str, Any] | None = None,
@@ -224,5 +231,5 @@ def sample_lms(
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
         cur_order = min(i + 1, order)
         coeffs = [lms_coefficient(cur_order, sigmas_np, i, j) for j in range(cur_order)]
-        x = x + sum(coeff * d for coeff, d in zip(coeffs, reversed(ds)))
+        x = x + sum(coeff * d for coeff, d in zip(coeffs, reversed(ds), strict=False))
     return x

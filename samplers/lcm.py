@@ -9,11 +9,21 @@ default schedule and the sampler itself; all torch only.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
-from samplers._common import NoiseSampler, StepCallback, as_args, check_sigmas, denoise, report, require_noise
+from samplers._common import (
+    Denoiser,
+    NoiseSampler,
+    StepCallback,
+    as_args,
+    check_sigmas,
+    denoise,
+    report,
+    require_noise,
+)
 
 ORIGINAL_STEPS = 50  # LCM's distillation timesteps
 SIGMA_DATA = 0.5  # LCM boundary condition constant
@@ -61,7 +71,7 @@ def lcm_sigmas(n: int, sigma_table: torch.Tensor, skip: int) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_lcm(
-    model,
+    model: Denoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     extra_args: Mapping[str, Any] | None = None,

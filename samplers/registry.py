@@ -20,18 +20,33 @@ call them as ``fn(model, x, schedule, extra_args=..., callback=..., **sampler_ca
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
-from samplers import ancestral, dpm_solver, dpmpp, kdiffusion, lcm, restart, schedules, timesteps, unipc
+from samplers import (
+    ancestral,
+    dpm_solver,
+    dpmpp,
+    kdiffusion,
+    lcm,
+    restart,
+    schedules,
+    timesteps,
+    unipc,
+)
+from samplers._common import NoiseSampler
 
 CHURN_PARAMS = ("s_churn", "s_tmin", "s_tmax", "s_noise")
 KIND_SIGMAS, KIND_TIMESTEPS, KIND_LCM = "sigmas", "timesteps", "lcm"
 LCM_SKIP_STEPS = timesteps.TRAINING_TIMESTEPS // lcm.ORIGINAL_STEPS
 NOISE_PARAM = ("s_noise",)
+
+SamplerFunction = Callable[..., torch.Tensor]  # fn(model, x, schedule, extra_args=..., callback=..., **kwargs)
+ScheduleFunction = Callable[..., torch.Tensor]  # fn(n, sigma_min=..., sigma_max=..., ...) -> n + 1 sigmas
 
 
 @dataclass(frozen=True)
@@ -41,20 +56,53 @@ class SamplerInfo:
     name: str
     aliases: tuple[str, ...]
     options: Mapping[str, Any] = field(hash=False)
-    function: Callable | None = field(hash=False)
+    function: SamplerFunction | None = field(hash=False)
     extra_params: tuple[str, ...]
     takes_eta: bool
     default_eta: float | None
     kind: str = KIND_SIGMAS
+    takes_unipc_options: bool = False  # UniPC: the uni_pc_* options, at least `order` steps
+    batch_coupled: bool = False  # step control reads the whole batch (DPM adaptive's error norm)
 
     @property
     def second_order(self) -> bool:
-        """A1111 doubles total_steps (prompt schedules, skip-early CFG) for these."""
+        """Two model calls per step: A1111 doubles total_steps (prompt schedules, skip-early
+        CFG, the refiner switch, the "Steps" of prompt-editing infotext) for these."""
         return bool(self.options.get("second_order", False))
+
+    def total_steps(self, steps: int) -> int:
+        """A1111's SamplerData total_steps: the denoiser-call count prompt schedules and
+        step-based switches are laid out on (twice `steps` for second-order samplers)."""
+        return steps * 2 if self.second_order else steps
 
     @property
     def brownian_noise(self) -> bool:
+        """Step noise from a Brownian tree (the SDE samplers), not the per-image RNG."""
         return bool(self.options.get("brownian_noise", False))
+
+    @property
+    def uses_ensd(self) -> bool:
+        """Its noise draws honour eta_noise_seed_delta (A1111 then writes "ENSD" in the infotext)."""
+        return bool(self.options.get("uses_ensd", False))
+
+    @property
+    def default_scheduler(self) -> str | None:
+        """The scheduler name Automatic stands for (None: the model's own, Uniform)."""
+        value = self.options.get("scheduler")
+        return None if value is None else str(value)
+
+    @property
+    def discards_next_to_last_sigma(self) -> bool:
+        """A1111 drops the second-to-last sigma for these (DPM2, DPM2 a, DPM++ 3M SDE)."""
+        return bool(self.options.get("discard_next_to_last_sigma", False))
+
+    @property
+    def eta_option(self) -> str | None:
+        """The A1111 option that supplies eta when a request sends none: eta_ddim for the
+        timestep samplers, eta_ancestral for k-diffusion ones; None when eta does not apply."""
+        if not self.takes_eta:
+            return None
+        return "eta_ddim" if self.kind == KIND_TIMESTEPS else "eta_ancestral"
 
 
 @dataclass(frozen=True)
@@ -66,7 +114,7 @@ class SchedulerInfo:
     aliases: tuple[str, ...] | None
     default_rho: float
     need_inner_model: bool
-    function: Callable | None = field(hash=False)
+    function: ScheduleFunction | None = field(hash=False)
 
 
 class UnknownSamplerError(ValueError):
@@ -81,10 +129,13 @@ def _sampler(
     name: str,
     aliases: tuple[str, ...],
     options: dict[str, Any],
-    function: Callable | None,
+    function: SamplerFunction | None,
     extra_params: tuple[str, ...] = (),
     default_eta: float | None = None,
     kind: str = KIND_SIGMAS,
+    *,
+    takes_unipc_options: bool = False,
+    batch_coupled: bool = False,
 ) -> SamplerInfo:
     """Build a table row; a sampler takes eta exactly when it has an eta default."""
     return SamplerInfo(
@@ -96,6 +147,8 @@ def _sampler(
         takes_eta=default_eta is not None,
         default_eta=default_eta,
         kind=kind,
+        takes_unipc_options=takes_unipc_options,
+        batch_coupled=batch_coupled,
     )
 
 
@@ -142,7 +195,9 @@ SAMPLERS: tuple[SamplerInfo, ...] = (
         NOISE_PARAM,
         1.0,
     ),
-    _sampler("Euler a", ("k_euler_a", "k_euler_ancestral"), {"uses_ensd": True}, ancestral.sample_euler_ancestral, (), 1.0),
+    _sampler(
+        "Euler a", ("k_euler_a", "k_euler_ancestral"), {"uses_ensd": True}, ancestral.sample_euler_ancestral, (), 1.0
+    ),
     _sampler("Euler", ("k_euler",), {}, kdiffusion.sample_euler, CHURN_PARAMS),
     _sampler("LMS", ("k_lms",), {}, kdiffusion.sample_lms),
     _sampler("Heun", ("k_heun",), {"second_order": True}, kdiffusion.sample_heun, CHURN_PARAMS),
@@ -162,12 +217,14 @@ SAMPLERS: tuple[SamplerInfo, ...] = (
         1.0,
     ),
     _sampler("DPM fast", ("k_dpm_fast",), {"uses_ensd": True}, dpm_solver.sample_dpm_fast, NOISE_PARAM, 1.0),
-    _sampler("DPM adaptive", ("k_dpm_ad",), {"uses_ensd": True}, dpm_solver.sample_dpm_adaptive, (), 1.0),
+    _sampler(
+        "DPM adaptive", ("k_dpm_ad",), {"uses_ensd": True}, dpm_solver.sample_dpm_adaptive, (), 1.0, batch_coupled=True
+    ),
     _sampler("Restart", ("restart",), {"scheduler": "karras", "second_order": True}, restart.sample_restart),
     _sampler("DDIM", ("ddim",), {}, timesteps.sample_ddim, (), 0.0, KIND_TIMESTEPS),
     _sampler("DDIM CFG++", ("ddim_cfgpp",), {}, timesteps.sample_ddim_cfgpp, (), 0.0, KIND_TIMESTEPS),
     _sampler("PLMS", ("plms",), {}, timesteps.sample_plms, (), None, KIND_TIMESTEPS),
-    _sampler("UniPC", ("unipc",), {}, unipc.sample_unipc, (), None, KIND_TIMESTEPS),
+    _sampler("UniPC", ("unipc",), {}, unipc.sample_unipc, (), None, KIND_TIMESTEPS, takes_unipc_options=True),
     _sampler("LCM", ("k_lcm",), {}, lcm.sample_lcm, (), None, KIND_LCM),
 )
 
@@ -202,6 +259,17 @@ AUTOMATIC = SCHEDULERS[0]
 def implemented_samplers() -> tuple[SamplerInfo, ...]:
     """The samplers we can actually run, in A1111 order."""
     return tuple(s for s in SAMPLERS if s.function is not None)
+
+
+def samplers_map() -> dict[str, str]:
+    """A1111's ``samplers_map``: lower-cased names and aliases -> the sampler's name (exact
+    lookups; PNG metadata from other tools names samplers by their k-diffusion aliases)."""
+    mapping: dict[str, str] = {}
+    for sampler in SAMPLERS:
+        for alias in sampler.aliases:
+            mapping[alias.lower()] = sampler.name
+        mapping[sampler.name.lower()] = sampler.name
+    return mapping
 
 
 def find_sampler(name: str) -> SamplerInfo | None:
@@ -267,7 +335,7 @@ def resolve_sampler_and_scheduler(
         if split is None:
             raise UnknownSamplerError(f"sampler not found: {sampler_name!r}; {_valid_samplers()}")
         sampler, scheduler = split
-    if sampler.options.get("scheduler") == scheduler.name:
+    if sampler.default_scheduler == scheduler.name:
         scheduler = AUTOMATIC
     return sampler, scheduler
 
@@ -277,7 +345,9 @@ def _lookup_scheduler(scheduler_name: str | None) -> SchedulerInfo:
     if scheduler_name is None:
         return AUTOMATIC
     if not isinstance(scheduler_name, str):
-        raise UnknownSchedulerError(f"scheduler must be a string or None, got {scheduler_name!r}; {_valid_schedulers()}")
+        raise UnknownSchedulerError(
+            f"scheduler must be a string or None, got {scheduler_name!r}; {_valid_schedulers()}"
+        )
     if not scheduler_name.strip():
         return AUTOMATIC
     scheduler = find_scheduler(scheduler_name.strip())
@@ -304,13 +374,13 @@ def effective_scheduler(sampler: SamplerInfo, scheduler: SchedulerInfo) -> Sched
     """What Automatic stands for: the sampler's ``scheduler`` option, or None (= Uniform, the model's own)."""
     if scheduler.function is not None:
         return scheduler
-    default_name = sampler.options.get("scheduler")
+    default_name = sampler.default_scheduler
     return None if default_name is None else find_scheduler(default_name)
 
 
 def discards_penultimate_sigma(sampler: SamplerInfo, always_discard_next_to_last_sigma: bool = False) -> bool:
     """A1111 drops the second-to-last sigma for DPM2/DPM2 a/3M SDE (or everywhere, by option)."""
-    return bool(sampler.options.get("discard_next_to_last_sigma", False) or always_discard_next_to_last_sigma)
+    return sampler.discards_next_to_last_sigma or always_discard_next_to_last_sigma
 
 
 def compute_sigmas(
@@ -347,6 +417,8 @@ def compute_sigmas(
         sigmas = lcm.lcm_sigmas(n, table, LCM_SKIP_STEPS)
     elif chosen is None:
         sigmas = schedules.uniform(n, float(table[0]), float(table[-1]), table)
+    elif chosen.function is None:
+        raise ValueError(f"scheduler {chosen.name!r} has no schedule function")
     else:
         kwargs = _schedule_kwargs(chosen, table, sigma_min, sigma_max, rho, is_sdxl, beta_alpha, beta_beta)
         sigmas = chosen.function(n, **kwargs)
@@ -355,7 +427,9 @@ def compute_sigmas(
     return sigmas.to(device="cpu", dtype=torch.float32)
 
 
-def compute_timesteps(sampler: SamplerInfo, steps: int, always_discard_next_to_last_sigma: bool = False) -> torch.Tensor:
+def compute_timesteps(
+    sampler: SamplerInfo, steps: int, always_discard_next_to_last_sigma: bool = False
+) -> torch.Tensor:
     """The timestep schedule of a timestep sampler (A1111's ``CompVisSampler.get_timesteps``).
 
     The scheduler choice does not apply to these samplers (A1111 ignores it too)."""
@@ -399,7 +473,7 @@ def sampler_call_kwargs(
     s_tmin: float,
     s_tmax: float,
     s_noise: float,
-    noise_sampler,
+    noise_sampler: NoiseSampler | None,
     model_sigma_min: float | None = None,
     model_sigma_max: float | None = None,
     alphas_cumprod: torch.Tensor | None = None,
@@ -430,7 +504,7 @@ def sampler_call_kwargs(
         if alphas_cumprod is None:
             raise ValueError(f"{sampler.name} needs the model's alphas_cumprod, got None")
         kwargs["alphas_cumprod"] = alphas_cumprod
-    if sampler.name == "UniPC":
+    if sampler.takes_unipc_options:
         kwargs["options"] = unipc_options or unipc.UniPCOptions()
     kwargs["noise_sampler"] = noise_sampler
     return kwargs

@@ -7,12 +7,22 @@ more steps the main schedule is rebuilt as Karras so that the total step count s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
-from samplers._common import NoiseSampler, StepCallback, as_args, check_sigmas, denoise, require_noise, to_d
+from samplers._common import (
+    Denoiser,
+    NoiseSampler,
+    StepCallback,
+    as_args,
+    check_sigmas,
+    denoise,
+    require_noise,
+    to_d,
+)
 from samplers.schedules import karras
 
 RESTART_MIN_SIGMA = 0.1  # where the restart segment ends (nearest schedule entry)
@@ -54,18 +64,18 @@ def build_step_list(sigmas: torch.Tensor, plans: dict[float, RestartPlan]) -> li
     return pairs
 
 
-def _restart_pairs(sigmas: torch.Tensor, min_idx: int, plan: RestartPlan) -> list:
+def _restart_pairs(sigmas: torch.Tensor, min_idx: int, plan: RestartPlan) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The restart segment's pairs, repeated; empty when the restart level is not above the current one."""
     max_idx = _nearest_index(sigmas, plan.max_sigma)
     if max_idx >= min_idx:
         return []
     segment = karras(plan.steps, sigmas[min_idx].item(), sigmas[max_idx].item())[:-1]
-    return list(zip(segment[:-1], segment[1:])) * plan.times
+    return list(zip(segment[:-1], segment[1:], strict=True)) * plan.times
 
 
 @torch.no_grad()
 def sample_restart(
-    model,
+    model: Denoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     extra_args: Mapping[str, Any] | None = None,
@@ -95,7 +105,10 @@ def sample_restart(
     return x
 
 
-def _heun_step(model, x, old_sigma, new_sigma, args, callback, step_id) -> torch.Tensor:
+def _heun_step(
+    model: Denoiser, x: torch.Tensor, old_sigma: torch.Tensor, new_sigma: torch.Tensor, args: Mapping[str, Any],
+    callback: StepCallback | None, step_id: int,
+) -> torch.Tensor:
     """One Heun step (Euler into sigma = 0)."""
     denoised = denoise(model, x, old_sigma, args)
     d = to_d(x, old_sigma, denoised)

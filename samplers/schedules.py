@@ -157,7 +157,8 @@ def _loglinear_interp(decreasing: np.ndarray, count: int) -> np.ndarray:
     xs = np.linspace(0, 1, decreasing.size)
     ys = np.log(decreasing[::-1])
     new_ys = np.interp(np.linspace(0, 1, count), xs, ys)
-    return np.exp(new_ys)[::-1].copy()
+    resampled: np.ndarray = np.exp(new_ys)[::-1].copy()
+    return resampled
 
 
 def simple(n: int, sigma_min: float, sigma_max: float, model_sigmas: torch.Tensor) -> torch.Tensor:
@@ -182,7 +183,10 @@ def _timestep_linspace(
     log_sigmas = check_sigma_table(model_sigmas).log()
     start = sigma_to_t(torch.tensor(sigma_max, dtype=torch.float32), log_sigmas)
     end = sigma_to_t(torch.tensor(sigma_min, dtype=torch.float32), log_sigmas)
-    ts = torch.linspace(float(start), float(end), n + 1)[:-1] if drop_last else torch.linspace(float(start), float(end), n)
+    if drop_last:
+        ts = torch.linspace(float(start), float(end), n + 1)[:-1]
+    else:
+        ts = torch.linspace(float(start), float(end), n)
     return _append_zero(t_to_sigma(ts, log_sigmas))
 
 

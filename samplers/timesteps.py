@@ -12,15 +12,24 @@ Numerics follow A1111 step for step (float32 state, ᾱ_prev in float64, the per
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 import torch
 
-from samplers._common import NoiseSampler, StepCallback, as_args, require_noise
+from samplers._common import (
+    Denoiser,
+    NoiseSampler,
+    StepCallback,
+    as_args,
+    require_noise,
+)
 
 TRAINING_TIMESTEPS = 1000
 CFGPP_SCALE = 1 / 12.5  # DDIM CFG++ maps the CFG scale range [0, 12.5] onto [0, 1]
+
+DdimRow = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # a_t, a_prev, sigma_t, sqrt(1 - a_t)
 
 
 class UncondAwareModel(Protocol):
@@ -57,7 +66,8 @@ def check_timesteps(timesteps: torch.Tensor, alphas_cumprod: torch.Tensor) -> No
         raise ValueError("alphas_cumprod must be the model's 1-D tensor of cumulative alpha products")
     if int(timesteps.min()) < 0 or int(timesteps.max()) >= alphas_cumprod.numel():
         raise ValueError(
-            f"timesteps must lie in [0, {alphas_cumprod.numel() - 1}], got {int(timesteps.min())}..{int(timesteps.max())}"
+            f"timesteps must lie in [0, {alphas_cumprod.numel() - 1}], "
+            f"got {int(timesteps.min())}..{int(timesteps.max())}"
         )
 
 
@@ -75,7 +85,7 @@ class DDIMTable:
     sigmas: torch.Tensor
 
     @classmethod
-    def build(cls, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, eta: float = 0.0) -> "DDIMTable":
+    def build(cls, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, eta: float = 0.0) -> DDIMTable:
         acp = alphas_cumprod.detach().cpu()
         ts = timesteps.detach().cpu()
         alphas = acp[ts]
@@ -84,11 +94,13 @@ class DDIMTable:
         sigmas = eta * torch.sqrt((1 - alphas_prev) / one_minus * (1 - alphas.to(torch.float64) / alphas_prev))
         return cls(alphas, alphas_prev, torch.sqrt(1 - alphas), sigmas)
 
-    def row(self, index: int, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def row(self, index: int, x: torch.Tensor) -> DdimRow:
         """(a_t, a_prev, sigma_t, sqrt(1 - a_t)) at ``index`` as float32 (B, 1, ...) tensors."""
         ones = x.new_ones((x.shape[0],) + (1,) * (x.ndim - 1))
-        values = (self.alphas, self.alphas_prev, self.sigmas, self.sqrt_one_minus_alphas)
-        return tuple(float(v[index]) * ones for v in values)
+        a_t, a_prev, sigma_t, sqrt_one_minus_at = (
+            float(v[index]) * ones for v in (self.alphas, self.alphas_prev, self.sigmas, self.sqrt_one_minus_alphas)
+        )
+        return a_t, a_prev, sigma_t, sqrt_one_minus_at
 
 
 def _report(callback: StepCallback | None, x: torch.Tensor, i: int, pred_x0: torch.Tensor) -> None:
@@ -97,7 +109,10 @@ def _report(callback: StepCallback | None, x: torch.Tensor, i: int, pred_x0: tor
         callback({"x": x, "i": i, "sigma": 0, "sigma_hat": 0, "denoised": pred_x0})
 
 
-def _ddim_update(x, e_t, e_dir, row, noise=None) -> tuple[torch.Tensor, torch.Tensor]:
+def _ddim_update(
+    x: torch.Tensor, e_t: torch.Tensor, e_dir: torch.Tensor,
+    row: DdimRow, noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One DDIM move: x0 from the guided eps, direction from ``e_dir``, plus ``noise`` scaled by
     sigma_t when given (PLMS adds none; its sigma_t is 0, so the direction term is the same)."""
     a_t, a_prev, sigma_t, sqrt_one_minus_at = row
@@ -114,7 +129,7 @@ def _timestep_in(timesteps: torch.Tensor, index: int, x: torch.Tensor) -> torch.
 
 @torch.no_grad()
 def sample_ddim(
-    model,
+    model: Denoiser,
     x: torch.Tensor,
     timesteps: torch.Tensor,
     extra_args: Mapping[str, Any] | None = None,
@@ -189,7 +204,7 @@ def _plms_eps(e_t: torch.Tensor, old_eps: list[torch.Tensor]) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_plms(
-    model,
+    model: Denoiser,
     x: torch.Tensor,
     timesteps: torch.Tensor,
     extra_args: Mapping[str, Any] | None = None,

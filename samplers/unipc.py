@@ -12,12 +12,13 @@ log-alpha over the N training steps.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
-from samplers._common import NoiseSampler, StepCallback, as_args
+from samplers._common import Denoiser, NoiseSampler, StepCallback, as_args
 
 VARIANTS = ("bh1", "bh2", "vary_coeff")
 SKIP_TYPES = ("time_uniform", "logSNR", "time_quadratic")
@@ -53,11 +54,12 @@ def interpolate(x: torch.Tensor, xp: torch.Tensor, yp: torch.Tensor) -> torch.Te
     pos = torch.argmin(order, dim=2)  # where x landed among the keypoints
     before = pos - 1
     first, last = torch.eq(pos, 0), torch.eq(pos, k)
-    lo = torch.where(first, torch.tensor(1, device=x.device), torch.where(last, torch.tensor(k - 2, device=x.device), before))
+    below_last = torch.tensor(k - 2, device=x.device)
+    lo = torch.where(first, torch.tensor(1, device=x.device), torch.where(last, below_last, before))
     hi = torch.where(torch.eq(lo, before), lo + 2, lo + 1)
     x_lo = torch.gather(ordered, dim=2, index=lo.unsqueeze(2)).squeeze(2)
     x_hi = torch.gather(ordered, dim=2, index=hi.unsqueeze(2)).squeeze(2)
-    y_idx = torch.where(first, torch.tensor(0, device=x.device), torch.where(last, torch.tensor(k - 2, device=x.device), before))
+    y_idx = torch.where(first, torch.tensor(0, device=x.device), torch.where(last, below_last, before))
     ys = yp.unsqueeze(0).expand(n, -1, -1)
     y_lo = torch.gather(ys, dim=2, index=y_idx.unsqueeze(2)).squeeze(2)
     y_hi = torch.gather(ys, dim=2, index=(y_idx + 1).unsqueeze(2)).squeeze(2)
@@ -94,7 +96,9 @@ class DiscreteVPSchedule:
         return interpolate(log_alpha.reshape((-1, 1)), *flipped).reshape((-1,))
 
 
-def time_steps(schedule: DiscreteVPSchedule, skip_type: str, t_T: float, t_0: float, n: int, device) -> torch.Tensor:
+def time_steps(
+    schedule: DiscreteVPSchedule, skip_type: str, t_T: float, t_0: float, n: int, device: torch.device | str
+) -> torch.Tensor:
     """The n + 1 continuous times from t_T down to t_0."""
     if skip_type == "logSNR":
         lambda_T = schedule.lambda_(torch.tensor(t_T).to(device))
@@ -119,7 +123,7 @@ def _weighted_sum(weights: torch.Tensor, stacked: torch.Tensor) -> torch.Tensor:
 class _Solver:
     """One UniPC run: the eps model, its extra args, the schedule and the variant."""
 
-    model: Any
+    model: Denoiser
     args: Mapping[str, Any]
     schedule: DiscreteVPSchedule
     variant: str
@@ -130,21 +134,29 @@ class _Solver:
         alpha_t, sigma_t = self.schedule.alpha(t), self.schedule.std(t)
         return (x - _expand(sigma_t, x.ndim) * eps) / _expand(alpha_t, x.ndim)
 
-    def history(self, model_prev, t_prev, h, lambda_prev_0, order):
+    def history(
+        self, model_prev: list[torch.Tensor], t_prev: list[torch.Tensor], h: torch.Tensor, lambda_prev_0: torch.Tensor,
+        order: int,
+    ) -> tuple[list[torch.Tensor | float], list[torch.Tensor]]:
         """Ratios r_k of older log-SNR gaps to h, and the scaled differences D1_k."""
-        rks, d1s = [], []
+        rks: list[torch.Tensor | float] = []
+        d1s: list[torch.Tensor] = []
         for i in range(1, order):
             rk = ((self.schedule.lambda_(t_prev[-(i + 1)]) - lambda_prev_0) / h)[0]
             rks.append(rk)
             d1s.append((model_prev[-(i + 1)] - model_prev[-1]) / rk)
         return rks, d1s
 
-    def update(self, x, model_prev, t_prev, t, order, use_corrector):
+    def update(
+        self, x: torch.Tensor, model_prev: list[torch.Tensor], t_prev: list[torch.Tensor], t: torch.Tensor, order: int,
+        use_corrector: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One multistep update; returns x_t and, with the corrector, the model's x0 at t."""
         ns = self.schedule
         lambda_prev_0 = ns.lambda_(t_prev[-1])
         h = ns.lambda_(t) - lambda_prev_0
-        rks, d1s = self.history(model_prev, t_prev, h, lambda_prev_0, order)
-        rks = torch.tensor(rks + [1.0], device=x.device)
+        ratios, d1s = self.history(model_prev, t_prev, h, lambda_prev_0, order)
+        rks = torch.tensor(ratios + [1.0], device=x.device)
         step = _Step(x, model_prev[-1], ns.std(t) / ns.std(t_prev[-1]), torch.exp(ns.log_alpha(t)), rks, d1s)
         if self.variant == "vary_coeff":
             return step.vary_coeff(self, t, -h[0], use_corrector)
@@ -160,27 +172,30 @@ class _Step:
     sigma_ratio: torch.Tensor
     alpha_t: torch.Tensor
     rks: torch.Tensor
-    d1s: list
+    d1s: list[torch.Tensor]
 
-    def base(self, h_phi_1) -> torch.Tensor:
+    def base(self, h_phi_1: torch.Tensor) -> torch.Tensor:
         nd = self.x.ndim
         return _expand(self.sigma_ratio, nd) * self.x - _expand(self.alpha_t * h_phi_1, nd) * self.model_prev_0
 
-    def bh(self, solver, t, hh, order, use_corrector, variant):
+    def bh(
+        self, solver: _Solver, t: torch.Tensor, hh: torch.Tensor, order: int, use_corrector: bool, variant: str
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """UniPC-B(h): B(h) = h (bh1) or e^h - 1 (bh2); coefficients from a small linear solve."""
         h_phi_1 = torch.expm1(hh)
         b_h = hh if variant == "bh1" else torch.expm1(hh)
-        rows, b = [], []
+        rows: list[torch.Tensor] = []
+        coefficients: list[torch.Tensor] = []
         h_phi_k, factorial = h_phi_1 / hh - 1, 1
         for i in range(1, order + 1):
             rows.append(torch.pow(self.rks, i - 1))
-            b.append(h_phi_k * factorial / b_h)
+            coefficients.append(h_phi_k * factorial / b_h)
             factorial *= i + 1
             h_phi_k = h_phi_k / hh - 1 / factorial
-        r_mat, b = torch.stack(rows), torch.tensor(b, device=self.x.device)
+        r_mat, b = torch.stack(rows), torch.tensor(coefficients, device=self.x.device)
         d1s = torch.stack(self.d1s, dim=1) if self.d1s else None
         x_base, scale = self.base(h_phi_1), _expand(self.alpha_t * b_h, self.x.ndim)
-        pred_res = 0
+        pred_res: torch.Tensor | int = 0
         if d1s is not None:
             rhos_p = torch.tensor([0.5], device=b.device) if order == 2 else torch.linalg.solve(r_mat[:-1, :-1], b[:-1])
             pred_res = _weighted_sum(rhos_p, d1s)
@@ -192,7 +207,9 @@ class _Step:
         corr_res = _weighted_sum(rhos_c[:-1], d1s) if d1s is not None else 0
         return x_base - scale * (corr_res + rhos_c[-1] * (model_t - self.model_prev_0)), model_t
 
-    def vary_coeff(self, solver, t, hh, use_corrector):
+    def vary_coeff(
+        self, solver: _Solver, t: torch.Tensor, hh: torch.Tensor, use_corrector: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """UniPC with varying coefficients (inverse of a Vandermonde-like matrix)."""
         k_count, nd = len(self.rks), self.x.ndim
         columns, col = [], torch.ones_like(self.rks)
@@ -200,7 +217,8 @@ class _Step:
             columns.append(col)
             col = col * self.rks / (k + 1)
         c_mat = torch.stack(columns, dim=1)
-        h_phi_ks, h_phi_k, factorial = [], torch.expm1(hh), 1
+        h_phi_ks: list[torch.Tensor] = []
+        h_phi_k, factorial = torch.expm1(hh), 1
         for k in range(1, k_count + 2):
             h_phi_ks.append(h_phi_k)
             h_phi_k = h_phi_k / hh - 1 / factorial
@@ -217,9 +235,11 @@ class _Step:
         a_c = torch.linalg.inv(c_mat)
         model_t = solver.data_prediction(x_t, t)
         x_t, k = x_base, 0
-        for k in range(k_count - 1):
-            x_t = x_t - _expand(self.alpha_t * h_phi_ks[k + 1], nd) * _weighted_sum(a_c[k][:-1], d1s)
-        return x_t - _expand(self.alpha_t * h_phi_ks[k_count], nd) * ((model_t - self.model_prev_0) * a_c[k][-1]), model_t
+        if d1s is not None:  # without history k_count is 1 and there is nothing to add
+            for k in range(k_count - 1):
+                x_t = x_t - _expand(self.alpha_t * h_phi_ks[k + 1], nd) * _weighted_sum(a_c[k][:-1], d1s)
+        last = _expand(self.alpha_t * h_phi_ks[k_count], nd) * ((model_t - self.model_prev_0) * a_c[k][-1])
+        return x_t - last, model_t
 
 
 def _report(callback: StepCallback | None, x: torch.Tensor, i: int, denoised: torch.Tensor | None) -> None:
@@ -230,7 +250,7 @@ def _report(callback: StepCallback | None, x: torch.Tensor, i: int, denoised: to
 
 @torch.no_grad()
 def sample_unipc(
-    model,
+    model: Denoiser,
     x: torch.Tensor,
     timesteps: torch.Tensor,
     extra_args: Mapping[str, Any] | None = None,
@@ -255,7 +275,7 @@ def sample_unipc(
     times = time_steps(schedule, options.skip_type, 1.0 if t_start is None else t_start, 1.0 / schedule.total_n,
                        steps, x.device)
     solver = _Solver(model, as_args(extra_args), schedule, options.variant)
-    vec_t = times[0].expand((x.shape[0]))
+    vec_t = times[0].expand(x.shape[0])
     model_prev, t_prev = [solver.data_prediction(x, vec_t)], [vec_t]
     for step in range(1, steps + 1):
         vec_t = times[step].expand(x.shape[0])
@@ -263,8 +283,8 @@ def sample_unipc(
         order = step if warmup else _step_order(options, steps, step)
         x, model_x = solver.update(x, model_prev, t_prev, vec_t, order, use_corrector=warmup or step != steps)
         _report(callback, x, step - 1, model_x)
-        if warmup:
-            model_prev.append(model_x)
+        if warmup:  # the corrector ran, so model_x is set
+            model_prev.append(solver.data_prediction(x, vec_t) if model_x is None else model_x)
             t_prev.append(vec_t)
             continue
         model_prev, t_prev = model_prev[1:] + [model_prev[-1]], t_prev[1:] + [vec_t]

@@ -191,7 +191,7 @@ def position_invariant(model, x, t, context) -> bool:
 
 def main() -> None:
     args = parse_args()
-    from webui_api.engine.service import Engine
+    from webui_api.engine.facade import Engine
 
     engine = Engine(device=args.device, dtype="auto")
     engine.load()

@@ -54,15 +54,15 @@ def timed(action) -> float:
 
 def measure(folder: Path, args: argparse.Namespace) -> dict[str, list[float]]:
     from webui_api.engine.loading.discovery import ModelPaths
-    from webui_api.engine.service import Engine
+    from webui_api.engine.facade import Engine
 
     engine = Engine(device=args.device, dtype=args.dtype, paths=ModelPaths(data_dir=folder, ckpt_dirs=(folder,)))
     first, second = (info.title for info in engine.checkpoints()[:2])
     results: dict[str, list[float]] = {"cold load (hash + read + build)": [timed(lambda: engine.load(first))]}
-    engine.set_checkpoints_limit(1)
+    engine.models.set_limit(1)
     disk = [timed(lambda t=title: engine.load(t)) for title in [second, first] * args.repeats]
     results["switch from disk (limit 1)"] = disk
-    engine.set_checkpoints_limit(2)
+    engine.models.set_limit(2)
     engine.load(second)  # both in the LRU now
     cached = [timed(lambda t=title: engine.load(t)) for title in [first, second] * args.repeats]
     results["switch from the LRU (limit 2)"] = cached

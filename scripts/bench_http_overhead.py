@@ -89,7 +89,7 @@ def time_http(port: int, body: dict, repeats: int) -> list[float]:
 def main() -> None:
     args = parse_args()
     from webui_api.app import build_runtime, create_app
-    from webui_api.engine.service import Engine
+    from webui_api.engine.facade import Engine
     from dataclasses import replace
 
     from webui_api.settings import Settings

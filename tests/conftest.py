@@ -18,7 +18,7 @@ def engine():
     import torch
 
     torch.set_num_threads(1)
-    from webui_api.engine.service import Engine
+    from webui_api.engine.facade import Engine
 
     built = Engine(device="cpu", dtype="float32")
     built.load()

@@ -21,13 +21,14 @@ from fastapi.responses import JSONResponse
 
 from . import __version__
 from .auth import add_cors, build_gate, exposure_warnings, protect_docs, record_work, unclassified_routes
-from .errors import ApiError
+from .errors import ApiError, validation_error_body
 from .options import OptionsStore
 from .progress import ProgressTracker
 from .batching import BatchingConfig
 from .scheduler import Scheduler, WorkItem
 from .serving.audit import AuditLog
-from .serving.guards import BodySizeLimit
+from .serving.content_policy import ContentPolicy
+from .serving.guards import BodySizeLimit, PixelBudgetScope
 from .serving.hooks import ServingHooks
 from .serving.lifecycle import Lifecycle
 from .serving.metrics import Metrics
@@ -102,7 +103,7 @@ def build_runtime(settings: Settings, engine: Optional[Any] = None) -> Runtime:
     from .postprocess.encode import encode_image_base64
 
     if engine is None:
-        from .engine.service import Engine
+        from .engine.facade import Engine
 
         engine = Engine.from_settings(settings)
     options = OptionsStore.from_settings(settings)
@@ -123,7 +124,7 @@ def build_runtime(settings: Settings, engine: Optional[Any] = None) -> Runtime:
     metrics.track_queue_depth(lambda: scheduler.waiting_generations)
     serving = ServingHooks(
         limits=settings.guards, metrics=metrics, audit=AuditLog(settings.audit_log, settings.audit),
-        lifecycle=Lifecycle(),
+        lifecycle=Lifecycle(), policy=ContentPolicy.from_config(settings.content_policy),
         cache=ResultCache.from_settings(settings.data_dir, settings.result_cache_mb, settings.redis_url),
     )
     from .weights import WeightsFetcher
@@ -173,7 +174,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         _count_error(request, "RequestValidationError", 422)
-        return _error_response(422, {"detail": _jsonable_errors(exc.errors())})
+        return _error_response(422, validation_error_body(exc.errors()))
 
 
 
@@ -190,11 +191,6 @@ def _count_error(request: Request, error_type: str, status: int) -> None:
     runtime = getattr(request.app.state, "runtime", None)
     if runtime is not None:
         runtime.metrics.count_error(error_type, status)
-
-
-def _jsonable_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Pydantic's error dicts can carry exception objects in `ctx`; keep them printable."""
-    return [{**e, "ctx": {k: str(v) for k, v in e["ctx"].items()}} if "ctx" in e else e for e in errors]
 
 
 # middleware -----------------------------------------------------------------------------
@@ -224,6 +220,7 @@ class SelectiveGZipMiddleware:
 def _install_middleware(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(SelectiveGZipMiddleware)
     add_cors(app, settings)
+    app.add_middleware(PixelBudgetScope, max_pixels=settings.guards.max_input_pixels)  # the one image budget
     app.add_middleware(BodySizeLimit, max_bytes=settings.guards.max_body_bytes)  # outermost: before any parsing
 
     @app.middleware("http")
@@ -256,10 +253,12 @@ def _log_request(request: Request, status: int, duration: float) -> None:
 
 def _include_routes(app: FastAPI, settings: Settings) -> None:
     from .routes import (
-        catalog, controlnet, controlnet_detect, extras, generate, health, interrogate, options, progress, system, tasks,
+        catalog, controlnet, controlnet_detect, extras, generate, health, interrogate, openapi_errors, options, progress,
+        system, tasks,
     )
 
     for module in (generate, progress, options, catalog, extras, interrogate, tasks, controlnet, controlnet_detect,
                    health):
         app.include_router(module.router)
     app.include_router(system.build_router(settings))
+    openapi_errors.install_error_responses(app)  # the shared 4xx/503 answers, with A1111's error body

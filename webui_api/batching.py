@@ -17,10 +17,6 @@ from typing import Any, Hashable, Mapping
 
 from .jobs import GenerationJob
 
-# Samplers whose step control reads the whole batch (DPM adaptive's error norm spans every
-# image), so an image's path depends on the other images in the batch.
-BATCH_COUPLED_SAMPLERS = frozenset({"DPM adaptive"})
-
 # <lora:name:1.0>, <lyco:...>, <hypernet:...>: the engine applies the first prompt's networks.
 _EXTRA_NETWORK_TAG = re.compile(r"<[^:<>]+:[^<>]*>")
 
@@ -63,9 +59,18 @@ def why_not_batchable(job: GenerationJob) -> str | None:
         (job.refiner is not None, "refiner"),
         (bool(job.controlnet_units), "ControlNet units"),
         (job.restore_faces, "restore_faces"),
-        (job.sampling.sampler_name in BATCH_COUPLED_SAMPLERS, f"sampler {job.sampling.sampler_name!r}"),
+        (_batch_coupled(job.sampling.sampler_name), f"sampler {job.sampling.sampler_name!r}"),
     )
     return next((reason for failed, reason in checks if failed), None)
+
+
+def _batch_coupled(sampler_name: str) -> bool:
+    """Whether the sampler's step control reads the whole batch (the registry's fact), so an
+    image's path would depend on the other images in a shared batch."""
+    from samplers.registry import find_sampler  # imports torch: only when a job is checked
+
+    sampler = find_sampler(sampler_name)
+    return sampler is not None and sampler.batch_coupled
 
 
 def batch_key(job: GenerationJob) -> Hashable | None:

@@ -245,7 +245,15 @@ SERVING_FLAGS: tuple[FlagSpec, ...] = (
     FlagSpec("--max-steps", "most sampling steps (0: no limit)", int, 1000),
     FlagSpec("--max-prompt-length", "longest prompt in characters (0: no limit)", int, 20_000),
     FlagSpec("--max-body-mb", "largest request body in MB (0: no limit)", float, 64.0),
-    FlagSpec("--max-input-pixels", "largest decoded input image in pixels (0: no limit)", int, 4096 * 4096),
+    FlagSpec("--max-input-pixels", "largest image the server decodes or builds outside the UNet (inputs, upscales, "
+             "detect maps), in pixels (0: no limit)", int, 4096 * 4096),
+    FlagSpec("--prompt-filter", "content policy: file of words/phrases and re:regex rules refused in prompts "
+             "(re-read when it changes; default: off)", absolute_path),
+    FlagSpec("--nsfw-check-dir", "content policy: folder of a CompVis safety checker (config.json + weights) that "
+             "checks every output image (default: off)", absolute_path),
+    FlagSpec("--nsfw-action", "content policy: what happens to a flagged image", str, "blur",
+             options={"choices": ["blur", "replace"]}),
+    FlagSpec("--content-policy-tiers", "content policy: comma-separated key tiers it applies to", str, "high,normal,low"),
     FlagSpec("--batch-max-size", "cross-request batching: most images in one UNet batch (1: off, the default; e.g. 4 for a busy shared server)", int, 1),
     FlagSpec("--batch-wait-ms", "cross-request batching: how long a job waits for batch partners, in ms", float, 10.0),
     FlagSpec("--batch-unet-rows", "cross-request batching: every UNet call gets exactly this many rows (padded), "
@@ -476,7 +484,21 @@ def serving_settings(args: argparse.Namespace) -> dict[str, Any]:
             max_body_bytes=int(_at_least(0, "--max-body-mb", args.max_body_mb) * 1024 * 1024),
             max_input_pixels=_at_least(0, "--max-input-pixels", args.max_input_pixels),
         ),
+        "content_policy": _content_policy(args),
     }
+
+
+def _content_policy(args: argparse.Namespace) -> Any:
+    """--prompt-filter, --nsfw-check-dir, --nsfw-action, --content-policy-tiers (a bad value exits)."""
+    from webui_api.serving.content_policy import ContentPolicyConfig
+
+    tiers = frozenset(part.strip().lower() for part in str(args.content_policy_tiers).split(",") if part.strip())
+    try:
+        return ContentPolicyConfig(prompt_filter=_optional_path(args.prompt_filter),
+                                   nsfw_model_dir=_optional_path(args.nsfw_check_dir),
+                                   nsfw_action=args.nsfw_action, tiers=tiers)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from exc
 
 
 def _callback_allow(value: str | None) -> tuple[str, ...]:

@@ -92,6 +92,19 @@ class GenerationFailed(ApiError):
     error_name = "RuntimeError"
 
 
+class LimitExceeded(ApiError):
+    """A request beyond a configured limit (422; 413 for sizes of the body or of images).
+
+    The message names the limit, the flag that sets it and the value received."""
+
+    status_code = 422
+    error_name = "LimitExceeded"
+
+    def __init__(self, what: str, value: Any, limit: Any, flag: str, status: int = 422) -> None:
+        super().__init__(f"{what} is {value}, more than the limit of {limit} ({flag})", errors=f"{flag} {limit}")
+        self.status_code = status
+
+
 class NotImplementedFeature(ApiError):
     """A valid A1111 request for a feature this server does not have yet (501)."""
 
@@ -116,3 +129,45 @@ class DeviceOutOfMemory(ServiceUnavailable):
             errors=detail,
         )
         self.headers = {"Retry-After": str(retry_after)}
+
+
+MAX_ECHOED_INPUT = 200  # characters of a refused input echoed back in a 422 (bodies can be megabytes)
+
+
+def validation_error_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    """FastAPI's 422 body `{"detail": [...]}` made of JSON values only.
+
+    Pydantic's error dicts carry the refused input (bytes, when a JSON route is called with
+    text/plain, multipart or no content type) and exception objects in `ctx`; both are turned
+    into short text so the error body itself always serialises."""
+    return {"detail": [_jsonable_error(error) for error in errors]}
+
+
+def _jsonable_error(error: dict[str, Any]) -> dict[str, Any]:
+    clean = dict(error)
+    if "ctx" in clean:
+        clean["ctx"] = {key: str(value) for key, value in clean["ctx"].items()}
+    if "input" in clean:
+        clean["input"] = _jsonable_input(clean["input"])
+    return clean
+
+
+def _jsonable_input(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        text = bytes(value[:MAX_ECHOED_INPUT]).decode("utf-8", errors="replace")
+        return text + ("..." if len(value) > MAX_ECHOED_INPUT else "")
+    if isinstance(value, str):
+        return value[:MAX_ECHOED_INPUT] + ("..." if len(value) > MAX_ECHOED_INPUT else "")
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else str(value)
+    return _short_repr(value)
+
+
+def _short_repr(value: Any) -> str:
+    """Containers and other objects: a bounded text form (deep or huge inputs must not be echoed whole)."""
+    if isinstance(value, (dict, list, tuple)):
+        return f"<{type(value).__name__} of {len(value)} items>"
+    text = repr(value)
+    return text[:MAX_ECHOED_INPUT]

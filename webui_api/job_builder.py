@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Mapping, Optional, Sequence
 
+from .engine_options import EngineOptions
 from .errors import BadRequest, NotImplementedFeature, ValidationFailed
 from .jobs import GenerationJob, HiresParams, Img2ImgParams, RefinerParams, SamplingParams, SeedParams
 from .schemas.generation import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
@@ -435,10 +436,13 @@ def build_img2img(
     return replace(job, kind="img2img", img2img=params, refiner=refiner_params(request))
 
 
-def job_options(request: GenerationRequest, options: Mapping[str, Any]) -> dict[str, Any]:
-    """The job's options snapshot, plus the request's `disable_extra_networks` under that
-    name: the engine reads it there because GenerationJob has no field for it."""
-    return {**options, "disable_extra_networks": bool(request.disable_extra_networks)}
+def job_engine_options(request: GenerationRequest, options: Mapping[str, Any]) -> EngineOptions:
+    """The typed options the engine reads, plus the request's `disable_extra_networks`; an
+    option with a value of the wrong type is a 400 before anything is queued."""
+    try:
+        return EngineOptions.from_options(options, disable_extra_networks=bool(request.disable_extra_networks))
+    except ValueError as err:
+        raise BadRequest(str(err)) from err
 
 
 def build_txt2img_like(
@@ -463,7 +467,8 @@ def build_txt2img_like(
         model_title=options.get("sd_model_checkpoint"),
         preview_every_n_steps=_preview_every(options),
         job_timestamp=job_timestamp(),
-        options=job_options(request, options),
+        options=dict(options),
+        engine_options=job_engine_options(request, options),
         tiling=bool(request.tiling if request.tiling is not None else options.get("tiling", False)),
         controlnet_units=controlnet_units(request),
         restore_faces=bool(
@@ -482,8 +487,7 @@ def resolve_eta(request: GenerationRequest, sampler_name: str, options: Mapping[
         return None
     if request.eta is not None:
         return float(request.eta)
-    option = "eta_ddim" if sampler.default_eta == 0.0 else "eta_ancestral"
-    return float(options.get(option, sampler.default_eta))
+    return float(options.get(sampler.eta_option, sampler.default_eta))
 
 
 def _sampling_params(request: GenerationRequest, sampler: ResolvedSampler, options: Mapping[str, Any]) -> SamplingParams:

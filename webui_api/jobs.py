@@ -7,8 +7,14 @@ This module imports neither torch nor fastapi.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any
+
+from .engine_options import EngineOptions
+
+if TYPE_CHECKING:  # engine.protocols imports this module
+    from .engine.protocols import ModelFacts
 
 
 @dataclass(frozen=True)
@@ -117,7 +123,8 @@ class GenerationJob:
     model_title: str | None = None  # checkpoint to use; None = the loaded one
     preview_every_n_steps: int = 10  # 0 or negative: no live previews
     job_timestamp: str = ""
-    options: Mapping[str, Any] = field(default_factory=dict)  # per-job snapshot of the options store
+    options: Mapping[str, Any] = field(default_factory=dict)  # per-job snapshot of the options store (outputs)
+    engine_options: EngineOptions = field(default_factory=EngineOptions)  # what the engine reads, typed
     img2img: Img2ImgParams | None = None  # set exactly when kind == "img2img"
     hires: HiresParams | None = None  # txt2img with enable_hr
     tiling: bool = False  # seamless textures: circular padding in the model's convolutions
@@ -161,4 +168,11 @@ class JobResult:
     extra_images: list[Any] = field(default_factory=list)
     # The CheckpointInfo of the model the job ran on (filled by the engine): the response's
     # infotext and file names need it, and nobody has to load the model again to learn it.
-    model_info: Any = None
+    model_info: ModelFacts | None = None
+
+    @property
+    def ran_on(self) -> ModelFacts:
+        """`model_info` once the engine has filled it (a result that never ran has none)."""
+        if self.model_info is None:
+            raise RuntimeError("this JobResult has no model_info: the engine did not produce it")
+        return self.model_info

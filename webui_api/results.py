@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping, Sequence
 
+from .engine.protocols import ModelFacts
 from .jobs import GeneratedImage, GenerationJob, JobResult
 
 A1111_COMPAT_VERSION = "v1.10.1"  # the A1111 release whose behaviour we reproduce; infotext parsers key on it
@@ -41,7 +42,7 @@ def _churn_from_options(job: GenerationJob, accepted: tuple[str, ...]) -> dict[s
 def infotext_params(
     job: GenerationJob,
     image: GeneratedImage,
-    model: Any,
+    model: ModelFacts,
     extras: Mapping[str, Any],
     vae: tuple[str | None, str | None] = (None, None),
 ) -> dict[str, Any]:
@@ -91,7 +92,8 @@ def _scheduler_label(job: GenerationJob) -> str:
 def _sampler_uses_ensd(job: GenerationJob) -> bool:
     from samplers import registry
 
-    return bool(registry.find_sampler(job.sampling.sampler_name).options.get("uses_ensd"))
+    sampler = registry.find_sampler(job.sampling.sampler_name)
+    return sampler is not None and sampler.uses_ensd
 
 
 def _seed_resize(job: GenerationJob) -> str | None:
@@ -102,8 +104,8 @@ def _seed_resize(job: GenerationJob) -> str | None:
 def _total_steps(job: GenerationJob) -> int:
     from samplers import registry
 
-    second_order = registry.find_sampler(job.sampling.sampler_name).options.get("second_order")
-    return job.sampling.steps * (2 if second_order else 1)
+    sampler = registry.find_sampler(job.sampling.sampler_name)
+    return job.sampling.steps if sampler is None else sampler.total_steps(job.sampling.steps)
 
 
 def prompt_extras(job: GenerationJob, prompts: Sequence[str], negative_prompts: Sequence[str]) -> dict[str, Any]:
@@ -118,11 +120,11 @@ def prompt_extras(job: GenerationJob, prompts: Sequence[str], negative_prompts: 
     from .engine.prompts import parse_prompt, split_subprompts
 
     extras: dict[str, Any] = {}
-    steps, old = _total_steps(job), bool(job.options.get("use_old_scheduling", False))
+    steps, old = _total_steps(job), job.engine_options.use_old_scheduling
     texts = list(dict.fromkeys([*prompts, *negative_prompts]))
     if old and any(parse_prompt(text).differs_with_old_timelines(steps) for text in texts):
         extras["Old prompt editing timelines"] = True
-    emphasis = job.options.get("emphasis") or "Original"
+    emphasis = job.engine_options.emphasis or "Original"
     if emphasis != "Original":
         parts = [part.text for prompt in dict.fromkeys(prompts) for part in split_subprompts(prompt)]
         texts = list(dict.fromkeys([*parts, *negative_prompts]))
@@ -143,7 +145,7 @@ def prompt_extras_per_image(job: GenerationJob, image_count: int) -> list[dict[s
     return per_image[:image_count]
 
 
-def build_infotexts(job: GenerationJob, result: JobResult, model: Any) -> list[str]:
+def build_infotexts(job: GenerationJob, result: JobResult, model: ModelFacts) -> list[str]:
     from .postprocess.infotext import create_infotext
 
     extras = {**extra_generation_params(job), **result.extra_generation_params}
@@ -159,7 +161,7 @@ def build_infotexts(job: GenerationJob, result: JobResult, model: Any) -> list[s
 
 
 def build_info(
-    job: GenerationJob, result: JobResult, model: Any, infotexts: list[str], request: Any, index_of_first_image: int = 0,
+    job: GenerationJob, result: JobResult, model: ModelFacts, infotexts: list[str], request: Any, index_of_first_image: int = 0,
 ) -> str:
     """`Processed.js()`: the info JSON string, keys in A1111's order (index_of_first_image is 1
     when a grid leads the images, with its infotext first in `infotexts`)."""

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
+from .engine.protocols import GenerationEngine
 from .options import OptionsStore
 from .postprocess.face_restore.cache import PostprocessModels
 from .progress import ProgressTracker
@@ -22,7 +22,7 @@ class Runtime:
 
     settings: Settings
     options: OptionsStore
-    engine: Any  # webui_api.engine.service.Engine (imported lazily: it pulls in torch)
+    engine: GenerationEngine  # webui_api.engine.facade.Engine (imported lazily: it pulls in torch)
     scheduler: Scheduler
     progress: ProgressTracker
     # Upscaler / face restorer / face detector weights loaded by the worker, kept between calls.

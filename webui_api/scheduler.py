@@ -408,9 +408,11 @@ class Scheduler:
     def _fail(self, item: WorkItem, exc: BaseException) -> None:
         log.error("work item %r failed:\n%s", item.label, "".join(traceback.format_exception(exc)))
         told = self._client_error_for(exc) if self._client_error_for is not None else exc
-        item.future.set_exception(_without_tracebacks(told))
-        del exc, told
-        self._recover()
+        _without_tracebacks(exc)
+        _without_tracebacks(told)
+        del exc
+        self._recover()  # the failed job's memory is back before its client hears (and retries)
+        item.future.set_exception(told)
 
     def _recover(self) -> None:
         """Free what a failed item left behind (device memory) so the next one can run."""

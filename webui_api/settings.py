@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .serving.audit import AuditPolicy
+from .serving.content_policy import ContentPolicyConfig
 from .serving.guards import RequestLimits
 
 
@@ -84,6 +85,7 @@ class Settings:
     callback_allow: tuple[str, ...] = ()  # --callback-allow: hosts/CIDRs/"public" that task callbacks may reach
     api_docs_auth: bool = False  # --api-docs-auth: /docs, /redoc and /openapi.json behind the API auth too
     guards: RequestLimits = field(default_factory=RequestLimits)  # --max-pixels, --max-steps, ...
+    content_policy: ContentPolicyConfig = field(default_factory=ContentPolicyConfig)  # --prompt-filter, --nsfw-*
     batch_max_size: int = 1  # --batch-max-size: images in one cross-request UNet batch (1: batching off, the default:
     # batching pads every UNet call to a fixed row count, which costs a lone request ~1.9x on a CPU; docs/benchmarks.md)
     batch_wait_ms: float = 10.0  # --batch-wait-ms: how long the worker waits for batch partners

@@ -126,10 +126,18 @@ def test_a_store_from_before_the_owner_column_is_migrated(tmp_path):
     assert store.create("img2img", {}, owner="x").owner == "x"
 
 
-def test_a_failed_task_is_audited_and_counted(make_client, tmp_path):
+def test_a_failed_task_is_audited_and_counted(make_client, engine, monkeypatch, tmp_path):
+    """A task whose engine call fails (here: the checkpoint vanished between queueing and running;
+    an unknown name alone now falls back to the selected model, as in A1111)."""
+    from webui_api.errors import UnknownCheckpoint
+
+    def checkpoint_gone(*args, **kwargs):
+        raise UnknownCheckpoint("no-such-model")
+
+    monkeypatch.setattr(engine, "txt2img", checkpoint_gone)
     audit = tmp_path / "audit.jsonl"
     client = make_client(audit_log=audit)
-    body = webuiapi_txt2img(steps=2, checkpoint="no-such-model")
+    body = webuiapi_txt2img(steps=2)
     task_id = client.post(f"{PREFIX}/queue/txt2img", json=body).json()["task_id"]
     assert wait_for_status(client, task_id)["status"] == "failed"
     entry = json.loads(audit.read_text().splitlines()[-1])

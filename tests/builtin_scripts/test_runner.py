@@ -37,7 +37,7 @@ class InlineScheduler:
 
     items: list[Any] = field(default_factory=list)
 
-    async def run(self, item: Any, **_: Any) -> Any:
+    async def run(self, item: Any, *_: Any, **__: Any) -> Any:
         self.items.append(item)
         return item.run(CancelToken())
 
@@ -51,6 +51,20 @@ class FakeRuntime:
     progress: RecordingProgress = field(default_factory=RecordingProgress)
     postprocess_models: Any = None
     weights: Any = None  # a WeightsFetcher (nothing to fetch: the scripts here use no pinned weights)
+    serving: Any = field(default_factory=lambda: plain_serving())
+
+
+def plain_serving() -> Any:
+    """The serving hooks with default limits, no cache and no audit file."""
+    from webui_api.serving.audit import AuditLog
+    from webui_api.serving.guards import RequestLimits
+    from webui_api.serving.hooks import ServingHooks
+    from webui_api.serving.lifecycle import Lifecycle
+    from webui_api.serving.metrics import Metrics
+    from webui_api.serving.result_cache import ResultCache
+
+    return ServingHooks(limits=RequestLimits(), cache=ResultCache(None), metrics=Metrics(), audit=AuditLog(None),
+                        lifecycle=Lifecycle())
 
 
 def runtime_for(engine, tmp_path) -> FakeRuntime:

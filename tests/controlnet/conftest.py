@@ -22,7 +22,7 @@ def cn_engine(controlnet_dir):
     import torch
 
     torch.set_num_threads(1)
-    from webui_api.engine.service import Engine
+    from webui_api.engine.facade import Engine
 
     built = Engine(device="cpu", dtype="float32", controlnet_dirs=(controlnet_dir,), annotator_dir=controlnet_dir.parent / "annotator")
     built.load()

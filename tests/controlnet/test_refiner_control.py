@@ -42,7 +42,7 @@ class TwoModels:
         assert info is self.refiner.info
         return self.refiner
 
-    def apply_vae(self, model, options) -> None:
+    def apply_vae(self, model, job) -> None:
         return None
 
 

@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from webui_api.engine_options import EngineOptions
 from webui_api.jobs import GenerationJob, SamplingParams, SeedParams
+
+
+def engine_options(options: Mapping[str, Any] | None) -> EngineOptions:
+    """The typed options the job builder would resolve from these A1111 options (the
+    request's `disable_extra_networks` may be given here too, for brevity)."""
+    options = dict(options or {})
+    disabled = bool(options.pop("disable_extra_networks", False))
+    return EngineOptions.from_options(options, disable_extra_networks=disabled)
+
+
+def with_options(job: GenerationJob, options: Mapping[str, Any]) -> GenerationJob:
+    """`job` with a new options snapshot and the engine options resolved from it."""
+    return replace(job, options=dict(options), engine_options=engine_options(options))
 
 
 def make_job(
@@ -38,6 +56,7 @@ def make_job(
         sampling=SamplingParams(sampler_name=sampler, scheduler=scheduler, steps=steps, cfg_scale=cfg_scale, eta=None),
         seeds=SeedParams(seeds=tuple(seeds), subseeds=subseeds, **seed_kwargs),
         options=dict(options or {}),
+        engine_options=engine_options(options),
     )
 
 

@@ -9,6 +9,7 @@ import torch
 from tests.engine.test_engine_denoiser import RecordingInner, _x_sigma
 from webui_api.engine.conditioning import empty_prompt_crossattn, encode_prompts
 from webui_api.engine.denoiser import CFGDenoiser, CompVisDenoiser, CondBatch, GuidanceOptions, pad_cond_pair
+from webui_api.engine_options import EngineOptions
 from webui_api.progress import CancelToken
 
 
@@ -20,7 +21,7 @@ def texts(tiny_model):
             "cat": encode_prompts(tiny_model, ["a cat"]),
             "long": encode_prompts(tiny_model, [long_text]),
             "neg": encode_prompts(tiny_model, ["blurry"]),
-            "empty": empty_prompt_crossattn(tiny_model, {}, 1),
+            "empty": empty_prompt_crossattn(tiny_model, EngineOptions(), 1),
         }
 
 

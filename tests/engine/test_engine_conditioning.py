@@ -26,6 +26,7 @@ from webui_api.engine.conditioning import (
     token_tensor,
 )
 from webui_api.engine.cond_types import CondTensors, ScheduledCond
+from webui_api.engine_options import EngineOptions
 from webui_api.errors import BadRequest
 
 BOS, EOS = 49406, 49407
@@ -174,7 +175,7 @@ def test_apply_emphasis_identity_and_zero_mean():
 def test_mean_restore_spans_all_schedule_variants(tiny_model):
     """A1111 encodes a prompt's variants as one batch, so "a (cat:1.3)" inside an edit is not
     the same tensor as "a (cat:1.3)" alone."""
-    cond = build_batch_conditioning(tiny_model, ["a [(cat:1.3):dog:2]"], [""], 4, 1, {})
+    cond = build_batch_conditioning(tiny_model, ["a [(cat:1.3):dog:2]"], [""], 4, 1, EngineOptions())
     first = cond.cond[0].parts[0][0].variants[0][1].crossattn
     alone = encode_prompts(tiny_model, ["a (cat:1.3)"])[0]
     z = raw_hidden(tiny_model, [chunk_of(tiny_model, "a cat"), chunk_of(tiny_model, "a dog")])
@@ -214,7 +215,7 @@ def test_mixed_lengths_pad_by_repeating_the_last_vector(tiny_model):
 
 
 def test_embedding_changes_at_the_editing_step_and_not_elsewhere(tiny_model):
-    batch = build_batch_conditioning(tiny_model, ["a [cat:dog:2] photo"], ["blurry"], 4, 1, {})
+    batch = build_batch_conditioning(tiny_model, ["a [cat:dog:2] photo"], ["blurry"], 4, 1, EngineOptions())
     schedule = batch.cond[0].parts[0][0]
     assert [end for end, _ in schedule.variants] == [2, 4]
     calls = [schedule.at(step).crossattn for step in range(6)]
@@ -227,19 +228,19 @@ def test_embedding_changes_at_the_editing_step_and_not_elsewhere(tiny_model):
 
 
 def test_second_order_steps_move_the_switch(tiny_model):
-    schedule = build_batch_conditioning(tiny_model, ["[cat:dog:0.5]"], [""], 8, 1, {}).cond[0].parts[0][0]
+    schedule = build_batch_conditioning(tiny_model, ["[cat:dog:0.5]"], [""], 8, 1, EngineOptions()).cond[0].parts[0][0]
     assert [end for end, _ in schedule.variants] == [4, 8]
 
 
 def test_alternation_alternates_per_call(tiny_model):
-    schedule = build_batch_conditioning(tiny_model, ["[cat|dog]"], [""], 4, 1, {}).cond[0].parts[0][0]
+    schedule = build_batch_conditioning(tiny_model, ["[cat|dog]"], [""], 4, 1, EngineOptions()).cond[0].parts[0][0]
     picks = [schedule.at(step).crossattn for step in range(5)]
     assert torch.equal(picks[0], picks[1]) and torch.equal(picks[1], picks[3])  # a, a, b, a, b
     assert torch.equal(picks[2], picks[4]) and not torch.equal(picks[1], picks[2])
 
 
 def test_and_parts_and_weights(tiny_model):
-    batch = build_batch_conditioning(tiny_model, ["a cat AND a dog:0.5", "a cat"], ["", ""], 4, 1, {})
+    batch = build_batch_conditioning(tiny_model, ["a cat AND a dog:0.5", "a cat"], ["", ""], 4, 1, EngineOptions())
     parts = batch.cond[0].parts
     assert [w for _, w in parts] == [1.0, 0.5]
     assert parts[0][0] is batch.cond[1].parts[0][0]  # the same text is encoded once
@@ -248,13 +249,13 @@ def test_and_parts_and_weights(tiny_model):
 
 
 def test_negative_prompts_are_not_split_on_and(tiny_model):
-    batch = build_batch_conditioning(tiny_model, ["x"], ["a AND b"], 4, 1, {})
+    batch = build_batch_conditioning(tiny_model, ["x"], ["a AND b"], 4, 1, EngineOptions())
     assert torch.equal(batch.uncond[0].at(0).crossattn, encode_prompts(tiny_model, ["a AND b"])[0])
 
 
 def test_old_scheduling_option(tiny_model):
-    new = build_batch_conditioning(tiny_model, ["[cat:dog:1.0]"], [""], 4, 1, {})
-    old = build_batch_conditioning(tiny_model, ["[cat:dog:1.0]"], [""], 4, 1, {"use_old_scheduling": True})
+    new = build_batch_conditioning(tiny_model, ["[cat:dog:1.0]"], [""], 4, 1, EngineOptions())
+    old = build_batch_conditioning(tiny_model, ["[cat:dog:1.0]"], [""], 4, 1, EngineOptions(use_old_scheduling=True))
     assert [e for e, _ in new.cond[0].parts[0][0].variants] == [4]
     assert [e for e, _ in old.cond[0].parts[0][0].variants] == [1, 4]
 
@@ -270,11 +271,11 @@ def test_stack_at_step_pads_and_picks():
 
 def test_bad_inputs_are_rejected(tiny_model):
     with pytest.raises(BadRequest):
-        build_batch_conditioning(tiny_model, ["x"], [""], 4, 1, {"emphasis": "Strong"})
+        build_batch_conditioning(tiny_model, ["x"], [""], 4, 1, EngineOptions(emphasis="Strong"))
     with pytest.raises(ValueError):
-        build_batch_conditioning(tiny_model, ["x", "y"], [""], 4, 1, {})
+        build_batch_conditioning(tiny_model, ["x", "y"], [""], 4, 1, EngineOptions())
     with pytest.raises(BadRequest):
-        build_batch_conditioning(tiny_model, ["(x:1.1.1)"], [""], 4, 1, {})
+        build_batch_conditioning(tiny_model, ["(x:1.1.1)"], [""], 4, 1, EngineOptions())
 
 
 # --------------------------------------------------------------------------- textual inversion
@@ -298,7 +299,7 @@ def test_embedding_vectors_replace_their_name(tiny_model):
     like those words."""
     emb = embedding("zzqx", token_rows(tiny_model, ["dog", "house"]))
     store = store_of(tiny_model, emb)
-    z = build_batch_conditioning(tiny_model, ["a zzqx cat"], [""], 4, 1, {}, embeddings=store).cond[0].parts[0][0]
+    z = build_batch_conditioning(tiny_model, ["a zzqx cat"], [""], 4, 1, EngineOptions(), embeddings=store).cond[0].parts[0][0]
     assert torch.allclose(z.at(0).crossattn, encode_prompts(tiny_model, ["a dog house cat"])[0], atol=1e-6)
     chunk = prompt_chunks(tiny_model.tokenizer, "a zzqx cat", token_ids(tiny_model.tokenizer), lookup=store)[0]
     assert chunk.tokens[:5] == [BOS, 320, 0, 0, 2368] and chunk.fixes[0].offset == 1
@@ -374,7 +375,7 @@ def g_outputs(model, text):
 
 
 def test_sdxl_crossattn_concatenates_both_penultimate_layers(tiny_sdxl):
-    batch = build_batch_conditioning(tiny_sdxl, ["a cat"], ["blurry"], 4, 1, {}, width=832, height=1216)
+    batch = build_batch_conditioning(tiny_sdxl, ["a cat"], ["blurry"], 4, 1, EngineOptions(), width=832, height=1216)
     tensors = batch.cond[0].parts[0][0].at(0)
     assert tensors.crossattn.shape == (77, 32 + 48)
     l_out = tiny_sdxl.text_encoder(input_ids=torch.tensor([chunk_of(tiny_sdxl, "a cat")]), output_hidden_states=True)
@@ -389,36 +390,36 @@ def test_sdxl_crossattn_concatenates_both_penultimate_layers(tiny_sdxl):
 
 
 def test_sdxl_pooled_comes_from_the_first_chunk_and_ignores_emphasis(tiny_sdxl):
-    long = build_batch_conditioning(tiny_sdxl, ["(a cat:1.4) " + LONG_PROMPT], [""], 4, 1, {}).cond[0].parts[0][0].at(0)
-    plain = build_batch_conditioning(tiny_sdxl, ["a cat " + LONG_PROMPT], [""], 4, 1, {}).cond[0].parts[0][0].at(0)
+    long = build_batch_conditioning(tiny_sdxl, ["(a cat:1.4) " + LONG_PROMPT], [""], 4, 1, EngineOptions()).cond[0].parts[0][0].at(0)
+    plain = build_batch_conditioning(tiny_sdxl, ["a cat " + LONG_PROMPT], [""], 4, 1, EngineOptions()).cond[0].parts[0][0].at(0)
     assert long.crossattn.shape == (154, 80)
     assert torch.equal(long.vector, plain.vector)
     assert not torch.equal(long.crossattn, plain.crossattn)
 
 
 def test_sdxl_empty_negative_prompt_is_zeroed_but_keeps_size(tiny_sdxl):
-    options = {"sdxl_crop_top": 16, "sdxl_crop_left": 8}
+    options = EngineOptions(sdxl_crop_top=16, sdxl_crop_left=8)
     batch = build_batch_conditioning(tiny_sdxl, [""], ["", "x"][:1], 4, 1, options, width=1024, height=768)
     uncond = batch.uncond[0].at(0)
     assert not uncond.crossattn.any() and not uncond.vector[:40].any()
     assert uncond.vector[40:].tolist() == [768, 1024, 16, 8, 768, 1024]
     assert batch.cond[0].parts[0][0].at(0).crossattn.any()  # an empty *positive* prompt is encoded
-    other = build_batch_conditioning(tiny_sdxl, ["x"], ["blurry"], 4, 1, {})
+    other = build_batch_conditioning(tiny_sdxl, ["x"], ["blurry"], 4, 1, EngineOptions())
     assert other.uncond[0].at(0).crossattn.any()
 
 
 def test_sdxl_clip_l_skip_option(tiny_sdxl):
-    on = build_batch_conditioning(tiny_sdxl, ["a cat"], [""], 4, 1, {"sdxl_clip_l_skip": True}).cond[0].parts[0][0].at(0)
+    on = build_batch_conditioning(tiny_sdxl, ["a cat"], [""], 4, 1, EngineOptions(sdxl_clip_l_skip=True)).cond[0].parts[0][0].at(0)
     l_out = tiny_sdxl.text_encoder(input_ids=torch.tensor([chunk_of(tiny_sdxl, "a cat")]), output_hidden_states=True)
     assert torch.allclose(on.crossattn[:, :32], l_out.hidden_states[-1][0], atol=1e-6)  # no final norm
-    skip2 = build_batch_conditioning(tiny_sdxl, ["a cat"], [""], 4, 2, {}).cond[0].parts[0][0].at(0)
-    plain = build_batch_conditioning(tiny_sdxl, ["a cat"], [""], 4, 1, {}).cond[0].parts[0][0].at(0)
+    skip2 = build_batch_conditioning(tiny_sdxl, ["a cat"], [""], 4, 2, EngineOptions()).cond[0].parts[0][0].at(0)
+    plain = build_batch_conditioning(tiny_sdxl, ["a cat"], [""], 4, 1, EngineOptions()).cond[0].parts[0][0].at(0)
     assert torch.equal(skip2.crossattn, plain.crossattn)  # clip skip alone does not touch SDXL
 
 
 def test_sdxl_refiner_uses_only_g_and_aesthetic_scores(tiny_sdxl):
     refiner = dataclasses.replace(tiny_sdxl, family="sdxl-refiner", text_encoder=None, tokenizer=None)
-    batch = build_batch_conditioning(refiner, ["a cat"], ["blurry"], 4, 1, {}, width=512, height=512)
+    batch = build_batch_conditioning(refiner, ["a cat"], ["blurry"], 4, 1, EngineOptions(), width=512, height=512)
     cond, uncond = batch.cond[0].parts[0][0].at(0), batch.uncond[0].at(0)
     assert cond.crossattn.shape == (77, 48) and cond.vector.shape == (45,)
     assert cond.vector[40:].tolist() == [512, 512, 0, 0, 6.0]

@@ -13,7 +13,7 @@ from tests.engine.helpers import RecordingObserver, make_job
 from tests.engine.ldm_checkpoints import build_networks, write_checkpoint
 from tests.engine.test_refiner_engine import UNetCalls
 from webui_api.engine.loading.discovery import ModelPaths
-from webui_api.engine.service import Engine
+from webui_api.engine.facade import Engine
 from webui_api.jobs import HiresParams, RefinerParams
 from webui_api.progress import CancelToken
 
@@ -47,7 +47,7 @@ def unet_calls(engine, *names):
 
 def run(engine, job, *names):
     engine.load("main")
-    engine.set_checkpoints_limit(3)
+    engine.models.set_limit(3)
     calls = unet_calls(engine, *names)
     try:
         result = engine.txt2img(job, RecordingObserver(), CancelToken())

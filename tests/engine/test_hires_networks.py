@@ -11,10 +11,15 @@ import safetensors.torch
 import torch
 
 from tests.engine.helpers import RecordingObserver, make_job
-from tests.engine.ldm_checkpoints import build_networks, kohya_sd1_lora, write_checkpoint
+from tests.engine.ldm_checkpoints import (
+    build_networks,
+    kohya_sd1_lora,
+    write_checkpoint,
+)
+from webui_api.engine.facade import Engine
+from webui_api.engine.job_networks import hires_network_calls
 from webui_api.engine.loading.discovery import ModelPaths
 from webui_api.engine.loading.hashes import addnet_hash
-from webui_api.engine.service import Engine, hires_network_calls
 from webui_api.errors import NotImplementedFeature
 from webui_api.jobs import HiresParams
 from webui_api.progress import CancelToken

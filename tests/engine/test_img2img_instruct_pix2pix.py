@@ -14,7 +14,7 @@ from tests.engine.test_img2img_prep import img2img_job, run_img2img_job
 from webui_api.engine.cond_types import BatchConditioning
 from webui_api.engine.denoiser import CFGDenoiser, GuidanceOptions
 from webui_api.engine.loading.discovery import ModelPaths
-from webui_api.engine.service import Engine
+from webui_api.engine.facade import Engine
 from webui_api.progress import CancelToken
 
 

@@ -20,7 +20,7 @@ from webui_api.engine.loading.discovery import ModelPaths
 from webui_api.engine.loading.files import UnusableModelFile, read_state_dict
 from webui_api.engine.models import CheckpointInfo, LoadedModel, scaled_linear_alphas_cumprod
 from webui_api.engine.loading import load_clip_tokenizer
-from webui_api.engine.service import Engine
+from webui_api.engine.facade import Engine
 from webui_api.progress import CancelToken
 
 FAMILIES = ["sd1", "sd2", "sdxl", "sdxl-refiner"]

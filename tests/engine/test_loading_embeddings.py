@@ -114,7 +114,7 @@ def test_encoder_widths_of_a_model():
 
 def test_engine_lists_embeddings_for_the_loaded_model(tmp_path):
     from tests.engine.ldm_checkpoints import build_networks, write_checkpoint
-    from webui_api.engine.service import Engine
+    from webui_api.engine.facade import Engine
 
     sd, emb = tmp_path / "sd", tmp_path / "embeddings"
     write_checkpoint(sd / "tiny.safetensors", build_networks("sd1", seed=1))  # a 64-wide text encoder

@@ -19,7 +19,7 @@ import torch
 from tests.engine.helpers import RecordingObserver, make_job
 from tests.engine.ldm_checkpoints import build_networks, ldm_state_dict
 from webui_api.engine.loading.discovery import ModelPaths
-from webui_api.engine.service import Engine
+from webui_api.engine.facade import Engine
 from webui_api.progress import CancelToken
 
 os.environ["HF_HUB_OFFLINE"] = "1"

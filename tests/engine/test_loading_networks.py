@@ -10,7 +10,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from tests.engine.helpers import RecordingObserver, make_job
+from tests.engine.helpers import RecordingObserver, engine_options, make_job, with_options
 from tests.engine.ldm_checkpoints import RANK, build_networks, kohya_sd1_lora, lora_pair, write_checkpoint
 from webui_api.engine.loading import ldm_keys
 from webui_api.engine.loading.discovery import ModelPaths
@@ -27,7 +27,8 @@ from webui_api.engine.networks import (
     lora_delta,
     parse_prompt_networks,
 )
-from webui_api.engine.service import Engine, job_networks, with_default_lora
+from webui_api.engine.facade import Engine
+from webui_api.engine.job_networks import job_networks, with_default_lora
 from webui_api.errors import BadRequest, NotFound, NotImplementedFeature
 from webui_api.progress import CancelToken
 
@@ -115,7 +116,7 @@ def test_lora_listing_is_a1111s(engine, data):
 
 
 def test_lookup_by_name_or_alias_and_unknown_names(engine):
-    library = engine._networks
+    library = engine.networks.library
     assert library.find("style").name == library.find("style_v2").name == "style_v2"
     for name in ("missing", "../Lora/style_v2", "None"):
         with pytest.raises(NotFound):
@@ -264,7 +265,7 @@ def test_sd_lora_appends_the_default_network_to_every_prompt():
     assert with_default_lora(job, None) is job
     named = replace(job, prompts=("a cat <lyco:style:0.2>", "a dog"))
     assert with_default_lora(named, "style") is named
-    disabled = replace(job, options={"disable_extra_networks": True})
+    disabled = with_options(job, {"disable_extra_networks": True})
     assert with_default_lora(disabled, "style") is disabled
 
 
@@ -275,6 +276,7 @@ def test_sd_lora_option_applies_the_network_and_shows_in_infotext(engine, data):
     assert by_option.images[0].prompt == "a cat<lora:style_v2:1.0>"
     assert by_option.extra_generation_params["Lora hashes"].startswith("style_v2: ")
     # A1111 looks the option up by file name only: an alias ("style") or an unknown name is ignored
-    assert engine.default_lora({"sd_lora": "style"}) is None and engine.default_lora({"sd_lora": "None"}) is None
+    assert engine.networks.default_lora(engine_options({"sd_lora": "style"})) is None
+    assert engine.networks.default_lora(engine_options({"sd_lora": "None"})) is None
     unknown = _run(engine, options={"sd_lora": "missing"})
     assert np.array_equal(_pixels(unknown), _pixels(_run(engine)))

@@ -8,16 +8,16 @@ import torch
 from webui_api.cli import parse_args
 from webui_api.engine.compile import CompilePolicy, is_compiled
 from webui_api.engine.models import build_embedded_model
-from webui_api.engine.service import Engine
+from webui_api.engine.facade import Engine
 
 
 def test_flags_reach_the_engine(tmp_path) -> None:
     settings, _ = parse_args(["--data-dir", str(tmp_path), "--compile", "--compile-mode", "reduce-overhead"], {})
     assert (settings.compile_unet, settings.compile_mode) == (True, "reduce-overhead")
     engine = Engine.from_settings(settings)
-    assert engine.compile_policy == CompilePolicy(True, "reduce-overhead")
+    assert engine.models.setup.compile_policy == CompilePolicy(True, "reduce-overhead")
     default, _ = parse_args(["--data-dir", str(tmp_path)], {})
-    assert not Engine.from_settings(default).compile_policy.enabled
+    assert not Engine.from_settings(default).models.setup.compile_policy.enabled
 
 
 def test_unknown_mode_is_refused() -> None:

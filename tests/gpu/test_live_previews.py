@@ -16,7 +16,7 @@ from webui_api.engine.previews import (
     load_taesd_decoder,
     taesd_decoder,
 )
-from webui_api.engine.service import Engine
+from webui_api.engine.facade import Engine
 from webui_api.progress import CancelToken
 
 

@@ -109,18 +109,18 @@ def test_no_plan_installs_nothing() -> None:
 
 
 def test_engine_offloads_only_off_the_cpu_and_per_family() -> None:
-    from webui_api.engine.service import Engine
+    from webui_api.engine.facade import Engine
 
     model = build_embedded_model()
-    assert not Engine(device="cpu", vram_mode="lowvram").offload_plan(model).offloads
+    assert not Engine(device="cpu", vram_mode="lowvram").models.offload_plan(model).offloads
     gpu_engine = Engine(device="cuda", dtype="float32", vram_mode="medvram-sdxl")  # built, never run
-    assert not gpu_engine.offload_plan(model).offloads  # the embedded model is SD1
+    assert not gpu_engine.models.offload_plan(model).offloads  # the embedded model is SD1
     model.family = "sdxl"
-    assert gpu_engine.offload_plan(model).granularity == "model"
+    assert gpu_engine.models.offload_plan(model).granularity == "model"
 
 
 def test_engine_refuses_an_unknown_vram_mode() -> None:
-    from webui_api.engine.service import Engine
+    from webui_api.engine.facade import Engine
 
     with pytest.raises(ValueError):
         Engine(device="cpu", vram_mode="novram")

@@ -48,7 +48,7 @@ def test_other_failures_are_left_as_they_are() -> None:
 
 
 def test_a_cuda_engine_empties_the_cuda_cache_when_freeing(monkeypatch: pytest.MonkeyPatch) -> None:
-    from webui_api.engine.service import Engine
+    from webui_api.engine.facade import Engine
 
     emptied: list[bool] = []
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))

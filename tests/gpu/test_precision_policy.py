@@ -9,7 +9,7 @@ from webui_api.cli import parse_args
 from webui_api.engine.denoiser import UNetRunner
 from webui_api.engine.models import build_embedded_model
 from webui_api.engine.precision import HALF_CONFLICT, PrecisionConflict, PrecisionPolicy
-from webui_api.engine.service import Engine
+from webui_api.engine.facade import Engine
 
 
 def _cuda(**flags: object) -> PrecisionPolicy:
@@ -88,7 +88,7 @@ def test_cli_refuses_precision_half_with_no_half(tmp_path) -> None:
 def test_engine_loads_components_per_policy() -> None:
     engine = Engine(device="cpu", dtype="bf16", no_half_vae=True)
     assert (engine.dtype, engine.load_options.vae_dtype) == (torch.bfloat16, torch.float32)
-    assert engine.precision.autocast
+    assert engine.policy.autocast and engine.policy.precision is not None
 
 
 def test_unet_runs_under_autocast_only_when_the_policy_says(monkeypatch: pytest.MonkeyPatch) -> None:

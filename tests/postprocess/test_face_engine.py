@@ -17,7 +17,7 @@ def _job(overlays=()) -> GenerationJob:
 
 
 def test_restoration_runs_before_the_overlay():
-    from webui_api.engine.service import restore_result_faces, without_overlays
+    from webui_api.engine.facade import restore_result_faces, without_overlays
 
     overlay = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
     overlay.paste(Image.new("RGBA", (4, 8), (10, 20, 30, 255)), (0, 0))  # left half kept from the original
@@ -31,7 +31,7 @@ def test_restoration_runs_before_the_overlay():
 
 
 def test_without_overlays_keeps_plain_jobs():
-    from webui_api.engine.service import without_overlays
+    from webui_api.engine.facade import without_overlays
 
     job = _job()
     assert without_overlays(job) is job

@@ -311,3 +311,35 @@ def test_timesteps_and_sigmas_do_not_mix(sd15_sigmas):
         registry.compute_timesteps(find_sampler("Euler"), 10)
     discarded = registry.compute_timesteps(find_sampler("PLMS"), 20, always_discard_next_to_last_sigma=True)
     assert len(discarded) == 22 and int(discarded[1]) == 48  # 21 steps: stride 47, 0..987 -> 22 values
+
+
+# -- sampler facts: what callers ask the entry instead of comparing names ------------------------
+
+
+@pytest.mark.parametrize("name, steps, total", [("Euler", 20, 20), ("Heun", 20, 40), ("DPM++ SDE", 7, 14),
+                                                 ("DPM2 a", 3, 6), ("Restart", 5, 10), ("UniPC", 9, 9)])
+def test_total_steps_doubles_for_second_order_samplers(name, steps, total):
+    assert registry.find_sampler(name).total_steps(steps) == total
+
+
+def test_eta_option_names_a1111s_option_for_samplers_that_take_eta():
+    options = {s.name: s.eta_option for s in registry.SAMPLERS}
+    assert options["DDIM"] == options["DDIM CFG++"] == "eta_ddim"
+    assert options["Euler a"] == options["DPM++ 2M SDE"] == "eta_ancestral"
+    assert options["Euler"] is None and options["PLMS"] is None and options["UniPC"] is None
+
+
+def test_only_unipc_takes_unipc_options_and_only_dpm_adaptive_couples_a_batch():
+    assert [s.name for s in registry.SAMPLERS if s.takes_unipc_options] == ["UniPC"]
+    assert [s.name for s in registry.SAMPLERS if s.batch_coupled] == ["DPM adaptive"]
+
+
+def test_default_scheduler_is_what_automatic_stands_for():
+    assert registry.find_sampler("DPM++ 2M").default_scheduler == "karras"
+    assert registry.find_sampler("Euler").default_scheduler is None
+
+
+def test_samplers_map_is_a1111s_lower_case_alias_table():
+    mapping = registry.samplers_map()
+    assert mapping["k_euler_ancestral"] == mapping["euler a"] == "Euler a"
+    assert mapping["k_dpmpp_2m"] == "DPM++ 2M" and "Euler a" not in mapping

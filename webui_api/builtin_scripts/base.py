@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from pydantic import ValidationError
 
+from ..engine.protocols import ModelFacts
 from ..errors import ValidationFailed
 from ..jobs import GenerationJob, JobResult
 from ..styles import PromptStyle
@@ -35,6 +36,10 @@ class ScriptContext:
     scheduler_labels: Sequence[str] = ()
     all_styles: Callable[[], Sequence[PromptStyle]] = tuple  # every style in styles.csv (read on demand)
     rng: random.Random = field(default_factory=random.Random)
+    # The server's request guards applied to every planned job (size, steps, batch, prompt
+    # length): a script line or axis cannot go beyond what a direct request may ask for.
+    # The default applies the default limits, never none.
+    check_job: Callable[[GenerationJob], None] = field(default=lambda job: _default_job_check(job))
 
 
 @dataclass
@@ -43,7 +48,7 @@ class JobOutcome:
 
     job: GenerationJob
     result: JobResult
-    model_info: Any  # CheckpointInfo of the model that ran it
+    model_info: ModelFacts  # the checkpoint that ran it
 
     def infotexts(self) -> list[str]:
         from ..results import build_infotexts
@@ -118,14 +123,22 @@ def revalidated(request: Any, updates: Mapping[str, Any], script: str) -> Any:
 
 
 def build_job(
-    tab: str, request: Any, options: Mapping[str, Any], styles: Sequence[PromptStyle], rng: random.Random
+    tab: str, request: Any, options: Mapping[str, Any], styles: Sequence[PromptStyle], rng: random.Random,
+    guard: Callable[[GenerationJob], None] | None = None,
 ) -> GenerationJob:
-    """job_builder's txt2img or img2img build, by tab."""
+    """job_builder's txt2img or img2img build, by tab, passed through the request guards
+    (`guard`: the ScriptContext's check_job; None applies the default limits)."""
     from ..job_builder import build_img2img, build_txt2img
 
-    if tab == "img2img":
-        return build_img2img(request, options, rng, styles)
-    return build_txt2img(request, options, rng, styles)
+    job = build_img2img(request, options, rng, styles) if tab == "img2img" else build_txt2img(request, options, rng, styles)
+    (guard or _default_job_check)(job)
+    return job
+
+
+def _default_job_check(job: GenerationJob) -> None:
+    from ..serving.guards import RequestLimits, check_job
+
+    check_job(job, RequestLimits())
 
 
 def base_info(outcome: JobOutcome, request: Any, infotexts: list[str], index_of_first_image: int = 0) -> dict[str, Any]:

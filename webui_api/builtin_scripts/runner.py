@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
+from ..engine.protocols import GenerationEngine
 from ..errors import NotImplementedFeature
 from ..jobs import GenerationJob
 from ..progress import CancelToken, RunObserver
@@ -96,7 +97,7 @@ class OffsetObserver:
 class EngineWorker:
     """The ScriptWorker on the worker thread: runs jobs on the engine, counting batches."""
 
-    engine: Any
+    engine: GenerationEngine
     progress: RunObserver
     cancel: CancelToken
     total: int
@@ -113,7 +114,7 @@ class EngineWorker:
         generate = self.engine.img2img if job.kind == "img2img" else self.engine.txt2img
         result = generate(job, observer, self.cancel, restore_faces=self.restorer_for(job))
         self.batches_done += progress_units(job)
-        return JobOutcome(job, result, result.model_info)
+        return JobOutcome(job, result, result.ran_on)
 
     def upscale(self, image: Any, upscaler: str, scale: float) -> Any:
         return self.catalog.upscale(image, upscaler, scale)

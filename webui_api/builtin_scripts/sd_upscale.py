@@ -92,7 +92,7 @@ def plan(request: Any, ctx: ScriptContext) -> ScriptRun:
         raise ValidationFailed(f"{TITLE} redraws the whole image tile by tile; it does not take a mask")
     settings = read_settings(request, ctx)
     request = request.model_copy(update={"init_images": list(request.init_images or [])[:1]})
-    base = build_job("img2img", request, ctx.options, ctx.styles, ctx.rng)
+    base = build_job("img2img", request, ctx.options, ctx.styles, ctx.rng, guard=ctx.check_job)
     work = Plan(settings, _source_image(request, ctx), base, request.batch_size, request.n_iter)
     tile_count = _tile_count(work)
     batches = math.ceil(tile_count / work.batch_size)
@@ -119,11 +119,12 @@ def upscaled_size(work: Plan) -> tuple[int, int]:
 
 
 def _tile_count(work: Plan) -> int:
-    from ..engine.image_prep import MAX_INIT_PIXELS
+    from ..pixel_budget import check_image_pixels
 
     width, height = upscaled_size(work)
-    if width * height > MAX_INIT_PIXELS or width < 1 or height < 1:
-        raise ValidationFailed(f"{TITLE}: the upscaled image would be {width}x{height}; at most {MAX_INIT_PIXELS} pixels are accepted")
+    check_image_pixels(f"{TITLE}: the upscaled image", width, height)  # the one image pixel budget
+    if width < 1 or height < 1:
+        raise ValidationFailed(f"{TITLE}: the upscaled image would be {width}x{height}")
     overlap, job = work.settings.overlap, work.base
     return len(tiling.origins(width, job.width, overlap)) * len(tiling.origins(height, job.height, overlap))
 

@@ -185,7 +185,7 @@ def _cell(base: Any, ctx: ScriptContext, axes: Sequence[PlotAxis], flags: Flags,
         edit.fields["styles"] = [*(base.styles or []), *edit.styles]
         styles = ctx.all_styles()
     options = {**ctx.options, **edit.options}
-    job = build_job(ctx.tab, revalidated(base, edit.fields, TITLE), options, styles, ctx.rng)
+    job = build_job(ctx.tab, revalidated(base, edit.fields, TITLE), options, styles, ctx.rng, guard=ctx.check_job)
     nx, ny = len(axes[0].values), len(axes[1].values)
     return PlotCell(where[0] + where[1] * nx + where[2] * nx * ny, job)
 

@@ -230,7 +230,7 @@ def sample_members(
     trace = SamplingTrace(x0=begin.x)
     watch = stop_watcher(members, cfg)
     latest = preview_source(job, cfg, trace)
-    preview_type = str(job.options.get("show_progress_type", "Approx NN"))
+    preview_type = job.engine_options.show_progress_type
 
     def callback(info: dict) -> None:
         trace.x0 = info["denoised"]
@@ -260,8 +260,7 @@ def place(members: Sequence[Member]) -> None:
 def decode_member(model: LoadedModel, member: Member, latents: torch.Tensor) -> JobResult:
     """One job's images from its rows (or from the latent kept when it was interrupted)."""
     rows = member.stopped_latent if member.stopped_latent is not None else latents[member.rows]
-    setting = member.job.options.get("auto_vae_precision")  # A1111 option; unset means on
-    auto_upcast = True if setting is None else bool(setting)
+    auto_upcast = member.job.engine_options.auto_vae_precision
     images = batch_images(member.spec, decode_latents(model, rows, auto_upcast))
     return JobResult(images=images, interrupted=member.cancel.interrupted)
 

@@ -34,7 +34,7 @@ casts them to the UNet's dtype.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -48,6 +48,7 @@ from webui_api.engine.prompts import (
     prompt_schedule,
     split_subprompts,
 )
+from webui_api.engine_options import EngineOptions
 from webui_api.errors import BadRequest
 
 CHUNK_LENGTH = 75  # content tokens per chunk; BOS and EOS make it 77
@@ -103,26 +104,21 @@ class ConditioningSettings:
 
     @classmethod
     def from_options(
-        cls, options: Mapping[str, Any], clip_skip: int = 1, width: int = 0, height: int = 0
+        cls, options: EngineOptions, clip_skip: int = 1, width: int = 0, height: int = 0
     ) -> ConditioningSettings:
-        """Read A1111's option keys; a size of 0 means "unknown" (A1111 then uses 1024)."""
-
-        def get(key: str, default: Any) -> Any:
-            value = options.get(key)
-            return default if value is None else value
-
+        """The job's prompt options; a size of 0 means "unknown" (A1111 then uses 1024)."""
         return cls(
             clip_skip=int(clip_skip),
-            emphasis=str(get("emphasis", "Original")),
-            comma_backtrack=int(get("comma_padding_backtrack", DEFAULT_COMMA_BACKTRACK)),
-            sdxl_clip_l_skip=bool(get("sdxl_clip_l_skip", False)),
-            use_old_scheduling=bool(get("use_old_scheduling", False)),
+            emphasis=options.emphasis,
+            comma_backtrack=options.comma_padding_backtrack,
+            sdxl_clip_l_skip=options.sdxl_clip_l_skip,
+            use_old_scheduling=options.use_old_scheduling,
             width=int(width) or SDXL_DEFAULT_SIZE,
             height=int(height) or SDXL_DEFAULT_SIZE,
-            crop_top=int(get("sdxl_crop_top", 0)),
-            crop_left=int(get("sdxl_crop_left", 0)),
-            aesthetic_score=float(get("sdxl_refiner_high_aesthetic_score", 6.0)),
-            negative_aesthetic_score=float(get("sdxl_refiner_low_aesthetic_score", 2.5)),
+            crop_top=options.sdxl_crop_top,
+            crop_left=options.sdxl_crop_left,
+            aesthetic_score=options.sdxl_refiner_high_aesthetic_score,
+            negative_aesthetic_score=options.sdxl_refiner_low_aesthetic_score,
         )
 
 
@@ -516,7 +512,7 @@ class PromptEncoder:
         return [CondTensors(row, vector) for row, vector in zip(crossattn, vectors)]
 
 
-def empty_prompt_crossattn(model: LoadedModel, options: Mapping[str, Any], clip_skip: int) -> torch.Tensor:
+def empty_prompt_crossattn(model: LoadedModel, options: EngineOptions, clip_skip: int) -> torch.Tensor:
     """The (77, C) encoding of "" as a positive prompt: A1111's cond_stage_model_empty_prompt,
     which pad_cond_uncond appends to the shorter of cond and uncond."""
     settings = ConditioningSettings.from_options(options, clip_skip)
@@ -529,7 +525,7 @@ def build_batch_conditioning(
     negative_prompts: Sequence[str],
     steps: int,
     clip_skip: int,
-    options: Mapping[str, Any],
+    options: EngineOptions,
     *,
     width: int = 0,
     height: int = 0,

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from webui_api.controlnet.units import ControlUnit
+from webui_api.engine_options import EngineOptions
 from webui_api.errors import BadRequest
 from webui_api.jobs import GenerationJob, JobResult
 
@@ -172,12 +173,12 @@ class PreparedControls:
     detected_maps: list[Any] = field(default_factory=list)  # PIL images
     trace: list[ControlStep] = field(default_factory=list)
 
-    def finish(self, result: JobResult, options: Any) -> None:
+    def finish(self, result: JobResult, options: EngineOptions) -> None:
         """Append the detected maps after the images (unless control_net_no_detectmap) and
         the extension's "ControlNet N" infotext entries."""
         if not self.units:
             return
-        if not options.get("control_net_no_detectmap", False):
+        if not options.controlnet_no_detectmap:
             result.extra_images.extend(self.detected_maps)
         for prepared in self.units:
             unit = prepared.unit
@@ -237,7 +238,7 @@ def prepare_controls(library: Any, model: Any, job: GenerationJob, annotator_dir
     """The job with its units replaced by PreparedUnits, and what the result needs."""
     if not job.controlnet_units:
         return job, PreparedControls()
-    apply_cache_size(library, job.options)
+    apply_cache_size(library, job.engine_options.controlnet_cache_size)
     controls = PreparedControls()
     prepared = []
     for unit in job.controlnet_units:
@@ -249,9 +250,9 @@ def prepare_controls(library: Any, model: Any, job: GenerationJob, annotator_dir
     return replace(job, controlnet_units=controls.units), controls
 
 
-def apply_cache_size(library: Any, options: Any) -> None:
-    """The extension's control_net_model_cache_size option bounds the loaded-network LRU."""
-    value = options.get("control_net_model_cache_size")
+def apply_cache_size(library: Any, value: int | None) -> None:
+    """The extension's control_net_model_cache_size option bounds the loaded-network LRU
+    (None: the option is unset, the library keeps its limit)."""
     if value is None:
         return
     try:

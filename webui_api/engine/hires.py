@@ -165,12 +165,12 @@ def hires_conditioning(
     own networks by then (HiresRun.select_networks)."""
     hires = job.hires
     base = total_steps(job, plan)
-    frame = hires.steps * (2 if hr_plan.sampler.options.get("second_order") else 1)
+    frame = hr_plan.sampler.total_steps(hires.steps)
 
     def build(model: LoadedModel, batch: BatchSpec) -> BatchConditioning:
         prompts = tuple(parse_prompt_networks(prompt)[0] for prompt in batch.prompts)
         return build_batch_conditioning(
-            model, prompts, batch.negative_prompts, base, job.clip_skip, job.options,
+            model, prompts, batch.negative_prompts, base, job.clip_skip, job.engine_options,
             width=hires.upscale_width, height=hires.upscale_height, hires_steps=frame, embeddings=model.embeddings,
         )
 
@@ -250,7 +250,7 @@ def second_pass(
     hr_job = replace(hr_job, sampling=replace(hr_job.sampling, steps=steps.steps))
     check_timestep_steps(hr_job, hr.hr_plan, steps)
     params = Img2ImgParams(init_images=(), denoising_strength=hires.denoising_strength,
-                           extra_noise=float(job.options.get("img2img_extra_noise", 0.0) or 0.0))
+                           extra_noise=job.engine_options.img2img_extra_noise)
     start = img2img_start(model, hr.hr_plan, latents, params, steps, InpaintState())
     batch = BatchSpec.of(hr_job, batch_no)
     if not runs_sampler(hr.hr_plan, steps):
@@ -297,7 +297,7 @@ def run_hires(
     gets each batch's first-pass pictures (decoded by the model that finished the pass)
     before its second pass, unless the job was interrupted, as A1111 saves them."""
     hr = replace(hires_run(model, job, models), first_pass=first_pass)
-    auto_upcast = bool(job.options.get("auto_vae_precision", True))
+    auto_upcast = job.engine_options.auto_vae_precision
     images: list[GeneratedImage] = []
     with torch.inference_mode():
         for batch in job_batches(job, observer, cancel):  # A1111's "Batch n out of N" text; job_no counts passes

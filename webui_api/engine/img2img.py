@@ -163,7 +163,7 @@ def img2img_start(
 ) -> StartFn:
     """The start for the plan's sampler family (k-diffusion sigmas or timesteps)."""
     if plan.sampler.kind == KIND_TIMESTEPS:
-        return timestep_start(init, params, steps, inpaint, model.alphas_cumprod, unipc=plan.sampler.name == "UniPC")
+        return timestep_start(init, params, steps, inpaint, model.alphas_cumprod, unipc=plan.sampler.takes_unipc_options)
     return noised_start(init, params, steps, inpaint)
 
 
@@ -175,7 +175,7 @@ def runs_sampler(plan: SamplerPlan, steps: Img2ImgSteps) -> bool:
 
 def check_timestep_steps(job: GenerationJob, plan: SamplerPlan, steps: Img2ImgSteps) -> None:
     """UniPC cannot take fewer steps than its order (A1111 fails the same way)."""
-    if plan.sampler.name != "UniPC" or steps.steps == 0:
+    if not plan.sampler.takes_unipc_options or steps.steps == 0:
         return
     order = unipc_options(job).order
     if steps.t_enc < order:
@@ -291,7 +291,7 @@ def overlaid(pictures: list, params: Img2ImgParams, job: GenerationJob) -> list:
     """Paste the kept original pixels back over each output (option overlay_inpaint)."""
     if not params.overlays:
         return pictures
-    composite = bool(job.options.get("overlay_inpaint", True))
+    composite = job.engine_options.overlay_inpaint
     overlays = params.overlays
     return [
         finish_output(picture, overlays[i % len(overlays)], params.paste_to, composite)
@@ -343,7 +343,7 @@ def run_img2img(
                 latents = unsampled_start(model, schedule_job, batch, plan, start)
             if inpaint.blend is not None:
                 latents = inpaint.blend(latents)
-            auto_upcast = bool(job.options.get("auto_vae_precision", True))
+            auto_upcast = job.engine_options.auto_vae_precision
             images += batch_images(batch, overlaid(decode_latents(finished, latents, auto_upcast), params, job))
             observer.batch_finished(batch.index)
     extras = {**infotext_extras(params), **(run.infotext if run is not None else {})}

@@ -155,19 +155,20 @@ def resolve_plan(job: GenerationJob) -> SamplerPlan:
     if scheduler is None:
         raise BadRequest(f"scheduler {job.sampling.scheduler!r} is unknown")
     plan = SamplerPlan(sampler=sampler, scheduler=scheduler)
-    if sampler.name == "UniPC":
+    if sampler.takes_unipc_options:
         check_unipc_steps(job, plan)
     return plan
 
 
 def unipc_options(job: GenerationJob) -> UniPCOptions:
     """A1111's uni_pc_* options for this job (defaults bh1, time_uniform, order 3, lower order final)."""
+    options = job.engine_options
     try:
         return UniPCOptions(
-            variant=str(_option(job, "uni_pc_variant", "bh1")),
-            skip_type=str(_option(job, "uni_pc_skip_type", "time_uniform")),
-            order=int(_option(job, "uni_pc_order", 3)),
-            lower_order_final=bool(_option(job, "uni_pc_lower_order_final", True)),
+            variant=options.uni_pc_variant,
+            skip_type=options.uni_pc_skip_type,
+            order=options.uni_pc_order,
+            lower_order_final=options.uni_pc_lower_order_final,
         )
     except ValueError as err:
         raise BadRequest(str(err)) from err
@@ -176,15 +177,9 @@ def unipc_options(job: GenerationJob) -> UniPCOptions:
 def check_unipc_steps(job: GenerationJob, plan: SamplerPlan) -> None:
     """UniPC runs one step per DDIM timestep and cannot have fewer steps than its order."""
     order = unipc_options(job).order
-    count = len(compute_timesteps(plan.sampler, job.sampling.steps, _discard_option(job)))
+    count = len(compute_timesteps(plan.sampler, job.sampling.steps, job.engine_options.always_discard_next_to_last_sigma))
     if count < order:
         raise BadRequest(f"UniPC order must be < sampling steps: order {order}, {count} steps (uni_pc_order option)")
-
-
-def _option(job: GenerationJob, key: str, default: Any) -> Any:
-    """A per-job option value; None (unset) falls back to `default`."""
-    value = job.options.get(key)
-    return default if value is None else value
 
 
 # ---------------------------------------------------------------------------
@@ -209,26 +204,23 @@ def make_image_rng(model: LoadedModel, job: GenerationJob, batch: BatchSpec) -> 
     )
 
 
-def _discard_option(job: GenerationJob) -> bool:
-    return bool(_option(job, "always_discard_next_to_last_sigma", False))
-
-
 def make_sigmas(model: LoadedModel, job: GenerationJob, plan: SamplerPlan, inner: Any) -> torch.Tensor:
     """The schedule, computed on CPU with the job's sigma options, moved to the model device.
 
     ``inner`` supplies the sigma table (LCM's wrapper has its own 50-entry table)."""
+    options = job.engine_options
     sigmas = compute_sigmas(
         plan.sampler,
         plan.scheduler,
         job.sampling.steps,
         inner.sigmas,
-        sigma_min=float(_option(job, "sigma_min", 0.0)),
-        sigma_max=float(_option(job, "sigma_max", 0.0)),
-        rho=float(_option(job, "rho", 0.0)),
-        always_discard_next_to_last_sigma=_discard_option(job),
+        sigma_min=options.sigma_min,
+        sigma_max=options.sigma_max,
+        rho=options.rho,
+        always_discard_next_to_last_sigma=options.always_discard_next_to_last_sigma,
         is_sdxl=model.family == "sdxl",
-        beta_alpha=float(_option(job, "beta_dist_alpha", 0.6)),
-        beta_beta=float(_option(job, "beta_dist_beta", 0.6)),
+        beta_alpha=options.beta_dist_alpha,
+        beta_beta=options.beta_dist_beta,
     )
     return sigmas.to(model.device)
 
@@ -236,7 +228,7 @@ def make_sigmas(model: LoadedModel, job: GenerationJob, plan: SamplerPlan, inner
 def make_schedule(model: LoadedModel, job: GenerationJob, plan: SamplerPlan, inner: Any) -> torch.Tensor:
     """What the sampler walks: sigmas, or DDIM timesteps for the timestep samplers."""
     if plan.sampler.kind == KIND_TIMESTEPS:
-        return compute_timesteps(plan.sampler, job.sampling.steps, _discard_option(job)).to(model.device)
+        return compute_timesteps(plan.sampler, job.sampling.steps, job.engine_options.always_discard_next_to_last_sigma).to(model.device)
     return make_sigmas(model, job, plan, inner)
 
 
@@ -245,7 +237,7 @@ def initial_latent(job: GenerationJob, plan: SamplerPlan, noise: torch.Tensor, s
     timestep samplers start from the unit noise itself."""
     if plan.sampler.kind == KIND_TIMESTEPS:
         return noise
-    if bool(_option(job, "sgm_noise_multiplier", False)):
+    if job.engine_options.sgm_noise_multiplier:
         return noise * torch.sqrt(1.0 + schedule[0] ** 2)
     return noise * schedule[0]
 
@@ -255,8 +247,8 @@ def _eta(job: GenerationJob, plan: SamplerPlan) -> float | None:
     eta_ancestral), else None: the sampler's own default."""
     if job.sampling.eta is not None or not plan.sampler.takes_eta:
         return job.sampling.eta
-    key = "eta_ddim" if plan.sampler.name.startswith("DDIM") else "eta_ancestral"
-    return job.options.get(key)
+    options = job.engine_options
+    return options.eta_ddim if plan.sampler.eta_option == "eta_ddim" else options.eta_ancestral
 
 
 def make_noise_sampler(
@@ -277,7 +269,7 @@ def make_noise_sampler(
     sigma_min, sigma_max = schedule_interval(schedule.detach().cpu())
     tree_device = torch.device("cpu") if job.seeds.randn_source == "CPU" else model.device
     normal = philox_normal if job.seeds.randn_source == "NV" else None
-    if bool(_option(job, "no_dpmpp_sde_batch_determinism", False)):
+    if job.engine_options.no_dpmpp_sde_batch_determinism:
         return unbatched_brownian_noise((len(batch.seeds),) + shape, sigma_min, sigma_max, batch, model.device, normal)
     return BrownianTreeNoise(shape, sigma_min, sigma_max, batch.seeds, device=model.device, tree_device=tree_device,
                              normal=normal)
@@ -316,7 +308,7 @@ def sampler_kwargs(
         s_noise=params.s_noise,
         noise_sampler=noise_sampler,
         alphas_cumprod=getattr(inner, "alphas_cumprod", None),
-        unipc_options=unipc_options(job) if plan.sampler.name == "UniPC" else None,
+        unipc_options=unipc_options(job) if plan.sampler.takes_unipc_options else None,
         **interval,
     )
 
@@ -326,29 +318,29 @@ def guidance_options(job: GenerationJob, plan: SamplerPlan, model: LoadedModel |
     samplers (A1111's SamplerData.total_steps); timestep samplers blend masks before denoising.
     pad_cond_uncond / pad_cond_uncond_v0 / batch_cond_uncond as A1111's options (`model`
     encodes the empty prompt pad_cond_uncond pads with)."""
-    steps = job.sampling.steps
-    pad, pad_v0 = bool(_option(job, "pad_cond_uncond", False)), bool(_option(job, "pad_cond_uncond_v0", False))
+    options = job.engine_options
+    pad, pad_v0 = options.pad_cond_uncond, options.pad_cond_uncond_v0
     empty = None
     if pad and not pad_v0 and model is not None:
         from webui_api.engine.conditioning import empty_prompt_crossattn
 
-        empty = empty_prompt_crossattn(model, job.options, job.clip_skip)
+        empty = empty_prompt_crossattn(model, options, job.clip_skip)
     return GuidanceOptions(
-        total_steps=steps * 2 if plan.sampler.second_order else steps,
-        skip_early_cond=float(_option(job, "skip_early_cond", 0.0)),
-        s_min_uncond_all=bool(_option(job, "s_min_uncond_all", False)),
+        total_steps=plan.sampler.total_steps(job.sampling.steps),
+        skip_early_cond=options.skip_early_cond,
+        s_min_uncond_all=options.s_min_uncond_all,
         mask_before_denoising=plan.sampler.kind == KIND_TIMESTEPS,
         image_cfg_scale=job.img2img.image_cfg_scale if job.img2img is not None else None,
         pad_cond_uncond=pad and empty is not None,
         pad_cond_uncond_v0=pad_v0,
-        batch_cond_uncond=bool(_option(job, "batch_cond_uncond", True)),
+        batch_cond_uncond=options.batch_cond_uncond,
         empty_crossattn=empty,
     )
 
 
 def preview_source(job: GenerationJob, cfg: CFGDenoiser, trace: SamplingTrace) -> Callable[[], torch.Tensor]:
     """What a live preview shows (A1111 option live_preview_content, default "Prompt")."""
-    content = _option(job, "live_preview_content", "Prompt")
+    content = job.engine_options.live_preview_content
 
     def latest() -> torch.Tensor:
         if cfg.last is None or content == "Combined":
@@ -367,7 +359,7 @@ def make_callback(
     """The sampler callback: remember the x0 estimate, report the step with a lazy preview
     of the kind the option show_progress_type names (made only when a preview is due)."""
     total = job.sampling.steps
-    preview_type = str(_option(job, "show_progress_type", "Approx NN"))
+    preview_type = job.engine_options.show_progress_type
 
     def callback(info: dict) -> None:
         trace.x0 = info["denoised"]
@@ -384,7 +376,7 @@ def make_callback(
 def total_steps(job: GenerationJob, plan: SamplerPlan) -> int:
     """A1111's total_steps: the denoiser-call count prompt schedules are laid out on
     (twice the steps for second-order samplers)."""
-    return job.sampling.steps * (2 if plan.sampler.options.get("second_order") else 1)
+    return plan.sampler.total_steps(job.sampling.steps)
 
 
 def batch_conditioning(
@@ -397,7 +389,7 @@ def batch_conditioning(
         batch.negative_prompts,
         total_steps(job, plan),
         job.clip_skip,
-        job.options,
+        job.engine_options,
         width=job.width,
         height=job.height,
         embeddings=model.embeddings,
@@ -484,7 +476,7 @@ def run_txt2img(model: LoadedModel, job: GenerationJob, observer: RunObserver, c
     with torch.inference_mode():
         for batch in job_batches(job, observer, cancel):
             latents = sample_batch(model, job, plan, batch, observer, cancel)
-            auto_upcast = bool(_option(job, "auto_vae_precision", True))
+            auto_upcast = job.engine_options.auto_vae_precision
             images += batch_images(batch, decode_latents(model, latents, auto_upcast))
             observer.batch_finished(batch.index)
     return JobResult(images=images, interrupted=cancel.interrupted)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
@@ -107,17 +107,32 @@ def is_due(point: SwitchPoint, step: int, sigma: torch.Tensor, table: torch.Tens
 # ---------------------------------------------------------------------------
 
 
+class CompanionSource(Protocol):
+    """What companion models need from the engine (the facade's Engine)."""
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def checkpoints(self) -> list[CheckpointInfo]: ...
+
+    def companion(self, info: CheckpointInfo) -> LoadedModel: ...
+
+    def apply_vae(self, model: LoadedModel, job: GenerationJob) -> Any: ...
+
+    def upscaler_catalog(self) -> Any: ...
+
+
 @dataclass
 class CompanionModels:
     """The extra models a job samples with, prepared like its main model.
 
-    `engine` is the Engine (companion, apply_vae, checkpoints, device); `networks` the job's
+    `engine` is the Engine (see CompanionSource); `networks` the job's
     PassNetworks (A1111 applies a prompt's LoRAs to whatever model samples, so companions are
     attached to it leniently: a LoRA with no layer in this model, e.g. the SDXL refiner, is
     skipped, as A1111 does; the engine restores them). Everything else applied here is undone
     by `close`, which the engine calls when the job ends, failed or not."""
 
-    engine: Any
+    engine: CompanionSource
     job: GenerationJob
     main: LoadedModel
     networks: PassNetworks | None = None
@@ -133,7 +148,7 @@ class CompanionModels:
             return self.main
         if info.filename not in self._ready:
             model = self.engine.companion(info)
-            self.engine.apply_vae(model, self.job.options)
+            self.engine.apply_vae(model, self.job)
             self._undo.append(apply_tiling(model, self.job.tiling).restore)
             if self.networks is not None:
                 self.networks.attach(model, strict=False)
@@ -200,14 +215,14 @@ def refiner_run(job: GenerationJob, models: CompanionModels) -> RefinerRun | Non
     """The job's refiner resolved against the catalog (unknown names fail before sampling)."""
     if job.refiner is None:
         return None
-    option = str(job.options.get("hires_fix_refiner_pass") or "second pass")
+    option = job.engine_options.hires_fix_refiner_pass
     if option not in HIRES_REFINER_PASSES:
         option = "second pass"
     return RefinerRun(
         info=models.resolve(job.refiner.checkpoint_title),
         switch_at=float(job.refiner.switch_at),
         models=models,
-        by_steps=bool(job.options.get("refiner_switch_by_sample_steps", False)),
+        by_steps=job.engine_options.refiner_switch_by_sample_steps,
         hires_pass_option=option,
     )
 
@@ -288,7 +303,7 @@ def refiner_hooks(run: RefinerRun | None, ctx: PassContext, main: LoadedModel) -
     conditioning = pass_conditioning(ctx)
     if run is None or run.info.filename == main.info.filename or not run.allowed(ctx.is_hires, ctx.hires_enabled):
         return SamplingHooks(conditioning=ctx.conditioning)
-    steps = ctx.launch_steps * (2 if ctx.plan.sampler.options.get("second_order") else 1)
+    steps = ctx.plan.sampler.total_steps(ctx.launch_steps)
     point = SwitchPoint(run.switch_at, run.by_steps, steps)
 
     def wrap(cfg: CFGDenoiser, batch: BatchSpec, begin: SamplingStart) -> RefinerSwitch:
@@ -333,7 +348,7 @@ def run_txt2img_refined(
     plan = resolve_plan(job)
     run = refiner_run(job, models)
     ctx = PassContext(job, plan, launch_steps=job.sampling.steps)
-    auto_upcast = bool(job.options.get("auto_vae_precision", True))
+    auto_upcast = job.engine_options.auto_vae_precision
     images: list[GeneratedImage] = []
     with torch.inference_mode():
         for batch in job_batches(job, observer, cancel):

@@ -25,10 +25,10 @@ def save_outputs(
     from ..postprocess import saving
     from ..postprocess.grid import grid_shape, image_grid, wants_grid
 
-    infotexts = build_infotexts(job, result, result.model_info)
+    infotexts = build_infotexts(job, result, result.ran_on)
     options, data_dir = job.options, runtime.settings.data_dir
     img2img = job.kind == "img2img"
-    facts = saving.job_name_facts(job, result.model_info, result, tuple(getattr(request, "styles", None) or ()))
+    facts = saving.job_name_facts(job, result.ran_on, result, tuple(getattr(request, "styles", None) or ()))
     samples, grids = (
         (saving.IMG2IMG_SAMPLES, saving.IMG2IMG_GRIDS) if img2img else (saving.TXT2IMG_SAMPLES, saving.TXT2IMG_GRIDS)
     )
@@ -46,7 +46,7 @@ def save_outputs(
 def build_response(request: Any, job: GenerationJob, result: JobResult, grid: Any = None) -> dict[str, Any]:
     """A1111's {images, parameters, info}. A grid goes first, with the first image's infotext,
     as A1111's index_of_first_image = 1 says. `request` is the echo (parameters) as sent back."""
-    infotexts = build_infotexts(job, result, result.model_info)
+    infotexts = build_infotexts(job, result, result.ran_on)
     images = encode_images(result, infotexts, job.options) if request.send_images else []
     if grid is not None:
         infotexts = [infotexts[0], *infotexts]
@@ -55,7 +55,7 @@ def build_response(request: Any, job: GenerationJob, result: JobResult, grid: An
     return {
         "images": images,
         "parameters": request.model_dump(),
-        "info": build_info(job, result, result.model_info, infotexts, request, index_of_first_image=first),
+        "info": build_info(job, result, result.ran_on, infotexts, request, index_of_first_image=first),
     }
 
 

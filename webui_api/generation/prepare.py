@@ -9,6 +9,7 @@ from typing import Any
 from ..errors import InvalidImageFormat
 from ..job_builder import apply_infotext, request_styles
 from ..runtime import Runtime
+from ..serving.context import RequestContext
 from ..styles import PromptStyle, style_files
 
 
@@ -21,13 +22,14 @@ class PreparedRequest:
     styles: tuple[PromptStyle, ...]
 
 
-def prepare(request: Any, runtime: Runtime) -> PreparedRequest:
+def prepare(request: Any, runtime: Runtime, context: RequestContext | None = None) -> PreparedRequest:
     """Read the styles, paste a sent infotext into the fields the client left out, apply the
-    serving guards (size, batch, steps, prompt, input images; 503 while draining), take the
-    per-job options and refuse an unusable output format, all before any queueing."""
+    serving guards (size, batch, steps, prompt, input images; 503 while draining) and the
+    content policy's prompt filter for the caller's tier, take the per-job options and refuse
+    an unusable output format, all before any queueing."""
     styles = request_styles(request, style_files(runtime.settings))
     request = apply_infotext(request, runtime.options.snapshot(), styles)
-    runtime.serving.check(request)
+    runtime.serving.check(request, context)
     options = runtime.options.with_overrides(request.override_settings or {})
     check_output_format(options)
     return PreparedRequest(request, options, tuple(styles))

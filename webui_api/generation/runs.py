@@ -38,7 +38,7 @@ async def run_txt2img(
     closed connection may drop them. `context` carries the caller's priority and collects the
     cache outcome and timings."""
     context = context or RequestContext()
-    prepared = prepare(request, runtime)
+    prepared = prepare(request, runtime, context)
     request = prepared.request
     if request.script_name:
         return await _run_script(prepared, "txt2img", runtime, disconnected, guarded, context)
@@ -67,7 +67,7 @@ async def run_img2img(
     if request.init_images is None:
         raise NotFound("Init image not found")
     context = context or RequestContext()
-    prepared = prepare(request, runtime)
+    prepared = prepare(request, runtime, context)
     request = prepared.request
     if request.script_name:
         return await _run_script(prepared, "img2img", runtime, disconnected, guarded, context)
@@ -92,4 +92,24 @@ async def _run_script(
     from .scripts import run_script
 
     return await run_script(prepared.request, tab, prepared.options, prepared.styles, runtime, disconnected,
-                            guarded, context.priority)
+                            guarded, context)
+
+
+async def check_before_queueing(tab: str, request: Any, runtime: Runtime, context: RequestContext) -> None:
+    """Everything run_txt2img / run_img2img refuse before they queue, without queueing: async
+    tasks call this before they are stored, so a task is accepted exactly when the same body
+    would be accepted synchronously (guards, content policy, infotext and styles, options,
+    output format, samplers, scripts and their planned jobs, images, face restoration)."""
+    if tab == "img2img" and request.init_images is None:
+        raise NotFound("Init image not found")
+    prepared = prepare(request, runtime, context)
+    if prepared.request.script_name:
+        from .scripts import plan_checked
+
+        await plan_checked(prepared, tab, runtime, context)
+        return
+    build = build_img2img if tab == "img2img" else build_txt2img
+    job = await asyncio.to_thread(build, prepared.request, prepared.options, None, list(prepared.styles))
+    needed = job_weights(runtime.settings, job)  # unknown upscaler / face model names are refused here
+    if not needed.required:  # weights still to fetch are fetched when the task runs, as the sync route would
+        face_restorer(runtime, job)

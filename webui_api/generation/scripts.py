@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
-from ..builtin_scripts.base import ScriptOutput, ScriptRun
+from ..builtin_scripts.base import ScriptContext, ScriptOutput, ScriptRun
 from ..builtin_scripts.runner import (
     EngineWorker,
     plan_script,
@@ -26,7 +27,8 @@ from ..builtin_scripts.runner import (
 from ..jobs import GenerationJob
 from ..progress import CancelToken
 from ..runtime import Runtime
-from ..scheduler import PRIORITY_NORMAL, ProgressSpec, WorkItem
+from ..scheduler import ProgressSpec, WorkItem
+from ..serving.context import RequestContext
 from ..styles import PromptStyle
 from ..weights.runtime import prefetch
 
@@ -39,18 +41,39 @@ async def run_script(
     runtime: Runtime,
     disconnected: Callable[[], Awaitable[bool]] | None = None,
     guarded: bool = True,
-    priority: int = PRIORITY_NORMAL,
+    context: RequestContext | None = None,
 ) -> dict[str, Any]:
-    """The txt2img / img2img response of a request that names a built-in script."""
-    ctx = script_context(runtime, tab, options, styles)
+    """The txt2img / img2img response of a request that names a built-in script. A script
+    run is served like a direct job: every planned job passes the request guards and the
+    prompt filter (ScriptContext.check_job), it queues at the caller's priority, its wait and
+    run times reach the metrics, and it is counted and audited (never cached: scripts draw
+    random seeds per line/cell)."""
+    context = context or RequestContext()
+    ctx = guarded_context(runtime, tab, options, styles, context)
     planned = await asyncio.to_thread(plan_script, request, ctx)
     await prefetch(runtime.weights, script_weights(request, ctx, runtime.settings, planned))
-    item = script_item(runtime, tab, planned)
-    output = await runtime.scheduler.run(item, priority=priority, guarded=guarded, disconnected=disconnected)
+    first = planned.first_job  # steps x images of the first job per /progress unit: cells may differ (an estimate)
+    steps = first.sampling.steps * first.batch_size * planned.job_count
+    item = runtime.serving.timed(script_item(runtime, tab, planned), tab, steps, context)
+    output = await runtime.scheduler.run(item, priority=context.priority, guarded=guarded, disconnected=disconnected)
     job_options = planned.first_job.options
     if request.save_images:
         await asyncio.to_thread(save_outputs, output, tab, job_options, runtime.settings.data_dir)
-    return await asyncio.to_thread(script_response, request, tab, output, job_options)
+    response = await asyncio.to_thread(script_response, request, tab, output, job_options)
+    return await runtime.serving.finish(tab, request, response, context, cacheable=False)
+
+
+def guarded_context(runtime: Runtime, tab: str, options: Mapping[str, Any], styles: Sequence[PromptStyle],
+                    context: RequestContext) -> ScriptContext:
+    """The planning context whose check_job applies the server's guards and the caller's
+    content policy to every job the script plans."""
+    return replace(script_context(runtime, tab, options, styles), check_job=runtime.serving.job_guard(context, tab))
+
+
+async def plan_checked(prepared: Any, tab: str, runtime: Runtime, context: RequestContext) -> ScriptRun:
+    """Plan a script request without queueing it (async tasks are checked this way)."""
+    ctx = guarded_context(runtime, tab, prepared.options, prepared.styles, context)
+    return await asyncio.to_thread(plan_script, prepared.request, ctx)
 
 
 def script_item(runtime: Runtime, tab: str, planned: ScriptRun) -> WorkItem:

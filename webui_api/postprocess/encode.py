@@ -13,11 +13,13 @@ import io
 import json
 import re
 import struct
+import warnings
 from typing import Any, Iterable, Mapping, Sequence
 
 from PIL import Image, ImageOps, PngImagePlugin
 
-from webui_api.errors import BadRequest, InvalidImage, InvalidImageFormat
+from webui_api.errors import BadRequest, InvalidImage, InvalidImageFormat, LimitExceeded
+from webui_api.pixel_budget import check_image_pixels, current_budget
 from webui_api.postprocess.infotext import StyleLike, parse_infotext
 
 SUPPORTED_FORMATS = ("png", "jpg", "jpeg", "webp")
@@ -157,20 +159,34 @@ def encode_image_base64(image: Image.Image, fmt: str = "png", **kwargs: Any) -> 
 # --------------------------------------------------------------------------- decoding
 
 
-def decode_image_base64(data: str) -> Image.Image:
-    """Decode a client's base64 image into a fully loaded PIL image.
+def decode_image_base64(data: str, what: str = "the image") -> Image.Image:
+    """Decode a client's base64 image into a fully loaded PIL image: the ONE decoder of the API.
 
     Lenient like A1111 on the text (data: URL prefix, embedded whitespace) and more lenient on
-    padding; http(s) URLs are refused because this server never fetches anything. EXIF
-    orientation is applied and palette/RGB transparency becomes RGBA, as A1111 does.
+    padding; http(s) URLs are refused because this server never fetches anything. The header
+    is read first and the pixel count checked against the request's pixel budget
+    (webui_api.pixel_budget) before a single pixel is decoded, so a small file that expands
+    to gigapixels is a 413, not an out-of-memory. EXIF orientation is applied and
+    palette/RGB transparency becomes RGBA, as A1111 does.
     """
+    raw = base64_image_bytes(data)
+    return _fix_orientation_and_transparency(_open_fully(raw, what))
+
+
+def base64_image_bytes(data: Any) -> bytes:
+    """The bytes of a client's base64 image text (data: URL, whitespace, URL-safe, no padding)."""
     if not isinstance(data, str):
         raise InvalidImage(errors=f"expected a base64 string, received {type(data).__name__}")
     text = data.strip()
     if text.startswith(("http://", "https://")):
         raise InvalidImage("Requests not allowed", errors="this server does not fetch image URLs")
-    raw = _base64_bytes(_strip_data_url(text))
-    return _fix_orientation_and_transparency(_open_fully(raw))
+    return _base64_bytes(_strip_data_url(text))
+
+
+def image_size_base64(data: Any, what: str = "the image") -> tuple[int, int]:
+    """(width, height) of a client's base64 image from its header alone (no pixel decoded)."""
+    with _open_header(base64_image_bytes(data), what) as image:
+        return image.size
 
 
 def _strip_data_url(text: str) -> str:
@@ -181,20 +197,44 @@ def _strip_data_url(text: str) -> str:
 
 
 def _base64_bytes(text: str) -> bytes:
-    """Decode standard or URL-safe base64, ignoring whitespace and missing '=' padding."""
+    """Decode standard or URL-safe base64, ignoring whitespace and missing '=' padding.
+    Characters outside base64's alphabet (non-ASCII included) are a 400, not a crash."""
     compact = re.sub(r"\s+", "", text).translate(str.maketrans("-_", "+/")).rstrip("=")
     if not compact:
         raise InvalidImage(errors="the image string is empty")
+    if not compact.isascii():
+        raise InvalidImage(errors="not base64: the text has non-ASCII characters")
     try:
         return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
     except binascii.Error as exc:
         raise InvalidImage(errors=f"not base64: {exc}") from exc
 
 
-def _open_fully(raw: bytes) -> Image.Image:
-    """Open and decode all pixel data now, so truncated files fail here and not later."""
+def _open_header(raw: bytes, what: str) -> Image.Image:
+    """Open lazily (header only) and refuse an image over the pixel budget before decoding.
+    PIL's own decompression-bomb refusal (far over any budget) is a 413 too."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(raw))
+        except Image.DecompressionBombError as exc:
+            raise LimitExceeded(what, f"a decompression bomb ({exc})", current_budget(), "--max-input-pixels",
+                                status=413) from exc
+        except _DECODE_ERRORS as exc:
+            raise InvalidImage(errors=f"{type(exc).__name__}: {exc}") from exc
     try:
-        image = Image.open(io.BytesIO(raw))
+        check_image_pixels(what, *image.size)
+    except LimitExceeded:
+        image.close()
+        raise
+    return image
+
+
+def _open_fully(raw: bytes, what: str = "the image") -> Image.Image:
+    """Check the budget on the header, then decode all pixel data now, so truncated files
+    fail here and not later."""
+    image = _open_header(raw, what)
+    try:
         image.load()
     except _DECODE_ERRORS as exc:
         raise InvalidImage(errors=f"{type(exc).__name__}: {exc}") from exc
@@ -262,36 +302,12 @@ def decode_user_comment(value: bytes) -> str:
     return value[8:].decode(codec, errors="replace")
 
 
-# NovelAI writes k-diffusion function names; A1111 maps them through its sampler aliases.
-_SAMPLER_ALIASES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("DPM++ 2M", ("k_dpmpp_2m",)),
-    ("DPM++ SDE", ("k_dpmpp_sde",)),
-    ("DPM++ 2M SDE", ("k_dpmpp_2m_sde",)),
-    ("DPM++ 2M SDE Heun", ("k_dpmpp_2m_sde_heun",)),
-    ("DPM++ 2S a", ("k_dpmpp_2s_a",)),
-    ("DPM++ 3M SDE", ("k_dpmpp_3m_sde",)),
-    ("Euler a", ("k_euler_a", "k_euler_ancestral")),
-    ("Euler", ("k_euler",)),
-    ("LMS", ("k_lms",)),
-    ("Heun", ("k_heun",)),
-    ("DPM2", ("k_dpm_2",)),
-    ("DPM2 a", ("k_dpm_2_a",)),
-    ("DPM fast", ("k_dpm_fast",)),
-    ("DPM adaptive", ("k_dpm_ad",)),
-    ("Restart", ("restart",)),
-    ("DDIM", ("ddim",)),
-    ("DDIM CFG++", ("ddim_cfgpp",)),
-    ("PLMS", ("plms",)),
-    ("UniPC", ("unipc",)),
-    ("LCM", ("k_lcm",)),
-)
-
-
 def _novelai_sampler(name: Any) -> str:
-    for sampler, aliases in _SAMPLER_ALIASES:
-        if name in aliases or name == sampler.lower():
-            return sampler
-    return "Euler a"
+    """NovelAI writes k-diffusion function names; A1111 maps them through its sampler aliases
+    (unknown ones: "Euler a")."""
+    from samplers.registry import samplers_map
+
+    return samplers_map().get(name, "Euler a") if isinstance(name, str) else "Euler a"
 
 
 def _novelai_infotext(items: Mapping[str, Any], size: tuple[int, int]) -> str | None:

@@ -221,3 +221,6 @@ def check_output_size(image: Image.Image, params: ExtrasParams) -> None:
             f"the upscaled image would be {size[0]}x{size[1]}",
             errors=f"each side must stay <= {MAX_OUTPUT_SIDE}; the input is {image.width}x{image.height}",
         )
+    from ..pixel_budget import check_image_pixels
+
+    check_image_pixels("the upscaled image", *size)  # the one image pixel budget (--max-input-pixels)

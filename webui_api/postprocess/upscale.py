@@ -26,6 +26,8 @@ run a model, so importing this module (and `webui_api`) stays light.
 
 from __future__ import annotations
 
+import pickle
+
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -369,7 +371,7 @@ def load_model(path: Path | None, device: str = "cpu") -> Any:
     upscalers); on the CPU it stays fp32, where half is slow or unsupported."""
     import spandrel
 
-    from webui_api.engine.service import resolve_device
+    from webui_api.engine.device import resolve_device
 
     if path is None:
         raise ValueError("built-in upscalers have no model file to load")
@@ -377,6 +379,11 @@ def load_model(path: Path | None, device: str = "cpu") -> Any:
         descriptor = spandrel.ModelLoader().load_from_file(str(path))
     except spandrel.UnsupportedModelError as exc:
         raise UnusableUpscaler(path, "spandrel recognises no architecture in its weights") from exc
+    except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) refused code in the pickle
+        raise UnusableUpscaler(path, f"the pickle holds more than tensors (possibly code), so it was refused: {exc}; "
+                                     "convert it to .safetensors") from exc
+    except (EOFError, OSError, ValueError) as exc:  # truncated or not a weights file at all
+        raise UnusableUpscaler(path, f"not a readable weights file ({type(exc).__name__}: {exc})") from exc
     if not isinstance(descriptor, spandrel.ImageModelDescriptor):
         raise UnusableUpscaler(path, f"it is a {type(descriptor).__name__}, not an image-to-image model")
     descriptor.eval()

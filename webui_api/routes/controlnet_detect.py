@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from PIL import Image
 
 from ..controlnet.preprocessors import AnnotatorCache, annotator_dir_for, list_modules, module_info, run_preprocessor
@@ -24,6 +24,7 @@ from ..controlnet.preprocessors import PoseCallback
 from ..errors import ValidationFailed
 from ..postprocess.encode import decode_image_base64, encode_image_base64
 from ..runtime import Runtime
+from ..schemas.edge import EdgeModel
 from . import api_router, get_runtime
 
 router = api_router()
@@ -32,7 +33,7 @@ router = api_router()
 NOT_DETECTABLE = frozenset({"clip_vision", "revision_clipvision", "revision_ignore_prompt", "ip-adapter-auto"})
 
 
-class DetectRequest(BaseModel):
+class DetectRequest(EdgeModel):
     """The extension's /controlnet/detect body; unknown keys are ignored."""
 
     model_config = ConfigDict(extra="ignore")

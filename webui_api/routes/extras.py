@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from ..auth import request_context
 from ..errors import InvalidImageFormat
@@ -19,15 +19,16 @@ from ..postprocess.encode import SUPPORTED_FORMATS, decode_image_base64, encode_
 from ..postprocess.extras import ExtrasParams, ExtrasResult, ProcessedImage, check_output_size, check_params, run_extras
 from ..postprocess.face_restore.restorers import FaceRestorers
 from ..postprocess.upscale import TileSpec, UpscalerCatalog
-from ..scheduler import PRIORITY_NORMAL, ProgressSpec, WorkItem
 from ..runtime import Runtime
+from ..scheduler import PRIORITY_NORMAL, ProgressSpec, WorkItem
+from ..schemas.edge import EdgeModel
 from ..weights.runtime import extras_weights, prefetch
 from . import api_router, get_runtime
 
 router = api_router()
 
 
-class ExtrasRequest(BaseModel):
+class ExtrasRequest(EdgeModel):
     """A1111's ExtrasBaseRequest: same names, defaults and bounds; unknown keys are ignored."""
 
     model_config = ConfigDict(extra="ignore")
@@ -54,7 +55,7 @@ class ExtrasSingleImageRequest(ExtrasRequest):
     image: str = ""
 
 
-class FileData(BaseModel):
+class FileData(EdgeModel):
     data: str
     name: str
 

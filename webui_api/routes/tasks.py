@@ -27,7 +27,7 @@ import time
 import zipfile
 from typing import Any, AsyncIterator, Optional, Union
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
@@ -86,17 +86,21 @@ def task_params(body: Union[QueueTxt2ImgRequest, QueueImg2ImgRequest]) -> dict[s
     return params
 
 
-def enqueue(task_type: str, body: Any, http: Request, runner: TaskRunner) -> dict[str, str]:
-    """Check and persist a task: guards, the callback URL and the store's caps are refused
-    now, not when it runs."""
+async def enqueue(task_type: str, body: Any, http: Request, runner: TaskRunner) -> dict[str, str]:
+    """Check and persist a task: everything the synchronous route would refuse (guards,
+    content policy, samplers, scripts, images), the callback URL and the store's caps are
+    refused now, not when it runs."""
+    from ..generation.runs import check_before_queueing
+
     caller = request_caller(http)
     if body.callback_url:
         check_callback_url(body.callback_url, runner.runtime.settings.callback_allow, caller.identity)
-    runner.runtime.serving.check(body)
-    if not runner.has_room():
-        raise ServiceUnavailable("The async task store is full (--task-max-count / --task-max-mb); try again later")
     context = request_context(http, body.priority)
     params = task_params(body)
+    request_type = Img2ImgRequest if task_type == "img2img" else Txt2ImgRequest
+    await check_before_queueing(task_type, request_type.model_validate(params), runner.runtime, context)
+    if not runner.has_room():
+        raise ServiceUnavailable("The async task store is full (--task-max-count / --task-max-mb); try again later")
     task = runner.store.create(task_type, params, body.callback_url, tier=context.priority, owner=context.owner)
     runner.wake()
     return {"task_id": task.id}
@@ -104,14 +108,14 @@ def enqueue(task_type: str, body: Any, http: Request, runner: TaskRunner) -> dic
 
 @router.post(f"{PREFIX}/queue/txt2img")
 async def queue_txt2img(body: QueueTxt2ImgRequest, http: Request, runner: TaskRunner = Depends(get_runner)) -> dict[str, str]:
-    return enqueue("txt2img", body, http, runner)
+    return await enqueue("txt2img", body, http, runner)
 
 
 @router.post(f"{PREFIX}/queue/img2img")
 async def queue_img2img(body: QueueImg2ImgRequest, http: Request, runner: TaskRunner = Depends(get_runner)) -> dict[str, str]:
     if not body.init_images:
         raise BadRequest("Init image not found", errors="img2img tasks need init_images")
-    return enqueue("img2img", body, http, runner)
+    return await enqueue("img2img", body, http, runner)
 
 
 # reading ---------------------------------------------------------------------------------------
@@ -182,7 +186,7 @@ async def get_position(
 
 @router.get(PREFIX + "/task/{task_id}/events")
 async def task_events(
-    task_id: str, interval: float = 0.5, runner: TaskRunner = Depends(get_runner),
+    task_id: str, interval: float = Query(0.5, allow_inf_nan=False), runner: TaskRunner = Depends(get_runner),
     caller: Caller = Depends(request_caller),
 ) -> Any:
     """Server-Sent Events: `status` on every status change (with the queue position), `progress`

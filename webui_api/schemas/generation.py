@@ -10,17 +10,40 @@ from __future__ import annotations
 
 from typing import Any, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .edge import EdgeModel
 
 MAX_IMAGE_SIDE = 8192  # far above anything a GPU can render; stops accidental billion-pixel requests
 MAX_STEPS = 1000
 MAX_BATCH = 64
+MAX_HR_SCALE = 64.0  # the pixel budget refuses far less; this bound keeps the size arithmetic finite
+MAX_MASK_BLUR = 1024  # A1111's UI stops at 64; a Gaussian blur of radius 2**60 would never finish
+
+# Fields that mean nothing as null: A1111 crashes on them (TypeError, 500), so does a task
+# accepted with them. A null here means "the default", the same for sync requests and tasks.
+NULL_MEANS_DEFAULT = ("steps", "batch_size", "n_iter", "width", "height", "cfg_scale", "seed", "subseed",
+                      "subseed_strength", "seed_resize_from_h", "seed_resize_from_w", "hr_scale", "resize_mode",
+                      "mask_blur_x", "mask_blur_y", "inpainting_fill", "inpaint_full_res_padding",
+                      "inpainting_mask_invert")
 
 
-class LenientModel(BaseModel):
-    """Ignore unknown keys and accept strings for numbers, like A1111's pydantic v1 models."""
+class LenientModel(EdgeModel):
+    """Ignore unknown keys and accept strings for numbers, like A1111's pydantic v1 models;
+    refuse non-finite floats, out-of-range ints and deep nesting (schemas.edge)."""
 
-    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True, protected_namespaces=())
+    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True, protected_namespaces=(),
+                              allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        nulls = [name for name in NULL_MEANS_DEFAULT if name in data and data[name] is None and name in cls.model_fields]
+        if not nulls:
+            return data
+        return {**data, **{name: cls.model_fields[name].get_default(call_default_factory=True) for name in nulls}}
 
 
 def _check_side(name: str, value: Optional[int]) -> Optional[int]:
@@ -95,6 +118,19 @@ class GenerationRequest(LenientModel):
     def _steps(cls, value: Optional[int]) -> Optional[int]:
         return _check_range("steps", value, 1, MAX_STEPS)
 
+    @field_validator("alwayson_scripts")
+    @classmethod
+    def _alwayson_entries(cls, value: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+        """A1111 reads `alwayson_scripts[name]["args"]` as the script's positional arguments:
+        anything else is refused here instead of failing with a TypeError inside a script."""
+        for name, entry in (value or {}).items():
+            if not isinstance(entry, dict):
+                raise ValueError(f"alwayson_scripts[{name!r}] must be an object with an 'args' list; "
+                                 f"received {type(entry).__name__}")
+            if entry.get("args") is not None and not isinstance(entry["args"], (list, dict)):
+                raise ValueError(f"alwayson_scripts[{name!r}].args must be a list; received {type(entry['args']).__name__}")
+        return value
+
     @field_validator("batch_size", "n_iter")
     @classmethod
     def _counts(cls, value: Optional[int], info) -> Optional[int]:
@@ -125,6 +161,23 @@ class Txt2ImgRequest(GenerationRequest):
     hr_prompt: Optional[str] = ""
     hr_negative_prompt: Optional[str] = ""
 
+    @field_validator("hr_scale")
+    @classmethod
+    def _hr_scale(cls, value: Optional[float]) -> Optional[float]:
+        if value is not None and not 0.0 <= value <= MAX_HR_SCALE:
+            raise ValueError(f"hr_scale must be between 0 and {MAX_HR_SCALE:g}; received {value}")
+        return value
+
+    @field_validator("hr_second_pass_steps")
+    @classmethod
+    def _hr_steps(cls, value: Optional[int]) -> Optional[int]:
+        return _check_range("hr_second_pass_steps", value, 0, MAX_STEPS)
+
+    @field_validator("firstphase_width", "firstphase_height", "hr_resize_x", "hr_resize_y")
+    @classmethod
+    def _hires_sizes(cls, value: Optional[int], info) -> Optional[int]:
+        return _check_range(info.field_name, value, 0, MAX_IMAGE_SIDE)
+
 
 class Img2ImgRequest(GenerationRequest):
     """POST /sdapi/v1/img2img (A1111's StableDiffusionImg2ImgProcessingAPI)."""
@@ -150,6 +203,26 @@ class Img2ImgRequest(GenerationRequest):
     @classmethod
     def _resize_mode(cls, value: Optional[int]) -> Optional[int]:
         return _check_range("resize_mode", value, 0, 3)
+
+    @field_validator("mask_blur", "mask_blur_x", "mask_blur_y")
+    @classmethod
+    def _blur(cls, value: Optional[int], info) -> Optional[int]:
+        return _check_range(info.field_name, value, 0, MAX_MASK_BLUR)
+
+    @field_validator("inpainting_fill")
+    @classmethod
+    def _fill(cls, value: Optional[int]) -> Optional[int]:
+        return _check_range("inpainting_fill", value, 0, 3)  # fill, original, latent noise, latent nothing
+
+    @field_validator("inpainting_mask_invert")
+    @classmethod
+    def _invert(cls, value: Optional[int]) -> Optional[int]:
+        return _check_range("inpainting_mask_invert", value, 0, 1)
+
+    @field_validator("inpaint_full_res_padding")
+    @classmethod
+    def _padding(cls, value: Optional[int]) -> Optional[int]:
+        return _check_range("inpaint_full_res_padding", value, 0, MAX_IMAGE_SIDE)
 
 
 class GenerationResponse(BaseModel):

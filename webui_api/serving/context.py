@@ -10,6 +10,7 @@ from ..scheduler import PRIORITY_NORMAL
 from .keys import Caller, KeyFileError, parse_tier
 
 PRIORITY_HEADER = "x-priority"
+LOWEST_REQUESTED_PRIORITY = 1000  # a request may ask to run later than "low" (20), up to this; more is this
 
 
 @dataclass
@@ -42,7 +43,8 @@ def effective_priority(caller: Caller, requested: Any = None) -> int:
         from ..errors import BadRequest
 
         raise BadRequest(str(exc)) from exc
-    return max(wanted, caller.priority)
+    # capped: priorities end up in SQLite (tasks: priority x 10**13 ms must fit in 64 bits)
+    return max(min(wanted, LOWEST_REQUESTED_PRIORITY), caller.priority)
 
 
 def context_for(caller: Caller, requested_priority: Any = None, task_id: Optional[str] = None) -> RequestContext:

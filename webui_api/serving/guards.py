@@ -9,27 +9,14 @@ Image headers are read (PIL opens lazily) before any pixel is decoded.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
-import re
-import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
-from ..errors import ApiError, BadRequest
+from ..errors import LimitExceeded
+from ..pixel_budget import pixel_budget
 
-
-class LimitExceeded(ApiError):
-    """A request beyond a configured limit (422; 413 for sizes of the body or of images)."""
-
-    status_code = 422
-    error_name = "LimitExceeded"
-
-    def __init__(self, what: str, value: Any, limit: Any, flag: str, status: int = 422) -> None:
-        super().__init__(f"{what} is {value}, more than the limit of {limit} ({flag})",
-                         errors=f"{flag} {limit}")
-        self.status_code = status
+__all__ = ["BodySizeLimit", "LimitExceeded", "PixelBudgetScope", "RequestLimits", "check_generation", "check_input_images",
+           "check_job"]
 
 
 @dataclass(frozen=True)
@@ -59,16 +46,58 @@ def check_generation(request: Any, limits: RequestLimits) -> None:
         if _over(steps, limits.max_steps):
             raise LimitExceeded(name, steps, limits.max_steps, "--max-steps")
     for name in ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt"):
-        text = getattr(request, name, None)
-        if isinstance(text, str) and _over(len(text), limits.max_prompt_length):
-            raise LimitExceeded(f"the length of {name}", len(text), limits.max_prompt_length, "--max-prompt-length")
+        check_prompt_length(name, getattr(request, name, None), limits)
     check_input_images(_request_images(request), limits.max_input_pixels)
+
+
+def check_prompt_length(name: str, text: Any, limits: RequestLimits) -> None:
+    """A prompt sent as a list (one per image) counts all its characters: a list is no way
+    around --max-prompt-length."""
+    if isinstance(text, (list, tuple)):
+        length = sum(len(part) for part in text if isinstance(part, str))
+    elif isinstance(text, str):
+        length = len(text)
+    else:
+        return
+    if _over(length, limits.max_prompt_length):
+        raise LimitExceeded(f"the length of {name}", length, limits.max_prompt_length, "--max-prompt-length")
+
+
+def check_job(job: Any, limits: RequestLimits) -> None:
+    """The same limits on a resolved GenerationJob: what scripts plan (prompts-from-file
+    lines, x/y/z cells, sd upscale tiles) passes here, so no script argument can raise the
+    size, steps, batch or prompt length above what a direct request may ask for."""
+    pixels = job.width * job.height
+    if _over(pixels, limits.max_pixels):
+        raise LimitExceeded(f"width x height ({job.width}x{job.height})", pixels, limits.max_pixels, "--max-pixels")
+    if job.hires is not None:
+        target = job.hires.upscale_width * job.hires.upscale_height
+        if _over(target, limits.max_pixels):
+            raise LimitExceeded(f"the hires fix size ({job.hires.upscale_width}x{job.hires.upscale_height})", target,
+                                limits.max_pixels, "--max-pixels")
+        if _over(job.hires.steps, limits.max_steps):
+            raise LimitExceeded("hr_second_pass_steps", job.hires.steps, limits.max_steps, "--max-steps")
+    if _over(job.image_count, limits.max_batch):
+        raise LimitExceeded("batch_size x n_iter", job.image_count, limits.max_batch, "--max-batch")
+    if _over(job.sampling.steps, limits.max_steps):
+        raise LimitExceeded("steps", job.sampling.steps, limits.max_steps, "--max-steps")
+    seed_pixels = job.seeds.seed_resize_from_w * job.seeds.seed_resize_from_h
+    if _over(seed_pixels, limits.max_pixels):
+        raise LimitExceeded("seed_resize_from_w x seed_resize_from_h", seed_pixels, limits.max_pixels, "--max-pixels")
+    for name, texts in (("prompt", job.prompts), ("negative_prompt", job.negative_prompts)):
+        longest = max((len(text) for text in texts), default=0)
+        if _over(longest, limits.max_prompt_length):
+            raise LimitExceeded(f"the length of {name}", longest, limits.max_prompt_length, "--max-prompt-length")
 
 
 def _check_size(request: Any, limits: RequestLimits) -> None:
     width, height = request.width or 512, request.height or 512
     if _over(width * height, limits.max_pixels):
         raise LimitExceeded(f"width x height ({width}x{height})", width * height, limits.max_pixels, "--max-pixels")
+    seed_w, seed_h = max(request.seed_resize_from_w or 0, 0), max(request.seed_resize_from_h or 0, 0)
+    if _over(seed_w * seed_h, limits.max_pixels):  # noise of that size is drawn before it is cropped
+        raise LimitExceeded(f"seed_resize_from_w x seed_resize_from_h ({seed_w}x{seed_h})", seed_w * seed_h,
+                            limits.max_pixels, "--max-pixels")
     if getattr(request, "enable_hr", False):
         target = hires_target(request, width, height)
         if _over(target[0] * target[1], limits.max_pixels):
@@ -94,50 +123,28 @@ def _request_images(request: Any) -> Iterable[Any]:
 
 
 def check_input_images(images: Iterable[Any], max_pixels: int) -> None:
-    """Read each image's header only and refuse one whose pixel count is over the limit."""
-    if not max_pixels:
-        return
-    from PIL import Image
+    """Read each image's header only and refuse one whose pixel count is over the limit
+    (before queueing; the decoder checks the same budget again whenever it decodes)."""
+    from ..postprocess.encode import image_size_base64
 
-    for index, data in enumerate(images):
-        if not isinstance(data, str) or data.startswith(("http://", "https://")):
-            continue  # the decoder reports those with its own message
-        try:
-            width, height = image_header_size(data)
-        except Image.DecompressionBombError as exc:  # PIL refuses to even open it: far over any limit
-            raise LimitExceeded(f"input image #{index + 1}", f"a decompression bomb ({exc})", max_pixels,
-                                "--max-input-pixels", status=413) from exc
-        if width * height > max_pixels:
-            raise LimitExceeded(f"input image #{index + 1} ({width}x{height})", width * height, max_pixels,
-                                "--max-input-pixels", status=413)
+    with pixel_budget(max_pixels):
+        for index, data in enumerate(images):
+            if not isinstance(data, str) or data.startswith(("http://", "https://")):
+                continue  # the decoder reports those with its own message
+            image_size_base64(data, f"input image #{index + 1}")
 
 
-def image_header_size(data: str) -> tuple[int, int]:
-    """(width, height) from the header; PIL does not decode pixels until asked to. Images past
-    PIL's own hard limit raise Image.DecompressionBombError."""
-    from PIL import Image
+class PixelBudgetScope:
+    """ASGI middleware: every request runs under the configured image pixel budget
+    (--max-input-pixels), which the one image decoder and the output-size checks read."""
 
-    raw = _b64_bytes(data)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            with Image.open(io.BytesIO(raw)) as image:
-                return image.size
-        except Image.DecompressionBombError:
-            raise  # the caller names the image and the limit
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise BadRequest("Invalid encoded image", errors=f"{type(exc).__name__}: {exc}") from exc
+    def __init__(self, app: Any, max_pixels: int) -> None:
+        self.app = app
+        self.max_pixels = max_pixels
 
-
-def _b64_bytes(data: str) -> bytes:
-    text = data.strip()
-    if text.startswith("data:") and "," in text:
-        text = text.split(",", 1)[1]
-    compact = re.sub(r"\s+", "", text).translate(str.maketrans("-_", "+/")).rstrip("=")
-    try:
-        return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
-    except binascii.Error as exc:
-        raise BadRequest("Invalid encoded image", errors=f"not base64: {exc}") from exc
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        with pixel_budget(self.max_pixels):
+            await self.app(scope, receive, send)
 
 
 class BodySizeLimit:

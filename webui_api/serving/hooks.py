@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional
 
 from ..scheduler import WorkItem
 from .audit import AuditLog, generation_entry
+from .content_policy import ContentPolicy, request_prompts
 from .context import RequestContext
-from .guards import RequestLimits, check_generation
+from .guards import RequestLimits, check_generation, check_job
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .result_cache import ResultCache
@@ -32,14 +33,39 @@ class ServingHooks:
     metrics: Metrics
     audit: AuditLog
     lifecycle: Lifecycle
+    policy: ContentPolicy = field(default_factory=ContentPolicy)
 
-    def check(self, request: Any) -> None:
+    def check(self, request: Any, context: RequestContext | None = None, route: str = "generation") -> None:
+        """Guards and the prompt filter before anything is queued (a refusal is audited)."""
         self.lifecycle.check_intake()
         check_generation(request, self.limits)
+        self._check_prompts(request_prompts(request), context or RequestContext(), route, request)
+
+    def job_guard(self, context: RequestContext, route: str) -> Callable[[Any], None]:
+        """The checks every job a script plans must pass: the request guards on the resolved
+        job (size, steps, batch, prompt length) and the prompt filter on its prompts."""
+        def check(job: Any) -> None:
+            check_job(job, self.limits)
+            self._check_prompts(job.prompts, context, route, None)
+
+        return check
+
+    def _check_prompts(self, prompts: Any, context: RequestContext, route: str, request: Any) -> None:
+        refusal = self.policy.violation(prompts, context.priority)
+        if refusal is None:
+            return
+        if self.audit.path is not None:
+            params = request.model_dump(mode="json") if request is not None else {"prompts": list(prompts)}
+            self.audit.write(generation_entry(caller=context.caller, route=route, params=params, response=None,
+                                              timings=context.timings(), cache="miss", task_id=context.task_id,
+                                              error=f"{refusal.error_name}: {refusal.detail}"))
+            context.audited = True  # the refusal has its full entry; no short request line on top
+        raise refusal
 
     async def lookup(self, route: str, request: Any, options: Mapping[str, Any], context: RequestContext) -> Optional[dict]:
-        """A stored response for a deterministic request (then audited and counted here)."""
-        if not self.cache.enabled:
+        """A stored response for a deterministic request (then audited and counted here).
+        Never for a caller whose images the content policy checks: cached images were not."""
+        if not self.cache.enabled or self.policy.checks_images(context.priority):
             return None
         context.cache_key = await asyncio.to_thread(self.cache.key_for, route, request, options)
         if context.cache_key is None:
@@ -72,7 +98,11 @@ class ServingHooks:
     async def finish(
         self, route: str, request: Any, response: dict[str, Any], context: RequestContext, cacheable: bool = True,
     ) -> dict[str, Any]:
-        """After a generation: store it (when complete and deterministic), count it, audit it."""
+        """After a generation: the content policy's image check (for the caller's tier), then
+        store it (when complete, deterministic and unchecked), count it, audit it."""
+        if self.policy.checks_images(context.priority):
+            response = await asyncio.to_thread(self.policy.filter_response, response)
+            cacheable = False
         if cacheable and context.cache_key is not None:
             await asyncio.to_thread(self.cache.store_response, context.cache_key, response)
         self.metrics.count_generation(route)

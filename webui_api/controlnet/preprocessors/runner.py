@@ -92,6 +92,7 @@ def run_preprocessor(
     info = module_info(module)
     if info.name == "none":
         return image
+    _check_map_size(np.asarray(image), info.resolution.resolve(resolution))
     call = PreprocessCall(
         module=info,
         image=to_rgb(np.asarray(image)),
@@ -104,3 +105,13 @@ def run_preprocessor(
         on_pose=on_pose,
     )
     return np.ascontiguousarray(RUNNERS[info.name](call), dtype=np.uint8)
+
+
+def _check_map_size(image: np.ndarray, resolution: float) -> None:
+    """The map is computed at `resolution` on the image's short side: a 1 x 100000 strip would
+    ask for gigapixels, so its size goes through the one image pixel budget first."""
+    from ...pixel_budget import check_image_pixels
+
+    height, width = image.shape[:2]
+    scale = float(resolution) / max(min(height, width), 1)
+    check_image_pixels(f"the detected map at resolution {resolution:g}", round(width * scale), round(height * scale))

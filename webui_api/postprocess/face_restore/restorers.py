@@ -16,6 +16,8 @@ that cannot run (package or weights missing) is refused with a 400 naming what i
 
 from __future__ import annotations
 
+import pickle
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -173,13 +175,20 @@ def load_restorer(path: Path, kind: RestorerKind, device: str) -> Any:
     architecture supports half precision in spandrel)."""
     import spandrel
 
-    from webui_api.engine.service import resolve_device
+    from webui_api.engine.device import resolve_device
 
     try:
         descriptor = spandrel.ModelLoader(registry=spandrel_registry(kind)).load_from_file(str(path))
     except spandrel.UnsupportedModelError as exc:
         raise FaceRestorerUnavailable(f"cannot use {path.name} in {path.parent} as {kind.name}",
                                       errors="spandrel recognises no architecture in its weights") from exc
+    except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) refused code in the pickle
+        raise FaceRestorerUnavailable(f"cannot use {path.name} in {path.parent} as {kind.name}",
+                                      errors=f"the pickle holds more than tensors (possibly code), so it was refused: "
+                                             f"{exc}; convert it to .safetensors") from exc
+    except (EOFError, OSError, ValueError) as exc:  # truncated or not a weights file at all
+        raise FaceRestorerUnavailable(f"cannot use {path.name} in {path.parent} as {kind.name}",
+                                      errors=f"not a readable weights file ({type(exc).__name__}: {exc})") from exc
     found = descriptor.architecture.id
     if found != kind.architecture:
         raise FaceRestorerUnavailable(f"cannot use {path.name} in {path.parent} as {kind.name}",
@@ -191,7 +200,7 @@ def load_restorer(path: Path, kind: RestorerKind, device: str) -> Any:
 def load_detector(path: Path, device: str) -> RetinaFaceDetector:
     """RetinaFace from facexlib's weight file (strict key match), on `device`."""
     from webui_api.engine.loading.files import read_state_dict
-    from webui_api.engine.service import resolve_device
+    from webui_api.engine.device import resolve_device
     from webui_api.postprocess.face_restore.retinaface import build_from_state_dict
 
     try:
@@ -205,7 +214,7 @@ def load_detector(path: Path, device: str) -> RetinaFaceDetector:
 def load_parser(path: Path, device: str) -> Any:
     """facexlib's ParseNet from its weight file (strict key match), on `device`."""
     from webui_api.engine.loading.files import read_state_dict
-    from webui_api.engine.service import resolve_device
+    from webui_api.engine.device import resolve_device
     from webui_api.postprocess.face_restore.parsenet import build_parsenet
 
     try:
@@ -342,7 +351,7 @@ class FaceRestorers:
 
     def _on_device(self, model: Any) -> Any:
         """Bring a model (back) to the server's device: face_restoration_unload parks them."""
-        from webui_api.engine.service import resolve_device
+        from webui_api.engine.device import resolve_device
 
         return model.to(resolve_device(self.device))
 
