@@ -7,8 +7,8 @@ import torch
 
 from webui_api.cli import parse_args
 from webui_api.engine.compile import CompilePolicy, is_compiled
-from webui_api.engine.models import build_embedded_model
 from webui_api.engine.facade import Engine
+from webui_api.engine.models import build_embedded_model
 
 
 def test_flags_reach_the_engine(tmp_path) -> None:

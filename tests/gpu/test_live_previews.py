@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.engine.helpers import RecordingObserver, make_job
+from webui_api.engine.facade import Engine
 from webui_api.engine.models import build_embedded_model
 from webui_api.engine.previews import (
     PreviewDecoders,
@@ -16,7 +17,6 @@ from webui_api.engine.previews import (
     load_taesd_decoder,
     taesd_decoder,
 )
-from webui_api.engine.facade import Engine
 from webui_api.progress import CancelToken
 
 

@@ -7,9 +7,9 @@ import torch
 
 from webui_api.cli import parse_args
 from webui_api.engine.denoiser import UNetRunner
+from webui_api.engine.facade import Engine
 from webui_api.engine.models import build_embedded_model
 from webui_api.engine.precision import HALF_CONFLICT, PrecisionConflict, PrecisionPolicy
-from webui_api.engine.facade import Engine
 
 
 def _cuda(**flags: object) -> PrecisionPolicy:
