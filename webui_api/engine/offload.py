@@ -71,9 +71,9 @@ class OffloadPlan:
         return units
 
 
-def _unet_blocks(unet: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+def _unet_blocks(unet: Any) -> list[tuple[str, torch.nn.Module]]:
     """A diffusers UNet's big blocks, in execution order (A1111's DiffModelMover list)."""
-    blocks: list[tuple[str, torch.nn.Module]] = [("unet.time_embedding", unet.time_embedding)]
+    blocks: list[tuple[str, torch.nn.Module | None]] = [("unet.time_embedding", unet.time_embedding)]
     blocks += [(f"unet.down_blocks.{i}", block) for i, block in enumerate(unet.down_blocks)]
     blocks.append(("unet.mid_block", unet.mid_block))
     blocks += [(f"unet.up_blocks.{i}", block) for i, block in enumerate(unet.up_blocks)]

@@ -15,10 +15,9 @@ The policy is computed once per engine from `Settings` so every decision can be 
 which dtype each component loads in, whether the UNet call runs under autocast, and whether
 a half-precision VAE gets A1111's NaN → float32 retry.
 
-Attention: the default processor is PyTorch's scaled-dot-product attention, whose half-precision
-kernels accumulate the softmax in float32, which is the upcast A1111's "Upcast cross attention
-layer to float32" (`upcast_attn`) asks for; `upcast_attention_processor` gives the explicit
-float32 path for users who set that option.
+Attention: diffusers' default processor is PyTorch's scaled-dot-product attention, whose
+half-precision kernels accumulate the softmax in float32. A1111's option "Upcast cross attention
+layer to float32" (`upcast_attn`, off by default) is not acted on yet.
 """
 
 from __future__ import annotations
@@ -118,17 +117,3 @@ def _weights_dtype(device_type: str, dtype: str, precision: str) -> torch.dtype:
 def _name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
-
-def upcast_attention_processor(unet: torch.nn.Module, upcast: bool) -> None:
-    """Attention in float32 (A1111's `upcast_attn`) or PyTorch SDPA (the default).
-
-    diffusers' classic processor honours each Attention module's `upcast_attention` /
-    `upcast_softmax`; SDPA ignores them and accumulates in float32 inside its kernels.
-    """
-    from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
-
-    for module in unet.modules():
-        if isinstance(module, Attention):
-            module.upcast_attention = upcast
-            module.upcast_softmax = upcast
-            module.set_processor(AttnProcessor() if upcast else AttnProcessor2_0())

@@ -60,7 +60,7 @@ class NvmlSensor:
     def open(cls) -> Sensor:
         """NVML when it is installed and a driver answers; NoSensor otherwise."""
         try:
-            import pynvml
+            import pynvml  # type: ignore[import-not-found]  # optional: the `gpu` extra
         except ImportError:
             return NoSensor()
         try:
