@@ -83,3 +83,23 @@ def test_the_job_option_picks_the_preview(tmp_path: Path) -> None:
         engine.txt2img(make_job(steps=2, options={"show_progress_type": kind}), observer, CancelToken())
         sizes[kind] = {image.size for image in observer.previews}
     assert sizes == {"TAESD": {(64, 64)}, "Approx cheap": {(8, 8)}, "Full": {(64, 64)}}
+
+
+def test_taesd_previews_ask_for_the_decoders_they_lack(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from tests.factories import settings_for_tests
+    from webui_api.weights.registry import TAESD_FILES
+    from webui_api.weights.runtime import job_weights
+
+    settings = settings_for_tests(tmp_path)
+    taesd_job = SimpleNamespace(options={"show_progress_type": "TAESD"}, hires=None, restore_faces=False)
+    assert job_weights(settings, taesd_job).optional == ("taesd_decoder", "taesdxl_decoder")
+    assert job_weights(settings, taesd_job).required == ()
+    write_taesd(settings.models_dir / "VAE-taesd")
+    assert job_weights(settings, taesd_job).optional == ("taesdxl_decoder",)
+    plain_job = SimpleNamespace(options={"show_progress_type": "Approx cheap"}, hires=None, restore_faces=False)
+    assert job_weights(settings, plain_job).optional == ()
+    pinned = {entry.name: entry for entry in TAESD_FILES}
+    for name in ("taesd_decoder", "taesdxl_decoder"):  # where PreviewDecoders looks, under the same names
+        assert (pinned[name].folder, pinned[name].filename) == ("VAE-taesd", f"{name}.pth")
