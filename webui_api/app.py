@@ -12,6 +12,7 @@ import logging
 import time
 import traceback
 from datetime import datetime
+from collections.abc import Sequence
 from typing import Any, AsyncIterator, Optional
 
 from fastapi import FastAPI, Request
@@ -23,9 +24,11 @@ from . import __version__
 from .auth import add_cors, build_gate, exposure_warnings, protect_docs, record_work, unclassified_routes
 from .errors import ApiError, validation_error_body
 from .options import OptionsStore
+from .lane_progress import LaneProgress
 from .progress import ProgressTracker
 from .batching import BatchingConfig
 from .scheduler import Scheduler, WorkItem
+from .workers import Worker
 from .serving.audit import AuditLog
 from .serving.content_policy import ContentPolicy
 from .serving.guards import BodySizeLimit, PixelBudgetScope
@@ -46,11 +49,12 @@ EMBEDDED_MODEL_WARNING = (
 )
 
 
-def create_app(settings: Settings, engine: Optional[Any] = None) -> FastAPI:
+def create_app(settings: Settings, engine: Optional[Any] = None, workers: Sequence[Worker] | None = None) -> FastAPI:
+    """`workers`: the scheduler's lanes (default: one local worker thread; --ray: RayWorkers)."""
     app = FastAPI(
         title="webui-api",
         version=__version__,
-        lifespan=_lifespan_for(settings, engine),
+        lifespan=_lifespan_for(settings, engine, workers),
         root_path=f"/{settings.subpath.strip('/')}" if settings.subpath else "",
     )
     app.state.settings = settings
@@ -64,12 +68,12 @@ def create_app(settings: Settings, engine: Optional[Any] = None) -> FastAPI:
     return app
 
 
-def _lifespan_for(settings: Settings, engine: Optional[Any]):
+def _lifespan_for(settings: Settings, engine: Optional[Any], workers: Sequence[Worker] | None = None):
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for warning in exposure_warnings(settings):
             log.warning(warning)
-        runtime = build_runtime(settings, engine)
+        runtime = build_runtime(settings, engine, workers)
         app.state.runtime = runtime
         runtime.scheduler.start()
         if settings.skip_load_model_at_start:
@@ -88,18 +92,28 @@ def _lifespan_for(settings: Settings, engine: Optional[Any]):
 
 
 def _start_task_runner(app: FastAPI, runtime: Runtime):
-    """Async tasks (agent-scheduler routes): persisted under <data dir>/tasks, resumed at start."""
+    """Async tasks (agent-scheduler routes): persisted under <data dir>/tasks, resumed at start; in
+    Redis when --ray and --redis-url are both given (one store for every ingress of the cluster)."""
     from .generation.task_runner import TaskRunner
-    from .tasks import TaskStore
 
-    runner = TaskRunner(TaskStore(runtime.settings.data_dir / "tasks"), runtime)
+    runner = TaskRunner(task_store(runtime.settings), runtime)
     app.state.task_runner = runner
     runtime.metrics.track_tasks_pending(lambda: runner.store.count("pending"))
     runner.start()
     return runner
 
 
-def build_runtime(settings: Settings, engine: Optional[Any] = None) -> Runtime:
+def task_store(settings: Settings) -> Any:
+    if settings.ray is not None and settings.redis_url:
+        from .task_store_redis import RedisTaskStore
+
+        return RedisTaskStore(settings.redis_url)
+    from .tasks import TaskStore
+
+    return TaskStore(settings.data_dir / "tasks")
+
+
+def build_runtime(settings: Settings, engine: Optional[Any] = None, workers: Sequence[Worker] | None = None) -> Runtime:
     from .postprocess.encode import encode_image_base64
 
     if engine is None:
@@ -107,7 +121,12 @@ def build_runtime(settings: Settings, engine: Optional[Any] = None) -> Runtime:
 
         engine = Engine.from_settings(settings)
     options = OptionsStore.from_settings(settings)
-    progress = ProgressTracker(encode_preview=lambda image: encode_image_base64(image, "png"))
+
+    def tracker() -> ProgressTracker:  # a remote lane may have no preview to show yet
+        return ProgressTracker(encode_preview=lambda image: None if image is None else encode_image_base64(image, "png"))
+
+    # several lanes run jobs at once: one tracker per lane, /progress shows the longest-running job
+    progress: Any = tracker() if workers is None or len(workers) < 2 else LaneProgress(tracker)
     metrics = Metrics()
     from .serving.gpu_health import GpuHealth, NvmlSensor
 
@@ -117,7 +136,7 @@ def build_runtime(settings: Settings, engine: Optional[Any] = None) -> Runtime:
         progress, after_failure=engine.free_memory,
         max_queue_depth=settings.max_queue_depth, queue_timeout=settings.queue_timeout,
         batching=BatchingConfig(settings.batch_max_size, settings.batch_wait_ms),
-        on_batch=metrics.observe_batch,
+        on_batch=metrics.observe_batch, workers=workers,
         client_error_for=getattr(engine, "client_error_for", None),
         admission_check=gpu_health.check_admission,
     )
@@ -261,4 +280,13 @@ def _include_routes(app: FastAPI, settings: Settings) -> None:
                    health):
         app.include_router(module.router)
     app.include_router(system.build_router(settings))
+    _include_beyond_a1111(app)
     openapi_errors.install_error_responses(app)  # the shared 4xx/503 answers, with A1111's error body
+
+
+def _include_beyond_a1111(app: FastAPI) -> None:
+    """Routes A1111 does not have: the OpenAI-compatible images API and the web playground."""
+    from .routes import openai_images, playground
+
+    app.include_router(openai_images.router)
+    app.include_router(playground.router)

@@ -307,7 +307,7 @@ def build_parser(data_dir: str | None = None, models_dir: str | None = None) -> 
     data = absolute_path(data_dir or os.getcwd())
     bases = {"data": data, "models": absolute_path(models_dir) if models_dir else os.path.join(data, "models")}
     parser = argparse.ArgumentParser(prog="webui-api", description="A1111-compatible Stable Diffusion API server")
-    for spec in A1111_FLAGS + EXTENSION_FLAGS + CONTROLNET_FLAGS + SERVING_FLAGS + WEIGHTS_FLAGS:
+    for spec in A1111_FLAGS + EXTENSION_FLAGS + CONTROLNET_FLAGS + SERVING_FLAGS + WEIGHTS_FLAGS + RAY_FLAGS:
         _add_flag(parser, spec, bases)
     return parser
 
@@ -413,6 +413,40 @@ def _styles_files(args: argparse.Namespace, data_dir: Path) -> tuple[Path, ...]:
     return tuple(Path(p) for p in args.styles_file) or (data_dir / "styles.csv",)
 
 
+# Scale-out on a Ray Serve cluster (this server's own; needs the `ray` extra).
+RAY_FLAGS: tuple[FlagSpec, ...] = (
+    FlagSpec("--ray", "run as a Ray Serve application: an ingress deployment and one worker replica per device",
+             options={"action": "store_true", "default": None}),
+    FlagSpec("--ray-address", "join this Ray cluster (e.g. auto or ray://head:10001); default: start a local one", str),
+    FlagSpec("--ray-workers", "worker replicas (default: one per visible GPU, 1 on a CPU-only host)", int),
+    FlagSpec("--ray-gpus-per-worker", "GPUs each worker replica reserves (default: 1 with GPUs, 0 without)", float),
+    FlagSpec("--ray-min-workers", "autoscaling on queue length: fewest worker replicas (with --ray-max-workers)", int),
+    FlagSpec("--ray-max-workers", "autoscaling on queue length: most worker replicas (with --ray-min-workers)", int),
+)
+
+
+def ray_options(args: argparse.Namespace, visible_gpus: int | None = None) -> Any:
+    """The --ray* flags as RayOptions; None without --ray. Defaults follow the visible GPUs."""
+    if not getattr(args, "ray", None):
+        return None
+    from webui_api.workers import RayOptions
+
+    gpus = _visible_gpus() if visible_gpus is None else visible_gpus
+    per_worker = args.ray_gpus_per_worker if args.ray_gpus_per_worker is not None else (1.0 if gpus else 0.0)
+    workers = args.ray_workers if args.ray_workers is not None else max(1, gpus)
+    return RayOptions(address=args.ray_address or None, workers=workers, gpus_per_worker=per_worker,
+                      min_workers=args.ray_min_workers, max_workers=args.ray_max_workers)
+
+
+def _visible_gpus() -> int:
+    """CUDA devices this host shows (0 when torch sees none); only asked with --ray."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+
+
 def _at_least(minimum: float, flag: str, value: Any) -> Any:
     if value < minimum:
         raise ValueError(f"{flag} must be at least {minimum}, got {value}")
@@ -451,6 +485,7 @@ def settings_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser
         batch_unet_rows=_at_least(0, "--batch-unet-rows", args.batch_unet_rows),
         weights_offline=args.offline, models_mirror=args.models_mirror or None,
         allow_unverified_weights=args.allow_unverified,
+        ray=ray_options(args),
         cmd_flags=MappingProxyType(cmd_flags_from_args(args, data_dir)),
     )
 
@@ -588,6 +623,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     _configure_controlnet_logging(settings.cmd_flags.get("controlnet_loglevel"))
     if unknown:
         logger.warning("ignoring unknown command-line arguments: %s", " ".join(unknown))
+    if settings.ray is not None:
+        from webui_api.cluster.launch import serve_ray  # imported late: it pulls in Ray
+
+        serve_ray(settings)
+        return
     from webui_api.serve import serve  # imported late: it pulls in fastapi and the engine
 
     serve(settings)

@@ -71,6 +71,9 @@ class EngineOptions:
     # ControlNet extension
     controlnet_no_detectmap: bool = False
     controlnet_cache_size: int | None = None  # None: the library's own limit
+    # Forge (Flux): module files named per job, float8 weight storage
+    forge_additional_modules: tuple[str, ...] = ()
+    forge_unet_storage_dtype: str = "Automatic"
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], disable_extra_networks: bool = False) -> EngineOptions:
@@ -90,6 +93,15 @@ class EngineOptions:
 
 def _text(value: Any) -> str:
     return str(value)
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    """Forge's module list: a list of file names or paths (a lone string is one name)."""
+    if isinstance(value, str):
+        return (value,) if value else ()
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return tuple(v for v in value if v)
+    raise ValueError("expected a list of module file names")
 
 
 def _nonzero_int(value: Any) -> int:
@@ -142,5 +154,7 @@ OPTION_NAMES: Mapping[str, tuple[str, Callable[[Any], Any]]] = {
     "refiner_switch_by_sample_steps": ("refiner_switch_by_sample_steps", bool),
     "controlnet_no_detectmap": ("control_net_no_detectmap", bool),
     "controlnet_cache_size": ("control_net_model_cache_size", int),
+    "forge_additional_modules": ("forge_additional_modules", _names),
+    "forge_unet_storage_dtype": ("forge_unet_storage_dtype", _text),
 }
 

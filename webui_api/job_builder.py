@@ -252,6 +252,7 @@ def hires_request(request: Txt2ImgRequest) -> Txt2ImgRequest:
         "steps": int(request.hr_second_pass_steps or 0) or request.steps,
         "prompt": request.hr_prompt or request.prompt,
         "negative_prompt": request.hr_negative_prompt or request.negative_prompt,
+        "distilled_cfg_scale": request.hr_distilled_cfg if request.hr_distilled_cfg is not None else 3.5,
     })
 
 
@@ -499,6 +500,7 @@ def _sampling_params(request: GenerationRequest, sampler: ResolvedSampler, optio
         cfg_scale=float(request.cfg_scale if request.cfg_scale is not None else 7.0),
         eta=resolve_eta(request, sampler.sampler_name, options),
         s_min_uncond=float(s_min_uncond or 0.0),
+        distilled_cfg_scale=float(request.distilled_cfg_scale if request.distilled_cfg_scale is not None else 3.5),
         **resolve_churn(request, options),
     )
 
@@ -614,6 +616,7 @@ INFOTEXT_FIELDS: tuple[tuple[str, str, type], ...] = (
     ("Prompt", "prompt", str),
     ("Negative prompt", "negative_prompt", str),
     ("CFG scale", "cfg_scale", float),
+    ("Distilled CFG Scale", "distilled_cfg_scale", float),
     ("Size-1", "width", int),
     ("Size-2", "height", int),
     ("Batch size", "batch_size", int),

@@ -31,6 +31,7 @@ class SamplingParams:
     s_tmax: float = float("inf")
     s_noise: float = 1.0
     s_min_uncond: float = 0.0
+    distilled_cfg_scale: float = 3.5  # Forge's field: Flux-dev's guidance embedding; other families ignore it
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 
+# Forge's choices for forge_unet_storage_dtype (the float8 ones take effect for Flux, see docs/models.md)
+FORGE_UNET_STORAGE_DTYPES = (
+    'Automatic', 'Automatic (fp16 LoRA)', 'bnb-nf4', 'bnb-nf4 (fp16 LoRA)', 'float8-e4m3fn',
+    'float8-e4m3fn (fp16 LoRA)', 'bnb-fp4', 'bnb-fp4 (fp16 LoRA)', 'float8-e5m2', 'float8-e5m2 (fp16 LoRA)',
+)
+
+
 @dataclass(frozen=True)
 class OptionDef:
     """One registered option: its key, default and the flags that change how the API treats it.
@@ -237,6 +244,10 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
     OptionDef('sdxl_refiner_high_aesthetic_score', 6.0, 'sdxl'),
     # section 'sd3'
     OptionDef('sd3_enable_t5', False, 'sd3'),
+    # Forge's options (not A1111's): clients detect Forge by forge_additional_modules in GET /options
+    OptionDef('forge_preset', 'sd', 'forge', choices=('sd', 'xl', 'flux', 'all')),
+    OptionDef('forge_additional_modules', (), 'forge'),
+    OptionDef('forge_unet_storage_dtype', 'Automatic', 'forge', choices=FORGE_UNET_STORAGE_DTYPES),
     # section 'vae'
     OptionDef('sd_vae_explanation', _HTML_SD_VAE_EXPLANATION, 'vae', html=True),
     OptionDef('sd_vae_checkpoint_cache', 0, 'vae'),

@@ -11,6 +11,11 @@ never runs late), and cancellation of a queued job whose client went away (`Clie
 Only items submitted with `guarded=True` (HTTP generation) count towards the depth; model
 loads and other internal work are never refused.
 
+Workers: the queue is drained by one lane thread per `Worker` (webui_api.workers). The default
+is one `LocalWorker` (one thread that owns the device); with `--ray` each lane hands its items to
+a Ray Serve replica. A lane whose worker is lost mid-job (`WorkerLost`) runs the item once more,
+on whichever replica is alive, before answering 503 with Retry-After.
+
 Cross-request batching: an item with a `BatchSlot` may run together with queued items of the
 same key (webui_api.batching). The worker takes the highest-priority item as always, then the
 compatible items queued behind it in queue order (up to `max_size` images, waiting at most
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import heapq
 import itertools
 import logging
@@ -34,6 +40,7 @@ from typing import Any, Awaitable, Callable, Hashable, Optional, Sequence
 from .batching import BatchingConfig
 from .errors import ApiError, ServiceUnavailable
 from .progress import CancelToken, ProgressTracker
+from .workers import AnyCancel, LocalWorker, RemoteCall, Worker, WorkerLost
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +115,10 @@ class WorkItem:
     cancel: CancelToken = field(default_factory=CancelToken)
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     batch: Optional[BatchSlot] = None  # set when the item may share a UNet batch
+    remote: Any = None  # a webui_api.workers.RemoteCall when another process may run it (--ray)
+    # wrappers around the execution on whichever worker runs it (timings): each gets a no-argument
+    # callable that runs the item (retry included) and returns its result
+    around: tuple[Callable[[Callable[[], Any]], Any], ...] = ()
 
 
 @dataclass(order=True)
@@ -170,6 +181,7 @@ class Scheduler:
         on_batch: Callable[[int], None] | None = None,
         client_error_for: Callable[[BaseException], BaseException] | None = None,
         admission_check: Callable[[], None] | None = None,
+        workers: Sequence[Worker] | None = None,
     ) -> None:
         if max_queue_depth < 1 or queue_timeout < 0:
             raise ValueError(
@@ -188,25 +200,34 @@ class Scheduler:
         self.on_batch = on_batch  # metrics hook (public): called with the job count of every batch run
         self._queue = _Queue()
         self._seq = itertools.count()
-        self._current: tuple[WorkItem, ...] = ()
+        self.workers: tuple[Worker, ...] = tuple(workers) if workers else (LocalWorker(),)
+        self._current: dict[int, tuple[WorkItem, ...]] = {}  # lane -> the items it runs now
         self._current_lock = threading.Lock()
-        self._thread: Optional[threading.Thread] = None
+        self._threads: list[threading.Thread] = []
         self._accepting = False
 
     # lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
         self._accepting = True
-        self._thread = threading.Thread(target=self._work_loop, name="webui-api-worker", daemon=True)
-        self._thread.start()
+        for lane, worker in enumerate(self.workers):
+            name = "webui-api-worker" if len(self.workers) == 1 else f"webui-api-worker-{lane}"
+            thread = threading.Thread(target=self._work_loop, args=(lane, worker), name=name, daemon=True)
+            self._threads.append(thread)
+            thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Refuse new work, interrupt the running item, and let the worker drain."""
+        """Refuse new work, interrupt the running items, and let the lanes drain."""
         self._accepting = False
         self.interrupt()
-        self._queue.put(_Entry(priority=10**9, seq=next(self._seq), item=None))
-        if self._thread is not None:
-            self._thread.join(timeout)
+        for _ in self._threads:
+            self._queue.put(_Entry(priority=10**9, seq=next(self._seq), item=None))
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._fail_leftovers()
+        for worker in self.workers:
+            worker.close()
 
     # submission ------------------------------------------------------------------------
 
@@ -282,6 +303,11 @@ class Scheduler:
         return self._queue.qsize()
 
     @property
+    def worker_alive(self) -> bool:
+        """Every lane thread runs (what /ready reports as worker_alive)."""
+        return bool(self._threads) and all(thread.is_alive() for thread in self._threads)
+
+    @property
     def waiting_generations(self) -> int:
         """Guarded items queued and not yet started (what max_queue_depth limits)."""
         with self._guarded_lock:
@@ -290,29 +316,31 @@ class Scheduler:
     # control of the running item ------------------------------------------------------
 
     def interrupt(self) -> None:
-        """Interrupt the running work; a running batch is one job, as A1111's state has it."""
-        with self._current_lock:
-            for item in self._current:
-                item.cancel.interrupt()
+        """Interrupt the running work on every lane; a running batch is one job, as A1111's state has it.
+        A remote worker forwards the flag to the replica running the item."""
+        for item in self.running_items():
+            item.cancel.interrupt()
 
     def skip(self) -> None:
+        for item in self.running_items():
+            item.cancel.skip()
+
+    def running_items(self) -> list[WorkItem]:
         with self._current_lock:
-            for item in self._current:
-                item.cancel.skip()
+            return [item for items in self._current.values() for item in items]
 
     # worker ----------------------------------------------------------------------------
 
-    def _work_loop(self) -> None:
+    def _work_loop(self, lane: int, worker: Worker) -> None:
         while True:
             entry = self._queue.get()
             if entry.item is None:
-                self._fail_leftovers()
                 return
             group = self._gather(entry.item)
             if len(group) == 1:
-                self._execute(entry.item)
+                self._execute(entry.item, lane, worker)
             else:
-                self._execute_batch(group)
+                self._execute_batch(group, lane, worker)
 
     def _gather(self, head: WorkItem) -> list[WorkItem]:
         """The head item plus queued items with its batch key, in queue order, up to the
@@ -345,65 +373,86 @@ class Scheduler:
         self._release(item)
         return True
 
-    def _execute(self, item: WorkItem) -> None:
+    def _execute(self, item: WorkItem, lane: int, worker: Worker) -> None:
         if not self._start(item):
             return
-        self._run_started(item)
+        self._run_started(item, lane, worker)
 
-    def _run_started(self, item: WorkItem) -> None:
-        self._set_current((item,))
+    def _run_started(self, item: WorkItem, lane: int, worker: Worker) -> None:
+        self._set_current(lane, (item,))
         self._begin_progress(item)
         try:
-            item.future.set_result(item.run(item.cancel))
+            item.future.set_result(self._execute_with_retry(item, worker))
         except BaseException as exc:  # handed to the awaiting request; the worker lives on
             self._fail(item, exc)
             del exc
         finally:
-            self._end_progress(item)
+            self._end_progress(item, lane)
 
-    def _execute_batch(self, items: list[WorkItem]) -> None:
+    def _execute_with_retry(self, item: WorkItem, worker: Worker) -> Any:
+        """The item on `worker`, inside the item's `around` wrappers (outermost first)."""
+        def execute() -> Any:
+            return self._retry_once(item, worker)
+
+        call: Callable[[], Any] = execute
+        for wrapper in reversed(item.around):
+            call = functools.partial(wrapper, call)
+        return call()
+
+    def _retry_once(self, item: WorkItem, worker: Worker) -> Any:
+        """A lost worker (a dead replica) gets the item once more: the worker routes the second
+        try to a live replica. A second loss goes to the caller (503 with Retry-After)."""
+        try:
+            return worker.execute(item, self._progress)
+        except WorkerLost as lost:
+            if item.cancel.interrupted:
+                raise
+            log.warning("%s: %s; running it once more on another replica", item.label, lost)
+        return worker.execute(item, self._progress)
+
+    def _execute_batch(self, items: list[WorkItem], lane: int, worker: Worker) -> None:
         """Run items together through the head's `run_group`; on failure, each alone."""
         started = [item for item in items if self._start(item)]
         if len(started) <= 1:
             for item in started:
-                self._run_started(item)
+                self._run_started(item, lane, worker)
             return
         if self.on_batch is not None:
             self.on_batch(len(started))
-        self._set_current(tuple(started))
+        self._set_current(lane, tuple(started))
         self._begin_progress(started[0])
         try:
-            results = started[0].batch.run_group(started)  # type: ignore[union-attr]
+            results = _run_group(started, worker, self._progress)
         except BaseException as exc:
             log.error("batch of %d failed; retrying each alone:\n%s", len(started), "".join(traceback.format_exception(exc)))
             del exc
             self._recover()
             results = None
         finally:
-            self._end_progress(started[0])
+            self._end_progress(started[0], lane)
         if results is not None and len(results) != len(started):
             log.error("batch of %d returned %d results; retrying each alone", len(started), len(results))
             results = None
         if results is None:
             for item in started:
-                self._run_started(item)
+                self._run_started(item, lane, worker)
             return
         for item, result in zip(started, results):
             item.future.set_result(result)
 
-    def _set_current(self, items: tuple[WorkItem, ...]) -> None:
+    def _set_current(self, lane: int, items: tuple[WorkItem, ...]) -> None:
         with self._current_lock:
-            self._current = items
+            self._current[lane] = items
 
     def _begin_progress(self, item: WorkItem) -> None:
         if item.progress is not None:
             spec = item.progress
             self._progress.begin(spec.job, spec.job_count, spec.job_timestamp, item.cancel, spec.preview_every_n_steps)
 
-    def _end_progress(self, item: WorkItem) -> None:
+    def _end_progress(self, item: WorkItem, lane: int) -> None:
         if item.progress is not None:
             self._progress.end()
-        self._set_current(())
+        self._set_current(lane, ())
 
     def _fail(self, item: WorkItem, exc: BaseException) -> None:
         log.error("work item %r failed:\n%s", item.label, "".join(traceback.format_exception(exc)))
@@ -423,6 +472,32 @@ class Scheduler:
         for entry in self._queue.drain():
             if entry.item is not None and entry.item.future.set_running_or_notify_cancel():
                 entry.item.future.set_exception(ServiceUnavailable("The server stopped before this job ran"))
+
+
+def _run_group(items: list[WorkItem], worker: Worker, progress: ProgressTracker) -> list[Any]:
+    """A gathered batch on the lane's worker: locally through the head's `run_group`; remotely
+    as one item whose RemoteCall holds every job (the head's call made a batch call)."""
+    head = items[0]
+    if isinstance(worker, LocalWorker) or head.remote is None:
+        return head.batch.run_group(items)  # type: ignore[union-attr]
+    return worker.execute(batch_item(items), progress)
+
+
+def batch_item(items: Sequence[WorkItem]) -> WorkItem:
+    """Gathered batch partners as ONE remote item: a "txt2img_batch" call over every job, in
+    queue order, returning one result per job; an interrupt of any member reaches the batch."""
+    calls = [item.remote for item in items]
+    if any(not isinstance(call, RemoteCall) or call.kind not in ("txt2img", "txt2img_batch") for call in calls):
+        raise ValueError("only remote txt2img items can be batched into one remote call")
+    head = calls[0]
+    jobs = tuple(job for call in calls for job in call.jobs)
+    remote = RemoteCall("txt2img_batch", jobs, unet_rows=head.unet_rows, checkpoint=head.checkpoint)
+
+    def run(cancel: CancelToken) -> Any:
+        raise RuntimeError("a batch item only runs remotely")
+
+    return WorkItem(run=run, label=items[0].label, progress=items[0].progress,
+                    cancel=AnyCancel([item.cancel for item in items]), remote=remote)
 
 
 def _fits(item: WorkItem, key: Hashable, room: int) -> bool:

@@ -75,6 +75,7 @@ class Settings:
     # turned on by the CLI's defaults (result cache 256 MB, audit log under the data dir).
     api_keys_file: Path | None = None  # --api-keys-file: YAML/JSON keys with tiers, limits, route groups
     rate_limit: str | None = None  # --rate-limit: e.g. "30/minute" for callers without a limit of their own
+    ray: Any = None  # webui_api.workers.RayOptions with --ray: run as a Ray Serve application
     redis_url: str | None = None  # --redis-url: shared rate-limit counters and result cache
     result_cache_mb: float = 0.0  # --result-cache-size (MB); 0 disables the result cache
     audit_log: Path | None = None  # --audit-log: one JSON line per generation; None: off

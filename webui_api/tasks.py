@@ -162,6 +162,21 @@ class TaskStore:
         """Counts an attempt: a task that dies while running is retried only MAX_ATTEMPTS - 1 times."""
         self._set(task_id, RUNNING, attempts_delta=1)
 
+    def claim(self, task_id: str) -> bool:
+        """Take a pending task to run it (counts an attempt); False when it is no longer pending.
+        One process runs this store's line, so no lease is kept (see task_store_redis for shared stores)."""
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE tasks SET status = ?, attempts = attempts + 1, updated_at = ? WHERE id = ? AND status = ?",
+                (RUNNING, time.time(), task_id, PENDING),
+            )
+            return cursor.rowcount == 1
+
+    def renew(self, task_id: str) -> None:
+        """Leases are for stores shared by several processes; a local store has none to renew."""
+
+    leases = False  # recover() re-queues every running task: call it at start-up only
+
     def return_to_queue(self, task_id: str) -> None:
         """A graceful stop interrupted the task: it goes back in line, and that run does not count."""
         self._set(task_id, PENDING, attempts_delta=-1)

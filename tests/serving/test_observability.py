@@ -44,7 +44,8 @@ def test_metrics_after_generations_errors_and_cache(make_client):
     client = make_client(result_cache_mb=8)
     client.post("/sdapi/v1/txt2img", json=FIXED)
     client.post("/sdapi/v1/txt2img", json=FIXED)  # a cache hit
-    client.post("/sdapi/v1/txt2img", json={**FIXED, "sampler_name": "No Such Sampler"})
+    bad = client.post("/sdapi/v1/txt2img", json={**FIXED, "enable_hr": True, "hr_upscaler": "No Such Upscaler"})
+    assert bad.status_code == 400, bad.text
     response = client.get("/metrics")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     text = response.text
@@ -53,7 +54,7 @@ def test_metrics_after_generations_errors_and_cache(make_client):
     assert metric(text, 'webui_api_run_seconds_count{route="txt2img"}') == 1
     assert metric(text, 'webui_api_steps_per_second_count{route="txt2img"}') == 1
     assert metric(text, 'webui_api_result_cache_total{result="hit"}') == 1
-    assert metric(text, 'webui_api_result_cache_total{result="miss"}') == 2  # the bad sampler is looked up first
+    assert metric(text, 'webui_api_result_cache_total{result="miss"}') == 2  # the bad upscaler is looked up first
     assert metric(text, 'webui_api_generations_total{route="txt2img"}') == 2
     errors = [line for line in text.splitlines() if line.startswith("webui_api_errors_total{")]
     assert len(errors) == 1 and errors[0].endswith(" 1.0")

@@ -34,6 +34,7 @@ from webui_api.engine.embeddings import EmbeddingLibrary
 from webui_api.engine.job_networks import JobNetworks, hires_network_calls, job_networks, with_default_lora
 from webui_api.engine.loading.checkpoint import LoadOptions
 from webui_api.engine.loading.discovery import ModelPaths, VaeFile
+from webui_api.engine.loading.forge_modules import ModuleFile, resolve_modules, scan_modules
 from webui_api.engine.loading.hashes import HashCache
 from webui_api.engine.loading.vae import VaeChoice
 from webui_api.engine.model_store import ModelSetup, ModelStore, VaeCatalog
@@ -42,7 +43,10 @@ from webui_api.engine.networks import LoadedNetwork, NetworkFile
 from webui_api.engine.pipeline import run_txt2img
 from webui_api.engine.previews import PreviewDecoders
 from webui_api.engine.protocols import FaceStep, FirstPassHook
+from webui_api.engine.storage import storage_dtype
 from webui_api.engine.tiling import apply_tiling
+from webui_api.engine_options import EngineOptions
+from webui_api.errors import NotImplementedFeature
 from webui_api.jobs import GenerationJob, JobResult
 from webui_api.postprocess.upscale import BUILTIN_NAMES, UpscalerCatalog, UpscalerEntry
 from webui_api.progress import CancelToken, RunObserver
@@ -182,6 +186,21 @@ class Engine:
     def load(self, title: str | None = None) -> LoadedModel:
         return self.models.load(title)
 
+    def sd_modules(self) -> list[ModuleFile]:
+        """Forge's module listing (GET /sdapi/v1/sd-modules): VAE and text-encoder files."""
+        return scan_modules(self.paths)
+
+    def job_modules(self, options: EngineOptions) -> tuple[Path, ...]:
+        """The module files a job's `forge_additional_modules` names (400 for unknown names)."""
+        names = options.forge_additional_modules
+        return resolve_modules(names, self.sd_modules()) if names else ()
+
+    def _load_for(self, job: GenerationJob) -> LoadedModel:
+        """The job's checkpoint, built with the job's Forge modules and weight storage."""
+        options = job.engine_options
+        storage = storage_dtype(options.forge_unet_storage_dtype)
+        return self.models.load(job.model_title, self.job_modules(options), storage)
+
     def companion(self, info: CheckpointInfo) -> LoadedModel:
         return self.models.companion(info)
 
@@ -284,7 +303,10 @@ class Engine:
 
         head = jobs[0]
         self.models.set_limit(head.engine_options.checkpoints_limit)
-        model = self.models.load(head.model_title)
+        model = self._load_for(head)
+        if model.flow_shift is not None:  # flow models do not share UNet batches: one job at a time
+            pairs = zip(jobs, cancels, strict=True)
+            return [self._generate(run_txt2img, job, observer, cancel) for job, cancel in pairs]
         choice = self.vae_catalog.apply(model, head.engine_options)
         jobs = [with_default_lora(job, self.networks.default_lora(job.engine_options)) for job in jobs]
         stripped = [job_networks(job) for job in jobs]
@@ -328,7 +350,9 @@ class Engine:
         from webui_api.engine.refiner import CompanionModels, companion_count
 
         self.models.set_limit(max(job.engine_options.checkpoints_limit, 1 + companion_count(job)))
-        model = self.models.load(job.model_title)
+        model = self._load_for(job)
+        if model.flow_shift is not None:
+            return self._generate_flow(job, model, observer, cancel, restore_faces)
         choice = self.vae_catalog.apply(model, job.engine_options)
         job, controls = prepare_controls(self.controlnets, model, job, self.annotator_dir)
         job = with_default_lora(job, self.networks.default_lora(job.engine_options))
@@ -349,4 +373,33 @@ class Engine:
             restore_result_faces(result, job, restore_faces)
         self._finish(result, job, networks.mentioned(), choice, model)
         controls.finish(result, job.engine_options)
+        return result
+
+    def _generate_flow(
+        self, job: GenerationJob, model: LoadedModel, observer: RunObserver, cancel: CancelToken,
+        restore_faces: FaceStep | None,
+    ) -> JobResult:
+        """Flow-matching families (Flux): their own runs; the VAE is the one the modules chose.
+        The first pass's LoRAs (transformer parts) are merged for the whole job."""
+        from webui_api.engine.families.flux import run_flux_img2img, run_flux_txt2img
+        from webui_api.engine.families.flux_lora import apply_flux_networks
+
+        job = with_default_lora(job, self.networks.default_lora(job.engine_options))
+        stripped, calls = job_networks(job)
+        loaded = self.networks.load(calls)
+        if loaded and model.unet_storage is not None:
+            raise NotImplementedFeature("LoRA networks on float8-stored Flux weights are not supported yet")
+        run_job = job if restore_faces is None else without_overlays(job)
+        run = run_flux_img2img if job.kind == "img2img" else run_flux_txt2img
+        patch = apply_flux_networks(model.unet, loaded)
+        try:
+            result = run(model, replace(run_job, prompts=stripped), observer, cancel)
+        finally:
+            patch.restore()
+        result.extra_generation_params.update(self.networks.infotext(loaded, job.engine_options))
+        if restore_faces is not None:
+            restore_result_faces(result, job, restore_faces)
+        result.model_info = model.info
+        for index, image in enumerate(result.images):
+            image.prompt = job.prompts[index]
         return result

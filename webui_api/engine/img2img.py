@@ -93,7 +93,7 @@ def encode_image(model: LoadedModel, image) -> torch.Tensor:
 def _encode_tensor(model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
     """VAE-encode a (1, 3, H, W) tensor in [-1, 1] (posterior mean, scaled)."""
     posterior = model.vae.encode(x.to(device=model.device, dtype=model.vae.dtype), return_dict=False)[0]
-    return posterior.mean.to(torch.float32) * model.vae_scale_factor
+    return (posterior.mean.to(torch.float32) - model.vae_shift_factor) * model.vae_scale_factor
 
 
 def init_latents(model: LoadedModel, job: GenerationJob, params: Img2ImgParams) -> torch.Tensor:

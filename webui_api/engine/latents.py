@@ -43,7 +43,7 @@ def to_pil(x: torch.Tensor) -> Image.Image:
 
 def _vae_decode(model: LoadedModel, latent: torch.Tensor) -> torch.Tensor:
     vae = model.vae
-    z = latent.to(device=model.device, dtype=vae.dtype) / model.vae_scale_factor
+    z = latent.to(device=model.device, dtype=vae.dtype) / model.vae_scale_factor + model.vae_shift_factor
     return vae.decode(z, return_dict=False)[0][0].to(torch.float32)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,9 @@ from webui_api.engine.loading.discovery import (
     scan_checkpoints,
     scan_vaes,
 )
+from webui_api.engine.loading.flux_checkpoint import is_flux_file, load_flux
+from webui_api.engine.loading.flux_folder import is_flux_folder, load_flux_folder
+from webui_api.engine.loading.forge_modules import load_t5_tokenizer
 from webui_api.engine.loading.hashes import HashCache
 from webui_api.engine.loading.vae import VaeChoice, load_vae_file, resolve_vae
 from webui_api.engine.models import (
@@ -42,6 +46,7 @@ from webui_api.engine.models import (
 )
 from webui_api.engine.offload import ModuleSwapper, OffloadPlan
 from webui_api.engine.previews import PreviewDecoders
+from webui_api.engine.storage import store_linears_in
 from webui_api.engine_options import EngineOptions
 from webui_api.errors import UnknownCheckpoint
 
@@ -197,16 +202,31 @@ class ModelStore:
         """File names of the loaded models, least recently used first."""
         return self._cache.filenames()
 
-    def load(self, title: str | None = None) -> LoadedModel:
+    def load(self, title: str | None = None, modules: tuple[Path, ...] = (), storage: Any = None) -> LoadedModel:
         """Make `title` (or the current checkpoint) the active model: a no-op when it already
         is, a device move when it is cached, else a load from disk. A file that fails to load
-        leaves the active model in place."""
+        leaves the active model in place. `modules` (Forge's per-job VAE / text-encoder files)
+        and `storage` (a float8 dtype for the transformer's weights, forge_unet_storage_dtype)
+        only matter to models built from several files (Flux): a model built with other
+        modules or storage is loaded again."""
         info = self.job_checkpoint(title)
-        if self._active is not None and self._active.info.filename == info.filename:
+        wanted = tuple(sorted(str(path) for path in modules))
+
+        def fits(model: LoadedModel) -> bool:
+            if model.flow_shift is None:
+                return True
+            return set(wanted) <= set(model.module_files) and model.unet_storage == storage
+
+        if self._active is not None and self._active.info.filename == info.filename and fits(self._active):
             return self._active
         model = self._cache.get(info.filename)
+        if model is not None and not fits(model):
+            model = None
         if model is None:
-            model = self._load_from_disk(info)
+            model = self._load_from_disk(info, modules)
+            if model.flow_shift is not None and storage is not None:
+                store_linears_in(model.unet, storage)
+                model.unet_storage = storage
         self._activate(model)
         return model
 
@@ -225,14 +245,20 @@ class ModelStore:
             self._cache.get(self._active.info.filename)
         return model
 
-    def _load_from_disk(self, info: CheckpointInfo) -> LoadedModel:
+    def _load_from_disk(self, info: CheckpointInfo, modules: tuple[Path, ...] = ()) -> LoadedModel:
         if info.filename == EMBEDDED_FILENAME:
             self._make_room()
             model = build_embedded_model(self.policy.device, self.policy.dtype)
             model.vae.to(self.policy.vae_dtype)  # --no-half-vae, as for checkpoint files
             return model
-        if Path(info.filename).is_dir():
+        path = Path(info.filename)
+        if path.is_dir() and is_flux_folder(path):
+            tokenizer = partial(load_t5_tokenizer, self.paths)
+            return load_flux_folder(info, self.load_options, tokenizer, before_build=self._make_room)
+        if path.is_dir():
             return load_folder(info, self.load_options, before_build=self._make_room)
+        if is_flux_file(path):
+            return load_flux(self._hashed(info), self.load_options, self.paths, modules, before_build=self._make_room)
         return load_checkpoint(self._hashed(info), self.load_options, before_build=self._make_room)
 
     def _make_room(self) -> None:

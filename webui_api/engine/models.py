@@ -131,6 +131,10 @@ class LoadedModel:
     embeddings: Any = None  # webui_api.engine.embeddings.EmbeddingStore fitting this model's encoders
     autocast: bool = False  # UNet calls run under torch.autocast (engine.precision.PrecisionPolicy.autocast)
     preview_decoders: Any = None  # engine.previews.PreviewDecoders: TAESD decoders for live previews
+    vae_shift_factor: float = 0.0  # latent = (z - shift) * scale; Flux's autoencoder has a shift, SD's none
+    flow_shift: float | None = None  # flow-matching models (Flux): the sigma table's time shift; None: diffusion
+    module_files: tuple[str, ...] = ()  # Forge modules (VAE / text encoder files) this model was built with
+    unet_storage: Any = None  # float8 dtype the transformer's Linear weights are stored in (upcast per layer)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         """Every network the model holds (the baked VAE too, while another VAE is active)."""

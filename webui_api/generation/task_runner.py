@@ -25,12 +25,18 @@ from ..schemas.generation import Img2ImgRequest, Txt2ImgRequest
 from ..serving.context import RequestContext
 from ..task_callback import CallbackFile, callback_policy, post_callback
 from ..tasks import DONE, FAILED, TaskRecord, TaskStore
+from ..workers import WorkerLost
 from .runs import run_img2img, run_txt2img
 
 log = logging.getLogger(__name__)
 
 IDLE_POLL_SECONDS = 1.0  # the runner also wakes at once when a task is queued
 RETENTION_CHECK_SECONDS = 3600.0
+
+
+REQUEUE_PAUSE_SECONDS = 2.0
+RECOVER_SECONDS = 30.0  # how often a runner on a shared store looks for tasks of a dead runner
+RENEW_SECONDS = 15.0  # lease renewal of a running task (the Redis store's lease is 60 s)
 
 
 class TaskRunner:
@@ -44,6 +50,7 @@ class TaskRunner:
         self._current: tuple[str, asyncio.Task] | None = None  # (task id, its generation)
         self._stopping = False
         self._next_purge = 0.0  # monotonic time of the next retention pass
+        self._next_recover = 0.0  # monotonic time of the next look for orphaned tasks (shared stores)
 
     @property
     def runtime(self) -> Runtime:
@@ -112,6 +119,7 @@ class TaskRunner:
     async def _run_forever(self) -> None:
         while True:
             await self._purge_when_due()
+            await self._recover_orphans_when_due()
             task = self.store.next_pending()
             if task is None:
                 await self._sleep_until_woken()
@@ -125,10 +133,26 @@ class TaskRunner:
         except asyncio.TimeoutError:
             return
 
+    async def _recover_orphans_when_due(self) -> None:
+        """A shared store (several ingresses): tasks whose runner died are re-queued by whoever
+        looks next, not only at a restart. A local store recovers at start-up only."""
+        if getattr(self.store, "leases", False) and time.monotonic() >= self._next_recover:
+            self._next_recover = time.monotonic() + RECOVER_SECONDS
+            report = await asyncio.to_thread(self.store.recover)
+            if report.requeued or report.failed:
+                log.warning("async tasks of a lost runner: %d re-queued, %d failed", report.requeued, report.failed)
+
+    async def _renew_lease(self, task_id: str) -> None:
+        while True:
+            await asyncio.sleep(RENEW_SECONDS)
+            await asyncio.to_thread(self.store.renew, task_id)
+
     async def _run_one(self, task: TaskRecord) -> None:
-        self.store.mark_running(task.id)
+        if not await asyncio.to_thread(self.store.claim, task.id):
+            return  # another runner (another ingress) took it first
         generation = asyncio.create_task(self._generate(task))
         self._current = (task.id, generation)
+        lease = asyncio.create_task(self._renew_lease(task.id))
         result: dict[str, Any] | None = None
         try:
             result = await generation
@@ -136,12 +160,17 @@ class TaskRunner:
             await asyncio.to_thread(self.enforce_caps)
         except asyncio.CancelledError:
             self._after_cancel(task.id, generation)
+        except WorkerLost as lost:  # two replicas died under it (--ray): back in line, never lost
+            log.warning("async task %s: %s; re-queued", task.id, lost.detail)
+            await asyncio.to_thread(self.store.return_to_queue, task.id)
+            await asyncio.sleep(REQUEUE_PAUSE_SECONDS)  # let Serve replace the replicas first
         except ApiError as exc:  # the request itself was bad, or the engine refused it
             await self._record_failure(task, f"{type(exc).__name__}: {exc.detail}", type(exc).__name__, exc.status_code)
         except Exception as exc:  # an engine bug: recorded on the task (and logged), the runner goes on
             log.exception("async task %s failed", task.id)
             await self._record_failure(task, f"{type(exc).__name__}: {exc}", type(exc).__name__, 500)
         finally:
+            lease.cancel()
             self._current = None
         self._notify(task, result)
 

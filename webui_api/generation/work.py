@@ -16,6 +16,7 @@ from ..jobs import GenerationJob, JobResult
 from ..progress import CancelToken
 from ..runtime import Runtime
 from ..scheduler import BatchSlot, ProgressSpec, WorkItem
+from ..workers import RemoteCall, checkpoint_name
 
 
 def face_restorer(runtime: Runtime, job: GenerationJob, save_images: bool = False) -> Any:
@@ -57,7 +58,8 @@ def txt2img_item(
 
     job_count = job.n_iter * 2 if job.hires is not None else job.n_iter  # A1111 doubles it for hires fix
     spec = ProgressSpec("scripts_txt2img", job_count, job.job_timestamp, job.preview_every_n_steps)
-    return WorkItem(run=run, label="txt2img", progress=spec, batch=slot)
+    return WorkItem(run=run, label="txt2img", progress=spec, batch=slot,
+                    remote=remote_call(runtime, "txt2img", job, restorer, first_pass, batched=slot is not None))
 
 
 def img2img_item(runtime: Runtime, job: GenerationJob, restorer: Any = None) -> WorkItem:
@@ -67,7 +69,19 @@ def img2img_item(runtime: Runtime, job: GenerationJob, restorer: Any = None) -> 
         return runtime.engine.img2img(job, runtime.progress, cancel, **extra)
 
     spec = ProgressSpec("scripts_img2img", job.n_iter, job.job_timestamp, job.preview_every_n_steps)
-    return WorkItem(run=run, label="img2img", progress=spec)
+    return WorkItem(run=run, label="img2img", progress=spec, remote=remote_call(runtime, "img2img", job, restorer))
+
+
+def remote_call(
+    runtime: Runtime, kind: str, job: GenerationJob, restorer: Any = None, first_pass: list[Any] | None = None,
+    batched: bool = False,
+) -> RemoteCall | None:
+    """The item as data for a worker in another process (--ray); None when it closes over this
+    process's objects (a face restorer, a first-pass sink), so it runs on the ingress's engine."""
+    if restorer is not None or first_pass is not None:
+        return None
+    rows = runtime.settings.unet_rows if batched else None
+    return RemoteCall(kind, (job,), rows, checkpoint_name(runtime.engine, job.model_title))
 
 
 def batch_slot(runtime: Runtime, job: GenerationJob) -> BatchSlot | None:

@@ -67,6 +67,13 @@ async def sd_vae(runtime: Runtime = Depends(get_runtime)) -> list[dict[str, Any]
     return [vae.api_item() for vae in runtime.engine.vaes()]
 
 
+@router.get("/sdapi/v1/sd-modules")
+async def sd_modules(runtime: Runtime = Depends(get_runtime)) -> list[dict[str, Any]]:
+    """Forge's module list: every file in models/VAE and models/text_encoder as
+    {model_name: file name, filename: path}; jobs pick them in forge_additional_modules."""
+    return [module.api_item() for module in runtime.engine.sd_modules()]
+
+
 @router.get("/sdapi/v1/upscalers")
 async def upscalers(runtime: Runtime = Depends(get_runtime)) -> list[dict[str, Any]]:
     """None/Lanczos/Nearest, then A1111's built-in upscalers and the files in its upscaler

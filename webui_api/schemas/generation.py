@@ -107,6 +107,7 @@ class GenerationRequest(LenientModel):
     alwayson_scripts: Optional[dict[str, Any]] = Field(default={})  # OpenAPI shows {} as A1111
     force_task_id: Optional[str] = None
     infotext: Optional[str] = None
+    distilled_cfg_scale: Optional[float] = 3.5  # Forge: Flux-dev's guidance embedding (other models ignore it)
 
     @field_validator("width", "height")
     @classmethod
@@ -160,6 +161,7 @@ class Txt2ImgRequest(GenerationRequest):
     hr_scheduler: Optional[str] = None
     hr_prompt: Optional[str] = ""
     hr_negative_prompt: Optional[str] = ""
+    hr_distilled_cfg: Optional[float] = 3.5  # Forge: distilled CFG of the hires pass
 
     @field_validator("hr_scale")
     @classmethod

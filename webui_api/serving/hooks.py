@@ -80,20 +80,20 @@ class ServingHooks:
         return cached
 
     def timed(self, item: WorkItem, route: str, steps: int, context: RequestContext) -> WorkItem:
-        """The same work, measuring how long it waited in the queue and ran on the device."""
+        """The same work, measuring how long it waited in the queue and ran on the device (on
+        whichever worker runs it: the scheduler calls the item's `around` wrappers)."""
         queued = time.monotonic()
-        run = item.run
 
-        def timed_run(cancel: Any) -> Any:
+        def timing(execute: Any) -> Any:
             started = time.monotonic()
             context.wait_seconds = started - queued
             try:
-                return run(cancel)
+                return execute()
             finally:
                 context.run_seconds = time.monotonic() - started
                 self.metrics.observe_job(route, context.wait_seconds, context.run_seconds, steps)
 
-        return dataclasses.replace(item, run=timed_run)  # keeps the batch slot and every other field
+        return dataclasses.replace(item, around=(*item.around, timing))  # keeps every other field
 
     async def finish(
         self, route: str, request: Any, response: dict[str, Any], context: RequestContext, cacheable: bool = True,

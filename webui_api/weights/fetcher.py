@@ -133,6 +133,10 @@ class WeightsFetcher:
         self.progress = progress
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        # Downloads of different files run at once and share the staging folder: it is made and
+        # removed under this lock, and removed only by the last download that used it.
+        self._staging_guard = threading.Lock()
+        self._staging_users = 0
 
     @classmethod
     def from_settings(cls, settings: Any, registry: WeightsRegistry | None = None,
@@ -201,20 +205,36 @@ class WeightsFetcher:
             return self._locks.setdefault(key, threading.Lock())
 
     def _download(self, entry: WeightFile, target: Path) -> None:
-        url = mirrored_url(entry.url, self.policy.mirror)
         part = self.staging_path(entry.name)
-        part.parent.mkdir(parents=True, exist_ok=True)
+        self._enter_staging(part.parent)
+        try:
+            self._download_staged(entry, part, target)
+        finally:
+            self._leave_staging(part.parent)
+
+    def _enter_staging(self, folder: Path) -> None:
+        with self._staging_guard:
+            self._staging_users += 1
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def _leave_staging(self, folder: Path) -> None:
+        with self._staging_guard:
+            self._staging_users -= 1
+            if self._staging_users == 0:
+                _remove_if_empty(folder)
+
+    def _download_staged(self, entry: WeightFile, part: Path, target: Path) -> None:
+        url = mirrored_url(entry.url, self.policy.mirror)
         digest = _download_to(part, url, entry, self.policy.timeout, self.progress)
         if entry.sha256 is not None and digest != entry.sha256.lower():
-            _discard(part)
+            part.unlink(missing_ok=True)
             raise ChecksumMismatch(entry, url, digest)
         if entry.size is not None and entry.sha256 is None and part.stat().st_size != entry.size:
             size = part.stat().st_size
-            _discard(part)
+            part.unlink(missing_ok=True)
             raise DownloadFailed(f"{entry.name}: {entry.filename} from {url} is {size} bytes, expected {entry.size}",
                                  errors="size mismatch")
         _publish(part, target)
-        _remove_if_empty(part.parent)
 
 
 def _download_to(part: Path, url: str, entry: WeightFile, timeout: float, progress: ProgressCallback | None) -> str:
@@ -303,11 +323,6 @@ def _append(out: BinaryIO, hasher: Any, progress: _Progress, chunk: bytes) -> No
     out.write(chunk)
     hasher.update(chunk)
     progress.advance(len(chunk))
-
-
-def _discard(part: Path) -> None:
-    part.unlink(missing_ok=True)
-    _remove_if_empty(part.parent)
 
 
 def _remove_if_empty(folder: Path) -> None:

@@ -27,7 +27,7 @@ from webui_api.engine.loading.hashes import HashCache, legacy_model_hash
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_EXTENSIONS = (".ckpt", ".safetensors")
+CHECKPOINT_EXTENSIONS = (".ckpt", ".safetensors", ".gguf")  # .gguf: quantized Flux transformers (Forge lists them)
 VAE_SUFFIXES_NEAR_CHECKPOINTS = (".vae.ckpt", ".vae.pt", ".vae.safetensors")
 VAE_EXTENSIONS = (".ckpt", ".pt", ".safetensors")
 NETWORK_EXTENSIONS = (".pt", ".ckpt", ".safetensors")
@@ -47,6 +47,7 @@ class ModelPaths:
     vae_path: Path | None = None  # --vae-path
     lora_dirs: tuple[Path, ...] = ()  # --lora-dir, --lyco-dir-backcompat
     embeddings_dirs: tuple[Path, ...] = ()
+    text_encoder_dirs: tuple[Path, ...] = ()  # <models>/text_encoder (Forge's text-encoder modules)
 
     @classmethod
     def from_settings(cls, settings: Any) -> ModelPaths:
@@ -61,6 +62,7 @@ class ModelPaths:
             vae_path=_absolute(settings.vae_path) if settings.vae_path else None,
             lora_dirs=tuple(_absolute(p) for p in lora_dirs),
             embeddings_dirs=(_absolute(settings.embeddings_dir),),
+            text_encoder_dirs=(_absolute(settings.models_dir / "text_encoder"),),
         )
 
     @property

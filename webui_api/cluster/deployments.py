@@ -1,0 +1,151 @@
+"""The Serve application of `--ray`: an ingress deployment and a worker deployment.
+
+- **ingress** (CPU only): the whole FastAPI app of the single-process server (routes, auth,
+  guards, result cache, rate limits, async tasks), whose scheduler lanes are `RayWorker`s.
+  Items it cannot ship (face restoration, hires first-pass saving, scripts, extras) run on its
+  own CPU engine.
+- **worker** (one device each): an engine, a progress tracker, and `run(call, job_id)`. Serve's
+  model multiplexing is keyed by checkpoint + VAE (`RemoteCall.model_key`), so a job lands on a
+  replica that holds its model when one does; `max_ongoing_requests=1`, one job per device.
+  With `--ray-min-workers/--ray-max-workers` the worker count follows the queue (Serve's
+  autoscaling on ongoing + queued requests per replica).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import threading
+from typing import Any
+
+import ray
+from ray import serve
+
+from ..progress import CancelToken, ProgressTracker
+from ..settings import Settings
+from ..workers import RayOptions, RemoteCall, run_call
+from .board import board_handle
+from .lanes import WATCH_INTERVAL, WORKER_DEPLOYMENT
+
+log = logging.getLogger(__name__)
+
+INGRESS_DEPLOYMENT = "ingress"
+MODELS_PER_REPLICA = 2  # checkpoint+VAE pairs a replica advertises to Serve's router
+
+
+def _model_title(model_key: str) -> str | None:
+    title = model_key.split("|", 1)[0]  # RemoteCall.model_key: "<checkpoint>|<vae>"
+    return title or None
+
+
+class WorkerReplica:
+    """One device, one engine; runs RemoteCalls one at a time and reports through the board."""
+
+    def __init__(self, settings: Settings) -> None:
+        from ..postprocess.encode import encode_image_base64
+
+        self._settings = settings
+        self._engine: Any = None
+        self._engine_lock = threading.Lock()
+        self._progress = ProgressTracker(encode_preview=lambda image: encode_image_base64(image, "png"))
+        self._board = board_handle()
+        self._replica = serve.get_replica_context().replica_tag
+        self._actor_name = ray.get_runtime_context().get_actor_name() or ""
+        self._engine_ready()  # torch and the checkpoint catalog now: a replica is ready when Serve says so
+
+    def _engine_ready(self) -> Any:
+        with self._engine_lock:
+            if self._engine is None:
+                from ..engine.facade import Engine
+
+                self._engine = Engine.from_settings(self._settings)
+            return self._engine
+
+    @serve.multiplexed(max_num_models_per_replica=MODELS_PER_REPLICA)
+    async def hold(self, model_key: str) -> str:
+        """Serve's multiplexed loader: load the checkpoint (its VAE is applied per job)."""
+        await asyncio.to_thread(lambda: self._engine_ready().load(_model_title(model_key)))
+        log.info("replica %s holds %s", self._replica, model_key)
+        return model_key
+
+    async def run(self, call: RemoteCall, job_id: str) -> Any:
+        await self.hold(serve.get_multiplexed_model_id())
+        return await asyncio.to_thread(self._run_sync, call, job_id)
+
+    def _run_sync(self, call: RemoteCall, job_id: str) -> Any:
+        cancel = CancelToken()
+        job = call.jobs[0]
+        ray.get(self._board.register.remote(job_id, self._replica, self._actor_name, call.model_key))
+        self._progress.begin("remote", job.n_iter, job.job_timestamp, cancel, job.preview_every_n_steps)
+        stop = threading.Event()
+        heartbeat = threading.Thread(target=self._heartbeat, args=(job_id, cancel, stop), daemon=True)
+        heartbeat.start()
+        try:
+            return run_call(self._engine_ready(), self._progress, call, cancel)
+        finally:
+            stop.set()
+            heartbeat.join()
+            self._progress.end()
+            self._board.unregister.remote(job_id)
+
+    def _heartbeat(self, job_id: str, cancel: CancelToken, stop: threading.Event) -> None:
+        """Push progress, pull interrupt/skip, every WATCH_INTERVAL until the job ends."""
+        while not stop.wait(WATCH_INTERVAL):
+            flags = ray.get(self._board.sync.remote(job_id, self._progress.snapshot()))
+            if flags.get("interrupt"):
+                cancel.interrupt()
+            if flags.get("skip"):
+                cancel.skip()
+
+
+def worker_deployment(options: RayOptions) -> Any:
+    """The worker deployment with its resources, replica count or autoscaling."""
+    config: dict[str, Any] = {
+        "name": WORKER_DEPLOYMENT,
+        "max_ongoing_requests": 1,
+        "ray_actor_options": {"num_gpus": options.gpus_per_worker, "num_cpus": options.cpus_per_worker},
+        "health_check_period_s": 2,
+        "graceful_shutdown_timeout_s": 5,
+    }
+    if options.autoscaling:
+        config["autoscaling_config"] = {
+            "min_replicas": options.min_workers, "max_replicas": options.max_workers,
+            "target_ongoing_requests": 1, "upscale_delay_s": 5, "downscale_delay_s": 120,
+        }
+    else:
+        config["num_replicas"] = options.workers
+    return serve.deployment(**config)(WorkerReplica)
+
+
+class IngressApp:
+    """The FastAPI app of one ingress replica, built at replica start (its lifespan runs there);
+    its scheduler lanes send work to the worker deployment through `workers` (a handle)."""
+
+    def __init__(self, settings: Settings, workers: Any) -> None:
+        self._settings = settings
+        self._workers = workers
+
+    def __serve_build_asgi_app__(self) -> Any:
+        from ..app import create_app
+        from .lanes import ray_workers
+
+        options = self._settings.ray
+        return create_app(self._settings, workers=ray_workers(options.lanes, self._workers))
+
+
+def ingress_deployment(options: RayOptions) -> Any:
+    return serve.deployment(
+        name=INGRESS_DEPLOYMENT, num_replicas=options.ingress_replicas,
+        ray_actor_options={"num_cpus": options.cpus_per_ingress, "num_gpus": 0},
+        max_ongoing_requests=256, graceful_shutdown_timeout_s=10,
+    )(serve.ingress()(IngressApp))
+
+
+def build_application(settings: Settings) -> Any:
+    """The bound Serve application: ingress (CPU, no device) + workers (one device each)."""
+    options = settings.ray
+    if options is None:
+        raise ValueError("build_application needs settings.ray (the --ray options)")
+    workers = worker_deployment(options).bind(settings)
+    return ingress_deployment(options).bind(dataclasses.replace(settings, device="cpu"), workers)

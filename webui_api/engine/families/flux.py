@@ -1,0 +1,422 @@
+"""Flux.1 generation: flow matching through our k-diffusion-style samplers, as Forge runs it.
+
+Forge treats Flux as a "const" (rectified flow) model: sigma runs from 1 (pure noise) to 0,
+the network predicts a velocity v and the sampler sees the x0 estimate `x - sigma * v`. The
+sigma table is Forge's: 10000 entries sigma(t) = e^shift / (e^shift + 1/t - 1) with the
+model's shift (1.15 for dev, 1.0 for schnell), so A1111's schedulers (Simple, Beta, ...)
+index that table; Forge's Normal takes linspace over sigma itself and shifts it again, and
+we do the same. img2img noises the init latent the flow way: sigma * noise + (1 - sigma) * init.
+
+Guidance: dev is guidance-distilled, `distilled_cfg_scale` goes into its guidance embedding;
+real CFG with the negative prompt only runs when cfg_scale > 1 (Forge's rule); schnell has no
+guidance embedding and ignores distilled_cfg_scale.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from samplers import schedules
+from samplers.registry import SamplerInfo, SchedulerInfo
+from webui_api.engine.conditioning import apply_emphasis
+from webui_api.engine.denoiser import SamplingInterrupted
+from webui_api.engine.latents import decode_latents, to_pil
+from webui_api.engine.models import LoadedModel
+from webui_api.engine.pipeline import (
+    LATENT_SCALE,
+    BatchSpec,
+    SamplerPlan,
+    batch_images,
+    job_batches,
+    make_image_rng,
+    resolve_plan,
+)
+from webui_api.engine.prompts import fragments_for_emphasis, prompt_schedule, split_subprompts
+from webui_api.errors import BadRequest
+from webui_api.jobs import GeneratedImage, GenerationJob, JobResult
+from webui_api.progress import CancelToken, RunObserver
+
+FLOW_TABLE_SIZE = 10000
+T5_MIN_LENGTH = 256  # Forge pads T5 prompts to at least 256 tokens
+CLIP_LENGTH = 77
+PATCH = 2  # the transformer sees 2x2 latent patches
+DEFAULT_DISTILLED_CFG = 3.5
+
+# Samplers whose update uses only the x0 estimate (no ancestral / SDE noise): these are exact
+# for a flow model given `x - sigma * v`. Ancestral and SDE samplers need flow-specific noise
+# formulas (Forge's RF variants) that are not built yet.
+FLOW_SAMPLERS = ("Euler", "Heun", "DPM++ 2M", "LMS", "DPM2")
+FLOW_SCHEDULERS = ("automatic", "simple", "normal", "beta", "karras", "exponential")
+
+
+def is_flow_model(model: LoadedModel) -> bool:
+    return model.flow_shift is not None
+
+
+# ---------------------------------------------------------------------------
+# Sigma schedules
+# ---------------------------------------------------------------------------
+
+
+def flux_time_shift(shift: float, t: torch.Tensor) -> torch.Tensor:
+    """Forge's flux_time_shift(mu=shift, sigma=1, t)."""
+    return math.exp(shift) / (math.exp(shift) + (1.0 / t - 1.0))
+
+
+def flow_sigma_table(shift: float, size: int = FLOW_TABLE_SIZE) -> torch.Tensor:
+    """The ascending sigma table (float32): sigma((i + 1) / size) for i in 0..size-1."""
+    t = torch.arange(1, size + 1, dtype=torch.float64) / size
+    return flux_time_shift(shift, t).to(torch.float32)
+
+
+def flow_normal(steps: int, table: torch.Tensor, shift: float) -> torch.Tensor:
+    """Forge's Normal for Flux: timestep(sigma) is sigma itself, so it spaces sigma_max..sigma_min
+    evenly and applies the shift to those values once more."""
+    ts = torch.linspace(float(table[-1]), float(table[0]), steps, dtype=torch.float64)
+    return torch.cat([flux_time_shift(shift, ts).to(torch.float32), torch.zeros(1)])
+
+
+def flow_sigmas(job: GenerationJob, plan: SamplerPlan, shift: float) -> torch.Tensor:
+    """The job's sigma schedule on the flow table (CPU float32, ending in 0)."""
+    steps = job.sampling.steps
+    table = flow_sigma_table(shift)
+    name = plan.scheduler.name
+    if name in ("automatic", "simple"):  # Forge's Flux preset: Simple
+        return schedules.simple(steps, 0.0, 0.0, table)
+    if name == "normal":
+        return flow_normal(steps, table, shift)
+    low, high = float(table[0]), float(table[-1])
+    if name == "beta":
+        alpha = job.engine_options.beta_dist_alpha
+        beta = job.engine_options.beta_dist_beta
+        return schedules.beta(steps, low, high, table, alpha=alpha, beta_param=beta)
+    if name == "karras":
+        return schedules.karras(steps, low, high, rho=job.engine_options.rho or 7.0)
+    return schedules.exponential(steps, low, high)
+
+
+def check_flow_plan(plan: SamplerPlan) -> None:
+    """Flux runs the deterministic samplers and the table schedulers; anything else is a 400."""
+    sampler: SamplerInfo = plan.sampler
+    scheduler: SchedulerInfo = plan.scheduler
+    if sampler.name not in FLOW_SAMPLERS:
+        raise BadRequest(f"sampler {sampler.name!r} cannot run Flux models yet; use one of {list(FLOW_SAMPLERS)}")
+    if scheduler.name not in FLOW_SCHEDULERS:
+        raise BadRequest(
+            f"schedule type {scheduler.label!r} cannot run Flux models; use one of {list(FLOW_SCHEDULERS)}"
+        )
+
+
+# ---------------------------------------------------------------------------
+# Text conditioning
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FluxCond:
+    """One batch of prompts encoded for Flux: T5 states (B, L, 4096) and CLIP-L pooled (B, 768)."""
+
+    t5: torch.Tensor
+    pooled: torch.Tensor
+
+
+def first_step_text(prompt: str, steps: int) -> str:
+    """The text a prompt shows at step 1: prompt editing is resolved at the start, and AND
+    parts are joined (Forge's flux path concatenates them); a documented simplification."""
+    parts = split_subprompts(prompt)
+    texts = [prompt_schedule(part.text, steps)[0].text for part in parts]
+    return " ".join(texts)
+
+
+def t5_tokens(tokenizer: Any, text: str, emphasis: str) -> tuple[list[int], list[float]]:
+    """T5 token ids with per-token emphasis weights; end-of-sequence, then padding to 256."""
+    ids: list[int] = []
+    weights: list[float] = []
+    for fragment in fragments_for_emphasis(text, emphasis):
+        if fragment.is_break or not fragment.text:
+            continue
+        piece = tokenizer(fragment.text, add_special_tokens=False)["input_ids"]
+        ids += piece
+        weights += [fragment.weight] * len(piece)
+    ids.append(int(tokenizer.eos_token_id))
+    weights.append(1.0)
+    pad = max(T5_MIN_LENGTH - len(ids), 0)
+    return ids + [int(tokenizer.pad_token_id)] * pad, weights + [1.0] * pad
+
+
+def encode_t5(model: LoadedModel, texts: Sequence[str], emphasis: str) -> torch.Tensor:
+    tokens = [t5_tokens(model.tokenizer_2, text, emphasis) for text in texts]
+    length = max(len(ids) for ids, _ in tokens)
+    pad = int(model.tokenizer_2.pad_token_id)
+    ids = torch.tensor([i + [pad] * (length - len(i)) for i, _ in tokens], device=model.device)
+    weights = torch.tensor([w + [1.0] * (length - len(w)) for _, w in tokens], device=model.device)
+    states = model.text_encoder_2(ids, return_dict=True).last_hidden_state
+    return apply_emphasis(states.float(), weights, emphasis).to(model.dtype)
+
+
+def plain_text(text: str) -> str:
+    """The prompt without emphasis brackets (CLIP-L's pooled vector takes the words only)."""
+    return " ".join(f.text for f in fragments_for_emphasis(text, "Original") if not f.is_break)
+
+
+def encode_clip_pooled(model: LoadedModel, texts: Sequence[str]) -> torch.Tensor:
+    tokenizer = model.tokenizer
+    batch = tokenizer(
+        [plain_text(text) for text in texts],
+        padding="max_length",
+        max_length=CLIP_LENGTH,
+        truncation=True,
+        return_tensors="pt",
+    )
+    out = model.text_encoder(batch["input_ids"].to(model.device), return_dict=True)
+    return out.pooler_output.to(model.dtype)
+
+
+def encode_prompts(model: LoadedModel, texts: Sequence[str], job: GenerationJob) -> FluxCond:
+    steps = job.sampling.steps
+    resolved = [first_step_text(text, steps) for text in texts]
+    emphasis = job.engine_options.emphasis
+    return FluxCond(t5=encode_t5(model, resolved, emphasis), pooled=encode_clip_pooled(model, resolved))
+
+
+# ---------------------------------------------------------------------------
+# The denoiser
+# ---------------------------------------------------------------------------
+
+
+def pack(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) latents -> (B, h/2 * w/2, 4C) patch tokens."""
+    b, c, h, w = x.shape
+    x = x.view(b, c, h // PATCH, PATCH, w // PATCH, PATCH).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // PATCH) * (w // PATCH), c * PATCH * PATCH)
+
+
+def unpack(tokens: torch.Tensor, channels: int, h: int, w: int) -> torch.Tensor:
+    b = tokens.shape[0]
+    x = tokens.view(b, h // PATCH, w // PATCH, channels, PATCH, PATCH).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, channels, h, w)
+
+
+def image_ids(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """Position ids (0, row, column) of the patch tokens."""
+    ids = torch.zeros(h // PATCH, w // PATCH, 3, device=device)
+    ids[..., 1] = torch.arange(h // PATCH, device=device)[:, None]
+    ids[..., 2] = torch.arange(w // PATCH, device=device)[None, :]
+    return ids.reshape(-1, 3)
+
+
+@dataclass
+class FluxDenoiser:
+    """The sampler's model: x0 = x - sigma * v, with real CFG when cfg_scale > 1."""
+
+    model: LoadedModel
+    cond: FluxCond
+    uncond: FluxCond | None
+    cfg_scale: float
+    distilled_cfg: float | None  # None: schnell (no guidance embedding)
+    cancel: CancelToken
+    blend: Callable[[torch.Tensor], torch.Tensor] | None = None
+    last_cond_x0: torch.Tensor | None = None
+
+    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: FluxCond) -> torch.Tensor:
+        transformer = self.model.unet
+        dtype = self.model.dtype
+        b, c, h, w = x.shape
+        guidance = None
+        if self.distilled_cfg is not None:
+            guidance = torch.full((b,), self.distilled_cfg, device=x.device, dtype=torch.float32)
+        out = transformer(
+            hidden_states=pack(x).to(dtype),
+            encoder_hidden_states=cond.t5,
+            pooled_projections=cond.pooled,
+            timestep=sigma.to(dtype),
+            img_ids=image_ids(h, w, x.device),
+            txt_ids=torch.zeros(cond.t5.shape[1], 3, device=x.device),
+            guidance=guidance,
+            return_dict=False,
+        )[0]
+        return unpack(out.float(), c, h, w)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
+        if self.cancel.should_stop_sampling:
+            raise SamplingInterrupted("interrupted" if self.cancel.interrupted else "skipped")
+        s = sigma.reshape(-1, 1, 1, 1).float()
+        denoised = x - s * self.velocity(x, sigma, self.cond)
+        self.last_cond_x0 = denoised
+        if self.uncond is not None:
+            uncond = x - s * self.velocity(x, sigma, self.uncond)
+            denoised = uncond + self.cfg_scale * (denoised - uncond)
+        return denoised if self.blend is None else self.blend(denoised)
+
+
+# ---------------------------------------------------------------------------
+# Jobs
+# ---------------------------------------------------------------------------
+
+
+def check_flux_job(model: LoadedModel, job: GenerationJob) -> SamplerPlan:
+    if job.width % (LATENT_SCALE * PATCH) or job.height % (LATENT_SCALE * PATCH):
+        raise BadRequest(f"Flux needs width and height in multiples of 16, got {job.width}x{job.height}")
+    if job.refiner is not None:
+        raise BadRequest("the refiner is not available for Flux models yet")
+    if job.controlnet_units:
+        raise BadRequest("ControlNet units are not available for Flux models")
+    plan = resolve_plan(job)
+    check_flow_plan(plan)
+    return plan
+
+
+def distilled_cfg(model: LoadedModel, job: GenerationJob) -> float | None:
+    if not model.unet.config.guidance_embeds:
+        return None
+    return float(job.sampling.distilled_cfg_scale)
+
+
+def make_denoiser(
+    model: LoadedModel, job: GenerationJob, batch: BatchSpec, cancel: CancelToken, blend: Any = None
+) -> FluxDenoiser:
+    cond = encode_prompts(model, batch.prompts, job)
+    uncond = encode_prompts(model, batch.negative_prompts, job) if job.sampling.cfg_scale > 1 else None
+    return FluxDenoiser(model, cond, uncond, job.sampling.cfg_scale, distilled_cfg(model, job), cancel, blend)
+
+
+def sample(
+    denoiser: FluxDenoiser, plan: SamplerPlan, x: torch.Tensor, sigmas: torch.Tensor,
+    job: GenerationJob, observer: RunObserver, rng: Any,
+) -> torch.Tensor:
+    total = len(sigmas) - 1
+
+    def callback(info: dict) -> None:
+        observer.sampling_step(int(info["i"]), total, lambda: rough_preview(info["denoised"]))
+
+    accepted = inspect.signature(plan.sampler.function).parameters
+    kwargs: dict[str, Any] = {}
+    if "noise_sampler" in accepted:  # drawn every step (unused without churn), as A1111 does
+        kwargs["noise_sampler"] = lambda sigma, sigma_next: rng.next()
+    churn = {"s_churn": job.sampling.s_churn, "s_tmin": job.sampling.s_tmin,
+             "s_tmax": job.sampling.s_tmax, "s_noise": job.sampling.s_noise}
+    kwargs.update({name: value for name, value in churn.items() if name in accepted})
+    try:
+        return plan.sampler.function(denoiser, x, sigmas, extra_args={}, callback=callback, disable=True, **kwargs)
+    except SamplingInterrupted:
+        return x if denoiser.last_cond_x0 is None else denoiser.last_cond_x0
+
+
+def rough_preview(latents: torch.Tensor) -> Any:
+    """A cheap live preview: the 16 latent channels averaged in three groups (no calibrated
+    coefficients for Flux's latent space yet)."""
+    latent = latents[0].float()
+    groups = torch.stack([latent[0:5].mean(0), latent[5:11].mean(0), latent[11:16].mean(0)])
+    return to_pil(groups.clamp(-1, 1))
+
+
+def flux_infotext(model: LoadedModel, job: GenerationJob) -> dict[str, Any]:
+    """Forge's infotext additions for Flux: Distilled CFG Scale (dev) and the module files."""
+    extra: dict[str, Any] = {}
+    if model.unet.config.guidance_embeds:
+        extra["Distilled CFG Scale"] = job.sampling.distilled_cfg_scale
+    for index, path in enumerate(model.module_files, start=1):
+        from pathlib import Path
+
+        extra[f"Module {index}"] = Path(path).stem
+    return extra
+
+
+def first_pass(
+    model: LoadedModel, job: GenerationJob, plan: SamplerPlan, batch: BatchSpec, observer: RunObserver,
+    cancel: CancelToken,
+) -> torch.Tensor:
+    """One batch from pure noise (x = noise * sigma_max, sigma_max = 1)."""
+    rng = make_image_rng(model, job, batch)
+    sigmas = flow_sigmas(job, plan, float(model.flow_shift or 1.0)).to(model.device)
+    x = rng.first() * sigmas[0]
+    return sample(make_denoiser(model, job, batch, cancel), plan, x, sigmas, job, observer, rng)
+
+
+def from_latents(
+    model: LoadedModel, job: GenerationJob, plan: SamplerPlan, batch: BatchSpec, init: torch.Tensor,
+    strength: float, fix_steps: bool, observer: RunObserver, cancel: CancelToken, blend: Any = None,
+    noise_multiplier: float = 1.0,
+) -> torch.Tensor:
+    """img2img on the flow schedule: the tail from A1111's start step, x = s*noise + (1-s)*init
+    (`fix_steps`: A1111's img2img_fix_steps, always on for the hires pass)."""
+    from webui_api.engine.img2img import img2img_steps
+
+    steps = img2img_steps(job.sampling.steps, strength, fix_steps)
+    if steps.steps <= 0:
+        return init
+    schedule_job = replace(job, sampling=replace(job.sampling, steps=max(steps.steps, 1)))
+    rng = make_image_rng(model, job, batch)
+    sigmas = flow_sigmas(schedule_job, plan, float(model.flow_shift or 1.0)).to(model.device)
+    tail = sigmas[steps.start_index :]
+    x = tail[0] * rng.first() * noise_multiplier + (1.0 - tail[0]) * init
+    return sample(make_denoiser(model, job, batch, cancel, blend), plan, x, tail, job, observer, rng)
+
+
+def run_flux_txt2img(
+    model: LoadedModel, job: GenerationJob, observer: RunObserver, cancel: CancelToken, **_: Any
+) -> JobResult:
+    """txt2img; with hires params, the second pass runs like img2img at the target size with
+    the hires sampler, prompts and `hr_distilled_cfg` (built-in and latent upscalers)."""
+    from webui_api.engine.hires import second_pass_job, truncate, upscale
+
+    plan = check_flux_job(model, job)
+    hires = job.hires
+    auto_upcast = job.engine_options.auto_vae_precision
+    images: list[GeneratedImage] = []
+    with torch.inference_mode():
+        for batch in job_batches(job, observer, cancel):
+            latents = first_pass(model, job, plan, batch, observer, cancel)
+            if hires is not None and not cancel.interrupted:
+                observer.batch_finished(2 * batch.index)
+                upscaled = truncate(upscale(model, hires, latents, auto_upcast), hires)
+                second = second_pass_job(job, hires, upscaled)
+                hr_batch = replace(batch, prompts=hires.prompts[job.batch_slice(batch.index)],
+                                   negative_prompts=hires.negative_prompts[job.batch_slice(batch.index)])
+                hr_plan = check_flux_job(model, second)
+                observer.batch_started(batch.index, job.n_iter)
+                latents = from_latents(model, second, hr_plan, hr_batch, upscaled, hires.denoising_strength, True,
+                                       observer, cancel)
+            images += batch_images(batch, decode_latents(model, latents, auto_upcast))
+            observer.batch_finished(2 * batch.index + 1 if hires is not None else batch.index)
+    extras = flux_infotext(model, job)
+    if hires is not None:
+        extras.update(dict(hires.infotext))
+        if model.unet.config.guidance_embeds:
+            extras["Hires Distilled CFG Scale"] = hires.sampling.distilled_cfg_scale
+    return JobResult(images=images, interrupted=cancel.interrupted, extra_generation_params=extras)
+
+
+def run_flux_img2img(
+    model: LoadedModel, job: GenerationJob, observer: RunObserver, cancel: CancelToken, **_: Any
+) -> JobResult:
+    """img2img and inpainting (mask blend) on the flow schedule's tail."""
+    from webui_api.engine.img2img import (
+        check_img2img_job,
+        infotext_extras,
+        init_latents,
+        inpaint_state,
+        overlaid,
+    )
+
+    params = check_img2img_job(job)
+    plan = check_flux_job(model, job)
+    auto_upcast = job.engine_options.auto_vae_precision
+    images: list[GeneratedImage] = []
+    with torch.inference_mode():
+        init, inpaint = inpaint_state(model, job, params, init_latents(model, job, params))
+        for batch in job_batches(job, observer, cancel):
+            latents = from_latents(model, job, plan, batch, init, params.denoising_strength, params.fix_steps,
+                                   observer, cancel, inpaint.blend, params.initial_noise_multiplier)
+            if inpaint.blend is not None:
+                latents = inpaint.blend(latents)
+            images += batch_images(batch, overlaid(decode_latents(model, latents, auto_upcast), params, job))
+            observer.batch_finished(batch.index)
+    extras = {**infotext_extras(params), **flux_infotext(model, job)}
+    return JobResult(images=images, interrupted=cancel.interrupted, extra_generation_params=extras)

@@ -1,0 +1,373 @@
+"""A Flux.1 checkpoint (plus the module files it needs) -> a LoadedModel.
+
+A Flux model is four networks: the transformer, the 16-channel autoencoder, CLIP-L (pooled
+prompt vector) and T5-XXL (per-token prompt states). A single file may carry all of them
+(all-in-one layout) or only the transformer (BFL's layout); what the checkpoint lacks comes
+from module files (`forge_additional_modules`, Forge's per-job choice of files in
+models/VAE and models/text_encoder), or, when none are named, from the first file of each
+kind found in those folders. A part that is nowhere is a 400 naming it.
+
+Loading follows the single-file loader's two phases: every tensor is converted and checked
+against the empty (meta) modules first, then `before_build` frees room, then modules fill.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from webui_api.engine.loading import flux_keys, ldm_keys, load_clip_tokenizer
+from webui_api.engine.loading.architectures import TextEncoderSpec, load_config
+from webui_api.engine.loading.builder import (
+    Component,
+    _inferred,
+    check_state,
+    empty_vae,
+    expected_shapes,
+    fill_component,
+    gather,
+    text_component,
+)
+from webui_api.engine.loading.checkpoint import LoadOptions, place_module
+from webui_api.engine.loading.discovery import ModelPaths
+from webui_api.engine.loading.files import UnusableModelFile, read_safetensors_header, read_state_dict
+from webui_api.engine.loading.forge_modules import load_t5_tokenizer, scan_modules
+from webui_api.engine.loading.gguf_files import gguf_shapes, read_gguf_state
+from webui_api.engine.loading.infer import key_count
+from webui_api.engine.models import CheckpointInfo, LoadedModel
+
+log = logging.getLogger(__name__)
+
+FLUX_VAE_SCALE = 0.3611
+FLUX_VAE_SHIFT = 0.1159
+DEV_SHIFT = 1.15  # Forge's (and ComfyUI's) flow shift for Flux.1-dev; schnell runs unshifted
+SCHNELL_SHIFT = 1.0
+
+KIND_VAE = "vae"
+KIND_CLIP_L = "clip_l"
+KIND_T5 = "t5xxl"
+PART_NAMES = {KIND_VAE: "VAE (ae.safetensors)", KIND_CLIP_L: "CLIP-L text encoder", KIND_T5: "T5-XXL text encoder"}
+
+_CLIP_MARKER = "text_model.embeddings.token_embedding.weight"
+_T5_MARKER = "encoder.block.0.layer.0.SelfAttention.q.weight"
+_VAE_MARKER = "decoder.conv_in.weight"
+
+
+# ---------------------------------------------------------------------------
+# Module files: what each one is
+# ---------------------------------------------------------------------------
+
+
+def module_kind(shapes: Mapping[str, tuple[int, ...]]) -> str | None:
+    """What a module file holds, from its keys: a Flux VAE (16 latent channels), CLIP-L or T5."""
+    clip = _strip_to(shapes, _CLIP_MARKER)
+    if clip is not None:
+        return KIND_CLIP_L
+    if _strip_to(shapes, _T5_MARKER) is not None:
+        return KIND_T5
+    vae = _strip_to(shapes, _VAE_MARKER)
+    if vae is not None and shapes[vae + _VAE_MARKER][1] == 16:
+        return KIND_VAE
+    return None
+
+
+def _strip_to(shapes: Mapping[str, tuple[int, ...]], marker: str) -> str | None:
+    """The prefix under which `marker` occurs ("" at the top level), or None."""
+    for key in shapes:
+        if key.endswith(marker):
+            return key[: -len(marker)]
+    return None
+
+
+def header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from a safetensors header (no tensor is read)."""
+    header = read_safetensors_header(path)
+    return {key: tuple(entry["shape"]) for key, entry in header.items() if key != "__metadata__"}
+
+
+def classify_module_files(paths: Sequence[Path]) -> dict[str, Path]:
+    """kind -> the first file of that kind among `paths` (unreadable or foreign files skipped)."""
+    found: dict[str, Path] = {}
+    for path in paths:
+        try:
+            readable = path.suffix.lower() in (".safetensors", ".sft", ".gguf")
+            kind = module_kind(checkpoint_shapes(path)) if readable else None
+        except (OSError, ValueError, UnusableModelFile) as err:
+            log.warning("Skipping module file %s: %s", path, err)
+            continue
+        if kind is not None and kind not in found:
+            found[kind] = path
+    return found
+
+
+# ---------------------------------------------------------------------------
+# Components
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class FluxComponents:
+    transformer: Component
+    vae: Component
+    clip_l: Component
+    t5: Component
+    config: dict[str, Any]
+    sources: dict[str, str]  # part -> file it came from
+
+
+def transformer_component(
+    path: Path, state: Mapping[str, torch.Tensor], prefix: str
+) -> tuple[Component, dict[str, Any]]:
+    """The transformer under `prefix`, renamed to diffusers' keys and checked."""
+    from diffusers import FluxTransformer2DModel
+
+    ours = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+    ours = {key: value for key, value in ours.items() if flux_keys.is_transformer_key(key)}
+    shapes = {key: tuple(value.shape) for key, value in ours.items()}
+    config = _inferred(path, "Flux transformer", lambda: flux_keys.transformer_config(shapes))
+    try:
+        converted = flux_keys.bfl_to_diffusers(ours, hidden=shapes["img_in.weight"][0])
+    except flux_keys.UnmappedKey as err:
+        raise UnusableModelFile(path, f"unknown Flux transformer tensor {err.args[0]!r}") from err
+    with torch.device("meta"):
+        module = FluxTransformer2DModel(**config)
+    check_state(path, converted, expected_shapes(module), "Flux transformer")
+    return Component(module, converted), config
+
+
+def flux_vae_config(shapes: Mapping[str, tuple[int, ...]], prefix: str) -> dict[str, Any]:
+    """AutoencoderKL arguments for Flux's autoencoder: 16 latent channels, no quant convs."""
+    levels = key_count(shapes, re.escape(prefix + "encoder.down.") + r"(\d+)\.")
+    widths = [shapes[f"{prefix}encoder.down.{i}.block.0.conv2.weight"][0] for i in range(levels)]
+    return {
+        **load_config("vae-sd"),
+        "in_channels": shapes[prefix + "encoder.conv_in.weight"][1],
+        "out_channels": shapes[prefix + "decoder.conv_out.weight"][0],
+        "down_block_types": ["DownEncoderBlock2D"] * levels,
+        "up_block_types": ["UpDecoderBlock2D"] * levels,
+        "block_out_channels": widths,
+        "layers_per_block": key_count(shapes, re.escape(prefix + "encoder.down.0.block.") + r"(\d+)\."),
+        "latent_channels": shapes[prefix + "decoder.conv_in.weight"][1],
+        "use_quant_conv": prefix + "quant_conv.weight" in shapes,
+        "use_post_quant_conv": prefix + "post_quant_conv.weight" in shapes,
+        "scaling_factor": FLUX_VAE_SCALE,
+        "shift_factor": FLUX_VAE_SHIFT,
+    }
+
+
+def vae_component(path: Path, state: Mapping[str, torch.Tensor], prefix: str) -> Component:
+    shapes = {key: tuple(value.shape) for key, value in state.items() if key.startswith(prefix)}
+    config = _inferred(path, "VAE", lambda: flux_vae_config(shapes, prefix))
+    levels = len(config["block_out_channels"])
+    module = empty_vae(config)
+
+    def source_key(key: str) -> str:
+        return prefix + ldm_keys.vae_key_to_ldm(key, levels)[len(ldm_keys.VAE_PREFIX) :]
+
+    return Component(module, gather(path, state, expected_shapes(module), source_key, "VAE"))
+
+
+def clip_component(path: Path, state: Mapping[str, torch.Tensor], prefix: str) -> Component:
+    spec = TextEncoderSpec("text-clip-l", prefix, "clip", "text_encoder")
+    return text_component(path, state, {k: tuple(v.shape) for k, v in state.items()}, spec)
+
+
+def t5_config(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
+    """transformers T5Config for an encoder stored with transformers' names (prefix removed)."""
+    vocab, d_model = shapes["shared.weight"] if "shared.weight" in shapes else shapes["encoder.embed_tokens.weight"]
+    buckets, heads = shapes["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"]
+    inner = shapes["encoder.block.0.layer.0.SelfAttention.q.weight"][0]
+    if inner % heads:
+        raise ValueError(f"attention width {inner} is not a multiple of {heads} heads")
+    return {
+        "vocab_size": vocab,
+        "d_model": d_model,
+        "d_kv": inner // heads,
+        "num_heads": heads,
+        "d_ff": shapes["encoder.block.0.layer.1.DenseReluDense.wi_0.weight"][0],
+        "num_layers": key_count(shapes, r"encoder\.block\.(\d+)\."),
+        "feed_forward_proj": "gated-gelu",
+        "relative_attention_num_buckets": buckets,
+        "is_encoder_decoder": False,
+        "use_cache": False,
+        "tie_word_embeddings": False,
+    }
+
+
+def t5_component(path: Path, state: Mapping[str, torch.Tensor], prefix: str) -> Component:
+    from transformers import T5Config, T5EncoderModel
+
+    ours = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+    ours = {key: value for key, value in ours.items() if key.startswith(("shared.", "encoder."))}
+    if "shared.weight" not in ours and "encoder.embed_tokens.weight" in ours:
+        ours["shared.weight"] = ours["encoder.embed_tokens.weight"]
+    ours.setdefault("encoder.embed_tokens.weight", ours.get("shared.weight"))  # tied in T5EncoderModel
+    shapes = {key: tuple(value.shape) for key, value in ours.items() if value is not None}
+    config = _inferred(path, "T5 text encoder", lambda: t5_config(shapes))
+    with torch.device("meta"):
+        module = T5EncoderModel(T5Config(**config))
+    check_state(path, ours, expected_shapes(module), "T5 text encoder")
+    return Component(module, ours)
+
+
+# ---------------------------------------------------------------------------
+# Assembly
+# ---------------------------------------------------------------------------
+
+
+def missing_parts_error(path: Path, missing: Sequence[str]) -> UnusableModelFile:
+    names = ", ".join(PART_NAMES[kind] for kind in missing)
+    return UnusableModelFile(
+        path,
+        f"this Flux checkpoint lacks the {names}; put the file(s) in models/VAE or models/text_encoder and "
+        "select them with override_settings.forge_additional_modules (or the forge_additional_modules option)",
+    )
+
+
+def prepare_flux(
+    path: Path, state: Mapping[str, torch.Tensor], modules: Mapping[str, Path], allow_unsafe_pickle: bool = False
+) -> FluxComponents:
+    """Every Flux part from the checkpoint, else from the module file of its kind."""
+    shapes = {key: tuple(value.shape) for key, value in state.items()}
+    layout = flux_keys.flux_layout(shapes)
+    transformer, config = transformer_component(path, state, layout.transformer_prefix)
+    packed = {
+        KIND_VAE: layout.vae_prefix,
+        KIND_CLIP_L: flux_keys.CLIP_L_PREFIX + "transformer." if layout.has_clip_l else None,
+        KIND_T5: flux_keys.T5XXL_PREFIX + "transformer." if layout.has_t5xxl else None,
+    }
+    packed = {kind: (None if kind in modules else prefix) for kind, prefix in packed.items()}  # named modules win
+    missing = [kind for kind, prefix in packed.items() if prefix is None and kind not in modules]
+    if missing:
+        raise missing_parts_error(path, missing)
+    builders: dict[str, Callable[[Path, Mapping[str, torch.Tensor], str], Component]] = {
+        KIND_VAE: vae_component,
+        KIND_CLIP_L: clip_component,
+        KIND_T5: t5_component,
+    }
+    parts: dict[str, Component] = {}
+    sources: dict[str, str] = {}
+    for kind, build in builders.items():
+        prefix = packed[kind]
+        if prefix is not None:
+            parts[kind], sources[kind] = build(path, state, prefix), str(path)
+            continue
+        file = modules[kind]
+        module_state = read_checkpoint_state(file, allow_unsafe_pickle)
+        found = _strip_to({k: tuple(v.shape) for k, v in module_state.items()}, _MARKERS[kind])
+        parts[kind], sources[kind] = build(file, module_state, found or ""), str(file)
+    return FluxComponents(transformer, parts[KIND_VAE], parts[KIND_CLIP_L], parts[KIND_T5], config, sources)
+
+
+_MARKERS = {KIND_VAE: _VAE_MARKER, KIND_CLIP_L: _CLIP_MARKER, KIND_T5: _T5_MARKER}
+
+
+def checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes of a safetensors or GGUF checkpoint without reading the tensors."""
+    if path.suffix.lower() == ".gguf":
+        return gguf_shapes(path)
+    return header_shapes(path)
+
+
+def read_checkpoint_state(path: Path, allow_unsafe_pickle: bool) -> dict[str, torch.Tensor]:
+    if path.suffix.lower() == ".gguf":
+        return read_gguf_state(path)
+    return read_state_dict(path, allow_unsafe_pickle=allow_unsafe_pickle)
+
+
+def is_flux_file(path: Path) -> bool:
+    """A Flux.1 transformer in a safetensors or GGUF file, told from the header alone."""
+    if path.suffix.lower() not in (".safetensors", ".sft", ".gguf"):
+        return False
+    try:
+        return flux_keys.is_flux(checkpoint_shapes(path))
+    except (OSError, ValueError, UnusableModelFile):
+        return False
+
+
+def chosen_modules(path: Path, named: Sequence[Path], paths: ModelPaths) -> dict[str, Path]:
+    """kind -> module file: the files a job named, then (for parts neither they nor the
+    checkpoint have) the first file of each kind in models/VAE and models/text_encoder."""
+    explicit = classify_module_files(named)
+    unknown = [p.name for p in named if p not in explicit.values()]
+    if unknown:
+        raise UnusableModelFile(path, f"modules {unknown} are not a Flux VAE, CLIP-L or T5-XXL file")
+    layout = flux_keys.flux_layout(checkpoint_shapes(path))
+    has = {KIND_VAE: layout.vae_prefix is not None, KIND_CLIP_L: layout.has_clip_l, KIND_T5: layout.has_t5xxl}
+    needed = [kind for kind, present in has.items() if not present and kind not in explicit]
+    if not needed:
+        return explicit
+    candidates = [Path(m.filename) for m in scan_modules(paths)]
+    found = classify_module_files(candidates)
+    return {**{kind: found[kind] for kind in needed if kind in found}, **explicit}
+
+
+def load_flux(
+    info: CheckpointInfo,
+    options: LoadOptions,
+    paths: ModelPaths,
+    named: Sequence[Path],
+    before_build: Callable[[], None] = lambda: None,
+) -> LoadedModel:
+    """The engine's entry: modules chosen per job (or found), the T5 tokenizer from the folders."""
+    path = Path(info.filename)
+    modules = chosen_modules(path, named, paths)
+    return load_flux_checkpoint(info, options, modules, lambda: load_t5_tokenizer(paths), before_build)
+
+
+def load_flux_checkpoint(
+    info: CheckpointInfo,
+    options: LoadOptions,
+    modules: Mapping[str, Path],
+    t5_tokenizer: Callable[[], Any],
+    before_build: Callable[[], None] = lambda: None,
+) -> LoadedModel:
+    """Load a Flux.1 single file (with `modules` filling what it lacks) as a LoadedModel."""
+    started = time.perf_counter()
+    path = Path(info.filename)
+    state = read_checkpoint_state(path, options.allow_unsafe_pickle)
+    parts = prepare_flux(path, state, modules, options.allow_unsafe_pickle)
+    del state
+    tokenizer_2 = t5_tokenizer()
+    before_build()
+    model = assemble_flux(info, parts, options, tokenizer_2)
+    log.info("Loaded %s as %s in %.1f s", info.title, model.architecture, time.perf_counter() - started)
+    return model
+
+
+def assemble_flux(info: CheckpointInfo, parts: FluxComponents, options: LoadOptions, t5_tokenizer: Any) -> LoadedModel:
+    guidance = bool(parts.config["guidance_embeds"])
+    transformer = place_module(fill_component(parts.transformer), options.device, options.dtype)
+    vae = place_module(fill_component(parts.vae), options.device, options.vae_dtype)
+    clip_l = place_module(fill_component(parts.clip_l), options.device, options.dtype)
+    t5 = place_module(fill_component(parts.t5), options.device, options.dtype)
+    variant = "flux-dev" if guidance else "flux-schnell"
+    return LoadedModel(
+        info=info,
+        unet=transformer,
+        vae=vae,
+        text_encoder=clip_l,
+        tokenizer=load_clip_tokenizer(),
+        alphas_cumprod=torch.zeros(0),
+        device=options.device,
+        dtype=options.dtype,
+        latent_channels=int(parts.config["in_channels"]) // 4,
+        vae_scale_factor=FLUX_VAE_SCALE,
+        family="flux",
+        prediction_type="flow",
+        text_encoder_2=t5,
+        tokenizer_2=t5_tokenizer,
+        unet_in_channels=int(parts.config["in_channels"]),
+        architecture=variant,
+        baked_vae=vae,
+        vae_shift_factor=FLUX_VAE_SHIFT,
+        flow_shift=DEV_SHIFT if guidance else SCHNELL_SHIFT,
+        module_files=tuple(sorted({s for s in parts.sources.values() if s != info.filename})),
+    )
