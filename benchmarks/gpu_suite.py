@@ -1,7 +1,7 @@
 """The device suite: speed and CUDA correctness of this server against plain diffusers, in one run.
 
 For each model (full-size random-weight SD1.5 and SDXL, written as original-layout checkpoints
-and loaded through the engine; `--smoke`: the embedded tiny model on the CPU) in one process:
+and loaded through the engine; `--smoke`: tiny random SD1 and SDXL checkpoints on the CPU) in one process:
 
 - speed: plain diffusers pipeline (same weights, SDPA) vs this engine eager vs `--compile`, as
   s/step at batch 1 (the difference between an N-step and a 1-step request, so fixed costs cancel),
@@ -49,15 +49,17 @@ import torch  # noqa: E402
 class Case:
     """One model and the request shape it is measured at."""
 
-    family: str  # "sd1" | "sdxl" | "embedded"
+    family: str  # "sd1" | "sdxl"
     size: int
     steps: int
     sampler_size: int  # image side for the per-sampler correctness pass
     clients: int = 8
+    full_size: bool = True  # False (--smoke): the test suite's tiny networks, same file layout and code path
 
 
 FULL_CASES = {"sd1": Case("sd1", 512, 20, 256), "sdxl": Case("sdxl", 1024, 30, 512)}
-SMOKE_CASE = Case("embedded", 64, 3, 64, clients=4)
+SMOKE_CASES = {"sd1": Case("sd1", 64, 3, 64, clients=4, full_size=False),
+               "sdxl": Case("sdxl", 64, 3, 64, clients=4, full_size=False)}
 
 
 @dataclass
@@ -107,15 +109,16 @@ def sync() -> None:
 # ---------------------------------------------------------------------------
 
 
-def write_checkpoint(family: str, folder: Path) -> None:
-    """A full-size random-weight checkpoint in the original single-file layout (float16)."""
+def write_checkpoint(family: str, folder: Path, full_size: bool) -> None:
+    """A random-weight checkpoint in the original single-file layout (float16); full size, or
+    the test suite's tiny networks for --smoke."""
     import safetensors.torch
 
     from tests.engine.ldm_checkpoints import build_networks, ldm_state_dict  # the repository's test builder
 
     target = folder / "Stable-diffusion"
     target.mkdir(parents=True, exist_ok=True)
-    state = ldm_state_dict(build_networks(family, seed=7, full_size=True, dtype=torch.float16))
+    state = ldm_state_dict(build_networks(family, seed=7, full_size=full_size, dtype=torch.float16))
     safetensors.torch.save_file(state, str(target / f"{family}-random.safetensors"))
 
 
@@ -336,8 +339,8 @@ def run_model(report: Report, case: Case, root: Path, device_flags: list[str], c
 
     name = case.family
     data = root / name
-    if case.family != "embedded":
-        report.section(name, "write_checkpoint", lambda: (write_checkpoint(case.family, data / "models"), {})[1])
+    report.section(name, "write_checkpoint",
+                   lambda: (write_checkpoint(case.family, data / "models", case.full_size), {})[1])
     settings = server_settings(data, device_flags, [])
     engine = Engine.from_settings(settings)
     servers: list[Server] = []
@@ -419,8 +422,8 @@ def missing_modules() -> list[str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="the embedded tiny model on the CPU, same code (CI)")
-    parser.add_argument("--models", default="sd1,sdxl", help="full mode: which of sd1,sdxl to run")
+    parser.add_argument("--smoke", action="store_true", help="tiny SD1 and SDXL checkpoints on the CPU, same code (CI)")
+    parser.add_argument("--models", default="sd1,sdxl", help="which of sd1,sdxl to run")
     parser.add_argument("--dtype", default="auto", help="server --dtype for the engine (auto: fp16 on CUDA)")
     parser.add_argument("--compile-backend", default=None, help="torch.compile backend (default: inductor; "
                         "eager with --smoke)")
@@ -436,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"missing_modules": missing}))
         return 1 if missing else 0
     report = Report(metadata(args.smoke))
-    cases = [SMOKE_CASE] if args.smoke else [FULL_CASES[m] for m in args.models.split(",")]
+    cases = [(SMOKE_CASES if args.smoke else FULL_CASES)[m] for m in args.models.split(",")]
     device_flags = ["--use-cpu", "all"] if args.smoke else (["--dtype", args.dtype] if args.dtype != "auto" else [])
     backend = args.compile_backend or ("eager" if args.smoke else "inductor")
     if args.smoke:

@@ -1,4 +1,5 @@
-"""The device suite's --smoke run (CPU, tiny model): every section runs and reports (slow: ~1-2 min)."""
+"""The device suite's --smoke run (CPU, tiny SD1 + SDXL checkpoints): every section runs and reports
+(slow: 1-2 min)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = {"gpu_noise", "diffusers_eager", "engine_eager", "samplers", "clients_batching_off",
+SECTIONS = {"write_checkpoint", "gpu_noise", "diffusers_eager", "engine_eager", "samplers", "clients_batching_off",
             "clients_batching_on", "batched_equals_alone", "engine_compile"}
 
 
@@ -24,11 +25,12 @@ def test_smoke_run_reports_every_section(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["errors"] == {} and report["meta"]["mode"] == "smoke"
-    sections = report["results"]["embedded"]
-    assert set(sections) == SECTIONS
-    assert sections["batched_equals_alone"]["bit_identical"] == sections["batched_equals_alone"]["images"]
-    assert sections["samplers"]["samplers"] >= 20
-    assert "| embedded | engine_eager |" in done.stdout
+    for family in ("sd1", "sdxl"):
+        sections = report["results"][family]
+        assert set(sections) == SECTIONS
+        assert sections["batched_equals_alone"]["bit_identical"] == sections["batched_equals_alone"]["images"]
+        assert sections["samplers"]["samplers"] >= 20
+        assert f"| {family} | engine_eager |" in done.stdout
 
 
 def test_markdown_lists_failures_and_speedups_are_ratios() -> None:
