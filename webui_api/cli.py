@@ -228,6 +228,9 @@ SERVING_FLAGS: tuple[FlagSpec, ...] = (
     FlagSpec("--result-cache-size", "MB of cached responses to deterministic requests (0 disables)", float, 256.0),
     FlagSpec("--audit-log", "JSON-lines audit log of generations ('off' disables)", _path_or_off, os.path.join("logs", "audit.jsonl"), "data"),
     FlagSpec("--task-retention-hours", "hours finished async tasks and their results are kept (0: forever)", float, 168.0),
+    _switch("--output-urls", "answer generations with signed, expiring image URLs instead of base64 "
+            "(a request's output_urls field overrides it)"),
+    FlagSpec("--output-url-ttl", "seconds an output URL and its stored image are kept", float, 3600.0),
     FlagSpec("--task-max-count", "finished async tasks kept at most; the oldest are deleted first (0: no cap)", int, 1000),
     FlagSpec("--task-max-mb", "MB of stored async task requests and results; the oldest finished go first, and new "
              "tasks get 503 while pending ones alone fill it (0: no cap)", float, 1024.0),
@@ -501,6 +504,8 @@ def serving_settings(args: argparse.Namespace) -> dict[str, Any]:
         "redis_url": args.redis_url or None, "audit_log": audit,
         "result_cache_mb": _at_least(0, "--result-cache-size", args.result_cache_size),
         "task_retention_hours": _at_least(0, "--task-retention-hours", args.task_retention_hours),
+        "output_urls": bool(args.output_urls),
+        "output_url_ttl": _at_least(1, "--output-url-ttl", args.output_url_ttl),
         "task_max_count": _at_least(0, "--task-max-count", args.task_max_count),
         "task_max_mb": _at_least(0, "--task-max-mb", args.task_max_mb),
         "callback_allow": _callback_allow(args.callback_allow),

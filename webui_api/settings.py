@@ -81,6 +81,8 @@ class Settings:
     audit_log: Path | None = None  # --audit-log: one JSON line per generation; None: off
     audit: AuditPolicy = field(default_factory=AuditPolicy)  # --audit-log-* rotation/retention, --audit-redact-prompts
     task_retention_hours: float = 168.0  # --task-retention-hours: finished async tasks kept (0: forever)
+    output_urls: bool = False  # --output-urls: generation responses carry image URLs instead of base64 by default
+    output_url_ttl: float = 3600.0  # --output-url-ttl: seconds an output URL (and its stored image) lives
     task_max_count: int = 1000  # --task-max-count: finished async tasks kept at most (oldest deleted first; 0: no cap)
     task_max_mb: float = 1024.0  # --task-max-mb: MB of stored task requests and results (oldest finished deleted first)
     callback_allow: tuple[str, ...] = ()  # --callback-allow: hosts/CIDRs/"public" that task callbacks may reach
