@@ -40,6 +40,7 @@ from webui_api.engine.loading.vae import VaeChoice
 from webui_api.engine.model_store import ModelSetup, ModelStore, VaeCatalog
 from webui_api.engine.models import CheckpointInfo, LoadedModel
 from webui_api.engine.networks import LoadedNetwork, NetworkFile
+from webui_api.engine.noise_schedule import with_job_schedule
 from webui_api.engine.pipeline import run_txt2img
 from webui_api.engine.previews import PreviewDecoders
 from webui_api.engine.protocols import FaceStep, FirstPassHook
@@ -361,14 +362,16 @@ class Engine:
         networks.attach(model, strict=True)
         padding = apply_tiling(model, job.tiling)
         run_job = job if restore_faces is None else without_overlays(job)
-        companions = CompanionModels(self, job, model, networks)
+        scheduled, schedule_infotext = with_job_schedule(model, job.engine_options)
+        companions = CompanionModels(self, job, scheduled, networks)
         extra = {"models": companions} if with_models else {}
         try:
-            result = run(model, replace(run_job, prompts=stripped), observer, cancel, **extra)
+            result = run(scheduled, replace(run_job, prompts=stripped), observer, cancel, **extra)
         finally:
             networks.restore()
             companions.close()
             padding.restore()
+        result.extra_generation_params.update(schedule_infotext)
         if restore_faces is not None:
             restore_result_faces(result, job, restore_faces)
         self._finish(result, job, networks.mentioned(), choice, model)
@@ -379,23 +382,30 @@ class Engine:
         self, job: GenerationJob, model: LoadedModel, observer: RunObserver, cancel: CancelToken,
         restore_faces: FaceStep | None,
     ) -> JobResult:
-        """Flow-matching families (Flux): their own runs; the VAE is the one the modules chose.
-        The first pass's LoRAs (transformer parts) are merged for the whole job."""
+        """Flow-matching families (Flux, SD3): their own runs; the VAE is the one the modules chose.
+        The first pass's LoRAs (Flux transformer parts) are merged for the whole job."""
         from webui_api.engine.families.flux import run_flux_img2img, run_flux_txt2img
         from webui_api.engine.families.flux_lora import apply_flux_networks
+        from webui_api.engine.families.sd3 import run_sd3_img2img, run_sd3_txt2img
 
         job = with_default_lora(job, self.networks.default_lora(job.engine_options))
         stripped, calls = job_networks(job)
         loaded = self.networks.load(calls)
         if loaded and model.unet_storage is not None:
             raise NotImplementedFeature("LoRA networks on float8-stored Flux weights are not supported yet")
+        if loaded and model.family == "sd3":
+            raise NotImplementedFeature("LoRA networks on SD3 models are not supported yet")
         run_job = job if restore_faces is None else without_overlays(job)
-        run = run_flux_img2img if job.kind == "img2img" else run_flux_txt2img
-        patch = apply_flux_networks(model.unet, loaded)
-        try:
+        if model.family == "sd3":
+            run = run_sd3_img2img if job.kind == "img2img" else run_sd3_txt2img
             result = run(model, replace(run_job, prompts=stripped), observer, cancel)
-        finally:
-            patch.restore()
+        else:
+            run = run_flux_img2img if job.kind == "img2img" else run_flux_txt2img
+            patch = apply_flux_networks(model.unet, loaded)
+            try:
+                result = run(model, replace(run_job, prompts=stripped), observer, cancel)
+            finally:
+                patch.restore()
         result.extra_generation_params.update(self.networks.infotext(loaded, job.engine_options))
         if restore_faces is not None:
             restore_result_faces(result, job, restore_faces)

@@ -36,6 +36,8 @@ from webui_api.engine.loading.flux_checkpoint import is_flux_file, load_flux
 from webui_api.engine.loading.flux_folder import is_flux_folder, load_flux_folder
 from webui_api.engine.loading.forge_modules import load_t5_tokenizer
 from webui_api.engine.loading.hashes import HashCache
+from webui_api.engine.loading.sd3_checkpoint import is_sd3_file, load_sd3
+from webui_api.engine.loading.sd3_folder import is_sd3_folder, load_sd3_folder
 from webui_api.engine.loading.vae import VaeChoice, load_vae_file, resolve_vae
 from webui_api.engine.models import (
     EMBEDDED_FILENAME,
@@ -255,10 +257,15 @@ class ModelStore:
         if path.is_dir() and is_flux_folder(path):
             tokenizer = partial(load_t5_tokenizer, self.paths)
             return load_flux_folder(info, self.load_options, tokenizer, before_build=self._make_room)
+        if path.is_dir() and is_sd3_folder(path):
+            tokenizer = partial(load_t5_tokenizer, self.paths)
+            return load_sd3_folder(info, self.load_options, tokenizer, before_build=self._make_room)
         if path.is_dir():
             return load_folder(info, self.load_options, before_build=self._make_room)
         if is_flux_file(path):
             return load_flux(self._hashed(info), self.load_options, self.paths, modules, before_build=self._make_room)
+        if is_sd3_file(path):
+            return load_sd3(self._hashed(info), self.load_options, self.paths, modules, before_build=self._make_room)
         return load_checkpoint(self._hashed(info), self.load_options, before_build=self._make_room)
 
     def _make_room(self) -> None:

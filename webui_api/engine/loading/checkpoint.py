@@ -104,6 +104,7 @@ def assemble(info: CheckpointInfo, detection: Detection, prepared: PreparedCheck
         unet_in_channels=arch.in_channels,
         architecture=arch.name,
         baked_vae=vae,
+        zero_terminal_snr=detection.zero_terminal_snr,
     )
 
 
