@@ -162,6 +162,9 @@ class JobResult:
     images: list[GeneratedImage]
     interrupted: bool = False
     extra_generation_params: dict[str, Any] = field(default_factory=dict)
+    # "Pad conds" / "Pad conds v0": True when the CFG denoiser padded cond or uncond (A1111 adds
+    # these after sampling, so the infotext writes them after every other extra key).
+    cond_padding: dict[str, bool] = field(default_factory=dict)
     vae_name: str | None = None  # the separate VAE file decoding used (None: the checkpoint's own)
     vae_hash: str | None = None  # its sha256[:10], None when hashing is off
     # Images appended after the generated ones without infotext (ControlNet's detected maps,

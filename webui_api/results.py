@@ -148,7 +148,7 @@ def prompt_extras_per_image(job: GenerationJob, image_count: int) -> list[dict[s
 def build_infotexts(job: GenerationJob, result: JobResult, model: ModelFacts) -> list[str]:
     from .postprocess.infotext import create_infotext
 
-    extras = {**extra_generation_params(job), **result.extra_generation_params}
+    extras = {**extra_generation_params(job), **result.extra_generation_params, **result.cond_padding}
     prompt_keys = prompt_extras_per_image(job, len(result.images))
     return [
         create_infotext(
@@ -196,6 +196,7 @@ def build_info(
             **(prompt_extras_per_image(job, len(result.images)) or [{}])[-1],
             **extra_generation_params(job),
             **result.extra_generation_params,
+            **result.cond_padding,
         },
         "index_of_first_image": index_of_first_image,
         "infotexts": infotexts,

@@ -26,7 +26,14 @@ from samplers.unipc import UniPCOptions
 from webui_api.engine.cond_types import BatchConditioning
 from webui_api.engine.conditioning import build_batch_conditioning
 from webui_api.engine.control import control_hook
-from webui_api.engine.denoiser import CFGDenoiser, GuidanceOptions, InpaintBlend, SamplingInterrupted, make_inner
+from webui_api.engine.denoiser import (
+    CFGDenoiser,
+    GuidanceOptions,
+    InpaintBlend,
+    PaddingRecord,
+    SamplingInterrupted,
+    make_inner,
+)
 from webui_api.engine.latents import approx_preview, decode_latents
 from webui_api.engine.models import LoadedModel
 from webui_api.engine.rng import ImageRNG, philox_normal
@@ -401,10 +408,12 @@ def sample_batch(
     cancel: CancelToken,
     start: StartFn | None = None,
     hooks: SamplingHooks | None = None,
+    padding: PaddingRecord | None = None,
 ) -> torch.Tensor:
     """Run the sampler for one batch and return its final latents (or, when interrupted or
     skipped, the last x0 estimate). `start` turns the first noise draw and the full
-    schedule into the starting point (None: txt2img's pure noise); `hooks` see SamplingHooks."""
+    schedule into the starting point (None: txt2img's pure noise); `hooks` see SamplingHooks;
+    `padding` collects the cond/uncond padding of the run's last denoiser call (infotext)."""
     hooks = hooks or SamplingHooks()
     # 1. conditioning for prompts and negative prompts (schedules, AND parts)
     if hooks.conditioning is not None:
@@ -439,6 +448,9 @@ def sample_batch(
         return plan.sampler.function(denoiser, x, schedule, extra_args=extra_args, callback=callback, disable=True, **kwargs)
     except SamplingInterrupted:
         return trace.x0 if cfg.last is None else cfg.last.cond_denoised
+    finally:  # A1111 adds the keys after the sampler returns, interrupted or not
+        if padding is not None:
+            padding.note(cfg)
 
 
 def batch_images(batch: BatchSpec, pictures: list) -> list[GeneratedImage]:
@@ -468,11 +480,12 @@ def run_txt2img(model: LoadedModel, job: GenerationJob, observer: RunObserver, c
     """
     check_job(job)
     plan = resolve_plan(job)
+    padding = PaddingRecord()
     images: list[GeneratedImage] = []
     with torch.inference_mode():
         for batch in job_batches(job, observer, cancel):
-            latents = sample_batch(model, job, plan, batch, observer, cancel)
+            latents = sample_batch(model, job, plan, batch, observer, cancel, padding=padding)
             auto_upcast = job.engine_options.auto_vae_precision
             images += batch_images(batch, decode_latents(model, latents, auto_upcast))
             observer.batch_finished(batch.index)
-    return JobResult(images=images, interrupted=cancel.interrupted)
+    return JobResult(images=images, interrupted=cancel.interrupted, cond_padding=padding.infotext())
