@@ -55,7 +55,8 @@ def test_padding_applied_names_the_padding_that_changed_a_length(cond, uncond, o
 
 @torch.inference_mode()
 def test_the_denoiser_reports_its_last_calls_padding(tiny_model, texts):  # noqa: F811
-    cfg = CFGDenoiser(RecordingInner(CompVisDenoiser(tiny_model)), CancelToken(), GuidanceOptions(pad_cond_uncond_v0=True))
+    inner = RecordingInner(CompVisDenoiser(tiny_model))
+    cfg = CFGDenoiser(inner, CancelToken(), GuidanceOptions(pad_cond_uncond_v0=True))
     x, sigma = _x_sigma()
     assert cfg.padded is None
     cfg(x, sigma, cond=texts["long"], uncond=texts["neg"], cond_scale=6.0)
@@ -79,7 +80,9 @@ def _txt2img(model, options, prompt: str = LONG_PROMPT) -> JobResult:
     return run_txt2img(model, job, RecordingObserver(), CancelToken())
 
 
-@pytest.mark.parametrize(("options", "expected"), [(PAD, {"Pad conds": True}), (PAD_V0, {"Pad conds v0": True}), ({}, {})])
+@pytest.mark.parametrize(
+    ("options", "expected"), [(PAD, {"Pad conds": True}), (PAD_V0, {"Pad conds v0": True}), ({}, {})]
+)
 def test_txt2img_result_carries_the_padding(tiny_model, options, expected):
     assert _txt2img(tiny_model, options).cond_padding == expected
 

@@ -18,8 +18,6 @@ from samplers.registry import (
     SchedulerInfo,
     compute_sigmas,
     compute_timesteps,
-    find_sampler,
-    find_scheduler,
     sampler_call_kwargs,
 )
 from samplers.unipc import UniPCOptions
@@ -152,14 +150,11 @@ def check_job(job: GenerationJob) -> None:
 
 
 def resolve_plan(job: GenerationJob) -> SamplerPlan:
-    """Look up the job's canonical sampler and scheduler names; both must be runnable."""
-    sampler = find_sampler(job.sampling.sampler_name)
-    if sampler is None or sampler.function is None:
-        state = "unknown" if sampler is None else "not implemented yet"
-        raise BadRequest(f"sampler {job.sampling.sampler_name!r} is {state}")
-    scheduler = find_scheduler(job.sampling.scheduler)
-    if scheduler is None:
-        raise BadRequest(f"scheduler {job.sampling.scheduler!r} is unknown")
+    """The job's sampler and scheduler entries (resolved by the job builder); the sampler must
+    be runnable."""
+    sampler, scheduler = job.sampling.sampler, job.sampling.schedule
+    if sampler.function is None:
+        raise BadRequest(f"sampler {sampler.name!r} is not implemented yet")
     plan = SamplerPlan(sampler=sampler, scheduler=scheduler)
     if sampler.takes_unipc_options:
         check_unipc_steps(job, plan)
