@@ -273,4 +273,13 @@ def _include_routes(app: FastAPI, settings: Settings) -> None:
                    health):
         app.include_router(module.router)
     app.include_router(system.build_router(settings))
+    _include_beyond_a1111(app)
     openapi_errors.install_error_responses(app)  # the shared 4xx/503 answers, with A1111's error body
+
+
+def _include_beyond_a1111(app: FastAPI) -> None:
+    """Routes A1111 does not have: the OpenAI-compatible images API and the web playground."""
+    from .routes import openai_images, playground
+
+    app.include_router(openai_images.router)
+    app.include_router(playground.router)

@@ -28,6 +28,9 @@ def test_protocols_module_imports_no_torch():
 
 def test_engine_has_every_member_of_generation_engine_with_the_same_parameters():
     for name in _members(protocols.GenerationEngine):
+        if isinstance(getattr(protocols.GenerationEngine, name), property):  # read-only facts (loaded)
+            assert isinstance(getattr(Engine, name), property), name
+            continue
         wanted = inspect.signature(getattr(protocols.GenerationEngine, name))
         actual = inspect.signature(getattr(Engine, name))
         assert list(actual.parameters) == list(wanted.parameters), name

@@ -62,10 +62,16 @@ class VaeEntry(ListedFile, Protocol):
 
 
 class ActiveModel(Protocol):
-    """A loaded model, seen from outside the engine: only which checkpoint it is."""
+    """A loaded model, seen from outside the engine: which checkpoint it is and its kind."""
 
     @property
     def info(self) -> ModelFacts: ...
+
+    @property
+    def family(self) -> str: ...  # "sd1" | "sd2" | "sdxl" | "sdxl-refiner": its native size, for clients that omit one
+
+    @property
+    def architecture(self) -> str: ...  # the detected variant ("sd2-v", "sd1-inpaint", ...)
 
 
 class GenerationEngine(Protocol):
@@ -95,6 +101,9 @@ class GenerationEngine(Protocol):
     def free_memory(self) -> None: ...
 
     def find_checkpoint(self, name: str) -> ModelFacts: ...
+
+    @property
+    def loaded(self) -> ActiveModel | None: ...  # the model on the device now, if any (a catalog read)
 
     def checkpoints(self) -> Sequence[CatalogEntry]: ...
 

@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from ..schemas.errors import A1111Error
+from ..schemas.errors import OWN_ERROR_SHAPE, A1111Error
 
 ERROR_REF = "#/components/schemas/A1111Error"
 REFUSALS = {
@@ -62,6 +62,9 @@ def add_error_responses(document: dict[str, Any]) -> None:
     schemas["A1111Error"] = A1111Error.model_json_schema()
     for path, path_item in document.get("paths", {}).items():
         for method, operation in path_item.items():
+            if isinstance(operation, dict) and operation.get(OWN_ERROR_SHAPE):
+                operation["responses"].pop("422", None)  # they answer bad input with their own 400
+                continue
             if isinstance(operation, dict) and "responses" in operation:
                 _add_to(operation)
                 _describe_media_types(operation, OTHER_MEDIA_TYPES.get((path, method), ()))

@@ -15,3 +15,8 @@ class A1111Error(BaseModel):
     detail: Any = Field(description="what went wrong, for people")
     body: Any = Field(description='the offending body where it is echoed; usually ""')
     errors: Any = Field(description="the exception's text, or the limit and flag that refused the request")
+
+
+# Set in a route's openapi_extra when the route documents its refusals in a body of its own (the
+# OpenAI-compatible routes answer OpenAI's error shape): /openapi.json leaves them as declared.
+OWN_ERROR_SHAPE = "x-own-error-shape"

@@ -56,6 +56,7 @@ ROUTES: Mapping[str, RouteClass] = {
         "samplers", "schedulers", "upscalers", "latent-upscale-modes", "sd-models", "sd-modules", "sd-vae",
         "hypernetworks", "face-restorers", "realesrgan-models", "prompt-styles", "embeddings", "loras", "scripts",
         "script-info", "extensions", "memory", "cmd-flags")]),
+    **_table(CATALOG, ["/v1/models"]),  # the OpenAI-compatible checkpoint list
     **_table(CATALOG, ["/controlnet/version", "/controlnet/model_list", "/controlnet/module_list",
                        "/controlnet/settings", "/controlnet/control_types"]),
     # settings and administration
@@ -73,6 +74,9 @@ ROUTES: Mapping[str, RouteClass] = {
 
 # Answer anyone: load balancers and orchestrators carry no credentials. They say up/down only.
 OPEN_ROUTES = frozenset({"/health", "/ready"})
+# The web playground's page and assets: static files holding no data, open so a browser can load
+# them; every API call the page makes carries the user's credentials.
+PAGE_ROUTES = frozenset({"/", "/playground/{name}"})
 # FastAPI's own documentation routes: open like A1111 unless --api-docs-auth closes them.
 DOCS_ROUTES = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 UNCLASSIFIED = RouteClass(ADMIN, submission=True)  # fail closed: an admin key's work
@@ -84,7 +88,7 @@ def classify(route_path: str) -> RouteClass:
 
 
 def is_classified(route_path: str) -> bool:
-    return route_path in ROUTES or route_path in OPEN_ROUTES or route_path in DOCS_ROUTES
+    return route_path in ROUTES or route_path in OPEN_ROUTES or route_path in DOCS_ROUTES or route_path in PAGE_ROUTES
 
 
 def route_group(route_path: str) -> str:
