@@ -73,8 +73,8 @@ def resolve_sampler(request: GenerationRequest) -> ResolvedSampler:
     if sampler.function is None:
         available = ", ".join(s.name for s in registry.implemented_samplers())
         raise ValidationFailed(f"Sampler {sampler.name!r} is not implemented yet; available: {available}")
-    scheduler = registry.find_scheduler(scheduler_name) if scheduler_name else split_scheduler
-    return ResolvedSampler(sampler, scheduler)
+    explicit = registry.find_scheduler(scheduler_name) if scheduler_name else None  # as sent, even the default
+    return ResolvedSampler(sampler, explicit or split_scheduler)
 
 
 def _known_scheduler_or_none(name: Any) -> Any:

@@ -351,7 +351,8 @@ def padding_applied(cond: CondBatch, uncond: CondBatch, opts: GuidanceOptions) -
         return None
     if opts.pad_cond_uncond_v0:
         return PAD_CONDS_V0
-    if opts.pad_cond_uncond and (cond.tokens - uncond.tokens) // opts.empty_crossattn.shape[0] != 0:
+    empty = opts.empty_crossattn
+    if opts.pad_cond_uncond and empty is not None and (cond.tokens - uncond.tokens) // empty.shape[0] != 0:
         return PAD_CONDS
     return None
 
