@@ -25,6 +25,7 @@ from .auth import add_cors, build_gate, exposure_warnings, protect_docs, record_
 from .errors import ApiError, validation_error_body
 from .options import OptionsStore
 from .lane_progress import LaneProgress
+from .output_urls import OUTPUTS_FOLDER, OutputStore
 from .progress import ProgressTracker
 from .batching import BatchingConfig
 from .scheduler import Scheduler, WorkItem
@@ -56,9 +57,11 @@ def create_app(settings: Settings, engine: Optional[Any] = None, workers: Sequen
         version=__version__,
         lifespan=_lifespan_for(settings, engine, workers),
         root_path=f"/{settings.subpath.strip('/')}" if settings.subpath else "",
+        docs_url=None, redoc_url=None,  # served by routes/docs.py with bundled assets (no CDN)
     )
     app.state.settings = settings
     app.state.gate = build_gate(settings)  # keys, Basic pairs, rate limiter: a bad keys file fails here
+    app.state.output_store = OutputStore(settings.data_dir / OUTPUTS_FOLDER, settings.output_url_ttl)
     _install_error_handlers(app)
     _install_middleware(app, settings)
     _include_routes(app, settings)
@@ -114,7 +117,7 @@ def task_store(settings: Settings) -> Any:
 
 
 def build_runtime(settings: Settings, engine: Optional[Any] = None, workers: Sequence[Worker] | None = None) -> Runtime:
-    from .postprocess.encode import encode_image_base64
+    from .postprocess.previews import preview_encoder
 
     if engine is None:
         from .engine.facade import Engine
@@ -123,16 +126,23 @@ def build_runtime(settings: Settings, engine: Optional[Any] = None, workers: Seq
     options = OptionsStore.from_settings(settings)
 
     def tracker() -> ProgressTracker:  # a remote lane may have no preview to show yet
-        return ProgressTracker(encode_preview=lambda image: None if image is None else encode_image_base64(image, "png"))
+        encode = preview_encoder(lambda: options.get("live_previews_image_format"))
+        return ProgressTracker(encode_preview=lambda image: None if image is None else encode(image))
 
     # several lanes run jobs at once: one tracker per lane, /progress shows the longest-running job
     progress: Any = tracker() if workers is None or len(workers) < 2 else LaneProgress(tracker)
     metrics = Metrics()
+    from .serving.gpu_health import GpuHealth, NvmlSensor
+
+    gpu_health = GpuHealth(NvmlSensor.open(), settings.gpu_max_temp)
+    metrics.track_gpus(gpu_health.readings)
     scheduler = Scheduler(
         progress, after_failure=engine.free_memory,
         max_queue_depth=settings.max_queue_depth, queue_timeout=settings.queue_timeout,
         batching=BatchingConfig(settings.batch_max_size, settings.batch_wait_ms),
         on_batch=metrics.observe_batch, workers=workers,
+        client_error_for=getattr(engine, "client_error_for", None),
+        admission_check=gpu_health.check_admission,
     )
     metrics.track_queue_depth(lambda: scheduler.waiting_generations)
     serving = ServingHooks(
@@ -143,7 +153,8 @@ def build_runtime(settings: Settings, engine: Optional[Any] = None, workers: Seq
     from .weights import WeightsFetcher
 
     return Runtime(settings=settings, options=options, engine=engine, scheduler=scheduler, progress=progress,
-                   metrics=metrics, serving=serving, weights=WeightsFetcher.from_settings(settings))
+                   metrics=metrics, serving=serving, weights=WeightsFetcher.from_settings(settings),
+                   gpu_health=gpu_health)
 
 
 def _load_startup_model(runtime: Runtime) -> None:
@@ -268,13 +279,17 @@ def _include_routes(app: FastAPI, settings: Settings) -> None:
         catalog, controlnet, controlnet_detect, extras, generate, health, interrogate, openapi_errors, options, progress,
         system, tasks,
     )
+    from .routes import docs, internal, job_events, openapi_responses, outputs
 
     for module in (generate, progress, options, catalog, extras, interrogate, tasks, controlnet, controlnet_detect,
-                   health):
+                   health, internal, job_events, outputs):
         app.include_router(module.router)
+    app.include_router(job_events.websocket_router)
+    docs.install(app)
     app.include_router(system.build_router(settings))
     _include_beyond_a1111(app)
     openapi_errors.install_error_responses(app)  # the shared 4xx/503 answers, with A1111's error body
+    openapi_responses.install(app)  # after it: wraps that builder (which replaces, not wraps, the one before)
 
 
 def _include_beyond_a1111(app: FastAPI) -> None:

@@ -53,6 +53,7 @@ class EngineOptions:
     s_min_uncond_all: bool = False
     batch_cond_uncond: bool = True
     live_preview_content: str = "Prompt"
+    show_progress_type: str = "Approx NN"  # live preview kind: Full, Approx NN, Approx cheap, TAESD
     # Prompt conditioning
     emphasis: str = "Original"
     comma_padding_backtrack: int = 20
@@ -138,6 +139,7 @@ OPTION_NAMES: Mapping[str, tuple[str, Callable[[Any], Any]]] = {
     "s_min_uncond_all": ("s_min_uncond_all", bool),
     "batch_cond_uncond": ("batch_cond_uncond", bool),
     "live_preview_content": ("live_preview_content", _text),
+    "show_progress_type": ("show_progress_type", _text),
     "emphasis": ("emphasis", _text),
     "comma_padding_backtrack": ("comma_padding_backtrack", int),
     "sdxl_clip_l_skip": ("sdxl_clip_l_skip", bool),

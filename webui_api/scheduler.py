@@ -40,6 +40,7 @@ from typing import Any, Awaitable, Callable, Hashable, Optional, Sequence
 from .batching import BatchingConfig
 from .errors import ApiError, ServiceUnavailable
 from .progress import CancelToken, ProgressTracker
+from .task_progress import current_task_id
 from .workers import AnyCancel, LocalWorker, RemoteCall, Worker, WorkerLost
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ class WorkItem:
     cancel: CancelToken = field(default_factory=CancelToken)
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     batch: Optional[BatchSlot] = None  # set when the item may share a UNet batch
+    task_id: Optional[str] = None  # A1111's id_task of a generation (the request's, when queued inside task_scope)
     remote: Any = None  # a webui_api.workers.RemoteCall when another process may run it (--ray)
     # wrappers around the execution on whichever worker runs it (timings): each gets a no-argument
     # callable that runs the item (retry included) and returns its result
@@ -157,6 +159,12 @@ class _Queue:
             heapq.heapify(self._heap)
         return [e.item for e in chosen if e.item is not None]
 
+    def task_ids(self) -> list[str]:
+        """The task ids of the queued items still waiting, next to run first."""
+        with self.changed:
+            entries = sorted(self._heap)
+        return [e.item.task_id for e in entries if e.item is not None and e.item.task_id and not e.item.future.done()]
+
     def qsize(self) -> int:
         with self.changed:
             return len(self._heap)
@@ -179,6 +187,8 @@ class Scheduler:
         queue_timeout: float = DEFAULT_QUEUE_TIMEOUT,
         batching: BatchingConfig = BatchingConfig(max_size=1),
         on_batch: Callable[[int], None] | None = None,
+        client_error_for: Callable[[BaseException], BaseException] | None = None,
+        admission_check: Callable[[], None] | None = None,
         workers: Sequence[Worker] | None = None,
     ) -> None:
         if max_queue_depth < 1 or queue_timeout < 0:
@@ -188,6 +198,8 @@ class Scheduler:
             )
         self._progress = progress
         self._after_failure = after_failure
+        self._client_error_for = client_error_for  # e.g. a device OOM -> 503 (engine.device_errors)
+        self._admission_check = admission_check  # raises to refuse guarded work (a hot GPU: gpu_health)
         self.max_queue_depth = max_queue_depth
         self.queue_timeout = queue_timeout
         self._guarded: set[int] = set()  # ids of guarded items still waiting (not running, not cancelled)
@@ -233,10 +245,17 @@ class Scheduler:
             raise ServiceUnavailable("The server is shutting down and accepts no new work")
         if guarded:
             self._admit(item)
+        if item.progress is not None and item.task_id is None:
+            item.task_id = current_task_id.get()
         self._queue.put(_Entry(priority=priority, seq=next(self._seq), item=item))
+        if item.task_id is not None:
+            self._progress.queue_changed()
+            item.future.add_done_callback(lambda _: self._progress.queue_changed())
         return item.future
 
     def _admit(self, item: WorkItem) -> None:
+        if self._admission_check is not None:
+            self._admission_check()
         with self._guarded_lock:
             if len(self._guarded) >= self.max_queue_depth:
                 raise QueueFull(self.max_queue_depth, self._retry_after())
@@ -295,6 +314,11 @@ class Scheduler:
     @property
     def pending(self) -> int:
         return self._queue.qsize()
+
+    def queued_task_ids(self) -> list[str]:
+        """Task ids of the generations waiting in the queue, in the order they will run
+        (A1111's pending_tasks, which /internal/pending-tasks lists)."""
+        return self._queue.task_ids()
 
     @property
     def worker_alive(self) -> bool:
@@ -374,7 +398,7 @@ class Scheduler:
 
     def _run_started(self, item: WorkItem, lane: int, worker: Worker) -> None:
         self._set_current(lane, (item,))
-        self._begin_progress(item)
+        self._begin_progress(item, (item,))
         try:
             item.future.set_result(self._execute_with_retry(item, worker))
         except BaseException as exc:  # handed to the awaiting request; the worker lives on
@@ -414,7 +438,7 @@ class Scheduler:
         if self.on_batch is not None:
             self.on_batch(len(started))
         self._set_current(lane, tuple(started))
-        self._begin_progress(started[0])
+        self._begin_progress(started[0], tuple(started))
         try:
             results = _run_group(started, worker, self._progress)
         except BaseException as exc:
@@ -438,10 +462,13 @@ class Scheduler:
         with self._current_lock:
             self._current[lane] = items
 
-    def _begin_progress(self, item: WorkItem) -> None:
+    def _begin_progress(self, item: WorkItem, running: tuple[WorkItem, ...]) -> None:
+        """`item`'s progress spec shows in /progress; every running item's task id is active."""
         if item.progress is not None:
             spec = item.progress
-            self._progress.begin(spec.job, spec.job_count, spec.job_timestamp, item.cancel, spec.preview_every_n_steps)
+            task_ids = tuple(i.task_id for i in running if i.task_id)
+            self._progress.begin(spec.job, spec.job_count, spec.job_timestamp, item.cancel, spec.preview_every_n_steps,
+                                 task_ids=task_ids)
 
     def _end_progress(self, item: WorkItem, lane: int) -> None:
         if item.progress is not None:
@@ -450,8 +477,12 @@ class Scheduler:
 
     def _fail(self, item: WorkItem, exc: BaseException) -> None:
         log.error("work item %r failed:\n%s", item.label, "".join(traceback.format_exception(exc)))
-        item.future.set_exception(_without_tracebacks(exc))
-        self._recover()
+        told = self._client_error_for(exc) if self._client_error_for is not None else exc
+        _without_tracebacks(exc)
+        _without_tracebacks(told)
+        del exc
+        self._recover()  # the failed job's memory is back before its client hears (and retries)
+        item.future.set_exception(told)
 
     def _recover(self) -> None:
         """Free what a failed item left behind (device memory) so the next one can run."""

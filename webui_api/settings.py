@@ -50,6 +50,12 @@ class Settings:
     device: str = "auto"  # "cpu" with --use-cpu all/sd; else resolved by the engine
     dtype: str = "auto"  # "float32" with --no-half or --precision full; else resolved by the engine
     no_half_vae: bool = False
+    precision: str = "autocast"  # --precision autocast|full|half (engine.precision.PrecisionPolicy)
+    upcast_sampling: bool = False  # --upcast-sampling
+    vram_mode: str = "normal"  # "normal" | "medvram" | "medvram-sdxl" | "lowvram" (engine.offload)
+    compile_unet: bool = False  # --compile: torch.compile the UNet at load (engine.compile)
+    compile_mode: str = "default"  # --compile-mode
+    gpu_max_temp: float | None = None  # --gpu-max-temp (°C): refuse new generations while a GPU is this hot
     no_hashing: bool = False
     skip_load_model_at_start: bool = False
 
@@ -75,6 +81,8 @@ class Settings:
     audit_log: Path | None = None  # --audit-log: one JSON line per generation; None: off
     audit: AuditPolicy = field(default_factory=AuditPolicy)  # --audit-log-* rotation/retention, --audit-redact-prompts
     task_retention_hours: float = 168.0  # --task-retention-hours: finished async tasks kept (0: forever)
+    output_urls: bool = False  # --output-urls: generation responses carry image URLs instead of base64 by default
+    output_url_ttl: float = 3600.0  # --output-url-ttl: seconds an output URL (and its stored image) lives
     task_max_count: int = 1000  # --task-max-count: finished async tasks kept at most (oldest deleted first; 0: no cap)
     task_max_mb: float = 1024.0  # --task-max-mb: MB of stored task requests and results (oldest finished deleted first)
     callback_allow: tuple[str, ...] = ()  # --callback-allow: hosts/CIDRs/"public" that task callbacks may reach

@@ -100,10 +100,22 @@ def test_missing_prompt_and_bad_n_are_openai_400(client):
     assert set(answer.json()) == {"error"} and set(answer.json()["error"]) == {"message", "type", "param", "code"}
 
 
-def test_url_format_without_output_urls_is_a_clear_400(oa):
-    with pytest.raises(openai.BadRequestError) as caught:
-        oa.images.generate(prompt="x", size="64x64", response_format="url")
-    assert caught.value.body["param"] == "response_format"
+def test_url_format_answers_fetchable_signed_urls(client, oa):
+    result = oa.images.generate(prompt="a red fox", size="64x64", response_format="url", extra_body=FAST)
+    assert result.data[0].b64_json is None and "/outputs/" in result.data[0].url
+    fetched = client.get(result.data[0].url)
+    assert fetched.status_code == 200 and fetched.headers["content-type"] == "image/png"
+    assert infotext(Image.open(io.BytesIO(fetched.content))).startswith("a red fox\n")
+    tampered = result.data[0].url.replace("sig=", "sig=0")
+    assert client.get(tampered).status_code == 404
+
+
+def test_without_response_format_the_servers_output_urls_decides(make_client):
+    client = make_client(output_urls=True)
+    oa = openai_client(client)
+    assert oa.images.generate(prompt="x", size="64x64", extra_body=FAST).data[0].url is not None
+    explicit = oa.images.generate(prompt="x", size="64x64", response_format="b64_json", extra_body=FAST)
+    assert explicit.data[0].url is None and decoded(explicit.data[0].b64_json).size == (64, 64)
 
 
 def test_a1111_field_out_of_range_is_openai_400_naming_it(client):

@@ -24,7 +24,7 @@ WORK_ROUTES = ("/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/sdapi/v1/extra-single
                "/v1/controlnet", "/controlnet/detect")
 # POST routes that change state but queue no generation work (no rate limit)
 NON_WORK_POSTS = {"/sdapi/v1/options", "/sdapi/v1/interrupt", "/sdapi/v1/skip", "/sdapi/v1/png-info",
-                  "/agent-scheduler/v1/delete/{task_id}"}
+                  "/agent-scheduler/v1/delete/{task_id}", "/internal/progress"}
 
 
 def _all_routes(engine, tmp_path):

@@ -34,7 +34,8 @@ import torch
 
 from webui_api.engine.cond_types import BatchConditioning, ScheduledCond
 from webui_api.engine.denoiser import CFGDenoiser, CondBatch, PaddingRecord, SamplingInterrupted, make_inner
-from webui_api.engine.latents import approx_preview, decode_latents
+from webui_api.engine.latents import decode_latents
+from webui_api.engine.previews import live_preview
 from webui_api.engine.models import LoadedModel
 from webui_api.engine.pipeline import (
     BatchSpec,
@@ -233,11 +234,13 @@ def sample_members(
     trace = SamplingTrace(x0=begin.x)
     watch = stop_watcher(members, cfg)
     latest = preview_source(job, cfg, trace)
+    preview_type = job.engine_options.show_progress_type
 
     def callback(info: dict) -> None:
         trace.x0 = info["denoised"]
         watch()
-        observer.sampling_step(int(info["i"]), job.sampling.steps, lambda: approx_preview(latest(), model.family))
+        observer.sampling_step(int(info["i"]), job.sampling.steps,
+                               lambda: live_preview(model, preview_type, latest()))
 
     draws = [make_noise_sampler(model, m.job, plan, m.spec, rng, schedule) for m, rng in zip(members, rngs)]
     kwargs = sampler_kwargs(job, plan, schedule, inner, combined_noise_sampler(draws), begin.model_interval)

@@ -106,6 +106,8 @@ class UNetRunner:
     def __init__(self, model: LoadedModel) -> None:
         self.unet = model.unet
         self.dtype = model.dtype
+        self.autocast = bool(getattr(model, "autocast", False))
+        self.device_type = torch.device(getattr(model, "device", "cpu")).type
         config = getattr(model.unet, "config", None)
         self.needs_vector = getattr(config, "addition_embed_type", None) == "text_time"
         self.config = config
@@ -127,7 +129,9 @@ class UNetRunner:
             extra["added_cond_kwargs"] = {"text_embeds": text_embeds.to(self.dtype), "time_ids": time_ids}
         if self.control is not None:
             extra.update(self.control(latent.to(self.dtype), t, cond.crossattn, cond.uncond_rows, extra.get("added_cond_kwargs")))
-        out = self.unet(x.to(self.dtype), t, encoder_hidden_states=cond.crossattn.to(self.dtype), return_dict=False, **extra)
+        with torch.autocast(self.device_type, dtype=self.dtype, enabled=self.autocast):
+            out = self.unet(x.to(self.dtype), t, encoder_hidden_states=cond.crossattn.to(self.dtype), return_dict=False,
+                            **extra)
         return out[0].to(torch.float32)
 
 

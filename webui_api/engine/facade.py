@@ -14,6 +14,7 @@ own `engine_options`, never from shared state, so two queued jobs with different
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
@@ -24,9 +25,11 @@ import torch
 
 from webui_api.batching import batch_key
 from webui_api.controlnet.catalog import annotator_dir, controlnet_dirs
+from webui_api.engine.compile import CompilePolicy
 from webui_api.engine.control import prepare_controls
 from webui_api.engine.control_models import ControlNetLibrary
 from webui_api.engine.device import DevicePolicy
+from webui_api.engine.device_errors import client_error_for
 from webui_api.engine.embeddings import EmbeddingLibrary
 from webui_api.engine.job_networks import JobNetworks, hires_network_calls, job_networks, with_default_lora
 from webui_api.engine.loading.checkpoint import LoadOptions
@@ -34,10 +37,11 @@ from webui_api.engine.loading.discovery import ModelPaths, VaeFile
 from webui_api.engine.loading.forge_modules import ModuleFile, resolve_modules, scan_modules
 from webui_api.engine.loading.hashes import HashCache
 from webui_api.engine.loading.vae import VaeChoice
-from webui_api.engine.model_store import ModelStore, VaeCatalog
+from webui_api.engine.model_store import ModelSetup, ModelStore, VaeCatalog
 from webui_api.engine.models import CheckpointInfo, LoadedModel
 from webui_api.engine.networks import LoadedNetwork, NetworkFile
 from webui_api.engine.pipeline import run_txt2img
+from webui_api.engine.previews import PreviewDecoders
 from webui_api.engine.protocols import FaceStep, FirstPassHook
 from webui_api.engine.storage import storage_dtype
 from webui_api.engine.tiling import apply_tiling
@@ -47,6 +51,8 @@ from webui_api.jobs import GenerationJob, JobResult
 from webui_api.postprocess.upscale import BUILTIN_NAMES, UpscalerCatalog, UpscalerEntry
 from webui_api.progress import CancelToken, RunObserver
 from webui_api.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # A pipeline entry point: run(model, job, observer, cancel[, models=CompanionModels]) -> JobResult
 # (run_txt2img, run_img2img, run_hires, run_txt2img_refined).
@@ -96,6 +102,11 @@ class Engine:
         *,
         paths: ModelPaths | None = None,
         no_half_vae: bool = False,
+        precision: str = "autocast",
+        upcast_sampling: bool = False,
+        vram_mode: str = "normal",
+        compile_policy: CompilePolicy | None = None,
+        taesd_dir: Path | None = None,
         no_hashing: bool = False,
         allow_unsafe_pickle: bool = False,
         controlnet_dirs: tuple[Path, ...] = (),
@@ -103,13 +114,17 @@ class Engine:
         no_half_controlnet: bool = False,
         upscalers: Callable[[], UpscalerCatalog] | None = None,
     ) -> None:
-        self.policy = DevicePolicy.resolve(device, dtype, no_half_vae)
+        self.policy = DevicePolicy.resolve(device, dtype, no_half_vae, precision=precision,
+                                           upcast_sampling=upcast_sampling)
+        assert self.policy.precision is not None
+        log.info("Precision: %s", self.policy.precision.describe())
         self.paths = paths if paths is not None else ModelPaths()
         policy = self.policy
         self.load_options = LoadOptions(policy.device, policy.dtype, policy.vae_dtype, allow_unsafe_pickle)
         self.hashes = HashCache(self.paths.hash_cache_file, enabled=not no_hashing)
         embeddings = EmbeddingLibrary(self.paths, self.hashes, allow_unsafe_pickle)
-        self.models = ModelStore(self.policy, self.paths, self.hashes, self.load_options, embeddings)
+        setup = ModelSetup(vram_mode, compile_policy or CompilePolicy(), PreviewDecoders(taesd_dir))
+        self.models = ModelStore(self.policy, self.paths, self.hashes, self.load_options, embeddings, setup)
         self.vae_catalog = VaeCatalog(self.paths, self.hashes, self.load_options)
         self.networks = JobNetworks(self.paths, self.hashes, allow_unsafe_pickle)
         self.controlnets = ControlNetLibrary(tuple(controlnet_dirs), allow_unsafe_pickle=allow_unsafe_pickle,
@@ -126,6 +141,11 @@ class Engine:
             dtype=settings.dtype,
             paths=ModelPaths.from_settings(settings),
             no_half_vae=settings.no_half_vae,
+            precision=settings.precision,
+            upcast_sampling=settings.upcast_sampling,
+            vram_mode=settings.vram_mode,
+            compile_policy=CompilePolicy(settings.compile_unet, settings.compile_mode),
+            taesd_dir=settings.models_dir / "VAE-taesd",
             no_hashing=settings.no_hashing,
             allow_unsafe_pickle=bool(settings.cmd_flags.get("disable_safe_unpickle", False)),
             controlnet_dirs=controlnet_dirs(settings),
@@ -191,6 +211,11 @@ class Engine:
         """Drop every loaded model, ControlNet and annotator network; give the memory back."""
         self.controlnets.clear()
         self.models.unload()
+
+    @staticmethod
+    def client_error_for(exc: BaseException) -> BaseException:
+        """What a client is told when its job failed with `exc` (a device OOM becomes a 503)."""
+        return client_error_for(exc)
 
     def free_memory(self) -> None:
         """Collect garbage and return cached device memory; the scheduler calls this after a

@@ -129,6 +129,8 @@ class LoadedModel:
     baked_vae: Any = None  # the checkpoint's own VAE; `vae` is it or a VAE file chosen by sd_vae
     vae_file: str | None = None  # the VAE file `vae` came from; None while the baked VAE is in use
     embeddings: Any = None  # webui_api.engine.embeddings.EmbeddingStore fitting this model's encoders
+    autocast: bool = False  # UNet calls run under torch.autocast (engine.precision.PrecisionPolicy.autocast)
+    preview_decoders: Any = None  # engine.previews.PreviewDecoders: TAESD decoders for live previews
     vae_shift_factor: float = 0.0  # latent = (z - shift) * scale; Flux's autoencoder has a shift, SD's none
     flow_shift: float | None = None  # flow-matching models (Flux): the sigma table's time shift; None: diffusion
     module_files: tuple[str, ...] = ()  # Forge modules (VAE / text encoder files) this model was built with

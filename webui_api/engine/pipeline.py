@@ -32,7 +32,8 @@ from webui_api.engine.denoiser import (
     SamplingInterrupted,
     make_inner,
 )
-from webui_api.engine.latents import approx_preview, decode_latents
+from webui_api.engine.latents import decode_latents
+from webui_api.engine.previews import live_preview
 from webui_api.engine.models import LoadedModel
 from webui_api.engine.rng import ImageRNG, philox_normal
 from webui_api.errors import BadRequest
@@ -354,14 +355,17 @@ def preview_source(job: GenerationJob, cfg: CFGDenoiser, trace: SamplingTrace) -
 
 
 def make_callback(
-    job: GenerationJob, observer: RunObserver, trace: SamplingTrace, latest: Callable[[], torch.Tensor], family: str
+    job: GenerationJob, observer: RunObserver, trace: SamplingTrace, latest: Callable[[], torch.Tensor],
+    model: LoadedModel,
 ) -> Callable[[dict], None]:
-    """The sampler callback: remember the x0 estimate, report the step with a lazy preview."""
+    """The sampler callback: remember the x0 estimate, report the step with a lazy preview
+    of the kind the option show_progress_type names (made only when a preview is due)."""
     total = job.sampling.steps
+    preview_type = job.engine_options.show_progress_type
 
     def callback(info: dict) -> None:
         trace.x0 = info["denoised"]
-        observer.sampling_step(int(info["i"]), total, lambda: approx_preview(latest(), family))
+        observer.sampling_step(int(info["i"]), total, lambda: live_preview(model, preview_type, latest()))
 
     return callback
 
@@ -429,7 +433,7 @@ def sample_batch(
     cfg = CFGDenoiser(inner, cancel, guidance_options(job, plan, model), blend=begin.blend)
     denoiser = cfg if hooks.wrap_denoiser is None else hooks.wrap_denoiser(cfg, batch, begin)
     trace = SamplingTrace(x0=x)
-    callback = make_callback(job, observer, trace, preview_source(job, cfg, trace), model.family)
+    callback = make_callback(job, observer, trace, preview_source(job, cfg, trace), model)
     control = control_hook(job, schedule, plan.sampler.kind == KIND_TIMESTEPS)  # ControlNet units, if any
     if control is not None:
         inner.unet.control, callback = control, control.track(callback)

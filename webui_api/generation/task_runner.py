@@ -20,11 +20,13 @@ import time
 from typing import Any
 
 from ..errors import ApiError
+from ..progress import COMPLETED, JobOutcome
 from ..runtime import Runtime
 from ..schemas.generation import Img2ImgRequest, Txt2ImgRequest
 from ..serving.context import RequestContext
 from ..task_callback import CallbackFile, callback_policy, post_callback
-from ..tasks import DONE, FAILED, TaskRecord, TaskStore
+from ..task_progress import task_scope
+from ..tasks import DONE, FAILED, FINISHED, TaskRecord, TaskStore
 from ..workers import WorkerLost
 from .runs import run_img2img, run_txt2img
 
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 
 IDLE_POLL_SECONDS = 1.0  # the runner also wakes at once when a task is queued
 RETENTION_CHECK_SECONDS = 3600.0
+RESULTS_PREFIX = "/agent-scheduler/v1"  # where a finished task's results are read (routes/tasks.py)
 
 
 REQUEUE_PAUSE_SECONDS = 2.0
@@ -172,7 +175,19 @@ class TaskRunner:
         finally:
             lease.cancel()
             self._current = None
+        self._report_outcome(task.id, result)
         self._notify(task, result)
+
+    def _report_outcome(self, task_id: str, result: dict[str, Any] | None) -> None:
+        """End the task's progress streams (/sdapi/v1/progress/{id}/events) with its outcome."""
+        finished = self.store.get(task_id)
+        if finished is None or finished.status not in FINISHED:
+            return
+        reference = None
+        if result is not None:
+            reference = {"images": len(result.get("images") or []), "href": f"{RESULTS_PREFIX}/task/{task_id}/results"}
+        status = COMPLETED if finished.status == DONE else finished.status  # failed and interrupted read the same
+        self._runtime.progress.complete(task_id, JobOutcome(status, error=finished.error, result=reference))
 
     async def _record_failure(self, task: TaskRecord, error: str, error_type: str, status: int) -> None:
         """A failed task: its status and error in the store, the metrics' error count, the audit log."""
@@ -208,11 +223,14 @@ class TaskRunner:
     async def _generate(self, task: TaskRecord) -> dict[str, Any]:
         """The same work as the synchronous route, at the tier the task was queued with."""
         context = RequestContext(caller=task.owner_name, priority=task.tier, task_id=task.id, owner=task.owner)
-        if task.type == "txt2img":
-            return await run_txt2img(Txt2ImgRequest.model_validate(task.params), self._runtime, guarded=False,
+        if task.owner:
+            self._runtime.progress.claim(task.id, task.owner)  # callers who may not see all tasks see only theirs
+        with task_scope(task.id):  # the queued job carries the task's id: /internal/progress, event streams
+            if task.type == "txt2img":
+                return await run_txt2img(Txt2ImgRequest.model_validate(task.params), self._runtime, guarded=False,
+                                         context=context)
+            return await run_img2img(Img2ImgRequest.model_validate(task.params), self._runtime, guarded=False,
                                      context=context)
-        return await run_img2img(Img2ImgRequest.model_validate(task.params), self._runtime, guarded=False,
-                                 context=context)
 
 
 def _report_crash(loop_task: asyncio.Task) -> None:

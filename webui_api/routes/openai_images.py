@@ -48,6 +48,7 @@ from ..openai_images.params import (
     snap_to_multiple_of_8,
     txt2img_fields,
 )
+from ..output_urls import wants_urls
 from ..runtime import Runtime
 from ..schemas.errors import OWN_ERROR_SHAPE
 from ..schemas.generation import Img2ImgRequest, Txt2ImgRequest
@@ -107,7 +108,7 @@ async def generations(body: GenerationBody, http: Request, runtime: RuntimeDep) 
     size = parse_size(body.size, default_size(runtime, checkpoint))
     request = a1111_request(Txt2ImgRequest, txt2img_fields(body, size, checkpoint))
     answer = await generate(http, lambda gone, context: run_txt2img(request, runtime, gone, context=context))
-    return images_response(answer, body, size, int(time.time()))
+    return await openai_answer(http, runtime, body, answer, size)
 
 
 # edits and variations --------------------------------------------------------------------------
@@ -191,7 +192,7 @@ async def run_img2img_answer(
 ) -> dict[str, Any]:
     request = a1111_request(Img2ImgRequest, fields)
     answer = await generate(http, lambda gone, context: run_img2img(request, runtime, gone, context=context))
-    return images_response(answer, options, size, int(time.time()))
+    return await openai_answer(http, runtime, options, answer, size)
 
 
 # models ----------------------------------------------------------------------------------------
@@ -208,11 +209,26 @@ async def models(runtime: RuntimeDep) -> dict[str, Any]:
 
 
 def check_request(options: ImageOptions) -> None:
-    """What this server refuses up front: streaming, and URLs (not offered by this build)."""
+    """What this server refuses up front (streaming)."""
     check_supported(options)
-    if options.response_format == "url":
-        raise OpenAIParamError("response_format 'url' needs outputs by URL (--output-urls), which this server "
-                               "build does not have; use 'b64_json'", "response_format")
+
+
+def answer_urls(runtime: Runtime, options: ImageOptions) -> bool:
+    """`response_format` decides; without one, the server's --output-urls does (as for A1111's routes)."""
+    requested = None if options.response_format is None else options.response_format == "url"
+    return wants_urls(requested, runtime.settings.output_urls)
+
+
+async def openai_answer(
+    http: Request, runtime: Runtime, options: ImageOptions, answer: dict[str, Any], size: tuple[int, int],
+) -> dict[str, Any]:
+    """OpenAI's ImagesResponse: base64 images, or signed expiring URLs of the stored outputs."""
+    urls = None
+    if answer_urls(runtime, options):
+        store = http.app.state.output_store
+        stored = await run_in_threadpool(store.images_to_urls, answer, str(http.base_url))
+        urls = list(stored["images"])
+    return images_response(answer, options, size, int(time.time()), urls=urls)
 
 
 def a1111_request(model: type[A1111Request], fields: dict[str, Any]) -> A1111Request:

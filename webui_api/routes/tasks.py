@@ -102,6 +102,7 @@ async def enqueue(task_type: str, body: Any, http: Request, runner: TaskRunner) 
     if not runner.has_room():
         raise ServiceUnavailable("The async task store is full (--task-max-count / --task-max-mb); try again later")
     task = runner.store.create(task_type, params, body.callback_url, tier=context.priority, owner=context.owner)
+    runner.runtime.progress.claim(task.id, caller.identity)  # per-job progress follows the tasks' ownership
     runner.wake()
     return {"task_id": task.id}
 
@@ -190,7 +191,8 @@ async def task_events(
     caller: Caller = Depends(request_caller),
 ) -> Any:
     """Server-Sent Events: `status` on every status change (with the queue position), `progress`
-    while the task runs (A1111's /progress fields, without the preview image), and a final
+    while the task's job is on the device (its own counters, /internal/progress's fraction and
+    eta; no preview image; /sdapi/v1/progress/{id}/events has previews), and a final
     `done` event once the task is finished (or deleted); then the stream ends."""
     if owned_task(runner, task_id, caller) is None:
         return NOT_FOUND
@@ -235,15 +237,14 @@ async def task_event_stream(task_id: str, runner: TaskRunner, interval: float) -
 
 
 def running_progress(task_id: str, runner: TaskRunner) -> Optional[dict[str, Any]]:
-    """Progress of the task when it is the one on the device; None otherwise."""
-    if runner.current_task_id != task_id:
+    """Progress of the task while it is on the device (its own job's counters); None otherwise."""
+    view = runner.runtime.progress.view(task_id)
+    if not view.active:
         return None
-    snapshot = runner.runtime.progress.snapshot(skip_current_image=True)
-    state = snapshot.get("state") or {}
     return {
-        "progress": snapshot.get("progress"), "eta_relative": snapshot.get("eta_relative"),
-        "sampling_step": state.get("sampling_step"), "sampling_steps": state.get("sampling_steps"),
-        "job_no": state.get("job_no"), "job_count": state.get("job_count"), "textinfo": snapshot.get("textinfo"),
+        "progress": view.fraction, "eta_relative": view.eta,
+        "sampling_step": view.sampling_step, "sampling_steps": view.sampling_steps,
+        "job_no": view.job_no, "job_count": view.job_count, "textinfo": view.textinfo,
     }
 
 

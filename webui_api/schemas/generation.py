@@ -107,6 +107,9 @@ class GenerationRequest(LenientModel):
     alwayson_scripts: Optional[dict[str, Any]] = Field(default={})  # OpenAPI shows {} as A1111
     force_task_id: Optional[str] = None
     infotext: Optional[str] = None
+    # not A1111's: true answers `images` as signed, expiring URLs (GET /sdapi/v1/outputs/...)
+    # instead of base64; null follows the server's --output-urls
+    output_urls: Optional[bool] = None
     distilled_cfg_scale: Optional[float] = 3.5  # Forge: Flux-dev's guidance embedding (other models ignore it)
 
     @field_validator("width", "height")

@@ -51,6 +51,8 @@ ROUTES: Mapping[str, RouteClass] = {
                         "/v1/images/variations"], submission=True),
     **_table(GENERATE, [_SDAPI + name for name in ("png-info", "progress", "interrupt", "skip")]),
     **_table(GENERATE, ["/internal/progress", "/internal/pending-tasks"]),
+    **_table(GENERATE, [_SDAPI + "progress/{task_id}/events", _SDAPI + "progress/{task_id}/ws",
+                        _SDAPI + "outputs/{name}"]),  # per-job progress streams, images sent as URLs
     # read-only catalogs
     **_table(CATALOG, [_SDAPI + name for name in (
         "samplers", "schedulers", "upscalers", "latent-upscale-modes", "sd-models", "sd-modules", "sd-vae",
@@ -78,7 +80,7 @@ OPEN_ROUTES = frozenset({"/health", "/ready"})
 # them; every API call the page makes carries the user's credentials.
 PAGE_ROUTES = frozenset({"/", "/playground/{name}"})
 # FastAPI's own documentation routes: open like A1111 unless --api-docs-auth closes them.
-DOCS_ROUTES = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+DOCS_ROUTES = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/docs-assets/{name}"})
 UNCLASSIFIED = RouteClass(ADMIN, submission=True)  # fail closed: an admin key's work
 
 
