@@ -16,7 +16,7 @@ Known difference: the VAE encode of the pixel path uses the posterior mean (see 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
@@ -38,6 +38,7 @@ from webui_api.engine.img2img import (
 from webui_api.engine.latents import decode_latents
 from webui_api.engine.models import CheckpointInfo, LoadedModel
 from webui_api.engine.networks import parse_prompt_networks
+from webui_api.engine.denoiser import PaddingRecord
 from webui_api.engine.pipeline import (
     LATENT_SCALE,
     BatchSpec,
@@ -190,6 +191,7 @@ class HiresRun:
     refiner: RefinerRun | None
     resize: PixelUpscale | None
     first_pass: FirstPassSink | None = None  # save_images_before_highres_fix
+    padding: PaddingRecord = field(default_factory=PaddingRecord)  # both passes' cond padding (infotext)
 
     def second_model(self) -> LoadedModel:
         """The second pass's model: the hires checkpoint, else the main one (A1111 reloads it)."""
@@ -257,7 +259,7 @@ def second_pass(
         return unsampled_start(model, hr_job, batch, hr.hr_plan, start), model
     ctx = PassContext(hr_job, hr.hr_plan, launch_steps=steps.t_enc + 1, is_hires=True, hires_enabled=True,
                       conditioning=hires_conditioning(job, hr.plan, hr.hr_plan))
-    return sample_pass(model, hr.refiner, ctx, batch, observer, cancel, start)
+    return sample_pass(model, hr.refiner, ctx, batch, observer, cancel, start, hr.padding)
 
 
 def check_hires_job(job: GenerationJob) -> HiresParams:
@@ -274,7 +276,7 @@ def hires_batch(
     n, hires = batch.index, hr.job.hires
     first_ctx = PassContext(hr.job, hr.plan, launch_steps=hr.job.sampling.steps, hires_enabled=True)
     hr.select_networks(is_hires=False)
-    latents, finished = sample_pass(hr.main, hr.refiner, first_ctx, batch, observer, cancel)
+    latents, finished = sample_pass(hr.main, hr.refiner, first_ctx, batch, observer, cancel, padding=hr.padding)
     observer.batch_finished(2 * n)
     if cancel.interrupted:
         return latents, finished
@@ -304,4 +306,5 @@ def run_hires(
             latents, finished = hires_batch(hr, batch, auto_upcast, observer, cancel)
             images += batch_images(batch, decode_latents(finished, latents, auto_upcast))
             observer.batch_finished(2 * batch.index + 1)
-    return JobResult(images=images, interrupted=cancel.interrupted, extra_generation_params=hr.infotext())
+    return JobResult(images=images, interrupted=cancel.interrupted, extra_generation_params=hr.infotext(),
+                     cond_padding=hr.padding.infotext())
