@@ -55,14 +55,18 @@ class SamplerInfo:
 
     name: str
     aliases: tuple[str, ...]
-    options: Mapping[str, Any] = field(hash=False)
-    function: SamplerFunction | None = field(hash=False)
+    options: Mapping[str, Any] = field(hash=False, repr=False)
+    function: SamplerFunction | None = field(hash=False, repr=False)
     extra_params: tuple[str, ...]
     takes_eta: bool
     default_eta: float | None
     kind: str = KIND_SIGMAS
     takes_unipc_options: bool = False  # UniPC: the uni_pc_* options, at least `order` steps
     batch_coupled: bool = False  # step control reads the whole batch (DPM adaptive's error norm)
+
+    def __reduce__(self) -> tuple[Callable[[str], SamplerInfo], tuple[str]]:
+        """Pickled as its name (jobs travel to worker processes): the table entry comes back."""
+        return _sampler_entry, (self.name,)
 
     @property
     def second_order(self) -> bool:
@@ -114,7 +118,11 @@ class SchedulerInfo:
     aliases: tuple[str, ...] | None
     default_rho: float
     need_inner_model: bool
-    function: ScheduleFunction | None = field(hash=False)
+    function: ScheduleFunction | None = field(hash=False, repr=False)
+
+    def __reduce__(self) -> tuple[Callable[[str], SchedulerInfo], tuple[str]]:
+        """Pickled as its name, as SamplerInfo."""
+        return _scheduler_entry, (self.name,)
 
 
 class UnknownSamplerError(ValueError):
@@ -287,12 +295,14 @@ def find_sampler(name: str) -> SamplerInfo | None:
     return None
 
 
-def sampler_of(name: str) -> SamplerInfo:
-    """find_sampler for a name already resolved (a built job's): unknown is a programming error."""
-    sampler = find_sampler(name)
-    if sampler is None:
-        raise UnknownSamplerError(f"sampler not found: {name!r}; {_valid_samplers()}")
-    return sampler
+def _sampler_entry(name: str) -> SamplerInfo:
+    """The table entry of a canonical sampler name (unpickling)."""
+    return next(sampler for sampler in SAMPLERS if sampler.name == name)
+
+
+def _scheduler_entry(name: str) -> SchedulerInfo:
+    """The table entry of a canonical scheduler name (unpickling)."""
+    return next(scheduler for scheduler in SCHEDULERS if scheduler.name == name)
 
 
 def _scheduler_names(scheduler: SchedulerInfo) -> tuple[str, ...]:

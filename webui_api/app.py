@@ -132,11 +132,17 @@ def build_runtime(settings: Settings, engine: Any | None = None, workers: Sequen
     # several lanes run jobs at once: one tracker per lane, /progress shows the longest-running job
     progress: Any = tracker() if workers is None or len(workers) < 2 else LaneProgress(tracker)
     metrics = Metrics()
+    from .serving.gpu_health import GpuHealth, NvmlSensor
+
+    gpu_health = GpuHealth(NvmlSensor.open(), settings.gpu_max_temp)
+    metrics.track_gpus(gpu_health.readings)
     scheduler = Scheduler(
         progress, after_failure=engine.free_memory,
         max_queue_depth=settings.max_queue_depth, queue_timeout=settings.queue_timeout,
         batching=BatchingConfig(settings.batch_max_size, settings.batch_wait_ms),
         on_batch=metrics.observe_batch, workers=workers,
+        client_error_for=getattr(engine, "client_error_for", None),
+        admission_check=gpu_health.check_admission,
     )
     metrics.track_queue_depth(lambda: scheduler.waiting_generations)
     serving = ServingHooks(
@@ -147,7 +153,8 @@ def build_runtime(settings: Settings, engine: Any | None = None, workers: Sequen
     from .weights import WeightsFetcher
 
     return Runtime(settings=settings, options=options, engine=engine, scheduler=scheduler, progress=progress,
-                   metrics=metrics, serving=serving, weights=WeightsFetcher.from_settings(settings))
+                   metrics=metrics, serving=serving, weights=WeightsFetcher.from_settings(settings),
+                   gpu_health=gpu_health)
 
 
 def _load_startup_model(runtime: Runtime) -> None:

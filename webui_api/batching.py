@@ -60,18 +60,9 @@ def why_not_batchable(job: GenerationJob) -> str | None:
         (job.refiner is not None, "refiner"),
         (bool(job.controlnet_units), "ControlNet units"),
         (job.restore_faces, "restore_faces"),
-        (_batch_coupled(job.sampling.sampler_name), f"sampler {job.sampling.sampler_name!r}"),
+        (job.sampling.sampler.batch_coupled, f"sampler {job.sampling.sampler_name!r}"),
     )
     return next((reason for failed, reason in checks if failed), None)
-
-
-def _batch_coupled(sampler_name: str) -> bool:
-    """Whether the sampler's step control reads the whole batch (the registry's fact), so an
-    image's path would depend on the other images in a shared batch."""
-    from samplers.registry import find_sampler  # imports torch: only when a job is checked
-
-    sampler = find_sampler(sampler_name)
-    return sampler is not None and sampler.batch_coupled
 
 
 def batch_key(job: GenerationJob) -> Hashable | None:

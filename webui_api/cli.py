@@ -333,6 +333,13 @@ SERVING_FLAGS: tuple[FlagSpec, ...] = (
     FlagSpec("--batch-unet-rows", "cross-request batching: every UNet call gets exactly this many rows (padded), "
              "so batched and lone images agree bit for bit; use a multiple of 4 (0: 2 x --batch-max-size, rounded up "
              "to a multiple of 4)", int, 0),
+    _switch("--compile", "torch.compile the UNet when a model loads (warmed up at the default image size before "
+            "serving; minutes on first load, faster sampling after)"),
+    FlagSpec("--compile-mode", "torch.compile mode with --compile: default, reduce-overhead (CUDA graphs), "
+             "max-autotune, max-autotune-no-cudagraphs", str, "default",
+             options={"choices": ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]}),
+    FlagSpec("--gpu-max-temp", "refuse new generations (503 + Retry-After) while a GPU is at or above this temperature "
+             "in °C, until it is 5 °C cooler (needs nvidia-ml-py; 0: off)", float, 0.0),
 )
 
 
@@ -456,6 +463,26 @@ def _device_and_dtype(args: argparse.Namespace) -> tuple[str, str]:
     return device, dtype
 
 
+HALF_PRECISION_CONFLICT = "--no-half and --no-half-vae conflict with --precision half"
+
+
+def _precision_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """A1111's precision flags as Settings fields; the same start-up refusal as A1111 for
+    --precision half with --no-half/--no-half-vae (the engine resolves the rest)."""
+    if args.precision == "half" and (args.no_half or args.no_half_vae):
+        raise ValueError(HALF_PRECISION_CONFLICT)
+    return {"precision": args.precision, "upcast_sampling": args.upcast_sampling}
+
+
+def _vram_mode(args: argparse.Namespace) -> str:
+    """--lowvram wins over --medvram, which wins over --medvram-sdxl (A1111's order of checks)."""
+    if args.lowvram:
+        return "lowvram"
+    if args.medvram:
+        return "medvram"
+    return "medvram-sdxl" if args.medvram_sdxl else "normal"
+
+
 def _styles_files(args: argparse.Namespace, data_dir: Path) -> tuple[Path, ...]:
     return tuple(Path(p) for p in args.styles_file) or (data_dir / "styles.csv",)
 
@@ -532,6 +559,11 @@ def settings_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser
         dtype=dtype,
         no_half_vae=args.no_half_vae,
         no_hashing=args.no_hashing,
+        vram_mode=_vram_mode(args),
+        **_precision_flags(args),
+        compile_unet=args.compile,
+        compile_mode=args.compile_mode,
+        gpu_max_temp=_at_least(0, "--gpu-max-temp", args.gpu_max_temp) or None,
         skip_load_model_at_start=args.skip_load_model_at_start,
         freeze_settings=args.freeze_settings, freeze_settings_in_sections=_split_list(args.freeze_settings_in_sections),
         freeze_specific_settings=_split_list(args.freeze_specific_settings), hide_ui_dir_config=args.hide_ui_dir_config,

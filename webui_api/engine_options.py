@@ -38,6 +38,7 @@ class EngineOptions:
     beta_dist_alpha: float = 0.6
     beta_dist_beta: float = 0.6
     sgm_noise_multiplier: bool = False
+    sd_noise_schedule: str = "Default"  # or "Zero Terminal SNR" (A1111's ᾱ rescale)
     # Samplers
     eta_ddim: float | None = None  # None: the sampler's own default
     eta_ancestral: float | None = None
@@ -53,6 +54,7 @@ class EngineOptions:
     s_min_uncond_all: bool = False
     batch_cond_uncond: bool = True
     live_preview_content: str = "Prompt"
+    show_progress_type: str = "Approx NN"  # live preview kind: Full, Approx NN, Approx cheap, TAESD
     # Prompt conditioning
     emphasis: str = "Original"
     comma_padding_backtrack: int = 20
@@ -125,6 +127,7 @@ OPTION_NAMES: Mapping[str, tuple[str, Callable[[Any], Any]]] = {
     "beta_dist_alpha": ("beta_dist_alpha", float),
     "beta_dist_beta": ("beta_dist_beta", float),
     "sgm_noise_multiplier": ("sgm_noise_multiplier", bool),
+    "sd_noise_schedule": ("sd_noise_schedule", _text),
     "eta_ddim": ("eta_ddim", float),
     "eta_ancestral": ("eta_ancestral", float),
     "no_dpmpp_sde_batch_determinism": ("no_dpmpp_sde_batch_determinism", bool),
@@ -138,6 +141,7 @@ OPTION_NAMES: Mapping[str, tuple[str, Callable[[Any], Any]]] = {
     "s_min_uncond_all": ("s_min_uncond_all", bool),
     "batch_cond_uncond": ("batch_cond_uncond", bool),
     "live_preview_content": ("live_preview_content", _text),
+    "show_progress_type": ("show_progress_type", _text),
     "emphasis": ("emphasis", _text),
     "comma_padding_backtrack": ("comma_padding_backtrack", int),
     "sdxl_clip_l_skip": ("sdxl_clip_l_skip", bool),

@@ -113,6 +113,25 @@ class NotImplementedFeature(ApiError):
     error_name = "NotImplementedError"
 
 
+class DeviceOutOfMemory(ServiceUnavailable):
+    """The device ran out of memory during this job (torch.OutOfMemoryError): 503 + Retry-After.
+
+    A1111 answers 500 with error "OutOfMemoryError"; we keep that error name but say 503 because
+    the server recovered (the job's memory was released) and the same request may succeed once
+    fewer jobs share the device, or at a smaller size or batch.
+    """
+
+    error_name = "OutOfMemoryError"
+
+    def __init__(self, detail: str, retry_after: int = 5) -> None:
+        super().__init__(
+            "The GPU ran out of memory while running this job; its memory was released. Retry later, "
+            f"or ask for fewer or smaller images. ({detail})",
+            errors=detail,
+        )
+        self.headers = {"Retry-After": str(retry_after)}
+
+
 MAX_ECHOED_INPUT = 200  # characters of a refused input echoed back in a 422 (bodies can be megabytes)
 
 

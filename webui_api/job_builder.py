@@ -14,7 +14,7 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .controlnet.units import controlnet_units
 from .engine_options import EngineOptions
@@ -23,6 +23,9 @@ from .jobs import GenerationJob, HiresParams, Img2ImgParams, RefinerParams, Samp
 from .schemas.generation import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 from .styles import PromptStyle, apply_styles, read_styles
 
+if TYPE_CHECKING:  # the sampler registry imports torch: looked up only when a job is built
+    from samplers.registry import SamplerInfo, SchedulerInfo
+
 log = logging.getLogger(__name__)
 
 MAX_SEED = 4294967294  # A1111 draws random seeds with randrange(4294967294)
@@ -30,11 +33,10 @@ MAX_SEED = 4294967294  # A1111 draws random seeds with randrange(4294967294)
 
 @dataclass(frozen=True)
 class ResolvedSampler:
-    """The sampler and scheduler a job runs with, and how the infotext names them."""
+    """The registry entries of the sampler and scheduler a job runs with (see SamplingParams)."""
 
-    sampler_name: str
-    scheduler_name: str
-    scheduler_label: str
+    sampler: SamplerInfo
+    schedule: SchedulerInfo
 
 
 _Value = TypeVar("_Value")
@@ -83,8 +85,8 @@ def resolve_sampler(request: GenerationRequest) -> ResolvedSampler:
     if sampler.function is None:
         available = ", ".join(s.name for s in registry.implemented_samplers())
         raise ValidationFailed(f"Sampler {sampler.name!r} is not implemented yet; available: {available}")
-    scheduler = registry.scheduler_of(scheduler_name) if scheduler_name else split_scheduler
-    return ResolvedSampler(sampler.name, scheduler.name, scheduler.label)
+    explicit = registry.find_scheduler(scheduler_name) if scheduler_name else None  # as sent, even the default
+    return ResolvedSampler(sampler, explicit or split_scheduler)
 
 
 def _known_scheduler_or_none(name: Any) -> Any:
@@ -306,10 +308,7 @@ def hires_infotext(
 ) -> tuple[tuple[str, Any], ...]:
     """A1111's hires infotext keys in its order (hires prompts only when they differ)."""
     keys: list[tuple[str, Any]] = []
-    if (
-        request.hr_sampler_name not in (None, "", "Use same sampler")
-        and sampling.sampler_name != job.sampling.sampler_name
-    ):
+    if request.hr_sampler_name not in (None, "", "Use same sampler") and sampling.sampler != job.sampling.sampler:
         keys.append(("Hires sampler", sampling.sampler_name))
     if prompts[0] != job.prompts[0]:
         keys.append(("Hires prompt", prompts[0]))
@@ -344,13 +343,12 @@ def hires_schedule_type(first: SamplingParams, second: SamplingParams) -> str | 
     return second_scheduler.label if second_scheduler.label != first_label else None
 
 
-def _effective_scheduler(sampling: SamplingParams) -> Any:
+def _effective_scheduler(sampling: SamplingParams) -> SchedulerInfo | None:
     from samplers import registry
 
-    sampler = registry.find_sampler(sampling.sampler_name)
-    if sampler is None or sampler.kind == registry.KIND_TIMESTEPS:
+    if sampling.sampler.kind == registry.KIND_TIMESTEPS:
         return None
-    return registry.effective_scheduler(sampler, registry.scheduler_of(sampling.scheduler))
+    return registry.effective_scheduler(sampling.sampler, sampling.schedule)
 
 
 @dataclass(frozen=True)
@@ -500,12 +498,9 @@ def build_txt2img_like(
     )
 
 
-def resolve_eta(request: GenerationRequest, sampler_name: str, options: Mapping[str, Any]) -> float | None:
+def resolve_eta(request: GenerationRequest, sampler: SamplerInfo, options: Mapping[str, Any]) -> float | None:
     """The request's eta, else A1111's option fallback (eta_ancestral for k-diffusion
     samplers, eta_ddim for the DDIM family); None for samplers that take no eta."""
-    from samplers import registry
-
-    sampler = registry.sampler_of(sampler_name)
     option = sampler.eta_option  # None exactly when the sampler takes no eta
     if option is None:
         return None
@@ -519,11 +514,11 @@ def _sampling_params(
 ) -> SamplingParams:
     s_min_uncond = request.s_min_uncond if request.s_min_uncond is not None else options.get("s_min_uncond", 0.0)
     return SamplingParams(
-        sampler_name=sampler.sampler_name,
-        scheduler=sampler.scheduler_name,
+        sampler=sampler.sampler,
+        schedule=sampler.schedule,
         steps=given(request.steps, "steps"),
         cfg_scale=float(request.cfg_scale if request.cfg_scale is not None else 7.0),
-        eta=resolve_eta(request, sampler.sampler_name, options),
+        eta=resolve_eta(request, sampler.sampler, options),
         s_min_uncond=float(s_min_uncond or 0.0),
         distilled_cfg_scale=float(request.distilled_cfg_scale if request.distilled_cfg_scale is not None else 3.5),
         **resolve_churn(request, options),

@@ -13,16 +13,22 @@ from typing import TYPE_CHECKING, Any
 
 from .engine_options import EngineOptions
 
-if TYPE_CHECKING:  # engine.protocols imports this module
+if TYPE_CHECKING:  # engine.protocols imports this module; the sampler registry imports torch
+    from samplers.registry import SamplerInfo, SchedulerInfo
+
     from .engine.protocols import ModelFacts
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Sampler choice and tuning, already resolved against the options store."""
+    """Sampler choice and tuning, already resolved against the options store.
 
-    sampler_name: str  # canonical A1111 name, e.g. "Euler a"
-    scheduler: str  # canonical scheduler name, e.g. "automatic", "karras"
+    `sampler` and `schedule` are the registry entries the job builder resolved the request's
+    names to, once: the engine, the infotext and file names read their facts from here and
+    never look a name up again."""
+
+    sampler: SamplerInfo  # e.g. the "Euler a" entry
+    schedule: SchedulerInfo  # e.g. the "automatic" or "karras" entry
     steps: int
     cfg_scale: float
     eta: float | None  # None: the sampler's own default (A1111's eta_ancestral / eta_ddim)
@@ -32,6 +38,16 @@ class SamplingParams:
     s_noise: float = 1.0
     s_min_uncond: float = 0.0
     distilled_cfg_scale: float = 3.5  # Forge's field: Flux-dev's guidance embedding; other families ignore it
+
+    @property
+    def sampler_name(self) -> str:
+        """The canonical A1111 sampler name (infotext "Sampler", info JSON `sampler_name`)."""
+        return self.sampler.name
+
+    @property
+    def scheduler(self) -> str:
+        """The canonical scheduler name, e.g. "automatic", "karras"."""
+        return self.schedule.name
 
 
 @dataclass(frozen=True)
@@ -162,6 +178,9 @@ class JobResult:
     images: list[GeneratedImage]
     interrupted: bool = False
     extra_generation_params: dict[str, Any] = field(default_factory=dict)
+    # "Pad conds" / "Pad conds v0": True when the CFG denoiser padded cond or uncond (A1111 adds
+    # these after sampling, so the infotext writes them after every other extra key).
+    cond_padding: dict[str, bool] = field(default_factory=dict)
     vae_name: str | None = None  # the separate VAE file decoding used (None: the checkpoint's own)
     vae_hash: str | None = None  # its sha256[:10], None when hashing is off
     # Images appended after the generated ones without infotext (ControlNet's detected maps,

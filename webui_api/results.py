@@ -25,9 +25,7 @@ CHURN_INFOTEXT_KEYS = {
 
 def extra_generation_params(job: GenerationJob) -> dict[str, Any]:
     """The sampler-dependent infotext extras A1111 adds (Eta, Sigma * from options)."""
-    from samplers import registry
-
-    sampler = registry.sampler_of(job.sampling.sampler_name)
+    sampler = job.sampling.sampler
     extras: dict[str, Any] = {}
     if sampler.takes_eta and job.sampling.eta is not None and job.sampling.eta != sampler.default_eta:
         extras["Eta DDIM" if sampler.default_eta == 0.0 else "Eta"] = job.sampling.eta
@@ -90,16 +88,11 @@ def _face_restoration_model(job: GenerationJob) -> str | None:
 
 
 def _scheduler_label(job: GenerationJob) -> str:
-    from samplers import registry
-
-    return registry.scheduler_of(job.sampling.scheduler).label
+    return job.sampling.schedule.label
 
 
 def _sampler_uses_ensd(job: GenerationJob) -> bool:
-    from samplers import registry
-
-    sampler = registry.find_sampler(job.sampling.sampler_name)
-    return sampler is not None and sampler.uses_ensd
+    return job.sampling.sampler.uses_ensd
 
 
 def _seed_resize(job: GenerationJob) -> str | None:
@@ -108,10 +101,7 @@ def _seed_resize(job: GenerationJob) -> str | None:
 
 
 def _total_steps(job: GenerationJob) -> int:
-    from samplers import registry
-
-    sampler = registry.find_sampler(job.sampling.sampler_name)
-    return job.sampling.steps if sampler is None else sampler.total_steps(job.sampling.steps)
+    return job.sampling.sampler.total_steps(job.sampling.steps)
 
 
 def prompt_extras(job: GenerationJob, prompts: Sequence[str], negative_prompts: Sequence[str]) -> dict[str, Any]:
@@ -155,7 +145,7 @@ def prompt_extras_per_image(job: GenerationJob, image_count: int) -> list[dict[s
 def build_infotexts(job: GenerationJob, result: JobResult, model: ModelFacts) -> list[str]:
     from .postprocess.infotext import create_infotext
 
-    extras = {**extra_generation_params(job), **result.extra_generation_params}
+    extras = {**extra_generation_params(job), **result.extra_generation_params, **result.cond_padding}
     prompt_keys = prompt_extras_per_image(job, len(result.images))
     return [
         create_infotext(
@@ -208,6 +198,7 @@ def build_info(
             **(prompt_extras_per_image(job, len(result.images)) or [{}])[-1],
             **extra_generation_params(job),
             **result.extra_generation_params,
+            **result.cond_padding,
         },
         "index_of_first_image": index_of_first_image,
         "infotexts": infotexts,

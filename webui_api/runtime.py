@@ -9,6 +9,7 @@ from .options import OptionsStore
 from .postprocess.face_restore.cache import PostprocessModels
 from .progress import ProgressTracker
 from .scheduler import Scheduler
+from .serving.gpu_health import GpuHealth, NoSensor
 from .serving.hooks import ServingHooks
 from .serving.metrics import Metrics
 from .settings import Settings
@@ -32,3 +33,5 @@ class Runtime:
     serving: ServingHooks
     # pinned weights (built-in upscalers, face restoration, interrogate) fetched on first use
     weights: WeightsFetcher
+    # per-GPU telemetry for /metrics and /sdapi/v1/memory, and the --gpu-max-temp admission gate
+    gpu_health: GpuHealth = field(default_factory=lambda: GpuHealth(NoSensor()))

@@ -188,6 +188,8 @@ class Scheduler:
         queue_timeout: float = DEFAULT_QUEUE_TIMEOUT,
         batching: BatchingConfig = BatchingConfig(max_size=1),
         on_batch: Callable[[int], None] | None = None,
+        client_error_for: Callable[[BaseException], BaseException] | None = None,
+        admission_check: Callable[[], None] | None = None,
         workers: Sequence[Worker] | None = None,
     ) -> None:
         if max_queue_depth < 1 or queue_timeout < 0:
@@ -197,6 +199,8 @@ class Scheduler:
             )
         self._progress = progress
         self._after_failure = after_failure
+        self._client_error_for = client_error_for  # e.g. a device OOM -> 503 (engine.device_errors)
+        self._admission_check = admission_check  # raises to refuse guarded work (a hot GPU: gpu_health)
         self.max_queue_depth = max_queue_depth
         self.queue_timeout = queue_timeout
         self._guarded: set[int] = set()  # ids of guarded items still waiting (not running, not cancelled)
@@ -253,6 +257,8 @@ class Scheduler:
         return item.future
 
     def _admit(self, item: WorkItem) -> None:
+        if self._admission_check is not None:
+            self._admission_check()
         with self._guarded_lock:
             if len(self._guarded) >= self.max_queue_depth:
                 raise QueueFull(self.max_queue_depth, self._retry_after())
@@ -478,8 +484,12 @@ class Scheduler:
 
     def _fail(self, item: WorkItem, exc: BaseException) -> None:
         log.error("work item %r failed:\n%s", item.label, "".join(traceback.format_exception(exc)))
-        item.future.set_exception(_without_tracebacks(exc))
-        self._recover()
+        told = self._client_error_for(exc) if self._client_error_for is not None else exc
+        _without_tracebacks(exc)
+        _without_tracebacks(told)
+        del exc
+        self._recover()  # the failed job's memory is back before its client hears (and retries)
+        item.future.set_exception(told)
 
     def _recover(self) -> None:
         """Free what a failed item left behind (device memory) so the next one can run."""

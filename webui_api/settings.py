@@ -50,6 +50,12 @@ class Settings:
     device: str = "auto"  # "cpu" with --use-cpu all/sd; else resolved by the engine
     dtype: str = "auto"  # "float32" with --no-half or --precision full; else resolved by the engine
     no_half_vae: bool = False
+    precision: str = "autocast"  # --precision autocast|full|half (engine.precision.PrecisionPolicy)
+    upcast_sampling: bool = False  # --upcast-sampling
+    vram_mode: str = "normal"  # "normal" | "medvram" | "medvram-sdxl" | "lowvram" (engine.offload)
+    compile_unet: bool = False  # --compile: torch.compile the UNet at load (engine.compile)
+    compile_mode: str = "default"  # --compile-mode
+    gpu_max_temp: float | None = None  # --gpu-max-temp (°C): refuse new generations while a GPU is this hot
     no_hashing: bool = False
     skip_load_model_at_start: bool = False
 

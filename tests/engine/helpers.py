@@ -18,6 +18,26 @@ def engine_options(options: Mapping[str, Any] | None) -> EngineOptions:
     return EngineOptions.from_options(options, disable_extra_networks=disabled)
 
 
+def sampling_params(sampler: str = "Euler", scheduler: str = "automatic", **fields: Any) -> SamplingParams:
+    """SamplingParams for registry names, as the job builder resolves them (tests only)."""
+    from samplers.registry import find_sampler, find_scheduler
+
+    entry, schedule = find_sampler(sampler), find_scheduler(scheduler)
+    if entry is None or schedule is None:
+        raise ValueError(f"unknown sampler {sampler!r} or scheduler {scheduler!r}")
+    return SamplingParams(sampler=entry, schedule=schedule, **{"eta": None, **fields})
+
+
+def with_sampler(sampling: SamplingParams, sampler: str, **fields: Any) -> SamplingParams:
+    """`sampling` with another sampler, by name (and other fields replaced)."""
+    from samplers.registry import find_sampler
+
+    entry = find_sampler(sampler)
+    if entry is None:
+        raise ValueError(f"unknown sampler {sampler!r}")
+    return replace(sampling, sampler=entry, **fields)
+
+
 def with_options(job: GenerationJob, options: Mapping[str, Any]) -> GenerationJob:
     """`job` with a new options snapshot and the engine options resolved from it."""
     return replace(job, options=dict(options), engine_options=engine_options(options))
@@ -53,7 +73,7 @@ def make_job(
         height=height,
         batch_size=batch_size,
         n_iter=n_iter,
-        sampling=SamplingParams(sampler_name=sampler, scheduler=scheduler, steps=steps, cfg_scale=cfg_scale, eta=None),
+        sampling=sampling_params(sampler, scheduler, steps=steps, cfg_scale=cfg_scale),
         seeds=SeedParams(seeds=tuple(seeds), subseeds=subseeds, **seed_kwargs),
         options=dict(options or {}),
         engine_options=engine_options(options),

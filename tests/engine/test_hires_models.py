@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.engine.helpers import RecordingObserver, make_job
+from tests.engine.helpers import RecordingObserver, make_job, with_sampler
 from tests.engine.ldm_checkpoints import build_networks, write_checkpoint
 from tests.engine.test_refiner_engine import UNetCalls
 from webui_api.engine.facade import Engine
@@ -30,7 +30,7 @@ def hires_job(steps: int = 3, hr_steps: int = 3, sampler: str = "Euler", hr_samp
               checkpoint: str | None = None, upscaler: str = "Latent", prompts=None, **options):
     job = replace(make_job(seeds=(4,), steps=steps, sampler=sampler, options=options), model_title="main")
     latent = {"Latent": "bilinear"}.get(upscaler)
-    sampling = replace(job.sampling, sampler_name=hr_sampler or sampler, steps=hr_steps)
+    sampling = with_sampler(job.sampling, hr_sampler or sampler, steps=hr_steps)
     params = HiresParams(
         upscale_width=96, upscale_height=96, upscaler=upscaler, latent_mode=latent, latent_antialias=False,
         steps=hr_steps, denoising_strength=0.6, sampling=sampling, prompts=tuple(prompts or job.prompts),

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.engine.helpers import RecordingObserver, with_options
+from tests.engine.helpers import with_sampler as sampling_with
 from tests.engine.test_img2img_prep import img2img_job, run_img2img_job
 from webui_api.engine.img2img import Img2ImgSteps, InpaintState, img2img_steps, timestep_start
 from webui_api.errors import BadRequest
@@ -20,7 +21,7 @@ TIMESTEP_SAMPLERS = ["DDIM", "PLMS", "UniPC", "DDIM CFG++"]
 
 
 def with_sampler(job, sampler: str, **options):
-    return with_options(replace(job, sampling=replace(job.sampling, sampler_name=sampler)), {**job.options, **options})
+    return with_options(replace(job, sampling=sampling_with(job.sampling, sampler)), {**job.options, **options})
 
 
 def test_start_latent_is_noised_with_alphas_cumprod():

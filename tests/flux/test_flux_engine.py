@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.engine.helpers import RecordingObserver, engine_options, make_job, with_options
+from tests.engine.helpers import RecordingObserver, engine_options, make_job, with_options, with_sampler
 from tests.flux.files import TINY, tiny_parts, write_models
 from webui_api.engine.facade import Engine
 from webui_api.engine.families import flux as flux_family
@@ -120,7 +120,7 @@ def test_unsupported_sampler_and_size_are_400s(tmp_path, parts):
     engine = _engine(write_models(tmp_path, parts, "all-in-one"))
     base = replace(_flux_job(), model_title="flux-aio.safetensors")
     with pytest.raises(BadRequest, match="cannot run Flux"):
-        engine.txt2img(replace(base, sampling=replace(base.sampling, sampler_name="Euler a")),
+        engine.txt2img(replace(base, sampling=with_sampler(base.sampling, "Euler a")),
                        RecordingObserver(), CancelToken())
     with pytest.raises(BadRequest, match="multiples of 16"):
         engine.txt2img(replace(base, width=40), RecordingObserver(), CancelToken())

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from PIL import Image, ImageOps
 
-from webui_api.jobs import GeneratedImage, GenerationJob, Img2ImgParams, JobResult, SamplingParams, SeedParams
+from tests.engine.helpers import sampling_params
+from webui_api.jobs import GeneratedImage, GenerationJob, Img2ImgParams, JobResult, SeedParams
 
 
 def _job(overlays=()) -> GenerationJob:
     params = Img2ImgParams(init_images=(Image.new("RGB", (8, 8)),), denoising_strength=0.5, overlays=overlays)
     return GenerationJob(
         kind="img2img", prompts=("p",), negative_prompts=("",), width=8, height=8, batch_size=1, n_iter=1,
-        sampling=SamplingParams("Euler", "automatic", 2, 7.0, None), seeds=SeedParams((1,), (2,)),
+        sampling=sampling_params("Euler", "automatic", steps=2, cfg_scale=7.0), seeds=SeedParams((1,), (2,)),
         img2img=params, restore_faces=True,
     )
 

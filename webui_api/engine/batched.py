@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 import torch
 
 from webui_api.engine.cond_types import BatchConditioning, ScheduledCond
-from webui_api.engine.denoiser import CFGDenoiser, CondBatch, SamplingInterrupted, make_inner
-from webui_api.engine.latents import approx_preview, decode_latents
+from webui_api.engine.denoiser import CFGDenoiser, CondBatch, PaddingRecord, SamplingInterrupted, make_inner
+from webui_api.engine.latents import decode_latents
 from webui_api.engine.models import LoadedModel
 from webui_api.engine.pipeline import (
     BatchSpec,
@@ -53,6 +53,7 @@ from webui_api.engine.pipeline import (
     resolve_plan,
     sampler_kwargs,
 )
+from webui_api.engine.previews import live_preview
 from webui_api.jobs import GenerationJob, JobResult
 from webui_api.progress import CancelToken, RunObserver
 
@@ -222,26 +223,30 @@ def stop_watcher(members: Sequence[Member], cfg: CFGDenoiser) -> Callable[[], No
 
 
 def sample_members(
-    model: LoadedModel, plan: SamplerPlan, members: Sequence[Member], observer: RunObserver, unet_rows: int
+    model: LoadedModel, plan: SamplerPlan, members: Sequence[Member], observer: RunObserver, unet_rows: int,
+    padding: PaddingRecord,
 ) -> torch.Tensor:
-    """The sampler once over the members' rows; returns the final latents of all rows."""
+    """The sampler once over the members' rows; returns the final latents of all rows. The
+    members share one token signature (token_groups), so the padding `padding` collects is
+    each member's own, as it would be alone."""
     job = members[0].job
     inner = make_inner(model, plan.sampler.kind)
     schedule = make_schedule(model, job, plan, inner)
     rngs = [make_image_rng(model, m.job, m.spec) for m in members]
     noise = torch.cat([rng.first() for rng in rngs])
     begin = SamplingStart(schedule, initial_latent(job, plan, noise, schedule))
-    cfg = CFGDenoiser(
-        RowChunks(inner, unet_rows), GroupCancel([m.cancel for m in members]), guidance_options(job, plan)
-    )
+    cfg = CFGDenoiser(RowChunks(inner, unet_rows), GroupCancel([m.cancel for m in members]),
+                      guidance_options(job, plan, model))
     trace = SamplingTrace(x0=begin.x)
     watch = stop_watcher(members, cfg)
     latest = preview_source(job, cfg, trace)
+    preview_type = job.engine_options.show_progress_type
 
     def callback(info: dict) -> None:
         trace.x0 = info["denoised"]
         watch()
-        observer.sampling_step(int(info["i"]), job.sampling.steps, lambda: approx_preview(latest(), model.family))
+        observer.sampling_step(int(info["i"]), job.sampling.steps,
+                               lambda: live_preview(model, preview_type, latest()))
 
     draws = [
         make_noise_sampler(model, m.job, plan, m.spec, rng, schedule) for m, rng in zip(members, rngs, strict=True)
@@ -259,6 +264,8 @@ def sample_members(
     except SamplingInterrupted:
         watch()
         return trace.x0 if cfg.last is None else cfg.last.cond_denoised
+    finally:
+        padding.note(cfg)
 
 
 def place(members: Sequence[Member]) -> None:
@@ -269,12 +276,12 @@ def place(members: Sequence[Member]) -> None:
         start += member.job.batch_size
 
 
-def decode_member(model: LoadedModel, member: Member, latents: torch.Tensor) -> JobResult:
+def decode_member(model: LoadedModel, member: Member, latents: torch.Tensor, padding: PaddingRecord) -> JobResult:
     """One job's images from its rows (or from the latent kept when it was interrupted)."""
     rows = member.stopped_latent if member.stopped_latent is not None else latents[member.rows]
     auto_upcast = member.job.engine_options.auto_vae_precision
     images = batch_images(member.spec, decode_latents(model, rows, auto_upcast))
-    return JobResult(images=images, interrupted=member.cancel.interrupted)
+    return JobResult(images=images, interrupted=member.cancel.interrupted, cond_padding=padding.infotext())
 
 
 def run_group(
@@ -282,8 +289,9 @@ def run_group(
 ) -> list[JobResult]:
     """One combined sampler run for members whose rows may share UNet calls."""
     place(members)
-    latents = sample_members(model, plan, members, observer, unet_rows)
-    return [decode_member(model, member, latents) for member in members]
+    padding = PaddingRecord()
+    latents = sample_members(model, plan, members, observer, unet_rows, padding)
+    return [decode_member(model, member, latents, padding) for member in members]
 
 
 # ---------------------------------------------------------------------------

@@ -121,6 +121,8 @@ class UNetRunner:
     def __init__(self, model: LoadedModel) -> None:
         self.unet = model.unet
         self.dtype = model.dtype
+        self.autocast = bool(getattr(model, "autocast", False))
+        self.device_type = torch.device(getattr(model, "device", "cpu")).type
         config = getattr(model.unet, "config", None)
         self.needs_vector = getattr(config, "addition_embed_type", None) == "text_time"
         self.config: Any = config  # diffusers config: attributes by model type
@@ -144,9 +146,9 @@ class UNetRunner:
             extra.update(
                 self.control(latent.to(self.dtype), t, cond.crossattn, cond.uncond_rows, extra.get("added_cond_kwargs"))
             )
-        out = self.unet(
-            x.to(self.dtype), t, encoder_hidden_states=cond.crossattn.to(self.dtype), return_dict=False, **extra
-        )
+        with torch.autocast(self.device_type, dtype=self.dtype, enabled=self.autocast):
+            out = self.unet(x.to(self.dtype), t, encoder_hidden_states=cond.crossattn.to(self.dtype), return_dict=False,
+                            **extra)
         return out[0].to(torch.float32)
 
 
@@ -361,6 +363,44 @@ def pad_cond_pair(cond: CondBatch, uncond: CondBatch, opts: GuidanceOptions) -> 
     return cond, _pad_with_empty(uncond, repeats, empty)
 
 
+PAD_CONDS = "Pad conds"
+PAD_CONDS_V0 = "Pad conds v0"
+
+
+def padding_applied(cond: CondBatch, uncond: CondBatch, opts: GuidanceOptions) -> str | None:
+    """The infotext key of the padding `pad_cond_pair` does to this pair, None when it changes
+    no length. A1111 raises `padded_cond_uncond(_v0)` only when a length actually changed: v0
+    whenever the lengths differ, pad_cond_uncond when at least one empty-prompt chunk is added."""
+    if cond.tokens == uncond.tokens:
+        return None
+    if opts.pad_cond_uncond_v0:
+        return PAD_CONDS_V0
+    empty = opts.empty_crossattn
+    if opts.pad_cond_uncond and empty is not None and (cond.tokens - uncond.tokens) // empty.shape[0] != 0:
+        return PAD_CONDS
+    return None
+
+
+@dataclass
+class PaddingRecord:
+    """Which padding a job's sampling ran with, for its infotext.
+
+    A1111 resets its flags on every denoiser call and, after each sampler run, copies the last
+    call's flags into `p.extra_generation_params`, where they stay for the rest of the job (so a
+    hires pass or a later batch that padded marks the job too)."""
+
+    keys: set[str] = field(default_factory=set)
+
+    def note(self, cfg: CFGDenoiser) -> None:
+        """After one sampler run: keep the padding of its last denoiser call."""
+        if cfg.padded is not None:
+            self.keys.add(cfg.padded)
+
+    def infotext(self) -> dict[str, bool]:
+        """`Pad conds: True` / `Pad conds v0: True`, in A1111's order."""
+        return {key: True for key in (PAD_CONDS, PAD_CONDS_V0) if key in self.keys}
+
+
 def _pad_with_empty(batch: CondBatch, repeats: int, empty: torch.Tensor) -> CondBatch:
     """Every row gets `repeats` copies of the empty-prompt encoding appended."""
     if repeats == 0:
@@ -405,6 +445,7 @@ class _Selected:
     repeats: tuple[int, ...]
     cond: CondBatch
     uncond: CondBatch
+    padded: str | None = None  # the padding infotext key (padding_applied), None when unpadded
 
 
 def select_conds(conditioning: BatchConditioning, step: int) -> tuple[list[CondTensors], list, list[CondTensors]]:
@@ -443,6 +484,7 @@ class CFGDenoiser:
         self.blend = blend
         self.step = 0  # denoiser calls so far (A1111's call counter)
         self.last: GuidanceOutput | None = None
+        self.padded: str | None = None  # the last call's padding (padding_applied), as A1111's flags
         self._cache: tuple[tuple, _Selected] | None = None
         self._plain: tuple[tuple, BatchConditioning] | None = None
 
@@ -459,6 +501,7 @@ class CFGDenoiser:
         if self.cancel.should_stop_sampling:
             raise SamplingInterrupted("interrupted" if self.cancel.interrupted else "skipped")
         selected = self._select(self._conditioning(cond, uncond), x.shape[0])
+        self.padded = selected.padded
         if self.blend is not None and self.options.mask_before_denoising:
             x = self.blend(x)
         edit_scale = self._edit_guidance_scale(image_cond)
@@ -509,8 +552,10 @@ class CFGDenoiser:
         if self._cache is None or self._cache[0] != key:
             repeats = tuple(len(parts) for parts in layout)
             negatives = replace(CondBatch.stack(unconds), uncond_rows=len(unconds))
-            cond, negatives = pad_cond_pair(CondBatch.stack(rows), negatives, self.options)
-            stacked = _Selected(tuple(layout), repeats, cond, negatives)
+            cond = CondBatch.stack(rows)
+            padded = padding_applied(cond, negatives, self.options)
+            cond, negatives = pad_cond_pair(cond, negatives, self.options)
+            stacked = _Selected(tuple(layout), repeats, cond, negatives, padded)
             self._cache = (key, stacked)
         return self._cache[1]
 

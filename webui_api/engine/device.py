@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from webui_api.engine.precision import PrecisionPolicy
+
 DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16,
     "float16": torch.float16,
@@ -50,13 +52,25 @@ class DevicePolicy:
     device: torch.device
     dtype: torch.dtype
     vae_dtype: torch.dtype  # fp32 with A1111's --no-half-vae, else `dtype`
+    precision: PrecisionPolicy | None = None  # how the dtypes were decided (None: built by hand, no autocast)
 
     @classmethod
-    def resolve(cls, device: str = "auto", dtype: str = "auto", no_half_vae: bool = False) -> DevicePolicy:
-        """The policy for the server's --device/--dtype strings and A1111's --no-half-vae."""
+    def resolve(
+        cls, device: str = "auto", dtype: str = "auto", no_half_vae: bool = False, *,
+        precision: str = "autocast", upcast_sampling: bool = False,
+    ) -> DevicePolicy:
+        """The policy for the server's --device/--dtype strings and A1111's precision flags
+        (--no-half-vae, --precision, --upcast-sampling; see engine/precision.py)."""
         target = resolve_device(device)
-        precision = resolve_dtype(dtype, target)
-        return cls(target, precision, torch.float32 if no_half_vae else precision)
+        decided = PrecisionPolicy.resolve(
+            target.type, dtype, no_half_vae=no_half_vae, precision=precision, upcast_sampling=upcast_sampling
+        )
+        return cls(target, decided.weights, decided.vae, decided)
+
+    @property
+    def autocast(self) -> bool:
+        """Whether UNet calls run under torch.autocast (the default "autocast" with half weights)."""
+        return self.precision is not None and self.precision.autocast
 
     @property
     def parks_in_ram(self) -> bool:

@@ -14,6 +14,7 @@ own `engine_options`, never from shared state, so two queued jobs with different
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
@@ -24,9 +25,11 @@ import torch
 
 from webui_api.batching import batch_key
 from webui_api.controlnet.catalog import annotator_dir, controlnet_dirs
+from webui_api.engine.compile import CompilePolicy
 from webui_api.engine.control import prepare_controls
 from webui_api.engine.control_models import ControlNetLibrary
 from webui_api.engine.device import DevicePolicy
+from webui_api.engine.device_errors import client_error_for
 from webui_api.engine.embeddings import EmbeddingLibrary
 from webui_api.engine.job_networks import JobNetworks, hires_network_calls, job_networks, with_default_lora
 from webui_api.engine.loading.checkpoint import LoadOptions
@@ -34,10 +37,12 @@ from webui_api.engine.loading.discovery import ModelPaths, VaeFile
 from webui_api.engine.loading.forge_modules import ModuleFile, resolve_modules, scan_modules
 from webui_api.engine.loading.hashes import HashCache
 from webui_api.engine.loading.vae import VaeChoice
-from webui_api.engine.model_store import ModelStore, VaeCatalog
+from webui_api.engine.model_store import ModelSetup, ModelStore, VaeCatalog
 from webui_api.engine.models import CheckpointInfo, LoadedModel
 from webui_api.engine.networks import LoadedNetwork, NetworkFile
+from webui_api.engine.noise_schedule import with_job_schedule
 from webui_api.engine.pipeline import run_txt2img
+from webui_api.engine.previews import PreviewDecoders
 from webui_api.engine.protocols import FaceStep, FirstPassHook
 from webui_api.engine.storage import storage_dtype
 from webui_api.engine.tiling import apply_tiling
@@ -47,6 +52,8 @@ from webui_api.jobs import GenerationJob, JobResult
 from webui_api.postprocess.upscale import BUILTIN_NAMES, UpscalerCatalog, UpscalerEntry
 from webui_api.progress import CancelToken, RunObserver
 from webui_api.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # A pipeline entry point: run(model, job, observer, cancel[, models=CompanionModels]) -> JobResult
 # (run_txt2img, run_img2img, run_hires, run_txt2img_refined).
@@ -96,6 +103,11 @@ class Engine:
         *,
         paths: ModelPaths | None = None,
         no_half_vae: bool = False,
+        precision: str = "autocast",
+        upcast_sampling: bool = False,
+        vram_mode: str = "normal",
+        compile_policy: CompilePolicy | None = None,
+        taesd_dir: Path | None = None,
         no_hashing: bool = False,
         allow_unsafe_pickle: bool = False,
         controlnet_dirs: tuple[Path, ...] = (),
@@ -103,13 +115,17 @@ class Engine:
         no_half_controlnet: bool = False,
         upscalers: Callable[[], UpscalerCatalog] | None = None,
     ) -> None:
-        self.policy = DevicePolicy.resolve(device, dtype, no_half_vae)
+        self.policy = DevicePolicy.resolve(device, dtype, no_half_vae, precision=precision,
+                                           upcast_sampling=upcast_sampling)
+        assert self.policy.precision is not None
+        log.info("Precision: %s", self.policy.precision.describe())
         self.paths = paths if paths is not None else ModelPaths()
         policy = self.policy
         self.load_options = LoadOptions(policy.device, policy.dtype, policy.vae_dtype, allow_unsafe_pickle)
         self.hashes = HashCache(self.paths.hash_cache_file, enabled=not no_hashing)
         embeddings = EmbeddingLibrary(self.paths, self.hashes, allow_unsafe_pickle)
-        self.models = ModelStore(self.policy, self.paths, self.hashes, self.load_options, embeddings)
+        setup = ModelSetup(vram_mode, compile_policy or CompilePolicy(), PreviewDecoders(taesd_dir))
+        self.models = ModelStore(self.policy, self.paths, self.hashes, self.load_options, embeddings, setup)
         self.vae_catalog = VaeCatalog(self.paths, self.hashes, self.load_options)
         self.networks = JobNetworks(self.paths, self.hashes, allow_unsafe_pickle)
         self.controlnets = ControlNetLibrary(tuple(controlnet_dirs), allow_unsafe_pickle=allow_unsafe_pickle,
@@ -126,6 +142,11 @@ class Engine:
             dtype=settings.dtype,
             paths=ModelPaths.from_settings(settings),
             no_half_vae=settings.no_half_vae,
+            precision=settings.precision,
+            upcast_sampling=settings.upcast_sampling,
+            vram_mode=settings.vram_mode,
+            compile_policy=CompilePolicy(settings.compile_unet, settings.compile_mode),
+            taesd_dir=settings.models_dir / "VAE-taesd",
             no_hashing=settings.no_hashing,
             allow_unsafe_pickle=bool(settings.cmd_flags.get("disable_safe_unpickle", False)),
             controlnet_dirs=controlnet_dirs(settings),
@@ -191,6 +212,11 @@ class Engine:
         """Drop every loaded model, ControlNet and annotator network; give the memory back."""
         self.controlnets.clear()
         self.models.unload()
+
+    @staticmethod
+    def client_error_for(exc: BaseException) -> BaseException:
+        """What a client is told when its job failed with `exc` (a device OOM becomes a 503)."""
+        return client_error_for(exc)
 
     def free_memory(self) -> None:
         """Collect garbage and return cached device memory; the scheduler calls this after a
@@ -336,14 +362,16 @@ class Engine:
         networks.attach(model, strict=True)
         padding = apply_tiling(model, job.tiling)
         run_job = job if restore_faces is None else without_overlays(job)
-        companions = CompanionModels(self, job, model, networks)
+        scheduled, schedule_infotext = with_job_schedule(model, job.engine_options)
+        companions = CompanionModels(self, job, scheduled, networks)
         extra = {"models": companions} if with_models else {}
         try:
-            result = run(model, replace(run_job, prompts=stripped), observer, cancel, **extra)
+            result = run(scheduled, replace(run_job, prompts=stripped), observer, cancel, **extra)
         finally:
             networks.restore()
             companions.close()
             padding.restore()
+        result.extra_generation_params.update(schedule_infotext)
         if restore_faces is not None:
             restore_result_faces(result, job, restore_faces)
         self._finish(result, job, networks.mentioned(), choice, model)
@@ -354,23 +382,30 @@ class Engine:
         self, job: GenerationJob, model: LoadedModel, observer: RunObserver, cancel: CancelToken,
         restore_faces: FaceStep | None,
     ) -> JobResult:
-        """Flow-matching families (Flux): their own runs; the VAE is the one the modules chose.
-        The first pass's LoRAs (transformer parts) are merged for the whole job."""
+        """Flow-matching families (Flux, SD3): their own runs; the VAE is the one the modules chose.
+        The first pass's LoRAs (Flux transformer parts) are merged for the whole job."""
         from webui_api.engine.families.flux import run_flux_img2img, run_flux_txt2img
         from webui_api.engine.families.flux_lora import apply_flux_networks
+        from webui_api.engine.families.sd3 import run_sd3_img2img, run_sd3_txt2img
 
         job = with_default_lora(job, self.networks.default_lora(job.engine_options))
         stripped, calls = job_networks(job)
         loaded = self.networks.load(calls)
         if loaded and model.unet_storage is not None:
             raise NotImplementedFeature("LoRA networks on float8-stored Flux weights are not supported yet")
+        if loaded and model.family == "sd3":
+            raise NotImplementedFeature("LoRA networks on SD3 models are not supported yet")
         run_job = job if restore_faces is None else without_overlays(job)
-        run = run_flux_img2img if job.kind == "img2img" else run_flux_txt2img
-        patch = apply_flux_networks(model.unet, loaded)
-        try:
+        if model.family == "sd3":
+            run = run_sd3_img2img if job.kind == "img2img" else run_sd3_txt2img
             result = run(model, replace(run_job, prompts=stripped), observer, cancel)
-        finally:
-            patch.restore()
+        else:
+            run = run_flux_img2img if job.kind == "img2img" else run_flux_txt2img
+            patch = apply_flux_networks(model.unet, loaded)
+            try:
+                result = run(model, replace(run_job, prompts=stripped), observer, cancel)
+            finally:
+                patch.restore()
         result.extra_generation_params.update(self.networks.infotext(loaded, job.engine_options))
         if restore_faces is not None:
             restore_result_faces(result, job, restore_faces)

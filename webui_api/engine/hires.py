@@ -17,7 +17,7 @@ Known difference: the VAE encode of the pixel path uses the posterior mean (see 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -27,6 +27,7 @@ from PIL import Image
 from webui_api.engine.cond_types import BatchConditioning
 from webui_api.engine.conditioning import build_batch_conditioning
 from webui_api.engine.control import hires_pass_units
+from webui_api.engine.denoiser import PaddingRecord
 from webui_api.engine.img2img import (
     InpaintState,
     check_timestep_steps,
@@ -204,6 +205,7 @@ class HiresRun:
     refiner: RefinerRun | None
     resize: PixelUpscale | None
     first_pass: FirstPassSink | None = None  # save_images_before_highres_fix
+    padding: PaddingRecord = field(default_factory=PaddingRecord)  # both passes' cond padding (infotext)
 
     def second_model(self) -> LoadedModel:
         """The second pass's model: the hires checkpoint, else the main one (A1111 reloads it)."""
@@ -271,7 +273,7 @@ def second_pass(
         return unsampled_start(model, hr_job, batch, hr.hr_plan, start), model
     ctx = PassContext(hr_job, hr.hr_plan, launch_steps=steps.t_enc + 1, is_hires=True, hires_enabled=True,
                       conditioning=hires_conditioning(job, hr.plan, hr.hr_plan))
-    return sample_pass(model, hr.refiner, ctx, batch, observer, cancel, start)
+    return sample_pass(model, hr.refiner, ctx, batch, observer, cancel, start, hr.padding)
 
 
 def hires_params(job: GenerationJob) -> HiresParams:
@@ -295,7 +297,7 @@ def hires_batch(
     n, hires = batch.index, hires_params(hr.job)
     first_ctx = PassContext(hr.job, hr.plan, launch_steps=hr.job.sampling.steps, hires_enabled=True)
     hr.select_networks(is_hires=False)
-    latents, finished = sample_pass(hr.main, hr.refiner, first_ctx, batch, observer, cancel)
+    latents, finished = sample_pass(hr.main, hr.refiner, first_ctx, batch, observer, cancel, padding=hr.padding)
     observer.batch_finished(2 * n)
     if cancel.interrupted:
         return latents, finished
@@ -325,4 +327,5 @@ def run_hires(
             latents, finished = hires_batch(hr, batch, auto_upcast, observer, cancel)
             images += batch_images(batch, decode_latents(finished, latents, auto_upcast))
             observer.batch_finished(2 * batch.index + 1)
-    return JobResult(images=images, interrupted=cancel.interrupted, extra_generation_params=hr.infotext())
+    return JobResult(images=images, interrupted=cancel.interrupted, extra_generation_params=hr.infotext(),
+                     cond_padding=hr.padding.infotext())

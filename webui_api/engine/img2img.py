@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from samplers.registry import KIND_TIMESTEPS
-from webui_api.engine.denoiser import InpaintBlend, make_inner
+from webui_api.engine.denoiser import InpaintBlend, PaddingRecord, make_inner
 from webui_api.engine.latents import decode_latents
 from webui_api.engine.masks import finish_output
 from webui_api.engine.models import LoadedModel
@@ -333,6 +333,7 @@ def run_img2img(
     check_timestep_steps(schedule_job, plan, steps)
     run = refiner_run(job, models) if models is not None else None
     ctx = PassContext(schedule_job, plan, launch_steps=steps.t_enc + 1)
+    padding = PaddingRecord()
     images: list[GeneratedImage] = []
     with torch.inference_mode():
         init, inpaint = inpaint_state(model, job, params, init_latents(model, job, params))
@@ -340,7 +341,7 @@ def run_img2img(
             latents, finished = init, model
             start = img2img_start(model, plan, init, params, steps, inpaint)
             if steps.steps > 0 and runs_sampler(plan, steps):
-                latents, finished = sample_pass(model, run, ctx, batch, observer, cancel, start)
+                latents, finished = sample_pass(model, run, ctx, batch, observer, cancel, start, padding)
             elif steps.steps > 0:
                 latents = unsampled_start(model, schedule_job, batch, plan, start)
             if inpaint.blend is not None:
@@ -349,4 +350,5 @@ def run_img2img(
             images += batch_images(batch, overlaid(decode_latents(finished, latents, auto_upcast), params, job))
             observer.batch_finished(batch.index)
     extras = {**infotext_extras(params), **(run.infotext if run is not None else {})}
-    return JobResult(images=images, interrupted=cancel.interrupted, extra_generation_params=extras)
+    return JobResult(images=images, interrupted=cancel.interrupted, extra_generation_params=extras,
+                     cond_padding=padding.infotext())

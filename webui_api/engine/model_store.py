@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from webui_api.engine.compile import CompilePolicy
 from webui_api.engine.device import CPU, DevicePolicy
 from webui_api.engine.embeddings import EmbeddingLibrary
 from webui_api.engine.loading.checkpoint import LoadOptions, load_checkpoint
@@ -34,6 +36,8 @@ from webui_api.engine.loading.flux_checkpoint import is_flux_file, load_flux
 from webui_api.engine.loading.flux_folder import is_flux_folder, load_flux_folder
 from webui_api.engine.loading.forge_modules import load_t5_tokenizer
 from webui_api.engine.loading.hashes import HashCache
+from webui_api.engine.loading.sd3_checkpoint import is_sd3_file, load_sd3
+from webui_api.engine.loading.sd3_folder import is_sd3_folder, load_sd3_folder
 from webui_api.engine.loading.vae import VaeChoice, load_vae_file, resolve_vae
 from webui_api.engine.models import (
     EMBEDDED_FILENAME,
@@ -42,6 +46,8 @@ from webui_api.engine.models import (
     build_embedded_model,
     embedded_checkpoint_info,
 )
+from webui_api.engine.offload import ModuleSwapper, OffloadPlan
+from webui_api.engine.previews import PreviewDecoders
 from webui_api.engine.storage import store_linears_in
 from webui_api.engine_options import EngineOptions
 from webui_api.errors import UnknownCheckpoint
@@ -49,6 +55,20 @@ from webui_api.errors import UnknownCheckpoint
 log = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINTS_LIMIT = 1  # A1111's sd_checkpoints_limit default
+
+
+@dataclass(frozen=True)
+class ModelSetup:
+    """What every model gets before it runs here, besides device and embeddings: the
+    precision policy's autocast, A1111's --medvram/--lowvram mode, the live-preview decoders
+    and the opt-in --compile."""
+
+    vram_mode: str = "normal"
+    compile_policy: CompilePolicy = field(default_factory=CompilePolicy)
+    previews: PreviewDecoders = field(default_factory=lambda: PreviewDecoders(None))
+
+    def __post_init__(self) -> None:
+        OffloadPlan.for_mode(self.vram_mode, "sd1")  # refuses an unknown mode at start
 
 
 class ModelCache:
@@ -88,9 +108,12 @@ class ModelStore:
 
     def __init__(
         self, policy: DevicePolicy, paths: ModelPaths, hashes: HashCache, load_options: LoadOptions,
-        embeddings: EmbeddingLibrary,
+        embeddings: EmbeddingLibrary, setup: ModelSetup | None = None,
     ) -> None:
         self.policy = policy
+        self.setup = setup if setup is not None else ModelSetup()
+        self._swapper = ModuleSwapper(policy.device)
+        self._offloaded: LoadedModel | None = None  # the model the swapper's hooks are on
         self.paths = paths
         self.hashes = hashes
         self.load_options = load_options
@@ -227,15 +250,22 @@ class ModelStore:
     def _load_from_disk(self, info: CheckpointInfo, modules: tuple[Path, ...] = ()) -> LoadedModel:
         if info.filename == EMBEDDED_FILENAME:
             self._make_room()
-            return build_embedded_model(self.policy.device, self.policy.dtype)
+            model = build_embedded_model(self.policy.device, self.policy.dtype)
+            model.vae.to(self.policy.vae_dtype)  # --no-half-vae, as for checkpoint files
+            return model
         path = Path(info.filename)
         if path.is_dir() and is_flux_folder(path):
             tokenizer = partial(load_t5_tokenizer, self.paths)
             return load_flux_folder(info, self.load_options, tokenizer, before_build=self._make_room)
+        if path.is_dir() and is_sd3_folder(path):
+            tokenizer = partial(load_t5_tokenizer, self.paths)
+            return load_sd3_folder(info, self.load_options, tokenizer, before_build=self._make_room)
         if path.is_dir():
             return load_folder(info, self.load_options, before_build=self._make_room)
         if is_flux_file(path):
             return load_flux(self._hashed(info), self.load_options, self.paths, modules, before_build=self._make_room)
+        if is_sd3_file(path):
+            return load_sd3(self._hashed(info), self.load_options, self.paths, modules, before_build=self._make_room)
         return load_checkpoint(self._hashed(info), self.load_options, before_build=self._make_room)
 
     def _make_room(self) -> None:
@@ -248,30 +278,58 @@ class ModelStore:
         no reference (the caller's included) keeps the weights alive past `free_memory`."""
         if any(model is self._active for model in models):
             self._active = None
+        if any(model is self._offloaded for model in models):
+            self._stop_offloading()
         if models:
             log.info("Unloaded %s", ", ".join(m.info.title for m in models))
             models.clear()
             self.policy.free_memory()
 
-    def _place(self, model: LoadedModel) -> None:
-        """`model` on the device, with the embeddings that fit it, most recently used."""
-        if model.device != self.policy.device:
+    def _place(self, model: LoadedModel, offload: bool = False) -> None:
+        """`model` on the device (or, with `offload` and a --medvram/--lowvram plan, its swap
+        units waiting in CPU RAM), with the embeddings that fit it, the precision policy's
+        autocast, the preview decoders and (--compile) a compiled UNet; most recently used."""
+        plan = self.offload_plan(model) if offload else OffloadPlan("none")
+        if plan.offloads:
+            if self._offloaded is not model:
+                model.alphas_cumprod = model.alphas_cumprod.to(self.policy.device)
+                model.device = self.policy.device
+                self._swapper.install(model.modules(), plan)
+                self._offloaded = model
+        elif model.device != self.policy.device:
             model.move_to(self.policy.device)
         model.embeddings = self.embeddings.store_for(model)
+        model.autocast = self.policy.autocast
+        model.preview_decoders = self.setup.previews
+        self.setup.compile_policy.apply(model)
         self._cache.put(model)
+
+    def offload_plan(self, model: LoadedModel) -> OffloadPlan:
+        """A1111's --medvram/--medvram-sdxl/--lowvram plan for `model`; none on a CPU device."""
+        if not self.policy.parks_in_ram:
+            return OffloadPlan("none")
+        return OffloadPlan.for_mode(self.setup.vram_mode, model.family)
+
+    def _stop_offloading(self) -> None:
+        """Take the swapper's hooks off the offloaded model (before it is parked or dropped)."""
+        self._swapper.remove()
+        self._offloaded = None
 
     def _activate(self, model: LoadedModel) -> None:
         """Park the previously active model in CPU RAM (on GPU devices), bring `model` to
         the device, and make it the current checkpoint."""
         previous = self._active
         if previous is not None and previous is not model and self.policy.parks_in_ram:
+            if previous is self._offloaded:
+                self._stop_offloading()
             previous.move_to(CPU)
-        self._place(model)
+        self._place(model, offload=True)
         self._active = model
         self._current = model.info
 
     def unload(self) -> None:
         """Drop every loaded model and give the memory back (the CUDA cache too)."""
+        self._stop_offloading()
         if self._active is None and not len(self._cache):
             return
         self._active = None

@@ -14,6 +14,9 @@ Text-encoder conventions per family (what prompt encoding can rely on):
 - "sdxl": `text_encoder` CLIP-L, `text_encoder_2` OpenCLIP-G with projection (32 layers;
   `text_embeds` is the pooled vector); `tokenizer_2` pads 0.
 - "sdxl-refiner": only `text_encoder_2` / `tokenizer_2` (OpenCLIP-G); the first pair is None.
+- "flux": `text_encoder` CLIP-L (pooled only), `text_encoder_2` T5-XXL.
+- "sd3": `text_encoder` CLIP-L and `text_encoder_2` CLIP-G, both with projection (their pooled
+  vectors are concatenated), `text_encoder_3` T5-XXL or None (its states are then zeros).
 transformers 5's CLIPTextModel has no `.text_model` level; CLIPTextModelWithProjection does.
 """
 
@@ -124,15 +127,20 @@ class LoadedModel:
     prediction_type: str = "epsilon"  # "epsilon" | "v_prediction" (SD2-768-v, v-pred SDXL)
     text_encoder_2: Any = None  # SDXL's OpenCLIP-G (transformers CLIPTextModelWithProjection)
     tokenizer_2: Any = None  # its tokenizer (pads with 0 after the first EOS)
+    text_encoder_3: Any = None  # SD3's optional T5-XXL (transformers T5EncoderModel); None: T5 left out
+    tokenizer_3: Any = None  # its tokenizer
     unet_in_channels: int = 4  # 9 for inpainting UNets (latent + mask + masked-image latent)
     architecture: str = "sd1"  # the detected variant: "sd1", "sd1-inpaint", "sd2-v", "sdxl", ...
     baked_vae: Any = None  # the checkpoint's own VAE; `vae` is it or a VAE file chosen by sd_vae
     vae_file: str | None = None  # the VAE file `vae` came from; None while the baked VAE is in use
     embeddings: Any = None  # webui_api.engine.embeddings.EmbeddingStore fitting this model's encoders
+    autocast: bool = False  # UNet calls run under torch.autocast (engine.precision.PrecisionPolicy.autocast)
+    preview_decoders: Any = None  # engine.previews.PreviewDecoders: TAESD decoders for live previews
     vae_shift_factor: float = 0.0  # latent = (z - shift) * scale; Flux's autoencoder has a shift, SD's none
     flow_shift: float | None = None  # flow-matching models (Flux): the sigma table's time shift; None: diffusion
     module_files: tuple[str, ...] = ()  # Forge modules (VAE / text encoder files) this model was built with
     unet_storage: Any = None  # float8 dtype the transformer's Linear weights are stored in (upcast per layer)
+    zero_terminal_snr: bool = False  # trained with zero terminal SNR (a `ztsnr` marker in the file)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         """Every network the model holds (the baked VAE too, while another VAE is active)."""
@@ -142,6 +150,7 @@ class LoadedModel:
             "baked_vae": self.baked_vae,
             "text_encoder": self.text_encoder,
             "text_encoder_2": self.text_encoder_2,
+            "text_encoder_3": self.text_encoder_3,
         }
         return {name: module for name, module in parts.items() if module is not None}
 

@@ -19,17 +19,23 @@ from samplers.registry import (
     SchedulerInfo,
     compute_sigmas,
     compute_timesteps,
-    find_sampler,
-    find_scheduler,
     sampler_call_kwargs,
 )
 from samplers.unipc import UniPCOptions
 from webui_api.engine.cond_types import BatchConditioning
 from webui_api.engine.conditioning import build_batch_conditioning
 from webui_api.engine.control import control_hook
-from webui_api.engine.denoiser import CFGDenoiser, GuidanceOptions, InpaintBlend, SamplingInterrupted, make_inner
-from webui_api.engine.latents import approx_preview, decode_latents
+from webui_api.engine.denoiser import (
+    CFGDenoiser,
+    GuidanceOptions,
+    InpaintBlend,
+    PaddingRecord,
+    SamplingInterrupted,
+    make_inner,
+)
+from webui_api.engine.latents import decode_latents
 from webui_api.engine.models import LoadedModel
+from webui_api.engine.previews import live_preview
 from webui_api.engine.rng import ImageRNG, philox_normal
 from webui_api.errors import BadRequest
 from webui_api.jobs import GeneratedImage, GenerationJob, JobResult
@@ -146,14 +152,11 @@ def check_job(job: GenerationJob) -> None:
 
 
 def resolve_plan(job: GenerationJob) -> SamplerPlan:
-    """Look up the job's canonical sampler and scheduler names; both must be runnable."""
-    sampler = find_sampler(job.sampling.sampler_name)
-    if sampler is None or sampler.function is None:
-        state = "unknown" if sampler is None else "not implemented yet"
-        raise BadRequest(f"sampler {job.sampling.sampler_name!r} is {state}")
-    scheduler = find_scheduler(job.sampling.scheduler)
-    if scheduler is None:
-        raise BadRequest(f"scheduler {job.sampling.scheduler!r} is unknown")
+    """The job's sampler and scheduler entries (resolved by the job builder); the sampler must
+    be runnable."""
+    sampler, scheduler = job.sampling.sampler, job.sampling.schedule
+    if sampler.function is None:
+        raise BadRequest(f"sampler {sampler.name!r} is not implemented yet")
     plan = SamplerPlan(sampler=sampler, scheduler=scheduler)
     if sampler.takes_unipc_options:
         check_unipc_steps(job, plan)
@@ -357,14 +360,17 @@ def preview_source(job: GenerationJob, cfg: CFGDenoiser, trace: SamplingTrace) -
 
 
 def make_callback(
-    job: GenerationJob, observer: RunObserver, trace: SamplingTrace, latest: Callable[[], torch.Tensor], family: str
+    job: GenerationJob, observer: RunObserver, trace: SamplingTrace, latest: Callable[[], torch.Tensor],
+    model: LoadedModel,
 ) -> Callable[[dict], None]:
-    """The sampler callback: remember the x0 estimate, report the step with a lazy preview."""
+    """The sampler callback: remember the x0 estimate, report the step with a lazy preview
+    of the kind the option show_progress_type names (made only when a preview is due)."""
     total = job.sampling.steps
+    preview_type = job.engine_options.show_progress_type
 
     def callback(info: dict) -> None:
         trace.x0 = info["denoised"]
-        observer.sampling_step(int(info["i"]), total, lambda: approx_preview(latest(), family))
+        observer.sampling_step(int(info["i"]), total, lambda: live_preview(model, preview_type, latest()))
 
     return callback
 
@@ -406,10 +412,12 @@ def sample_batch(
     cancel: CancelToken,
     start: StartFn | None = None,
     hooks: SamplingHooks | None = None,
+    padding: PaddingRecord | None = None,
 ) -> torch.Tensor:
     """Run the sampler for one batch and return its final latents (or, when interrupted or
     skipped, the last x0 estimate). `start` turns the first noise draw and the full
-    schedule into the starting point (None: txt2img's pure noise); `hooks` see SamplingHooks."""
+    schedule into the starting point (None: txt2img's pure noise); `hooks` see SamplingHooks;
+    `padding` collects the cond/uncond padding of the run's last denoiser call (infotext)."""
     hooks = hooks or SamplingHooks()
     # 1. conditioning for prompts and negative prompts (schedules, AND parts)
     if hooks.conditioning is not None:
@@ -430,7 +438,7 @@ def sample_batch(
     cfg = CFGDenoiser(inner, cancel, guidance_options(job, plan, model), blend=begin.blend)
     denoiser = cfg if hooks.wrap_denoiser is None else hooks.wrap_denoiser(cfg, batch, begin)
     trace = SamplingTrace(x0=x)
-    callback = make_callback(job, observer, trace, preview_source(job, cfg, trace), model.family)
+    callback = make_callback(job, observer, trace, preview_source(job, cfg, trace), model)
     control = control_hook(job, schedule, plan.sampler.kind == KIND_TIMESTEPS)  # ControlNet units, if any
     if control is not None:
         inner.unet.control, callback = control, control.track(callback)
@@ -449,6 +457,9 @@ def sample_batch(
         )
     except SamplingInterrupted:
         return trace.x0 if cfg.last is None else cfg.last.cond_denoised
+    finally:  # A1111 adds the keys after the sampler returns, interrupted or not
+        if padding is not None:
+            padding.note(cfg)
 
 
 def batch_images(batch: BatchSpec, pictures: list) -> list[GeneratedImage]:
@@ -478,11 +489,12 @@ def run_txt2img(model: LoadedModel, job: GenerationJob, observer: RunObserver, c
     """
     check_job(job)
     plan = resolve_plan(job)
+    padding = PaddingRecord()
     images: list[GeneratedImage] = []
     with torch.inference_mode():
         for batch in job_batches(job, observer, cancel):
-            latents = sample_batch(model, job, plan, batch, observer, cancel)
+            latents = sample_batch(model, job, plan, batch, observer, cancel, padding=padding)
             auto_upcast = job.engine_options.auto_vae_precision
             images += batch_images(batch, decode_latents(model, latents, auto_upcast))
             observer.batch_finished(batch.index)
-    return JobResult(images=images, interrupted=cancel.interrupted)
+    return JobResult(images=images, interrupted=cancel.interrupted, cond_padding=padding.infotext())

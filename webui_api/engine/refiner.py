@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import torch
 
 from webui_api.engine.cond_types import BatchConditioning
-from webui_api.engine.denoiser import CFGDenoiser, make_inner
+from webui_api.engine.denoiser import CFGDenoiser, PaddingRecord, make_inner
 from webui_api.engine.latents import decode_latents
 from webui_api.engine.loading.discovery import closest_checkpoint_match
 from webui_api.engine.models import CheckpointInfo, LoadedModel
@@ -323,12 +323,14 @@ def sample_pass(
     observer: RunObserver,
     cancel: CancelToken,
     start: Any = None,
+    padding: PaddingRecord | None = None,
 ) -> tuple[torch.Tensor, LoadedModel]:
     """One batch of one pass; returns its latents and the model that finished it (the
-    refiner after a switch, else `main`)."""
+    refiner after a switch, else `main`); `padding` collects the pass's cond padding."""
     if run is not None:
         run.current = None
-    latents = sample_batch(main, ctx.job, ctx.plan, batch, observer, cancel, start, refiner_hooks(run, ctx, main))
+    hooks = refiner_hooks(run, ctx, main)
+    latents = sample_batch(main, ctx.job, ctx.plan, batch, observer, cancel, start, hooks, padding)
     finished = run.current if run is not None and run.current is not None else main
     return latents, finished
 
@@ -349,12 +351,14 @@ def run_txt2img_refined(
     run = refiner_run(job, models)
     ctx = PassContext(job, plan, launch_steps=job.sampling.steps)
     auto_upcast = job.engine_options.auto_vae_precision
+    padding = PaddingRecord()
     images: list[GeneratedImage] = []
     with torch.inference_mode():
         for batch in job_batches(job, observer, cancel):
-            latents, finished = sample_pass(model, run, ctx, batch, observer, cancel)
+            latents, finished = sample_pass(model, run, ctx, batch, observer, cancel, padding=padding)
             images += batch_images(batch, decode_latents(finished, latents, auto_upcast))
             observer.batch_finished(batch.index)
     extras = dict(run.infotext) if run is not None else {}
-    return JobResult(images=images, interrupted=cancel.interrupted, extra_generation_params=extras)
+    return JobResult(images=images, interrupted=cancel.interrupted, extra_generation_params=extras,
+                     cond_padding=padding.infotext())
 

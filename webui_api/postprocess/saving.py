@@ -425,9 +425,7 @@ def keeps_before_hires(job: Any, options: Mapping[str, Any], save_images: bool) 
 
 def job_name_facts(job: Any, model: Any = None, result: Any = None, styles: Sequence[str] = ()) -> JobNameFacts:
     """The tags' view of a webui_api.jobs.GenerationJob (plus the model and result facts)."""
-    from samplers import registry
-
-    scheduler = registry.scheduler_of(job.sampling.scheduler).label
+    scheduler = job.sampling.schedule.label
     strength = job.img2img.denoising_strength if job.img2img is not None else None
     if job.hires is not None:
         strength = job.hires.denoising_strength

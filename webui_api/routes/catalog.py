@@ -156,7 +156,11 @@ async def extensions() -> list[dict[str, Any]]:
 
 @router.get("/sdapi/v1/memory")
 async def memory(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
-    return runtime.engine.memory()
+    body = runtime.engine.memory()
+    gpus = runtime.gpu_health.readings()
+    if gpus:  # NVML's per-device view (all processes), next to A1111's torch allocator figures
+        body = {**body, "gpus": [reading.as_dict() for reading in gpus]}
+    return body
 
 
 async def _on_worker(runtime: Runtime, label: str, action: Any) -> None:

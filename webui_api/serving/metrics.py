@@ -9,6 +9,7 @@ often the result cache answers. Other parts of the server report through the `ob
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 RUN_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -49,6 +50,10 @@ class Metrics:
     def track_tasks_pending(self, read: Callable[[], float]) -> None:
         self.tasks_pending.set_function(read)
 
+    def track_gpus(self, read: Callable[[], list[Any]]) -> None:
+        """Per-GPU gauges read at scrape time from `read()` (gpu_health.DeviceReading list)."""
+        self.registry.register(_GpuCollector(read))
+
     # reports --------------------------------------------------------------------------------
 
     def observe_job(self, route: str, wait_seconds: float, run_seconds: float, steps: int) -> None:
@@ -78,3 +83,34 @@ class Metrics:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+GPU_GAUGES = (  # (metric name, help, DeviceReading field)
+    ("webui_api_gpu_memory_used_bytes", "GPU memory in use (all processes)", "memory_used_bytes"),
+    ("webui_api_gpu_memory_total_bytes", "GPU memory in total", "memory_total_bytes"),
+    ("webui_api_gpu_utilization_ratio", "GPU busy fraction over the driver's last sample period", "utilization_ratio"),
+    ("webui_api_gpu_temperature_celsius", "GPU temperature", "temperature_c"),
+    ("webui_api_gpu_power_watts", "GPU power draw", "power_watts"),
+)
+
+
+class _GpuCollector:
+    """Yields one gauge family per GPU figure, labelled by device index and name."""
+
+    def __init__(self, read: Callable[[], list[Any]]) -> None:
+        self._read = read
+
+    def describe(self) -> list[Any]:
+        return []  # collected lazily: the devices are only known at scrape time
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        readings = self._read()
+        for name, help_text, attribute in GPU_GAUGES:
+            family = GaugeMetricFamily(name, help_text, labels=["gpu", "name"])
+            for reading in readings:
+                value = getattr(reading, attribute)
+                if value is not None:
+                    family.add_metric([str(reading.index), reading.name], float(value))
+            yield family

@@ -71,7 +71,20 @@ def job_weights(settings: Any, job: Any) -> NeededWeights:
         needed += upscaler_weights(settings, job.options, [hires.upscaler])
     if getattr(job, "restore_faces", False):
         needed += face_weights(settings, str(job.options.get("face_restoration_model") or "CodeFormer"))
+    if job.options.get("show_progress_type") == "TAESD":
+        needed += preview_weights(settings)
     return needed
+
+
+TAESD_PREVIEW_WEIGHTS = ("taesd_decoder", "taesdxl_decoder")  # SD1/SD2 and SDXL latent spaces
+
+
+def preview_weights(settings: Any) -> NeededWeights:
+    """TAESD live previews (show_progress_type "TAESD"): the decoders missing from
+    models/VAE-taesd, optional (without them the preview is "Approx cheap", never an error)."""
+    folder = settings.models_dir / "VAE-taesd"
+    return NeededWeights(optional=tuple(name for name in TAESD_PREVIEW_WEIGHTS
+                                        if not (folder / f"{name}.pth").is_file()))
 
 
 def extras_weights(settings: Any, options: Mapping[str, Any] | None, params: Any) -> NeededWeights:

@@ -18,7 +18,7 @@ import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -101,15 +101,16 @@ def flow_sigmas(job: GenerationJob, plan: SamplerPlan, shift: float) -> torch.Te
     return schedules.exponential(steps, low, high)
 
 
-def check_flow_plan(plan: SamplerPlan) -> None:
-    """Flux runs the deterministic samplers and the table schedulers; anything else is a 400."""
+def check_flow_plan(plan: SamplerPlan, family: str = "Flux") -> None:
+    """Flow models (Flux, SD3) run the deterministic samplers and the table schedulers; anything
+    else is a 400 naming the `family`."""
     sampler: SamplerInfo = plan.sampler
     scheduler: SchedulerInfo = plan.scheduler
     if sampler.name not in FLOW_SAMPLERS:
-        raise BadRequest(f"sampler {sampler.name!r} cannot run Flux models yet; use one of {list(FLOW_SAMPLERS)}")
+        raise BadRequest(f"sampler {sampler.name!r} cannot run {family} models yet; use one of {list(FLOW_SAMPLERS)}")
     if scheduler.name not in FLOW_SCHEDULERS:
         raise BadRequest(
-            f"schedule type {scheduler.label!r} cannot run Flux models; use one of {list(FLOW_SCHEDULERS)}"
+            f"schedule type {scheduler.label!r} cannot run {family} models; use one of {list(FLOW_SCHEDULERS)}"
         )
 
 
@@ -286,8 +287,16 @@ def make_denoiser(
     return FluxDenoiser(model, cond, uncond, job.sampling.cfg_scale, distilled_cfg(model, job), cancel, blend)
 
 
+class FlowDenoiser(Protocol):
+    """What `sample` needs of a flow model's denoiser (Flux's, SD3's)."""
+
+    last_cond_x0: torch.Tensor | None
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **kwargs: Any) -> torch.Tensor: ...
+
+
 def sample(
-    denoiser: FluxDenoiser, plan: SamplerPlan, x: torch.Tensor, sigmas: torch.Tensor,
+    denoiser: FlowDenoiser, plan: SamplerPlan, x: torch.Tensor, sigmas: torch.Tensor,
     job: GenerationJob, observer: RunObserver, rng: Any,
 ) -> torch.Tensor:
     total = len(sigmas) - 1

@@ -113,6 +113,22 @@ class Detection:
 
     architecture: Architecture
     needs_v_probe: bool = False
+    zero_terminal_snr: bool = False  # the file says it was trained with zero terminal SNR (`ztsnr` marker)
+
+
+V_PRED_MARKER = "v_pred"  # NoobAI-style SDXL files: empty marker tensors at the top level
+ZTSNR_MARKER = "ztsnr"
+
+
+def state_dict_hints(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
+    """What marker keys in the file say (Forge/ComfyUI read them; A1111 1.10 does not): `v_pred`
+    means v-prediction, `ztsnr` a zero-terminal-SNR schedule. A `.yaml` beside the file wins."""
+    hints: dict[str, Any] = {}
+    if V_PRED_MARKER in shapes:
+        hints["parameterization"] = "v"
+    if ZTSNR_MARKER in shapes:
+        hints["zero_terminal_snr"] = True
+    return hints
 
 
 def detect_architecture(path: Path, shapes: Mapping[str, tuple[int, ...]], yaml_hints: Mapping[str, Any]) -> Detection:
@@ -133,12 +149,15 @@ def detect_architecture(path: Path, shapes: Mapping[str, tuple[int, ...]], yaml_
             path,
             f"UNet takes {channels} input channels; supported are 4 (txt2img), 8 (instruct-pix2pix) and 9 (inpainting)",
         )
-    return _apply_prediction_hint(base, yaml_hints)
+    hints = {**state_dict_hints(shapes), **yaml_hints}
+    return replace(_apply_prediction_hint(base, hints), zero_terminal_snr=bool(hints.get("zero_terminal_snr")))
 
 
 def _refuse_unsupported(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> None:
     if SD3_MARKER in shapes:
-        raise UnusableModelFile(path, "this is a Stable Diffusion 3 (MMDiT) checkpoint, which this server cannot run")
+        raise UnusableModelFile(
+            path, "this is a Stable Diffusion 3 (MMDiT) checkpoint, which loads from complete .safetensors files only"
+        )
     if UNET_INPUT_KEY not in shapes:
         example = next(iter(shapes), "<none>")
         raise UnusableModelFile(

@@ -118,6 +118,7 @@ def assemble(
         unet_in_channels=arch.in_channels,
         architecture=arch.name,
         baked_vae=vae,
+        zero_terminal_snr=detection.zero_terminal_snr,
     )
 
 

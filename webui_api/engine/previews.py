@@ -1,0 +1,96 @@
+"""Live previews per A1111's `show_progress_type`: "Full", "Approx NN", "Approx cheap", "TAESD".
+
+- "Full": the model's own VAE decodes the latest estimate (slow, exact).
+- "TAESD": the tiny autoencoder's decoder (madebyollin/taesd) from A1111's folder
+  models/VAE-taesd (taesd_decoder.pth for SD1/SD2, taesdxl_decoder.pth for SDXL). A1111's
+  file is a state dict of a Sequential whose index 0 is a parameter-free clamp; diffusers'
+  DecoderTiny is the same network with the clamp in forward(), so keys shift by one.
+- "Approx cheap": a per-pixel linear map (latents.approx_preview).
+- "Approx NN": A1111's small VAE-approx CNN (models/VAE-approx/model.pt). Not built here yet:
+  it shows "Approx cheap" instead (docs/api-compat.md).
+
+A missing TAESD file also falls back to "Approx cheap" (with one log line per file): a preview
+must never fail a generation. Decoders are loaded once per engine (PreviewDecoders).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from webui_api.engine.latents import PREVIEW_FAMILY, approx_preview, decode_one, to_pil
+
+log = logging.getLogger(__name__)
+PREVIEW_TYPES = ("Full", "Approx NN", "Approx cheap", "TAESD")
+TAESD_DECODER_FILES = {"sd1": "taesd_decoder.pth", "sdxl": "taesdxl_decoder.pth"}
+
+
+def taesd_decoder(latent_channels: int = 4) -> torch.nn.Module:
+    """An empty TAESD decoder (diffusers' DecoderTiny with TAESD's layout)."""
+    from diffusers.models.autoencoders.vae import DecoderTiny
+
+    return DecoderTiny(in_channels=latent_channels, out_channels=3, num_blocks=(3, 3, 3, 1),
+                       block_out_channels=(64, 64, 64, 64), upsampling_scaling_factor=2, act_fn="relu",
+                       upsample_fn="nearest")
+
+
+def a1111_keys_to_decoder(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """"<i>.<rest>" (A1111/taesd.py Sequential, clamp at 0) -> "layers.<i-1>.<rest>" (DecoderTiny)."""
+    renamed = {}
+    for key, value in state.items():
+        index, _, rest = key.partition(".")
+        if not index.isdigit() or int(index) < 1:
+            raise ValueError(f"not a TAESD decoder key: {key!r}")
+        renamed[f"layers.{int(index) - 1}.{rest}"] = value
+    return renamed
+
+
+def load_taesd_decoder(path: Path, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """A TAESD decoder file (plain tensors only: weights_only) on `device` in `dtype`."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    decoder = taesd_decoder(int(state["1.weight"].shape[1]))
+    decoder.load_state_dict(a1111_keys_to_decoder(state))
+    return decoder.to(device=device, dtype=dtype).eval()
+
+
+@dataclass
+class PreviewDecoders:
+    """The engine's TAESD decoders, loaded on first use from `folder` (models/VAE-taesd)."""
+
+    folder: Path | None
+    _loaded: dict[str, torch.nn.Module | None] = field(default_factory=dict)
+
+    def taesd(self, family: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module | None:
+        """The decoder for `family`'s latent space, or None when its file is absent."""
+        space = PREVIEW_FAMILY.get(family, family)
+        if space not in self._loaded:
+            self._loaded[space] = self._load(space, device, dtype)
+        return self._loaded[space]
+
+    def _load(self, space: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module | None:
+        name = TAESD_DECODER_FILES.get(space)
+        path = None if self.folder is None or name is None else self.folder / name
+        if path is None or not path.is_file():
+            log.warning("TAESD previews need %s in %s; showing Approx cheap previews instead", name, self.folder)
+            return None
+        return load_taesd_decoder(path, device, dtype)
+
+
+def live_preview(model: Any, preview_type: str, latents: torch.Tensor) -> Image.Image:
+    """The preview of the first latent of `latents` the option `show_progress_type` asks for."""
+    latent = latents[:1]
+    if preview_type == "Full":
+        return to_pil(decode_one(model, latent))
+    if preview_type == "TAESD":
+        decoders = getattr(model, "preview_decoders", None)
+        decoder = None if decoders is None else decoders.taesd(model.family, model.device, model.vae.dtype)
+        if decoder is not None:
+            with torch.inference_mode():
+                image = decoder(latent.to(device=model.device, dtype=next(decoder.parameters()).dtype))
+            return to_pil(image[0].to(torch.float32).clamp(-1, 1))
+    return approx_preview(latent, model.family)
