@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.engine.helpers import RecordingObserver, make_job
+from tests.engine.helpers import RecordingObserver, make_job, with_sampler
 from tests.sd3.files import TINY_35_MEDIUM, tiny_parts, write_models
 from webui_api.engine.facade import Engine
 from webui_api.engine.families import sd3 as sd3_family
@@ -104,7 +104,9 @@ def test_txt2img_is_deterministic_follows_seed_and_cfg(tmp_path, parts):
 def test_schedulers_run(tmp_path, parts, scheduler):
     engine = _engine(write_models(tmp_path, parts))
     job = _job()
-    job = replace(job, sampling=replace(job.sampling, scheduler=scheduler))
+    from samplers.registry import find_scheduler
+
+    job = replace(job, sampling=replace(job.sampling, schedule=find_scheduler(scheduler)))
     assert engine.txt2img(job, RecordingObserver(), CancelToken()).images[0].image.size == (32, 32)
 
 
@@ -128,7 +130,7 @@ def test_unsupported_sampler_and_size_are_400s(tmp_path, parts):
     engine = _engine(write_models(tmp_path, parts))
     base = _job()
     with pytest.raises(BadRequest, match="cannot run"):
-        engine.txt2img(replace(base, sampling=replace(base.sampling, sampler_name="Euler a")),
+        engine.txt2img(replace(base, sampling=with_sampler(base.sampling, "Euler a")),
                        RecordingObserver(), CancelToken())
     with pytest.raises(BadRequest, match="multiples of 16"):
         engine.txt2img(replace(base, width=40), RecordingObserver(), CancelToken())
