@@ -319,6 +319,14 @@ def find_scheduler(name: str) -> SchedulerInfo | None:
     return None
 
 
+def scheduler_of(name: str) -> SchedulerInfo:
+    """find_scheduler for a name already resolved (a built job's): unknown is a programming error."""
+    scheduler = find_scheduler(name)
+    if scheduler is None:
+        raise UnknownSchedulerError(f"scheduler not found: {name!r}; {_valid_schedulers()}")
+    return scheduler
+
+
 def split_scheduler_suffix(sampler_name: str) -> tuple[SamplerInfo, SchedulerInfo] | None:
     """Split legacy names such as "DPM++ 2M Karras" into a known sampler and a trailing scheduler.
 

@@ -102,9 +102,9 @@ async def wave(port: int, args: argparse.Namespace, index: int, result: ModeResu
 
 def start_mode(engine, max_size: int, args: argparse.Namespace) -> tuple[ModeResult, int, object]:
     """A server for one --batch-max-size, warmed up with one request."""
-    from webui_api.app import create_app
     from dataclasses import replace
 
+    from webui_api.app import create_app
     from webui_api.settings import Settings
 
     port = free_port()
@@ -133,10 +133,15 @@ def report(args: argparse.Namespace, results: list[ModeResult]) -> None:
     import torch
 
     base = results[0]
-    print(f"machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} "
-          f"torch threads={torch.get_num_threads()} device={args.device}")
-    print(f"load: {args.rounds} rounds of {args.clients} concurrent requests, {args.width}x{args.height}, {args.steps} steps, "
-          f"{args.sampler}, batch wait {args.wait_ms:g} ms")
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} "
+        f"torch threads={torch.get_num_threads()} device={args.device}"
+    )
+    print(
+        f"load: {args.rounds} rounds of {args.clients} concurrent requests, {args.width}x{args.height}, {args.steps} "
+        "steps, "
+        f"{args.sampler}, batch wait {args.wait_ms:g} ms"
+    )
     print("| --batch-max-size | images/s | p50 latency | p99 latency | throughput ratio | p50 ratio | batches formed |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
@@ -153,7 +158,9 @@ def probe_row_classes(engine, rows: int = 16) -> None:
     model = engine.loaded
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(rows, model.latent_channels, 16, 16, generator=generator).to(model.device, model.dtype)
-    context = torch.randn(rows, 77, model.unet.config.cross_attention_dim, generator=generator).to(model.device, model.dtype)
+    context = torch.randn(rows, 77, model.unet.config.cross_attention_dim, generator=generator).to(
+        model.device, model.dtype
+    )
     t = torch.full((rows,), 500.0, device=model.device)
     with torch.inference_mode():
         classes = kernel_classes([model.unet(x[:m], t[:m], encoder_hidden_states=context[:m], return_dict=False)[0][0]

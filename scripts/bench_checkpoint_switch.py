@@ -53,8 +53,8 @@ def timed(action) -> float:
 
 
 def measure(folder: Path, args: argparse.Namespace) -> dict[str, list[float]]:
-    from webui_api.engine.loading.discovery import ModelPaths
     from webui_api.engine.facade import Engine
+    from webui_api.engine.loading.discovery import ModelPaths
 
     engine = Engine(device=args.device, dtype=args.dtype, paths=ModelPaths(data_dir=folder, ckpt_dirs=(folder,)))
     first, second = (info.title for info in engine.checkpoints()[:2])
@@ -77,7 +77,9 @@ def report(results: dict[str, list[float]], args: argparse.Namespace, size_bytes
     print("| mode | runs | median | min | max |")
     print("|---|---|---|---|---|")
     for mode, times in results.items():
-        print(f"| {mode} | {len(times)} | {statistics.median(times):.1f} ms | {min(times):.1f} ms | {max(times):.1f} ms |")
+        print(
+            f"| {mode} | {len(times)} | {statistics.median(times):.1f} ms | {min(times):.1f} ms | {max(times):.1f} ms |"
+        )
 
 
 def main() -> None:

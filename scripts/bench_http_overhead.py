@@ -88,10 +88,10 @@ def time_http(port: int, body: dict, repeats: int) -> list[float]:
 
 def main() -> None:
     args = parse_args()
-    from webui_api.app import build_runtime, create_app
-    from webui_api.engine.facade import Engine
     from dataclasses import replace
 
+    from webui_api.app import build_runtime, create_app
+    from webui_api.engine.facade import Engine
     from webui_api.settings import Settings
 
     engine = Engine(device=args.device, dtype="auto")
@@ -117,7 +117,9 @@ def report(args: argparse.Namespace, engine_times: list[float], http_times: list
     http_median = statistics.median(http_times)
     print(f"machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} device={args.device}")
     print(f"request: {args.width}x{args.height}, {args.steps} steps, {args.sampler}, repeats={args.repeats}")
-    print(f"engine (in-process) median: {engine_median * 1000:.1f} ms   runs: {[round(t * 1000) for t in engine_times]}")
+    print(
+        f"engine (in-process) median: {engine_median * 1000:.1f} ms   runs: {[round(t * 1000) for t in engine_times]}"
+    )
     print(f"HTTP end-to-end     median: {http_median * 1000:.1f} ms   runs: {[round(t * 1000) for t in http_times]}")
     print(f"overhead median: {(http_median - engine_median) * 1000:.1f} ms")
     print(f"ratio HTTP / engine: {http_median / engine_median:.3f}  (goal <= 1.05)")

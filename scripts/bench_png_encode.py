@@ -77,7 +77,10 @@ def measure_all(image: Image.Image, levels: list[int | None], repeats: int) -> l
 def table(rows: list[Measurement]) -> str:
     """Markdown rows, each compared with the default-level row of the same size."""
     default = {row.side: row for row in rows if row.level is None}
-    lines = ["| size | compress_level | best ms | vs default time | KiB | vs default size |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| size | compress_level | best ms | vs default time | KiB | vs default size |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in rows:
         ref = default[row.side]
         label = f"default ({PIL_DEFAULT_LEVEL})" if row.level is None else str(row.level)
@@ -91,7 +94,9 @@ def main() -> None:
     rows = []
     for side in args.sides:
         rows.extend(measure_all(photo_like(side), [None, *args.levels], args.repeats))
-    print(f"python {platform.python_version()}, Pillow {Image.__version__}, {platform.processor() or platform.machine()}")
+    print(
+        f"python {platform.python_version()}, Pillow {Image.__version__}, {platform.processor() or platform.machine()}"
+    )
     print(table(rows))
 
 

@@ -83,8 +83,14 @@ def bare_forward(bench: Bench) -> float:
 def sample_once(bench: Bench, name: str, steps: int) -> tuple[float, float, int]:
     """(seconds per denoiser call, in-UNet seconds per call, calls) for one full sampling run."""
     from samplers.brownian import BrownianTreeNoise, schedule_interval
-    from samplers.registry import (KIND_TIMESTEPS, compute_sigmas, compute_timesteps, find_sampler, find_scheduler,
-                                   sampler_call_kwargs)
+    from samplers.registry import (
+        KIND_TIMESTEPS,
+        compute_sigmas,
+        compute_timesteps,
+        find_sampler,
+        find_scheduler,
+        sampler_call_kwargs,
+    )
     from webui_api.engine.denoiser import CFGDenoiser, GuidanceOptions, make_inner
     from webui_api.progress import CancelToken
 

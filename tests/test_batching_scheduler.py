@@ -19,7 +19,9 @@ from webui_api.scheduler import BatchSlot, Scheduler, WorkItem
 
 def test_jobs_differing_only_per_image_share_a_key():
     a = make_job(prompts=("a cat",), seeds=(1,), options={"eta_ancestral": 1.0})
-    b = make_job(prompts=("a dog, long prompt",), negative_prompts=("ugly",), seeds=(99,), options={"eta_ancestral": 1.0})
+    b = make_job(
+        prompts=("a dog, long prompt",), negative_prompts=("ugly",), seeds=(99,), options={"eta_ancestral": 1.0}
+    )
     assert batch_key(a) is not None and batch_key(a) == batch_key(b)
 
 
@@ -68,7 +70,9 @@ class Recorder:
         self.runs: list[tuple[str, ...]] = []
         self.lock = threading.Lock()
 
-    def item(self, name: str, key="k", size: int = 1, fail_in_group: bool = False, fail_alone: bool = False) -> WorkItem:
+    def item(
+        self, name: str, key="k", size: int = 1, fail_in_group: bool = False, fail_alone: bool = False
+    ) -> WorkItem:
         def run(_cancel):
             with self.lock:
                 self.runs.append((name,))

@@ -121,7 +121,9 @@ def test_bad_api_auth_is_a_clear_error_without_the_secret():
 
 
 def test_freeze_flags_become_tuples():
-    settings, _ = parse("--freeze-settings-in-sections", "saving-images, upscaling", "--freeze-specific-settings", "tiling")
+    settings, _ = parse(
+        "--freeze-settings-in-sections", "saving-images, upscaling", "--freeze-specific-settings", "tiling"
+    )
     assert settings.freeze_settings_in_sections == ("saving-images", "upscaling")
     assert settings.freeze_specific_settings == ("tiling",)
 

@@ -47,7 +47,10 @@ def store(config_path):
 
 def _checkpoint_titles(name: str) -> str:
     """A stand-in for the model registry: two aliases of one checkpoint, anything else unknown."""
-    aliases = {"tiny": "tiny.safetensors [0123456789]", "tiny.safetensors [0123456789]": "tiny.safetensors [0123456789]"}
+    aliases = {
+        "tiny": "tiny.safetensors [0123456789]",
+        "tiny.safetensors [0123456789]": "tiny.safetensors [0123456789]",
+    }
     if name not in aliases:
         raise UnknownCheckpoint(name)
     return aliases[name]

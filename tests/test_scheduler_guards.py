@@ -214,7 +214,10 @@ def test_a_real_client_that_hangs_up_while_queued_has_its_job_dropped(engine, tm
         scheduler = app.state.runtime.scheduler
         blocker = hold_worker(scheduler)
         body = json.dumps(webuiapi_txt2img()).encode()
-        head = f"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        head = (
+            "POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
         with socket.create_connection(("127.0.0.1", port)) as sock:
             sock.sendall(head.encode() + body)
             wait_until(lambda: scheduler.waiting_generations == 1)

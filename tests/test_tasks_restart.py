@@ -29,7 +29,9 @@ def start_server(data_dir, port, log_name):
 
 
 def post_json(url, payload):
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 
@@ -64,7 +66,9 @@ def test_tasks_queued_and_running_at_a_sigkill_all_complete_after_restart(tmp_pa
     api = f"http://127.0.0.1:{port}/agent-scheduler/v1"
     first = start_server(tmp_path, port, "first.log")
     try:
-        ids = [post_json(f"{api}/queue/txt2img", webuiapi_txt2img(seed=i, steps=STEPS))["task_id"] for i in range(TASKS)]
+        ids = [
+            post_json(f"{api}/queue/txt2img", webuiapi_txt2img(seed=i, steps=STEPS))["task_id"] for i in range(TASKS)
+        ]
         wait_for(lambda: get_json(f"{api}/task/{ids[0]}")["data"]["status"] == "running", 60, "the first task starting")
     finally:
         first.send_signal(signal.SIGKILL)

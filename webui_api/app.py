@@ -11,9 +11,9 @@ import contextlib
 import logging
 import time
 import traceback
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
-from collections.abc import Sequence
-from typing import Any, AsyncIterator, Optional
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError, StarletteHTTPException
@@ -22,14 +22,14 @@ from fastapi.responses import JSONResponse
 
 from . import __version__
 from .auth import add_cors, build_gate, exposure_warnings, protect_docs, record_work, unclassified_routes
+from .batching import BatchingConfig
 from .errors import ApiError, validation_error_body
-from .options import OptionsStore
 from .lane_progress import LaneProgress
+from .options import OptionsStore
 from .output_urls import OUTPUTS_FOLDER, OutputStore
 from .progress import ProgressTracker
-from .batching import BatchingConfig
+from .runtime import Runtime
 from .scheduler import Scheduler, WorkItem
-from .workers import Worker
 from .serving.audit import AuditLog
 from .serving.content_policy import ContentPolicy
 from .serving.guards import BodySizeLimit, PixelBudgetScope
@@ -37,8 +37,8 @@ from .serving.hooks import ServingHooks
 from .serving.lifecycle import Lifecycle
 from .serving.metrics import Metrics
 from .serving.result_cache import ResultCache
-from .runtime import Runtime
 from .settings import Settings
+from .workers import Worker
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ EMBEDDED_MODEL_WARNING = (
 )
 
 
-def create_app(settings: Settings, engine: Optional[Any] = None, workers: Sequence[Worker] | None = None) -> FastAPI:
+def create_app(settings: Settings, engine: Any | None = None, workers: Sequence[Worker] | None = None) -> FastAPI:
     """`workers`: the scheduler's lanes (default: one local worker thread; --ray: RayWorkers)."""
     app = FastAPI(
         title="webui-api",
@@ -71,7 +71,7 @@ def create_app(settings: Settings, engine: Optional[Any] = None, workers: Sequen
     return app
 
 
-def _lifespan_for(settings: Settings, engine: Optional[Any], workers: Sequence[Worker] | None = None):
+def _lifespan_for(settings: Settings, engine: Any | None, workers: Sequence[Worker] | None = None):
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for warning in exposure_warnings(settings):
@@ -116,7 +116,7 @@ def task_store(settings: Settings) -> Any:
     return TaskStore(settings.data_dir / "tasks")
 
 
-def build_runtime(settings: Settings, engine: Optional[Any] = None, workers: Sequence[Worker] | None = None) -> Runtime:
+def build_runtime(settings: Settings, engine: Any | None = None, workers: Sequence[Worker] | None = None) -> Runtime:
     from .postprocess.previews import preview_encoder
 
     if engine is None:
@@ -167,7 +167,9 @@ def _load_startup_model(runtime: Runtime) -> None:
         except ApiError:
             log.warning("Configured checkpoint %r not found; loading the default instead", wanted)
     loaded = runtime.engine.load(title)
-    runtime.options.set_internal({"sd_model_checkpoint": loaded.info.title, "sd_checkpoint_hash": loaded.info.sha256 or ""})
+    runtime.options.set_internal(
+        {"sd_model_checkpoint": loaded.info.title, "sd_checkpoint_hash": loaded.info.sha256 or ""}
+    )
     runtime.serving.lifecycle.mark_loaded()
     if loaded.info.filename == "<embedded>":
         log.warning(EMBEDDED_MODEL_WARNING, runtime.settings.models_dir / "Stable-diffusion")
@@ -276,10 +278,24 @@ def _log_request(request: Request, status: int, duration: float) -> None:
 
 def _include_routes(app: FastAPI, settings: Settings) -> None:
     from .routes import (
-        catalog, controlnet, controlnet_detect, extras, generate, health, interrogate, openapi_errors, options, progress,
-        system, tasks,
+        catalog,
+        controlnet,
+        controlnet_detect,
+        docs,
+        extras,
+        generate,
+        health,
+        internal,
+        interrogate,
+        job_events,
+        openapi_errors,
+        openapi_responses,
+        options,
+        outputs,
+        progress,
+        system,
+        tasks,
     )
-    from .routes import docs, internal, job_events, openapi_responses, outputs
 
     for module in (generate, progress, options, catalog, extras, interrogate, tasks, controlnet, controlnet_detect,
                    health, internal, job_events, outputs):

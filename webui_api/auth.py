@@ -238,7 +238,8 @@ def route_paths(app: FastAPI) -> list[str]:
     from fastapi import routing
 
     if hasattr(routing, "iter_route_contexts"):
-        return [context.path for context in routing.iter_route_contexts(app.routes)]
+        paths = (context.path for context in routing.iter_route_contexts(app.routes))
+        return [path for path in paths if path is not None]  # like the fallback: routes with a path
     return [route.path for route in app.routes if hasattr(route, "path")]
 
 

@@ -12,8 +12,9 @@ This module imports neither torch nor fastapi: the scheduler and the routes use 
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
-from typing import Any, Hashable, Mapping
+from typing import Any
 
 from .jobs import GenerationJob
 

@@ -210,34 +210,80 @@ EXTENSION_FLAGS: tuple[FlagSpec, ...] = (
 # written for A1111 + ControlNet works and /cmd-flags shows them; docs/controlnet.md says which act.
 CONTROLNET_FLAGS: tuple[FlagSpec, ...] = (
     FlagSpec("--controlnet-dir", "an extra folder of ControlNet models (besides <models-dir>/ControlNet)", str),
-    FlagSpec("--controlnet-annotator-models-path", "folder of preprocessor (annotator) weights; default <models-dir>/ControlNetAnnotators", str),
-    FlagSpec("--no-half-controlnet", "run ControlNet models in float32 even when the checkpoint runs in half precision",
-             options={"action": "store_true", "default": None}),
-    FlagSpec("--controlnet-preprocessor-cache-size", "accepted for compatibility; detected maps are not cached", int, 16),
-    FlagSpec("--controlnet-loglevel", "log level of the ControlNet modules", str, "INFO",
-             options={"choices": ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]}),
+    FlagSpec(
+        "--controlnet-annotator-models-path",
+        "folder of preprocessor (annotator) weights; default <models-dir>/ControlNetAnnotators",
+        str,
+    ),
+    FlagSpec(
+        "--no-half-controlnet",
+        "run ControlNet models in float32 even when the checkpoint runs in half precision",
+        options={"action": "store_true", "default": None},
+    ),
+    FlagSpec(
+        "--controlnet-preprocessor-cache-size", "accepted for compatibility; detected maps are not cached", int, 16
+    ),
+    FlagSpec(
+        "--controlnet-loglevel",
+        "log level of the ControlNet modules",
+        str,
+        "INFO",
+        options={"choices": ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]},
+    ),
     FlagSpec("--controlnet-tracemalloc", _IGNORED, options={"action": "store_true", "default": None}),
 )
 # This server's own flags (not in A1111): production guards for shared servers.
 SERVING_FLAGS: tuple[FlagSpec, ...] = (
     FlagSpec("--max-queue-depth", "generations that may wait in the queue; more get 503 with Retry-After", int, 64),
-    FlagSpec("--queue-timeout", "seconds a generation may wait in the queue before it is refused (0: no limit)", float, 600.0),
-    FlagSpec("--api-keys-file", "YAML or JSON file of API keys (name, key or sha256, tier, rate_limit, groups)", absolute_path),
+    FlagSpec(
+        "--queue-timeout", "seconds a generation may wait in the queue before it is refused (0: no limit)", float, 600.0
+    ),
+    FlagSpec(
+        "--api-keys-file",
+        "YAML or JSON file of API keys (name, key or sha256, tier, rate_limit, groups)",
+        absolute_path,
+    ),
     FlagSpec("--rate-limit", 'rate limit for callers without their own, e.g. "30/minute" (default: none)', str),
-    FlagSpec("--redis-url", "redis://host:port/db for shared rate limits and result cache (default: in memory / disk)", str),
+    FlagSpec(
+        "--redis-url", "redis://host:port/db for shared rate limits and result cache (default: in memory / disk)", str
+    ),
     FlagSpec("--result-cache-size", "MB of cached responses to deterministic requests (0 disables)", float, 256.0),
-    FlagSpec("--audit-log", "JSON-lines audit log of generations ('off' disables)", _path_or_off, os.path.join("logs", "audit.jsonl"), "data"),
-    FlagSpec("--task-retention-hours", "hours finished async tasks and their results are kept (0: forever)", float, 168.0),
-    _switch("--output-urls", "answer generations with signed, expiring image URLs instead of base64 "
-            "(a request's output_urls field overrides it)"),
+    FlagSpec(
+        "--audit-log",
+        "JSON-lines audit log of generations ('off' disables)",
+        _path_or_off,
+        os.path.join("logs", "audit.jsonl"),
+        "data",
+    ),
+    FlagSpec(
+        "--task-retention-hours", "hours finished async tasks and their results are kept (0: forever)", float, 168.0
+    ),
+    _switch(
+        "--output-urls",
+        "answer generations with signed, expiring image URLs instead of base64 "
+        "(a request's output_urls field overrides it)",
+    ),
     FlagSpec("--output-url-ttl", "seconds an output URL and its stored image are kept", float, 3600.0),
-    FlagSpec("--task-max-count", "finished async tasks kept at most; the oldest are deleted first (0: no cap)", int, 1000),
-    FlagSpec("--task-max-mb", "MB of stored async task requests and results; the oldest finished go first, and new "
-             "tasks get 503 while pending ones alone fill it (0: no cap)", float, 1024.0),
-    FlagSpec("--callback-allow", "comma-separated hosts, addresses/CIDRs or 'public' that async task callback_url may "
-             "reach; private and loopback targets need an explicit entry (default: callbacks only for API-key "
-             "callers, to public addresses)", str),
-    FlagSpec("--audit-log-max-mb", "rotate the audit log when it reaches this size in MB (0: no size limit)", float, 50.0),
+    FlagSpec(
+        "--task-max-count", "finished async tasks kept at most; the oldest are deleted first (0: no cap)", int, 1000
+    ),
+    FlagSpec(
+        "--task-max-mb",
+        "MB of stored async task requests and results; the oldest finished go first, and new "
+        "tasks get 503 while pending ones alone fill it (0: no cap)",
+        float,
+        1024.0,
+    ),
+    FlagSpec(
+        "--callback-allow",
+        "comma-separated hosts, addresses/CIDRs or 'public' that async task callback_url may "
+        "reach; private and loopback targets need an explicit entry (default: callbacks only for API-key "
+        "callers, to public addresses)",
+        str,
+    ),
+    FlagSpec(
+        "--audit-log-max-mb", "rotate the audit log when it reaches this size in MB (0: no size limit)", float, 50.0
+    ),
     FlagSpec("--audit-log-rotate-hours", "rotate the audit log after this many hours (0: only by size)", float, 24.0),
     FlagSpec("--audit-log-keep", "rotated audit log files kept (audit.jsonl.1 ... .N)", int, 10),
     FlagSpec("--audit-log-retention-days", "rotated audit log files older than this are deleted", float, 30.0),
@@ -248,16 +294,41 @@ SERVING_FLAGS: tuple[FlagSpec, ...] = (
     FlagSpec("--max-steps", "most sampling steps (0: no limit)", int, 1000),
     FlagSpec("--max-prompt-length", "longest prompt in characters (0: no limit)", int, 20_000),
     FlagSpec("--max-body-mb", "largest request body in MB (0: no limit)", float, 64.0),
-    FlagSpec("--max-input-pixels", "largest image the server decodes or builds outside the UNet (inputs, upscales, "
-             "detect maps), in pixels (0: no limit)", int, 4096 * 4096),
-    FlagSpec("--prompt-filter", "content policy: file of words/phrases and re:regex rules refused in prompts "
-             "(re-read when it changes; default: off)", absolute_path),
-    FlagSpec("--nsfw-check-dir", "content policy: folder of a CompVis safety checker (config.json + weights) that "
-             "checks every output image (default: off)", absolute_path),
-    FlagSpec("--nsfw-action", "content policy: what happens to a flagged image", str, "blur",
-             options={"choices": ["blur", "replace"]}),
-    FlagSpec("--content-policy-tiers", "content policy: comma-separated key tiers it applies to", str, "high,normal,low"),
-    FlagSpec("--batch-max-size", "cross-request batching: most images in one UNet batch (1: off, the default; e.g. 4 for a busy shared server)", int, 1),
+    FlagSpec(
+        "--max-input-pixels",
+        "largest image the server decodes or builds outside the UNet (inputs, upscales, "
+        "detect maps), in pixels (0: no limit)",
+        int,
+        4096 * 4096,
+    ),
+    FlagSpec(
+        "--prompt-filter",
+        "content policy: file of words/phrases and re:regex rules refused in prompts "
+        "(re-read when it changes; default: off)",
+        absolute_path,
+    ),
+    FlagSpec(
+        "--nsfw-check-dir",
+        "content policy: folder of a CompVis safety checker (config.json + weights) that "
+        "checks every output image (default: off)",
+        absolute_path,
+    ),
+    FlagSpec(
+        "--nsfw-action",
+        "content policy: what happens to a flagged image",
+        str,
+        "blur",
+        options={"choices": ["blur", "replace"]},
+    ),
+    FlagSpec(
+        "--content-policy-tiers", "content policy: comma-separated key tiers it applies to", str, "high,normal,low"
+    ),
+    FlagSpec(
+        "--batch-max-size",
+        "cross-request batching: most images in one UNet batch (1: off, the default; e.g. 4 for a busy shared server)",
+        int,
+        1,
+    ),
     FlagSpec("--batch-wait-ms", "cross-request batching: how long a job waits for batch partners, in ms", float, 10.0),
     FlagSpec("--batch-unet-rows", "cross-request batching: every UNet call gets exactly this many rows (padded), "
              "so batched and lone images agree bit for bit; use a multiple of 4 (0: 2 x --batch-max-size, rounded up "
@@ -463,17 +534,35 @@ def settings_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser
     host, port = _listen_address(args)
     device, dtype = _device_and_dtype(args)
     return Settings(
-        host=host, port=port, api=True, nowebui=args.nowebui,
-        api_auth=parse_api_auth(args.api_auth), api_log=args.api_log, api_server_stop=args.api_server_stop,
-        cors_allow_origins=_split_list(args.cors_allow_origins), cors_allow_origins_regex=args.cors_allow_origins_regex,
-        data_dir=data_dir, models_dir=models_dir, ckpt_dirs=_checkpoint_dirs(args, models_dir),
-        ckpt=_checkpoint_file(args, parser), vae_dir=_optional_path(args.vae_dir), vae_path=_optional_path(args.vae_path),
-        lora_dir=Path(args.lora_dir), lyco_dir=Path(args.lyco_dir_backcompat),
-        embeddings_dir=Path(args.embeddings_dir), hypernetwork_dir=Path(args.hypernetwork_dir),
-        ui_settings_file=Path(args.ui_settings_file), styles_files=_styles_files(args, data_dir),
-        device=device, dtype=dtype, no_half_vae=args.no_half_vae, no_hashing=args.no_hashing,
-        vram_mode=_vram_mode(args), **_precision_flags(args),
-        compile_unet=args.compile, compile_mode=args.compile_mode,
+        host=host,
+        port=port,
+        api=True,
+        nowebui=args.nowebui,
+        api_auth=parse_api_auth(args.api_auth),
+        api_log=args.api_log,
+        api_server_stop=args.api_server_stop,
+        cors_allow_origins=_split_list(args.cors_allow_origins),
+        cors_allow_origins_regex=args.cors_allow_origins_regex,
+        data_dir=data_dir,
+        models_dir=models_dir,
+        ckpt_dirs=_checkpoint_dirs(args, models_dir),
+        ckpt=_checkpoint_file(args, parser),
+        vae_dir=_optional_path(args.vae_dir),
+        vae_path=_optional_path(args.vae_path),
+        lora_dir=Path(args.lora_dir),
+        lyco_dir=Path(args.lyco_dir_backcompat),
+        embeddings_dir=Path(args.embeddings_dir),
+        hypernetwork_dir=Path(args.hypernetwork_dir),
+        ui_settings_file=Path(args.ui_settings_file),
+        styles_files=_styles_files(args, data_dir),
+        device=device,
+        dtype=dtype,
+        no_half_vae=args.no_half_vae,
+        no_hashing=args.no_hashing,
+        vram_mode=_vram_mode(args),
+        **_precision_flags(args),
+        compile_unet=args.compile,
+        compile_mode=args.compile_mode,
         gpu_max_temp=_at_least(0, "--gpu-max-temp", args.gpu_max_temp) or None,
         skip_load_model_at_start=args.skip_load_model_at_start,
         freeze_settings=args.freeze_settings, freeze_settings_in_sections=_split_list(args.freeze_settings_in_sections),
@@ -518,7 +607,8 @@ def serving_settings(args: argparse.Namespace) -> dict[str, Any]:
             redact_prompts=bool(args.audit_redact_prompts),
         ),
         "guards": RequestLimits(
-            max_pixels=_at_least(0, "--max-pixels", args.max_pixels), max_batch=_at_least(0, "--max-batch", args.max_batch),
+            max_pixels=_at_least(0, "--max-pixels", args.max_pixels),
+            max_batch=_at_least(0, "--max-batch", args.max_batch),
             max_steps=_at_least(0, "--max-steps", args.max_steps),
             max_prompt_length=_at_least(0, "--max-prompt-length", args.max_prompt_length),
             max_body_bytes=int(_at_least(0, "--max-body-mb", args.max_body_mb) * 1024 * 1024),

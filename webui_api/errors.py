@@ -7,6 +7,7 @@ Where A1111 answers bad input with a 500, we answer with a 4xx and keep A1111's 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -134,7 +135,7 @@ class DeviceOutOfMemory(ServiceUnavailable):
 MAX_ECHOED_INPUT = 200  # characters of a refused input echoed back in a 422 (bodies can be megabytes)
 
 
-def validation_error_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
+def validation_error_body(errors: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """FastAPI's 422 body `{"detail": [...]}` made of JSON values only.
 
     Pydantic's error dicts carry the refused input (bytes, when a JSON route is called with

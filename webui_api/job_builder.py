@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from .controlnet.units import controlnet_units
 from .engine_options import EngineOptions
 from .errors import BadRequest, NotImplementedFeature, ValidationFailed
 from .jobs import GenerationJob, HiresParams, Img2ImgParams, RefinerParams, SamplingParams, SeedParams
 from .schemas.generation import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
-from .controlnet.units import controlnet_units
 from .styles import PromptStyle, apply_styles, read_styles
 
 if TYPE_CHECKING:  # the sampler registry imports torch: looked up only when a job is built
@@ -36,6 +37,17 @@ class ResolvedSampler:
 
     sampler: SamplerInfo
     schedule: SchedulerInfo
+
+
+_Value = TypeVar("_Value")
+
+
+def given(value: _Value | None, field: str) -> _Value:
+    """A request field A1111's schema marks Optional but that means nothing as null (a size, a
+    count, steps): a 400 naming it instead of a TypeError deep in the build."""
+    if value is None:
+        raise BadRequest(f"{field} must not be null")
+    return value
 
 
 def resolve_seed(value: Any, rng: random.Random) -> int:
@@ -144,7 +156,7 @@ def resolve_churn(request: GenerationRequest, options: Mapping[str, Any]) -> dic
     return resolved
 
 
-def job_timestamp(now: Optional[datetime] = None) -> str:
+def job_timestamp(now: datetime | None = None) -> str:
     return (now or datetime.now()).strftime("%Y%m%d%H%M%S")
 
 
@@ -162,7 +174,7 @@ def refiner_params(request: GenerationRequest) -> RefinerParams | None:
 def build_txt2img(
     request: Txt2ImgRequest,
     options: Mapping[str, Any],
-    rng: Optional[random.Random] = None,
+    rng: random.Random | None = None,
     styles: Sequence[PromptStyle] = (),
 ) -> GenerationJob:
     """Step 2 of a request's journey: everything resolved, nothing left for the worker to guess.
@@ -215,7 +227,7 @@ class HiresTarget:
 
 
 def hires_target(request: Txt2ImgRequest) -> HiresTarget:
-    width, height = request.width, request.height
+    width, height = given(request.width, "width"), given(request.height, "height")
     rx, ry = int(request.hr_resize_x or 0), int(request.hr_resize_y or 0)
     if rx == 0 and ry == 0:
         scale = float(request.hr_scale if request.hr_scale is not None else 2.0)
@@ -274,7 +286,7 @@ def hires_params(
     return HiresParams(
         upscale_width=target.width, upscale_height=target.height, upscaler=name,
         latent_mode=latent[0] if latent else None, latent_antialias=bool(latent and latent[1]),
-        steps=second.steps, denoising_strength=strength, sampling=sampling, prompts=prompts,
+        steps=given(second.steps, "steps"), denoising_strength=strength, sampling=sampling, prompts=prompts,
         negative_prompts=negatives, truncate_x=target.truncate_x, truncate_y=target.truncate_y,
         infotext=hires_infotext(request, job, sampling, prompts, negatives),
         checkpoint_title=hires_checkpoint(request),
@@ -288,7 +300,11 @@ def hires_checkpoint(request: Txt2ImgRequest) -> str | None:
 
 
 def hires_infotext(
-    request: Txt2ImgRequest, job: GenerationJob, sampling: SamplingParams, prompts: Sequence[str], negatives: Sequence[str]
+    request: Txt2ImgRequest,
+    job: GenerationJob,
+    sampling: SamplingParams,
+    prompts: Sequence[str],
+    negatives: Sequence[str],
 ) -> tuple[tuple[str, Any], ...]:
     """A1111's hires infotext keys in its order (hires prompts only when they differ)."""
     keys: list[tuple[str, Any]] = []
@@ -321,7 +337,9 @@ def hires_schedule_type(first: SamplingParams, second: SamplingParams) -> str | 
     if second_scheduler is None:
         return None
     first_scheduler = _effective_scheduler(first)
-    first_label = first_scheduler.label if first_scheduler is not None and first_scheduler.label != "Automatic" else None
+    first_label = (
+        first_scheduler.label if first_scheduler is not None and first_scheduler.label != "Automatic" else None
+    )
     return second_scheduler.label if second_scheduler.label != first_label else None
 
 
@@ -371,7 +389,7 @@ def prepare_init(request: Img2ImgRequest, options: Mapping[str, Any]) -> Prepare
     from .engine.masks import prepare_mask
     from .postprocess.encode import decode_image_base64
 
-    size = TargetSize(request.width, request.height)
+    size = TargetSize(given(request.width, "width"), given(request.height, "height"))
     background = str(options.get("img2img_background_color") or "#ffffff")
     mode = int(request.resize_mode or 0)
     flats = []
@@ -422,7 +440,7 @@ def _per_image(items: list[Any], count: int) -> tuple[Any, ...]:
 def build_img2img(
     request: Img2ImgRequest,
     options: Mapping[str, Any],
-    rng: Optional[random.Random] = None,
+    rng: random.Random | None = None,
     styles: Sequence[PromptStyle] = (),
 ) -> GenerationJob:
     """An img2img job: the txt2img resolution plus decoded, resized init images (and the
@@ -431,7 +449,7 @@ def build_img2img(
 
     check_scripts(request, "img2img")
     prepared = prepare_init(request, options)
-    images, batch_size = batch_init_images(prepared.images, request.batch_size)
+    images, batch_size = batch_init_images(prepared.images, given(request.batch_size, "batch_size"))
     request = request.model_copy(update={"batch_size": batch_size})
     job = build_txt2img_like(request, options, rng or random.Random(), styles)
     params = img2img_params(request, options, images, prepared)
@@ -451,7 +469,8 @@ def build_txt2img_like(
     request: GenerationRequest, options: Mapping[str, Any], rng: random.Random, styles: Sequence[PromptStyle]
 ) -> GenerationJob:
     """The fields txt2img and img2img jobs share."""
-    count = request.batch_size * request.n_iter
+    batch_size, n_iter = given(request.batch_size, "batch_size"), given(request.n_iter, "n_iter")
+    count = batch_size * n_iter
     sampler = resolve_sampler(request)
     prompts, negative_prompts = styled_prompts(request, count, styles)
     check_prompts(prompts, negative_prompts, options)
@@ -459,10 +478,10 @@ def build_txt2img_like(
         kind="txt2img",
         prompts=prompts,
         negative_prompts=negative_prompts,
-        width=request.width,
-        height=request.height,
-        batch_size=request.batch_size,
-        n_iter=request.n_iter,
+        width=given(request.width, "width"),
+        height=given(request.height, "height"),
+        batch_size=batch_size,
+        n_iter=n_iter,
         sampling=_sampling_params(request, sampler, options),
         seeds=_seed_params(request, options, count, rng),
         clip_skip=int(options.get("CLIP_stop_at_last_layers", 1) or 1),
@@ -482,19 +501,22 @@ def build_txt2img_like(
 def resolve_eta(request: GenerationRequest, sampler: SamplerInfo, options: Mapping[str, Any]) -> float | None:
     """The request's eta, else A1111's option fallback (eta_ancestral for k-diffusion
     samplers, eta_ddim for the DDIM family); None for samplers that take no eta."""
-    if not sampler.takes_eta:
+    option = sampler.eta_option  # None exactly when the sampler takes no eta
+    if option is None:
         return None
     if request.eta is not None:
         return float(request.eta)
-    return float(options.get(sampler.eta_option, sampler.default_eta))
+    return float(options.get(option, sampler.default_eta))
 
 
-def _sampling_params(request: GenerationRequest, sampler: ResolvedSampler, options: Mapping[str, Any]) -> SamplingParams:
+def _sampling_params(
+    request: GenerationRequest, sampler: ResolvedSampler, options: Mapping[str, Any]
+) -> SamplingParams:
     s_min_uncond = request.s_min_uncond if request.s_min_uncond is not None else options.get("s_min_uncond", 0.0)
     return SamplingParams(
         sampler=sampler.sampler,
         schedule=sampler.schedule,
-        steps=request.steps,
+        steps=given(request.steps, "steps"),
         cfg_scale=float(request.cfg_scale if request.cfg_scale is not None else 7.0),
         eta=resolve_eta(request, sampler.sampler, options),
         s_min_uncond=float(s_min_uncond or 0.0),

@@ -3,8 +3,8 @@
 This module is data, not behaviour: one `OptionDef` per key, in A1111's registration order
 (its `modules/shared_options.py` sections, then the options that built-in scripts and
 extensions add: prompt comments, Lora, canvas hotkeys, extra-options, the upscaler and
-Hypertile options a web-UI launch registers, and sd-webui-controlnet's settings). Clients read and write these keys by name, so
-the set of keys and their defaults is part of the wire contract.
+Hypertile options a web-UI launch registers, and sd-webui-controlnet's settings). Clients read and
+write these keys by name, so the set of keys and their defaults is part of the wire contract.
 
 A1111 types each option for the API from its default (`Options.typemap`): a falsy default
 makes the field `Any`; otherwise it is `Optional[type(default)]` with int widened to float.
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-
 
 # Forge's choices for forge_unet_storage_dtype (the float8 ones take effect for Flux, see docs/models.md)
 FORGE_UNET_STORAGE_DTYPES = (
@@ -83,20 +82,25 @@ _HTML_PROFILING_EXPLANATION = (
     'Those settings allow you to enable torch profiler when generating pictures.\n'
     "Profiling allows you to see which code uses how much of computer's resources during generation.\n"
     'Each generation writes its own profile to one file, overwriting previous.\n'
-    'The file can be viewed in <a href="chrome:tracing">Chrome</a>, or on a <a href="https://ui.perfetto.dev/">Perfetto</a> web site.\n'
+    'The file can be viewed in <a href="chrome:tracing">Chrome</a>, or on a <a '
+    'href="https://ui.perfetto.dev/">Perfetto</a> web site.\n'
     'Warning: writing profile can take a lot of time, up to 30 seconds, and the file itelf can be around 500MB in size.'
 )
 
 _HTML_SD_VAE_EXPLANATION = (
-    "<abbr title='Variational autoencoder'>VAE</abbr> is a neural network that transforms a standard <abbr title='red/green/blue'>RGB</abbr>\n"
-    'image into latent space representation and back. Latent space representation is what stable diffusion is working on during sampling\n'
-    '(i.e. when the progress bar is between empty and full). For txt2img, VAE is used to create a resulting image after the sampling is finished.\n'
+    "<abbr title='Variational autoencoder'>VAE</abbr> is a neural network that transforms a standard <abbr "
+    "title='red/green/blue'>RGB</abbr>\n"
+    "image into latent space representation and back. Latent space representation is what stable diffusion is working "
+    "on during sampling\n"
+    "(i.e. when the progress bar is between empty and full). For txt2img, VAE is used to create a resulting image "
+    "after the sampling is finished.\n"
     "For img2img, VAE is used to process user's input image before the sampling, and to create an image after sampling."
 )
 
 _HTML_INFOTEXT_EXPLANATION = (
-    'Infotext is what this software calls the text that contains generation parameters and can be used to generate the same picture again.\n'
-    'It is displayed in UI below the image. To use infotext, paste it into the prompt and click the ↙️ paste button.'
+    "Infotext is what this software calls the text that contains generation parameters and can be used to generate "
+    "the same picture again.\n"
+    "It is displayed in UI below the image. To use infotext, paste it into the prompt and click the ↙️ paste button."
 )
 
 _HTML_SETTINGS_IN_UI = (
@@ -104,9 +108,11 @@ _HTML_SETTINGS_IN_UI = (
 )
 
 _HTML_HYPERTILE_EXPLANATION = (
-    "<a href='https://github.com/tfernd/HyperTile'>Hypertile</a> optimizes the self-attention layer within U-Net and VAE models,\n"
-    '    resulting in a reduction in computation time ranging from 1 to 4 times. The larger the generated image is, the greater the\n'
-    '    benefit.'
+    "<a href='https://github.com/tfernd/HyperTile'>Hypertile</a> optimizes the self-attention layer within U-Net and "
+    "VAE models,\n"
+    "    resulting in a reduction in computation time ranging from 1 to 4 times. The larger the generated image is, "
+    "the greater the\n"
+    "    benefit."
 )
 
 
@@ -474,8 +480,19 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
     OptionDef('canvas_auto_expand', True, 'canvas_hotkey'),
     OptionDef('canvas_blur_prompt', False, 'canvas_hotkey'),
     OptionDef(
-        'canvas_disabled_functions', ('Overlap',), 'canvas_hotkey',
-        choices=('Zoom', 'Adjust brush size', 'Hotkey enlarge brush', 'Hotkey shrink brush', 'Moving canvas', 'Fullscreen', 'Reset Zoom', 'Overlap'),
+        "canvas_disabled_functions",
+        ("Overlap",),
+        "canvas_hotkey",
+        choices=(
+            "Zoom",
+            "Adjust brush size",
+            "Hotkey enlarge brush",
+            "Hotkey shrink brush",
+            "Moving canvas",
+            "Fullscreen",
+            "Reset Zoom",
+            "Overlap",
+        ),
     ),
     # section 'settings_in_ui'
     OptionDef('settings_in_ui', _HTML_SETTINGS_IN_UI, 'settings_in_ui', html=True),

@@ -56,8 +56,8 @@ def _describe(value: Any) -> str:
     return f"{kind} {text[:60] + '...' if len(text) > 60 else text}"
 
 
-def _wrong_type(option: OptionDef, value: Any) -> BadRequest:
-    expected = _TYPE_NAMES.get(option.value_type, option.value_type.__name__)
+def _wrong_type(option: OptionDef, target: type, value: Any) -> BadRequest:
+    expected = _TYPE_NAMES.get(target, target.__name__)
     return BadRequest(
         f"Invalid value for option {option.key!r}: expected {expected}, got {_describe(value)}",
         errors=f"{option.key}: expected {expected}",
@@ -114,7 +114,7 @@ def coerce_value(option: OptionDef, value: Any) -> Any:
     elif target is list:
         converted = list(value) if isinstance(value, (list, tuple)) else None
     if converted is None:
-        raise _wrong_type(option, value)
+        raise _wrong_type(option, target, value)
     return converted
 
 

@@ -8,13 +8,19 @@ infotexts line by line), so key order and value formatting follow A1111's
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .engine.protocols import ModelFacts
 from .jobs import GeneratedImage, GenerationJob, JobResult
 
 A1111_COMPAT_VERSION = "v1.10.1"  # the A1111 release whose behaviour we reproduce; infotext parsers key on it
-CHURN_INFOTEXT_KEYS = {"s_churn": "Sigma churn", "s_tmin": "Sigma tmin", "s_tmax": "Sigma tmax", "s_noise": "Sigma noise"}
+CHURN_INFOTEXT_KEYS = {
+    "s_churn": "Sigma churn",
+    "s_tmin": "Sigma tmin",
+    "s_tmax": "Sigma tmax",
+    "s_noise": "Sigma noise",
+}
 
 
 def extra_generation_params(job: GenerationJob) -> dict[str, Any]:
@@ -127,7 +133,8 @@ def prompt_extras(job: GenerationJob, prompts: Sequence[str], negative_prompts: 
 def prompt_extras_per_image(job: GenerationJob, image_count: int) -> list[dict[str, Any]]:
     """A1111 keeps these keys once set, so an image's infotext has those of its own batch and
     of every batch before it."""
-    per_image, seen = [], {}
+    per_image: list[dict[str, Any]] = []
+    seen: dict[str, Any] = {}
     for n in range(job.n_iter):
         part = job.batch_slice(n)
         seen = {**seen, **prompt_extras(job, job.prompts[part], job.negative_prompts[part])}
@@ -146,12 +153,17 @@ def build_infotexts(job: GenerationJob, result: JobResult, model: ModelFacts) ->
             image.negative_prompt,
             infotext_params(job, image, model, {**keys, **extras}, (result.vae_name, result.vae_hash)),
         )
-        for image, keys in zip(result.images, prompt_keys)
+        for image, keys in zip(result.images, prompt_keys, strict=True)
     ]
 
 
 def build_info(
-    job: GenerationJob, result: JobResult, model: ModelFacts, infotexts: list[str], request: Any, index_of_first_image: int = 0,
+    job: GenerationJob,
+    result: JobResult,
+    model: ModelFacts,
+    infotexts: list[str],
+    request: Any,
+    index_of_first_image: int = 0,
 ) -> str:
     """`Processed.js()`: the info JSON string, keys in A1111's order (index_of_first_image is 1
     when a grid leads the images, with its infotext first in `infotexts`)."""
@@ -208,6 +220,6 @@ def encode_images(result: JobResult, infotexts: list[str], options: Mapping[str,
     with_info = options.get("enable_pnginfo", True)
     images = [
         encode_image_base64(image.image, fmt, infotext=text if with_info else None, **encoding)
-        for image, text in zip(result.images, infotexts)
+        for image, text in zip(result.images, infotexts, strict=True)
     ]
     return images + [encode_image_base64(extra, fmt, **encoding) for extra in result.extra_images]

@@ -34,8 +34,9 @@ import logging
 import threading
 import time
 import traceback
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Hashable, Optional, Sequence
+from typing import Any
 
 from .batching import BatchingConfig
 from .errors import ApiError, ServiceUnavailable
@@ -102,7 +103,7 @@ class BatchSlot:
 
     key: Hashable
     size: int  # images the item adds to the batch
-    run_group: Callable[[Sequence["WorkItem"]], list[Any]]
+    run_group: Callable[[Sequence[WorkItem]], list[Any]]
     payload: Any = None  # what run_group reads from the item (the GenerationJob)
 
 
@@ -112,11 +113,11 @@ class WorkItem:
 
     run: Callable[[CancelToken], Any]
     label: str
-    progress: Optional[ProgressSpec] = None
+    progress: ProgressSpec | None = None
     cancel: CancelToken = field(default_factory=CancelToken)
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
-    batch: Optional[BatchSlot] = None  # set when the item may share a UNet batch
-    task_id: Optional[str] = None  # A1111's id_task of a generation (the request's, when queued inside task_scope)
+    batch: BatchSlot | None = None  # set when the item may share a UNet batch
+    task_id: str | None = None  # A1111's id_task of a generation (the request's, when queued inside task_scope)
     remote: Any = None  # a webui_api.workers.RemoteCall when another process may run it (--ray)
     # wrappers around the execution on whichever worker runs it (timings): each gets a no-argument
     # callable that runs the item (retry included) and returns its result
@@ -127,7 +128,7 @@ class WorkItem:
 class _Entry:
     priority: int
     seq: int
-    item: Optional[WorkItem] = field(compare=False)  # None is the stop sentinel
+    item: WorkItem | None = field(compare=False)  # None is the stop sentinel
 
 
 class _Queue:
@@ -239,7 +240,9 @@ class Scheduler:
 
     # submission ------------------------------------------------------------------------
 
-    def submit(self, item: WorkItem, priority: int = PRIORITY_NORMAL, *, guarded: bool = False) -> concurrent.futures.Future:
+    def submit(
+        self, item: WorkItem, priority: int = PRIORITY_NORMAL, *, guarded: bool = False
+    ) -> concurrent.futures.Future:
         """Queue `item`; with `guarded`, refuse it (QueueFull) when the queue is at its depth limit."""
         if not self._accepting:
             raise ServiceUnavailable("The server is shutting down and accepts no new work")
@@ -305,7 +308,9 @@ class Scheduler:
         left; a running item is never cancelled here."""
         waited = asyncio.get_running_loop().time() - started
         if guarded and self.queue_timeout and waited > self.queue_timeout and item.future.cancel():
-            log.warning("%s waited %.1f s in the queue; cancelled (queue timeout %g s)", item.label, waited, self.queue_timeout)
+            log.warning(
+                "%s waited %.1f s in the queue; cancelled (queue timeout %g s)", item.label, waited, self.queue_timeout
+            )
             raise QueueTimeout(waited, self.queue_timeout)
         if disconnected is not None and await disconnected() and item.future.cancel():
             log.info("%s: the client disconnected while the job was queued; dropped", item.label)
@@ -442,7 +447,9 @@ class Scheduler:
         try:
             results = _run_group(started, worker, self._progress)
         except BaseException as exc:
-            log.error("batch of %d failed; retrying each alone:\n%s", len(started), "".join(traceback.format_exception(exc)))
+            log.error(
+                "batch of %d failed; retrying each alone:\n%s", len(started), "".join(traceback.format_exception(exc))
+            )
             del exc
             self._recover()
             results = None
@@ -455,7 +462,7 @@ class Scheduler:
             for item in started:
                 self._run_started(item, lane, worker)
             return
-        for item, result in zip(started, results):
+        for item, result in zip(started, results, strict=True):
             item.future.set_result(result)
 
     def _set_current(self, lane: int, items: tuple[WorkItem, ...]) -> None:

@@ -25,7 +25,12 @@ def serve(settings: Settings) -> None:
         log_level="info",
     )
     server = _draining_server_class(uvicorn.Server)(config, on_exit=lambda: begin_drain(app))
-    app.state.request_shutdown = lambda: (begin_drain(app), setattr(server, "should_exit", True))
+
+    def request_shutdown() -> None:
+        begin_drain(app)
+        server.should_exit = True
+
+    app.state.request_shutdown = request_shutdown
     log.info("webui-api serving the A1111 API on http://%s:%d/sdapi/v1", settings.host, settings.port)
     server.run()
 

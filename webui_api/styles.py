@@ -10,9 +10,9 @@ of the same name, and a missing file simply means no styles.
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 PROMPT_PLACEHOLDER = "{prompt}"
 

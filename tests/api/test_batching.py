@@ -26,10 +26,21 @@ def one_thread():
 
 def payloads(sampler: str) -> list[dict]:
     return [
-        webuiapi_txt2img(prompt="a lighthouse", negative_prompt="fog", seed=11, subseed=5, sampler_name=sampler, width=64, height=48),
-        webuiapi_txt2img(prompt=", ".join(f"tag{i}" for i in range(80)), seed=12, subseed=6, batch_size=2, sampler_name=sampler,
-                         width=64, height=48),
-        webuiapi_txt2img(prompt="a boat", negative_prompt="", seed=13, subseed=7, sampler_name=sampler, width=64, height=48),
+        webuiapi_txt2img(
+            prompt="a lighthouse", negative_prompt="fog", seed=11, subseed=5, sampler_name=sampler, width=64, height=48
+        ),
+        webuiapi_txt2img(
+            prompt=", ".join(f"tag{i}" for i in range(80)),
+            seed=12,
+            subseed=6,
+            batch_size=2,
+            sampler_name=sampler,
+            width=64,
+            height=48,
+        ),
+        webuiapi_txt2img(
+            prompt="a boat", negative_prompt="", seed=13, subseed=7, sampler_name=sampler, width=64, height=48
+        ),
     ]
 
 
@@ -66,7 +77,7 @@ def test_batched_requests_answer_the_bytes_they_get_alone(make_client, one_threa
     assert batches == [3]
     alone = [client.post("/sdapi/v1/txt2img", json=body).json() for body in payloads(sampler)]
     assert batches == [3], "a lone request must not form a batch"
-    for together, single in zip(merged, alone):
+    for together, single in zip(merged, alone, strict=True):
         assert together["images"] == single["images"]
         assert json.loads(together["info"])["infotexts"] == json.loads(single["info"])["infotexts"]
 

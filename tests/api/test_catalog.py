@@ -8,7 +8,11 @@ def test_samplers_listing_shape(client):
     names = [s["name"] for s in samplers]
     assert "Euler" in names and "Euler a" in names
     euler_a = samplers[names.index("Euler a")]
-    assert euler_a == {"name": "Euler a", "aliases": ["k_euler_a", "k_euler_ancestral"], "options": {"uses_ensd": "True"}}
+    assert euler_a == {
+        "name": "Euler a",
+        "aliases": ["k_euler_a", "k_euler_ancestral"],
+        "options": {"uses_ensd": "True"},
+    }
     assert all(isinstance(v, str) for s in samplers for v in s["options"].values())
 
 

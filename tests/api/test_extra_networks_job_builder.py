@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from webui_api.job_builder import build_img2img, build_txt2img
-from webui_api.schemas.generation import Img2ImgRequest, Txt2ImgRequest
+from webui_api.job_builder import build_txt2img
+from webui_api.schemas.generation import Txt2ImgRequest
 
 
 @pytest.mark.parametrize("sent, expected", [(None, False), (False, False), (True, True)])

@@ -121,10 +121,16 @@ def test_unknown_upscaler_is_a_4xx_naming_it(client, field):
     assert "4x-Nowhere" in response.json()["detail"]
 
 
-@pytest.mark.parametrize("payload,status", [
-    ({"upscaling_resize": 0}, 422), ({"resize_mode": 2}, 422), ({"extras_upscaler_2_visibility": 1.5}, 422),
-    ({"upscaling_resize": 1000, "upscaler_1": "Lanczos"}, 400), ({"gfpgan_visibility": 0.5}, 400),  # no GFPGAN weights in the test models dir
-])
+@pytest.mark.parametrize(
+    "payload,status",
+    [
+        ({"upscaling_resize": 0}, 422),
+        ({"resize_mode": 2}, 422),
+        ({"extras_upscaler_2_visibility": 1.5}, 422),
+        ({"upscaling_resize": 1000, "upscaler_1": "Lanczos"}, 400),
+        ({"gfpgan_visibility": 0.5}, 400),  # no GFPGAN weights in the test models dir
+    ],
+)
 def test_bad_fields_are_refused(client, payload, status):
     response = client.post("/sdapi/v1/extra-single-image", json={"image": _b64(_noise()), **payload})
     assert response.status_code == status, response.text

@@ -3,13 +3,12 @@ fields, /face-restorers, the infotext, and 400s that name the missing weights.""
 
 from __future__ import annotations
 
-import pytest
-
 import base64
 import io
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.api.payloads import webuiapi_txt2img

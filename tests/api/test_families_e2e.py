@@ -62,7 +62,9 @@ def test_sdxl_size_conditioning_and_negative_prompt_matter(family_client):
 
 def test_sd2_v_prediction_differs_from_reading_it_as_eps(family_client, tmp_path):
     v_image = generate(family_client, "tiny-sd2")["images"]
-    (tmp_path / "models" / "Stable-diffusion" / "tiny-sd2.yaml").write_text('model:\n  params:\n    parameterization: "eps"\n')
+    (tmp_path / "models" / "Stable-diffusion" / "tiny-sd2.yaml").write_text(
+        'model:\n  params:\n    parameterization: "eps"\n'
+    )
     family_client.post("/sdapi/v1/refresh-checkpoints")
     family_client.post("/sdapi/v1/unload-checkpoint")
     assert generate(family_client, "tiny-sd2")["images"] != v_image

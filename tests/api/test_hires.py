@@ -91,7 +91,9 @@ def test_unknown_upscaler_is_a_400(client):
 
 
 def test_unknown_hires_checkpoint_is_a_404(client):
-    response = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img(enable_hr=True, hr_checkpoint_name="other.safetensors"))
+    response = client.post(
+        "/sdapi/v1/txt2img", json=webuiapi_txt2img(enable_hr=True, hr_checkpoint_name="other.safetensors")
+    )
     assert response.status_code == 404
     assert "Could not find checkpoint with name other.safetensors" in response.text
 

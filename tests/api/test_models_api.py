@@ -31,7 +31,9 @@ def checkpoint_bytes():
         import safetensors.torch
 
         lora = root / "lora.safetensors"
-        safetensors.torch.save_file(kohya_sd1_lora(alpha.unet, alpha.text_encoder), str(lora), metadata={"ss_output_name": "shiny"})
+        safetensors.torch.save_file(
+            kohya_sd1_lora(alpha.unet, alpha.text_encoder), str(lora), metadata={"ss_output_name": "shiny"}
+        )
         files["lora"] = lora
         yield {name: path.read_bytes() for name, path in files.items()}
 
@@ -96,7 +98,9 @@ def test_sd_models_items_are_a1111s(folder_client, data_dir):
 
 def test_switching_through_options_loads_before_answering(folder_client, data_dir):
     beta_sha = _sha(data_dir / "models" / "Stable-diffusion" / "sub" / "beta.safetensors")
-    assert folder_client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "sub/beta.safetensors"}).status_code == 200
+    assert (
+        folder_client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "sub/beta.safetensors"}).status_code == 200
+    )
     title = f"sub/beta.safetensors [{beta_sha[:10]}]"
     assert folder_client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == title
     assert folder_client.get("/sdapi/v1/sd-models").json()[1]["title"] == title
@@ -111,7 +115,9 @@ def test_path_traversal_and_unknown_names_are_refused(folder_client):
         assert response.status_code == 404, name
         assert response.json()["detail"] == f"model {name!r} not found"
     # A1111: "Couldn't find VAE named X; using None instead": the checkpoint's own VAE, 200
-    response = folder_client.post("/sdapi/v1/txt2img", json={**SMALL, "override_settings": {"sd_vae": "../VAE/tiny.vae.safetensors"}})
+    response = folder_client.post(
+        "/sdapi/v1/txt2img", json={**SMALL, "override_settings": {"sd_vae": "../VAE/tiny.vae.safetensors"}}
+    )
     assert response.status_code == 200 and "VAE hash" not in json.loads(response.json()["info"])["infotexts"][0]
 
 
@@ -131,7 +137,9 @@ def test_bad_file_is_a_400_and_the_previous_model_keeps_serving(folder_client, d
         assert response.status_code == 400 and words in response.json()["detail"], response.text
         assert response.json()["error"] == "RuntimeError"
         assert folder_client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == before
-    bad_override = folder_client.post("/sdapi/v1/txt2img", json={**SMALL, "override_settings": {"sd_model_checkpoint": "zz-truncated"}})
+    bad_override = folder_client.post(
+        "/sdapi/v1/txt2img", json={**SMALL, "override_settings": {"sd_model_checkpoint": "zz-truncated"}}
+    )
     assert bad_override.status_code == 400
     info = json.loads(folder_client.post("/sdapi/v1/txt2img", json=SMALL).json()["info"])
     assert info["sd_model_name"] == "alpha"
@@ -147,7 +155,10 @@ def test_concurrent_jobs_with_different_checkpoints_each_get_their_own(folder_cl
         results[name] = json.loads(response.json()["info"])
 
     plain = json.loads(folder_client.post("/sdapi/v1/txt2img", json=SMALL).json()["info"])
-    threads = [threading.Thread(target=run, args=(name,)) for name in ("sub/beta.safetensors", "alpha", "sub_beta", "alpha.safetensors")]
+    threads = [
+        threading.Thread(target=run, args=(name,))
+        for name in ("sub/beta.safetensors", "alpha", "sub_beta", "alpha.safetensors")
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -169,7 +180,10 @@ def test_sd_vae_listing_option_and_refresh(folder_client, data_dir, checkpoint_b
     (vae_dir / "other.safetensors").write_bytes(checkpoint_bytes["vae"])
     assert len(folder_client.get("/sdapi/v1/sd-vae").json()) == 1
     assert folder_client.post("/sdapi/v1/refresh-vae").json() is None
-    assert [v["model_name"] for v in folder_client.get("/sdapi/v1/sd-vae").json()] == ["other.safetensors", "tiny.vae.safetensors"]
+    assert [v["model_name"] for v in folder_client.get("/sdapi/v1/sd-vae").json()] == [
+        "other.safetensors",
+        "tiny.vae.safetensors",
+    ]
     body = {**SMALL, "override_settings": {"sd_vae": "tiny.vae.safetensors"}}
     info = json.loads(folder_client.post("/sdapi/v1/txt2img", json=body).json()["info"])
     line = info["infotexts"][0].split("\n")[-1]
@@ -188,7 +202,12 @@ def test_unload_and_reload_checkpoint(folder_client):
 def test_loras_listing_and_use_in_a_prompt(folder_client, data_dir, checkpoint_bytes):
     lora_dir = data_dir / "models" / "Lora"
     assert folder_client.get("/sdapi/v1/loras").json() == [
-        {"name": "shiny_v1", "alias": "shiny", "path": str(lora_dir / "shiny_v1.safetensors"), "metadata": {"ss_output_name": "shiny"}}
+        {
+            "name": "shiny_v1",
+            "alias": "shiny",
+            "path": str(lora_dir / "shiny_v1.safetensors"),
+            "metadata": {"ss_output_name": "shiny"},
+        }
     ]
     plain = folder_client.post("/sdapi/v1/txt2img", json=SMALL).json()
     styled = folder_client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "a cat <lora:shiny:0.8>"}).json()
@@ -214,8 +233,12 @@ def test_embeddings_listing_and_refresh(folder_client, data_dir):
     assert folder_client.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
     assert folder_client.post("/sdapi/v1/refresh-embeddings").json() is None
     assert folder_client.get("/sdapi/v1/embeddings").json() == {
-        "loaded": {"tiny-style": {"step": 10, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": 64, "vectors": 2}},
-        "skipped": {"sd15-style": {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": 768, "vectors": 1}},
+        "loaded": {
+            "tiny-style": {"step": 10, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": 64, "vectors": 2}
+        },
+        "skipped": {
+            "sd15-style": {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": 768, "vectors": 1}
+        },
     }
 
 

@@ -13,7 +13,15 @@ import json
 import pytest
 from PIL import Image
 
-BASE = {"prompt": "a cat", "negative_prompt": "", "seed": 5, "steps": 3, "width": 64, "height": 64, "sampler_name": "Euler"}
+BASE = {
+    "prompt": "a cat",
+    "negative_prompt": "",
+    "seed": 5,
+    "steps": 3,
+    "width": 64,
+    "height": 64,
+    "sampler_name": "Euler",
+}
 
 
 def generate(client, **fields):
@@ -40,7 +48,11 @@ def model_keys(client) -> str:
 # --------------------------------------------------------------------------- the infotext line
 
 INFOTEXT_TABLE = [
-    ({}, "Steps: 3, Sampler: Euler, Schedule type: Automatic, CFG scale: 7.0, Seed: 5, Size: 64x64, {model}, Version: v1.10.1"),
+    (
+        {},
+        "Steps: 3, Sampler: Euler, Schedule type: Automatic, CFG scale: 7.0, Seed: 5, Size: 64x64, {model}, Version: "
+        "v1.10.1",
+    ),
     (
         {"subseed": 7, "subseed_strength": 0.5},
         "Steps: 3, Sampler: Euler, Schedule type: Automatic, CFG scale: 7.0, Seed: 5, Size: 64x64, {model}, "
@@ -68,7 +80,8 @@ INFOTEXT_TABLE = [
     ),
     (  # the edit's variants ("a", "b") hold no bracket, so A1111 writes no Emphasis key
         {"prompt": "[a:b:1]", "override_settings": {"emphasis": "Ignore"}},
-        "Steps: 3, Sampler: Euler, Schedule type: Automatic, CFG scale: 7.0, Seed: 5, Size: 64x64, {model}, Version: v1.10.1",
+        "Steps: 3, Sampler: Euler, Schedule type: Automatic, CFG scale: 7.0, Seed: 5, Size: 64x64, {model}, Version: "
+        "v1.10.1",
     ),
     (
         {
@@ -83,7 +96,8 @@ INFOTEXT_TABLE = [
     ),
     (
         {"prompt": "[a:b:2]", "override_settings": {"use_old_scheduling": True}},
-        "Steps: 3, Sampler: Euler, Schedule type: Automatic, CFG scale: 7.0, Seed: 5, Size: 64x64, {model}, Version: v1.10.1",
+        "Steps: 3, Sampler: Euler, Schedule type: Automatic, CFG scale: 7.0, Seed: 5, Size: 64x64, {model}, Version: "
+        "v1.10.1",
     ),
 ]
 
@@ -93,13 +107,19 @@ def test_infotext_lines(client, fields, line):
     text = infotext(client, **fields)
     prompt = fields.get("prompt", "a cat")
     negative = fields.get("negative_prompt", "")
-    expected = prompt + (f"\nNegative prompt: {negative}" if negative else "") + "\n" + line.format(model=model_keys(client))
+    expected = (
+        prompt + (f"\nNegative prompt: {negative}" if negative else "") + "\n" + line.format(model=model_keys(client))
+    )
     assert text == expected
 
 
 def test_infotext_keys_accumulate_over_batches_like_a1111(client):
     _, info, _ = generate(
-        client, prompt=["plain", "plain", "(x)", "plain"], batch_size=2, n_iter=2, override_settings={"emphasis": "No norm"}
+        client,
+        prompt=["plain", "plain", "(x)", "plain"],
+        batch_size=2,
+        n_iter=2,
+        override_settings={"emphasis": "No norm"},
     )
     has_key = ["Emphasis: No norm" in text for text in info["infotexts"]]
     assert has_key == [False, False, True, True]
@@ -182,7 +202,9 @@ def styled_client(make_client, tmp_path):
 
 
 def test_styles_merge_into_prompts_in_request_order(styled_client):
-    _, info, params = generate(styled_client, prompt=" a cat ", negative_prompt="blurry", styles=["wrap", "tail", "missing"])
+    _, info, params = generate(
+        styled_client, prompt=" a cat ", negative_prompt="blurry", styles=["wrap", "tail", "missing"]
+    )
     assert info["all_prompts"] == ["masterpiece,  a cat , 4k, oil painting"]
     assert info["all_negative_prompts"] == ["blurry, lowres"]
     assert info["styles"] == ["wrap", "tail", "missing"] and params["styles"] == ["wrap", "tail", "missing"]
@@ -214,7 +236,12 @@ def test_infotext_round_trip_reproduces_the_image(client):
     assert body["images"] == images
     assert again["infotexts"] == info["infotexts"]
     params = body["parameters"]
-    assert (params["prompt"], params["negative_prompt"], params["seed"], params["steps"]) == ("a [cat:dog:2]", "ugly", 77, 4)
+    assert (params["prompt"], params["negative_prompt"], params["seed"], params["steps"]) == (
+        "a [cat:dog:2]",
+        "ugly",
+        77,
+        4,
+    )
     assert (params["sampler_name"], params["scheduler"], params["cfg_scale"]) == ("Euler a", "Automatic", 5.5)
     assert params["override_settings"] == {"CLIP_stop_at_last_layers": 2}
     assert again["clip_skip"] == 2
@@ -243,7 +270,9 @@ def test_infotext_seed_resize_keeps_a1111s_swap(client):
 def test_infotext_without_sampler_uses_a1111s_default_and_splits_legacy_names(client):
     plain = client.post("/sdapi/v1/txt2img", json={"infotext": "x\nSteps: 3, Seed: 1, Size: 64x64"}).json()
     assert plain["parameters"]["sampler_name"] == "DPM++ 2M"
-    legacy = client.post("/sdapi/v1/txt2img", json={"infotext": "x\nSteps: 3, Sampler: Euler a Karras, Seed: 1, Size: 64x64"})
+    legacy = client.post(
+        "/sdapi/v1/txt2img", json={"infotext": "x\nSteps: 3, Sampler: Euler a Karras, Seed: 1, Size: 64x64"}
+    )
     params = legacy.json()["parameters"]
     assert (params["sampler_name"], params["scheduler"]) == ("Euler a", "Karras")
 
@@ -320,7 +349,6 @@ def test_textual_inversion_from_the_embeddings_folder(make_client, tmp_path, eng
     # the session engine only provides the token table; the server under test has its own engine
     """An embedding file in the data dir's embeddings/ is used when its name is in the prompt:
     vectors equal to the token vectors of "dog house" make "zzqx" render like those words."""
-    import torch
     from safetensors.torch import save_file
 
     encoder = engine.load().text_encoder
@@ -328,7 +356,9 @@ def test_textual_inversion_from_the_embeddings_folder(make_client, tmp_path, eng
     tokenizer = engine.load().tokenizer
     ids = [tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in ("dog", "house")]
     (tmp_path / "embeddings").mkdir()
-    save_file({"emb_params": table[ids].detach().clone().contiguous()}, str(tmp_path / "embeddings" / "zzqx.safetensors"))
+    save_file(
+        {"emb_params": table[ids].detach().clone().contiguous()}, str(tmp_path / "embeddings" / "zzqx.safetensors")
+    )
     client = make_client(own_engine=True)
     assert "zzqx" in client.get("/sdapi/v1/embeddings").json()["loaded"]
     assert pixels(client, prompt="a zzqx cat") == pixels(client, prompt="a dog house cat")

@@ -33,7 +33,9 @@ def test_null_switch_at_switches_at_the_first_call():
     assert refiner_params(request) == RefinerParams("xl-refiner", 0.0)
 
 
-@pytest.mark.parametrize("name, expected", [(None, None), ("", None), ("Use same checkpoint", None), ("other", "other")])
+@pytest.mark.parametrize(
+    "name, expected", [(None, None), ("", None), ("Use same checkpoint", None), ("other", "other")]
+)
 def test_hires_checkpoint(name, expected):
     assert job_for(enable_hr=True, hr_checkpoint_name=name).hires.checkpoint_title == expected
 

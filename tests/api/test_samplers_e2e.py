@@ -14,8 +14,8 @@ import io
 import json
 
 import numpy as np
-import torch
 import pytest
+import torch
 from PIL import Image
 
 from samplers.registry import SAMPLERS, SCHEDULERS
@@ -120,9 +120,14 @@ def test_progress_and_interrupt_in_every_sampler(tiny, sampler):
 
 
 @pytest.mark.filterwarnings("ignore:Should have:UserWarning")
-@pytest.mark.parametrize("sampler", [
-    "DPM++ 2M SDE", pytest.param("DPM++ SDE", marks=pytest.mark.slow), pytest.param("DPM++ 3M SDE", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        "DPM++ 2M SDE",
+        pytest.param("DPM++ SDE", marks=pytest.mark.slow),
+        pytest.param("DPM++ 3M SDE", marks=pytest.mark.slow),
+    ],
+)
 def test_sde_samplers_give_an_image_the_same_noise_in_any_batch(tiny, sampler):
     """A1111's reason for the per-image Brownian trees: seed 6 alone or second in a batch of two
     samples with the same noise (the images agree up to the UNet's batched rounding)."""
@@ -138,10 +143,10 @@ def test_sde_samplers_give_an_image_the_same_noise_in_any_batch(tiny, sampler):
 
 def test_brownian_noise_sampler_wiring(tiny):
     from samplers.brownian import BrownianTreeNoise
-    from webui_api.engine.pipeline import BatchSpec, make_image_rng, make_noise_sampler, make_schedule, resolve_plan
     from webui_api.engine.denoiser import make_inner
+    from webui_api.engine.pipeline import BatchSpec, make_image_rng, make_noise_sampler, make_schedule, resolve_plan
 
-    for source, device in (("CPU", "cpu"), ("GPU", "cpu")):
+    for source in ("CPU", "GPU"):
         job = make_job(sampler="DPM++ 2M SDE", steps=5, batch_size=2, seeds=(3, 4), randn_source=source)
         plan = resolve_plan(job)
         batch = BatchSpec.of(job, 0)

@@ -33,7 +33,11 @@ def test_script_info_has_a1111_shape(client):
     assert len(xyz["args"]) == 18 and xyz["args"][0]["label"] == "X type" and xyz["args"][0]["value"] == "Seed"
     assert xyz["args"][0]["choices"][4] == "Steps"
     assert [arg["label"] for arg in by_key[("prompts from file or textbox", True)]["args"]] == [
-        "Iterate seed every line", "Use same random seed for all lines", "Insert prompts at the", "List of prompt inputs"]
+        "Iterate seed every line",
+        "Use same random seed for all lines",
+        "Insert prompts at the",
+        "List of prompt inputs",
+    ]
 
 
 def test_unknown_script_is_a1111_422(client):
@@ -43,14 +47,18 @@ def test_unknown_script_is_a1111_422(client):
 
 
 def test_sd_upscale_is_unknown_on_txt2img(client):
-    response = client.post("/sdapi/v1/txt2img", json=a1111_test_payload(script_name="SD upscale", script_args=["", 8, 1, 2]))
+    response = client.post(
+        "/sdapi/v1/txt2img", json=a1111_test_payload(script_name="SD upscale", script_args=["", 8, 1, 2])
+    )
     assert response.status_code == 422
     assert response.json()["detail"] == "Script 'SD upscale' not found"
 
 
 def test_script_names_match_case_insensitively(client):
     args = [False, False, "start", "a cat"]
-    response = client.post("/sdapi/v1/txt2img", json=a1111_test_payload(script_name="Prompts From File or Textbox", script_args=args))
+    response = client.post(
+        "/sdapi/v1/txt2img", json=a1111_test_payload(script_name="Prompts From File or Textbox", script_args=args)
+    )
     assert response.status_code == 200, response.text
 
 

@@ -11,7 +11,9 @@ from tests.api.test_img2img import decode, gradient, png_b64
 
 
 def upscale(client, script_args, **overrides):
-    payload = a1111_img2img_payload(init_images=[png_b64(gradient())], script_name="sd upscale", script_args=script_args)
+    payload = a1111_img2img_payload(
+        init_images=[png_b64(gradient())], script_name="sd upscale", script_args=script_args
+    )
     payload.update(overrides)
     return client.post("/sdapi/v1/img2img", json=payload)
 

@@ -42,7 +42,7 @@ def test_steps_by_seed_gives_the_grid_then_every_cell(client):
     assert 'Y Values: "10, 20"' in head and 'Fixed Y Values: "10, 20"' in head
     cells = info["infotexts"][1:]
     expected = [(steps, seed) for seed in (10, 20) for steps in (1, 2, 3)]  # x varies fastest
-    for text, (steps, seed) in zip(cells, expected):
+    for text, (steps, seed) in zip(cells, expected, strict=True):
         assert f"Steps: {steps}," in text and f"Seed: {seed}," in text and "Script:" not in text
     assert info["all_seeds"] == [seed for _, seed in expected]
     assert decode(body["images"][1]).info["parameters"] == cells[0]
@@ -55,7 +55,9 @@ def test_default_flags_return_only_the_grid(client):
 
 
 def test_z_axis_sub_grids_and_main_grid(client):
-    body = run(client, xyz_args(x=(CFG, "3, 9"), y=(NOTHING, ""), z=(STEPS, "1, 2"), legend=False, lone=False, subs=True)).json()
+    body = run(
+        client, xyz_args(x=(CFG, "3, 9"), y=(NOTHING, ""), z=(STEPS, "1, 2"), legend=False, lone=False, subs=True)
+    ).json()
     sizes = [decode(image).size for image in body["images"]]
     assert sizes == [(2 * 64, 32), (64, 32), (64, 32)]  # main grid = both sub-grids side by side
     info = json.loads(body["info"])
@@ -85,8 +87,13 @@ def test_size_axis_and_checkpoint_axis(client):
 
 
 def test_img2img_denoising_axis(client):
-    payload = a1111_img2img_payload(init_images=[png_b64(gradient())], script_name=TITLE, steps=2, seed=3,
-                                    script_args=xyz_args(x=("Denoising", "0.25-0.75 [2]"), y=(NOTHING, ""), legend=False))
+    payload = a1111_img2img_payload(
+        init_images=[png_b64(gradient())],
+        script_name=TITLE,
+        steps=2,
+        seed=3,
+        script_args=xyz_args(x=("Denoising", "0.25-0.75 [2]"), y=(NOTHING, ""), legend=False),
+    )
     body = client.post("/sdapi/v1/img2img", json=payload).json()
     texts = json.loads(body["info"])["infotexts"]
     assert "Denoising strength: 0.25" in texts[1] and "Denoising strength: 0.75" in texts[2]

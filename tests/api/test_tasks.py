@@ -29,7 +29,7 @@ def test_a_queued_task_gives_the_same_images_as_a_synchronous_request(client):
     results = client.get(f"{PREFIX}/task/{task_id}/results").json()
     assert results["success"] is True and len(results["data"]) == 2
     sync = client.post("/sdapi/v1/txt2img", json=payload).json()
-    for entry, image in zip(results["data"], sync["images"]):
+    for entry, image in zip(results["data"], sync["images"], strict=True):
         assert entry["image"] == f"data:image/png;base64,{image}"
         assert base64.b64decode(image)[:8] == b"\x89PNG\r\n\x1a\n"
     assert [entry["infotext"] for entry in results["data"]] == __import__("json").loads(sync["info"])["infotexts"]
@@ -52,7 +52,10 @@ def test_unknown_task_is_success_false_with_http_200(client):
 
 def test_queue_listing_positions_and_deleting_a_pending_task(client):
     blocker = hold_worker(client.app.state.runtime.scheduler)  # keeps the first task from finishing
-    ids = [client.post(f"{PREFIX}/queue/txt2img", json=webuiapi_txt2img(seed=i, steps=2)).json()["task_id"] for i in range(3)]
+    ids = [
+        client.post(f"{PREFIX}/queue/txt2img", json=webuiapi_txt2img(seed=i, steps=2)).json()["task_id"]
+        for i in range(3)
+    ]
     try:
         wait_for_status(client, ids[0], wanted=("running",))
         queue = client.get(f"{PREFIX}/queue").json()
@@ -132,8 +135,10 @@ class CallbackSink:
             time.sleep(0.05)
         content_type, body = self.received[0]
         message = email.parser.BytesParser().parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
-        return [(part.get_param("name", header="content-disposition"), part.get_filename(), part.get_payload(decode=True))
-                for part in message.get_payload()]
+        return [
+            (part.get_param("name", header="content-disposition"), part.get_filename(), part.get_payload(decode=True))
+            for part in message.get_payload()
+        ]
 
     def close(self):
         self.server.shutdown()

@@ -62,18 +62,24 @@ def test_events_of_a_finished_or_unknown_task(client):
     assert client.get(f"{PREFIX}/task/nope/events").json() == {"success": False, "message": "Task not found"}
 
 
-def test_a_high_tier_task_runs_before_normal_ones(make_client, keys_file):
+def test_a_high_tier_task_runs_before_normal_ones(make_client, keys_file):  # noqa: F811 (the fixture imported above)
     client = make_client(api_keys_file=keys_file, api_auth=(("carol", "pw"),))
     blocker = hold_worker(client.app.state.runtime.scheduler)
     carol = {"Authorization": "Basic Y2Fyb2w6cHc="}
     try:
         client.post(f"{PREFIX}/queue/txt2img", json=webuiapi_txt2img(steps=1), headers=carol).json()["task_id"]
         normal = client.post(f"{PREFIX}/queue/txt2img", json=webuiapi_txt2img(steps=1), headers=carol).json()["task_id"]
-        high = client.post(f"{PREFIX}/queue/txt2img", json=webuiapi_txt2img(steps=1),
-                           headers=bearer("alice-secret-key")).json()["task_id"]
-        lowered = client.post(f"{PREFIX}/queue/txt2img", json={**webuiapi_txt2img(steps=1), "priority": "low"},
-                              headers=bearer("alice-secret-key")).json()["task_id"]
-        pending = [task.id for task in client.app.state.task_runner.store.pending()]  # everyone's (callers see their own)
+        high = client.post(
+            f"{PREFIX}/queue/txt2img", json=webuiapi_txt2img(steps=1), headers=bearer("alice-secret-key")
+        ).json()["task_id"]
+        lowered = client.post(
+            f"{PREFIX}/queue/txt2img",
+            json={**webuiapi_txt2img(steps=1), "priority": "low"},
+            headers=bearer("alice-secret-key"),
+        ).json()["task_id"]
+        pending = [
+            task.id for task in client.app.state.task_runner.store.pending()
+        ]  # everyone's (callers see their own)
         assert pending.index(high) < pending.index(normal) < pending.index(lowered)
     finally:
         blocker.release.set()
@@ -113,11 +119,15 @@ def test_the_runner_purges_at_start(make_client, tmp_path):
 
 def test_a_store_from_before_the_owner_column_is_migrated(tmp_path):
     db = sqlite3.connect(tmp_path / "tasks.sqlite3")
-    db.execute("CREATE TABLE tasks (id TEXT PRIMARY KEY, type TEXT NOT NULL, params TEXT NOT NULL, status TEXT NOT NULL,"
-               " priority INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, callback_url TEXT, error TEXT,"
-               " created_at REAL NOT NULL, updated_at REAL NOT NULL)")
-    db.execute("INSERT INTO tasks VALUES ('0d6e2f3c-9b1e-4c4e-8e57-2a1f4f1c9a10', 'txt2img', '{}', 'failed', 1, 1,"
-               " NULL, 'x', 1.0, 1.0)")
+    db.execute(
+        "CREATE TABLE tasks (id TEXT PRIMARY KEY, type TEXT NOT NULL, params TEXT NOT NULL, status TEXT NOT NULL,"
+        " priority INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, callback_url TEXT, error TEXT,"
+        " created_at REAL NOT NULL, updated_at REAL NOT NULL)"
+    )
+    db.execute(
+        "INSERT INTO tasks VALUES ('0d6e2f3c-9b1e-4c4e-8e57-2a1f4f1c9a10', 'txt2img', '{}', 'failed', 1, 1,"
+        " NULL, 'x', 1.0, 1.0)"
+    )
     db.commit()
     db.close()
     store = TaskStore(tmp_path)

@@ -27,7 +27,9 @@ def live_server(engine, tmp_path):
 
     port = free_port()
     settings = settings_for_tests(tmp_path, port=port, api_auth=(("user", "pass"),))
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, engine=engine), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings, engine=engine), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -42,5 +42,12 @@ def test_index_or_name_slots_keep_names_and_read_indexes():
 
 
 def test_api_item_has_a1111_script_arg_keys():
-    assert SPECS[1].api_item() == {"label": "Count", "value": 64, "minimum": 0, "maximum": 256, "step": 16, "choices": None}
+    assert SPECS[1].api_item() == {
+        "label": "Count",
+        "value": 64,
+        "minimum": 0,
+        "maximum": 256,
+        "step": 16,
+        "choices": None,
+    }
     assert SPECS[2].api_item()["choices"] == ["start", "end"]

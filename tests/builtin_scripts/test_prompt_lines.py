@@ -14,7 +14,12 @@ def test_plain_lines_are_prompts_and_blank_lines_skipped():
 def test_argument_lines_are_typed():
     line = '--prompt "a red fox" --negative_prompt blurry dark --steps 10 --cfg_scale 4.5 --seed 7 --tiling true'
     assert parse_line(line) == {
-        "prompt": "a red fox", "negative_prompt": "blurry dark", "steps": 10, "cfg_scale": 4.5, "seed": 7, "tiling": True,
+        "prompt": "a red fox",
+        "negative_prompt": "blurry dark",
+        "steps": 10,
+        "cfg_scale": 4.5,
+        "seed": 7,
+        "tiling": True,
     }
 
 

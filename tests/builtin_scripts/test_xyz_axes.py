@@ -6,7 +6,14 @@ import pytest
 
 from webui_api.builtin_scripts.base import ScriptContext
 from webui_api.builtin_scripts.xyz_axes import (
-    axes_for, axis_values, expand_float, expand_int, find_axis, format_value, split_csv, to_csv,
+    axes_for,
+    axis_values,
+    expand_float,
+    expand_int,
+    find_axis,
+    format_value,
+    split_csv,
+    to_csv,
 )
 from webui_api.errors import ValidationFailed
 
@@ -31,7 +38,9 @@ def test_find_axis_by_index_or_label():
     assert find_axis("txt2img", "cfg scale", "Y").label == "CFG Scale"
 
 
-@pytest.mark.parametrize("choice, message", [(99, "out of range"), ("Colour", "unknown X type"), ("FP8 mode", "not supported")])
+@pytest.mark.parametrize(
+    "choice, message", [(99, "out of range"), ("Colour", "unknown X type"), ("FP8 mode", "not supported")]
+)
 def test_bad_axis_types_are_422(choice, message):
     with pytest.raises(ValidationFailed, match=message):
         find_axis("txt2img", choice, "X")

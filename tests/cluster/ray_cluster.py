@@ -50,7 +50,9 @@ def ray_env(home: Path) -> Iterator[str]:
 
 
 @contextmanager
-def serve_cluster(data_dir: Path, home: Path, workers: int = 2, **settings_overrides: Any) -> Iterator[tuple[str, Settings]]:
+def serve_cluster(
+    data_dir: Path, home: Path, workers: int = 2, **settings_overrides: Any
+) -> Iterator[tuple[str, Settings]]:
     """Start Ray (local, CPU), run the webui-api application, yield (base URL, settings)."""
     import ray
     from ray import serve

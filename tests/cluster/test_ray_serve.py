@@ -99,7 +99,10 @@ def test_requests_land_on_the_replica_holding_their_checkpoint(cluster: str) -> 
 
 
 def test_options_model_change_reaches_the_replicas(cluster: str) -> None:
-    assert httpx.post(f"{cluster}/sdapi/v1/options", json={"sd_model_checkpoint": "beta"}, timeout=TIMEOUT).status_code == 200
+    assert (
+        httpx.post(f"{cluster}/sdapi/v1/options", json={"sd_model_checkpoint": "beta"}, timeout=TIMEOUT).status_code
+        == 200
+    )
     try:
         before = len(finished_jobs())
         response = txt2img(cluster)
@@ -179,7 +182,9 @@ def test_an_ingress_restart_keeps_queued_tasks(cluster: str) -> None:
     time.sleep(1.0)
     wait_ready(cluster)
     for task_id in task_ids:
-        wait_for(lambda task_id=task_id: task_status(cluster, task_id) == "done", what=f"task {task_id} after the restart")
+        wait_for(
+            lambda task_id=task_id: task_status(cluster, task_id) == "done", what=f"task {task_id} after the restart"
+        )
 
 
 def test_progress_shows_a_remote_job(cluster: str) -> None:

@@ -6,8 +6,9 @@ dicts) so that the production loader reads it exactly as it would read the downl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

@@ -24,6 +24,11 @@ def cn_engine(controlnet_dir):
     torch.set_num_threads(1)
     from webui_api.engine.facade import Engine
 
-    built = Engine(device="cpu", dtype="float32", controlnet_dirs=(controlnet_dir,), annotator_dir=controlnet_dir.parent / "annotator")
+    built = Engine(
+        device="cpu",
+        dtype="float32",
+        controlnet_dirs=(controlnet_dir,),
+        annotator_dir=controlnet_dir.parent / "annotator",
+    )
     built.load()
     return built

@@ -13,8 +13,9 @@ from __future__ import annotations
 import base64
 import io
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,9 +70,18 @@ def original_name(key: str, layers_per_block: int, hint_convs: int) -> str:
         (r"controlnet_cond_embedding\.conv_out\.(.+)", lambda m: f"input_hint_block.{2 * hint_convs - 2}.{m[1]}"),
         (r"controlnet_down_blocks\.(\d+)\.(.+)", lambda m: f"zero_convs.{m[1]}.0.{m[2]}"),
         (r"controlnet_mid_block\.(.+)", lambda m: f"middle_block_out.0.{m[1]}"),
-        (r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", lambda m: f"input_blocks.{1 + int(m[1]) * step + int(m[2])}.0.{_resnet(m[3])}"),
-        (r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.+)", lambda m: f"input_blocks.{1 + int(m[1]) * step + int(m[2])}.1.{m[3]}"),
-        (r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", lambda m: f"input_blocks.{(int(m[1]) + 1) * step}.0.op.{m[2]}"),
+        (
+            r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)",
+            lambda m: f"input_blocks.{1 + int(m[1]) * step + int(m[2])}.0.{_resnet(m[3])}",
+        ),
+        (
+            r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.+)",
+            lambda m: f"input_blocks.{1 + int(m[1]) * step + int(m[2])}.1.{m[3]}",
+        ),
+        (
+            r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)",
+            lambda m: f"input_blocks.{(int(m[1]) + 1) * step}.0.op.{m[2]}",
+        ),
         (r"mid_block\.resnets\.(\d+)\.(.+)", lambda m: f"middle_block.{2 * int(m[1])}.{_resnet(m[2])}"),
         (r"mid_block\.attentions\.0\.(.+)", lambda m: f"middle_block.1.{m[1]}"),
     ]

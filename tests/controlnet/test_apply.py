@@ -68,7 +68,10 @@ def test_weight_zero_disabled_or_closed_window_equals_no_unit_bit_for_bit(cn_eng
 
     plain = pixels(generate(cn_engine))
     image = b64_png(pattern_image(64, 64))
-    for sent in ({"image": image, "model": "tiny_canny", "weight": 0}, {"image": image, "model": "tiny_canny", "enabled": False}):
+    for sent in (
+        {"image": image, "model": "tiny_canny", "weight": 0},
+        {"image": image, "model": "tiny_canny", "enabled": False},
+    ):
         request = Txt2ImgRequest(prompt="a cat", alwayson_scripts={"controlnet": {"args": [sent]}})
         assert build_txt2img(request, {}).controlnet_units == ()
     # a window that never opens: the fraction reaches only 3/4 with 4 steps
@@ -150,8 +153,16 @@ def test_hires_fix_gets_a_map_at_each_size(cn_engine):
     from webui_api.schemas.generation import Txt2ImgRequest
 
     request = Txt2ImgRequest(
-        prompt="a cat", steps=2, width=64, height=64, seed=3, enable_hr=True, hr_scale=1.5, hr_second_pass_steps=2,
-        denoising_strength=0.5, alwayson_scripts={"controlnet": {"args": [{"image": b64_png(pattern_image()), "model": "tiny_canny"}]}},
+        prompt="a cat",
+        steps=2,
+        width=64,
+        height=64,
+        seed=3,
+        enable_hr=True,
+        hr_scale=1.5,
+        hr_second_pass_steps=2,
+        denoising_strength=0.5,
+        alwayson_scripts={"controlnet": {"args": [{"image": b64_png(pattern_image()), "model": "tiny_canny"}]}},
     )
     result = cn_engine.txt2img(build_txt2img(request, {}), RecordingObserver(), CancelToken())
     assert result.images[0].image.size == (96, 96)

@@ -47,8 +47,13 @@ def test_module_list_by_name_and_by_alias(client):
 
 @pytest.mark.parametrize("field", ["controlnet_input_images", "controlnet_images"])
 def test_detect_returns_one_map_per_image(client, field):
-    payload = {"controlnet_module": "canny", field: [_png_b64(_square()), "data:image/png;base64," + _png_b64(_square())],
-               "controlnet_processor_res": 64, "controlnet_threshold_a": 100, "controlnet_threshold_b": 200}
+    payload = {
+        "controlnet_module": "canny",
+        field: [_png_b64(_square()), "data:image/png;base64," + _png_b64(_square())],
+        "controlnet_processor_res": 64,
+        "controlnet_threshold_a": 100,
+        "controlnet_threshold_b": 200,
+    }
     response = client.post("/controlnet/detect", json=payload)
     assert response.status_code == 200, response.text
     body = response.json()

@@ -54,7 +54,9 @@ def test_config_is_read_from_shapes():
         assert config[key] == TINY_CONTROLNET[key]
     assert tuple(config["block_out_channels"]) == TINY_CONTROLNET["block_out_channels"]
     assert tuple(config["down_block_types"]) == TINY_CONTROLNET["down_block_types"]
-    assert tuple(config["conditioning_embedding_out_channels"]) == TINY_CONTROLNET["conditioning_embedding_out_channels"]
+    assert (
+        tuple(config["conditioning_embedding_out_channels"]) == TINY_CONTROLNET["conditioning_embedding_out_channels"]
+    )
 
 
 def test_a_file_that_is_not_a_controlnet_is_a_clear_4xx(tmp_path):
@@ -90,9 +92,14 @@ def test_full_size_sd15_controlnet_in_original_layout_loads_and_gives_residuals(
         torch.manual_seed(0)
         source = ControlNetModel(cross_attention_dim=768).half()
     state = original_state(source, prefix="control_model.")
-    for key in ("control_model.input_hint_block.14.weight", "control_model.zero_convs.11.0.weight",
-                "control_model.middle_block_out.0.weight", "control_model.input_blocks.11.0.out_layers.3.weight",
-                "control_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight", "control_model.time_embed.2.weight"):
+    for key in (
+        "control_model.input_hint_block.14.weight",
+        "control_model.zero_convs.11.0.weight",
+        "control_model.middle_block_out.0.weight",
+        "control_model.input_blocks.11.0.out_layers.3.weight",
+        "control_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
+        "control_model.time_embed.2.weight",
+    ):
         assert key in state
     root = tmp_path / "ControlNet"
     root.mkdir()
@@ -102,10 +109,24 @@ def test_full_size_sd15_controlnet_in_original_layout_loads_and_gives_residuals(
     assert loaded.family == "sd1" and loaded.module.config.attention_head_dim == 8
     module = loaded.module.float()
     with torch.no_grad():
-        down, mid = module(torch.randn(1, 4, 32, 32), torch.tensor([500.0]), encoder_hidden_states=torch.randn(1, 77, 768),
-                           controlnet_cond=torch.rand(1, 3, 256, 256), return_dict=False)
-    assert [tuple(d.shape[1:]) for d in down] == [(320, 32, 32)] * 3 + [(320, 16, 16), (640, 16, 16), (640, 16, 16),
-                                                  (640, 8, 8), (1280, 8, 8), (1280, 8, 8), (1280, 4, 4), (1280, 4, 4), (1280, 4, 4)]
+        down, mid = module(
+            torch.randn(1, 4, 32, 32),
+            torch.tensor([500.0]),
+            encoder_hidden_states=torch.randn(1, 77, 768),
+            controlnet_cond=torch.rand(1, 3, 256, 256),
+            return_dict=False,
+        )
+    assert [tuple(d.shape[1:]) for d in down] == [(320, 32, 32)] * 3 + [
+        (320, 16, 16),
+        (640, 16, 16),
+        (640, 16, 16),
+        (640, 8, 8),
+        (1280, 8, 8),
+        (1280, 8, 8),
+        (1280, 4, 4),
+        (1280, 4, 4),
+        (1280, 4, 4),
+    ]
     assert tuple(mid.shape) == (1, 1280, 4, 4)
 
 
@@ -123,10 +144,17 @@ def test_diffusers_named_single_file_loads(tmp_path):
 
 
 TINY_SDXL = {
-    "in_channels": 4, "block_out_channels": (32, 64), "layers_per_block": 1,
-    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"), "transformer_layers_per_block": (2, 2),
-    "cross_attention_dim": 64, "attention_head_dim": (1, 1), "use_linear_projection": True,
-    "addition_embed_type": "text_time", "addition_time_embed_dim": 256, "projection_class_embeddings_input_dim": 32 + 6 * 256,
+    "in_channels": 4,
+    "block_out_channels": (32, 64),
+    "layers_per_block": 1,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "transformer_layers_per_block": (2, 2),
+    "cross_attention_dim": 64,
+    "attention_head_dim": (1, 1),
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 32 + 6 * 256,
     "conditioning_embedding_out_channels": (8, 8, 16, 16),
 }
 
@@ -137,8 +165,17 @@ def test_sdxl_style_controlnet_is_recognised_and_runs_with_added_conditions(tmp_
     loaded = load_controlnet(ControlNetCatalog((root,)).find("tiny_xl"))
     config = loaded.module.config
     assert loaded.family == "sdxl" and config.addition_embed_type == "text_time"
-    assert tuple(config.transformer_layers_per_block) == (2, 2) and config.projection_class_embeddings_input_dim == 32 + 6 * 256
+    assert (
+        tuple(config.transformer_layers_per_block) == (2, 2)
+        and config.projection_class_embeddings_input_dim == 32 + 6 * 256
+    )
     added = {"text_embeds": torch.randn(1, 32), "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]])}
-    down, mid = loaded.module(torch.randn(1, 4, 8, 8), torch.tensor([10.0]), encoder_hidden_states=torch.randn(1, 77, 64),
-                              controlnet_cond=torch.rand(1, 3, 64, 64), added_cond_kwargs=added, return_dict=False)
+    down, mid = loaded.module(
+        torch.randn(1, 4, 8, 8),
+        torch.tensor([10.0]),
+        encoder_hidden_states=torch.randn(1, 77, 64),
+        controlnet_cond=torch.rand(1, 3, 64, 64),
+        added_cond_kwargs=added,
+        return_dict=False,
+    )
     assert len(down) + 1 == loaded.residual_count == 5 and mid.abs().sum() > 0

@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
-
 import torch
 
 from tests.engine.helpers import RecordingObserver, make_job
@@ -51,7 +50,9 @@ class ControlledCalls:
 
     def __init__(self, **unets) -> None:
         self.calls: list[tuple[str, bool]] = []
-        self.handles = [unet.register_forward_pre_hook(self._hook(name), with_kwargs=True) for name, unet in unets.items()]
+        self.handles = [
+            unet.register_forward_pre_hook(self._hook(name), with_kwargs=True) for name, unet in unets.items()
+        ]
 
     def _hook(self, name):
         def record(module, args, kwargs):

@@ -40,9 +40,20 @@ def test_control_types_shape(cn_client):
 
 
 def test_txt2img_with_a_unit_returns_the_image_then_the_detected_map(cn_client):
-    unit = {"input_image": b64_png(pattern_image()), "model": "tiny_canny", "resize_mode": "Just Resize", "control_mode": 0}
-    payload = {"prompt": "a cat", "steps": 2, "width": 64, "height": 64, "seed": 1,
-               "alwayson_scripts": {"ControlNet": {"args": [unit]}}}
+    unit = {
+        "input_image": b64_png(pattern_image()),
+        "model": "tiny_canny",
+        "resize_mode": "Just Resize",
+        "control_mode": 0,
+    }
+    payload = {
+        "prompt": "a cat",
+        "steps": 2,
+        "width": 64,
+        "height": 64,
+        "seed": 1,
+        "alwayson_scripts": {"ControlNet": {"args": [unit]}},
+    }
     response = cn_client.post("/sdapi/v1/txt2img", json=payload)
     assert response.status_code == 200, response.text
     body = response.json()
@@ -74,7 +85,13 @@ def test_img2img_unit_without_image_uses_the_init_image(cn_client):
 )
 def test_bad_units_are_4xx(cn_client, unit, status, words):
     unit = {k: (b64_png(pattern_image()) if v == "IMAGE" else v) for k, v in unit.items()}
-    payload = {"prompt": "x", "steps": 1, "width": 64, "height": 64, "alwayson_scripts": {"controlnet": {"args": [unit]}}}
+    payload = {
+        "prompt": "x",
+        "steps": 1,
+        "width": 64,
+        "height": 64,
+        "alwayson_scripts": {"controlnet": {"args": [unit]}},
+    }
     response = cn_client.post("/sdapi/v1/txt2img", json=payload)
     assert response.status_code == status, response.text
     assert words in response.text
@@ -116,4 +133,7 @@ def test_scripts_check_knows_controlnet(client):
     payload = {"prompt": "x", "steps": 1, "width": 64, "height": 64}
     unknown = client.post("/sdapi/v1/txt2img", json={**payload, "alwayson_scripts": {"nope": {"args": [{"a": 1}]}}})
     assert unknown.status_code == 422 and "always on script nope not found" in unknown.text
-    assert client.post("/sdapi/v1/txt2img", json={**payload, "alwayson_scripts": {"ControlNet": {"args": []}}}).status_code == 200
+    assert (
+        client.post("/sdapi/v1/txt2img", json={**payload, "alwayson_scripts": {"ControlNet": {"args": []}}}).status_code
+        == 200
+    )

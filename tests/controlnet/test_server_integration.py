@@ -50,7 +50,9 @@ def cn_live_server(cn_engine, tmp_path):
 
     port = free_port()
     settings = settings_for_tests(tmp_path, port=port)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, engine=cn_engine), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings, engine=cn_engine), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -104,7 +106,12 @@ def test_extension_options_are_listed_settable_and_overridable_per_job(cn_client
     override = {**payload, "override_settings": {"control_net_no_detectmap": True}}
     assert len(cn_client.post("/sdapi/v1/txt2img", json=override).json()["images"]) == 1
     assert len(cn_client.post("/sdapi/v1/txt2img", json=payload).json()["images"]) == 2  # override restored
-    assert cn_client.post("/sdapi/v1/options", json={"control_net_no_detectmap": True, "control_net_unit_count": 5}).status_code == 200
+    assert (
+        cn_client.post(
+            "/sdapi/v1/options", json={"control_net_no_detectmap": True, "control_net_unit_count": 5}
+        ).status_code
+        == 200
+    )
     assert len(cn_client.post("/sdapi/v1/txt2img", json=payload).json()["images"]) == 1
     assert cn_client.get("/controlnet/settings").json() == {"control_net_unit_count": 5}
 
@@ -200,7 +207,9 @@ def test_generation_reuses_the_librarys_annotators_across_jobs(cn_engine, linear
     assert len(library.annotators) == 0 and library.cached() == []
 
 
-def test_detect_and_generation_share_the_engines_cache_and_unload_clears_it(make_client, tmp_path, controlnet_dir, lineart_annotators):
+def test_detect_and_generation_share_the_engines_cache_and_unload_clears_it(
+    make_client, tmp_path, controlnet_dir, lineart_annotators
+):
     shutil.copytree(controlnet_dir, tmp_path / "models" / "ControlNet")
     shutil.copytree(lineart_annotators, tmp_path / "models" / "ControlNetAnnotators")
     client = make_client(own_engine=True)
@@ -222,9 +231,18 @@ def test_detect_and_generation_share_the_engines_cache_and_unload_clears_it(make
 
 
 def test_endpoint_png_is_not_gzipped(cn_client):
-    payload = {"inputs": "a cat", "controlnet_type": "canny_edge", "image": b64_png(pattern_image()),
-               "num_inference_steps": 2, "height": 64, "width": 64, "seed": 1}
-    response = cn_client.post("/v1/controlnet", json=payload, headers={"Accept": "image/png", "Accept-Encoding": "gzip"})
+    payload = {
+        "inputs": "a cat",
+        "controlnet_type": "canny_edge",
+        "image": b64_png(pattern_image()),
+        "num_inference_steps": 2,
+        "height": 64,
+        "width": 64,
+        "seed": 1,
+    }
+    response = cn_client.post(
+        "/v1/controlnet", json=payload, headers={"Accept": "image/png", "Accept-Encoding": "gzip"}
+    )
     assert response.status_code == 200
     assert response.headers["content-type"] == "image/png" and "content-encoding" not in response.headers
     assert response.content.startswith(b"\x89PNG")

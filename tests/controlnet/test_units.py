@@ -56,9 +56,13 @@ def test_resize_mode_ints_strings_and_old_names(sent, expected):
 
 @pytest.mark.parametrize(
     ("sent", "expected", "soft", "cond_only"),
-    [(0, "Balanced", False, False), (1, "My prompt is more important", True, False),
-     (2, "ControlNet is more important", True, True), ("ControlNet is more important", "ControlNet is more important", True, True),
-     ("balanced", "Balanced", False, False)],
+    [
+        (0, "Balanced", False, False),
+        (1, "My prompt is more important", True, False),
+        (2, "ControlNet is more important", True, True),
+        ("ControlNet is more important", "ControlNet is more important", True, True),
+        ("balanced", "Balanced", False, False),
+    ],
 )
 def test_control_mode_ints_and_strings(sent, expected, soft, cond_only):
     (unit,) = parse({"image": IMAGE, "control_mode": sent})

@@ -20,7 +20,13 @@ from webui_api.engine.loading.builder import empty_text_encoder, empty_unet, emp
 from webui_api.engine.models import cast_floating
 
 TINY_UNET = {"block_out_channels": [32, 64], "layers_per_block": 1, "sample_size": 8}
-TINY_TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 1, "projection_dim": 64}
+TINY_TEXT = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 1,
+    "projection_dim": 64,
+}
 TINY_VAE = {"block_out_channels": [32, 32, 32, 32], "layers_per_block": 1, "sample_size": 64}
 TIME_EMBED = 256  # SDXL's size/crop/aesthetic embedding width per number
 
@@ -40,17 +46,29 @@ def _tiny_unet_config(family: str, in_channels: int) -> dict[str, Any]:
     base = load_config(ARCHITECTURES[family].unet_config)
     config = {**base, **TINY_UNET, "in_channels": in_channels}
     if family == "sd1":
-        config.update(down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"], up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"])
+        config.update(
+            down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"], up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"]
+        )
         config.update(cross_attention_dim=64)
     else:
-        config.update(down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"], up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"])
+        config.update(
+            down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"], up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"]
+        )
         config.update(attention_head_dim=[1, 1])
     if family == "sd2":
         config.update(cross_attention_dim=64)
     if family == "sdxl":
-        config.update(cross_attention_dim=128, transformer_layers_per_block=[2, 2], projection_class_embeddings_input_dim=64 + 6 * TIME_EMBED)
+        config.update(
+            cross_attention_dim=128,
+            transformer_layers_per_block=[2, 2],
+            projection_class_embeddings_input_dim=64 + 6 * TIME_EMBED,
+        )
     if family == "sdxl-refiner":
-        config.update(cross_attention_dim=64, transformer_layers_per_block=[2, 2], projection_class_embeddings_input_dim=64 + 5 * TIME_EMBED)
+        config.update(
+            cross_attention_dim=64,
+            transformer_layers_per_block=[2, 2],
+            projection_class_embeddings_input_dim=64 + 5 * TIME_EMBED,
+        )
     return config
 
 
@@ -72,7 +90,9 @@ def fill_random_weights(module: torch.nn.Module, generator: torch.Generator) -> 
                 param.fill_(1.0)
 
 
-def _materialise(module: torch.nn.Module, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+def _materialise(
+    module: torch.nn.Module, generator: torch.Generator, dtype: torch.dtype = torch.float32
+) -> torch.nn.Module:
     """Turn a meta module into a real one with N(0, 1/fan_in) weights, unit norms, small
     biases, stored in `dtype` (drawn in float32 one tensor at a time, so a full-size model
     in float16 never needs its float32 size in RAM)."""
@@ -135,7 +155,11 @@ def _text_state(encoder: Any, spec: Any) -> dict[str, torch.Tensor]:
 
 def _extra_openclip_layer(state: dict[str, torch.Tensor], prefix: str, index: int) -> dict[str, torch.Tensor]:
     first = f"{prefix}transformer.resblocks.0."
-    return {f"{prefix}transformer.resblocks.{index}." + k[len(first) :]: v.clone() + 1.0 for k, v in state.items() if k.startswith(first)}
+    return {
+        f"{prefix}transformer.resblocks.{index}." + k[len(first) :]: v.clone() + 1.0
+        for k, v in state.items()
+        if k.startswith(first)
+    }
 
 
 def write_checkpoint(path: Path, nets: Networks, dtype: torch.dtype | None = None, **extra: torch.Tensor) -> Path:
@@ -173,7 +197,9 @@ def tiny_vae(seed: int) -> Any:
 RANK = 4
 
 
-def lora_pair(generator: torch.Generator, out_shape: tuple[int, ...], in_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+def lora_pair(
+    generator: torch.Generator, out_shape: tuple[int, ...], in_shape: tuple[int, ...]
+) -> dict[str, torch.Tensor]:
     """lora_down (rank, *in) and lora_up (out, rank, 1, 1 | -) with an alpha of half the rank."""
     up_tail = (1, 1) if len(in_shape) > 1 else ()
     return {

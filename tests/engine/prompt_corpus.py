@@ -11,10 +11,30 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from typing import Callable
+from collections.abc import Callable
 
 WORDS = ["a", "cat", " ", "dog ", "x", "", " ", "\\(", "\\]", "\\\\", ",", "BREAK", " AND ", "e", "-", ":1.5"]
-NUMBERS = ["1", "5", "0.5", ".5", "1.0", "0", "25", "-3", "1e1", "1.5", "10", "3", " 7 ", "0.999", "2.", "+4", "1.1.1", "", "0.25"]
+NUMBERS = [
+    "1",
+    "5",
+    "0.5",
+    ".5",
+    "1.0",
+    "0",
+    "25",
+    "-3",
+    "1e1",
+    "1.5",
+    "10",
+    "3",
+    " 7 ",
+    "0.999",
+    "2.",
+    "+4",
+    "1.1.1",
+    "",
+    "0.25",
+]
 STRAY = ["(", ")", "[", "]", ":", "|"]
 
 

@@ -44,7 +44,7 @@ def assert_same_images(expected, actual) -> None:
     assert [(g.seed, g.subseed, g.prompt, g.negative_prompt) for g in expected.images] == [
         (g.seed, g.subseed, g.prompt, g.negative_prompt) for g in actual.images
     ]
-    for want, got in zip(pixels(expected), pixels(actual)):
+    for want, got in zip(pixels(expected), pixels(actual), strict=True):
         assert want.shape == got.shape
         assert np.array_equal(want, got), f"{int((want != got).sum())} pixel values differ"
 
@@ -67,7 +67,7 @@ def test_batched_jobs_equal_their_lone_runs_bit_for_bit(tiny_model, sampler):
     jobs = three_jobs(sampler)
     combined = together(tiny_model, jobs)
     assert len(combined) == 3
-    for job, result in zip(jobs, combined):
+    for job, result in zip(jobs, combined, strict=True):
         assert_same_images(alone(tiny_model, job), result)
 
 
@@ -78,22 +78,24 @@ def test_exact_for_one_or_two_threads_and_split_or_padded_calls(tiny_model, thre
     multiple of 4 are not position-independent with 2 threads: see RowChunks.)"""
     torch.set_num_threads(threads)
     jobs = three_jobs("DPM++ 2M")
-    for job, result in zip(jobs, together(tiny_model, jobs, rows=rows)):
+    for job, result in zip(jobs, together(tiny_model, jobs, rows=rows), strict=True):
         assert_same_images(alone(tiny_model, job, rows=rows), result)
 
 
 def test_subseeds_and_ensd_stay_per_job(tiny_model):
     jobs = three_jobs("Euler a", subseed_strength=0.4, eta_noise_seed_delta=31337)
-    for job, result in zip(jobs, together(tiny_model, jobs)):
+    for job, result in zip(jobs, together(tiny_model, jobs), strict=True):
         assert_same_images(alone(tiny_model, job), result)
 
 
 def test_different_prompt_lengths_run_in_token_groups_and_stay_exact(tiny_model):
     long_prompt = ", ".join(f"word{i}" for i in range(90))  # two 75-token chunks
     jobs = three_jobs("Euler a")
-    jobs[1] = make_job(prompts=(long_prompt,), seeds=(5, 6), batch_size=2, sampler="Euler a", width=64, height=48, steps=5)
+    jobs[1] = make_job(
+        prompts=(long_prompt,), seeds=(5, 6), batch_size=2, sampler="Euler a", width=64, height=48, steps=5
+    )
     combined = together(tiny_model, jobs)
-    for job, result in zip(jobs, combined):
+    for job, result in zip(jobs, combined, strict=True):
         assert_same_images(alone(tiny_model, job), result)
 
 

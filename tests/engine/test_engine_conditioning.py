@@ -8,10 +8,10 @@ import dataclasses
 import pytest
 import torch
 
-from webui_api.engine.embeddings import Embedding, EmbeddingMatch, EmbeddingStore
+from webui_api.engine.cond_types import CondTensors, ScheduledCond
 from webui_api.engine.conditioning import (
-    ConditioningSettings,
     LAYER_LAST,
+    ConditioningSettings,
     TextEncoderSpec,
     added_cond_kwargs,
     apply_emphasis,
@@ -25,7 +25,7 @@ from webui_api.engine.conditioning import (
     token_ids,
     token_tensor,
 )
-from webui_api.engine.cond_types import CondTensors, ScheduledCond
+from webui_api.engine.embeddings import Embedding, EmbeddingMatch, EmbeddingStore
 from webui_api.engine_options import EngineOptions
 from webui_api.errors import BadRequest
 
@@ -194,8 +194,12 @@ def test_clip_skip_two_is_penultimate_layer_through_final_norm(tiny_model):
 
 
 def test_clip_skip_beyond_depth_is_clamped_and_below_one_is_one(tiny_model):
-    assert torch.equal(encode_prompts(tiny_model, ["a cat"], clip_skip=12), encode_prompts(tiny_model, ["a cat"], clip_skip=3))
-    assert torch.equal(encode_prompts(tiny_model, ["a cat"], clip_skip=0), encode_prompts(tiny_model, ["a cat"], clip_skip=1))
+    assert torch.equal(
+        encode_prompts(tiny_model, ["a cat"], clip_skip=12), encode_prompts(tiny_model, ["a cat"], clip_skip=3)
+    )
+    assert torch.equal(
+        encode_prompts(tiny_model, ["a cat"], clip_skip=0), encode_prompts(tiny_model, ["a cat"], clip_skip=1)
+    )
 
 
 def test_batch_rows_equal_prompts_encoded_alone(tiny_model):
@@ -299,7 +303,11 @@ def test_embedding_vectors_replace_their_name(tiny_model):
     like those words."""
     emb = embedding("zzqx", token_rows(tiny_model, ["dog", "house"]))
     store = store_of(tiny_model, emb)
-    z = build_batch_conditioning(tiny_model, ["a zzqx cat"], [""], 4, 1, EngineOptions(), embeddings=store).cond[0].parts[0][0]
+    z = (
+        build_batch_conditioning(tiny_model, ["a zzqx cat"], [""], 4, 1, EngineOptions(), embeddings=store)
+        .cond[0]
+        .parts[0][0]
+    )
     assert torch.allclose(z.at(0).crossattn, encode_prompts(tiny_model, ["a dog house cat"])[0], atol=1e-6)
     chunk = prompt_chunks(tiny_model.tokenizer, "a zzqx cat", token_ids(tiny_model.tokenizer), lookup=store)[0]
     assert chunk.tokens[:5] == [BOS, 320, 0, 0, 2368] and chunk.fixes[0].offset == 1
@@ -390,8 +398,18 @@ def test_sdxl_crossattn_concatenates_both_penultimate_layers(tiny_sdxl):
 
 
 def test_sdxl_pooled_comes_from_the_first_chunk_and_ignores_emphasis(tiny_sdxl):
-    long = build_batch_conditioning(tiny_sdxl, ["(a cat:1.4) " + LONG_PROMPT], [""], 4, 1, EngineOptions()).cond[0].parts[0][0].at(0)
-    plain = build_batch_conditioning(tiny_sdxl, ["a cat " + LONG_PROMPT], [""], 4, 1, EngineOptions()).cond[0].parts[0][0].at(0)
+    long = (
+        build_batch_conditioning(tiny_sdxl, ["(a cat:1.4) " + LONG_PROMPT], [""], 4, 1, EngineOptions())
+        .cond[0]
+        .parts[0][0]
+        .at(0)
+    )
+    plain = (
+        build_batch_conditioning(tiny_sdxl, ["a cat " + LONG_PROMPT], [""], 4, 1, EngineOptions())
+        .cond[0]
+        .parts[0][0]
+        .at(0)
+    )
     assert long.crossattn.shape == (154, 80)
     assert torch.equal(long.vector, plain.vector)
     assert not torch.equal(long.crossattn, plain.crossattn)
@@ -409,7 +427,12 @@ def test_sdxl_empty_negative_prompt_is_zeroed_but_keeps_size(tiny_sdxl):
 
 
 def test_sdxl_clip_l_skip_option(tiny_sdxl):
-    on = build_batch_conditioning(tiny_sdxl, ["a cat"], [""], 4, 1, EngineOptions(sdxl_clip_l_skip=True)).cond[0].parts[0][0].at(0)
+    on = (
+        build_batch_conditioning(tiny_sdxl, ["a cat"], [""], 4, 1, EngineOptions(sdxl_clip_l_skip=True))
+        .cond[0]
+        .parts[0][0]
+        .at(0)
+    )
     l_out = tiny_sdxl.text_encoder(input_ids=torch.tensor([chunk_of(tiny_sdxl, "a cat")]), output_hidden_states=True)
     assert torch.allclose(on.crossattn[:, :32], l_out.hidden_states[-1][0], atol=1e-6)  # no final norm
     skip2 = build_batch_conditioning(tiny_sdxl, ["a cat"], [""], 4, 2, EngineOptions()).cond[0].parts[0][0].at(0)

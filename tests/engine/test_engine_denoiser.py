@@ -162,7 +162,7 @@ def test_prompt_schedule_variant_follows_the_call_counter(tiny_model, three):
         cfg(x, sigma, cond=conditioning, cond_scale=5.0)
     used = [call[1][0] for call in recorder.calls]
     expected = [cat, cat, dog, dog, cat]  # calls 0-1 -> end 1, 2-3 -> end 3, past the end -> first variant
-    assert all(torch.equal(u, e) for u, e in zip(used, expected))
+    assert all(torch.equal(u, e) for u, e in zip(used, expected, strict=True))
 
 
 @torch.inference_mode()

@@ -147,10 +147,26 @@ CASES = [
     ("nv 64-bit seed", {"shape": S, "seeds": [2**40 + 7], "source": "NV"}, "a12a222723c42e8c"),
     ("cpu batch", {"shape": S, "seeds": [100, 101, 102], "source": "CPU"}, "51ffdbe1ed15061f"),
     ("nv batch", {"shape": S, "seeds": [100, 101, 102], "source": "NV"}, "ee4ed2c4d5b89c22"),
-    ("cpu subseed 0.3", {"shape": S, "seeds": [7, 7], "subseeds": [9, 10], "strength": 0.3, "source": "CPU"}, "c6d80a0054e2ecaf"),
-    ("nv subseed 0.3", {"shape": S, "seeds": [7, 7], "subseeds": [9, 10], "strength": 0.3, "source": "NV"}, "8a1a4c4936b46f0a"),
-    ("cpu subseed 1.0", {"shape": S, "seeds": [7], "subseeds": [9], "strength": 1.0, "source": "CPU"}, "fc00dcfcf725b33e"),
-    ("cpu subseed short list", {"shape": S, "seeds": [7, 7], "subseeds": [9], "strength": 0.5, "source": "CPU"}, "c37929ed8da0cc59"),
+    (
+        "cpu subseed 0.3",
+        {"shape": S, "seeds": [7, 7], "subseeds": [9, 10], "strength": 0.3, "source": "CPU"},
+        "c6d80a0054e2ecaf",
+    ),
+    (
+        "nv subseed 0.3",
+        {"shape": S, "seeds": [7, 7], "subseeds": [9, 10], "strength": 0.3, "source": "NV"},
+        "8a1a4c4936b46f0a",
+    ),
+    (
+        "cpu subseed 1.0",
+        {"shape": S, "seeds": [7], "subseeds": [9], "strength": 1.0, "source": "CPU"},
+        "fc00dcfcf725b33e",
+    ),
+    (
+        "cpu subseed short list",
+        {"shape": S, "seeds": [7, 7], "subseeds": [9], "strength": 0.5, "source": "CPU"},
+        "c37929ed8da0cc59",
+    ),
     ("cpu resize smaller", {"shape": S, "seeds": [3], "resize": (16, 24), "source": "CPU"}, "53936c3ce9f87c8f"),
     ("cpu resize larger", {"shape": S, "seeds": [3], "resize": (64, 80), "source": "CPU"}, "be5e794ed921014a"),
     ("nv resize mixed", {"shape": S, "seeds": [3, 4], "resize": (48, 24), "source": "NV"}, "6a0f3d2eaf39cdc4"),
@@ -169,7 +185,15 @@ CASES = [
     ("nv ensd", {"shape": S, "seeds": [11, 12], "ensd": 31337, "source": "NV"}, "ab7d87e3558c1320"),
     (
         "everything",
-        {"shape": (4, 6, 4), "seeds": [21, 21, 21], "subseeds": [1, 2, 3], "strength": 0.45, "resize": (32, 40), "ensd": 5, "source": "NV"},
+        {
+            "shape": (4, 6, 4),
+            "seeds": [21, 21, 21],
+            "subseeds": [1, 2, 3],
+            "strength": 0.45,
+            "resize": (32, 40),
+            "ensd": 5,
+            "source": "NV",
+        },
         "5b6c08bf103c905c",
     ),
 ]

@@ -11,9 +11,9 @@ import torch
 
 from tests.engine.helpers import RecordingObserver, make_job
 from tests.factories import settings_for_tests
-from webui_api.engine.models import EMBEDDED_MODEL_NAME
 from webui_api.engine.device import resolve_dtype
 from webui_api.engine.facade import Engine
+from webui_api.engine.models import EMBEDDED_MODEL_NAME
 from webui_api.errors import UnknownCheckpoint
 from webui_api.progress import CancelToken
 
@@ -125,7 +125,9 @@ def model_dirs(tmp_path_factory):
 
 
 def _folder_engine(root: Path, **kwargs) -> Engine:
-    paths = ModelPaths(data_dir=root, ckpt_dirs=(root / "models" / "Stable-diffusion",), vae_dirs=(root / "models" / "VAE",))
+    paths = ModelPaths(
+        data_dir=root, ckpt_dirs=(root / "models" / "Stable-diffusion",), vae_dirs=(root / "models" / "VAE",)
+    )
     return Engine(device="cpu", dtype="float32", paths=paths, **kwargs)
 
 
@@ -190,7 +192,11 @@ def test_a_bad_file_leaves_the_previous_model_serving(model_dirs, tmp_path):
 
 def test_names_outside_the_folders_never_resolve(model_dirs):
     engine = _folder_engine(model_dirs)
-    for name in ("../alpha.safetensors", str(model_dirs / "models" / "Stable-diffusion" / "alpha.safetensors"), "/etc/passwd"):
+    for name in (
+        "../alpha.safetensors",
+        str(model_dirs / "models" / "Stable-diffusion" / "alpha.safetensors"),
+        "/etc/passwd",
+    ):
         with pytest.raises(UnknownCheckpoint):
             engine.find_checkpoint(name)
 
@@ -205,7 +211,9 @@ def test_refresh_checkpoints_sees_new_files(model_dirs, tmp_path):
     sd = tmp_path / "sd"
     sd.mkdir()
     engine = Engine(device="cpu", paths=ModelPaths(ckpt_dirs=(sd,)))
-    (sd / "new.safetensors").write_bytes((model_dirs / "models" / "Stable-diffusion" / "alpha.safetensors").read_bytes())
+    (sd / "new.safetensors").write_bytes(
+        (model_dirs / "models" / "Stable-diffusion" / "alpha.safetensors").read_bytes()
+    )
     engine.refresh_checkpoints()
     assert [i.name for i in engine.checkpoints()] == ["new.safetensors"] and engine.current.name == "new.safetensors"
 
@@ -225,7 +233,9 @@ def test_sd_vae_choices_per_job(model_dirs):
 def test_vae_infotext_and_automatic_vae_beside_the_checkpoint(model_dirs, tmp_path):
     sd = tmp_path / "models" / "Stable-diffusion"
     sd.mkdir(parents=True)
-    (sd / "gamma.safetensors").write_bytes((model_dirs / "models" / "Stable-diffusion" / "alpha.safetensors").read_bytes())
+    (sd / "gamma.safetensors").write_bytes(
+        (model_dirs / "models" / "Stable-diffusion" / "alpha.safetensors").read_bytes()
+    )
     write_vae(sd / "gamma.vae.safetensors", tiny_vae(seed=9))
     engine = Engine(device="cpu", paths=ModelPaths(ckpt_dirs=(sd,)))
     assert [v.model_name for v in engine.vaes()] == ["gamma.vae.safetensors"]
@@ -239,7 +249,9 @@ def test_vae_infotext_and_automatic_vae_beside_the_checkpoint(model_dirs, tmp_pa
 def test_no_hashing_keeps_titles_without_hash(model_dirs, tmp_path):
     sd = tmp_path / "sd"
     sd.mkdir()
-    (sd / "plain.safetensors").write_bytes((model_dirs / "models" / "Stable-diffusion" / "alpha.safetensors").read_bytes())
+    (sd / "plain.safetensors").write_bytes(
+        (model_dirs / "models" / "Stable-diffusion" / "alpha.safetensors").read_bytes()
+    )
     engine = Engine(device="cpu", paths=ModelPaths(data_dir=tmp_path, ckpt_dirs=(sd,)), no_hashing=True)
     model = engine.load("plain")
     assert model.info.title == "plain.safetensors" and model.info.sha256 is None
@@ -247,7 +259,9 @@ def test_no_hashing_keeps_titles_without_hash(model_dirs, tmp_path):
 
 
 def test_from_settings_reads_folders_and_flags(tmp_path):
-    settings = settings_for_tests(tmp_path, device="cpu", dtype="float32", no_half_vae=True, vae_dir=tmp_path / "extra-vae")
+    settings = settings_for_tests(
+        tmp_path, device="cpu", dtype="float32", no_half_vae=True, vae_dir=tmp_path / "extra-vae"
+    )
     settings = replace(settings, cmd_flags={**settings.cmd_flags, "disable_safe_unpickle": True})
     engine = Engine.from_settings(settings)
     assert engine.paths.ckpt_dirs == (tmp_path / "models" / "Stable-diffusion",)

@@ -12,8 +12,8 @@ import torch
 from tests.engine.helpers import RecordingObserver, make_job, with_sampler
 from tests.engine.ldm_checkpoints import build_networks, write_checkpoint
 from tests.engine.test_refiner_engine import UNetCalls
-from webui_api.engine.loading.discovery import ModelPaths
 from webui_api.engine.facade import Engine
+from webui_api.engine.loading.discovery import ModelPaths
 from webui_api.jobs import HiresParams, RefinerParams
 from webui_api.progress import CancelToken
 
@@ -127,7 +127,9 @@ def test_hires_prompts_lose_their_lora_tags(tiny_model):
     clean = hires_job(prompts=("a cat ",))
     plan = resolve_plan(tagged)
     with torch.inference_mode():
-        built = [hires_conditioning(job, plan, plan)(tiny_model, BatchSpec.of(replace(job, prompts=job.hires.prompts), 0))
-                 for job in (tagged, clean)]
+        built = [
+            hires_conditioning(job, plan, plan)(tiny_model, BatchSpec.of(replace(job, prompts=job.hires.prompts), 0))
+            for job in (tagged, clean)
+        ]
     first, second = (b.cond[0].parts[0][0].variants[0][1].crossattn for b in built)
     assert torch.equal(first, second)

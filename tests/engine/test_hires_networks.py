@@ -35,13 +35,17 @@ def data(tmp_path_factory):
     lora_dir = root / "models" / "Lora"
     lora_dir.mkdir(parents=True)
     safetensors.torch.save_file(kohya_sd1_lora(nets.unet, nets.text_encoder), str(lora_dir / "style.safetensors"))
-    safetensors.torch.save_file(kohya_sd1_lora(nets.unet, nets.text_encoder, seed=3), str(lora_dir / "other.safetensors"))
+    safetensors.torch.save_file(
+        kohya_sd1_lora(nets.unet, nets.text_encoder, seed=3), str(lora_dir / "other.safetensors")
+    )
     return root
 
 
 @pytest.fixture(scope="module")
 def engine(data):
-    paths = ModelPaths(data_dir=data, ckpt_dirs=(data / "models" / "Stable-diffusion",), lora_dirs=(data / "models" / "Lora",))
+    paths = ModelPaths(
+        data_dir=data, ckpt_dirs=(data / "models" / "Stable-diffusion",), lora_dirs=(data / "models" / "Lora",)
+    )
     return Engine(device="cpu", dtype="float32", paths=paths)
 
 

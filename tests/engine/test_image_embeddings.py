@@ -67,7 +67,13 @@ def test_an_embedding_in_an_image_loads_under_its_stored_name(tmp_path, writer):
     embedding = load_embedding(tmp_path / "file-name.png")
     assert embedding.name == "stored-name"
     assert torch.equal(embedding.vectors_for("text_encoder"), torch.tensor(VECTORS, dtype=torch.float32))
-    assert embedding.api_item() == {"step": 420, "sd_checkpoint": "e1441589", "sd_checkpoint_name": "v1-5", "shape": 4, "vectors": 2}
+    assert embedding.api_item() == {
+        "step": 420,
+        "sd_checkpoint": "e1441589",
+        "sd_checkpoint_name": "v1-5",
+        "shape": 4,
+        "vectors": 2,
+    }
 
 
 def test_the_key_stream_is_a1111s_lcg():

@@ -25,7 +25,9 @@ def inpaint_model(tmp_path):
 
 def job_with(mask):
     x = np.linspace(0, 255, 64, dtype=np.uint8)
-    image = Image.fromarray(np.stack([np.tile(x, (64, 1)), np.tile(x[:, None], (1, 64)), np.full((64, 64), 90, np.uint8)], 2))
+    image = Image.fromarray(
+        np.stack([np.tile(x, (64, 1)), np.tile(x[:, None], (1, 64)), np.full((64, 64), 90, np.uint8)], 2)
+    )
     params = Img2ImgParams(init_images=(image,), denoising_strength=0.8, mask=mask)
     return replace(make_job(steps=3), kind="img2img", img2img=params)
 

@@ -4,7 +4,6 @@ other model image_cfg_scale is ignored, as in A1111."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
@@ -13,8 +12,8 @@ from tests.engine.ldm_checkpoints import build_networks, write_checkpoint
 from tests.engine.test_img2img_prep import img2img_job, run_img2img_job
 from webui_api.engine.cond_types import BatchConditioning
 from webui_api.engine.denoiser import CFGDenoiser, GuidanceOptions
-from webui_api.engine.loading.discovery import ModelPaths
 from webui_api.engine.facade import Engine
+from webui_api.engine.loading.discovery import ModelPaths
 from webui_api.progress import CancelToken
 
 

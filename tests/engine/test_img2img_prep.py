@@ -97,7 +97,9 @@ def img2img_job(strength: float, steps: int = 8, **kwargs):
     from webui_api.jobs import Img2ImgParams
 
     x = np.linspace(0, 255, 64, dtype=np.uint8)
-    image = Image.fromarray(np.stack([np.tile(x, (64, 1)), np.tile(x[:, None], (1, 64)), np.full((64, 64), 90, np.uint8)], 2))
+    image = Image.fromarray(
+        np.stack([np.tile(x, (64, 1)), np.tile(x[:, None], (1, 64)), np.full((64, 64), 90, np.uint8)], 2)
+    )
     params = Img2ImgParams(init_images=(image,), denoising_strength=strength, **kwargs)
     return replace(make_job(steps=steps), kind="img2img", img2img=params)
 

@@ -14,13 +14,13 @@ import torch
 
 from tests.engine.helpers import RecordingObserver, make_job
 from tests.engine.ldm_checkpoints import build_networks, ldm_state_dict, write_checkpoint
+from webui_api.engine.facade import Engine
+from webui_api.engine.loading import load_clip_tokenizer
 from webui_api.engine.loading.builder import looks_like_v_prediction
 from webui_api.engine.loading.checkpoint import LoadOptions, load_checkpoint
 from webui_api.engine.loading.discovery import ModelPaths
 from webui_api.engine.loading.files import UnusableModelFile, read_state_dict
 from webui_api.engine.models import CheckpointInfo, LoadedModel, scaled_linear_alphas_cumprod
-from webui_api.engine.loading import load_clip_tokenizer
-from webui_api.engine.facade import Engine
 from webui_api.progress import CancelToken
 
 FAMILIES = ["sd1", "sd2", "sdxl", "sdxl-refiner"]
@@ -73,7 +73,10 @@ def test_loaded_unet_and_vae_compute_exactly_what_the_source_computes(folder, so
     generator = torch.Generator().manual_seed(3)
     x = torch.randn(1, 4, 8, 8, generator=generator)
     context = torch.randn(1, 77, 128, generator=generator)
-    added = {"text_embeds": torch.randn(1, 64, generator=generator), "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}
+    added = {
+        "text_embeds": torch.randn(1, 64, generator=generator),
+        "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]]),
+    }
     with torch.no_grad():
         expected = nets.unet(x, torch.tensor([500.0]), encoder_hidden_states=context, added_cond_kwargs=added).sample
         got = model.unet(x, torch.tensor([500.0]), encoder_hidden_states=context, added_cond_kwargs=added).sample
@@ -120,7 +123,9 @@ def test_half_precision_load_and_no_half_vae(folder):
 
 def test_inpainting_checkpoints_are_detected_by_their_nine_channels(tmp_path):
     for family in ("sd1", "sdxl"):
-        path = write_checkpoint(tmp_path / f"{family}-inpainting.safetensors", build_networks(family, seed=5, in_channels=9))
+        path = write_checkpoint(
+            tmp_path / f"{family}-inpainting.safetensors", build_networks(family, seed=5, in_channels=9)
+        )
         model = _load(path)
         assert model.unet_in_channels == 9 and model.unet.config.in_channels == 9
         assert model.architecture == f"{family}-inpaint" and model.family == family
@@ -252,10 +257,16 @@ def test_pickle_module_is_not_used_for_safetensors(tmp_path, folder, monkeypatch
 
 def _write_diffusers_folder(root: Path, nets, prediction_type: str = "epsilon") -> Path:
     """What `pipeline.save_pretrained` writes, component by component."""
-    index = {"_class_name": "StableDiffusionXLPipeline" if nets.text_encoder_2 is not None else "StableDiffusionPipeline"}
+    index = {
+        "_class_name": "StableDiffusionXLPipeline" if nets.text_encoder_2 is not None else "StableDiffusionPipeline"
+    }
     for slot in ("unet", "vae", "text_encoder", "text_encoder_2"):
         module = getattr(nets, slot)
-        index[slot] = [None, None] if module is None else ["diffusers" if slot in ("unet", "vae") else "transformers", type(module).__name__]
+        index[slot] = (
+            [None, None]
+            if module is None
+            else ["diffusers" if slot in ("unet", "vae") else "transformers", type(module).__name__]
+        )
         if module is not None:
             module.save_pretrained(root / slot)
     (root / "scheduler").mkdir(parents=True)
@@ -270,7 +281,10 @@ def test_diffusers_folders_are_listed_and_load_bit_exactly(tmp_path, sources, fa
     _write_diffusers_folder(sd / "pipelines" / f"my-{family}", sources[family], prediction_type="v_prediction")
     write_checkpoint(sd / "single.safetensors", sources["sd1"])
     engine = Engine(device="cpu", dtype="float32", paths=ModelPaths(ckpt_dirs=(sd,)))
-    assert [info.api_item()["title"] for info in engine.checkpoints()] == ["single.safetensors", f"pipelines/my-{family}"]
+    assert [info.api_item()["title"] for info in engine.checkpoints()] == [
+        "single.safetensors",
+        f"pipelines/my-{family}",
+    ]
     model = engine.load(f"my-{family}")
     assert model.family == family and model.prediction_type == "v_prediction"
     nets = sources[family]

@@ -85,7 +85,15 @@ def test_hash_after_load_changes_the_title_and_aliases(layout):
     sha = hashlib.sha256(Path(info.filename).read_bytes()).hexdigest()
     hashed = info.with_sha256(sha)
     assert hashed.title == f"sub/Anime.safetensors [{sha[:10]}]" and hashed.hash == sha[:10]
-    for alias in ("sub/Anime.safetensors", "sub_Anime", "Anime", sha[:10], sha, f"Anime [{sha[:10]}]", info.legacy_hash):
+    for alias in (
+        "sub/Anime.safetensors",
+        "sub_Anime",
+        "Anime",
+        sha[:10],
+        sha,
+        f"Anime [{sha[:10]}]",
+        info.legacy_hash,
+    ):
         assert alias in hashed.aliases()
 
 

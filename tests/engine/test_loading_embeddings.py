@@ -35,7 +35,9 @@ def folder(tmp_path):
         tmp_path / "bad-hands.pt",
     )
     torch.save({"<cat-toy>": torch.full((768,), 0.5)}, tmp_path / "cat-toy.bin")
-    safetensors.torch.save_file({"clip_l": torch.zeros(3, 768), "clip_g": torch.zeros(3, 1280)}, str(tmp_path / "xl-style.safetensors"))
+    safetensors.torch.save_file(
+        {"clip_l": torch.zeros(3, 768), "clip_g": torch.zeros(3, 1280)}, str(tmp_path / "xl-style.safetensors")
+    )
     torch.save({"string_to_param": {"*": torch.ones(1, 768)}, "payload": CodeInPickle()}, tmp_path / "sneaky.pt")
     (tmp_path / "notes.pt").write_bytes(b"not a pickle")
     safetensors.torch.save_file({"a": torch.zeros(1), "b": torch.zeros(1)}, str(tmp_path / "two-terms.safetensors"))
@@ -44,7 +46,13 @@ def folder(tmp_path):
 
 def test_a1111_pt_fields(folder):
     embedding = load_embedding(folder / "bad-hands.pt", HashCache(None))
-    assert embedding.api_item() == {"step": 1500, "sd_checkpoint": "e1441589", "sd_checkpoint_name": "v1-5-pruned", "shape": 768, "vectors": 2}
+    assert embedding.api_item() == {
+        "step": 1500,
+        "sd_checkpoint": "e1441589",
+        "sd_checkpoint_name": "v1-5-pruned",
+        "shape": 768,
+        "vectors": 2,
+    }
     assert embedding.sha256 == sha256_of_file(folder / "bad-hands.pt") and len(embedding.shorthash) == 12
     assert embedding.vectors_for("text_encoder").shape == (2, 768)
 
@@ -86,7 +94,10 @@ def test_match_at_finds_the_longest_name_by_token_ids():
     tokens = tokenizer("a photo, bad-hands, bad art", add_special_tokens=False)["input_ids"]
     hands = tokens.index(tokenizer("bad", add_special_tokens=False)["input_ids"][0])
     match = store.match_at(tokens, hands)
-    assert match.embedding is long and match.token_count == len(tokenizer("bad-hands", add_special_tokens=False)["input_ids"]) > 1
+    assert (
+        match.embedding is long
+        and match.token_count == len(tokenizer("bad-hands", add_special_tokens=False)["input_ids"]) > 1
+    )
     second = tokens.index(tokens[hands], hands + 1)
     assert store.match_at(tokens, second).embedding is short
     assert store.match_at(tokens, 0) is None and store.match_at(tokens, 999) is None
@@ -109,7 +120,9 @@ def test_encoder_widths_of_a_model():
         text_encoder_2=SimpleNamespace(config=SimpleNamespace(hidden_size=1280)),
     )
     assert encoder_widths(model) == {"text_encoder": 768, "text_encoder_2": 1280}
-    assert encoder_widths(SimpleNamespace(text_encoder=None, text_encoder_2=model.text_encoder_2)) == {"text_encoder_2": 1280}
+    assert encoder_widths(SimpleNamespace(text_encoder=None, text_encoder_2=model.text_encoder_2)) == {
+        "text_encoder_2": 1280
+    }
 
 
 def test_engine_lists_embeddings_for_the_loaded_model(tmp_path):
@@ -126,7 +139,13 @@ def test_engine_lists_embeddings_for_the_loaded_model(tmp_path):
     model = engine.load()
     listing = engine.embeddings_listing()
     assert list(listing["loaded"]) == ["fits"] and list(listing["skipped"]) == ["sd15"]
-    assert listing["loaded"]["fits"] == {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": 64, "vectors": 3}
+    assert listing["loaded"]["fits"] == {
+        "step": None,
+        "sd_checkpoint": None,
+        "sd_checkpoint_name": None,
+        "shape": 64,
+        "vectors": 3,
+    }
     ids = model.tokenizer("fits", add_special_tokens=False)["input_ids"]
     assert model.embeddings.match_at(ids, 0).embedding.name == "fits"
     torch.save({"string_to_param": {"*": torch.ones(1, 64)}}, emb / "new-one.pt")

@@ -18,8 +18,8 @@ import torch
 
 from tests.engine.helpers import RecordingObserver, make_job
 from tests.engine.ldm_checkpoints import build_networks, ldm_state_dict
-from webui_api.engine.loading.discovery import ModelPaths
 from webui_api.engine.facade import Engine
+from webui_api.engine.loading.discovery import ModelPaths
 from webui_api.progress import CancelToken
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -68,7 +68,10 @@ def _one_step(model) -> torch.Tensor:
     if cfg.addition_embed_type == "text_time":
         pooled = model.text_encoder_2.config.projection_dim
         times = (cfg.projection_class_embeddings_input_dim - pooled) // cfg.addition_time_embed_dim
-        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(1, pooled, dtype=dtype), "time_ids": torch.ones(1, times, dtype=dtype)}
+        kwargs["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(1, pooled, dtype=dtype),
+            "time_ids": torch.ones(1, times, dtype=dtype),
+        }
     with torch.inference_mode():
         out = model.unet(x, torch.tensor([999.0]), encoder_hidden_states=context, return_dict=False, **kwargs)[0]
         image = model.vae.decode(out[:, :4].to(model.vae.dtype) / model.vae_scale_factor).sample

@@ -13,7 +13,12 @@ from webui_api.engine.loading.builder import empty_text_encoder, empty_unet, emp
 UNET_CONFIGS = ["unet-sd1", "unet-sd2", "unet-sdxl", "unet-sdxl-refiner"]
 # tensors per network in the released checkpoints (what a wrong mapping would miscount)
 KEY_COUNTS = {"unet-sd1": 686, "unet-sd2": 686, "unet-sdxl": 1680, "unet-sdxl-refiner": 1220, "vae-sd": 248}
-PARAMETER_COUNTS = {"unet-sd1": 859_520_964, "unet-sdxl": 2_567_463_684, "vae-sd": 83_653_863, "text-clip-l": 123_060_480}
+PARAMETER_COUNTS = {
+    "unet-sd1": 859_520_964,
+    "unet-sdxl": 2_567_463_684,
+    "vae-sd": 83_653_863,
+    "text-clip-l": 123_060_480,
+}
 
 
 def _ldm_unet_shapes(name: str) -> dict[str, tuple[int, ...]]:
@@ -61,7 +66,10 @@ def test_vae_rules_agree_with_diffusers_converter():
         ("mid_block.resnets.1.conv2.bias", "model.diffusion_model.middle_block.2.out_layers.3.bias"),
         ("up_blocks.0.upsamplers.0.conv.weight", "model.diffusion_model.output_blocks.2.1.conv.weight"),
         ("up_blocks.1.upsamplers.0.conv.weight", "model.diffusion_model.output_blocks.5.2.conv.weight"),
-        ("up_blocks.3.resnets.2.conv_shortcut.weight", "model.diffusion_model.output_blocks.11.0.skip_connection.weight"),
+        (
+            "up_blocks.3.resnets.2.conv_shortcut.weight",
+            "model.diffusion_model.output_blocks.11.0.skip_connection.weight",
+        ),
         ("conv_out.weight", "model.diffusion_model.out.2.weight"),
         ("time_embedding.linear_2.bias", "model.diffusion_model.time_embed.2.bias"),
     ],
@@ -73,17 +81,23 @@ def test_well_known_sd1_unet_names(key, expected):
 
 
 def test_well_known_vae_and_clip_names():
-    assert ldm_keys.vae_key_to_ldm("decoder.up_blocks.0.resnets.0.conv1.weight", 4) == "first_stage_model.decoder.up.3.block.0.conv1.weight"
-    assert ldm_keys.vae_key_to_ldm("encoder.mid_block.attentions.0.to_q.weight", 4) == "first_stage_model.encoder.mid.attn_1.q.weight"
+    assert (
+        ldm_keys.vae_key_to_ldm("decoder.up_blocks.0.resnets.0.conv1.weight", 4)
+        == "first_stage_model.decoder.up.3.block.0.conv1.weight"
+    )
+    assert (
+        ldm_keys.vae_key_to_ldm("encoder.mid_block.attentions.0.to_q.weight", 4)
+        == "first_stage_model.encoder.mid.attn_1.q.weight"
+    )
     assert ldm_keys.vae_key_to_ldm("encoder.down_blocks.1.resnets.0.conv_shortcut.bias", 4) == (
         "first_stage_model.encoder.down.1.block.0.nin_shortcut.bias"
     )
     assert ldm_keys.clip_key_to_ldm("encoder.layers.11.mlp.fc2.weight", "cond_stage_model.transformer.") == (
         "cond_stage_model.transformer.text_model.encoder.layers.11.mlp.fc2.weight"
     )
-    assert ldm_keys.legacy_clip_key("cond_stage_model.transformer.encoder.layers.0.mlp.fc1.bias", "cond_stage_model.transformer.") == (
-        "cond_stage_model.transformer.text_model.encoder.layers.0.mlp.fc1.bias"
-    )
+    assert ldm_keys.legacy_clip_key(
+        "cond_stage_model.transformer.encoder.layers.0.mlp.fc1.bias", "cond_stage_model.transformer."
+    ) == ("cond_stage_model.transformer.text_model.encoder.layers.0.mlp.fc1.bias")
 
 
 def test_unknown_keys_are_refused_loudly():
@@ -121,12 +135,20 @@ def test_inferred_vae_and_text_configs_match_the_bundled_ones():
     assert infer.vae_config(shapes, vae, ldm_keys.VAE_PREFIX) == vae
     clip = load_config("text-clip-l")
     prefix = "cond_stage_model.transformer."
-    clip_shapes = {ldm_keys.clip_key_to_ldm(k, prefix): v for k, v in expected_shapes(empty_text_encoder(clip, False)).items()}
+    clip_shapes = {
+        ldm_keys.clip_key_to_ldm(k, prefix): v for k, v in expected_shapes(empty_text_encoder(clip, False)).items()
+    }
     assert infer.clip_text_config(clip_shapes, clip, prefix) == clip
 
 
 def test_openclip_round_trip_and_fused_attention():
-    config = {**load_config("text-openclip-g"), "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 1}
+    config = {
+        **load_config("text-openclip-g"),
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 1,
+    }
     encoder = empty_text_encoder(config, True).to_empty(device="cpu")
     torch.manual_seed(0)
     hf = {k: torch.randn(v.shape) for k, v in encoder.state_dict().items() if not k.endswith("position_ids")}

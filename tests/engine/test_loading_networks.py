@@ -12,6 +12,8 @@ import torch
 
 from tests.engine.helpers import RecordingObserver, engine_options, make_job, with_options
 from tests.engine.ldm_checkpoints import RANK, build_networks, kohya_sd1_lora, lora_pair, write_checkpoint
+from webui_api.engine.facade import Engine
+from webui_api.engine.job_networks import job_networks, with_default_lora
 from webui_api.engine.loading import ldm_keys
 from webui_api.engine.loading.discovery import ModelPaths
 from webui_api.engine.loading.files import UnusableModelFile
@@ -27,10 +29,9 @@ from webui_api.engine.networks import (
     lora_delta,
     parse_prompt_networks,
 )
-from webui_api.engine.facade import Engine
-from webui_api.engine.job_networks import job_networks, with_default_lora
 from webui_api.errors import BadRequest, NotFound, NotImplementedFeature
 from webui_api.progress import CancelToken
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
@@ -40,8 +41,14 @@ def data(tmp_path_factory):
     lora_dir = root / "models" / "Lora"
     lora_dir.mkdir(parents=True)
     safetensors.torch.save_file(
-        kohya_sd1_lora(nets.unet, nets.text_encoder), str(lora_dir / "style_v2.safetensors"),
-        metadata={"ss_output_name": "style", "ss_network_dim": "4", "ss_sd_model_name": "base", "ss_tag_frequency": '{"a": {"cat": 2}}'},
+        kohya_sd1_lora(nets.unet, nets.text_encoder),
+        str(lora_dir / "style_v2.safetensors"),
+        metadata={
+            "ss_output_name": "style",
+            "ss_network_dim": "4",
+            "ss_sd_model_name": "base",
+            "ss_tag_frequency": '{"a": {"cat": 2}}',
+        },
     )
     torch.save(kohya_sd1_lora(nets.unet, nets.text_encoder, seed=3), lora_dir / "other.pt")
     return root
@@ -49,12 +56,16 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(data):
-    paths = ModelPaths(data_dir=data, ckpt_dirs=(data / "models" / "Stable-diffusion",), lora_dirs=(data / "models" / "Lora",))
+    paths = ModelPaths(
+        data_dir=data, ckpt_dirs=(data / "models" / "Stable-diffusion",), lora_dirs=(data / "models" / "Lora",)
+    )
     return Engine(device="cpu", dtype="float32", paths=paths)
 
 
 def _run(engine: Engine, prompt: str = "a cat", **kwargs):
-    return engine.txt2img(make_job(prompts=(prompt,), seeds=(4,), steps=2, **kwargs), RecordingObserver(), CancelToken())
+    return engine.txt2img(
+        make_job(prompts=(prompt,), seeds=(4,), steps=2, **kwargs), RecordingObserver(), CancelToken()
+    )
 
 
 def _pixels(result) -> np.ndarray:
@@ -62,7 +73,9 @@ def _pixels(result) -> np.ndarray:
 
 
 def _weights(model) -> dict[str, torch.Tensor]:
-    return {f"{name}.{k}": v.clone() for name, module in model.modules().items() for k, v in module.state_dict().items()}
+    return {
+        f"{name}.{k}": v.clone() for name, module in model.modules().items() for k, v in module.state_dict().items()
+    }
 
 
 # -- tags --------------------------------------------------------------------------------
@@ -110,7 +123,10 @@ def test_lora_listing_is_a1111s(engine, data):
     style = items[1]
     assert style["alias"] == "style" and style["path"] == str(data / "models" / "Lora" / "style_v2.safetensors")
     order = list(style["metadata"])  # A1111's display order first, then the file's own order
-    assert order[:2] == ["ss_sd_model_name", "ss_tag_frequency"] and set(order[2:]) == {"ss_network_dim", "ss_output_name"}
+    assert order[:2] == ["ss_sd_model_name", "ss_tag_frequency"] and set(order[2:]) == {
+        "ss_network_dim",
+        "ss_output_name",
+    }
     assert style["metadata"]["ss_tag_frequency"] == {"a": {"cat": 2}}  # JSON strings decoded, as A1111 does
     assert items[0]["alias"] == "other" and items[0]["metadata"] == {}
 
@@ -139,15 +155,22 @@ def test_linear_conv_and_cp_deltas():
     down, up = torch.randn(4, 6, generator=g), torch.randn(5, 4, generator=g)
     weight = torch.zeros(5, 6)
     expected = (up @ down) * (2.0 / 4)
-    assert torch.allclose(lora_delta({"lora_down.weight": down, "lora_up.weight": up, "alpha": torch.tensor(2.0)}, weight, None), expected)
+    assert torch.allclose(
+        lora_delta({"lora_down.weight": down, "lora_up.weight": up, "alpha": torch.tensor(2.0)}, weight, None), expected
+    )
     assert torch.allclose(lora_delta({"lora_A.weight": down, "lora_B.weight": up}, weight, None), up @ down)
     assert torch.allclose(lora_delta({"lora_down.weight": down, "lora_up.weight": up}, weight, 2), up[:, :2] @ down[:2])
     conv_down, conv_up = torch.randn(4, 3, 3, 3, generator=g), torch.randn(5, 4, 1, 1, generator=g)
     conv = lora_delta({"lora_down.weight": conv_down, "lora_up.weight": conv_up}, torch.zeros(5, 3, 3, 3), None)
-    assert torch.allclose(conv, torch.nn.functional.conv2d(conv_down.permute(1, 0, 2, 3), conv_up).permute(1, 0, 2, 3), atol=1e-5)
+    assert torch.allclose(
+        conv, torch.nn.functional.conv2d(conv_down.permute(1, 0, 2, 3), conv_up).permute(1, 0, 2, 3), atol=1e-5
+    )
     mid = torch.randn(4, 4, 3, 3, generator=g)
-    cp = lora_delta({"lora_down.weight": torch.randn(4, 3, 1, 1, generator=g), "lora_up.weight": conv_up, "lora_mid.weight": mid},
-                    torch.zeros(5, 3, 3, 3), None)
+    cp = lora_delta(
+        {"lora_down.weight": torch.randn(4, 3, 1, 1, generator=g), "lora_up.weight": conv_up, "lora_mid.weight": mid},
+        torch.zeros(5, 3, 3, 3),
+        None,
+    )
     assert cp.shape == (5, 3, 3, 3)
     with pytest.raises(ValueError, match="shape"):
         lora_delta({"lora_down.weight": down, "lora_up.weight": up}, torch.zeros(7, 7), None)
@@ -200,9 +223,17 @@ def test_foreign_and_unsupported_networks_are_refused_and_rolled_back(engine, tm
     model = engine.load()
     before = _weights(model)
     good = group_network_keys(kohya_sd1_lora(model.unet, model.text_encoder))
-    foreign = {"lora_unet_input_blocks_99_1_proj_in": {"lora_down.weight": torch.zeros(4, 8), "lora_up.weight": torch.zeros(8, 4)}}
+    foreign = {
+        "lora_unet_input_blocks_99_1_proj_in": {
+            "lora_down.weight": torch.zeros(4, 8),
+            "lora_up.weight": torch.zeros(8, 4),
+        }
+    }
     loha = {"lora_unet_mid_block_attentions_0_proj_out": {"hada_w1_a": torch.zeros(2, 2)}}
-    for groups, words in ((foreign, "none of its 1 layers match"), ({**good, **loha}, "LoHa networks are not supported")):
+    for groups, words in (
+        (foreign, "none of its 1 layers match"),
+        ({**good, **loha}, "LoHa networks are not supported"),
+    ):
         network = LoadedNetwork(NetworkCall("x"), engine.loras()[0], groups)
         with pytest.raises(UnusableModelFile, match=words):
             apply_networks(model, [network])
@@ -211,25 +242,35 @@ def test_foreign_and_unsupported_networks_are_refused_and_rolled_back(engine, tm
 
 def test_sdxl_kohya_names_and_peft_names_reach_the_right_modules():
     nets = build_networks("sdxl", seed=2)
-    model = type("Model", (), {"unet": nets.unet, "text_encoder": nets.text_encoder, "text_encoder_2": nets.text_encoder_2})()
+    model = type(
+        "Model", (), {"unet": nets.unet, "text_encoder": nets.text_encoder, "text_encoder_2": nets.text_encoder_2}
+    )()
     layout = ldm_keys.UNetLayout.from_config(nets.unet.config)
     path = "down_blocks.1.attentions.0.transformer_blocks.1.attn2.to_v"
     original = ldm_keys.unet_key_to_ldm(path + ".weight", layout)[len(ldm_keys.UNET_PREFIX) : -len(".weight")]
     assert original == "input_blocks.3.1.transformer_blocks.1.attn2.to_v"  # one resnet per level in the tiny UNet
     weight = nets.unet.get_submodule(path).weight
     g = torch.Generator().manual_seed(0)
-    state = {f"lora_unet_{original.replace('.', '_')}.{part}": t for part, t in lora_pair(g, tuple(weight.shape), (weight.shape[1],)).items()}
+    state = {
+        f"lora_unet_{original.replace('.', '_')}.{part}": t
+        for part, t in lora_pair(g, tuple(weight.shape), (weight.shape[1],)).items()
+    }
     te2 = nets.text_encoder_2.get_submodule("text_model.encoder.layers.0.mlp.fc1").weight
-    state.update({f"lora_te2_text_model_encoder_layers_0_mlp_fc1.{p}": t for p, t in lora_pair(g, tuple(te2.shape), (te2.shape[1],)).items()})
+    state.update(
+        {
+            f"lora_te2_text_model_encoder_layers_0_mlp_fc1.{p}": t
+            for p, t in lora_pair(g, tuple(te2.shape), (te2.shape[1],)).items()
+        }
+    )
     peft_target = nets.unet.get_submodule("up_blocks.0.attentions.0.proj_out").weight
     state["unet.up_blocks.0.attentions.0.proj_out.lora_A.weight"] = torch.randn(RANK, peft_target.shape[1], generator=g)
     state["unet.up_blocks.0.attentions.0.proj_out.lora_B.weight"] = torch.randn(peft_target.shape[0], RANK, generator=g)
     originals = [t.clone() for t in (weight, te2, peft_target)]
     entry = type("Entry", (), {"filename": "x.safetensors", "name": "x"})()
     patch = apply_networks(model, [LoadedNetwork(NetworkCall("x"), entry, group_network_keys(state))])
-    assert all(not torch.equal(t, o) for t, o in zip((weight, te2, peft_target), originals))
+    assert all(not torch.equal(t, o) for t, o in zip((weight, te2, peft_target), originals, strict=True))
     patch.restore()
-    assert all(torch.equal(t, o) for t, o in zip((weight, te2, peft_target), originals))
+    assert all(torch.equal(t, o) for t, o in zip((weight, te2, peft_target), originals, strict=True))
 
 
 def test_pickled_lora_loads_with_weights_only(engine):
@@ -239,7 +280,9 @@ def test_pickled_lora_loads_with_weights_only(engine):
 
 def test_batch_prompts_are_all_stripped(engine):
     job = make_job(prompts=("a cat <lora:style:1>",), seeds=(1, 2), batch_size=2, steps=1)
-    result = engine.txt2img(replace(job, prompts=("a cat <lora:style:1>", "a dog <lora:style:1>")), RecordingObserver(), CancelToken())
+    result = engine.txt2img(
+        replace(job, prompts=("a cat <lora:style:1>", "a dog <lora:style:1>")), RecordingObserver(), CancelToken()
+    )
     assert [image.prompt for image in result.images] == ["a cat <lora:style:1>", "a dog <lora:style:1>"]
 
 
@@ -260,7 +303,9 @@ def test_disabled_extra_networks_strip_the_tags_and_apply_nothing(engine):
 
 
 def test_sd_lora_appends_the_default_network_to_every_prompt():
-    job = make_job(prompts=("a cat", "a dog"), seeds=(1, 2), batch_size=2, options={"extra_networks_default_multiplier": 0.5})
+    job = make_job(
+        prompts=("a cat", "a dog"), seeds=(1, 2), batch_size=2, options={"extra_networks_default_multiplier": 0.5}
+    )
     assert with_default_lora(job, "style").prompts == ("a cat<lora:style:0.5>", "a dog<lora:style:0.5>")
     assert with_default_lora(job, None) is job
     named = replace(job, prompts=("a cat <lyco:style:0.2>", "a dog"))

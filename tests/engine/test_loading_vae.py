@@ -15,7 +15,10 @@ from webui_api.engine.loading.discovery import VaeFile
 from webui_api.engine.loading.files import UnusableModelFile
 from webui_api.engine.loading.vae import resolve_vae, vae_config_for
 
-VAES = [VaeFile("anime.vae.safetensors", "/m/Stable-diffusion/anime.vae.safetensors"), VaeFile("ft-mse.safetensors", "/m/VAE/ft-mse.safetensors")]
+VAES = [
+    VaeFile("anime.vae.safetensors", "/m/Stable-diffusion/anime.vae.safetensors"),
+    VaeFile("ft-mse.safetensors", "/m/VAE/ft-mse.safetensors"),
+]
 
 
 def _file(choice) -> str | None:

@@ -12,9 +12,9 @@ import torch
 
 from tests.engine.helpers import RecordingObserver, make_job
 from tests.engine.ldm_checkpoints import build_networks, write_checkpoint
+from webui_api.engine.facade import Engine
 from webui_api.engine.loading.discovery import ModelPaths
 from webui_api.engine.refiner import SwitchPoint, closest_checkpoint, completed_ratio
-from webui_api.engine.facade import Engine
 from webui_api.errors import NotFound
 from webui_api.jobs import RefinerParams
 from webui_api.progress import CancelToken

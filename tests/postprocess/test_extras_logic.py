@@ -6,7 +6,11 @@ import pytest
 from PIL import Image
 
 from webui_api.postprocess.extras import (
-    ExtrasParams, centre_crop, infotext_to_html, postprocessing_infotext, run_extras,
+    ExtrasParams,
+    centre_crop,
+    infotext_to_html,
+    postprocessing_infotext,
+    run_extras,
 )
 from webui_api.postprocess.upscale import UpscalerCatalog
 

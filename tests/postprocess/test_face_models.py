@@ -11,7 +11,12 @@ from webui_api.postprocess.face_restore.align import FFHQ_TEMPLATE_512
 from webui_api.postprocess.face_restore.cache import PostprocessModels
 from webui_api.postprocess.face_restore.detector import FaceBox, FixedFaces
 from webui_api.postprocess.face_restore.restorers import (
-    FaceRestoreFolders, FaceRestorers, FaceRestorerUnavailable, RestoreRequest, find_kind, load_restorer,
+    FaceRestoreFolders,
+    FaceRestorers,
+    FaceRestorerUnavailable,
+    RestoreRequest,
+    find_kind,
+    load_restorer,
 )
 
 from .face_weights import write_codeformer, write_gfpgan

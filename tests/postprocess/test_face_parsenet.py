@@ -33,10 +33,18 @@ def small_state(seed: int = 0, face_everywhere: bool | None = None) -> dict[str,
 
 def test_keys_follow_facexlib_layout():
     keys = set(ParseNet(SMALL).state_dict())
-    assert {"encoder.0.conv2d.weight", "encoder.0.conv2d.bias", "encoder.1.shortcut_func.conv2d.weight",
-            "encoder.1.conv1.conv2d.weight", "encoder.1.conv1.norm.norm.running_var", "encoder.1.conv2.norm.norm.weight",
-            "body.0.conv1.norm.norm.num_batches_tracked", "decoder.1.shortcut_func.conv2d.bias",
-            "out_img_conv.conv2d.weight", "out_mask_conv.conv2d.bias"} <= keys
+    assert {
+        "encoder.0.conv2d.weight",
+        "encoder.0.conv2d.bias",
+        "encoder.1.shortcut_func.conv2d.weight",
+        "encoder.1.conv1.conv2d.weight",
+        "encoder.1.conv1.norm.norm.running_var",
+        "encoder.1.conv2.norm.norm.weight",
+        "body.0.conv1.norm.norm.num_batches_tracked",
+        "decoder.1.shortcut_func.conv2d.bias",
+        "out_img_conv.conv2d.weight",
+        "out_mask_conv.conv2d.bias",
+    } <= keys
     assert "body.0.shortcut_func.conv2d.weight" not in keys and "encoder.1.conv1.conv2d.bias" not in keys
 
 
@@ -68,7 +76,9 @@ def test_restore_path_pastes_through_the_parse_mask():
     image, faces = Image.fromarray(pixels), FixedFaces((face_at(0.25, 40, 20),))
     kept = restore_faces_in(image, faces, invert_net, parser=build_parsenet(small_state(face_everywhere=False)))
     assert np.array_equal(np.asarray(kept), pixels)  # nothing is a face class: the original stays
-    pasted = np.asarray(restore_faces_in(image, faces, invert_net, parser=build_parsenet(small_state(face_everywhere=True))))
+    pasted = np.asarray(
+        restore_faces_in(image, faces, invert_net, parser=build_parsenet(small_state(face_everywhere=True)))
+    )
     cy, cx = 20 + 64, 40 + 64
     expected = 255 - pixels[cy - 8:cy + 8, cx - 8:cx + 8].astype(int)
     assert np.abs(pasted[cy - 8:cy + 8, cx - 8:cx + 8].astype(int) - expected).mean() < 40

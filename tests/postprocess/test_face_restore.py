@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.postprocess.face_weights import write_detector
 from webui_api.postprocess.face_restore.align import (
     FFHQ_TEMPLATE_512,
     align_face,
     invert_affine,
-    paste_face,
     paste_mask,
     similarity_transform,
 )
@@ -36,7 +36,6 @@ from webui_api.postprocess.face_restore.restorers import (
     restore_faces_in,
     run_face_net,
 )
-from tests.postprocess.face_weights import write_detector
 
 
 def face_at(scale: float, dx: float, dy: float) -> FaceBox:
@@ -240,7 +239,9 @@ def test_detector_found_in_codeformer_facelib(tmp_path):
 
 
 def test_folders_follow_the_cmd_flags(tmp_path):
-    folders = FaceRestoreFolders.under(tmp_path, {"gfpgan_models_path": str(tmp_path / "g"), "codeformer_models_path": ""})
+    folders = FaceRestoreFolders.under(
+        tmp_path, {"gfpgan_models_path": str(tmp_path / "g"), "codeformer_models_path": ""}
+    )
     assert folders.gfpgan == tmp_path / "g" and folders.codeformer == tmp_path / "Codeformer"
 
 

@@ -16,7 +16,14 @@ from webui_api.option_defaults import OPTIONS_BY_KEY
 from webui_api.postprocess.encode import read_image_info
 from webui_api.postprocess.grid import grid_shape, image_grid, wants_grid
 from webui_api.postprocess.saving import (
-    TXT2IMG_GRIDS, NameFacts, apply_pattern, free_path, next_sequence_number, sanitize, save_image, save_samples,
+    TXT2IMG_GRIDS,
+    NameFacts,
+    apply_pattern,
+    free_path,
+    next_sequence_number,
+    sanitize,
+    save_image,
+    save_samples,
 )
 
 NOW = datetime(2026, 11, 23, 5, 6, 7)
@@ -45,7 +52,9 @@ def test_numbering_continues_after_the_highest_existing_counter(tmp_path):
 
 def test_patterns_formats_and_flat_folders(tmp_path):
     options = {**DEFAULTS, "save_to_dirs": False, "samples_format": "jpg", "outdir_samples": "mine"}
-    assert save_samples(_result(3), ["i"], options, tmp_path, now=NOW) == [tmp_path / "mine" / "00000-3-a cat, by x.jpg"]
+    assert save_samples(_result(3), ["i"], options, tmp_path, now=NOW) == [
+        tmp_path / "mine" / "00000-3-a cat, by x.jpg"
+    ]
     options = {**DEFAULTS, "samples_filename_pattern": "[seed]-[width]x[height]-[prompt]-[nope]"}
     path = save_samples(_result(4), ["i"], options, tmp_path, now=NOW)[0]
     assert path.name == "00000-4-16x8-a_cat,_by_x-[nope].png"
@@ -56,9 +65,12 @@ def test_grid_names_and_pattern_helpers(tmp_path):
     path = save_image(Image.new("RGB", (4, 4)), TXT2IMG_GRIDS, facts, "g", DEFAULTS, tmp_path)
     assert path == tmp_path / "outputs" / "txt2img-grids" / "2026-11-23" / "grid-0000.png"
     assert free_path(path.parent, "grid", "", "png").name == "grid-0001.png"
-    assert apply_pattern("[date]/[DATETIME]/[prompt_words]", NameFacts(1, "a, b!", 1, 1, NOW)) == "2026-11-23/20261123050607/a b"
-    assert sanitize(' .a<b>:c/d. ', replace_spaces=False) == ".a_b__c_d"  # A1111 strips only a leading space
-    assert sanitize(' a b. ') == "_a_b._"
+    assert (
+        apply_pattern("[date]/[DATETIME]/[prompt_words]", NameFacts(1, "a, b!", 1, 1, NOW))
+        == "2026-11-23/20261123050607/a b"
+    )
+    assert sanitize(" .a<b>:c/d. ", replace_spaces=False) == ".a_b__c_d"  # A1111 strips only a leading space
+    assert sanitize(" a b. ") == "_a_b._"
 
 
 def test_txt2img_save_images_writes_files(client, tmp_path):

@@ -39,7 +39,12 @@ def test_keeping_follows_a1111s_rule():
 
 def test_before_images_go_first_with_the_suffix(tmp_path):
     images = [Image.new("RGB", (8, 8), (i * 40, 0, 0)) for i in range(2)]
-    result = JobResult(images=[GeneratedImage(image=image, seed=7 + i, subseed=0, prompt="a cat", negative_prompt="") for i, image in enumerate(images)])
+    result = JobResult(
+        images=[
+            GeneratedImage(image=image, seed=7 + i, subseed=0, prompt="a cat", negative_prompt="")
+            for i, image in enumerate(images)
+        ]
+    )
     before = [Image.new("RGB", (8, 8), (0, 0, 200)), Image.new("RGB", (8, 8), (0, 200, 0))]
     options = {"outdir_txt2img_samples": "out", "save_to_dirs": False}
     paths = save_samples(result, ["info 0", "info 1"], options, tmp_path, TXT2IMG_SAMPLES, before_restoration=before)
@@ -64,9 +69,13 @@ def test_txt2img_saves_the_image_before_restoration(client, tmp_path):
 
 def test_no_before_file_without_the_option_or_without_restoration(client, tmp_path):
     _models_with_gfpgan(tmp_path)
-    payload = webuiapi_txt2img(seed=5, restore_faces=True, save_images=True, override_settings={"face_restoration_model": "GFPGAN"})
+    payload = webuiapi_txt2img(
+        seed=5, restore_faces=True, save_images=True, override_settings={"face_restoration_model": "GFPGAN"}
+    )
     assert client.post("/sdapi/v1/txt2img", json=payload).status_code == 200
-    unrestored = webuiapi_txt2img(seed=6, save_images=True, override_settings={"save_images_before_face_restoration": True})
+    unrestored = webuiapi_txt2img(
+        seed=6, save_images=True, override_settings={"save_images_before_face_restoration": True}
+    )
     assert client.post("/sdapi/v1/txt2img", json=unrestored).status_code == 200
     assert _saved(tmp_path) == ["00000-5.png", "00001-6.png"]
 

@@ -10,13 +10,20 @@ from datetime import datetime, timezone
 import pytest
 from PIL import Image
 
+from webui_api.jobs import GeneratedImage, JobResult
 from webui_api.option_defaults import OPTIONS_BY_KEY
 from webui_api.postprocess.encode import read_image_info
 from webui_api.postprocess.saving import (
-    EXTRAS_SAMPLES, IMG2IMG_SAMPLES, JobNameFacts, NameFacts, apply_pattern, prompt_words, sanitize, save_extras,
-    save_image, save_samples,
+    IMG2IMG_SAMPLES,
+    JobNameFacts,
+    NameFacts,
+    apply_pattern,
+    prompt_words,
+    sanitize,
+    save_extras,
+    save_image,
+    save_samples,
 )
-from webui_api.jobs import GeneratedImage, JobResult
 
 NOW = datetime(2026, 11, 23, 5, 6, 7)
 DEFAULTS = {key: option.fresh_default() for key, option in OPTIONS_BY_KEY.items()}

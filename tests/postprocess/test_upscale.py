@@ -8,8 +8,16 @@ from PIL import Image
 
 from tests.factories import settings_for_tests
 from webui_api.postprocess.upscale import (
-    TileSpec, UnknownUpscaler, UnusableUpscaler, UpscalerCatalog, load_model, run_model_tiled, scale_from_name, tile_origins,
-    upscale_to_scale, builtin_step,
+    TileSpec,
+    UnknownUpscaler,
+    UnusableUpscaler,
+    UpscalerCatalog,
+    builtin_step,
+    load_model,
+    run_model_tiled,
+    scale_from_name,
+    tile_origins,
+    upscale_to_scale,
 )
 
 from .upscaler_files import write_esrgan

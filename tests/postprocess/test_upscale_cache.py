@@ -51,8 +51,8 @@ def test_catalogs_share_loaded_models(tmp_path):
 
 def test_cpu_models_stay_fp32(tmp_path):
     path = write_esrgan(tmp_path / "ESRGAN" / "2x-Tiny.safetensors", scale=2)
-    from webui_api.postprocess.upscale import load_model
-
     import torch
+
+    from webui_api.postprocess.upscale import load_model
 
     assert load_model(path, "cpu").dtype == torch.float32

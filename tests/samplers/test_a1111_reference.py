@@ -10,6 +10,7 @@ abs difference < 1e-4 on latents of magnitude ~1-40.
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -47,7 +48,9 @@ def _cfg(model, kind):
     from webui_api.engine.denoiser import CFGDenoiser, GuidanceOptions, make_inner
     from webui_api.progress import CancelToken
 
-    return CFGDenoiser(make_inner(model, kind), CancelToken(), GuidanceOptions(mask_before_denoising=kind == "timesteps"))
+    return CFGDenoiser(
+        make_inner(model, kind), CancelToken(), GuidanceOptions(mask_before_denoising=kind == "timesteps")
+    )
 
 
 def _run(model, extra, name, schedule, x, noise=None, eta=None, **extra_kwargs):
@@ -103,9 +106,13 @@ def ref_plms(model, cond, uncond, steps, x):
         x0 = (x - torch.sqrt(1 - a) * e) / torch.sqrt(a)
         return (torch.sqrt(ap) * x0 + torch.sqrt(1 - ap) * e).float()
 
+    batch = x.shape[0]
+
+    def row_t(k):
+        return torch.full((batch,), float(ts[k]))
+
     history = []
     for j in range(len(ts) - 1, 0, -1):
-        row_t = lambda k: torch.full((x.shape[0],), float(ts[k]))  # noqa: E731
         e, _ = guided_eps(model, cond, uncond, x, row_t(j))
         if not history:
             e_next, _ = guided_eps(model, cond, uncond, move(x, e, j), row_t(j - 1))
@@ -154,12 +161,12 @@ def ref_unipc(model, cond, uncond, steps, x, order=3, variant="bh1"):
         x_t = base
         if d1s:
             rho_p = [0.5] if k == 2 else np.linalg.solve(r[:-1, :-1], b[:-1])
-            x_t = base - alpha(t) * b_h * sum(float(w) * d for w, d in zip(rho_p, d1s))
+            x_t = base - alpha(t) * b_h * sum(float(w) * d for w, d in zip(rho_p, d1s, strict=True))
         if not corrector:
             return x_t, None
         model_t = x0_of(x_t, t)
         rho_c = [0.5] if k == 1 else np.linalg.solve(r, b)
-        corr = sum(float(w) * d for w, d in zip(rho_c[:-1], d1s)) if d1s else 0
+        corr = sum(float(w) * d for w, d in zip(rho_c[:-1], d1s, strict=True)) if d1s else 0
         return base - alpha(t) * b_h * (corr + float(rho_c[-1]) * (model_t - m_prev)), model_t
 
     x = x.double()
@@ -323,7 +330,7 @@ def test_restart_matches_a1111_formulas(world):
     max_idx = int(torch.argmin((main - 2.0).abs()))
     segment = karras(10, float(main[min_idx]), float(main[max_idx]))[:-1]
     pairs = [(main[i], main[i + 1]) for i in range(min_idx)]
-    pairs += list(zip(segment[:-1], segment[1:]))
+    pairs += list(pairwise(segment))
     pairs += [(main[i], main[i + 1]) for i in range(min_idx, len(main) - 1)]
     noise, ref, last = Noise(2), x, None
 

@@ -4,6 +4,7 @@ increment arithmetic with any other draw."""
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ SHAPE = (4, 8, 8)
 def _queries():
     """Sampler-like queries: each step interval and both of its halves (as DPM++ SDE asks)."""
     sigmas = torch.linspace(T1, T0, 9).tolist()
-    for a, b in zip(sigmas[:-1], sigmas[1:]):
+    for a, b in pairwise(sigmas):
         yield from ((b, a), (b, (a + b) / 2), ((a + b) / 2, a))
 
 

@@ -61,7 +61,11 @@ def setup(tiny_world):
     from webui_api.engine.denoiser import CompVisDenoiser
 
     model, cond, uncond = tiny_world
-    return CompVisDenoiser(model), {"cond": BatchConditioning.plain(cond, uncond), "cond_scale": 5.0, "s_min_uncond": 0.0}
+    return CompVisDenoiser(model), {
+        "cond": BatchConditioning.plain(cond, uncond),
+        "cond_scale": 5.0,
+        "s_min_uncond": 0.0,
+    }
 
 
 def _cfg(inner):

@@ -221,7 +221,9 @@ def test_sigma_and_rho_overrides(sd15_sigmas):
     assert out.tolist() == pytest.approx(registry.schedules.karras(5, 0.1, 10.0, rho=3.0).tolist())
     # rho is ignored by schedulers without a default rho, as in A1111
     exp_ = find_scheduler("exponential")
-    assert torch.equal(compute_sigmas(euler, exp_, 5, sd15_sigmas, rho=3.0), compute_sigmas(euler, exp_, 5, sd15_sigmas))
+    assert torch.equal(
+        compute_sigmas(euler, exp_, 5, sd15_sigmas, rho=3.0), compute_sigmas(euler, exp_, 5, sd15_sigmas)
+    )
 
 
 @pytest.mark.parametrize("scheduler", [s.name for s in SCHEDULERS])
@@ -238,7 +240,9 @@ def test_beta_options_and_sdxl_ays(sd15_sigmas):
                            compute_sigmas(euler, beta, 8, sd15_sigmas, beta_alpha=0.5, beta_beta=0.7))
     ays = find_scheduler("align_your_steps")
     sdxl = compute_sigmas(euler, ays, 10, sd15_sigmas, is_sdxl=True)
-    assert float(sdxl[-2]) == pytest.approx(0.029) and not torch.equal(sdxl, compute_sigmas(euler, ays, 10, sd15_sigmas))
+    assert float(sdxl[-2]) == pytest.approx(0.029) and not torch.equal(
+        sdxl, compute_sigmas(euler, ays, 10, sd15_sigmas)
+    )
 
 
 def test_bad_steps_rejected(sd15_sigmas):

@@ -184,8 +184,9 @@ def test_sigma_batch_has_one_value_per_row(sd15_sigmas):
 
 def test_lms_coefficients_are_exact_for_polynomials():
     """Integrating the Lagrange basis reproduces integrals of polynomials of degree < order."""
-    from samplers.kdiffusion import lms_coefficient
     import numpy as np
+
+    from samplers.kdiffusion import lms_coefficient
 
     t = np.array([10.0, 7.0, 4.5, 2.0, 1.0, 0.0])
     i, order = 3, 4

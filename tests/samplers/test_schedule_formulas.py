@@ -112,7 +112,9 @@ FORMULAS = {
 
 def ours(scheduler: str, steps: int, sampler: str = "Euler") -> np.ndarray:
     model_sigmas = torch.tensor(SIGMAS, dtype=torch.float32)
-    found = registry.compute_sigmas(registry.find_sampler(sampler), registry.find_scheduler(scheduler), steps, model_sigmas)
+    found = registry.compute_sigmas(
+        registry.find_sampler(sampler), registry.find_scheduler(scheduler), steps, model_sigmas
+    )
     return found.to(torch.float64).numpy()
 
 

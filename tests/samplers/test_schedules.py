@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
+from sampler_toys import SD15_SIGMA_MAX, SD15_SIGMA_MIN
 
 from samplers import schedules
-from sampler_toys import SD15_SIGMA_MAX, SD15_SIGMA_MIN
 
 KARRAS_20 = [14.6146, 11.7254, 9.3402, 7.3836, 5.7894, 4.4998, 3.4648, 2.6408, 1.9909, 1.4832, 1.0908,
              0.7909, 0.5647, 0.3964, 0.2730, 0.1842, 0.1213, 0.0779, 0.0485, 0.0292, 0]

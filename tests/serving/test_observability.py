@@ -97,7 +97,9 @@ def test_audit_log_leaves_out_images_and_callback_urls(make_client, tmp_path):
 def test_audit_entry_scrubs_secrets_and_long_strings():
     from webui_api.serving.audit import scrub
 
-    scrubbed = scrub({"callback_url": "https://x/?token=s", "alwayson_scripts": {"cn": {"args": [{"image": "A" * 600}]}}})
+    scrubbed = scrub(
+        {"callback_url": "https://x/?token=s", "alwayson_scripts": {"cn": {"args": [{"image": "A" * 600}]}}}
+    )
     assert "callback_url" not in scrubbed
     assert scrubbed["alwayson_scripts"]["cn"]["args"][0]["image"].startswith("<600 chars sha256:")
 

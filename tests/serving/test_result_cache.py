@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 from tests.api.payloads import webuiapi_txt2img
-from tests.serving.conftest import EngineSpy
 from webui_api.schemas.generation import Img2ImgRequest, Txt2ImgRequest
-from webui_api.serving.result_cache import DiskResultStore, RedisResultStore, ResultCache, cache_key, is_deterministic
+from webui_api.serving.result_cache import DiskResultStore, RedisResultStore, cache_key, is_deterministic
 
 FIXED = webuiapi_txt2img(steps=2, width=64, height=64, seed=42, batch_size=2)
 
@@ -67,9 +66,13 @@ def test_determinism_rules():
     options = {"sd_model_checkpoint": "a [1234]"}
     assert cache_key("txt2img", request(seed=1), options) == cache_key("txt2img", request(seed=1), dict(options))
     assert cache_key("txt2img", request(seed=1), options) != cache_key("img2img", request(seed=1), options)
-    assert cache_key("txt2img", request(seed=1), options) != cache_key("txt2img", request(seed=1), {"sd_model_checkpoint": "b"})
+    assert cache_key("txt2img", request(seed=1), options) != cache_key(
+        "txt2img", request(seed=1), {"sd_model_checkpoint": "b"}
+    )
     echo = Img2ImgRequest(seed=1, init_images=["x"], include_init_images=True)
-    assert cache_key("img2img", echo, options) != cache_key("img2img", Img2ImgRequest(seed=1, init_images=["x"]), options)
+    assert cache_key("img2img", echo, options) != cache_key(
+        "img2img", Img2ImgRequest(seed=1, init_images=["x"]), options
+    )
 
 
 def _key(n: int) -> str:

@@ -9,8 +9,9 @@ the script needs, refusing nonsense with a 422 that names the script, the slot a
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..errors import ValidationFailed
 
@@ -46,7 +47,8 @@ class BadScriptArg(ValidationFailed):
 
     def __init__(self, script: str, index: int, spec: ArgSpec, value: Any, expected: str) -> None:
         super().__init__(
-            f"script_args[{index}] ({spec.label or 'unnamed'}) of script '{script}' must be {expected}; received {value!r}"
+            f"script_args[{index}] ({spec.label or 'unnamed'}) of script '{script}' must be {expected}; received "
+            f"{value!r}"
         )
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -130,7 +131,11 @@ def build_job(
     (`guard`: the ScriptContext's check_job; None applies the default limits)."""
     from ..job_builder import build_img2img, build_txt2img
 
-    job = build_img2img(request, options, rng, styles) if tab == "img2img" else build_txt2img(request, options, rng, styles)
+    job = (
+        build_img2img(request, options, rng, styles)
+        if tab == "img2img"
+        else build_txt2img(request, options, rng, styles)
+    )
     (guard or _default_job_check)(job)
     return job
 

@@ -9,10 +9,12 @@ a side whose labels are all empty gets no band.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from PIL import Image, ImageColor, ImageDraw, ImageFont
+
+Font = ImageFont.ImageFont | ImageFont.FreeTypeFont  # load_default gives FreeType when it can
 
 TEXT_COLOUR = (0, 0, 0)
 
@@ -47,7 +49,12 @@ def _colour(value: str) -> tuple[int, int, int]:
 
 
 def annotate(
-    grid: Image.Image, cell: Cell, columns: Sequence[str], rows: Sequence[str], margin: int = 0, background: str = "#ffffff"
+    grid: Image.Image,
+    cell: Cell,
+    columns: Sequence[str],
+    rows: Sequence[str],
+    margin: int = 0,
+    background: str = "#ffffff",
 ) -> Image.Image:
     """The grid with labels above its columns and left of its rows, `margin` px between cells."""
     font_size = max(8, (cell.width + cell.height) // 25)
@@ -64,7 +71,9 @@ def annotate(
     for row in range(n_rows):
         for col in range(n_cols):
             box = (cell.width * col, cell.height * row, cell.width * (col + 1), cell.height * (row + 1))
-            result.paste(grid.crop(box), (pad_left + (cell.width + margin) * col, pad_top + (cell.height + margin) * row))
+            result.paste(
+                grid.crop(box), (pad_left + (cell.width + margin) * col, pad_top + (cell.height + margin) * row)
+            )
     draw = ImageDraw.Draw(result)
     for col, lines in enumerate(col_lines):
         centre_x = pad_left + (cell.width + margin) * col + cell.width / 2
@@ -75,12 +84,12 @@ def annotate(
     return result
 
 
-def _text_size(text: str, font: ImageFont.ImageFont) -> tuple[int, int]:
+def _text_size(text: str, font: Font) -> tuple[int, int]:
     left, top, right, bottom = font.getbbox(text or " ")
-    return right - left, bottom - top
+    return int(right - left), int(bottom - top)  # Pillow types FreeType boxes as float; they are whole pixels
 
 
-def _wrap(text: str, font: ImageFont.ImageFont, width: int) -> list[str]:
+def _wrap(text: str, font: Font, width: int) -> list[str]:
     """Words greedily packed into lines no wider than `width` (a longer word stays whole)."""
     if not text:
         return []
@@ -94,13 +103,15 @@ def _wrap(text: str, font: ImageFont.ImageFont, width: int) -> list[str]:
     return lines + [current]
 
 
-def _block_height(lines: list[str], font: ImageFont.ImageFont, spacing: int) -> int:
+def _block_height(lines: list[str], font: Font, spacing: int) -> int:
     if not lines:
         return 0
     return sum(_text_size(line, font)[1] + spacing for line in lines) - spacing
 
 
-def _draw_block(draw: ImageDraw.ImageDraw, lines: list[str], font: ImageFont.ImageFont, spacing: int, centre_x: float, top: float) -> None:
+def _draw_block(
+    draw: ImageDraw.ImageDraw, lines: list[str], font: Font, spacing: int, centre_x: float, top: float
+) -> None:
     for line in lines:
         draw.text((centre_x, top), line, font=font, fill=TEXT_COLOUR, anchor="ma")
         top += _text_size(line, font)[1] + spacing

@@ -12,14 +12,25 @@ from __future__ import annotations
 
 import logging
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import ValidationFailed
 from ..jobs import GenerationJob
 from .args import ArgSpec, bind, one_of, read_bool, read_str
-from .base import JobOutcome, OutputImage, ScriptContext, ScriptOutput, ScriptRun, ScriptWorker, base_info, build_job
-from .base import progress_units, revalidated
+from .base import (
+    JobOutcome,
+    OutputImage,
+    ScriptContext,
+    ScriptOutput,
+    ScriptRun,
+    ScriptWorker,
+    base_info,
+    build_job,
+    progress_units,
+    revalidated,
+)
 from .checkpoints import closest_checkpoint
 
 TITLE = "prompts from file or textbox"
@@ -132,7 +143,9 @@ def plan(request: Any, ctx: ScriptContext) -> ScriptRun:
     )
 
 
-def _line_jobs(request: Any, ctx: ScriptContext, settings: Settings, lines: list[dict[str, Any]]) -> list[GenerationJob]:
+def _line_jobs(
+    request: Any, ctx: ScriptContext, settings: Settings, lines: list[dict[str, Any]]
+) -> list[GenerationJob]:
     """Seeds as A1111 moves them: with either checkbox a random seed is fixed once; "iterate"
     then adds batch_size * n_iter of the request after every line."""
     seed = request.seed
@@ -180,7 +193,10 @@ def _execute(worker: ScriptWorker, jobs: list[GenerationJob], request: Any) -> S
     images: list[OutputImage] = []
     for outcome in outcomes:
         texts = outcome.infotexts()
-        images += [OutputImage(done.image, text, seed=done.seed, prompt=done.prompt) for done, text in zip(outcome.result.images, texts)]
+        images += [
+            OutputImage(done.image, text, seed=done.seed, prompt=done.prompt)
+            for done, text in zip(outcome.result.images, texts, strict=True)
+        ]
     return ScriptOutput(images, _info(outcomes, request, [image.infotext for image in images]))
 
 

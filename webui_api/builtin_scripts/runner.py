@@ -8,26 +8,32 @@ Queueing the script (one work item for all its jobs) is the generation layer's
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from ..engine.protocols import GenerationEngine
 from ..errors import NotImplementedFeature
 from ..jobs import GenerationJob
 from ..progress import CancelToken, RunObserver
 from ..styles import PromptStyle
-from ..weights.runtime import NeededWeights, job_weights, prefetch, upscaler_weights
+from ..weights.runtime import NeededWeights, job_weights, upscaler_weights
 from .base import JobOutcome, ScriptContext, ScriptOutput, ScriptRun, progress_units
 
-
 # Listed selectable scripts this server cannot run, with the reason the refusal gives.
-UNSUPPORTED_SCRIPTS = {"controlnet m2m": "it runs ControlNet over the frames of a video, and video input is not supported"}
+UNSUPPORTED_SCRIPTS = {
+    "controlnet m2m": "it runs ControlNet over the frames of a video, and video input is not supported"
+}
 
 
 def _planners() -> dict[str, Callable[[Any, ScriptContext], ScriptRun]]:
     from . import prompts_from_file, sd_upscale, xyz_plot
 
-    return {prompts_from_file.TITLE: prompts_from_file.plan, sd_upscale.TITLE: sd_upscale.plan, xyz_plot.TITLE: xyz_plot.plan}
+    return {
+        prompts_from_file.TITLE: prompts_from_file.plan,
+        sd_upscale.TITLE: sd_upscale.plan,
+        xyz_plot.TITLE: xyz_plot.plan,
+    }
 
 
 def plan_script(request: Any, ctx: ScriptContext) -> ScriptRun:
@@ -127,10 +133,16 @@ def script_response(request: Any, tab: str, output: ScriptOutput, options: Mappi
 
     fmt = str(options.get("samples_format", "png")).lower()
     with_text = bool(options.get("enable_pnginfo", True))
-    images = [
-        encode_image_base64(o.image, fmt, infotext=o.infotext if o.embed and with_text else None, **encoding_options(options))
-        for o in output.images
-    ] if request.send_images else []
+    images = (
+        [
+            encode_image_base64(
+                o.image, fmt, infotext=o.infotext if o.embed and with_text else None, **encoding_options(options)
+            )
+            for o in output.images
+        ]
+        if request.send_images
+        else []
+    )
     echoed = request
     if tab == "img2img" and not request.include_init_images:
         echoed = request.model_copy(update={"init_images": None, "mask": None})
@@ -147,13 +159,19 @@ def save_outputs(output: ScriptOutput, tab: str, options: Mapping[str, Any], dat
     from ..postprocess.saving import IMG2IMG_SAMPLES, TXT2IMG_GRIDS, TXT2IMG_SAMPLES, NameFacts, SaveTarget, save_image
 
     samples = IMG2IMG_SAMPLES if tab == "img2img" else TXT2IMG_SAMPLES
-    grids = SaveTarget("outdir_img2img_grids", "outdir_grids", "grid", "grid_save_to_dirs") if tab == "img2img" else TXT2IMG_GRIDS
+    grids = (
+        SaveTarget("outdir_img2img_grids", "outdir_grids", "grid", "grid_save_to_dirs")
+        if tab == "img2img"
+        else TXT2IMG_GRIDS
+    )
     now = datetime.now()
     for out in output.images:
         if not options.get("grid_save" if out.grid else "samples_save", True):
             continue
         facts = NameFacts(out.seed, out.prompt, out.image.width, out.image.height, now)
-        save_image(out.image, grids if out.grid else samples, facts, out.infotext if out.embed else None, options, data_dir)
+        save_image(
+            out.image, grids if out.grid else samples, facts, out.infotext if out.embed else None, options, data_dir
+        )
 
 
 def script_infos(runtime: Any) -> list[dict[str, Any]]:

@@ -12,15 +12,25 @@ infotext in `info` is the first tile's, with "SD upscale overlap" / "SD upscale 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import ValidationFailed
 from ..jobs import GenerationJob
 from . import tiles as tiling
 from .args import ArgSpec, bind, read_float, read_int, read_int_or_str
-from .base import JobOutcome, OutputImage, ScriptContext, ScriptOutput, ScriptRun, ScriptWorker, base_info, build_job
-from .base import with_extra_params
+from .base import (
+    JobOutcome,
+    OutputImage,
+    ScriptContext,
+    ScriptOutput,
+    ScriptRun,
+    ScriptWorker,
+    base_info,
+    build_job,
+    with_extra_params,
+)
 
 TITLE = "sd upscale"
 INFO_HTML = (
@@ -65,7 +75,9 @@ def upscaler_name(choice: int | str, names: Sequence[str]) -> str:
     """An index into the upscaler list, or a name matched case-insensitively (as A1111 does)."""
     if isinstance(choice, int):
         if not 0 <= choice < len(names):
-            raise ValidationFailed(f"{TITLE}: upscaler index {choice} is out of range; there are {len(names)}: {list(names)}")
+            raise ValidationFailed(
+                f"{TITLE}: upscaler index {choice} is out of range; there are {len(names)}: {list(names)}"
+            )
         return names[choice]
     for name in names:
         if name.lower() == choice.lower():
@@ -96,7 +108,9 @@ def plan(request: Any, ctx: ScriptContext) -> ScriptRun:
     work = Plan(settings, _source_image(request, ctx), base, request.batch_size, request.n_iter)
     tile_count = _tile_count(work)
     batches = math.ceil(tile_count / work.batch_size)
-    return ScriptRun(job_count=batches * work.n_iter, execute=lambda worker: _execute(worker, work, request), first_job=base)
+    return ScriptRun(
+        job_count=batches * work.n_iter, execute=lambda worker: _execute(worker, work, request), first_job=base
+    )
 
 
 def _source_image(request: Any, ctx: ScriptContext) -> Any:
@@ -146,6 +160,7 @@ def _execute(worker: ScriptWorker, work: Plan, request: Any) -> ScriptOutput:
         outputs.append(tiling.combine(grid))
         if worker.interrupted:
             break
+    assert first is not None  # n_iter >= 1: at least one pass ran
     return _output(work, first, outputs, request)
 
 
@@ -165,6 +180,8 @@ def _redraw(worker: ScriptWorker, work: Plan, tiles: list[Any], seed: int) -> tu
 
 def tile_job(base: GenerationJob, batch: list[Any], seed: int) -> GenerationJob:
     """The base img2img job over one batch of tiles (already the job size)."""
+    if base.img2img is None:
+        raise ValueError("sd upscale redraws tiles with an img2img job")
     count = len(batch)
     seeds = base.seeds
     same = seeds.subseed_strength != 0  # variation seeds keep one seed for the whole batch
@@ -192,5 +209,7 @@ def _output(work: Plan, first: JobOutcome, images: list[Any], request: Any) -> S
     info = base_info(first, request, infotexts)
     info["seed"] = work.base.seeds.seeds[0]
     seed, prompt = work.base.seeds.seeds[0], work.base.prompts[0]
-    outputs = [OutputImage(image, infotext, embed=False, seed=seed + n, prompt=prompt) for n, image in enumerate(images)]
+    outputs = [
+        OutputImage(image, infotext, embed=False, seed=seed + n, prompt=prompt) for n, image in enumerate(images)
+    ]
     return ScriptOutput(outputs, info)

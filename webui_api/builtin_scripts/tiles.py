@@ -89,7 +89,7 @@ def combine(grid: TileGrid) -> Image.Image:
 
 def _combine_row(grid: TileGrid, row: TileRow) -> Image.Image:
     line = Image.new("RGB", (grid.image_w, row.height))
-    for x, tile in zip(row.xs, row.tiles):
+    for x, tile in zip(row.xs, row.tiles, strict=True):
         if x == 0 or grid.overlap == 0:
             line.paste(tile, (x, 0))
             continue

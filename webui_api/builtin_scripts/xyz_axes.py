@@ -12,10 +12,11 @@ from __future__ import annotations
 import csv
 import os
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from io import StringIO
 from itertools import chain, permutations
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..errors import ValidationFailed
 from .base import ScriptContext
@@ -221,9 +222,21 @@ AXES: tuple[Axis, ...] = (
     Axis("Face restore", "str", _face_restore, fmt="value"),
     Axis("Token merging ratio", "float", None),
     Axis("Token merging ratio high-res", "float", None),
-    Axis("Always discard next-to-last sigma", "str", set_option("always_discard_next_to_last_sigma", True), choices=_booleans),
+    Axis(
+        "Always discard next-to-last sigma",
+        "str",
+        set_option("always_discard_next_to_last_sigma", True),
+        choices=_booleans,
+    ),
     Axis("SGM noise multiplier", "str", set_option("sgm_noise_multiplier", True), choices=_booleans),
-    Axis("Refiner checkpoint", "str", _refiner, fmt="basename", cost=1.0, choices=lambda ctx: ["None", *_checkpoint_titles(ctx)]),
+    Axis(
+        "Refiner checkpoint",
+        "str",
+        _refiner,
+        fmt="basename",
+        cost=1.0,
+        choices=lambda ctx: ["None", *_checkpoint_titles(ctx)],
+    ),
     Axis("Refiner switch at", "float", set_field("refiner_switch_at")),
     Axis("RNG source", "str", set_option("randn_source"), choices=lambda _ctx: ["GPU", "CPU", "NV"]),
     Axis("FP8 mode", "str", None, cost=0.9, choices=lambda _ctx: ["Disable", "Enable for SDXL", "Enable"]),
@@ -241,12 +254,15 @@ def find_axis(tab: str, choice: int | str, which: str) -> Axis:
     axes = axes_for(tab)
     if isinstance(choice, int):
         if not 0 <= choice < len(axes):
-            raise ValidationFailed(f"{TITLE}: {which} type {choice} is out of range; {tab} has {len(axes)} axis types (0-{len(axes) - 1})")
+            raise ValidationFailed(
+                f"{TITLE}: {which} type {choice} is out of range; {tab} has {len(axes)} axis types (0-{len(axes) - 1})"
+            )
         axis = axes[choice]
     else:
-        axis = next((a for a in axes if a.label.lower() == choice.strip().lower()), None)
-        if axis is None:
+        found = next((a for a in axes if a.label.lower() == choice.strip().lower()), None)
+        if found is None:
             raise ValidationFailed(f"{TITLE}: unknown {which} type {choice!r}; known: {[a.label for a in axes]}")
+        axis = found
     if axis.apply is None:
         raise ValidationFailed(f"{TITLE}: the {which} axis '{axis.label}' is not supported by this server")
     return axis

@@ -14,9 +14,10 @@ include_lone_images (cell index = ix + iy * nx + iz * nx * ny). Grids carry info
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import product
-from typing import Any, Sequence
+from typing import Any, TypeGuard
 
 from PIL import Image
 
@@ -24,8 +25,19 @@ from ..errors import ValidationFailed
 from ..jobs import GenerationJob
 from . import grid_draw
 from .args import ArgSpec, bind, read_bool, read_int, read_int_or_str, read_str, read_str_list
-from .base import JobOutcome, OutputImage, ScriptContext, ScriptOutput, ScriptRun, ScriptWorker, base_info, build_job
-from .base import progress_units, revalidated, with_extra_params
+from .base import (
+    JobOutcome,
+    OutputImage,
+    ScriptContext,
+    ScriptOutput,
+    ScriptRun,
+    ScriptWorker,
+    base_info,
+    build_job,
+    progress_units,
+    revalidated,
+    with_extra_params,
+)
 from .xyz_axes import Axis, CellEdit, axes_for, axis_values, check_values, find_axis, format_value, to_csv
 
 TITLE = "x/y/z plot"
@@ -103,10 +115,12 @@ class Plot:
 
 def plan(request: Any, ctx: ScriptContext) -> ScriptRun:
     values = bind(TITLE, arg_specs(ctx), request.script_args)
-    flags = Flags(*values[9:13], tuple(values[13:16]), values[16], values[17])
+    vary_seeds = (values[13], values[14], values[15])
+    flags = Flags(values[9], values[10], values[11], values[12], vary_seeds, values[16], values[17])
     if not 0 <= flags.margin <= MAX_MARGIN:
         raise ValidationFailed(f"{TITLE}: grid margins must be between 0 and {MAX_MARGIN} px; received {flags.margin}")
-    axes = tuple(_plot_axis(ctx, name, values[3 * i:3 * i + 3], flags) for i, name in enumerate("XYZ"))
+    x, y, z = (_plot_axis(ctx, name, values[3 * i:3 * i + 3], flags) for i, name in enumerate("XYZ"))
+    axes = (x, y, z)
     base = _base_request(request, flags, ctx)
     _check_size(axes, base, ctx)
     cells = [_cell(base, ctx, axes, flags, index) for index in processing_order(axes)]
@@ -150,20 +164,22 @@ def _check_size(axes: Sequence[PlotAxis], request: Any, ctx: ScriptContext) -> N
     megapixels = round(count * request.width * request.height / 1_000_000)
     limit = ctx.options.get("img_max_size_mp", 200)
     if megapixels >= limit:
-        raise ValidationFailed(f"{TITLE}: the grid would be {megapixels} megapixels; the limit is {limit} (option img_max_size_mp)")
+        raise ValidationFailed(
+            f"{TITLE}: the grid would be {megapixels} megapixels; the limit is {limit} (option img_max_size_mp)"
+        )
 
 
 def processing_order(axes: Sequence[PlotAxis]) -> list[tuple[int, int, int]]:
     """Cell (ix, iy, iz) triples with the costliest axis outermost (A1111's rule: a strictly
     costliest axis goes first, then the costlier of the others; by default Z, then Y, then X)."""
-    costs = {name: axis.axis.cost for name, axis in zip("xyz", axes)}
+    costs = {name: axis.axis.cost for name, axis in zip("xyz", axes, strict=True)}
     first, second = _outer_axes(costs)
     third = next(n for n in "xyz" if n not in (first, second))
     order = (first, second, third)
-    sizes = {name: len(axis.values) for name, axis in zip("xyz", axes)}
+    sizes = {name: len(axis.values) for name, axis in zip("xyz", axes, strict=True)}
     triples = []
     for combo in product(*(range(sizes[name]) for name in order)):
-        where = dict(zip(order, combo))
+        where = dict(zip(order, combo, strict=True))
         triples.append((where["x"], where["y"], where["z"]))
     return triples
 
@@ -175,10 +191,14 @@ def _outer_axes(costs: dict[str, float]) -> tuple[str, str]:
     return "z", "y"
 
 
-def _cell(base: Any, ctx: ScriptContext, axes: Sequence[PlotAxis], flags: Flags, where: tuple[int, int, int]) -> PlotCell:
+def _cell(
+    base: Any, ctx: ScriptContext, axes: Sequence[PlotAxis], flags: Flags, where: tuple[int, int, int]
+) -> PlotCell:
     edit = CellEdit(base)
-    for plot_axis, i in zip(axes, where):
-        plot_axis.axis.apply(edit, plot_axis.values[i], plot_axis.values, ctx)
+    for plot_axis, i in zip(axes, where, strict=True):
+        apply = plot_axis.axis.apply
+        assert apply is not None  # find_axis refuses the axis types this server does not support
+        apply(edit, plot_axis.values[i], plot_axis.values, ctx)
     edit.fields["seed"] = _cell_seed(edit, axes, flags, where)
     styles = ctx.styles
     if edit.styles:
@@ -197,7 +217,7 @@ def _cell_seed(edit: CellEdit, axes: Sequence[PlotAxis], flags: Flags, where: tu
         return seed
     seed = -1 if seed in (None, "") else int(seed)
     step = 1
-    for vary, plot_axis, i in zip(flags.vary_seeds, axes, where):
+    for vary, plot_axis, i in zip(flags.vary_seeds, axes, where, strict=True):
         if vary:
             seed += i * step
             step *= len(plot_axis.values)
@@ -220,7 +240,7 @@ def _execute(worker: ScriptWorker, plot: Plot) -> ScriptOutput:
     return _assemble(plot, grids, grid_texts, cells, texts, outcomes)
 
 
-def _has_image(outcome: JobOutcome | None) -> bool:
+def _has_image(outcome: JobOutcome | None) -> TypeGuard[JobOutcome]:
     return outcome is not None and bool(outcome.result.images)
 
 
@@ -232,7 +252,9 @@ def _cell_image(outcome: JobOutcome | None, plot: Plot) -> Image.Image:
     return Image.new("RGB", (first.width, first.height))
 
 
-def _grids(plot: Plot, cells: list[Image.Image], outcomes: dict[int, JobOutcome]) -> tuple[list[Image.Image], list[str]]:
+def _grids(
+    plot: Plot, cells: list[Image.Image], outcomes: dict[int, JobOutcome]
+) -> tuple[list[Image.Image], list[str]]:
     """Main grid then one sub-grid per Z value, and their infotexts."""
     x, y, z = plot.axes
     per_z = len(x.values) * len(y.values)
@@ -241,7 +263,9 @@ def _grids(plot: Plot, cells: list[Image.Image], outcomes: dict[int, JobOutcome]
         images = cells[iz * per_z:(iz + 1) * per_z]
         grid = grid_draw.paste_grid(images, len(y.values), plot.background)
         if plot.flags.draw_legend:
-            grid = grid_draw.annotate(grid, grid_draw.cell_size(images), x.labels, y.labels, plot.flags.margin, plot.background)
+            grid = grid_draw.annotate(
+                grid, grid_draw.cell_size(images), x.labels, y.labels, plot.flags.margin, plot.background
+            )
         subs.append(grid)
     main = grid_draw.paste_grid(subs, 1, plot.background)
     if plot.flags.draw_legend:
@@ -256,7 +280,7 @@ def _grid_infotext(plot: Plot, outcome: JobOutcome | None, with_z: bool) -> str:
     if not _has_image(outcome):
         return ""
     keys: dict[str, Any] = {"Script": INFOTEXT_TITLE}
-    for name, plot_axis in zip("XYZ", plot.axes):
+    for name, plot_axis in zip("XYZ", plot.axes, strict=True):
         if plot_axis.is_nothing or (name == "Z" and not with_z):
             continue
         keys[f"{name} Type"] = plot_axis.axis.label
@@ -284,9 +308,12 @@ def _assemble(
     seed, prompt = (name.seed, name.prompt) if name is not None else (None, "")
     images = [OutputImage(grids[0], grid_texts[0], embed=False, grid=True, seed=seed, prompt=prompt)]
     if plot.flags.include_sub_grids:
-        images += [OutputImage(g, text, embed=False, grid=True, seed=seed, prompt=prompt) for g, text in zip(grids[1:], grid_texts[1:])]
+        images += [
+            OutputImage(g, text, embed=False, grid=True, seed=seed, prompt=prompt)
+            for g, text in zip(grids[1:], grid_texts[1:], strict=True)
+        ]
     if plot.flags.include_lone_images:
-        images += [_cell_output(image, text, o) for image, text, o in zip(cells, texts, ran)]
+        images += [_cell_output(image, text, o) for image, text, o in zip(cells, texts, ran, strict=True)]
     info = base_info(first, plot.request, [image.infotext for image in images], index_of_first_image=1)
     info["all_prompts"] = [o.result.images[0].prompt if _has_image(o) else None for o in ran]
     info["all_seeds"] = [o.result.images[0].seed if _has_image(o) else None for o in ran]

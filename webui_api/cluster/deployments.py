@@ -43,12 +43,13 @@ class WorkerReplica:
     """One device, one engine; runs RemoteCalls one at a time and reports through the board."""
 
     def __init__(self, settings: Settings) -> None:
-        from ..postprocess.encode import encode_image_base64
+        from ..postprocess.previews import preview_encoder
 
         self._settings = settings
         self._engine: Any = None
         self._engine_lock = threading.Lock()
-        self._progress = ProgressTracker(encode_preview=lambda image: encode_image_base64(image, "png"))
+        # the replica has no options store: previews in A1111's default live format, PNG
+        self._progress = ProgressTracker(encode_preview=preview_encoder(lambda: "png"))
         self._board = board_handle()
         self._replica = serve.get_replica_context().replica_tag
         self._actor_name = ray.get_runtime_context().get_actor_name() or ""

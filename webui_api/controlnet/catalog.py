@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ..engine.loading.discovery import natural_sort_key, walk_files
 from ..engine.loading.hashes import legacy_model_hash

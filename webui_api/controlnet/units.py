@@ -18,8 +18,9 @@ image is a 4xx at once. Numpy and PIL only (no torch).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,7 @@ class ControlUnit:
 
     module: str
     model: str
-    image: Optional[np.ndarray]
+    image: np.ndarray | None
     weight: float = 1.0
     resize_mode: str = "Crop and Resize"
     processor_res: int = -1
@@ -96,7 +97,7 @@ def _num(value: float) -> str:
 # ---------------------------------------------------------------------------
 
 
-def controlnet_entry(alwayson_scripts: Optional[Mapping[str, Any]]) -> Any:
+def controlnet_entry(alwayson_scripts: Mapping[str, Any] | None) -> Any:
     """The ControlNet entry of `alwayson_scripts` (key matched case-insensitively), or None."""
     for name, entry in (alwayson_scripts or {}).items():
         if name.lower() == SCRIPT_KEY:
@@ -110,12 +111,14 @@ def entry_args(entry: Any) -> list[Any]:
     if args is None:
         return []
     if not isinstance(args, (list, tuple)):
-        raise ValidationFailed(f"alwayson_scripts.controlnet.args must be a list of unit objects, received {type(args).__name__}")
+        raise ValidationFailed(
+            f"alwayson_scripts.controlnet.args must be a list of unit objects, received {type(args).__name__}"
+        )
     return list(args)
 
 
 def parse_units(
-    alwayson_scripts: Optional[Mapping[str, Any]], init_image: Any = None, init_resize_mode: int = 0
+    alwayson_scripts: Mapping[str, Any] | None, init_image: Any = None, init_resize_mode: int = 0
 ) -> tuple[ControlUnit, ...]:
     """Every enabled unit with weight > 0 of a request. `init_image` (img2img: an array, or
     a function giving it, called only when needed) stands in for a unit without image, with
@@ -133,7 +136,7 @@ def parse_units(
     return tuple(units)
 
 
-def parse_unit(raw: Any, index: int, init_image: Any = None, init_resize_mode: int = 0) -> Optional[ControlUnit]:
+def parse_unit(raw: Any, index: int, init_image: Any = None, init_resize_mode: int = 0) -> ControlUnit | None:
     """One unit dict -> ControlUnit, or None when it cannot act (disabled, weight 0)."""
     if not isinstance(raw, Mapping):
         raise ValidationFailed(f"ControlNet unit {index} must be an object, received {type(raw).__name__}")
@@ -174,7 +177,7 @@ def controlnet_units(request: Any) -> tuple[ControlUnit, ...]:
     for units without an image)."""
     init_images = getattr(request, "init_images", None)
 
-    def first_init_image() -> Optional[np.ndarray]:
+    def first_init_image() -> np.ndarray | None:
         return decode_rgb(init_images[0], "init_images[0]") if init_images else None
 
     units = parse_units(request.alwayson_scripts, first_init_image, int(getattr(request, "resize_mode", 0) or 0))
@@ -241,7 +244,9 @@ def _guidance(values: Mapping[str, Any], index: int) -> tuple[float, float]:
     start = _float(values, "guidance_start", 0.0, index)
     end = _float(values, "guidance_end", 1.0, index)
     if not (0.0 <= start <= 1.0 and 0.0 <= end <= 1.0):
-        raise ValidationFailed(f"ControlNet unit {index}: guidance_start/guidance_end must lie in [0, 1], received {start}, {end}")
+        raise ValidationFailed(
+            f"ControlNet unit {index}: guidance_start/guidance_end must lie in [0, 1], received {start}, {end}"
+        )
     if start > end:
         raise ValidationFailed(f"ControlNet unit {index}: guidance_start ({start}) > guidance_end ({end})")
     return start, end
@@ -261,7 +266,10 @@ def _enum(value: Any, choices: Sequence[str], aliases: Mapping[str, str], name: 
         found = by_lower.get(text.lower()) or aliases.get(text.lower())
         if found:
             return found
-    raise ValidationFailed(f"ControlNet unit {index}: '{name}' must be one of {list(choices)} (or 0-{len(choices) - 1}), received {value!r}")
+    raise ValidationFailed(
+        f"ControlNet unit {index}: '{name}' must be one of {list(choices)} (or 0-{len(choices) - 1}), received "
+        f"{value!r}"
+    )
 
 
 def resize_mode_value(value: Any, index: int = 0) -> str:
@@ -295,7 +303,11 @@ def decode_rgb(data: Any, what: str) -> np.ndarray:
         picture = decode_image_base64(data)
     except InvalidImage as exc:
         raise InvalidImage(exc.detail, errors=f"{what}: {exc.errors}") from exc
-    return to_rgb(np.asarray(picture.convert("RGBA") if "A" in picture.getbands() or picture.mode == "P" else picture.convert("RGB")))
+    return to_rgb(
+        np.asarray(
+            picture.convert("RGBA") if "A" in picture.getbands() or picture.mode == "P" else picture.convert("RGB")
+        )
+    )
 
 
 def to_rgb(array: np.ndarray) -> np.ndarray:
@@ -312,7 +324,7 @@ def to_rgb(array: np.ndarray) -> np.ndarray:
     return (color * alpha + 255.0 * (1.0 - alpha)).clip(0, 255).astype(np.uint8)
 
 
-def unit_image(values: Mapping[str, Any], index: int) -> Optional[np.ndarray]:
+def unit_image(values: Mapping[str, Any], index: int) -> np.ndarray | None:
     """The unit's input image: `image` in any accepted form, with `mask` applied the way the
     extension does for ordinary modules (a drawn mask replaces the image: canvas scribble)."""
     image, mask = _image_and_mask(values.get("image"), values.get("mask"), index)
@@ -325,7 +337,10 @@ def unit_image(values: Mapping[str, Any], index: int) -> Optional[np.ndarray]:
         return rgb
     drawn = decode_rgb(mask, f"ControlNet unit {index} mask")
     if drawn.shape[:2] != rgb.shape[:2]:
-        raise BadRequest(f"ControlNet unit {index}: mask size {drawn.shape[1]}x{drawn.shape[0]} differs from image size {rgb.shape[1]}x{rgb.shape[0]}")
+        raise BadRequest(
+            f"ControlNet unit {index}: mask size {drawn.shape[1]}x{drawn.shape[0]} differs from image size "
+            f"{rgb.shape[1]}x{rgb.shape[0]}"
+        )
     channel = drawn[:, :, 0]
     if (channel <= 5).all() or (channel >= 250).all():
         return rgb
@@ -341,5 +356,8 @@ def _image_and_mask(image: Any, mask: Any, index: int) -> tuple[Any, Any]:
             return _image_and_mask(image[0], mask, index)
         if len(image) == 2 and all(isinstance(part, (str, type(None))) for part in image):
             return image[0], image[1] or mask
-        raise ValidationFailed(f"ControlNet unit {index}: 'image' lists of several inputs (IP-Adapter style) are not supported; send one image or {{image, mask}}")
+        raise ValidationFailed(
+            f"ControlNet unit {index}: 'image' lists of several inputs (IP-Adapter style) are not supported; send one "
+            f"image or {{image, mask}}"
+        )
     return image, mask

@@ -27,15 +27,14 @@ ends; the batch stops early only when every job in it was interrupted or skipped
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 
 from webui_api.engine.cond_types import BatchConditioning, ScheduledCond
 from webui_api.engine.denoiser import CFGDenoiser, CondBatch, PaddingRecord, SamplingInterrupted, make_inner
 from webui_api.engine.latents import decode_latents
-from webui_api.engine.previews import live_preview
 from webui_api.engine.models import LoadedModel
 from webui_api.engine.pipeline import (
     BatchSpec,
@@ -54,6 +53,7 @@ from webui_api.engine.pipeline import (
     resolve_plan,
     sampler_kwargs,
 )
+from webui_api.engine.previews import live_preview
 from webui_api.jobs import GenerationJob, JobResult
 from webui_api.progress import CancelToken, RunObserver
 
@@ -95,15 +95,19 @@ class GroupCancel:
 # ---------------------------------------------------------------------------
 
 
-def _pad_rows(v: torch.Tensor | None, rows: int) -> torch.Tensor | None:
+def _pad_rows(v: torch.Tensor, rows: int) -> torch.Tensor:
     """Lengthen dim 0 to `rows` by repeating the last row."""
-    if v is None or v.shape[0] >= rows:
+    if v.shape[0] >= rows:
         return v
     return torch.cat([v, v[-1:].expand(rows - v.shape[0], *v.shape[1:])])
 
 
-def _chunk(v: torch.Tensor | None, part: slice, rows: int) -> torch.Tensor | None:
-    return None if v is None else _pad_rows(v[part], rows)
+def _chunk(v: torch.Tensor, part: slice, rows: int) -> torch.Tensor:
+    return _pad_rows(v[part], rows)
+
+
+def _chunk_optional(v: torch.Tensor | None, part: slice, rows: int) -> torch.Tensor | None:
+    return None if v is None else _chunk(v, part, rows)
 
 
 class RowChunks:
@@ -133,9 +137,11 @@ class RowChunks:
         outs = []
         for start in range(0, total, self.rows):
             part = slice(start, min(start + self.rows, total))
-            chunk_cond = CondBatch(_chunk(cond.crossattn, part, self.rows), _chunk(cond.vector, part, self.rows))
+            chunk_cond = CondBatch(
+                _chunk(cond.crossattn, part, self.rows), _chunk_optional(cond.vector, part, self.rows)
+            )
             out = self.inner(_chunk(x, part, self.rows), _chunk(sigma, part, self.rows), chunk_cond,
-                             _chunk(image_cond, part, self.rows))
+                             _chunk_optional(image_cond, part, self.rows))
             outs.append(out[: part.stop - part.start])
         return torch.cat(outs)
 
@@ -242,12 +248,19 @@ def sample_members(
         observer.sampling_step(int(info["i"]), job.sampling.steps,
                                lambda: live_preview(model, preview_type, latest()))
 
-    draws = [make_noise_sampler(model, m.job, plan, m.spec, rng, schedule) for m, rng in zip(members, rngs)]
+    draws = [
+        make_noise_sampler(model, m.job, plan, m.spec, rng, schedule) for m, rng in zip(members, rngs, strict=True)
+    ]
     kwargs = sampler_kwargs(job, plan, schedule, inner, combined_noise_sampler(draws), begin.model_interval)
     extra_args = {"cond": merged_conditioning(members), "cond_scale": job.sampling.cfg_scale,
                   "s_min_uncond": job.sampling.s_min_uncond}
+    function = plan.sampler.function
+    if function is None:  # resolve_sampler refuses unimplemented samplers before a job is built
+        raise ValueError(f"sampler {plan.sampler.name!r} is not implemented")
     try:
-        return plan.sampler.function(cfg, begin.x, schedule, extra_args=extra_args, callback=callback, disable=True, **kwargs)
+        return function(
+            cfg, begin.x, schedule, extra_args=extra_args, callback=callback, disable=True, **kwargs
+        )
     except SamplingInterrupted:
         watch()
         return trace.x0 if cfg.last is None else cfg.last.cond_denoised
@@ -300,7 +313,9 @@ def run_txt2img_batched(
     Every UNet call has exactly `unet_rows` rows (RowChunks); a server that batches runs its
     lone batchable jobs through here too, with the same call size."""
     if len(jobs) != len(cancels) or not jobs:
-        raise ValueError(f"need one cancel token per job and at least one job; got {len(jobs)} jobs, {len(cancels)} tokens")
+        raise ValueError(
+            f"need one cancel token per job and at least one job; got {len(jobs)} jobs, {len(cancels)} tokens"
+        )
     for job in jobs:
         check_job(job)
     check_same_plan(jobs)
@@ -310,9 +325,11 @@ def run_txt2img_batched(
         for cancel in cancels:
             cancel.clear_skip()
         observer.batch_started(0, 1)
-        members = [_member(model, plan, job, cancel) for job, cancel in zip(jobs, cancels)]
+        members = [_member(model, plan, job, cancel) for job, cancel in zip(jobs, cancels, strict=True)]
         for group in token_groups([m.conditioning for m in members]):
-            for index, result in zip(group, run_group(model, plan, [members[i] for i in group], observer, unet_rows)):
+            for index, result in zip(
+                group, run_group(model, plan, [members[i] for i in group], observer, unet_rows), strict=True
+            ):
                 results[index] = result
         observer.batch_finished(0)
     return [result for result in results if result is not None]

@@ -10,7 +10,6 @@ combines AND sub-prompts with their weights: denoised = u + sum_k w_k * cfg * (c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -29,7 +28,7 @@ class CondTensors:
     """
 
     crossattn: torch.Tensor
-    vector: Optional[torch.Tensor] = None
+    vector: torch.Tensor | None = None
 
 
 def split_sdxl_vector(
@@ -79,7 +78,7 @@ class BatchConditioning:
     uncond: tuple[ScheduledCond, ...]
 
     @classmethod
-    def plain(cls, cond: torch.Tensor, uncond: torch.Tensor) -> "BatchConditioning":
+    def plain(cls, cond: torch.Tensor, uncond: torch.Tensor) -> BatchConditioning:
         """Single-variant, single-part conditioning from (B, tokens, C) tensors."""
         def one(row: torch.Tensor) -> ScheduledCond:
             return ScheduledCond(((0, CondTensors(row)),))

@@ -33,8 +33,9 @@ casts them to the UNet's dtype.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 
@@ -147,8 +148,8 @@ class TokenIds:
 
     bos: int
     eos: int
-    comma: Optional[int]
-    pad: Optional[int] = None
+    comma: int | None
+    pad: int | None = None
 
 
 @dataclass
@@ -176,7 +177,7 @@ class _ChunkBuilder:
     """A1111's tokenize_line walk: fill 75-token chunks, moving the words after a recent comma
     to the next chunk when a chunk overflows (comma backtrack), inserting embeddings."""
 
-    def __init__(self, ids: TokenIds, comma_backtrack: int, lookup: Optional[EmbeddingStore] = None) -> None:
+    def __init__(self, ids: TokenIds, comma_backtrack: int, lookup: EmbeddingStore | None = None) -> None:
         self.ids = ids
         self.backtrack = comma_backtrack
         self.lookup = lookup
@@ -260,12 +261,12 @@ def prompt_chunks(
     ids: TokenIds,
     comma_backtrack: int = DEFAULT_COMMA_BACKTRACK,
     emphasis: str = "Original",
-    lookup: Optional[EmbeddingStore] = None,
+    lookup: EmbeddingStore | None = None,
 ) -> list[PromptChunk]:
     """Split one (schedule variant) text into 77-token chunks (at least one)."""
     fragments = fragments_for_emphasis(text, emphasis)
     builder = _ChunkBuilder(ids, comma_backtrack, lookup)
-    for fragment, tokens in zip(fragments, tokenize_fragments(tokenizer, fragments)):
+    for fragment, tokens in zip(fragments, tokenize_fragments(tokenizer, fragments), strict=True):
         if fragment.is_break:
             builder.close()
         else:
@@ -318,7 +319,7 @@ def final_layer_norm(encoder) -> torch.nn.Module:
     return getattr(encoder, "text_model", encoder).final_layer_norm
 
 
-def token_embedding(encoder) -> torch.nn.Module:
+def token_embedding(encoder) -> torch.nn.Embedding:
     return getattr(encoder, "text_model", encoder).embeddings.token_embedding
 
 
@@ -358,7 +359,7 @@ def _replace_embedding_rows(
     """A1111's EmbeddingsWithFixes: rows offset+1 ... of each text's token embeddings become
     the embedding's vectors (as many as fit before the last position)."""
     rows = []
-    for fixes, row in zip(fixes_per_row, embeds):
+    for fixes, row in zip(fixes_per_row, embeds, strict=True):
         for fix in fixes:
             vectors = fix.embedding.vectors_for(key).to(device=row.device, dtype=row.dtype)
             count = min(row.shape[0] - fix.offset - 1, vectors.shape[0])
@@ -407,7 +408,7 @@ class EncodedChunk:
     """One chunk index encoded for every text: (B, 77, C) and, for the pooled encoder, (B, P)."""
 
     z: torch.Tensor
-    pooled: Optional[torch.Tensor]
+    pooled: torch.Tensor | None
 
 
 def encode_chunk_batch(
@@ -427,14 +428,14 @@ class EncodedTexts:
     """Texts encoded together: crossattn (B, 77*k, C), pooled (B, P) from chunk 0 or None."""
 
     crossattn: torch.Tensor
-    pooled: Optional[torch.Tensor]
+    pooled: torch.Tensor | None
 
 
 def encode_with(
     spec: TextEncoderSpec,
     texts: Sequence[str],
     settings: ConditioningSettings,
-    lookup: Optional[EmbeddingStore] = None,
+    lookup: EmbeddingStore | None = None,
 ) -> EncodedTexts:
     """A1111's forward for one encoder: chunk every text, pad short ones with empty chunks,
     encode chunk index by chunk index, concatenate along the token axis."""
@@ -462,9 +463,9 @@ def time_ids(model: LoadedModel, settings: ConditioningSettings, negative: bool)
     crop = [settings.crop_top, settings.crop_left]
     if model.family == "sdxl-refiner":
         score = settings.negative_aesthetic_score if negative else settings.aesthetic_score
-        values = size + crop + [score]
+        values: list[float] = [*size, *crop, score]
     else:
-        values = size + crop + size
+        values = [*size, *crop, *size]
     return torch.tensor(values, dtype=model.dtype).float()
 
 
@@ -481,21 +482,23 @@ class PromptEncoder:
 
     model: LoadedModel
     settings: ConditioningSettings
-    embeddings: Optional[EmbeddingStore] = None  # every encoder shares CLIP's BPE ids, so one index serves all
+    embeddings: EmbeddingStore | None = None  # every encoder shares CLIP's BPE ids, so one index serves all
     cache: dict[tuple[str, bool], ScheduledCond] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.specs = text_encoders(self.model, self.settings)
 
     def scheduled(
-        self, prompt: str, steps: int, negative: bool = False, hires_steps: Optional[int] = None
+        self, prompt: str, steps: int, negative: bool = False, hires_steps: int | None = None
     ) -> ScheduledCond:
         """The prompt's schedule with every variant encoded (cached per text and side)."""
         key = (prompt, negative)
         if key not in self.cache:
             schedule = prompt_schedule(prompt, steps, hires_steps, self.settings.use_old_scheduling)
             tensors = self.encode_variants([entry.text for entry in schedule], negative)
-            self.cache[key] = ScheduledCond(tuple((entry.end_at_step, t) for entry, t in zip(schedule, tensors)))
+            self.cache[key] = ScheduledCond(
+                tuple((entry.end_at_step, t) for entry, t in zip(schedule, tensors, strict=True))
+            )
         return self.cache[key]
 
     def encode_variants(self, texts: Sequence[str], negative: bool) -> list[CondTensors]:
@@ -509,7 +512,7 @@ class PromptEncoder:
             return [CondTensors(row) for row in crossattn]
         extra = time_ids(self.model, self.settings, negative).to(pooled.device)
         vectors = torch.cat([pooled, extra.expand(len(texts), -1)], dim=1)
-        return [CondTensors(row, vector) for row, vector in zip(crossattn, vectors)]
+        return [CondTensors(row, vector) for row, vector in zip(crossattn, vectors, strict=True)]
 
 
 def empty_prompt_crossattn(model: LoadedModel, options: EngineOptions, clip_skip: int) -> torch.Tensor:
@@ -529,8 +532,8 @@ def build_batch_conditioning(
     *,
     width: int = 0,
     height: int = 0,
-    hires_steps: Optional[int] = None,
-    embeddings: Optional[EmbeddingStore] = None,
+    hires_steps: int | None = None,
+    embeddings: EmbeddingStore | None = None,
 ) -> BatchConditioning:
     """Everything guidance needs for one batch: per image, its AND parts (each a schedule of
     encoded variants) with weights, and its negative prompt's schedule.
@@ -550,7 +553,7 @@ def build_batch_conditioning(
     return BatchConditioning(cond=cond, uncond=uncond)
 
 
-def _composable(encoder: PromptEncoder, prompt: str, steps: int, hires_steps: Optional[int]) -> ComposableCond:
+def _composable(encoder: PromptEncoder, prompt: str, steps: int, hires_steps: int | None) -> ComposableCond:
     """One positive prompt: its AND parts, each scheduled and encoded, with their weights."""
     parts = split_subprompts(prompt)
     return ComposableCond(tuple((encoder.scheduled(p.text, steps, hires_steps=hires_steps), p.weight) for p in parts))
@@ -576,9 +579,10 @@ def stack_at_step(conds: Sequence[ScheduledCond], step: int) -> CondTensors:
     chosen = [cond.at(step) for cond in conds]
     count = max(t.crossattn.shape[0] for t in chosen)
     crossattn = torch.stack([pad_to_token_count(t.crossattn, count) for t in chosen])
-    if any(t.vector is None for t in chosen):
+    vectors = [t.vector for t in chosen if t.vector is not None]
+    if len(vectors) != len(chosen):
         return CondTensors(crossattn)
-    return CondTensors(crossattn, torch.stack([t.vector for t in chosen]))
+    return CondTensors(crossattn, torch.stack(vectors))
 
 
 def encode_prompts(

@@ -27,9 +27,10 @@ window), so the schedule can be observed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,11 +66,11 @@ class PreparedUnit:
     unit: ControlUnit
     net: Any  # webui_api.engine.control_models.LoadedControlNet
     hint: torch.Tensor
-    hr_hint: Optional[torch.Tensor] = None
+    hr_hint: torch.Tensor | None = None
     hires_pass: bool = False  # True in the hires fix's second pass
     trace: list = field(default_factory=list)  # the job's ControlStep record, shared by its units
 
-    def for_hires_pass(self) -> "PreparedUnit":
+    def for_hires_pass(self) -> PreparedUnit:
         return replace(self, hires_pass=True)
 
     def active_in(self, first_pass_of_hires: bool) -> bool:
@@ -110,7 +111,11 @@ def _resample(array: np.ndarray, width: int, height: int) -> np.ndarray:
     colours = len(np.unique(array.reshape(-1, array.shape[2]), axis=0))
     binary = colours == 2 and array.min() < 16 and array.max() > 240
     smaller = width * height < array.shape[0] * array.shape[1]
-    method = Image.NEAREST if 2 < colours < 200 else (Image.BOX if smaller else Image.BICUBIC)
+    method = (
+        Image.Resampling.NEAREST
+        if 2 < colours < 200
+        else (Image.Resampling.BOX if smaller else Image.Resampling.BICUBIC)
+    )
     out = np.asarray(Image.fromarray(array).resize((width, height), resample=method))
     if binary:
         out = np.where(out.mean(axis=2, keepdims=True) > 127, 255, 0).astype(np.uint8).repeat(3, axis=2)
@@ -139,7 +144,7 @@ def resize_map(detected: np.ndarray, resize_mode: str, height: int, width: int) 
 
 
 def run_unit_preprocessor(unit: ControlUnit, image: np.ndarray, height: int, width: int, annotator_dir: Path,
-                          cache: Any = None, seed: Optional[int] = None) -> np.ndarray:
+                          cache: Any = None, seed: int | None = None) -> np.ndarray:
     """The unit's module on its input image, at its (or the pixel-perfect) resolution;
     `cache` (the library's AnnotatorCache) keeps model-based annotators loaded across jobs and
     `seed` makes the random modules (shuffle) repeat with the generation's seed."""
@@ -150,14 +155,25 @@ def run_unit_preprocessor(unit: ControlUnit, image: np.ndarray, height: int, wid
         resolution = pixel_perfect_resolution(image, height, width, unit.resize_mode)
     threshold_a = unit.threshold_a if unit.threshold_a != -1 else None
     threshold_b = unit.threshold_b if unit.threshold_b != -1 else None
-    detected = run_preprocessor(unit.module, image, resolution, threshold_a, threshold_b, annotator_dir, cache=cache, seed=seed)
+    detected = run_preprocessor(
+        unit.module, image, resolution, threshold_a, threshold_b, annotator_dir, cache=cache, seed=seed
+    )
     if detected.ndim != 3 or detected.shape[2] != 3 or detected.dtype != np.uint8:
-        raise BadRequest(f"preprocessor {unit.module!r} returned an array of shape {detected.shape} {detected.dtype}; expected (h, w, 3) uint8")
+        raise BadRequest(
+            f"preprocessor {unit.module!r} returned an array of shape {detected.shape} {detected.dtype}; expected (h, "
+            "w, 3) uint8"
+        )
     return detected
 
 
 def map_tensor(detected: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    return torch.from_numpy(detected.copy()).permute(2, 0, 1)[None].to(device=device, dtype=torch.float32).div(255.0).to(dtype)
+    return (
+        torch.from_numpy(detected.copy())
+        .permute(2, 0, 1)[None]
+        .to(device=device, dtype=torch.float32)
+        .div(255.0)
+        .to(dtype)
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -186,7 +202,7 @@ class PreparedControls:
                 f"Model: {unit.model}", f"Model: {prepared.net.entry.title}")
 
 
-def hires_size(job: GenerationJob) -> Optional[tuple[int, int]]:
+def hires_size(job: GenerationJob) -> tuple[int, int] | None:
     """(height, width) of the hires second pass, after the latent crop."""
     hires = job.hires
     if hires is None:
@@ -196,7 +212,7 @@ def hires_size(job: GenerationJob) -> Optional[tuple[int, int]]:
     return height, width
 
 
-def job_numpy_seed(job: GenerationJob) -> Optional[int]:
+def job_numpy_seed(job: GenerationJob) -> int | None:
     """The extension's preprocessor seed: the job's first seed and subseed combined."""
     from webui_api.controlnet.preprocessors import numpy_seed
 
@@ -209,20 +225,29 @@ def job_numpy_seed(job: GenerationJob) -> Optional[int]:
 def check_fits(net: Any, model: Any) -> None:
     """A ControlNet runs beside one UNet family only: same widths and context size."""
     cn, unet = net.module.config, model.unet.config
-    if tuple(cn.block_out_channels) != tuple(unet.block_out_channels) or cn.cross_attention_dim != unet.cross_attention_dim:
+    if (
+        tuple(cn.block_out_channels) != tuple(unet.block_out_channels)
+        or cn.cross_attention_dim != unet.cross_attention_dim
+    ):
         raise BadRequest(
-            f"ControlNet {net.entry.title} ({net.family}) does not fit the checkpoint {model.info.title} ({model.family}):"
-            f" widths {tuple(cn.block_out_channels)} vs {tuple(unet.block_out_channels)}, context {cn.cross_attention_dim} vs {unet.cross_attention_dim}"
+            f"ControlNet {net.entry.title} ({net.family}) does not fit the checkpoint {model.info.title} "
+            f"({model.family}):"
+            f" widths {tuple(cn.block_out_channels)} vs {tuple(unet.block_out_channels)}, context "
+            f"{cn.cross_attention_dim} vs {unet.cross_attention_dim}"
         )
 
 
-def prepare_unit(library: Any, model: Any, job: GenerationJob, unit: ControlUnit, annotator_dir: Path) -> tuple[PreparedUnit, list[np.ndarray]]:
+def prepare_unit(
+    library: Any, model: Any, job: GenerationJob, unit: ControlUnit, annotator_dir: Path
+) -> tuple[PreparedUnit, list[np.ndarray]]:
     """One unit: network, low-res map and (hires) the second pass's map."""
     if unit.image is None:
         raise BadRequest(f"ControlNet unit {unit.index} is enabled but no input image is given")
     net = library.get(unit.model, model.device, model.dtype)
     check_fits(net, model)
-    detected = run_unit_preprocessor(unit, unit.image, job.height, job.width, annotator_dir, library.annotators, job_numpy_seed(job))
+    detected = run_unit_preprocessor(
+        unit, unit.image, job.height, job.width, annotator_dir, library.annotators, job_numpy_seed(job)
+    )
     low = resize_map(detected, unit.resize_mode, job.height, job.width)
     maps = [low]
     hr_hint = None
@@ -234,7 +259,9 @@ def prepare_unit(library: Any, model: Any, job: GenerationJob, unit: ControlUnit
     return PreparedUnit(unit, net, map_tensor(low, model.device, model.dtype), hr_hint), maps
 
 
-def prepare_controls(library: Any, model: Any, job: GenerationJob, annotator_dir: Path) -> tuple[GenerationJob, PreparedControls]:
+def prepare_controls(
+    library: Any, model: Any, job: GenerationJob, annotator_dir: Path
+) -> tuple[GenerationJob, PreparedControls]:
     """The job with its units replaced by PreparedUnits, and what the result needs."""
     if not job.controlnet_units:
         return job, PreparedControls()
@@ -269,7 +296,7 @@ def apply_cache_size(library: Any, value: int | None) -> None:
 class ControlHook:
     """Residuals for one sampler run; `track` wraps the sampler callback to follow steps."""
 
-    def __init__(self, units: list[PreparedUnit], sampling_steps: int, trace: Optional[list[ControlStep]] = None) -> None:
+    def __init__(self, units: list[PreparedUnit], sampling_steps: int, trace: list[ControlStep] | None = None) -> None:
         self.units = units
         self.sampling_steps = max(1, sampling_steps)
         self.sampling_step = 0
@@ -288,31 +315,41 @@ class ControlHook:
         return 0.0 if fraction < unit.guidance_start or fraction > unit.guidance_end else unit.weight
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, crossattn: torch.Tensor, uncond_rows: int,
-                 added_cond_kwargs: Optional[dict] = None) -> dict[str, Any]:
+                 added_cond_kwargs: dict | None = None) -> dict[str, Any]:
         """UNet keyword arguments with the summed residuals ({} when no unit acts)."""
-        total: Optional[list[torch.Tensor]] = None
+        total: list[torch.Tensor] | None = None
         for prepared in self.units:
             weight = self.strength(prepared.unit)
             self.trace.append(ControlStep(self.calls, self.sampling_step, prepared.unit.index, weight))
             if weight == 0.0:
                 continue
             residuals = self._unit_residuals(prepared, weight, x, t, crossattn, uncond_rows, added_cond_kwargs)
-            total = residuals if total is None else [a + b for a, b in zip(total, residuals)]
+            total = residuals if total is None else [a + b for a, b in zip(total, residuals, strict=True)]
         self.calls += 1
         if total is None:
             return {}
         return {"down_block_additional_residuals": tuple(total[:-1]), "mid_block_additional_residual": total[-1]}
 
-    def _unit_residuals(self, prepared: PreparedUnit, weight: float, x, t, crossattn, uncond_rows, added) -> list[torch.Tensor]:
+    def _unit_residuals(
+        self, prepared: PreparedUnit, weight: float, x, t, crossattn, uncond_rows, added
+    ) -> list[torch.Tensor]:
         net = prepared.net.module
         hint = _fit_hint(prepared.map, x)
         kwargs = {"added_cond_kwargs": added} if added is not None else {}
-        down, mid = net(x.to(net.dtype), t, encoder_hidden_states=crossattn.to(net.dtype), controlnet_cond=hint.to(net.dtype),
-                        return_dict=False, **kwargs)
+        down, mid = net(
+            x.to(net.dtype),
+            t,
+            encoder_hidden_states=crossattn.to(net.dtype),
+            controlnet_cond=hint.to(net.dtype),
+            return_dict=False,
+            **kwargs,
+        )
         scales = residual_scales(prepared, weight, len(down) + 1)
         rows = _row_mask(x.shape[0], uncond_rows, prepared.unit.cond_only, x)
         # .to(x.dtype): a float32 network (--no-half-controlnet) beside a half-precision UNet
-        return [(r * s if rows is None else r * s * rows).to(x.dtype) for r, s in zip([*down, mid], scales)]
+        return [
+            (r * s if rows is None else r * s * rows).to(x.dtype) for r, s in zip([*down, mid], scales, strict=True)
+        ]
 
 
 def residual_scales(prepared: PreparedUnit, weight: float, count: int) -> list[float]:
@@ -324,7 +361,7 @@ def residual_scales(prepared: PreparedUnit, weight: float, count: int) -> list[f
     return soft[:count] if count <= SOFT_INJECTION_DEPTH else [weight] * (count - SOFT_INJECTION_DEPTH) + soft
 
 
-def _row_mask(rows: int, uncond_rows: int, cond_only: bool, x: torch.Tensor) -> Optional[torch.Tensor]:
+def _row_mask(rows: int, uncond_rows: int, cond_only: bool, x: torch.Tensor) -> torch.Tensor | None:
     """1 for prompt rows, 0 for negative-prompt rows (the trailing `uncond_rows`)."""
     if not cond_only or uncond_rows == 0:
         return None
@@ -341,14 +378,16 @@ def _fit_hint(hint: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return hint.to(x.device).expand(x.shape[0], -1, -1, -1)
 
 
-def control_hook(job: GenerationJob, schedule: torch.Tensor, timestep_kind: bool) -> Optional[ControlHook]:
+def control_hook(job: GenerationJob, schedule: torch.Tensor, timestep_kind: bool) -> ControlHook | None:
     """The hook for one sampler run of `job` (None without units acting in this pass)."""
     units = list(job.controlnet_units)
     if not units:
         return None
     wrong = [type(u).__name__ for u in units if not isinstance(u, PreparedUnit)]
     if wrong:
-        raise TypeError(f"controlnet_units must be prepared (engine.control.prepare_controls) before sampling; got {wrong}")
+        raise TypeError(
+            f"controlnet_units must be prepared (engine.control.prepare_controls) before sampling; got {wrong}"
+        )
     first_pass_of_hires = job.hires is not None
     acting = [u for u in units if u.active_in(first_pass_of_hires)]
     if not acting:

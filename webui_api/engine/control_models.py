@@ -25,9 +25,10 @@ from __future__ import annotations
 import logging
 import re
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, cast
 
 import torch
 
@@ -84,7 +85,9 @@ class ControlLayout:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ControlLayout:
         hint = config.get("conditioning_embedding_out_channels") or (16, 32, 96, 256)
-        unet = ldm_keys.UNetLayout(int(config["layers_per_block"]), tuple("CrossAttn" in k for k in config["down_block_types"]), ())
+        unet = ldm_keys.UNetLayout(
+            int(config["layers_per_block"]), tuple("CrossAttn" in k for k in config["down_block_types"]), ()
+        )
         return cls(unet, 2 * (len(hint) - 1))
 
 
@@ -179,10 +182,14 @@ def hint_widths(shapes: Shapes) -> list[int]:
     if len(convs) < 4 or len(convs) % 2:
         raise ValueError(f"input_hint_block has {len(convs)} convolutions; expected an even number >= 4")
     blocks = convs[1:-1]
-    return [shapes[f"input_hint_block.{convs[0]}.weight"][0]] + [shapes[f"input_hint_block.{i}.weight"][0] for i in blocks[1::2]]
+    return [shapes[f"input_hint_block.{convs[0]}.weight"][0]] + [
+        shapes[f"input_hint_block.{i}.weight"][0] for i in blocks[1::2]
+    ]
 
 
-def _attention_sizes(config: dict[str, Any], shapes: Shapes, family: str, widths: list[int], depths: list[int]) -> dict[str, Any]:
+def _attention_sizes(
+    config: dict[str, Any], shapes: Shapes, family: str, widths: list[int], depths: list[int]
+) -> dict[str, Any]:
     if family in ("sd2", "sdxl"):
         config["attention_head_dim"] = [max(1, w // HEAD_CHANNELS) for w in widths]
     middle = key_count(shapes, re.escape("middle_block.1.transformer_blocks.") + r"(\d+)\.")
@@ -231,7 +238,8 @@ def build_controlnet(config: Mapping[str, Any], state: Mapping[str, torch.Tensor
     from diffusers import ControlNetModel
 
     with torch.device("meta"):
-        module = ControlNetModel(**config)
+        # diffusers' models are torch Modules; its type hints do not say so to mypy
+        module = cast(torch.nn.Module, ControlNetModel(**config))
     layout = ControlLayout.from_config(config)
     wanted = expected_shapes(module)
     tensors = gather(path, state, wanted, lambda key: original_key(key, layout), "ControlNet")
@@ -255,7 +263,11 @@ def load_controlnet_folder(entry: ControlNetFile) -> LoadedControlNet:
 
     module = ControlNetModel.from_pretrained(entry.filename, local_files_only=True)
     config = module.config
-    family = "sdxl" if config.addition_embed_type == "text_time" else {768: "sd1", 1024: "sd2"}.get(config.cross_attention_dim, "tiny")
+    family = (
+        "sdxl"
+        if config.addition_embed_type == "text_time"
+        else {768: "sd1", 1024: "sd2"}.get(config.cross_attention_dim, "tiny")
+    )
     return LoadedControlNet(entry, module.eval().requires_grad_(False), family)
 
 

@@ -16,8 +16,9 @@ Guidance is linear, so it works unchanged on x0 (k-diffusion) and on eps (timest
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Callable, Optional, Sequence
+from typing import Any, Protocol
 
 import torch
 
@@ -25,9 +26,19 @@ from samplers import lcm as lcm_math
 from samplers.schedules import sigma_table, sigma_to_t
 from webui_api.engine.cond_types import BatchConditioning, CondTensors, split_sdxl_vector
 from webui_api.engine.models import LoadedModel
-from webui_api.progress import CancelToken
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+class StopSignal(Protocol):
+    """What the CFG denoiser reads from a cancel token (progress.CancelToken, or a batch's
+    combined one) before each step."""
+
+    @property
+    def should_stop_sampling(self) -> bool: ...
+
+    @property
+    def interrupted(self) -> bool: ...
 
 
 class SamplingInterrupted(Exception):
@@ -58,7 +69,7 @@ class CondBatch:
     """Stacked conditioning rows for one UNet call: (N, tokens, C) and, for SDXL, (N, D) vectors."""
 
     crossattn: torch.Tensor
-    vector: Optional[torch.Tensor] = None
+    vector: torch.Tensor | None = None
     uncond_rows: int = 0  # trailing negative-prompt rows (ControlNet's "ControlNet is more important")
 
     @property
@@ -66,22 +77,26 @@ class CondBatch:
         return int(self.crossattn.shape[1])
 
     @classmethod
-    def stack(cls, items: Sequence[CondTensors]) -> "CondBatch":
+    def stack(cls, items: Sequence[CondTensors]) -> CondBatch:
         """Rows of different token lengths are padded by repeating their last token vector."""
         tokens = max(item.crossattn.shape[0] for item in items)
         crossattn = torch.stack([pad_tokens(item.crossattn, tokens) for item in items])
-        vectors = [item.vector for item in items]
-        if all(v is None for v in vectors):
+        vectors = [item.vector for item in items if item.vector is not None]
+        if not vectors:
             return cls(crossattn)
-        if any(v is None for v in vectors):
+        if len(vectors) != len(items):
             raise ValueError("either every conditioning row has an SDXL vector or none does; got a mix")
         return cls(crossattn, torch.stack(vectors))
 
-    def cat(self, other: "CondBatch") -> "CondBatch":
-        vector = None if self.vector is None else torch.cat([self.vector, other.vector])
+    def cat(self, other: CondBatch) -> CondBatch:
+        vector = None
+        if self.vector is not None:
+            if other.vector is None:
+                raise ValueError("either every conditioning row has an SDXL vector or none does; got a mix")
+            vector = torch.cat([self.vector, other.vector])
         return CondBatch(torch.cat([self.crossattn, other.crossattn]), vector, self.uncond_rows + other.uncond_rows)
 
-    def rows(self, start: int, stop: int) -> "CondBatch":
+    def rows(self, start: int, stop: int) -> CondBatch:
         """Rows [start, stop); uncond_rows counts the trailing negative rows that fall inside."""
         total = self.crossattn.shape[0]
         uncond = max(0, stop - max(start, total - self.uncond_rows)) if self.uncond_rows else 0
@@ -89,7 +104,7 @@ class CondBatch:
         return CondBatch(self.crossattn[start:stop], vector, min(uncond, stop - start))
 
     @classmethod
-    def of(cls, cond: "CondBatch | torch.Tensor") -> "CondBatch":
+    def of(cls, cond: CondBatch | torch.Tensor) -> CondBatch:
         """Accept a bare (N, tokens, C) tensor where no SDXL vector is involved."""
         return cond if isinstance(cond, CondBatch) else cls(cond)
 
@@ -110,11 +125,11 @@ class UNetRunner:
         self.device_type = torch.device(getattr(model, "device", "cpu")).type
         config = getattr(model.unet, "config", None)
         self.needs_vector = getattr(config, "addition_embed_type", None) == "text_time"
-        self.config = config
+        self.config: Any = config  # diffusers config: attributes by model type
         self.control = None  # webui_api.engine.control.ControlHook while ControlNet units act
 
     def __call__(
-        self, x: torch.Tensor, t: torch.Tensor, cond: CondBatch, image_cond: Optional[torch.Tensor] = None
+        self, x: torch.Tensor, t: torch.Tensor, cond: CondBatch, image_cond: torch.Tensor | None = None
     ) -> torch.Tensor:
         latent = x
         if image_cond is not None:
@@ -128,7 +143,9 @@ class UNetRunner:
             )
             extra["added_cond_kwargs"] = {"text_embeds": text_embeds.to(self.dtype), "time_ids": time_ids}
         if self.control is not None:
-            extra.update(self.control(latent.to(self.dtype), t, cond.crossattn, cond.uncond_rows, extra.get("added_cond_kwargs")))
+            extra.update(
+                self.control(latent.to(self.dtype), t, cond.crossattn, cond.uncond_rows, extra.get("added_cond_kwargs"))
+            )
         with torch.autocast(self.device_type, dtype=self.dtype, enabled=self.autocast):
             out = self.unet(x.to(self.dtype), t, encoder_hidden_states=cond.crossattn.to(self.dtype), return_dict=False,
                             **extra)
@@ -174,7 +191,7 @@ class CompVisDenoiser(_SigmaRange):
         self.log_sigmas = self.sigmas.log().to(model.device)
 
     def __call__(
-        self, x: torch.Tensor, sigma: torch.Tensor, cond, image_cond: Optional[torch.Tensor] = None
+        self, x: torch.Tensor, sigma: torch.Tensor, cond, image_cond: torch.Tensor | None = None
     ) -> torch.Tensor:
         sigma = sigma.to(device=x.device, dtype=torch.float32)
         c_in = _per_row(1.0 / (sigma**2 + 1.0) ** 0.5, x.ndim)
@@ -211,7 +228,7 @@ class TimestepDenoiser:
         self.v_prediction = check_prediction_type(model) == "v_prediction"
 
     def __call__(
-        self, x: torch.Tensor, t: torch.Tensor, cond, image_cond: Optional[torch.Tensor] = None
+        self, x: torch.Tensor, t: torch.Tensor, cond, image_cond: torch.Tensor | None = None
     ) -> torch.Tensor:
         out = self.unet(x, t, CondBatch.of(cond), image_cond)
         if not self.v_prediction:
@@ -222,7 +239,7 @@ class TimestepDenoiser:
         ) * x
 
     def to_x0(self, x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        a_t = _per_row(self.alphas_cumprod[t.to(dtype=int)], x.ndim)
+        a_t = _per_row(self.alphas_cumprod[t.long()], x.ndim)
         return (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
 
 
@@ -237,7 +254,7 @@ class LCMDenoiser(_SigmaRange):
         self.log_sigmas = self.sigmas.log().to(model.device)
 
     def __call__(
-        self, x: torch.Tensor, sigma: torch.Tensor, cond, image_cond: Optional[torch.Tensor] = None
+        self, x: torch.Tensor, sigma: torch.Tensor, cond, image_cond: torch.Tensor | None = None
     ) -> torch.Tensor:
         sigma = sigma.to(device=x.device, dtype=torch.float32)
         c_in = _per_row(1 / (sigma**2 + 1.0) ** 0.5, x.ndim)
@@ -283,7 +300,7 @@ class InpaintBlend:
     nmask: torch.Tensor
 
     @classmethod
-    def from_latent_mask(cls, init_latent: torch.Tensor, latmask: torch.Tensor) -> "InpaintBlend":
+    def from_latent_mask(cls, init_latent: torch.Tensor, latmask: torch.Tensor) -> InpaintBlend:
         """From A1111's latmask (1 = repaint): mask = 1 - latmask, nmask = latmask."""
         return cls(init_latent=init_latent, mask=1 - latmask, nmask=latmask)
 
@@ -305,13 +322,13 @@ class GuidanceOptions:
     skip_early_cond: float = 0.0
     s_min_uncond_all: bool = False
     mask_before_denoising: bool = False
-    image_cfg_scale: Optional[float] = None  # instruct-pix2pix guidance (None / 1.0: plain CFG)
+    image_cfg_scale: float | None = None  # instruct-pix2pix guidance (None / 1.0: plain CFG)
     # A1111's pad_cond_uncond(_v0) and batch_cond_uncond options; empty_crossattn is the
     # (tokens, C) encoding of "" that pad_cond_uncond pads with (the model's empty prompt).
     pad_cond_uncond: bool = False
     pad_cond_uncond_v0: bool = False
     batch_cond_uncond: bool = True
-    empty_crossattn: Optional[torch.Tensor] = field(default=None, repr=False)
+    empty_crossattn: torch.Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.skip_early_cond and self.total_steps < 1:
@@ -337,10 +354,13 @@ def pad_cond_pair(cond: CondBatch, uncond: CondBatch, opts: GuidanceOptions) -> 
         return cond, replace(uncond, crossattn=crossattn)
     if not opts.pad_cond_uncond:
         return cond, uncond
-    repeats = (cond.tokens - uncond.tokens) // opts.empty_crossattn.shape[0]
+    empty = opts.empty_crossattn
+    if empty is None:
+        raise ValueError("pad_cond_uncond needs the empty prompt's crossattn (DenoiserOptions.empty_crossattn)")
+    repeats = (cond.tokens - uncond.tokens) // empty.shape[0]
     if repeats < 0:
-        return _pad_with_empty(cond, -repeats, opts.empty_crossattn), uncond
-    return cond, _pad_with_empty(uncond, repeats, opts.empty_crossattn)
+        return _pad_with_empty(cond, -repeats, empty), uncond
+    return cond, _pad_with_empty(uncond, repeats, empty)
 
 
 PAD_CONDS = "Pad conds"
@@ -412,7 +432,7 @@ class GuidanceOutput:
         return self.to_x0(self.x, self.cond_out, self.sigma)
 
     @property
-    def uncond_denoised(self) -> Optional[torch.Tensor]:
+    def uncond_denoised(self) -> torch.Tensor | None:
         """x0 of the negative prompt; None when NGMS / skip-early skipped it."""
         return None if self.uncond_skipped else self.to_x0(self.x, self.uncond_out, self.sigma)
 
@@ -430,9 +450,10 @@ class _Selected:
 
 def select_conds(conditioning: BatchConditioning, step: int) -> tuple[list[CondTensors], list, list[CondTensors]]:
     """Each sub-prompt's and negative prompt's variant for denoiser call ``step`` (ScheduledCond.at)."""
-    rows, layout = [], []
+    rows: list[CondTensors] = []
+    layout: list[tuple[tuple[int, float], ...]] = []
     for image in conditioning.cond:
-        entries = []
+        entries: list[tuple[int, float]] = []
         for scheduled, weight in image.parts:
             entries.append((len(rows), float(weight)))
             rows.append(scheduled.at(step))
@@ -453,9 +474,9 @@ class CFGDenoiser:
     def __init__(
         self,
         inner,
-        cancel: CancelToken,
+        cancel: StopSignal,
         options: GuidanceOptions = GuidanceOptions(),
-        blend: Optional[InpaintBlend] = None,
+        blend: InpaintBlend | None = None,
     ) -> None:
         self.inner = inner
         self.cancel = cancel
@@ -471,11 +492,11 @@ class CFGDenoiser:
         self,
         x: torch.Tensor,
         sigma: torch.Tensor,
-        cond: "BatchConditioning | torch.Tensor",
+        cond: BatchConditioning | torch.Tensor,
         cond_scale: float,
         s_min_uncond: float = 0.0,
-        uncond: Optional[torch.Tensor] = None,
-        image_cond: Optional[torch.Tensor] = None,
+        uncond: torch.Tensor | None = None,
+        image_cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if self.cancel.should_stop_sampling:
             raise SamplingInterrupted("interrupted" if self.cancel.interrupted else "skipped")
@@ -483,10 +504,11 @@ class CFGDenoiser:
         self.padded = selected.padded
         if self.blend is not None and self.options.mask_before_denoising:
             x = self.blend(x)
-        if self._edit_guidance(image_cond):
+        edit_scale = self._edit_guidance_scale(image_cond)
+        if image_cond is not None and edit_scale is not None:
             skip = False
             cond_out, uncond_out, denoised = edit_guidance(self.inner, x, sigma, selected, image_cond, cond_scale,
-                                                           self.options.image_cfg_scale)
+                                                           edit_scale)
         else:
             skip = self._skip_uncond(sigma, s_min_uncond)
             cond_out, uncond_out = self._run(x, sigma, selected, skip, image_cond)
@@ -537,11 +559,11 @@ class CFGDenoiser:
             self._cache = (key, stacked)
         return self._cache[1]
 
-    def _edit_guidance(self, image_cond: Optional[torch.Tensor]) -> bool:
-        """A1111's is_edit_model: an instruct-pix2pix image latent and image_cfg_scale != 1
-        (the caller sets image_cfg_scale only for 8-channel UNets, as A1111 does)."""
+    def _edit_guidance_scale(self, image_cond: torch.Tensor | None) -> float | None:
+        """image_cfg_scale when A1111's is_edit_model holds (an instruct-pix2pix image latent and
+        image_cfg_scale != 1; the caller sets it only for 8-channel UNets, as A1111 does), else None."""
         scale = self.options.image_cfg_scale
-        return image_cond is not None and scale is not None and scale != 1.0
+        return scale if image_cond is not None and scale is not None and scale != 1.0 else None
 
     def _skip_uncond(self, sigma: torch.Tensor, s_min_uncond: float) -> bool:
         """skip_early_cond while step / total_steps <= it; else NGMS below s_min_uncond on odd
@@ -554,15 +576,21 @@ class CFGDenoiser:
 
     def _run(self, x, sigma, selected: _Selected, skip: bool, image_cond):
         """The UNet calls; returns (all cond rows' output, uncond rows' output or fake uncond)."""
-        x_c, sigma_c, ic_c = (_repeat_rows(v, selected.repeats) for v in (x, sigma, image_cond))
+        x_c, sigma_c = _repeat_rows(x, selected.repeats), _repeat_rows(sigma, selected.repeats)
+        ic_c = None if image_cond is None else _repeat_rows(image_cond, selected.repeats)
         size = x.shape[0]
         if skip:
             cond_out = self._call(x_c, sigma_c, selected.cond, ic_c, size)
             return cond_out, _rows(cond_out, [parts[0][0] for parts in selected.parts])
         if selected.cond.tokens != selected.uncond.tokens:
-            return self._call(x_c, sigma_c, selected.cond, ic_c, size), self.inner(x, sigma, selected.uncond, image_cond)
+            return self._call(x_c, sigma_c, selected.cond, ic_c, size), self.inner(
+                x, sigma, selected.uncond, image_cond
+            )
         both = self._call(
-            torch.cat([x_c, x]), torch.cat([sigma_c, sigma]), selected.cond.cat(selected.uncond), _cat_opt(ic_c, image_cond),
+            torch.cat([x_c, x]),
+            torch.cat([sigma_c, sigma]),
+            selected.cond.cat(selected.uncond),
+            _cat_opt(ic_c, image_cond),
             size,
         )
         return both[: x_c.shape[0]], both[x_c.shape[0] :]
@@ -580,7 +608,9 @@ class CFGDenoiser:
         return torch.cat(outs)
 
 
-def edit_guidance(inner, x, sigma, selected: _Selected, image_cond: torch.Tensor, cond_scale: float, image_scale: float):
+def edit_guidance(
+    inner, x, sigma, selected: _Selected, image_cond: torch.Tensor, cond_scale: float, image_scale: float
+):
     """InstructPix2Pix guidance (A1111's combine_denoised_for_edit_model): three row blocks,
     (prompt, image), (negative, image), (negative, zero image); denoised = u + cfg * (c - i) +
     image_cfg * (i - u). AND sub-prompts are refused, as A1111 does. Returns (cond rows,
@@ -588,23 +618,33 @@ def edit_guidance(inner, x, sigma, selected: _Selected, image_cond: torch.Tensor
     if any(len(parts) != 1 for parts in selected.parts):
         raise ValueError("AND is not supported for InstructPix2Pix checkpoints (unless image_cfg_scale is 1.0)")
     rows = [parts[0][0] for parts in selected.parts]
-    cond = CondBatch(selected.cond.crossattn[rows], None if selected.cond.vector is None else selected.cond.vector[rows])
+    cond = CondBatch(
+        selected.cond.crossattn[rows], None if selected.cond.vector is None else selected.cond.vector[rows]
+    )
     blank = torch.zeros_like(image_cond)
     if cond.tokens == selected.uncond.tokens:
-        out = inner(torch.cat([x, x, x]), torch.cat([sigma, sigma, sigma]), cond.cat(selected.uncond).cat(selected.uncond),
-                    torch.cat([image_cond, image_cond, blank]))
+        out = inner(
+            torch.cat([x, x, x]),
+            torch.cat([sigma, sigma, sigma]),
+            cond.cat(selected.uncond).cat(selected.uncond),
+            torch.cat([image_cond, image_cond, blank]),
+        )
         out_cond, out_image, out_uncond = out.chunk(3)
     else:
         out_cond = inner(x, sigma, cond, image_cond)
-        out_image, out_uncond = inner(torch.cat([x, x]), torch.cat([sigma, sigma]), selected.uncond.cat(selected.uncond),
-                                      torch.cat([image_cond, blank])).chunk(2)
+        out_image, out_uncond = inner(
+            torch.cat([x, x]),
+            torch.cat([sigma, sigma]),
+            selected.uncond.cat(selected.uncond),
+            torch.cat([image_cond, blank]),
+        ).chunk(2)
     denoised = out_uncond + cond_scale * (out_cond - out_image) + image_scale * (out_image - out_uncond)
     return out_cond, out_uncond, denoised
 
 
-def _repeat_rows(v: Optional[torch.Tensor], repeats: tuple[int, ...]) -> Optional[torch.Tensor]:
+def _repeat_rows(v: torch.Tensor, repeats: tuple[int, ...]) -> torch.Tensor:
     """Row i repeated repeats[i] times (each image once per AND sub-prompt)."""
-    if v is None or all(r == 1 for r in repeats):
+    if all(r == 1 for r in repeats):
         return v
     return torch.repeat_interleave(v, torch.tensor(repeats, device=v.device), dim=0)
 
@@ -615,8 +655,12 @@ def _rows(v: torch.Tensor, rows: list[int]) -> torch.Tensor:
     return v[torch.tensor(rows, device=v.device)]
 
 
-def _cat_opt(a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    return None if a is None else torch.cat([a, b])
+def _cat_opt(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    if a is None:
+        return None
+    if b is None:
+        raise ValueError("image conditioning for the cond rows but not the uncond rows")
+    return torch.cat([a, b])
 
 
 def combine(

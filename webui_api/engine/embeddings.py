@@ -29,14 +29,15 @@ from __future__ import annotations
 
 import logging
 import pickle
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
-from webui_api.engine.loading.discovery import ModelPaths, embedding_files
 from webui_api.engine.image_embeddings import IMAGE_EXTENSIONS, BadImageEmbedding, NotAnEmbedding, read_image_embedding
+from webui_api.engine.loading.discovery import ModelPaths, embedding_files
 from webui_api.engine.loading.hashes import HashCache
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,9 @@ def embedding_vectors(data: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     tensors = [value for value in data.values() if isinstance(value, torch.Tensor)]
     if len(data) == 1 and len(tensors) == 1:
         return {"text_encoder": _as_matrix(tensors[0])}
-    raise EmbeddingFormatError(f"neither a textual inversion nor a diffusers concept (keys: {sorted(map(str, data))[:5]})")
+    raise EmbeddingFormatError(
+        f"neither a textual inversion nor a diffusers concept (keys: {sorted(map(str, data))[:5]})"
+    )
 
 
 def read_embedding_file(path: Path, allow_unsafe_pickle: bool = False) -> Mapping[str, Any]:

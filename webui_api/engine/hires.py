@@ -16,16 +16,18 @@ Known difference: the VAE encode of the pixel path uses the posterior mean (see 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from webui_api.engine.control import hires_pass_units
 from webui_api.engine.cond_types import BatchConditioning
 from webui_api.engine.conditioning import build_batch_conditioning
+from webui_api.engine.control import hires_pass_units
+from webui_api.engine.denoiser import PaddingRecord
 from webui_api.engine.img2img import (
     InpaintState,
     check_timestep_steps,
@@ -38,7 +40,6 @@ from webui_api.engine.img2img import (
 from webui_api.engine.latents import decode_latents
 from webui_api.engine.models import CheckpointInfo, LoadedModel
 from webui_api.engine.networks import parse_prompt_networks
-from webui_api.engine.denoiser import PaddingRecord
 from webui_api.engine.pipeline import (
     LATENT_SCALE,
     BatchSpec,
@@ -54,7 +55,7 @@ from webui_api.errors import BadRequest
 from webui_api.jobs import GeneratedImage, GenerationJob, HiresParams, Img2ImgParams, JobResult
 from webui_api.progress import CancelToken, RunObserver
 
-PIXEL_UPSCALERS = {"None": None, "Lanczos": Image.LANCZOS, "Nearest": Image.NEAREST}
+PIXEL_UPSCALERS = {"None": None, "Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST}
 
 # (picture, target width, target height) -> the picture at exactly that size
 PixelUpscale = Callable[[Image.Image, int, int], Image.Image]
@@ -76,7 +77,11 @@ def builtin_pixel_upscale(name: str) -> PixelUpscale:
         scale = max(width / picture.width, height / picture.height)
         if resample is not None and scale > 1:
             picture = picture.resize((int(picture.width * scale), int(picture.height * scale)), resample=resample)
-        return picture if picture.size == (width, height) else picture.resize((width, height), resample=Image.LANCZOS)
+        return (
+            picture
+            if picture.size == (width, height)
+            else picture.resize((width, height), resample=Image.Resampling.LANCZOS)
+        )
 
     return resize
 
@@ -91,7 +96,11 @@ def catalog_pixel_upscale(catalog: Any, name: str) -> PixelUpscale:
         scale = max(width / picture.width, height / picture.height)
         if scale > 1:
             picture = catalog.upscale(picture, name, scale)
-        return picture if picture.size == (width, height) else picture.resize((width, height), resample=Image.LANCZOS)
+        return (
+            picture
+            if picture.size == (width, height)
+            else picture.resize((width, height), resample=Image.Resampling.LANCZOS)
+        )
 
     return resize
 
@@ -103,13 +112,17 @@ def pixel_upscaler(hires: HiresParams, catalog: Any = None) -> PixelUpscale | No
     if catalog is not None:
         return catalog_pixel_upscale(catalog, hires.upscaler)
     if hires.upscaler not in PIXEL_UPSCALERS:
-        raise BadRequest(f"hr_upscaler {hires.upscaler!r} is not available; use a latent mode, Lanczos, Nearest or None")
+        raise BadRequest(
+            f"hr_upscaler {hires.upscaler!r} is not available; use a latent mode, Lanczos, Nearest or None"
+        )
     return builtin_pixel_upscale(hires.upscaler)
 
 
 def pixel_upscale(picture: Image.Image, hires: HiresParams) -> Image.Image:
     """A built-in pixel upscaler to the hires target size."""
     resize = pixel_upscaler(hires)
+    if resize is None:
+        raise BadRequest(f"hr_upscaler {hires.upscaler!r} is a latent mode, not a pixel upscaler")
     return resize(picture, hires.upscale_width, hires.upscale_height)
 
 
@@ -132,6 +145,7 @@ def upscale(
     if hires.latent_mode is not None:
         return F.interpolate(latents, size=size, mode=hires.latent_mode, antialias=hires.latent_antialias)
     resize = resize or pixel_upscaler(hires)
+    assert resize is not None  # not a latent mode, so pixel_upscaler gave one
     pictures = decode_latents(models.decoder, latents, auto_upcast)
     encoded = [encode_image(models.encoder, resize(p, hires.upscale_width, hires.upscale_height)) for p in pictures]
     return torch.cat(encoded).to(latents.device)
@@ -164,7 +178,7 @@ def hires_conditioning(
     out with the first pass's total steps as base and the hires total steps as frame. Their
     <lora:...> tags are removed before encoding; the engine has merged the hires prompt's
     own networks by then (HiresRun.select_networks)."""
-    hires = job.hires
+    hires = hires_params(job)
     base = total_steps(job, plan)
     frame = hr_plan.sampler.total_steps(hires.steps)
 
@@ -207,7 +221,7 @@ class HiresRun:
 
     def infotext(self) -> dict[str, Any]:
         """Denoising strength, then Hires checkpoint, then the request-side hires keys."""
-        hires = self.job.hires
+        hires = hires_params(self.job)
         extras: dict[str, Any] = {"Denoising strength": hires.denoising_strength}
         if self.checkpoint is not None:
             extras["Hires checkpoint"] = short_title(self._loaded_info(self.checkpoint))
@@ -232,7 +246,7 @@ def hires_run(model: LoadedModel, job: GenerationJob, models: CompanionModels | 
     title = getattr(hires, "checkpoint_title", None)
     if title is not None and models is None:
         raise BadRequest("hr_checkpoint_name needs the engine's checkpoint catalog; run the job through Engine.txt2img")
-    checkpoint = models.resolve(title) if title is not None else None
+    checkpoint = models.resolve(title) if title is not None and models is not None else None
     catalog = models.engine.upscaler_catalog() if models is not None and hires.latent_mode is None else None
     refiner = refiner_run(job, models) if models is not None else None
     return HiresRun(job, plan, hr_plan, model, models, checkpoint, refiner, pixel_upscaler(hires, catalog))
@@ -244,7 +258,7 @@ def second_pass(
     """A1111's sample_img2img with explicit steps (always the fix-steps rule); strength 0
     gives the upscaled latents back unsampled. Returns the latents and the model that
     finished them."""
-    job, hires = hr.job, hr.job.hires
+    job, hires = hr.job, hires_params(hr.job)
     steps = img2img_steps(hires.steps, hires.denoising_strength, fix_steps=True)
     if steps.steps == 0:
         return latents, model
@@ -262,6 +276,13 @@ def second_pass(
     return sample_pass(model, hr.refiner, ctx, batch, observer, cancel, start, hr.padding)
 
 
+def hires_params(job: GenerationJob) -> HiresParams:
+    """The hires params of a job check_hires_job accepted."""
+    if job.hires is None:
+        raise BadRequest("run_hires needs a txt2img job with hires params")
+    return job.hires
+
+
 def check_hires_job(job: GenerationJob) -> HiresParams:
     check_job(job)
     if job.hires is None or len(job.hires.prompts) != job.image_count:
@@ -273,7 +294,7 @@ def hires_batch(
     hr: HiresRun, batch: BatchSpec, auto_upcast: bool, observer: RunObserver, cancel: CancelToken
 ) -> tuple[torch.Tensor, LoadedModel]:
     """Both passes of one batch; returns the final latents and the model that decodes them."""
-    n, hires = batch.index, hr.job.hires
+    n, hires = batch.index, hires_params(hr.job)
     first_ctx = PassContext(hr.job, hr.plan, launch_steps=hr.job.sampling.steps, hires_enabled=True)
     hr.select_networks(is_hires=False)
     latents, finished = sample_pass(hr.main, hr.refiner, first_ctx, batch, observer, cancel, padding=hr.padding)

@@ -19,8 +19,9 @@ import base64
 import binascii
 import json
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,8 +86,8 @@ def unmask(block: np.ndarray) -> np.ndarray:
 
 def crop_black(pixels: np.ndarray) -> np.ndarray:
     """The smallest window holding every pixel whose three channels are all non-zero."""
-    lit = (pixels > 0).all(axis=2)
-    rows, cols = np.flatnonzero(lit.any(axis=1)), np.flatnonzero(lit.any(axis=0))
+    lit = np.all(pixels > 0, axis=2)
+    rows, cols = np.flatnonzero(np.any(lit, axis=1)), np.flatnonzero(np.any(lit, axis=0))
     if rows.size == 0:
         return pixels[:0, :0]
     return pixels[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]

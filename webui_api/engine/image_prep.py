@@ -52,7 +52,7 @@ def flatten(image: Image.Image, background: str) -> Image.Image:
 def plain_resize(image: Image.Image, width: int, height: int) -> Image.Image:
     """The resize step with upscaler None: a plain LANCZOS resize (what A1111's default
     upscaler_for_img2img does)."""
-    return image.resize((width, height), resample=Image.LANCZOS)
+    return image.resize((width, height), resample=Image.Resampling.LANCZOS)
 
 
 def resize_image(mode: int, image: Image.Image, size: TargetSize) -> Image.Image:

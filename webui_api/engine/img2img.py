@@ -17,11 +17,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from samplers.registry import KIND_TIMESTEPS
-from webui_api.engine.denoiser import InpaintBlend, PaddingRecord
+from webui_api.engine.denoiser import InpaintBlend, PaddingRecord, make_inner
 from webui_api.engine.latents import decode_latents
 from webui_api.engine.masks import finish_output
 from webui_api.engine.models import LoadedModel
-from webui_api.engine.rng import ImageRNG
 from webui_api.engine.pipeline import (
     LATENT_SCALE,
     BatchSpec,
@@ -36,8 +35,8 @@ from webui_api.engine.pipeline import (
     resolve_plan,
     unipc_options,
 )
-from webui_api.engine.denoiser import make_inner
 from webui_api.engine.refiner import CompanionModels, PassContext, refiner_run, sample_pass
+from webui_api.engine.rng import ImageRNG
 from webui_api.errors import BadRequest
 from webui_api.jobs import GeneratedImage, GenerationJob, Img2ImgParams, JobResult
 from webui_api.progress import CancelToken, RunObserver
@@ -163,7 +162,9 @@ def img2img_start(
 ) -> StartFn:
     """The start for the plan's sampler family (k-diffusion sigmas or timesteps)."""
     if plan.sampler.kind == KIND_TIMESTEPS:
-        return timestep_start(init, params, steps, inpaint, model.alphas_cumprod, unipc=plan.sampler.takes_unipc_options)
+        return timestep_start(
+            init, params, steps, inpaint, model.alphas_cumprod, unipc=plan.sampler.takes_unipc_options
+        )
     return noised_start(init, params, steps, inpaint)
 
 
@@ -203,7 +204,7 @@ def latent_mask(model: LoadedModel, params: Img2ImgParams, latent_shape: torch.S
     """A1111's latmask (1 = repaint): the mask resized bicubically to the latent size, /255,
     rounded with mask_round, repeated over the latent channels."""
     height, width = latent_shape[-2:]
-    small = params.mask.convert("RGB").resize((width, height), resample=Image.BICUBIC)
+    small = params.mask.convert("RGB").resize((width, height), resample=Image.Resampling.BICUBIC)
     values = np.asarray(small, dtype=np.float32)[:, :, 0] / 255.0
     if params.mask_round:
         values = np.around(values)
@@ -276,6 +277,7 @@ def inpaint_state(
     model: LoadedModel, job: GenerationJob, params: Img2ImgParams, init: torch.Tensor
 ) -> tuple[torch.Tensor, InpaintState]:
     """The init latent after the latent fill, and the blend/image conditioning to sample with."""
+    image_cond: torch.Tensor | None
     if model.unet_in_channels == EDIT_CHANNELS:
         image_cond = edit_image_cond(model, params)
     else:

@@ -152,7 +152,9 @@ def prepare_mask(
     crop = crop_region(blurred, settings.full_res_padding, size) if settings.full_res else None
     if settings.full_res and crop is None:  # blank mask: plain img2img, A1111 keeps the early keys
         early = tuple(key for key in mask_infotext(settings, False) if key[0] in ("Mask mode", "Mask blur"))
-        return PreparedMask(mask=None, overlays=(), images=tuple(_resized(flat_images, resize_mode, size)), infotext=early)
+        return PreparedMask(
+            mask=None, overlays=(), images=tuple(_resized(flat_images, resize_mode, size)), infotext=early
+        )
     if crop is not None:
         image_mask = resize_image(2, blurred.crop(crop.as_tuple).convert("RGB"), size).convert("L")
         overlays = tuple(overlay_for(image, blurred) for image in flat_images)

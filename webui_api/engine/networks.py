@@ -26,9 +26,10 @@ import logging
 import os
 import re
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, NoReturn, Sequence
+from typing import Any, NoReturn
 
 import torch
 
@@ -341,6 +342,14 @@ def _unsupported_kind(parts: Mapping[str, Any]) -> str | None:
 # ---------------------------------------------------------------------------
 
 
+def weight_of(module: torch.nn.Module) -> torch.Tensor:
+    """The `weight` parameter of a Linear/Conv layer (typed: nn.Module attributes are not)."""
+    weight = module.weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{type(module).__name__} has no weight tensor")
+    return weight
+
+
 @dataclass
 class NetworkPatch:
     """The original weights of every module a job's networks changed; `restore()` puts them
@@ -352,12 +361,12 @@ class NetworkPatch:
     def restore(self) -> None:
         with torch.no_grad():
             for module, original in reversed(self.backups):
-                module.weight.copy_(original)
+                weight_of(module).copy_(original)
         self.backups.clear()
 
     def backup(self, module: torch.nn.Module) -> None:
         if not any(existing is module for existing, _ in self.backups):
-            self.backups.append((module, module.weight.detach().clone()))
+            self.backups.append((module, weight_of(module).detach().clone()))
 
 
 @dataclass(frozen=True)
@@ -402,7 +411,9 @@ def _apply_one(network: LoadedNetwork, targets: Mapping[str, Target], patch: Net
             f"e.g. {unmatched[:2]}",
         )
     if unmatched:
-        log.info("LoRA %s: %d layers do not match this model, e.g. %s", network.entry.name, len(unmatched), unmatched[:3])
+        log.info(
+            "LoRA %s: %d layers do not match this model, e.g. %s", network.entry.name, len(unmatched), unmatched[:3]
+        )
 
 
 def _patch_module(
@@ -411,7 +422,7 @@ def _patch_module(
     kind = _unsupported_kind(parts)
     if kind is not None:
         raise UnusableModelFile(network.entry.filename, f"{kind} networks are not supported (layer {name})")
-    weight = target.module.weight
+    weight = weight_of(target.module)
     try:
         delta = lora_delta(parts, weight, network.call.dyn_dim)
     except ValueError as err:
@@ -491,7 +502,9 @@ class PassNetworks:
             try:
                 self._patches.append(apply_networks(model, [network]))
             except UnusableModelFile as err:
-                log.info("LoRA not applied to %s: %s", getattr(getattr(model, "info", None), "title", model), err.detail)
+                log.info(
+                    "LoRA not applied to %s: %s", getattr(getattr(model, "info", None), "title", model), err.detail
+                )
 
     def _undo_patches(self) -> None:
         for patch in reversed(self._patches):

@@ -6,8 +6,9 @@ Progress and cancellation travel through the observer and the cancel token passe
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -33,8 +34,8 @@ from webui_api.engine.denoiser import (
     make_inner,
 )
 from webui_api.engine.latents import decode_latents
-from webui_api.engine.previews import live_preview
 from webui_api.engine.models import LoadedModel
+from webui_api.engine.previews import live_preview
 from webui_api.engine.rng import ImageRNG, philox_normal
 from webui_api.errors import BadRequest
 from webui_api.jobs import GeneratedImage, GenerationJob, JobResult
@@ -112,8 +113,8 @@ class SamplingHooks:
     schedules over its own steps); `wrap_denoiser(cfg, batch, start)` returns what the sampler
     calls instead of the CFG denoiser (the refiner switch, webui_api.engine.refiner)."""
 
-    conditioning: Callable[[LoadedModel, "BatchSpec"], BatchConditioning] | None = None
-    wrap_denoiser: Callable[[CFGDenoiser, "BatchSpec", SamplingStart], Callable] | None = None
+    conditioning: Callable[[LoadedModel, BatchSpec], BatchConditioning] | None = None
+    wrap_denoiser: Callable[[CFGDenoiser, BatchSpec, SamplingStart], Callable] | None = None
 
 
 @dataclass
@@ -179,7 +180,9 @@ def unipc_options(job: GenerationJob) -> UniPCOptions:
 def check_unipc_steps(job: GenerationJob, plan: SamplerPlan) -> None:
     """UniPC runs one step per DDIM timestep and cannot have fewer steps than its order."""
     order = unipc_options(job).order
-    count = len(compute_timesteps(plan.sampler, job.sampling.steps, job.engine_options.always_discard_next_to_last_sigma))
+    count = len(
+        compute_timesteps(plan.sampler, job.sampling.steps, job.engine_options.always_discard_next_to_last_sigma)
+    )
     if count < order:
         raise BadRequest(f"UniPC order must be < sampling steps: order {order}, {count} steps (uni_pc_order option)")
 
@@ -230,7 +233,9 @@ def make_sigmas(model: LoadedModel, job: GenerationJob, plan: SamplerPlan, inner
 def make_schedule(model: LoadedModel, job: GenerationJob, plan: SamplerPlan, inner: Any) -> torch.Tensor:
     """What the sampler walks: sigmas, or DDIM timesteps for the timestep samplers."""
     if plan.sampler.kind == KIND_TIMESTEPS:
-        return compute_timesteps(plan.sampler, job.sampling.steps, job.engine_options.always_discard_next_to_last_sigma).to(model.device)
+        return compute_timesteps(
+            plan.sampler, job.sampling.steps, job.engine_options.always_discard_next_to_last_sigma
+        ).to(model.device)
     return make_sigmas(model, job, plan, inner)
 
 
@@ -443,8 +448,13 @@ def sample_batch(
     if begin.image_cond is not None:
         extra_args["image_cond"] = begin.image_cond
     # 4. sample; an interrupt or skip keeps the last x0 estimate of the prompt (A1111's last_latent)
+    function = plan.sampler.function
+    if function is None:  # resolve_sampler refuses unimplemented samplers before a job is built
+        raise ValueError(f"sampler {plan.sampler.name!r} is not implemented")
     try:
-        return plan.sampler.function(denoiser, x, schedule, extra_args=extra_args, callback=callback, disable=True, **kwargs)
+        return function(
+            denoiser, x, schedule, extra_args=extra_args, callback=callback, disable=True, **kwargs
+        )
     except SamplingInterrupted:
         return trace.x0 if cfg.last is None else cfg.last.cond_denoised
     finally:  # A1111 adds the keys after the sampler returns, interrupted or not

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Optional, Union
 
 import lark
 
@@ -163,6 +162,7 @@ def split_subprompts(prompt: str) -> tuple[SubPrompt, ...]:
     parts = []
     for part in _AND_SPLIT.split(prompt):
         match = _TRAILING_WEIGHT.match(part)
+        assert match is not None  # every string matches: the weight group is optional
         text, weight = match.group(1), match.group(2)
         parts.append(SubPrompt(text=text, weight=1.0 if weight is None else float(weight)))
     return tuple(parts)
@@ -177,8 +177,8 @@ def split_subprompts(prompt: str) -> tuple[SubPrompt, ...]:
 class _Edit:
     """`[before:after:number]`; `before` is empty for `[after:number]`."""
 
-    before: "_Sequence"
-    after: "_Sequence"
+    before: _Sequence
+    after: _Sequence
     number: str
 
 
@@ -186,10 +186,10 @@ class _Edit:
 class _Alternation:
     """`[a|b|...]`: option (step - 1) mod n at each step."""
 
-    options: tuple["_Sequence", ...]
+    options: tuple[_Sequence, ...]
 
 
-_Node = Union[str, _Edit, _Alternation]
+_Node = str | _Edit | _Alternation
 _Sequence = tuple[_Node, ...]
 
 
@@ -274,7 +274,7 @@ class ParsedPrompt:
     """
 
     text: str
-    sequence: Optional[_Sequence]
+    sequence: _Sequence | None
 
     def schedule(
         self, steps: int, hires_steps: int | None = None, use_old_scheduling: bool = False

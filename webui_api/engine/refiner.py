@@ -16,8 +16,9 @@ one, and put back (patches undone, parked in CPU RAM on GPU devices) when the jo
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 
@@ -43,7 +44,6 @@ from webui_api.engine.tiling import apply_tiling
 from webui_api.errors import NotFound
 from webui_api.jobs import GeneratedImage, GenerationJob, JobResult
 from webui_api.progress import CancelToken, RunObserver
-
 
 HIRES_REFINER_PASSES = ("first pass", "second pass", "both passes")  # option hires_fix_refiner_pass
 TABLE_SIZE = 1000  # training timesteps: the ratio is (999 - t) / 1000

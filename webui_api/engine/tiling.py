@@ -8,17 +8,20 @@ here the switch is scoped to a job and undone even when the job fails.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
 from webui_api.engine.models import LoadedModel
+
+PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]  # what torch's Conv2d accepts
 
 
 @dataclass
 class ConvPadding:
     """The padding modes a job changed, so they can be put back exactly."""
 
-    saved: list[tuple[torch.nn.Conv2d, str]] = field(default_factory=list)
+    saved: list[tuple[torch.nn.Conv2d, PaddingMode]] = field(default_factory=list)
 
     def restore(self) -> None:
         for layer, mode in self.saved:

@@ -155,7 +155,7 @@ def blip_tokenizer() -> Any:
     """bert-base-uncased's WordPiece vocabulary (shipped) plus BLIP's [DEC] and [ENC] tokens."""
     from transformers import BertTokenizer
 
-    text = resources.files(__package__).joinpath("data", "bert-base-uncased-vocab.txt").read_text(encoding="utf-8")
+    text = (resources.files(__package__) / "data" / "bert-base-uncased-vocab.txt").read_text(encoding="utf-8")
     vocab = {token: index for index, token in enumerate(text.split("\n")) if token}
     tokenizer = BertTokenizer(vocab=vocab, do_lower_case=True)
     tokenizer.add_special_tokens({"bos_token": DEC_TOKEN})

@@ -27,4 +27,4 @@ def asset(name: str) -> bytes:
     """The bytes of one of ASSETS (KeyError for any other name, so no path reaches the disk)."""
     if name not in ASSETS:
         raise KeyError(name)
-    return resources.files(__name__).joinpath("static", name).read_bytes()
+    return (resources.files(__name__) / "static" / name).read_bytes()

@@ -14,7 +14,8 @@ import json
 import re
 import struct
 import warnings
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, cast
 
 from PIL import Image, ImageOps, PngImagePlugin
 
@@ -261,7 +262,8 @@ def read_image_info(image: Image.Image) -> tuple[str | None, dict[str, Any]]:
     PNG "parameters" text is the infotext, replaced by a non-empty EXIF UserComment when the
     image has EXIF; GIFs use their comment; NovelAI PNGs are converted to A1111's format.
     """
-    items = dict(image.info or {})
+    # PIL types info keys as str | tuple (TIFF tags); PNG, JPEG, WebP and GIF info keys are str
+    items = cast(dict[str, Any], dict(image.info or {}))
     infotext = items.pop("parameters", None)
     if "exif" in items:
         infotext = _exif_user_comment(items["exif"]) or infotext

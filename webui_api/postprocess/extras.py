@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -136,7 +137,9 @@ def process_one(image: Image.Image, params: ExtrasParams, catalog: UpscalerCatal
     return ProcessedImage(result, {**items, "postprocessing": text}, text)
 
 
-def upscale_step(image: Image.Image, params: ExtrasParams, catalog: UpscalerCatalog, info: dict[str, Any]) -> Image.Image:
+def upscale_step(
+    image: Image.Image, params: ExtrasParams, catalog: UpscalerCatalog, info: dict[str, Any]
+) -> Image.Image:
     """Upscaler 1, blended with upscaler 2 by its visibility; nothing when upscaler 1 is "None"."""
     first, second = _upscaler_name(params.upscaler_1), _upscaler_name(params.upscaler_2)
     if first is None:
@@ -151,7 +154,9 @@ def upscale_step(image: Image.Image, params: ExtrasParams, catalog: UpscalerCata
     return result
 
 
-def face_step(image: Image.Image, model: str, params: ExtrasParams, faces: FaceRestorers, info: dict[str, Any]) -> Image.Image:
+def face_step(
+    image: Image.Image, model: str, params: ExtrasParams, faces: FaceRestorers, info: dict[str, Any]
+) -> Image.Image:
     """A1111's GFPGAN / CodeFormer postprocessing: restore, blend with the input by the
     visibility (below 1), record visibility (and CodeFormer's weight) rounded to 3 places."""
     visibility = params.gfpgan_visibility if model == "GFPGAN" else params.codeformer_visibility
@@ -166,7 +171,9 @@ def face_step(image: Image.Image, model: str, params: ExtrasParams, faces: FaceR
     return restored
 
 
-def _upscale_once(image: Image.Image, name: str, params: ExtrasParams, catalog: UpscalerCatalog, info: dict[str, Any]) -> Image.Image:
+def _upscale_once(
+    image: Image.Image, name: str, params: ExtrasParams, catalog: UpscalerCatalog, info: dict[str, Any]
+) -> Image.Image:
     """Scale by a factor (mode 0) or to cover w x h (mode 1), then centre-crop when asked."""
     if params.resize_mode == 1:
         factor = max(params.upscaling_resize_w / image.width, params.upscaling_resize_h / image.height)
@@ -198,7 +205,9 @@ def quote_value(value: Any) -> Any:
 
 def postprocessing_infotext(info: dict[str, Any]) -> str:
     """"key: value" pairs joined by ", " (a key equal to its value is written once; None skipped)."""
-    parts = [key if key == value else f"{key}: {quote_value(value)}" for key, value in info.items() if value is not None]
+    parts = [
+        key if key == value else f"{key}: {quote_value(value)}" for key, value in info.items() if value is not None
+    ]
     return ", ".join(parts)
 
 

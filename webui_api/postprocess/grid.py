@@ -4,8 +4,9 @@ when a request sets save_images (A1111's return_grid / grid_save options)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from PIL import Image
 

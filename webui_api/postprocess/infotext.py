@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 from packaging.version import InvalidVersion, Version
 
@@ -296,7 +297,9 @@ def _cut_style(style: StyleLike, prompt: str, negative_prompt: str) -> tuple[str
     if not style.prompt and not style.negative_prompt:
         return None
     cut_prompt = _cut_style_text(style.prompt, prompt)
-    cut_negative = None if cut_prompt is None else _cut_style_text(style.negative_prompt, negative_prompt)
+    if cut_prompt is None:
+        return None
+    cut_negative = _cut_style_text(style.negative_prompt, negative_prompt)
     return None if cut_negative is None else (cut_prompt, cut_negative)
 
 

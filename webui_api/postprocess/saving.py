@@ -23,10 +23,11 @@ import hashlib
 import os
 import re
 import string
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from PIL import Image
@@ -193,7 +194,9 @@ TAGS: Mapping[str, Callable[..., Any]] = {
     "job_timestamp": _job(lambda j, f: j.job_timestamp),
     "prompt_hash": lambda f, *a: _hash(f.prompt, *a),
     "negative_prompt_hash": lambda f, *a: None if f.job is None else _hash(f.job.main_negative_prompt, *a),
-    "full_prompt_hash": lambda f, *a: None if f.job is None else _hash(f"{f.job.main_prompt} {f.job.main_negative_prompt}", *a),
+    "full_prompt_hash": lambda f, *a: (
+        None if f.job is None else _hash(f"{f.job.main_prompt} {f.job.main_negative_prompt}", *a)
+    ),
     "prompt": lambda f: sanitize(f.prompt),
     "prompt_spaces": lambda f: sanitize(f.prompt, replace_spaces=False),
     "prompt_words": lambda f: prompt_words(f.prompt, f.max_prompt_words),

@@ -27,7 +27,6 @@ run a model, so importing this module (and `webui_api`) stays light.
 from __future__ import annotations
 
 import pickle
-
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -294,7 +293,9 @@ class UpscalerCatalog:
         path = entry.path
         return self.models.get(ModelKey("upscaler", path, self.device), lambda: load_model(path, self.device))
 
-    def upscale(self, image: Image.Image, name: str | None, scale: float, tiling: TileSpec | None = None) -> Image.Image:
+    def upscale(
+        self, image: Image.Image, name: str | None, scale: float, tiling: TileSpec | None = None
+    ) -> Image.Image:
         """Upscale `image` by `scale` with the named upscaler (A1111's Upscaler.upscale contract)."""
         entry = self.find(name)
         step = builtin_step(entry.name) if entry.is_builtin else model_step(self.model_for(entry), tiling or TileSpec())
@@ -438,8 +439,10 @@ def _run_tile(model: Any, source: Any, result: Any, tile: _Tile) -> None:
     with torch.inference_mode():
         out = model(source[:, :, pad_top:pad_bottom, pad_left:pad_right].to(model.device, model.dtype)).float().cpu()
     s = int(model.scale)
-    inner = out[:, :, (tile.top - pad_top) * s:(bottom - pad_top) * s, (tile.left - pad_left) * s:(right - pad_left) * s]
-    result[:, :, tile.top * s:bottom * s, tile.left * s:right * s] = inner
+    inner = out[
+        :, :, (tile.top - pad_top) * s : (bottom - pad_top) * s, (tile.left - pad_left) * s : (right - pad_left) * s
+    ]
+    result[:, :, tile.top * s : bottom * s, tile.left * s : right * s] = inner
 
 
 def _to_tensor(image: Image.Image) -> Any:

@@ -12,8 +12,8 @@ from typing import Any
 from fastapi import Depends
 
 from ..postprocess.upscale import UpscalerCatalog
-from ..scheduler import WorkItem
 from ..runtime import Runtime
+from ..scheduler import WorkItem
 from ..styles import read_styles
 from . import api_router, get_runtime
 
@@ -27,7 +27,11 @@ LATENT_UPSCALE_MODES = (
 
 def _sampler_item(sampler: Any) -> dict[str, Any]:
     """A1111's SamplerItem: option values are strings (pydantic v1 coerced True to "True")."""
-    return {"name": sampler.name, "aliases": list(sampler.aliases), "options": {k: str(v) for k, v in sampler.options.items()}}
+    return {
+        "name": sampler.name,
+        "aliases": list(sampler.aliases),
+        "options": {k: str(v) for k, v in sampler.options.items()},
+    }
 
 
 def _scheduler_item(scheduler: Any) -> dict[str, Any]:

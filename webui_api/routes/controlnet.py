@@ -7,7 +7,7 @@ control_types, settings) and the hosted-endpoint style payload POST /v1/controln
 from __future__ import annotations
 
 import base64
-from typing import Any, Optional
+from typing import Any
 
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..auth import request_context
 from ..errors import ApiError, NotFound, ValidationFailed
 from ..generation.runs import run_txt2img
-from ..schemas.generation import Txt2ImgRequest
 from ..runtime import Runtime
+from ..schemas.generation import Txt2ImgRequest
 from . import api_router, get_runtime
 
 router = api_router()
@@ -31,7 +31,10 @@ CONTROL_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "Canny": (("canny", "invert"), ("canny",)),
     "Depth": (("depth_midas", "depth_leres", "depth_leres++", "depth_zoe", "depth_anything"), ("depth",)),
     "NormalMap": (("normal_bae", "normal_midas"), ("normalmap", "normal")),
-    "OpenPose": (("openpose", "openpose_face", "openpose_faceonly", "openpose_full", "openpose_hand"), ("openpose", "densepose")),
+    "OpenPose": (
+        ("openpose", "openpose_face", "openpose_faceonly", "openpose_full", "openpose_hand"),
+        ("openpose", "densepose"),
+    ),
     "MLSD": (("mlsd", "invert"), ("mlsd",)),
     "Lineart": (("lineart_standard", "lineart_realistic", "lineart_coarse", "lineart_anime", "invert"), ("lineart",)),
     "SoftEdge": (("softedge_hed", "softedge_hedsafe", "softedge_pidinet", "softedge_pidisafe"), ("softedge", "hed")),
@@ -144,7 +147,7 @@ class EndpointControlRequest(BaseModel):
     height: int = Field(512, ge=64, le=2048)
     width: int = Field(512, ge=64, le=2048)
     controlnet_conditioning_scale: float = Field(1.0, ge=0, le=2)
-    seed: Optional[int] = -1
+    seed: int | None = -1
     sampler_name: str = "Euler a"
     preprocess: bool = True  # false: `image` already is the control map (module "none")
 
@@ -165,7 +168,10 @@ def endpoint_unit(body: EndpointControlRequest, titles: list[str]) -> dict[str, 
     module, words = ENDPOINT_TYPES[kind]
     model = next((t for t in titles if any(w in t.lower() for w in words)), None)
     if model is None:
-        raise NotFound(f"no installed ControlNet model fits controlnet_type {kind!r} (its name must contain one of {list(words)}); installed: {titles or 'none'}")
+        raise NotFound(
+            f"no installed ControlNet model fits controlnet_type {kind!r} (its name must contain one of "
+            f"{list(words)}); installed: {titles or 'none'}"
+        )
     return {
         "enabled": True, "image": body.image, "module": module if body.preprocess else "none", "model": model,
         "weight": body.controlnet_conditioning_scale, "resize_mode": "Crop and Resize", "save_detected_map": False,

@@ -16,11 +16,17 @@ from typing import Any
 import numpy as np
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import ConfigDict, Field
 from PIL import Image
+from pydantic import ConfigDict, Field
 
-from ..controlnet.preprocessors import AnnotatorCache, annotator_dir_for, list_modules, module_info, run_preprocessor
-from ..controlnet.preprocessors import PoseCallback
+from ..controlnet.preprocessors import (
+    AnnotatorCache,
+    PoseCallback,
+    annotator_dir_for,
+    list_modules,
+    module_info,
+    run_preprocessor,
+)
 from ..errors import ValidationFailed
 from ..postprocess.encode import decode_image_base64, encode_image_base64
 from ..runtime import Runtime
@@ -55,7 +61,7 @@ class DetectRequest(EdgeModel):
 async def module_list(alias_names: bool = False) -> dict[str, Any]:
     modules = list_modules()
     names = [m.alias if alias_names else m.name for m in modules]
-    return {"module_list": names, "module_detail": {n: m.detail() for n, m in zip(names, modules)}}
+    return {"module_list": names, "module_detail": {n: m.detail() for n, m in zip(names, modules, strict=True)}}
 
 
 @router.post("/controlnet/detect")

@@ -18,8 +18,8 @@ from ..errors import NotFound
 from ..interrogate.service import Interrogator, check_model_name
 from ..job_builder import job_timestamp
 from ..postprocess.encode import decode_image_base64
-from ..scheduler import ProgressSpec, WorkItem
 from ..runtime import Runtime
+from ..scheduler import ProgressSpec, WorkItem
 from ..weights.runtime import NeededWeights, prefetch
 from . import api_router, get_runtime
 

@@ -183,7 +183,7 @@ def options_model() -> type[BaseModel]:
     """A1111's OptionsModel: one optional field per option, its default as the example."""
     fields: dict[str, Any] = {}
     for option in OPTION_DEFS:
-        nullable = Optional[_json_type(option.default)]  # noqa: UP045 (a type built at run time)
+        nullable: Any = Optional[_json_type(option.default)]  # noqa: UP045 (a type built at run time)
         fields[option.key] = (nullable, Field(default=None, examples=[_example(option.default)]))
     return create_model("OptionsModel", **fields)
 

@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import Body, Depends
 
 from ..errors import ApiError, BadRequest, NotFound
-from ..scheduler import WorkItem
 from ..runtime import Runtime
+from ..scheduler import WorkItem
 from . import api_router, get_runtime
 
 router = api_router()
@@ -50,12 +50,16 @@ async def _load_checkpoint(runtime: Runtime, previous: Any, title: str) -> None:
     restores an option whose onchange failed) and report why. On success, record the loaded
     title, which gains its " [hash]" once the file has been hashed."""
     try:
-        loaded = await runtime.scheduler.run(WorkItem(run=lambda _: runtime.engine.load(title), label="load checkpoint"))
+        loaded = await runtime.scheduler.run(
+            WorkItem(run=lambda _: runtime.engine.load(title), label="load checkpoint")
+        )
     except ApiError:
         if previous is not None:
             runtime.options.apply({"sd_model_checkpoint": previous}, validate_checkpoint=lambda _: previous)
         raise
-    runtime.options.set_internal({"sd_model_checkpoint": loaded.info.title, "sd_checkpoint_hash": loaded.info.sha256 or ""})
+    runtime.options.set_internal(
+        {"sd_model_checkpoint": loaded.info.title, "sd_checkpoint_hash": loaded.info.sha256 or ""}
+    )
 
 
 @router.get("/sdapi/v1/cmd-flags")

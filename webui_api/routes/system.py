@@ -9,8 +9,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse, Response
 
-from ..scheduler import PRIORITY_HIGH, WorkItem
 from ..runtime import Runtime
+from ..scheduler import PRIORITY_HIGH, WorkItem
 from ..settings import Settings
 from . import api_router, get_runtime
 

@@ -25,7 +25,8 @@ import io
 import json
 import time
 import zipfile
-from typing import Any, AsyncIterator, Optional, Union
+from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -52,19 +53,19 @@ _QUEUE_EXTRAS = {"checkpoint", "vae", "callback_url", "priority"}
 class QueueTxt2ImgRequest(Txt2ImgRequest):
     """A1111's txt2img body plus agent-scheduler's extras."""
 
-    checkpoint: Optional[str] = None
-    vae: Optional[str] = None
-    callback_url: Optional[str] = None
-    priority: Optional[Union[int, str]] = None
+    checkpoint: str | None = None
+    vae: str | None = None
+    callback_url: str | None = None
+    priority: int | str | None = None
 
 
 class QueueImg2ImgRequest(Img2ImgRequest):
     """A1111's img2img body plus agent-scheduler's extras."""
 
-    checkpoint: Optional[str] = None
-    vae: Optional[str] = None
-    callback_url: Optional[str] = None
-    priority: Optional[Union[int, str]] = None
+    checkpoint: str | None = None
+    vae: str | None = None
+    callback_url: str | None = None
+    priority: int | str | None = None
 
 
 def get_runner(request: Request) -> TaskRunner:
@@ -74,7 +75,7 @@ def get_runner(request: Request) -> TaskRunner:
 # queueing --------------------------------------------------------------------------------------
 
 
-def task_params(body: Union[QueueTxt2ImgRequest, QueueImg2ImgRequest]) -> dict[str, Any]:
+def task_params(body: QueueTxt2ImgRequest | QueueImg2ImgRequest) -> dict[str, Any]:
     """The stored request: agent-scheduler's `checkpoint` and `vae` become override_settings."""
     params = body.model_dump(exclude=_QUEUE_EXTRAS)
     overrides = dict(params.get("override_settings") or {})
@@ -108,12 +109,16 @@ async def enqueue(task_type: str, body: Any, http: Request, runner: TaskRunner) 
 
 
 @router.post(f"{PREFIX}/queue/txt2img")
-async def queue_txt2img(body: QueueTxt2ImgRequest, http: Request, runner: TaskRunner = Depends(get_runner)) -> dict[str, str]:
+async def queue_txt2img(
+    body: QueueTxt2ImgRequest, http: Request, runner: TaskRunner = Depends(get_runner)
+) -> dict[str, str]:
     return await enqueue("txt2img", body, http, runner)
 
 
 @router.post(f"{PREFIX}/queue/img2img")
-async def queue_img2img(body: QueueImg2ImgRequest, http: Request, runner: TaskRunner = Depends(get_runner)) -> dict[str, str]:
+async def queue_img2img(
+    body: QueueImg2ImgRequest, http: Request, runner: TaskRunner = Depends(get_runner)
+) -> dict[str, str]:
     if not body.init_images:
         raise BadRequest("Init image not found", errors="img2img tasks need init_images")
     return await enqueue("img2img", body, http, runner)
@@ -236,7 +241,7 @@ async def task_event_stream(task_id: str, runner: TaskRunner, interval: float) -
         await asyncio.sleep(interval)
 
 
-def running_progress(task_id: str, runner: TaskRunner) -> Optional[dict[str, Any]]:
+def running_progress(task_id: str, runner: TaskRunner) -> dict[str, Any] | None:
     """Progress of the task while it is on the device (its own job's counters); None otherwise."""
     view = runner.runtime.progress.view(task_id)
     if not view.active:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from ..scheduler import PRIORITY_NORMAL
 from .keys import Caller, KeyFileError, parse_tier
@@ -19,16 +19,16 @@ class RequestContext:
 
     caller: str = "internal"
     priority: int = PRIORITY_NORMAL
-    owner: Optional[str] = None  # the caller's identity ("key:alice"): who owns an async task
+    owner: str | None = None  # the caller's identity ("key:alice"): who owns an async task
     audited: bool = False  # a generation entry was written for this request
-    task_id: Optional[str] = None
+    task_id: str | None = None
     cache: str = "miss"  # "hit" when the result cache answered
-    cache_key: Optional[str] = None
+    cache_key: str | None = None
     started: float = field(default_factory=time.monotonic)
-    wait_seconds: Optional[float] = None
-    run_seconds: Optional[float] = None
+    wait_seconds: float | None = None
+    run_seconds: float | None = None
 
-    def timings(self) -> dict[str, Optional[float]]:
+    def timings(self) -> dict[str, float | None]:
         return {"wait": self.wait_seconds, "run": self.run_seconds, "total": time.monotonic() - self.started}
 
 
@@ -47,6 +47,6 @@ def effective_priority(caller: Caller, requested: Any = None) -> int:
     return max(min(wanted, LOWEST_REQUESTED_PRIORITY), caller.priority)
 
 
-def context_for(caller: Caller, requested_priority: Any = None, task_id: Optional[str] = None) -> RequestContext:
+def context_for(caller: Caller, requested_priority: Any = None, task_id: str | None = None) -> RequestContext:
     return RequestContext(caller=caller.name, priority=effective_priority(caller, requested_priority), task_id=task_id,
                           owner=caller.identity)

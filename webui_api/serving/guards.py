@@ -9,14 +9,22 @@ Image headers are read (PIL opens lazily) before any pixel is decoded.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any
 
 from ..errors import LimitExceeded
 from ..pixel_budget import pixel_budget
 
-__all__ = ["BodySizeLimit", "LimitExceeded", "PixelBudgetScope", "RequestLimits", "check_generation", "check_input_images",
-           "check_job"]
+__all__ = [
+    "BodySizeLimit",
+    "LimitExceeded",
+    "PixelBudgetScope",
+    "RequestLimits",
+    "check_generation",
+    "check_input_images",
+    "check_job",
+]
 
 
 @dataclass(frozen=True)
@@ -31,7 +39,7 @@ class RequestLimits:
     max_input_pixels: int = 4096 * 4096  # pixels of each decoded input image
 
 
-def _over(value: Optional[float], limit: int) -> bool:
+def _over(value: float | None, limit: int) -> bool:
     return bool(limit) and value is not None and value > limit
 
 
@@ -202,7 +210,7 @@ async def _no_receive() -> dict:
     return {"type": "http.disconnect"}
 
 
-def _content_length(scope: dict) -> Optional[int]:
+def _content_length(scope: dict) -> int | None:
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
             try:

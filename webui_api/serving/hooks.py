@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
 from ..scheduler import WorkItem
 from .audit import AuditLog, generation_entry
@@ -62,7 +63,9 @@ class ServingHooks:
             context.audited = True  # the refusal has its full entry; no short request line on top
         raise refusal
 
-    async def lookup(self, route: str, request: Any, options: Mapping[str, Any], context: RequestContext) -> Optional[dict]:
+    async def lookup(
+        self, route: str, request: Any, options: Mapping[str, Any], context: RequestContext
+    ) -> dict | None:
         """A stored response for a deterministic request (then audited and counted here).
         Never for a caller whose images the content policy checks: cached images were not."""
         if not self.cache.enabled or self.policy.checks_images(context.priority):
@@ -113,8 +116,8 @@ class ServingHooks:
         """A generation that ended in an error (async tasks report theirs here)."""
         await self._audit(route, params, None, context, error=error)
 
-    async def _audit(self, route: str, params: dict[str, Any], response: Optional[dict], context: RequestContext,
-                     error: Optional[str] = None) -> None:
+    async def _audit(self, route: str, params: dict[str, Any], response: dict | None, context: RequestContext,
+                     error: str | None = None) -> None:
         if self.audit.path is None:
             return
         context.audited = True

@@ -11,7 +11,6 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 from ..errors import ApiError
 
@@ -58,7 +57,7 @@ class RateLimiter:
         self._limiter = strategies.MovingWindowRateLimiter(self._storage)
 
     @classmethod
-    def for_redis(cls, redis_url: Optional[str]) -> RateLimiter:
+    def for_redis(cls, redis_url: str | None) -> RateLimiter:
         return cls(redis_url if redis_url else "memory://")
 
     def hit(self, identity: str, limit_text: str) -> Decision:
@@ -77,7 +76,7 @@ class RateLimiter:
         stats = self._limiter.get_window_stats(item, NAMESPACE, identity)
         return max(1, math.ceil(stats.reset_time - time.time()))
 
-    def check(self, identity: str, name: str, limit_text: Optional[str]) -> None:
+    def check(self, identity: str, name: str, limit_text: str | None) -> None:
         """Raise RateLimited when `identity` is over `limit_text` (None: unlimited)."""
         if not limit_text:
             return

@@ -21,8 +21,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Protocol
+from typing import Any, Protocol, cast
 
 from .. import __version__
 
@@ -48,7 +49,7 @@ def _redis_errors() -> Iterator[None]:
 
 
 class ResultStore(Protocol):
-    def get(self, key: str) -> Optional[bytes]: ...
+    def get(self, key: str) -> bytes | None: ...
 
     def put(self, key: str, value: bytes) -> None: ...
 
@@ -62,7 +63,7 @@ def is_deterministic(request: Any) -> bool:
     return not getattr(request, "save_images", False)
 
 
-def cache_key(route: str, request: Any, options: Mapping[str, Any]) -> Optional[str]:
+def cache_key(route: str, request: Any, options: Mapping[str, Any]) -> str | None:
     """The canonical hash of a deterministic request; None when it cannot be cached."""
     if not is_deterministic(request):
         return None
@@ -94,7 +95,7 @@ class DiskResultStore:
             raise ValueError(f"cache keys are sha256 hex digests, got {key!r}")
         return self.root / f"{key}.json"
 
-    def get(self, key: str) -> Optional[bytes]:
+    def get(self, key: str) -> bytes | None:
         path = self._path(key)
         with self._lock:
             try:
@@ -139,9 +140,10 @@ class RedisResultStore:
         self._redis = redis.Redis.from_url(url)
         self.max_bytes = max_bytes
 
-    def get(self, key: str) -> Optional[bytes]:
+    def get(self, key: str) -> bytes | None:
         with _redis_errors():
-            data = self._redis.get(REDIS_PREFIX + key)
+            # redis-py types every reply as bytes | str; without decode_responses they are bytes
+            data = cast(bytes | None, self._redis.get(REDIS_PREFIX + key))
             if data is not None:
                 self._redis.zadd(REDIS_INDEX, {key: time.time()})
         return data
@@ -166,7 +168,7 @@ class RedisResultStore:
             oldest = self._redis.zpopmin(REDIS_INDEX, 1)
             if not oldest:
                 return
-            key = oldest[0][0].decode()
+            key = cast(bytes, oldest[0][0]).decode()
             size = self._redis.strlen(REDIS_PREFIX + key)
             self._redis.delete(REDIS_PREFIX + key)
             self._redis.decrby(REDIS_BYTES, size)
@@ -179,11 +181,11 @@ class RedisResultStore:
 class ResultCache:
     """The lookup/store pair the generation routes call; disabled when `store` is None."""
 
-    def __init__(self, store: Optional[ResultStore]) -> None:
+    def __init__(self, store: ResultStore | None) -> None:
         self.store = store
 
     @classmethod
-    def from_settings(cls, data_dir: Path, size_mb: float, redis_url: Optional[str]) -> ResultCache:
+    def from_settings(cls, data_dir: Path, size_mb: float, redis_url: str | None) -> ResultCache:
         if size_mb <= 0:
             return cls(None)
         max_bytes = int(size_mb * 1024 * 1024)
@@ -195,10 +197,10 @@ class ResultCache:
     def enabled(self) -> bool:
         return self.store is not None
 
-    def key_for(self, route: str, request: Any, options: Mapping[str, Any]) -> Optional[str]:
+    def key_for(self, route: str, request: Any, options: Mapping[str, Any]) -> str | None:
         return cache_key(route, request, options) if self.enabled else None
 
-    def lookup(self, key: Optional[str]) -> Optional[dict[str, Any]]:
+    def lookup(self, key: str | None) -> dict[str, Any] | None:
         """The stored response, or None; a store that fails is logged and treated as a miss."""
         if key is None or self.store is None:
             return None
@@ -209,7 +211,7 @@ class ResultCache:
             return None
         return json.loads(data) if data is not None else None
 
-    def store_response(self, key: Optional[str], response: dict[str, Any]) -> None:
+    def store_response(self, key: str | None, response: dict[str, Any]) -> None:
         if key is None or self.store is None:
             return
         try:

@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING
 from .annotators import AnnotatorCache, AnnotatorFileUnreadable, AnnotatorPackageMissing, MissingAnnotatorFile
 from .call import PoseCallback
 from .catalog import (
-    AnnotatorFile, ModuleInfo, Slider, all_tags, find_module, list_modules, module_info, modules_for_tag,
+    AnnotatorFile,
+    ModuleInfo,
+    Slider,
+    all_tags,
+    find_module,
+    list_modules,
+    module_info,
+    modules_for_tag,
 )
 from .runner import RUNNERS, numpy_seed, run_preprocessor
 

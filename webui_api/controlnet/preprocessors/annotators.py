@@ -4,7 +4,8 @@ Annotator folder layout (the same as sd-webui-controlnet's `annotator/downloads/
 existing download folder can be used as it is):
 
     <annotator dir>/hed/ControlNetHED.pth                 softedge_hed, softedge_hedsafe, scribble_hed
-    <annotator dir>/pidinet/table5_pidinet.pth            softedge_pidinet, softedge_pidisafe, scribble_pidinet, t2ia_sketch_pidi
+    <annotator dir>/pidinet/table5_pidinet.pth            softedge_pidinet, softedge_pidisafe, scribble_pidinet,
+                                                          t2ia_sketch_pidi
     <annotator dir>/lineart/sk_model.pth                  lineart_realistic
     <annotator dir>/lineart/sk_model2.pth                 lineart_coarse
     <annotator dir>/lineart_anime/netG.pth                lineart_anime
@@ -339,7 +340,7 @@ def depth_midas(call: PreprocessCall) -> np.ndarray:
 def depth_leres(call: PreprocessCall) -> np.ndarray:
     """LeReS depth; A and B cut the nearest / farthest percentages (0: keep everything)."""
     detector = _detector(call, _load_leres)
-    return _on_padded(call, lambda x, n: detector(x, thr_a=float(call.threshold_a), thr_b=float(call.threshold_b),
+    return _on_padded(call, lambda x, n: detector(x, thr_a=float(call.required_a), thr_b=float(call.required_b),
                                                   boost=False, detect_resolution=n, image_resolution=n,
                                                   output_type="np"))
 
@@ -353,7 +354,7 @@ def normal_midas(call: PreprocessCall) -> np.ndarray:
     detector = _detector(call, _load_midas)
 
     def detect(x: np.ndarray, n: int) -> np.ndarray:
-        _, normal = detector(x, a=np.pi * 2.0, bg_th=float(call.threshold_a), depth_and_normal=True,
+        _, normal = detector(x, a=np.pi * 2.0, bg_th=float(call.required_a), depth_and_normal=True,
                              detect_resolution=n, image_resolution=n, output_type="np")
         return normal
 
@@ -363,7 +364,7 @@ def normal_midas(call: PreprocessCall) -> np.ndarray:
 def mlsd(call: PreprocessCall) -> np.ndarray:
     """Straight lines; threshold A is the score threshold, B the distance threshold."""
     detector = _detector(call, _load_mlsd)
-    return _on_padded(call, lambda x, n: detector(x, thr_v=float(call.threshold_a), thr_d=float(call.threshold_b),
+    return _on_padded(call, lambda x, n: detector(x, thr_v=float(call.required_a), thr_d=float(call.required_b),
                                                   detect_resolution=n, image_resolution=n, output_type="np"))
 
 

@@ -35,3 +35,17 @@ class PreprocessCall:
     annotator_dir: Path
     cache: AnnotatorCache
     on_pose: PoseCallback | None = None
+
+    @property
+    def required_a(self) -> float:
+        """Threshold A of a module that has an A slider (so it is never None there)."""
+        if self.threshold_a is None:
+            raise ValueError(f"ControlNet module {self.module.name!r} has no threshold A")
+        return self.threshold_a
+
+    @property
+    def required_b(self) -> float:
+        """Threshold B of a module that has a B slider (so it is never None there)."""
+        if self.threshold_b is None:
+            raise ValueError(f"ControlNet module {self.module.name!r} has no threshold B")
+        return self.threshold_b

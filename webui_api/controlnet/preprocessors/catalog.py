@@ -194,7 +194,9 @@ def module_info(name: str) -> ModuleInfo:
     if info is None:
         raise ValidationFailed(
             "Module not available",
-            errors=f"ControlNet module {name!r} is not one this server provides; GET /controlnet/module_list lists them",
+            errors=(
+                f"ControlNet module {name!r} is not one this server provides; GET /controlnet/module_list lists them"
+            ),
         )
     return info
 

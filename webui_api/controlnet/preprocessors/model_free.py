@@ -28,7 +28,7 @@ def canny(call: PreprocessCall) -> np.ndarray:
     import cv2
 
     padded = resize_with_pad(call.image, call.resolution)
-    edges = cv2.Canny(padded.pixels, int(call.threshold_a), int(call.threshold_b))
+    edges = cv2.Canny(padded.pixels, int(call.required_a), int(call.required_b))
     return padded.crop(gray_to_rgb(edges))
 
 
@@ -37,7 +37,7 @@ def blur_gaussian(call: PreprocessCall) -> np.ndarray:
     import cv2
 
     padded = resize_with_pad(call.image, call.resolution)
-    return cv2.GaussianBlur(padded.crop(padded.pixels), (0, 0), float(call.threshold_a))
+    return cv2.GaussianBlur(padded.crop(padded.pixels), (0, 0), float(call.required_a))
 
 
 def scribble_xdog(call: PreprocessCall) -> np.ndarray:
@@ -51,7 +51,7 @@ def scribble_xdog(call: PreprocessCall) -> np.ndarray:
     dog = (255 - np.min(coarse - fine, axis=2)).clip(0, 255).astype(np.uint8)
     result = np.zeros_like(padded.pixels)
     strength = 2 * (255 - dog)  # uint8 arithmetic, wrapping above 127 exactly as the extension's does
-    result[strength > call.threshold_a] = 255
+    result[strength > call.required_a] = 255
     return padded.crop(result)
 
 
@@ -59,7 +59,7 @@ def threshold(call: PreprocessCall) -> np.ndarray:
     """White where every channel is above threshold A, black elsewhere."""
     padded = resize_with_pad(call.image, call.resolution)
     result = np.zeros_like(padded.pixels)
-    result[np.min(padded.pixels, axis=2) > call.threshold_a] = 255
+    result[np.min(padded.pixels, axis=2) > call.required_a] = 255
     return padded.crop(result)
 
 
@@ -69,7 +69,7 @@ def binary(call: PreprocessCall) -> np.ndarray:
 
     padded = resize_with_pad(call.image, call.resolution)
     gray = cv2.cvtColor(padded.pixels, cv2.COLOR_RGB2GRAY)
-    level = int(call.threshold_a)
+    level = int(call.required_a)
     if level in (0, 255):
         _, result = cv2.threshold(gray, 0, 255, cv2.THRESH_BINARY_INV + cv2.THRESH_OTSU)
     else:
@@ -103,7 +103,7 @@ def tile_resample(call: PreprocessCall) -> np.ndarray:
     """Downsample by the rate in threshold A (area); rates below 1.1 leave the image untouched."""
     import cv2
 
-    rate = float(call.threshold_a)
+    rate = float(call.required_a)
     if rate < 1.1:
         return call.image
     height, width = call.image.shape[:2]
@@ -129,7 +129,7 @@ def recolor_luminance(call: PreprocessCall) -> np.ndarray:
     import cv2
 
     lightness = cv2.cvtColor(call.image, cv2.COLOR_BGR2LAB)[:, :, 0]
-    return gray_to_rgb(_gamma(lightness, float(call.threshold_a)))
+    return gray_to_rgb(_gamma(lightness, float(call.required_a)))
 
 
 def recolor_intensity(call: PreprocessCall) -> np.ndarray:
@@ -137,7 +137,7 @@ def recolor_intensity(call: PreprocessCall) -> np.ndarray:
     import cv2
 
     value = cv2.cvtColor(call.image, cv2.COLOR_BGR2HSV)[:, :, 2]
-    return gray_to_rgb(_gamma(value, float(call.threshold_a)))
+    return gray_to_rgb(_gamma(value, float(call.required_a)))
 
 
 def _gamma(channel: np.ndarray, gamma: float) -> np.ndarray:

@@ -148,7 +148,7 @@ class UniFormer(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         in_dims = (3, *EMBED_DIMS[:-1])
-        for stage, (dim, depth) in enumerate(zip(EMBED_DIMS, DEPTHS), start=1):
+        for stage, (dim, depth) in enumerate(zip(EMBED_DIMS, DEPTHS, strict=True), start=1):
             block = ConvBlock if stage <= 2 else AttentionBlock
             setattr(self, f"patch_embed{stage}", PatchEmbed(in_dims[stage - 1], dim, 4 if stage == 1 else 2))
             setattr(self, f"blocks{stage}", nn.ModuleList(block(dim) for _ in range(depth)))
@@ -200,10 +200,12 @@ class UperHead(nn.Module):
         return self.bottleneck(torch.cat([top, *pooled], dim=1))
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        laterals = [conv(f) for conv, f in zip(self.lateral_convs, features)] + [self._pyramid(features[-1])]
+        laterals = [conv(f) for conv, f in zip(self.lateral_convs, features[:-1], strict=True)] + [
+            self._pyramid(features[-1])
+        ]
         for level in range(len(laterals) - 1, 0, -1):
             laterals[level - 1] = laterals[level - 1] + _upsample(laterals[level], laterals[level - 1].shape[2:])
-        outs = [conv(lateral) for conv, lateral in zip(self.fpn_convs, laterals)] + [laterals[-1]]
+        outs = [conv(lateral) for conv, lateral in zip(self.fpn_convs, laterals[:-1], strict=True)] + [laterals[-1]]
         size = outs[0].shape[2:]
         fused = torch.cat([outs[0], *(_upsample(o, size) for o in outs[1:])], dim=1)
         return self.conv_seg(self.fpn_bottleneck(fused))

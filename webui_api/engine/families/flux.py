@@ -304,7 +304,10 @@ def sample(
     def callback(info: dict) -> None:
         observer.sampling_step(int(info["i"]), total, lambda: rough_preview(info["denoised"]))
 
-    accepted = inspect.signature(plan.sampler.function).parameters
+    function = plan.sampler.function
+    if function is None:  # resolve_sampler refuses unimplemented samplers before a job is built
+        raise ValueError(f"sampler {plan.sampler.name!r} is not implemented")
+    accepted = inspect.signature(function).parameters
     kwargs: dict[str, Any] = {}
     if "noise_sampler" in accepted:  # drawn every step (unused without churn), as A1111 does
         kwargs["noise_sampler"] = lambda sigma, sigma_next: rng.next()
@@ -312,7 +315,7 @@ def sample(
              "s_tmax": job.sampling.s_tmax, "s_noise": job.sampling.s_noise}
     kwargs.update({name: value for name, value in churn.items() if name in accepted})
     try:
-        return plan.sampler.function(denoiser, x, sigmas, extra_args={}, callback=callback, disable=True, **kwargs)
+        return function(denoiser, x, sigmas, extra_args={}, callback=callback, disable=True, **kwargs)
     except SamplingInterrupted:
         return x if denoiser.last_cond_x0 is None else denoiser.last_cond_x0
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from webui_api.engine.loading import flux_keys
-from webui_api.engine.networks import LoadedNetwork, NetworkPatch, lora_delta
+from webui_api.engine.networks import LoadedNetwork, NetworkPatch, lora_delta, weight_of
 from webui_api.errors import BadRequest
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def apply_flux_networks(transformer: torch.nn.Module, loaded: Sequence[LoadedNet
     """Merge every network's transformer parts (multiplier: the call's unet weight)."""
     patch = NetworkPatch()
     modules = dict(transformer.named_modules())
-    config = transformer.config
+    config: Any = transformer.config  # a diffusers config, attributes by model
     hidden = int(config.num_attention_heads) * int(config.attention_head_dim)
     kohya = {KOHYA_PREFIX + stem.replace(".", "_"): stem for stem in bfl_linear_stems(config)}
     try:
@@ -118,8 +118,9 @@ def _merge(
     pieces = _bfl_targets(name, delta, hidden) if kind == "bfl" else {name: delta}
     for module_name, piece in pieces.items():
         module = modules.get(module_name)
-        if module is None or tuple(module.weight.shape) != tuple(piece.shape):
+        weight = None if module is None else weight_of(module)
+        if module is None or weight is None or tuple(weight.shape) != tuple(piece.shape):
             raise BadRequest(f"LoRA {network.call.name} does not fit this Flux model at {module_name}")
         patch.backup(module)
         with torch.no_grad():
-            module.weight.add_(piece.to(module.weight.device, module.weight.dtype))
+            weight.add_(piece.to(weight.device, weight.dtype))

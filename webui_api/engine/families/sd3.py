@@ -141,6 +141,8 @@ def encode_prompts(model: LoadedModel, texts: Sequence[str], job: GenerationJob)
         raise BadRequest(f"CLIP widths {lg.shape[-1]} exceed the model's context width {width}")
     lg = torch.nn.functional.pad(lg, (0, width - lg.shape[-1]))
     t5 = encode_t5_states(model, resolved, settings.emphasis, width)
+    if clip_l.pooled is None or clip_g.pooled is None:
+        raise ValueError("SD3 needs the pooled output of both CLIP encoders")
     pooled = torch.cat([clip_l.pooled, clip_g.pooled], dim=-1)
     return SD3Cond(context=torch.cat([lg, t5.to(lg.device)], dim=1).to(model.dtype), pooled=pooled.to(model.dtype))
 

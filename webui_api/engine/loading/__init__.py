@@ -25,7 +25,7 @@ OPENCLIP_PAD_TOKEN = "!"  # id 0: what open_clip pads with
 
 def bundled_tokenizer_dir(name: str = CLIP_L_TOKENIZER) -> Path:
     """Directory of a tokenizer shipped as package data; raises if it is missing."""
-    path = Path(str(resources.files(__package__).joinpath("tokenizers", name)))
+    path = Path(str(resources.files(__package__) / "tokenizers" / name))
     if not (path / "vocab.json").is_file():
         raise FileNotFoundError(f"bundled tokenizer {name!r} not found: expected vocab.json in {path}")
     return path
@@ -40,7 +40,7 @@ def load_clip_tokenizer(name: str = CLIP_L_TOKENIZER, pad_token: str | None = No
     """
     from transformers import CLIPTokenizer
 
-    extra = {"pad_token": pad_token} if pad_token is not None else {}
+    extra: dict[str, Any] = {"pad_token": pad_token} if pad_token is not None else {}
     tokenizer = CLIPTokenizer.from_pretrained(str(bundled_tokenizer_dir(name)), local_files_only=True, **extra)
     if len(tokenizer) != CLIP_VOCAB_SIZE or tokenizer.model_max_length != CLIP_MAX_LENGTH:
         raise RuntimeError(

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from webui_api.engine.loading.files import UnusableModelFile
 
@@ -95,7 +96,7 @@ def v_prediction(base: Architecture) -> Architecture:
 
 def load_config(name: str) -> dict[str, Any]:
     """A bundled architecture config, without its "_comment" (a fresh dict per call)."""
-    config = json.loads(resources.files(__package__).joinpath("configs", f"{name}.json").read_text(encoding="utf8"))
+    config = json.loads((resources.files(__package__) / "configs" / f"{name}.json").read_text(encoding="utf8"))
     config.pop("_comment", None)
     return config
 
@@ -145,7 +146,8 @@ def detect_architecture(path: Path, shapes: Mapping[str, tuple[int, ...]], yaml_
         base = instruct_pix2pix(base)
     elif channels != 4:
         raise UnusableModelFile(
-            path, f"UNet takes {channels} input channels; supported are 4 (txt2img), 8 (instruct-pix2pix) and 9 (inpainting)"
+            path,
+            f"UNet takes {channels} input channels; supported are 4 (txt2img), 8 (instruct-pix2pix) and 9 (inpainting)",
         )
     hints = {**state_dict_hints(shapes), **yaml_hints}
     return replace(_apply_prediction_hint(base, hints), zero_terminal_snr=bool(hints.get("zero_terminal_snr")))
@@ -175,7 +177,8 @@ def _base_architecture(path: Path, shapes: Mapping[str, tuple[int, ...]], channe
     if any(key.startswith("cond_stage_model.transformer.") for key in shapes):
         return SD1
     raise UnusableModelFile(
-        path, "unknown architecture: a UNet but no text encoder this server recognises (SD1 CLIP-L, SD2 OpenCLIP-H, SDXL)"
+        path,
+        "unknown architecture: a UNet but no text encoder this server recognises (SD1 CLIP-L, SD2 OpenCLIP-H, SDXL)",
     )
 
 

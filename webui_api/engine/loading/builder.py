@@ -10,9 +10,10 @@ it fails before the caller has given up the model it was serving.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -85,7 +86,9 @@ def _fit_shape(path: Path, source_key: str, tensor: torch.Tensor, shape: tuple[i
         return tensor
     if _strip_ones(tuple(tensor.shape)) == _strip_ones(shape):
         return tensor.reshape(shape)
-    raise UnusableModelFile(path, f"tensor {source_key!r} has shape {tuple(tensor.shape)}, the architecture expects {shape}")
+    raise UnusableModelFile(
+        path, f"tensor {source_key!r} has shape {tuple(tensor.shape)}, the architecture expects {shape}"
+    )
 
 
 def _strip_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -112,7 +115,8 @@ def gather(
         out[key] = _fit_shape(path, name, state[name], shape)
     if missing:
         raise UnusableModelFile(
-            path, f"the {component} is incomplete: {len(missing)} of {len(wanted)} tensors are missing, e.g. {missing[:3]}"
+            path,
+            f"the {component} is incomplete: {len(missing)} of {len(wanted)} tensors are missing, e.g. {missing[:3]}",
         )
     return out
 
@@ -185,7 +189,11 @@ def text_component(path: Path, state: Mapping[str, torch.Tensor], shapes: Shapes
 
 
 def _openclip_state(
-    path: Path, state: Mapping[str, torch.Tensor], spec: TextEncoderSpec, layers: int, wanted: Mapping[str, tuple[int, ...]]
+    path: Path,
+    state: Mapping[str, torch.Tensor],
+    spec: TextEncoderSpec,
+    layers: int,
+    wanted: Mapping[str, tuple[int, ...]],
 ) -> dict[str, torch.Tensor]:
     try:
         converted = ldm_keys.openclip_to_hf(state, spec.prefix, layers, spec.with_projection)
@@ -227,7 +235,7 @@ def _all_tensors(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
 
 def _restore_position_ids(module: torch.nn.Module) -> None:
     """transformers' CLIP keeps `position_ids` as a non-persistent buffer (0..n-1)."""
-    for name, submodule in module.named_modules():
+    for submodule in module.modules():
         ids = getattr(submodule, "position_ids", None)
         if isinstance(ids, torch.Tensor) and ids.is_meta:
             fresh = torch.arange(ids.shape[-1], dtype=torch.long).expand(ids.shape).clone()

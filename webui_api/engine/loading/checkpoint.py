@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -25,9 +26,20 @@ from webui_api.engine.loading.architectures import (
     read_yaml_hints,
     v_prediction,
 )
-from webui_api.engine.loading.builder import PreparedCheckpoint, fill_component, looks_like_v_prediction, prepare_checkpoint
+from webui_api.engine.loading.builder import (
+    PreparedCheckpoint,
+    fill_component,
+    looks_like_v_prediction,
+    prepare_checkpoint,
+)
 from webui_api.engine.loading.files import read_state_dict
-from webui_api.engine.models import SD1_VAE_SCALE, CheckpointInfo, LoadedModel, cast_floating, scaled_linear_alphas_cumprod
+from webui_api.engine.models import (
+    SD1_VAE_SCALE,
+    CheckpointInfo,
+    LoadedModel,
+    cast_floating,
+    scaled_linear_alphas_cumprod,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +91,9 @@ def place_module(module: torch.nn.Module, device: torch.device, dtype: torch.dty
     return module
 
 
-def assemble(info: CheckpointInfo, detection: Detection, prepared: PreparedCheckpoint, options: LoadOptions) -> LoadedModel:
+def assemble(
+    info: CheckpointInfo, detection: Detection, prepared: PreparedCheckpoint, options: LoadOptions
+) -> LoadedModel:
     """Fill, cast and place every network, settle SD2's prediction type, add tokenizers."""
     unet = place_module(fill_component(prepared.unet), options.device, options.dtype)
     vae = place_module(fill_component(prepared.vae), options.device, options.vae_dtype)

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -94,7 +95,9 @@ def _component(root: Path, slot: str, allow_unsafe_pickle: bool) -> Component:
     wanted = expected_shapes(module)
     if slot.startswith("text_encoder"):
         canonical = {ldm_keys.canonical_text_key(k): v for k, v in state.items() if not k.endswith("position_ids")}
-        state = {k: canonical[ldm_keys.canonical_text_key(k)] for k in wanted if ldm_keys.canonical_text_key(k) in canonical}
+        state = {
+            k: canonical[ldm_keys.canonical_text_key(k)] for k in wanted if ldm_keys.canonical_text_key(k) in canonical
+        }
     check_state(root, state, wanted, slot)
     return Component(module, state)
 
@@ -106,11 +109,15 @@ def _architecture(root: Path, index: dict[str, Any], components: dict[str, Compo
     elif text_2 is not None:
         arch = ARCHITECTURES["sdxl-refiner"]
     elif text is not None:
-        width = int(text.module.config.hidden_size)
+        text_config: Any = text.module.config  # a transformers config, attributes by model
+        width = int(text_config.hidden_size)
         arch = ARCHITECTURES["sd2" if width == 1024 else "sd1"]
     else:
-        raise UnusableModelFile(root, f"{index.get('_class_name', 'this pipeline')} has no CLIP text encoder this server can use")
-    if int(components["unet"].module.config.in_channels) == 9:
+        raise UnusableModelFile(
+            root, f"{index.get('_class_name', 'this pipeline')} has no CLIP text encoder this server can use"
+        )
+    unet_config: Any = components["unet"].module.config  # a diffusers config, attributes by model
+    if int(unet_config.in_channels) == 9:
         arch = inpainting(arch)
     scheduler = root / "scheduler" / "scheduler_config.json"
     if scheduler.is_file() and _json(scheduler).get("prediction_type") == "v_prediction":

@@ -131,7 +131,9 @@ def check_safetensors_header(path: Path) -> None:
     data_size = path.stat().st_size - 8 - len(_header_bytes(path))
     ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
     if ends and max(ends) > data_size:
-        raise UnusableModelFile(path, f"tensor data ends at byte {max(ends)} but the file holds {data_size} (truncated?)")
+        raise UnusableModelFile(
+            path, f"tensor data ends at byte {max(ends)} but the file holds {data_size} (truncated?)"
+        )
 
 
 def read_safetensors_metadata(path: Path) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -137,7 +137,8 @@ def transformer_component(
     except flux_keys.UnmappedKey as err:
         raise UnusableModelFile(path, f"unknown Flux transformer tensor {err.args[0]!r}") from err
     with torch.device("meta"):
-        module = FluxTransformer2DModel(**config)
+        # diffusers' models are torch Modules; its type hints do not say so to mypy
+        module = cast(torch.nn.Module, FluxTransformer2DModel(**config))
     check_state(path, converted, expected_shapes(module), "Flux transformer")
     return Component(module, converted), config
 
@@ -208,7 +209,8 @@ def t5_component(path: Path, state: Mapping[str, torch.Tensor], prefix: str) -> 
     ours = {key: value for key, value in ours.items() if key.startswith(("shared.", "encoder."))}
     if "shared.weight" not in ours and "encoder.embed_tokens.weight" in ours:
         ours["shared.weight"] = ours["encoder.embed_tokens.weight"]
-    ours.setdefault("encoder.embed_tokens.weight", ours.get("shared.weight"))  # tied in T5EncoderModel
+    if "shared.weight" in ours:  # tied in T5EncoderModel
+        ours.setdefault("encoder.embed_tokens.weight", ours["shared.weight"])
     shapes = {key: tuple(value.shape) for key, value in ours.items() if value is not None}
     config = _inferred(path, "T5 text encoder", lambda: t5_config(shapes))
     with torch.device("meta"):

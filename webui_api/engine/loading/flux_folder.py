@@ -64,7 +64,8 @@ def _part(root: Path, slot: str, allow_unsafe_pickle: bool) -> Component:
 
 def load_flux_folder(info: Any, options: Any, t5_tokenizer: Callable[[], Any], before_build: Callable[[], None]) -> Any:
     """A FluxPipeline folder as a LoadedModel."""
-    from transformers import T5TokenizerFast
+    # transformers exports it lazily (an alias of T5Tokenizer in 5.x); its type hints do not list it
+    from transformers import T5TokenizerFast  # type: ignore[attr-defined]
 
     from webui_api.engine.loading.flux_checkpoint import FluxComponents, assemble_flux
 
@@ -75,7 +76,8 @@ def load_flux_folder(info: Any, options: Any, t5_tokenizer: Callable[[], Any], b
         tokenizer = T5TokenizerFast.from_pretrained(str(tokenizer_dir), local_files_only=True)
     else:
         tokenizer = t5_tokenizer()
-    config = dict(parts["transformer"].module.config)
+    transformer_config: Any = parts["transformer"].module.config  # a diffusers FrozenDict
+    config = dict(transformer_config)
     components = FluxComponents(
         parts["transformer"], parts["vae"], parts["text_encoder"], parts["text_encoder_2"], config,
         {slot: str(root) for slot in _PARTS},

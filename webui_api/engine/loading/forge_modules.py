@@ -82,7 +82,8 @@ def t5_tokenizer_dirs(paths: ModelPaths) -> list[Path]:
 
 def load_t5_tokenizer(paths: ModelPaths) -> Any:
     """T5's tokenizer (pad 0, end-of-sequence 1) from the first folder that has one."""
-    from transformers import T5TokenizerFast
+    # transformers exports it lazily (an alias of T5Tokenizer in 5.x); its type hints do not list it
+    from transformers import T5TokenizerFast  # type: ignore[attr-defined]
 
     for folder in t5_tokenizer_dirs(paths):
         if (folder / "tokenizer.json").is_file() or (folder / "spiece.model").is_file():

@@ -14,7 +14,8 @@ All functions take `shapes`: original-layout key -> tensor shape.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 Shapes = Mapping[str, tuple[int, ...]]
 
@@ -99,7 +100,9 @@ def _with_attention_sizes(
         # theirs, so those entries carry the middle block's depth
         config["transformer_layers_per_block"] = [depth if depth > 0 else middle for depth in depths]
     elif any(depth > 1 for depth in depths) or middle > 1:
-        raise ValueError(f"transformer depths {depths} (middle {middle}) need a config with transformer_layers_per_block")
+        raise ValueError(
+            f"transformer depths {depths} (middle {middle}) need a config with transformer_layers_per_block"
+        )
     label = prefix + "label_emb.0.0.weight"
     if label in shapes:
         config["projection_class_embeddings_input_dim"] = shapes[label][1]

@@ -26,8 +26,9 @@ by `openclip_to_hf` / `hf_to_openclip` rather than key by key.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import torch
 
@@ -52,7 +53,13 @@ _UNET_TOP_LEVEL = {
     "conv_norm_out": "out.0",
     "conv_out": "out.2",
 }
-_VAE_RESNET_PARTS = {"norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2", "conv_shortcut": "nin_shortcut"}
+_VAE_RESNET_PARTS = {
+    "norm1": "norm1",
+    "conv1": "conv1",
+    "norm2": "norm2",
+    "conv2": "conv2",
+    "conv_shortcut": "nin_shortcut",
+}
 _VAE_ATTENTION_PARTS = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 _VAE_TOP_LEVEL = {"conv_norm_out": "norm_out"}
 

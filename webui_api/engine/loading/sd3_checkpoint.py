@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -168,7 +168,8 @@ def transformer_component(
     except sd3_keys.UnmappedKey as err:
         raise UnusableModelFile(path, f"unknown SD3 transformer tensor {err.args[0]!r}") from err
     with torch.device("meta"):
-        module = SD3Transformer2DModel(**config)
+        # diffusers' models are torch Modules; its type hints do not say so to mypy
+        module = cast(torch.nn.Module, SD3Transformer2DModel(**config))
     check_state(path, converted, expected_shapes(module), "SD3 transformer")
     return Component(module, converted), config
 

@@ -69,7 +69,8 @@ def _part(root: Path, slot: str, allow_unsafe_pickle: bool) -> Component | None:
 def load_sd3_folder(info: Any, options: Any, t5_tokenizer: Callable[[], Any], before_build: Callable[[], None]) -> Any:
     """A StableDiffusion3Pipeline folder as a LoadedModel (T5 tokenizer from tokenizer_3/, else
     from the models folder)."""
-    from transformers import T5TokenizerFast
+    # transformers exports it lazily (an alias of T5Tokenizer in 5.x); its type hints do not list it
+    from transformers import T5TokenizerFast  # type: ignore[attr-defined]
 
     from webui_api.engine.loading.sd3_checkpoint import SD3Components, assemble_sd3
 
@@ -83,9 +84,10 @@ def load_sd3_folder(info: Any, options: Any, t5_tokenizer: Callable[[], Any], be
         tokenizer = T5TokenizerFast.from_pretrained(str(folder), local_files_only=True) if has_files else t5_tokenizer()
     required = {slot: part for slot, part in parts.items() if part is not None}
     transformer = required["transformer"]
+    transformer_config: Any = transformer.module.config  # a diffusers FrozenDict
     components = SD3Components(
         transformer, required["vae"], required["text_encoder"], required["text_encoder_2"], t5,
-        dict(transformer.module.config), {slot: str(root) for slot in required},
+        dict(transformer_config), {slot: str(root) for slot in required},
     )
     before_build()
     model = assemble_sd3(info, components, options, tokenizer)

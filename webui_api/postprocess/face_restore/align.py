@@ -20,7 +20,13 @@ import numpy as np
 FACE_SIZE = 512
 # FFHQ's five landmarks in a 512 x 512 aligned face (facexlib's face_template).
 FFHQ_TEMPLATE_512 = np.array(
-    [[192.98138, 239.94708], [318.90277, 240.1936], [256.63416, 314.01935], [201.26117, 371.41043], [313.08905, 371.15118]],
+    [
+        [192.98138, 239.94708],
+        [318.90277, 240.1936],
+        [256.63416, 314.01935],
+        [201.26117, 371.41043],
+        [313.08905, 371.15118],
+    ],
     dtype=np.float64,
 )
 BORDER_RGB = (132, 133, 135)  # facexlib fills outside the image with this grey (given as BGR there)
@@ -120,7 +126,9 @@ def gaussian_blur(mask: Any, ksize: int) -> Any:
     return F.conv2d(x, kernel.view(1, 1, -1, 1))[0, 0]
 
 
-def paste_mask(matrix: np.ndarray, image_size: tuple[int, int], face_size: int = FACE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+def paste_mask(
+    matrix: np.ndarray, image_size: tuple[int, int], face_size: int = FACE_SIZE
+) -> tuple[np.ndarray, np.ndarray]:
     """(hard, soft) masks in image space for a face crop: the warped square eroded by 2 px
     (where the restored pixels are used), and that area eroded and blurred again by a width
     that grows with the face (sqrt(area) / 20), so the seam fades out."""
@@ -134,7 +142,9 @@ def paste_mask(matrix: np.ndarray, image_size: tuple[int, int], face_size: int =
     return hard.numpy(), soft.numpy()
 
 
-def paste_face(image: np.ndarray, restored: np.ndarray, matrix: np.ndarray, parsed: np.ndarray | None = None) -> np.ndarray:
+def paste_face(
+    image: np.ndarray, restored: np.ndarray, matrix: np.ndarray, parsed: np.ndarray | None = None
+) -> np.ndarray:
     """Blend a restored face crop back into `image` (float H x W x 3) through the inverse of
     `matrix`; returns a new float array. `parsed` (the crop's face-parsing mask, see
     parsenet.parse_mask) replaces the soft square, as facexlib's use_parse does."""

@@ -8,9 +8,10 @@ folders (the extras route builds its upscaler catalog per call) still finds it l
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)

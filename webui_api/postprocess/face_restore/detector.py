@@ -13,9 +13,10 @@ and faces whose eyes are closer than 5 px dropped. torch is imported only when i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from math import ceil
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -82,7 +83,7 @@ def prior_boxes(height: int, width: int, config: Any) -> np.ndarray:
     """Anchors (cx, cy, w, h), normalised to the image, in the order the heads emit them:
     level by level, row by row, cell by cell, anchor size by anchor size."""
     rows = []
-    for step, sizes in zip(config.steps, config.min_sizes):
+    for step, sizes in zip(config.steps, config.min_sizes, strict=True):
         fy, fx = ceil(height / step), ceil(width / step)
         cy, cx = np.meshgrid((np.arange(fy) + 0.5) * step / height, (np.arange(fx) + 0.5) * step / width, indexing="ij")
         for_level = [np.stack([cx, cy, np.full_like(cx, s / width), np.full_like(cy, s / height)], -1) for s in sizes]
@@ -123,7 +124,7 @@ def non_max_suppression(boxes: np.ndarray, scores: np.ndarray, iou: float) -> li
         keep.append(int(best))
         if order:
             overlaps = box_iou(boxes[best], boxes[np.array(order)])
-            order = [index for index, value in zip(order, overlaps) if value <= iou]
+            order = [index for index, value in zip(order, overlaps, strict=True) if value <= iou]
     return keep
 
 
@@ -167,7 +168,9 @@ class RetinaFaceDetector:
         boxes = decode_boxes(loc[keep], priors[keep], config.variance) * scale[:4]
         points = decode_landmarks(landmark_offsets[keep], priors[keep], config.variance) * scale
         scores = conf[keep, 1]
-        faces = [face_box(boxes[i], scores[i], points[i]) for i in non_max_suppression(boxes, scores, self.settings.nms_iou)]
+        faces = [
+            face_box(boxes[i], scores[i], points[i]) for i in non_max_suppression(boxes, scores, self.settings.nms_iou)
+        ]
         return [face for face in faces if face.eye_distance >= self.settings.min_eye_distance]
 
 

@@ -16,8 +16,9 @@ the number of resolution steps are read from the keys, so facexlib's file (512 i
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch

@@ -17,10 +17,10 @@ that cannot run (package or weights missing) is refused with a 400 naming what i
 from __future__ import annotations
 
 import pickle
-
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -199,8 +199,8 @@ def load_restorer(path: Path, kind: RestorerKind, device: str) -> Any:
 
 def load_detector(path: Path, device: str) -> RetinaFaceDetector:
     """RetinaFace from facexlib's weight file (strict key match), on `device`."""
-    from webui_api.engine.loading.files import read_state_dict
     from webui_api.engine.device import resolve_device
+    from webui_api.engine.loading.files import read_state_dict
     from webui_api.postprocess.face_restore.retinaface import build_from_state_dict
 
     try:
@@ -213,8 +213,8 @@ def load_detector(path: Path, device: str) -> RetinaFaceDetector:
 
 def load_parser(path: Path, device: str) -> Any:
     """facexlib's ParseNet from its weight file (strict key match), on `device`."""
-    from webui_api.engine.loading.files import read_state_dict
     from webui_api.engine.device import resolve_device
+    from webui_api.engine.loading.files import read_state_dict
     from webui_api.postprocess.face_restore.parsenet import build_parsenet
 
     try:
@@ -343,7 +343,9 @@ class FaceRestorers:
         path = self.folders.parser_file(kind)
         if path is None:
             return None
-        return self._on_device(self.models.get(ModelKey("parser", path, self.device), lambda: load_parser(path, self.device)))
+        return self._on_device(
+            self.models.get(ModelKey("parser", path, self.device), lambda: load_parser(path, self.device))
+        )
 
     def _detector(self, kind: RestorerKind) -> RetinaFaceDetector:
         path = self.folders.detector_file(kind)
@@ -404,7 +406,9 @@ class JobFaceStep:
 
 def keeps_originals(options: Mapping[str, Any], save_images: bool) -> bool:
     """A1111 saves the image before restoration when samples are saved and the option is on."""
-    return bool(save_images and options.get("samples_save", True) and options.get("save_images_before_face_restoration", False))
+    return bool(
+        save_images and options.get("samples_save", True) and options.get("save_images_before_face_restoration", False)
+    )
 
 
 def job_restorer(

@@ -13,8 +13,8 @@ landmarks (10). Two anchors per cell. Only torch is imported; no torchvision.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 from torch import nn
@@ -199,7 +199,10 @@ def heads(count: int, channels: int, anchors: int, outputs: int) -> nn.ModuleLis
 
 def run_heads(modules: nn.ModuleList, features: list[torch.Tensor], outputs: int) -> torch.Tensor:
     """Apply each level's head; (N, A*k, H, W) -> (N, H*W*A, k), levels concatenated fine first."""
-    flat = [m.conv1x1(f).permute(0, 2, 3, 1).reshape(f.shape[0], -1, outputs) for m, f in zip(modules, features)]
+    flat = [
+        m.get_submodule("conv1x1")(f).permute(0, 2, 3, 1).reshape(f.shape[0], -1, outputs)
+        for m, f in zip(modules, features, strict=True)
+    ]
     return torch.cat(flat, dim=1)
 
 
