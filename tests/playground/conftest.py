@@ -23,8 +23,10 @@ def chromium_path() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser():
+    """Package scope, not session: Playwright's sync API keeps an event loop running on the main
+    thread while it is open, and later tests' asyncio.run() would fail beside it."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (test extra) is not installed")
     executable = chromium_path()
     if executable is None:
