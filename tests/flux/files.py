@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
+from webui_api.engine.facade import Engine
+from webui_api.engine.loading.discovery import ModelPaths
+
 
 @dataclass(frozen=True)
 class FluxSizes:
@@ -174,3 +177,11 @@ def write_models(root, parts, layout: str = "bfl") -> dict[str, object]:
         paths[part] = folder / f"{name}.safetensors"
         save_file({k: v.contiguous() for k, v in parts[part].items()}, str(paths[part]))
     return paths
+
+
+def cpu_engine(paths: dict) -> Engine:
+    """A float32 CPU engine reading the checkpoint, VAE and text-encoder folders `write_models` made."""
+    model_paths = ModelPaths(
+        ckpt_dirs=(paths["ckpt_dir"],), vae_dirs=(paths["vae_dir"],), text_encoder_dirs=(paths["te_dir"],)
+    )
+    return Engine(device="cpu", dtype="float32", paths=model_paths)

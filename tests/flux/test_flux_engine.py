@@ -13,10 +13,8 @@ import torch
 from PIL import Image
 
 from tests.engine.helpers import RecordingObserver, engine_options, make_job, with_options, with_sampler
-from tests.flux.files import TINY, tiny_parts, write_models
-from webui_api.engine.facade import Engine
+from tests.flux.files import TINY, cpu_engine, tiny_parts, write_models
 from webui_api.engine.families import flux as flux_family
-from webui_api.engine.loading.discovery import ModelPaths
 from webui_api.engine.loading.files import UnusableModelFile
 from webui_api.errors import BadRequest
 from webui_api.jobs import Img2ImgParams
@@ -28,13 +26,6 @@ def parts():
     return tiny_parts()
 
 
-def _engine(paths: dict) -> Engine:
-    model_paths = ModelPaths(
-        ckpt_dirs=(paths["ckpt_dir"],), vae_dirs=(paths["vae_dir"],), text_encoder_dirs=(paths["te_dir"],)
-    )
-    return Engine(device="cpu", dtype="float32", paths=model_paths)
-
-
 def _flux_job(**kw):
     settings = {"width": 32, "height": 32, "steps": 3, "cfg_scale": 1.0, **kw}
     return make_job(**settings)
@@ -43,7 +34,7 @@ def _flux_job(**kw):
 @pytest.mark.parametrize("layout", ["bfl", "all-in-one"])
 def test_both_layouts_load_with_every_part_bit_exact(tmp_path, parts, layout):
     paths = write_models(tmp_path, parts, layout)
-    engine = _engine(paths)
+    engine = cpu_engine(paths)
     model = engine.load(Path(paths["checkpoint"]).name)
     assert model.family == "flux" and model.architecture == "flux-dev" and model.latent_channels == 16
     assert model.unet.config.num_layers == TINY.double and model.unet.config.num_single_layers == TINY.single
@@ -62,15 +53,15 @@ def test_both_layouts_load_with_every_part_bit_exact(tmp_path, parts, layout):
 def test_missing_parts_are_named(tmp_path, parts):
     paths = write_models(tmp_path, parts, "bfl")
     Path(paths["t5xxl"]).unlink()
-    engine = _engine(paths)
-    with pytest.raises(UnusableModelFile, match="T5-XXL text encoder") as err:
+    engine = cpu_engine(paths)
+    with pytest.raises(UnusableModelFile, match="this Flux checkpoint lacks the T5-XXL text encoder;") as err:
         engine.load(Path(paths["checkpoint"]).name)
     assert "forge_additional_modules" in str(err.value)
 
 
 def test_unknown_module_name_is_a_400(tmp_path, parts):
     paths = write_models(tmp_path, parts, "bfl")
-    engine = _engine(paths)
+    engine = cpu_engine(paths)
     with pytest.raises(BadRequest, match="unknown module"):
         engine.job_modules(engine_options({"forge_additional_modules": ["/etc/passwd"]}))
     chosen = engine.job_modules(engine_options({"forge_additional_modules": [str(paths["t5xxl"]), "ae.safetensors"]}))
@@ -78,7 +69,7 @@ def test_unknown_module_name_is_a_400(tmp_path, parts):
 
 
 def test_txt2img_end_to_end_is_deterministic_and_follows_the_seed(tmp_path, parts):
-    engine = _engine(write_models(tmp_path, parts, "bfl"))
+    engine = cpu_engine(write_models(tmp_path, parts, "bfl"))
     job = _flux_job(seeds=(5,), options={"sd_model_checkpoint": "flux-bfl.safetensors"})
     job = replace(job, model_title="flux-bfl.safetensors")
     observer = RecordingObserver()
@@ -94,7 +85,7 @@ def test_txt2img_end_to_end_is_deterministic_and_follows_the_seed(tmp_path, part
 
 
 def test_distilled_cfg_and_real_cfg_change_the_image(tmp_path, parts):
-    engine = _engine(write_models(tmp_path, parts, "all-in-one"))
+    engine = cpu_engine(write_models(tmp_path, parts, "all-in-one"))
     base = replace(_flux_job(negative_prompts=("blurry",)), model_title="flux-aio.safetensors")
 
     def run(**sampling):
@@ -107,7 +98,7 @@ def test_distilled_cfg_and_real_cfg_change_the_image(tmp_path, parts):
 
 
 def test_img2img_end_to_end(tmp_path, parts):
-    engine = _engine(write_models(tmp_path, parts, "all-in-one"))
+    engine = cpu_engine(write_models(tmp_path, parts, "all-in-one"))
     init = Image.fromarray(np.full((32, 32, 3), 128, dtype=np.uint8))
     job = replace(_flux_job(), kind="img2img", model_title="flux-aio.safetensors",
                   img2img=Img2ImgParams(init_images=(init,), denoising_strength=0.5))
@@ -117,7 +108,7 @@ def test_img2img_end_to_end(tmp_path, parts):
 
 
 def test_unsupported_sampler_and_size_are_400s(tmp_path, parts):
-    engine = _engine(write_models(tmp_path, parts, "all-in-one"))
+    engine = cpu_engine(write_models(tmp_path, parts, "all-in-one"))
     base = replace(_flux_job(), model_title="flux-aio.safetensors")
     with pytest.raises(BadRequest, match="cannot run Flux"):
         engine.txt2img(replace(base, sampling=with_sampler(base.sampling, "Euler a")),
@@ -149,7 +140,7 @@ def _plan(scheduler: str):
 def test_one_euler_step_matches_diffusers_flow_update(tmp_path, parts):
     """Our denoiser + Euler on sigmas [s0, s1] equals x + (s1 - s0) * v with diffusers' own
     transformer call (the FlowMatchEuler update)."""
-    engine = _engine(write_models(tmp_path, parts, "all-in-one"))
+    engine = cpu_engine(write_models(tmp_path, parts, "all-in-one"))
     model = engine.load("flux-aio.safetensors")
     job = _flux_job()
     cond = flux_family.encode_prompts(model, ["a red cat"], job)
@@ -165,7 +156,7 @@ def test_one_euler_step_matches_diffusers_flow_update(tmp_path, parts):
 
 def test_fp8_transformer_file_is_upcast_at_load(tmp_path, parts):
     fp8 = {**parts, "transformer": {k: v.to(torch.float8_e4m3fn) for k, v in parts["transformer"].items()}}
-    engine = _engine(write_models(tmp_path, fp8, "all-in-one"))
+    engine = cpu_engine(write_models(tmp_path, fp8, "all-in-one"))
     model = engine.load("flux-aio.safetensors")
     weight = model.unet.state_dict()["x_embedder.weight"]
     assert weight.dtype == torch.float32
@@ -177,7 +168,7 @@ def test_fp8_transformer_file_is_upcast_at_load(tmp_path, parts):
 
 def test_schnell_has_no_guidance_input(tmp_path):
     schnell = tiny_parts(replace(TINY, guidance=False))
-    engine = _engine(write_models(tmp_path, schnell, "all-in-one"))
+    engine = cpu_engine(write_models(tmp_path, schnell, "all-in-one"))
     base = replace(_flux_job(), model_title="flux-aio.safetensors")
     model = engine.load("flux-aio.safetensors")
     assert model.architecture == "flux-schnell" and model.flow_shift == 1.0
@@ -217,7 +208,7 @@ def test_gguf_quantized_transformer_loads_and_generates(tmp_path, parts):
     gguf_path = Path(paths["checkpoint"]).with_suffix(".gguf")
     _write_gguf(gguf_path, parts["transformer"])
     Path(paths["checkpoint"]).unlink()
-    engine = _engine(paths)
+    engine = cpu_engine(paths)
     model = engine.load("flux-bfl.gguf")
     weight = model.unet.state_dict()["transformer_blocks.0.ff.net.0.proj.weight"]
     source = parts["transformer"]["double_blocks.0.img_mlp.0.weight"].numpy()
@@ -232,8 +223,8 @@ def test_float8_storage_upcasts_per_layer(tmp_path, parts):
     """forge_unet_storage_dtype float8-e4m3fn: Linear weights stored in float8, computed in the
     run dtype; the image equals the one from a file whose matrices were rounded to float8."""
     rounded = {k: (v.to(torch.float8_e4m3fn).float() if v.ndim == 2 else v) for k, v in parts["transformer"].items()}
-    engine = _engine(write_models(tmp_path / "a", parts, "all-in-one"))
-    reference = _engine(write_models(tmp_path / "b", {**parts, "transformer": rounded}, "all-in-one"))
+    engine = cpu_engine(write_models(tmp_path / "a", parts, "all-in-one"))
+    reference = cpu_engine(write_models(tmp_path / "b", {**parts, "transformer": rounded}, "all-in-one"))
     base = replace(_flux_job(), model_title="flux-aio.safetensors")
     fp8_job = with_options(base, {"forge_unet_storage_dtype": "float8-e4m3fn"})
     stored = engine.txt2img(fp8_job, RecordingObserver(), CancelToken())

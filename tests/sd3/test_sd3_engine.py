@@ -14,10 +14,9 @@ import torch
 from PIL import Image
 
 from tests.engine.helpers import RecordingObserver, make_job, with_sampler
+from tests.flux.files import cpu_engine
 from tests.sd3.files import TINY_35_MEDIUM, tiny_parts, write_models
-from webui_api.engine.facade import Engine
 from webui_api.engine.families import sd3 as sd3_family
-from webui_api.engine.loading.discovery import ModelPaths
 from webui_api.engine.loading.files import UnusableModelFile
 from webui_api.errors import BadRequest
 from webui_api.jobs import Img2ImgParams
@@ -29,13 +28,6 @@ ALL = ("clip_l", "clip_g", "t5xxl")
 @pytest.fixture(scope="module")
 def parts():
     return tiny_parts()
-
-
-def _engine(paths: dict) -> Engine:
-    model_paths = ModelPaths(
-        ckpt_dirs=(paths["ckpt_dir"],), vae_dirs=(paths["vae_dir"],), text_encoder_dirs=(paths["te_dir"],)
-    )
-    return Engine(device="cpu", dtype="float32", paths=model_paths)
 
 
 def _job(**kw):
@@ -51,7 +43,7 @@ def _pixels(result) -> np.ndarray:
 @pytest.mark.parametrize("packed", [ALL, ("clip_l", "clip_g"), ()], ids=["all-packed", "no-t5", "separate"])
 def test_single_file_loads_with_packed_or_separate_encoders(tmp_path, parts, packed):
     paths = write_models(tmp_path, parts, packed)
-    engine = _engine(paths)
+    engine = cpu_engine(paths)
     model = engine.load("sd3.safetensors")
     assert model.family == "sd3" and model.architecture == "sd3" and model.flow_shift == 3.0
     assert model.latent_channels == 16 and model.vae_scale_factor == pytest.approx(1.5305)
@@ -67,7 +59,7 @@ def test_single_file_loads_with_packed_or_separate_encoders(tmp_path, parts, pac
 def test_t5_is_optional(tmp_path, parts):
     paths = write_models(tmp_path, parts, ("clip_l", "clip_g"))
     Path(paths["t5xxl"]).unlink()
-    engine = _engine(paths)
+    engine = cpu_engine(paths)
     model = engine.load("sd3.safetensors")
     assert model.text_encoder_3 is None and model.tokenizer_3 is None
     cond = sd3_family.encode_prompts(model, ["a red cat"], _job())
@@ -80,13 +72,13 @@ def test_t5_is_optional(tmp_path, parts):
 def test_missing_clip_is_named(tmp_path, parts):
     paths = write_models(tmp_path, parts, ("clip_l", "t5xxl"))
     Path(paths["clip_g"]).unlink()
-    with pytest.raises(UnusableModelFile, match="CLIP-G text encoder") as err:
-        _engine(paths).load("sd3.safetensors")
+    with pytest.raises(UnusableModelFile, match="this SD3 checkpoint lacks the CLIP-G text encoder;") as err:
+        cpu_engine(paths).load("sd3.safetensors")
     assert "forge_additional_modules" in str(err.value)
 
 
 def test_txt2img_is_deterministic_follows_seed_and_cfg(tmp_path, parts):
-    engine = _engine(write_models(tmp_path, parts, ()))
+    engine = cpu_engine(write_models(tmp_path, parts, ()))
     job = _job(seeds=(5,), negative_prompts=("blurry",))
     observer = RecordingObserver()
     first = engine.txt2img(job, observer, CancelToken())
@@ -102,7 +94,7 @@ def test_txt2img_is_deterministic_follows_seed_and_cfg(tmp_path, parts):
 
 @pytest.mark.parametrize("scheduler", ["Simple", "Normal", "Beta"])
 def test_schedulers_run(tmp_path, parts, scheduler):
-    engine = _engine(write_models(tmp_path, parts))
+    engine = cpu_engine(write_models(tmp_path, parts))
     job = _job()
     from samplers.registry import find_scheduler
 
@@ -111,7 +103,7 @@ def test_schedulers_run(tmp_path, parts, scheduler):
 
 
 def test_img2img_end_to_end(tmp_path, parts):
-    engine = _engine(write_models(tmp_path, parts))
+    engine = cpu_engine(write_models(tmp_path, parts))
     init = Image.fromarray(np.full((32, 32, 3), 128, dtype=np.uint8))
     job = replace(_job(), kind="img2img", img2img=Img2ImgParams(init_images=(init,), denoising_strength=0.5))
     result = engine.img2img(job, RecordingObserver(), CancelToken())
@@ -120,14 +112,14 @@ def test_img2img_end_to_end(tmp_path, parts):
 
 
 def test_sd35_medium_dual_attention_generates(tmp_path):
-    engine = _engine(write_models(tmp_path, tiny_parts(TINY_35_MEDIUM)))
+    engine = cpu_engine(write_models(tmp_path, tiny_parts(TINY_35_MEDIUM)))
     model = engine.load("sd3.safetensors")
     assert model.architecture == "sd3.5-medium" and model.unet.config.dual_attention_layers == (0,)
     assert engine.txt2img(_job(), RecordingObserver(), CancelToken()).images[0].image.size == (32, 32)
 
 
 def test_unsupported_sampler_and_size_are_400s(tmp_path, parts):
-    engine = _engine(write_models(tmp_path, parts))
+    engine = cpu_engine(write_models(tmp_path, parts))
     base = _job()
     with pytest.raises(BadRequest, match="cannot run"):
         engine.txt2img(replace(base, sampling=with_sampler(base.sampling, "Euler a")),
@@ -170,7 +162,7 @@ def _diffusers_pipeline(model):
 def test_conditioning_and_euler_step_match_diffusers(tmp_path, parts):
     """A plain prompt gives diffusers' encode_prompt context and pooled vector; our denoiser +
     Euler on [s0, s1] equals x + (s1 - s0) * v with v from diffusers' transformer call at t = 1000 s0."""
-    engine = _engine(write_models(tmp_path, parts))
+    engine = cpu_engine(write_models(tmp_path, parts))
     model = engine.load("sd3.safetensors")
     pipe = _diffusers_pipeline(model)
     with torch.inference_mode():
@@ -199,12 +191,12 @@ def test_diffusers_folder_gives_the_single_files_image(tmp_path, parts, with_t5)
     paths = write_models(tmp_path, parts, packed)
     if not with_t5:
         Path(paths["t5xxl"]).unlink()
-    engine = _engine(paths)
+    engine = cpu_engine(paths)
     model = engine.load("sd3.safetensors")
     _diffusers_pipeline(model).save_pretrained(str(Path(paths["ckpt_dir"]) / "sd3-folder"))
     job = _job(negative_prompts=("blurry",))
     expected = _pixels(engine.txt2img(job, RecordingObserver(), CancelToken()))
-    fresh = _engine(paths)
+    fresh = cpu_engine(paths)
     folder_model = fresh.load("sd3-folder")
     assert folder_model.family == "sd3" and (folder_model.text_encoder_3 is not None) == with_t5
     got = _pixels(fresh.txt2img(replace(job, model_title="sd3-folder"), RecordingObserver(), CancelToken()))

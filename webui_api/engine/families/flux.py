@@ -14,11 +14,10 @@ guidance embedding and ignores distilled_cfg_scale.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -26,20 +25,17 @@ from samplers import schedules
 from samplers.registry import SamplerInfo, SchedulerInfo
 from webui_api.engine.conditioning import apply_emphasis
 from webui_api.engine.denoiser import SamplingInterrupted
-from webui_api.engine.latents import decode_latents, to_pil
+from webui_api.engine.families.flow import FlowFamily, run_img2img, run_txt2img
 from webui_api.engine.models import LoadedModel
 from webui_api.engine.pipeline import (
     LATENT_SCALE,
     BatchSpec,
     SamplerPlan,
-    batch_images,
-    job_batches,
-    make_image_rng,
     resolve_plan,
 )
 from webui_api.engine.prompts import fragments_for_emphasis, prompt_schedule, split_subprompts
 from webui_api.errors import BadRequest
-from webui_api.jobs import GeneratedImage, GenerationJob, JobResult
+from webui_api.jobs import GenerationJob, HiresParams, JobResult
 from webui_api.progress import CancelToken, RunObserver
 
 FLOW_TABLE_SIZE = 10000
@@ -287,47 +283,6 @@ def make_denoiser(
     return FluxDenoiser(model, cond, uncond, job.sampling.cfg_scale, distilled_cfg(model, job), cancel, blend)
 
 
-class FlowDenoiser(Protocol):
-    """What `sample` needs of a flow model's denoiser (Flux's, SD3's)."""
-
-    last_cond_x0: torch.Tensor | None
-
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **kwargs: Any) -> torch.Tensor: ...
-
-
-def sample(
-    denoiser: FlowDenoiser, plan: SamplerPlan, x: torch.Tensor, sigmas: torch.Tensor,
-    job: GenerationJob, observer: RunObserver, rng: Any,
-) -> torch.Tensor:
-    total = len(sigmas) - 1
-
-    def callback(info: dict) -> None:
-        observer.sampling_step(int(info["i"]), total, lambda: rough_preview(info["denoised"]))
-
-    function = plan.sampler.function
-    if function is None:  # resolve_sampler refuses unimplemented samplers before a job is built
-        raise ValueError(f"sampler {plan.sampler.name!r} is not implemented")
-    accepted = inspect.signature(function).parameters
-    kwargs: dict[str, Any] = {}
-    if "noise_sampler" in accepted:  # drawn every step (unused without churn), as A1111 does
-        kwargs["noise_sampler"] = lambda sigma, sigma_next: rng.next()
-    churn = {"s_churn": job.sampling.s_churn, "s_tmin": job.sampling.s_tmin,
-             "s_tmax": job.sampling.s_tmax, "s_noise": job.sampling.s_noise}
-    kwargs.update({name: value for name, value in churn.items() if name in accepted})
-    try:
-        return function(denoiser, x, sigmas, extra_args={}, callback=callback, disable=True, **kwargs)
-    except SamplingInterrupted:
-        return x if denoiser.last_cond_x0 is None else denoiser.last_cond_x0
-
-
-def rough_preview(latents: torch.Tensor) -> Any:
-    """A cheap live preview: the 16 latent channels averaged in three groups (no calibrated
-    coefficients for Flux's latent space yet)."""
-    latent = latents[0].float()
-    groups = torch.stack([latent[0:5].mean(0), latent[5:11].mean(0), latent[11:16].mean(0)])
-    return to_pil(groups.clamp(-1, 1))
-
-
 def flux_infotext(model: LoadedModel, job: GenerationJob) -> dict[str, Any]:
     """Forge's infotext additions for Flux: Distilled CFG Scale (dev) and the module files."""
     extra: dict[str, Any] = {}
@@ -340,35 +295,24 @@ def flux_infotext(model: LoadedModel, job: GenerationJob) -> dict[str, Any]:
     return extra
 
 
-def first_pass(
-    model: LoadedModel, job: GenerationJob, plan: SamplerPlan, batch: BatchSpec, observer: RunObserver,
-    cancel: CancelToken,
-) -> torch.Tensor:
-    """One batch from pure noise (x = noise * sigma_max, sigma_max = 1)."""
-    rng = make_image_rng(model, job, batch)
-    sigmas = flow_sigmas(job, plan, float(model.flow_shift or 1.0)).to(model.device)
-    x = rng.first() * sigmas[0]
-    return sample(make_denoiser(model, job, batch, cancel), plan, x, sigmas, job, observer, rng)
+def flux_hires_infotext(model: LoadedModel, hires: HiresParams) -> dict[str, Any]:
+    """Forge writes the hires pass's distilled CFG (`hr_distilled_cfg`) for guidance-distilled models."""
+    if not model.unet.config.guidance_embeds:
+        return {}
+    return {"Hires Distilled CFG Scale": hires.sampling.distilled_cfg_scale}
 
 
-def from_latents(
-    model: LoadedModel, job: GenerationJob, plan: SamplerPlan, batch: BatchSpec, init: torch.Tensor,
-    strength: float, fix_steps: bool, observer: RunObserver, cancel: CancelToken, blend: Any = None,
-    noise_multiplier: float = 1.0,
-) -> torch.Tensor:
-    """img2img on the flow schedule: the tail from A1111's start step, x = s*noise + (1-s)*init
-    (`fix_steps`: A1111's img2img_fix_steps, always on for the hires pass)."""
-    from webui_api.engine.img2img import img2img_steps
+def flux_sigmas(model: LoadedModel, job: GenerationJob, plan: SamplerPlan) -> torch.Tensor:
+    return flow_sigmas(job, plan, float(model.flow_shift or 1.0))
 
-    steps = img2img_steps(job.sampling.steps, strength, fix_steps)
-    if steps.steps <= 0:
-        return init
-    schedule_job = replace(job, sampling=replace(job.sampling, steps=max(steps.steps, 1)))
-    rng = make_image_rng(model, job, batch)
-    sigmas = flow_sigmas(schedule_job, plan, float(model.flow_shift or 1.0)).to(model.device)
-    tail = sigmas[steps.start_index :]
-    x = tail[0] * rng.first() * noise_multiplier + (1.0 - tail[0]) * init
-    return sample(make_denoiser(model, job, batch, cancel, blend), plan, x, tail, job, observer, rng)
+
+FLUX = FlowFamily(
+    check_job=check_flux_job,
+    sigmas=flux_sigmas,
+    make_denoiser=make_denoiser,
+    infotext=flux_infotext,
+    hires_infotext=flux_hires_infotext,
+)
 
 
 def run_flux_txt2img(
@@ -376,59 +320,11 @@ def run_flux_txt2img(
 ) -> JobResult:
     """txt2img; with hires params, the second pass runs like img2img at the target size with
     the hires sampler, prompts and `hr_distilled_cfg` (built-in and latent upscalers)."""
-    from webui_api.engine.hires import second_pass_job, truncate, upscale
-
-    plan = check_flux_job(model, job)
-    hires = job.hires
-    auto_upcast = job.engine_options.auto_vae_precision
-    images: list[GeneratedImage] = []
-    with torch.inference_mode():
-        for batch in job_batches(job, observer, cancel):
-            latents = first_pass(model, job, plan, batch, observer, cancel)
-            if hires is not None and not cancel.interrupted:
-                observer.batch_finished(2 * batch.index)
-                upscaled = truncate(upscale(model, hires, latents, auto_upcast), hires)
-                second = second_pass_job(job, hires, upscaled)
-                hr_batch = replace(batch, prompts=hires.prompts[job.batch_slice(batch.index)],
-                                   negative_prompts=hires.negative_prompts[job.batch_slice(batch.index)])
-                hr_plan = check_flux_job(model, second)
-                observer.batch_started(batch.index, job.n_iter)
-                latents = from_latents(model, second, hr_plan, hr_batch, upscaled, hires.denoising_strength, True,
-                                       observer, cancel)
-            images += batch_images(batch, decode_latents(model, latents, auto_upcast))
-            observer.batch_finished(2 * batch.index + 1 if hires is not None else batch.index)
-    extras = flux_infotext(model, job)
-    if hires is not None:
-        extras.update(dict(hires.infotext))
-        if model.unet.config.guidance_embeds:
-            extras["Hires Distilled CFG Scale"] = hires.sampling.distilled_cfg_scale
-    return JobResult(images=images, interrupted=cancel.interrupted, extra_generation_params=extras)
+    return run_txt2img(FLUX, model, job, observer, cancel)
 
 
 def run_flux_img2img(
     model: LoadedModel, job: GenerationJob, observer: RunObserver, cancel: CancelToken, **_: Any
 ) -> JobResult:
     """img2img and inpainting (mask blend) on the flow schedule's tail."""
-    from webui_api.engine.img2img import (
-        check_img2img_job,
-        infotext_extras,
-        init_latents,
-        inpaint_state,
-        overlaid,
-    )
-
-    params = check_img2img_job(job)
-    plan = check_flux_job(model, job)
-    auto_upcast = job.engine_options.auto_vae_precision
-    images: list[GeneratedImage] = []
-    with torch.inference_mode():
-        init, inpaint = inpaint_state(model, job, params, init_latents(model, job, params))
-        for batch in job_batches(job, observer, cancel):
-            latents = from_latents(model, job, plan, batch, init, params.denoising_strength, params.fix_steps,
-                                   observer, cancel, inpaint.blend, params.initial_noise_multiplier)
-            if inpaint.blend is not None:
-                latents = inpaint.blend(latents)
-            images += batch_images(batch, overlaid(decode_latents(model, latents, auto_upcast), params, job))
-            observer.batch_finished(batch.index)
-    extras = {**infotext_extras(params), **flux_infotext(model, job)}
-    return JobResult(images=images, interrupted=cancel.interrupted, extra_generation_params=extras)
+    return run_img2img(FLUX, model, job, observer, cancel)

@@ -18,7 +18,7 @@ through real CFG whenever cfg_scale differs from 1 (at 1 the result would equal 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,20 +33,17 @@ from webui_api.engine.conditioning import (
     encode_with,
 )
 from webui_api.engine.denoiser import SamplingInterrupted
-from webui_api.engine.families.flux import T5_MIN_LENGTH, check_flow_plan, first_step_text, sample, t5_tokens
-from webui_api.engine.latents import decode_latents
+from webui_api.engine.families.flow import FlowFamily, run_img2img, run_txt2img
+from webui_api.engine.families.flux import T5_MIN_LENGTH, check_flow_plan, first_step_text, t5_tokens
 from webui_api.engine.models import LoadedModel
 from webui_api.engine.pipeline import (
     LATENT_SCALE,
     BatchSpec,
     SamplerPlan,
-    batch_images,
-    job_batches,
-    make_image_rng,
     resolve_plan,
 )
 from webui_api.errors import BadRequest
-from webui_api.jobs import GeneratedImage, GenerationJob, JobResult
+from webui_api.jobs import GenerationJob, JobResult
 from webui_api.progress import CancelToken, RunObserver
 
 SD3_TABLE_SIZE = 1000
@@ -226,85 +223,28 @@ def shift(model: LoadedModel) -> float:
     return float(model.flow_shift if model.flow_shift is not None else 3.0)
 
 
-def first_pass(
-    model: LoadedModel, job: GenerationJob, plan: SamplerPlan, batch: BatchSpec, observer: RunObserver,
-    cancel: CancelToken,
-) -> torch.Tensor:
-    """One batch from pure noise (x = noise * sigma_max)."""
-    rng = make_image_rng(model, job, batch)
-    sigmas = sd3_sigmas(job, plan, shift(model)).to(model.device)
-    x = rng.first() * sigmas[0]
-    return sample(make_denoiser(model, job, batch, cancel), plan, x, sigmas, job, observer, rng)
+def sd3_family_sigmas(model: LoadedModel, job: GenerationJob, plan: SamplerPlan) -> torch.Tensor:
+    return sd3_sigmas(job, plan, shift(model))
 
 
-def from_latents(
-    model: LoadedModel, job: GenerationJob, plan: SamplerPlan, batch: BatchSpec, init: torch.Tensor,
-    strength: float, fix_steps: bool, observer: RunObserver, cancel: CancelToken, blend: Any = None,
-    noise_multiplier: float = 1.0,
-) -> torch.Tensor:
-    """img2img on the flow schedule: the tail from A1111's start step, x = s*noise + (1-s)*init."""
-    from webui_api.engine.img2img import img2img_steps
+def sd3_family_infotext(model: LoadedModel, job: GenerationJob) -> dict[str, Any]:
+    return sd3_infotext(model)
 
-    steps = img2img_steps(job.sampling.steps, strength, fix_steps)
-    if steps.steps <= 0:
-        return init
-    schedule_job = replace(job, sampling=replace(job.sampling, steps=max(steps.steps, 1)))
-    rng = make_image_rng(model, job, batch)
-    tail = sd3_sigmas(schedule_job, plan, shift(model)).to(model.device)[steps.start_index :]
-    x = tail[0] * rng.first() * noise_multiplier + (1.0 - tail[0]) * init
-    return sample(make_denoiser(model, job, batch, cancel, blend), plan, x, tail, job, observer, rng)
+
+SD3 = FlowFamily(
+    check_job=check_sd3_job, sigmas=sd3_family_sigmas, make_denoiser=make_denoiser, infotext=sd3_family_infotext
+)
 
 
 def run_sd3_txt2img(
     model: LoadedModel, job: GenerationJob, observer: RunObserver, cancel: CancelToken, **_: Any
 ) -> JobResult:
     """txt2img; with hires params, the second pass runs like img2img at the target size."""
-    from webui_api.engine.hires import second_pass_job, truncate, upscale
-
-    plan = check_sd3_job(model, job)
-    hires = job.hires
-    auto_upcast = job.engine_options.auto_vae_precision
-    images: list[GeneratedImage] = []
-    with torch.inference_mode():
-        for batch in job_batches(job, observer, cancel):
-            latents = first_pass(model, job, plan, batch, observer, cancel)
-            if hires is not None and not cancel.interrupted:
-                observer.batch_finished(2 * batch.index)
-                upscaled = truncate(upscale(model, hires, latents, auto_upcast), hires)
-                second = second_pass_job(job, hires, upscaled)
-                hr_batch = replace(batch, prompts=hires.prompts[job.batch_slice(batch.index)],
-                                   negative_prompts=hires.negative_prompts[job.batch_slice(batch.index)])
-                hr_plan = check_sd3_job(model, second)
-                observer.batch_started(batch.index, job.n_iter)
-                latents = from_latents(model, second, hr_plan, hr_batch, upscaled, hires.denoising_strength, True,
-                                       observer, cancel)
-            images += batch_images(batch, decode_latents(model, latents, auto_upcast))
-            observer.batch_finished(2 * batch.index + 1 if hires is not None else batch.index)
-    extras = sd3_infotext(model)
-    if hires is not None:
-        extras.update(dict(hires.infotext))
-    return JobResult(images=images, interrupted=cancel.interrupted, extra_generation_params=extras)
+    return run_txt2img(SD3, model, job, observer, cancel)
 
 
 def run_sd3_img2img(
     model: LoadedModel, job: GenerationJob, observer: RunObserver, cancel: CancelToken, **_: Any
 ) -> JobResult:
     """img2img and inpainting (mask blend) on the flow schedule's tail."""
-    from webui_api.engine.img2img import check_img2img_job, infotext_extras, init_latents, inpaint_state, overlaid
-
-    params = check_img2img_job(job)
-    plan = check_sd3_job(model, job)
-    auto_upcast = job.engine_options.auto_vae_precision
-    images: list[GeneratedImage] = []
-    with torch.inference_mode():
-        init, inpaint = inpaint_state(model, job, params, init_latents(model, job, params))
-        for batch in job_batches(job, observer, cancel):
-            latents = from_latents(model, job, plan, batch, init, params.denoising_strength, params.fix_steps,
-                                   observer, cancel, inpaint.blend, params.initial_noise_multiplier)
-            if inpaint.blend is not None:
-                latents = inpaint.blend(latents)
-            images += batch_images(batch, overlaid(decode_latents(model, latents, auto_upcast), params, job))
-            observer.batch_finished(batch.index)
-    extras = {**infotext_extras(params), **sd3_infotext(model)}
-    return JobResult(images=images, interrupted=cancel.interrupted, extra_generation_params=extras)
-
+    return run_img2img(SD3, model, job, observer, cancel)

@@ -37,9 +37,17 @@ from webui_api.engine.loading.builder import (
 )
 from webui_api.engine.loading.checkpoint import LoadOptions, place_module
 from webui_api.engine.loading.discovery import ModelPaths
-from webui_api.engine.loading.files import UnusableModelFile, read_safetensors_header, read_state_dict
-from webui_api.engine.loading.forge_modules import load_t5_tokenizer, scan_modules
-from webui_api.engine.loading.gguf_files import gguf_shapes, read_gguf_state
+from webui_api.engine.loading.files import UnusableModelFile
+from webui_api.engine.loading.flow_parts import (
+    build_parts,
+    checkpoint_shapes,
+    chosen_modules,
+    missing_parts_error,
+    module_files,
+    read_checkpoint_state,
+    strip_to,
+)
+from webui_api.engine.loading.forge_modules import load_t5_tokenizer
 from webui_api.engine.loading.infer import key_count
 from webui_api.engine.models import CheckpointInfo, LoadedModel
 
@@ -67,29 +75,15 @@ _VAE_MARKER = "decoder.conv_in.weight"
 
 def module_kind(shapes: Mapping[str, tuple[int, ...]]) -> str | None:
     """What a module file holds, from its keys: a Flux VAE (16 latent channels), CLIP-L or T5."""
-    clip = _strip_to(shapes, _CLIP_MARKER)
+    clip = strip_to(shapes, _CLIP_MARKER)
     if clip is not None:
         return KIND_CLIP_L
-    if _strip_to(shapes, _T5_MARKER) is not None:
+    if strip_to(shapes, _T5_MARKER) is not None:
         return KIND_T5
-    vae = _strip_to(shapes, _VAE_MARKER)
+    vae = strip_to(shapes, _VAE_MARKER)
     if vae is not None and shapes[vae + _VAE_MARKER][1] == 16:
         return KIND_VAE
     return None
-
-
-def _strip_to(shapes: Mapping[str, tuple[int, ...]], marker: str) -> str | None:
-    """The prefix under which `marker` occurs ("" at the top level), or None."""
-    for key in shapes:
-        if key.endswith(marker):
-            return key[: -len(marker)]
-    return None
-
-
-def header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Tensor shapes from a safetensors header (no tensor is read)."""
-    header = read_safetensors_header(path)
-    return {key: tuple(entry["shape"]) for key, entry in header.items() if key != "__metadata__"}
 
 
 def classify_module_files(paths: Sequence[Path]) -> dict[str, Path]:
@@ -224,15 +218,6 @@ def t5_component(path: Path, state: Mapping[str, torch.Tensor], prefix: str) -> 
 # ---------------------------------------------------------------------------
 
 
-def missing_parts_error(path: Path, missing: Sequence[str]) -> UnusableModelFile:
-    names = ", ".join(PART_NAMES[kind] for kind in missing)
-    return UnusableModelFile(
-        path,
-        f"this Flux checkpoint lacks the {names}; put the file(s) in models/VAE or models/text_encoder and "
-        "select them with override_settings.forge_additional_modules (or the forge_additional_modules option)",
-    )
-
-
 def prepare_flux(
     path: Path, state: Mapping[str, torch.Tensor], modules: Mapping[str, Path], allow_unsafe_pickle: bool = False
 ) -> FluxComponents:
@@ -248,40 +233,24 @@ def prepare_flux(
     packed = {kind: (None if kind in modules else prefix) for kind, prefix in packed.items()}  # named modules win
     missing = [kind for kind, prefix in packed.items() if prefix is None and kind not in modules]
     if missing:
-        raise missing_parts_error(path, missing)
+        raise missing_parts_error(path, "Flux", [PART_NAMES[kind] for kind in missing])
     builders: dict[str, Callable[[Path, Mapping[str, torch.Tensor], str], Component]] = {
         KIND_VAE: vae_component,
         KIND_CLIP_L: clip_component,
         KIND_T5: t5_component,
     }
-    parts: dict[str, Component] = {}
-    sources: dict[str, str] = {}
-    for kind, build in builders.items():
-        prefix = packed[kind]
-        if prefix is not None:
-            parts[kind], sources[kind] = build(path, state, prefix), str(path)
-            continue
-        file = modules[kind]
-        module_state = read_checkpoint_state(file, allow_unsafe_pickle)
-        found = _strip_to({k: tuple(v.shape) for k, v in module_state.items()}, _MARKERS[kind])
-        parts[kind], sources[kind] = build(file, module_state, found or ""), str(file)
+
+    def build(kind: str, file: Path, part_state: Mapping[str, torch.Tensor], prefix: str) -> Component:
+        return builders[kind](file, part_state, prefix)
+
+    present = {kind: prefix for kind, prefix in packed.items() if prefix is not None}
+    parts, sources = build_parts(
+        path, state, present, modules, tuple(builders), build, _MARKERS, allow_unsafe_pickle
+    )
     return FluxComponents(transformer, parts[KIND_VAE], parts[KIND_CLIP_L], parts[KIND_T5], config, sources)
 
 
 _MARKERS = {KIND_VAE: _VAE_MARKER, KIND_CLIP_L: _CLIP_MARKER, KIND_T5: _T5_MARKER}
-
-
-def checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Tensor shapes of a safetensors or GGUF checkpoint without reading the tensors."""
-    if path.suffix.lower() == ".gguf":
-        return gguf_shapes(path)
-    return header_shapes(path)
-
-
-def read_checkpoint_state(path: Path, allow_unsafe_pickle: bool) -> dict[str, torch.Tensor]:
-    if path.suffix.lower() == ".gguf":
-        return read_gguf_state(path)
-    return read_state_dict(path, allow_unsafe_pickle=allow_unsafe_pickle)
 
 
 def is_flux_file(path: Path) -> bool:
@@ -294,21 +263,15 @@ def is_flux_file(path: Path) -> bool:
         return False
 
 
-def chosen_modules(path: Path, named: Sequence[Path], paths: ModelPaths) -> dict[str, Path]:
-    """kind -> module file: the files a job named, then (for parts neither they nor the
-    checkpoint have) the first file of each kind in models/VAE and models/text_encoder."""
-    explicit = classify_module_files(named)
-    unknown = [p.name for p in named if p not in explicit.values()]
-    if unknown:
-        raise UnusableModelFile(path, f"modules {unknown} are not a Flux VAE, CLIP-L or T5-XXL file")
-    layout = flux_keys.flux_layout(checkpoint_shapes(path))
-    has = {KIND_VAE: layout.vae_prefix is not None, KIND_CLIP_L: layout.has_clip_l, KIND_T5: layout.has_t5xxl}
-    needed = [kind for kind, present in has.items() if not present and kind not in explicit]
-    if not needed:
-        return explicit
-    candidates = [Path(m.filename) for m in scan_modules(paths)]
-    found = classify_module_files(candidates)
-    return {**{kind: found[kind] for kind in needed if kind in found}, **explicit}
+def flux_modules(path: Path, named: Sequence[Path], paths: ModelPaths) -> dict[str, Path]:
+    """kind -> module file for the parts a Flux checkpoint lacks (flow_parts.chosen_modules)."""
+
+    def absent() -> list[str]:
+        layout = flux_keys.flux_layout(checkpoint_shapes(path))
+        has = {KIND_VAE: layout.vae_prefix is not None, KIND_CLIP_L: layout.has_clip_l, KIND_T5: layout.has_t5xxl}
+        return [kind for kind, present in has.items() if not present]
+
+    return chosen_modules(path, named, paths, classify_module_files, absent, "a Flux VAE, CLIP-L or T5-XXL")
 
 
 def load_flux(
@@ -320,7 +283,7 @@ def load_flux(
 ) -> LoadedModel:
     """The engine's entry: modules chosen per job (or found), the T5 tokenizer from the folders."""
     path = Path(info.filename)
-    modules = chosen_modules(path, named, paths)
+    modules = flux_modules(path, named, paths)
     return load_flux_checkpoint(info, options, modules, lambda: load_t5_tokenizer(paths), before_build)
 
 
@@ -371,5 +334,5 @@ def assemble_flux(info: CheckpointInfo, parts: FluxComponents, options: LoadOpti
         baked_vae=vae,
         vae_shift_factor=FLUX_VAE_SHIFT,
         flow_shift=DEV_SHIFT if guidance else SCHNELL_SHIFT,
-        module_files=tuple(sorted({s for s in parts.sources.values() if s != info.filename})),
+        module_files=module_files(parts.sources, info.filename),
     )

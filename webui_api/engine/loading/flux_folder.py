@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 
-from webui_api.engine.loading.builder import Component, check_state, expected_shapes
-from webui_api.engine.loading.diffusers_folder import MODEL_INDEX, _component_state, _json
+from webui_api.engine.loading.builder import Component
+from webui_api.engine.loading.diffusers_folder import MODEL_INDEX, _json
 from webui_api.engine.loading.files import UnusableModelFile
+from webui_api.engine.loading.flow_parts import folder_component
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +55,7 @@ def _part(root: Path, slot: str, allow_unsafe_pickle: bool) -> Component:
     if not folder.is_dir():
         raise UnusableModelFile(root, f"this Flux pipeline folder has no {slot}/")
     module = _empty(slot, _json(folder / "config.json"))
-    wanted = expected_shapes(module)
-    state = {k: v for k, v in _component_state(folder, _PARTS[slot], allow_unsafe_pickle).items() if k in wanted}
-    if slot == "text_encoder_2" and "encoder.embed_tokens.weight" in wanted and "shared.weight" in state:
-        state.setdefault("encoder.embed_tokens.weight", state["shared.weight"])
-    check_state(root, state, wanted, slot)
-    return Component(module, state)
+    return folder_component(root, slot, module, _PARTS[slot], allow_unsafe_pickle, t5_slot="text_encoder_2")
 
 
 def load_flux_folder(info: Any, options: Any, t5_tokenizer: Callable[[], Any], before_build: Callable[[], None]) -> Any:

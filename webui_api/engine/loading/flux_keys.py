@@ -81,7 +81,8 @@ def is_transformer_key(key: str) -> bool:
     return key.startswith(_TRANSFORMER_ROOTS)
 
 
-def _count(shapes: Shapes, root: str) -> int:
+def block_count(shapes: Shapes, root: str) -> int:
+    """How many blocks `root` numbers (0..n-1; a gap is an error); 0 when there are none."""
     pattern = re.compile(re.escape(root) + r"(\d+)\.")
     found = {int(m[1]) for key in shapes if (m := pattern.match(key))}
     if found and found != set(range(max(found) + 1)):
@@ -89,7 +90,8 @@ def _count(shapes: Shapes, root: str) -> int:
     return max(found) + 1 if found else 0
 
 
-def _need(shapes: Shapes, key: str) -> tuple[int, ...]:
+def need_shape(shapes: Shapes, key: str) -> tuple[int, ...]:
+    """The shape of `key`; KeyError (a config that cannot be inferred) when it is absent."""
     if key not in shapes:
         raise KeyError(key)
     return shapes[key]
@@ -112,24 +114,24 @@ def rope_axes(head_dim: int) -> tuple[int, int, int]:
 
 def transformer_config(shapes: Shapes) -> dict[str, Any]:
     """diffusers `FluxTransformer2DModel` arguments from BFL-layout shapes (prefix removed)."""
-    hidden, in_channels = _need(shapes, "img_in.weight")
-    head_dim = _need(shapes, "double_blocks.0.img_attn.norm.query_norm.scale")[0]
+    hidden, in_channels = need_shape(shapes, "img_in.weight")
+    head_dim = need_shape(shapes, "double_blocks.0.img_attn.norm.query_norm.scale")[0]
     if hidden % head_dim:
         raise ValueError(f"width {hidden} is not a whole number of {head_dim}-wide heads")
-    mlp = _need(shapes, "double_blocks.0.img_mlp.0.weight")[0]
+    mlp = need_shape(shapes, "double_blocks.0.img_mlp.0.weight")[0]
     if mlp != MLP_RATIO * hidden:
         raise ValueError(f"MLP width {mlp} is not {MLP_RATIO}x the width {hidden}")
-    out = _need(shapes, "final_layer.linear.weight")[0]
+    out = need_shape(shapes, "final_layer.linear.weight")[0]
     return {
         "patch_size": 1,
         "in_channels": in_channels,
         "out_channels": None if out == in_channels else out,
-        "num_layers": _count(shapes, "double_blocks."),
-        "num_single_layers": _count(shapes, "single_blocks."),
+        "num_layers": block_count(shapes, "double_blocks."),
+        "num_single_layers": block_count(shapes, "single_blocks."),
         "attention_head_dim": head_dim,
         "num_attention_heads": hidden // head_dim,
-        "joint_attention_dim": _need(shapes, "txt_in.weight")[1],
-        "pooled_projection_dim": _need(shapes, "vector_in.in_layer.weight")[1],
+        "joint_attention_dim": need_shape(shapes, "txt_in.weight")[1],
+        "pooled_projection_dim": need_shape(shapes, "vector_in.in_layer.weight")[1],
         "guidance_embeds": "guidance_in.in_layer.weight" in shapes,
         "axes_dims_rope": list(rope_axes(head_dim)),
     }

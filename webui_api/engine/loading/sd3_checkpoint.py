@@ -36,17 +36,17 @@ from webui_api.engine.loading.builder import (
 from webui_api.engine.loading.checkpoint import LoadOptions, place_module
 from webui_api.engine.loading.discovery import ModelPaths
 from webui_api.engine.loading.files import UnusableModelFile
-from webui_api.engine.loading.flux_checkpoint import (
-    _CLIP_MARKER,
-    KIND_VAE,
-    _strip_to,
+from webui_api.engine.loading.flow_parts import (
+    build_parts,
     checkpoint_shapes,
-    module_kind,
+    chosen_modules,
+    missing_parts_error,
+    module_files,
     read_checkpoint_state,
-    t5_component,
-    vae_component,
+    strip_to,
 )
-from webui_api.engine.loading.forge_modules import load_t5_tokenizer, scan_modules
+from webui_api.engine.loading.flux_checkpoint import _CLIP_MARKER, KIND_VAE, module_kind, t5_component, vae_component
+from webui_api.engine.loading.forge_modules import load_t5_tokenizer
 from webui_api.engine.models import CheckpointInfo, LoadedModel
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def sd3_module_kind(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> str | 
     kind = module_kind(shapes)
     if kind != KIND_CLIP_L:
         return kind
-    prefix = _strip_to(shapes, _CLIP_MARKER) or ""
+    prefix = strip_to(shapes, _CLIP_MARKER) or ""
     width = shapes[prefix + _CLIP_MARKER][1]
     if width == CLIP_G_WIDTH:
         return KIND_CLIP_G
@@ -123,19 +123,14 @@ def packed_parts(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, str]:
     return parts
 
 
-def chosen_modules(path: Path, named: Sequence[Path], paths: ModelPaths) -> dict[str, Path]:
-    """kind -> module file: the files a job named, then (for parts neither they nor the file
-    have) the first file of each kind in models/VAE and models/text_encoder."""
-    explicit = classify(named)
-    unknown = [p.name for p in named if p not in explicit.values()]
-    if unknown:
-        raise UnusableModelFile(path, f"modules {unknown} are not an SD3 VAE, CLIP-L, CLIP-G or T5-XXL file")
-    has = packed_parts(checkpoint_shapes(path))
-    needed = [kind for kind in (*REQUIRED, KIND_T5) if kind not in has and kind not in explicit]
-    if not needed:
-        return explicit
-    found = classify([Path(m.filename) for m in scan_modules(paths)])
-    return {**{kind: found[kind] for kind in needed if kind in found}, **explicit}
+def sd3_modules(path: Path, named: Sequence[Path], paths: ModelPaths) -> dict[str, Path]:
+    """kind -> module file for the parts an SD3 file lacks (flow_parts.chosen_modules)."""
+
+    def absent() -> list[str]:
+        has = packed_parts(checkpoint_shapes(path))
+        return [kind for kind in (*REQUIRED, KIND_T5) if kind not in has]
+
+    return chosen_modules(path, named, paths, classify, absent, "an SD3 VAE, CLIP-L, CLIP-G or T5-XXL")
 
 
 # ---------------------------------------------------------------------------
@@ -210,15 +205,6 @@ def _build(kind: str, path: Path, state: Mapping[str, torch.Tensor], prefix: str
     return projected_clip_component(path, state, prefix, kind)
 
 
-def missing_parts_error(path: Path, missing: Sequence[str]) -> UnusableModelFile:
-    names = ", ".join(PART_NAMES[kind] for kind in missing)
-    return UnusableModelFile(
-        path,
-        f"this SD3 checkpoint lacks the {names}; put the file(s) in models/VAE or models/text_encoder and "
-        "select them with override_settings.forge_additional_modules (or the forge_additional_modules option)",
-    )
-
-
 def prepare_sd3(
     path: Path, state: Mapping[str, torch.Tensor], modules: Mapping[str, Path], allow_unsafe_pickle: bool = False
 ) -> SD3Components:
@@ -229,17 +215,10 @@ def prepare_sd3(
     packed = {kind: prefix for kind, prefix in packed_parts(shapes).items() if kind not in modules}
     missing = [kind for kind in REQUIRED if kind not in packed and kind not in modules]
     if missing:
-        raise missing_parts_error(path, missing)
-    parts: dict[str, Component] = {}
-    sources: dict[str, str] = {}
-    for kind in (*REQUIRED, KIND_T5):
-        if kind in packed:
-            parts[kind], sources[kind] = _build(kind, path, state, packed[kind]), str(path)
-        elif kind in modules:
-            file = modules[kind]
-            module_state = read_checkpoint_state(file, allow_unsafe_pickle)
-            found = _strip_to({k: tuple(v.shape) for k, v in module_state.items()}, _markers(kind)) or ""
-            parts[kind], sources[kind] = _build(kind, file, module_state, found), str(file)
+        raise missing_parts_error(path, "SD3", [PART_NAMES[kind] for kind in missing])
+    markers = {kind: _markers(kind) for kind in (*REQUIRED, KIND_T5)}
+    parts, sources = build_parts(path, state, packed, modules, (*REQUIRED, KIND_T5), _build, markers,
+                                 allow_unsafe_pickle)
     return SD3Components(
         transformer, parts[KIND_VAE], parts[KIND_CLIP_L], parts[KIND_CLIP_G], parts.get(KIND_T5), config, sources
     )
@@ -259,7 +238,7 @@ def load_sd3(
 ) -> LoadedModel:
     """The engine's entry: modules chosen per job (or found), the T5 tokenizer only when T5 is used."""
     path = Path(info.filename)
-    modules = chosen_modules(path, named, paths)
+    modules = sd3_modules(path, named, paths)
     started = time.perf_counter()
     state = read_checkpoint_state(path, options.allow_unsafe_pickle)
     parts = prepare_sd3(path, state, modules, options.allow_unsafe_pickle)
@@ -299,5 +278,5 @@ def assemble_sd3(info: CheckpointInfo, parts: SD3Components, options: LoadOption
         architecture=sd3_keys.variant(parts.config),
         baked_vae=vae,
         flow_shift=SD3_SHIFT,
-        module_files=tuple(sorted({s for s in parts.sources.values() if s != info.filename})),
+        module_files=module_files(parts.sources, info.filename),
     )

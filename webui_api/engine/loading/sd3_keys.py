@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from webui_api.engine.loading.flux_keys import block_count, need_shape
+
 Shapes = Mapping[str, tuple[int, ...]]
 
 PREFIX = "model.diffusion_model."
@@ -59,20 +61,6 @@ def is_transformer_key(key: str) -> bool:
     return key.startswith(_ROOTS)
 
 
-def _count(shapes: Shapes, root: str) -> int:
-    pattern = re.compile(re.escape(root) + r"(\d+)\.")
-    found = {int(m[1]) for key in shapes if (m := pattern.match(key))}
-    if found and found != set(range(max(found) + 1)):
-        raise ValueError(f"{root} blocks are not numbered 0..n-1: {sorted(found)[:8]}")
-    return max(found) + 1 if found else 0
-
-
-def _need(shapes: Shapes, key: str) -> tuple[int, ...]:
-    if key not in shapes:
-        raise KeyError(key)
-    return shapes[key]
-
-
 def dual_attention_layers(shapes: Shapes) -> tuple[int, ...]:
     """SD3.5 medium's MMDiT-X blocks: those with a second image attention (`x_block.attn2`)."""
     pattern = re.compile(r"joint_blocks\.(\d+)\.x_block\.attn2\.")
@@ -81,15 +69,15 @@ def dual_attention_layers(shapes: Shapes) -> tuple[int, ...]:
 
 def transformer_config(shapes: Shapes) -> dict[str, Any]:
     """diffusers `SD3Transformer2DModel` arguments from MMDiT shapes (prefix removed)."""
-    hidden, in_channels, patch, _ = _need(shapes, "x_embedder.proj.weight")
-    depth = _count(shapes, "joint_blocks.")
+    hidden, in_channels, patch, _ = need_shape(shapes, "x_embedder.proj.weight")
+    depth = block_count(shapes, "joint_blocks.")
     if depth == 0 or hidden % depth:
         raise ValueError(f"width {hidden} is not a whole number of heads for depth {depth}")
-    positions = _need(shapes, "pos_embed")[1]
+    positions = need_shape(shapes, "pos_embed")[1]
     max_size = math.isqrt(positions)
     if max_size * max_size != positions:
         raise ValueError(f"position table of {positions} entries is not square")
-    out = _need(shapes, "final_layer.linear.weight")[0] // (patch * patch)
+    out = need_shape(shapes, "final_layer.linear.weight")[0] // (patch * patch)
     return {
         "sample_size": min(128, max_size * patch),
         "patch_size": patch,
@@ -97,9 +85,9 @@ def transformer_config(shapes: Shapes) -> dict[str, Any]:
         "num_layers": depth,
         "attention_head_dim": hidden // depth,
         "num_attention_heads": depth,
-        "joint_attention_dim": _need(shapes, "context_embedder.weight")[1],
-        "caption_projection_dim": _need(shapes, "context_embedder.weight")[0],
-        "pooled_projection_dim": _need(shapes, "y_embedder.mlp.0.weight")[1],
+        "joint_attention_dim": need_shape(shapes, "context_embedder.weight")[1],
+        "caption_projection_dim": need_shape(shapes, "context_embedder.weight")[0],
+        "pooled_projection_dim": need_shape(shapes, "y_embedder.mlp.0.weight")[1],
         "out_channels": out,
         "pos_embed_max_size": max_size,
         "dual_attention_layers": dual_attention_layers(shapes),
