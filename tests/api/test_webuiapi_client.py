@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import socket
-import threading
-import time
 
 import pytest
 
-from tests.factories import settings_for_tests
+from tests.factories import served_on_loopback, settings_for_tests
 
 webuiapi = pytest.importorskip("webuiapi")
 
@@ -21,24 +19,12 @@ def free_port() -> int:
 
 @pytest.fixture()
 def live_server(engine, tmp_path):
-    import uvicorn
-
     from webui_api.app import create_app
 
     port = free_port()
     settings = settings_for_tests(tmp_path, port=port, api_auth=(("user", "pass"),))
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, engine=engine), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield port
-    server.should_exit = True
-    thread.join(30)
+    with served_on_loopback(create_app(settings, engine=engine), port):
+        yield port
 
 
 def test_webuiapi_txt2img_and_listings(live_server):

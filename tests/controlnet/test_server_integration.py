@@ -5,15 +5,13 @@ endpoint's PNG bytes left uncompressed."""
 from __future__ import annotations
 
 import shutil
-import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.factories import settings_for_tests
+from tests.factories import served_on_loopback, settings_for_tests
 from webui_api.controlnet.preprocessors import AnnotatorCache
 from webui_api.controlnet.units import ControlUnit
 from webui_api.engine.control import prepare_controls
@@ -43,25 +41,13 @@ def cn_client(make_client, tmp_path, controlnet_dir):
 @pytest.fixture()
 def cn_live_server(cn_engine, tmp_path):
     """A real server on loopback over the engine that sees the tiny ControlNets."""
-    import uvicorn
-
     from tests.api.test_webuiapi_client import free_port
     from webui_api.app import create_app
 
     port = free_port()
     settings = settings_for_tests(tmp_path, port=port)
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, engine=cn_engine), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield port
-    server.should_exit = True
-    thread.join(30)
+    with served_on_loopback(create_app(settings, engine=cn_engine), port):
+        yield port
 
 
 def test_webuiapi_detects_controlnet_and_runs_its_units(cn_live_server):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import replace
 from types import MappingProxyType
 
@@ -17,9 +15,7 @@ webuiapi = pytest.importorskip("webuiapi")
 
 @pytest.fixture()
 def live_interrogate_server(engine, tmp_path, interrogate_models):
-    import uvicorn
-
-    from tests.factories import settings_for_tests
+    from tests.factories import served_on_loopback, settings_for_tests
     from webui_api.app import create_app
     from webui_api.cli import default_cmd_flags
 
@@ -29,17 +25,8 @@ def live_interrogate_server(engine, tmp_path, interrogate_models):
                        cmd_flags=MappingProxyType(flags))
     (tmp_path / "interrogate").mkdir()
     (tmp_path / "interrogate" / "mediums.txt").write_text("a painting\na photo\n", encoding="utf8")
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, engine=engine), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield port
-    server.should_exit = True
-    thread.join(30)
+    with served_on_loopback(create_app(settings, engine=engine), port):
+        yield port
 
 
 def test_webuiapi_interrogate_both_models(live_interrogate_server):
