@@ -23,6 +23,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from webui_api.serving.script_budget import DEFAULT_MAX_SCRIPT_IMAGES, DEFAULT_MAX_SCRIPT_WORK
 from webui_api.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -300,6 +301,19 @@ SERVING_FLAGS: tuple[FlagSpec, ...] = (
         "detect maps), in pixels (0: no limit)",
         int,
         4096 * 4096,
+    ),
+    FlagSpec(
+        "--max-script-images",
+        "most images one script run (x/y/z plot, prompts from file, sd upscale) may plan, all its jobs together "
+        "(0: no limit)",
+        int,
+        DEFAULT_MAX_SCRIPT_IMAGES,
+    ),
+    FlagSpec(
+        "--max-script-work",
+        "most work one script run may plan: images x steps x megapixels summed over its jobs (0: no limit)",
+        int,
+        DEFAULT_MAX_SCRIPT_WORK,
     ),
     FlagSpec(
         "--prompt-filter",
@@ -613,6 +627,8 @@ def serving_settings(args: argparse.Namespace) -> dict[str, Any]:
             max_prompt_length=_at_least(0, "--max-prompt-length", args.max_prompt_length),
             max_body_bytes=int(_at_least(0, "--max-body-mb", args.max_body_mb) * 1024 * 1024),
             max_input_pixels=_at_least(0, "--max-input-pixels", args.max_input_pixels),
+            max_script_images=_at_least(0, "--max-script-images", args.max_script_images),
+            max_script_work=_at_least(0, "--max-script-work", args.max_script_work),
         ),
         "content_policy": _content_policy(args),
     }
