@@ -31,7 +31,7 @@ from ..scheduler import ProgressSpec, WorkItem
 from ..serving.context import RequestContext
 from ..serving.script_budget import ScriptBudget
 from ..styles import PromptStyle
-from ..weights.runtime import prefetch
+from ..weights.runtime import check_fetchable, prefetch
 
 
 async def run_script(
@@ -76,9 +76,13 @@ def guarded_context(runtime: Runtime, tab: str, script_name: str, options: Mappi
 
 
 async def plan_checked(prepared: Any, tab: str, runtime: Runtime, context: RequestContext) -> ScriptRun:
-    """Plan a script request without queueing it (async tasks are checked this way)."""
+    """Plan a script request without queueing it (async tasks are checked this way), and
+    refuse it when a weights file it needs is missing and cannot be fetched."""
     ctx = guarded_context(runtime, tab, prepared.request.script_name, prepared.options, prepared.styles, context)
-    return await asyncio.to_thread(plan_script, prepared.request, ctx)
+    planned = await asyncio.to_thread(plan_script, prepared.request, ctx)
+    # weights run_script would fetch first: refused now when they cannot be fetched (--offline)
+    check_fetchable(runtime.weights, script_weights(prepared.request, ctx, runtime.settings, planned))
+    return planned
 
 
 def script_item(runtime: Runtime, tab: str, planned: ScriptRun) -> WorkItem:
