@@ -22,6 +22,7 @@ from typing import Any
 import ray
 from ray import serve
 
+from ..pixel_budget import pixel_budget
 from ..progress import CancelToken, ProgressTracker
 from ..settings import Settings
 from ..workers import RayOptions, RemoteCall, run_call
@@ -83,7 +84,8 @@ class WorkerReplica:
         heartbeat = threading.Thread(target=self._heartbeat, args=(job_id, cancel, stop), daemon=True)
         heartbeat.start()
         try:
-            return run_call(self._engine_ready(), self._progress, call, cancel)
+            with pixel_budget(self._settings.guards.max_input_pixels):  # a fresh thread: the server's budget again
+                return run_call(self._engine_ready(), self._progress, call, cancel)
         finally:
             stop.set()
             heartbeat.join()
