@@ -1,6 +1,8 @@
 """An async task is accepted only when it can run: with downloads off (--offline, the test
 default) and face restoration or upscaler weights missing, both agent-scheduler submission
-routes answer the synchronous route's 400 (file, folder, fetch command) and store nothing."""
+routes answer the synchronous route's 400 (file, folder, fetch command) and store nothing.
+A script's later jobs count too: a prompt line or an x/y/z cell that turns face restoration on
+is refused before the run is queued (sync) or stored (async), not after its first jobs ran."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from tests.api.test_first_use_weights import online
 from tests.api.test_tasks import wait_for_status
 from tests.postprocess.face_weights import write_faceless_detector
 from tests.security.helpers import assert_a1111_error, png_b64
-from tests.security.test_c6_script_guards import xyz_script
+from tests.security.test_c6_script_guards import prompts_script, xyz_script
 from tests.weights.mirror import MirrorState, serve_mirror
 from tests.weights.tiny_files import origin_path, pinned_to
 from webui_api.weights import WeightsRegistry
@@ -37,6 +39,17 @@ def xyz_restoring() -> dict:
     return {**xyz_script("Seed", "1, 2"), **GFPGAN}
 
 
+def prompt_line_restoring() -> dict:
+    """Only the second line asks for face restoration (the face model comes from the request)."""
+    body = prompts_script("plain\n--prompt \"a face\" --restore_faces true")
+    return {**body, "override_settings": {"face_restoration_model": "GFPGAN"}}
+
+
+def xyz_cell_restoring() -> dict:
+    """Only the second cell of the "Face restore" axis restores faces."""
+    return xyz_script("Face restore", "False, GFPGAN")
+
+
 def stored_tasks(client) -> int:
     store = client.app.state.task_runner.store
     return sum(store.count(status) for status in ("pending", "running", "done", "failed", "interrupted"))
@@ -49,6 +62,8 @@ def stored_tasks(client) -> int:
         ("img2img", img2img_restoring, 'webui-api models fetch "GFPGAN"', "GFPGANv1.4.pth"),
         ("img2img", sd_upscale, 'webui-api models fetch "R-ESRGAN 4x+"', "RealESRGAN_x4plus.pth"),
         ("txt2img", xyz_restoring, 'webui-api models fetch "GFPGAN"', "GFPGANv1.4.pth"),
+        ("txt2img", prompt_line_restoring, 'webui-api models fetch "GFPGAN"', "GFPGANv1.4.pth"),
+        ("txt2img", xyz_cell_restoring, 'webui-api models fetch "GFPGAN"', "GFPGANv1.4.pth"),
     ],
 )
 def test_offline_missing_weights_refuse_the_task_as_the_sync_route_does(client, tmp_path, tab, payload, command,

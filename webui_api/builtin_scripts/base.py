@@ -114,6 +114,10 @@ class ScriptRun:
     job_count: int
     execute: Callable[[ScriptWorker], ScriptOutput]
     first_job: GenerationJob  # job_timestamp and preview settings of the whole run
+    # every job that runs as planned (x/y/z cells, prompt lines), for what must be known before
+    # queueing (the weights files they need); empty when the jobs are made while running (sd
+    # upscale's tiles, which share first_job's settings)
+    jobs: tuple[GenerationJob, ...] = ()
 
 
 # --------------------------------------------------------------------------- helpers

@@ -140,6 +140,7 @@ def plan(request: Any, ctx: ScriptContext) -> ScriptRun:
         job_count=sum(progress_units(job) for job in jobs),
         execute=lambda worker: _execute(worker, jobs, request),
         first_job=jobs[0],
+        jobs=tuple(jobs),
     )
 
 

@@ -129,6 +129,7 @@ def plan(request: Any, ctx: ScriptContext) -> ScriptRun:
         job_count=sum(progress_units(cell.job) for cell in cells),
         execute=lambda worker: _execute(worker, plot),
         first_job=cells[0].job,
+        jobs=tuple(cell.job for cell in cells),
     )
 
 
