@@ -53,7 +53,9 @@ class WorkerReplica:
         self._board = board_handle()
         self._replica = serve.get_replica_context().replica_tag
         self._actor_name = ray.get_runtime_context().get_actor_name() or ""
-        self._engine_ready()  # torch and the checkpoint catalog now: a replica is ready when Serve says so
+        engine = self._engine_ready()  # torch and the checkpoint catalog now: a replica is ready when Serve says so
+        if not settings.skip_load_model_at_start:
+            load_startup_model(engine)
 
     def _engine_ready(self) -> Any:
         with self._engine_lock:
@@ -71,22 +73,22 @@ class WorkerReplica:
         return model_key
 
     async def run(self, call: RemoteCall, job_id: str) -> Any:
-        await self.hold(serve.get_multiplexed_model_id())
-        return await asyncio.to_thread(self._run_sync, call, job_id)
-
-    def _run_sync(self, call: RemoteCall, job_id: str) -> Any:
+        """The job is on the board (and in this replica's /progress) from the moment it arrives,
+        model load included, so an interrupt or skip reaches it while its checkpoint loads too
+        (A1111's state.begin also comes before its override checkpoint loads)."""
         cancel = CancelToken()
         job = call.jobs[0]
-        ray.get(self._board.register.remote(job_id, self._replica, self._actor_name, call.model_key))
+        await self._board.register.remote(job_id, self._replica, self._actor_name, call.model_key)
         self._progress.begin("remote", job.n_iter, job.job_timestamp, cancel, job.preview_every_n_steps)
         stop = threading.Event()
         heartbeat = threading.Thread(target=self._heartbeat, args=(job_id, cancel, stop), daemon=True)
         heartbeat.start()
         try:
-            return run_call(self._engine_ready(), self._progress, call, cancel)
+            await self.hold(serve.get_multiplexed_model_id())
+            return await asyncio.to_thread(run_call, self._engine_ready(), self._progress, call, cancel)
         finally:
             stop.set()
-            heartbeat.join()
+            await asyncio.to_thread(heartbeat.join)
             self._progress.end()
             self._board.unregister.remote(job_id)
 
@@ -98,6 +100,18 @@ class WorkerReplica:
                 cancel.interrupt()
             if flags.get("skip"):
                 cancel.skip()
+
+
+def load_startup_model(engine: Any) -> None:
+    """The default checkpoint, loaded while the replica starts (as the single-process server
+    loads it at start, and A1111 does), so a fresh or scaled-up replica's first job does not pay
+    for the load. A checkpoint that fails to load is logged; jobs then load on demand."""
+    from ..errors import ApiError
+
+    try:
+        engine.load(None)
+    except (ApiError, OSError) as exc:
+        log.warning("worker replica: the default checkpoint did not load at start (%s); loading on first use", exc)
 
 
 def worker_deployment(options: RayOptions) -> Any:
@@ -148,5 +162,6 @@ def build_application(settings: Settings) -> Any:
     options = settings.ray
     if options is None:
         raise ValueError("build_application needs settings.ray (the --ray options)")
+    options.check_task_store(settings.redis_url)
     workers = worker_deployment(options).bind(settings)
     return ingress_deployment(options).bind(dataclasses.replace(settings, device="cpu"), workers)
