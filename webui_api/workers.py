@@ -75,6 +75,35 @@ class RemoteCall:
     def steps(self) -> int:
         return sum(job.sampling.steps for job in self.jobs)
 
+    @property
+    def progress_plan(self) -> tuple[int, str, int]:
+        """(job count, job timestamp, preview every n steps) for the replica's /progress."""
+        job = self.jobs[0]
+        return job.n_iter, job.job_timestamp, job.preview_every_n_steps
+
+
+@dataclass(frozen=True)
+class RemoteExtras:
+    """An extras request (upscale, face restoration) as data for a worker replica, which owns
+    the device: the decoded images, the request's parameters (postprocess.extras.ExtrasParams)
+    and the options the upscaler catalog reads. The replica builds its own catalog and face
+    restorers from its settings (the same models folders) and keeps their models loaded."""
+
+    images: tuple[Any, ...]  # PIL images
+    params: Any
+    options: dict[str, Any]
+    job_timestamp: str
+    kind: str = "extras"
+
+    @property
+    def model_key(self) -> str:
+        """No checkpoint is needed: any replica may take it (Serve's multiplexing is not asked)."""
+        return ""
+
+    @property
+    def progress_plan(self) -> tuple[int, str, int]:
+        return len(self.images), self.job_timestamp, 0
+
 
 @dataclass(frozen=True)
 class RayOptions:
@@ -99,6 +128,18 @@ class RayOptions:
         if self.min_workers is not None and not 0 <= self.min_workers <= self.max_workers:  # type: ignore[operator]
             raise ValueError(f"need 0 <= --ray-min-workers <= --ray-max-workers, got {self.min_workers}, "
                              f"{self.max_workers}")
+        if self.ingress_replicas < 1:
+            raise ValueError(f"--ray-ingress-replicas must be >= 1, got {self.ingress_replicas}")
+
+    def check_task_store(self, redis_url: str | None) -> None:
+        """Several ingress replicas must share one task store (Redis): each keeps its own
+        SQLite store otherwise, so a task accepted by one would be unknown to the others, and
+        a task could run twice or never after an ingress dies."""
+        if self.ingress_replicas > 1 and not redis_url:
+            raise ValueError(
+                f"--ray-ingress-replicas {self.ingress_replicas} needs --redis-url: the ingress replicas share their "
+                "async tasks through Redis (a task accepted by one replica is read and run through any other)"
+            )
 
     @property
     def autoscaling(self) -> bool:
@@ -175,10 +216,16 @@ class AnyCancel(CancelToken):
         return any(token.skipped for token in self._tokens)
 
 
-def run_call(engine: Any, progress: Any, call: RemoteCall, cancel: CancelToken) -> Any:
+def run_call(
+    engine: Any, progress: Any, call: RemoteCall | RemoteExtras, cancel: CancelToken, settings: Any = None,
+    postprocess_models: Any = None,
+) -> Any:
     """What a replica does with a RemoteCall: the engine calls the local items make
     (webui_api.generation.work), with the same return shape: a JobResult, or a list of them for
-    a batch. The jobs name their checkpoint by file name here (see `RemoteCall.model_title`)."""
+    a batch. The jobs name their checkpoint by file name here (see `RemoteCall.model_title`).
+    A RemoteExtras runs the extras pipeline the route would run, on this replica's device."""
+    if isinstance(call, RemoteExtras):
+        return run_extras_call(call, settings, postprocess_models, progress, cancel)
     jobs = [_by_file_name(job, call.checkpoint) for job in call.jobs]
     if call.kind == "txt2img" and call.unet_rows is None:
         return engine.txt2img(jobs[0], progress, cancel)
@@ -194,3 +241,15 @@ def _by_file_name(job: GenerationJob, checkpoint: str | None) -> GenerationJob:
     import dataclasses
 
     return job if checkpoint is None else dataclasses.replace(job, model_title=checkpoint)
+
+
+def run_extras_call(call: RemoteExtras, settings: Any, models: Any, progress: Any, cancel: CancelToken) -> Any:
+    """The extras route's work on a replica: an ExtrasResult, /progress counting finished images."""
+    from .postprocess.extras import run_extras
+    from .postprocess.face_restore.restorers import FaceRestorers
+    from .postprocess.upscale import UpscalerCatalog
+
+    catalog = UpscalerCatalog.from_settings(settings, models, call.options)
+    faces = FaceRestorers.from_settings(settings, models)
+    return run_extras(list(call.images), call.params, catalog, lambda: cancel.interrupted,
+                      lambda index, _total: progress.batch_finished(index), faces)

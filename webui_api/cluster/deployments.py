@@ -22,9 +22,10 @@ from typing import Any
 import ray
 from ray import serve
 
+from ..postprocess.face_restore.cache import PostprocessModels
 from ..progress import CancelToken, ProgressTracker
 from ..settings import Settings
-from ..workers import RayOptions, RemoteCall, run_call
+from ..workers import RayOptions, RemoteCall, RemoteExtras, run_call
 from .board import board_handle
 from .lanes import WATCH_INTERVAL, WORKER_DEPLOYMENT
 
@@ -48,6 +49,7 @@ class WorkerReplica:
         self._settings = settings
         self._engine: Any = None
         self._engine_lock = threading.Lock()
+        self._postprocess_models = PostprocessModels()  # upscalers and face restorers of extras calls, kept loaded
         # the replica has no options store: previews in A1111's default live format, PNG
         self._progress = ProgressTracker(encode_preview=preview_encoder(lambda: "png"))
         self._board = board_handle()
@@ -72,20 +74,22 @@ class WorkerReplica:
         log.info("replica %s holds %s", self._replica, model_key)
         return model_key
 
-    async def run(self, call: RemoteCall, job_id: str) -> Any:
+    async def run(self, call: RemoteCall | RemoteExtras, job_id: str) -> Any:
         """The job is on the board (and in this replica's /progress) from the moment it arrives,
         model load included, so an interrupt or skip reaches it while its checkpoint loads too
         (A1111's state.begin also comes before its override checkpoint loads)."""
         cancel = CancelToken()
-        job = call.jobs[0]
+        job_count, job_timestamp, preview_every = call.progress_plan
         await self._board.register.remote(job_id, self._replica, self._actor_name, call.model_key)
-        self._progress.begin("remote", job.n_iter, job.job_timestamp, cancel, job.preview_every_n_steps)
+        self._progress.begin("remote", job_count, job_timestamp, cancel, preview_every)
         stop = threading.Event()
         heartbeat = threading.Thread(target=self._heartbeat, args=(job_id, cancel, stop), daemon=True)
         heartbeat.start()
         try:
-            await self.hold(serve.get_multiplexed_model_id())
-            return await asyncio.to_thread(run_call, self._engine_ready(), self._progress, call, cancel)
+            if call.model_key:  # extras need no checkpoint
+                await self.hold(serve.get_multiplexed_model_id())
+            return await asyncio.to_thread(run_call, self._engine_ready(), self._progress, call, cancel,
+                                           self._settings, self._postprocess_models)
         finally:
             stop.set()
             await asyncio.to_thread(heartbeat.join)
@@ -146,7 +150,8 @@ class IngressApp:
         from .lanes import ray_workers
 
         options = self._settings.ray
-        return create_app(self._settings, workers=ray_workers(options.lanes, self._workers))
+        replica = serve.get_replica_context().replica_tag
+        return create_app(self._settings, workers=ray_workers(options.lanes, self._workers), replica=replica)
 
 
 def ingress_deployment(options: RayOptions) -> Any:
