@@ -245,3 +245,22 @@ def test_around_wrappers_time_the_item_on_any_worker_retry_included():
     finally:
         scheduler.stop(timeout=5)
     assert (result, calls, worker.calls) == ("ok", ["before", "after"], 2)
+
+
+def test_a_batch_call_gives_each_member_its_own_cancel_token():
+    """On the replica, one request's interrupt stops only its rows (engine.batched's GroupCancel)."""
+    from types import SimpleNamespace
+
+    from webui_api.workers import run_call
+
+    class BatchEngine:
+        def txt2img_batch(self, jobs, progress, cancels, unet_rows):
+            self.cancels = cancels
+            return [f"result {n}" for n in range(len(jobs))]
+
+    engine, tokens = BatchEngine(), [CancelToken(), CancelToken()]
+    call = RemoteCall("txt2img_batch", (SimpleNamespace(), SimpleNamespace()), unet_rows=4)
+    assert run_call(engine, None, call, tokens) == ["result 0", "result 1"]
+    assert engine.cancels == tokens
+    with pytest.raises(ValueError, match="needs 2 cancel token"):
+        run_call(engine, None, call, tokens[:1])

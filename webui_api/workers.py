@@ -76,6 +76,11 @@ class RemoteCall:
         return sum(job.sampling.steps for job in self.jobs)
 
     @property
+    def members(self) -> int:
+        """Requests whose jobs this call carries, each with its own cancel token."""
+        return len(self.jobs)
+
+    @property
     def progress_plan(self) -> tuple[int, str, int]:
         """(job count, job timestamp, preview every n steps) for the replica's /progress."""
         job = self.jobs[0]
@@ -99,6 +104,10 @@ class RemoteExtras:
     def model_key(self) -> str:
         """No checkpoint is needed: any replica may take it (Serve's multiplexing is not asked)."""
         return ""
+
+    @property
+    def members(self) -> int:
+        return 1
 
     @property
     def progress_plan(self) -> tuple[int, str, int]:
@@ -192,12 +201,17 @@ def checkpoint_name(engine: Any, title: str | None) -> str | None:
 
 
 class AnyCancel(CancelToken):
-    """The cancel flags of a batch run as one remote call: set when any member's is (A1111's
-    state treats a running batch as one job, so an interrupt of one stops the batch)."""
+    """The cancel flags of a cross-request batch run as one remote call: `interrupted` when any
+    member's is. The lane forwards each member's flags on its own (`member_tokens`), so the
+    replica stops only that member's rows, as the local batched path does (engine.batched)."""
 
     def __init__(self, tokens: Sequence[CancelToken]) -> None:
         super().__init__()
         self._tokens = tuple(tokens)
+
+    @property
+    def members(self) -> tuple[CancelToken, ...]:
+        return self._tokens
 
     def interrupt(self) -> None:
         for token in self._tokens:
@@ -206,6 +220,10 @@ class AnyCancel(CancelToken):
     def skip(self) -> None:
         for token in self._tokens:
             token.skip()
+
+    def clear_skip(self) -> None:
+        for token in self._tokens:
+            token.clear_skip()
 
     @property
     def interrupted(self) -> bool:
@@ -216,24 +234,31 @@ class AnyCancel(CancelToken):
         return any(token.skipped for token in self._tokens)
 
 
+def member_tokens(cancel: CancelToken) -> tuple[CancelToken, ...]:
+    """The per-member tokens of a batch item's AnyCancel, or the item's one token."""
+    return cancel.members if isinstance(cancel, AnyCancel) else (cancel,)
+
+
 def run_call(
-    engine: Any, progress: Any, call: RemoteCall | RemoteExtras, cancel: CancelToken, settings: Any = None,
+    engine: Any, progress: Any, call: RemoteCall | RemoteExtras, cancels: Sequence[CancelToken], settings: Any = None,
     postprocess_models: Any = None,
 ) -> Any:
     """What a replica does with a RemoteCall: the engine calls the local items make
     (webui_api.generation.work), with the same return shape: a JobResult, or a list of them for
     a batch. The jobs name their checkpoint by file name here (see `RemoteCall.model_title`).
     A RemoteExtras runs the extras pipeline the route would run, on this replica's device."""
+    if len(cancels) != call.members:
+        raise ValueError(f"a {call.kind} call needs {call.members} cancel token(s), got {len(cancels)}")
     if isinstance(call, RemoteExtras):
-        return run_extras_call(call, settings, postprocess_models, progress, cancel)
+        return run_extras_call(call, settings, postprocess_models, progress, cancels[0])
     jobs = [_by_file_name(job, call.checkpoint) for job in call.jobs]
     if call.kind == "txt2img" and call.unet_rows is None:
-        return engine.txt2img(jobs[0], progress, cancel)
+        return engine.txt2img(jobs[0], progress, cancels[0])
     if call.kind in ("txt2img", "txt2img_batch"):
-        results = engine.txt2img_batch(jobs, progress, [cancel] * len(jobs), unet_rows=call.unet_rows)
+        results = engine.txt2img_batch(jobs, progress, list(cancels), unet_rows=call.unet_rows)
         return results[0] if call.kind == "txt2img" else results
     if call.kind == "img2img":
-        return engine.img2img(jobs[0], progress, cancel)
+        return engine.img2img(jobs[0], progress, cancels[0])
     raise ValueError(f"unknown remote call kind {call.kind!r}")
 
 

@@ -187,7 +187,7 @@ class PicklingWorker:
             return item.run(item.cancel)
         self.remote_runs += 1
         call = pickle.loads(pickle.dumps(item.remote))
-        return run_call(None, progress, call, item.cancel, self.settings, self.models)
+        return run_call(None, progress, call, [item.cancel], self.settings, self.models)
 
     def close(self) -> None:
         pass
@@ -202,7 +202,8 @@ def test_extras_run_on_a_remote_worker_like_on_the_local_one(engine, make_client
     from webui_api.app import create_app
 
     write_esrgan(tmp_path / "models" / "ESRGAN" / "2x-Tiny.safetensors", scale=2)
-    images = [{"data": _b64(_noise(16, 16), "a cat\nSteps: 3"), "name": "a.png"}, {"data": _b64(_noise(24, 8)), "name": "b.png"}]
+    images = [{"data": _b64(_noise(16, 16), "a cat\nSteps: 3"), "name": "a.png"},
+              {"data": _b64(_noise(24, 8)), "name": "b.png"}]
     payload = {"imageList": images, "upscaler_1": "2x-Tiny", "upscaler_2": "Lanczos",
                "extras_upscaler_2_visibility": 0.5}
     local = make_client().post("/sdapi/v1/extra-batch-images", json=payload)

@@ -187,6 +187,24 @@ def test_an_ingress_restart_keeps_queued_tasks(cluster: str) -> None:
         )
 
 
+def test_extras_run_on_a_worker_replica(cluster: str) -> None:
+    """The device's owner upscales: the extras job shows on the board (no checkpoint key)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (24, 16), (200, 40, 10)).save(buffer, "PNG")
+    before = len(finished_jobs())
+    response = httpx.post(f"{cluster}/sdapi/v1/extra-single-image", timeout=TIMEOUT, json={
+        "image": base64.b64encode(buffer.getvalue()).decode(), "upscaler_1": "Lanczos", "upscaling_resize": 2})
+    assert response.status_code == 200, response.text
+    assert Image.open(io.BytesIO(base64.b64decode(response.json()["image"]))).size == (48, 32)
+    (job,) = new_jobs(before)
+    assert job["model_key"] == "" and not job["interrupted"]
+
+
 def test_progress_shows_a_remote_job(cluster: str) -> None:
     seen: list[dict[str, Any]] = []
     thread = threading.Thread(target=lambda: txt2img(cluster, **{**LONG, "steps": 120}))

@@ -25,7 +25,7 @@ from ray import serve
 from ..postprocess.face_restore.cache import PostprocessModels
 from ..progress import CancelToken, ProgressTracker
 from ..settings import Settings
-from ..workers import RayOptions, RemoteCall, RemoteExtras, run_call
+from ..workers import AnyCancel, RayOptions, RemoteCall, RemoteExtras, run_call
 from .board import board_handle
 from .lanes import WATCH_INTERVAL, WORKER_DEPLOYMENT
 
@@ -78,17 +78,17 @@ class WorkerReplica:
         """The job is on the board (and in this replica's /progress) from the moment it arrives,
         model load included, so an interrupt or skip reaches it while its checkpoint loads too
         (A1111's state.begin also comes before its override checkpoint loads)."""
-        cancel = CancelToken()
+        cancels = [CancelToken() for _ in range(call.members)]  # one per request in a batch call
         job_count, job_timestamp, preview_every = call.progress_plan
         await self._board.register.remote(job_id, self._replica, self._actor_name, call.model_key)
-        self._progress.begin("remote", job_count, job_timestamp, cancel, preview_every)
+        self._progress.begin("remote", job_count, job_timestamp, AnyCancel(cancels), preview_every)
         stop = threading.Event()
-        heartbeat = threading.Thread(target=self._heartbeat, args=(job_id, cancel, stop), daemon=True)
+        heartbeat = threading.Thread(target=self._heartbeat, args=(job_id, cancels, stop), daemon=True)
         heartbeat.start()
         try:
             if call.model_key:  # extras need no checkpoint
                 await self.hold(serve.get_multiplexed_model_id())
-            return await asyncio.to_thread(run_call, self._engine_ready(), self._progress, call, cancel,
+            return await asyncio.to_thread(run_call, self._engine_ready(), self._progress, call, cancels,
                                            self._settings, self._postprocess_models)
         finally:
             stop.set()
@@ -96,14 +96,16 @@ class WorkerReplica:
             self._progress.end()
             self._board.unregister.remote(job_id)
 
-    def _heartbeat(self, job_id: str, cancel: CancelToken, stop: threading.Event) -> None:
-        """Push progress, pull interrupt/skip, every WATCH_INTERVAL until the job ends."""
+    def _heartbeat(self, job_id: str, cancels: list[CancelToken], stop: threading.Event) -> None:
+        """Push progress, pull each member's interrupt/skip, every WATCH_INTERVAL until the job ends."""
         while not stop.wait(WATCH_INTERVAL):
             flags = ray.get(self._board.sync.remote(job_id, self._progress.snapshot()))
-            if flags.get("interrupt"):
-                cancel.interrupt()
-            if flags.get("skip"):
-                cancel.skip()
+            for member in flags.get("interrupt", ()):
+                if member < len(cancels):
+                    cancels[member].interrupt()
+            for member in flags.get("skip", ()):
+                if member < len(cancels):
+                    cancels[member].skip()
 
 
 def load_startup_model(engine: Any) -> None:
