@@ -9,6 +9,7 @@ redis-server on loopback; marked slow (a cluster with two ingress replicas takes
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,7 +35,7 @@ TASKS = "/agent-scheduler/v1"
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def cluster(tmp_path_factory: pytest.TempPathFactory, ray_home: Path) -> Any:
     if not redis_available():
         pytest.skip(REDIS_MISSING)
     root = tmp_path_factory.mktemp("ray-ingress")
@@ -42,7 +43,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
     sd.mkdir(parents=True)
     write_checkpoint(sd / "alpha.safetensors", build_networks("sd1", seed=1))
     with running_redis_server() as redis_url:
-        with serve_cluster(root / "data", root / "home", workers=1, ingress_replicas=2,
+        with serve_cluster(root / "data", ray_home, workers=1, ingress_replicas=2,
                            redis_url=redis_url) as (base, _settings):
             yield base, redis_url
 

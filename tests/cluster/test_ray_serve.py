@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,13 +28,13 @@ TIMEOUT = 120.0
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def cluster(tmp_path_factory: pytest.TempPathFactory, ray_home: Path) -> Any:
     root = tmp_path_factory.mktemp("ray")
     sd = root / "data" / "models" / "Stable-diffusion"
     sd.mkdir(parents=True)
     write_checkpoint(sd / "alpha.safetensors", build_networks("sd1", seed=1))
     write_checkpoint(sd / "beta.safetensors", build_networks("sd1", seed=2))
-    with serve_cluster(root / "data", root / "home", workers=2) as (base, _settings):
+    with serve_cluster(root / "data", ray_home, workers=2) as (base, _settings):
         yield base
 
 
