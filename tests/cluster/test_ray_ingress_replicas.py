@@ -43,8 +43,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, ray_home: Path) -> Any:
     sd.mkdir(parents=True)
     write_checkpoint(sd / "alpha.safetensors", build_networks("sd1", seed=1))
     with running_redis_server() as redis_url:
-        with serve_cluster(root / "data", ray_home, workers=1, ingress_replicas=2,
-                           redis_url=redis_url) as (base, _settings):
+        with serve_cluster(root / "data", ray_home, workers=1, ingress_replicas=2, redis_url=redis_url,
+                           skip_load_model_at_start=True) as (base, _settings):  # the one job loads it
             yield base, redis_url
 
 
