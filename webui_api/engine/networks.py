@@ -262,11 +262,12 @@ def network_targets(model: Any) -> dict[str, Target]:
     for slot, prefixes in slots:
         encoder = getattr(model, slot, None)
         if encoder is not None:
-            targets.update(_text_targets(encoder, slot, prefixes))
+            targets.update(text_targets(encoder, slot, prefixes))
     return targets
 
 
-def _text_targets(encoder: torch.nn.Module, slot: str, prefixes: Sequence[str]) -> dict[str, Target]:
+def text_targets(encoder: torch.nn.Module, slot: str, prefixes: Sequence[str]) -> dict[str, Target]:
+    """The names a LoRA may use for a CLIP text encoder's layers (kohya `lora_te*_`, PEFT `slot.`)."""
     targets = {}
     for path, module in encoder.named_modules():
         if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
@@ -402,7 +403,7 @@ def _apply_one(network: LoadedNetwork, targets: Mapping[str, Target], patch: Net
             if target is None:
                 unmatched.append(name)
                 continue
-            _patch_module(network, name, parts, target, patch)
+            patch_module(network, name, parts, target, patch)
             matched += 1
     if not matched:
         raise UnusableModelFile(
@@ -416,9 +417,10 @@ def _apply_one(network: LoadedNetwork, targets: Mapping[str, Target], patch: Net
         )
 
 
-def _patch_module(
+def patch_module(
     network: LoadedNetwork, name: str, parts: Mapping[str, torch.Tensor], target: Target, patch: NetworkPatch
 ) -> None:
+    """Merge one layer's LoRA into `target` (weight: te or unet multiplier), backing it up first."""
     kind = _unsupported_kind(parts)
     if kind is not None:
         raise UnusableModelFile(network.entry.filename, f"{kind} networks are not supported (layer {name})")
