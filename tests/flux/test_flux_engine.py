@@ -15,6 +15,7 @@ from PIL import Image
 from tests.engine.helpers import RecordingObserver, engine_options, make_job, with_options, with_sampler
 from tests.flux.files import TINY, cpu_engine, tiny_parts, write_models
 from webui_api.engine.families import flux as flux_family
+from webui_api.engine.families.flow import ScheduledConds
 from webui_api.engine.loading.files import UnusableModelFile
 from webui_api.errors import BadRequest
 from webui_api.jobs import Img2ImgParams
@@ -144,7 +145,7 @@ def test_one_euler_step_matches_diffusers_flow_update(tmp_path, parts):
     model = engine.load("flux-aio.safetensors")
     job = _flux_job()
     cond = flux_family.encode_prompts(model, ["a red cat"], job)
-    denoiser = flux_family.FluxDenoiser(model, cond, None, 1.0, 3.5, CancelToken())
+    denoiser = flux_family.FluxDenoiser(model, ScheduledConds.fixed(cond, 1), None, 1.0, 3.5, CancelToken())
     x = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(0))
     sigmas = torch.tensor([1.0, 0.6, 0.0])
     with torch.inference_mode():
