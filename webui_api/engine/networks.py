@@ -29,7 +29,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol, runtime_checkable
 
 import torch
 
@@ -351,19 +351,38 @@ def weight_of(module: torch.nn.Module) -> torch.Tensor:
     return weight
 
 
+@runtime_checkable
+class DeltaLayer(Protocol):
+    """A layer whose weight cannot be changed in place (GGUF-packed): a LoRA is added at call time."""
+
+    def add_weight_delta(self, delta: torch.Tensor) -> None: ...
+
+    def clear_weight_delta(self) -> None: ...
+
+
 @dataclass
 class NetworkPatch:
     """The original weights of every module a job's networks changed; `restore()` puts them
-    back exactly (copies, not subtraction, so no rounding is left behind)."""
+    back exactly (copies, not subtraction, so no rounding is left behind) and drops the deltas
+    given to layers that add them at call time."""
 
     backups: list[tuple[torch.nn.Module, torch.Tensor]] = field(default_factory=list)
     hashes: dict[str, str] = field(default_factory=dict)  # "Lora hashes": mentioned name -> shorthash
+    delta_layers: list[DeltaLayer] = field(default_factory=list)
 
     def restore(self) -> None:
         with torch.no_grad():
             for module, original in reversed(self.backups):
                 weight_of(module).copy_(original)
         self.backups.clear()
+        for layer in self.delta_layers:
+            layer.clear_weight_delta()
+        self.delta_layers.clear()
+
+    def add_delta(self, layer: DeltaLayer, delta: torch.Tensor) -> None:
+        layer.add_weight_delta(delta)
+        if not any(existing is layer for existing in self.delta_layers):
+            self.delta_layers.append(layer)
 
     def backup(self, module: torch.nn.Module) -> None:
         if not any(existing is module for existing, _ in self.backups):

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from webui_api.engine.networks import (
+    DeltaLayer,
     LoadedNetwork,
     NetworkPatch,
     Target,
@@ -150,8 +151,21 @@ def _merge(
     pieces = keys.to_diffusers(name, delta) if kind == "native" else {name: delta}
     for module_name, piece in pieces.items():
         module = modules.get(module_name)
+        if isinstance(module, DeltaLayer):  # GGUF-packed: added after decoding, at call time
+            _add_call_time_delta(patch, module, piece, network, keys, module_name)
+            continue
         weight = None if module is None else weight_of(module)
         if module is None or weight is None or weight.numel() != piece.numel() or weight.shape[0] != piece.shape[0]:
             raise BadRequest(f"LoRA {network.call.name} does not fit this {keys.family} model at {module_name}")
         patch.backup(module)  # a patch-embedding conv gets its flattened delta reshaped
         weight.add_(piece.reshape(weight.shape).to(weight.device, weight.dtype))
+
+
+def _add_call_time_delta(
+    patch: NetworkPatch, layer: DeltaLayer, piece: torch.Tensor, network: LoadedNetwork, keys: FamilyLoraKeys,
+    module_name: str,
+) -> None:
+    shape = (int(getattr(layer, "out_features", -1)), int(getattr(layer, "in_features", -1)))
+    if piece.shape[0] != shape[0] or piece.numel() != shape[0] * shape[1]:
+        raise BadRequest(f"LoRA {network.call.name} does not fit this {keys.family} model at {module_name}")
+    patch.add_delta(layer, piece.reshape(shape))

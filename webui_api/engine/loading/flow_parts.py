@@ -18,8 +18,10 @@ from webui_api.engine.loading.diffusers_folder import _component_state
 from webui_api.engine.loading.discovery import ModelPaths
 from webui_api.engine.loading.files import UnusableModelFile, read_safetensors_header, read_state_dict
 from webui_api.engine.loading.forge_modules import scan_modules
-from webui_api.engine.loading.gguf_files import gguf_shapes, read_gguf_state
+from webui_api.engine.loading.gguf_files import gguf_shapes, read_gguf_packed, read_gguf_state
+from webui_api.engine.quantized_linear import PackedWeight, keep_quantized
 
+KeyMap = Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]  # a family's rename-and-split
 PartBuilder = Callable[[str, Path, Mapping[str, torch.Tensor], str], Component]  # kind, file, state, prefix
 
 
@@ -48,6 +50,27 @@ def read_checkpoint_state(path: Path, allow_unsafe_pickle: bool) -> dict[str, to
     if path.suffix.lower() == ".gguf":
         return read_gguf_state(path)
     return read_state_dict(path, allow_unsafe_pickle=allow_unsafe_pickle)
+
+
+def keep_gguf_quantized(
+    path: Path, transformer: torch.nn.Module, prefix_of: Callable[[Mapping[str, tuple[int, ...]]], str],
+    is_transformer_key: Callable[[str], bool], to_diffusers: KeyMap,
+) -> int:
+    """For a GGUF checkpoint: the transformer's Linear layers take the file's packed rows instead
+    of their dequantized weights (decoded per call). The family's key map renames and splits the
+    packed rows exactly as it did the dequantized tensors (fused projections split along rows,
+    which are whole blocks). Returns how many layers stay quantized (0 for other files)."""
+    if path.suffix.lower() != ".gguf":
+        return 0
+    prefix = prefix_of(gguf_shapes(path))
+    mapped: dict[str, PackedWeight] = {}
+    for key, entry in read_gguf_packed(path).items():
+        stem = key[len(prefix) :] if key.startswith(prefix) else None
+        if stem is None or not is_transformer_key(stem):
+            continue
+        for name, rows in to_diffusers({stem: entry.data}).items():
+            mapped[name] = PackedWeight(rows.contiguous(), entry.quant_type)
+    return keep_quantized(transformer, mapped)
 
 
 def chosen_modules(

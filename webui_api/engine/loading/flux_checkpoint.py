@@ -42,6 +42,7 @@ from webui_api.engine.loading.flow_parts import (
     build_parts,
     checkpoint_shapes,
     chosen_modules,
+    keep_gguf_quantized,
     missing_parts_error,
     module_files,
     read_checkpoint_state,
@@ -302,14 +303,32 @@ def load_flux_checkpoint(
     del state
     tokenizer_2 = t5_tokenizer()
     before_build()
-    model = assemble_flux(info, parts, options, tokenizer_2)
+    model = assemble_flux(info, parts, options, tokenizer_2, before_place=lambda module: keep_gguf_layers(path, module))
     log.info("Loaded %s as %s in %.1f s", info.title, model.architecture, time.perf_counter() - started)
     return model
 
 
-def assemble_flux(info: CheckpointInfo, parts: FluxComponents, options: LoadOptions, t5_tokenizer: Any) -> LoadedModel:
+def keep_gguf_layers(path: Path, transformer: torch.nn.Module) -> None:
+    """A GGUF file's packed matrices replace the transformer's float Linear weights (no-op otherwise)."""
+    config: Any = transformer.config
+    hidden = int(config.num_attention_heads) * int(config.attention_head_dim)
+    count = keep_gguf_quantized(
+        path, transformer, lambda shapes: flux_keys.flux_layout(shapes).transformer_prefix,
+        flux_keys.is_transformer_key, lambda state: flux_keys.bfl_to_diffusers(state, hidden),
+    )
+    if count:
+        log.info("%s: %d transformer layers stay GGUF-quantized (decoded per call)", path.name, count)
+
+
+def assemble_flux(
+    info: CheckpointInfo, parts: FluxComponents, options: LoadOptions, t5_tokenizer: Any,
+    before_place: Callable[[torch.nn.Module], None] = lambda module: None,
+) -> LoadedModel:
+    """Fill and place every part; `before_place` sees the filled transformer while it is on the CPU."""
     guidance = bool(parts.config["guidance_embeds"])
-    transformer = place_module(fill_component(parts.transformer), options.device, options.dtype)
+    filled = fill_component(parts.transformer)
+    before_place(filled)
+    transformer = place_module(filled, options.device, options.dtype)
     vae = place_module(fill_component(parts.vae), options.device, options.vae_dtype)
     clip_l = place_module(fill_component(parts.clip_l), options.device, options.dtype)
     t5 = place_module(fill_component(parts.t5), options.device, options.dtype)

@@ -1,10 +1,11 @@
 """GGUF weight files (llama.cpp's container, used for quantized Flux transformers).
 
-Tensors are dequantized with the `gguf` package's reference kernels (numpy) into float32 and
-then cast like any checkpoint: the model runs at the server's dtype, not at the file's
-quantization (the file only saves disk and download). Per-layer dequantization at run time
-(keeping the quantized blocks in memory) is not built yet. GGML stores dimensions fastest
-first, so shapes are reversed into torch order.
+To build the model, every tensor is dequantized with the `gguf` package's reference kernels
+(numpy) into float32 and cast like any checkpoint. The transformer's quantized matrices are then
+read again as packed rows (`read_gguf_packed`) and replace the float weights of their Linear
+layers, which decode them at call time (quantized_linear): resident memory stays near the file's
+size. Quantizations without a torch kernel (ggml_dequant) stay dequantized. GGML stores
+dimensions fastest first, so shapes are reversed into torch order.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import torch
 
+from webui_api.engine.ggml_dequant import has_kernel
 from webui_api.engine.loading.files import UnusableModelFile
+from webui_api.engine.quantized_linear import PackedWeight
 
 
 def _reader(path: Path):
@@ -45,3 +48,18 @@ def read_gguf_state(path: Path) -> dict[str, torch.Tensor]:
             raise UnusableModelFile(path, f"tensor {tensor.name!r} uses an unsupported quantization ({err})") from err
         state[tensor.name] = torch.from_numpy(values.reshape(shape).astype("float32", copy=True))  # own memory
     return state
+
+
+def read_gguf_packed(path: Path) -> dict[str, PackedWeight]:
+    """The file's quantized matrices that have a torch kernel, as packed rows (uint8, one row of
+    blocks per output feature, copied out of the memory map)."""
+    import numpy as np
+
+    packed: dict[str, PackedWeight] = {}
+    for tensor in _reader(path).tensors:
+        quant_type = int(tensor.tensor_type)
+        if len(tensor.shape) != 2 or not has_kernel(quant_type):
+            continue
+        rows = np.array(tensor.data, dtype=np.uint8, copy=True).reshape(int(tensor.shape[1]), -1)
+        packed[tensor.name] = PackedWeight(torch.from_numpy(rows), quant_type)
+    return packed

@@ -40,6 +40,7 @@ from webui_api.engine.loading.flow_parts import (
     build_parts,
     checkpoint_shapes,
     chosen_modules,
+    keep_gguf_quantized,
     missing_parts_error,
     module_files,
     read_checkpoint_state,
@@ -66,8 +67,8 @@ CLIP_G_WIDTH = 1280
 
 
 def is_sd3_file(path: Path) -> bool:
-    """An SD3/SD3.5 MMDiT in a safetensors file, told from the header alone."""
-    if path.suffix.lower() not in (".safetensors", ".sft"):
+    """An SD3/SD3.5 MMDiT in a safetensors or GGUF file, told from the header alone."""
+    if path.suffix.lower() not in (".safetensors", ".sft", ".gguf"):
         return False
     try:
         return sd3_keys.is_sd3(checkpoint_shapes(path))
@@ -245,16 +246,33 @@ def load_sd3(
     del state
     t5_tokenizer = load_t5_tokenizer(paths) if parts.t5 is not None else None
     before_build()
-    model = assemble_sd3(info, parts, options, t5_tokenizer)
+    model = assemble_sd3(info, parts, options, t5_tokenizer, before_place=lambda module: keep_gguf_layers(path, module))
     log.info("Loaded %s as %s in %.1f s", info.title, model.architecture, time.perf_counter() - started)
     return model
 
 
-def assemble_sd3(info: CheckpointInfo, parts: SD3Components, options: LoadOptions, t5_tokenizer: Any) -> LoadedModel:
+def keep_gguf_layers(path: Path, transformer: torch.nn.Module) -> None:
+    """A GGUF file's packed matrices replace the transformer's float Linear weights (no-op otherwise)."""
+    depth = int(cast(Any, transformer.config).num_layers)
+    count = keep_gguf_quantized(
+        path, transformer, lambda shapes: sd3_keys.sd3_layout(shapes).transformer_prefix,
+        sd3_keys.is_transformer_key, lambda state: sd3_keys.mmdit_to_diffusers(state, depth),
+    )
+    if count:
+        log.info("%s: %d transformer layers stay GGUF-quantized (decoded per call)", path.name, count)
+
+
+def assemble_sd3(
+    info: CheckpointInfo, parts: SD3Components, options: LoadOptions, t5_tokenizer: Any,
+    before_place: Callable[[torch.nn.Module], None] = lambda module: None,
+) -> LoadedModel:
+    """Fill and place every part; `before_place` sees the filled transformer while it is on the CPU."""
     def place(component: Component, dtype: torch.dtype) -> Any:
         return place_module(fill_component(component), options.device, dtype)
 
-    transformer = place(parts.transformer, options.dtype)
+    filled = fill_component(parts.transformer)
+    before_place(filled)
+    transformer = place_module(filled, options.device, options.dtype)
     vae = place(parts.vae, options.vae_dtype)
     return LoadedModel(
         info=info,
