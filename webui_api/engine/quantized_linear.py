@@ -38,14 +38,20 @@ class QuantizedLinear(torch.nn.Module):
         self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
         self.weight_delta: torch.Tensor | None = None  # a job's LoRA, (out, in), added after decoding
 
+    def packed(self) -> torch.Tensor:
+        """The packed rows (typed: nn.Module attributes are not)."""
+        packed = self.packed_weight
+        if not isinstance(packed, torch.Tensor):
+            raise TypeError("packed_weight is not a tensor")
+        return packed
+
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The decoded matrix (without any LoRA delta)."""
-        packed: torch.Tensor = self.packed_weight
-        return dequantize(packed, self.quant_type, (self.out_features, self.in_features), dtype)
+        return dequantize(self.packed(), self.quant_type, (self.out_features, self.in_features), dtype)
 
     def add_weight_delta(self, delta: torch.Tensor) -> None:
         """Add `delta` (shaped like the weight) to what every later call decodes."""
-        delta = delta.to(self.packed_weight.device, torch.float32).reshape(self.out_features, self.in_features)
+        delta = delta.to(self.packed().device, torch.float32).reshape(self.out_features, self.in_features)
         self.weight_delta = delta if self.weight_delta is None else self.weight_delta + delta
 
     def clear_weight_delta(self) -> None:
