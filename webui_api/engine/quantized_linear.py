@@ -60,7 +60,7 @@ class QuantizedLinear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.dequantized_weight(x.dtype)
         if self.weight_delta is not None:
-            weight = weight + self.weight_delta.to(x.dtype)
+            weight = weight + self.weight_delta.to(weight.device, x.dtype)  # the layer may have been offloaded
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, weight, bias)
 
