@@ -111,3 +111,25 @@ def test_flow_schedule_joins_and_parts_and_drops_network_tags():
                                                                     (4, ["dog", "b"])]
     hires = flow_schedule("[cat:dog:6]", PromptFrame(4, hires_steps=4))  # integers count on from the first pass
     assert [(e.end_at_step, e.text) for e in hires] == [(2, "cat"), (4, "dog")]
+
+
+def test_hires_pass_schedules_on_the_hires_timeline(family):
+    """A1111's new timelines: in the hires prompt an integer counts on from the first pass's
+    steps, so `[cat:dog:6]` after 4 first-pass steps switches after hires step 2."""
+    from webui_api.jobs import HiresParams
+
+    engine, model, module, _ = family
+    job = _job(family, "a cow")
+    hr_sampling = replace(job.sampling, steps=STEPS)
+    hires = HiresParams(upscale_width=48, upscale_height=48, upscaler="Latent", latent_mode="bilinear",
+                        latent_antialias=False, steps=STEPS, denoising_strength=1.0, sampling=hr_sampling,
+                        prompts=("[cat:dog:6]",), negative_prompts=job.negative_prompts)
+    seen = _recorded_states(family, replace(job, hires=hires))
+    second = seen[STEPS:]
+    assert len(second) == STEPS
+    with torch.inference_mode():
+        encoded = {text: module.encode_texts(model, [text], job) for text in ("cat", "dog")}
+    expected = ["cat", "cat", "cat", "dog"]  # end_at_step 2 of 4: calls 0..2, then "dog"
+    for states, text in zip(second, expected, strict=True):
+        reference = encoded[text].t5 if module is flux_family else encoded[text].context
+        assert torch.equal(states, reference), text
