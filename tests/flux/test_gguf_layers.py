@@ -144,3 +144,19 @@ def test_lora_is_added_after_decoding_and_dropped_after_the_job(setup):
     assert np.array_equal(_image(engine, title), plain)
     layer = engine.loaded.unet.get_submodule(FAMILIES[family][1])
     assert isinstance(layer, QuantizedLinear) and layer.weight_delta is None
+
+
+def test_a_packed_matrix_that_fits_no_layer_is_refused():
+    """The build uses shape-only placeholders for packed matrices: one that lands in no Linear
+    would leave a placeholder as a weight, so the file is refused instead."""
+    from webui_api.engine.loading.files import UnusableModelFile
+    from webui_api.engine.loading.flow_parts import keep_gguf_quantized
+    from webui_api.engine.quantized_linear import PackedWeight
+
+    model = torch.nn.Sequential(torch.nn.Linear(32, 4))
+    good = PackedWeight(torch.zeros(4, 34, dtype=torch.uint8), int(GGMLQuantizationType.Q8_0))
+    assert keep_gguf_quantized(Path("x.gguf"), model, {"0.weight": good}, dict) == 1
+    assert isinstance(model[0], QuantizedLinear)
+    wrong = PackedWeight(torch.zeros(5, 34, dtype=torch.uint8), int(GGMLQuantizationType.Q8_0))
+    with pytest.raises(UnusableModelFile, match="do not fit a Linear layer"):
+        keep_gguf_quantized(Path("x.gguf"), torch.nn.Sequential(torch.nn.Linear(32, 4)), {"0.weight": wrong}, dict)

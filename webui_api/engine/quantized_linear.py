@@ -68,11 +68,11 @@ class QuantizedLinear(torch.nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, quant_type={self.quant_type}"
 
 
-def keep_quantized(module: torch.nn.Module, packed: Mapping[str, PackedWeight]) -> int:
+def keep_quantized(module: torch.nn.Module, packed: Mapping[str, PackedWeight]) -> set[str]:
     """Replace every Linear of `module` named in `packed` ("<module path>.weight") by a
     QuantizedLinear holding those bytes (moved to the layer's device); its float weight is
-    dropped. Layers whose shape does not match are left as they are. Returns the count."""
-    count = 0
+    dropped. Layers whose shape does not match are left as they are. Returns the keys used."""
+    used: set[str] = set()
     for name, layer in list(module.named_modules()):
         entry = packed.get(name + ".weight")
         if entry is None or not isinstance(layer, torch.nn.Linear):
@@ -86,5 +86,5 @@ def keep_quantized(module: torch.nn.Module, packed: Mapping[str, PackedWeight]) 
                                     layer.out_features, bias)
         parent_name, _, child = name.rpartition(".")
         setattr(module.get_submodule(parent_name) if parent_name else module, child, quantized)
-        count += 1
-    return count
+        used.add(name + ".weight")
+    return used

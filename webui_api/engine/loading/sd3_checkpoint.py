@@ -43,12 +43,13 @@ from webui_api.engine.loading.flow_parts import (
     keep_gguf_quantized,
     missing_parts_error,
     module_files,
-    read_checkpoint_state,
+    read_transformer_checkpoint,
     strip_to,
 )
 from webui_api.engine.loading.flux_checkpoint import _CLIP_MARKER, KIND_VAE, module_kind, t5_component, vae_component
 from webui_api.engine.loading.forge_modules import load_t5_tokenizer
 from webui_api.engine.models import CheckpointInfo, LoadedModel
+from webui_api.engine.quantized_linear import PackedWeight
 
 log = logging.getLogger(__name__)
 
@@ -241,25 +242,26 @@ def load_sd3(
     path = Path(info.filename)
     modules = sd3_modules(path, named, paths)
     started = time.perf_counter()
-    state = read_checkpoint_state(path, options.allow_unsafe_pickle)
+    state, packed = read_transformer_checkpoint(
+        path, options.allow_unsafe_pickle, lambda shapes: sd3_keys.sd3_layout(shapes).transformer_prefix,
+        sd3_keys.is_transformer_key,
+    )
     parts = prepare_sd3(path, state, modules, options.allow_unsafe_pickle)
     del state
     t5_tokenizer = load_t5_tokenizer(paths) if parts.t5 is not None else None
     before_build()
-    model = assemble_sd3(info, parts, options, t5_tokenizer, before_place=lambda module: keep_gguf_layers(path, module))
+    model = assemble_sd3(info, parts, options, t5_tokenizer, lambda module: keep_gguf_layers(path, module, packed))
     log.info("Loaded %s as %s in %.1f s", info.title, model.architecture, time.perf_counter() - started)
     return model
 
 
-def keep_gguf_layers(path: Path, transformer: torch.nn.Module) -> None:
-    """A GGUF file's packed matrices replace the transformer's float Linear weights (no-op otherwise)."""
+def keep_gguf_layers(path: Path, transformer: torch.nn.Module, packed: Mapping[str, PackedWeight]) -> None:
+    """A GGUF file's packed matrices (MMDiT names) become the transformer's Linear weights."""
+    if not packed:
+        return
     depth = int(cast(Any, transformer.config).num_layers)
-    count = keep_gguf_quantized(
-        path, transformer, lambda shapes: sd3_keys.sd3_layout(shapes).transformer_prefix,
-        sd3_keys.is_transformer_key, lambda state: sd3_keys.mmdit_to_diffusers(state, depth),
-    )
-    if count:
-        log.info("%s: %d transformer layers stay GGUF-quantized (decoded per call)", path.name, count)
+    count = keep_gguf_quantized(path, transformer, packed, lambda state: sd3_keys.mmdit_to_diffusers(state, depth))
+    log.info("%s: %d transformer layers stay GGUF-quantized (decoded per call)", path.name, count)
 
 
 def assemble_sd3(
