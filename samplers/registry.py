@@ -31,6 +31,7 @@ from samplers import (
     ancestral,
     dpm_solver,
     dpmpp,
+    flow,
     kdiffusion,
     lcm,
     restart,
@@ -235,6 +236,38 @@ SAMPLERS: tuple[SamplerInfo, ...] = (
     _sampler("UniPC", ("unipc",), {}, unipc.sample_unipc, (), None, KIND_TIMESTEPS, takes_unipc_options=True),
     _sampler("LCM", ("k_lcm",), {}, lcm.sample_lcm, (), None, KIND_LCM),
 )
+
+# Rectified-flow models (Flux, SD3): the samplers Forge runs on them and the function each runs.
+# The deterministic ones only see the x0 estimate and run unchanged; the ancestral and SDE ones
+# have flow forms (samplers.flow). The rest (DPM fast/adaptive, Restart, the timestep samplers,
+# LCM) add noise or read a noise schedule the variance-exploding way and are not offered.
+FLOW_FUNCTIONS: Mapping[str, SamplerFunction] = MappingProxyType({
+    "DPM++ 2M": dpmpp.sample_dpmpp_2m,
+    "DPM++ SDE": flow.sample_dpmpp_sde_rf,
+    "DPM++ 2M SDE": flow.sample_dpmpp_2m_sde_rf,
+    "DPM++ 2M SDE Heun": flow.sample_dpmpp_2m_sde_rf,
+    "DPM++ 2S a": flow.sample_dpmpp_2s_ancestral_rf,
+    "DPM++ 3M SDE": flow.sample_dpmpp_3m_sde_rf,
+    "Euler a": flow.sample_euler_ancestral_rf,
+    "Euler": kdiffusion.sample_euler,
+    "LMS": kdiffusion.sample_lms,
+    "Heun": kdiffusion.sample_heun,
+    "DPM2": kdiffusion.sample_dpm_2,
+    "DPM2 a": flow.sample_dpm_2_ancestral_rf,
+})
+# Those working in the half log-SNR, which is infinite at sigma = 1 (see flow.first_sigma_below_one).
+HALF_LOG_SNR_SAMPLERS = frozenset({"DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 3M SDE"})
+
+
+def flow_function(sampler: SamplerInfo) -> SamplerFunction | None:
+    """The function that runs `sampler` on a rectified-flow model; None where there is none."""
+    return FLOW_FUNCTIONS.get(sampler.name)
+
+
+def flow_sampler_names() -> tuple[str, ...]:
+    """The samplers that run on flow models, in A1111's order."""
+    return tuple(s.name for s in SAMPLERS if s.name in FLOW_FUNCTIONS)
+
 
 # Samplers whose function wants the DPM-Solver interval (sigma_min, sigma_max) rather than just
 # the schedule, and those also taking n. A1111 inspects the k-diffusion signatures for these names.

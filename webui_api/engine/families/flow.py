@@ -7,17 +7,26 @@ between the families (job checks, sigma table, text conditioning, infotext) come
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import torch
 
+from samplers import flow as flow_samplers
+from samplers.registry import HALF_LOG_SNR_SAMPLERS, flow_function, sampler_call_kwargs
 from webui_api.engine.denoiser import SamplingInterrupted
 from webui_api.engine.latents import decode_latents, to_pil
 from webui_api.engine.models import LoadedModel
-from webui_api.engine.pipeline import BatchSpec, SamplerPlan, batch_images, job_batches, make_image_rng
+from webui_api.engine.pipeline import (
+    BatchSpec,
+    SamplerPlan,
+    batch_images,
+    job_batches,
+    make_image_rng,
+    make_noise_sampler,
+    sampler_eta,
+)
 from webui_api.jobs import GeneratedImage, GenerationJob, HiresParams, JobResult
 from webui_api.progress import CancelToken, RunObserver
 
@@ -43,28 +52,53 @@ class FlowFamily:
     sigmas: Callable[[LoadedModel, GenerationJob, SamplerPlan], torch.Tensor]  # CPU float32, ending in 0
     make_denoiser: Callable[[LoadedModel, GenerationJob, BatchSpec, CancelToken, Any], FlowDenoiser]
     infotext: Callable[[LoadedModel, GenerationJob], dict[str, Any]]
+    sigma_at: Callable[[LoadedModel, float], float]  # sigma at timestep fraction t in (0, 1]
     hires_infotext: Callable[[LoadedModel, HiresParams], dict[str, Any]] = no_hires_infotext
 
 
+@dataclass(frozen=True)
+class FlowRun:
+    """What one sampling run needs besides the denoiser and the start: the schedule (its full
+    form sizes the Brownian noise interval), step noise and the family's sigma near 1."""
+
+    sigmas: torch.Tensor  # the part walked (the tail for img2img)
+    full_schedule: torch.Tensor
+    rng: Any
+    top_sigma: float  # the family's sigma at timestep 1 - FIRST_STEP_OFFSET
+
+
+def flow_run(
+    family: FlowFamily, model: LoadedModel, job: GenerationJob, plan: SamplerPlan, sigmas: torch.Tensor,
+    full_schedule: torch.Tensor, rng: Any,
+) -> FlowRun:
+    return FlowRun(sigmas, full_schedule, rng, family.sigma_at(model, 1.0 - flow_samplers.FIRST_STEP_OFFSET))
+
+
 def sample(
-    denoiser: FlowDenoiser, plan: SamplerPlan, x: torch.Tensor, sigmas: torch.Tensor,
-    job: GenerationJob, observer: RunObserver, rng: Any,
+    denoiser: FlowDenoiser, model: LoadedModel, plan: SamplerPlan, x: torch.Tensor, run: FlowRun,
+    job: GenerationJob, batch: BatchSpec, observer: RunObserver,
 ) -> torch.Tensor:
-    total = len(sigmas) - 1
+    """Run the sampler's flow form (registry.flow_function) with A1111's arguments: eta from the
+    request or eta_ancestral, s_noise / churn, step noise from the image RNG or, for the SDE
+    samplers, a Brownian tree over the full schedule. The half-log-SNR samplers walk a schedule
+    whose first sigma is moved just below 1, as Forge does (x stays the pure noise)."""
+    total = len(run.sigmas) - 1
 
     def callback(info: dict) -> None:
         observer.sampling_step(int(info["i"]), total, lambda: rough_preview(info["denoised"]))
 
-    function = plan.sampler.function
-    if function is None:  # resolve_sampler refuses unimplemented samplers before a job is built
-        raise ValueError(f"sampler {plan.sampler.name!r} is not implemented")
-    accepted = inspect.signature(function).parameters
-    kwargs: dict[str, Any] = {}
-    if "noise_sampler" in accepted:  # drawn every step (unused without churn), as A1111 does
-        kwargs["noise_sampler"] = lambda sigma, sigma_next: rng.next()
-    churn = {"s_churn": job.sampling.s_churn, "s_tmin": job.sampling.s_tmin,
-             "s_tmax": job.sampling.s_tmax, "s_noise": job.sampling.s_noise}
-    kwargs.update({name: value for name, value in churn.items() if name in accepted})
+    function = flow_function(plan.sampler)
+    if function is None:  # check_flow_plan refuses these before sampling
+        raise ValueError(f"sampler {plan.sampler.name!r} has no flow form")
+    noise_sampler = make_noise_sampler(model, job, plan, batch, run.rng, run.full_schedule)
+    params = job.sampling
+    kwargs = sampler_call_kwargs(
+        plan.sampler, run.sigmas, eta=sampler_eta(job, plan), s_churn=params.s_churn, s_tmin=params.s_tmin,
+        s_tmax=params.s_tmax, s_noise=params.s_noise, noise_sampler=noise_sampler,
+    )
+    sigmas = run.sigmas
+    if plan.sampler.name in HALF_LOG_SNR_SAMPLERS:
+        sigmas = flow_samplers.first_sigma_below_one(sigmas, run.top_sigma)
     try:
         return function(denoiser, x, sigmas, extra_args={}, callback=callback, disable=True, **kwargs)
     except SamplingInterrupted:
@@ -87,7 +121,8 @@ def first_pass(
     rng = make_image_rng(model, job, batch)
     sigmas = family.sigmas(model, job, plan).to(model.device)
     x = rng.first() * sigmas[0]
-    return sample(family.make_denoiser(model, job, batch, cancel, None), plan, x, sigmas, job, observer, rng)
+    run = flow_run(family, model, job, plan, sigmas, sigmas, rng)
+    return sample(family.make_denoiser(model, job, batch, cancel, None), model, plan, x, run, job, batch, observer)
 
 
 def from_latents(
@@ -104,9 +139,11 @@ def from_latents(
         return init
     schedule_job = replace(job, sampling=replace(job.sampling, steps=max(steps.steps, 1)))
     rng = make_image_rng(model, job, batch)
-    tail = family.sigmas(model, schedule_job, plan).to(model.device)[steps.start_index :]
+    full_schedule = family.sigmas(model, schedule_job, plan).to(model.device)
+    tail = full_schedule[steps.start_index :]
     x = tail[0] * rng.first() * noise_multiplier + (1.0 - tail[0]) * init
-    return sample(family.make_denoiser(model, job, batch, cancel, blend), plan, x, tail, job, observer, rng)
+    run = flow_run(family, model, job, plan, tail, full_schedule, rng)
+    return sample(family.make_denoiser(model, job, batch, cancel, blend), model, plan, x, run, job, batch, observer)
 
 
 def run_txt2img(
