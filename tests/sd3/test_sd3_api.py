@@ -68,5 +68,5 @@ def test_hires_fix_and_img2img(sd3_client):
 
 def test_unsupported_sampler_is_a_400(sd3_client):
     client, title = sd3_client
-    response = client.post("/sdapi/v1/txt2img", json=_payload(title, sampler_name="Euler a"))
+    response = client.post("/sdapi/v1/txt2img", json=_payload(title, sampler_name="DPM adaptive"))
     assert response.status_code == 400 and "cannot run SD3 models" in response.json()["detail"]
