@@ -237,36 +237,43 @@ SAMPLERS: tuple[SamplerInfo, ...] = (
     _sampler("LCM", ("k_lcm",), {}, lcm.sample_lcm, (), None, KIND_LCM),
 )
 
-# Rectified-flow models (Flux, SD3): the samplers Forge runs on them and the function each runs.
-# The deterministic ones only see the x0 estimate and run unchanged; the ancestral and SDE ones
-# have flow forms (samplers.flow). The rest (DPM fast/adaptive, Restart, the timestep samplers,
-# LCM) add noise or read a noise schedule the variance-exploding way and are not offered.
-FLOW_FUNCTIONS: Mapping[str, SamplerFunction] = MappingProxyType({
-    "DPM++ 2M": dpmpp.sample_dpmpp_2m,
-    "DPM++ SDE": flow.sample_dpmpp_sde_rf,
-    "DPM++ 2M SDE": flow.sample_dpmpp_2m_sde_rf,
-    "DPM++ 2M SDE Heun": flow.sample_dpmpp_2m_sde_rf,
-    "DPM++ 2S a": flow.sample_dpmpp_2s_ancestral_rf,
-    "DPM++ 3M SDE": flow.sample_dpmpp_3m_sde_rf,
-    "Euler a": flow.sample_euler_ancestral_rf,
-    "Euler": kdiffusion.sample_euler,
-    "LMS": kdiffusion.sample_lms,
-    "Heun": kdiffusion.sample_heun,
-    "DPM2": kdiffusion.sample_dpm_2,
-    "DPM2 a": flow.sample_dpm_2_ancestral_rf,
+@dataclass(frozen=True)
+class FlowForm:
+    """How a sampler runs on a rectified-flow model (Flux, SD3)."""
+
+    function: SamplerFunction
+    # works in the half log-SNR, infinite at sigma = 1: walk flow.first_sigma_below_one(schedule)
+    needs_sigma_below_one: bool = False
+
+
+# The samplers Forge runs on flow models. The deterministic ones only see the x0 estimate and run
+# unchanged; the ancestral and SDE ones have flow forms (samplers.flow). The rest (DPM fast /
+# adaptive, Restart, the timestep samplers, LCM) add noise or read a noise schedule the
+# variance-exploding way and have none.
+FLOW_FORMS: Mapping[str, FlowForm] = MappingProxyType({
+    "DPM++ 2M": FlowForm(dpmpp.sample_dpmpp_2m),
+    "DPM++ SDE": FlowForm(flow.sample_dpmpp_sde_rf, needs_sigma_below_one=True),
+    "DPM++ 2M SDE": FlowForm(flow.sample_dpmpp_2m_sde_rf, needs_sigma_below_one=True),
+    "DPM++ 2M SDE Heun": FlowForm(flow.sample_dpmpp_2m_sde_rf, needs_sigma_below_one=True),
+    "DPM++ 2S a": FlowForm(flow.sample_dpmpp_2s_ancestral_rf),
+    "DPM++ 3M SDE": FlowForm(flow.sample_dpmpp_3m_sde_rf, needs_sigma_below_one=True),
+    "Euler a": FlowForm(flow.sample_euler_ancestral_rf),
+    "Euler": FlowForm(kdiffusion.sample_euler),
+    "LMS": FlowForm(kdiffusion.sample_lms),
+    "Heun": FlowForm(kdiffusion.sample_heun),
+    "DPM2": FlowForm(kdiffusion.sample_dpm_2),
+    "DPM2 a": FlowForm(flow.sample_dpm_2_ancestral_rf),
 })
-# Those working in the half log-SNR, which is infinite at sigma = 1 (see flow.first_sigma_below_one).
-HALF_LOG_SNR_SAMPLERS = frozenset({"DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 3M SDE"})
 
 
-def flow_function(sampler: SamplerInfo) -> SamplerFunction | None:
-    """The function that runs `sampler` on a rectified-flow model; None where there is none."""
-    return FLOW_FUNCTIONS.get(sampler.name)
+def flow_form(sampler: SamplerInfo) -> FlowForm | None:
+    """How `sampler` runs on a rectified-flow model; None where it cannot."""
+    return FLOW_FORMS.get(sampler.name)
 
 
 def flow_sampler_names() -> tuple[str, ...]:
     """The samplers that run on flow models, in A1111's order."""
-    return tuple(s.name for s in SAMPLERS if s.name in FLOW_FUNCTIONS)
+    return tuple(s.name for s in SAMPLERS if s.name in FLOW_FORMS)
 
 
 # Samplers whose function wants the DPM-Solver interval (sigma_min, sigma_max) rather than just

@@ -16,14 +16,7 @@ from sampler_toys import SeededNoise
 
 from samplers import flow, kdiffusion
 from samplers.ancestral import sample_euler_ancestral
-from samplers.registry import (
-    FLOW_FUNCTIONS,
-    HALF_LOG_SNR_SAMPLERS,
-    find_sampler,
-    flow_function,
-    flow_sampler_names,
-    sampler_call_kwargs,
-)
+from samplers.registry import FLOW_FORMS, find_sampler, flow_form, flow_sampler_names, sampler_call_kwargs
 
 NOISY = ["DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 2S a", "DPM++ 3M SDE", "Euler a", "DPM2 a"]
 N = 200_000
@@ -56,11 +49,11 @@ def _run(name: str, model, x: torch.Tensor, sigmas: torch.Tensor, noise, eta: fl
     sampler = find_sampler(name)
     kwargs = sampler_call_kwargs(sampler, sigmas, eta=eta, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"),
                                  s_noise=1.0, noise_sampler=noise)
-    if name in HALF_LOG_SNR_SAMPLERS:
+    form = flow_form(sampler)
+    assert form is not None
+    if form.needs_sigma_below_one:
         sigmas = flow.first_sigma_below_one(sigmas, 0.9999)
-    function = flow_function(sampler)
-    assert function is not None
-    return function(model, x, sigmas, **kwargs)
+    return form.function(model, x, sigmas, **kwargs)
 
 
 def _flux_like_sigmas(steps: int, shift: float = 1.15) -> torch.Tensor:
@@ -72,8 +65,10 @@ def _flux_like_sigmas(steps: int, shift: float = 1.15) -> torch.Tensor:
 def test_flow_table_lists_every_sampler_forge_runs_on_flow_models():
     assert flow_sampler_names() == ("DPM++ 2M", *NOISY[:-2], "Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a")
     for refused in ("DPM fast", "DPM adaptive", "Restart", "DDIM", "DDIM CFG++", "PLMS", "UniPC", "LCM"):
-        assert flow_function(find_sampler(refused)) is None
-    assert set(FLOW_FUNCTIONS) == set(flow_sampler_names())
+        assert flow_form(find_sampler(refused)) is None
+    assert set(FLOW_FORMS) == set(flow_sampler_names())
+    below_one = {name for name, form in FLOW_FORMS.items() if form.needs_sigma_below_one}
+    assert below_one == {"DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 3M SDE"}
 
 
 def test_rf_ancestral_step_matches_a_hand_computation():

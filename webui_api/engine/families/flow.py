@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import torch
 
 from samplers import flow as flow_samplers
-from samplers.registry import HALF_LOG_SNR_SAMPLERS, flow_function, sampler_call_kwargs
+from samplers.registry import flow_form, sampler_call_kwargs
 from webui_api.engine.denoiser import SamplingInterrupted
 from webui_api.engine.latents import decode_latents, to_pil
 from webui_api.engine.models import LoadedModel
@@ -78,7 +78,7 @@ def sample(
     denoiser: FlowDenoiser, model: LoadedModel, plan: SamplerPlan, x: torch.Tensor, run: FlowRun,
     job: GenerationJob, batch: BatchSpec, observer: RunObserver,
 ) -> torch.Tensor:
-    """Run the sampler's flow form (registry.flow_function) with A1111's arguments: eta from the
+    """Run the sampler's flow form (registry.flow_form) with A1111's arguments: eta from the
     request or eta_ancestral, s_noise / churn, step noise from the image RNG or, for the SDE
     samplers, a Brownian tree over the full schedule. The half-log-SNR samplers walk a schedule
     whose first sigma is moved just below 1, as Forge does (x stays the pure noise)."""
@@ -87,8 +87,8 @@ def sample(
     def callback(info: dict) -> None:
         observer.sampling_step(int(info["i"]), total, lambda: rough_preview(info["denoised"]))
 
-    function = flow_function(plan.sampler)
-    if function is None:  # check_flow_plan refuses these before sampling
+    form = flow_form(plan.sampler)
+    if form is None:  # check_flow_plan refuses these before sampling
         raise ValueError(f"sampler {plan.sampler.name!r} has no flow form")
     noise_sampler = make_noise_sampler(model, job, plan, batch, run.rng, run.full_schedule)
     params = job.sampling
@@ -97,10 +97,10 @@ def sample(
         s_tmax=params.s_tmax, s_noise=params.s_noise, noise_sampler=noise_sampler,
     )
     sigmas = run.sigmas
-    if plan.sampler.name in HALF_LOG_SNR_SAMPLERS:
+    if form.needs_sigma_below_one:
         sigmas = flow_samplers.first_sigma_below_one(sigmas, run.top_sigma)
     try:
-        return function(denoiser, x, sigmas, extra_args={}, callback=callback, disable=True, **kwargs)
+        return form.function(denoiser, x, sigmas, extra_args={}, callback=callback, disable=True, **kwargs)
     except SamplingInterrupted:
         return x if denoiser.last_cond_x0 is None else denoiser.last_cond_x0
 

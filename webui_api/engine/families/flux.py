@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from samplers import schedules
-from samplers.registry import SamplerInfo, SchedulerInfo, flow_function, flow_sampler_names
+from samplers.registry import SamplerInfo, SchedulerInfo, flow_form, flow_sampler_names
 from webui_api.engine.conditioning import apply_emphasis
 from webui_api.engine.denoiser import SamplingInterrupted
 from webui_api.engine.families.flow import FlowFamily, run_img2img, run_txt2img
@@ -101,7 +101,7 @@ def check_flow_plan(plan: SamplerPlan, family: str = "Flux") -> None:
     table schedulers; anything else is a 400 naming the sampler and the `family`."""
     sampler: SamplerInfo = plan.sampler
     scheduler: SchedulerInfo = plan.scheduler
-    if flow_function(sampler) is None:
+    if flow_form(sampler) is None:
         raise BadRequest(f"sampler {sampler.name!r} cannot run {family} models; use one of {list(FLOW_SAMPLERS)}")
     if scheduler.name not in FLOW_SCHEDULERS:
         raise BadRequest(
