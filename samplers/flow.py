@@ -3,9 +3,9 @@
 k-diffusion's noisy samplers assume the variance-exploding form x = x0 + sigma * noise: an
 ancestral step adds fresh noise of size sigma_up on top of a step to sigma_down, and the
 DPM-Solver++ SDE steps work in t = -log(sigma). On a flow model both would leave x off the
-model's marginal (too much noise, the data part never shrinks). Forge's backend (ComfyUI's
-k-diffusion fork) switches these samplers to rectified-flow forms when the model samples the
-"const" way, and these are those forms:
+model's marginal (too much noise, the data part never shrinks). ComfyUI's k-diffusion (and the
+Forge forks that carry it) switch these samplers to rectified-flow forms when the model samples
+the "const" way; upstream Forge's own k-diffusion copy does not. These are those flow forms:
 
 - Ancestral ("Euler a", "DPM2 a", "DPM++ 2S a"): step deterministically to
   sigma_down = s' * (1 + (s'/s - 1) * eta), then scale x by alpha'/alpha_down (alpha = 1 - sigma)

@@ -246,10 +246,10 @@ class FlowForm:
     needs_sigma_below_one: bool = False
 
 
-# The samplers Forge runs on flow models. The deterministic ones only see the x0 estimate and run
-# unchanged; the ancestral and SDE ones have flow forms (samplers.flow). The rest (DPM fast /
-# adaptive, Restart, the timestep samplers, LCM) add noise or read a noise schedule the
-# variance-exploding way and have none.
+# The samplers that run correctly on flow models. The deterministic ones only see the x0 estimate
+# and run unchanged; the ancestral and SDE ones in their flow forms (samplers.flow, as ComfyUI's
+# k-diffusion switches to them). The rest (DPM fast / adaptive, Restart, the timestep samplers,
+# LCM) add noise or read a noise schedule the variance-exploding way and have none here.
 FLOW_FORMS: Mapping[str, FlowForm] = MappingProxyType({
     "DPM++ 2M": FlowForm(dpmpp.sample_dpmpp_2m),
     "DPM++ SDE": FlowForm(flow.sample_dpmpp_sde_rf, needs_sigma_below_one=True),

@@ -90,3 +90,20 @@ def test_samplers_without_a_flow_form_are_400s_naming_them(setup, sampler):
     family, engine, _ = setup
     with pytest.raises(BadRequest, match=f"sampler '{sampler}' cannot run"):
         engine.txt2img(_job(family, sampler), RecordingObserver(), CancelToken())
+
+
+def test_the_penultimate_sigma_is_discarded_as_a1111_and_forge_do(setup):
+    family, _, model = setup
+    flow_family = FLUX if family == "flux" else SD3
+    for sampler, discards in (("DPM2 a", True), ("DPM++ 3M SDE", True), ("DPM2", True), ("Euler a", False)):
+        job = _job(family, sampler)
+        plan = flow_family.check_job(model, job)
+        sigmas = flow.flow_schedule(flow_family, model, job, plan)
+        longer = flow_family.sigmas(model, replace(job, sampling=replace(job.sampling, steps=5)), plan)
+        expected = torch.cat([longer[:-2], longer[-1:]]) if discards else flow_family.sigmas(model, job, plan)
+        assert len(sigmas) == 5 and torch.equal(sigmas, expected), sampler
+    job = _job(family, "Euler")
+    job = replace(job, engine_options=replace(job.engine_options, always_discard_next_to_last_sigma=True))
+    plan = flow_family.check_job(model, job)
+    longer = flow_family.sigmas(model, replace(job, sampling=replace(job.sampling, steps=5)), plan)
+    assert torch.equal(flow.flow_schedule(flow_family, model, job, plan), torch.cat([longer[:-2], longer[-1:]]))

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import torch
 
 from samplers import flow as flow_samplers
-from samplers.registry import flow_form, sampler_call_kwargs
+from samplers.registry import discards_penultimate_sigma, flow_form, sampler_call_kwargs
 from webui_api.engine.denoiser import SamplingInterrupted
 from webui_api.engine.latents import decode_latents, to_pil
 from webui_api.engine.models import LoadedModel
@@ -65,6 +65,17 @@ class FlowRun:
     full_schedule: torch.Tensor
     rng: Any
     top_sigma: float  # the family's sigma at timestep 1 - FIRST_STEP_OFFSET
+
+
+def flow_schedule(family: FlowFamily, model: LoadedModel, job: GenerationJob, plan: SamplerPlan) -> torch.Tensor:
+    """The family's schedule for the job, with the penultimate sigma discarded where A1111's
+    get_sigmas (kept by Forge for every model) does: DPM2, DPM2 a, DPM++ 3M SDE, or every sampler
+    with always_discard_next_to_last_sigma (one step more, then the second-to-last dropped)."""
+    if not discards_penultimate_sigma(plan.sampler, job.engine_options.always_discard_next_to_last_sigma):
+        return family.sigmas(model, job, plan)
+    longer = replace(job, sampling=replace(job.sampling, steps=job.sampling.steps + 1))
+    sigmas = family.sigmas(model, longer, plan)
+    return torch.cat([sigmas[:-2], sigmas[-1:]])
 
 
 def flow_run(
@@ -119,7 +130,7 @@ def first_pass(
 ) -> torch.Tensor:
     """One batch from pure noise (x = noise * sigma_max)."""
     rng = make_image_rng(model, job, batch)
-    sigmas = family.sigmas(model, job, plan).to(model.device)
+    sigmas = flow_schedule(family, model, job, plan).to(model.device)
     x = rng.first() * sigmas[0]
     run = flow_run(family, model, job, plan, sigmas, sigmas, rng)
     return sample(family.make_denoiser(model, job, batch, cancel, None), model, plan, x, run, job, batch, observer)
@@ -139,7 +150,7 @@ def from_latents(
         return init
     schedule_job = replace(job, sampling=replace(job.sampling, steps=max(steps.steps, 1)))
     rng = make_image_rng(model, job, batch)
-    full_schedule = family.sigmas(model, schedule_job, plan).to(model.device)
+    full_schedule = flow_schedule(family, model, schedule_job, plan).to(model.device)
     tail = full_schedule[steps.start_index :]
     x = tail[0] * rng.first() * noise_multiplier + (1.0 - tail[0]) * init
     run = flow_run(family, model, job, plan, tail, full_schedule, rng)
