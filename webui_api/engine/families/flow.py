@@ -79,9 +79,10 @@ def flow_schedule(family: FlowFamily, model: LoadedModel, job: GenerationJob, pl
 
 
 def flow_run(
-    family: FlowFamily, model: LoadedModel, job: GenerationJob, plan: SamplerPlan, sigmas: torch.Tensor,
-    full_schedule: torch.Tensor, rng: Any,
+    family: FlowFamily, model: LoadedModel, sigmas: torch.Tensor, full_schedule: torch.Tensor, rng: Any
 ) -> FlowRun:
+    """A FlowRun with the family's sigma at timestep 1 - FIRST_STEP_OFFSET (ComfyUI's
+    percent_to_sigma(1e-4), where the half-log-SNR samplers start instead of sigma = 1)."""
     return FlowRun(sigmas, full_schedule, rng, family.sigma_at(model, 1.0 - flow_samplers.FIRST_STEP_OFFSET))
 
 
@@ -92,7 +93,7 @@ def sample(
     """Run the sampler's flow form (registry.flow_form) with A1111's arguments: eta from the
     request or eta_ancestral, s_noise / churn, step noise from the image RNG or, for the SDE
     samplers, a Brownian tree over the full schedule. The half-log-SNR samplers walk a schedule
-    whose first sigma is moved just below 1, as Forge does (x stays the pure noise)."""
+    whose first sigma is moved just below 1, as ComfyUI does (x stays the pure noise)."""
     total = len(run.sigmas) - 1
 
     def callback(info: dict) -> None:
@@ -132,7 +133,7 @@ def first_pass(
     rng = make_image_rng(model, job, batch)
     sigmas = flow_schedule(family, model, job, plan).to(model.device)
     x = rng.first() * sigmas[0]
-    run = flow_run(family, model, job, plan, sigmas, sigmas, rng)
+    run = flow_run(family, model, sigmas, sigmas, rng)
     return sample(family.make_denoiser(model, job, batch, cancel, None), model, plan, x, run, job, batch, observer)
 
 
@@ -153,7 +154,7 @@ def from_latents(
     full_schedule = flow_schedule(family, model, schedule_job, plan).to(model.device)
     tail = full_schedule[steps.start_index :]
     x = tail[0] * rng.first() * noise_multiplier + (1.0 - tail[0]) * init
-    run = flow_run(family, model, job, plan, tail, full_schedule, rng)
+    run = flow_run(family, model, tail, full_schedule, rng)
     return sample(family.make_denoiser(model, job, batch, cancel, blend), model, plan, x, run, job, batch, observer)
 
 
