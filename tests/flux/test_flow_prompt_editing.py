@@ -18,7 +18,7 @@ from tests.sd3.files import tiny_parts as sd3_parts
 from tests.sd3.files import write_models as write_sd3
 from webui_api.engine.families import flux as flux_family
 from webui_api.engine.families import sd3 as sd3_family
-from webui_api.engine.families.flow import PromptFrame, flow_schedule
+from webui_api.engine.families.flow import PromptFrame, prompt_texts
 from webui_api.engine.prompts import prompt_schedule
 from webui_api.progress import CancelToken
 
@@ -105,11 +105,11 @@ def test_images_follow_the_edit(family):
     assert not np.array_equal(edited, cat) and not np.array_equal(edited, dog)
 
 
-def test_flow_schedule_joins_and_parts_and_drops_network_tags():
-    schedule = flow_schedule("[cat:dog:0.5] <lora:x:1> AND [a:b:1]", PromptFrame(4))
+def test_prompt_texts_joins_and_parts_and_drops_network_tags():
+    schedule = prompt_texts("[cat:dog:0.5] <lora:x:1> AND [a:b:1]", PromptFrame(4))
     assert [(e.end_at_step, e.text.split()) for e in schedule] == [(1, ["cat", "a"]), (2, ["cat", "b"]),
                                                                     (4, ["dog", "b"])]
-    hires = flow_schedule("[cat:dog:6]", PromptFrame(4, hires_steps=4))  # integers count on from the first pass
+    hires = prompt_texts("[cat:dog:6]", PromptFrame(4, hires_steps=4))  # integers count on from the first pass
     assert [(e.end_at_step, e.text) for e in hires] == [(2, "cat"), (4, "dog")]
 
 

@@ -249,7 +249,7 @@ def initial_latent(job: GenerationJob, plan: SamplerPlan, noise: torch.Tensor, s
     return noise * schedule[0]
 
 
-def _eta(job: GenerationJob, plan: SamplerPlan) -> float | None:
+def sampler_eta(job: GenerationJob, plan: SamplerPlan) -> float | None:
     """The request's eta, else A1111's option (eta_ddim for DDIM-family samplers, else
     eta_ancestral), else None: the sampler's own default."""
     if job.sampling.eta is not None or not plan.sampler.takes_eta:
@@ -308,7 +308,7 @@ def sampler_kwargs(
     return sampler_call_kwargs(
         plan.sampler,
         schedule,
-        eta=_eta(job, plan),
+        eta=sampler_eta(job, plan),
         s_churn=params.s_churn,
         s_tmin=params.s_tmin,
         s_tmax=params.s_tmax,

@@ -7,18 +7,27 @@ between the families (job checks, sigma table, text conditioning, infotext) come
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol
 
 import torch
 
+from samplers import flow as flow_samplers
+from samplers.registry import discards_penultimate_sigma, flow_form, sampler_call_kwargs
 from webui_api.engine.denoiser import SamplingInterrupted
 from webui_api.engine.latents import decode_latents, to_pil
 from webui_api.engine.models import LoadedModel
 from webui_api.engine.networks import parse_prompt_networks
-from webui_api.engine.pipeline import BatchSpec, SamplerPlan, batch_images, job_batches, make_image_rng
+from webui_api.engine.pipeline import (
+    BatchSpec,
+    SamplerPlan,
+    batch_images,
+    job_batches,
+    make_image_rng,
+    make_noise_sampler,
+    sampler_eta,
+)
 from webui_api.engine.prompts import ScheduledText, prompt_schedule, split_subprompts
 from webui_api.jobs import GeneratedImage, GenerationJob, HiresParams, JobResult
 from webui_api.progress import CancelToken, RunObserver
@@ -53,7 +62,7 @@ class PromptFrame:
         return replace(self, hires_steps=hr_plan.sampler.total_steps(second.sampling.steps))
 
 
-def flow_schedule(prompt: str, frame: PromptFrame, use_old_scheduling: bool = False) -> tuple[ScheduledText, ...]:
+def prompt_texts(prompt: str, frame: PromptFrame, use_old_scheduling: bool = False) -> tuple[ScheduledText, ...]:
     """A prompt's texts over the denoiser calls, as A1111 schedules them ([a:b:N], [a|b], ...);
     the flow models take no composable guidance, so AND parts are joined with spaces (Forge's Flux
     path concatenates them) at every step. Extra-network tags are removed (hires prompts keep them
@@ -140,7 +149,7 @@ def scheduled_prompts(
     model: LoadedModel, prompts: Sequence[str], job: GenerationJob, frame: PromptFrame, encode: TextEncoder
 ) -> ScheduledConds:
     """Schedule every prompt of a batch and encode each distinct text once, in one call."""
-    schedules = [flow_schedule(prompt, frame, job.engine_options.use_old_scheduling) for prompt in prompts]
+    schedules = [prompt_texts(prompt, frame, job.engine_options.use_old_scheduling) for prompt in prompts]
     distinct = list(dict.fromkeys(entry.text for schedule in schedules for entry in schedule))
     index = {text: row for row, text in enumerate(distinct)}
     rows = tuple(tuple((entry.end_at_step, index[entry.text]) for entry in schedule) for schedule in schedules)
@@ -149,7 +158,7 @@ def scheduled_prompts(
 
 def first_call_texts(prompts: Sequence[str], steps: int) -> list[str]:
     """Each prompt's text at the first denoiser call (editing resolved, AND parts joined)."""
-    return [flow_schedule(prompt, PromptFrame(steps))[0].text for prompt in prompts]
+    return [prompt_texts(prompt, PromptFrame(steps))[0].text for prompt in prompts]
 
 
 def no_hires_infotext(model: LoadedModel, hires: HiresParams) -> dict[str, Any]:
@@ -165,30 +174,67 @@ class FlowFamily:
     sigmas: Callable[[LoadedModel, GenerationJob, SamplerPlan], torch.Tensor]  # CPU float32, ending in 0
     make_denoiser: Callable[[LoadedModel, GenerationJob, BatchSpec, CancelToken, Any, PromptFrame], FlowDenoiser]
     infotext: Callable[[LoadedModel, GenerationJob], dict[str, Any]]
+    sigma_at: Callable[[LoadedModel, float], float]  # sigma at timestep fraction t in (0, 1]
     hires_infotext: Callable[[LoadedModel, HiresParams], dict[str, Any]] = no_hires_infotext
 
 
+@dataclass(frozen=True)
+class FlowRun:
+    """What one sampling run needs besides the denoiser and the start: the schedule (its full
+    form sizes the Brownian noise interval), step noise and the family's sigma near 1."""
+
+    sigmas: torch.Tensor  # the part walked (the tail for img2img)
+    full_schedule: torch.Tensor
+    rng: Any
+    top_sigma: float  # the family's sigma at timestep 1 - FIRST_STEP_OFFSET
+
+
+def flow_schedule(family: FlowFamily, model: LoadedModel, job: GenerationJob, plan: SamplerPlan) -> torch.Tensor:
+    """The family's schedule for the job, with the penultimate sigma discarded where A1111's
+    get_sigmas (kept by Forge for every model) does: DPM2, DPM2 a, DPM++ 3M SDE, or every sampler
+    with always_discard_next_to_last_sigma (one step more, then the second-to-last dropped)."""
+    if not discards_penultimate_sigma(plan.sampler, job.engine_options.always_discard_next_to_last_sigma):
+        return family.sigmas(model, job, plan)
+    longer = replace(job, sampling=replace(job.sampling, steps=job.sampling.steps + 1))
+    sigmas = family.sigmas(model, longer, plan)
+    return torch.cat([sigmas[:-2], sigmas[-1:]])
+
+
+def flow_run(
+    family: FlowFamily, model: LoadedModel, sigmas: torch.Tensor, full_schedule: torch.Tensor, rng: Any
+) -> FlowRun:
+    """A FlowRun with the family's sigma at timestep 1 - FIRST_STEP_OFFSET (ComfyUI's
+    percent_to_sigma(1e-4), where the half-log-SNR samplers start instead of sigma = 1)."""
+    return FlowRun(sigmas, full_schedule, rng, family.sigma_at(model, 1.0 - flow_samplers.FIRST_STEP_OFFSET))
+
+
 def sample(
-    denoiser: FlowDenoiser, plan: SamplerPlan, x: torch.Tensor, sigmas: torch.Tensor,
-    job: GenerationJob, observer: RunObserver, rng: Any,
+    denoiser: FlowDenoiser, model: LoadedModel, plan: SamplerPlan, x: torch.Tensor, run: FlowRun,
+    job: GenerationJob, batch: BatchSpec, observer: RunObserver,
 ) -> torch.Tensor:
-    total = len(sigmas) - 1
+    """Run the sampler's flow form (registry.flow_form) with A1111's arguments: eta from the
+    request or eta_ancestral, s_noise / churn, step noise from the image RNG or, for the SDE
+    samplers, a Brownian tree over the full schedule. The half-log-SNR samplers walk a schedule
+    whose first sigma is moved just below 1, as ComfyUI does (x stays the pure noise)."""
+    total = len(run.sigmas) - 1
 
     def callback(info: dict) -> None:
         observer.sampling_step(int(info["i"]), total, lambda: rough_preview(info["denoised"]))
 
-    function = plan.sampler.function
-    if function is None:  # resolve_sampler refuses unimplemented samplers before a job is built
-        raise ValueError(f"sampler {plan.sampler.name!r} is not implemented")
-    accepted = inspect.signature(function).parameters
-    kwargs: dict[str, Any] = {}
-    if "noise_sampler" in accepted:  # drawn every step (unused without churn), as A1111 does
-        kwargs["noise_sampler"] = lambda sigma, sigma_next: rng.next()
-    churn = {"s_churn": job.sampling.s_churn, "s_tmin": job.sampling.s_tmin,
-             "s_tmax": job.sampling.s_tmax, "s_noise": job.sampling.s_noise}
-    kwargs.update({name: value for name, value in churn.items() if name in accepted})
+    form = flow_form(plan.sampler)
+    if form is None:  # check_flow_plan refuses these before sampling
+        raise ValueError(f"sampler {plan.sampler.name!r} has no flow form")
+    noise_sampler = make_noise_sampler(model, job, plan, batch, run.rng, run.full_schedule)
+    params = job.sampling
+    kwargs = sampler_call_kwargs(
+        plan.sampler, run.sigmas, eta=sampler_eta(job, plan), s_churn=params.s_churn, s_tmin=params.s_tmin,
+        s_tmax=params.s_tmax, s_noise=params.s_noise, noise_sampler=noise_sampler,
+    )
+    sigmas = run.sigmas
+    if form.needs_sigma_below_one:
+        sigmas = flow_samplers.first_sigma_below_one(sigmas, run.top_sigma)
     try:
-        return function(denoiser, x, sigmas, extra_args={}, callback=callback, disable=True, **kwargs)
+        return form.function(denoiser, x, sigmas, extra_args={}, callback=callback, disable=True, **kwargs)
     except SamplingInterrupted:
         return x if denoiser.last_cond_x0 is None else denoiser.last_cond_x0
 
@@ -207,10 +253,11 @@ def first_pass(
 ) -> torch.Tensor:
     """One batch from pure noise (x = noise * sigma_max)."""
     rng = make_image_rng(model, job, batch)
-    sigmas = family.sigmas(model, job, plan).to(model.device)
+    sigmas = flow_schedule(family, model, job, plan).to(model.device)
     x = rng.first() * sigmas[0]
+    run = flow_run(family, model, sigmas, sigmas, rng)
     denoiser = family.make_denoiser(model, job, batch, cancel, None, PromptFrame.for_pass(job, plan))
-    return sample(denoiser, plan, x, sigmas, job, observer, rng)
+    return sample(denoiser, model, plan, x, run, job, batch, observer)
 
 
 def from_latents(
@@ -228,10 +275,12 @@ def from_latents(
         return init
     schedule_job = replace(job, sampling=replace(job.sampling, steps=max(steps.steps, 1)))
     rng = make_image_rng(model, job, batch)
-    tail = family.sigmas(model, schedule_job, plan).to(model.device)[steps.start_index :]
+    full_schedule = flow_schedule(family, model, schedule_job, plan).to(model.device)
+    tail = full_schedule[steps.start_index :]
     x = tail[0] * rng.first() * noise_multiplier + (1.0 - tail[0]) * init
+    run = flow_run(family, model, tail, full_schedule, rng)
     denoiser = family.make_denoiser(model, job, batch, cancel, blend, frame or PromptFrame.for_pass(job, plan))
-    return sample(denoiser, plan, x, tail, job, observer, rng)
+    return sample(denoiser, model, plan, x, run, job, batch, observer)
 
 
 def run_txt2img(

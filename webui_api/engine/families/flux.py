@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from samplers import schedules
-from samplers.registry import SamplerInfo, SchedulerInfo
+from samplers.registry import SamplerInfo, SchedulerInfo, flow_form, flow_sampler_names
 from webui_api.engine.conditioning import apply_emphasis
 from webui_api.engine.families.flow import (
     FlowFamily,
@@ -52,10 +52,9 @@ CLIP_LENGTH = 77
 PATCH = 2  # the transformer sees 2x2 latent patches
 DEFAULT_DISTILLED_CFG = 3.5
 
-# Samplers whose update uses only the x0 estimate (no ancestral / SDE noise): these are exact
-# for a flow model given `x - sigma * v`. Ancestral and SDE samplers need flow-specific noise
-# formulas (Forge's RF variants) that are not built yet.
-FLOW_SAMPLERS = ("Euler", "Heun", "DPM++ 2M", "LMS", "DPM2")
+# The samplers Forge runs on flow models: the deterministic ones as they are (they only see the
+# x0 estimate `x - sigma * v`), the ancestral and SDE ones in their rectified-flow forms.
+FLOW_SAMPLERS = flow_sampler_names()
 FLOW_SCHEDULERS = ("automatic", "simple", "normal", "beta", "karras", "exponential")
 
 
@@ -106,12 +105,12 @@ def flow_sigmas(job: GenerationJob, plan: SamplerPlan, shift: float) -> torch.Te
 
 
 def check_flow_plan(plan: SamplerPlan, family: str = "Flux") -> None:
-    """Flow models (Flux, SD3) run the deterministic samplers and the table schedulers; anything
-    else is a 400 naming the `family`."""
+    """Flow models (Flux, SD3) run the samplers that have a flow form (FLOW_SAMPLERS) and the
+    table schedulers; anything else is a 400 naming the sampler and the `family`."""
     sampler: SamplerInfo = plan.sampler
     scheduler: SchedulerInfo = plan.scheduler
-    if sampler.name not in FLOW_SAMPLERS:
-        raise BadRequest(f"sampler {sampler.name!r} cannot run {family} models yet; use one of {list(FLOW_SAMPLERS)}")
+    if flow_form(sampler) is None:
+        raise BadRequest(f"sampler {sampler.name!r} cannot run {family} models; use one of {list(FLOW_SAMPLERS)}")
     if scheduler.name not in FLOW_SCHEDULERS:
         raise BadRequest(
             f"schedule type {scheduler.label!r} cannot run {family} models; use one of {list(FLOW_SCHEDULERS)}"
@@ -307,9 +306,15 @@ def flux_sigmas(model: LoadedModel, job: GenerationJob, plan: SamplerPlan) -> to
     return flow_sigmas(job, plan, float(model.flow_shift or 1.0))
 
 
+def flux_sigma_at(model: LoadedModel, t: float) -> float:
+    """Flux's sigma at timestep fraction t (0..1] with the model's shift."""
+    return float(flux_time_shift(float(model.flow_shift or 1.0), torch.tensor(t, dtype=torch.float64)))
+
+
 FLUX = FlowFamily(
     check_job=check_flux_job,
     sigmas=flux_sigmas,
+    sigma_at=flux_sigma_at,
     make_denoiser=make_denoiser,
     infotext=flux_infotext,
     hires_infotext=flux_hires_infotext,

@@ -241,8 +241,14 @@ def sd3_family_infotext(model: LoadedModel, job: GenerationJob) -> dict[str, Any
     return sd3_infotext(model)
 
 
+def sd3_sigma_at(model: LoadedModel, t: float) -> float:
+    """SD3's sigma at timestep fraction t (0..1] with the model's shift."""
+    return float(time_snr_shift(shift(model), torch.tensor(t, dtype=torch.float64)))
+
+
 SD3 = FlowFamily(
-    check_job=check_sd3_job, sigmas=sd3_family_sigmas, make_denoiser=make_denoiser, infotext=sd3_family_infotext
+    check_job=check_sd3_job, sigmas=sd3_family_sigmas, sigma_at=sd3_sigma_at, make_denoiser=make_denoiser,
+    infotext=sd3_family_infotext,
 )
 
 
