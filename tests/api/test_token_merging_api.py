@@ -72,6 +72,19 @@ def test_pasted_infotext_sets_the_ratio_again(models_client):
     assert np.array_equal(pixels(first), pixels(again))
 
 
+def test_xyz_plot_token_merging_axis(models_client):
+    """A1111's "Token merging ratio" axis: each cell runs with its ratio (an override)."""
+    from tests.api.test_scripts_xyz import NOTHING, xyz_args
+
+    args = xyz_args(x=("Token merging ratio", "0, 0.5"), y=(NOTHING, ""), legend=False)
+    body = txt2img(models_client, script_name="x/y/z plot", script_args=args)
+    zero, half = json.loads(body["info"])["infotexts"][1:]
+    assert "Token merging ratio" not in zero and "Token merging ratio: 0.5," in half
+    images = [np.asarray(Image.open(io.BytesIO(base64.b64decode(b)))) for b in body["images"][1:]]
+    assert not np.array_equal(images[0], images[1])
+    assert np.array_equal(images[0], pixels(txt2img(models_client)))
+
+
 @pytest.mark.parametrize("ratio", ["fast", float("nan")])
 def test_an_unusable_ratio_is_a_400(models_client, ratio):
     payload = webuiapi_txt2img(steps=2, override_settings={"token_merging_ratio": ratio})
