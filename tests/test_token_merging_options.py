@@ -4,14 +4,15 @@ get_token_merging_ratio), the infotext keys, the batch key, and bad values."""
 from __future__ import annotations
 
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 
 from tests.engine.helpers import make_job
 from webui_api.batching import batch_key
 from webui_api.engine_options import EngineOptions
-from webui_api.jobs import HiresParams
-from webui_api.results import token_merging_infotext
+from webui_api.jobs import GeneratedImage, HiresParams
+from webui_api.results import infotext_params, token_merging_infotext
 
 
 def options(overridden=(), **values) -> EngineOptions:
@@ -85,3 +86,15 @@ def test_different_ratios_never_share_a_batch():
     assert batch_key(plain) != batch_key(merged)
     assert batch_key(merged) == batch_key(make_job(options={"token_merging_ratio": 0.5}))
     assert batch_key(merged) != batch_key(make_job(options={"token_merging_ratio": 0.4}))
+
+
+def test_keys_sit_where_a1111_puts_them_after_clip_skip_and_before_rng_and_tiling():
+    job = replace(with_hires(make_job(options={"token_merging_ratio": 0.5, "token_merging_ratio_hr": 0.2})),
+                  clip_skip=2, tiling=True)
+    job = replace(job, seeds=replace(job.seeds, randn_source="CPU"))
+    image = GeneratedImage(image=None, seed=1, subseed=2, prompt="a cat", negative_prompt="")
+    params = infotext_params(job, image, SimpleNamespace(hash="abc", model_name="m"), {"Denoising strength": 0.5})
+    keys = [key for key, value in params.items() if value is not None]
+    order = ["Clip skip", "Token merging ratio", "Token merging ratio hr", "RNG", "Tiling"]
+    assert [key for key in keys if key in order] == order
+    assert (params["Token merging ratio"], params["Token merging ratio hr"]) == (0.5, 0.2)
