@@ -238,3 +238,48 @@ def test_unet_output_matches_tomesds_patch(sd1_unet):
     with token_merging(sd1_unet, 0.5):
         ours = run_unet(sd1_unet, inputs)
     torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
+
+
+# -- --compile -------------------------------------------------------------------------------
+
+
+def test_a_merged_pass_pauses_the_compiled_call_and_restores_it(sd1_unet):
+    """The decision alone, without compiling: the compiled call is out of the way while a
+    merged pass runs (even one that fails) and back afterwards; ratio 0 leaves it alone."""
+    from webui_api.engine.compile import is_compiled
+
+    def compiled_call(*_args, **_kwargs):
+        raise AssertionError("the compiled call must not run while tokens are merged")
+
+    sd1_unet._compiled_call_impl = compiled_call
+    try:
+        with token_merging(sd1_unet, 0.0):
+            assert sd1_unet._compiled_call_impl is compiled_call
+        with pytest.raises(RuntimeError, match="boom"), token_merging(sd1_unet, 0.5):
+            assert not is_compiled(sd1_unet)
+            run_unet(sd1_unet, unet_inputs())
+            raise RuntimeError("boom")
+        assert sd1_unet._compiled_call_impl is compiled_call
+    finally:
+        sd1_unet._compiled_call_impl = None
+
+
+@pytest.mark.slow
+def test_a_compiled_unet_merges_eagerly_and_gets_its_compiled_call_back():
+    """torch.compile does not guard on hooks added after compiling, so a compiled UNet would
+    run unmerged; the pass runs it uncompiled instead (the "eager" backend traces like inductor)."""
+    from webui_api.engine.compile import is_compiled
+
+    unet = build_networks("sd1", seed=3).unet
+    inputs = unet_inputs()
+    plain = run_unet(unet, inputs)
+    with token_merging(unet, 0.5):
+        eager_merged = run_unet(unet, inputs)
+    unet.compile(backend="eager", dynamic=False)
+    assert torch.equal(run_unet(unet, inputs), plain)
+    with token_merging(unet, 0.5):
+        assert not is_compiled(unet)
+        compiled_merged = run_unet(unet, inputs)
+    assert is_compiled(unet)
+    assert torch.equal(compiled_merged, eager_merged)
+    assert torch.equal(run_unet(unet, inputs), plain)

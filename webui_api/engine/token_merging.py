@@ -19,7 +19,8 @@ has no transformer blocks), so a ratio changes nothing on SDXL, exactly as in A1
 Each image (each batch row) is matched on its own tokens, so rows never mix: cond and uncond,
 or two jobs sharing a batch, merge independently. The patch is forward hooks on the UNet, its
 transformer blocks and their `attn1`; the module tree and the weights are never touched, and
-`restore()` removes every hook (the context manager does so even when sampling fails).
+`restore()` removes every hook (the context manager does so even when sampling fails). A UNet
+compiled with --compile runs eagerly during a merged pass: torch.compile would not see the hooks.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from typing import Any
 import torch
 from diffusers.models.attention import BasicTransformerBlock
 from torch.utils.hooks import RemovableHandle
+
+from webui_api.engine.compile import is_compiled
 
 MAX_DOWNSAMPLE = 1  # tomesd's default, which A1111 keeps: only the full-resolution blocks merge
 STRIDE = 2  # tomesd's default sx = sy = 2: one destination token per 2x2 cell
@@ -159,15 +162,29 @@ class _BlockCall:
 
 @dataclass
 class TokenMergingPatch:
-    """The hooks one pass installed; `restore` removes them all."""
+    """The hooks one pass installed; `restore` removes them all (and gives a compiled UNet its
+    compiled call back)."""
 
     handles: list[RemovableHandle] = field(default_factory=list)
     blocks: int = 0  # transformer blocks hooked (all levels; only some merge)
+    paused_compile: tuple[torch.nn.Module, Any] | None = None  # (unet, its compiled call), see pause_compiled
 
     def restore(self) -> None:
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
+        if self.paused_compile is not None:
+            unet, compiled_call = self.paused_compile
+            unet._compiled_call_impl = compiled_call
+            self.paused_compile = None
+
+
+def pause_compiled(unet: torch.nn.Module, patch: TokenMergingPatch) -> None:
+    """A UNet compiled in place (--compile) would ignore hooks added after compilation (dynamo
+    does not guard on them) and silently run unmerged; the pass runs it eagerly instead."""
+    if is_compiled(unet):
+        patch.paused_compile = (unet, unet._compiled_call_impl)
+        unet._compiled_call_impl = None
 
 
 def transformer_blocks(unet: torch.nn.Module) -> list[BasicTransformerBlock]:
@@ -185,6 +202,7 @@ def apply_token_merging(unet: torch.nn.Module, settings: MergeSettings) -> Token
     patch = TokenMergingPatch()
     if settings.ratio <= 0:
         return patch
+    pause_compiled(unet, patch)
     call = _UNetCall()
     patch.handles.append(unet.register_forward_pre_hook(_latent_size_hook(call), with_kwargs=True))
     for block in transformer_blocks(unet):
