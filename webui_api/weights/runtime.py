@@ -109,6 +109,16 @@ async def prefetch(fetcher: WeightsFetcher | None, needed: NeededWeights) -> Non
     await asyncio.gather(*(fetcher.ensure_async(name) for name in (*needed.required, *optional)))
 
 
+def check_fetchable(fetcher: WeightsFetcher | None, needed: NeededWeights) -> None:
+    """Raise the 4xx `prefetch` would raise for a required file, without downloading anything:
+    what an async task checks when it is submitted (a task is accepted only when its files are
+    present or may be fetched when it runs, e.g. never while --offline and a file is missing)."""
+    if fetcher is None:
+        return
+    for name in needed.required:
+        fetcher.check_fetchable(name)
+
+
 def _fetchable(fetcher: WeightsFetcher, name: str) -> bool:
     try:
         fetcher.check_fetchable(name)
