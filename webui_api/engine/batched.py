@@ -54,6 +54,7 @@ from webui_api.engine.pipeline import (
     sampler_kwargs,
 )
 from webui_api.engine.previews import live_preview
+from webui_api.engine.token_merging import token_merging
 from webui_api.jobs import GenerationJob, JobResult
 from webui_api.progress import CancelToken, RunObserver
 
@@ -257,10 +258,11 @@ def sample_members(
     function = plan.sampler.function
     if function is None:  # resolve_sampler refuses unimplemented samplers before a job is built
         raise ValueError(f"sampler {plan.sampler.name!r} is not implemented")
-    try:
-        return function(
-            cfg, begin.x, schedule, extra_args=extra_args, callback=callback, disable=True, **kwargs
-        )
+    try:  # the members share their options (batch key), so one ToMe ratio fits them all
+        with token_merging(model.unet, job.engine_options.token_merging_for(job.kind)):
+            return function(
+                cfg, begin.x, schedule, extra_args=extra_args, callback=callback, disable=True, **kwargs
+            )
     except SamplingInterrupted:
         watch()
         return trace.x0 if cfg.last is None else cfg.last.cond_denoised

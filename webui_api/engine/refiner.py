@@ -330,7 +330,7 @@ def sample_pass(
     if run is not None:
         run.current = None
     hooks = refiner_hooks(run, ctx, main)
-    latents = sample_batch(main, ctx.job, ctx.plan, batch, observer, cancel, start, hooks, padding)
+    latents = sample_batch(main, ctx.job, ctx.plan, batch, observer, cancel, start, hooks, padding, ctx.is_hires)
     finished = run.current if run is not None and run.current is not None else main
     return latents, finished
 
