@@ -109,6 +109,7 @@ class Engine:
         compile_policy: CompilePolicy | None = None,
         taesd_dir: Path | None = None,
         vae_approx_dir: Path | None = None,
+        vae_tiling: str = "auto",
         no_hashing: bool = False,
         allow_unsafe_pickle: bool = False,
         controlnet_dirs: tuple[Path, ...] = (),
@@ -125,7 +126,8 @@ class Engine:
         self.load_options = LoadOptions(policy.device, policy.dtype, policy.vae_dtype, allow_unsafe_pickle)
         self.hashes = HashCache(self.paths.hash_cache_file, enabled=not no_hashing)
         embeddings = EmbeddingLibrary(self.paths, self.hashes, allow_unsafe_pickle)
-        setup = ModelSetup(vram_mode, compile_policy or CompilePolicy(), PreviewDecoders(taesd_dir, vae_approx_dir))
+        setup = ModelSetup(vram_mode, compile_policy or CompilePolicy(), PreviewDecoders(taesd_dir, vae_approx_dir),
+                           vae_tiling)
         self.models = ModelStore(self.policy, self.paths, self.hashes, self.load_options, embeddings, setup)
         self.vae_catalog = VaeCatalog(self.paths, self.hashes, self.load_options)
         self.networks = JobNetworks(self.paths, self.hashes, allow_unsafe_pickle)
@@ -149,6 +151,7 @@ class Engine:
             compile_policy=CompilePolicy(settings.compile_unet, settings.compile_mode),
             taesd_dir=settings.models_dir / "VAE-taesd",
             vae_approx_dir=settings.models_dir / "VAE-approx",
+            vae_tiling=settings.vae_tiling,
             no_hashing=settings.no_hashing,
             allow_unsafe_pickle=bool(settings.cmd_flags.get("disable_safe_unpickle", False)),
             controlnet_dirs=controlnet_dirs(settings),

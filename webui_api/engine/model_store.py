@@ -49,6 +49,7 @@ from webui_api.engine.models import (
 from webui_api.engine.offload import ModuleSwapper, OffloadPlan
 from webui_api.engine.previews import PreviewDecoders
 from webui_api.engine.storage import store_linears_in
+from webui_api.engine.vae_tiling import check_vae_tiling_mode
 from webui_api.engine_options import EngineOptions
 from webui_api.errors import UnknownCheckpoint
 
@@ -66,9 +67,11 @@ class ModelSetup:
     vram_mode: str = "normal"
     compile_policy: CompilePolicy = field(default_factory=CompilePolicy)
     previews: PreviewDecoders = field(default_factory=lambda: PreviewDecoders(None))
+    vae_tiling: str = "auto"  # --vae-tiling (engine.vae_tiling)
 
     def __post_init__(self) -> None:
         OffloadPlan.for_mode(self.vram_mode, "sd1")  # refuses an unknown mode at start
+        check_vae_tiling_mode(self.vae_tiling)
 
 
 class ModelCache:
@@ -301,6 +304,7 @@ class ModelStore:
         model.embeddings = self.embeddings.store_for(model)
         model.autocast = self.policy.autocast
         model.preview_decoders = self.setup.previews
+        model.vae_tiling = self.setup.vae_tiling
         self.setup.compile_policy.apply(model)
         self._cache.put(model)
 

@@ -135,7 +135,8 @@ class LoadedModel:
     vae_file: str | None = None  # the VAE file `vae` came from; None while the baked VAE is in use
     embeddings: Any = None  # webui_api.engine.embeddings.EmbeddingStore fitting this model's encoders
     autocast: bool = False  # UNet calls run under torch.autocast (engine.precision.PrecisionPolicy.autocast)
-    preview_decoders: Any = None  # engine.previews.PreviewDecoders: TAESD decoders for live previews
+    preview_decoders: Any = None  # engine.previews.PreviewDecoders: TAESD / Approx NN decoders for live previews
+    vae_tiling: str = "auto"  # --vae-tiling: auto | on | off (engine.vae_tiling)
     vae_shift_factor: float = 0.0  # latent = (z - shift) * scale; Flux's autoencoder has a shift, SD's none
     flow_shift: float | None = None  # flow-matching models (Flux): the sigma table's time shift; None: diffusion
     module_files: tuple[str, ...] = ()  # Forge modules (VAE / text encoder files) this model was built with
