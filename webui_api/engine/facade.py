@@ -25,6 +25,7 @@ import torch
 
 from webui_api.batching import batch_key
 from webui_api.controlnet.catalog import annotator_dir, controlnet_dirs
+from webui_api.engine.attention import apply_attention_upcast
 from webui_api.engine.compile import CompilePolicy
 from webui_api.engine.control import prepare_controls
 from webui_api.engine.control_models import ControlNetLibrary
@@ -321,10 +322,12 @@ class Engine:
         networks = self.networks.for_passes(stripped[0][1], None)
         networks.attach(model, strict=True)
         padding = apply_tiling(model, head.tiling)
+        attention = apply_attention_upcast(model, head.engine_options.upcast_attn)
         try:
             plain = [replace(job, prompts=prompts) for job, (prompts, _) in zip(jobs, stripped, strict=True)]
             results = run_txt2img_batched(model, plain, observer, cancels, unet_rows=unet_rows)
         finally:
+            attention.restore()
             padding.restore()
             networks.restore()
         mentioned = networks.mentioned()
@@ -366,6 +369,7 @@ class Engine:
         networks = self.networks.for_passes(calls, hires_network_calls(job))
         networks.attach(model, strict=True)
         padding = apply_tiling(model, job.tiling)
+        attention = apply_attention_upcast(model, job.engine_options.upcast_attn)
         run_job = job if restore_faces is None else without_overlays(job)
         scheduled, schedule_infotext = with_job_schedule(model, job.engine_options)
         companions = CompanionModels(self, job, scheduled, networks)
@@ -375,6 +379,7 @@ class Engine:
         finally:
             networks.restore()
             companions.close()
+            attention.restore()
             padding.restore()
         result.extra_generation_params.update(schedule_infotext)
         if restore_faces is not None:

@@ -40,6 +40,7 @@ from webui_api.engine.pipeline import (
     resolve_plan,
     sample_batch,
 )
+from webui_api.engine.attention import apply_attention_upcast
 from webui_api.engine.tiling import apply_tiling
 from webui_api.errors import NotFound
 from webui_api.jobs import GeneratedImage, GenerationJob, JobResult
@@ -150,6 +151,7 @@ class CompanionModels:
             model = self.engine.companion(info)
             self.engine.apply_vae(model, self.job)
             self._undo.append(apply_tiling(model, self.job.tiling).restore)
+            self._undo.append(apply_attention_upcast(model, self.job.engine_options.upcast_attn).restore)
             if self.networks is not None:
                 self.networks.attach(model, strict=False)
             self._ready[info.filename] = model
