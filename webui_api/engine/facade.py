@@ -111,6 +111,7 @@ class Engine:
         taesd_dir: Path | None = None,
         vae_approx_dir: Path | None = None,
         vae_tiling: str = "auto",
+        channels_last: str = "auto",
         no_hashing: bool = False,
         allow_unsafe_pickle: bool = False,
         controlnet_dirs: tuple[Path, ...] = (),
@@ -119,9 +120,9 @@ class Engine:
         upscalers: Callable[[], UpscalerCatalog] | None = None,
     ) -> None:
         self.policy = DevicePolicy.resolve(device, dtype, no_half_vae, precision=precision,
-                                           upcast_sampling=upcast_sampling)
+                                           upcast_sampling=upcast_sampling, channels_last=channels_last)
         assert self.policy.precision is not None
-        log.info("Precision: %s", self.policy.precision.describe())
+        log.info("Precision: %s; %s", self.policy.precision.describe(), self.policy.transfers.describe())
         self.paths = paths if paths is not None else ModelPaths()
         policy = self.policy
         self.load_options = LoadOptions(policy.device, policy.dtype, policy.vae_dtype, allow_unsafe_pickle)
@@ -153,6 +154,7 @@ class Engine:
             taesd_dir=settings.models_dir / "VAE-taesd",
             vae_approx_dir=settings.models_dir / "VAE-approx",
             vae_tiling=settings.vae_tiling,
+            channels_last=settings.channels_last,
             no_hashing=settings.no_hashing,
             allow_unsafe_pickle=bool(settings.cmd_flags.get("disable_safe_unpickle", False)),
             controlnet_dirs=controlnet_dirs(settings),

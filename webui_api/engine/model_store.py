@@ -115,7 +115,7 @@ class ModelStore:
     ) -> None:
         self.policy = policy
         self.setup = setup if setup is not None else ModelSetup()
-        self._swapper = ModuleSwapper(policy.device)
+        self._swapper = ModuleSwapper(policy.device, mover=policy.transfers.move)
         self._offloaded: LoadedModel | None = None  # the model the swapper's hooks are on
         self.paths = paths
         self.hashes = hashes
@@ -291,7 +291,8 @@ class ModelStore:
     def _place(self, model: LoadedModel, offload: bool = False) -> None:
         """`model` on the device (or, with `offload` and a --medvram/--lowvram plan, its swap
         units waiting in CPU RAM), with the embeddings that fit it, the precision policy's
-        autocast, the preview decoders and (--compile) a compiled UNet; most recently used."""
+        autocast, channels_last where the transfer plan says, the preview decoders and
+        (--compile) a compiled UNet; most recently used."""
         plan = self.offload_plan(model) if offload else OffloadPlan("none")
         if plan.offloads:
             if self._offloaded is not model:
@@ -300,7 +301,9 @@ class ModelStore:
                 self._swapper.install(model.modules(), plan)
                 self._offloaded = model
         elif model.device != self.policy.device:
-            model.move_to(self.policy.device)
+            model.move_to(self.policy.device, self.policy.transfers.move)
+        self.policy.transfers.format(model.unet)
+        self.policy.transfers.format(model.vae)
         model.embeddings = self.embeddings.store_for(model)
         model.autocast = self.policy.autocast
         model.preview_decoders = self.setup.previews
@@ -326,7 +329,7 @@ class ModelStore:
         if previous is not None and previous is not model and self.policy.parks_in_ram:
             if previous is self._offloaded:
                 self._stop_offloading()
-            previous.move_to(CPU)
+            previous.move_to(CPU, self.policy.transfers.move)
         self._place(model, offload=True)
         self._active = model
         self._current = model.info

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -155,11 +156,15 @@ class LoadedModel:
         }
         return {name: module for name, module in parts.items() if module is not None}
 
-    def move_to(self, device: torch.device) -> None:
+    def move_to(self, device: torch.device, mover: Callable[[torch.nn.Module, torch.device], None] | None = None) -> None:
         """Move every network and the schedule to `device` (parking a cached model in CPU RAM
-        and bringing it back costs a copy, not a disk read)."""
+        and bringing it back costs a copy, not a disk read); `mover` moves one network (the
+        device policy's pinned, non-blocking TransferPlan.move), plain `.to` by default."""
         for module in self.modules().values():
-            module.to(device)
+            if mover is None:
+                module.to(device)
+            else:
+                mover(module, device)
         self.alphas_cumprod = self.alphas_cumprod.to(device)
         self.device = torch.device(device)
 

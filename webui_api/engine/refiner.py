@@ -114,6 +114,9 @@ class CompanionSource(Protocol):
     @property
     def device(self) -> torch.device: ...
 
+    @property
+    def policy(self) -> Any: ...  # engine.device.DevicePolicy: its transfers park companions
+
     def checkpoints(self) -> list[CheckpointInfo]: ...
 
     def companion(self, info: CheckpointInfo) -> LoadedModel: ...
@@ -164,7 +167,7 @@ class CompanionModels:
         self._undo.clear()
         if self.engine.device.type != "cpu":
             for model in self._ready.values():
-                model.move_to(torch.device("cpu"))
+                model.move_to(torch.device("cpu"), self.engine.policy.transfers.move)
         self._ready.clear()
 
 
