@@ -77,8 +77,8 @@ def test_float32_models_and_option_off_are_untouched(bf16_model) -> None:
 
 
 def test_engine_job_with_the_option_runs_and_restores() -> None:
-    from webui_api.engine.facade import Engine
     from tests.engine.helpers import RecordingObserver
+    from webui_api.engine.facade import Engine
     from webui_api.progress import CancelToken
 
     engine = Engine(device="cpu", dtype="bf16")

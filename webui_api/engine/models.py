@@ -156,7 +156,9 @@ class LoadedModel:
         }
         return {name: module for name, module in parts.items() if module is not None}
 
-    def move_to(self, device: torch.device, mover: Callable[[torch.nn.Module, torch.device], None] | None = None) -> None:
+    def move_to(
+        self, device: torch.device, mover: Callable[[torch.nn.Module, torch.device], None] | None = None
+    ) -> None:
         """Move every network and the schedule to `device` (parking a cached model in CPU RAM
         and bringing it back costs a copy, not a disk read); `mover` moves one network (the
         device policy's pinned, non-blocking TransferPlan.move), plain `.to` by default."""

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import torch
 
+from webui_api.engine.attention import apply_attention_upcast
 from webui_api.engine.cond_types import BatchConditioning
 from webui_api.engine.denoiser import CFGDenoiser, PaddingRecord, make_inner
 from webui_api.engine.latents import decode_latents
@@ -40,7 +41,6 @@ from webui_api.engine.pipeline import (
     resolve_plan,
     sample_batch,
 )
-from webui_api.engine.attention import apply_attention_upcast
 from webui_api.engine.tiling import apply_tiling
 from webui_api.errors import NotFound
 from webui_api.jobs import GeneratedImage, GenerationJob, JobResult

@@ -73,7 +73,7 @@ def park_pinned(module: torch.nn.Module, allocate: HostAllocator = pinned_like) 
     from `allocate`, without blocking per tensor, then wait once for the device's copies."""
     sources: set[torch.device] = set()
     for owner in module.modules():
-        for name, param in owner.named_parameters(recurse=False):
+        for param in owner.parameters(recurse=False):
             if not param.data.is_pinned():
                 sources.add(param.device)
                 param.data = _host_copy(param.data, allocate)

@@ -144,7 +144,8 @@ TAESD_FILES: tuple[WeightFile, ...] = tuple(
 # files from its v1.0.0-pre release, with no published digest.
 _A1111 = f"{GITHUB}/AUTOMATIC1111/stable-diffusion-webui"
 VAE_APPROX_FILES: tuple[WeightFile, ...] = (
-    WeightFile("vaeapprox-sd1", VAE_APPROX, "VAE-approx", "model.pt", f"{_A1111}/raw/v1.10.1/models/VAE-approx/model.pt",
+    WeightFile("vaeapprox-sd1", VAE_APPROX, "VAE-approx", "model.pt",
+               f"{_A1111}/raw/v1.10.1/models/VAE-approx/model.pt",
                "4f88c9078bb2238cdd0d8864671dd33e3f42e091e41f08903f3c15e4a54a9b39", 213777, "AGPL-3.0"),
     WeightFile("vaeapprox-sdxl", VAE_APPROX, "VAE-approx", "vaeapprox-sdxl.pt",
                f"{_A1111}/releases/download/v1.0.0-pre/vaeapprox-sdxl.pt", None, None, "AGPL-3.0"),
