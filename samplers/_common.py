@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 Denoiser = Callable[..., torch.Tensor]
-NoiseSampler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+NoiseSampler = Callable[[torch.Tensor | float, torch.Tensor | float], torch.Tensor]  # (sigma, sigma_next) -> noise
 StepCallback = Callable[[dict[str, Any]], None]
 
 MAX_CHURN_GAMMA = 2**0.5 - 1  # Karras et al.: more churn than this would more than double sigma
