@@ -177,3 +177,17 @@ def test_default_previews_fetch_the_approx_nn_file_on_first_use(client, tmp_path
     assert response.status_code == 200 and again.status_code == 200, response.text
     assert (tmp_path / "models" / "VAE-approx" / "model.pt").read_bytes() == data
     assert len(state.requests) == 1
+
+
+def test_a_failed_optional_preview_file_is_not_retried_by_every_job(client, tmp_path):
+    """The mirror lacks model.pt (404): the job runs with Approx cheap previews, the next one
+    does not ask again."""
+    state = MirrorState(files={})
+    with serve_mirror(state) as mirror:
+        online(client, WeightsRegistry.builtin(), mirror)
+        first = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img(steps=2))
+        second = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img(steps=2))
+    assert first.status_code == 200 and second.status_code == 200, first.text
+    approx = "/AUTOMATIC1111/stable-diffusion-webui/raw/v1.10.1/models/VAE-approx/model.pt"
+    assert [path for path, _ in state.requests] == [approx]
+    assert not (tmp_path / "models" / "VAE-approx" / "model.pt").exists()

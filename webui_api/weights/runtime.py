@@ -121,13 +121,18 @@ async def prefetch(fetcher: WeightsFetcher | None, needed: NeededWeights) -> Non
 
 
 async def _fetch_optional(fetcher: WeightsFetcher, name: str) -> None:
+    """Fetch an optional file; a failure is logged and remembered, so later jobs do not retry it."""
     try:
         await fetcher.ensure_async(name)
     except ApiError as err:
-        log.warning("optional weights %s not fetched, running without them: %s", name, err.detail)
+        fetcher.give_up(name)
+        log.warning("optional weights %s not fetched, running without them (not retried until restart; "
+                    "`webui-api models fetch` fetches it): %s", name, err.detail)
 
 
 def _fetchable(fetcher: WeightsFetcher, name: str) -> bool:
+    if fetcher.gave_up(name):
+        return False
     try:
         fetcher.check_fetchable(name)
     except ApiError:
