@@ -140,3 +140,18 @@ def test_offline_missing_file_is_skipped_not_refused(tmp_path: Path) -> None:
     default_job = SimpleNamespace(options={}, hires=None, restore_faces=False, preview_every_n_steps=10)
     asyncio.run(prefetch(fetcher, job_weights(settings, default_job)))  # no error, nothing fetched
     assert not (settings.models_dir / "VAE-approx" / "model.pt").exists()
+
+
+def test_full_previews_become_approx_nn_while_the_model_is_offloaded() -> None:
+    """A1111 (sd_samplers_common.samples_to_images_tensor): with --medvram/--lowvram "Full" shows
+    "Approx NN" unless live_preview_allow_lowvram_full."""
+    from webui_api.engine.previews import preview_kind
+    from webui_api.engine_options import EngineOptions
+
+    offloaded, resident = SimpleNamespace(offloaded=True), SimpleNamespace(offloaded=False)
+    full = EngineOptions.from_options({"show_progress_type": "Full"})
+    assert preview_kind(full, offloaded) == "Approx NN"
+    assert preview_kind(full, resident) == "Full"
+    allowed = EngineOptions.from_options({"show_progress_type": "Full", "live_preview_allow_lowvram_full": True})
+    assert preview_kind(allowed, offloaded) == "Full"
+    assert preview_kind(EngineOptions.from_options({"show_progress_type": "TAESD"}), offloaded) == "TAESD"

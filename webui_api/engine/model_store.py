@@ -308,6 +308,7 @@ class ModelStore:
         model.autocast = self.policy.autocast
         model.preview_decoders = self.setup.previews
         model.vae_tiling = self.setup.vae_tiling
+        model.offloaded = plan.offloads
         self.setup.compile_policy.apply(model)
         self._cache.put(model)
 

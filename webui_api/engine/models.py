@@ -138,6 +138,7 @@ class LoadedModel:
     autocast: bool = False  # UNet calls run under torch.autocast (engine.precision.PrecisionPolicy.autocast)
     preview_decoders: Any = None  # engine.previews.PreviewDecoders: TAESD / Approx NN decoders for live previews
     vae_tiling: str = "auto"  # --vae-tiling: auto | on | off (engine.vae_tiling)
+    offloaded: bool = False  # its networks take turns on the device (--medvram/--lowvram; engine.offload)
     vae_shift_factor: float = 0.0  # latent = (z - shift) * scale; Flux's autoencoder has a shift, SD's none
     flow_shift: float | None = None  # flow-matching models (Flux): the sigma table's time shift; None: diffusion
     module_files: tuple[str, ...] = ()  # Forge modules (VAE / text encoder files) this model was built with

@@ -111,6 +111,16 @@ def _file_in(folder: Path | None, name: str | None) -> Path | None:
     return path if path.is_file() else None
 
 
+def preview_kind(options: Any, model: Any) -> str:
+    """The preview kind a job shows: its `show_progress_type`, except that A1111 shows "Approx NN"
+    instead of "Full" while the model is offloaded (--medvram/--lowvram: a full VAE decode would
+    move the VAE in and out every preview) unless `live_preview_allow_lowvram_full` is set."""
+    kind = str(options.show_progress_type)
+    if kind == "Full" and getattr(model, "offloaded", False) and not options.live_preview_allow_lowvram_full:
+        return "Approx NN"
+    return kind
+
+
 def live_preview(model: Any, preview_type: str, latents: torch.Tensor) -> Image.Image:
     """The preview of the first latent of `latents` the option `show_progress_type` asks for."""
     latent = latents[:1]
