@@ -23,6 +23,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from webui_api.serving.script_budget import DEFAULT_MAX_SCRIPT_IMAGES, DEFAULT_MAX_SCRIPT_WORK
 from webui_api.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -302,6 +303,19 @@ SERVING_FLAGS: tuple[FlagSpec, ...] = (
         4096 * 4096,
     ),
     FlagSpec(
+        "--max-script-images",
+        "most images one script run (x/y/z plot, prompts from file, sd upscale) may plan, all its jobs together "
+        "(0: no limit)",
+        int,
+        DEFAULT_MAX_SCRIPT_IMAGES,
+    ),
+    FlagSpec(
+        "--max-script-work",
+        "most work one script run may plan: images x steps x megapixels summed over its jobs (0: no limit)",
+        int,
+        DEFAULT_MAX_SCRIPT_WORK,
+    ),
+    FlagSpec(
         "--prompt-filter",
         "content policy: file of words/phrases and re:regex rules refused in prompts "
         "(re-read when it changes; default: off)",
@@ -502,6 +516,8 @@ RAY_FLAGS: tuple[FlagSpec, ...] = (
     FlagSpec("--ray-gpus-per-worker", "GPUs each worker replica reserves (default: 1 with GPUs, 0 without)", float),
     FlagSpec("--ray-min-workers", "autoscaling on queue length: fewest worker replicas (with --ray-max-workers)", int),
     FlagSpec("--ray-max-workers", "autoscaling on queue length: most worker replicas (with --ray-min-workers)", int),
+    FlagSpec("--ray-ingress-replicas", "ingress (HTTP) replicas; more than 1 needs --redis-url, the shared task store "
+             "(default: 1)", int),
 )
 
 
@@ -514,8 +530,11 @@ def ray_options(args: argparse.Namespace, visible_gpus: int | None = None) -> An
     gpus = _visible_gpus() if visible_gpus is None else visible_gpus
     per_worker = args.ray_gpus_per_worker if args.ray_gpus_per_worker is not None else (1.0 if gpus else 0.0)
     workers = args.ray_workers if args.ray_workers is not None else max(1, gpus)
-    return RayOptions(address=args.ray_address or None, workers=workers, gpus_per_worker=per_worker,
-                      min_workers=args.ray_min_workers, max_workers=args.ray_max_workers)
+    options = RayOptions(address=args.ray_address or None, workers=workers, gpus_per_worker=per_worker,
+                         min_workers=args.ray_min_workers, max_workers=args.ray_max_workers,
+                         ingress_replicas=args.ray_ingress_replicas if args.ray_ingress_replicas is not None else 1)
+    options.check_task_store(args.redis_url or None)
+    return options
 
 
 def _visible_gpus() -> int:
@@ -621,6 +640,8 @@ def serving_settings(args: argparse.Namespace) -> dict[str, Any]:
             max_prompt_length=_at_least(0, "--max-prompt-length", args.max_prompt_length),
             max_body_bytes=int(_at_least(0, "--max-body-mb", args.max_body_mb) * 1024 * 1024),
             max_input_pixels=_at_least(0, "--max-input-pixels", args.max_input_pixels),
+            max_script_images=_at_least(0, "--max-script-images", args.max_script_images),
+            max_script_work=_at_least(0, "--max-script-work", args.max_script_work),
         ),
         "content_policy": _content_policy(args),
     }

@@ -395,29 +395,28 @@ class Engine:
         restore_faces: FaceStep | None,
     ) -> JobResult:
         """Flow-matching families (Flux, SD3): their own runs; the VAE is the one the modules chose.
-        The first pass's LoRAs (Flux transformer parts) are merged for the whole job."""
+        The first pass's LoRAs (transformer and text-encoder layers) are merged for the whole job."""
         from webui_api.engine.families.flux import run_flux_img2img, run_flux_txt2img
         from webui_api.engine.families.flux_lora import apply_flux_networks
         from webui_api.engine.families.sd3 import run_sd3_img2img, run_sd3_txt2img
+        from webui_api.engine.families.sd3_lora import apply_sd3_networks
 
         job = with_default_lora(job, self.networks.default_lora(job.engine_options))
         stripped, calls = job_networks(job)
         loaded = self.networks.load(calls)
         if loaded and model.unet_storage is not None:
             raise NotImplementedFeature("LoRA networks on float8-stored Flux weights are not supported yet")
-        if loaded and model.family == "sd3":
-            raise NotImplementedFeature("LoRA networks on SD3 models are not supported yet")
         run_job = job if restore_faces is None else without_overlays(job)
         if model.family == "sd3":
             run = run_sd3_img2img if job.kind == "img2img" else run_sd3_txt2img
-            result = run(model, replace(run_job, prompts=stripped), observer, cancel)
+            patch = apply_sd3_networks(model, loaded)
         else:
             run = run_flux_img2img if job.kind == "img2img" else run_flux_txt2img
-            patch = apply_flux_networks(model.unet, loaded)
-            try:
-                result = run(model, replace(run_job, prompts=stripped), observer, cancel)
-            finally:
-                patch.restore()
+            patch = apply_flux_networks(model, loaded)
+        try:
+            result = run(model, replace(run_job, prompts=stripped), observer, cancel)
+        finally:
+            patch.restore()
         result.extra_generation_params.update(self.networks.infotext(loaded, job.engine_options))
         if restore_faces is not None:
             restore_result_faces(result, job, restore_faces)

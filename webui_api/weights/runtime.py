@@ -130,6 +130,16 @@ async def _fetch_optional(fetcher: WeightsFetcher, name: str) -> None:
                     "`webui-api models fetch` fetches it): %s", name, err.detail)
 
 
+def check_fetchable(fetcher: WeightsFetcher | None, needed: NeededWeights) -> None:
+    """Raise the 4xx `prefetch` would raise for a required file, without downloading anything:
+    what an async task checks when it is submitted (a task is accepted only when its files are
+    present or may be fetched when it runs, e.g. never while --offline and a file is missing)."""
+    if fetcher is None:
+        return
+    for name in needed.required:
+        fetcher.check_fetchable(name)
+
+
 def _fetchable(fetcher: WeightsFetcher, name: str) -> bool:
     if fetcher.gave_up(name):
         return False

@@ -8,8 +8,8 @@ between the families (job checks, sigma table, text conditioning, infotext) come
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol
 
 import torch
@@ -17,7 +17,9 @@ import torch
 from webui_api.engine.denoiser import SamplingInterrupted
 from webui_api.engine.latents import decode_latents, to_pil
 from webui_api.engine.models import LoadedModel
+from webui_api.engine.networks import parse_prompt_networks
 from webui_api.engine.pipeline import BatchSpec, SamplerPlan, batch_images, job_batches, make_image_rng
+from webui_api.engine.prompts import ScheduledText, prompt_schedule, split_subprompts
 from webui_api.jobs import GeneratedImage, GenerationJob, HiresParams, JobResult
 from webui_api.progress import CancelToken, RunObserver
 
@@ -28,6 +30,126 @@ class FlowDenoiser(Protocol):
     last_cond_x0: torch.Tensor | None
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **kwargs: Any) -> torch.Tensor: ...
+
+
+# ---------------------------------------------------------------------------
+# Prompt editing per step
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromptFrame:
+    """The steps prompt schedules are laid out on: A1111's total_steps of the first pass (twice
+    the steps for second-order samplers) and, for the hires pass, the hires pass's total."""
+
+    steps: int
+    hires_steps: int | None = None
+
+    @classmethod
+    def for_pass(cls, job: GenerationJob, plan: SamplerPlan) -> PromptFrame:
+        return cls(plan.sampler.total_steps(job.sampling.steps))
+
+    def hires(self, second: GenerationJob, hr_plan: SamplerPlan) -> PromptFrame:
+        return replace(self, hires_steps=hr_plan.sampler.total_steps(second.sampling.steps))
+
+
+def flow_schedule(prompt: str, frame: PromptFrame, use_old_scheduling: bool = False) -> tuple[ScheduledText, ...]:
+    """A prompt's texts over the denoiser calls, as A1111 schedules them ([a:b:N], [a|b], ...);
+    the flow models take no composable guidance, so AND parts are joined with spaces (Forge's Flux
+    path concatenates them) at every step. Extra-network tags are removed (hires prompts keep them
+    in the job)."""
+    text = parse_prompt_networks(prompt)[0]
+    parts = [prompt_schedule(part.text, frame.steps, frame.hires_steps, use_old_scheduling)
+             for part in split_subprompts(text)]
+    ends = sorted({entry.end_at_step for schedule in parts for entry in schedule})
+    return tuple(ScheduledText(end, " ".join(_text_at(schedule, end) for schedule in parts)) for end in ends)
+
+
+def _text_at(schedule: tuple[ScheduledText, ...], step: int) -> str:
+    return next((entry.text for entry in schedule if step <= entry.end_at_step), schedule[0].text)
+
+
+def rows_of(cond: Any, rows: Sequence[int]) -> Any:
+    """A family's conditioning (a dataclass of batch-first tensors) restricted to `rows`, in order."""
+    index = torch.tensor(list(rows), dtype=torch.long)
+    return type(cond)(**{f.name: getattr(cond, f.name)[index.to(getattr(cond, f.name).device)]
+                         for f in fields(cond)})
+
+
+@dataclass
+class ScheduledConds:
+    """One batch's prompts over the denoiser calls: every distinct scheduled text encoded once
+    (`variants`, one row per text), and per prompt the (end_at_step, row) pairs it goes through.
+    `at(step)` picks each prompt's row as A1111's reconstruct_cond_batch does (the first entry
+    whose end_at_step >= step) and reuses the stacked result while the rows stay the same."""
+
+    variants: Any
+    schedules: tuple[tuple[tuple[int, int], ...], ...]
+    _last: tuple[tuple[int, ...], Any] | None = None
+
+    @classmethod
+    def fixed(cls, cond: Any, batch: int) -> ScheduledConds:
+        """A conditioning used at every step (`cond` has one row per prompt)."""
+        return cls(cond, tuple(((0, row),) for row in range(batch)))
+
+    def at(self, step: int) -> Any:
+        rows = tuple(next((row for end, row in schedule if step <= end), schedule[0][1]) for schedule in self.schedules)
+        if self._last is None or self._last[0] != rows:
+            same = rows == tuple(range(len(rows))) and len(rows) == self._row_count()
+            self._last = (rows, self.variants if same else rows_of(self.variants, rows))
+        return self._last[1]
+
+    def _row_count(self) -> int:
+        return int(getattr(self.variants, fields(self.variants)[0].name).shape[0])
+
+
+class GuidedVelocity(Protocol):
+    """A flow denoiser's parts that `guided_x0` uses."""
+
+    cond: ScheduledConds
+    uncond: ScheduledConds | None
+    cfg_scale: float
+    cancel: CancelToken
+    blend: Callable[[torch.Tensor], torch.Tensor] | None
+    last_cond_x0: torch.Tensor | None
+    step: int
+
+    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor: ...
+
+
+def guided_x0(denoiser: GuidedVelocity, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """One denoiser call: x0 = x - sigma * v with this call's scheduled conditioning, real CFG
+    when there is an uncond, then the inpaint blend; counts the call (A1111's step counter)."""
+    if denoiser.cancel.should_stop_sampling:
+        raise SamplingInterrupted("interrupted" if denoiser.cancel.interrupted else "skipped")
+    step = denoiser.step
+    s = sigma.reshape(-1, 1, 1, 1).float()
+    denoised = x - s * denoiser.velocity(x, sigma, denoiser.cond.at(step))
+    denoiser.last_cond_x0 = denoised
+    if denoiser.uncond is not None:
+        uncond = x - s * denoiser.velocity(x, sigma, denoiser.uncond.at(step))
+        denoised = uncond + denoiser.cfg_scale * (denoised - uncond)
+    denoiser.step = step + 1
+    return denoised if denoiser.blend is None else denoiser.blend(denoised)
+
+
+TextEncoder = Callable[[LoadedModel, Sequence[str], GenerationJob], Any]  # a family's encode_texts
+
+
+def scheduled_prompts(
+    model: LoadedModel, prompts: Sequence[str], job: GenerationJob, frame: PromptFrame, encode: TextEncoder
+) -> ScheduledConds:
+    """Schedule every prompt of a batch and encode each distinct text once, in one call."""
+    schedules = [flow_schedule(prompt, frame, job.engine_options.use_old_scheduling) for prompt in prompts]
+    distinct = list(dict.fromkeys(entry.text for schedule in schedules for entry in schedule))
+    index = {text: row for row, text in enumerate(distinct)}
+    rows = tuple(tuple((entry.end_at_step, index[entry.text]) for entry in schedule) for schedule in schedules)
+    return ScheduledConds(encode(model, distinct, job), rows)
+
+
+def first_call_texts(prompts: Sequence[str], steps: int) -> list[str]:
+    """Each prompt's text at the first denoiser call (editing resolved, AND parts joined)."""
+    return [flow_schedule(prompt, PromptFrame(steps))[0].text for prompt in prompts]
 
 
 def no_hires_infotext(model: LoadedModel, hires: HiresParams) -> dict[str, Any]:
@@ -41,7 +163,7 @@ class FlowFamily:
 
     check_job: Callable[[LoadedModel, GenerationJob], SamplerPlan]
     sigmas: Callable[[LoadedModel, GenerationJob, SamplerPlan], torch.Tensor]  # CPU float32, ending in 0
-    make_denoiser: Callable[[LoadedModel, GenerationJob, BatchSpec, CancelToken, Any], FlowDenoiser]
+    make_denoiser: Callable[[LoadedModel, GenerationJob, BatchSpec, CancelToken, Any, PromptFrame], FlowDenoiser]
     infotext: Callable[[LoadedModel, GenerationJob], dict[str, Any]]
     hires_infotext: Callable[[LoadedModel, HiresParams], dict[str, Any]] = no_hires_infotext
 
@@ -87,16 +209,18 @@ def first_pass(
     rng = make_image_rng(model, job, batch)
     sigmas = family.sigmas(model, job, plan).to(model.device)
     x = rng.first() * sigmas[0]
-    return sample(family.make_denoiser(model, job, batch, cancel, None), plan, x, sigmas, job, observer, rng)
+    denoiser = family.make_denoiser(model, job, batch, cancel, None, PromptFrame.for_pass(job, plan))
+    return sample(denoiser, plan, x, sigmas, job, observer, rng)
 
 
 def from_latents(
     family: FlowFamily, model: LoadedModel, job: GenerationJob, plan: SamplerPlan, batch: BatchSpec,
     init: torch.Tensor, strength: float, fix_steps: bool, observer: RunObserver, cancel: CancelToken,
-    blend: Any = None, noise_multiplier: float = 1.0,
+    blend: Any = None, noise_multiplier: float = 1.0, frame: PromptFrame | None = None,
 ) -> torch.Tensor:
     """img2img on the flow schedule: the tail from A1111's start step, x = s*noise + (1-s)*init
-    (`fix_steps`: A1111's img2img_fix_steps, always on for the hires pass)."""
+    (`fix_steps`: A1111's img2img_fix_steps, always on for the hires pass). Prompt schedules are
+    laid out on `frame` (default: the job's own steps) and counted from the tail's first call."""
     from webui_api.engine.img2img import img2img_steps
 
     steps = img2img_steps(job.sampling.steps, strength, fix_steps)
@@ -106,7 +230,8 @@ def from_latents(
     rng = make_image_rng(model, job, batch)
     tail = family.sigmas(model, schedule_job, plan).to(model.device)[steps.start_index :]
     x = tail[0] * rng.first() * noise_multiplier + (1.0 - tail[0]) * init
-    return sample(family.make_denoiser(model, job, batch, cancel, blend), plan, x, tail, job, observer, rng)
+    denoiser = family.make_denoiser(model, job, batch, cancel, blend, frame or PromptFrame.for_pass(job, plan))
+    return sample(denoiser, plan, x, tail, job, observer, rng)
 
 
 def run_txt2img(
@@ -131,8 +256,9 @@ def run_txt2img(
                                    negative_prompts=hires.negative_prompts[job.batch_slice(batch.index)])
                 hr_plan = family.check_job(model, second)
                 observer.batch_started(batch.index, job.n_iter)
+                frame = PromptFrame.for_pass(job, plan).hires(second, hr_plan)
                 latents = from_latents(family, model, second, hr_plan, hr_batch, upscaled, hires.denoising_strength,
-                                       True, observer, cancel)
+                                       True, observer, cancel, frame=frame)
             images += batch_images(batch, decode_latents(model, latents, auto_upcast))
             observer.batch_finished(2 * batch.index + 1 if hires is not None else batch.index)
     extras = family.infotext(model, job)
