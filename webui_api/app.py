@@ -147,7 +147,7 @@ def build_runtime(settings: Settings, engine: Any | None = None, workers: Sequen
     scheduler = Scheduler(
         progress, after_failure=engine.free_memory,
         max_queue_depth=settings.max_queue_depth, queue_timeout=settings.queue_timeout,
-        batching=BatchingConfig(settings.batch_max_size, settings.batch_wait_ms),
+        batching=BatchingConfig.for_server(settings.batch_max_size, settings.batch_wait_ms, settings.vram_mode),
         on_batch=metrics.observe_batch, workers=workers,
         client_error_for=getattr(engine, "client_error_for", None),
         admission_check=gpu_health.check_admission,

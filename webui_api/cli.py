@@ -352,6 +352,12 @@ SERVING_FLAGS: tuple[FlagSpec, ...] = (
     FlagSpec("--compile-mode", "torch.compile mode with --compile: default, reduce-overhead (CUDA graphs), "
              "max-autotune, max-autotune-no-cudagraphs", str, "default",
              options={"choices": ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]}),
+    FlagSpec("--vae-tiling", "tiled VAE decode/encode: auto (only images above 1536x1536 pixels), on (every image "
+             "larger than one VAE tile), off (never, as A1111)", str, "auto",
+             options={"choices": ["auto", "on", "off"]}),
+    FlagSpec("--channels-last", "UNet/VAE weights and inputs in channels-last memory format: auto (on CUDA with "
+             "half precision), on (any CUDA device), off", str, "auto",
+             options={"choices": ["auto", "on", "off"]}),
     FlagSpec("--gpu-max-temp", "refuse new generations (503 + Retry-After) while a GPU is at or above this temperature "
              "in °C, until it is 5 °C cooler (needs nvidia-ml-py; 0: off)", float, 0.0),
 )
@@ -582,6 +588,8 @@ def settings_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser
         **_precision_flags(args),
         compile_unet=args.compile,
         compile_mode=args.compile_mode,
+        vae_tiling=args.vae_tiling,
+        channels_last=args.channels_last,
         gpu_max_temp=_at_least(0, "--gpu-max-temp", args.gpu_max_temp) or None,
         skip_load_model_at_start=args.skip_load_model_at_start,
         freeze_settings=args.freeze_settings, freeze_settings_in_sections=_split_list(args.freeze_settings_in_sections),

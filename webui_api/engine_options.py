@@ -56,6 +56,8 @@ class EngineOptions:
     batch_cond_uncond: bool = True
     live_preview_content: str = "Prompt"
     show_progress_type: str = "Approx NN"  # live preview kind: Full, Approx NN, Approx cheap, TAESD
+    live_preview_allow_lowvram_full: bool = False  # "Full" previews even while the model is offloaded
+    upcast_attn: bool = False  # "Upcast cross attention layer to float32" (engine.attention)
     # Prompt conditioning
     emphasis: str = "Original"
     comma_padding_backtrack: int = 20
@@ -174,6 +176,8 @@ OPTION_NAMES: Mapping[str, tuple[str, Callable[[Any], Any]]] = {
     "batch_cond_uncond": ("batch_cond_uncond", bool),
     "live_preview_content": ("live_preview_content", _text),
     "show_progress_type": ("show_progress_type", _text),
+    "live_preview_allow_lowvram_full": ("live_preview_allow_lowvram_full", bool),
+    "upcast_attn": ("upcast_attn", bool),
     "emphasis": ("emphasis", _text),
     "comma_padding_backtrack": ("comma_padding_backtrack", int),
     "sdxl_clip_l_skip": ("sdxl_clip_l_skip", bool),

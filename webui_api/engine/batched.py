@@ -53,7 +53,7 @@ from webui_api.engine.pipeline import (
     resolve_plan,
     sampler_kwargs,
 )
-from webui_api.engine.previews import live_preview
+from webui_api.engine.previews import live_preview, preview_kind
 from webui_api.engine.token_merging import token_merging
 from webui_api.jobs import GenerationJob, JobResult
 from webui_api.progress import CancelToken, RunObserver
@@ -241,7 +241,7 @@ def sample_members(
     trace = SamplingTrace(x0=begin.x)
     watch = stop_watcher(members, cfg)
     latest = preview_source(job, cfg, trace)
-    preview_type = job.engine_options.show_progress_type
+    preview_type = preview_kind(job.engine_options, model)
 
     def callback(info: dict) -> None:
         trace.x0 = info["denoised"]

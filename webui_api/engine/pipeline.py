@@ -35,7 +35,7 @@ from webui_api.engine.denoiser import (
 )
 from webui_api.engine.latents import decode_latents
 from webui_api.engine.models import LoadedModel
-from webui_api.engine.previews import live_preview
+from webui_api.engine.previews import live_preview, preview_kind
 from webui_api.engine.rng import ImageRNG, philox_normal
 from webui_api.engine.token_merging import token_merging
 from webui_api.errors import BadRequest
@@ -367,7 +367,7 @@ def make_callback(
     """The sampler callback: remember the x0 estimate, report the step with a lazy preview
     of the kind the option show_progress_type names (made only when a preview is due)."""
     total = job.sampling.steps
-    preview_type = job.engine_options.show_progress_type
+    preview_type = preview_kind(job.engine_options, model)
 
     def callback(info: dict) -> None:
         trace.x0 = info["denoised"]
