@@ -25,7 +25,7 @@ from samplers import schedules
 from samplers.registry import SamplerInfo, SchedulerInfo
 from webui_api.engine.conditioning import apply_emphasis
 from webui_api.engine.denoiser import SamplingInterrupted
-from webui_api.engine.families.flow import FlowFamily, run_img2img, run_txt2img
+from webui_api.engine.families.flow import FlowFamily, module_infotext, run_img2img, run_txt2img
 from webui_api.engine.models import LoadedModel
 from webui_api.engine.pipeline import (
     LATENT_SCALE,
@@ -288,11 +288,7 @@ def flux_infotext(model: LoadedModel, job: GenerationJob) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if model.unet.config.guidance_embeds:
         extra["Distilled CFG Scale"] = job.sampling.distilled_cfg_scale
-    for index, path in enumerate(model.module_files, start=1):
-        from pathlib import Path
-
-        extra[f"Module {index}"] = Path(path).stem
-    return extra
+    return {**extra, **module_infotext(model, job)}
 
 
 def flux_hires_infotext(model: LoadedModel, hires: HiresParams) -> dict[str, Any]:

@@ -9,7 +9,8 @@ encoders under `text_encoders.clip_l.`, `text_encoders.clip_g.` and `text_encode
 Every size is read from the tensors: depth by counting `joint_blocks`, the width from the patch
 embedding, the head width from the qk-norm scales where the file has them and else MMDiT's fixed
 64 (heads = width / head width, as Forge's and ComfyUI's MMDiT read it, never from the block count:
-a file may carry fewer blocks than heads), SD3.5 medium's MMDiT-X dual attention from the blocks that carry `attn2`, and qk-norm from `ln_q`.
+a file may carry fewer blocks than heads), SD3.5 medium's MMDiT-X dual attention from the
+blocks that carry `attn2`, and qk-norm from `ln_q`.
 No torch import at module import; functions that move tensors take them as arguments.
 """
 
