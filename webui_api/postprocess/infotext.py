@@ -576,7 +576,7 @@ INFOTEXT_OPTIONS: tuple[InfotextOption, ...] = (
     InfotextOption("Hypertile VAE max tile size", "hypertile_max_tile_vae", int),
     InfotextOption("Hypertile VAE swap size", "hypertile_swap_size_vae", int),
     # Forge's infotext_to_setting_name_mapping
-    InfotextOption("VAE/TE", "forge_additional_modules", list),
+    InfotextOption("VAE/TE", "forge_additional_modules", tuple),
 )
 
 INFOTEXT_TO_OPTION: Mapping[str, str] = MappingProxyType({o.infotext_key: o.option for o in INFOTEXT_OPTIONS})
