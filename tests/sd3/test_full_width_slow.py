@@ -79,9 +79,9 @@ def _write(root: Path, sizes: MMDiTSizes, packed: tuple[str, ...], separate: tup
     return folders
 
 
-def _file_tensors(path: Path, prefix: str) -> dict[str, torch.Tensor]:
+def _file_tensor(path: Path, key: str) -> torch.Tensor:
     with safe_open(str(path), framework="pt") as f:
-        return {key[len(prefix):]: f.get_tensor(key) for key in f.keys() if key.startswith(prefix)}
+        return f.get_tensor(key)
 
 
 def _assert_detected(model, sizes: MMDiTSizes, architecture: str) -> None:
@@ -98,17 +98,25 @@ def _assert_detected(model, sizes: MMDiTSizes, architecture: str) -> None:
 
 def _assert_mmdit_took_every_tensor(model, checkpoint: Path, depth: int) -> None:
     """The key map is total: the file's MMDiT tensors, renamed and split, are exactly the module's
-    tensors (no missing, no unexpected key) and each value is the file's, upcast."""
-    mapped = sd3_keys.mmdit_to_diffusers(_file_tensors(checkpoint, sd3_keys.PREFIX), depth)
+    tensors (no missing, no unexpected key) and each value is the file's, upcast. Read one
+    tensor at a time: a second copy of the transformer would double the test's peak."""
     loaded = model.unet.state_dict()
-    assert sorted(mapped) == sorted(loaded)
-    for key, value in mapped.items():
-        assert torch.equal(loaded[key], value.to(torch.float32)), key
+    seen: list[str] = []
+    with safe_open(str(checkpoint), framework="pt") as f:
+        for file_key in f.keys():
+            if not file_key.startswith(sd3_keys.PREFIX):
+                continue
+            stored = f.get_tensor(file_key)
+            for key, value in sd3_keys.mmdit_to_diffusers({file_key[len(sd3_keys.PREFIX):]: stored}, depth).items():
+                assert torch.equal(loaded[key], value.to(torch.float32)), key
+                seen.append(key)
+    assert sorted(seen) == sorted(loaded)
 
 
 def _assert_one_step_is_finite(engine) -> None:
-    """A 1-step 64x64 txt2img (CFG 4: a cond and an uncond pass); the MMDiT's outputs in it are
-    finite and not constant (watched with a forward hook: the PNG alone would hide NaNs)."""
+    """A 1-step 64x64 txt2img (CFG 1: one MMDiT pass, CFG is covered by the tiny tests); the
+    MMDiT's output in it is finite and not constant (watched with a forward hook: the PNG alone
+    would hide NaNs)."""
     outputs: list[torch.Tensor] = []
 
     def watch(module, args, output) -> None:
@@ -116,11 +124,11 @@ def _assert_one_step_is_finite(engine) -> None:
 
     hook = engine.loaded.unet.register_forward_hook(watch)
     try:
-        job = replace(make_job(width=64, height=64, steps=1, cfg_scale=4.0), model_title="sd3.safetensors")
+        job = replace(make_job(width=64, height=64, steps=1, cfg_scale=1.0), model_title="sd3.safetensors")
         result = engine.txt2img(job, RecordingObserver(), CancelToken())
     finally:
         hook.remove()
-    assert outputs and all(torch.isfinite(out).all() and float(out.std()) > 0 for out in outputs)
+    assert len(outputs) == 1 and torch.isfinite(outputs[0]).all() and float(outputs[0].std()) > 0
     pixels = np.asarray(result.images[0].image)
     assert pixels.shape == (64, 64, 3) and pixels.std() > 0
 
@@ -132,8 +140,8 @@ def test_sd35_large_with_packed_text_encoders(tmp_path):
     _assert_detected(model, SD35_LARGE, "sd3.5-large")
     assert model.module_files == () and model.text_encoder_3.config.d_model == 4096
     _assert_mmdit_took_every_tensor(model, folders["checkpoint"], SD35_LARGE.depth)
-    g = _file_tensors(folders["checkpoint"], sd3_keys.TEXT_PREFIXES["clip_g"])
-    assert torch.equal(model.text_encoder_2.state_dict()["text_projection.weight"], g["text_projection.weight"].float())
+    projection = _file_tensor(folders["checkpoint"], sd3_keys.TEXT_PREFIXES["clip_g"] + "text_projection.weight")
+    assert torch.equal(model.text_encoder_2.state_dict()["text_projection.weight"], projection.float())
     _assert_one_step_is_finite(engine)
 
 
