@@ -197,6 +197,23 @@ def test_ray_flags_parse_without_ray_installed():
     assert ray_options(args) is None
 
 
+def test_several_ingress_replicas_need_the_shared_task_store():
+    from webui_api.cli import build_parser, parse_args, ray_options
+
+    parser = build_parser(".")
+    args, _ = parser.parse_known_args(["--ray"])
+    assert ray_options(args, visible_gpus=0).ingress_replicas == 1
+    args, _ = parser.parse_known_args(["--ray", "--ray-ingress-replicas", "3", "--redis-url", "redis://127.0.0.1:1/0"])
+    assert ray_options(args, visible_gpus=0).ingress_replicas == 3
+    args, _ = parser.parse_known_args(["--ray", "--ray-ingress-replicas", "2"])
+    with pytest.raises(ValueError, match="--ray-ingress-replicas 2 needs --redis-url"):
+        ray_options(args, visible_gpus=0)
+    with pytest.raises(ValueError, match="needs --redis-url"):
+        parse_args(["--ray", "--ray-workers", "1", "--ray-gpus-per-worker", "0", "--ray-ingress-replicas", "2"])
+    with pytest.raises(ValueError, match="must be >= 1"):
+        RayOptions(ingress_replicas=0)
+
+
 def test_the_server_modules_do_not_import_ray():
     """Ray stays optional: only --ray (webui_api.cluster) imports it."""
     import subprocess
@@ -228,3 +245,22 @@ def test_around_wrappers_time_the_item_on_any_worker_retry_included():
     finally:
         scheduler.stop(timeout=5)
     assert (result, calls, worker.calls) == ("ok", ["before", "after"], 2)
+
+
+def test_a_batch_call_gives_each_member_its_own_cancel_token():
+    """On the replica, one request's interrupt stops only its rows (engine.batched's GroupCancel)."""
+    from types import SimpleNamespace
+
+    from webui_api.workers import run_call
+
+    class BatchEngine:
+        def txt2img_batch(self, jobs, progress, cancels, unet_rows):
+            self.cancels = cancels
+            return [f"result {n}" for n in range(len(jobs))]
+
+    engine, tokens = BatchEngine(), [CancelToken(), CancelToken()]
+    call = RemoteCall("txt2img_batch", (SimpleNamespace(), SimpleNamespace()), unet_rows=4)
+    assert run_call(engine, None, call, tokens) == ["result 0", "result 1"]
+    assert engine.cancels == tokens
+    with pytest.raises(ValueError, match="needs 2 cancel token"):
+        run_call(engine, None, call, tokens[:1])

@@ -50,8 +50,15 @@ EMBEDDED_MODEL_WARNING = (
 )
 
 
-def create_app(settings: Settings, engine: Any | None = None, workers: Sequence[Worker] | None = None) -> FastAPI:
-    """`workers`: the scheduler's lanes (default: one local worker thread; --ray: RayWorkers)."""
+REPLICA_HEADER = "X-Webui-Api-Replica"
+
+
+def create_app(
+    settings: Settings, engine: Any | None = None, workers: Sequence[Worker] | None = None, replica: str | None = None,
+) -> FastAPI:
+    """`workers`: the scheduler's lanes (default: one local worker thread; --ray: RayWorkers).
+    `replica`: this app's name among several ingress replicas (--ray), sent back on every answer
+    as REPLICA_HEADER so an answer can be matched with that replica's log."""
     app = FastAPI(
         title="webui-api",
         version=__version__,
@@ -63,7 +70,7 @@ def create_app(settings: Settings, engine: Any | None = None, workers: Sequence[
     app.state.gate = build_gate(settings)  # keys, Basic pairs, rate limiter: a bad keys file fails here
     app.state.output_store = OutputStore(settings.data_dir / OUTPUTS_FOLDER, settings.output_url_ttl)
     _install_error_handlers(app)
-    _install_middleware(app, settings)
+    _install_middleware(app, settings, replica)
     _include_routes(app, settings)
     protect_docs(app, settings)
     for path in unclassified_routes(app):
@@ -242,7 +249,7 @@ class SelectiveGZipMiddleware:
             await self._gzip(scope, receive, send)
 
 
-def _install_middleware(app: FastAPI, settings: Settings) -> None:
+def _install_middleware(app: FastAPI, settings: Settings, replica: str | None = None) -> None:
     app.add_middleware(SelectiveGZipMiddleware)
     add_cors(app, settings)
     app.add_middleware(PixelBudgetScope, max_pixels=settings.guards.max_input_pixels)  # the one image budget
@@ -258,6 +265,8 @@ def _install_middleware(app: FastAPI, settings: Settings) -> None:
         duration = time.perf_counter() - started
         await record_work(request, response.status_code, duration)  # metrics by route group; audit of unrecorded work
         response.headers["X-Process-Time"] = f"{duration:.4f}"
+        if replica is not None:
+            response.headers[REPLICA_HEADER] = replica
         if settings.api_log and request.url.path.startswith("/sdapi"):
             _log_request(request, response.status_code, duration)
         return response

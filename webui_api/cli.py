@@ -496,6 +496,8 @@ RAY_FLAGS: tuple[FlagSpec, ...] = (
     FlagSpec("--ray-gpus-per-worker", "GPUs each worker replica reserves (default: 1 with GPUs, 0 without)", float),
     FlagSpec("--ray-min-workers", "autoscaling on queue length: fewest worker replicas (with --ray-max-workers)", int),
     FlagSpec("--ray-max-workers", "autoscaling on queue length: most worker replicas (with --ray-min-workers)", int),
+    FlagSpec("--ray-ingress-replicas", "ingress (HTTP) replicas; more than 1 needs --redis-url, the shared task store "
+             "(default: 1)", int),
 )
 
 
@@ -508,8 +510,11 @@ def ray_options(args: argparse.Namespace, visible_gpus: int | None = None) -> An
     gpus = _visible_gpus() if visible_gpus is None else visible_gpus
     per_worker = args.ray_gpus_per_worker if args.ray_gpus_per_worker is not None else (1.0 if gpus else 0.0)
     workers = args.ray_workers if args.ray_workers is not None else max(1, gpus)
-    return RayOptions(address=args.ray_address or None, workers=workers, gpus_per_worker=per_worker,
-                      min_workers=args.ray_min_workers, max_workers=args.ray_max_workers)
+    options = RayOptions(address=args.ray_address or None, workers=workers, gpus_per_worker=per_worker,
+                         min_workers=args.ray_min_workers, max_workers=args.ray_max_workers,
+                         ingress_replicas=args.ray_ingress_replicas if args.ray_ingress_replicas is not None else 1)
+    options.check_task_store(args.redis_url or None)
+    return options
 
 
 def _visible_gpus() -> int:

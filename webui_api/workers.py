@@ -75,6 +75,44 @@ class RemoteCall:
     def steps(self) -> int:
         return sum(job.sampling.steps for job in self.jobs)
 
+    @property
+    def members(self) -> int:
+        """Requests whose jobs this call carries, each with its own cancel token."""
+        return len(self.jobs)
+
+    @property
+    def progress_plan(self) -> tuple[int, str, int]:
+        """(job count, job timestamp, preview every n steps) for the replica's /progress."""
+        job = self.jobs[0]
+        return job.n_iter, job.job_timestamp, job.preview_every_n_steps
+
+
+@dataclass(frozen=True)
+class RemoteExtras:
+    """An extras request (upscale, face restoration) as data for a worker replica, which owns
+    the device: the decoded images, the request's parameters (postprocess.extras.ExtrasParams)
+    and the options the upscaler catalog reads. The replica builds its own catalog and face
+    restorers from its settings (the same models folders) and keeps their models loaded."""
+
+    images: tuple[Any, ...]  # PIL images
+    params: Any
+    options: dict[str, Any]
+    job_timestamp: str
+    kind: str = "extras"
+
+    @property
+    def model_key(self) -> str:
+        """No checkpoint is needed: any replica may take it (Serve's multiplexing is not asked)."""
+        return ""
+
+    @property
+    def members(self) -> int:
+        return 1
+
+    @property
+    def progress_plan(self) -> tuple[int, str, int]:
+        return len(self.images), self.job_timestamp, 0
+
 
 @dataclass(frozen=True)
 class RayOptions:
@@ -99,6 +137,18 @@ class RayOptions:
         if self.min_workers is not None and not 0 <= self.min_workers <= self.max_workers:  # type: ignore[operator]
             raise ValueError(f"need 0 <= --ray-min-workers <= --ray-max-workers, got {self.min_workers}, "
                              f"{self.max_workers}")
+        if self.ingress_replicas < 1:
+            raise ValueError(f"--ray-ingress-replicas must be >= 1, got {self.ingress_replicas}")
+
+    def check_task_store(self, redis_url: str | None) -> None:
+        """Several ingress replicas must share one task store (Redis): each keeps its own
+        SQLite store otherwise, so a task accepted by one would be unknown to the others, and
+        a task could run twice or never after an ingress dies."""
+        if self.ingress_replicas > 1 and not redis_url:
+            raise ValueError(
+                f"--ray-ingress-replicas {self.ingress_replicas} needs --redis-url: the ingress replicas share their "
+                "async tasks through Redis (a task accepted by one replica is read and run through any other)"
+            )
 
     @property
     def autoscaling(self) -> bool:
@@ -151,12 +201,17 @@ def checkpoint_name(engine: Any, title: str | None) -> str | None:
 
 
 class AnyCancel(CancelToken):
-    """The cancel flags of a batch run as one remote call: set when any member's is (A1111's
-    state treats a running batch as one job, so an interrupt of one stops the batch)."""
+    """The cancel flags of a cross-request batch run as one remote call: `interrupted` when any
+    member's is. The lane forwards each member's flags on its own (`member_tokens`), so the
+    replica stops only that member's rows, as the local batched path does (engine.batched)."""
 
     def __init__(self, tokens: Sequence[CancelToken]) -> None:
         super().__init__()
         self._tokens = tuple(tokens)
+
+    @property
+    def members(self) -> tuple[CancelToken, ...]:
+        return self._tokens
 
     def interrupt(self) -> None:
         for token in self._tokens:
@@ -165,6 +220,10 @@ class AnyCancel(CancelToken):
     def skip(self) -> None:
         for token in self._tokens:
             token.skip()
+
+    def clear_skip(self) -> None:
+        for token in self._tokens:
+            token.clear_skip()
 
     @property
     def interrupted(self) -> bool:
@@ -175,18 +234,31 @@ class AnyCancel(CancelToken):
         return any(token.skipped for token in self._tokens)
 
 
-def run_call(engine: Any, progress: Any, call: RemoteCall, cancel: CancelToken) -> Any:
+def member_tokens(cancel: CancelToken) -> tuple[CancelToken, ...]:
+    """The per-member tokens of a batch item's AnyCancel, or the item's one token."""
+    return cancel.members if isinstance(cancel, AnyCancel) else (cancel,)
+
+
+def run_call(
+    engine: Any, progress: Any, call: RemoteCall | RemoteExtras, cancels: Sequence[CancelToken], settings: Any = None,
+    postprocess_models: Any = None,
+) -> Any:
     """What a replica does with a RemoteCall: the engine calls the local items make
     (webui_api.generation.work), with the same return shape: a JobResult, or a list of them for
-    a batch. The jobs name their checkpoint by file name here (see `RemoteCall.model_title`)."""
+    a batch. The jobs name their checkpoint by file name here (see `RemoteCall.model_title`).
+    A RemoteExtras runs the extras pipeline the route would run, on this replica's device."""
+    if len(cancels) != call.members:
+        raise ValueError(f"a {call.kind} call needs {call.members} cancel token(s), got {len(cancels)}")
+    if isinstance(call, RemoteExtras):
+        return run_extras_call(call, settings, postprocess_models, progress, cancels[0])
     jobs = [_by_file_name(job, call.checkpoint) for job in call.jobs]
     if call.kind == "txt2img" and call.unet_rows is None:
-        return engine.txt2img(jobs[0], progress, cancel)
+        return engine.txt2img(jobs[0], progress, cancels[0])
     if call.kind in ("txt2img", "txt2img_batch"):
-        results = engine.txt2img_batch(jobs, progress, [cancel] * len(jobs), unet_rows=call.unet_rows)
+        results = engine.txt2img_batch(jobs, progress, list(cancels), unet_rows=call.unet_rows)
         return results[0] if call.kind == "txt2img" else results
     if call.kind == "img2img":
-        return engine.img2img(jobs[0], progress, cancel)
+        return engine.img2img(jobs[0], progress, cancels[0])
     raise ValueError(f"unknown remote call kind {call.kind!r}")
 
 
@@ -194,3 +266,15 @@ def _by_file_name(job: GenerationJob, checkpoint: str | None) -> GenerationJob:
     import dataclasses
 
     return job if checkpoint is None else dataclasses.replace(job, model_title=checkpoint)
+
+
+def run_extras_call(call: RemoteExtras, settings: Any, models: Any, progress: Any, cancel: CancelToken) -> Any:
+    """The extras route's work on a replica: an ExtrasResult, /progress counting finished images."""
+    from .postprocess.extras import run_extras
+    from .postprocess.face_restore.restorers import FaceRestorers
+    from .postprocess.upscale import UpscalerCatalog
+
+    catalog = UpscalerCatalog.from_settings(settings, models, call.options)
+    faces = FaceRestorers.from_settings(settings, models)
+    return run_extras(list(call.images), call.params, catalog, lambda: cancel.interrupted,
+                      lambda index, _total: progress.batch_finished(index), faces)

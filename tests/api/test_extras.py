@@ -163,3 +163,58 @@ def test_tile_options_reach_the_model(make_client, tmp_path):
     assert outputs[0].shape == (64, 80, 3)
     assert np.abs(outputs[0].astype(int) - outputs[1].astype(int)).max() <= 1
     assert np.abs(outputs[0].astype(int) - outputs[2].astype(int)).max() > 1  # seams without context
+
+
+class PicklingWorker:
+    """A worker replica in-process: an item's remote form crosses a pickle round trip and runs
+    through workers.run_call with the replica's own model cache, as on a Ray worker replica."""
+
+    name = "replica"
+
+    def __init__(self, settings) -> None:
+        from webui_api.postprocess.face_restore.cache import PostprocessModels
+
+        self.settings = settings
+        self.models = PostprocessModels()
+        self.remote_runs = 0
+
+    def execute(self, item, progress):
+        import pickle
+
+        from webui_api.workers import run_call
+
+        if item.remote is None:
+            return item.run(item.cancel)
+        self.remote_runs += 1
+        call = pickle.loads(pickle.dumps(item.remote))
+        return run_call(None, progress, call, [item.cancel], self.settings, self.models)
+
+    def close(self) -> None:
+        pass
+
+
+def test_extras_run_on_a_remote_worker_like_on_the_local_one(engine, make_client, tmp_path):
+    """--ray: extras go to a worker replica (the device's owner) as a RemoteExtras; the answer is
+    the local one, and the replica keeps its upscaler model loaded."""
+    from fastapi.testclient import TestClient
+
+    from tests.factories import settings_for_tests
+    from webui_api.app import create_app
+
+    write_esrgan(tmp_path / "models" / "ESRGAN" / "2x-Tiny.safetensors", scale=2)
+    images = [{"data": _b64(_noise(16, 16), "a cat\nSteps: 3"), "name": "a.png"},
+              {"data": _b64(_noise(24, 8)), "name": "b.png"}]
+    payload = {"imageList": images, "upscaler_1": "2x-Tiny", "upscaler_2": "Lanczos",
+               "extras_upscaler_2_visibility": 0.5}
+    local = make_client().post("/sdapi/v1/extra-batch-images", json=payload)
+    settings = settings_for_tests(tmp_path)
+    worker = PicklingWorker(settings)
+    with TestClient(create_app(settings, engine=engine, workers=[worker])) as client:
+        remote = client.post("/sdapi/v1/extra-batch-images", json=payload)
+        again = client.post("/sdapi/v1/extra-single-image", json={"image": images[1]["data"], "upscaler_1": "2x-Tiny"})
+    assert local.status_code == remote.status_code == again.status_code == 200, remote.text
+    assert worker.remote_runs == 2 and worker.models.loads == 1
+    assert remote.json()["html_info"] == local.json()["html_info"]
+    for ours, theirs in zip(remote.json()["images"], local.json()["images"], strict=True):
+        assert np.array_equal(np.asarray(_open(ours)), np.asarray(_open(theirs)))
+        assert _open(ours).info == _open(theirs).info

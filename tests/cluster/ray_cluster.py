@@ -51,7 +51,7 @@ def ray_env(home: Path) -> Iterator[str]:
 
 @contextmanager
 def serve_cluster(
-    data_dir: Path, home: Path, workers: int = 2, **settings_overrides: Any
+    data_dir: Path, home: Path, workers: int = 2, ingress_replicas: int = 1, **settings_overrides: Any
 ) -> Iterator[tuple[str, Settings]]:
     """Start Ray (local, CPU), run the webui-api application, yield (base URL, settings)."""
     import ray
@@ -60,11 +60,12 @@ def serve_cluster(
     from webui_api.cluster.launch import run_application, start_ray
 
     port = free_port()
-    options = RayOptions(workers=workers, gpus_per_worker=0.0, cpus_per_worker=1.0, cpus_per_ingress=0.5)
+    options = RayOptions(workers=workers, gpus_per_worker=0.0, cpus_per_worker=1.0, cpus_per_ingress=0.5,
+                         ingress_replicas=ingress_replicas)
     settings = settings_for_tests(data_dir, device="cpu", dtype="float32", host="127.0.0.1", port=port, ray=options,
                                   **settings_overrides)
     with ray_env(home) as temp_dir:
-        start_ray(settings, num_cpus=workers + 2, include_dashboard=False, _temp_dir=temp_dir,
+        start_ray(settings, num_cpus=workers + 1 + ingress_replicas, include_dashboard=False, _temp_dir=temp_dir,
                   runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
                                             "TOKENIZERS_PARALLELISM": "false", "RAY_worker_niceness": "0",
                                             "PYTHONPATH": str(REPO_ROOT)}},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,13 +28,13 @@ TIMEOUT = 120.0
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def cluster(tmp_path_factory: pytest.TempPathFactory, ray_home: Path) -> Any:
     root = tmp_path_factory.mktemp("ray")
     sd = root / "data" / "models" / "Stable-diffusion"
     sd.mkdir(parents=True)
     write_checkpoint(sd / "alpha.safetensors", build_networks("sd1", seed=1))
     write_checkpoint(sd / "beta.safetensors", build_networks("sd1", seed=2))
-    with serve_cluster(root / "data", root / "home", workers=2) as (base, _settings):
+    with serve_cluster(root / "data", ray_home, workers=2) as (base, _settings):
         yield base
 
 
@@ -185,6 +186,24 @@ def test_an_ingress_restart_keeps_queued_tasks(cluster: str) -> None:
         wait_for(
             lambda task_id=task_id: task_status(cluster, task_id) == "done", what=f"task {task_id} after the restart"
         )
+
+
+def test_extras_run_on_a_worker_replica(cluster: str) -> None:
+    """The device's owner upscales: the extras job shows on the board (no checkpoint key)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (24, 16), (200, 40, 10)).save(buffer, "PNG")
+    before = len(finished_jobs())
+    response = httpx.post(f"{cluster}/sdapi/v1/extra-single-image", timeout=TIMEOUT, json={
+        "image": base64.b64encode(buffer.getvalue()).decode(), "upscaler_1": "Lanczos", "upscaling_resize": 2})
+    assert response.status_code == 200, response.text
+    assert Image.open(io.BytesIO(base64.b64decode(response.json()["image"]))).size == (48, 32)
+    (job,) = new_jobs(before)
+    assert job["model_key"] == "" and not job["interrupted"]
 
 
 def test_progress_shows_a_remote_job(cluster: str) -> None:

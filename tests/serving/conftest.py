@@ -2,62 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import time
-
 import pytest
 
 from tests.factories import settings_for_tests
-
-REDIS_MISSING = "redis-server is not installed here (CI installs the Debian package redis-server in .ci/run)"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for_ping(url: str, timeout: float = 10.0) -> None:
-    import redis
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            redis.Redis.from_url(url).ping()
-            return
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+from tests.redis_server import REDIS_MISSING, redis_available, running_redis_server
 
 
 @pytest.fixture(scope="session")
 def redis_server_url():
     """REDIS_URL when CI exported one (its own redis-server), else a private redis-server on a
     free port for this session; skipped only when no redis-server binary exists."""
-    if os.environ.get("REDIS_URL"):
-        _wait_for_ping(os.environ["REDIS_URL"])
-        yield os.environ["REDIS_URL"]
-        return
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if not redis_available():
         pytest.skip(REDIS_MISSING)
-    port = _free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        _wait_for_ping(url)
+    with running_redis_server() as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 @pytest.fixture()

@@ -1,7 +1,9 @@
 """The job board: where the ingress and the worker replicas meet about running jobs.
 
 A replica registers every job it starts (job id -> replica), pushes the job's progress snapshot
-and reads the job's interrupt/skip flags, a few times a second, in one round trip (`sync`). The
+and reads the job's interrupt/skip flags, a few times a second, in one round trip (`sync`).
+Flags are per member: a remote call that carries a cross-request batch holds several requests'
+jobs (member 0, 1, ...), and one request's interrupt stops only its own rows, as locally. The
 ingress lane running that job sets the flags (`request`) and reads the snapshot (`progress`), so
 an interrupt reaches the replica that runs the job, and no other. `JobBoard` is plain Python
 (tested without Ray); `board_handle()` wraps it as one named, detached Ray actor per cluster
@@ -28,7 +30,7 @@ class BoardEntry:
     actor_name: str
     model_key: str
     started: float = field(default_factory=time.time)
-    flags: dict[str, bool] = field(default_factory=lambda: {"interrupt": False, "skip": False})
+    flags: dict[str, set[int]] = field(default_factory=lambda: {"interrupt": set(), "skip": set()})  # members
     progress: dict[str, Any] | None = None
 
 
@@ -37,25 +39,27 @@ class JobBoard:
 
     def __init__(self) -> None:
         self._running: dict[str, BoardEntry] = {}
-        self._pending_flags: dict[str, dict[str, bool]] = {}  # flags set before the replica registered
+        self._pending_flags: dict[str, dict[str, set[int]]] = {}  # flags set before the replica registered
         self._finished: deque[dict[str, Any]] = deque(maxlen=HISTORY)
 
     # replica side ----------------------------------------------------------------------
 
     def register(self, job_id: str, replica: str, actor_name: str, model_key: str) -> None:
         entry = BoardEntry(replica, actor_name, model_key)
-        entry.flags.update(self._pending_flags.pop(job_id, {}))
+        for flag, members in self._pending_flags.pop(job_id, {}).items():
+            entry.flags[flag] |= members
         self._running[job_id] = entry
 
-    def sync(self, job_id: str, progress: dict[str, Any] | None) -> dict[str, bool]:
-        """The replica's heartbeat for a job: store its progress, answer its flags."""
+    def sync(self, job_id: str, progress: dict[str, Any] | None) -> dict[str, list[int]]:
+        """The replica's heartbeat for a job: store its progress, answer which members are to
+        stop ("interrupt") or skip their current batch ("skip")."""
         entry = self._running.get(job_id)
         if entry is None:
-            return {"interrupt": False, "skip": False}
+            return {"interrupt": [], "skip": []}
         if progress is not None:
             entry.progress = progress
-        flags = dict(entry.flags)
-        entry.flags["skip"] = False  # a skip ends the batch it hit (the token keeps it until then)
+        flags = {flag: sorted(members) for flag, members in entry.flags.items()}
+        entry.flags["skip"] = set()  # a skip ends the batch it hit (the token keeps it until then)
         return flags
 
     def unregister(self, job_id: str) -> None:
@@ -64,19 +68,19 @@ class JobBoard:
         if entry is not None:
             self._finished.append({"job_id": job_id, "replica": entry.replica, "model_key": entry.model_key,
                                    "started": entry.started, "ended": time.time(),
-                                   "interrupted": entry.flags["interrupt"]})
+                                   "interrupted": bool(entry.flags["interrupt"])})
 
     # ingress side ----------------------------------------------------------------------
 
-    def request(self, job_id: str, flag: str) -> bool:
-        """Set "interrupt" or "skip" for a job; True when its replica is known already."""
+    def request(self, job_id: str, flag: str, member: int = 0) -> bool:
+        """Set "interrupt" or "skip" for one member of a job; True when its replica is known already."""
         if flag not in ("interrupt", "skip"):
             raise ValueError(f"unknown flag {flag!r}")
         entry = self._running.get(job_id)
         if entry is None:
-            self._pending_flags.setdefault(job_id, {})[flag] = True
+            self._pending_flags.setdefault(job_id, {}).setdefault(flag, set()).add(member)
             return False
-        entry.flags[flag] = True
+        entry.flags[flag].add(member)
         return True
 
     def progress(self, job_id: str) -> dict[str, Any] | None:

@@ -22,9 +22,10 @@ from typing import Any
 import ray
 from ray import serve
 
+from ..postprocess.face_restore.cache import PostprocessModels
 from ..progress import CancelToken, ProgressTracker
 from ..settings import Settings
-from ..workers import RayOptions, RemoteCall, run_call
+from ..workers import AnyCancel, RayOptions, RemoteCall, RemoteExtras, run_call
 from .board import board_handle
 from .lanes import WATCH_INTERVAL, WORKER_DEPLOYMENT
 
@@ -48,12 +49,15 @@ class WorkerReplica:
         self._settings = settings
         self._engine: Any = None
         self._engine_lock = threading.Lock()
+        self._postprocess_models = PostprocessModels()  # upscalers and face restorers of extras calls, kept loaded
         # the replica has no options store: previews in A1111's default live format, PNG
         self._progress = ProgressTracker(encode_preview=preview_encoder(lambda: "png"))
         self._board = board_handle()
         self._replica = serve.get_replica_context().replica_tag
         self._actor_name = ray.get_runtime_context().get_actor_name() or ""
-        self._engine_ready()  # torch and the checkpoint catalog now: a replica is ready when Serve says so
+        engine = self._engine_ready()  # torch and the checkpoint catalog now: a replica is ready when Serve says so
+        if not settings.skip_load_model_at_start:
+            load_startup_model(engine)
 
     def _engine_ready(self) -> Any:
         with self._engine_lock:
@@ -70,34 +74,50 @@ class WorkerReplica:
         log.info("replica %s holds %s", self._replica, model_key)
         return model_key
 
-    async def run(self, call: RemoteCall, job_id: str) -> Any:
-        await self.hold(serve.get_multiplexed_model_id())
-        return await asyncio.to_thread(self._run_sync, call, job_id)
-
-    def _run_sync(self, call: RemoteCall, job_id: str) -> Any:
-        cancel = CancelToken()
-        job = call.jobs[0]
-        ray.get(self._board.register.remote(job_id, self._replica, self._actor_name, call.model_key))
-        self._progress.begin("remote", job.n_iter, job.job_timestamp, cancel, job.preview_every_n_steps)
+    async def run(self, call: RemoteCall | RemoteExtras, job_id: str) -> Any:
+        """The job is on the board (and in this replica's /progress) from the moment it arrives,
+        model load included, so an interrupt or skip reaches it while its checkpoint loads too
+        (A1111's state.begin also comes before its override checkpoint loads)."""
+        cancels = [CancelToken() for _ in range(call.members)]  # one per request in a batch call
+        job_count, job_timestamp, preview_every = call.progress_plan
+        await self._board.register.remote(job_id, self._replica, self._actor_name, call.model_key)
+        self._progress.begin("remote", job_count, job_timestamp, AnyCancel(cancels), preview_every)
         stop = threading.Event()
-        heartbeat = threading.Thread(target=self._heartbeat, args=(job_id, cancel, stop), daemon=True)
+        heartbeat = threading.Thread(target=self._heartbeat, args=(job_id, cancels, stop), daemon=True)
         heartbeat.start()
         try:
-            return run_call(self._engine_ready(), self._progress, call, cancel)
+            if call.model_key:  # extras need no checkpoint
+                await self.hold(serve.get_multiplexed_model_id())
+            return await asyncio.to_thread(run_call, self._engine_ready(), self._progress, call, cancels,
+                                           self._settings, self._postprocess_models)
         finally:
             stop.set()
-            heartbeat.join()
+            await asyncio.to_thread(heartbeat.join)
             self._progress.end()
             self._board.unregister.remote(job_id)
 
-    def _heartbeat(self, job_id: str, cancel: CancelToken, stop: threading.Event) -> None:
-        """Push progress, pull interrupt/skip, every WATCH_INTERVAL until the job ends."""
+    def _heartbeat(self, job_id: str, cancels: list[CancelToken], stop: threading.Event) -> None:
+        """Push progress, pull each member's interrupt/skip, every WATCH_INTERVAL until the job ends."""
         while not stop.wait(WATCH_INTERVAL):
             flags = ray.get(self._board.sync.remote(job_id, self._progress.snapshot()))
-            if flags.get("interrupt"):
-                cancel.interrupt()
-            if flags.get("skip"):
-                cancel.skip()
+            for member in flags.get("interrupt", ()):
+                if member < len(cancels):
+                    cancels[member].interrupt()
+            for member in flags.get("skip", ()):
+                if member < len(cancels):
+                    cancels[member].skip()
+
+
+def load_startup_model(engine: Any) -> None:
+    """The default checkpoint, loaded while the replica starts (as the single-process server
+    loads it at start, and A1111 does), so a fresh or scaled-up replica's first job does not pay
+    for the load. A checkpoint that fails to load is logged; jobs then load on demand."""
+    from ..errors import ApiError
+
+    try:
+        engine.load(None)
+    except (ApiError, OSError) as exc:
+        log.warning("worker replica: the default checkpoint did not load at start (%s); loading on first use", exc)
 
 
 def worker_deployment(options: RayOptions) -> Any:
@@ -132,7 +152,8 @@ class IngressApp:
         from .lanes import ray_workers
 
         options = self._settings.ray
-        return create_app(self._settings, workers=ray_workers(options.lanes, self._workers))
+        replica = serve.get_replica_context().replica_tag
+        return create_app(self._settings, workers=ray_workers(options.lanes, self._workers), replica=replica)
 
 
 def ingress_deployment(options: RayOptions) -> Any:
@@ -148,5 +169,6 @@ def build_application(settings: Settings) -> Any:
     options = settings.ray
     if options is None:
         raise ValueError("build_application needs settings.ray (the --ray options)")
+    options.check_task_store(settings.redis_url)
     workers = worker_deployment(options).bind(settings)
     return ingress_deployment(options).bind(dataclasses.replace(settings, device="cpu"), workers)

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..progress import ProgressTracker
 from ..scheduler import WorkItem
-from ..workers import LocalWorker, WorkerLost
+from ..workers import LocalWorker, WorkerLost, member_tokens
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,7 @@ class _Mirrored:
 
     job_no: int = 0
     step: int = -1
-    interrupt_sent: bool = False
-    skip_sent: bool = False
+    interrupts_sent: set[int] = field(default_factory=set)  # members whose interrupt the board has
 
 
 class RayWorker:
@@ -67,15 +66,18 @@ class RayWorker:
                 raise _cause(exc) from None
 
     def _watch(self, job_id: str, item: WorkItem, progress: ProgressTracker, seen: _Mirrored) -> None:
-        """Forward newly set flags to the board; mirror the replica's latest progress."""
+        """Forward newly set flags to the board, per member of a batch call; mirror the replica's
+        latest progress. A forwarded skip is cleared here (the replica's engine clears its own at
+        the next batch), so each later /skip reaches the replica too, as each skips one batch in A1111."""
         import ray
 
-        if item.cancel.interrupted and not seen.interrupt_sent:
-            self._board.request.remote(job_id, "interrupt")
-            seen.interrupt_sent = True
-        if item.cancel.skipped and not seen.skip_sent:
-            self._board.request.remote(job_id, "skip")
-            seen.skip_sent = True
+        for member, token in enumerate(member_tokens(item.cancel)):
+            if token.interrupted and member not in seen.interrupts_sent:
+                self._board.request.remote(job_id, "interrupt", member)
+                seen.interrupts_sent.add(member)
+            if token.skipped:
+                self._board.request.remote(job_id, "skip", member)
+                token.clear_skip()
         if item.progress is None:
             return
         snapshot = ray.get(self._board.progress.remote(job_id))

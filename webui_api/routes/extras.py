@@ -23,6 +23,7 @@ from ..runtime import Runtime
 from ..scheduler import PRIORITY_NORMAL, ProgressSpec, WorkItem
 from ..schemas.edge import EdgeModel
 from ..weights.runtime import extras_weights, prefetch
+from ..workers import RemoteExtras
 from . import api_router, get_runtime
 
 router = api_router()
@@ -74,14 +75,18 @@ def _params(request: ExtrasRequest, options: dict[str, Any]) -> ExtrasParams:
 
 
 def _extras_item(runtime: Runtime, images: list[Any], params: ExtrasParams, catalog: UpscalerCatalog,
-                 faces: FaceRestorers) -> WorkItem:
+                 faces: FaceRestorers, options: dict[str, Any]) -> WorkItem:
+    """Runs here on the local worker; under --ray its RemoteExtras runs on a worker replica
+    (the device's owner), which builds the same catalog from the same options."""
     def run(cancel) -> ExtrasResult:
         def done(index: int, _total: int) -> None:
             runtime.progress.batch_finished(index)  # /progress job_no counts finished images
 
         return run_extras(images, params, catalog, lambda: cancel.interrupted, done, faces)
 
-    return WorkItem(run=run, label="extras", progress=ProgressSpec("extras", len(images), job_timestamp(), 0))
+    timestamp = job_timestamp()
+    return WorkItem(run=run, label="extras", progress=ProgressSpec("extras", len(images), timestamp, 0),
+                    remote=RemoteExtras(tuple(images), params, dict(options), timestamp))
 
 
 async def _run(runtime: Runtime, request: ExtrasRequest, encoded: list[str],
@@ -98,7 +103,7 @@ async def _run(runtime: Runtime, request: ExtrasRequest, encoded: list[str],
     images = await run_in_threadpool(lambda: [decode_image_base64(text) for text in encoded])
     for image in images:
         check_output_size(image, params)
-    result = await runtime.scheduler.run(_extras_item(runtime, images, params, catalog, faces), priority)
+    result = await runtime.scheduler.run(_extras_item(runtime, images, params, catalog, faces, options), priority)
     if request.save_images:
         await run_in_threadpool(_save_all, runtime, result.images, options, names)
     return await run_in_threadpool(_encode_all, result.images, options), result.html_info
