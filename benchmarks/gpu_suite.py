@@ -3,7 +3,8 @@
 For each model (full-size random-weight SD1.5 and SDXL, written as original-layout checkpoints
 and loaded through the engine; `--smoke`: tiny random SD1 and SDXL checkpoints on the CPU) in one process:
 
-- speed: plain diffusers pipeline (same weights, SDPA) vs this engine eager vs `--compile`, as
+- speed: plain diffusers pipeline (same weights, SDPA) vs this engine eager vs `--compile` (and eager
+  with token merging, `token_merging_ratio` 0.5), as
   s/step at batch 1 (the difference between an N-step and a 1-step request, so fixed costs cancel),
   end-to-end seconds of one request over loopback HTTP, images/s with 8 concurrent clients with
   cross-request batching off and on, peak VRAM per section;
@@ -253,6 +254,18 @@ def engine_speed(server: Server, case: Case) -> dict[str, Any]:
     return per_step(case, lambda steps: server.post("/sdapi/v1/txt2img", payload(case, steps)))
 
 
+TOME_RATIO = 0.5  # token_merging_ratio for the ToMe section (A1111's slider goes to 0.9)
+
+
+def engine_tome(server: Server, case: Case) -> dict[str, Any]:
+    """engine_speed with token merging (override_settings token_merging_ratio). SD1 merges in its
+    full-resolution attention; SDXL has none there (A1111's max_downsample=1), so it should
+    match engine_eager."""
+    extra = {"override_settings": {"token_merging_ratio": TOME_RATIO}}
+    run = per_step(case, lambda steps: server.post("/sdapi/v1/txt2img", payload(case, steps, **extra)))
+    return {**run, "tome_ratio": TOME_RATIO}
+
+
 def concurrent_throughput(server: Server, case: Case) -> dict[str, Any]:
     """`clients` requests at once (different seeds, same shape); images per second."""
     def one(seed: int) -> Any:
@@ -350,6 +363,7 @@ def run_model(report: Report, case: Case, root: Path, device_flags: list[str], c
         report.section(name, "gpu_noise", lambda: gpu_noise(engine, case))
         report.section(name, "diffusers_eager", lambda: diffusers_baseline(engine, case))
         report.section(name, "engine_eager", lambda: engine_speed(plain, case))
+        report.section(name, "engine_tome", lambda: engine_tome(plain, case))
         report.section(name, "samplers", lambda: every_sampler(plain, case))
         report.section(name, "clients_batching_off", lambda: concurrent_throughput(plain, case))
         batching = Server(server_settings(data, device_flags, ["--batch-max-size", str(case.clients)]), engine)
@@ -378,10 +392,13 @@ def speedups(report: Report) -> None:
     """The issue's targets as ratios (per model) where both numbers exist."""
     for sections in report.results.values():
         base = sections.get("diffusers_eager", {}).get("s_per_step")
-        for name in ("engine_eager", "engine_compile"):
+        for name in ("engine_eager", "engine_tome", "engine_compile"):
             ours = sections.get(name, {}).get("s_per_step")
             if base and ours:  # None where the steps vanished in the noise (tiny models)
                 sections[name]["vs_diffusers"] = round(base / ours, 3)
+        eager, tome = (sections.get(name, {}).get("s_per_step") for name in ("engine_eager", "engine_tome"))
+        if eager and tome:
+            sections["engine_tome"]["vs_engine_eager"] = round(eager / tome, 3)
 
 
 def markdown(report: Report) -> str:
@@ -389,7 +406,8 @@ def markdown(report: Report) -> str:
             "|---|---|---|---|---|---|---|---|"]
     for model, sections in report.results.items():
         for name, v in sections.items():
-            notes = {k: v[k] for k in ("bit_identical", "max_abs_pixel_diff", "samplers", "load_and_warm_up_s")
+            notes = {k: v[k] for k in ("bit_identical", "max_abs_pixel_diff", "samplers", "load_and_warm_up_s",
+                                       "tome_ratio", "vs_engine_eager")
                      if k in v}
             rows.append(f"| {model} | {name} | {v.get('it_per_s', '')} | {v.get('request_s', v.get('wall_s', ''))} | "
                         f"{v.get('images_per_s', '')} | {v.get('vs_diffusers', '')} | {v.get('peak_vram_gib', '')} | "

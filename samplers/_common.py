@@ -2,18 +2,24 @@
 
 The samplers reproduce k-diffusion's numerics (as pinned by A1111), so these helpers keep
 upstream's operation order and dtypes: sigmas stay 0-dim float32 tensors, never Python floats.
+
+The loops' *branches* (is the next sigma 0? is this sigma in the churn range?) read the schedule
+from `sigma_levels`, a host copy taken once before the loop: a comparison on a CUDA tensor
+(`if sigmas[i + 1] == 0`) would wait for the GPU to finish every queued step, so the host could
+never run ahead of the device. The float32 values are exact as Python floats.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 Denoiser = Callable[..., torch.Tensor]
-NoiseSampler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+NoiseSampler = Callable[[torch.Tensor | float, torch.Tensor | float], torch.Tensor]  # (sigma, sigma_next) -> noise
 StepCallback = Callable[[dict[str, Any]], None]
 
 MAX_CHURN_GAMMA = 2**0.5 - 1  # Karras et al.: more churn than this would more than double sigma
@@ -72,9 +78,29 @@ def ancestral_step(
     """
     if not eta:
         return sigma_to, 0.0
-    sigma_up = min(sigma_to, eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5)
+    bound = eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
+    # torch.minimum, not min(): min() compares (a host sync on CUDA); the value is the same operand
+    sigma_up = torch.minimum(sigma_to, bound) if isinstance(bound, torch.Tensor) else min(sigma_to, bound)
     sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
     return sigma_down, sigma_up
+
+
+def sigma_levels(sigmas: torch.Tensor) -> list[float]:
+    """The schedule as Python floats for the loops' branches: one device-to-host copy before the
+    loop instead of a sync per step (see the module docstring)."""
+    return sigmas.detach().tolist()
+
+
+def ancestral_reaches_zero(sigma_from: float, sigma_to: float, eta: float) -> bool:
+    """Whether `ancestral_step(sigma_from, sigma_to, eta)` gives sigma_down == 0, decided on the
+    host: the same float32 operations in the same order (numpy's float32 arithmetic rounds as
+    torch's does, and x ** 0.5 is a correctly rounded square root in both)."""
+    if not eta:
+        return sigma_to == 0
+    f, t = np.float32(sigma_from), np.float32(sigma_to)
+    bound = np.float32(eta) * np.sqrt(np.float32(t * t * (f * f - t * t) / (f * f)))
+    up = t if not bound < t else bound
+    return bool(t * t - up * up == 0)
 
 
 def t_of(sigma: torch.Tensor) -> torch.Tensor:
@@ -87,10 +113,11 @@ def sigma_of(t: torch.Tensor) -> torch.Tensor:
     return t.neg().exp()
 
 
-def churn_gamma(sigmas: torch.Tensor, i: int, s_churn: float, s_tmin: float, s_tmax: float) -> float:
-    """Karras "churn": how much to raise sigma_i before the step (0 outside [s_tmin, s_tmax])."""
-    if s_tmin <= sigmas[i] <= s_tmax:
-        return min(s_churn / (len(sigmas) - 1), MAX_CHURN_GAMMA)
+def churn_gamma(levels: Sequence[float], i: int, s_churn: float, s_tmin: float, s_tmax: float) -> float:
+    """Karras "churn": how much to raise sigma_i before the step (0 outside [s_tmin, s_tmax]);
+    `levels` is the schedule on the host (`sigma_levels`)."""
+    if s_tmin <= levels[i] <= s_tmax:
+        return min(s_churn / (len(levels) - 1), MAX_CHURN_GAMMA)
     return 0.0
 
 

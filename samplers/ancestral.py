@@ -16,12 +16,14 @@ from samplers._common import (
     Denoiser,
     NoiseSampler,
     StepCallback,
+    ancestral_reaches_zero,
     ancestral_step,
     as_args,
     check_sigmas,
     denoise,
     report,
     require_noise,
+    sigma_levels,
     sigma_of,
     t_of,
     to_d,
@@ -43,6 +45,7 @@ def sample_euler_ancestral(
 ) -> torch.Tensor:
     """Euler step to sigma_down, then noise of size sigma_up ("Euler a")."""
     check_sigmas(sigmas)
+    levels = sigma_levels(sigmas)
     args, noise = as_args(extra_args), require_noise(noise_sampler, "Euler a")
     for i in range(len(sigmas) - 1):
         denoised = denoise(model, x, sigmas[i], args)
@@ -50,7 +53,7 @@ def sample_euler_ancestral(
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
         d = to_d(x, sigmas[i], denoised)
         x = x + d * (sigma_down - sigmas[i])
-        if sigmas[i + 1] > 0:
+        if levels[i + 1] > 0:
             x = x + noise(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
     return x
 
@@ -69,13 +72,14 @@ def sample_dpm_2_ancestral(
 ) -> torch.Tensor:
     """DPM2 midpoint step to sigma_down, then noise of size sigma_up ("DPM2 a")."""
     check_sigmas(sigmas)
+    levels = sigma_levels(sigmas)
     args, noise = as_args(extra_args), require_noise(noise_sampler, "DPM2 a")
     for i in range(len(sigmas) - 1):
         denoised = denoise(model, x, sigmas[i], args)
         sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta=eta)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
         d = to_d(x, sigmas[i], denoised)
-        if sigma_down == 0:
+        if ancestral_reaches_zero(levels[i], levels[i + 1], eta):
             x = x + d * (sigma_down - sigmas[i])
         else:
             x = log_midpoint_step(model, x, d, sigmas[i], sigma_down, args)
@@ -97,16 +101,17 @@ def sample_dpmpp_2s_ancestral(
 ) -> torch.Tensor:
     """DPM-Solver++(2S) single-step second order to sigma_down, then noise ("DPM++ 2S a")."""
     check_sigmas(sigmas)
+    levels = sigma_levels(sigmas)
     args, noise = as_args(extra_args), require_noise(noise_sampler, "DPM++ 2S a")
     for i in range(len(sigmas) - 1):
         denoised = denoise(model, x, sigmas[i], args)
         sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta=eta)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
-        if sigma_down == 0:
+        if ancestral_reaches_zero(levels[i], levels[i + 1], eta):
             x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
         else:
             x = _dpmpp_2s_step(model, x, denoised, sigmas[i], sigma_down, args)
-        if sigmas[i + 1] > 0:
+        if levels[i + 1] > 0:
             x = x + noise(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
     return x
 

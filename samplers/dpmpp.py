@@ -23,6 +23,7 @@ from samplers._common import (
     denoise,
     report,
     require_noise,
+    sigma_levels,
     sigma_of,
     t_of,
     to_d,
@@ -49,6 +50,7 @@ def sample_dpmpp_2m(
     Deterministic: noise_sampler is accepted for the common signature and never called.
     """
     check_sigmas(sigmas)
+    levels = sigma_levels(sigmas)
     args = as_args(extra_args)
     old_denoised = None
     for i in range(len(sigmas) - 1):
@@ -56,7 +58,7 @@ def sample_dpmpp_2m(
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
         t, t_next = t_of(sigmas[i]), t_of(sigmas[i + 1])
         h = t_next - t
-        if old_denoised is not None and sigmas[i + 1] != 0:
+        if old_denoised is not None and levels[i + 1] != 0:
             r = (t - t_of(sigmas[i - 1])) / h
             denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
         else:
@@ -81,11 +83,12 @@ def sample_dpmpp_sde(
 ) -> torch.Tensor:
     """DPM-Solver++ (stochastic, "DPM++ SDE"): two ancestral half-steps per step; Euler into sigma = 0."""
     check_sigmas(sigmas)
+    levels = sigma_levels(sigmas)
     args, noise = as_args(extra_args), require_noise(noise_sampler, "DPM++ SDE")
     for i in range(len(sigmas) - 1):
         denoised = denoise(model, x, sigmas[i], args)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
-        if sigmas[i + 1] == 0:
+        if levels[i + 1] == 0:
             x = x + to_d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
         else:
             x = _dpmpp_sde_step(model, x, denoised, sigmas[i], sigmas[i + 1], args, noise, (eta, s_noise, r))
@@ -134,18 +137,19 @@ def sample_dpmpp_2m_sde(
     if solver_type not in SOLVER_TYPES:
         raise ValueError(f"solver_type must be one of {SOLVER_TYPES}, got {solver_type!r}")
     check_sigmas(sigmas)
+    levels = sigma_levels(sigmas)
     args, noise = as_args(extra_args), require_noise(noise_sampler, "DPM++ 2M SDE")
     old_denoised, h_last, h = None, None, None
     for i in range(len(sigmas) - 1):
         denoised = denoise(model, x, sigmas[i], args)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
-        if sigmas[i + 1] == 0:
+        if levels[i + 1] == 0:
             x = denoised
         else:
             h = t_of(sigmas[i + 1]) - t_of(sigmas[i])
             x = _sde_2m_update(x, denoised, old_denoised, sigmas[i], sigmas[i + 1], h, h_last, eta, solver_type)
             if eta:
-                x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * _sde_noise_factor(-2 * (eta * h)) * s_noise
+                x = x + noise(levels[i], levels[i + 1]) * sigmas[i + 1] * _sde_noise_factor(-2 * (eta * h)) * s_noise
         old_denoised, h_last = denoised, h
     return x
 
@@ -189,19 +193,20 @@ def sample_dpmpp_3m_sde(
 ) -> torch.Tensor:
     """DPM-Solver++(3M) SDE: third order from two previous denoised values. Last step returns denoised."""
     check_sigmas(sigmas)
+    levels = sigma_levels(sigmas)
     args, noise = as_args(extra_args), require_noise(noise_sampler, "DPM++ 3M SDE")
     history: _History3M = (None, None, None, None)  # denoised_1, denoised_2, h_1, h_2
     h = None
     for i in range(len(sigmas) - 1):
         denoised = denoise(model, x, sigmas[i], args)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
-        if sigmas[i + 1] == 0:
+        if levels[i + 1] == 0:
             x = denoised
         else:
             h = t_of(sigmas[i + 1]) - t_of(sigmas[i])
             x = _sde_3m_update(x, denoised, history, h, eta)
             if eta:
-                x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * _sde_noise_factor(-2 * h * eta) * s_noise
+                x = x + noise(levels[i], levels[i + 1]) * sigmas[i + 1] * _sde_noise_factor(-2 * h * eta) * s_noise
         history = (denoised, history[0], h, history[2])
     return x
 

@@ -24,6 +24,7 @@ from samplers._common import (
     denoise,
     report,
     require_noise,
+    sigma_levels,
     to_d,
 )
 
@@ -31,13 +32,14 @@ from samplers._common import (
 def _churn(
     x: torch.Tensor,
     sigmas: torch.Tensor,
+    levels: list[float],
     i: int,
     noise_sampler: NoiseSampler,
     churn: tuple[float, float, float, float],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw this step's noise (always) and raise sigma_i to sigma_hat by adding it (if gamma > 0)."""
     s_churn, s_tmin, s_tmax, s_noise = churn
-    gamma = churn_gamma(sigmas, i, s_churn, s_tmin, s_tmax)
+    gamma = churn_gamma(levels, i, s_churn, s_tmin, s_tmax)
     eps = noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise
     sigma_hat = sigmas[i] * (gamma + 1)
     if gamma > 0:
@@ -61,10 +63,11 @@ def sample_euler(
 ) -> torch.Tensor:
     """Euler steps on the probability-flow ODE (Karras et al. 2022, Algorithm 2 with churn)."""
     check_sigmas(sigmas)
+    levels = sigma_levels(sigmas)
     args, noise = as_args(extra_args), require_noise(noise_sampler, "Euler")
     churn = (s_churn, s_tmin, s_tmax, s_noise)
     for i in range(len(sigmas) - 1):
-        x, sigma_hat = _churn(x, sigmas, i, noise, churn)
+        x, sigma_hat = _churn(x, sigmas, levels, i, noise, churn)
         denoised = denoise(model, x, sigma_hat, args)
         d = to_d(x, sigma_hat, denoised)
         report(callback, x, i, sigmas[i], sigma_hat, denoised)
@@ -88,15 +91,16 @@ def sample_heun(
 ) -> torch.Tensor:
     """Heun's second-order method (Karras et al. 2022); an Euler step into sigma = 0."""
     check_sigmas(sigmas)
+    levels = sigma_levels(sigmas)
     args, noise = as_args(extra_args), require_noise(noise_sampler, "Heun")
     churn = (s_churn, s_tmin, s_tmax, s_noise)
     for i in range(len(sigmas) - 1):
-        x, sigma_hat = _churn(x, sigmas, i, noise, churn)
+        x, sigma_hat = _churn(x, sigmas, levels, i, noise, churn)
         denoised = denoise(model, x, sigma_hat, args)
         d = to_d(x, sigma_hat, denoised)
         report(callback, x, i, sigmas[i], sigma_hat, denoised)
         dt = sigmas[i + 1] - sigma_hat
-        if sigmas[i + 1] == 0:
+        if levels[i + 1] == 0:
             x = x + d * dt
         else:
             x = _heun_correct(model, x, d, dt, sigmas[i + 1], args)
@@ -128,14 +132,15 @@ def sample_dpm_2(
 ) -> torch.Tensor:
     """DPM-Solver-2-style midpoint steps (midpoint in log sigma); an Euler step into sigma = 0."""
     check_sigmas(sigmas)
+    levels = sigma_levels(sigmas)
     args, noise = as_args(extra_args), require_noise(noise_sampler, "DPM2")
     churn = (s_churn, s_tmin, s_tmax, s_noise)
     for i in range(len(sigmas) - 1):
-        x, sigma_hat = _churn(x, sigmas, i, noise, churn)
+        x, sigma_hat = _churn(x, sigmas, levels, i, noise, churn)
         denoised = denoise(model, x, sigma_hat, args)
         d = to_d(x, sigma_hat, denoised)
         report(callback, x, i, sigmas[i], sigma_hat, denoised)
-        if sigmas[i + 1] == 0:
+        if levels[i + 1] == 0:
             x = x + d * (sigmas[i + 1] - sigma_hat)
         else:
             x = log_midpoint_step(model, x, d, sigma_hat, sigmas[i + 1], args)

@@ -23,6 +23,7 @@ from samplers._common import (
     denoise,
     report,
     require_noise,
+    sigma_levels,
 )
 
 ORIGINAL_STEPS = 50  # LCM's distillation timesteps
@@ -81,11 +82,12 @@ def sample_lcm(
 ) -> torch.Tensor:
     """Each step jumps to the model's x0 and, unless it is the last, re-noises to sigma_{i+1}."""
     check_sigmas(sigmas)
+    levels = sigma_levels(sigmas)
     args, noise = as_args(extra_args), require_noise(noise_sampler, "LCM")
     for i in range(len(sigmas) - 1):
         denoised = denoise(model, x, sigmas[i], args)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
         x = denoised
-        if sigmas[i + 1] > 0:
+        if levels[i + 1] > 0:
             x = x + sigmas[i + 1] * noise(sigmas[i], sigmas[i + 1])
     return x

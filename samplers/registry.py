@@ -31,6 +31,7 @@ from samplers import (
     ancestral,
     dpm_solver,
     dpmpp,
+    flow,
     kdiffusion,
     lcm,
     restart,
@@ -235,6 +236,45 @@ SAMPLERS: tuple[SamplerInfo, ...] = (
     _sampler("UniPC", ("unipc",), {}, unipc.sample_unipc, (), None, KIND_TIMESTEPS, takes_unipc_options=True),
     _sampler("LCM", ("k_lcm",), {}, lcm.sample_lcm, (), None, KIND_LCM),
 )
+
+@dataclass(frozen=True)
+class FlowForm:
+    """How a sampler runs on a rectified-flow model (Flux, SD3)."""
+
+    function: SamplerFunction
+    # works in the half log-SNR, infinite at sigma = 1: walk flow.first_sigma_below_one(schedule)
+    needs_sigma_below_one: bool = False
+
+
+# The samplers that run correctly on flow models. The deterministic ones only see the x0 estimate
+# and run unchanged; the ancestral and SDE ones in their flow forms (samplers.flow, as ComfyUI's
+# k-diffusion switches to them). The rest (DPM fast / adaptive, Restart, the timestep samplers,
+# LCM) add noise or read a noise schedule the variance-exploding way and have none here.
+FLOW_FORMS: Mapping[str, FlowForm] = MappingProxyType({
+    "DPM++ 2M": FlowForm(dpmpp.sample_dpmpp_2m),
+    "DPM++ SDE": FlowForm(flow.sample_dpmpp_sde_rf, needs_sigma_below_one=True),
+    "DPM++ 2M SDE": FlowForm(flow.sample_dpmpp_2m_sde_rf, needs_sigma_below_one=True),
+    "DPM++ 2M SDE Heun": FlowForm(flow.sample_dpmpp_2m_sde_rf, needs_sigma_below_one=True),
+    "DPM++ 2S a": FlowForm(flow.sample_dpmpp_2s_ancestral_rf),
+    "DPM++ 3M SDE": FlowForm(flow.sample_dpmpp_3m_sde_rf, needs_sigma_below_one=True),
+    "Euler a": FlowForm(flow.sample_euler_ancestral_rf),
+    "Euler": FlowForm(kdiffusion.sample_euler),
+    "LMS": FlowForm(kdiffusion.sample_lms),
+    "Heun": FlowForm(kdiffusion.sample_heun),
+    "DPM2": FlowForm(kdiffusion.sample_dpm_2),
+    "DPM2 a": FlowForm(flow.sample_dpm_2_ancestral_rf),
+})
+
+
+def flow_form(sampler: SamplerInfo) -> FlowForm | None:
+    """How `sampler` runs on a rectified-flow model; None where it cannot."""
+    return FLOW_FORMS.get(sampler.name)
+
+
+def flow_sampler_names() -> tuple[str, ...]:
+    """The samplers that run on flow models, in A1111's order."""
+    return tuple(s.name for s in SAMPLERS if s.name in FLOW_FORMS)
+
 
 # Samplers whose function wants the DPM-Solver interval (sigma_min, sigma_max) rather than just
 # the schedule, and those also taking n. A1111 inspects the k-diffusion signatures for these names.

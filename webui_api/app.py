@@ -27,6 +27,7 @@ from .errors import ApiError, validation_error_body
 from .lane_progress import LaneProgress
 from .options import OptionsStore
 from .output_urls import OUTPUTS_FOLDER, OutputStore
+from .pixel_budget import pixel_budget
 from .progress import ProgressTracker
 from .runtime import Runtime
 from .scheduler import Scheduler, WorkItem
@@ -146,10 +147,11 @@ def build_runtime(settings: Settings, engine: Any | None = None, workers: Sequen
     scheduler = Scheduler(
         progress, after_failure=engine.free_memory,
         max_queue_depth=settings.max_queue_depth, queue_timeout=settings.queue_timeout,
-        batching=BatchingConfig(settings.batch_max_size, settings.batch_wait_ms),
+        batching=BatchingConfig.for_server(settings.batch_max_size, settings.batch_wait_ms, settings.vram_mode),
         on_batch=metrics.observe_batch, workers=workers,
         client_error_for=getattr(engine, "client_error_for", None),
         admission_check=gpu_health.check_admission,
+        lane_scope=lambda: pixel_budget(settings.guards.max_input_pixels),  # the worker decodes and sizes images too
     )
     metrics.track_queue_depth(lambda: scheduler.waiting_generations)
     serving = ServingHooks(

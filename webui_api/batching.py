@@ -11,6 +11,7 @@ This module imports neither torch nor fastapi: the scheduler and the routes use 
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from .jobs import GenerationJob
 # <lora:name:1.0>, <lyco:...>, <hypernet:...>: the engine applies the first prompt's networks.
 _EXTRA_NETWORK_TAG = re.compile(r"<[^:<>]+:[^<>]*>")
 
+log = logging.getLogger(__name__)
 DEFAULT_BATCH_MAX_SIZE = 4
 DEFAULT_BATCH_WAIT_MS = 10.0
 
@@ -39,6 +41,17 @@ class BatchingConfig:
                 f"batch max size must be >= 1 and wait >= 0 ms; got max_size={self.max_size}, wait_ms={self.wait_ms}"
             )
 
+    @classmethod
+    def for_server(cls, max_size: int, wait_ms: float, vram_mode: str = "normal") -> BatchingConfig:
+        """The server's batching: --batch-max-size, unless a --medvram/--medvram-sdxl/--lowvram
+        mode offloads models (then off, with one log line; see `batch_size_for_vram`)."""
+        effective = batch_size_for_vram(max_size, vram_mode)
+        if effective != max_size:
+            log.warning("--%s: cross-request batching is off (--batch-max-size %d ignored): a batch of several "
+                        "jobs multiplies the UNet's activation memory, which the VRAM mode is there to save",
+                        vram_mode, max_size)
+        return cls(effective, wait_ms)
+
     @property
     def enabled(self) -> bool:
         return self.max_size > 1
@@ -46,6 +59,17 @@ class BatchingConfig:
     @property
     def wait_seconds(self) -> float:
         return self.wait_ms / 1000.0
+
+
+OFFLOADING_VRAM_MODES = ("medvram", "medvram-sdxl", "lowvram")  # engine.offload's modes that offload
+
+
+def batch_size_for_vram(max_size: int, vram_mode: str) -> int:
+    """Cross-request batch size under a VRAM mode: 1 (off) when models are offloaded to save
+    VRAM, since N jobs in one UNet batch need about N times the activations; `max_size` otherwise.
+    --medvram-sdxl counts too: the batch size is a server setting, and the SDXL jobs it exists
+    for are exactly the ones a batch would push out of memory."""
+    return 1 if vram_mode in OFFLOADING_VRAM_MODES else max_size
 
 
 def why_not_batchable(job: GenerationJob) -> str | None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from webui_api.serving.script_budget import DEFAULT_MAX_SCRIPT_IMAGES, DEFAULT_MAX_SCRIPT_WORK
 from webui_api.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -302,6 +303,19 @@ SERVING_FLAGS: tuple[FlagSpec, ...] = (
         4096 * 4096,
     ),
     FlagSpec(
+        "--max-script-images",
+        "most images one script run (x/y/z plot, prompts from file, sd upscale) may plan, all its jobs together "
+        "(0: no limit)",
+        int,
+        DEFAULT_MAX_SCRIPT_IMAGES,
+    ),
+    FlagSpec(
+        "--max-script-work",
+        "most work one script run may plan: images x steps x megapixels summed over its jobs (0: no limit)",
+        int,
+        DEFAULT_MAX_SCRIPT_WORK,
+    ),
+    FlagSpec(
         "--prompt-filter",
         "content policy: file of words/phrases and re:regex rules refused in prompts "
         "(re-read when it changes; default: off)",
@@ -338,6 +352,12 @@ SERVING_FLAGS: tuple[FlagSpec, ...] = (
     FlagSpec("--compile-mode", "torch.compile mode with --compile: default, reduce-overhead (CUDA graphs), "
              "max-autotune, max-autotune-no-cudagraphs", str, "default",
              options={"choices": ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]}),
+    FlagSpec("--vae-tiling", "tiled VAE decode/encode: auto (only images above 1536x1536 pixels), on (every image "
+             "larger than one VAE tile), off (never, as A1111)", str, "auto",
+             options={"choices": ["auto", "on", "off"]}),
+    FlagSpec("--channels-last", "UNet/VAE weights and inputs in channels-last memory format: auto (on CUDA with "
+             "half precision), on (any CUDA device), off", str, "auto",
+             options={"choices": ["auto", "on", "off"]}),
     FlagSpec("--gpu-max-temp", "refuse new generations (503 + Retry-After) while a GPU is at or above this temperature "
              "in °C, until it is 5 °C cooler (needs nvidia-ml-py; 0: off)", float, 0.0),
 )
@@ -568,6 +588,8 @@ def settings_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser
         **_precision_flags(args),
         compile_unet=args.compile,
         compile_mode=args.compile_mode,
+        vae_tiling=args.vae_tiling,
+        channels_last=args.channels_last,
         gpu_max_temp=_at_least(0, "--gpu-max-temp", args.gpu_max_temp) or None,
         skip_load_model_at_start=args.skip_load_model_at_start,
         freeze_settings=args.freeze_settings, freeze_settings_in_sections=_split_list(args.freeze_settings_in_sections),
@@ -618,6 +640,8 @@ def serving_settings(args: argparse.Namespace) -> dict[str, Any]:
             max_prompt_length=_at_least(0, "--max-prompt-length", args.max_prompt_length),
             max_body_bytes=int(_at_least(0, "--max-body-mb", args.max_body_mb) * 1024 * 1024),
             max_input_pixels=_at_least(0, "--max-input-pixels", args.max_input_pixels),
+            max_script_images=_at_least(0, "--max-script-images", args.max_script_images),
+            max_script_work=_at_least(0, "--max-script-work", args.max_script_work),
         ),
         "content_policy": _content_policy(args),
     }

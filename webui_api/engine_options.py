@@ -10,7 +10,8 @@ No torch, FastAPI or pydantic here: jobs.py imports this module.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,8 @@ class EngineOptions:
     batch_cond_uncond: bool = True
     live_preview_content: str = "Prompt"
     show_progress_type: str = "Approx NN"  # live preview kind: Full, Approx NN, Approx cheap, TAESD
+    live_preview_allow_lowvram_full: bool = False  # "Full" previews even while the model is offloaded
+    upcast_attn: bool = False  # "Upcast cross attention layer to float32" (engine.attention)
     # Prompt conditioning
     emphasis: str = "Original"
     comma_padding_backtrack: int = 20
@@ -72,15 +75,26 @@ class EngineOptions:
     # ControlNet extension
     controlnet_no_detectmap: bool = False
     controlnet_cache_size: int | None = None  # None: the library's own limit
+    # Token merging (ToMe) on the UNet's full-resolution self-attention; 0 = off
+    token_merging_ratio: float = 0.0
+    token_merging_ratio_img2img: float = 0.0
+    token_merging_ratio_hr: float = 0.0
+    token_merging_ratio_overridden: bool = False  # the request's override_settings names it (img2img rule)
     # Forge (Flux): module files named per job, float8 weight storage
     forge_additional_modules: tuple[str, ...] = ()
     forge_unet_storage_dtype: str = "Automatic"
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any], disable_extra_networks: bool = False) -> EngineOptions:
+    def from_options(
+        cls, options: Mapping[str, Any], disable_extra_networks: bool = False, overridden: Collection[str] = ()
+    ) -> EngineOptions:
         """Resolve the fields from an options snapshot; an unset or null option keeps the
-        default. A value of the wrong type is a ValueError naming the option."""
-        values: dict[str, Any] = {"disable_extra_networks": bool(disable_extra_networks)}
+        default. A value of the wrong type is a ValueError naming the option. `overridden`
+        names the options the request's override_settings set (A1111 reads that for ToMe)."""
+        values: dict[str, Any] = {
+            "disable_extra_networks": bool(disable_extra_networks),
+            "token_merging_ratio_overridden": "token_merging_ratio" in overridden,
+        }
         for name, (option, convert) in OPTION_NAMES.items():
             raw = options.get(option)
             if raw is None:
@@ -90,6 +104,18 @@ class EngineOptions:
             except (TypeError, ValueError) as err:
                 raise ValueError(f"option {option!r} has an unusable value {raw!r}: {err}") from err
         return cls(**values)
+
+    def token_merging_for(self, kind: str, hires_pass: bool = False) -> float:
+        """The ToMe ratio of one sampler pass, A1111's get_token_merging_ratio: txt2img uses
+        token_merging_ratio, its hires pass token_merging_ratio_hr when non-zero (else the
+        first ratio); img2img uses token_merging_ratio when override_settings set it to
+        non-zero, else token_merging_ratio_img2img when non-zero, else token_merging_ratio."""
+        if kind == "img2img":
+            named = self.token_merging_ratio if self.token_merging_ratio_overridden else 0.0
+            return named or self.token_merging_ratio_img2img or self.token_merging_ratio
+        if hires_pass:
+            return self.token_merging_ratio_hr or self.token_merging_ratio
+        return self.token_merging_ratio
 
 
 def _text(value: Any) -> str:
@@ -103,6 +129,14 @@ def _names(value: Any) -> tuple[str, ...]:
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return tuple(v for v in value if v)
     raise ValueError("expected a list of module file names")
+
+
+def _finite(value: Any) -> float:
+    """A float that is a number (NaN or infinity would reach the UNet as a token count)."""
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError("expected a finite number")
+    return number
 
 
 def _nonzero_int(value: Any) -> int:
@@ -142,6 +176,8 @@ OPTION_NAMES: Mapping[str, tuple[str, Callable[[Any], Any]]] = {
     "batch_cond_uncond": ("batch_cond_uncond", bool),
     "live_preview_content": ("live_preview_content", _text),
     "show_progress_type": ("show_progress_type", _text),
+    "live_preview_allow_lowvram_full": ("live_preview_allow_lowvram_full", bool),
+    "upcast_attn": ("upcast_attn", bool),
     "emphasis": ("emphasis", _text),
     "comma_padding_backtrack": ("comma_padding_backtrack", int),
     "sdxl_clip_l_skip": ("sdxl_clip_l_skip", bool),
@@ -156,6 +192,9 @@ OPTION_NAMES: Mapping[str, tuple[str, Callable[[Any], Any]]] = {
     "refiner_switch_by_sample_steps": ("refiner_switch_by_sample_steps", bool),
     "controlnet_no_detectmap": ("control_net_no_detectmap", bool),
     "controlnet_cache_size": ("control_net_model_cache_size", int),
+    "token_merging_ratio": ("token_merging_ratio", _finite),
+    "token_merging_ratio_img2img": ("token_merging_ratio_img2img", _finite),
+    "token_merging_ratio_hr": ("token_merging_ratio_hr", _finite),
     "forge_additional_modules": ("forge_additional_modules", _names),
     "forge_unet_storage_dtype": ("forge_unet_storage_dtype", _text),
 }

@@ -457,10 +457,15 @@ def build_img2img(
 
 
 def job_engine_options(request: GenerationRequest, options: Mapping[str, Any]) -> EngineOptions:
-    """The typed options the engine reads, plus the request's `disable_extra_networks`; an
-    option with a value of the wrong type is a 400 before anything is queued."""
+    """The typed options the engine reads, plus the request's `disable_extra_networks` and the
+    option names its override_settings set; an option with a value of the wrong type is a 400
+    before anything is queued."""
     try:
-        return EngineOptions.from_options(options, disable_extra_networks=bool(request.disable_extra_networks))
+        return EngineOptions.from_options(
+            options,
+            disable_extra_networks=bool(request.disable_extra_networks),
+            overridden=tuple(request.override_settings or ()),
+        )
     except ValueError as err:
         raise BadRequest(str(err)) from err
 

@@ -9,9 +9,12 @@ upscales, detect resolutions, seed-resize noise) ask the same question.
 Why a context variable and not an argument: the decoder is called from deep inside job
 building (init images, masks, ControlNet units, scripts), and threading the configured
 limit through every one of those signatures would leave a new call site unguarded by
-default. The serving layer sets the configured budget once per request (an ASGI
-middleware); code running outside a request (tests, scripts, the worker thread) gets the
-default budget, never an unlimited one.
+default. The configured budget is set where work starts: once per request (an ASGI
+middleware), once per async task (the task runner), and once per worker lane thread for its
+whole life (the scheduler's lane scope, built from the settings in app.build_runtime; a Ray
+replica sets it around each call), because a new thread starts with a fresh context. Code
+running outside all of these (tests, a bare Scheduler) gets the default budget, never an
+unlimited one.
 """
 
 from __future__ import annotations

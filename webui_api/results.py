@@ -95,6 +95,7 @@ def infotext_params(
         "Denoising strength": extras.get("Denoising strength"),  # placed here by A1111; set by img2img/hires
         "Clip skip": job.clip_skip if job.clip_skip > 1 else None,
         "ENSD": seeds.eta_noise_seed_delta if uses_ensd else None,
+        **token_merging_infotext(job),
         "RNG": seeds.randn_source if seeds.randn_source != "GPU" else None,
         "Tiling": "True" if job.tiling else None,
         **extras,
@@ -108,6 +109,17 @@ def _low_bits(job: GenerationJob) -> str | None:
     """Forge names forge_unet_storage_dtype in the infotext whenever it is not Automatic."""
     storage = job.engine_options.forge_unet_storage_dtype
     return storage if storage and storage != "Automatic" else None
+
+
+def token_merging_infotext(job: GenerationJob) -> dict[str, float | None]:
+    """A1111's "Token merging ratio" (the first pass's ratio) and, for a hires job, "Token
+    merging ratio hr" (the second pass's), each only when non-zero."""
+    first = job.engine_options.token_merging_for(job.kind)
+    hires = job.engine_options.token_merging_for(job.kind, hires_pass=True) if job.hires is not None else 0.0
+    return {
+        "Token merging ratio": first if first != 0 else None,
+        "Token merging ratio hr": hires if hires != 0 else None,
+    }
 
 
 def _face_restoration_model(job: GenerationJob) -> str | None:

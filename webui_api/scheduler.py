@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import heapq
 import itertools
@@ -35,6 +36,7 @@ import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Hashable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,6 +193,7 @@ class Scheduler:
         client_error_for: Callable[[BaseException], BaseException] | None = None,
         admission_check: Callable[[], None] | None = None,
         workers: Sequence[Worker] | None = None,
+        lane_scope: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
     ) -> None:
         if max_queue_depth < 1 or queue_timeout < 0:
             raise ValueError(
@@ -214,6 +217,9 @@ class Scheduler:
         self._current_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._accepting = False
+        # entered by every lane thread for its whole life: a new thread starts with a fresh
+        # context, so what a request scope sets (the server's image pixel budget) is set here again
+        self._lane_scope = lane_scope
 
     # lifecycle -------------------------------------------------------------------------
 
@@ -355,6 +361,10 @@ class Scheduler:
     # worker ----------------------------------------------------------------------------
 
     def _work_loop(self, lane: int, worker: Worker) -> None:
+        with self._lane_scope():
+            self._drain(lane, worker)
+
+    def _drain(self, lane: int, worker: Worker) -> None:
         while True:
             entry = self._queue.get()
             if entry.item is None:

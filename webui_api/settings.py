@@ -55,6 +55,8 @@ class Settings:
     vram_mode: str = "normal"  # "normal" | "medvram" | "medvram-sdxl" | "lowvram" (engine.offload)
     compile_unet: bool = False  # --compile: torch.compile the UNet at load (engine.compile)
     compile_mode: str = "default"  # --compile-mode
+    vae_tiling: str = "auto"  # --vae-tiling auto|on|off (engine.vae_tiling)
+    channels_last: str = "auto"  # --channels-last auto|on|off (engine.device.DevicePolicy)
     gpu_max_temp: float | None = None  # --gpu-max-temp (°C): refuse new generations while a GPU is this hot
     no_hashing: bool = False
     skip_load_model_at_start: bool = False

@@ -123,7 +123,7 @@ def test_face_restoration_weights_fetched_on_first_use(client, tmp_path):
     folder = tmp_path / "models" / "GFPGAN"
     assert sorted(p.name for p in folder.iterdir()) == [
         "GFPGANv1.4.pth", "detection_Resnet50_Final.pth", "parsing_parsenet.pth"]
-    assert len(state.requests) == 3
+    assert len(weights_requests(state)) == 3
 
 
 def test_offline_face_restoration_names_the_fetch_command(client):
@@ -149,4 +149,45 @@ def test_sd_upscale_script_fetches_its_builtin_upscaler_before_queueing(client, 
         response = client.post("/sdapi/v1/img2img", json=payload)
     assert response.status_code == 200, response.text
     assert "SD upscale upscaler: R-ESRGAN 4x+" in json.loads(response.json()["info"])["infotexts"][0]
+    assert len(weights_requests(state)) == 1
+
+
+def weights_requests(state: MirrorState) -> list:
+    """The mirror's requests other than the Approx NN preview file every previewing job asks for."""
+    return [request for request in state.requests if "/VAE-approx/" not in request[0]]
+
+
+def test_default_previews_fetch_the_approx_nn_file_on_first_use(client, tmp_path):
+    """A1111 downloads models/VAE-approx/model.pt when missing; "Approx NN" is the default preview."""
+    import io
+
+    import torch
+
+    from webui_api.engine.vae_approx import VAEApprox
+
+    buffer = io.BytesIO()
+    torch.save(VAEApprox(4).state_dict(), buffer)
+    data = buffer.getvalue()
+    registry, entry = pinned_to(WeightsRegistry.builtin(), "vaeapprox-sd1", data)
+    state = MirrorState(files={origin_path(entry): data})
+    with serve_mirror(state) as mirror:
+        online(client, registry, mirror)
+        response = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img(steps=2))
+        again = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img(steps=2))
+    assert response.status_code == 200 and again.status_code == 200, response.text
+    assert (tmp_path / "models" / "VAE-approx" / "model.pt").read_bytes() == data
     assert len(state.requests) == 1
+
+
+def test_a_failed_optional_preview_file_is_not_retried_by_every_job(client, tmp_path):
+    """The mirror lacks model.pt (404): the job runs with Approx cheap previews, the next one
+    does not ask again."""
+    state = MirrorState(files={})
+    with serve_mirror(state) as mirror:
+        online(client, WeightsRegistry.builtin(), mirror)
+        first = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img(steps=2))
+        second = client.post("/sdapi/v1/txt2img", json=webuiapi_txt2img(steps=2))
+    assert first.status_code == 200 and second.status_code == 200, first.text
+    approx = "/AUTOMATIC1111/stable-diffusion-webui/raw/v1.10.1/models/VAE-approx/model.pt"
+    assert [path for path, _ in state.requests] == [approx]
+    assert not (tmp_path / "models" / "VAE-approx" / "model.pt").exists()

@@ -101,7 +101,7 @@ def test_img2img_denoising_axis(client):
 
 @pytest.mark.parametrize("args, fragment", [
     (xyz_args(x=(99, "1")), "out of range"),
-    (xyz_args(x=("Token merging ratio", "0.5")), "not supported"),
+    (xyz_args(x=("FP8 mode", "Enable")), "not supported"),
     (xyz_args(x=(STEPS, "1, many")), "not a valid int"),
     (xyz_args(x=(STEPS, "")), "has no values"),
     (xyz_args(x=(9, "Warp drive", []), csv_mode=True), "unknown sampler"),

@@ -246,3 +246,24 @@ def test_shuffle_map_follows_the_generation_seed(cn_engine):
 
     assert np.array_equal(shuffled(7), shuffled(7))
     assert not np.array_equal(shuffled(7), shuffled(8))
+
+
+def test_a_unit_map_over_a_lowered_pixel_budget_is_refused_on_the_worker(cn_engine, tmp_path):
+    """The unit's map is sized on the worker thread (the preprocessor runs with the job): the
+    configured --max-input-pixels applies there, not the default budget. A 64x64 unit image
+    passes the request's check; its canny map at processor_res 256 (65536 pixels) does not."""
+    from fastapi.testclient import TestClient
+
+    from webui_api.app import create_app
+    from webui_api.serving.guards import RequestLimits
+
+    settings = settings_for_tests(tmp_path, guards=RequestLimits(max_input_pixels=128 * 128))
+    with TestClient(create_app(settings, engine=cn_engine)) as client:
+        def generate(processor_res: int):
+            units = {"controlnet": {"args": [canny_unit(processor_res=processor_res)]}}
+            return client.post("/sdapi/v1/txt2img", json={**PAYLOAD, "alwayson_scripts": units})
+
+        refused = generate(256)
+        assert refused.status_code == 413, refused.text
+        assert "detected map" in refused.json()["detail"] and "--max-input-pixels" in refused.json()["errors"]
+        assert generate(64).status_code == 200

@@ -173,7 +173,7 @@ def write_t5_tokenizer(folder) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
 
 
-T5_VOCAB = 3 + len(T5_WORDS) + 26 + 1
+T5_VOCAB = 32128  # T5 v1.1's embedding rows: both the small test tokenizer and the bundled one fit
 
 
 def tiny_t5_state(width: int, seed: int = 3) -> dict[str, torch.Tensor]:
@@ -262,3 +262,24 @@ def cpu_engine(paths: dict) -> Engine:
         ckpt_dirs=(paths["ckpt_dir"],), vae_dirs=(paths["vae_dir"],), text_encoder_dirs=(paths["te_dir"],)
     )
     return Engine(device="cpu", dtype="float32", paths=model_paths)
+
+
+def write_gguf(path, state: dict, quantized: str = "Q8_0") -> None:
+    """A GGUF file as city96's conversions: the state's names, 2-D weights whose rows fit whole
+    blocks quantized to `quantized`, everything else float32."""
+    import gguf
+    from gguf import quants
+
+    qtype = getattr(gguf.GGMLQuantizationType, quantized)
+    block = gguf.GGML_QUANT_SIZES[qtype][0]
+    writer = gguf.GGUFWriter(str(path), arch="flux")
+    for name, tensor in state.items():
+        values = tensor.float().numpy()
+        if values.ndim == 2 and values.shape[1] % block == 0:
+            writer.add_tensor(name, quants.quantize(values, qtype), raw_dtype=qtype)
+        else:
+            writer.add_tensor(name, values)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()

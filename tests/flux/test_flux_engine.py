@@ -13,8 +13,9 @@ import torch
 from PIL import Image
 
 from tests.engine.helpers import RecordingObserver, engine_options, make_job, with_options, with_sampler
-from tests.flux.files import TINY, cpu_engine, tiny_parts, write_models
+from tests.flux.files import TINY, cpu_engine, tiny_parts, write_gguf, write_models
 from webui_api.engine.families import flux as flux_family
+from webui_api.engine.families.flow import ScheduledConds
 from webui_api.engine.loading.files import UnusableModelFile
 from webui_api.errors import BadRequest
 from webui_api.jobs import Img2ImgParams
@@ -111,7 +112,7 @@ def test_unsupported_sampler_and_size_are_400s(tmp_path, parts):
     engine = cpu_engine(write_models(tmp_path, parts, "all-in-one"))
     base = replace(_flux_job(), model_title="flux-aio.safetensors")
     with pytest.raises(BadRequest, match="cannot run Flux"):
-        engine.txt2img(replace(base, sampling=with_sampler(base.sampling, "Euler a")),
+        engine.txt2img(replace(base, sampling=with_sampler(base.sampling, "Restart")),
                        RecordingObserver(), CancelToken())
     with pytest.raises(BadRequest, match="multiples of 16"):
         engine.txt2img(replace(base, width=40), RecordingObserver(), CancelToken())
@@ -144,7 +145,7 @@ def test_one_euler_step_matches_diffusers_flow_update(tmp_path, parts):
     model = engine.load("flux-aio.safetensors")
     job = _flux_job()
     cond = flux_family.encode_prompts(model, ["a red cat"], job)
-    denoiser = flux_family.FluxDenoiser(model, cond, None, 1.0, 3.5, CancelToken())
+    denoiser = flux_family.FluxDenoiser(model, ScheduledConds.fixed(cond, 1), None, 1.0, 3.5, CancelToken())
     x = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(0))
     sigmas = torch.tensor([1.0, 0.6, 0.0])
     with torch.inference_mode():
@@ -182,35 +183,16 @@ def test_schnell_has_no_guidance_input(tmp_path):
     assert "Distilled CFG Scale" not in first.extra_generation_params
 
 
-def _write_gguf(path, state: dict, quantized: str = "Q8_0") -> None:
-    """A GGUF file as city96's Flux conversions: BFL names, 2-D weights quantized."""
-    import gguf
-    from gguf import quants
-
-    writer = gguf.GGUFWriter(str(path), arch="flux")
-    qtype = getattr(gguf.GGMLQuantizationType, quantized)
-    for name, tensor in state.items():
-        values = tensor.float().numpy()
-        if values.ndim == 2 and values.shape[1] % 32 == 0:
-            writer.add_tensor(name, quants.quantize(values, qtype), raw_dtype=qtype)
-        else:
-            writer.add_tensor(name, values)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-
-
 def test_gguf_quantized_transformer_loads_and_generates(tmp_path, parts):
     from gguf import GGMLQuantizationType, quants
 
     paths = write_models(tmp_path, parts, "bfl")
     gguf_path = Path(paths["checkpoint"]).with_suffix(".gguf")
-    _write_gguf(gguf_path, parts["transformer"])
+    write_gguf(gguf_path, parts["transformer"])
     Path(paths["checkpoint"]).unlink()
     engine = cpu_engine(paths)
     model = engine.load("flux-bfl.gguf")
-    weight = model.unet.state_dict()["transformer_blocks.0.ff.net.0.proj.weight"]
+    weight = model.unet.get_submodule("transformer_blocks.0.ff.net.0.proj").dequantized_weight()
     source = parts["transformer"]["double_blocks.0.img_mlp.0.weight"].numpy()
     expected = quants.dequantize(quants.quantize(source, GGMLQuantizationType.Q8_0), GGMLQuantizationType.Q8_0)
     assert torch.equal(weight, torch.from_numpy(expected))

@@ -62,8 +62,8 @@ def test_formats_merge_the_same_delta_and_restore(engine, layout):
                  "lora_unet_single_blocks_1_linear1.lora_up.weight": single_up,
                  "lora_unet_single_blocks_1_linear1.lora_down.weight": single_down,
                  "lora_unet_single_blocks_1_linear1.alpha": torch.tensor(1.0),
-                 "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.zeros(4, RANK),
-                 "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(RANK, 4)}
+                 "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.zeros(2 * H, RANK),
+                 "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(RANK, H)}
         scale = 1.0 / RANK
     elif layout == "bfl":
         state = {"diffusion_model.double_blocks.0.img_attn.qkv.lora_B.weight": up,
@@ -82,7 +82,7 @@ def test_formats_merge_the_same_delta_and_restore(engine, layout):
             state[f"transformer.single_transformer_blocks.1.{name}.lora_A.weight"] = single_down
         scale = 1.0
     before = {k: v.clone() for k, v in model.unet.state_dict().items()}
-    patch = apply_flux_networks(model.unet, [_network(state, multiplier=0.5)])
+    patch = apply_flux_networks(model, [_network(state, multiplier=0.5)])
     after = model.unet.state_dict()
     qkv, single = (up @ down) * scale * 0.5, (single_up @ single_down) * scale * 0.5
     assert torch.allclose(after["transformer_blocks.0.attn.to_k.weight"],

@@ -217,7 +217,11 @@ def _write_gguf_q8(path: Path, shapes: dict[str, tuple[int, ...]]) -> dict[str, 
 
 
 def test_gguf_q8_file(tmp_path):
+    """The Q8_0 matrices stay packed (QuantizedLinear, decoded per call); each decodes to exactly
+    what the gguf package's reference dequantizes, and the keys still cover the whole module."""
     pytest.importorskip("gguf")
+    from webui_api.engine.quantized_linear import QuantizedLinear
+
     folders = _folders(tmp_path)
     checkpoint = folders["ckpt_dir"] / "flux-q8.gguf"
     expected = _write_gguf_q8(checkpoint, bfl_transformer_shapes(DEV))
@@ -226,10 +230,15 @@ def test_gguf_q8_file(tmp_path):
     engine = cpu_engine(folders)
     model = engine.load(checkpoint.name)
     _assert_detected(model, "flux-dev")
-    loaded = model.unet.state_dict()
+    unet = model.unet
+    assert not any(isinstance(m, torch.nn.Linear) and m.in_features % 32 == 0 for m in unet.modules())
+    all_keys = flux_keys.bfl_to_diffusers(
+        {k: torch.empty(s, device="meta") for k, s in bfl_transformer_shapes(DEV).items()}, hidden=DEV.hidden)
+    held = {key.replace(".packed_weight", ".weight") for key in unet.state_dict()}
+    assert held == set(all_keys)
     mapped = flux_keys.bfl_to_diffusers({k: torch.from_numpy(v) for k, v in expected.items()}, hidden=DEV.hidden)
-    assert len(loaded) == len(flux_keys.bfl_to_diffusers(
-        {k: torch.empty(s, device="meta") for k, s in bfl_transformer_shapes(DEV).items()}, hidden=DEV.hidden))
     for key, value in mapped.items():
-        assert torch.equal(loaded[key], value), key
+        layer = unet.get_submodule(key.removesuffix(".weight"))
+        assert isinstance(layer, QuantizedLinear), key
+        assert torch.equal(layer.dequantized_weight(), value), key
     _assert_one_step_is_finite(engine, checkpoint.name)

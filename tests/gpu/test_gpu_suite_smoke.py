@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = {"write_checkpoint", "gpu_noise", "diffusers_eager", "engine_eager", "samplers", "clients_batching_off",
+SECTIONS = {"write_checkpoint", "gpu_noise", "diffusers_eager", "engine_eager", "engine_tome", "samplers",
+            "clients_batching_off",
             "clients_batching_on", "batched_equals_alone", "engine_compile"}
 
 
@@ -40,9 +41,11 @@ def test_markdown_lists_failures_and_speedups_are_ratios() -> None:
     report = gpu_suite.Report(meta={})
     report.results["sd1"] = {"diffusers_eager": {"s_per_step": 0.02}, "engine_eager": {"s_per_step": 0.01}}
     report.results["sd1"]["engine_compile"] = {"s_per_step": None}
+    report.results["sd1"]["engine_tome"] = {"s_per_step": 0.008, "tome_ratio": 0.5}
     report.errors["sd1/engine_compile"] = "RuntimeError: boom"
     gpu_suite.speedups(report)
     assert report.results["sd1"]["engine_eager"]["vs_diffusers"] == 2.0
     assert "vs_diffusers" not in report.results["sd1"]["engine_compile"]
+    assert report.results["sd1"]["engine_tome"]["vs_engine_eager"] == 1.25
     table = gpu_suite.markdown(report)
     assert "| sd1/engine_compile | FAILED |" in table and "boom" in table

@@ -60,7 +60,7 @@ def test_preview_kinds_and_sizes(tmp_path: Path, model) -> None:
     model.preview_decoders = PreviewDecoders(tmp_path)
     latent = torch.randn(1, 4, 8, 8)
     assert live_preview(model, "Approx cheap", latent).size == (8, 8)
-    assert live_preview(model, "Approx NN", latent).size == (8, 8)  # shown as Approx cheap (not built)
+    assert live_preview(model, "Approx NN", latent).size == (8, 8)  # no VAE-approx folder: Approx cheap
     taesd = live_preview(model, "TAESD", latent)
     full = live_preview(model, "Full", latent)
     assert taesd.size == (64, 64) and full.size == (64, 64)

@@ -66,7 +66,16 @@ def test_hires_fix_and_img2img(sd3_client):
     assert _image(response.json()).size == (32, 32) and "Denoising strength: 0.6" in response.json()["info"]
 
 
+def test_ancestral_and_sde_samplers_answer_200_with_their_infotext(sd3_client):
+    client, title = sd3_client
+    for sampler in ("Euler a", "DPM++ 2M SDE"):
+        response = client.post("/sdapi/v1/txt2img", json=_payload(title, sampler_name=sampler, eta=0.5))
+        assert response.status_code == 200, response.text
+        info = response.json()["info"]
+        assert f"Sampler: {sampler}," in info and "Eta: 0.5" in info
+
+
 def test_unsupported_sampler_is_a_400(sd3_client):
     client, title = sd3_client
-    response = client.post("/sdapi/v1/txt2img", json=_payload(title, sampler_name="Euler a"))
+    response = client.post("/sdapi/v1/txt2img", json=_payload(title, sampler_name="DPM adaptive"))
     assert response.status_code == 400 and "cannot run SD3 models" in response.json()["detail"]

@@ -17,6 +17,7 @@ from tests.engine.helpers import RecordingObserver, make_job, with_sampler
 from tests.flux.files import cpu_engine
 from tests.sd3.files import TINY_35_MEDIUM, tiny_parts, write_models
 from webui_api.engine.families import sd3 as sd3_family
+from webui_api.engine.families.flow import ScheduledConds
 from webui_api.engine.loading.files import UnusableModelFile
 from webui_api.errors import BadRequest
 from webui_api.jobs import Img2ImgParams
@@ -122,7 +123,7 @@ def test_unsupported_sampler_and_size_are_400s(tmp_path, parts):
     engine = cpu_engine(write_models(tmp_path, parts))
     base = _job()
     with pytest.raises(BadRequest, match="cannot run"):
-        engine.txt2img(replace(base, sampling=with_sampler(base.sampling, "Euler a")),
+        engine.txt2img(replace(base, sampling=with_sampler(base.sampling, "Restart")),
                        RecordingObserver(), CancelToken())
     with pytest.raises(BadRequest, match="multiples of 16"):
         engine.txt2img(replace(base, width=40), RecordingObserver(), CancelToken())
@@ -171,7 +172,7 @@ def test_conditioning_and_euler_step_match_diffusers(tmp_path, parts):
             "a red cat", "a red cat", "a red cat", do_classifier_free_guidance=False, max_sequence_length=256
         )
     assert torch.allclose(ours.context, context, atol=1e-5) and torch.allclose(ours.pooled, pooled, atol=1e-5)
-    denoiser = sd3_family.SD3Denoiser(model, ours, None, 1.0, CancelToken())
+    denoiser = sd3_family.SD3Denoiser(model, ScheduledConds.fixed(ours, 1), None, 1.0, CancelToken())
     x = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(0))
     sigmas = torch.tensor([1.0, 0.6, 0.0])
     with torch.inference_mode():

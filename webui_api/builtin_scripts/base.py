@@ -13,7 +13,7 @@ import json
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 
@@ -21,6 +21,9 @@ from ..engine.protocols import ModelFacts
 from ..errors import ValidationFailed
 from ..jobs import GenerationJob, JobResult
 from ..styles import PromptStyle
+
+if TYPE_CHECKING:
+    from ..serving.script_budget import JobWork
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,18 @@ class ScriptContext:
     # length): a script line or axis cannot go beyond what a direct request may ask for.
     # The default applies the default limits, never none.
     check_job: Callable[[GenerationJob], None] = field(default=lambda job: _default_job_check(job))
+    # The whole-script budget (serving.script_budget): every job the script will run is charged
+    # here while planning, so a run over --max-script-images / --max-script-work is refused
+    # before anything is queued. One budget per context (a context plans one request); the
+    # default charges against the default limits, never none.
+    charge: Callable[[JobWork], None] = field(default_factory=lambda: _default_budget().charge)
+
+    def admit(self, job: GenerationJob) -> None:
+        """A planned job that will run as built: the per-job guards, then the script budget."""
+        from ..serving.script_budget import job_work
+
+        self.check_job(job)
+        self.charge(job_work(job))
 
 
 @dataclass
@@ -99,6 +114,10 @@ class ScriptRun:
     job_count: int
     execute: Callable[[ScriptWorker], ScriptOutput]
     first_job: GenerationJob  # job_timestamp and preview settings of the whole run
+    # every job that runs as planned (x/y/z cells, prompt lines), for what must be known before
+    # queueing (the weights files they need); empty when the jobs are made while running (sd
+    # upscale's tiles, which share first_job's settings)
+    jobs: tuple[GenerationJob, ...] = ()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -138,6 +157,12 @@ def build_job(
     )
     (guard or _default_job_check)(job)
     return job
+
+
+def _default_budget() -> Any:
+    from ..serving.script_budget import ScriptBudget, ScriptLimits
+
+    return ScriptBudget(ScriptLimits())
 
 
 def _default_job_check(job: GenerationJob) -> None:

@@ -140,6 +140,7 @@ def plan(request: Any, ctx: ScriptContext) -> ScriptRun:
         job_count=sum(progress_units(job) for job in jobs),
         execute=lambda worker: _execute(worker, jobs, request),
         first_job=jobs[0],
+        jobs=tuple(jobs),
     )
 
 
@@ -165,7 +166,7 @@ def _line_job(request: Any, ctx: ScriptContext, settings: Settings, line: dict[s
         options["sd_model_checkpoint"] = closest_checkpoint(ctx.checkpoints, line["sd_model"], TITLE).title
     updates = _request_updates(request, settings.position, line)
     styles = ctx.all_styles() if "styles" in updates else ctx.styles
-    return build_job(ctx.tab, revalidated(request, updates, TITLE), options, styles, ctx.rng, guard=ctx.check_job)
+    return build_job(ctx.tab, revalidated(request, updates, TITLE), options, styles, ctx.rng, guard=ctx.admit)
 
 
 def _request_updates(request: Any, position: str, line: dict[str, Any]) -> dict[str, Any]:

@@ -70,14 +70,25 @@ def script_context(runtime: Any, tab: str, options: Mapping[str, Any], styles: S
 
 def script_weights(request: Any, ctx: ScriptContext, settings: Any, planned: ScriptRun) -> NeededWeights:
     """Pinned weights a script run needs that are known before it runs (fetched off the
-    worker): sd upscale's upscaler, the first job's hires upscaler and face restoration."""
+    worker): sd upscale's upscaler, and every planned job's hires upscaler and face restoration
+    (a later prompt line or x/y/z cell may turn restore_faces on). Jobs that ask for the same
+    files are looked up once."""
     from . import sd_upscale
 
-    needed = job_weights(settings, planned.first_job)
+    needed = NeededWeights()
+    for job in {_weights_key(job): job for job in planned.jobs or (planned.first_job,)}.values():
+        needed += job_weights(settings, job)
     if str(request.script_name).lower() == sd_upscale.TITLE:
         upscaler = sd_upscale.read_settings(request, ctx).upscaler
         needed += upscaler_weights(settings, planned.first_job.options, [upscaler])
     return needed
+
+
+def _weights_key(job: GenerationJob) -> tuple[Any, ...]:
+    """What job_weights reads from a job: jobs with equal keys need the same files."""
+    hires = job.hires
+    return (hires is not None and hires.latent_mode is None, hires.upscaler if hires is not None else None,
+            bool(job.restore_faces), job.options.get("face_restoration_model"), job.options.get("show_progress_type"))
 
 
 @dataclass

@@ -107,10 +107,18 @@ def plan(request: Any, ctx: ScriptContext) -> ScriptRun:
     base = build_job("img2img", request, ctx.options, ctx.styles, ctx.rng, guard=ctx.check_job)
     work = Plan(settings, _source_image(request, ctx), base, request.batch_size, request.n_iter)
     tile_count = _tile_count(work)
+    ctx.charge(tile_work(base, tile_count * work.n_iter))  # the tiles are the jobs that run, not `base`
     batches = math.ceil(tile_count / work.batch_size)
     return ScriptRun(
         job_count=batches * work.n_iter, execute=lambda worker: _execute(worker, work, request), first_job=base
     )
+
+
+def tile_work(base: GenerationJob, tiles: int) -> Any:
+    """The whole-script budget's share of `tiles` redrawn tiles (one image each, at the job's size)."""
+    from ..serving.script_budget import JobWork
+
+    return JobWork(tiles, tiles * base.sampling.steps * base.width * base.height / 1_000_000)
 
 
 def _source_image(request: Any, ctx: ScriptContext) -> Any:

@@ -2,9 +2,9 @@
 read (ranges, CSV), and what each value changes in a cell's request or options.
 
 A1111 builds the list per tab: the common axes plus the txt2img-only ones on txt2img, the
-img2img-only ones on img2img; an axis type is an index into that tab's list. Axes whose
-feature this server does not have (token merging, FP8) keep their place in the list, so
-indexes line up, but choosing one is a 422.
+img2img-only ones on img2img; an axis type is an index into that tab's list. An axis whose
+feature this server does not have (FP8) keeps its place in the list, so indexes line up, but
+choosing it is a 422.
 """
 
 from __future__ import annotations
@@ -68,6 +68,17 @@ def set_field(name: str) -> Apply:
 def set_option(key: str, boolean: bool = False) -> Apply:
     def apply(edit: CellEdit, value: Any, _values: Sequence[Any], _ctx: ScriptContext) -> None:
         edit.options[key] = (str(value).lower() == "true") if boolean else value
+
+    return apply
+
+
+def set_override(key: str) -> Apply:
+    """A1111's apply_override: the option for the cell, named in its override_settings too
+    (the img2img token merging rule asks whether override_settings set the ratio)."""
+
+    def apply(edit: CellEdit, value: Any, _values: Sequence[Any], _ctx: ScriptContext) -> None:
+        edit.options[key] = value
+        edit.fields["override_settings"] = {**(edit.current("override_settings") or {}), key: value}
 
     return apply
 
@@ -220,8 +231,8 @@ AXES: tuple[Axis, ...] = (
     Axis("Styles", "str", _styles, choices=lambda ctx: [style.name for style in ctx.all_styles()]),
     Axis("UniPC Order", "int", _uni_pc_order, cost=0.5),
     Axis("Face restore", "str", _face_restore, fmt="value"),
-    Axis("Token merging ratio", "float", None),
-    Axis("Token merging ratio high-res", "float", None),
+    Axis("Token merging ratio", "float", set_override("token_merging_ratio")),
+    Axis("Token merging ratio high-res", "float", set_override("token_merging_ratio_hr")),
     Axis(
         "Always discard next-to-last sigma",
         "str",

@@ -129,6 +129,7 @@ def plan(request: Any, ctx: ScriptContext) -> ScriptRun:
         job_count=sum(progress_units(cell.job) for cell in cells),
         execute=lambda worker: _execute(worker, plot),
         first_job=cells[0].job,
+        jobs=tuple(cell.job for cell in cells),
     )
 
 
@@ -205,7 +206,7 @@ def _cell(
         edit.fields["styles"] = [*(base.styles or []), *edit.styles]
         styles = ctx.all_styles()
     options = {**ctx.options, **edit.options}
-    job = build_job(ctx.tab, revalidated(base, edit.fields, TITLE), options, styles, ctx.rng, guard=ctx.check_job)
+    job = build_job(ctx.tab, revalidated(base, edit.fields, TITLE), options, styles, ctx.rng, guard=ctx.admit)
     nx, ny = len(axes[0].values), len(axes[1].values)
     return PlotCell(where[0] + where[1] * nx + where[2] * nx * ny, job)
 

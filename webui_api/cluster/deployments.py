@@ -22,6 +22,7 @@ from typing import Any
 import ray
 from ray import serve
 
+from ..pixel_budget import pixel_budget
 from ..postprocess.face_restore.cache import PostprocessModels
 from ..progress import CancelToken, ProgressTracker
 from ..settings import Settings
@@ -88,8 +89,10 @@ class WorkerReplica:
         try:
             if call.model_key:  # extras need no checkpoint
                 await self.hold(serve.get_multiplexed_model_id())
-            return await asyncio.to_thread(run_call, self._engine_ready(), self._progress, call, cancels,
-                                           self._settings, self._postprocess_models)
+            # the server's image pixel budget, which to_thread carries into the thread that runs the call
+            with pixel_budget(self._settings.guards.max_input_pixels):
+                return await asyncio.to_thread(run_call, self._engine_ready(), self._progress, call, cancels,
+                                               self._settings, self._postprocess_models)
         finally:
             stop.set()
             await asyncio.to_thread(heartbeat.join)

@@ -53,7 +53,8 @@ from webui_api.engine.pipeline import (
     resolve_plan,
     sampler_kwargs,
 )
-from webui_api.engine.previews import live_preview
+from webui_api.engine.previews import live_preview, preview_kind
+from webui_api.engine.token_merging import token_merging
 from webui_api.jobs import GenerationJob, JobResult
 from webui_api.progress import CancelToken, RunObserver
 
@@ -240,7 +241,7 @@ def sample_members(
     trace = SamplingTrace(x0=begin.x)
     watch = stop_watcher(members, cfg)
     latest = preview_source(job, cfg, trace)
-    preview_type = job.engine_options.show_progress_type
+    preview_type = preview_kind(job.engine_options, model)
 
     def callback(info: dict) -> None:
         trace.x0 = info["denoised"]
@@ -257,10 +258,11 @@ def sample_members(
     function = plan.sampler.function
     if function is None:  # resolve_sampler refuses unimplemented samplers before a job is built
         raise ValueError(f"sampler {plan.sampler.name!r} is not implemented")
-    try:
-        return function(
-            cfg, begin.x, schedule, extra_args=extra_args, callback=callback, disable=True, **kwargs
-        )
+    try:  # the members share their options (batch key), so one ToMe ratio fits them all
+        with token_merging(model.unet, job.engine_options.token_merging_for(job.kind)):
+            return function(
+                cfg, begin.x, schedule, extra_args=extra_args, callback=callback, disable=True, **kwargs
+            )
     except SamplingInterrupted:
         watch()
         return trace.x0 if cfg.last is None else cfg.last.cond_denoised

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from webui_api.engine.precision import PrecisionPolicy
+from webui_api.engine.transfers import TransferPlan
 
 DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16,
@@ -53,19 +54,22 @@ class DevicePolicy:
     dtype: torch.dtype
     vae_dtype: torch.dtype  # fp32 with A1111's --no-half-vae, else `dtype`
     precision: PrecisionPolicy | None = None  # how the dtypes were decided (None: built by hand, no autocast)
+    transfers: TransferPlan = TransferPlan()  # pinned parking, non-blocking copies, channels_last (engine.transfers)
 
     @classmethod
     def resolve(
         cls, device: str = "auto", dtype: str = "auto", no_half_vae: bool = False, *,
-        precision: str = "autocast", upcast_sampling: bool = False,
+        precision: str = "autocast", upcast_sampling: bool = False, channels_last: str = "auto",
     ) -> DevicePolicy:
-        """The policy for the server's --device/--dtype strings and A1111's precision flags
-        (--no-half-vae, --precision, --upcast-sampling; see engine/precision.py)."""
+        """The policy for the server's --device/--dtype strings, A1111's precision flags
+        (--no-half-vae, --precision, --upcast-sampling; see engine/precision.py) and
+        --channels-last (engine/transfers.py)."""
         target = resolve_device(device)
         decided = PrecisionPolicy.resolve(
             target.type, dtype, no_half_vae=no_half_vae, precision=precision, upcast_sampling=upcast_sampling
         )
-        return cls(target, decided.weights, decided.vae, decided)
+        transfers = TransferPlan.for_device(target.type, decided.weights, channels_last)
+        return cls(target, decided.weights, decided.vae, decided, transfers)
 
     @property
     def autocast(self) -> bool:

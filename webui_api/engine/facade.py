@@ -25,6 +25,7 @@ import torch
 
 from webui_api.batching import batch_key
 from webui_api.controlnet.catalog import annotator_dir, controlnet_dirs
+from webui_api.engine.attention import apply_attention_upcast
 from webui_api.engine.compile import CompilePolicy
 from webui_api.engine.control import prepare_controls
 from webui_api.engine.control_models import ControlNetLibrary
@@ -108,6 +109,9 @@ class Engine:
         vram_mode: str = "normal",
         compile_policy: CompilePolicy | None = None,
         taesd_dir: Path | None = None,
+        vae_approx_dir: Path | None = None,
+        vae_tiling: str = "auto",
+        channels_last: str = "auto",
         no_hashing: bool = False,
         allow_unsafe_pickle: bool = False,
         controlnet_dirs: tuple[Path, ...] = (),
@@ -116,15 +120,16 @@ class Engine:
         upscalers: Callable[[], UpscalerCatalog] | None = None,
     ) -> None:
         self.policy = DevicePolicy.resolve(device, dtype, no_half_vae, precision=precision,
-                                           upcast_sampling=upcast_sampling)
+                                           upcast_sampling=upcast_sampling, channels_last=channels_last)
         assert self.policy.precision is not None
-        log.info("Precision: %s", self.policy.precision.describe())
+        log.info("Precision: %s; %s", self.policy.precision.describe(), self.policy.transfers.describe())
         self.paths = paths if paths is not None else ModelPaths()
         policy = self.policy
         self.load_options = LoadOptions(policy.device, policy.dtype, policy.vae_dtype, allow_unsafe_pickle)
         self.hashes = HashCache(self.paths.hash_cache_file, enabled=not no_hashing)
         embeddings = EmbeddingLibrary(self.paths, self.hashes, allow_unsafe_pickle)
-        setup = ModelSetup(vram_mode, compile_policy or CompilePolicy(), PreviewDecoders(taesd_dir))
+        setup = ModelSetup(vram_mode, compile_policy or CompilePolicy(), PreviewDecoders(taesd_dir, vae_approx_dir),
+                           vae_tiling)
         self.models = ModelStore(self.policy, self.paths, self.hashes, self.load_options, embeddings, setup)
         self.vae_catalog = VaeCatalog(self.paths, self.hashes, self.load_options)
         self.networks = JobNetworks(self.paths, self.hashes, allow_unsafe_pickle)
@@ -147,6 +152,9 @@ class Engine:
             vram_mode=settings.vram_mode,
             compile_policy=CompilePolicy(settings.compile_unet, settings.compile_mode),
             taesd_dir=settings.models_dir / "VAE-taesd",
+            vae_approx_dir=settings.models_dir / "VAE-approx",
+            vae_tiling=settings.vae_tiling,
+            channels_last=settings.channels_last,
             no_hashing=settings.no_hashing,
             allow_unsafe_pickle=bool(settings.cmd_flags.get("disable_safe_unpickle", False)),
             controlnet_dirs=controlnet_dirs(settings),
@@ -316,10 +324,12 @@ class Engine:
         networks = self.networks.for_passes(stripped[0][1], None)
         networks.attach(model, strict=True)
         padding = apply_tiling(model, head.tiling)
+        attention = apply_attention_upcast(model, head.engine_options.upcast_attn)
         try:
             plain = [replace(job, prompts=prompts) for job, (prompts, _) in zip(jobs, stripped, strict=True)]
             results = run_txt2img_batched(model, plain, observer, cancels, unet_rows=unet_rows)
         finally:
+            attention.restore()
             padding.restore()
             networks.restore()
         mentioned = networks.mentioned()
@@ -361,6 +371,7 @@ class Engine:
         networks = self.networks.for_passes(calls, hires_network_calls(job))
         networks.attach(model, strict=True)
         padding = apply_tiling(model, job.tiling)
+        attention = apply_attention_upcast(model, job.engine_options.upcast_attn)
         run_job = job if restore_faces is None else without_overlays(job)
         scheduled, schedule_infotext = with_job_schedule(model, job.engine_options)
         companions = CompanionModels(self, job, scheduled, networks)
@@ -370,6 +381,7 @@ class Engine:
         finally:
             networks.restore()
             companions.close()
+            attention.restore()
             padding.restore()
         result.extra_generation_params.update(schedule_infotext)
         if restore_faces is not None:
@@ -383,29 +395,28 @@ class Engine:
         restore_faces: FaceStep | None,
     ) -> JobResult:
         """Flow-matching families (Flux, SD3): their own runs; the VAE is the one the modules chose.
-        The first pass's LoRAs (Flux transformer parts) are merged for the whole job."""
+        The first pass's LoRAs (transformer and text-encoder layers) are merged for the whole job."""
         from webui_api.engine.families.flux import run_flux_img2img, run_flux_txt2img
         from webui_api.engine.families.flux_lora import apply_flux_networks
         from webui_api.engine.families.sd3 import run_sd3_img2img, run_sd3_txt2img
+        from webui_api.engine.families.sd3_lora import apply_sd3_networks
 
         job = with_default_lora(job, self.networks.default_lora(job.engine_options))
         stripped, calls = job_networks(job)
         loaded = self.networks.load(calls)
         if loaded and model.unet_storage is not None:
             raise NotImplementedFeature("LoRA networks on float8-stored Flux weights are not supported yet")
-        if loaded and model.family == "sd3":
-            raise NotImplementedFeature("LoRA networks on SD3 models are not supported yet")
         run_job = job if restore_faces is None else without_overlays(job)
         if model.family == "sd3":
             run = run_sd3_img2img if job.kind == "img2img" else run_sd3_txt2img
-            result = run(model, replace(run_job, prompts=stripped), observer, cancel)
+            patch = apply_sd3_networks(model, loaded)
         else:
             run = run_flux_img2img if job.kind == "img2img" else run_flux_txt2img
-            patch = apply_flux_networks(model.unet, loaded)
-            try:
-                result = run(model, replace(run_job, prompts=stripped), observer, cancel)
-            finally:
-                patch.restore()
+            patch = apply_flux_networks(model, loaded)
+        try:
+            result = run(model, replace(run_job, prompts=stripped), observer, cancel)
+        finally:
+            patch.restore()
         result.extra_generation_params.update(self.networks.infotext(loaded, job.engine_options))
         if restore_faces is not None:
             restore_result_faces(result, job, restore_faces)

@@ -37,6 +37,7 @@ from webui_api.engine.pipeline import (
 )
 from webui_api.engine.refiner import CompanionModels, PassContext, refiner_run, sample_pass
 from webui_api.engine.rng import ImageRNG
+from webui_api.engine.vae_tiling import tiling_for_encode
 from webui_api.errors import BadRequest
 from webui_api.jobs import GeneratedImage, GenerationJob, Img2ImgParams, JobResult
 from webui_api.progress import CancelToken, RunObserver
@@ -91,7 +92,8 @@ def encode_image(model: LoadedModel, image) -> torch.Tensor:
 
 def _encode_tensor(model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
     """VAE-encode a (1, 3, H, W) tensor in [-1, 1] (posterior mean, scaled)."""
-    posterior = model.vae.encode(x.to(device=model.device, dtype=model.vae.dtype), return_dict=False)[0]
+    with tiling_for_encode(model.vae, model.vae_tiling, x.shape[-2], x.shape[-1]):
+        posterior = model.vae.encode(x.to(device=model.device, dtype=model.vae.dtype), return_dict=False)[0]
     return (posterior.mean.to(torch.float32) - model.vae_shift_factor) * model.vae_scale_factor
 
 
@@ -261,7 +263,8 @@ def edit_image_cond(model: LoadedModel, params: Img2ImgParams) -> torch.Tensor:
     latents = []
     for image in params.init_images:
         source = image_to_tensor(image).to(device=model.device, dtype=model.vae.dtype)
-        latents.append(model.vae.encode(source, return_dict=False)[0].mode().to(torch.float32))
+        with tiling_for_encode(model.vae, model.vae_tiling, source.shape[-2], source.shape[-1]):
+            latents.append(model.vae.encode(source, return_dict=False)[0].mode().to(torch.float32))
     return torch.cat(latents)
 
 

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from webui_api.engine.models import LoadedModel
+from webui_api.engine.vae_tiling import tiling_for_decode
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ def to_pil(x: torch.Tensor) -> Image.Image:
 def _vae_decode(model: LoadedModel, latent: torch.Tensor) -> torch.Tensor:
     vae = model.vae
     z = latent.to(device=model.device, dtype=vae.dtype) / model.vae_scale_factor + model.vae_shift_factor
-    return vae.decode(z, return_dict=False)[0][0].to(torch.float32)
+    with tiling_for_decode(vae, model.vae_tiling, z.shape[-2], z.shape[-1]):
+        return vae.decode(z, return_dict=False)[0][0].to(torch.float32)
 
 
 def decode_one(model: LoadedModel, latent: torch.Tensor, auto_upcast: bool = True) -> torch.Tensor:

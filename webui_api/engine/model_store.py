@@ -49,6 +49,7 @@ from webui_api.engine.models import (
 from webui_api.engine.offload import ModuleSwapper, OffloadPlan
 from webui_api.engine.previews import PreviewDecoders
 from webui_api.engine.storage import store_linears_in
+from webui_api.engine.vae_tiling import check_vae_tiling_mode
 from webui_api.engine_options import EngineOptions
 from webui_api.errors import UnknownCheckpoint
 
@@ -66,9 +67,11 @@ class ModelSetup:
     vram_mode: str = "normal"
     compile_policy: CompilePolicy = field(default_factory=CompilePolicy)
     previews: PreviewDecoders = field(default_factory=lambda: PreviewDecoders(None))
+    vae_tiling: str = "auto"  # --vae-tiling (engine.vae_tiling)
 
     def __post_init__(self) -> None:
         OffloadPlan.for_mode(self.vram_mode, "sd1")  # refuses an unknown mode at start
+        check_vae_tiling_mode(self.vae_tiling)
 
 
 class ModelCache:
@@ -112,7 +115,7 @@ class ModelStore:
     ) -> None:
         self.policy = policy
         self.setup = setup if setup is not None else ModelSetup()
-        self._swapper = ModuleSwapper(policy.device)
+        self._swapper = ModuleSwapper(policy.device, mover=policy.transfers.move)
         self._offloaded: LoadedModel | None = None  # the model the swapper's hooks are on
         self.paths = paths
         self.hashes = hashes
@@ -288,7 +291,8 @@ class ModelStore:
     def _place(self, model: LoadedModel, offload: bool = False) -> None:
         """`model` on the device (or, with `offload` and a --medvram/--lowvram plan, its swap
         units waiting in CPU RAM), with the embeddings that fit it, the precision policy's
-        autocast, the preview decoders and (--compile) a compiled UNet; most recently used."""
+        autocast, channels_last where the transfer plan says, the preview decoders and
+        (--compile) a compiled UNet; most recently used."""
         plan = self.offload_plan(model) if offload else OffloadPlan("none")
         if plan.offloads:
             if self._offloaded is not model:
@@ -297,10 +301,14 @@ class ModelStore:
                 self._swapper.install(model.modules(), plan)
                 self._offloaded = model
         elif model.device != self.policy.device:
-            model.move_to(self.policy.device)
+            model.move_to(self.policy.device, self.policy.transfers.move)
+        self.policy.transfers.format(model.unet)
+        self.policy.transfers.format(model.vae)
         model.embeddings = self.embeddings.store_for(model)
         model.autocast = self.policy.autocast
         model.preview_decoders = self.setup.previews
+        model.vae_tiling = self.setup.vae_tiling
+        model.offloaded = plan.offloads
         self.setup.compile_policy.apply(model)
         self._cache.put(model)
 
@@ -322,7 +330,7 @@ class ModelStore:
         if previous is not None and previous is not model and self.policy.parks_in_ram:
             if previous is self._offloaded:
                 self._stop_offloading()
-            previous.move_to(CPU)
+            previous.move_to(CPU, self.policy.transfers.move)
         self._place(model, offload=True)
         self._active = model
         self._current = model.info

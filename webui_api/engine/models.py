@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -135,7 +136,9 @@ class LoadedModel:
     vae_file: str | None = None  # the VAE file `vae` came from; None while the baked VAE is in use
     embeddings: Any = None  # webui_api.engine.embeddings.EmbeddingStore fitting this model's encoders
     autocast: bool = False  # UNet calls run under torch.autocast (engine.precision.PrecisionPolicy.autocast)
-    preview_decoders: Any = None  # engine.previews.PreviewDecoders: TAESD decoders for live previews
+    preview_decoders: Any = None  # engine.previews.PreviewDecoders: TAESD / Approx NN decoders for live previews
+    vae_tiling: str = "auto"  # --vae-tiling: auto | on | off (engine.vae_tiling)
+    offloaded: bool = False  # its networks take turns on the device (--medvram/--lowvram; engine.offload)
     vae_shift_factor: float = 0.0  # latent = (z - shift) * scale; Flux's autoencoder has a shift, SD's none
     flow_shift: float | None = None  # flow-matching models (Flux): the sigma table's time shift; None: diffusion
     module_files: tuple[str, ...] = ()  # Forge modules (VAE / text encoder files) this model was built with
@@ -154,11 +157,17 @@ class LoadedModel:
         }
         return {name: module for name, module in parts.items() if module is not None}
 
-    def move_to(self, device: torch.device) -> None:
+    def move_to(
+        self, device: torch.device, mover: Callable[[torch.nn.Module, torch.device], None] | None = None
+    ) -> None:
         """Move every network and the schedule to `device` (parking a cached model in CPU RAM
-        and bringing it back costs a copy, not a disk read)."""
+        and bringing it back costs a copy, not a disk read); `mover` moves one network (the
+        device policy's pinned, non-blocking TransferPlan.move), plain `.to` by default."""
         for module in self.modules().values():
-            module.to(device)
+            if mover is None:
+                module.to(device)
+            else:
+                mover(module, device)
         self.alphas_cumprod = self.alphas_cumprod.to(device)
         self.device = torch.device(device)
 

@@ -29,7 +29,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol, runtime_checkable
 
 import torch
 
@@ -262,11 +262,12 @@ def network_targets(model: Any) -> dict[str, Target]:
     for slot, prefixes in slots:
         encoder = getattr(model, slot, None)
         if encoder is not None:
-            targets.update(_text_targets(encoder, slot, prefixes))
+            targets.update(text_targets(encoder, slot, prefixes))
     return targets
 
 
-def _text_targets(encoder: torch.nn.Module, slot: str, prefixes: Sequence[str]) -> dict[str, Target]:
+def text_targets(encoder: torch.nn.Module, slot: str, prefixes: Sequence[str]) -> dict[str, Target]:
+    """The names a LoRA may use for a CLIP text encoder's layers (kohya `lora_te*_`, PEFT `slot.`)."""
     targets = {}
     for path, module in encoder.named_modules():
         if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
@@ -350,19 +351,38 @@ def weight_of(module: torch.nn.Module) -> torch.Tensor:
     return weight
 
 
+@runtime_checkable
+class DeltaLayer(Protocol):
+    """A layer whose weight cannot be changed in place (GGUF-packed): a LoRA is added at call time."""
+
+    def add_weight_delta(self, delta: torch.Tensor) -> None: ...
+
+    def clear_weight_delta(self) -> None: ...
+
+
 @dataclass
 class NetworkPatch:
     """The original weights of every module a job's networks changed; `restore()` puts them
-    back exactly (copies, not subtraction, so no rounding is left behind)."""
+    back exactly (copies, not subtraction, so no rounding is left behind) and drops the deltas
+    given to layers that add them at call time."""
 
     backups: list[tuple[torch.nn.Module, torch.Tensor]] = field(default_factory=list)
     hashes: dict[str, str] = field(default_factory=dict)  # "Lora hashes": mentioned name -> shorthash
+    delta_layers: list[DeltaLayer] = field(default_factory=list)
 
     def restore(self) -> None:
         with torch.no_grad():
             for module, original in reversed(self.backups):
                 weight_of(module).copy_(original)
         self.backups.clear()
+        for layer in self.delta_layers:
+            layer.clear_weight_delta()
+        self.delta_layers.clear()
+
+    def add_delta(self, layer: DeltaLayer, delta: torch.Tensor) -> None:
+        layer.add_weight_delta(delta)
+        if not any(existing is layer for existing in self.delta_layers):
+            self.delta_layers.append(layer)
 
     def backup(self, module: torch.nn.Module) -> None:
         if not any(existing is module for existing, _ in self.backups):
@@ -402,7 +422,7 @@ def _apply_one(network: LoadedNetwork, targets: Mapping[str, Target], patch: Net
             if target is None:
                 unmatched.append(name)
                 continue
-            _patch_module(network, name, parts, target, patch)
+            patch_module(network, name, parts, target, patch)
             matched += 1
     if not matched:
         raise UnusableModelFile(
@@ -416,9 +436,10 @@ def _apply_one(network: LoadedNetwork, targets: Mapping[str, Target], patch: Net
         )
 
 
-def _patch_module(
+def patch_module(
     network: LoadedNetwork, name: str, parts: Mapping[str, torch.Tensor], target: Target, patch: NetworkPatch
 ) -> None:
+    """Merge one layer's LoRA into `target` (weight: te or unet multiplier), backing it up first."""
     kind = _unsupported_kind(parts)
     if kind is not None:
         raise UnusableModelFile(network.entry.filename, f"{kind} networks are not supported (layer {name})")

@@ -35,8 +35,9 @@ from webui_api.engine.denoiser import (
 )
 from webui_api.engine.latents import decode_latents
 from webui_api.engine.models import LoadedModel
-from webui_api.engine.previews import live_preview
+from webui_api.engine.previews import live_preview, preview_kind
 from webui_api.engine.rng import ImageRNG, philox_normal
+from webui_api.engine.token_merging import token_merging
 from webui_api.errors import BadRequest
 from webui_api.jobs import GeneratedImage, GenerationJob, JobResult
 from webui_api.progress import CancelToken, RunObserver
@@ -249,7 +250,7 @@ def initial_latent(job: GenerationJob, plan: SamplerPlan, noise: torch.Tensor, s
     return noise * schedule[0]
 
 
-def _eta(job: GenerationJob, plan: SamplerPlan) -> float | None:
+def sampler_eta(job: GenerationJob, plan: SamplerPlan) -> float | None:
     """The request's eta, else A1111's option (eta_ddim for DDIM-family samplers, else
     eta_ancestral), else None: the sampler's own default."""
     if job.sampling.eta is not None or not plan.sampler.takes_eta:
@@ -308,7 +309,7 @@ def sampler_kwargs(
     return sampler_call_kwargs(
         plan.sampler,
         schedule,
-        eta=_eta(job, plan),
+        eta=sampler_eta(job, plan),
         s_churn=params.s_churn,
         s_tmin=params.s_tmin,
         s_tmax=params.s_tmax,
@@ -366,7 +367,7 @@ def make_callback(
     """The sampler callback: remember the x0 estimate, report the step with a lazy preview
     of the kind the option show_progress_type names (made only when a preview is due)."""
     total = job.sampling.steps
-    preview_type = job.engine_options.show_progress_type
+    preview_type = preview_kind(job.engine_options, model)
 
     def callback(info: dict) -> None:
         trace.x0 = info["denoised"]
@@ -413,11 +414,14 @@ def sample_batch(
     start: StartFn | None = None,
     hooks: SamplingHooks | None = None,
     padding: PaddingRecord | None = None,
+    is_hires: bool = False,
 ) -> torch.Tensor:
     """Run the sampler for one batch and return its final latents (or, when interrupted or
     skipped, the last x0 estimate). `start` turns the first noise draw and the full
     schedule into the starting point (None: txt2img's pure noise); `hooks` see SamplingHooks;
-    `padding` collects the cond/uncond padding of the run's last denoiser call (infotext)."""
+    `padding` collects the cond/uncond padding of the run's last denoiser call (infotext).
+    The model's UNet merges tokens (ToMe) at the pass's ratio while the sampler runs
+    (`is_hires`: the hires fix's second pass, which has its own ratio)."""
     hooks = hooks or SamplingHooks()
     # 1. conditioning for prompts and negative prompts (schedules, AND parts)
     if hooks.conditioning is not None:
@@ -451,10 +455,12 @@ def sample_batch(
     function = plan.sampler.function
     if function is None:  # resolve_sampler refuses unimplemented samplers before a job is built
         raise ValueError(f"sampler {plan.sampler.name!r} is not implemented")
+    merging = job.engine_options.token_merging_for(job.kind, is_hires)
     try:
-        return function(
-            denoiser, x, schedule, extra_args=extra_args, callback=callback, disable=True, **kwargs
-        )
+        with token_merging(model.unet, merging):
+            return function(
+                denoiser, x, schedule, extra_args=extra_args, callback=callback, disable=True, **kwargs
+            )
     except SamplingInterrupted:
         return trace.x0 if cfg.last is None else cfg.last.cond_denoised
     finally:  # A1111 adds the keys after the sampler returns, interrupted or not

@@ -17,7 +17,8 @@ a half-precision VAE gets A1111's NaN → float32 retry.
 
 Attention: diffusers' default processor is PyTorch's scaled-dot-product attention, whose
 half-precision kernels accumulate the softmax in float32. A1111's option "Upcast cross attention
-layer to float32" (`upcast_attn`, off by default) is not acted on yet.
+layer to float32" (`upcast_attn`, off by default) casts q, k, v to float32 for the attention itself
+(engine/attention.py, applied per job).
 """
 
 from __future__ import annotations

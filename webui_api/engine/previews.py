@@ -6,11 +6,13 @@
   file is a state dict of a Sequential whose index 0 is a parameter-free clamp; diffusers'
   DecoderTiny is the same network with the clamp in forward(), so keys shift by one.
 - "Approx cheap": a per-pixel linear map (latents.approx_preview).
-- "Approx NN": A1111's small VAE-approx CNN (models/VAE-approx/model.pt). Not built here yet:
-  it shows "Approx cheap" instead (docs/api-compat.md).
+- "Approx NN" (A1111's default): A1111's small VAE-approx CNN (engine/vae_approx.py) from
+  models/VAE-approx (model.pt for SD1/SD2, vaeapprox-sdxl.pt, vaeapprox-sd3.pt), at half the
+  image's size. A1111 downloads a missing file; here the generation layer fetches it before the
+  job (weights/runtime.preview_weights) when downloads are allowed.
 
-A missing TAESD file also falls back to "Approx cheap" (with one log line per file): a preview
-must never fail a generation. Decoders are loaded once per engine (PreviewDecoders).
+A missing TAESD or VAE-approx file falls back to "Approx cheap" (with one log line per file): a
+preview must never fail a generation. Decoders are loaded once per engine (PreviewDecoders).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from PIL import Image
 
 from webui_api.engine.latents import PREVIEW_FAMILY, approx_preview, decode_one, to_pil
+from webui_api.engine.vae_approx import APPROX_FILES, load_vae_approx
 
 log = logging.getLogger(__name__)
 PREVIEW_TYPES = ("Full", "Approx NN", "Approx cheap", "TAESD")
@@ -60,25 +63,62 @@ def load_taesd_decoder(path: Path, device: torch.device, dtype: torch.dtype) -> 
 
 @dataclass
 class PreviewDecoders:
-    """The engine's TAESD decoders, loaded on first use from `folder` (models/VAE-taesd)."""
+    """The engine's preview decoders, loaded on first use: TAESD from `folder` (models/VAE-taesd),
+    Approx NN from `approx_folder` (models/VAE-approx). A missing file is remembered as None."""
 
     folder: Path | None
-    _loaded: dict[str, torch.nn.Module | None] = field(default_factory=dict)
+    approx_folder: Path | None = None
+    _loaded: dict[tuple[str, str], torch.nn.Module | None] = field(default_factory=dict)
 
     def taesd(self, family: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module | None:
-        """The decoder for `family`'s latent space, or None when its file is absent."""
+        """The TAESD decoder for `family`'s latent space, or None when its file is absent."""
         space = PREVIEW_FAMILY.get(family, family)
-        if space not in self._loaded:
-            self._loaded[space] = self._load(space, device, dtype)
-        return self._loaded[space]
+        key = ("TAESD", space)
+        if key not in self._loaded:
+            self._loaded[key] = self._load_taesd(space, device, dtype)
+        return self._loaded[key]
 
-    def _load(self, space: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module | None:
-        name = TAESD_DECODER_FILES.get(space)
-        path = None if self.folder is None or name is None else self.folder / name
-        if path is None or not path.is_file():
-            log.warning("TAESD previews need %s in %s; showing Approx cheap previews instead", name, self.folder)
+    def approx_nn(self, family: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module | None:
+        """The Approx NN decoder for `family`'s latent space, or None when its file is absent."""
+        space = PREVIEW_FAMILY.get(family, family)
+        key = ("Approx NN", space)
+        if key not in self._loaded:
+            self._loaded[key] = self._load_approx(space, device, dtype)
+        return self._loaded[key]
+
+    def _load_taesd(self, space: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module | None:
+        path = _file_in(self.folder, TAESD_DECODER_FILES.get(space))
+        if path is None:
+            log.warning("TAESD previews need %s in %s; showing Approx cheap previews instead",
+                        TAESD_DECODER_FILES.get(space), self.folder)
             return None
         return load_taesd_decoder(path, device, dtype)
+
+    def _load_approx(self, space: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module | None:
+        path = _file_in(self.approx_folder, APPROX_FILES.get(space))
+        if path is None:
+            log.warning("Approx NN previews need %s in %s; showing Approx cheap previews instead",
+                        APPROX_FILES.get(space), self.approx_folder)
+            return None
+        return load_vae_approx(path, device, dtype)
+
+
+def _file_in(folder: Path | None, name: str | None) -> Path | None:
+    """`folder/name` when both are known and the file exists."""
+    if folder is None or name is None:
+        return None
+    path = folder / name
+    return path if path.is_file() else None
+
+
+def preview_kind(options: Any, model: Any) -> str:
+    """The preview kind a job shows: its `show_progress_type`, except that A1111 shows "Approx NN"
+    instead of "Full" while the model is offloaded (--medvram/--lowvram: a full VAE decode would
+    move the VAE in and out every preview) unless `live_preview_allow_lowvram_full` is set."""
+    kind = str(options.show_progress_type)
+    if kind == "Full" and getattr(model, "offloaded", False) and not options.live_preview_allow_lowvram_full:
+        return "Approx NN"
+    return kind
 
 
 def live_preview(model: Any, preview_type: str, latents: torch.Tensor) -> Image.Image:
@@ -86,11 +126,21 @@ def live_preview(model: Any, preview_type: str, latents: torch.Tensor) -> Image.
     latent = latents[:1]
     if preview_type == "Full":
         return to_pil(decode_one(model, latent))
-    if preview_type == "TAESD":
-        decoders = getattr(model, "preview_decoders", None)
-        decoder = None if decoders is None else decoders.taesd(model.family, model.device, model.vae.dtype)
-        if decoder is not None:
-            with torch.inference_mode():
-                image = decoder(latent.to(device=model.device, dtype=next(decoder.parameters()).dtype))
-            return to_pil(image[0].to(torch.float32).clamp(-1, 1))
+    decoder = _network_decoder(model, preview_type)
+    if decoder is not None:
+        with torch.inference_mode():
+            image = decoder(latent.to(device=model.device, dtype=next(decoder.parameters()).dtype))
+        return to_pil(image[0].to(torch.float32).clamp(-1, 1))
     return approx_preview(latent, model.family)
+
+
+def _network_decoder(model: Any, preview_type: str) -> torch.nn.Module | None:
+    """The TAESD / Approx NN network for `model`, None for "Approx cheap" or a missing file."""
+    decoders = getattr(model, "preview_decoders", None)
+    if decoders is None:
+        return None
+    if preview_type == "TAESD":
+        return decoders.taesd(model.family, model.device, model.vae.dtype)
+    if preview_type == "Approx NN":
+        return decoders.approx_nn(model.family, model.device, model.vae.dtype)
+    return None

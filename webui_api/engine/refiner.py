@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import torch
 
+from webui_api.engine.attention import apply_attention_upcast
 from webui_api.engine.cond_types import BatchConditioning
 from webui_api.engine.denoiser import CFGDenoiser, PaddingRecord, make_inner
 from webui_api.engine.latents import decode_latents
@@ -113,6 +114,9 @@ class CompanionSource(Protocol):
     @property
     def device(self) -> torch.device: ...
 
+    @property
+    def policy(self) -> Any: ...  # engine.device.DevicePolicy: its transfers park companions
+
     def checkpoints(self) -> list[CheckpointInfo]: ...
 
     def companion(self, info: CheckpointInfo) -> LoadedModel: ...
@@ -150,6 +154,7 @@ class CompanionModels:
             model = self.engine.companion(info)
             self.engine.apply_vae(model, self.job)
             self._undo.append(apply_tiling(model, self.job.tiling).restore)
+            self._undo.append(apply_attention_upcast(model, self.job.engine_options.upcast_attn).restore)
             if self.networks is not None:
                 self.networks.attach(model, strict=False)
             self._ready[info.filename] = model
@@ -162,7 +167,7 @@ class CompanionModels:
         self._undo.clear()
         if self.engine.device.type != "cpu":
             for model in self._ready.values():
-                model.move_to(torch.device("cpu"))
+                model.move_to(torch.device("cpu"), self.engine.policy.transfers.move)
         self._ready.clear()
 
 
@@ -330,7 +335,7 @@ def sample_pass(
     if run is not None:
         run.current = None
     hooks = refiner_hooks(run, ctx, main)
-    latents = sample_batch(main, ctx.job, ctx.plan, batch, observer, cancel, start, hooks, padding)
+    latents = sample_batch(main, ctx.job, ctx.plan, batch, observer, cancel, start, hooks, padding, ctx.is_hires)
     finished = run.current if run is not None and run.current is not None else main
     return latents, finished
 

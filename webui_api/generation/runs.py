@@ -22,7 +22,7 @@ from ..scheduler import WorkItem
 from ..schemas.generation import Img2ImgRequest, Txt2ImgRequest
 from ..serving.context import RequestContext
 from ..serving.hooks import job_steps
-from ..weights.runtime import job_weights, prefetch
+from ..weights.runtime import check_fetchable, job_weights, prefetch
 from .outputs import build_response, img2img_echo, save_outputs
 from .prepare import PreparedRequest, prepare
 from .work import face_restorer, first_pass_sink, img2img_item, txt2img_item
@@ -146,5 +146,6 @@ async def check_before_queueing(tab: str, request: Any, runtime: Runtime, contex
         return
     job = await build_job(tab_flow(tab), prepared)
     needed = job_weights(runtime.settings, job)  # unknown upscaler / face model names are refused here
+    check_fetchable(runtime.weights, needed)  # missing while --offline: the sync route's 400, before storing
     if not needed.required:  # weights still to fetch are fetched when the task runs, as the sync route would
         face_restorer(runtime, job)

@@ -29,8 +29,9 @@ from ..progress import CancelToken
 from ..runtime import Runtime
 from ..scheduler import ProgressSpec, WorkItem
 from ..serving.context import RequestContext
+from ..serving.script_budget import ScriptBudget
 from ..styles import PromptStyle
-from ..weights.runtime import prefetch
+from ..weights.runtime import check_fetchable, prefetch
 
 
 async def run_script(
@@ -49,7 +50,7 @@ async def run_script(
     run times reach the metrics, and it is counted and audited (never cached: scripts draw
     random seeds per line/cell)."""
     context = context or RequestContext()
-    ctx = guarded_context(runtime, tab, options, styles, context)
+    ctx = guarded_context(runtime, tab, request.script_name, options, styles, context)
     planned = await asyncio.to_thread(plan_script, request, ctx)
     await prefetch(runtime.weights, script_weights(request, ctx, runtime.settings, planned))
     first = planned.first_job  # steps x images of the first job per /progress unit: cells may differ (an estimate)
@@ -63,17 +64,25 @@ async def run_script(
     return await runtime.serving.finish(tab, request, response, context, cacheable=False)
 
 
-def guarded_context(runtime: Runtime, tab: str, options: Mapping[str, Any], styles: Sequence[PromptStyle],
-                    context: RequestContext) -> ScriptContext:
+def guarded_context(runtime: Runtime, tab: str, script_name: str, options: Mapping[str, Any],
+                    styles: Sequence[PromptStyle], context: RequestContext) -> ScriptContext:
     """The planning context whose check_job applies the server's guards and the caller's
-    content policy to every job the script plans."""
-    return replace(script_context(runtime, tab, options, styles), check_job=runtime.serving.job_guard(context, tab))
+    content policy to every job the script plans, and whose budget counts the whole run
+    against --max-script-images / --max-script-work (a fresh budget per request), so a run
+    over either is refused while it is planned, before anything is queued."""
+    budget = ScriptBudget(runtime.serving.limits.script_limits, f"script '{script_name}'")
+    return replace(script_context(runtime, tab, options, styles), check_job=runtime.serving.job_guard(context, tab),
+                   charge=budget.charge)
 
 
 async def plan_checked(prepared: Any, tab: str, runtime: Runtime, context: RequestContext) -> ScriptRun:
-    """Plan a script request without queueing it (async tasks are checked this way)."""
-    ctx = guarded_context(runtime, tab, prepared.options, prepared.styles, context)
-    return await asyncio.to_thread(plan_script, prepared.request, ctx)
+    """Plan a script request without queueing it (async tasks are checked this way), and
+    refuse it when a weights file it needs is missing and cannot be fetched."""
+    ctx = guarded_context(runtime, tab, prepared.request.script_name, prepared.options, prepared.styles, context)
+    planned = await asyncio.to_thread(plan_script, prepared.request, ctx)
+    # weights run_script would fetch first: refused now when they cannot be fetched (--offline)
+    check_fetchable(runtime.weights, script_weights(prepared.request, ctx, runtime.settings, planned))
+    return planned
 
 
 def script_item(runtime: Runtime, tab: str, planned: ScriptRun) -> WorkItem:

@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from ..errors import ApiError
+from ..pixel_budget import pixel_budget
 from ..progress import COMPLETED, JobOutcome
 from ..runtime import Runtime
 from ..schemas.generation import Img2ImgRequest, Txt2ImgRequest
@@ -225,7 +226,9 @@ class TaskRunner:
         context = RequestContext(caller=task.owner_name, priority=task.tier, task_id=task.id, owner=task.owner)
         if task.owner:
             self._runtime.progress.claim(task.id, task.owner)  # callers who may not see all tasks see only theirs
-        with task_scope(task.id):  # the queued job carries the task's id: /internal/progress, event streams
+        # the queued job carries the task's id (/internal/progress, event streams); the task's
+        # images are decoded and sized under the server's pixel budget, as in a request
+        with task_scope(task.id), pixel_budget(self._runtime.serving.limits.max_input_pixels):
             if task.type == "txt2img":
                 return await run_txt2img(Txt2ImgRequest.model_validate(task.params), self._runtime, guarded=False,
                                          context=context)

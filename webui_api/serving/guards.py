@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import LimitExceeded
 from ..pixel_budget import pixel_budget
+from .script_budget import DEFAULT_MAX_SCRIPT_IMAGES, DEFAULT_MAX_SCRIPT_WORK, ScriptLimits
 
 __all__ = [
     "BodySizeLimit",
@@ -37,6 +38,13 @@ class RequestLimits:
     max_prompt_length: int = 20_000  # characters in prompt / negative_prompt
     max_body_bytes: int = 64 * 1024 * 1024
     max_input_pixels: int = 4096 * 4096  # pixels of each decoded input image
+    max_script_images: int = DEFAULT_MAX_SCRIPT_IMAGES  # images of one script run, all its jobs together
+    max_script_work: int = DEFAULT_MAX_SCRIPT_WORK  # step-megapixels of one script run (serving.script_budget)
+
+    @property
+    def script_limits(self) -> ScriptLimits:
+        """The whole-script budget's limits (one script run: an x/y/z plot, a prompt list)."""
+        return ScriptLimits(self.max_script_images, self.max_script_work)
 
 
 def _over(value: float | None, limit: int) -> bool:

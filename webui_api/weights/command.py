@@ -24,7 +24,7 @@ def build_subparser() -> argparse.ArgumentParser:
     parser.add_argument("action", choices=("list", "fetch"))
     parser.add_argument("names", nargs="*", help="registry names to fetch (quote names with spaces)")
     parser.add_argument("--kind", help="fetch or list only this kind: upscaler, 'face restoration', interrogate, "
-                        "taesd, checkpoint")
+                        "taesd, 'vae approx', checkpoint")
     return parser
 
 

@@ -137,6 +137,9 @@ class WeightsFetcher:
         # removed under this lock, and removed only by the last download that used it.
         self._staging_guard = threading.Lock()
         self._staging_users = 0
+        # Optional files whose download failed: not tried again by this server (a preview decoder
+        # that cannot be had must not cost every later job a download attempt and its timeout).
+        self._given_up: set[str] = set()
 
     @classmethod
     def from_settings(cls, settings: Any, registry: WeightsRegistry | None = None,
@@ -166,6 +169,13 @@ class WeightsFetcher:
     def staging_path(self, name: str) -> Path:
         entry = self.entry(name)
         return self.folders.models_dir / STAGING_FOLDER / f"{entry.folder}--{entry.filename}.part"
+
+    def give_up(self, name: str) -> None:
+        """Stop offering an optional file whose download failed (until the server restarts)."""
+        self._given_up.add(self.entry(name).name)
+
+    def gave_up(self, name: str) -> bool:
+        return self.entry(name).name in self._given_up
 
     def check_fetchable(self, name: str) -> None:
         """Raise the 400 a missing file would get, without downloading anything."""

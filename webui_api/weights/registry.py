@@ -27,6 +27,7 @@ UPSCALER = "upscaler"
 FACE = "face restoration"
 INTERROGATE = "interrogate"
 TAESD = "taesd"
+VAE_APPROX = "vae approx"
 CHECKPOINT = "checkpoint"
 
 
@@ -35,7 +36,7 @@ class WeightFile:
     """One pinned file: where A1111 keeps it, where it comes from, how to check it."""
 
     name: str  # registry name; for upscalers A1111's listed name ("R-ESRGAN 4x+")
-    kind: str  # UPSCALER | FACE | INTERROGATE | TAESD | CHECKPOINT
+    kind: str  # UPSCALER | FACE | INTERROGATE | TAESD | VAE_APPROX | CHECKPOINT
     folder: str  # A1111's folder under models/ ("RealESRGAN"); see folders.WeightFolders
     filename: str  # the file name A1111 saves it as
     url: str  # the official origin A1111 downloads from
@@ -137,6 +138,21 @@ TAESD_FILES: tuple[WeightFile, ...] = tuple(
                  "taesd3_decoder", "taesd3_encoder")
 )
 
+# A1111 modules/sd_vae_approx.py ("Approx NN" live previews): models/VAE-approx/<name>. A1111
+# ships model.pt (SD1/SD2) in its own repository (unchanged since it was added, 213777 bytes;
+# the digest is of that file, fetched here from the v1.10.1 tree) and downloads the SDXL and SD3
+# files from its v1.0.0-pre release, with no published digest.
+_A1111 = f"{GITHUB}/AUTOMATIC1111/stable-diffusion-webui"
+VAE_APPROX_FILES: tuple[WeightFile, ...] = (
+    WeightFile("vaeapprox-sd1", VAE_APPROX, "VAE-approx", "model.pt",
+               f"{_A1111}/raw/v1.10.1/models/VAE-approx/model.pt",
+               "4f88c9078bb2238cdd0d8864671dd33e3f42e091e41f08903f3c15e4a54a9b39", 213777, "AGPL-3.0"),
+    WeightFile("vaeapprox-sdxl", VAE_APPROX, "VAE-approx", "vaeapprox-sdxl.pt",
+               f"{_A1111}/releases/download/v1.0.0-pre/vaeapprox-sdxl.pt", None, None, "AGPL-3.0"),
+    WeightFile("vaeapprox-sd3", VAE_APPROX, "VAE-approx", "vaeapprox-sd3.pt",
+               f"{_A1111}/releases/download/v1.0.0-pre/vaeapprox-sd3.pt", None, None, "AGPL-3.0"),
+)
+
 # A1111 modules/sd_models.list_models: downloaded when no checkpoint exists (unless
 # --no-download-sd-model); its sha256 is the one A1111 checks.
 CHECKPOINT_FILES: tuple[WeightFile, ...] = (
@@ -145,7 +161,8 @@ CHECKPOINT_FILES: tuple[WeightFile, ...] = (
                "6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa", 4265146304, "CreativeML OpenRAIL-M"),
 )
 
-BUILTIN_FILES: tuple[WeightFile, ...] = UPSCALERS + FACE_FILES + INTERROGATE_FILES + TAESD_FILES + CHECKPOINT_FILES
+BUILTIN_FILES: tuple[WeightFile, ...] = (UPSCALERS + FACE_FILES + INTERROGATE_FILES + TAESD_FILES + VAE_APPROX_FILES
+                                         + CHECKPOINT_FILES)
 
 
 class UnknownWeights(NotFound):

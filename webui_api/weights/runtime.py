@@ -10,6 +10,7 @@ it is fetched when downloads are allowed and silently skipped otherwise.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from webui_api.errors import ApiError
 from webui_api.weights.fetcher import WeightsFetcher
 
+log = logging.getLogger(__name__)
 PARSER_WEIGHTS = "facexlib parsing"
 DETECTOR_WEIGHTS = "facexlib detection"
 
@@ -71,20 +73,27 @@ def job_weights(settings: Any, job: Any) -> NeededWeights:
         needed += upscaler_weights(settings, job.options, [hires.upscaler])
     if getattr(job, "restore_faces", False):
         needed += face_weights(settings, str(job.options.get("face_restoration_model") or "CodeFormer"))
-    if job.options.get("show_progress_type") == "TAESD":
-        needed += preview_weights(settings)
+    if getattr(job, "preview_every_n_steps", 1) > 0:
+        needed += preview_weights(settings, str(job.options.get("show_progress_type") or DEFAULT_PREVIEW_TYPE))
     return needed
 
 
-TAESD_PREVIEW_WEIGHTS = ("taesd_decoder", "taesdxl_decoder")  # SD1/SD2 and SDXL latent spaces
+DEFAULT_PREVIEW_TYPE = "Approx NN"  # A1111's default show_progress_type
+# Registry name -> (folder, file) per preview kind, SD1/SD2 and SDXL latent spaces.
+PREVIEW_WEIGHTS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "TAESD": (("taesd_decoder", "VAE-taesd", "taesd_decoder.pth"),
+              ("taesdxl_decoder", "VAE-taesd", "taesdxl_decoder.pth")),
+    "Approx NN": (("vaeapprox-sd1", "VAE-approx", "model.pt"),
+                  ("vaeapprox-sdxl", "VAE-approx", "vaeapprox-sdxl.pt")),
+}
 
 
-def preview_weights(settings: Any) -> NeededWeights:
-    """TAESD live previews (show_progress_type "TAESD"): the decoders missing from
-    models/VAE-taesd, optional (without them the preview is "Approx cheap", never an error)."""
-    folder = settings.models_dir / "VAE-taesd"
-    return NeededWeights(optional=tuple(name for name in TAESD_PREVIEW_WEIGHTS
-                                        if not (folder / f"{name}.pth").is_file()))
+def preview_weights(settings: Any, preview_type: str = "TAESD") -> NeededWeights:
+    """Live previews of `preview_type` ("TAESD", "Approx NN"): the decoders missing from their
+    folder, optional (without them the preview is "Approx cheap", never an error)."""
+    wanted = PREVIEW_WEIGHTS.get(preview_type, ())
+    return NeededWeights(optional=tuple(name for name, folder, filename in wanted
+                                        if not (settings.models_dir / folder / filename).is_file()))
 
 
 def extras_weights(settings: Any, options: Mapping[str, Any] | None, params: Any) -> NeededWeights:
@@ -101,15 +110,39 @@ def extras_weights(settings: Any, options: Mapping[str, Any] | None, params: Any
 
 
 async def prefetch(fetcher: WeightsFetcher | None, needed: NeededWeights) -> None:
-    """Fetch what is needed, off the event loop; a refusal of a required file is raised (a
-    4xx naming the file, folder and fetch command), an optional one is skipped."""
+    """Fetch what is needed, off the event loop; a refusal or failed download of a required
+    file is raised (a 4xx/502 naming the file, folder and fetch command), an optional one is
+    skipped (refused) or logged (failed): the job runs without it."""
     if fetcher is None or not (needed.required or needed.optional):
         return
     optional = [name for name in needed.optional if _fetchable(fetcher, name)]
-    await asyncio.gather(*(fetcher.ensure_async(name) for name in (*needed.required, *optional)))
+    await asyncio.gather(*(fetcher.ensure_async(name) for name in needed.required),
+                         *(_fetch_optional(fetcher, name) for name in optional))
+
+
+async def _fetch_optional(fetcher: WeightsFetcher, name: str) -> None:
+    """Fetch an optional file; a failure is logged and remembered, so later jobs do not retry it."""
+    try:
+        await fetcher.ensure_async(name)
+    except ApiError as err:
+        fetcher.give_up(name)
+        log.warning("optional weights %s not fetched, running without them (not retried until restart; "
+                    "`webui-api models fetch` fetches it): %s", name, err.detail)
+
+
+def check_fetchable(fetcher: WeightsFetcher | None, needed: NeededWeights) -> None:
+    """Raise the 4xx `prefetch` would raise for a required file, without downloading anything:
+    what an async task checks when it is submitted (a task is accepted only when its files are
+    present or may be fetched when it runs, e.g. never while --offline and a file is missing)."""
+    if fetcher is None:
+        return
+    for name in needed.required:
+        fetcher.check_fetchable(name)
 
 
 def _fetchable(fetcher: WeightsFetcher, name: str) -> bool:
+    if fetcher.gave_up(name):
+        return False
     try:
         fetcher.check_fetchable(name)
     except ApiError:

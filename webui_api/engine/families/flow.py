@@ -7,18 +7,29 @@ between the families (job checks, sigma table, text conditioning, infotext) come
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import PurePath
 from typing import Any, Protocol
 
 import torch
 
+from samplers import flow as flow_samplers
+from samplers.registry import discards_penultimate_sigma, flow_form, sampler_call_kwargs
 from webui_api.engine.denoiser import SamplingInterrupted
 from webui_api.engine.latents import decode_latents, to_pil
 from webui_api.engine.models import LoadedModel
-from webui_api.engine.pipeline import BatchSpec, SamplerPlan, batch_images, job_batches, make_image_rng
+from webui_api.engine.networks import parse_prompt_networks
+from webui_api.engine.pipeline import (
+    BatchSpec,
+    SamplerPlan,
+    batch_images,
+    job_batches,
+    make_image_rng,
+    make_noise_sampler,
+    sampler_eta,
+)
+from webui_api.engine.prompts import ScheduledText, prompt_schedule, split_subprompts
 from webui_api.jobs import GeneratedImage, GenerationJob, HiresParams, JobResult
 from webui_api.progress import CancelToken, RunObserver
 
@@ -41,6 +52,126 @@ def module_infotext(model: LoadedModel, job: GenerationJob) -> dict[str, Any]:
     return {f"Module {index}": stem for index, stem in enumerate(stems, start=1)}
 
 
+# ---------------------------------------------------------------------------
+# Prompt editing per step
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromptFrame:
+    """The steps prompt schedules are laid out on: A1111's total_steps of the first pass (twice
+    the steps for second-order samplers) and, for the hires pass, the hires pass's total."""
+
+    steps: int
+    hires_steps: int | None = None
+
+    @classmethod
+    def for_pass(cls, job: GenerationJob, plan: SamplerPlan) -> PromptFrame:
+        return cls(plan.sampler.total_steps(job.sampling.steps))
+
+    def hires(self, second: GenerationJob, hr_plan: SamplerPlan) -> PromptFrame:
+        return replace(self, hires_steps=hr_plan.sampler.total_steps(second.sampling.steps))
+
+
+def prompt_texts(prompt: str, frame: PromptFrame, use_old_scheduling: bool = False) -> tuple[ScheduledText, ...]:
+    """A prompt's texts over the denoiser calls, as A1111 schedules them ([a:b:N], [a|b], ...);
+    the flow models take no composable guidance, so AND parts are joined with spaces (Forge's Flux
+    path concatenates them) at every step. Extra-network tags are removed (hires prompts keep them
+    in the job)."""
+    text = parse_prompt_networks(prompt)[0]
+    parts = [prompt_schedule(part.text, frame.steps, frame.hires_steps, use_old_scheduling)
+             for part in split_subprompts(text)]
+    ends = sorted({entry.end_at_step for schedule in parts for entry in schedule})
+    return tuple(ScheduledText(end, " ".join(_text_at(schedule, end) for schedule in parts)) for end in ends)
+
+
+def _text_at(schedule: tuple[ScheduledText, ...], step: int) -> str:
+    return next((entry.text for entry in schedule if step <= entry.end_at_step), schedule[0].text)
+
+
+def rows_of(cond: Any, rows: Sequence[int]) -> Any:
+    """A family's conditioning (a dataclass of batch-first tensors) restricted to `rows`, in order."""
+    index = torch.tensor(list(rows), dtype=torch.long)
+    return type(cond)(**{f.name: getattr(cond, f.name)[index.to(getattr(cond, f.name).device)]
+                         for f in fields(cond)})
+
+
+@dataclass
+class ScheduledConds:
+    """One batch's prompts over the denoiser calls: every distinct scheduled text encoded once
+    (`variants`, one row per text), and per prompt the (end_at_step, row) pairs it goes through.
+    `at(step)` picks each prompt's row as A1111's reconstruct_cond_batch does (the first entry
+    whose end_at_step >= step) and reuses the stacked result while the rows stay the same."""
+
+    variants: Any
+    schedules: tuple[tuple[tuple[int, int], ...], ...]
+    _last: tuple[tuple[int, ...], Any] | None = None
+
+    @classmethod
+    def fixed(cls, cond: Any, batch: int) -> ScheduledConds:
+        """A conditioning used at every step (`cond` has one row per prompt)."""
+        return cls(cond, tuple(((0, row),) for row in range(batch)))
+
+    def at(self, step: int) -> Any:
+        rows = tuple(next((row for end, row in schedule if step <= end), schedule[0][1]) for schedule in self.schedules)
+        if self._last is None or self._last[0] != rows:
+            same = rows == tuple(range(len(rows))) and len(rows) == self._row_count()
+            self._last = (rows, self.variants if same else rows_of(self.variants, rows))
+        return self._last[1]
+
+    def _row_count(self) -> int:
+        return int(getattr(self.variants, fields(self.variants)[0].name).shape[0])
+
+
+class GuidedVelocity(Protocol):
+    """A flow denoiser's parts that `guided_x0` uses."""
+
+    cond: ScheduledConds
+    uncond: ScheduledConds | None
+    cfg_scale: float
+    cancel: CancelToken
+    blend: Callable[[torch.Tensor], torch.Tensor] | None
+    last_cond_x0: torch.Tensor | None
+    step: int
+
+    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor: ...
+
+
+def guided_x0(denoiser: GuidedVelocity, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """One denoiser call: x0 = x - sigma * v with this call's scheduled conditioning, real CFG
+    when there is an uncond, then the inpaint blend; counts the call (A1111's step counter)."""
+    if denoiser.cancel.should_stop_sampling:
+        raise SamplingInterrupted("interrupted" if denoiser.cancel.interrupted else "skipped")
+    step = denoiser.step
+    s = sigma.reshape(-1, 1, 1, 1).float()
+    denoised = x - s * denoiser.velocity(x, sigma, denoiser.cond.at(step))
+    denoiser.last_cond_x0 = denoised
+    if denoiser.uncond is not None:
+        uncond = x - s * denoiser.velocity(x, sigma, denoiser.uncond.at(step))
+        denoised = uncond + denoiser.cfg_scale * (denoised - uncond)
+    denoiser.step = step + 1
+    return denoised if denoiser.blend is None else denoiser.blend(denoised)
+
+
+TextEncoder = Callable[[LoadedModel, Sequence[str], GenerationJob], Any]  # a family's encode_texts
+
+
+def scheduled_prompts(
+    model: LoadedModel, prompts: Sequence[str], job: GenerationJob, frame: PromptFrame, encode: TextEncoder
+) -> ScheduledConds:
+    """Schedule every prompt of a batch and encode each distinct text once, in one call."""
+    schedules = [prompt_texts(prompt, frame, job.engine_options.use_old_scheduling) for prompt in prompts]
+    distinct = list(dict.fromkeys(entry.text for schedule in schedules for entry in schedule))
+    index = {text: row for row, text in enumerate(distinct)}
+    rows = tuple(tuple((entry.end_at_step, index[entry.text]) for entry in schedule) for schedule in schedules)
+    return ScheduledConds(encode(model, distinct, job), rows)
+
+
+def first_call_texts(prompts: Sequence[str], steps: int) -> list[str]:
+    """Each prompt's text at the first denoiser call (editing resolved, AND parts joined)."""
+    return [prompt_texts(prompt, PromptFrame(steps))[0].text for prompt in prompts]
+
+
 def no_hires_infotext(model: LoadedModel, hires: HiresParams) -> dict[str, Any]:
     """A family with nothing of its own to add to the hires pass's infotext."""
     return {}
@@ -52,32 +183,69 @@ class FlowFamily:
 
     check_job: Callable[[LoadedModel, GenerationJob], SamplerPlan]
     sigmas: Callable[[LoadedModel, GenerationJob, SamplerPlan], torch.Tensor]  # CPU float32, ending in 0
-    make_denoiser: Callable[[LoadedModel, GenerationJob, BatchSpec, CancelToken, Any], FlowDenoiser]
+    make_denoiser: Callable[[LoadedModel, GenerationJob, BatchSpec, CancelToken, Any, PromptFrame], FlowDenoiser]
     infotext: Callable[[LoadedModel, GenerationJob], dict[str, Any]]
+    sigma_at: Callable[[LoadedModel, float], float]  # sigma at timestep fraction t in (0, 1]
     hires_infotext: Callable[[LoadedModel, HiresParams], dict[str, Any]] = no_hires_infotext
 
 
+@dataclass(frozen=True)
+class FlowRun:
+    """What one sampling run needs besides the denoiser and the start: the schedule (its full
+    form sizes the Brownian noise interval), step noise and the family's sigma near 1."""
+
+    sigmas: torch.Tensor  # the part walked (the tail for img2img)
+    full_schedule: torch.Tensor
+    rng: Any
+    top_sigma: float  # the family's sigma at timestep 1 - FIRST_STEP_OFFSET
+
+
+def flow_schedule(family: FlowFamily, model: LoadedModel, job: GenerationJob, plan: SamplerPlan) -> torch.Tensor:
+    """The family's schedule for the job, with the penultimate sigma discarded where A1111's
+    get_sigmas (kept by Forge for every model) does: DPM2, DPM2 a, DPM++ 3M SDE, or every sampler
+    with always_discard_next_to_last_sigma (one step more, then the second-to-last dropped)."""
+    if not discards_penultimate_sigma(plan.sampler, job.engine_options.always_discard_next_to_last_sigma):
+        return family.sigmas(model, job, plan)
+    longer = replace(job, sampling=replace(job.sampling, steps=job.sampling.steps + 1))
+    sigmas = family.sigmas(model, longer, plan)
+    return torch.cat([sigmas[:-2], sigmas[-1:]])
+
+
+def flow_run(
+    family: FlowFamily, model: LoadedModel, sigmas: torch.Tensor, full_schedule: torch.Tensor, rng: Any
+) -> FlowRun:
+    """A FlowRun with the family's sigma at timestep 1 - FIRST_STEP_OFFSET (ComfyUI's
+    percent_to_sigma(1e-4), where the half-log-SNR samplers start instead of sigma = 1)."""
+    return FlowRun(sigmas, full_schedule, rng, family.sigma_at(model, 1.0 - flow_samplers.FIRST_STEP_OFFSET))
+
+
 def sample(
-    denoiser: FlowDenoiser, plan: SamplerPlan, x: torch.Tensor, sigmas: torch.Tensor,
-    job: GenerationJob, observer: RunObserver, rng: Any,
+    denoiser: FlowDenoiser, model: LoadedModel, plan: SamplerPlan, x: torch.Tensor, run: FlowRun,
+    job: GenerationJob, batch: BatchSpec, observer: RunObserver,
 ) -> torch.Tensor:
-    total = len(sigmas) - 1
+    """Run the sampler's flow form (registry.flow_form) with A1111's arguments: eta from the
+    request or eta_ancestral, s_noise / churn, step noise from the image RNG or, for the SDE
+    samplers, a Brownian tree over the full schedule. The half-log-SNR samplers walk a schedule
+    whose first sigma is moved just below 1, as ComfyUI does (x stays the pure noise)."""
+    total = len(run.sigmas) - 1
 
     def callback(info: dict) -> None:
         observer.sampling_step(int(info["i"]), total, lambda: rough_preview(info["denoised"]))
 
-    function = plan.sampler.function
-    if function is None:  # resolve_sampler refuses unimplemented samplers before a job is built
-        raise ValueError(f"sampler {plan.sampler.name!r} is not implemented")
-    accepted = inspect.signature(function).parameters
-    kwargs: dict[str, Any] = {}
-    if "noise_sampler" in accepted:  # drawn every step (unused without churn), as A1111 does
-        kwargs["noise_sampler"] = lambda sigma, sigma_next: rng.next()
-    churn = {"s_churn": job.sampling.s_churn, "s_tmin": job.sampling.s_tmin,
-             "s_tmax": job.sampling.s_tmax, "s_noise": job.sampling.s_noise}
-    kwargs.update({name: value for name, value in churn.items() if name in accepted})
+    form = flow_form(plan.sampler)
+    if form is None:  # check_flow_plan refuses these before sampling
+        raise ValueError(f"sampler {plan.sampler.name!r} has no flow form")
+    noise_sampler = make_noise_sampler(model, job, plan, batch, run.rng, run.full_schedule)
+    params = job.sampling
+    kwargs = sampler_call_kwargs(
+        plan.sampler, run.sigmas, eta=sampler_eta(job, plan), s_churn=params.s_churn, s_tmin=params.s_tmin,
+        s_tmax=params.s_tmax, s_noise=params.s_noise, noise_sampler=noise_sampler,
+    )
+    sigmas = run.sigmas
+    if form.needs_sigma_below_one:
+        sigmas = flow_samplers.first_sigma_below_one(sigmas, run.top_sigma)
     try:
-        return function(denoiser, x, sigmas, extra_args={}, callback=callback, disable=True, **kwargs)
+        return form.function(denoiser, x, sigmas, extra_args={}, callback=callback, disable=True, **kwargs)
     except SamplingInterrupted:
         return x if denoiser.last_cond_x0 is None else denoiser.last_cond_x0
 
@@ -96,18 +264,21 @@ def first_pass(
 ) -> torch.Tensor:
     """One batch from pure noise (x = noise * sigma_max)."""
     rng = make_image_rng(model, job, batch)
-    sigmas = family.sigmas(model, job, plan).to(model.device)
+    sigmas = flow_schedule(family, model, job, plan).to(model.device)
     x = rng.first() * sigmas[0]
-    return sample(family.make_denoiser(model, job, batch, cancel, None), plan, x, sigmas, job, observer, rng)
+    run = flow_run(family, model, sigmas, sigmas, rng)
+    denoiser = family.make_denoiser(model, job, batch, cancel, None, PromptFrame.for_pass(job, plan))
+    return sample(denoiser, model, plan, x, run, job, batch, observer)
 
 
 def from_latents(
     family: FlowFamily, model: LoadedModel, job: GenerationJob, plan: SamplerPlan, batch: BatchSpec,
     init: torch.Tensor, strength: float, fix_steps: bool, observer: RunObserver, cancel: CancelToken,
-    blend: Any = None, noise_multiplier: float = 1.0,
+    blend: Any = None, noise_multiplier: float = 1.0, frame: PromptFrame | None = None,
 ) -> torch.Tensor:
     """img2img on the flow schedule: the tail from A1111's start step, x = s*noise + (1-s)*init
-    (`fix_steps`: A1111's img2img_fix_steps, always on for the hires pass)."""
+    (`fix_steps`: A1111's img2img_fix_steps, always on for the hires pass). Prompt schedules are
+    laid out on `frame` (default: the job's own steps) and counted from the tail's first call."""
     from webui_api.engine.img2img import img2img_steps
 
     steps = img2img_steps(job.sampling.steps, strength, fix_steps)
@@ -115,9 +286,12 @@ def from_latents(
         return init
     schedule_job = replace(job, sampling=replace(job.sampling, steps=max(steps.steps, 1)))
     rng = make_image_rng(model, job, batch)
-    tail = family.sigmas(model, schedule_job, plan).to(model.device)[steps.start_index :]
+    full_schedule = flow_schedule(family, model, schedule_job, plan).to(model.device)
+    tail = full_schedule[steps.start_index :]
     x = tail[0] * rng.first() * noise_multiplier + (1.0 - tail[0]) * init
-    return sample(family.make_denoiser(model, job, batch, cancel, blend), plan, x, tail, job, observer, rng)
+    run = flow_run(family, model, tail, full_schedule, rng)
+    denoiser = family.make_denoiser(model, job, batch, cancel, blend, frame or PromptFrame.for_pass(job, plan))
+    return sample(denoiser, model, plan, x, run, job, batch, observer)
 
 
 def run_txt2img(
@@ -142,8 +316,9 @@ def run_txt2img(
                                    negative_prompts=hires.negative_prompts[job.batch_slice(batch.index)])
                 hr_plan = family.check_job(model, second)
                 observer.batch_started(batch.index, job.n_iter)
+                frame = PromptFrame.for_pass(job, plan).hires(second, hr_plan)
                 latents = from_latents(family, model, second, hr_plan, hr_batch, upscaled, hires.denoising_strength,
-                                       True, observer, cancel)
+                                       True, observer, cancel, frame=frame)
             images += batch_images(batch, decode_latents(model, latents, auto_upcast))
             observer.batch_finished(2 * batch.index + 1 if hires is not None else batch.index)
     extras = family.infotext(model, job)

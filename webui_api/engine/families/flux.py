@@ -22,10 +22,19 @@ from typing import Any
 import torch
 
 from samplers import schedules
-from samplers.registry import SamplerInfo, SchedulerInfo
+from samplers.registry import SamplerInfo, SchedulerInfo, flow_form, flow_sampler_names
 from webui_api.engine.conditioning import apply_emphasis
-from webui_api.engine.denoiser import SamplingInterrupted
-from webui_api.engine.families.flow import FlowFamily, module_infotext, run_img2img, run_txt2img
+from webui_api.engine.families.flow import (
+    FlowFamily,
+    PromptFrame,
+    ScheduledConds,
+    first_call_texts,
+    guided_x0,
+    module_infotext,
+    run_img2img,
+    run_txt2img,
+    scheduled_prompts,
+)
 from webui_api.engine.models import LoadedModel
 from webui_api.engine.pipeline import (
     LATENT_SCALE,
@@ -33,7 +42,7 @@ from webui_api.engine.pipeline import (
     SamplerPlan,
     resolve_plan,
 )
-from webui_api.engine.prompts import fragments_for_emphasis, prompt_schedule, split_subprompts
+from webui_api.engine.prompts import fragments_for_emphasis
 from webui_api.errors import BadRequest
 from webui_api.jobs import GenerationJob, HiresParams, JobResult
 from webui_api.progress import CancelToken, RunObserver
@@ -44,10 +53,9 @@ CLIP_LENGTH = 77
 PATCH = 2  # the transformer sees 2x2 latent patches
 DEFAULT_DISTILLED_CFG = 3.5
 
-# Samplers whose update uses only the x0 estimate (no ancestral / SDE noise): these are exact
-# for a flow model given `x - sigma * v`. Ancestral and SDE samplers need flow-specific noise
-# formulas (Forge's RF variants) that are not built yet.
-FLOW_SAMPLERS = ("Euler", "Heun", "DPM++ 2M", "LMS", "DPM2")
+# The samplers Forge runs on flow models: the deterministic ones as they are (they only see the
+# x0 estimate `x - sigma * v`), the ancestral and SDE ones in their rectified-flow forms.
+FLOW_SAMPLERS = flow_sampler_names()
 FLOW_SCHEDULERS = ("automatic", "simple", "normal", "beta", "karras", "exponential")
 
 
@@ -98,12 +106,12 @@ def flow_sigmas(job: GenerationJob, plan: SamplerPlan, shift: float) -> torch.Te
 
 
 def check_flow_plan(plan: SamplerPlan, family: str = "Flux") -> None:
-    """Flow models (Flux, SD3) run the deterministic samplers and the table schedulers; anything
-    else is a 400 naming the `family`."""
+    """Flow models (Flux, SD3) run the samplers that have a flow form (FLOW_SAMPLERS) and the
+    table schedulers; anything else is a 400 naming the sampler and the `family`."""
     sampler: SamplerInfo = plan.sampler
     scheduler: SchedulerInfo = plan.scheduler
-    if sampler.name not in FLOW_SAMPLERS:
-        raise BadRequest(f"sampler {sampler.name!r} cannot run {family} models yet; use one of {list(FLOW_SAMPLERS)}")
+    if flow_form(sampler) is None:
+        raise BadRequest(f"sampler {sampler.name!r} cannot run {family} models; use one of {list(FLOW_SAMPLERS)}")
     if scheduler.name not in FLOW_SCHEDULERS:
         raise BadRequest(
             f"schedule type {scheduler.label!r} cannot run {family} models; use one of {list(FLOW_SCHEDULERS)}"
@@ -121,14 +129,6 @@ class FluxCond:
 
     t5: torch.Tensor
     pooled: torch.Tensor
-
-
-def first_step_text(prompt: str, steps: int) -> str:
-    """The text a prompt shows at step 1: prompt editing is resolved at the start, and AND
-    parts are joined (Forge's flux path concatenates them); a documented simplification."""
-    parts = split_subprompts(prompt)
-    texts = [prompt_schedule(part.text, steps)[0].text for part in parts]
-    return " ".join(texts)
 
 
 def t5_tokens(tokenizer: Any, text: str, emphasis: str) -> tuple[list[int], list[float]]:
@@ -175,11 +175,15 @@ def encode_clip_pooled(model: LoadedModel, texts: Sequence[str]) -> torch.Tensor
     return out.pooler_output.to(model.dtype)
 
 
-def encode_prompts(model: LoadedModel, texts: Sequence[str], job: GenerationJob) -> FluxCond:
-    steps = job.sampling.steps
-    resolved = [first_step_text(text, steps) for text in texts]
+def encode_texts(model: LoadedModel, texts: Sequence[str], job: GenerationJob) -> FluxCond:
+    """Texts as they are (prompt editing already resolved), one row each."""
     emphasis = job.engine_options.emphasis
-    return FluxCond(t5=encode_t5(model, resolved, emphasis), pooled=encode_clip_pooled(model, resolved))
+    return FluxCond(t5=encode_t5(model, texts, emphasis), pooled=encode_clip_pooled(model, texts))
+
+
+def encode_prompts(model: LoadedModel, texts: Sequence[str], job: GenerationJob) -> FluxCond:
+    """Prompts as the first denoiser call sees them (editing resolved at step 0, AND parts joined)."""
+    return encode_texts(model, first_call_texts(texts, job.sampling.steps), job)
 
 
 # ---------------------------------------------------------------------------
@@ -210,16 +214,18 @@ def image_ids(h: int, w: int, device: torch.device) -> torch.Tensor:
 
 @dataclass
 class FluxDenoiser:
-    """The sampler's model: x0 = x - sigma * v, with real CFG when cfg_scale > 1."""
+    """The sampler's model: x0 = x - sigma * v with each call's scheduled conditioning, real CFG
+    when cfg_scale > 1."""
 
     model: LoadedModel
-    cond: FluxCond
-    uncond: FluxCond | None
+    cond: ScheduledConds
+    uncond: ScheduledConds | None
     cfg_scale: float
     distilled_cfg: float | None  # None: schnell (no guidance embedding)
     cancel: CancelToken
     blend: Callable[[torch.Tensor], torch.Tensor] | None = None
     last_cond_x0: torch.Tensor | None = None
+    step: int = 0  # denoiser calls so far (A1111's step counter for prompt schedules)
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: FluxCond) -> torch.Tensor:
         transformer = self.model.unet
@@ -241,15 +247,7 @@ class FluxDenoiser:
         return unpack(out.float(), c, h, w)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
-        if self.cancel.should_stop_sampling:
-            raise SamplingInterrupted("interrupted" if self.cancel.interrupted else "skipped")
-        s = sigma.reshape(-1, 1, 1, 1).float()
-        denoised = x - s * self.velocity(x, sigma, self.cond)
-        self.last_cond_x0 = denoised
-        if self.uncond is not None:
-            uncond = x - s * self.velocity(x, sigma, self.uncond)
-            denoised = uncond + self.cfg_scale * (denoised - uncond)
-        return denoised if self.blend is None else self.blend(denoised)
+        return guided_x0(self, x, sigma)
 
 
 # ---------------------------------------------------------------------------
@@ -276,10 +274,13 @@ def distilled_cfg(model: LoadedModel, job: GenerationJob) -> float | None:
 
 
 def make_denoiser(
-    model: LoadedModel, job: GenerationJob, batch: BatchSpec, cancel: CancelToken, blend: Any = None
+    model: LoadedModel, job: GenerationJob, batch: BatchSpec, cancel: CancelToken, blend: Any = None,
+    frame: PromptFrame | None = None,
 ) -> FluxDenoiser:
-    cond = encode_prompts(model, batch.prompts, job)
-    uncond = encode_prompts(model, batch.negative_prompts, job) if job.sampling.cfg_scale > 1 else None
+    frame = frame or PromptFrame(job.sampling.steps)
+    cond = scheduled_prompts(model, batch.prompts, job, frame, encode_texts)
+    negatives = batch.negative_prompts
+    uncond = scheduled_prompts(model, negatives, job, frame, encode_texts) if job.sampling.cfg_scale > 1 else None
     return FluxDenoiser(model, cond, uncond, job.sampling.cfg_scale, distilled_cfg(model, job), cancel, blend)
 
 
@@ -302,9 +303,15 @@ def flux_sigmas(model: LoadedModel, job: GenerationJob, plan: SamplerPlan) -> to
     return flow_sigmas(job, plan, float(model.flow_shift or 1.0))
 
 
+def flux_sigma_at(model: LoadedModel, t: float) -> float:
+    """Flux's sigma at timestep fraction t (0..1] with the model's shift."""
+    return float(flux_time_shift(float(model.flow_shift or 1.0), torch.tensor(t, dtype=torch.float64)))
+
+
 FLUX = FlowFamily(
     check_job=check_flux_job,
     sigmas=flux_sigmas,
+    sigma_at=flux_sigma_at,
     make_denoiser=make_denoiser,
     infotext=flux_infotext,
     hires_infotext=flux_hires_infotext,

@@ -31,9 +31,18 @@ from webui_api.engine.conditioning import (
     apply_emphasis,
     encode_with,
 )
-from webui_api.engine.denoiser import SamplingInterrupted
-from webui_api.engine.families.flow import FlowFamily, module_infotext, run_img2img, run_txt2img
-from webui_api.engine.families.flux import T5_MIN_LENGTH, check_flow_plan, first_step_text, t5_tokens
+from webui_api.engine.families.flow import (
+    FlowFamily,
+    PromptFrame,
+    ScheduledConds,
+    first_call_texts,
+    guided_x0,
+    module_infotext,
+    run_img2img,
+    run_txt2img,
+    scheduled_prompts,
+)
+from webui_api.engine.families.flux import T5_MIN_LENGTH, check_flow_plan, t5_tokens
 from webui_api.engine.models import LoadedModel
 from webui_api.engine.pipeline import (
     LATENT_SCALE,
@@ -128,7 +137,12 @@ def encode_t5_states(model: LoadedModel, texts: Sequence[str], emphasis: str, wi
 
 
 def encode_prompts(model: LoadedModel, texts: Sequence[str], job: GenerationJob) -> SD3Cond:
-    resolved = [first_step_text(text, job.sampling.steps) for text in texts]
+    """Prompts as the first denoiser call sees them (editing resolved at step 0, AND parts joined)."""
+    return encode_texts(model, first_call_texts(texts, job.sampling.steps), job)
+
+
+def encode_texts(model: LoadedModel, resolved: Sequence[str], job: GenerationJob) -> SD3Cond:
+    """Texts as they are (prompt editing already resolved), one row each."""
     settings = ConditioningSettings.from_options(job.engine_options)
     clip_l, clip_g = (encode_with(spec, resolved, settings) for spec in clip_specs(model))
     width = int(model.unet.config.joint_attention_dim)
@@ -150,15 +164,17 @@ def encode_prompts(model: LoadedModel, texts: Sequence[str], job: GenerationJob)
 
 @dataclass
 class SD3Denoiser:
-    """The sampler's model: x0 = x - sigma * v, with CFG on the negative prompt."""
+    """The sampler's model: x0 = x - sigma * v with each call's scheduled conditioning, CFG on the
+    negative prompt."""
 
     model: LoadedModel
-    cond: SD3Cond
-    uncond: SD3Cond | None
+    cond: ScheduledConds
+    uncond: ScheduledConds | None
     cfg_scale: float
     cancel: CancelToken
     blend: Callable[[torch.Tensor], torch.Tensor] | None = None
     last_cond_x0: torch.Tensor | None = None
+    step: int = 0  # denoiser calls so far (A1111's step counter for prompt schedules)
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: SD3Cond) -> torch.Tensor:
         dtype = self.model.dtype
@@ -173,22 +189,17 @@ class SD3Denoiser:
         return out.float()
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
-        if self.cancel.should_stop_sampling:
-            raise SamplingInterrupted("interrupted" if self.cancel.interrupted else "skipped")
-        s = sigma.reshape(-1, 1, 1, 1).float()
-        denoised = x - s * self.velocity(x, sigma, self.cond)
-        self.last_cond_x0 = denoised
-        if self.uncond is not None:
-            uncond = x - s * self.velocity(x, sigma, self.uncond)
-            denoised = uncond + self.cfg_scale * (denoised - uncond)
-        return denoised if self.blend is None else self.blend(denoised)
+        return guided_x0(self, x, sigma)
 
 
 def make_denoiser(
-    model: LoadedModel, job: GenerationJob, batch: BatchSpec, cancel: CancelToken, blend: Any = None
+    model: LoadedModel, job: GenerationJob, batch: BatchSpec, cancel: CancelToken, blend: Any = None,
+    frame: PromptFrame | None = None,
 ) -> SD3Denoiser:
-    cond = encode_prompts(model, batch.prompts, job)
-    uncond = encode_prompts(model, batch.negative_prompts, job) if job.sampling.cfg_scale != 1 else None
+    frame = frame or PromptFrame(job.sampling.steps)
+    cond = scheduled_prompts(model, batch.prompts, job, frame, encode_texts)
+    negatives = batch.negative_prompts
+    uncond = scheduled_prompts(model, negatives, job, frame, encode_texts) if job.sampling.cfg_scale != 1 else None
     return SD3Denoiser(model, cond, uncond, job.sampling.cfg_scale, cancel, blend)
 
 
@@ -226,8 +237,14 @@ def sd3_family_infotext(model: LoadedModel, job: GenerationJob) -> dict[str, Any
     return module_infotext(model, job)
 
 
+def sd3_sigma_at(model: LoadedModel, t: float) -> float:
+    """SD3's sigma at timestep fraction t (0..1] with the model's shift."""
+    return float(time_snr_shift(shift(model), torch.tensor(t, dtype=torch.float64)))
+
+
 SD3 = FlowFamily(
-    check_job=check_sd3_job, sigmas=sd3_family_sigmas, make_denoiser=make_denoiser, infotext=sd3_family_infotext
+    check_job=check_sd3_job, sigmas=sd3_family_sigmas, sigma_at=sd3_sigma_at, make_denoiser=make_denoiser,
+    infotext=sd3_family_infotext,
 )
 
 

@@ -18,8 +18,10 @@ from webui_api.engine.loading.diffusers_folder import _component_state
 from webui_api.engine.loading.discovery import ModelPaths
 from webui_api.engine.loading.files import UnusableModelFile, read_safetensors_header, read_state_dict
 from webui_api.engine.loading.forge_modules import scan_modules
-from webui_api.engine.loading.gguf_files import gguf_shapes, read_gguf_state
+from webui_api.engine.loading.gguf_files import gguf_shapes, read_gguf_split, read_gguf_state
+from webui_api.engine.quantized_linear import PackedWeight, keep_quantized
 
+KeyMap = Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]  # a family's rename-and-split
 PartBuilder = Callable[[str, Path, Mapping[str, torch.Tensor], str], Component]  # kind, file, state, prefix
 
 
@@ -48,6 +50,45 @@ def read_checkpoint_state(path: Path, allow_unsafe_pickle: bool) -> dict[str, to
     if path.suffix.lower() == ".gguf":
         return read_gguf_state(path)
     return read_state_dict(path, allow_unsafe_pickle=allow_unsafe_pickle)
+
+
+def read_transformer_checkpoint(
+    path: Path, allow_unsafe_pickle: bool, prefix_of: Callable[[Mapping[str, tuple[int, ...]]], str],
+    is_transformer_key: Callable[[str], bool],
+) -> tuple[dict[str, torch.Tensor], dict[str, PackedWeight]]:
+    """A checkpoint's tensors and, for GGUF files, the transformer matrices to keep packed (by
+    their names without prefix); their entries in the state are shape-only placeholders that
+    `keep_gguf_quantized` must replace before the model runs."""
+    if path.suffix.lower() != ".gguf":
+        return read_state_dict(path, allow_unsafe_pickle=allow_unsafe_pickle), {}
+    prefix = prefix_of(gguf_shapes(path))
+
+    def in_transformer(key: str) -> bool:
+        return key.startswith(prefix) and is_transformer_key(key[len(prefix) :])
+
+    state, packed = read_gguf_split(path, in_transformer)
+    return state, {key[len(prefix) :]: entry for key, entry in packed.items()}
+
+
+def keep_gguf_quantized(
+    path: Path, transformer: torch.nn.Module, packed: Mapping[str, PackedWeight], to_diffusers: KeyMap
+) -> int:
+    """The transformer's Linear layers take the GGUF file's packed rows in place of their
+    placeholder weights (decoded per call). The family's key map renames and splits the packed
+    rows exactly as it does float tensors (fused projections split along rows, which are whole
+    blocks). Every packed tensor must land in a layer: a placeholder left behind would be used
+    as a weight, so that is an unusable file. Returns how many layers stay quantized."""
+    targets: dict[str, list[str]] = {}
+    mapped: dict[str, PackedWeight] = {}
+    for key, entry in packed.items():
+        pieces = to_diffusers({key: entry.data})
+        targets[key] = list(pieces)
+        mapped.update({name: PackedWeight(rows.contiguous(), entry.quant_type) for name, rows in pieces.items()})
+    used = keep_quantized(transformer, mapped)
+    unplaced = [key for key, names in targets.items() if not set(names) <= used]
+    if unplaced:
+        raise UnusableModelFile(path, f"quantized tensors {unplaced[:3]} do not fit a Linear layer of the model")
+    return len(used)
 
 
 def chosen_modules(

@@ -42,14 +42,16 @@ from webui_api.engine.loading.flow_parts import (
     build_parts,
     checkpoint_shapes,
     chosen_modules,
+    keep_gguf_quantized,
     missing_parts_error,
     module_files,
-    read_checkpoint_state,
+    read_transformer_checkpoint,
     strip_to,
 )
 from webui_api.engine.loading.forge_modules import load_t5_tokenizer
 from webui_api.engine.loading.infer import key_count
 from webui_api.engine.models import CheckpointInfo, LoadedModel
+from webui_api.engine.quantized_linear import PackedWeight
 
 log = logging.getLogger(__name__)
 
@@ -299,19 +301,38 @@ def load_flux_checkpoint(
     """Load a Flux.1 single file (with `modules` filling what it lacks) as a LoadedModel."""
     started = time.perf_counter()
     path = Path(info.filename)
-    state = read_checkpoint_state(path, options.allow_unsafe_pickle)
+    state, packed = read_transformer_checkpoint(
+        path, options.allow_unsafe_pickle, lambda shapes: flux_keys.flux_layout(shapes).transformer_prefix,
+        flux_keys.is_transformer_key,
+    )
     parts = prepare_flux(path, state, modules, options.allow_unsafe_pickle)
     del state
     tokenizer_2 = t5_tokenizer()
     before_build()
-    model = assemble_flux(info, parts, options, tokenizer_2)
+    model = assemble_flux(info, parts, options, tokenizer_2, lambda module: keep_gguf_layers(path, module, packed))
     log.info("Loaded %s as %s in %.1f s", info.title, model.architecture, time.perf_counter() - started)
     return model
 
 
-def assemble_flux(info: CheckpointInfo, parts: FluxComponents, options: LoadOptions, t5_tokenizer: Any) -> LoadedModel:
+def keep_gguf_layers(path: Path, transformer: torch.nn.Module, packed: Mapping[str, PackedWeight]) -> None:
+    """A GGUF file's packed matrices (BFL names) become the transformer's Linear weights."""
+    if not packed:
+        return
+    config: Any = transformer.config
+    hidden = int(config.num_attention_heads) * int(config.attention_head_dim)
+    count = keep_gguf_quantized(path, transformer, packed, lambda state: flux_keys.bfl_to_diffusers(state, hidden))
+    log.info("%s: %d transformer layers stay GGUF-quantized (decoded per call)", path.name, count)
+
+
+def assemble_flux(
+    info: CheckpointInfo, parts: FluxComponents, options: LoadOptions, t5_tokenizer: Any,
+    before_place: Callable[[torch.nn.Module], None] = lambda module: None,
+) -> LoadedModel:
+    """Fill and place every part; `before_place` sees the filled transformer while it is on the CPU."""
     guidance = bool(parts.config["guidance_embeds"])
-    transformer = place_module(fill_component(parts.transformer), options.device, options.dtype)
+    filled = fill_component(parts.transformer)
+    before_place(filled)
+    transformer = place_module(filled, options.device, options.dtype)
     vae = place_module(fill_component(parts.vae), options.device, options.vae_dtype)
     clip_l = place_module(fill_component(parts.clip_l), options.device, options.dtype)
     t5 = place_module(fill_component(parts.t5), options.device, options.dtype)

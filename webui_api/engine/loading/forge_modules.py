@@ -6,9 +6,10 @@ the ones it wants in `forge_additional_modules` (full paths, as Forge's UI store
 are only ever matched against that listing, so a request cannot make the server read a file
 outside those folders; a file name or stem is accepted too, for clients that send those.
 
-The T5 tokenizer is looked up here as well: it is not bundled yet (no redistributable package
-carries it), so it is read from a `t5-tokenizer` folder in models/text_encoder (a Hugging Face
-tokenizer.json, or spiece.model).
+The T5 tokenizer is looked up here as well. T5 v1.1's tokenizer ships with the package
+(tokenizers/t5-v1_1-xxl) and is the default; a `t5-tokenizer` folder in models/text_encoder
+(a Hugging Face tokenizer.json, or spiece.model) takes precedence, for whoever needs another.
+A diffusers pipeline folder's own tokenizer_2/ (Flux) or tokenizer_3/ (SD3) wins over both.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from webui_api.engine.loading import T5_V1_1_TOKENIZER, bundled_tokenizer_dir
 from webui_api.engine.loading.discovery import ModelPaths, natural_sort_key, walk_files
 from webui_api.errors import BadRequest
 
@@ -76,8 +78,10 @@ def _match(name: str, entries: list[ModuleFile]) -> ModuleFile | None:
 
 
 def t5_tokenizer_dirs(paths: ModelPaths) -> list[Path]:
-    bundled = Path(__file__).parent / "tokenizers" / "t5-v1_1-xxl"
-    return [bundled, *(folder / T5_TOKENIZER_FOLDER for folder in paths.text_encoder_dirs)]
+    """Where the T5 tokenizer is looked for, first match wins: the models folders' t5-tokenizer/,
+    then the bundled T5 v1.1 tokenizer."""
+    user = [folder / T5_TOKENIZER_FOLDER for folder in paths.text_encoder_dirs]
+    return [*user, bundled_tokenizer_dir(T5_V1_1_TOKENIZER, "tokenizer.json")]
 
 
 def load_t5_tokenizer(paths: ModelPaths) -> Any:
@@ -91,7 +95,4 @@ def load_t5_tokenizer(paths: ModelPaths) -> Any:
             if tokenizer.pad_token_id != 0 or tokenizer.eos_token_id != 1:
                 raise BadRequest(f"the T5 tokenizer in {folder.name} must pad with id 0 and end with id 1")
             return tokenizer
-    raise BadRequest(
-        "Flux and SD3 need the T5 tokenizer files: put tokenizer.json (or spiece.model) of T5-v1.1-XXL in "
-        f"models/text_encoder/{T5_TOKENIZER_FOLDER}/"
-    )
+    raise RuntimeError(f"no T5 tokenizer found in {[str(folder) for folder in t5_tokenizer_dirs(paths)]}")

@@ -40,14 +40,16 @@ from webui_api.engine.loading.flow_parts import (
     build_parts,
     checkpoint_shapes,
     chosen_modules,
+    keep_gguf_quantized,
     missing_parts_error,
     module_files,
-    read_checkpoint_state,
+    read_transformer_checkpoint,
     strip_to,
 )
 from webui_api.engine.loading.flux_checkpoint import _CLIP_MARKER, KIND_VAE, module_kind, t5_component, vae_component
 from webui_api.engine.loading.forge_modules import load_t5_tokenizer
 from webui_api.engine.models import CheckpointInfo, LoadedModel
+from webui_api.engine.quantized_linear import PackedWeight
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +68,8 @@ CLIP_G_WIDTH = 1280
 
 
 def is_sd3_file(path: Path) -> bool:
-    """An SD3/SD3.5 MMDiT in a safetensors file, told from the header alone."""
-    if path.suffix.lower() not in (".safetensors", ".sft"):
+    """An SD3/SD3.5 MMDiT in a safetensors or GGUF file, told from the header alone."""
+    if path.suffix.lower() not in (".safetensors", ".sft", ".gguf"):
         return False
     try:
         return sd3_keys.is_sd3(checkpoint_shapes(path))
@@ -240,21 +242,39 @@ def load_sd3(
     path = Path(info.filename)
     modules = sd3_modules(path, named, paths)
     started = time.perf_counter()
-    state = read_checkpoint_state(path, options.allow_unsafe_pickle)
+    state, packed = read_transformer_checkpoint(
+        path, options.allow_unsafe_pickle, lambda shapes: sd3_keys.sd3_layout(shapes).transformer_prefix,
+        sd3_keys.is_transformer_key,
+    )
     parts = prepare_sd3(path, state, modules, options.allow_unsafe_pickle)
     del state
     t5_tokenizer = load_t5_tokenizer(paths) if parts.t5 is not None else None
     before_build()
-    model = assemble_sd3(info, parts, options, t5_tokenizer)
+    model = assemble_sd3(info, parts, options, t5_tokenizer, lambda module: keep_gguf_layers(path, module, packed))
     log.info("Loaded %s as %s in %.1f s", info.title, model.architecture, time.perf_counter() - started)
     return model
 
 
-def assemble_sd3(info: CheckpointInfo, parts: SD3Components, options: LoadOptions, t5_tokenizer: Any) -> LoadedModel:
+def keep_gguf_layers(path: Path, transformer: torch.nn.Module, packed: Mapping[str, PackedWeight]) -> None:
+    """A GGUF file's packed matrices (MMDiT names) become the transformer's Linear weights."""
+    if not packed:
+        return
+    depth = int(cast(Any, transformer.config).num_layers)
+    count = keep_gguf_quantized(path, transformer, packed, lambda state: sd3_keys.mmdit_to_diffusers(state, depth))
+    log.info("%s: %d transformer layers stay GGUF-quantized (decoded per call)", path.name, count)
+
+
+def assemble_sd3(
+    info: CheckpointInfo, parts: SD3Components, options: LoadOptions, t5_tokenizer: Any,
+    before_place: Callable[[torch.nn.Module], None] = lambda module: None,
+) -> LoadedModel:
+    """Fill and place every part; `before_place` sees the filled transformer while it is on the CPU."""
     def place(component: Component, dtype: torch.dtype) -> Any:
         return place_module(fill_component(component), options.device, dtype)
 
-    transformer = place(parts.transformer, options.dtype)
+    filled = fill_component(parts.transformer)
+    before_place(filled)
+    transformer = place_module(filled, options.device, options.dtype)
     vae = place(parts.vae, options.vae_dtype)
     return LoadedModel(
         info=info,

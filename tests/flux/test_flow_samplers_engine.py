@@ -1,0 +1,109 @@
+"""The ancestral and SDE samplers on tiny Flux and SD3 models, end to end, with no T5 tokenizer
+in the models folder (the bundled one is used): finite latents, the same image for the same
+seed, another for another seed, and the refusal of samplers with no flow form."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.engine.helpers import RecordingObserver, make_job, with_sampler
+from tests.flux import files as flux_files
+from tests.sd3 import files as sd3_files
+from webui_api.engine.families import flow
+from webui_api.engine.families.flux import FLUX
+from webui_api.engine.families.sd3 import SD3
+from webui_api.engine.loading.forge_modules import T5_TOKENIZER_FOLDER
+from webui_api.engine.pipeline import BatchSpec
+from webui_api.errors import BadRequest
+from webui_api.progress import CancelToken
+
+NOISY = ("Euler a", "DPM2 a", "DPM++ 2S a", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 3M SDE")
+CHECKPOINT = {"flux": "flux-aio.safetensors", "sd3": "sd3.safetensors"}
+
+
+def _write(family: str, root: Path) -> dict:
+    if family == "flux":
+        return flux_files.write_models(root, flux_files.tiny_parts(), "all-in-one")
+    return sd3_files.write_models(root, sd3_files.tiny_parts())
+
+
+@pytest.fixture(scope="module", params=["flux", "sd3"])
+def setup(request, tmp_path_factory):
+    """(family name, engine, loaded model) with the models folder's T5 tokenizer removed."""
+    paths = _write(request.param, tmp_path_factory.mktemp(request.param))
+    shutil.rmtree(Path(paths["te_dir"]) / T5_TOKENIZER_FOLDER)
+    engine = flux_files.cpu_engine(paths)
+    model = engine.load(CHECKPOINT[request.param])
+    return request.param, engine, model
+
+
+def _job(family: str, sampler: str, seed: int = 5):
+    job = make_job(width=32, height=32, steps=4, cfg_scale=1.0 if family == "flux" else 3.0, seeds=(seed,),
+                   negative_prompts=("blurry",))
+    job = replace(job, model_title=CHECKPOINT[family])
+    return replace(job, sampling=with_sampler(job.sampling, sampler))
+
+
+def _latents(family: str, model, job) -> torch.Tensor:
+    flow_family = FLUX if family == "flux" else SD3
+    plan = flow_family.check_job(model, job)
+    with torch.inference_mode():
+        return flow.first_pass(flow_family, model, job, plan, BatchSpec.of(job, 0), RecordingObserver(), CancelToken())
+
+
+def test_the_bundled_t5_tokenizer_is_used(setup):
+    family, _, model = setup
+    tokenizer = model.tokenizer_2 if family == "flux" else model.tokenizer_3
+    assert len(tokenizer) == 32100 and tokenizer("a photo of a cat").input_ids == [3, 9, 1202, 13, 3, 9, 1712, 1]
+
+
+@pytest.mark.parametrize("sampler", NOISY)
+def test_noisy_sampler_runs_and_is_deterministic_per_seed(setup, sampler):
+    family, engine, model = setup
+    first = _latents(family, model, _job(family, sampler))
+    assert torch.isfinite(first).all() and first.abs().max() > 0
+    assert torch.equal(first, _latents(family, model, _job(family, sampler)))
+    assert not torch.equal(first, _latents(family, model, _job(family, sampler, seed=6)))
+    observer = RecordingObserver()
+    result = engine.txt2img(_job(family, sampler), observer, CancelToken())
+    assert result.images[0].image.size == (32, 32) and observer.steps_of_batch(0) == [0, 1, 2, 3]
+    assert np.asarray(result.images[0].image).std() > 0
+
+
+def test_eta_zero_euler_a_is_euler(setup):
+    family, _, model = setup
+    job = _job(family, "Euler a")
+    deterministic = replace(job, sampling=replace(job.sampling, eta=0.0))
+    euler = _job(family, "Euler")
+    assert torch.allclose(_latents(family, model, deterministic), _latents(family, model, euler), atol=1e-5)
+    assert not torch.allclose(_latents(family, model, job), _latents(family, model, euler), atol=1e-3)
+
+
+@pytest.mark.parametrize("sampler", ["DPM fast", "DPM adaptive", "Restart", "DDIM", "PLMS", "UniPC", "LCM"])
+def test_samplers_without_a_flow_form_are_400s_naming_them(setup, sampler):
+    family, engine, _ = setup
+    with pytest.raises(BadRequest, match=f"sampler '{sampler}' cannot run"):
+        engine.txt2img(_job(family, sampler), RecordingObserver(), CancelToken())
+
+
+def test_the_penultimate_sigma_is_discarded_as_a1111_and_forge_do(setup):
+    family, _, model = setup
+    flow_family = FLUX if family == "flux" else SD3
+    for sampler, discards in (("DPM2 a", True), ("DPM++ 3M SDE", True), ("DPM2", True), ("Euler a", False)):
+        job = _job(family, sampler)
+        plan = flow_family.check_job(model, job)
+        sigmas = flow.flow_schedule(flow_family, model, job, plan)
+        longer = flow_family.sigmas(model, replace(job, sampling=replace(job.sampling, steps=5)), plan)
+        expected = torch.cat([longer[:-2], longer[-1:]]) if discards else flow_family.sigmas(model, job, plan)
+        assert len(sigmas) == 5 and torch.equal(sigmas, expected), sampler
+    job = _job(family, "Euler")
+    job = replace(job, engine_options=replace(job.engine_options, always_discard_next_to_last_sigma=True))
+    plan = flow_family.check_job(model, job)
+    longer = flow_family.sigmas(model, replace(job, sampling=replace(job.sampling, steps=5)), plan)
+    assert torch.equal(flow.flow_schedule(flow_family, model, job, plan), torch.cat([longer[:-2], longer[-1:]]))
