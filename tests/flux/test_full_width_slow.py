@@ -12,7 +12,8 @@ in float32 and the layout lets the vocabulary vary; its width stays 4096). The V
 
 Files are stored in bfloat16 (float8 / Q8_0 for those layouts) and loaded into a float32 CPU
 engine (the transformer alone is 2.2 GB there). Measured one test per process on two shared,
-busy cores (load 6-12): 88-170 s each, peak RSS 5.0-6.0 GB. Run them one at a time (`-m slow`,
+busy cores (load 6-12): 88-170 s each (about 30 s once the machine was quiet), peak RSS
+5.0-6.0 GB. Run them one at a time (`-m slow`,
 `-k`)."""
 
 from __future__ import annotations

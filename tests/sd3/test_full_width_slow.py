@@ -17,9 +17,9 @@ tokenizer's 42 rows (the layout lets it vary; its width stays 4096). The VAE is 
 
 Files are stored in bfloat16 and loaded into a float32 CPU engine. Measured one test per
 process on two shared, busy cores: SD3.5 large 64 s / 6.2 GB peak RSS, SD3.5 medium 87 s / 6.4 GB
-(its 384x384 position table alone is 0.9 GB in float32), SD3 without T5 30 s / 3.6 GB; a little
-over the 6 GB aimed at (cutting more would drop a block kind or CLIP's penultimate layer). Run them
-one at a time (`-m slow`, `-k`)."""
+(its 384x384 position table alone is 0.9 GB in float32), SD3 without T5 30 s / 3.6 GB (SD3.5
+large 32 s on a quiet machine); a little over the 6 GB aimed at (cutting more would drop a
+block kind or CLIP's penultimate layer). Run them one at a time (`-m slow`, `-k`)."""
 
 from __future__ import annotations
 
