@@ -629,6 +629,7 @@ def apply_infotext(
         tuple(options.get("infotext_skip_pasting") or ()),
         styles=styles,
         infotext_styles=str(options.get("infotext_styles") or "Apply if any"),
+        current_modules=tuple(options.get("forge_additional_modules") or ()),
     )
     updates = {k: v for k, v in infotext_fields(params).items() if k not in request.model_fields_set}
     overrides = {**override_settings_from_infotext(params, options), **(request.override_settings or {})}
@@ -654,6 +655,7 @@ INFOTEXT_FIELDS: tuple[tuple[str, str, type], ...] = (
     ("Hires checkpoint", "hr_checkpoint_name", str),
     ("Hires prompt", "hr_prompt", str),
     ("Hires negative prompt", "hr_negative_prompt", str),
+    ("Hires Distilled CFG Scale", "hr_distilled_cfg", float),  # Forge's paste field (ui.py)
     ("Steps", "steps", int),
     ("Seed", "seed", int),
     ("Variation seed", "subseed", int),

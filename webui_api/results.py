@@ -23,13 +23,27 @@ CHURN_INFOTEXT_KEYS = {
 }
 
 
+FORGE_DISTILLED_CFG = "Distilled CFG Scale"
+FORGE_MODULE_PREFIX = "Module "  # "Module 1".. "Module n": the module files' names without extension
+
+
+def is_infotext_only(key: str) -> bool:
+    """Keys Forge's create_infotext adds to the parameter line but never to
+    `p.extra_generation_params`, so its `info` JSON does not carry them."""
+    return key == FORGE_DISTILLED_CFG or key.startswith(FORGE_MODULE_PREFIX)
+
+
 def extra_generation_params(job: GenerationJob) -> dict[str, Any]:
-    """The sampler-dependent infotext extras A1111 adds (Eta, Sigma * from options)."""
+    """The sampler-dependent infotext extras A1111 adds (Eta, Sigma * from options, the Beta
+    schedule's alpha and beta when that schedule runs)."""
     sampler = job.sampling.sampler
     extras: dict[str, Any] = {}
     if sampler.takes_eta and job.sampling.eta is not None and job.sampling.eta != sampler.default_eta:
         extras["Eta DDIM" if sampler.default_eta == 0.0 else "Eta"] = job.sampling.eta
     extras.update(_churn_from_options(job, sampler.extra_params))
+    if job.sampling.schedule.label == "Beta":
+        extras["Beta schedule alpha"] = job.engine_options.beta_dist_alpha
+        extras["Beta schedule beta"] = job.engine_options.beta_dist_beta
     return extras
 
 
@@ -51,8 +65,13 @@ def infotext_params(
     vae: tuple[str | None, str | None] = (None, None),
 ) -> dict[str, Any]:
     """The ordered parameter line of one image, None meaning "leave out". `vae` is the
-    (file name, short hash) of a separate VAE, written right after the model as A1111 does."""
+    (file name, short hash) of a separate VAE, written right after the model as A1111 does.
+
+    Forge's additions sit where Forge's create_infotext puts them: "Distilled CFG Scale" right
+    after "CFG scale"; "Diffusion in Low Bits" and "Module 1..n" after "Version", last."""
     opts = job.options
+    modules = {key: value for key, value in extras.items() if key.startswith(FORGE_MODULE_PREFIX)}
+    extras = {key: value for key, value in extras.items() if key not in modules}
     vae_name, vae_hash = vae
     seeds = job.seeds
     uses_ensd = seeds.eta_noise_seed_delta != 0 and _sampler_uses_ensd(job)
@@ -61,6 +80,7 @@ def infotext_params(
         "Sampler": job.sampling.sampler_name,
         "Schedule type": _scheduler_label(job),
         "CFG scale": job.sampling.cfg_scale,
+        FORGE_DISTILLED_CFG: extras.get(FORGE_DISTILLED_CFG),
         "Image CFG scale": extras.get("Image CFG scale"),  # instruct-pix2pix img2img (set by the engine)
         "Seed": image.seed,
         "Face restoration": _face_restoration_model(job),
@@ -80,7 +100,15 @@ def infotext_params(
         "Tiling": "True" if job.tiling else None,
         **extras,
         "Version": A1111_COMPAT_VERSION if opts.get("add_version_to_infotext", True) else None,
+        "Diffusion in Low Bits": _low_bits(job),
+        **modules,
     }
+
+
+def _low_bits(job: GenerationJob) -> str | None:
+    """Forge names forge_unet_storage_dtype in the infotext whenever it is not Automatic."""
+    storage = job.engine_options.forge_unet_storage_dtype
+    return storage if storage and storage != "Automatic" else None
 
 
 def token_merging_infotext(job: GenerationJob) -> dict[str, float | None]:
@@ -209,7 +237,7 @@ def build_info(
         "extra_generation_params": {
             **(prompt_extras_per_image(job, len(result.images)) or [{}])[-1],
             **extra_generation_params(job),
-            **result.extra_generation_params,
+            **{k: v for k, v in result.extra_generation_params.items() if not is_infotext_only(k)},
             **result.cond_padding,
         },
         "index_of_first_image": index_of_first_image,

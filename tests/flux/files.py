@@ -7,6 +7,7 @@ CLIP pooled 768. Tests use fewer blocks (and, where no oracle pins the width, na
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -66,9 +67,85 @@ def bfl_transformer_shapes(s: FluxSizes) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def random_state(shapes: dict[str, tuple[int, ...]], seed: int = 0, scale: float = 0.05) -> dict[str, torch.Tensor]:
+def random_state(
+    shapes: dict[str, tuple[int, ...]], seed: int = 0, scale: float = 0.05, dtype: torch.dtype = torch.float32
+) -> dict[str, torch.Tensor]:
+    """Random tensors of `shapes`, drawn in float32 one at a time and stored in `dtype`."""
     generator = torch.Generator().manual_seed(seed)
-    return {key: torch.randn(shape, generator=generator) * scale for key, shape in shapes.items()}
+    return {key: (torch.randn(shape, generator=generator) * scale).to(dtype) for key, shape in shapes.items()}
+
+
+_POOL = 1_000_003  # prime: tensors tiled from the pool do not repeat along any power-of-two row width
+
+
+def tiled_state(
+    shapes: dict[str, tuple[int, ...]], seed: int = 0, scale: float = 0.05, dtype: torch.dtype = torch.bfloat16
+) -> dict[str, torch.Tensor]:
+    """Random-looking tensors for full-width files, fast: each is a slice (at its own offset) of
+    one seeded normal pool, tiled; drawing hundreds of millions of normals takes minutes on two
+    shared cores, copying takes seconds."""
+    generator = torch.Generator().manual_seed(seed)
+    pool = torch.randn(_POOL, generator=generator) * scale
+    state: dict[str, torch.Tensor] = {}
+    for index, (key, shape) in enumerate(shapes.items()):
+        count = math.prod(shape)
+        offset = (index * 7919) % _POOL
+        tiled = pool.repeat(-(-(count + offset) // _POOL))
+        state[key] = tiled[offset : offset + count].to(dtype, copy=True).reshape(shape)
+        del tiled
+    return state
+
+
+# ---------------------------------------------------------------------------
+# Published encoder/VAE layouts at any width and depth, as shapes (built on the meta device)
+# ---------------------------------------------------------------------------
+
+
+def _meta_shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(value.shape) for key, value in module.state_dict().items()}
+
+
+def t5_shapes(width: int, d_ff: int, heads: int, layers: int, vocab: int) -> dict[str, tuple[int, ...]]:
+    """T5 v1.1 encoder tensors as ComfyUI/Forge files store them (`shared`, no `embed_tokens`)."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(vocab_size=vocab, d_model=width, d_kv=width // heads, num_heads=heads, d_ff=d_ff,
+                      num_layers=layers, feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False)
+    with torch.device("meta"):
+        shapes = _meta_shapes(T5EncoderModel(config))
+    shapes.pop("encoder.embed_tokens.weight", None)
+    return shapes
+
+
+def clip_shapes(width: int, intermediate: int, heads: int, layers: int, projection: bool) -> dict[str, tuple[int, ...]]:
+    """CLIP text encoder tensors with transformers' full names; SD3 files add `text_projection`."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(vocab_size=49408, hidden_size=width, intermediate_size=intermediate,
+                            num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77)
+    with torch.device("meta"):
+        shapes = _meta_shapes(CLIPTextModel(config))
+    shapes = {k if k.startswith("text_model.") else "text_model." + k: v for k, v in shapes.items()}
+    shapes.pop("text_model.embeddings.position_ids", None)
+    if projection:
+        shapes["text_projection.weight"] = (width, width)
+    return shapes
+
+
+def vae_shapes(widths: tuple[int, ...], layers: int) -> dict[str, tuple[int, ...]]:
+    """The 16-channel autoencoder (Flux's ae.safetensors, SD3's VAE) with original names."""
+    from diffusers import AutoencoderKL
+
+    from webui_api.engine.loading import ldm_keys
+
+    with torch.device("meta"):
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=16, block_out_channels=widths,
+            down_block_types=("DownEncoderBlock2D",) * len(widths), up_block_types=("UpDecoderBlock2D",) * len(widths),
+            layers_per_block=layers, norm_num_groups=32, use_quant_conv=False, use_post_quant_conv=False,
+        )
+    cut = len(ldm_keys.VAE_PREFIX)
+    return {ldm_keys.vae_key_to_ldm(key, len(widths))[cut:]: value for key, value in _meta_shapes(vae).items()}
 
 
 # ---------------------------------------------------------------------------

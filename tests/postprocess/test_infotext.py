@@ -331,3 +331,31 @@ def test_hires_prompt_with_different_styles_keeps_everything():
     parsed = parse_infotext(text, styles=STYLES)
     assert parsed["Prompt"] == "a cat, 35mm film" and "Styles array" not in parsed
     assert parsed["Hires prompt"] == "a dog"
+
+
+def test_forge_module_keys_become_vae_te_unless_already_selected():
+    """Forge's parse_generation_parameters: "Module N" values (in order) -> "VAE/TE" when they
+    differ from forge_additional_modules; A1111 infotexts without them are left alone."""
+    text = "p\nSteps: 2, Sampler: Euler, Distilled CFG Scale: 3.0, Version: v1.10.1, Module 1: t5xxl, Module 2: ae"
+    assert parse_infotext(text)["VAE/TE"] == ["t5xxl", "ae"]
+    selected = ("/models/VAE/ae.safetensors", "t5xxl.safetensors")
+    assert "VAE/TE" not in parse_infotext(text, current_modules=selected)
+    assert "VAE/TE" not in parse_infotext("p\nSteps: 2, Sampler: Euler")
+
+
+def test_vae_te_overrides_forge_additional_modules():
+    overrides = override_settings_from_infotext({"VAE/TE": ["t5xxl", "ae"]}, {"forge_additional_modules": ()})
+    assert overrides == {"forge_additional_modules": ("t5xxl", "ae")}
+
+
+def test_beta_schedule_writes_its_parameters():
+    """A1111 and Forge (sd_samplers_kdiffusion.py) add the beta_dist_* options for the Beta schedule."""
+    from dataclasses import replace
+
+    from tests.engine.helpers import make_job
+    from webui_api.results import extra_generation_params
+
+    job = make_job(scheduler="Beta")
+    job = replace(job, engine_options=replace(job.engine_options, beta_dist_alpha=0.5))
+    assert extra_generation_params(job) == {"Beta schedule alpha": 0.5, "Beta schedule beta": 0.6}
+    assert "Beta schedule alpha" not in extra_generation_params(make_job(scheduler="Karras"))

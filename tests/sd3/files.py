@@ -2,7 +2,8 @@
 
 `mmdit_shapes` lists every tensor of Stability's MMDiT: SD3 medium is depth 24 (width 1536),
 SD3.5 large depth 38 with qk-norm, SD3.5 medium depth 24 with qk-norm and MMDiT-X dual attention
-in blocks 0..12. Tests use depth 2 and narrow widths.
+in blocks 0..12. Tests use depth 2 and narrow widths (64-wide heads where the file has no
+qk-norm scale to tell the head width).
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ class MMDiTSizes:
     max_positions: int = 192
     qk_norm: bool = False
     dual: tuple[int, ...] = ()
+    heads: int = 0  # 0: as many heads as blocks (the published models); tests with fewer blocks set it
 
     @property
     def hidden(self) -> int:
-        return self.depth * self.head_dim
+        return (self.heads or self.depth) * self.head_dim
 
 
-TINY = MMDiTSizes(depth=2, head_dim=16, context=64, pooled=64, max_positions=16)
+TINY = MMDiTSizes(depth=2, head_dim=64, context=64, pooled=64, max_positions=16)
 TINY_35_MEDIUM = MMDiTSizes(depth=2, head_dim=16, context=64, pooled=64, max_positions=16, qk_norm=True, dual=(0,))
 TINY_35_LARGE = MMDiTSizes(depth=2, head_dim=16, context=64, pooled=64, max_positions=16, qk_norm=True)
 

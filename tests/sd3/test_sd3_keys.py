@@ -61,3 +61,12 @@ def test_layout_finds_packed_encoders():
     layout = sd3_keys.sd3_layout(shapes)
     assert sd3_keys.is_sd3(shapes) and layout.vae_prefix == "first_stage_model."
     assert layout.transformer_prefix == "model.diffusion_model." and list(layout.text_prefixes) == ["clip_g"]
+
+
+@pytest.mark.parametrize("qk_norm", [False, True], ids=["sd3", "sd3.5"])
+def test_heads_come_from_the_width_not_the_block_count(qk_norm: bool):
+    """A file with fewer blocks than heads (here 2 blocks at SD3.5 large's width 2432 = 38 x 64)
+    keeps 64-wide heads: heads follow the width, as Forge's MMDiT reads them (width // 64)."""
+    shapes = mmdit_shapes(MMDiTSizes(depth=2, heads=38, qk_norm=qk_norm))
+    config = sd3_keys.transformer_config(shapes)
+    assert (config["num_layers"], config["num_attention_heads"], config["attention_head_dim"]) == (2, 38, 64)

@@ -16,6 +16,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import PurePath
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -183,6 +184,7 @@ def parse_infotext(
     *,
     styles: Sequence[StyleLike] = (),
     infotext_styles: str = "Apply if any",
+    current_modules: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Parse an infotext into A1111's dict (its `parse_generation_parameters`).
 
@@ -190,7 +192,8 @@ def parse_infotext(
     then the defaults A1111 adds for absent keys (with their non-string types). The keyword
     arguments mirror A1111 options: `skip_fields` is `infotext_skip_pasting` (keys removed at
     the end); `styles` (styles.csv, in load order) and `infotext_styles` decide whether style
-    text is cut out of the prompts and reported as "Styles array".
+    text is cut out of the prompts and reported as "Styles array". `current_modules` is Forge's
+    forge_additional_modules option: "Module N" keys naming other files become "VAE/TE".
     """
     split = _split_infotext(text)
     res = _parse_param_line(split.param_line)
@@ -212,7 +215,19 @@ def parse_infotext(
     _apply_backcompat(res)
     for key in skip_fields:
         res.pop(key, None)
+    _forge_modules(res, current_modules)
     return res
+
+
+def _forge_modules(res: dict[str, Any], current_modules: Sequence[str]) -> None:
+    """Forge's parse: the "Module 1..n" values (file names without extension), in order, become
+    "VAE/TE" (the forge_additional_modules paste field) unless they are the modules already
+    selected. Forge swaps in the listed file's full name; we keep the name without extension,
+    which the module resolver accepts. Infotexts without Module keys are left as A1111 parses them."""
+    modules = [str(value) for key, value in res.items() if re.fullmatch(r"Module \d+", key)]
+    current = [PurePath(str(name)).stem for name in current_modules]
+    if modules and sorted(modules) != sorted(current):
+        res["VAE/TE"] = modules
 
 
 def _append_hypernet_tag(res: dict[str, Any]) -> None:
@@ -560,6 +575,8 @@ INFOTEXT_OPTIONS: tuple[InfotextOption, ...] = (
     InfotextOption("Hypertile VAE max depth", "hypertile_max_depth_vae", int),
     InfotextOption("Hypertile VAE max tile size", "hypertile_max_tile_vae", int),
     InfotextOption("Hypertile VAE swap size", "hypertile_swap_size_vae", int),
+    # Forge's infotext_to_setting_name_mapping
+    InfotextOption("VAE/TE", "forge_additional_modules", tuple),
 )
 
 INFOTEXT_TO_OPTION: Mapping[str, str] = MappingProxyType({o.infotext_key: o.option for o in INFOTEXT_OPTIONS})

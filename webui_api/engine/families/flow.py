@@ -7,8 +7,9 @@ between the families (job checks, sigma table, text conditioning, infotext) come
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
+from pathlib import PurePath
 from typing import Any, Protocol
 
 import torch
@@ -39,6 +40,16 @@ class FlowDenoiser(Protocol):
     last_cond_x0: torch.Tensor | None
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **kwargs: Any) -> torch.Tensor: ...
+
+
+def module_infotext(model: LoadedModel, job: GenerationJob) -> dict[str, Any]:
+    """Forge's "Module 1..n": each forge_additional_modules entry of the job, in its order, as
+    `splitext(basename(name))[0]` (Forge's processing.py). A job that named none gets the files
+    the model was built with (found in models/VAE and models/text_encoder; Forge would have
+    refused such a job), so the infotext still says which files made the image."""
+    names = job.engine_options.forge_additional_modules or model.module_files
+    stems = [PurePath(str(name).replace("\\", "/")).stem for name in names]
+    return {f"Module {index}": stem for index, stem in enumerate(stems, start=1)}
 
 
 # ---------------------------------------------------------------------------
@@ -312,9 +323,21 @@ def run_txt2img(
             observer.batch_finished(2 * batch.index + 1 if hires is not None else batch.index)
     extras = family.infotext(model, job)
     if hires is not None:
-        extras.update(dict(hires.infotext))
-        extras.update(family.hires_infotext(model, hires))
+        extras["Denoising strength"] = hires.denoising_strength  # as the SD path writes it (A1111, Forge)
+        extras.update(hires_extras(hires.infotext, family.hires_infotext(model, hires)))
     return JobResult(images=images, interrupted=cancel.interrupted, extra_generation_params=extras)
+
+
+_AFTER_FAMILY_HIRES_KEYS = ("Hires schedule type", "Hires upscale", "Hires resize", "Hires steps", "Hires upscaler")
+
+
+def hires_extras(common: Sequence[tuple[str, Any]], family_keys: Mapping[str, Any]) -> dict[str, Any]:
+    """The hires infotext keys in Forge's order: the family's own (Forge's "Hires Distilled CFG
+    Scale", set next to "Hires CFG Scale") after the hires sampler and prompts, before "Hires
+    schedule type" and the size, steps and upscaler keys."""
+    keys = list(common)
+    cut = next((i for i, (key, _) in enumerate(keys) if key in _AFTER_FAMILY_HIRES_KEYS), len(keys))
+    return dict([*keys[:cut], *family_keys.items(), *keys[cut:]])
 
 
 def run_img2img(

@@ -30,6 +30,7 @@ from webui_api.engine.families.flow import (
     ScheduledConds,
     first_call_texts,
     guided_x0,
+    module_infotext,
     run_img2img,
     run_txt2img,
     scheduled_prompts,
@@ -288,11 +289,7 @@ def flux_infotext(model: LoadedModel, job: GenerationJob) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if model.unet.config.guidance_embeds:
         extra["Distilled CFG Scale"] = job.sampling.distilled_cfg_scale
-    for index, path in enumerate(model.module_files, start=1):
-        from pathlib import Path
-
-        extra[f"Module {index}"] = Path(path).stem
-    return extra
+    return {**extra, **module_infotext(model, job)}
 
 
 def flux_hires_infotext(model: LoadedModel, hires: HiresParams) -> dict[str, Any]:

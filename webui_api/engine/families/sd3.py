@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,6 +37,7 @@ from webui_api.engine.families.flow import (
     ScheduledConds,
     first_call_texts,
     guided_x0,
+    module_infotext,
     run_img2img,
     run_txt2img,
     scheduled_prompts,
@@ -224,11 +224,6 @@ def check_sd3_job(model: LoadedModel, job: GenerationJob) -> SamplerPlan:
     return plan
 
 
-def sd3_infotext(model: LoadedModel) -> dict[str, Any]:
-    """Forge's infotext additions: the module files (by stem) the model was built with."""
-    return {f"Module {index}": Path(path).stem for index, path in enumerate(model.module_files, start=1)}
-
-
 def shift(model: LoadedModel) -> float:
     return float(model.flow_shift if model.flow_shift is not None else 3.0)
 
@@ -238,7 +233,8 @@ def sd3_family_sigmas(model: LoadedModel, job: GenerationJob, plan: SamplerPlan)
 
 
 def sd3_family_infotext(model: LoadedModel, job: GenerationJob) -> dict[str, Any]:
-    return sd3_infotext(model)
+    """Forge's SD3 additions: only the module files (no distilled CFG, no shift key)."""
+    return module_infotext(model, job)
 
 
 def sd3_sigma_at(model: LoadedModel, t: float) -> float:

@@ -57,7 +57,9 @@ log = logging.getLogger(__name__)
 
 FLUX_VAE_SCALE = 0.3611
 FLUX_VAE_SHIFT = 0.1159
-DEV_SHIFT = 1.15  # Forge's (and ComfyUI's) flow shift for Flux.1-dev; schnell runs unshifted
+# Forge's PredictionFlux `mu` (the log of the time shift): dev 1.15 (its max_shift at seq_len 4096),
+# schnell mu=1.0 (backend/diffusion_engine/flux.py); flow_sigma_table applies exp(mu)
+DEV_SHIFT = 1.15
 SCHNELL_SHIFT = 1.0
 
 KIND_VAE = "vae"

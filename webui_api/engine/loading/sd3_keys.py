@@ -7,8 +7,10 @@ Files people download (SD3 medium, SD3.5 medium / large / large-turbo) keep the 
 encoders under `text_encoders.clip_l.`, `text_encoders.clip_g.` and `text_encoders.t5xxl.`.
 
 Every size is read from the tensors: depth by counting `joint_blocks`, the width from the patch
-embedding, heads from the depth (MMDiT uses 64-wide heads and as many heads as blocks), SD3.5
-medium's MMDiT-X dual attention from the blocks that carry `attn2`, and qk-norm from `ln_q`.
+embedding, the head width from the qk-norm scales where the file has them and else MMDiT's fixed
+64 (heads = width / head width, as Forge's and ComfyUI's MMDiT read it, never from the block count:
+a file may carry fewer blocks than heads), SD3.5 medium's MMDiT-X dual attention from the
+blocks that carry `attn2`, and qk-norm from `ln_q`.
 No torch import at module import; functions that move tensors take them as arguments.
 """
 
@@ -67,12 +69,24 @@ def dual_attention_layers(shapes: Shapes) -> tuple[int, ...]:
     return tuple(sorted({int(m[1]) for key in shapes if (m := pattern.match(key))}))
 
 
+MMDIT_HEAD_WIDTH = 64  # Stability's MMDiT: hidden = 64 * heads (Forge's sd3_impls reads heads as width // 64)
+
+
+def head_width(shapes: Shapes) -> int:
+    """The attention head width: the qk-norm scale's length (SD3.5), else MMDiT's fixed 64 (SD3)."""
+    scale = shapes.get("joint_blocks.0.x_block.attn.ln_q.weight")
+    return int(scale[0]) if scale is not None else MMDIT_HEAD_WIDTH
+
+
 def transformer_config(shapes: Shapes) -> dict[str, Any]:
     """diffusers `SD3Transformer2DModel` arguments from MMDiT shapes (prefix removed)."""
     hidden, in_channels, patch, _ = need_shape(shapes, "x_embedder.proj.weight")
     depth = block_count(shapes, "joint_blocks.")
-    if depth == 0 or hidden % depth:
-        raise ValueError(f"width {hidden} is not a whole number of heads for depth {depth}")
+    if depth == 0:
+        raise ValueError("no joint_blocks")
+    head_dim = head_width(shapes)
+    if hidden % head_dim:
+        raise ValueError(f"width {hidden} is not a whole number of {head_dim}-wide heads")
     positions = need_shape(shapes, "pos_embed")[1]
     max_size = math.isqrt(positions)
     if max_size * max_size != positions:
@@ -83,8 +97,8 @@ def transformer_config(shapes: Shapes) -> dict[str, Any]:
         "patch_size": patch,
         "in_channels": in_channels,
         "num_layers": depth,
-        "attention_head_dim": hidden // depth,
-        "num_attention_heads": depth,
+        "attention_head_dim": head_dim,
+        "num_attention_heads": hidden // head_dim,
         "joint_attention_dim": need_shape(shapes, "context_embedder.weight")[1],
         "caption_projection_dim": need_shape(shapes, "context_embedder.weight")[0],
         "pooled_projection_dim": need_shape(shapes, "y_embedder.mlp.0.weight")[1],
