@@ -91,33 +91,44 @@ def sample_dpmpp_sde(
         if levels[i + 1] == 0:
             x = x + to_d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
         else:
-            x = _dpmpp_sde_step(model, x, denoised, sigmas[i], sigmas[i + 1], args, noise, (eta, s_noise, r))
+            noise_times = _sde_noise_times(levels[i], levels[i + 1], r)
+            x = _dpmpp_sde_step(model, x, denoised, sigmas[i], sigmas[i + 1], args, noise, noise_times,
+                                (eta, s_noise, r))
     return x
+
+
+def _sde_noise_times(level: float, level_next: float, r: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The sigmas the step queries the noise at (t, s = t + r*h, t_next, through sigma(t(.))), computed
+    from the host copy of the schedule with the same float32 operations as the step's own: the Brownian
+    tree needs them on the host, and reading them off the device would wait for the GPU every step."""
+    t, t_next = t_of(torch.tensor(level)), t_of(torch.tensor(level_next))
+    s = t + (t_next - t) * r
+    return sigma_of(t), sigma_of(s), sigma_of(t_next)
 
 
 def _dpmpp_sde_step(
     model: Denoiser, x: Tensor, denoised: Tensor, sigma: Tensor, sigma_next: Tensor, args: Mapping[str, Any],
-    noise: NoiseSampler, tuning: tuple[float, float, float],
+    noise: NoiseSampler, noise_times: tuple[Tensor, Tensor, Tensor], tuning: tuple[float, float, float],
 ) -> Tensor:
-    """Stage 1 goes to the intermediate time s = t + r*h; stage 2 combines both denoised values."""
+    """Stage 1 goes to the intermediate time s = t + r*h; stage 2 combines both denoised values.
+    ``noise_times`` are host copies of sigma(t), sigma(s), sigma(t_next) for the noise sampler."""
     eta, s_noise, r = tuning
+    noise_t, noise_s, noise_next = noise_times
     t, t_next = t_of(sigma), t_of(sigma_next)
     s = t + (t_next - t) * r
-    x_2 = _ancestral_exp_step(x, denoised, t, s, eta, noise, s_noise)
+    x_2 = _ancestral_exp_step(x, denoised, t, s, eta, noise(noise_t, noise_s) * s_noise)
     denoised_2 = denoise(model, x_2, sigma_of(s), args)
     fac = 1 / (2 * r)
     denoised_d = (1 - fac) * denoised + fac * denoised_2
-    return _ancestral_exp_step(x, denoised_d, t, t_next, eta, noise, s_noise)
+    return _ancestral_exp_step(x, denoised_d, t, t_next, eta, noise(noise_t, noise_next) * s_noise)
 
 
-def _ancestral_exp_step(
-    x: Tensor, denoised: Tensor, t: Tensor, t_to: Tensor, eta: float, noise: NoiseSampler, s_noise: float
-) -> Tensor:
+def _ancestral_exp_step(x: Tensor, denoised: Tensor, t: Tensor, t_to: Tensor, eta: float, scaled_noise: Tensor) -> Tensor:
     """First-order exponential-integrator step from t towards t_to, with ancestral noise."""
     sd, su = ancestral_step(sigma_of(t), sigma_of(t_to), eta)
     t_down = t_of(sd)
     x = (sigma_of(t_down) / sigma_of(t)) * x - (t - t_down).expm1() * denoised
-    return x + noise(sigma_of(t), sigma_of(t_to)) * s_noise * su
+    return x + scaled_noise * su
 
 
 @torch.no_grad()

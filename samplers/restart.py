@@ -21,6 +21,7 @@ from samplers._common import (
     check_sigmas,
     denoise,
     require_noise,
+    sigma_levels,
     to_d,
 )
 from samplers.schedules import karras
@@ -52,20 +53,26 @@ def _nearest_index(sigmas: torch.Tensor, value: float) -> int:
     return int(torch.argmin(abs(sigmas - value), dim=0))
 
 
-def build_step_list(sigmas: torch.Tensor, plans: dict[float, RestartPlan]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """All (sigma_from, sigma_to) pairs in walking order, restart segments spliced in after their index."""
-    by_index = {_nearest_index(sigmas, key): plan for key, plan in plans.items()}
+def build_step_list(
+    sigmas: torch.Tensor, plans: Mapping[float, RestartPlan], host_sigmas: torch.Tensor | None = None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """All (sigma_from, sigma_to) pairs in walking order, restart segments spliced in after their index.
+
+    ``host_sigmas`` is a CPU copy of ``sigmas`` that the index search and the restart levels read,
+    so that a schedule on the GPU is never read back (defaults to ``sigmas`` itself)."""
+    host = sigmas if host_sigmas is None else host_sigmas
+    by_index = {_nearest_index(host, key): plan for key, plan in plans.items()}
     pairs = []
     for i in range(len(sigmas) - 1):
         pairs.append((sigmas[i], sigmas[i + 1]))
         plan = by_index.get(i + 1)
         if plan is not None:
-            pairs.extend(_restart_pairs(sigmas, i + 1, plan))
+            pairs.extend(_restart_pairs(host, i + 1, plan))
     return pairs
 
 
 def _restart_pairs(sigmas: torch.Tensor, min_idx: int, plan: RestartPlan) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The restart segment's pairs, repeated; empty when the restart level is not above the current one."""
+    """The restart segment's pairs (CPU tensors), repeated; empty when the restart level is not above the current one."""
     max_idx = _nearest_index(sigmas, plan.max_sigma)
     if max_idx >= min_idx:
         return []
@@ -92,30 +99,34 @@ def sample_restart(
     """
     check_sigmas(sigmas)
     args, noise = as_args(extra_args), require_noise(noise_sampler, "Restart")
+    host_sigmas = torch.tensor(sigma_levels(sigmas))  # the one device read, before the loop
     if restart_list is None:
-        sigmas, plans = automatic_plan(sigmas)
+        main, plans = automatic_plan(host_sigmas)
+        if main is not host_sigmas:  # rebuilt as Karras (on the CPU, as upstream's)
+            sigmas = host_sigmas = main
     else:
         plans = dict(restart_list)
-    last_sigma = None
-    for step_id, (old_sigma, new_sigma) in enumerate(build_step_list(sigmas, plans)):
-        if last_sigma is not None and last_sigma < old_sigma:
-            x = x + noise(last_sigma, old_sigma) * s_noise * (old_sigma**2 - last_sigma**2) ** 0.5
-        x = _heun_step(model, x, old_sigma, new_sigma, args, callback, step_id)
-        last_sigma = new_sigma
+    pairs, host_pairs = build_step_list(sigmas, plans, host_sigmas), build_step_list(host_sigmas, plans)
+    last_sigma, last_level = None, None
+    for step_id, ((old_sigma, new_sigma), (old_level, new_level)) in enumerate(zip(pairs, host_pairs, strict=True)):
+        if last_sigma is not None and last_level < old_level:
+            x = x + noise(last_level, old_level) * s_noise * (old_sigma**2 - last_sigma**2) ** 0.5
+        x = _heun_step(model, x, old_sigma, new_sigma, args, callback, step_id, bool(new_level == 0))
+        last_sigma, last_level = new_sigma, new_level
     return x
 
 
 def _heun_step(
     model: Denoiser, x: torch.Tensor, old_sigma: torch.Tensor, new_sigma: torch.Tensor, args: Mapping[str, Any],
-    callback: StepCallback | None, step_id: int,
+    callback: StepCallback | None, step_id: int, into_zero: bool,
 ) -> torch.Tensor:
-    """One Heun step (Euler into sigma = 0)."""
+    """One Heun step (Euler into sigma = 0, which ``into_zero`` says from the host copy)."""
     denoised = denoise(model, x, old_sigma, args)
     d = to_d(x, old_sigma, denoised)
     if callback is not None:
         callback({"x": x, "i": step_id, "sigma": new_sigma, "sigma_hat": old_sigma, "denoised": denoised})
     dt = new_sigma - old_sigma
-    if new_sigma == 0:
+    if into_zero:
         return x + d * dt
     x_2 = x + d * dt
     d_2 = to_d(x_2, new_sigma, denoise(model, x_2, new_sigma, args))

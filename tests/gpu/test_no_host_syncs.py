@@ -29,7 +29,7 @@ from webui_api.progress import CancelToken
 HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
 # k-diffusion-style samplers whose loops were audited; the others are listed in docs/deployment.md
 AUDITED = ("Euler", "Euler a", "Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 2M", "DPM++ 2M SDE", "DPM++ 3M SDE",
-           "LCM")
+           "LCM", "DPM++ SDE", "UniPC", "Restart", "DPM fast")
 
 
 class DeviceResident(torch.Tensor):
