@@ -119,126 +119,197 @@ def _weighted_sum(weights: torch.Tensor, stacked: torch.Tensor) -> torch.Tensor:
     return torch.einsum(f"k,bk{dims}->b{dims}", weights, stacked)
 
 
+def _move(value: Any, device: torch.device) -> Any:
+    """A plan's tensors (alone, in lists or None) on the sampling device."""
+    if isinstance(value, list):
+        return [_move(item, device) for item in value]
+    return value.to(device) if isinstance(value, torch.Tensor) else value
+
+
+@dataclass
+class _TimePoint:
+    """The schedule at one continuous time t, as (B,) tensors: the model's timestep, alpha_t, sigma_t."""
+
+    model_time: torch.Tensor
+    alpha: torch.Tensor
+    std: torch.Tensor
+
+    @classmethod
+    def at(cls, schedule: DiscreteVPSchedule, t: torch.Tensor) -> _TimePoint:
+        return cls((t - 1.0 / schedule.total_n) * 1000.0, schedule.alpha(t), schedule.std(t))
+
+    def to(self, device: torch.device) -> _TimePoint:
+        return _TimePoint(self.model_time.to(device), self.alpha.to(device), self.std.to(device))
+
+
+@dataclass
+class _StepPlan:
+    """Everything one multistep update needs that depends only on the schedule.
+
+    Built on the host for every step before the loop (see ``_plan_steps``) and moved to the device
+    once, so the loop never copies a value between host and device: upstream forms these small
+    tensors per step (torch.tensor of device scalars, a table copied to the device per call), which
+    on CUDA waits for the GPU every step. ``h_phi`` is [h_phi_1, B(h)] for the bh variants and the
+    h_phi_k list for vary_coeff; ``predictor``/``corrector`` are rhos_p/rhos_c or the inverses A_p/A_c.
+    """
+
+    point: _TimePoint
+    sigma_ratio: torch.Tensor
+    rks: list[torch.Tensor]
+    h_phi: list[torch.Tensor]
+    predictor: torch.Tensor | None
+    corrector: torch.Tensor | None
+
+    def to(self, device: torch.device) -> _StepPlan:
+        return _StepPlan(self.point.to(device), self.sigma_ratio.to(device), _move(self.rks, device),
+                         _move(self.h_phi, device), _move(self.predictor, device), _move(self.corrector, device))
+
+
+def _ratios(schedule: DiscreteVPSchedule, t_prev: list[torch.Tensor], h: torch.Tensor, lambda_prev_0: torch.Tensor,
+            order: int) -> list[torch.Tensor]:
+    """Ratios r_k of older log-SNR gaps to h."""
+    return [((schedule.lambda_(t_prev[-(i + 1)]) - lambda_prev_0) / h)[0] for i in range(1, order)]
+
+
+def _bh_coefficients(rks: torch.Tensor, hh: torch.Tensor, order: int, use_corrector: bool, variant: str
+                     ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
+    """UniPC-B(h): B(h) = h (bh1) or e^h - 1 (bh2); rhos from a small linear solve."""
+    h_phi_1 = torch.expm1(hh)
+    b_h = hh if variant == "bh1" else torch.expm1(hh)
+    rows: list[torch.Tensor] = []
+    coefficients: list[torch.Tensor] = []
+    h_phi_k, factorial = h_phi_1 / hh - 1, 1
+    for i in range(1, order + 1):
+        rows.append(torch.pow(rks, i - 1))
+        coefficients.append(h_phi_k * factorial / b_h)
+        factorial *= i + 1
+        h_phi_k = h_phi_k / hh - 1 / factorial
+    r_mat, b = torch.stack(rows), torch.tensor(coefficients)
+    rhos_p = None
+    if order > 1:  # there is history to weigh
+        rhos_p = torch.tensor([0.5]) if order == 2 else torch.linalg.solve(r_mat[:-1, :-1], b[:-1])
+    rhos_c = None
+    if use_corrector:
+        rhos_c = torch.tensor([0.5]) if order == 1 else torch.linalg.solve(r_mat, b)
+    return [h_phi_1, b_h], rhos_p, rhos_c
+
+
+def _vary_coefficients(rks: torch.Tensor, hh: torch.Tensor, use_corrector: bool
+                       ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
+    """UniPC with varying coefficients: inverses of a Vandermonde-like matrix."""
+    k_count = len(rks)
+    columns, col = [], torch.ones_like(rks)
+    for k in range(1, k_count + 1):
+        columns.append(col)
+        col = col * rks / (k + 1)
+    c_mat = torch.stack(columns, dim=1)
+    h_phi_ks: list[torch.Tensor] = []
+    h_phi_k, factorial = torch.expm1(hh), 1
+    for k in range(1, k_count + 2):
+        h_phi_ks.append(h_phi_k)
+        h_phi_k = h_phi_k / hh - 1 / factorial
+        factorial *= k + 1
+    a_p = torch.linalg.inv(c_mat[:-1, :-1]) if k_count > 1 else None
+    a_c = torch.linalg.inv(c_mat) if use_corrector else None
+    return h_phi_ks, a_p, a_c
+
+
+def _plan_step(schedule: DiscreteVPSchedule, variant: str, t_prev: list[torch.Tensor], t: torch.Tensor, order: int,
+               use_corrector: bool) -> _StepPlan:
+    """One update's schedule-only quantities, in upstream's operations and order (so float32 results match)."""
+    lambda_prev_0 = schedule.lambda_(t_prev[-1])
+    h = schedule.lambda_(t) - lambda_prev_0
+    ratios = _ratios(schedule, t_prev, h, lambda_prev_0, order)
+    rks = torch.tensor([*ratios, 1.0])
+    hh = -h[0]
+    if variant == "vary_coeff":
+        h_phi, predictor, corrector = _vary_coefficients(rks, hh, use_corrector)
+    else:
+        h_phi, predictor, corrector = _bh_coefficients(rks, hh, order, use_corrector, variant)
+    point = _TimePoint(_TimePoint.at(schedule, t).model_time, torch.exp(schedule.log_alpha(t)), schedule.std(t))
+    return _StepPlan(point, schedule.std(t) / schedule.std(t_prev[-1]), ratios, h_phi, predictor, corrector)
+
+
+def _plan_steps(schedule: DiscreteVPSchedule, options: UniPCOptions, times: torch.Tensor, batch: int
+                ) -> tuple[_TimePoint, list[_StepPlan]]:
+    """The start point and every step's plan, walking the same history of times as the loop."""
+    steps = len(times) - 1
+    vec_t = times[0].expand(batch)
+    start, t_prev, plans = _TimePoint.at(schedule, vec_t), [vec_t], []
+    for step in range(1, steps + 1):
+        vec_t = times[step].expand(batch)
+        warmup = step < options.order
+        order = step if warmup else _step_order(options, steps, step)
+        plans.append(_plan_step(schedule, options.variant, t_prev, vec_t, order, warmup or step != steps))
+        t_prev = t_prev + [vec_t] if warmup else t_prev[1:] + [vec_t]
+    return start, plans
+
+
 @dataclass
 class _Solver:
-    """One UniPC run: the eps model, its extra args, the schedule and the variant."""
+    """One UniPC run on the device: the eps model and its extra args."""
 
     model: Denoiser
     args: Mapping[str, Any]
-    schedule: DiscreteVPSchedule
-    variant: str
 
-    def data_prediction(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x0 from the model's eps at continuous time t (model time (t - 1/N) * 1000)."""
-        eps = self.model(x, (t - 1.0 / self.schedule.total_n) * 1000.0, **self.args)
-        alpha_t, sigma_t = self.schedule.alpha(t), self.schedule.std(t)
-        return (x - _expand(sigma_t, x.ndim) * eps) / _expand(alpha_t, x.ndim)
+    def data_prediction(self, x: torch.Tensor, point: _TimePoint) -> torch.Tensor:
+        """x0 from the model's eps at the point's time (model time (t - 1/N) * 1000)."""
+        eps = self.model(x, point.model_time, **self.args)
+        return (x - _expand(point.std, x.ndim) * eps) / _expand(point.alpha, x.ndim)
 
-    def history(
-        self, model_prev: list[torch.Tensor], t_prev: list[torch.Tensor], h: torch.Tensor, lambda_prev_0: torch.Tensor,
-        order: int,
-    ) -> tuple[list[torch.Tensor | float], list[torch.Tensor]]:
-        """Ratios r_k of older log-SNR gaps to h, and the scaled differences D1_k."""
-        rks: list[torch.Tensor | float] = []
-        d1s: list[torch.Tensor] = []
-        for i in range(1, order):
-            rk = ((self.schedule.lambda_(t_prev[-(i + 1)]) - lambda_prev_0) / h)[0]
-            rks.append(rk)
-            d1s.append((model_prev[-(i + 1)] - model_prev[-1]) / rk)
-        return rks, d1s
-
-    def update(
-        self, x: torch.Tensor, model_prev: list[torch.Tensor], t_prev: list[torch.Tensor], t: torch.Tensor, order: int,
-        use_corrector: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def update(self, x: torch.Tensor, model_prev: list[torch.Tensor], plan: _StepPlan, variant: str
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One multistep update; returns x_t and, with the corrector, the model's x0 at t."""
-        ns = self.schedule
-        lambda_prev_0 = ns.lambda_(t_prev[-1])
-        h = ns.lambda_(t) - lambda_prev_0
-        ratios, d1s = self.history(model_prev, t_prev, h, lambda_prev_0, order)
-        rks = torch.tensor(ratios + [1.0], device=x.device)
-        step = _Step(x, model_prev[-1], ns.std(t) / ns.std(t_prev[-1]), torch.exp(ns.log_alpha(t)), rks, d1s)
-        if self.variant == "vary_coeff":
-            return step.vary_coeff(self, t, -h[0], use_corrector)
-        return step.bh(self, t, -h[0], order, use_corrector, self.variant)
+        d1s = [(model_prev[-(i + 1)] - model_prev[-1]) / rk for i, rk in enumerate(plan.rks, start=1)]
+        step = _Step(x, model_prev[-1], plan, torch.stack(d1s, dim=1) if d1s else None)
+        return step.vary_coeff(self) if variant == "vary_coeff" else step.bh(self)
 
 
 @dataclass
 class _Step:
-    """The quantities one multistep update shares between predictor and corrector."""
+    """The device-side quantities one multistep update shares between predictor and corrector."""
 
     x: torch.Tensor
     model_prev_0: torch.Tensor
-    sigma_ratio: torch.Tensor
-    alpha_t: torch.Tensor
-    rks: torch.Tensor
-    d1s: list[torch.Tensor]
+    plan: _StepPlan
+    d1s: torch.Tensor | None
 
     def base(self, h_phi_1: torch.Tensor) -> torch.Tensor:
-        nd = self.x.ndim
-        return _expand(self.sigma_ratio, nd) * self.x - _expand(self.alpha_t * h_phi_1, nd) * self.model_prev_0
+        nd, alpha_t = self.x.ndim, self.plan.point.alpha
+        return _expand(self.plan.sigma_ratio, nd) * self.x - _expand(alpha_t * h_phi_1, nd) * self.model_prev_0
 
-    def bh(
-        self, solver: _Solver, t: torch.Tensor, hh: torch.Tensor, order: int, use_corrector: bool, variant: str
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """UniPC-B(h): B(h) = h (bh1) or e^h - 1 (bh2); coefficients from a small linear solve."""
-        h_phi_1 = torch.expm1(hh)
-        b_h = hh if variant == "bh1" else torch.expm1(hh)
-        rows: list[torch.Tensor] = []
-        coefficients: list[torch.Tensor] = []
-        h_phi_k, factorial = h_phi_1 / hh - 1, 1
-        for i in range(1, order + 1):
-            rows.append(torch.pow(self.rks, i - 1))
-            coefficients.append(h_phi_k * factorial / b_h)
-            factorial *= i + 1
-            h_phi_k = h_phi_k / hh - 1 / factorial
-        r_mat, b = torch.stack(rows), torch.tensor(coefficients, device=self.x.device)
-        d1s = torch.stack(self.d1s, dim=1) if self.d1s else None
-        x_base, scale = self.base(h_phi_1), _expand(self.alpha_t * b_h, self.x.ndim)
+    def bh(self, solver: _Solver) -> tuple[torch.Tensor, torch.Tensor | None]:
+        plan = self.plan
+        h_phi_1, b_h = plan.h_phi
+        x_base, scale = self.base(h_phi_1), _expand(plan.point.alpha * b_h, self.x.ndim)
         pred_res: torch.Tensor | int = 0
-        if d1s is not None:
-            rhos_p = torch.tensor([0.5], device=b.device) if order == 2 else torch.linalg.solve(r_mat[:-1, :-1], b[:-1])
-            pred_res = _weighted_sum(rhos_p, d1s)
+        if self.d1s is not None and plan.predictor is not None:
+            pred_res = _weighted_sum(plan.predictor, self.d1s)
         x_t = x_base - scale * pred_res
-        if not use_corrector:
+        if plan.corrector is None:
             return x_t, None
-        rhos_c = torch.tensor([0.5], device=b.device) if order == 1 else torch.linalg.solve(r_mat, b)
-        model_t = solver.data_prediction(x_t, t)
-        corr_res = _weighted_sum(rhos_c[:-1], d1s) if d1s is not None else 0
+        rhos_c = plan.corrector
+        model_t = solver.data_prediction(x_t, plan.point)
+        corr_res = _weighted_sum(rhos_c[:-1], self.d1s) if self.d1s is not None else 0
         return x_base - scale * (corr_res + rhos_c[-1] * (model_t - self.model_prev_0)), model_t
 
-    def vary_coeff(
-        self, solver: _Solver, t: torch.Tensor, hh: torch.Tensor, use_corrector: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """UniPC with varying coefficients (inverse of a Vandermonde-like matrix)."""
-        k_count, nd = len(self.rks), self.x.ndim
-        columns, col = [], torch.ones_like(self.rks)
-        for k in range(1, k_count + 1):
-            columns.append(col)
-            col = col * self.rks / (k + 1)
-        c_mat = torch.stack(columns, dim=1)
-        h_phi_ks: list[torch.Tensor] = []
-        h_phi_k, factorial = torch.expm1(hh), 1
-        for k in range(1, k_count + 2):
-            h_phi_ks.append(h_phi_k)
-            h_phi_k = h_phi_k / hh - 1 / factorial
-            factorial *= k + 1
+    def vary_coeff(self, solver: _Solver) -> tuple[torch.Tensor, torch.Tensor | None]:
+        plan, nd = self.plan, self.x.ndim
+        alpha_t, h_phi_ks, k_count = plan.point.alpha, plan.h_phi, len(plan.rks) + 1
         x_base = self.base(h_phi_ks[0])
-        d1s = torch.stack(self.d1s, dim=1) if self.d1s else None
         x_t = x_base
-        if d1s is not None:
-            a_p = torch.linalg.inv(c_mat[:-1, :-1])
+        if self.d1s is not None and plan.predictor is not None:
             for k in range(k_count - 1):
-                x_t = x_t - _expand(self.alpha_t * h_phi_ks[k + 1], nd) * _weighted_sum(a_p[k], d1s)
-        if not use_corrector:
+                x_t = x_t - _expand(alpha_t * h_phi_ks[k + 1], nd) * _weighted_sum(plan.predictor[k], self.d1s)
+        if plan.corrector is None:
             return x_t, None
-        a_c = torch.linalg.inv(c_mat)
-        model_t = solver.data_prediction(x_t, t)
+        a_c = plan.corrector
+        model_t = solver.data_prediction(x_t, plan.point)
         x_t, k = x_base, 0
-        if d1s is not None:  # without history k_count is 1 and there is nothing to add
+        if self.d1s is not None:  # without history k_count is 1 and there is nothing to add
             for k in range(k_count - 1):
-                x_t = x_t - _expand(self.alpha_t * h_phi_ks[k + 1], nd) * _weighted_sum(a_c[k][:-1], d1s)
-        last = _expand(self.alpha_t * h_phi_ks[k_count], nd) * ((model_t - self.model_prev_0) * a_c[k][-1])
+                x_t = x_t - _expand(alpha_t * h_phi_ks[k + 1], nd) * _weighted_sum(a_c[k][:-1], self.d1s)
+        last = _expand(alpha_t * h_phi_ks[k_count], nd) * ((model_t - self.model_prev_0) * a_c[k][-1])
         return x_t - last, model_t
 
 
@@ -267,29 +338,29 @@ def sample_unipc(
     Model calls: one per step (the corrector's evaluation doubles as the next step's history;
     the last step skips the corrector). Deterministic: noise_sampler is never called.
     ``t_start`` is A1111's img2img start, timesteps[-1] / 1000 + 1 / 1000.
+    All schedule arithmetic runs on the host before the loop (``_plan_steps``); the loop only
+    evaluates the model and combines its outputs, so it never waits for the GPU.
     """
     steps = len(timesteps)
     if steps < options.order:
         raise ValueError(f"UniPC order must be < sampling steps: order {options.order}, {steps} steps")
-    schedule = DiscreteVPSchedule(alphas_cumprod)
+    schedule = DiscreteVPSchedule(alphas_cumprod.detach().cpu())
     times = time_steps(schedule, options.skip_type, 1.0 if t_start is None else t_start, 1.0 / schedule.total_n,
-                       steps, x.device)
-    solver = _Solver(model, as_args(extra_args), schedule, options.variant)
-    vec_t = times[0].expand(x.shape[0])
-    model_prev, t_prev = [solver.data_prediction(x, vec_t)], [vec_t]
-    for step in range(1, steps + 1):
-        vec_t = times[step].expand(x.shape[0])
+                       steps, "cpu")
+    start, host_plans = _plan_steps(schedule, options, times, x.shape[0])
+    plans = [plan.to(x.device) for plan in host_plans]
+    solver = _Solver(model, as_args(extra_args))
+    model_prev = [solver.data_prediction(x, start.to(x.device))]
+    for step, plan in enumerate(plans, start=1):
         warmup = step < options.order
-        order = step if warmup else _step_order(options, steps, step)
-        x, model_x = solver.update(x, model_prev, t_prev, vec_t, order, use_corrector=warmup or step != steps)
+        x, model_x = solver.update(x, model_prev, plan, options.variant)
         _report(callback, x, step - 1, model_x)
         if warmup:  # the corrector ran, so model_x is set
-            model_prev.append(solver.data_prediction(x, vec_t) if model_x is None else model_x)
-            t_prev.append(vec_t)
+            model_prev.append(solver.data_prediction(x, plan.point) if model_x is None else model_x)
             continue
-        model_prev, t_prev = model_prev[1:] + [model_prev[-1]], t_prev[1:] + [vec_t]
+        model_prev = model_prev[1:] + [model_prev[-1]]
         if step < steps:
-            model_prev[-1] = solver.data_prediction(x, vec_t) if model_x is None else model_x
+            model_prev[-1] = solver.data_prediction(x, plan.point) if model_x is None else model_x
     return x
 
 
