@@ -123,15 +123,17 @@ def sample_dpm_fast(
         raise ValueError(f"eta must be 0 for reverse sampling (sigma_min {sigma_min} >= sigma_max {sigma_max})")
     orders = fast_orders(n)
     ts = torch.linspace(t_start, t_end, len(orders) + 1, device=x.device)
+    host_ts = torch.linspace(t_start, t_end, len(orders) + 1)  # for the noise sampler: no reads off the device
+    t_end_here = t_end.to(ts.device)  # one copy before the loop, not one per step
     solver = _Solver(model, as_args(extra_args))
     for i, order in enumerate(orders):
         solver.cache = {}
         t, t_next = ts[i], ts[i + 1]
-        t_next_, su = _ancestral_target(t, t_next, t_end.to(ts.device), eta)
+        t_next_, su = _ancestral_target(t, t_next, t_end_here, eta)
         denoised = x - sigma_of(t) * solver.eps("eps", x, t)
         _report(callback, x, i, t, denoised)
         x = solver.step(order, x, t, t_next_)
-        x = x + su * s_noise * noise(sigma_of(t), sigma_of(t_next))
+        x = x + su * s_noise * noise(sigma_of(host_ts[i]), sigma_of(host_ts[i + 1]))
     return x
 
 
@@ -200,7 +202,13 @@ def sample_dpm_adaptive(
     s_noise: float = 1.0,
     settings: AdaptiveSettings = AdaptiveSettings(),
 ) -> torch.Tensor:
-    """DPM-Solver-12/23 with error-controlled step sizes; the step count is not fixed in advance."""
+    """DPM-Solver-12/23 with error-controlled step sizes; the step count is not fixed in advance.
+
+    The one sampler whose loop reads the device every step, by design: accepting or rejecting a
+    step needs the error norm on the host (``PIDStepSizeController.propose_step``), and the loop's
+    end test compares the accepted time with t_end. On CUDA each step therefore waits for the GPU;
+    the schedule is not known in advance, so nothing can be planned before the loop.
+    """
     _check_interval(sigma_min, sigma_max)
     if settings.order not in (2, 3):
         raise ValueError(f"DPM adaptive order must be 2 or 3, got {settings.order!r}")
