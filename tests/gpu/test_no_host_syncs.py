@@ -83,6 +83,15 @@ def engine() -> Iterator[Engine]:
 def host_reads(engine: Engine, monkeypatch: pytest.MonkeyPatch, sampler: str, steps: int) -> collections.Counter:
     real_make_sigmas = pipeline.make_sigmas
     monkeypatch.setattr(pipeline, "make_sigmas", lambda *a, **k: real_make_sigmas(*a, **k).as_subclass(DeviceResident))
+    real_sampler_kwargs = pipeline.sampler_kwargs
+
+    def device_resident_table(*args, **kwargs) -> dict:  # UniPC's schedule is the model's alphas_cumprod
+        call = real_sampler_kwargs(*args, **kwargs)
+        if isinstance(call.get("alphas_cumprod"), torch.Tensor):
+            call["alphas_cumprod"] = call["alphas_cumprod"].as_subclass(DeviceResident)
+        return call
+
+    monkeypatch.setattr(pipeline, "sampler_kwargs", device_resident_table)
     counter = HostReadCounter()
     with monkeypatch.context() as patched:
         counter.patch(patched)
