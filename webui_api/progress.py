@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from webui_api.preview_thread import LatestOnlyThread
+
 FINISHED_TASKS_KEPT = 16  # A1111's progress.finished_tasks length: /internal/progress "completed"
 OUTCOMES_KEPT = 256  # finished jobs whose outcome (and last counters) a late stream can still read
 ACTIVE, COMPLETED, FAILED, INTERRUPTED = "active", "completed", "failed", "interrupted"
@@ -195,8 +197,9 @@ class ProgressTracker:
 
     The worker calls `begin` / `end` around a job (with the task ids it runs: several when
     cross-request batching runs jobs together) and forwards the engine's `RunObserver` calls.
-    A1111 renders the preview when /progress is polled; we render it on the worker every
-    `preview_every_n_steps` steps instead, so a poll never touches the model.
+    A1111 renders the preview when /progress is polled; we capture the latent every
+    `preview_every_n_steps` steps on the worker and decode it on a preview thread (newest capture
+    first, stale ones dropped), so neither a poll nor the sampling loop waits on a decode.
     """
 
     def __init__(
@@ -214,6 +217,7 @@ class ProgressTracker:
         self._outcomes: OrderedDict[str, JobOutcome] = OrderedDict()
         self._owners: OrderedDict[str, str] = OrderedDict()
         self._wakers: list[_Waker] = []
+        self._preview_thread = LatestOnlyThread("live-preview")
 
     # the worker's side ---------------------------------------------------------------
 
@@ -247,6 +251,9 @@ class ProgressTracker:
         self._wake_all()
 
     def sampling_step(self, step: int, total_steps: int, make_preview: Callable[[], Any]) -> None:
+        """A due preview is decoded on the preview thread when `make_preview` can `capture()` the
+        latent (the engine's `PreviewSource`); other sources (a remote lane's fetched image, test
+        observers) are called here, as before."""
         with self._lock:
             job = self._current
             job.sampling_step, job.sampling_steps = step, total_steps
@@ -254,12 +261,29 @@ class ProgressTracker:
             if due:
                 job.last_preview_step = step
         if due:
-            encoded = self._encode_preview(make_preview())  # type: ignore[misc]
-            if encoded is not None:  # a remote lane may have no image to show yet
-                with self._lock:
-                    job.previews_made += 1
-                    job.preview = LivePreview(job.previews_made, encoded.png_base64, encoded.data_uri)
+            capture = getattr(make_preview, "capture", None)
+            if capture is None:
+                self._publish_preview(job, make_preview)
+            else:
+                render = capture()
+                self._preview_thread.submit(lambda: self._publish_preview(job, render))
         self._wake_all()
+
+    def _publish_preview(self, job: JobProgress, render: Callable[[], Any]) -> None:
+        """Decode and encode one preview and show it, unless its job has ended meanwhile."""
+        encoded = self._encode_preview(render())  # type: ignore[misc]
+        if encoded is None:  # a remote lane may have no image to show yet
+            return
+        with self._lock:
+            if job.ended:
+                return
+            job.previews_made += 1
+            job.preview = LivePreview(job.previews_made, encoded.png_base64, encoded.data_uri)
+        self._wake_all()
+
+    def wait_for_previews(self, timeout: float) -> bool:
+        """Whether the previews handed to the preview thread so far are done within `timeout` s."""
+        return self._preview_thread.wait_idle(timeout)
 
     def batch_finished(self, batch_no: int) -> None:
         with self._lock:

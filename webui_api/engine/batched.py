@@ -53,7 +53,7 @@ from webui_api.engine.pipeline import (
     resolve_plan,
     sampler_kwargs,
 )
-from webui_api.engine.previews import live_preview, preview_kind
+from webui_api.engine.previews import PreviewSource, SideStreams, preview_kind
 from webui_api.engine.token_merging import token_merging
 from webui_api.jobs import GenerationJob, JobResult
 from webui_api.progress import CancelToken, RunObserver
@@ -241,13 +241,12 @@ def sample_members(
     trace = SamplingTrace(x0=begin.x)
     watch = stop_watcher(members, cfg)
     latest = preview_source(job, cfg, trace)
-    preview_type = preview_kind(job.engine_options, model)
+    preview = PreviewSource(model, preview_kind(job.engine_options, model), latest, SideStreams())
 
     def callback(info: dict) -> None:
         trace.x0 = info["denoised"]
         watch()
-        observer.sampling_step(int(info["i"]), job.sampling.steps,
-                               lambda: live_preview(model, preview_type, latest()))
+        observer.sampling_step(int(info["i"]), job.sampling.steps, preview)
 
     draws = [
         make_noise_sampler(model, m.job, plan, m.spec, rng, schedule) for m, rng in zip(members, rngs, strict=True)

@@ -35,7 +35,7 @@ from webui_api.engine.denoiser import (
 )
 from webui_api.engine.latents import decode_latents
 from webui_api.engine.models import LoadedModel
-from webui_api.engine.previews import live_preview, preview_kind
+from webui_api.engine.previews import PreviewSource, SideStreams, preview_kind
 from webui_api.engine.rng import ImageRNG, philox_normal
 from webui_api.engine.token_merging import token_merging
 from webui_api.errors import BadRequest
@@ -365,13 +365,14 @@ def make_callback(
     model: LoadedModel,
 ) -> Callable[[dict], None]:
     """The sampler callback: remember the x0 estimate, report the step with a lazy preview
-    of the kind the option show_progress_type names (made only when a preview is due)."""
+    of the kind the option show_progress_type names (made only when a preview is due, and
+    decoded off the sampling thread by observers that `capture()` it)."""
     total = job.sampling.steps
-    preview_type = preview_kind(job.engine_options, model)
+    preview = PreviewSource(model, preview_kind(job.engine_options, model), latest, SideStreams())
 
     def callback(info: dict) -> None:
         trace.x0 = info["denoised"]
-        observer.sampling_step(int(info["i"]), total, lambda: live_preview(model, preview_type, latest()))
+        observer.sampling_step(int(info["i"]), total, preview)
 
     return callback
 

@@ -13,11 +13,17 @@
 
 A missing TAESD or VAE-approx file falls back to "Approx cheap" (with one log line per file): a
 preview must never fail a generation. Decoders are loaded once per engine (PreviewDecoders).
+
+The sampler callback hands the observer a `PreviewSource`. Calling it decodes at once (on the
+caller's thread); `capture()` only snapshots the latent (on CUDA a copy on a side stream, ordered
+by an event, so the host never waits for the GPU) and returns the decode for later: the progress
+tracker runs it on its preview thread, so the sampling loop never waits on a VAE/TAESD decode.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,3 +150,74 @@ def _network_decoder(model: Any, preview_type: str) -> torch.nn.Module | None:
     if preview_type == "Approx NN":
         return decoders.approx_nn(model.family, model.device, model.vae.dtype)
     return None
+
+
+@dataclass(frozen=True)
+class LatentSnapshot:
+    """One latent copied inside the sampling loop. On CUDA the copy runs on a side stream after the
+    work queued so far and `ready` marks its end; `latent_for_decode` makes the decoding stream wait
+    for it on the device, never on the host."""
+
+    latent: torch.Tensor
+    ready: Any = None  # torch.cuda.Event on CUDA, None elsewhere
+
+    def latent_for_decode(self) -> torch.Tensor:
+        if self.ready is not None:
+            stream = torch.cuda.current_stream(self.latent.device)
+            stream.wait_event(self.ready)
+            self.latent.record_stream(stream)  # the allocator must not reuse it before this stream is done
+        return self.latent
+
+
+def snapshot_latent(latent: torch.Tensor, side_stream: Any = None) -> LatentSnapshot:
+    """A copy of `latent`'s first image that later sampling steps cannot change; on CUDA (with a
+    side stream) the copy is queued without any host wait."""
+    source = latent[:1].detach()
+    if side_stream is None or source.device.type != "cuda":
+        return LatentSnapshot(source.clone())
+    side_stream.wait_stream(torch.cuda.current_stream(source.device))
+    with torch.cuda.stream(side_stream):
+        copy = source.clone()
+        ready = torch.cuda.Event()
+        ready.record(side_stream)
+    source.record_stream(side_stream)  # the sampling stream may free `source` before the copy ran
+    return LatentSnapshot(copy, ready)
+
+
+class PreviewSource:
+    """The `make_preview` the sampler callback hands the observer for one step.
+
+    Calling it decodes the latest estimate now (observers that want an image at once); `capture()`
+    snapshots the estimate and returns the decode as a function to run later, on another thread.
+    """
+
+    def __init__(self, model: Any, preview_type: str, latest: Callable[[], torch.Tensor],
+                 side_streams: SideStreams | None = None) -> None:
+        self._model = model
+        self._preview_type = preview_type
+        self.latest = latest
+        self._side_streams = side_streams
+
+    def __call__(self) -> Image.Image:
+        return live_preview(self._model, self._preview_type, self.latest())
+
+    def capture(self) -> Callable[[], Image.Image]:
+        latent = self.latest()
+        stream = None if self._side_streams is None else self._side_streams.for_device(latent.device)
+        snapshot = snapshot_latent(latent, stream)
+        model, preview_type = self._model, self._preview_type
+        return lambda: live_preview(model, preview_type, snapshot.latent_for_decode())
+
+
+@dataclass
+class SideStreams:
+    """One side CUDA stream per job for preview copies, made on first use (none off CUDA)."""
+
+    _streams: dict[torch.device, Any] = field(default_factory=dict)
+
+    def for_device(self, device: torch.device) -> Any:
+        if device.type != "cuda":
+            return None
+        if device not in self._streams:
+            self._streams[device] = torch.cuda.Stream(device)
+        return self._streams[device]
