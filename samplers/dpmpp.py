@@ -123,7 +123,9 @@ def _dpmpp_sde_step(
     return _ancestral_exp_step(x, denoised_d, t, t_next, eta, noise(noise_t, noise_next) * s_noise)
 
 
-def _ancestral_exp_step(x: Tensor, denoised: Tensor, t: Tensor, t_to: Tensor, eta: float, scaled_noise: Tensor) -> Tensor:
+def _ancestral_exp_step(
+    x: Tensor, denoised: Tensor, t: Tensor, t_to: Tensor, eta: float, scaled_noise: Tensor
+) -> Tensor:
     """First-order exponential-integrator step from t towards t_to, with ancestral noise."""
     sd, su = ancestral_step(sigma_of(t), sigma_of(t_to), eta)
     t_down = t_of(sd)

@@ -72,7 +72,8 @@ def build_step_list(
 
 
 def _restart_pairs(sigmas: torch.Tensor, min_idx: int, plan: RestartPlan) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The restart segment's pairs (CPU tensors), repeated; empty when the restart level is not above the current one."""
+    """The restart segment's pairs (CPU tensors), repeated; empty when the restart level is not above
+    the current one."""
     max_idx = _nearest_index(sigmas, plan.max_sigma)
     if max_idx >= min_idx:
         return []
@@ -99,7 +100,7 @@ def sample_restart(
     """
     check_sigmas(sigmas)
     args, noise = as_args(extra_args), require_noise(noise_sampler, "Restart")
-    host_sigmas = torch.tensor(sigma_levels(sigmas))  # the one device read, before the loop
+    host_sigmas = torch.tensor(sigma_levels(sigmas), dtype=sigmas.dtype)  # the one device read, before the loop
     if restart_list is None:
         main, plans = automatic_plan(host_sigmas)
         if main is not host_sigmas:  # rebuilt as Karras (on the CPU, as upstream's)
@@ -107,12 +108,12 @@ def sample_restart(
     else:
         plans = dict(restart_list)
     pairs, host_pairs = build_step_list(sigmas, plans, host_sigmas), build_step_list(host_sigmas, plans)
-    last_sigma, last_level = None, None
+    last: tuple[torch.Tensor, torch.Tensor] | None = None  # the previous target: (sigma, its host copy)
     for step_id, ((old_sigma, new_sigma), (old_level, new_level)) in enumerate(zip(pairs, host_pairs, strict=True)):
-        if last_sigma is not None and last_level < old_level:
-            x = x + noise(last_level, old_level) * s_noise * (old_sigma**2 - last_sigma**2) ** 0.5
+        if last is not None and last[1] < old_level:  # a restart: back up with fresh noise
+            x = x + noise(last[1], old_level) * s_noise * (old_sigma**2 - last[0] ** 2) ** 0.5
         x = _heun_step(model, x, old_sigma, new_sigma, args, callback, step_id, bool(new_level == 0))
-        last_sigma, last_level = new_sigma, new_level
+        last = (new_sigma, new_level)
     return x
 
 

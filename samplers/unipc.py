@@ -344,7 +344,8 @@ def sample_unipc(
     steps = len(timesteps)
     if steps < options.order:
         raise ValueError(f"UniPC order must be < sampling steps: order {options.order}, {steps} steps")
-    schedule = DiscreteVPSchedule(torch.tensor(alphas_cumprod.detach().tolist(), dtype=alphas_cumprod.dtype))  # one read
+    host_table = torch.tensor(alphas_cumprod.detach().tolist(), dtype=alphas_cumprod.dtype)  # the one read
+    schedule = DiscreteVPSchedule(host_table)
     times = time_steps(schedule, options.skip_type, 1.0 if t_start is None else t_start, 1.0 / schedule.total_n,
                        steps, "cpu")
     start, host_plans = _plan_steps(schedule, options, times, x.shape[0])
