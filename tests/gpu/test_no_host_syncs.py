@@ -27,9 +27,12 @@ from webui_api.engine.facade import Engine
 from webui_api.progress import CancelToken
 
 HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
-# k-diffusion-style samplers whose loops were audited; the others are listed in docs/deployment.md
+# samplers whose loops were audited (UniPC's schedule is the model's alphas_cumprod, marked below too)
 AUDITED = ("Euler", "Euler a", "Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 2M", "DPM++ 2M SDE", "DPM++ 3M SDE",
            "LCM", "DPM++ SDE", "UniPC", "Restart", "DPM fast")
+# the exceptions, by design (see docs/deployment.md): DPM adaptive accepts or rejects each step by an
+# error norm that must be read on the host, and its loop ends when the accepted time reaches t_end
+READS_PER_STEP_BY_DESIGN = ("DPM adaptive",)
 
 
 class DeviceResident(torch.Tensor):
@@ -137,3 +140,10 @@ def test_host_zero_check_agrees_with_the_tensor_step(sigma_from: float, sigma_to
     sigma_down, _ = ancestral_step(torch.tensor(sigma_from), torch.tensor(sigma_to), eta=eta)
     f32 = torch.tensor([sigma_from, sigma_to]).tolist()  # the float32 values sigma_levels would give
     assert ancestral_reaches_zero(f32[0], f32[1], eta) == bool(sigma_down == 0)
+
+
+def test_dpm_adaptive_is_the_documented_exception(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The list of exceptions is true: DPM adaptive does read the device every step."""
+    for sampler in READS_PER_STEP_BY_DESIGN:
+        reads = host_reads(engine, monkeypatch, sampler, 3)
+        assert sum(reads.values()) > 1, f"{sampler} no longer reads per step: move it to AUDITED"
