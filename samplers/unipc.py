@@ -123,7 +123,8 @@ def _move(value: Any, device: torch.device) -> Any:
     """A plan's tensors (alone, in lists or None) on the sampling device."""
     if isinstance(value, list):
         return [_move(item, device) for item in value]
-    return value.to(device) if isinstance(value, torch.Tensor) else value
+    # non_blocking: a host-to-device copy from ordinary memory is staged at once, without waiting for the GPU
+    return value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
 
 
 @dataclass
@@ -139,7 +140,7 @@ class _TimePoint:
         return cls((t - 1.0 / schedule.total_n) * 1000.0, schedule.alpha(t), schedule.std(t))
 
     def to(self, device: torch.device) -> _TimePoint:
-        return _TimePoint(self.model_time.to(device), self.alpha.to(device), self.std.to(device))
+        return _TimePoint(_move(self.model_time, device), _move(self.alpha, device), _move(self.std, device))
 
 
 @dataclass
@@ -161,7 +162,7 @@ class _StepPlan:
     corrector: torch.Tensor | None
 
     def to(self, device: torch.device) -> _StepPlan:
-        return _StepPlan(self.point.to(device), self.sigma_ratio.to(device), _move(self.rks, device),
+        return _StepPlan(self.point.to(device), _move(self.sigma_ratio, device), _move(self.rks, device),
                          _move(self.h_phi, device), _move(self.predictor, device), _move(self.corrector, device))
 
 
