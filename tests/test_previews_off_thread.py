@@ -120,9 +120,10 @@ def test_the_engine_run_does_not_wait_for_the_preview_decoder(engine: Engine, mo
     decodes, decoded = BlockedDecodes(), []
     real_live_preview = previews.live_preview
 
-    def slow_live_preview(model, preview_type: str, latent: torch.Tensor) -> Image.Image:
+    def slow_live_preview(model, preview_type: str, latent: torch.Tensor, auto_upcast: bool = True) -> Image.Image:
+        assert not auto_upcast  # off the worker the preview never changes the model
         decoded.append(latent.clone())
-        return decodes.decode(lambda: real_live_preview(model, preview_type, latent))
+        return decodes.decode(lambda: real_live_preview(model, preview_type, latent, auto_upcast))
 
     monkeypatch.setattr(previews, "live_preview", slow_live_preview)
     progress = RecordingTracker()

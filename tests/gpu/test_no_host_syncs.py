@@ -6,8 +6,8 @@ On a CPU every tensor is a host tensor, so "device residency" is emulated: the s
 engine hands the sampler is a `DeviceResident` tensor subclass, which every result computed from
 it stays (torch propagates subclasses through operations). The test counts host reads of such
 tensors made while a sampler function runs, for a few steps and for twice as many: any per-step
-read makes the counts differ. The one documented read is `sigma_levels`' copy of the schedule
-before the loop.
+read makes the counts differ. The one documented read is the host copy of the schedule taken
+before the loop (`sigma_levels`; UniPC's copy of alphas_cumprod).
 """
 
 from __future__ import annotations

@@ -127,11 +127,13 @@ def preview_kind(options: Any, model: Any) -> str:
     return kind
 
 
-def live_preview(model: Any, preview_type: str, latents: torch.Tensor) -> Image.Image:
-    """The preview of the first latent of `latents` the option `show_progress_type` asks for."""
+def live_preview(model: Any, preview_type: str, latents: torch.Tensor, auto_upcast: bool = True) -> Image.Image:
+    """The preview of the first latent of `latents` the option `show_progress_type` asks for.
+    `auto_upcast=False` (off the worker thread) never switches a NaN-producing VAE to float32: only
+    the worker changes the model."""
     latent = latents[:1]
     if preview_type == "Full":
-        return to_pil(decode_one(model, latent))
+        return to_pil(decode_one(model, latent, auto_upcast))
     decoder = _network_decoder(model, preview_type)
     if decoder is not None:
         with torch.inference_mode():
@@ -206,7 +208,7 @@ class PreviewSource:
         stream = None if self._side_streams is None else self._side_streams.for_device(latent.device)
         snapshot = snapshot_latent(latent, stream)
         model, preview_type = self._model, self._preview_type
-        return lambda: live_preview(model, preview_type, snapshot.latent_for_decode())
+        return lambda: live_preview(model, preview_type, snapshot.latent_for_decode(), auto_upcast=False)
 
 
 @dataclass
