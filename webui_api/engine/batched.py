@@ -241,7 +241,7 @@ def sample_members(
     trace = SamplingTrace(x0=begin.x)
     watch = stop_watcher(members, cfg)
     latest = preview_source(job, cfg, trace)
-    preview = PreviewSource(model, preview_kind(job.engine_options, model), latest, SideStreams())
+    preview = PreviewSource.of_model(model, preview_kind(job.engine_options, model), latest, SideStreams())
 
     def callback(info: dict) -> None:
         trace.x0 = info["denoised"]

@@ -368,7 +368,7 @@ def make_callback(
     of the kind the option show_progress_type names (made only when a preview is due, and
     decoded off the sampling thread by observers that `capture()` it)."""
     total = job.sampling.steps
-    preview = PreviewSource(model, preview_kind(job.engine_options, model), latest, SideStreams())
+    preview = PreviewSource.of_model(model, preview_kind(job.engine_options, model), latest, SideStreams())
 
     def callback(info: dict) -> None:
         trace.x0 = info["denoised"]

@@ -191,24 +191,31 @@ class PreviewSource:
 
     Calling it decodes the latest estimate now (observers that want an image at once); `capture()`
     snapshots the estimate and returns the decode as a function to run later, on another thread.
+    `decode(latent, auto_upcast)` makes the image; `of_model` gives the show_progress_type one.
     """
 
-    def __init__(self, model: Any, preview_type: str, latest: Callable[[], torch.Tensor],
+    def __init__(self, decode: Callable[[torch.Tensor, bool], Image.Image], latest: Callable[[], torch.Tensor],
                  side_streams: SideStreams | None = None) -> None:
-        self._model = model
-        self._preview_type = preview_type
+        self._decode = decode
         self.latest = latest
         self._side_streams = side_streams
 
+    @classmethod
+    def of_model(cls, model: Any, preview_type: str, latest: Callable[[], torch.Tensor],
+                 side_streams: SideStreams | None = None) -> PreviewSource:
+        """The preview `show_progress_type` names (`preview_kind`) of `model`'s latest estimate."""
+        return cls(lambda latent, auto_upcast: live_preview(model, preview_type, latent, auto_upcast), latest,
+                   side_streams)
+
     def __call__(self) -> Image.Image:
-        return live_preview(self._model, self._preview_type, self.latest())
+        return self._decode(self.latest(), True)
 
     def capture(self) -> Callable[[], Image.Image]:
         latent = self.latest()
         stream = None if self._side_streams is None else self._side_streams.for_device(latent.device)
         snapshot = snapshot_latent(latent, stream)
-        model, preview_type = self._model, self._preview_type
-        return lambda: live_preview(model, preview_type, snapshot.latent_for_decode(), auto_upcast=False)
+        decode = self._decode
+        return lambda: decode(snapshot.latent_for_decode(), False)
 
 
 @dataclass

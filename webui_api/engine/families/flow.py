@@ -29,6 +29,7 @@ from webui_api.engine.pipeline import (
     make_noise_sampler,
     sampler_eta,
 )
+from webui_api.engine.previews import PreviewSource, SideStreams
 from webui_api.engine.prompts import ScheduledText, prompt_schedule, split_subprompts
 from webui_api.jobs import GeneratedImage, GenerationJob, HiresParams, JobResult
 from webui_api.progress import CancelToken, RunObserver
@@ -228,9 +229,12 @@ def sample(
     samplers, a Brownian tree over the full schedule. The half-log-SNR samplers walk a schedule
     whose first sigma is moved just below 1, as ComfyUI does (x stays the pure noise)."""
     total = len(run.sigmas) - 1
+    side_streams = SideStreams()
 
     def callback(info: dict) -> None:
-        observer.sampling_step(int(info["i"]), total, lambda: rough_preview(info["denoised"]))
+        denoised = info["denoised"]
+        preview = PreviewSource(lambda latent, _upcast: rough_preview(latent), lambda: denoised, side_streams)
+        observer.sampling_step(int(info["i"]), total, preview)
 
     form = flow_form(plan.sampler)
     if form is None:  # check_flow_plan refuses these before sampling
