@@ -20,9 +20,13 @@ June 2025):
   maps "VAE/TE" to forge_additional_modules. modules/ui.py 507/527: paste fields
   "Distilled CFG Scale" -> distilled_cfg_scale, "Hires Distilled CFG Scale" -> hr_distilled_cfg.
 
+- Hires keys (processing.py init, 1283-1310): "Hires Module N" from hr_additional_modules
+  ("Built-in" for [], "Use same choices" alone, else file stems), then the hires sampler and
+  prompts, "Hires CFG Scale" (hr_cfg); infotext_utils.py 463-474 turns them into "Hires VAE/TE".
+
 Where we differ on purpose: "Version" is A1111's v1.10.1 (clients key on it), "Hires CFG Scale"
-(Forge's hr_cfg) is not written since hr_cfg is not a request field here, and "VAE/TE" keeps
-the names without extension (our module resolver accepts them)."""
+is written only when the request sent hr_cfg (Forge writes its default 1.0 always), and "VAE/TE"
+keeps the names without extension (our module resolver accepts them)."""
 
 from __future__ import annotations
 
