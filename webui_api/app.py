@@ -124,6 +124,16 @@ def task_store(settings: Settings) -> Any:
     return TaskStore(settings.data_dir / "tasks")
 
 
+def options_store(settings: Settings) -> OptionsStore:
+    """This process's options; shared through Redis by the ingress replicas of a cluster, so an
+    /options change on one replica reaches the jobs and GETs of every other."""
+    if settings.ray is not None and settings.ray.shares_ingress_state and settings.redis_url:
+        from .options_redis import RedisOptionsStore
+
+        return RedisOptionsStore.for_cluster(settings, settings.ray.options_key)
+    return OptionsStore.from_settings(settings)
+
+
 def build_runtime(settings: Settings, engine: Any | None = None, workers: Sequence[Worker] | None = None) -> Runtime:
     from .postprocess.previews import preview_encoder
 
@@ -131,7 +141,7 @@ def build_runtime(settings: Settings, engine: Any | None = None, workers: Sequen
         from .engine.facade import Engine
 
         engine = Engine.from_settings(settings)
-    options = OptionsStore.from_settings(settings)
+    options = options_store(settings)
 
     def tracker() -> ProgressTracker:  # a remote lane may have no preview to show yet
         encode = preview_encoder(lambda: options.get("live_previews_image_format"))

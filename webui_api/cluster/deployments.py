@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import logging
 import threading
+import uuid
 from typing import Any
 
 import ray
@@ -173,5 +174,6 @@ def build_application(settings: Settings) -> Any:
     if options is None:
         raise ValueError("build_application needs settings.ray (the --ray options)")
     options.check_task_store(settings.redis_url)
+    settings = dataclasses.replace(settings, ray=dataclasses.replace(options, deployment_id=uuid.uuid4().hex))
     workers = worker_deployment(options).bind(settings)
     return ingress_deployment(options).bind(dataclasses.replace(settings, device="cpu"), workers)
