@@ -93,7 +93,12 @@ class ClusterJobControl:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        self._board.ingress_sync(self._replica, None)  # idle now: not shown as busy until it times out
+        from ray.exceptions import RayError
+
+        try:  # idle now: not shown as busy until its view times out on the board
+            self._board.ingress_sync(self._replica, None)
+        except RayError:
+            log.warning("ingress %s: could not tell the job board it stopped", self._replica, exc_info=True)
 
     # heartbeat -------------------------------------------------------------------------
 
