@@ -122,3 +122,18 @@ def test_a_flushed_redis_gets_the_replicas_values_again(client: Any, key: str) -
     client.delete(*client.keys(f"webui-api:options:{key}:*"))
     assert a.get("CLIP_stop_at_last_layers") == 2  # a republishes what it holds
     assert replica(client, key).get("CLIP_stop_at_last_layers") == 2
+
+
+def test_the_server_shares_its_options_only_with_several_ingress_replicas(redis_url: str, tmp_path: Path) -> None:
+    from tests.factories import settings_for_tests
+    from webui_api.app import options_store
+    from webui_api.options import OptionsStore
+    from webui_api.workers import RayOptions
+
+    def store_for(**overrides: Any) -> OptionsStore:
+        return options_store(settings_for_tests(tmp_path, **overrides))
+
+    shared = store_for(ray=RayOptions(ingress_replicas=2, deployment_id=uuid.uuid4().hex), redis_url=redis_url)
+    assert isinstance(shared, RedisOptionsStore)
+    assert type(store_for(ray=RayOptions(ingress_replicas=1), redis_url=redis_url)) is OptionsStore
+    assert type(store_for(redis_url=redis_url)) is OptionsStore  # one process: config.json only, as before
