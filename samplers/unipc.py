@@ -12,9 +12,9 @@ log-alpha over the N training steps.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -119,20 +119,40 @@ def _weighted_sum(weights: torch.Tensor, stacked: torch.Tensor) -> torch.Tensor:
     return torch.einsum(f"k,bk{dims}->b{dims}", weights, stacked)
 
 
+class NoiseSchedule(Protocol):
+    """What the UniPC update reads of a noise schedule at (per-row) times t."""
+
+    def log_alpha(self, t: torch.Tensor) -> torch.Tensor: ...
+
+    def std(self, t: torch.Tensor) -> torch.Tensor: ...
+
+    def lambda_(self, t: torch.Tensor) -> torch.Tensor: ...
+
+
+class FlowSchedule:
+    """A rectified-flow model's schedule with time t = sigma: alpha = 1 - s, sigma = s and
+    lambda = log((1 - s) / s) (infinite at s = 0 and 1, so the walk avoids both ends)."""
+
+    def log_alpha(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.log1p(-t)
+
+    def std(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def lambda_(self, t: torch.Tensor) -> torch.Tensor:
+        return t.logit().neg()
+
+
 @dataclass
 class _Solver:
-    """One UniPC run: the eps model, its extra args, the schedule and the variant."""
+    """One UniPC run: the x0 predictor at time t, the schedule and the variant."""
 
-    model: Denoiser
-    args: Mapping[str, Any]
-    schedule: DiscreteVPSchedule
+    predict_x0: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    schedule: NoiseSchedule
     variant: str
 
     def data_prediction(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x0 from the model's eps at continuous time t (model time (t - 1/N) * 1000)."""
-        eps = self.model(x, (t - 1.0 / self.schedule.total_n) * 1000.0, **self.args)
-        alpha_t, sigma_t = self.schedule.alpha(t), self.schedule.std(t)
-        return (x - _expand(sigma_t, x.ndim) * eps) / _expand(alpha_t, x.ndim)
+        return self.predict_x0(x, t)
 
     def history(
         self, model_prev: list[torch.Tensor], t_prev: list[torch.Tensor], h: torch.Tensor, lambda_prev_0: torch.Tensor,
@@ -269,16 +289,77 @@ def sample_unipc(
     ``t_start`` is A1111's img2img start, timesteps[-1] / 1000 + 1 / 1000.
     """
     steps = len(timesteps)
-    if steps < options.order:
-        raise ValueError(f"UniPC order must be < sampling steps: order {options.order}, {steps} steps")
+    _check_order(options, steps)
     schedule = DiscreteVPSchedule(alphas_cumprod)
     times = time_steps(schedule, options.skip_type, 1.0 if t_start is None else t_start, 1.0 / schedule.total_n,
                        steps, x.device)
-    solver = _Solver(model, as_args(extra_args), schedule, options.variant)
+    solver = _Solver(_vp_x0(model, as_args(extra_args), schedule), schedule, options.variant)
+    return _multistep(solver, x, times, options, callback, ends_at_zero=False)
+
+
+def _check_order(options: UniPCOptions, steps: int) -> None:
+    if steps < options.order:
+        raise ValueError(f"UniPC order must be < sampling steps: order {options.order}, {steps} steps")
+
+
+def _vp_x0(
+    model: Denoiser, args: Mapping[str, Any], schedule: DiscreteVPSchedule
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """x0 from the eps model at continuous time t (model time (t - 1/N) * 1000)."""
+
+    def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        eps = model(x, (t - 1.0 / schedule.total_n) * 1000.0, **args)
+        alpha_t, sigma_t = schedule.alpha(t), schedule.std(t)
+        return (x - _expand(sigma_t, x.ndim) * eps) / _expand(alpha_t, x.ndim)
+
+    return predict
+
+
+@torch.no_grad()
+def sample_unipc_rf(
+    model: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: Mapping[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    disable: bool | None = None,
+    noise_sampler: NoiseSampler | None = None,
+    *,
+    options: UniPCOptions = UniPCOptions(),
+) -> torch.Tensor:
+    """"UniPC" on a rectified-flow model (Flux, SD3): the same multistep data-prediction
+    predictor-corrector, walked over the flow schedule itself (the skip type does not apply)
+    with alpha = 1 - s, sigma = s. ``model(x, sigma)`` is the flow denoiser (x0 estimate).
+
+    The schedule must start below 1 (lambda is -inf at 1: pass it through
+    flow.first_sigma_below_one). A last step into sigma 0 is the order-1 step, whose limit is the
+    x0 estimate the previous corrector computed, so len(sigmas) - 1 model calls in all.
+    Deterministic: noise_sampler is never called.
+    """
+    if sigmas.ndim != 1 or sigmas.numel() < 2 or float(sigmas.max()) >= 1 or float(sigmas.min()) < 0:
+        raise ValueError(f"UniPC on a flow model needs 2+ sigmas in [0, 1), got {sigmas.tolist()}")
+    _check_order(options, len(sigmas) - 1)
+    args = as_args(extra_args)
+    solver = _Solver(lambda x_t, t: model(x_t, t, **args), FlowSchedule(), options.variant)
+    return _multistep(solver, x, sigmas.to(x.device), options, callback, ends_at_zero=float(sigmas[-1]) == 0)
+
+
+def _multistep(
+    solver: _Solver, x: torch.Tensor, times: torch.Tensor, options: UniPCOptions, callback: StepCallback | None,
+    ends_at_zero: bool,
+) -> torch.Tensor:
+    """The UniPC loop over len(times) - 1 updates: one model call per update (the corrector's
+    evaluation doubles as the next update's history; the last update skips the corrector).
+    `ends_at_zero`: the last time is 0 and its update returns the latest x0 estimate."""
+    steps = len(times) - 1
     vec_t = times[0].expand(x.shape[0])
     model_prev, t_prev = [solver.data_prediction(x, vec_t)], [vec_t]
     for step in range(1, steps + 1):
         vec_t = times[step].expand(x.shape[0])
+        if ends_at_zero and step == steps:
+            x = model_prev[-1]
+            _report(callback, x, step - 1, None)
+            break
         warmup = step < options.order
         order = step if warmup else _step_order(options, steps, step)
         x, model_x = solver.update(x, model_prev, t_prev, vec_t, order, use_corrector=warmup or step != steps)

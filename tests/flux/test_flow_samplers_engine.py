@@ -1,9 +1,11 @@
-"""The ancestral and SDE samplers on tiny Flux and SD3 models, end to end, with no T5 tokenizer
-in the models folder (the bundled one is used): finite latents, the same image for the same
-seed, another for another seed, and the refusal of samplers with no flow form."""
+"""The ancestral and SDE samplers, and DDIM, PLMS, UniPC and LCM, on tiny Flux and SD3 models, end
+to end, with no T5 tokenizer in the models folder (the bundled one is used): finite latents, the
+same image for the same seed, another for another seed, and the refusal of samplers with no flow
+form."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +26,7 @@ from webui_api.errors import BadRequest
 from webui_api.progress import CancelToken
 
 NOISY = ("Euler a", "DPM2 a", "DPM++ 2S a", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 3M SDE")
+FLOW_TIMESTEP = ("DDIM", "PLMS", "UniPC", "LCM")  # A1111's timestep samplers and LCM, walking the flow schedule
 CHECKPOINT = {"flux": "flux-aio.safetensors", "sd3": "sd3.safetensors"}
 
 
@@ -63,7 +66,7 @@ def test_the_bundled_t5_tokenizer_is_used(setup):
     assert len(tokenizer) == 32100 and tokenizer("a photo of a cat").input_ids == [3, 9, 1202, 13, 3, 9, 1712, 1]
 
 
-@pytest.mark.parametrize("sampler", NOISY)
+@pytest.mark.parametrize("sampler", NOISY + FLOW_TIMESTEP)
 def test_noisy_sampler_runs_and_is_deterministic_per_seed(setup, sampler):
     family, engine, model = setup
     first = _latents(family, model, _job(family, sampler))
@@ -85,7 +88,26 @@ def test_eta_zero_euler_a_is_euler(setup):
     assert not torch.allclose(_latents(family, model, job), _latents(family, model, euler), atol=1e-3)
 
 
-@pytest.mark.parametrize("sampler", ["DPM fast", "DPM adaptive", "Restart", "DDIM", "PLMS", "UniPC", "LCM"])
+def test_ddim_at_eta_zero_is_euler_and_noisy_ddim_is_not(setup):
+    family, _, model = setup
+    euler = _latents(family, model, _job(family, "Euler"))
+    assert torch.allclose(_latents(family, model, _job(family, "DDIM")), euler, atol=1e-5)
+    job = _job(family, "DDIM")
+    noisy = replace(job, sampling=replace(job.sampling, eta=1.0))
+    assert not torch.allclose(_latents(family, model, noisy), euler, atol=1e-3)
+
+
+def test_unipc_with_fewer_steps_than_its_order_is_a_400(setup):
+    family, engine, model = setup
+    job = _job(family, "UniPC")
+    short = replace(job, sampling=replace(job.sampling, steps=2))
+    with pytest.raises(BadRequest, match="UniPC order must be < sampling steps"):
+        engine.txt2img(short, RecordingObserver(), CancelToken())
+    low_order = replace(short, engine_options=replace(short.engine_options, uni_pc_order=2))
+    assert torch.isfinite(_latents(family, model, low_order)).all()
+
+
+@pytest.mark.parametrize("sampler", ["DPM fast", "DPM adaptive", "Restart", "DDIM CFG++"])
 def test_samplers_without_a_flow_form_are_400s_naming_them(setup, sampler):
     family, engine, _ = setup
     with pytest.raises(BadRequest, match=f"sampler '{sampler}' cannot run"):

@@ -15,7 +15,8 @@ from typing import Any, Protocol
 import torch
 
 from samplers import flow as flow_samplers
-from samplers.registry import discards_penultimate_sigma, flow_form, sampler_call_kwargs
+from samplers.unipc import UniPCOptions
+from samplers.registry import discards_penultimate_sigma, flow_call_kwargs, flow_form
 from webui_api.engine.denoiser import SamplingInterrupted
 from webui_api.engine.latents import decode_latents, to_pil
 from webui_api.engine.models import LoadedModel
@@ -28,8 +29,10 @@ from webui_api.engine.pipeline import (
     make_image_rng,
     make_noise_sampler,
     sampler_eta,
+    unipc_options,
 )
 from webui_api.engine.prompts import ScheduledText, prompt_schedule, split_subprompts
+from webui_api.errors import BadRequest
 from webui_api.jobs import GeneratedImage, GenerationJob, HiresParams, JobResult
 from webui_api.progress import CancelToken, RunObserver
 
@@ -237,17 +240,32 @@ def sample(
         raise ValueError(f"sampler {plan.sampler.name!r} has no flow form")
     noise_sampler = make_noise_sampler(model, job, plan, batch, run.rng, run.full_schedule)
     params = job.sampling
-    kwargs = sampler_call_kwargs(
-        plan.sampler, run.sigmas, eta=sampler_eta(job, plan), s_churn=params.s_churn, s_tmin=params.s_tmin,
-        s_tmax=params.s_tmax, s_noise=params.s_noise, noise_sampler=noise_sampler,
-    )
     sigmas = run.sigmas
     if form.needs_sigma_below_one:
         sigmas = flow_samplers.first_sigma_below_one(sigmas, run.top_sigma)
+    unipc = flow_unipc_options(job, plan, len(sigmas) - 1)
+    kwargs = flow_call_kwargs(
+        plan.sampler, sigmas, eta=sampler_eta(job, plan), s_churn=params.s_churn, s_tmin=params.s_tmin,
+        s_tmax=params.s_tmax, s_noise=params.s_noise, noise_sampler=noise_sampler, unipc_options=unipc,
+    )
     try:
         return form.function(denoiser, x, sigmas, extra_args={}, callback=callback, disable=True, **kwargs)
     except SamplingInterrupted:
         return x if denoiser.last_cond_x0 is None else denoiser.last_cond_x0
+
+
+def flow_unipc_options(job: GenerationJob, plan: SamplerPlan, steps: int) -> UniPCOptions | None:
+    """UniPC's uni_pc_* options for a flow run of `steps` steps (None for other samplers); like
+    A1111, UniPC cannot walk fewer steps than its order (a 400 naming the option)."""
+    if not plan.sampler.takes_unipc_options:
+        return None
+    options = unipc_options(job)
+    if steps < options.order:
+        raise BadRequest(
+            f"UniPC order must be < sampling steps: order {options.order}, {steps} steps"
+            " (raise steps or denoising_strength, or lower the uni_pc_order option)"
+        )
+    return options
 
 
 def rough_preview(latents: torch.Tensor) -> Any:

@@ -1,0 +1,196 @@
+"""The rectified-flow forms of DDIM, PLMS, UniPC and LCM (samplers.flow_ddim, unipc.sample_unipc_rf).
+
+On a flow model x_s = (1 - s) x0 + s noise. Checks: DDIM at eta = 0 is the flow Euler step, its
+noise width against a hand computation, and one noisy step landing on the flow marginal; LCM's
+one step is the x0 estimate and its re-noise a hand computation; UniPC and PLMS exact for a
+model that knows x0, far closer than Euler to the exact probability-flow ODE of Gaussian data,
+with the model-call counts A1111's step counts imply; determinism.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from sampler_toys import SeededNoise
+from test_flow_samplers import N, FlowGaussian, KnownX0, _flux_like_sigmas, _run
+
+from samplers import flow_ddim, kdiffusion, unipc
+from samplers.registry import FLOW_FORMS, find_sampler, flow_call_kwargs, flow_form
+
+DETERMINISTIC = ["DDIM", "PLMS", "UniPC"]
+VARIANTS = [unipc.UniPCOptions(variant=v, order=o) for v in unipc.VARIANTS for o in (1, 2, 3)]
+
+
+class Counting:
+    """Wraps a denoiser, counts its calls and keeps its last answer."""
+
+    def __init__(self, model) -> None:
+        self.model, self.calls, self.last = model, 0, None
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra: object) -> torch.Tensor:
+        self.calls += 1
+        self.last = self.model(x, sigma, **extra)
+        return self.last
+
+
+def exact_flow(model: FlowGaussian, x: torch.Tensor, s_from: float, s_to: float) -> torch.Tensor:
+    """Where the probability-flow ODE of N(mean, std^2) data carries x from s_from to s_to: the
+    monotone affine map between the two Gaussian marginals."""
+    a, a_to = 1 - s_from, 1 - s_to
+    scale = math.sqrt(a_to**2 * model.std**2 + s_to**2) / math.sqrt(a**2 * model.std**2 + s_from**2)
+    return a_to * model.mean + (x - a * model.mean) * scale
+
+
+def test_the_timestep_samplers_and_lcm_have_flow_forms():
+    for name in ("DDIM", "PLMS", "UniPC", "LCM"):
+        assert flow_form(find_sampler(name)) is FLOW_FORMS[name]
+    assert FLOW_FORMS["UniPC"].needs_sigma_below_one
+    assert not FLOW_FORMS["DDIM"].needs_sigma_below_one and not FLOW_FORMS["LCM"].needs_sigma_below_one
+
+
+def test_flow_call_kwargs_give_no_alphas_cumprod():
+    noise = SeededNoise((4,), 1)
+    sigmas = torch.tensor([0.9, 0.5, 0.0])
+    common = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": 1.0, "s_noise": 1.0, "noise_sampler": noise}
+    assert flow_call_kwargs(find_sampler("DDIM"), sigmas, eta=None, **common) == {"eta": 0.0, "noise_sampler": noise}
+    assert flow_call_kwargs(find_sampler("PLMS"), sigmas, eta=0.7, **common) == {"noise_sampler": noise}
+    assert flow_call_kwargs(find_sampler("LCM"), sigmas, eta=None, **common) == {"noise_sampler": noise}
+    options = unipc.UniPCOptions(variant="bh2", order=2)
+    kwargs = flow_call_kwargs(find_sampler("UniPC"), sigmas, eta=None, unipc_options=options, **common)
+    assert kwargs == {"options": options, "noise_sampler": noise}
+    assert flow_call_kwargs(find_sampler("Euler a"), sigmas, eta=None, **common) == {"eta": 1.0, "noise_sampler": noise}
+
+
+def test_ddim_at_eta_zero_is_flow_euler_and_draws_no_noise():
+    x = torch.randn(64, generator=torch.Generator().manual_seed(0))
+    sigmas = _flux_like_sigmas(6)
+    noise = SeededNoise(x.shape, 1)
+    ddim = flow_ddim.sample_ddim_rf(FlowGaussian(), x, sigmas, noise_sampler=noise, eta=0.0)
+    euler = kdiffusion.sample_euler(FlowGaussian(), x, sigmas, noise_sampler=SeededNoise(x.shape, 1))
+    assert torch.allclose(ddim, euler, atol=1e-6) and noise.calls == []
+
+
+def test_ddim_noise_width_matches_a_hand_computation():
+    s, s_next, eta = torch.tensor(0.8), torch.tensor(0.5), 0.6
+    ratio = (0.2 * 0.5) / (0.5 * 0.8)  # alpha s' / (alpha' s)
+    assert float(flow_ddim.ddim_noise_width(s, s_next, eta)) == pytest.approx(0.6 * 0.5 * math.sqrt(1 - ratio**2))
+    assert float(flow_ddim.ddim_noise_width(s, torch.tensor(0.0), 1.0)) == 0.0
+    assert float(flow_ddim.ddim_noise_width(torch.tensor(1.0), s_next, 1.0)) == pytest.approx(0.5)  # from pure noise
+    x, denoised, z = torch.tensor([0.3]), torch.tensor([1.5]), torch.tensor([-0.7])
+    c = 0.6 * 0.5 * math.sqrt(1 - ratio**2)
+    eps = (0.3 - 0.2 * 1.5) / 0.8
+    expected = 0.5 * 1.5 + math.sqrt(0.25 - c**2) * eps + c * -0.7
+    assert float(flow_ddim.ddim_rf_step(x, denoised, s, s_next, eta, z)) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("eta", [0.5, 1.0])
+def test_one_noisy_ddim_step_lands_on_the_flow_marginal(eta):
+    x0, s, s_next = 2.0, 0.8, 0.35
+    x = (1 - s) * x0 + s * torch.randn(N, generator=torch.Generator().manual_seed(7))
+    out = _run("DDIM", KnownX0(x0), x, torch.tensor([s, s_next]), SeededNoise((N,), 8), eta=eta)
+    assert float(out.mean()) == pytest.approx((1 - s_next) * x0, abs=0.01)
+    assert float(out.std()) == pytest.approx(s_next, rel=0.01)
+
+
+def test_ddim_with_eta_one_ends_on_the_data_distribution():
+    model = FlowGaussian()
+    x = torch.randn(20_000, generator=torch.Generator().manual_seed(3))
+    out = _run("DDIM", model, x, _flux_like_sigmas(400), SeededNoise(x.shape, 4), eta=1.0)
+    assert float(out.mean()) == pytest.approx(model.mean, abs=0.01)
+    assert float(out.std()) == pytest.approx(model.std, rel=0.05)
+
+
+def test_lcm_one_step_is_the_x0_estimate_and_it_renoises_on_the_flow_path():
+    x = torch.randn(64, generator=torch.Generator().manual_seed(0))
+    model = FlowGaussian()
+    noise = SeededNoise(x.shape, 1)
+    assert torch.equal(_run("LCM", model, x, torch.tensor([1.0, 0.0]), noise), model(x, torch.ones(64)))
+    assert noise.calls == []
+    two = _run("LCM", model, x, torch.tensor([1.0, 0.4, 0.0]), SeededNoise(x.shape, 1))
+    z = SeededNoise(x.shape, 1)(1.0, 0.4)
+    renoised = 0.6 * model(x, torch.ones(64)) + 0.4 * z
+    assert torch.allclose(two, model(renoised, torch.full((64,), 0.4)), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["PLMS", "UniPC", "DDIM"])
+def test_deterministic_forms_are_exact_for_a_model_that_knows_x0(name):
+    """With D(x, s) = x0 the flow ODE is the straight line to x0: x_s' = x0 + s'/s (x - x0)."""
+    x = torch.randn(64, generator=torch.Generator().manual_seed(0))
+    sigmas = torch.tensor([0.9, 0.7, 0.45, 0.2, 0.1])
+    out = _run(name, KnownX0(1.5), x, sigmas, SeededNoise(x.shape, 1))
+    assert torch.allclose(out, 1.5 + (0.1 / 0.9) * (x - 1.5), atol=1e-5)
+
+
+@pytest.mark.parametrize("options", VARIANTS, ids=lambda o: f"{o.variant}-{o.order}")
+def test_unipc_every_variant_is_exact_for_a_model_that_knows_x0(options):
+    x = torch.randn(64, generator=torch.Generator().manual_seed(0))
+    sigmas = torch.tensor([0.9, 0.7, 0.45, 0.2, 0.1])
+    out = unipc.sample_unipc_rf(KnownX0(-0.5), x, sigmas, options=options)
+    assert torch.allclose(out, -0.5 + (0.1 / 0.9) * (x + 0.5), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", DETERMINISTIC)
+def test_multistep_forms_beat_euler_on_the_exact_flow(name):
+    """Gaussian data, 16 steps from 0.8 to 0.1: Euler is 0.17 off the exact ODE solution; PLMS
+    and UniPC (default bh1, order 3) at least 10 times closer; DDIM is Euler."""
+    model = FlowGaussian(std=1.0)
+    x = 0.1 + 0.8 * torch.randn(1000, generator=torch.Generator().manual_seed(0)).double()
+    sigmas = torch.linspace(0.8, 0.1, 17, dtype=torch.float64)
+    exact = exact_flow(model, x, 0.8, 0.1)
+    euler = kdiffusion.sample_euler(model, x, sigmas, noise_sampler=SeededNoise(x.shape, 1))
+    euler_error = float((euler - exact).abs().max())
+    error = float((_run(name, model, x, sigmas, SeededNoise(x.shape, 1)) - exact).abs().max())
+    assert euler_error > 0.1
+    assert error < euler_error / 10 if name != "DDIM" else error == pytest.approx(euler_error)
+
+
+def test_unipc_converges_faster_than_first_order():
+    model = FlowGaussian(std=1.0)
+    x = 0.1 + 0.8 * torch.randn(1000, generator=torch.Generator().manual_seed(0)).double()
+    exact = exact_flow(model, x, 0.8, 0.1)
+    errors = [float((unipc.sample_unipc_rf(model, x, torch.linspace(0.8, 0.1, n + 1, dtype=torch.float64))
+                     - exact).abs().max()) for n in (8, 32)]
+    assert errors[1] < errors[0] / 6  # a first-order method gains 4x over two doublings
+
+
+def test_unipc_into_sigma_zero_makes_one_call_per_step_and_returns_the_x0_estimate():
+    """The last call is the corrector's at sigma 0.1 (UniPC's x0 estimate there); the order-1
+    step into 0 is that estimate."""
+    x = torch.randn(64, generator=torch.Generator().manual_seed(0))
+    sigmas = torch.tensor([0.95, 0.6, 0.3, 0.1, 0.0])
+    model = Counting(FlowGaussian())
+    out = unipc.sample_unipc_rf(model, x, sigmas)
+    assert model.calls == 4 and torch.isfinite(out).all() and torch.equal(out, model.last)
+    one = unipc.sample_unipc_rf(FlowGaussian(), x, torch.tensor([0.9, 0.0]), options=unipc.UniPCOptions(order=1))
+    assert torch.equal(one, FlowGaussian()(x, torch.full((64,), 0.9)))
+
+
+def test_unipc_refuses_sigma_one_and_too_few_steps():
+    x = torch.randn(8)
+    with pytest.raises(ValueError, match=r"in \[0, 1\)"):
+        unipc.sample_unipc_rf(FlowGaussian(), x, torch.tensor([1.0, 0.5, 0.2, 0.0]))
+    with pytest.raises(ValueError, match="order must be < sampling steps"):
+        unipc.sample_unipc_rf(FlowGaussian(), x, torch.tensor([0.9, 0.5, 0.0]))
+
+
+def test_plms_first_step_makes_two_calls_then_one_per_step():
+    x = torch.randn(64, generator=torch.Generator().manual_seed(0))
+    model = Counting(FlowGaussian())
+    flow_ddim.sample_plms_rf(model, x, _flux_like_sigmas(6)[1:])
+    assert model.calls == 6
+    one = Counting(FlowGaussian())
+    last = FlowGaussian()(x, torch.full((64,), 0.9))
+    assert torch.allclose(flow_ddim.sample_plms_rf(one, x, torch.tensor([0.9, 0.0])), last, atol=1e-6)
+    assert one.calls == 1
+
+
+@pytest.mark.parametrize("name", ["DDIM", "LCM"])
+def test_same_noise_same_result(name):
+    x = torch.randn(256, generator=torch.Generator().manual_seed(3))
+    sigmas = _flux_like_sigmas(6)
+    first = _run(name, FlowGaussian(), x, sigmas, SeededNoise(x.shape, 4), eta=1.0)
+    again = _run(name, FlowGaussian(), x, sigmas, SeededNoise(x.shape, 4), eta=1.0)
+    other = _run(name, FlowGaussian(), x, sigmas, SeededNoise(x.shape, 5), eta=1.0)
+    assert torch.equal(first, again) and not torch.equal(first, other)
