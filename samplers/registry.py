@@ -250,8 +250,8 @@ class FlowForm:
 # The samplers that run correctly on flow models. The deterministic ones only see the x0 estimate
 # and run unchanged; the ancestral and SDE ones in their flow forms (samplers.flow, as ComfyUI's
 # k-diffusion switches to them); DDIM, PLMS and LCM walk the flow schedule with the flow
-# interpolation (samplers.flow_ddim), UniPC with alpha = 1 - s, sigma = s (samplers.unipc).
-# The rest (DPM fast / adaptive, Restart, DDIM CFG++) have none here.
+# interpolation (samplers.flow_ddim), UniPC and DPM fast / adaptive with alpha = 1 - s, sigma = s
+# (samplers.unipc, samplers.dpm_solver). Restart and DDIM CFG++ have none here.
 FLOW_FORMS: Mapping[str, FlowForm] = MappingProxyType({
     "DPM++ 2M": FlowForm(dpmpp.sample_dpmpp_2m),
     "DPM++ SDE": FlowForm(flow.sample_dpmpp_sde_rf, needs_sigma_below_one=True),
@@ -265,6 +265,8 @@ FLOW_FORMS: Mapping[str, FlowForm] = MappingProxyType({
     "Heun": FlowForm(kdiffusion.sample_heun),
     "DPM2": FlowForm(kdiffusion.sample_dpm_2),
     "DPM2 a": FlowForm(flow.sample_dpm_2_ancestral_rf),
+    "DPM fast": FlowForm(dpm_solver.sample_dpm_fast_rf, needs_sigma_below_one=True),
+    "DPM adaptive": FlowForm(dpm_solver.sample_dpm_adaptive_rf, needs_sigma_below_one=True),
     "DDIM": FlowForm(flow_ddim.sample_ddim_rf),
     "PLMS": FlowForm(flow_ddim.sample_plms_rf),
     "UniPC": FlowForm(unipc.sample_unipc_rf, needs_sigma_below_one=True),
@@ -593,16 +595,18 @@ def flow_call_kwargs(
     s_noise: float,
     noise_sampler: NoiseSampler | None,
     unipc_options: unipc.UniPCOptions | None = None,
+    end_sigma: float | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments of a sampler's flow form (besides model, x, sigmas).
 
-    The k-diffusion samplers get what ``sampler_call_kwargs`` gives them (DPM fast / adaptive
-    their interval from the schedule walked). The timestep samplers and LCM walk the flow
-    schedule, so they get no ᾱ table: eta where they take it, UniPC its options, and the noise.
+    The k-diffusion samplers get what ``sampler_call_kwargs`` gives them; DPM fast / adaptive
+    integrate from the schedule's first sigma down to `end_sigma` (the model's smallest; None:
+    the schedule's last positive sigma). The timestep samplers and LCM walk the flow schedule,
+    so they get no ᾱ table: eta where they take it, UniPC its options, and the noise.
     """
     if sampler.kind == KIND_SIGMAS:
         return sampler_call_kwargs(sampler, sigmas, eta=eta, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax,
-                                   s_noise=s_noise, noise_sampler=noise_sampler)
+                                   s_noise=s_noise, noise_sampler=noise_sampler, model_sigma_min=end_sigma)
     kwargs: dict[str, Any] = {}
     if sampler.takes_eta:
         kwargs["eta"] = sampler.default_eta if eta is None else eta

@@ -201,6 +201,7 @@ class FlowRun:
     full_schedule: torch.Tensor
     rng: Any
     top_sigma: float  # the family's sigma at timestep 1 - FIRST_STEP_OFFSET
+    bottom_sigma: float  # the family's sigma at timestep FIRST_STEP_OFFSET: where DPM fast / adaptive stop
 
 
 def flow_schedule(family: FlowFamily, model: LoadedModel, job: GenerationJob, plan: SamplerPlan) -> torch.Tensor:
@@ -218,8 +219,11 @@ def flow_run(
     family: FlowFamily, model: LoadedModel, sigmas: torch.Tensor, full_schedule: torch.Tensor, rng: Any
 ) -> FlowRun:
     """A FlowRun with the family's sigma at timestep 1 - FIRST_STEP_OFFSET (ComfyUI's
-    percent_to_sigma(1e-4), where the half-log-SNR samplers start instead of sigma = 1)."""
-    return FlowRun(sigmas, full_schedule, rng, family.sigma_at(model, 1.0 - flow_samplers.FIRST_STEP_OFFSET))
+    percent_to_sigma(1e-4), where the half-log-SNR samplers start instead of sigma = 1) and at
+    FIRST_STEP_OFFSET (the smallest of the model's table, where DPM fast / adaptive stop, as
+    A1111 hands them the SD model's sigma_min: they return x there, with no last denoise)."""
+    offset = flow_samplers.FIRST_STEP_OFFSET
+    return FlowRun(sigmas, full_schedule, rng, family.sigma_at(model, 1.0 - offset), family.sigma_at(model, offset))
 
 
 def sample(
@@ -247,6 +251,7 @@ def sample(
     kwargs = flow_call_kwargs(
         plan.sampler, sigmas, eta=sampler_eta(job, plan), s_churn=params.s_churn, s_tmin=params.s_tmin,
         s_tmax=params.s_tmax, s_noise=params.s_noise, noise_sampler=noise_sampler, unipc_options=unipc,
+        end_sigma=run.bottom_sigma,
     )
     try:
         return form.function(denoiser, x, sigmas, extra_args={}, callback=callback, disable=True, **kwargs)
