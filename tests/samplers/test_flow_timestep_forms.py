@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 from sampler_toys import SeededNoise
-from test_flow_samplers import N, FlowGaussian, KnownX0, _flux_like_sigmas, _run
+from test_flow_samplers import FlowGaussian, KnownX0, N, _flux_like_sigmas, _run
 
 from samplers import dpm_solver, flow_ddim, kdiffusion, unipc
 from samplers.registry import FLOW_FORMS, find_sampler, flow_call_kwargs, flow_form

@@ -15,8 +15,8 @@ from typing import Any, Protocol
 import torch
 
 from samplers import flow as flow_samplers
-from samplers.unipc import UniPCOptions
 from samplers.registry import discards_penultimate_sigma, flow_call_kwargs, flow_form
+from samplers.unipc import UniPCOptions
 from webui_api.engine.denoiser import SamplingInterrupted
 from webui_api.engine.latents import decode_latents, to_pil
 from webui_api.engine.models import LoadedModel
