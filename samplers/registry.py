@@ -251,7 +251,8 @@ class FlowForm:
 # and run unchanged; the ancestral and SDE ones in their flow forms (samplers.flow, as ComfyUI's
 # k-diffusion switches to them); DDIM, PLMS and LCM walk the flow schedule with the flow
 # interpolation (samplers.flow_ddim), UniPC and DPM fast / adaptive with alpha = 1 - s, sigma = s
-# (samplers.unipc, samplers.dpm_solver). Restart and DDIM CFG++ have none here.
+# (samplers.unipc, samplers.dpm_solver), Restart with the flow renoise (samplers.restart).
+# DDIM CFG++ has none here.
 FLOW_FORMS: Mapping[str, FlowForm] = MappingProxyType({
     "DPM++ 2M": FlowForm(dpmpp.sample_dpmpp_2m),
     "DPM++ SDE": FlowForm(flow.sample_dpmpp_sde_rf, needs_sigma_below_one=True),
@@ -267,6 +268,7 @@ FLOW_FORMS: Mapping[str, FlowForm] = MappingProxyType({
     "DPM2 a": FlowForm(flow.sample_dpm_2_ancestral_rf),
     "DPM fast": FlowForm(dpm_solver.sample_dpm_fast_rf, needs_sigma_below_one=True),
     "DPM adaptive": FlowForm(dpm_solver.sample_dpm_adaptive_rf, needs_sigma_below_one=True),
+    "Restart": FlowForm(restart.sample_restart_rf),
     "DDIM": FlowForm(flow_ddim.sample_ddim_rf),
     "PLMS": FlowForm(flow_ddim.sample_plms_rf),
     "UniPC": FlowForm(unipc.sample_unipc_rf, needs_sigma_below_one=True),

@@ -1,7 +1,7 @@
-"""The ancestral and SDE samplers, and DDIM, PLMS, UniPC, LCM and DPM fast / adaptive, on tiny Flux and SD3 models, end
-to end, with no T5 tokenizer in the models folder (the bundled one is used): finite latents, the
-same image for the same seed, another for another seed, and the refusal of samplers with no flow
-form."""
+"""The ancestral and SDE samplers, DDIM, PLMS, UniPC, LCM, Restart and DPM fast / adaptive, on
+tiny Flux and SD3 models, end to end, with no T5 tokenizer in the models folder (the bundled one
+is used): finite latents, the same image for the same seed, another for another seed, and the
+refusal of the sampler with no flow form (DDIM CFG++)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from webui_api.errors import BadRequest
 from webui_api.progress import CancelToken
 
 NOISY = ("Euler a", "DPM2 a", "DPM++ 2S a", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 3M SDE")
-FLOW_TIMESTEP = ("DDIM", "PLMS", "UniPC", "LCM")  # A1111's timestep samplers and LCM, walking the flow schedule
+FLOW_TIMESTEP = ("DDIM", "PLMS", "UniPC", "LCM", "Restart")  # flow forms of samplers A1111 runs off k-diffusion's
 CHECKPOINT = {"flux": "flux-aio.safetensors", "sd3": "sd3.safetensors"}
 
 
@@ -121,7 +121,16 @@ def test_unipc_with_fewer_steps_than_its_order_is_a_400(setup):
     assert torch.isfinite(_latents(family, model, low_order)).all()
 
 
-@pytest.mark.parametrize("sampler", ["Restart", "DDIM CFG++"])
+def test_restart_with_its_restart_segment_runs_deterministically(setup):
+    """From 20 steps Restart rebuilds the schedule and walks a restart segment with fresh noise."""
+    family, _, model = setup
+    job = _job(family, "Restart")
+    job = replace(job, sampling=replace(job.sampling, steps=20))
+    first = _latents(family, model, job)
+    assert torch.isfinite(first).all() and torch.equal(first, _latents(family, model, job))
+
+
+@pytest.mark.parametrize("sampler", ["DDIM CFG++"])
 def test_samplers_without_a_flow_form_are_400s_naming_them(setup, sampler):
     family, engine, _ = setup
     with pytest.raises(BadRequest, match=f"sampler {re.escape(repr(sampler))} cannot run"):

@@ -64,8 +64,8 @@ def _flux_like_sigmas(steps: int, shift: float = 1.15) -> torch.Tensor:
 
 def test_flow_table_lists_every_sampler_forge_runs_on_flow_models():
     assert flow_sampler_names() == ("DPM++ 2M", *NOISY[:-2], "Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a",
-                                    "DPM fast", "DPM adaptive", "DDIM", "PLMS", "UniPC", "LCM")
-    for refused in ("Restart", "DDIM CFG++"):
+                                    "DPM fast", "DPM adaptive", "Restart", "DDIM", "PLMS", "UniPC", "LCM")
+    for refused in ("DDIM CFG++",):
         assert flow_form(find_sampler(refused)) is None
     assert set(FLOW_FORMS) == set(flow_sampler_names())
     below_one = {name for name, form in FLOW_FORMS.items() if form.needs_sigma_below_one}
