@@ -112,7 +112,7 @@ def test_unsupported_sampler_and_size_are_400s(tmp_path, parts):
     engine = cpu_engine(write_models(tmp_path, parts, "all-in-one"))
     base = replace(_flux_job(), model_title="flux-aio.safetensors")
     with pytest.raises(BadRequest, match="cannot run Flux"):
-        engine.txt2img(replace(base, sampling=with_sampler(base.sampling, "Restart")),
+        engine.txt2img(replace(base, sampling=with_sampler(base.sampling, "DDIM CFG++")),
                        RecordingObserver(), CancelToken())
     with pytest.raises(BadRequest, match="multiples of 16"):
         engine.txt2img(replace(base, width=40), RecordingObserver(), CancelToken())

@@ -123,7 +123,7 @@ def test_unsupported_sampler_and_size_are_400s(tmp_path, parts):
     engine = cpu_engine(write_models(tmp_path, parts))
     base = _job()
     with pytest.raises(BadRequest, match="cannot run"):
-        engine.txt2img(replace(base, sampling=with_sampler(base.sampling, "Restart")),
+        engine.txt2img(replace(base, sampling=with_sampler(base.sampling, "DDIM CFG++")),
                        RecordingObserver(), CancelToken())
     with pytest.raises(BadRequest, match="multiples of 16"):
         engine.txt2img(replace(base, width=40), RecordingObserver(), CancelToken())
