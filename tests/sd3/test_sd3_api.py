@@ -77,5 +77,5 @@ def test_ancestral_and_sde_samplers_answer_200_with_their_infotext(sd3_client):
 
 def test_unsupported_sampler_is_a_400(sd3_client):
     client, title = sd3_client
-    response = client.post("/sdapi/v1/txt2img", json=_payload(title, sampler_name="DPM adaptive"))
+    response = client.post("/sdapi/v1/txt2img", json=_payload(title, sampler_name="DDIM CFG++"))
     assert response.status_code == 400 and "cannot run SD3 models" in response.json()["detail"]
