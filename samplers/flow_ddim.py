@@ -1,4 +1,4 @@
-"""DDIM, PLMS and LCM for rectified-flow models (Flux, SD3), where x_s = (1 - s) * x0 + s * noise.
+"""DDIM, DDIM CFG++, PLMS and LCM for rectified-flow models (Flux, SD3), where x_s = (1 - s) * x0 + s * noise.
 
 A1111 runs DDIM and PLMS on the discrete VP timesteps of an SD model (its ᾱ table) and LCM on
 LCM's 50-entry sigma table; a flow model has neither. These forms walk the flow family's own
@@ -12,6 +12,9 @@ sigma schedule instead, with the flow model's alpha = 1 - s and sigma = s:
   pseudo improved Euler, two model calls), then the deterministic DDIM step. The prediction
   combined is the flow velocity v = (x - x0) / s rather than eps: eps = (x - alpha x0) / s is
   undefined as an x0 estimate at s = 1, where DDIM's x0 = (x - s eps) / alpha divides by zero.
+- DDIM CFG++: DDIM whose step direction is the unconditional noise estimate eps_u =
+  (x - alpha x0_u) / s of the same call, with the guidance scale cut to cfg / 12.5 by the caller
+  (A1111's CFG++ mapping), as A1111's DDIM CFG++ does with the unconditional eps.
 - LCM: jump to the x0 estimate, then re-noise to the next sigma with the flow interpolation
   (1 - s') x0 + s' z (ComfyUI's LCM re-noises through the model's noise_scaling, which is this).
 
@@ -21,7 +24,7 @@ Every function keeps the k-diffusion signature and takes all its randomness from
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -38,6 +41,16 @@ from samplers._common import (
     sigma_levels,
 )
 from samplers.flow import rf_euler_to
+
+
+class UncondAwareFlowModel(Protocol):
+    """A flow denoiser that keeps the unconditional x0 estimate of its last call (the
+    conditional one where it ran no CFG)."""
+
+    last_uncond_x0: Tensor | None
+
+    def __call__(self, x: Tensor, sigma: Tensor, **extra: Any) -> Tensor: ...
+
 
 # PLMS's Adams-Bashforth weights on (v_t, v_{t-1}, v_{t-2}, v_{t-3}) by how much history exists.
 _PLMS_WEIGHTS = {1: ((3, -1), 2), 2: ((23, -16, 5), 12), 3: ((55, -59, 37, -9), 24)}
@@ -84,6 +97,45 @@ def sample_ddim_rf(
             continue
         drawn = None if noise is None else noise(sigmas[i], sigmas[i + 1])
         x = ddim_rf_step(x, denoised, sigmas[i], sigmas[i + 1], eta, drawn)
+    return x
+
+
+def ddim_cfgpp_rf_step(x: Tensor, denoised: Tensor, uncond: Tensor, sigma: Tensor, sigma_next: Tensor, eta: float,
+                       noise: Tensor | None) -> Tensor:
+    """One DDIM CFG++ step on a flow model: the guided x0, the unconditional eps as direction."""
+    eps = (x - (1 - sigma) * uncond) / sigma
+    if eta == 0 or noise is None:
+        return (1 - sigma_next) * denoised + sigma_next * eps
+    width = ddim_noise_width(sigma, sigma_next, eta)
+    return (1 - sigma_next) * denoised + (sigma_next**2 - width**2).clamp(min=0).sqrt() * eps + width * noise
+
+
+@torch.no_grad()
+def sample_ddim_cfgpp_rf(
+    model: UncondAwareFlowModel,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: Mapping[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    disable: bool | None = None,
+    noise_sampler: NoiseSampler | None = None,
+    eta: float = 0.0,
+) -> Tensor:
+    """"DDIM CFG++" on a flow model (the caller runs the model's CFG at cfg_scale / 12.5)."""
+    check_sigmas(sigmas)
+    args, levels = as_args(extra_args), sigma_levels(sigmas)
+    noise = require_noise(noise_sampler, "DDIM CFG++") if eta > 0 else None
+    for i in range(len(sigmas) - 1):
+        denoised = denoise(model, x, sigmas[i], args)
+        report(callback, x, i, sigmas[i], sigmas[i], denoised)
+        if levels[i + 1] == 0:
+            x = denoised
+            continue
+        uncond = getattr(model, "last_uncond_x0", None)
+        if uncond is None:
+            raise ValueError("DDIM CFG++ needs the model's unconditional x0 estimate (last_uncond_x0), got None")
+        drawn = None if noise is None else noise(sigmas[i], sigmas[i + 1])
+        x = ddim_cfgpp_rf_step(x, denoised, uncond, sigmas[i], sigmas[i + 1], eta, drawn)
     return x
 
 

@@ -245,14 +245,16 @@ class FlowForm:
     function: SamplerFunction
     # works in the half log-SNR, infinite at sigma = 1: walk flow.first_sigma_below_one(schedule)
     needs_sigma_below_one: bool = False
+    # the model's CFG scale is multiplied by this for the run (DDIM CFG++: A1111's 1 / 12.5)
+    guidance_factor: float = 1.0
 
 
 # The samplers that run correctly on flow models. The deterministic ones only see the x0 estimate
 # and run unchanged; the ancestral and SDE ones in their flow forms (samplers.flow, as ComfyUI's
 # k-diffusion switches to them); DDIM, PLMS and LCM walk the flow schedule with the flow
 # interpolation (samplers.flow_ddim), UniPC and DPM fast / adaptive with alpha = 1 - s, sigma = s
-# (samplers.unipc, samplers.dpm_solver), Restart with the flow renoise (samplers.restart).
-# DDIM CFG++ has none here.
+# (samplers.unipc, samplers.dpm_solver), Restart with the flow renoise (samplers.restart),
+# DDIM CFG++ with the unconditional x0 the flow denoiser keeps (samplers.flow_ddim).
 FLOW_FORMS: Mapping[str, FlowForm] = MappingProxyType({
     "DPM++ 2M": FlowForm(dpmpp.sample_dpmpp_2m),
     "DPM++ SDE": FlowForm(flow.sample_dpmpp_sde_rf, needs_sigma_below_one=True),
@@ -270,6 +272,7 @@ FLOW_FORMS: Mapping[str, FlowForm] = MappingProxyType({
     "DPM adaptive": FlowForm(dpm_solver.sample_dpm_adaptive_rf, needs_sigma_below_one=True),
     "Restart": FlowForm(restart.sample_restart_rf),
     "DDIM": FlowForm(flow_ddim.sample_ddim_rf),
+    "DDIM CFG++": FlowForm(flow_ddim.sample_ddim_cfgpp_rf, guidance_factor=timesteps.CFGPP_SCALE),
     "PLMS": FlowForm(flow_ddim.sample_plms_rf),
     "UniPC": FlowForm(unipc.sample_unipc_rf, needs_sigma_below_one=True),
     "LCM": FlowForm(flow_ddim.sample_lcm_rf),

@@ -327,3 +327,47 @@ def test_restart_pushes_back_up_and_ends_on_the_data_distribution():
     assert float(out.std()) == pytest.approx(model.std, rel=0.02)
     again = _run("Restart", model, x, _flux_like_sigmas(60), SeededNoise(x.shape, 4))
     assert torch.equal(out, again)
+
+
+# ---------------------------------------------------------------------------
+# DDIM CFG++ (samplers.flow_ddim.sample_ddim_cfgpp_rf)
+# ---------------------------------------------------------------------------
+
+
+class TwoEstimates:
+    """A guided flow denoiser stand-in: the guided x0 is `guided`, the unconditional one `uncond`."""
+
+    def __init__(self, guided: float, uncond: float) -> None:
+        self.guided, self.uncond = guided, uncond
+        self.last_uncond_x0: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: object) -> torch.Tensor:
+        self.last_uncond_x0 = torch.full_like(x, self.uncond)
+        return torch.full_like(x, self.guided)
+
+
+def test_ddim_cfgpp_step_matches_a_hand_computation():
+    x = torch.tensor([0.3, -1.2])
+    out = flow_ddim.sample_ddim_cfgpp_rf(TwoEstimates(1.5, 0.5), x, torch.tensor([0.8, 0.5]))
+    eps_uncond = (x - 0.2 * 0.5) / 0.8
+    assert torch.allclose(out, 0.5 * 1.5 + 0.5 * eps_uncond)
+    ddim = flow_ddim.sample_ddim_rf(TwoEstimates(1.5, 0.5), x, torch.tensor([0.8, 0.5]))
+    assert not torch.allclose(out, ddim)
+
+
+def test_ddim_cfgpp_with_the_same_estimates_is_ddim():
+    x = torch.randn(64, generator=torch.Generator().manual_seed(0))
+    sigmas = _flux_like_sigmas(5)
+    same = TwoEstimates(0.7, 0.7)
+    assert torch.allclose(flow_ddim.sample_ddim_cfgpp_rf(same, x, sigmas), flow_ddim.sample_ddim_rf(same, x, sigmas),
+                          atol=1e-6)
+    noisy = flow_ddim.sample_ddim_cfgpp_rf(same, x, sigmas, noise_sampler=SeededNoise(x.shape, 2), eta=1.0)
+    assert torch.allclose(noisy, flow_ddim.sample_ddim_rf(same, x, sigmas, noise_sampler=SeededNoise(x.shape, 2),
+                                                          eta=1.0), atol=1e-6)
+
+
+def test_ddim_cfgpp_scales_the_guidance_and_needs_the_uncond_estimate():
+    assert FLOW_FORMS["DDIM CFG++"].guidance_factor == pytest.approx(1 / 12.5)
+    assert all(form.guidance_factor == 1.0 for name, form in FLOW_FORMS.items() if name != "DDIM CFG++")
+    with pytest.raises(ValueError, match="last_uncond_x0"):
+        flow_ddim.sample_ddim_cfgpp_rf(KnownX0(1.0), torch.zeros(4), torch.tensor([0.8, 0.5, 0.0]))

@@ -41,6 +41,8 @@ class FlowDenoiser(Protocol):
     """What `sample` needs of a flow model's denoiser (Flux's, SD3's)."""
 
     last_cond_x0: torch.Tensor | None
+    last_uncond_x0: torch.Tensor | None  # the last call's unconditional x0 (DDIM CFG++ steps along it)
+    cfg_scale: float
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **kwargs: Any) -> torch.Tensor: ...
 
@@ -135,6 +137,7 @@ class GuidedVelocity(Protocol):
     cancel: CancelToken
     blend: Callable[[torch.Tensor], torch.Tensor] | None
     last_cond_x0: torch.Tensor | None
+    last_uncond_x0: torch.Tensor | None
     step: int
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor: ...
@@ -142,15 +145,18 @@ class GuidedVelocity(Protocol):
 
 def guided_x0(denoiser: GuidedVelocity, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """One denoiser call: x0 = x - sigma * v with this call's scheduled conditioning, real CFG
-    when there is an uncond, then the inpaint blend; counts the call (A1111's step counter)."""
+    when there is an uncond, then the inpaint blend; counts the call (A1111's step counter).
+    Keeps the conditional and unconditional x0 (the conditional one again without CFG)."""
     if denoiser.cancel.should_stop_sampling:
         raise SamplingInterrupted("interrupted" if denoiser.cancel.interrupted else "skipped")
     step = denoiser.step
     s = sigma.reshape(-1, 1, 1, 1).float()
     denoised = x - s * denoiser.velocity(x, sigma, denoiser.cond.at(step))
     denoiser.last_cond_x0 = denoised
+    denoiser.last_uncond_x0 = denoised
     if denoiser.uncond is not None:
         uncond = x - s * denoiser.velocity(x, sigma, denoiser.uncond.at(step))
+        denoiser.last_uncond_x0 = uncond
         denoised = uncond + denoiser.cfg_scale * (denoised - uncond)
     denoiser.step = step + 1
     return denoised if denoiser.blend is None else denoiser.blend(denoised)
@@ -245,6 +251,8 @@ def sample(
     noise_sampler = make_noise_sampler(model, job, plan, batch, run.rng, run.full_schedule)
     params = job.sampling
     sigmas = run.sigmas
+    if form.guidance_factor != 1.0:  # DDIM CFG++: guidance at A1111's cfg_scale / 12.5 (this batch's denoiser)
+        denoiser.cfg_scale = denoiser.cfg_scale * form.guidance_factor
     if form.needs_sigma_below_one:
         sigmas = flow_samplers.first_sigma_below_one(sigmas, run.top_sigma)
     unipc = flow_unipc_options(job, plan, len(sigmas) - 1)
