@@ -54,8 +54,7 @@ PATCH = 2  # the transformer sees 2x2 latent patches
 DEFAULT_DISTILLED_CFG = 3.5
 
 # The samplers that run on flow models: the deterministic ones as they are (they only see the
-# x0 estimate `x - sigma * v`), the ancestral and SDE ones, DDIM, PLMS, UniPC and LCM in their
-# rectified-flow forms (samplers.registry.FLOW_FORMS).
+# x0 estimate `x - sigma * v`), the others in their rectified-flow forms (registry.FLOW_FORMS).
 FLOW_SAMPLERS = flow_sampler_names()
 FLOW_SCHEDULERS = ("automatic", "simple", "normal", "beta", "karras", "exponential")
 
