@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tests.engine.helpers import RecordingObserver, make_job, with_sampler
 from tests.flux import files as flux_files
@@ -22,6 +23,7 @@ from webui_api.engine.families.sd3 import SD3
 from webui_api.engine.loading.forge_modules import T5_TOKENIZER_FOLDER
 from webui_api.engine.pipeline import BatchSpec
 from webui_api.errors import BadRequest
+from webui_api.jobs import Img2ImgParams
 from webui_api.progress import CancelToken
 
 NOISY = ("Euler a", "DPM2 a", "DPM++ 2S a", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 3M SDE")
@@ -99,6 +101,24 @@ def test_dpm_solvers_run_to_the_models_smallest_sigma_deterministically_per_seed
     observer = RecordingObserver()
     result = engine.txt2img(_job(family, sampler), observer, CancelToken())
     assert np.asarray(result.images[0].image).std() > 0 and observer.steps_of_batch(0)[0] == 0
+
+
+@pytest.mark.parametrize("sampler", ["DDIM", "UniPC", "LCM", "DPM fast", "Restart", "DDIM CFG++", "PLMS"])
+def test_img2img_walks_the_schedules_tail_with_the_flow_forms(setup, sampler):
+    """8 steps at strength 0.5 walk a 4-sigma tail from the init latents; UniPC with the tail
+    shorter than its order is a 400 naming the option."""
+    family, engine, _ = setup
+    init = Image.fromarray(np.full((32, 32, 3), 128, dtype=np.uint8))
+    job = _job(family, sampler)
+    job = replace(job, kind="img2img", sampling=replace(job.sampling, steps=8),
+                  img2img=Img2ImgParams(init_images=(init,), denoising_strength=0.5))
+    first = engine.img2img(job, RecordingObserver(), CancelToken()).images[0].image
+    again = engine.img2img(job, RecordingObserver(), CancelToken()).images[0].image
+    assert first.size == (32, 32) and np.array_equal(np.asarray(first), np.asarray(again))
+    if sampler == "UniPC":
+        weak = replace(job, img2img=replace(job.img2img, denoising_strength=0.2))
+        with pytest.raises(BadRequest, match="UniPC order must be < sampling steps"):
+            engine.img2img(weak, RecordingObserver(), CancelToken())
 
 
 def test_ddim_at_eta_zero_is_euler_and_noisy_ddim_is_not(setup):
