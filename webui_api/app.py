@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 import traceback
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +24,7 @@ from . import __version__
 from .auth import add_cors, build_gate, exposure_warnings, protect_docs, record_work, unclassified_routes
 from .batching import BatchingConfig
 from .errors import ApiError, validation_error_body
+from .job_control import JobControl
 from .lane_progress import LaneProgress
 from .options import OptionsStore
 from .output_urls import OUTPUTS_FOLDER, OutputStore
@@ -56,14 +57,17 @@ REPLICA_HEADER = "X-Webui-Api-Replica"
 
 def create_app(
     settings: Settings, engine: Any | None = None, workers: Sequence[Worker] | None = None, replica: str | None = None,
+    job_control: Callable[[Runtime], JobControl] | None = None,
 ) -> FastAPI:
     """`workers`: the scheduler's lanes (default: one local worker thread; --ray: RayWorkers).
     `replica`: this app's name among several ingress replicas (--ray), sent back on every answer
-    as REPLICA_HEADER so an answer can be matched with that replica's log."""
+    as REPLICA_HEADER so an answer can be matched with that replica's log.
+    `job_control`: builds what /progress, /interrupt and /skip act on (default: this process's
+    jobs; several ingress replicas: the cluster's), closed when the app stops."""
     app = FastAPI(
         title="webui-api",
         version=__version__,
-        lifespan=_lifespan_for(settings, engine, workers),
+        lifespan=_lifespan_for(settings, engine, workers, job_control),
         root_path=f"/{settings.subpath.strip('/')}" if settings.subpath else "",
         docs_url=None, redoc_url=None,  # served by routes/docs.py with bundled assets (no CDN)
     )
@@ -79,13 +83,18 @@ def create_app(
     return app
 
 
-def _lifespan_for(settings: Settings, engine: Any | None, workers: Sequence[Worker] | None = None):
+def _lifespan_for(
+    settings: Settings, engine: Any | None, workers: Sequence[Worker] | None = None,
+    job_control: Callable[[Runtime], JobControl] | None = None,
+):
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for warning in exposure_warnings(settings):
             log.warning(warning)
         runtime = build_runtime(settings, engine, workers)
         app.state.runtime = runtime
+        if job_control is not None:
+            runtime.control = job_control(runtime)
         runtime.scheduler.start()
         if settings.skip_load_model_at_start:
             runtime.serving.lifecycle.mark_loaded()  # models load on first use: ready at once
@@ -98,6 +107,7 @@ def _lifespan_for(settings: Settings, engine: Any | None, workers: Sequence[Work
             runtime.serving.lifecycle.begin_drain()
             await runner.stop()
             runtime.scheduler.stop()
+            runtime.job_control().close()
 
     return lifespan
 
@@ -124,6 +134,16 @@ def task_store(settings: Settings) -> Any:
     return TaskStore(settings.data_dir / "tasks")
 
 
+def options_store(settings: Settings) -> OptionsStore:
+    """This process's options; shared through Redis by the ingress replicas of a cluster, so an
+    /options change on one replica reaches the jobs and GETs of every other."""
+    if settings.ray is not None and settings.ray.shares_ingress_state and settings.redis_url:
+        from .options_redis import RedisOptionsStore
+
+        return RedisOptionsStore.for_cluster(settings, settings.ray.options_key)
+    return OptionsStore.from_settings(settings)
+
+
 def build_runtime(settings: Settings, engine: Any | None = None, workers: Sequence[Worker] | None = None) -> Runtime:
     from .postprocess.previews import preview_encoder
 
@@ -131,7 +151,7 @@ def build_runtime(settings: Settings, engine: Any | None = None, workers: Sequen
         from .engine.facade import Engine
 
         engine = Engine.from_settings(settings)
-    options = OptionsStore.from_settings(settings)
+    options = options_store(settings)
 
     def tracker() -> ProgressTracker:  # a remote lane may have no preview to show yet
         encode = preview_encoder(lambda: options.get("live_previews_image_format"))

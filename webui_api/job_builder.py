@@ -14,6 +14,7 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .controlnet.units import controlnet_units
@@ -267,7 +268,42 @@ def hires_request(request: Txt2ImgRequest) -> Txt2ImgRequest:
         "prompt": request.hr_prompt or request.prompt,
         "negative_prompt": request.hr_negative_prompt or request.negative_prompt,
         "distilled_cfg_scale": request.hr_distilled_cfg if request.hr_distilled_cfg is not None else 3.5,
+        "cfg_scale": request.hr_cfg if request.hr_cfg is not None else request.cfg_scale,
     })
+
+
+USE_SAME_MODULES = "Use same choices"  # Forge's hr_additional_modules entry (its UI default)
+
+
+def hires_module_infotext(request: Txt2ImgRequest, job: GenerationJob) -> tuple[tuple[str, Any], ...]:
+    """Forge's "Hires Module N" keys for `hr_additional_modules`, checked against the job.
+
+    Forge (processing.py init) writes them whenever the field is a list: [] as "Hires Module 1:
+    Built-in", a list holding "Use same choices" as that phrase, else each entry's file name
+    without extension; and it reloads the model with that module set for the second pass. We
+    run the second pass on the first pass's modules, so a list naming another set than the job's
+    forge_additional_modules is a 400 naming the field rather than an image made otherwise."""
+    modules = request.hr_additional_modules
+    if modules is None:
+        return ()
+    if USE_SAME_MODULES in modules:
+        return (("Hires Module 1", USE_SAME_MODULES),)
+    stems = [_module_stem(name) for name in modules]
+    current = [_module_stem(name) for name in job.engine_options.forge_additional_modules]
+    if sorted(stems) != sorted(current):
+        raise BadRequest(
+            f"hr_additional_modules {list(modules)!r} differs from the job's forge_additional_modules "
+            f"{list(job.engine_options.forge_additional_modules)!r}: a different VAE / text encoder set for the "
+            f"hires pass is not supported; send [{USE_SAME_MODULES!r}] or the same modules"
+        )
+    if not stems:
+        return (("Hires Module 1", "Built-in"),)
+    return tuple((f"Hires Module {index}", stem) for index, stem in enumerate(stems, start=1))
+
+
+def _module_stem(name: str) -> str:
+    """Forge's os.path.splitext(os.path.basename(name))[0], for either path separator."""
+    return PurePath(str(name).replace("\\", "/")).stem
 
 
 def hires_params(
@@ -306,14 +342,18 @@ def hires_infotext(
     prompts: Sequence[str],
     negatives: Sequence[str],
 ) -> tuple[tuple[str, Any], ...]:
-    """A1111's hires infotext keys in its order (hires prompts only when they differ)."""
-    keys: list[tuple[str, Any]] = []
+    """A1111's hires infotext keys in its order (hires prompts only when they differ), with
+    Forge's "Hires Module N" first and "Hires CFG Scale" after the hires prompts (processing.py
+    init), both only when the request sent their fields."""
+    keys: list[tuple[str, Any]] = list(hires_module_infotext(request, job))
     if request.hr_sampler_name not in (None, "", "Use same sampler") and sampling.sampler != job.sampling.sampler:
         keys.append(("Hires sampler", sampling.sampler_name))
     if prompts[0] != job.prompts[0]:
         keys.append(("Hires prompt", prompts[0]))
     if negatives[0] != job.negative_prompts[0]:
         keys.append(("Hires negative prompt", negatives[0]))
+    if request.hr_cfg is not None:
+        keys.append(("Hires CFG Scale", float(request.hr_cfg)))  # Forge writes its own default, 1.0, always
     schedule_type = hires_schedule_type(job.sampling, sampling)
     if schedule_type is not None:
         keys.append(("Hires schedule type", schedule_type))
@@ -656,6 +696,7 @@ INFOTEXT_FIELDS: tuple[tuple[str, str, type], ...] = (
     ("Hires prompt", "hr_prompt", str),
     ("Hires negative prompt", "hr_negative_prompt", str),
     ("Hires Distilled CFG Scale", "hr_distilled_cfg", float),  # Forge's paste field (ui.py)
+    ("Hires CFG Scale", "hr_cfg", float),  # Forge's paste field (ui.py)
     ("Steps", "steps", int),
     ("Seed", "seed", int),
     ("Variation seed", "subseed", int),
@@ -680,6 +721,8 @@ def infotext_fields(params: Mapping[str, Any]) -> dict[str, Any]:
         fields["refiner_checkpoint"] = str(params["Refiner"])
     if isinstance(params.get("Styles array"), list):
         fields["styles"] = list(params["Styles array"])
+    if isinstance(params.get("Hires VAE/TE"), list):
+        fields["hr_additional_modules"] = [str(name) for name in params["Hires VAE/TE"]]
     return {k: v for k, v in fields.items() if v is not None}
 
 

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from webui_api.errors import ApiError, BadRequest, UnknownOption
+from webui_api.errors import ApiError, BadRequest, ServiceUnavailable, UnknownOption
 from webui_api.option_defaults import DYNAMIC_KEY_PREFIXES, OPTION_DEFS, OPTIONS_BY_KEY, OptionDef
 from webui_api.paths import check_confined
 
@@ -216,6 +216,17 @@ def frozen_option_keys(
     return frozenset(in_sections | set(keys))
 
 
+def locked_option_keys(settings: Settings) -> tuple[frozenset[str], frozenset[str]]:
+    """(frozen, ignored): the keys the --freeze-settings* flags lock, and the ones
+    --hide-ui-dir-config makes the API ignore."""
+    frozen = frozen_option_keys(
+        freeze_all=settings.freeze_settings,
+        sections=settings.freeze_settings_in_sections,
+        keys=settings.freeze_specific_settings,
+    )
+    return frozen, dir_config_keys() if settings.hide_ui_dir_config else frozenset()
+
+
 def dir_config_keys() -> frozenset[str]:
     """Keys A1111 silently refuses to change under --hide-ui-dir-config (output paths, patterns)."""
     return frozenset(option.key for option in OPTION_DEFS if option.dir_config)
@@ -226,6 +237,19 @@ class _Skip:
 
 
 _SKIP = _Skip()
+COMMIT_ATTEMPTS = 8  # a shared store: plans made again when another process published in between
+
+
+class StaleOptions(Exception):
+    """A shared store's commit lost a race: another process published a change since the refresh."""
+
+
+class OptionsBusy(ServiceUnavailable):
+    """A change lost every race against other processes' changes (a 503 the client may retry)."""
+
+    def __init__(self, attempts: int) -> None:
+        super().__init__(f"The options changed concurrently {attempts} times while saving; try again")
+        self.headers = {"Retry-After": "1"}
 
 
 # --- the store --------------------------------------------------------------------------------
@@ -238,6 +262,12 @@ class OptionsStore:
     `ignored_keys` are dropped silently, like A1111 does under --hide-ui-dir-config;
     `overrides` are set on top of config.json at startup (saved with the next change).
     With `config_path=None` nothing is read or written (tests, ephemeral servers).
+
+    The values live in this process. A store shared by several processes (the ingress
+    replicas of a cluster: `options_redis.RedisOptionsStore`) overrides the two hooks below:
+    `_refresh` (adopt what another process published, before every read and write) and
+    `_commit` (publish a change, or raise `StaleOptions` when another process published first;
+    `apply` and `set_internal` then plan again on the fresh values).
     """
 
     def __init__(
@@ -259,12 +289,7 @@ class OptionsStore:
     @classmethod
     def from_settings(cls, settings: Settings, overrides: Mapping[str, Any] | None = None) -> OptionsStore:
         """The store a server runs with: its config file and the keys its flags lock."""
-        frozen = frozen_option_keys(
-            freeze_all=settings.freeze_settings,
-            sections=settings.freeze_settings_in_sections,
-            keys=settings.freeze_specific_settings,
-        )
-        ignored = dir_config_keys() if settings.hide_ui_dir_config else frozenset()
+        frozen, ignored = locked_option_keys(settings)
         return cls(settings.ui_settings_file, frozen, overrides, ignored_keys=ignored)
 
     @property
@@ -282,6 +307,7 @@ class OptionsStore:
     def get(self, key: str) -> Any:
         """The current value of one option (its default when never set); UnknownOption if unknown."""
         with self._lock:
+            self._refresh()
             if key not in OPTIONS_BY_KEY and key not in self._stored:
                 raise UnknownOption(f"unknown option {key!r}", errors=repr(key))
             return copy.deepcopy(self._current(key))
@@ -289,6 +315,7 @@ class OptionsStore:
     def snapshot(self) -> dict[str, Any]:
         """Every key with plain Python values (ints stay ints), a private copy for one job."""
         with self._lock:
+            self._refresh()
             values = {option.key: self._current(option.key) for option in OPTION_DEFS}
             values.update((key, value) for key, value in self._stored.items() if key not in OPTIONS_BY_KEY)
             return copy.deepcopy(values)
@@ -298,6 +325,7 @@ class OptionsStore:
         extra keys config.json carried (A1111's response model would drop those; we keep them so
         a GET -> POST round trip is lossless)."""
         with self._lock:
+            self._refresh()
             body = {option.key: api_value(option, self._current(option.key)) for option in OPTION_DEFS}
             body.update((k, copy.deepcopy(v)) for k, v in self._stored.items() if k not in OPTIONS_BY_KEY)
             return body
@@ -353,7 +381,19 @@ class OptionsStore:
         {key: (old, new)} for the keys whose value actually changed, so the caller can reload
         the checkpoint or VAE when those keys are among them.
         """
+        for _attempt in range(COMMIT_ATTEMPTS):
+            try:
+                return self._apply_once(updates, validate_checkpoint, validate_vae)
+            except StaleOptions:
+                continue  # another process published first: plan again on its values
+        raise OptionsBusy(COMMIT_ATTEMPTS)
+
+    def _apply_once(
+        self, updates: Mapping[str, Any], validate_checkpoint: Callable[[str], str] | None,
+        validate_vae: Callable[[str], str] | None,
+    ) -> dict[str, tuple[Any, Any]]:
         with self._lock:
+            self._refresh()
             planned: dict[str, Any] = {}
             for key, raw in updates.items():
                 value = self._plan(key, raw, validate_checkpoint, validate_vae)
@@ -369,10 +409,17 @@ class OptionsStore:
         """Server-side updates that are facts, not requests (the loaded checkpoint's title and
         hash): typed like any value but never frozen, and saved with the next `apply`, the way
         A1111 writes them straight into its options data."""
-        with self._lock:
-            for key, raw in updates.items():
-                option = OPTIONS_BY_KEY.get(key)
-                self._stored[key] = raw if option is None else coerce_value(option, raw)
+        typed = {key: raw if key not in OPTIONS_BY_KEY else coerce_value(OPTIONS_BY_KEY[key], raw)
+                 for key, raw in updates.items()}
+        for _attempt in range(COMMIT_ATTEMPTS):
+            with self._lock:
+                self._refresh()
+                try:
+                    self._commit({**self._stored, **typed}, save_file=False)
+                    return
+                except StaleOptions:
+                    continue
+        raise OptionsBusy(COMMIT_ATTEMPTS)
 
     def _old_value(self, key: str) -> Any:
         """The value before a change; None for a run-time key (prioritized_callbacks_*) never set."""
@@ -414,14 +461,21 @@ class OptionsStore:
             return raw
         raise UnknownOption(f"unknown option {key!r}: GET /sdapi/v1/options lists the known keys", errors=repr(key))
 
-    def _commit(self, new_stored: dict[str, Any]) -> None:
+    def _refresh(self) -> None:
+        """Adopt values another process published; the local store has none (called under the lock)."""
+
+    def _commit(self, new_stored: dict[str, Any], save_file: bool = True) -> None:
         """Save first, then publish: if the write fails, the store keeps its old values."""
+        if save_file:
+            self._save_file(new_stored)
+        self._stored = new_stored
+
+    def _save_file(self, new_stored: Mapping[str, Any]) -> None:
         if self._path is not None:
             try:
                 write_config_file(self._path, new_stored)
             except OSError as exc:
                 raise ApiError(f"Could not save options to {self._path.name}: {exc.strerror or exc}") from exc
-        self._stored = new_stored
 
 
 def _checkpoint_title(name: Any, validate: Callable[[str], str] | None) -> Any:

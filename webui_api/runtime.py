@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .engine.protocols import GenerationEngine
+from .job_control import JobControl
 from .options import OptionsStore
 from .postprocess.face_restore.cache import PostprocessModels
 from .progress import ProgressTracker
@@ -35,3 +36,13 @@ class Runtime:
     weights: WeightsFetcher
     # per-GPU telemetry for /metrics and /sdapi/v1/memory, and the --gpu-max-temp admission gate
     gpu_health: GpuHealth = field(default_factory=lambda: GpuHealth(NoSensor()))
+    # what /progress, /interrupt and /skip act on: this process's jobs, or a cluster's (--ray)
+    control: JobControl | None = None
+
+    def job_control(self) -> JobControl:
+        """The control the routes use; this process's scheduler and tracker unless one was set."""
+        if self.control is None:
+            from .job_control import LocalJobControl
+
+            self.control = LocalJobControl(self.scheduler, self.progress)
+        return self.control

@@ -127,6 +127,9 @@ class RayOptions:
     cpus_per_ingress: float = 0.5
     ingress_replicas: int = 1
     app_name: str = "webui-api"
+    # one deployment of the application (set when it is built): names the options document the
+    # ingress replicas share in Redis, so each deployment starts from config.json again
+    deployment_id: str = ""
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.gpus_per_worker < 0:
@@ -149,6 +152,16 @@ class RayOptions:
                 f"--ray-ingress-replicas {self.ingress_replicas} needs --redis-url: the ingress replicas share their "
                 "async tasks through Redis (a task accepted by one replica is read and run through any other)"
             )
+
+    @property
+    def options_key(self) -> str:
+        return f"{self.app_name}:{self.deployment_id}"
+
+    @property
+    def shares_ingress_state(self) -> bool:
+        """Several ingress replicas: options, /progress, /interrupt and /skip go through the
+        cluster (Redis, the job board) instead of one replica's memory."""
+        return self.ingress_replicas > 1
 
     @property
     def autoscaling(self) -> bool:

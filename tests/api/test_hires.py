@@ -97,3 +97,34 @@ def test_unknown_hires_checkpoint_is_a_404(client):
     assert response.status_code == 404
     assert "Could not find checkpoint with name other.safetensors" in response.text
 
+
+
+def test_forge_hr_cfg_drives_the_sd_second_pass(client):
+    """Forge applies hr_cfg to every family (sd_samplers_cfg_denoiser: cond_scale = p.hr_cfg in
+    the hires pass). Absent, the second pass keeps cfg_scale (A1111) and writes no key."""
+    plain, plain_info = hires(client, cfg_scale=7)
+    same, same_info = hires(client, cfg_scale=7, hr_cfg=7)
+    other, other_info = hires(client, cfg_scale=7, hr_cfg=2.5)
+    pixels = decode(plain["images"][0]).tobytes()
+    assert decode(same["images"][0]).tobytes() == pixels  # the PNG's infotext differs
+    assert decode(other["images"][0]).tobytes() != pixels
+    assert "Hires CFG Scale" not in plain_info["infotexts"][0]
+    text = other_info["infotexts"][0]
+    assert "CFG scale: 7.0" in text and "Hires CFG Scale: 2.5" in text
+    assert text.index("Denoising strength") < text.index("Hires CFG Scale") < text.index("Hires upscale")
+    assert other_info["extra_generation_params"]["Hires CFG Scale"] == 2.5
+    pasted, _ = hires(client, infotext=text)
+    assert pasted["images"][0] == other["images"][0]
+
+
+def test_forge_hr_additional_modules_same_choices_only(client):
+    """Forge's "Use same choices" (and the job's own, here none: "Built-in") run and are
+    written; another module set for the second pass is a 400 naming the field."""
+    _, info = hires(client, hr_additional_modules=["Use same choices"])
+    assert "Hires Module 1: Use same choices" in info["infotexts"][0]
+    _, info = hires(client, hr_additional_modules=[])
+    assert "Hires Module 1: Built-in" in info["infotexts"][0]
+    payload = webuiapi_txt2img(enable_hr=True, steps=2, hr_scale=1.5, hr_additional_modules=["ae.safetensors"])
+    response = client.post("/sdapi/v1/txt2img", json=payload)
+    assert response.status_code == 400, response.text
+    assert "hr_additional_modules" in response.json()["detail"]

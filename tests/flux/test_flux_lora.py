@@ -112,3 +112,45 @@ def test_lora_tag_in_prompt_changes_the_image_and_is_hashed(engine):
     assert not np.array_equal(image(plain), image(styled))
     assert np.array_equal(image(plain), image(again))  # restored after the job
     assert "flux-style" in styled.extra_generation_params.get("Lora hashes", "")
+
+
+def test_lora_on_float8_stored_weights_merges_in_float32_and_restores_exactly(engine):
+    """forge_unet_storage_dtype float8: Forge's LoraLoader upcasts the stored weight, adds the
+    delta in float32 and stores the sum back in the stored dtype; restore gives the float8 bytes back."""
+    eng, _ = engine
+    model = eng.models.load("flux-aio.safetensors", (), torch.float8_e4m3fn)
+    key = "transformer_blocks.0.attn.to_k.weight"
+    before = {k: v.clone() for k, v in model.unet.state_dict().items()}
+    assert before[key].dtype == torch.float8_e4m3fn
+    up, down = _pair(3 * H, H, seed=4)
+    state = {"lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": up * 4,
+             "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": down}
+    patch = apply_flux_networks(model, [_network(state)])
+    merged = model.unet.state_dict()[key]
+    expected = (before[key].float() + ((up * 4) @ down)[H : 2 * H]).to(torch.float8_e4m3fn)  # no alpha: scale 1
+    assert merged.dtype == torch.float8_e4m3fn
+    assert torch.equal(merged.view(torch.uint8), expected.view(torch.uint8))
+    assert not torch.equal(merged.view(torch.uint8), before[key].view(torch.uint8))
+    patch.restore()
+    for name, value in model.unet.state_dict().items():
+        assert value.dtype == before[name].dtype
+        assert torch.equal(value.view(torch.uint8), before[name].view(torch.uint8))
+
+
+def test_lora_tag_on_float8_storage_changes_the_image_then_restores(engine):
+    """Was a 501: the job's LoRA is merged into the float8 weights for the job only."""
+    eng, lora_dir = engine
+    up, down = _pair(3 * H, H, seed=5)
+    save_file({"lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": up * 10,
+               "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": down.contiguous()},
+              str(Path(lora_dir) / "flux-fp8.safetensors"))
+    eng.refresh_loras()
+    base = replace(make_job(width=32, height=32, steps=2, cfg_scale=1.0), model_title="flux-aio.safetensors")
+    base = replace(base, engine_options=replace(base.engine_options, forge_unet_storage_dtype="float8-e4m3fn"))
+    plain = eng.txt2img(base, RecordingObserver(), CancelToken())
+    styled = eng.txt2img(replace(base, prompts=("a cat <lora:flux-fp8:1>",)), RecordingObserver(), CancelToken())
+    again = eng.txt2img(base, RecordingObserver(), CancelToken())
+    image = lambda r: np.asarray(r.images[0].image)  # noqa: E731
+    assert not np.array_equal(image(plain), image(styled))
+    assert np.array_equal(image(plain), image(again))
+    assert "flux-fp8" in styled.extra_generation_params.get("Lora hashes", "")

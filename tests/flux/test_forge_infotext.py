@@ -20,9 +20,13 @@ June 2025):
   maps "VAE/TE" to forge_additional_modules. modules/ui.py 507/527: paste fields
   "Distilled CFG Scale" -> distilled_cfg_scale, "Hires Distilled CFG Scale" -> hr_distilled_cfg.
 
+- Hires keys (processing.py init, 1283-1310): "Hires Module N" from hr_additional_modules
+  ("Built-in" for [], "Use same choices" alone, else file stems), then the hires sampler and
+  prompts, "Hires CFG Scale" (hr_cfg); infotext_utils.py 463-474 turns them into "Hires VAE/TE".
+
 Where we differ on purpose: "Version" is A1111's v1.10.1 (clients key on it), "Hires CFG Scale"
-(Forge's hr_cfg) is not written since hr_cfg is not a request field here, and "VAE/TE" keeps
-the names without extension (our module resolver accepts them)."""
+is written only when the request sent hr_cfg (Forge writes its default 1.0 always), and "VAE/TE"
+keeps the names without extension (our module resolver accepts them)."""
 
 from __future__ import annotations
 
@@ -183,3 +187,41 @@ def test_sd3_infotext_is_forges_and_round_trips(sd3_client):
     assert "Distilled CFG Scale" not in params and params["VAE/TE"] == ["clip_g", "clip_l", "t5xxl"]
     again, _ = _generate(client, {"infotext": expected, "override_settings": {"sd_model_checkpoint": title}})
     assert again["images"][0] == body["images"][0]
+
+
+def test_flux_hires_cfg_and_modules_in_forges_order(flux_client):
+    """Forge's init order: Hires Module N, (sampler, prompts), Hires CFG Scale, Hires Distilled
+    CFG Scale, then size/steps/upscaler; png-info turns Hires Module N into "Hires VAE/TE" and the
+    pasted infotext gives the same image (hr_cfg 2.5 is not the first pass's 1.0)."""
+    client, dev, _ = flux_client
+    modules = _modules(client, ("ae.safetensors", "clip_l.safetensors", "t5xxl.safetensors"))
+    common = dict(enable_hr=True, hr_scale=1.5, hr_upscaler="Latent", hr_second_pass_steps=2, denoising_strength=0.5,
+                  hr_distilled_cfg=5.0)
+    body, info = _generate(client, _flux_payload(dev, modules, hr_cfg=2.5, hr_additional_modules=modules, **common))
+    line = info["infotexts"][0].splitlines()[-1]
+    assert line == (
+        "Steps: 2, Sampler: Euler, Schedule type: Simple, CFG scale: 1.0, Distilled CFG Scale: 3.0, Seed: 7, "
+        f"Size: 32x32, {_model_keys(info)}, Denoising strength: 0.5, Hires Module 1: ae, Hires Module 2: clip_l, "
+        "Hires Module 3: t5xxl, Hires CFG Scale: 2.5, Hires Distilled CFG Scale: 5.0, "
+        "Hires upscale: 1.5, Hires steps: 2, Hires upscaler: Latent, Version: v1.10.1, "
+        "Module 1: ae, Module 2: clip_l, Module 3: t5xxl"
+    )
+    params = client.post("/sdapi/v1/png-info", json={"image": body["images"][0]}).json()["parameters"]
+    assert params["Hires CFG Scale"] == "2.5" and params["Hires VAE/TE"] == ["ae", "clip_l", "t5xxl"]
+    again, _ = _generate(client, {"infotext": info["infotexts"][0], "override_settings": {"sd_model_checkpoint": dev}})
+    assert again["images"][0] == body["images"][0]
+    plain, _ = _generate(client, _flux_payload(dev, modules, hr_additional_modules=["Use same choices"], **common))
+    assert _pixels(plain["images"][0]) != _pixels(body["images"][0])
+
+    other = _modules(client, ("ae.safetensors",))
+    response = client.post("/sdapi/v1/txt2img", json=_flux_payload(dev, modules, hr_additional_modules=other, **common))
+    assert response.status_code == 400 and "hr_additional_modules" in response.json()["detail"]
+
+
+def _pixels(b64: str) -> bytes:
+    import base64
+    import io
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(base64.b64decode(b64))).tobytes()

@@ -8,6 +8,12 @@ ingress lane running that job sets the flags (`request`) and reads the snapshot 
 an interrupt reaches the replica that runs the job, and no other. `JobBoard` is plain Python
 (tested without Ray); `board_handle()` wraps it as one named, detached Ray actor per cluster
 namespace, so it outlives an ingress restart.
+
+With several ingress replicas the board is also where they meet (`ingress_sync`, `signal`):
+each replica publishes its /progress view while it runs a job, and counts the /interrupt and
+/skip calls every replica received, so any replica shows the cluster's longest-running job and
+any replica's /interrupt or /skip reaches the jobs of every other (work it runs on its own CPU
+engine included), as A1111's one `state` does.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from typing import Any
 BOARD_NAME = "webui-api-job-board"
 BOARD_NAMESPACE = "serve"  # where Serve runs its replicas; the board sits beside them
 HISTORY = 256  # finished jobs remembered (job id -> replica) for /internal/cluster and tests
+INGRESS_STALE_SECONDS = 5.0  # an ingress's published view is dropped when it has not synced for this long
+CONTROL_FLAGS = ("interrupt", "skip")
 
 
 @dataclass
@@ -34,6 +42,15 @@ class BoardEntry:
     progress: dict[str, Any] | None = None
 
 
+@dataclass
+class IngressView:
+    """One busy ingress replica's /progress view, as it last published it."""
+
+    progress: dict[str, Any]
+    started: float  # board time the job it shows was first seen (the order of "longest-running")
+    seen: float  # board time of its last sync
+
+
 class JobBoard:
     """Running jobs, their replicas, flags and progress; recently finished jobs' replicas."""
 
@@ -41,6 +58,8 @@ class JobBoard:
         self._running: dict[str, BoardEntry] = {}
         self._pending_flags: dict[str, dict[str, set[int]]] = {}  # flags set before the replica registered
         self._finished: deque[dict[str, Any]] = deque(maxlen=HISTORY)
+        self._ingress_views: dict[str, IngressView] = {}  # busy ingress replica -> its /progress view
+        self._signals: dict[str, dict[str, int]] = {flag: {} for flag in CONTROL_FLAGS}  # flag -> origin -> count
 
     # replica side ----------------------------------------------------------------------
 
@@ -103,6 +122,47 @@ class JobBoard:
     def finished(self) -> list[dict[str, Any]]:
         """Recently finished jobs, oldest first: job id, replica, model key, start/end, interrupted."""
         return list(self._finished)
+
+
+    # several ingress replicas ------------------------------------------------------------
+
+    def signal(self, flag: str, origin: str) -> None:
+        """An /interrupt or /skip received by ingress replica `origin`, for every other replica."""
+        if flag not in CONTROL_FLAGS:
+            raise ValueError(f"unknown flag {flag!r}")
+        counts = self._signals[flag]
+        counts[origin] = counts.get(origin, 0) + 1
+
+    def ingress_sync(self, replica: str, progress: dict[str, Any] | None, image_changed: bool = True,
+                     now: float | None = None) -> dict[str, Any]:
+        """An ingress replica's heartbeat: publish its /progress view (None: idle); answer the
+        /interrupt and /skip counts of the other replicas, and the view of the replica whose job
+        has run longest (None when all are idle). An unchanged preview is not sent again (`image_changed`)."""
+        now = time.time() if now is None else now
+        self._publish_view(replica, progress, image_changed, now)
+        for name in [name for name, view in self._ingress_views.items() if view.seen < now - INGRESS_STALE_SECONDS]:
+            del self._ingress_views[name]  # a replica that died while busy
+        busy = sorted(self._ingress_views.items(), key=lambda item: (item[1].started, item[0]))
+        current = {"replica": busy[0][0], "progress": busy[0][1].progress} if busy else None
+        return {
+            "signals": {flag: sum(n for origin, n in counts.items() if origin != replica)
+                        for flag, counts in self._signals.items()},
+            "current": current,
+        }
+
+    def _publish_view(self, replica: str, progress: dict[str, Any] | None, image_changed: bool, now: float) -> None:
+        if progress is None:
+            self._ingress_views.pop(replica, None)
+            return
+        previous = self._ingress_views.get(replica)
+        job = progress["state"].get("job_timestamp")
+        if previous is not None and previous.progress["state"].get("job_timestamp") == job:
+            started, last_image = previous.started, previous.progress.get("current_image")
+        else:
+            started, last_image = now, None
+        if not image_changed:
+            progress = {**progress, "current_image": last_image}
+        self._ingress_views[replica] = IngressView(progress, started, now)
 
 
 def board_handle(namespace_actor_options: dict[str, Any] | None = None) -> Any:

@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import logging
 import threading
+import uuid
 from typing import Any
 
 import ray
@@ -156,7 +157,22 @@ class IngressApp:
 
         options = self._settings.ray
         replica = serve.get_replica_context().replica_tag
-        return create_app(self._settings, workers=ray_workers(options.lanes, self._workers), replica=replica)
+        control = cluster_job_control(replica) if options.shares_ingress_state else None
+        return create_app(self._settings, workers=ray_workers(options.lanes, self._workers), replica=replica,
+                          job_control=control)
+
+
+def cluster_job_control(replica: str) -> Any:
+    """Several ingress replicas: /progress, /interrupt and /skip through the job board (started
+    with the app's runtime, closed with it)."""
+    from .ingress_control import ClusterJobControl, RayBoard
+
+    def build(runtime: Any) -> ClusterJobControl:
+        control = ClusterJobControl(RayBoard(board_handle()), replica, runtime.scheduler, runtime.progress)
+        control.start()
+        return control
+
+    return build
 
 
 def ingress_deployment(options: RayOptions) -> Any:
@@ -173,5 +189,6 @@ def build_application(settings: Settings) -> Any:
     if options is None:
         raise ValueError("build_application needs settings.ray (the --ray options)")
     options.check_task_store(settings.redis_url)
+    settings = dataclasses.replace(settings, ray=dataclasses.replace(options, deployment_id=uuid.uuid4().hex))
     workers = worker_deployment(options).bind(settings)
     return ingress_deployment(options).bind(dataclasses.replace(settings, device="cpu"), workers)

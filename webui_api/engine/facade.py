@@ -48,7 +48,6 @@ from webui_api.engine.protocols import FaceStep, FirstPassHook
 from webui_api.engine.storage import storage_dtype
 from webui_api.engine.tiling import apply_tiling
 from webui_api.engine_options import EngineOptions
-from webui_api.errors import NotImplementedFeature
 from webui_api.jobs import GenerationJob, JobResult
 from webui_api.postprocess.upscale import BUILTIN_NAMES, UpscalerCatalog, UpscalerEntry
 from webui_api.progress import CancelToken, RunObserver
@@ -404,8 +403,6 @@ class Engine:
         job = with_default_lora(job, self.networks.default_lora(job.engine_options))
         stripped, calls = job_networks(job)
         loaded = self.networks.load(calls)
-        if loaded and model.unet_storage is not None:
-            raise NotImplementedFeature("LoRA networks on float8-stored Flux weights are not supported yet")
         run_job = job if restore_faces is None else without_overlays(job)
         if model.family == "sd3":
             run = run_sd3_img2img if job.kind == "img2img" else run_sd3_txt2img

@@ -21,6 +21,7 @@ FLOAT8_STORAGE = {
     "float8-e5m2": torch.float8_e5m2,
     "float8-e5m2 (fp16 LoRA)": torch.float8_e5m2,
 }
+FLOAT8_DTYPES = frozenset(FLOAT8_STORAGE.values())
 
 
 def storage_dtype(option: object) -> torch.dtype | None:

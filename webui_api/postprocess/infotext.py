@@ -228,6 +228,21 @@ def _forge_modules(res: dict[str, Any], current_modules: Sequence[str]) -> None:
     current = [PurePath(str(name)).stem for name in current_modules]
     if modules and sorted(modules) != sorted(current):
         res["VAE/TE"] = modules
+    _forge_hires_modules(res)
+
+
+def _forge_hires_modules(res: dict[str, Any]) -> None:
+    """Forge's parse: "Hires Module 1..n" become "Hires VAE/TE" (the hr_additional_modules paste
+    field): "Use same choices" and "Built-in" (meaning []) stand alone, other values are file
+    names without extension. Forge also adds ['Use same choices'] to infotexts without the keys;
+    we leave those as A1111 parses them (A1111's png-info has no such key)."""
+    modules = [str(value) for key, value in res.items() if re.fullmatch(r"Hires Module \d+", key)]
+    if not modules:
+        return
+    if modules[0] in ("Use same choices", "Built-in"):
+        res["Hires VAE/TE"] = [] if modules[0] == "Built-in" else ["Use same choices"]
+    else:
+        res["Hires VAE/TE"] = modules
 
 
 def _append_hypernet_tag(res: dict[str, Any]) -> None:

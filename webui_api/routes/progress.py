@@ -14,18 +14,18 @@ router = api_router()
 
 @router.get("/sdapi/v1/progress")
 async def progress(skip_current_image: bool = False, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
-    return runtime.progress.snapshot(skip_current_image=skip_current_image)
+    return runtime.job_control().progress(skip_current_image=skip_current_image)
 
 
 @router.post("/sdapi/v1/interrupt")
 async def interrupt(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
     """Stop the running job; its request still answers 200 with the images made so far."""
-    runtime.scheduler.interrupt()
+    runtime.job_control().interrupt()
     return {}
 
 
 @router.post("/sdapi/v1/skip")
 async def skip(runtime: Runtime = Depends(get_runtime)) -> None:
     """End the current batch; the job goes on with the next one."""
-    runtime.scheduler.skip()
+    runtime.job_control().skip()
     return None

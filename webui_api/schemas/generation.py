@@ -169,6 +169,12 @@ class Txt2ImgRequest(GenerationRequest):
     hr_prompt: str | None = ""
     hr_negative_prompt: str | None = ""
     hr_distilled_cfg: float | None = 3.5  # Forge: distilled CFG of the hires pass
+    # Forge: CFG scale of the hires pass (every model family). Forge's API default is 1.0; absent
+    # here means the first pass's cfg_scale, so A1111 clients get A1111's hires pass.
+    hr_cfg: float | None = None
+    # Forge: the hires pass's VAE / text encoders; only "Use same choices" or the job's own
+    # forge_additional_modules are accepted (job_builder.hires_modules).
+    hr_additional_modules: list[str] | None = None
 
     @field_validator("hr_scale")
     @classmethod

@@ -35,6 +35,7 @@ from webui_api.engine.networks import (
     text_targets,
     weight_of,
 )
+from webui_api.engine.storage import FLOAT8_DTYPES
 from webui_api.errors import BadRequest
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,19 @@ def _merge(
         if module is None or weight is None or weight.numel() != piece.numel() or weight.shape[0] != piece.shape[0]:
             raise BadRequest(f"LoRA {network.call.name} does not fit this {keys.family} model at {module_name}")
         patch.backup(module)  # a patch-embedding conv gets its flattened delta reshaped
-        weight.add_(piece.reshape(weight.shape).to(weight.device, weight.dtype))
+        add_delta_in_place(weight, piece.reshape(weight.shape))
+
+
+def add_delta_in_place(weight: torch.Tensor, delta: torch.Tensor) -> None:
+    """weight += delta. A float8-stored weight (forge_unet_storage_dtype) has no arithmetic of its
+    own: the sum is taken in float32 and rounded back to float8, as Forge's LoraLoader merges
+    (merge_lora_to_weight with computation_dtype float32, then cast to the stored dtype). The
+    NetworkPatch backup holds the float8 original, so restore() is bit exact."""
+    delta = delta.to(weight.device)
+    if weight.dtype in FLOAT8_DTYPES:
+        weight.copy_((weight.to(torch.float32) + delta.to(torch.float32)).to(weight.dtype))
+    else:
+        weight.add_(delta.to(weight.dtype))
 
 
 def _add_call_time_delta(
