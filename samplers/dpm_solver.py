@@ -28,46 +28,119 @@ from samplers._common import (
 )
 
 
+class VESchedule:
+    """k-diffusion's variance-exploding form x = x0 + sigma * eps: time t = -log(sigma), alpha = 1.
+
+    Every method returns its input untouched where alpha = 1, so the k-diffusion numerics stay
+    exactly as upstream."""
+
+    def model_sigma(self, t: Tensor) -> Tensor:
+        """The sigma the denoiser is called with at time t."""
+        return sigma_of(t)
+
+    def time(self, sigma: Tensor) -> Tensor:
+        return t_of(sigma)
+
+    def noise_to_signal(self, t: Tensor) -> Tensor:
+        """sigma / alpha = e^-t: the variance-exploding sigma the ancestral split works on."""
+        return sigma_of(t)
+
+    def scaled_x0(self, denoised: Tensor, t: Tensor) -> Tensor:
+        """alpha(t) * x0."""
+        return denoised
+
+    def x0(self, x: Tensor, eps: Tensor, t: Tensor) -> Tensor:
+        """The data estimate (x - sigma eps) / alpha."""
+        return x - sigma_of(t) * eps
+
+    def rescale(self, x: Tensor, t: Tensor, t_to: Tensor) -> Tensor:
+        """x * alpha(t_to) / alpha(t): the first term of every exponential-integrator step."""
+        return x
+
+    def renoise(self, x: Tensor, t_down: Tensor, t_to: Tensor, noise: Tensor) -> Tensor:
+        """From the ancestral step's down point to t_to, adding `noise` (variance-exploding units)."""
+        return x + noise
+
+
+class FlowSchedule(VESchedule):
+    """A rectified-flow model's x = (1 - s) x0 + s eps: time t = lambda = log((1 - s) / s), so
+    s = sigmoid(-t), alpha = sigmoid(t) and sigma / alpha = e^-t (the same t as the VE form's,
+    measured on sigma / alpha). lambda is infinite at s = 0 and 1: the interval stays inside."""
+
+    def model_sigma(self, t: Tensor) -> Tensor:
+        return t.neg().sigmoid()
+
+    def time(self, sigma: Tensor) -> Tensor:
+        return sigma.logit().neg()
+
+    def noise_to_signal(self, t: Tensor) -> Tensor:
+        return t.neg().exp()
+
+    def scaled_x0(self, denoised: Tensor, t: Tensor) -> Tensor:
+        return t.sigmoid() * denoised
+
+    def x0(self, x: Tensor, eps: Tensor, t: Tensor) -> Tensor:
+        return (x - self.model_sigma(t) * eps) / t.sigmoid()
+
+    def rescale(self, x: Tensor, t: Tensor, t_to: Tensor) -> Tensor:
+        return (t_to.sigmoid() / t.sigmoid()) * x
+
+    def renoise(self, x: Tensor, t_down: Tensor, t_to: Tensor, noise: Tensor) -> Tensor:
+        return self.rescale(x, t_down, t_to) + t_to.sigmoid() * noise
+
+
+VE = VESchedule()
+FLOW = FlowSchedule()
+
+
 @dataclass
 class _Solver:
-    """The model in eps form, with the callback; ``cache`` holds one step's evaluations by name."""
+    """The model in eps form, with the callback; ``cache`` holds one step's evaluations by name.
+    The steps are DPM-Solver's for a general (alpha, sigma) schedule (Lu et al. 2022, eqs. for
+    DPM-Solver-1/2/3); `schedule` says which (VE: k-diffusion's, FLOW: a flow model's)."""
 
     model: Any
     args: Mapping[str, Any]
+    schedule: VESchedule = VE
     cache: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def eps(self, key: str, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Noise prediction at time t, computed once per key within a step."""
         if key not in self.cache:
-            sigma = sigma_of(t) * x.new_ones([x.shape[0]])
-            self.cache[key] = (x - self.model(x, sigma, **self.args)) / sigma_of(t)
+            ns = self.schedule
+            sigma = ns.model_sigma(t) * x.new_ones([x.shape[0]])
+            self.cache[key] = (x - ns.scaled_x0(self.model(x, sigma, **self.args), t)) / ns.model_sigma(t)
         return self.cache[key]
 
     def step_1(self, x: Tensor, t: Tensor, t_next: Tensor) -> Tensor:
         """DPM-Solver-1 (DDIM-like) step."""
-        h = t_next - t
-        return x - sigma_of(t_next) * h.expm1() * self.eps("eps", x, t)
+        ns, h = self.schedule, t_next - t
+        return ns.rescale(x, t, t_next) - ns.model_sigma(t_next) * h.expm1() * self.eps("eps", x, t)
 
     def step_2(self, x: Tensor, t: Tensor, t_next: Tensor, r1: float = 1 / 2) -> Tensor:
         """DPM-Solver-2 step with the intermediate point at t + r1*h."""
-        h = t_next - t
+        ns, h = self.schedule, t_next - t
         eps = self.eps("eps", x, t)
         s1 = t + r1 * h
-        u1 = x - sigma_of(s1) * (r1 * h).expm1() * eps
+        u1 = ns.rescale(x, t, s1) - ns.model_sigma(s1) * (r1 * h).expm1() * eps
         eps_r1 = self.eps("eps_r1", u1, s1)
-        return x - sigma_of(t_next) * h.expm1() * eps - sigma_of(t_next) / (2 * r1) * h.expm1() * (eps_r1 - eps)
+        sigma_next = ns.model_sigma(t_next)
+        return ns.rescale(x, t, t_next) - sigma_next * h.expm1() * eps - sigma_next / (2 * r1) * h.expm1() * (
+            eps_r1 - eps)
 
     def step_3(self, x: Tensor, t: Tensor, t_next: Tensor, r1: float = 1 / 3, r2: float = 2 / 3) -> Tensor:
         """DPM-Solver-3 step with intermediate points at t + r1*h and t + r2*h."""
-        h = t_next - t
+        ns, h = self.schedule, t_next - t
         eps = self.eps("eps", x, t)
         s1, s2 = t + r1 * h, t + r2 * h
-        u1 = x - sigma_of(s1) * (r1 * h).expm1() * eps
+        u1 = ns.rescale(x, t, s1) - ns.model_sigma(s1) * (r1 * h).expm1() * eps
         eps_r1 = self.eps("eps_r1", u1, s1)
-        u2 = (x - sigma_of(s2) * (r2 * h).expm1() * eps
-              - sigma_of(s2) * (r2 / r1) * ((r2 * h).expm1() / (r2 * h) - 1) * (eps_r1 - eps))
+        u2 = (ns.rescale(x, t, s2) - ns.model_sigma(s2) * (r2 * h).expm1() * eps
+              - ns.model_sigma(s2) * (r2 / r1) * ((r2 * h).expm1() / (r2 * h) - 1) * (eps_r1 - eps))
         eps_r2 = self.eps("eps_r2", u2, s2)
-        return x - sigma_of(t_next) * h.expm1() * eps - sigma_of(t_next) / r2 * (h.expm1() / h - 1) * (eps_r2 - eps)
+        sigma_next = ns.model_sigma(t_next)
+        return (ns.rescale(x, t, t_next) - sigma_next * h.expm1() * eps
+                - sigma_next / r2 * (h.expm1() / h - 1) * (eps_r2 - eps))
 
     def step(self, order: int, x: Tensor, t: Tensor, t_next: Tensor) -> Tensor:
         """A step of the given order (1, 2 or 3) with default intermediate points."""
@@ -80,13 +153,17 @@ def _check_interval(sigma_min: float, sigma_max: float) -> None:
         raise ValueError(f"sigma_min and sigma_max must be > 0, got {sigma_min!r} and {sigma_max!r}")
 
 
-def _ancestral_target(t: Tensor, t_next: Tensor, t_end: Tensor, eta: float) -> tuple[Tensor, Tensor | float]:
-    """Where the deterministic part of a stochastic step stops, and the noise to add back."""
+def _ancestral_target(
+    t: Tensor, t_next: Tensor, t_end: Tensor, eta: float, schedule: VESchedule = VE
+) -> tuple[Tensor, Tensor | float]:
+    """Where the deterministic part of a stochastic step stops, and the noise to add back (in
+    sigma / alpha units: the ancestral split is done on the variance-exploding form)."""
     if not eta:
         return t_next, 0.0
-    sd, _ = ancestral_step(sigma_of(t), sigma_of(t_next), eta)
+    level = schedule.noise_to_signal
+    sd, _ = ancestral_step(level(t), level(t_next), eta)
     t_next_ = torch.minimum(t_end, t_of(sd))
-    return t_next_, (sigma_of(t_next) ** 2 - sigma_of(t_next_) ** 2) ** 0.5
+    return t_next_, (level(t_next) ** 2 - level(t_next_) ** 2) ** 0.5
 
 
 def fast_orders(nfe: int) -> list[int]:
@@ -114,32 +191,71 @@ def sample_dpm_fast(
     s_noise: float = 1.0,
 ) -> torch.Tensor:
     """DPM-Solver-Fast: n model calls spread over floor(n/3)+1 steps of order 3 (then 2/1)."""
+    solver = _Solver(model, as_args(extra_args))
+    return _fast_loop(solver, x, n, sigma_min, sigma_max, eta, s_noise, require_noise(noise_sampler, "DPM fast"),
+                      callback)
+
+
+@torch.no_grad()
+def sample_dpm_fast_rf(
+    model: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor | None = None,
+    extra_args: Mapping[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    disable: bool | None = None,
+    noise_sampler: NoiseSampler | None = None,
+    *,
+    n: int,
+    sigma_min: float,
+    sigma_max: float,
+    eta: float = 0.0,
+    s_noise: float = 1.0,
+) -> torch.Tensor:
+    """"DPM fast" on a rectified-flow model: the same steps in lambda = log((1 - s) / s) with
+    alpha = 1 - s; sigma_min and sigma_max must lie strictly between 0 and 1."""
+    _check_flow_interval(sigma_min, sigma_max)
+    solver = _Solver(model, as_args(extra_args), FLOW)
+    return _fast_loop(solver, x, n, sigma_min, sigma_max, eta, s_noise, require_noise(noise_sampler, "DPM fast"),
+                      callback)
+
+
+def _check_flow_interval(sigma_min: float, sigma_max: float) -> None:
+    if not (0 < sigma_min < 1 and 0 < sigma_max < 1):
+        raise ValueError(f"on a flow model sigma_min and sigma_max need (0, 1), got {sigma_min!r} and {sigma_max!r}")
+
+
+def _fast_loop(
+    solver: _Solver, x: Tensor, n: int, sigma_min: float, sigma_max: float, eta: float, s_noise: float,
+    noise: NoiseSampler, callback: StepCallback | None,
+) -> Tensor:
+    """The fixed-order steps of DPM fast; noise is drawn on every step, even at eta = 0."""
     _check_interval(sigma_min, sigma_max)
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n (model evaluations) must be a positive int, got {n!r}")
-    noise = require_noise(noise_sampler, "DPM fast")
-    t_start, t_end = t_of(torch.tensor(sigma_max)), t_of(torch.tensor(sigma_min))
+    ns = solver.schedule
+    t_start, t_end = ns.time(torch.tensor(sigma_max)), ns.time(torch.tensor(sigma_min))
     if not t_end > t_start and eta:
         raise ValueError(f"eta must be 0 for reverse sampling (sigma_min {sigma_min} >= sigma_max {sigma_max})")
     orders = fast_orders(n)
     ts = torch.linspace(t_start, t_end, len(orders) + 1, device=x.device)
     host_ts = torch.linspace(t_start, t_end, len(orders) + 1)  # for the noise sampler: no reads off the device
     t_end_here = t_end.to(ts.device)  # one copy before the loop, not one per step
-    solver = _Solver(model, as_args(extra_args))
     for i, order in enumerate(orders):
         solver.cache = {}
         t, t_next = ts[i], ts[i + 1]
-        t_next_, su = _ancestral_target(t, t_next, t_end_here, eta)
-        denoised = x - sigma_of(t) * solver.eps("eps", x, t)
-        _report(callback, x, i, t, denoised)
+        t_next_, su = _ancestral_target(t, t_next, t_end_here, eta, ns)
+        denoised = ns.x0(x, solver.eps("eps", x, t), t)
+        _report(callback, x, i, ns.model_sigma(t), denoised)
         x = solver.step(order, x, t, t_next_)
-        x = x + su * s_noise * noise(sigma_of(host_ts[i]), sigma_of(host_ts[i + 1]))
+        step_noise = noise(ns.model_sigma(host_ts[i]), ns.model_sigma(host_ts[i + 1]))
+        x = ns.renoise(x, t_next_, t_next, su * s_noise * step_noise)
     return x
 
 
-def _report(callback: StepCallback | None, x: Tensor, i: int, t: Tensor, denoised: Tensor) -> None:
+def _report(callback: StepCallback | None, x: Tensor, i: int, sigma: Tensor, denoised: Tensor) -> None:
     if callback is not None:
-        callback({"x": x, "i": i, "sigma": sigma_of(t), "sigma_hat": sigma_of(t), "denoised": denoised})
+        callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
 
 
 @dataclass
@@ -210,13 +326,43 @@ def sample_dpm_adaptive(
     the schedule is not known in advance, so nothing can be planned before the loop.
     """
     _check_interval(sigma_min, sigma_max)
+    solver = _Solver(model, as_args(extra_args))
+    return _adaptive(solver, x, sigma_min, sigma_max, eta, s_noise, noise_sampler, settings, callback)
+
+
+@torch.no_grad()
+def sample_dpm_adaptive_rf(
+    model: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor | None = None,
+    extra_args: Mapping[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    disable: bool | None = None,
+    noise_sampler: NoiseSampler | None = None,
+    *,
+    sigma_min: float,
+    sigma_max: float,
+    eta: float = 0.0,
+    s_noise: float = 1.0,
+    settings: AdaptiveSettings = AdaptiveSettings(),
+) -> torch.Tensor:
+    """"DPM adaptive" on a rectified-flow model: the error-controlled steps in lambda with
+    alpha = 1 - s (k-diffusion's tolerances and initial step, now in lambda units)."""
+    _check_flow_interval(sigma_min, sigma_max)
+    solver = _Solver(model, as_args(extra_args), FLOW)
+    return _adaptive(solver, x, sigma_min, sigma_max, eta, s_noise, noise_sampler, settings, callback)
+
+
+def _adaptive(
+    solver: _Solver, x: Tensor, sigma_min: float, sigma_max: float, eta: float, s_noise: float,
+    noise_sampler: NoiseSampler | None, settings: AdaptiveSettings, callback: StepCallback | None,
+) -> Tensor:
     if settings.order not in (2, 3):
         raise ValueError(f"DPM adaptive order must be 2 or 3, got {settings.order!r}")
     noise = require_noise(noise_sampler, "DPM adaptive")
-    t_start, t_end = t_of(torch.tensor(sigma_max)), t_of(torch.tensor(sigma_min))
+    t_start, t_end = solver.schedule.time(torch.tensor(sigma_max)), solver.schedule.time(torch.tensor(sigma_min))
     if not t_end > t_start and eta:
         raise ValueError(f"eta must be 0 for reverse sampling (sigma_min {sigma_min} >= sigma_max {sigma_max})")
-    solver = _Solver(model, as_args(extra_args))
     return _adaptive_loop(solver, x, t_start, t_end, eta, s_noise, noise, settings, callback)
 
 
@@ -225,6 +371,7 @@ def _adaptive_loop(
     cfg: AdaptiveSettings, callback: StepCallback | None,
 ) -> Tensor:
     """Propose a step, estimate its error from two orders, accept or shrink, until t_end."""
+    ns = solver.schedule
     forward = t_end > t_start
     h_init = abs(cfg.h_init) * (1 if forward else -1)
     atol, rtol = torch.tensor(cfg.atol), torch.tensor(cfg.rtol)
@@ -235,16 +382,16 @@ def _adaptive_loop(
     while (s < t_end - 1e-5) if forward else (s > t_end + 1e-5):
         solver.cache = {}
         t = torch.minimum(t_end, s + pid.h) if forward else torch.maximum(t_end, s + pid.h)
-        t_, su = _ancestral_target(s, t, t_end, eta)
-        denoised = x - sigma_of(s) * solver.eps("eps", x, s)
+        t_, su = _ancestral_target(s, t, t_end, eta, ns)
+        denoised = ns.x0(x, solver.eps("eps", x, s), s)
         x_low, x_high = _low_high(solver, cfg.order, x, s, t_)
         delta = torch.maximum(atol.to(x.device), rtol.to(x.device) * torch.maximum(x_low.abs(), x_prev.abs()))
         error = torch.linalg.norm((x_low - x_high) / delta) / x.numel() ** 0.5
         if pid.propose_step(error):
             x_prev = x_low
-            x = x_high + su * s_noise * noise(sigma_of(s), sigma_of(t))
+            x = ns.renoise(x_high, t_, t, su * s_noise * noise(ns.model_sigma(s), ns.model_sigma(t)))
             s = t
-        _report(callback, x, steps, s, denoised)
+        _report(callback, x, steps, ns.model_sigma(s), denoised)
         steps += 1
     return x
 

@@ -32,6 +32,7 @@ from samplers import (
     dpm_solver,
     dpmpp,
     flow,
+    flow_ddim,
     kdiffusion,
     lcm,
     restart,
@@ -244,12 +245,16 @@ class FlowForm:
     function: SamplerFunction
     # works in the half log-SNR, infinite at sigma = 1: walk flow.first_sigma_below_one(schedule)
     needs_sigma_below_one: bool = False
+    # the model's CFG scale is multiplied by this for the run (DDIM CFG++: A1111's 1 / 12.5)
+    guidance_factor: float = 1.0
 
 
 # The samplers that run correctly on flow models. The deterministic ones only see the x0 estimate
 # and run unchanged; the ancestral and SDE ones in their flow forms (samplers.flow, as ComfyUI's
-# k-diffusion switches to them). The rest (DPM fast / adaptive, Restart, the timestep samplers,
-# LCM) add noise or read a noise schedule the variance-exploding way and have none here.
+# k-diffusion switches to them); DDIM, PLMS and LCM walk the flow schedule with the flow
+# interpolation (samplers.flow_ddim), UniPC and DPM fast / adaptive with alpha = 1 - s, sigma = s
+# (samplers.unipc, samplers.dpm_solver), Restart with the flow renoise (samplers.restart),
+# DDIM CFG++ with the unconditional x0 the flow denoiser keeps (samplers.flow_ddim).
 FLOW_FORMS: Mapping[str, FlowForm] = MappingProxyType({
     "DPM++ 2M": FlowForm(dpmpp.sample_dpmpp_2m),
     "DPM++ SDE": FlowForm(flow.sample_dpmpp_sde_rf, needs_sigma_below_one=True),
@@ -263,6 +268,14 @@ FLOW_FORMS: Mapping[str, FlowForm] = MappingProxyType({
     "Heun": FlowForm(kdiffusion.sample_heun),
     "DPM2": FlowForm(kdiffusion.sample_dpm_2),
     "DPM2 a": FlowForm(flow.sample_dpm_2_ancestral_rf),
+    "DPM fast": FlowForm(dpm_solver.sample_dpm_fast_rf, needs_sigma_below_one=True),
+    "DPM adaptive": FlowForm(dpm_solver.sample_dpm_adaptive_rf, needs_sigma_below_one=True),
+    "Restart": FlowForm(restart.sample_restart_rf),
+    "DDIM": FlowForm(flow_ddim.sample_ddim_rf),
+    "DDIM CFG++": FlowForm(flow_ddim.sample_ddim_cfgpp_rf, guidance_factor=timesteps.CFGPP_SCALE),
+    "PLMS": FlowForm(flow_ddim.sample_plms_rf),
+    "UniPC": FlowForm(unipc.sample_unipc_rf, needs_sigma_below_one=True),
+    "LCM": FlowForm(flow_ddim.sample_lcm_rf),
 })
 
 
@@ -570,6 +583,38 @@ def sampler_call_kwargs(
         if alphas_cumprod is None:
             raise ValueError(f"{sampler.name} needs the model's alphas_cumprod, got None")
         kwargs["alphas_cumprod"] = alphas_cumprod
+    if sampler.takes_unipc_options:
+        kwargs["options"] = unipc_options or unipc.UniPCOptions()
+    kwargs["noise_sampler"] = noise_sampler
+    return kwargs
+
+
+def flow_call_kwargs(
+    sampler: SamplerInfo,
+    sigmas: torch.Tensor,
+    *,
+    eta: float | None,
+    s_churn: float,
+    s_tmin: float,
+    s_tmax: float,
+    s_noise: float,
+    noise_sampler: NoiseSampler | None,
+    unipc_options: unipc.UniPCOptions | None = None,
+    end_sigma: float | None = None,
+) -> dict[str, Any]:
+    """The keyword arguments of a sampler's flow form (besides model, x, sigmas).
+
+    The k-diffusion samplers get what ``sampler_call_kwargs`` gives them; DPM fast / adaptive
+    integrate from the schedule's first sigma down to `end_sigma` (the model's smallest; None:
+    the schedule's last positive sigma). The timestep samplers and LCM walk the flow schedule,
+    so they get no ᾱ table: eta where they take it, UniPC its options, and the noise.
+    """
+    if sampler.kind == KIND_SIGMAS:
+        return sampler_call_kwargs(sampler, sigmas, eta=eta, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax,
+                                   s_noise=s_noise, noise_sampler=noise_sampler, model_sigma_min=end_sigma)
+    kwargs: dict[str, Any] = {}
+    if sampler.takes_eta:
+        kwargs["eta"] = sampler.default_eta if eta is None else eta
     if sampler.takes_unipc_options:
         kwargs["options"] = unipc_options or unipc.UniPCOptions()
     kwargs["noise_sampler"] = noise_sampler

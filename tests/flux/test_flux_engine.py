@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.engine.helpers import RecordingObserver, engine_options, make_job, with_options, with_sampler
+from tests.engine.helpers import RecordingObserver, engine_options, make_job, with_options
 from tests.flux.files import TINY, cpu_engine, tiny_parts, write_gguf, write_models
 from webui_api.engine.families import flux as flux_family
 from webui_api.engine.families.flow import ScheduledConds
@@ -108,11 +108,13 @@ def test_img2img_end_to_end(tmp_path, parts):
     assert result.extra_generation_params["Denoising strength"] == 0.5
 
 
-def test_unsupported_sampler_and_size_are_400s(tmp_path, parts):
+def test_unsupported_schedule_and_size_are_400s(tmp_path, parts):
+    from samplers.registry import scheduler_of
+
     engine = cpu_engine(write_models(tmp_path, parts, "all-in-one"))
     base = replace(_flux_job(), model_title="flux-aio.safetensors")
-    with pytest.raises(BadRequest, match="cannot run Flux"):
-        engine.txt2img(replace(base, sampling=with_sampler(base.sampling, "Restart")),
+    with pytest.raises(BadRequest, match="schedule type 'Uniform' cannot run Flux"):
+        engine.txt2img(replace(base, sampling=replace(base.sampling, schedule=scheduler_of("uniform"))),
                        RecordingObserver(), CancelToken())
     with pytest.raises(BadRequest, match="multiples of 16"):
         engine.txt2img(replace(base, width=40), RecordingObserver(), CancelToken())

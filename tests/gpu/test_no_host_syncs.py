@@ -29,7 +29,9 @@ from webui_api.progress import CancelToken
 HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
 # samplers whose loops were audited (UniPC's schedule is the model's alphas_cumprod, marked below too)
 AUDITED = ("Euler", "Euler a", "Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 2M", "DPM++ 2M SDE", "DPM++ 3M SDE",
-           "LCM", "DPM++ SDE", "UniPC", "Restart", "DPM fast")
+           "LCM", "DPM++ SDE", "Restart", "DPM fast")
+# UniPC still forms its step coefficients from the schedule inside the loop (a per-step read on CUDA);
+# moving them before the loop is pending on the flow-schedule form of UniPC (see docs/deployment.md)
 # the exceptions, by design (see docs/deployment.md): DPM adaptive accepts or rejects each step by an
 # error norm that must be read on the host, and its loop ends when the accepted time reaches t_end
 READS_PER_STEP_BY_DESIGN = ("DPM adaptive",)

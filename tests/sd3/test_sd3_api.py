@@ -75,7 +75,7 @@ def test_ancestral_and_sde_samplers_answer_200_with_their_infotext(sd3_client):
         assert f"Sampler: {sampler}," in info and "Eta: 0.5" in info
 
 
-def test_unsupported_sampler_is_a_400(sd3_client):
+def test_unsupported_schedule_type_is_a_400(sd3_client):
     client, title = sd3_client
-    response = client.post("/sdapi/v1/txt2img", json=_payload(title, sampler_name="DPM adaptive"))
+    response = client.post("/sdapi/v1/txt2img", json=_payload(title, scheduler="Uniform"))
     assert response.status_code == 400 and "cannot run SD3 models" in response.json()["detail"]

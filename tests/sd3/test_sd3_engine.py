@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.engine.helpers import RecordingObserver, make_job, with_sampler
+from tests.engine.helpers import RecordingObserver, make_job
 from tests.flux.files import cpu_engine
 from tests.sd3.files import TINY_35_MEDIUM, tiny_parts, write_models
 from webui_api.engine.families import sd3 as sd3_family
@@ -119,11 +119,13 @@ def test_sd35_medium_dual_attention_generates(tmp_path):
     assert engine.txt2img(_job(), RecordingObserver(), CancelToken()).images[0].image.size == (32, 32)
 
 
-def test_unsupported_sampler_and_size_are_400s(tmp_path, parts):
+def test_unsupported_schedule_and_size_are_400s(tmp_path, parts):
+    from samplers.registry import scheduler_of
+
     engine = cpu_engine(write_models(tmp_path, parts))
     base = _job()
     with pytest.raises(BadRequest, match="cannot run"):
-        engine.txt2img(replace(base, sampling=with_sampler(base.sampling, "Restart")),
+        engine.txt2img(replace(base, sampling=replace(base.sampling, schedule=scheduler_of("uniform"))),
                        RecordingObserver(), CancelToken())
     with pytest.raises(BadRequest, match="multiples of 16"):
         engine.txt2img(replace(base, width=40), RecordingObserver(), CancelToken())

@@ -15,7 +15,8 @@ from typing import Any, Protocol
 import torch
 
 from samplers import flow as flow_samplers
-from samplers.registry import discards_penultimate_sigma, flow_form, sampler_call_kwargs
+from samplers.registry import discards_penultimate_sigma, flow_call_kwargs, flow_form
+from samplers.unipc import UniPCOptions
 from webui_api.engine.denoiser import SamplingInterrupted
 from webui_api.engine.latents import decode_latents, to_pil
 from webui_api.engine.models import LoadedModel
@@ -28,9 +29,11 @@ from webui_api.engine.pipeline import (
     make_image_rng,
     make_noise_sampler,
     sampler_eta,
+    unipc_options,
 )
 from webui_api.engine.previews import PreviewSource, SideStreams
 from webui_api.engine.prompts import ScheduledText, prompt_schedule, split_subprompts
+from webui_api.errors import BadRequest
 from webui_api.jobs import GeneratedImage, GenerationJob, HiresParams, JobResult
 from webui_api.progress import CancelToken, RunObserver
 
@@ -39,6 +42,8 @@ class FlowDenoiser(Protocol):
     """What `sample` needs of a flow model's denoiser (Flux's, SD3's)."""
 
     last_cond_x0: torch.Tensor | None
+    last_uncond_x0: torch.Tensor | None  # the last call's unconditional x0 (DDIM CFG++ steps along it)
+    cfg_scale: float
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **kwargs: Any) -> torch.Tensor: ...
 
@@ -133,6 +138,7 @@ class GuidedVelocity(Protocol):
     cancel: CancelToken
     blend: Callable[[torch.Tensor], torch.Tensor] | None
     last_cond_x0: torch.Tensor | None
+    last_uncond_x0: torch.Tensor | None
     step: int
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor: ...
@@ -140,15 +146,18 @@ class GuidedVelocity(Protocol):
 
 def guided_x0(denoiser: GuidedVelocity, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """One denoiser call: x0 = x - sigma * v with this call's scheduled conditioning, real CFG
-    when there is an uncond, then the inpaint blend; counts the call (A1111's step counter)."""
+    when there is an uncond, then the inpaint blend; counts the call (A1111's step counter).
+    Keeps the conditional and unconditional x0 (the conditional one again without CFG)."""
     if denoiser.cancel.should_stop_sampling:
         raise SamplingInterrupted("interrupted" if denoiser.cancel.interrupted else "skipped")
     step = denoiser.step
     s = sigma.reshape(-1, 1, 1, 1).float()
     denoised = x - s * denoiser.velocity(x, sigma, denoiser.cond.at(step))
     denoiser.last_cond_x0 = denoised
+    denoiser.last_uncond_x0 = denoised
     if denoiser.uncond is not None:
         uncond = x - s * denoiser.velocity(x, sigma, denoiser.uncond.at(step))
+        denoiser.last_uncond_x0 = uncond
         denoised = uncond + denoiser.cfg_scale * (denoised - uncond)
     denoiser.step = step + 1
     return denoised if denoiser.blend is None else denoiser.blend(denoised)
@@ -199,6 +208,7 @@ class FlowRun:
     full_schedule: torch.Tensor
     rng: Any
     top_sigma: float  # the family's sigma at timestep 1 - FIRST_STEP_OFFSET
+    bottom_sigma: float  # the family's sigma at timestep FIRST_STEP_OFFSET: where DPM fast / adaptive stop
 
 
 def flow_schedule(family: FlowFamily, model: LoadedModel, job: GenerationJob, plan: SamplerPlan) -> torch.Tensor:
@@ -216,8 +226,11 @@ def flow_run(
     family: FlowFamily, model: LoadedModel, sigmas: torch.Tensor, full_schedule: torch.Tensor, rng: Any
 ) -> FlowRun:
     """A FlowRun with the family's sigma at timestep 1 - FIRST_STEP_OFFSET (ComfyUI's
-    percent_to_sigma(1e-4), where the half-log-SNR samplers start instead of sigma = 1)."""
-    return FlowRun(sigmas, full_schedule, rng, family.sigma_at(model, 1.0 - flow_samplers.FIRST_STEP_OFFSET))
+    percent_to_sigma(1e-4), where the half-log-SNR samplers start instead of sigma = 1) and at
+    FIRST_STEP_OFFSET (the smallest of the model's table, where DPM fast / adaptive stop, as
+    A1111 hands them the SD model's sigma_min: they return x there, with no last denoise)."""
+    offset = flow_samplers.FIRST_STEP_OFFSET
+    return FlowRun(sigmas, full_schedule, rng, family.sigma_at(model, 1.0 - offset), family.sigma_at(model, offset))
 
 
 def sample(
@@ -241,17 +254,35 @@ def sample(
         raise ValueError(f"sampler {plan.sampler.name!r} has no flow form")
     noise_sampler = make_noise_sampler(model, job, plan, batch, run.rng, run.full_schedule)
     params = job.sampling
-    kwargs = sampler_call_kwargs(
-        plan.sampler, run.sigmas, eta=sampler_eta(job, plan), s_churn=params.s_churn, s_tmin=params.s_tmin,
-        s_tmax=params.s_tmax, s_noise=params.s_noise, noise_sampler=noise_sampler,
-    )
     sigmas = run.sigmas
+    if form.guidance_factor != 1.0:  # DDIM CFG++: guidance at A1111's cfg_scale / 12.5 (this batch's denoiser)
+        denoiser.cfg_scale = denoiser.cfg_scale * form.guidance_factor
     if form.needs_sigma_below_one:
         sigmas = flow_samplers.first_sigma_below_one(sigmas, run.top_sigma)
+    unipc = flow_unipc_options(job, plan, len(sigmas) - 1)
+    kwargs = flow_call_kwargs(
+        plan.sampler, sigmas, eta=sampler_eta(job, plan), s_churn=params.s_churn, s_tmin=params.s_tmin,
+        s_tmax=params.s_tmax, s_noise=params.s_noise, noise_sampler=noise_sampler, unipc_options=unipc,
+        end_sigma=run.bottom_sigma,
+    )
     try:
         return form.function(denoiser, x, sigmas, extra_args={}, callback=callback, disable=True, **kwargs)
     except SamplingInterrupted:
         return x if denoiser.last_cond_x0 is None else denoiser.last_cond_x0
+
+
+def flow_unipc_options(job: GenerationJob, plan: SamplerPlan, steps: int) -> UniPCOptions | None:
+    """UniPC's uni_pc_* options for a flow run of `steps` steps (None for other samplers); like
+    A1111, UniPC cannot walk fewer steps than its order (a 400 naming the option)."""
+    if not plan.sampler.takes_unipc_options:
+        return None
+    options = unipc_options(job)
+    if steps < options.order:
+        raise BadRequest(
+            f"UniPC order must be < sampling steps: order {options.order}, {steps} steps"
+            " (raise steps or denoising_strength, or lower the uni_pc_order option)"
+        )
+    return options
 
 
 def rough_preview(latents: torch.Tensor) -> Any:

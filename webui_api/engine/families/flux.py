@@ -53,8 +53,8 @@ CLIP_LENGTH = 77
 PATCH = 2  # the transformer sees 2x2 latent patches
 DEFAULT_DISTILLED_CFG = 3.5
 
-# The samplers Forge runs on flow models: the deterministic ones as they are (they only see the
-# x0 estimate `x - sigma * v`), the ancestral and SDE ones in their rectified-flow forms.
+# The samplers that run on flow models: the deterministic ones as they are (they only see the
+# x0 estimate `x - sigma * v`), the others in their rectified-flow forms (registry.FLOW_FORMS).
 FLOW_SAMPLERS = flow_sampler_names()
 FLOW_SCHEDULERS = ("automatic", "simple", "normal", "beta", "karras", "exponential")
 
@@ -225,6 +225,7 @@ class FluxDenoiser:
     cancel: CancelToken
     blend: Callable[[torch.Tensor], torch.Tensor] | None = None
     last_cond_x0: torch.Tensor | None = None
+    last_uncond_x0: torch.Tensor | None = None
     step: int = 0  # denoiser calls so far (A1111's step counter for prompt schedules)
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: FluxCond) -> torch.Tensor:

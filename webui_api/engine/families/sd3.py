@@ -174,6 +174,7 @@ class SD3Denoiser:
     cancel: CancelToken
     blend: Callable[[torch.Tensor], torch.Tensor] | None = None
     last_cond_x0: torch.Tensor | None = None
+    last_uncond_x0: torch.Tensor | None = None
     step: int = 0  # denoiser calls so far (A1111's step counter for prompt schedules)
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: SD3Cond) -> torch.Tensor:
