@@ -7,7 +7,7 @@ engine hands the sampler is a `DeviceResident` tensor subclass, which every resu
 it stays (torch propagates subclasses through operations). The test counts host reads of such
 tensors made while a sampler function runs, for a few steps and for twice as many: any per-step
 read makes the counts differ. The one documented read is the host copy of the schedule taken
-before the loop (`sigma_levels`; UniPC's copy of alphas_cumprod).
+before the loop (`sigma_levels`; UniPC's copy of alphas_cumprod, or of the sigmas in its flow form).
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ import pytest
 import torch
 
 import samplers.registry as registry
+from samplers import unipc
 from samplers._common import ancestral_reaches_zero, ancestral_step
+from samplers.unipc import UniPCOptions
 from tests.engine.helpers import RecordingObserver, make_job
 from webui_api.engine import pipeline
 from webui_api.engine.facade import Engine
@@ -29,9 +31,7 @@ from webui_api.progress import CancelToken
 HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
 # samplers whose loops were audited (UniPC's schedule is the model's alphas_cumprod, marked below too)
 AUDITED = ("Euler", "Euler a", "Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 2M", "DPM++ 2M SDE", "DPM++ 3M SDE",
-           "LCM", "DPM++ SDE", "Restart", "DPM fast")
-# UniPC still forms its step coefficients from the schedule inside the loop (a per-step read on CUDA);
-# moving them before the loop is pending on the flow-schedule form of UniPC (see docs/deployment.md)
+           "LCM", "DPM++ SDE", "UniPC", "Restart", "DPM fast")
 # the exceptions, by design (see docs/deployment.md): DPM adaptive accepts or rejects each step by an
 # error norm that must be read on the host, and its loop ends when the accepted time reaches t_end
 READS_PER_STEP_BY_DESIGN = ("DPM adaptive",)
@@ -113,6 +113,31 @@ def test_sampling_loop_reads_nothing_back_per_step(engine: Engine, monkeypatch: 
     few, more = host_reads(engine, monkeypatch, sampler, 3), host_reads(engine, monkeypatch, sampler, 6)
     assert few == more, f"per-step host reads in {sampler}: {more - few}"
     assert sum(few.values()) <= 1, f"{sampler} reads {dict(few)}"  # at most sigma_levels' one copy
+
+
+def flow_unipc_reads(monkeypatch: pytest.MonkeyPatch, steps: int, options: UniPCOptions) -> collections.Counter:
+    """Host reads of UniPC's flow form over device-resident sigmas into 0, on a toy flow denoiser."""
+    sigmas = torch.linspace(0.9, 0.0, steps + 1).as_subclass(DeviceResident)
+    x = torch.randn(1, 4, 8, 8).as_subclass(DeviceResident)
+
+    def toy_flow_denoiser(x_t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return x_t * (1.0 - sigma)[:, None, None, None]
+
+    counter = HostReadCounter()
+    counter._codes = {unipc.sample_unipc_rf.__code__}
+    with monkeypatch.context() as patched:
+        counter.patch(patched)
+        unipc.sample_unipc_rf(toy_flow_denoiser, x, sigmas, options=options)
+    return counter.reads
+
+
+@pytest.mark.parametrize("variant", unipc.VARIANTS)
+def test_flow_unipc_reads_its_sigmas_once(monkeypatch: pytest.MonkeyPatch, variant: str) -> None:
+    """UniPC on Flux/SD3 plans its steps from one host copy of the sigmas, like the VP form."""
+    options = UniPCOptions(variant=variant)
+    few, more = flow_unipc_reads(monkeypatch, 4, options), flow_unipc_reads(monkeypatch, 8, options)
+    assert few == more, f"per-step host reads in flow UniPC: {more - few}"
+    assert sum(few.values()) == 1, f"flow UniPC reads {dict(few)}"  # the one host copy of the sigmas
 
 
 def test_the_counter_sees_a_per_step_read(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
