@@ -107,3 +107,13 @@ def test_swapper_owned_encoders_are_left_alone() -> None:
     parking.before_encode(model)
     assert mover.calls == []
     assert module_bytes(model.text_encoder) > 0
+
+
+def test_every_encoder_parks_sd3_t5_included_and_the_transformer_stays() -> None:
+    model = build_embedded_model()
+    model.text_encoder_2, model.text_encoder_3 = torch.nn.Linear(2, 2), torch.nn.Linear(3, 3)
+    mover = RecordingMover()
+    TextEncoderParking("cuda", "always", mover, parking=META).after_encode(model)
+    encoders = (model.text_encoder, model.text_encoder_2, model.text_encoder_3)
+    assert mover.calls == [(id(m), "meta") for m in encoders]
+    assert next(model.unet.parameters()).device.type == "cpu"
