@@ -128,6 +128,13 @@ def test_freeze_flags_become_tuples():
     assert settings.freeze_specific_settings == ("tiling",)
 
 
+def test_offload_text_encoders_defaults_to_auto_and_refuses_other_words():
+    assert parse()[0].offload_text_encoders == "auto"
+    assert parse("--offload-text-encoders", "always")[0].offload_text_encoders == "always"
+    with pytest.raises(SystemExit):
+        parse("--offload-text-encoders", "sometimes")
+
+
 def test_importing_cli_does_not_import_torch_or_fastapi():
     code = "import sys, webui_api.cli; print(sorted({'torch', 'fastapi'} & set(sys.modules)))"
     root = Path(__file__).resolve().parents[1]

@@ -358,6 +358,9 @@ SERVING_FLAGS: tuple[FlagSpec, ...] = (
     FlagSpec("--channels-last", "UNet/VAE weights and inputs in channels-last memory format: auto (on CUDA with "
              "half precision), on (any CUDA device), off", str, "auto",
              options={"choices": ["auto", "on", "off"]}),
+    FlagSpec("--offload-text-encoders", "Flux/SD3: move the text encoders to CPU RAM after the prompts are encoded "
+             "(back for the next encode): auto (when the GPU lacks room for sampling and decoding), always, never",
+             str, "auto", options={"choices": ["auto", "always", "never"]}),
     FlagSpec("--gpu-max-temp", "refuse new generations (503 + Retry-After) while a GPU is at or above this temperature "
              "in °C, until it is 5 °C cooler (needs nvidia-ml-py; 0: off)", float, 0.0),
 )
@@ -590,6 +593,7 @@ def settings_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser
         compile_mode=args.compile_mode,
         vae_tiling=args.vae_tiling,
         channels_last=args.channels_last,
+        offload_text_encoders=args.offload_text_encoders,
         gpu_max_temp=_at_least(0, "--gpu-max-temp", args.gpu_max_temp) or None,
         skip_load_model_at_start=args.skip_load_model_at_start,
         freeze_settings=args.freeze_settings, freeze_settings_in_sections=_split_list(args.freeze_settings_in_sections),

@@ -57,6 +57,7 @@ class Settings:
     compile_mode: str = "default"  # --compile-mode
     vae_tiling: str = "auto"  # --vae-tiling auto|on|off (engine.vae_tiling)
     channels_last: str = "auto"  # --channels-last auto|on|off (engine.device.DevicePolicy)
+    offload_text_encoders: str = "auto"  # --offload-text-encoders auto|always|never (engine.text_encoder_offload)
     gpu_max_temp: float | None = None  # --gpu-max-temp (°C): refuse new generations while a GPU is this hot
     no_hashing: bool = False
     skip_load_model_at_start: bool = False

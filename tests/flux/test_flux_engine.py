@@ -217,3 +217,21 @@ def test_float8_storage_upcasts_per_layer(tmp_path, parts):
     assert np.array_equal(np.asarray(stored.images[0].image), np.asarray(expected.images[0].image))
     engine.txt2img(base, RecordingObserver(), CancelToken())  # back to Automatic: loaded again, full precision
     assert engine.loaded.unet.transformer_blocks[0].attn.to_q.weight.dtype == torch.float32
+
+
+def test_parked_text_encoders_come_back_for_the_next_job(tmp_path, parts):
+    from tests.gpu.test_text_encoder_parking import RecordingMover
+    from webui_api.engine.text_encoder_offload import TextEncoderParking
+
+    engine = cpu_engine(write_models(tmp_path, parts, "all-in-one"))
+    job = replace(_flux_job(seeds=(3,)), model_title="flux-aio.safetensors")
+    model = engine.load("flux-aio.safetensors")
+    model.text_encoder_parking = TextEncoderParking("cpu", "never")
+    kept = np.asarray(engine.txt2img(job, RecordingObserver(), CancelToken()).images[0].image)
+
+    mover = RecordingMover()  # parks on "meta": an encode without bringing them back would fail
+    model.text_encoder_parking = TextEncoderParking("cuda", "always", mover, parking=torch.device("meta"))
+    images = [np.asarray(engine.txt2img(job, RecordingObserver(), CancelToken()).images[0].image) for _ in range(2)]
+    assert {p.device.type for m in (model.text_encoder, model.text_encoder_2) for p in m.parameters()} == {"meta"}
+    assert [device for _, device in mover.calls] == ["meta", "meta", "cpu", "cpu", "meta", "meta"]
+    assert all(np.array_equal(kept, image) for image in images)

@@ -39,6 +39,13 @@ def test_medvram_units_are_whole_networks_in_use_order() -> None:
     assert names == ["text_encoder", "unet", "vae.encoder", "vae.decoder"]
 
 
+def test_every_text_encoder_is_a_unit_sd3_t5_included() -> None:
+    model = build_embedded_model()
+    parts = {**model.modules(), "text_encoder_2": torch.nn.Linear(1, 1), "text_encoder_3": torch.nn.Linear(1, 1)}
+    names = [name for name, _ in OffloadPlan("model").swap_units(parts)]
+    assert names[:3] == ["text_encoder", "text_encoder_2", "text_encoder_3"]
+
+
 def test_lowvram_splits_the_unet_into_blocks() -> None:
     model = build_embedded_model()
     names = [name for name, _ in OffloadPlan("block").swap_units(model.modules())]

@@ -111,6 +111,7 @@ class Engine:
         vae_approx_dir: Path | None = None,
         vae_tiling: str = "auto",
         channels_last: str = "auto",
+        offload_text_encoders: str = "auto",
         no_hashing: bool = False,
         allow_unsafe_pickle: bool = False,
         controlnet_dirs: tuple[Path, ...] = (),
@@ -128,7 +129,7 @@ class Engine:
         self.hashes = HashCache(self.paths.hash_cache_file, enabled=not no_hashing)
         embeddings = EmbeddingLibrary(self.paths, self.hashes, allow_unsafe_pickle)
         setup = ModelSetup(vram_mode, compile_policy or CompilePolicy(), PreviewDecoders(taesd_dir, vae_approx_dir),
-                           vae_tiling)
+                           vae_tiling, offload_text_encoders)
         self.models = ModelStore(self.policy, self.paths, self.hashes, self.load_options, embeddings, setup)
         self.vae_catalog = VaeCatalog(self.paths, self.hashes, self.load_options)
         self.networks = JobNetworks(self.paths, self.hashes, allow_unsafe_pickle)
@@ -154,6 +155,7 @@ class Engine:
             vae_approx_dir=settings.models_dir / "VAE-approx",
             vae_tiling=settings.vae_tiling,
             channels_last=settings.channels_last,
+            offload_text_encoders=settings.offload_text_encoders,
             no_hashing=settings.no_hashing,
             allow_unsafe_pickle=bool(settings.cmd_flags.get("disable_safe_unpickle", False)),
             controlnet_dirs=controlnet_dirs(settings),

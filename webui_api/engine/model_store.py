@@ -49,6 +49,7 @@ from webui_api.engine.models import (
 from webui_api.engine.offload import ModuleSwapper, OffloadPlan
 from webui_api.engine.previews import PreviewDecoders
 from webui_api.engine.storage import store_linears_in
+from webui_api.engine.text_encoder_offload import TextEncoderParking, check_offload_mode
 from webui_api.engine.vae_tiling import check_vae_tiling_mode
 from webui_api.engine_options import EngineOptions
 from webui_api.errors import UnknownCheckpoint
@@ -68,10 +69,12 @@ class ModelSetup:
     compile_policy: CompilePolicy = field(default_factory=CompilePolicy)
     previews: PreviewDecoders = field(default_factory=lambda: PreviewDecoders(None))
     vae_tiling: str = "auto"  # --vae-tiling (engine.vae_tiling)
+    offload_text_encoders: str = "auto"  # --offload-text-encoders (engine.text_encoder_offload)
 
     def __post_init__(self) -> None:
         OffloadPlan.for_mode(self.vram_mode, "sd1")  # refuses an unknown mode at start
         check_vae_tiling_mode(self.vae_tiling)
+        check_offload_mode(self.offload_text_encoders)
 
 
 class ModelCache:
@@ -309,6 +312,9 @@ class ModelStore:
         model.preview_decoders = self.setup.previews
         model.vae_tiling = self.setup.vae_tiling
         model.offloaded = plan.offloads
+        model.text_encoder_parking = TextEncoderParking(
+            self.policy.device.type, self.setup.offload_text_encoders, self.policy.transfers.move
+        )
         self.setup.compile_policy.apply(model)
         self._cache.put(model)
 

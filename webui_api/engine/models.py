@@ -139,6 +139,7 @@ class LoadedModel:
     preview_decoders: Any = None  # engine.previews.PreviewDecoders: TAESD / Approx NN decoders for live previews
     vae_tiling: str = "auto"  # --vae-tiling: auto | on | off (engine.vae_tiling)
     offloaded: bool = False  # its networks take turns on the device (--medvram/--lowvram; engine.offload)
+    text_encoder_parking: Any = None  # engine.text_encoder_offload.TextEncoderParking (flow families); None: kept
     vae_shift_factor: float = 0.0  # latent = (z - shift) * scale; Flux's autoencoder has a shift, SD's none
     flow_shift: float | None = None  # flow-matching models (Flux): the sigma table's time shift; None: diffusion
     module_files: tuple[str, ...] = ()  # Forge modules (VAE / text encoder files) this model was built with

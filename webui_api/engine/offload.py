@@ -5,7 +5,7 @@ A1111 (modules/lowvram.py) keeps a model's big parts in CPU RAM and moves one of
 GPU right before it runs, sending the previous one back, so at most one "swap unit" occupies
 VRAM at a time:
 
-- ``--medvram``: the units are whole networks: text encoder(s), UNet, VAE.
+- ``--medvram``: the units are whole networks: text encoder(s) (SD3's T5-XXL too), UNet, VAE.
 - ``--lowvram``: the text encoders and VAE as whole networks, and the UNet split into its
   blocks (time embedding, each input block, the middle block, each output block); what is
   left of the UNet (the small convolutions and embeddings around the blocks) stays on the GPU.
@@ -60,7 +60,7 @@ class OffloadPlan:
         if not self.offloads:
             return []
         units: list[tuple[str, torch.nn.Module]] = []
-        for name in ("text_encoder", "text_encoder_2"):
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):  # _3: SD3's T5-XXL
             if parts.get(name) is not None:
                 units.append((name, parts[name]))
         unet = parts["unet"]

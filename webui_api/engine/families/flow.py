@@ -293,6 +293,22 @@ def rough_preview(latents: torch.Tensor) -> Any:
     return to_pil(groups.clamp(-1, 1))
 
 
+def encoded_denoiser(
+    family: FlowFamily, model: LoadedModel, job: GenerationJob, batch: BatchSpec, cancel: CancelToken,
+    blend: Any, frame: PromptFrame,
+) -> FlowDenoiser:
+    """The family's denoiser, its prompts encoded with the text encoders on the device; after
+    encoding they are parked in CPU RAM where the model's TextEncoderParking decides (they are
+    not needed again until the next encode, and sampling and decoding may need their room)."""
+    parking = model.text_encoder_parking
+    if parking is not None:
+        parking.before_encode(model)
+    denoiser = family.make_denoiser(model, job, batch, cancel, blend, frame)
+    if parking is not None:
+        parking.after_encode(model)
+    return denoiser
+
+
 def first_pass(
     family: FlowFamily, model: LoadedModel, job: GenerationJob, plan: SamplerPlan, batch: BatchSpec,
     observer: RunObserver, cancel: CancelToken,
@@ -302,7 +318,7 @@ def first_pass(
     sigmas = flow_schedule(family, model, job, plan).to(model.device)
     x = rng.first() * sigmas[0]
     run = flow_run(family, model, sigmas, sigmas, rng)
-    denoiser = family.make_denoiser(model, job, batch, cancel, None, PromptFrame.for_pass(job, plan))
+    denoiser = encoded_denoiser(family, model, job, batch, cancel, None, PromptFrame.for_pass(job, plan))
     return sample(denoiser, model, plan, x, run, job, batch, observer)
 
 
@@ -325,7 +341,7 @@ def from_latents(
     tail = full_schedule[steps.start_index :]
     x = tail[0] * rng.first() * noise_multiplier + (1.0 - tail[0]) * init
     run = flow_run(family, model, tail, full_schedule, rng)
-    denoiser = family.make_denoiser(model, job, batch, cancel, blend, frame or PromptFrame.for_pass(job, plan))
+    denoiser = encoded_denoiser(family, model, job, batch, cancel, blend, frame or PromptFrame.for_pass(job, plan))
     return sample(denoiser, model, plan, x, run, job, batch, observer)
 
 
