@@ -22,7 +22,8 @@ randomness from ``noise_sampler``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,6 +39,7 @@ from samplers._common import (
     denoise,
     report,
     require_noise,
+    sigma_levels,
     to_d,
 )
 from samplers.kdiffusion import log_midpoint_step
@@ -123,19 +125,12 @@ def sample_euler_ancestral_rf(
     s_noise: float = 1.0,
 ) -> Tensor:
     """"Euler a" on a flow model: flow Euler to sigma_down, then the flow renoise."""
-    check_sigmas(sigmas)
-    args, noise = as_args(extra_args), require_noise(noise_sampler, "Euler a")
-    for i in range(len(sigmas) - 1):
-        denoised = denoise(model, x, sigmas[i], args)
-        report(callback, x, i, sigmas[i], sigmas[i], denoised)
-        if sigmas[i + 1] == 0:
-            x = denoised
-            continue
-        sigma_down, scale, noise_std = rf_ancestral_step(sigmas[i], sigmas[i + 1], eta)
-        x = rf_euler_to(x, denoised, sigmas[i], sigma_down)
-        if eta > 0:
-            x = _renoise(x, scale, noise_std, noise(sigmas[i], sigmas[i + 1]), s_noise)
-    return x
+
+    def euler(x: Tensor, denoised: Tensor, step: _DownStep) -> Tensor:
+        return rf_euler_to(x, denoised, step.sigma, step.sigma_down)
+
+    return _ancestral_loop(model, x, sigmas, extra_args, callback, noise_sampler, eta, s_noise, "Euler a", euler,
+                           renoise_at_eta_zero=False)
 
 
 @torch.no_grad()
@@ -151,21 +146,13 @@ def sample_dpm_2_ancestral_rf(
     s_noise: float = 1.0,
 ) -> Tensor:
     """"DPM2 a" on a flow model: the DPM2 midpoint step to sigma_down, then the flow renoise."""
-    check_sigmas(sigmas)
-    args, noise = as_args(extra_args), require_noise(noise_sampler, "DPM2 a")
-    for i in range(len(sigmas) - 1):
-        denoised = denoise(model, x, sigmas[i], args)
-        report(callback, x, i, sigmas[i], sigmas[i], denoised)
-        if sigmas[i + 1] == 0:
-            x = denoised
-            continue
-        sigma_down, scale, noise_std = rf_ancestral_step(sigmas[i], sigmas[i + 1], eta)
-        if sigma_down == 0:
-            x = denoised
-        else:
-            x = log_midpoint_step(model, x, to_d(x, sigmas[i], denoised), sigmas[i], sigma_down, args)
-        x = _renoise(x, scale, noise_std, noise(sigmas[i], sigmas[i + 1]), s_noise)
-    return x
+    args = as_args(extra_args)
+
+    def midpoint(x: Tensor, denoised: Tensor, step: _DownStep) -> Tensor:
+        return log_midpoint_step(model, x, to_d(x, step.sigma, denoised), step.sigma, step.sigma_down, args)
+
+    return _ancestral_loop(model, x, sigmas, args, callback, noise_sampler, eta, s_noise, "DPM2 a", midpoint,
+                           renoise_at_eta_zero=True)
 
 
 @torch.no_grad()
@@ -182,29 +169,62 @@ def sample_dpmpp_2s_ancestral_rf(
 ) -> Tensor:
     """"DPM++ 2S a" on a flow model: a second model call halfway (in lambda) to sigma_down, the
     flow step to sigma_down from that estimate, then the flow renoise."""
+    args = as_args(extra_args)
+
+    def second_order(x: Tensor, denoised: Tensor, step: _DownStep) -> Tensor:
+        sigma_mid = _lambda_midpoint(step.sigma, step.sigma_down, step.starts_at_one)
+        denoised_2 = denoise(model, rf_euler_to(x, denoised, step.sigma, sigma_mid), sigma_mid, args)
+        return rf_euler_to(x, denoised_2, step.sigma, step.sigma_down)
+
+    return _ancestral_loop(model, x, sigmas, args, callback, noise_sampler, eta, s_noise, "DPM++ 2S a",
+                           second_order, renoise_at_eta_zero=False)
+
+
+@dataclass(frozen=True)
+class _DownStep:
+    """The deterministic part of one ancestral step: from sigma to sigma_down (> 0)."""
+
+    sigma: Tensor
+    sigma_down: Tensor
+    starts_at_one: bool  # decided on the host copy of the schedule
+
+
+def _ancestral_loop(
+    model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: Mapping[str, Any] | None,
+    callback: StepCallback | None, noise_sampler: NoiseSampler | None, eta: float, s_noise: float, name: str,
+    step_down: Callable[[Tensor, Tensor, _DownStep], Tensor], renoise_at_eta_zero: bool,
+) -> Tensor:
+    """The loop the flow ancestral samplers share: denoise, the sampler's own step to sigma_down
+    (the x0 estimate itself where sigma_down is 0), then the flow renoise to the next sigma. The
+    branches read a host copy of the schedule taken once before the loop, not the device."""
     check_sigmas(sigmas)
-    args, noise = as_args(extra_args), require_noise(noise_sampler, "DPM++ 2S a")
+    args, noise = as_args(extra_args), require_noise(noise_sampler, name)
+    levels = sigma_levels(sigmas)
     for i in range(len(sigmas) - 1):
         denoised = denoise(model, x, sigmas[i], args)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
-        if sigmas[i + 1] == 0:
+        if levels[i + 1] == 0:
             x = denoised
             continue
         sigma_down, scale, noise_std = rf_ancestral_step(sigmas[i], sigmas[i + 1], eta)
-        if sigma_down == 0:
+        if _reaches_zero(levels[i], levels[i + 1], eta, sigmas.dtype):
             x = denoised
         else:
-            sigma_mid = _lambda_midpoint(sigmas[i], sigma_down)
-            denoised_2 = denoise(model, rf_euler_to(x, denoised, sigmas[i], sigma_mid), sigma_mid, args)
-            x = rf_euler_to(x, denoised_2, sigmas[i], sigma_down)
-        if eta > 0:
+            x = step_down(x, denoised, _DownStep(sigmas[i], sigma_down, levels[i] >= 1))
+        if renoise_at_eta_zero or eta > 0:
             x = _renoise(x, scale, noise_std, noise(sigmas[i], sigmas[i + 1]), s_noise)
     return x
 
 
-def _lambda_midpoint(sigma: Tensor, sigma_to: Tensor) -> Tensor:
+def _reaches_zero(sigma: float, sigma_next: float, eta: float, dtype: torch.dtype) -> bool:
+    """Whether rf_ancestral_step's sigma_down is 0, computed on the host in the schedule's dtype."""
+    host = rf_ancestral_step(torch.tensor(sigma, dtype=dtype), torch.tensor(sigma_next, dtype=dtype), eta)
+    return bool(host[0] == 0)
+
+
+def _lambda_midpoint(sigma: Tensor, sigma_to: Tensor, starts_at_one: bool) -> Tensor:
     """The sigma halfway between two sigmas in half log-SNR (a fixed 0.9999 from sigma = 1)."""
-    if sigma >= 1:
+    if starts_at_one:
         return torch.full_like(sigma, MIDPOINT_AT_ONE)
     lam, lam_to = half_log_snr(sigma), half_log_snr(sigma_to)
     return sigma_of_half_log_snr(lam + 0.5 * (lam_to - lam))
